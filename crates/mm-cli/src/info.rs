@@ -1,0 +1,72 @@
+//! `mm info`: which libtorch this process loaded and which devices it sees.
+
+use std::path::PathBuf;
+
+use tch::{Cuda, Device};
+
+/// Arguments of `mm info`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let lib = loaded_library("libtorch_cpu.so");
+    let cuda_lib = loaded_library("libtorch_cuda.so");
+    let threads = tch::get_num_threads();
+    let cuda = Cuda::is_available();
+    let count = Cuda::device_count();
+    let cudnn = Cuda::cudnn_is_available();
+    let default_device = match Device::cuda_if_available() {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    };
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    if args.json {
+        let q = |s: Option<String>| s.map_or("null".to_string(), |s| json_string(&s));
+        println!(
+            "{{\"mm_version\":{},\"libtorch\":{},\"libtorch_cuda\":{},\"threads\":{threads},\
+             \"cuda_available\":{cuda},\"cuda_device_count\":{count},\"cudnn_available\":{cudnn},\
+             \"default_device\":{}}}",
+            json_string(env!("CARGO_PKG_VERSION")),
+            q(path(&lib)),
+            q(path(&cuda_lib)),
+            json_string(&default_device),
+        );
+    } else {
+        println!("mm {}", env!("CARGO_PKG_VERSION"));
+        println!("libtorch:        {}", path(&lib).unwrap_or_else(|| "not found in this process".into()));
+        println!("libtorch_cuda:   {}", path(&cuda_lib).unwrap_or_else(|| "not loaded (CPU only)".into()));
+        println!("CPU threads:     {threads}");
+        println!("CUDA available:  {cuda} ({count} device(s), cuDNN {cudnn})");
+        println!("default device:  {default_device}");
+    }
+    Ok(())
+}
+
+/// The path of a shared library this process has mapped, read from `/proc/self/maps`.
+fn loaded_library(name: &str) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.rsplit('/').next() == Some(name))
+        .map(PathBuf::from)
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,65 @@
+//! Integration tests of the `mm` binary: they run the real executable, as a user would.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn mm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mm")).args(args).output().expect("run the mm binary")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Smoke test: the binary starts (rpath to libtorch works without LD_LIBRARY_PATH), loads the
+/// libtorch set-up chose, and — on a machine with an NVIDIA driver and a CUDA build of
+/// libtorch — sees the GPU.
+#[test]
+fn info_reports_the_loaded_libtorch() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .args(["info", "--json"])
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run mm");
+    assert!(out.status.success(), "mm info failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.contains("\"libtorch\":\"/"), "{text}");
+    assert!(text.contains("libtorch_cpu.so"), "{text}");
+    let libtorch_has_cuda = text.contains("\"libtorch_cuda\":\"/");
+    let gpu_present = Path::new("/dev/nvidiactl").exists();
+    if gpu_present && libtorch_has_cuda {
+        assert!(text.contains("\"cuda_available\":true"), "GPU present but not seen: {text}");
+    } else {
+        eprintln!("no NVIDIA GPU here (or a CPU-only libtorch): the CUDA check is skipped");
+        assert!(text.contains("\"cuda_available\":false"), "{text}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message() {
+    let out = mm(&["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-command"));
+    let out = mm(&["demo", "--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown device `tpu`") && !err.contains("panicked"), "{err}");
+}
+
+/// The demo trains for real: fusion must clear both single-modality ceilings (50%) by far.
+#[test]
+fn demo_fusion_beats_every_single_modality() {
+    let out = mm(&["demo", "--device", "cpu", "--samples", "2000", "--epochs", "8"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    let accuracy = |row: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("{row}: {text}"));
+        let pct = line.split_whitespace().find(|w| w.ends_with('%')).expect("a percentage");
+        pct.trim_end_matches('%').parse().expect("a number")
+    };
+    let (image, audio, fused) = (accuracy("image only"), accuracy("audio only"), accuracy("fused"));
+    for single in [image, audio] {
+        assert!((35.0..=56.0).contains(&single), "single modality at {single}%: {text}");
+    }
+    assert!(fused > 90.0, "fused only {fused}%: {text}");
+}

@@ -1,0 +1,21 @@
+//! Data for multimodal models: decoding, cleaning, augmentation, normalisation and parallel
+//! batching of images, audio, text, frame sequences and numeric features.
+//!
+//! Raw files become clean, normalised samples here, and samples become batches of `tch`
+//! tensors only at collation, the last step. Everything a user can get wrong (a corrupt file, a
+//! bad manifest line, an unknown device name) is an error value that names the place, never a
+//! panic.
+//!
+//! Architecture invariant: mm-data is the lowest layer. It knows nothing about models, encoders,
+//! fusion or training and depends on no other mm crate.
+//!
+//! ```
+//! use mm_data::device::parse_device;
+//!
+//! let device = parse_device("cpu")?;
+//! let batch = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]).to_device(device);
+//! assert_eq!(batch.sum(tch::Kind::Float).double_value(&[]), 10.0);
+//! # Ok::<(), mm_data::device::DeviceError>(())
+//! ```
+
+pub mod device;

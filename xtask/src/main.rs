@@ -1,0 +1,111 @@
+//! `cargo xtask`: the workspace's own tasks, in plain Rust.
+//!
+//! - `cargo xtask setup`: provision libtorch 2.13.0 (the version tch 0.26 requires) and point the
+//!   workspace at it through the git-ignored link `.libtorch`.
+//! - `cargo xtask demo`: set-up if needed, then the main job on the embedded data.
+//! - `cargo xtask test`: set-up if needed, then every test of the workspace.
+//!
+//! Architecture invariant: xtask depends on no workspace crate and builds without libtorch, so it
+//! runs on a fresh clone before anything else is possible.
+
+mod libtorch;
+mod tidy;
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  setup [--force]   provision libtorch 2.13.0 and point the workspace at it (idempotent)
+  demo [args]       set-up if needed, then run `mm demo` with the given arguments
+  test [args]       set-up if needed, then `cargo test --workspace` with the given arguments
+  help              this text
+
+environment:
+  LIBTORCH               use this libtorch (a folder with include/ and lib/) instead of the cache
+  LIBTORCH_USE_PYTORCH   use the torch of the python3 on PATH (or PYTHON_SYS_EXECUTABLE)
+  MM_CACHE_DIR           where set-up keeps its libtorch (default $XDG_CACHE_HOME/mm or ~/.cache/mm)
+";
+
+fn main() -> ExitCode {
+    let mut args = env::args_os().skip(1);
+    let task = args.next().map(|t| t.to_string_lossy().into_owned());
+    let rest: Vec<OsString> = args.collect();
+    let result = match task.as_deref() {
+        Some("setup") => setup_task(&rest),
+        Some("demo") => setup_quietly().and_then(|_| {
+            cargo(&[&["run", "--quiet", "--package", "mm-cli", "--bin", "mm", "--", "demo"]], &rest)
+        }),
+        Some("test") => setup_quietly().and_then(|_| cargo(&[&["test", "--workspace"]], &rest)),
+        Some("help" | "--help" | "-h") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+        None => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn setup_task(args: &[OsString]) -> Result<(), String> {
+    let mut force = false;
+    for arg in args {
+        match arg.to_str() {
+            Some("--force") => force = true,
+            _ => return Err(format!("setup: unknown argument {arg:?}\n\n{USAGE}")),
+        }
+    }
+    let report = libtorch::setup(&workspace_root(), force)?;
+    println!("{report}");
+    Ok(())
+}
+
+/// Set-up before `demo` and `test`: silent when nothing had to be done.
+fn setup_quietly() -> Result<(), String> {
+    let report = libtorch::setup(&workspace_root(), false)?;
+    if report.changed() {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Runs cargo (the one that runs us) with the given arguments, failing on a non-zero exit.
+fn cargo(fixed: &[&[&str]], extra: &[OsString]) -> Result<(), String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace_root());
+    for part in fixed {
+        cmd.args(*part);
+    }
+    cmd.args(extra);
+    let status = cmd.status().map_err(|e| format!("could not run {cargo:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", describe(fixed, extra)))
+    }
+}
+
+fn describe(fixed: &[&[&str]], extra: &[OsString]) -> String {
+    let mut words: Vec<String> = fixed.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect();
+    words.extend(extra.iter().map(|s| s.to_string_lossy().into_owned()));
+    words.join(" ")
+}
+
+/// The workspace root: the folder above this crate's manifest.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one folder below the workspace root")
+        .to_path_buf()
+}
