@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("setup") => setup_task(&rest),
         Some("demo") => setup_quietly().and_then(|_| {
-            cargo(&[&["run", "--quiet", "--package", "mm-cli", "--bin", "mm", "--", "demo"]], &rest)
+            cargo(&[&["run", "--package", "mm-cli", "--bin", "mm", "--", "demo"]], &rest)
         }),
         Some("test") => setup_quietly().and_then(|_| cargo(&[&["test", "--workspace"]], &rest)),
         Some("help" | "--help" | "-h") => {
