@@ -19,3 +19,10 @@
 //! ```
 
 pub mod device;
+pub mod error;
+pub mod fs;
+pub mod idx;
+pub mod image;
+pub mod manifest;
+
+pub use error::{Error, Result};

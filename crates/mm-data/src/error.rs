@@ -1,0 +1,50 @@
+//! The error type of mm-data: every variant says what went wrong and where (file, line, field,
+//! sample id), and keeps the underlying error as its source.
+
+use std::path::PathBuf;
+
+/// Errors of mm-data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be opened, read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest line is not valid.
+    #[error("{file}:{line}: {message}")]
+    Manifest {
+        /// The manifest file (or `<memory>` for one built in code).
+        file: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong, naming the field where there is one.
+        message: String,
+    },
+    /// A file's contents are not what its format requires (truncated, corrupt, unsupported).
+    #[error("{path}: {message}")]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn decode(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Decode { path: path.into(), message: message.into() }
+    }
+}
+
+/// Result type of mm-data.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
