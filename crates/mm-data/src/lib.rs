@@ -18,6 +18,7 @@
 //! # Ok::<(), mm_data::device::DeviceError>(())
 //! ```
 
+pub mod audio;
 pub mod device;
 pub mod error;
 pub mod fs;
