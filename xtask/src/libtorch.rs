@@ -393,7 +393,10 @@ fn free_bytes(dir: &Path) -> Result<u64, String> {
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let stat = unsafe { stat.assume_init() };
-    Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+    // The field types differ between platforms (they are u64 here).
+    #[allow(clippy::unnecessary_cast)]
+    let free = stat.f_bavail as u64 * stat.f_frsize as u64;
+    Ok(free)
 }
 
 /// Runs a command with its output shown as it comes; on failure, returns the last lines of its

@@ -5,9 +5,8 @@
 //! Each mm crate that links libtorch has a two-line `build.rs`:
 //!
 //! ```no_run
-//! fn main() {
-//!     mm_build::link_libtorch();
-//! }
+//! // build.rs
+//! mm_build::link_libtorch();
 //! ```
 //!
 //! and lists `torch-sys` among its dependencies, so that cargo hands this build script

@@ -42,6 +42,9 @@ const DIM: i64 = 16;
 const SIGNAL: f64 = 2.5;
 const BATCH: i64 = 128;
 
+/// Chooses a model's inputs from a split.
+type Pick = dyn Fn(&Split) -> Tensor;
+
 struct Split {
     image: Tensor,
     audio: Tensor,
@@ -69,7 +72,7 @@ fn mlp(p: &nn::Path, inputs: i64) -> impl Module {
 
 /// Trains an MLP on the chosen inputs and returns its test accuracy.
 fn train_and_test(
-    pick: &dyn Fn(&Split) -> Tensor,
+    pick: &Pick,
     train: &Split,
     test: &Split,
     args: &Args,
@@ -114,7 +117,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.epochs
     );
     println!("{:<22} {:>14} {:>10}", "model", "test accuracy", "ceiling");
-    let rows: [(&str, &dyn Fn(&Split) -> Tensor, &str); 3] = [
+    let rows: [(&str, &Pick, &str); 3] = [
         ("image only", &|s: &Split| s.image.shallow_clone(), "50%"),
         ("audio only", &|s: &Split| s.audio.shallow_clone(), "50%"),
         ("fused (concatenation)", &|s: &Split| Tensor::cat(&[&s.image, &s.audio], 1), "~98.8%"),

@@ -6,6 +6,15 @@
 //! bad manifest line, an unknown device name) is an error value that names the place, never a
 //! panic.
 //!
+//! What is here so far:
+//! - [`manifest`]: the data-set description (JSONL, one sample per line, or built in code);
+//! - [`image`]: PNG, JPEG, BMP and WebP files to `[H, W, 3]` RGB;
+//! - [`audio`]: WAV, FLAC, MP3 and Ogg/Vorbis to mono `f32`, and band-limited resampling that
+//!   matches torchaudio's;
+//! - [`idx`]: the idx files of MNIST and its relatives;
+//! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
+//! - [`fs`]: atomic file writes; [`Error`]: the crate's error type.
+//!
 //! Architecture invariant: mm-data is the lowest layer. It knows nothing about models, encoders,
 //! fusion or training and depends on no other mm crate.
 //!
