@@ -16,10 +16,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A manifest line is not valid.
+    /// A line of a text file (a manifest, a vocabulary) is not valid.
     #[error("{file}:{line}: {message}")]
-    Manifest {
-        /// The manifest file (or `<memory>` for one built in code).
+    Parse {
+        /// The file (`<memory>` for a manifest built in code).
         file: PathBuf,
         /// The 1-based line number.
         line: usize,

@@ -192,7 +192,7 @@ impl Manifest {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
-            Error::Manifest { file: path.to_path_buf(), line, message: "not valid UTF-8".to_string() }
+            Error::Parse { file: path.to_path_buf(), line, message: "not valid UTF-8".to_string() }
         })?;
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse_jsonl(&text, path, &root)
@@ -208,7 +208,7 @@ impl Manifest {
             if line.trim().is_empty() {
                 continue;
             }
-            let err = |message: String| Error::Manifest { file: source.to_path_buf(), line: line_no, message };
+            let err = |message: String| Error::Parse { file: source.to_path_buf(), line: line_no, message };
             let sample = parse_line(line).map_err(err)?;
             if let Some(first) = lines_of.get(&sample.id) {
                 return Err(err(format!("field `id`: duplicate id {:?} (first on line {first})", sample.id)));
@@ -222,7 +222,7 @@ impl Manifest {
 
     /// Adds a sample built in code, with the checks a manifest line gets.
     pub fn push(&mut self, mut sample: Sample) -> Result<()> {
-        let err = |message: String| Error::Manifest {
+        let err = |message: String| Error::Parse {
             file: self.source.clone(),
             line: self.samples.len() + 1,
             message,
