@@ -5,10 +5,14 @@ use std::path::{Path, PathBuf};
 use mm_data::device::parse_device;
 use tch::{Kind, Tensor};
 
-/// The real data sets beside the repository (`../shared/data`, see its README). CI always has
-/// them, so there a missing folder fails the test; elsewhere the test says it skips.
+/// The real data sets beside the repository (`../shared/data`, see its README; or the folder
+/// `MM_SHARED_DATA` names). CI always has them, so there a missing folder fails the test;
+/// elsewhere the test says it skips.
 fn shared_data() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    let dir = match std::env::var_os("MM_SHARED_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+    };
     if dir.is_dir() {
         Some(dir)
     } else if std::env::var_os("CI").is_some() {
