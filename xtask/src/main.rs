@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Some("demo") => setup_quietly().and_then(|_| {
             cargo(&[&["run", "--package", "mm-cli", "--bin", "mm", "--", "demo"]], &rest)
         }),
-        Some("test") => setup_quietly().and_then(|_| cargo(&[&["test", "--workspace"]], &rest)),
+        Some("test") => setup_quietly().and_then(|_| test(&rest)),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())
@@ -96,6 +96,59 @@ fn cargo(fixed: &[&[&str]], extra: &[OsString]) -> Result<(), String> {
     }
 }
 
+/// `cargo test --workspace`, its output passed through as it comes, then one closing line that
+/// adds up every test binary's `test result:` line (cargo's own last line is only the last
+/// binary's, often a crate's empty doc tests).
+fn test(extra: &[OsString]) -> Result<(), String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(["test", "--workspace"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not run {cargo:?}: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut totals = TestTotals::default();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let Ok(line) = line else { break };
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child.wait().map_err(|e| format!("waiting for cargo test: {e}"))?;
+    println!("\ntotal: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo test --workspace` failed ({status})"))
+    }
+}
+
+/// Sums of libtest's `test result:` lines.
+#[derive(Debug, Default, PartialEq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
 fn describe(fixed: &[&[&str]], extra: &[OsString]) -> String {
     let mut words: Vec<String> = fixed.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect();
     words.extend(extra.iter().map(|s| s.to_string_lossy().into_owned()));
@@ -108,4 +161,19 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives one folder below the workspace root")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn adds_up_libtest_result_lines() {
+        let mut t = TestTotals::default();
+        t.add_line("test result: ok. 24 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.06s");
+        t.add_line("test result: FAILED. 2 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.10s");
+        t.add_line("test foo ... ok");
+        t.add_line("running 3 tests");
+        assert_eq!(t, TestTotals { passed: 26, failed: 2, ignored: 1 });
+    }
 }
