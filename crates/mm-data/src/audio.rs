@@ -22,7 +22,9 @@ use std::fs::File;
 use std::path::Path;
 
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::{DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::{
+    DecoderOptions, CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3, CODEC_TYPE_NULL, CODEC_TYPE_VORBIS,
+};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::FormatOptions;
 use symphonia::core::io::MediaSourceStream;
@@ -75,7 +77,10 @@ pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
     if sample_rate == 0 {
         return Err(Error::decode(path, "sample rate 0 in the header"));
     }
-    let declared_frames = params.n_frames;
+    // PCM (WAV) and FLAC headers state the exact length, so a shorter body means a truncated
+    // file. MP3 and Vorbis lengths are estimates (encoder delay and padding), not promises.
+    let exact_length = !matches!(params.codec, CODEC_TYPE_MP1 | CODEC_TYPE_MP2 | CODEC_TYPE_MP3 | CODEC_TYPE_VORBIS);
+    let declared_frames = params.n_frames.filter(|_| exact_length);
     let mut decoder = symphonia::default::get_codecs()
         .make(&params, &DecoderOptions::default())
         .map_err(|e| Error::decode(path, format!("unsupported codec: {e}")))?;
@@ -146,51 +151,81 @@ const ROLLOFF: f64 = 0.99;
 /// Resamples mono audio from `from` Hz to `to` Hz with band-limited (windowed-sinc)
 /// interpolation; the output has `ceil(len · to / from)` samples. Same rate: a copy.
 ///
+/// This builds a [`Resampler`] for the call; a loader that converts many clips between the
+/// same rates keeps one instead.
+///
 /// # Panics
 /// If either rate is 0 (decoders never return one).
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
-    assert!(from > 0 && to > 0, "sample rates must be positive");
-    if from == to || samples.is_empty() {
-        return samples.to_vec();
-    }
-    let g = gcd(u64::from(from), u64::from(to));
-    let (orig, new) = ((u64::from(from) / g) as usize, (u64::from(to) / g) as usize);
-    // One kernel per output phase, as in torchaudio's `_get_sinc_resample_kernel`.
-    let base = orig.min(new) as f64 * ROLLOFF;
-    let width = (LOWPASS_WIDTH * orig as f64 / base).ceil() as usize;
-    let taps = 2 * width + orig;
-    let scale = base / orig as f64;
-    let kernels: Vec<Vec<f32>> = (0..new)
-        .map(|phase| {
-            (0..taps)
-                .map(|k| {
-                    let idx = (k as f64 - width as f64) / orig as f64;
-                    let t = ((idx - phase as f64 / new as f64) * base).clamp(-LOWPASS_WIDTH, LOWPASS_WIDTH);
-                    let window = (t * std::f64::consts::PI / LOWPASS_WIDTH / 2.0).cos().powi(2);
-                    let t = t * std::f64::consts::PI;
-                    let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
-                    (sinc * window * scale) as f32
-                })
-                .collect()
-        })
-        .collect();
-    let n = samples.len();
-    let out_len = (n as u64 * new as u64).div_ceil(orig as u64) as usize;
-    let mut out = Vec::with_capacity(out_len);
-    // Output j = block·new + phase reads input from block·orig - width, zero outside the signal.
-    for j in 0..out_len {
-        let (block, phase) = (j / new, j % new);
-        let start = (block * orig) as isize - width as isize;
-        let kernel = &kernels[phase];
-        let lo = (-start).max(0) as usize;
-        let hi = taps.min((n as isize - start).max(0) as usize);
-        let mut acc = 0.0f32;
-        for k in lo..hi {
-            acc += kernel[k] * samples[(start + k as isize) as usize];
+    Resampler::new(from, to).process(samples)
+}
+
+/// A band-limited resampler between two fixed rates: the filter kernels (one per output phase,
+/// as in torchaudio's `_get_sinc_resample_kernel`) are computed once and reused for every clip.
+#[derive(Debug, Clone)]
+pub struct Resampler {
+    /// Input samples per block (`from / gcd`).
+    orig: usize,
+    /// Output samples per block (`to / gcd`).
+    new: usize,
+    /// Input samples the kernels reach before a block's start.
+    width: usize,
+    /// `new` kernels of `2·width + orig` taps each, flattened.
+    kernels: Vec<f32>,
+}
+
+impl Resampler {
+    /// A resampler from `from` Hz to `to` Hz.
+    ///
+    /// # Panics
+    /// If either rate is 0.
+    pub fn new(from: u32, to: u32) -> Self {
+        assert!(from > 0 && to > 0, "sample rates must be positive");
+        let g = gcd(u64::from(from), u64::from(to));
+        let (orig, new) = ((u64::from(from) / g) as usize, (u64::from(to) / g) as usize);
+        if orig == new {
+            return Resampler { orig: 1, new: 1, width: 0, kernels: vec![1.0] };
         }
-        out.push(acc);
+        let base = orig.min(new) as f64 * ROLLOFF;
+        let width = (LOWPASS_WIDTH * orig as f64 / base).ceil() as usize;
+        let taps = 2 * width + orig;
+        let scale = base / orig as f64;
+        let mut kernels = Vec::with_capacity(new * taps);
+        for phase in 0..new {
+            for k in 0..taps {
+                let idx = (k as f64 - width as f64) / orig as f64;
+                let t = ((idx - phase as f64 / new as f64) * base).clamp(-LOWPASS_WIDTH, LOWPASS_WIDTH);
+                let window = (t * std::f64::consts::PI / LOWPASS_WIDTH / 2.0).cos().powi(2);
+                let t = t * std::f64::consts::PI;
+                let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
+                kernels.push((sinc * window * scale) as f32);
+            }
+        }
+        Resampler { orig, new, width, kernels }
     }
-    out
+
+    /// Resamples one clip; the output has `ceil(len · to / from)` samples.
+    pub fn process(&self, samples: &[f32]) -> Vec<f32> {
+        let (orig, new, width) = (self.orig, self.new, self.width);
+        if orig == new {
+            return samples.to_vec();
+        }
+        let taps = 2 * width + orig;
+        let n = samples.len();
+        let out_len = (n as u64 * new as u64).div_ceil(orig as u64) as usize;
+        let mut out = Vec::with_capacity(out_len);
+        // Output j = block·new + phase reads input from block·orig - width on, zero outside.
+        for j in 0..out_len {
+            let (block, phase) = (j / new, j % new);
+            let start = (block * orig) as isize - width as isize;
+            let kernel = &self.kernels[phase * taps..(phase + 1) * taps];
+            let lo = (-start).max(0) as usize;
+            let hi = taps.min((n as isize - start).max(0) as usize);
+            let input = &samples[(start + lo as isize) as usize..(start + hi as isize) as usize];
+            out.push(kernel[lo..hi].iter().zip(input).map(|(k, x)| k * x).sum());
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -267,6 +302,11 @@ mod tests {
             assert_eq!(resample(&vec![0.1; n], from, to).len(), want, "{n} {from}->{to}");
         }
         assert!(resample(&[], 8000, 16000).is_empty());
+        // One resampler serves many clips and gives what the one-off function gives.
+        let r = Resampler::new(44100, 16000);
+        let clip = tone(3000.0, 44100, 999);
+        assert_eq!(r.process(&clip), resample(&clip, 44100, 16000));
+        assert_eq!(Resampler::new(16000, 16000).process(&clip), clip);
     }
 
     #[test]
