@@ -238,8 +238,8 @@ impl Cache {
             PathBuf::from(d)
         } else if let Some(d) = env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
             PathBuf::from(d).join("mm")
-        } else if let Some(home) = env::var_os("HOME").filter(|d| !d.is_empty()) {
-            PathBuf::from(home).join(".cache").join("mm")
+        } else if let Some(home) = env::var_os("HOME").filter(|d| !d.is_empty()).map(PathBuf::from).or_else(passwd_home) {
+            home.join(".cache").join("mm")
         } else {
             return Err("cannot find a cache folder: set MM_CACHE_DIR (or HOME)".to_string());
         };
@@ -344,6 +344,22 @@ impl Cache {
                 }
             }
         }
+    }
+}
+
+/// The current user's home folder from the password database, for environments without HOME.
+fn passwd_home() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: getpwuid returns a pointer to static storage or null; we copy the string out at
+    // once and use no other passwd call meanwhile.
+    unsafe {
+        let pw = libc::getpwuid(libc::getuid());
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes()));
+        (!path.as_os_str().is_empty()).then_some(path)
     }
 }
 
@@ -583,6 +599,12 @@ mod tests {
         assert!(!dir.join(format!("libtorch-{TORCH_VERSION}.partial-1")).exists());
         assert!(cache.complete().is_some());
         fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn home_comes_from_the_password_database_too() {
+        let home = passwd_home().expect("the test user has a passwd entry");
+        assert!(home.is_absolute(), "{}", home.display());
     }
 
     #[test]
