@@ -63,8 +63,8 @@ fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
 /// Converts `[H, W, 3]` `u8` pixels to `[3, H, W]` `f32` in `[0, 1]`, the layout and scale
 /// image models take.
 pub fn to_chw_f32(pixels: &Array3<u8>) -> Array3<f32> {
-    let (h, w, c) = pixels.dim();
-    Array3::from_shape_fn((c, h, w), |(ch, y, x)| f32::from(pixels[[y, x, ch]]) / 255.0)
+    // One contiguous pass to scale, one transposing copy to the standard layout.
+    pixels.mapv(|v| f32::from(v) / 255.0).permuted_axes([2, 0, 1]).as_standard_layout().into_owned()
 }
 
 #[cfg(test)]

@@ -202,7 +202,8 @@ impl Manifest {
     pub fn parse_jsonl(text: &str, source: &Path, root: &Path) -> Result<Self> {
         let mut manifest = Manifest::new(root);
         manifest.source = source.to_path_buf();
-        let mut lines_of: HashMap<String, usize> = HashMap::new();
+        // The line each sample came from, by sample index (blank lines are skipped).
+        let mut line_of_sample: Vec<usize> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
             if line.trim().is_empty() {
@@ -210,10 +211,11 @@ impl Manifest {
             }
             let err = |message: String| Error::Parse { file: source.to_path_buf(), line: line_no, message };
             let sample = parse_line(line).map_err(err)?;
-            if let Some(first) = lines_of.get(&sample.id) {
+            if let Some(&first) = manifest.index.get(&sample.id) {
+                let first = line_of_sample[first];
                 return Err(err(format!("field `id`: duplicate id {:?} (first on line {first})", sample.id)));
             }
-            lines_of.insert(sample.id.clone(), line_no);
+            line_of_sample.push(line_no);
             manifest.index.insert(sample.id.clone(), manifest.samples.len());
             manifest.samples.push(sample);
         }
