@@ -11,6 +11,7 @@
 //! - [`image`]: PNG, JPEG, BMP and WebP files to `[H, W, 3]` RGB;
 //! - [`audio`]: WAV, FLAC, MP3 and Ogg/Vorbis to mono `f32`, and band-limited resampling that
 //!   matches torchaudio's;
+//! - [`mel`]: log-mel spectrograms that match torchaudio's `MelSpectrogram`;
 //! - [`text`]: a word tokenizer and a vocabulary builder for word-vector encoders;
 //! - [`idx`]: the idx files of MNIST and its relatives;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
@@ -35,6 +36,7 @@ pub mod fs;
 pub mod idx;
 pub mod image;
 pub mod manifest;
+pub mod mel;
 pub mod text;
 
 pub use error::{Error, Result};

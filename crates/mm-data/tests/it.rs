@@ -112,3 +112,34 @@ fn decodes_real_fsdd_recordings() {
     assert_eq!(decoded, 40);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The log-mel front end against torchaudio's `transforms.MelSpectrogram` (golden values and
+/// the script that made them in `tests/data/logmel_torchaudio.*`).
+#[test]
+fn mel_spectrogram_matches_torchaudio() {
+    use mm_data::mel::{LogMel, MelConfig};
+    let golden = include_str!("data/logmel_torchaudio.txt");
+    let mut lines = golden.lines();
+    let dims: Vec<usize> = lines.next().expect("header").split_whitespace().map(|v| v.parse().expect("dim")).collect();
+    let want: Vec<Vec<f64>> =
+        lines.map(|l| l.split_whitespace().map(|v| v.parse().expect("value")).collect()).collect();
+    let signal: Vec<f32> = (0..1600u64)
+        .map(|i| {
+            let t = i as f64 / 16000.0;
+            ((2.0 * std::f64::consts::PI * 440.0 * t).sin() * 0.6
+                + (2.0 * std::f64::consts::PI * 3100.0 * t + 0.3).sin() * 0.2
+                + (((i * 7919) % 101) as f64 - 50.0) / 500.0) as f32
+        })
+        .collect();
+    let mel = LogMel::new(&MelConfig::default()).expect("config");
+    let got = mel.power(&signal); // [frames, n_mels]
+    assert_eq!((got.ncols(), got.nrows()), (dims[0], dims[1]));
+    let peak = want.iter().flatten().fold(0.0f64, |m, v| m.max(*v));
+    for (bin, row) in want.iter().enumerate() {
+        for (frame, &w) in row.iter().enumerate() {
+            let g = f64::from(got[[frame, bin]]);
+            // f32 arithmetic against torchaudio's float64: relative 1e-3, or 1e-6 of the peak.
+            assert!((g - w).abs() <= 1e-3 * w.abs() + 1e-6 * peak, "bin {bin} frame {frame}: {g} vs {w}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Log-mel spectrograms, computed the way torchaudio's `transforms.MelSpectrogram` computes
+//! them: a periodic Hann window, frames centred on `t·hop` with reflect padding, the power
+//! spectrum (`|X|²`), and a triangular mel filter bank on the HTK mel scale without
+//! normalisation. The log is `ln(mel + log_offset)`. The result is laid out `[frames, n_mels]`,
+//! time first, as sequence models take it.
+//!
+//! A [`LogMel`] holds the FFT plan, the window and the filter bank, so that a loader builds it
+//! once and reuses it for every clip.
+//!
+//! ```
+//! use mm_data::mel::{LogMel, MelConfig};
+//!
+//! let mel = LogMel::new(&MelConfig::default())?; // 16 kHz, n_fft 400, hop 160, 64 bins
+//! let one_second = vec![0.0f32; 16_000];
+//! let features = mel.compute(&one_second);
+//! assert_eq!(features.dim(), (101, 64)); // 1 + 16000 / 160 frames
+//! # Ok::<(), mm_data::mel::MelConfigError>(())
+//! ```
+
+use std::sync::Arc;
+
+use ndarray::Array2;
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
+
+/// Parameters of the log-mel front end (torchaudio's names).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MelConfig {
+    /// Sample rate of the audio, in Hz.
+    pub sample_rate: u32,
+    /// FFT size; also the window length.
+    pub n_fft: usize,
+    /// Samples between frames.
+    pub hop_length: usize,
+    /// Number of mel bins.
+    pub n_mels: usize,
+    /// Lowest frequency of the filter bank, in Hz.
+    pub f_min: f64,
+    /// Highest frequency, in Hz; `None` for the Nyquist frequency.
+    pub f_max: Option<f64>,
+    /// Added before the log, so that silence stays finite.
+    pub log_offset: f32,
+}
+
+impl Default for MelConfig {
+    /// 16 kHz audio, 25 ms windows every 10 ms, 64 mel bins: the usual speech front end.
+    fn default() -> Self {
+        MelConfig { sample_rate: 16_000, n_fft: 400, hop_length: 160, n_mels: 64, f_min: 0.0, f_max: None, log_offset: 1e-6 }
+    }
+}
+
+/// Why a [`MelConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid log-mel configuration: {0}")]
+pub struct MelConfigError(String);
+
+/// A log-mel front end for one configuration.
+pub struct LogMel {
+    config: MelConfig,
+    fft: Arc<dyn Fft<f32>>,
+    window: Vec<f32>,
+    /// `[n_freqs, n_mels]`, row-major.
+    filters: Vec<f32>,
+    n_freqs: usize,
+}
+
+impl std::fmt::Debug for LogMel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogMel").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn hz_to_mel(f: f64) -> f64 {
+    2595.0 * (1.0 + f / 700.0).log10()
+}
+
+fn mel_to_hz(m: f64) -> f64 {
+    700.0 * (10f64.powf(m / 2595.0) - 1.0)
+}
+
+/// The triangular filter bank, `[n_freqs, n_mels]`, as torchaudio's `melscale_fbanks` makes it.
+fn filter_bank(n_freqs: usize, f_min: f64, f_max: f64, n_mels: usize, sample_rate: u32) -> Vec<f32> {
+    let nyquist = f64::from(sample_rate / 2);
+    let all_freqs: Vec<f64> = (0..n_freqs).map(|i| nyquist * i as f64 / (n_freqs - 1).max(1) as f64).collect();
+    let (m_min, m_max) = (hz_to_mel(f_min), hz_to_mel(f_max));
+    let f_pts: Vec<f64> =
+        (0..n_mels + 2).map(|i| mel_to_hz(m_min + (m_max - m_min) * i as f64 / (n_mels + 1) as f64)).collect();
+    let mut fb = vec![0.0f32; n_freqs * n_mels];
+    for (k, &f) in all_freqs.iter().enumerate() {
+        for m in 0..n_mels {
+            let down = (f - f_pts[m]) / (f_pts[m + 1] - f_pts[m]);
+            let up = (f_pts[m + 2] - f) / (f_pts[m + 2] - f_pts[m + 1]);
+            fb[k * n_mels + m] = down.min(up).max(0.0) as f32;
+        }
+    }
+    fb
+}
+
+/// Index into a signal of length `n` with reflect padding (`-1` reads `x[1]`), folding again
+/// for a signal shorter than the padding.
+fn reflect(i: isize, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let period = 2 * (n as isize - 1);
+    let mut j = i.rem_euclid(period);
+    if j >= n as isize {
+        j = period - j;
+    }
+    j as usize
+}
+
+impl LogMel {
+    /// Checks the configuration and precomputes the FFT plan, window and filter bank.
+    pub fn new(config: &MelConfig) -> Result<Self, MelConfigError> {
+        let err = |m: String| Err(MelConfigError(m));
+        if config.sample_rate == 0 || config.n_fft < 2 || config.hop_length == 0 || config.n_mels == 0 {
+            return err(format!(
+                "sample_rate, n_mels and hop_length must be positive and n_fft at least 2 (got {config:?})"
+            ));
+        }
+        let nyquist = f64::from(config.sample_rate) / 2.0;
+        let f_max = config.f_max.unwrap_or(nyquist);
+        if !(config.f_min >= 0.0 && config.f_min < f_max && f_max <= nyquist) {
+            return err(format!("need 0 <= f_min < f_max <= {nyquist} Hz, got f_min {} and f_max {f_max}", config.f_min));
+        }
+        if !(config.log_offset > 0.0) {
+            return err(format!("log_offset must be positive, got {}", config.log_offset));
+        }
+        let n_freqs = config.n_fft / 2 + 1;
+        let n = config.n_fft;
+        let window = (0..n).map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32).collect();
+        let filters = filter_bank(n_freqs, config.f_min, f_max, config.n_mels, config.sample_rate);
+        let fft = FftPlanner::new().plan_fft_forward(n);
+        Ok(LogMel { config: *config, fft, window, filters, n_freqs })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MelConfig {
+        &self.config
+    }
+
+    /// Number of frames for a clip of `samples` samples: `1 + samples / hop`.
+    pub fn frames(&self, samples: usize) -> usize {
+        1 + samples / self.config.hop_length
+    }
+
+    /// The mel power spectrogram (before the log), `[frames, n_mels]`.
+    pub fn power(&self, samples: &[f32]) -> Array2<f32> {
+        let (n_fft, hop, n_mels) = (self.config.n_fft, self.config.hop_length, self.config.n_mels);
+        let frames = self.frames(samples.len());
+        let mut out = Array2::<f32>::zeros((frames, n_mels));
+        if samples.is_empty() {
+            return out;
+        }
+        let pad = (n_fft / 2) as isize;
+        let mut buf = vec![Complex::new(0.0f32, 0.0); n_fft];
+        let mut scratch = vec![Complex::new(0.0f32, 0.0); self.fft.get_inplace_scratch_len()];
+        let mut power = vec![0.0f32; self.n_freqs];
+        for (t, mut row) in out.rows_mut().into_iter().enumerate() {
+            let start = (t * hop) as isize - pad;
+            for (k, c) in buf.iter_mut().enumerate() {
+                let i = start + k as isize;
+                let x = if i >= 0 && (i as usize) < samples.len() { samples[i as usize] } else { samples[reflect(i, samples.len())] };
+                *c = Complex::new(x * self.window[k], 0.0);
+            }
+            self.fft.process_with_scratch(&mut buf, &mut scratch);
+            for (p, c) in power.iter_mut().zip(&buf) {
+                *p = c.norm_sqr();
+            }
+            for (k, &p) in power.iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                let fb = &self.filters[k * n_mels..(k + 1) * n_mels];
+                for (o, &w) in row.iter_mut().zip(fb) {
+                    *o += w * p;
+                }
+            }
+        }
+        out
+    }
+
+    /// The log-mel spectrogram, `ln(mel + log_offset)`, `[frames, n_mels]`.
+    pub fn compute(&self, samples: &[f32]) -> Array2<f32> {
+        let offset = self.config.log_offset;
+        let mut mel = self.power(samples);
+        mel.mapv_inplace(|v| (v + offset).ln());
+        mel
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_padding_indices() {
+        // torch's reflect: x[-1] = x[1], x[n] = x[n-2].
+        let got: Vec<usize> = (-3..8).map(|i| reflect(i, 5)).collect();
+        assert_eq!(got, [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]);
+        assert_eq!(reflect(-7, 2), 1);
+    }
+
+    #[test]
+    fn a_tone_lands_in_the_right_mel_bin() {
+        let mel = LogMel::new(&MelConfig::default()).expect("config");
+        let tone: Vec<f32> = (0..16_000).map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin()).collect();
+        let spec = mel.power(&tone);
+        let middle = spec.row(50);
+        let peak = middle.iter().enumerate().fold((0, 0.0f32), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        // 1 kHz on the HTK scale is 1000 mel of 2840 (at 8 kHz): bin ~ 1000/2840·65 - 1 ≈ 21.9.
+        assert!((21..=23).contains(&peak.0), "peak in bin {}", peak.0);
+        let silence = mel.compute(&vec![0.0; 1600]);
+        assert!(silence.iter().all(|&v| (v - 1e-6f32.ln()).abs() < 1e-3));
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let bad = |c: MelConfig| LogMel::new(&c).expect_err("must fail").to_string();
+        let d = MelConfig::default();
+        assert!(bad(MelConfig { hop_length: 0, ..d }).contains("hop_length"));
+        assert!(bad(MelConfig { f_max: Some(9000.0), ..d }).contains("f_max"));
+        assert!(bad(MelConfig { f_min: 500.0, f_max: Some(400.0), ..d }).contains("f_min"));
+        assert!(bad(MelConfig { log_offset: 0.0, ..d }).contains("log_offset"));
+        assert!(bad(MelConfig { log_offset: f32::NAN, ..d }).contains("log_offset"));
+    }
+}
