@@ -12,6 +12,7 @@
 //! - [`audio`]: WAV, FLAC, MP3 and Ogg/Vorbis to mono `f32`, and band-limited resampling that
 //!   matches torchaudio's;
 //! - [`mel`]: log-mel spectrograms that match torchaudio's `MelSpectrogram`;
+//! - [`normalize`]: per-dimension mean/std from one streaming pass, saved and reloaded;
 //! - [`text`]: a word tokenizer and a vocabulary builder for word-vector encoders;
 //! - [`idx`]: the idx files of MNIST and its relatives;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
@@ -37,6 +38,7 @@ pub mod idx;
 pub mod image;
 pub mod manifest;
 pub mod mel;
+pub mod normalize;
 pub mod text;
 
 pub use error::{Error, Result};
