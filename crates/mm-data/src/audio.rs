@@ -54,10 +54,21 @@ pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
     let path = path.as_ref();
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    decode_stream(Box::new(file), len, path)
+}
+
+/// Decodes audio already read into memory (for callers that also hash or cache the bytes);
+/// `path` names it in errors and its extension hints the format.
+pub fn decode_audio_bytes(bytes: Vec<u8>, path: &Path) -> Result<Audio> {
+    let len = bytes.len() as u64;
+    decode_stream(Box::new(std::io::Cursor::new(bytes)), len, path)
+}
+
+fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, path: &Path) -> Result<Audio> {
     if len == 0 {
         return Err(Error::decode(path, "empty file (0 bytes)"));
     }
-    let stream = MediaSourceStream::new(Box::new(file), Default::default());
+    let stream = MediaSourceStream::new(source, Default::default());
     let mut hint = Hint::new();
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
@@ -127,6 +138,34 @@ pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
         samples.truncate(n as usize);
     }
     Ok(Audio { sample_rate, samples })
+}
+
+/// Encodes mono audio as a 16-bit PCM WAV file's bytes (samples clipped to `[-1, 1]`).
+pub fn encode_wav(audio: &Audio) -> Vec<u8> {
+    let data_len = (audio.samples.len() * 2) as u32;
+    let mut b = Vec::with_capacity(44 + data_len as usize);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&audio.sample_rate.to_le_bytes());
+    b.extend_from_slice(&(audio.sample_rate * 2).to_le_bytes()); // bytes per second
+    b.extend_from_slice(&2u16.to_le_bytes()); // block align
+    b.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in &audio.samples {
+        // Scaled by 32768 as decoders divide by it, so a round trip only rounds.
+        b.extend_from_slice(&((s * 32768.0).round().clamp(-32768.0, 32767.0) as i16).to_le_bytes());
+    }
+    b
+}
+
+/// Writes mono audio as a 16-bit PCM WAV file, atomically.
+pub fn write_wav(path: impl AsRef<Path>, audio: &Audio) -> Result<()> {
+    crate::fs::write_atomic(path.as_ref(), &encode_wav(audio))
 }
 
 /// Decodes an audio file and resamples it to `sample_rate`.
@@ -321,6 +360,18 @@ mod tests {
         let up = load_audio(&p, 16000).expect("load");
         assert_eq!((up.sample_rate, up.samples.len()), (16000, 200));
         assert!((up.duration() - 0.0125).abs() < 1e-9);
+    }
+
+    #[test]
+    fn written_wavs_decode_to_the_same_samples() {
+        let audio = Audio { sample_rate: 16000, samples: tone(300.0, 16000, 1234).iter().map(|s| s * 0.8).collect() };
+        let p = temp("written.wav", b"");
+        write_wav(&p, &audio).expect("write");
+        let back = decode_audio(&p).expect("decode");
+        assert_eq!(back.sample_rate, 16000);
+        assert_eq!(back.samples.len(), 1234);
+        let worst = back.samples.iter().zip(&audio.samples).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 0.5 / 32768.0, "{worst}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`mel`]: log-mel spectrograms that match torchaudio's `MelSpectrogram`;
 //! - [`normalize`]: per-dimension mean/std from one streaming pass, saved and reloaded;
 //! - [`text`]: a word tokenizer and a vocabulary builder for word-vector encoders;
+//! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
 //! - [`idx`]: the idx files of MNIST and its relatives;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
 //! - [`fs`]: atomic file writes; [`Error`]: the crate's error type.
@@ -31,6 +32,7 @@
 //! ```
 
 pub mod audio;
+pub mod clean;
 pub mod device;
 pub mod error;
 pub mod fs;

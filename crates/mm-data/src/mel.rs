@@ -124,7 +124,7 @@ impl LogMel {
         if !(config.f_min >= 0.0 && config.f_min < f_max && f_max <= nyquist) {
             return err(format!("need 0 <= f_min < f_max <= {nyquist} Hz, got f_min {} and f_max {f_max}", config.f_min));
         }
-        if !(config.log_offset > 0.0) {
+        if !config.log_offset.is_finite() || config.log_offset <= 0.0 {
             return err(format!("log_offset must be positive, got {}", config.log_offset));
         }
         let n_freqs = config.n_fft / 2 + 1;

@@ -143,3 +143,147 @@ fn mel_spectrogram_matches_torchaudio() {
         }
     }
 }
+
+mod cleaning {
+    use std::path::{Path, PathBuf};
+
+    use mm_data::audio::{encode_wav, Audio};
+    use mm_data::clean::{clean, CleanConfig, Modality, Policy, Reason};
+    use mm_data::manifest::{Manifest, Sample};
+
+    fn png(seed: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([seed, x as u8 * 9, y as u8 * 7]));
+        let mut out = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).expect("png");
+        out
+    }
+
+    fn tone(seconds: f32, amplitude: f32) -> Audio {
+        let n = (16000.0 * seconds) as usize;
+        Audio { sample_rate: 16000, samples: (0..n).map(|i| amplitude * (i as f32 * 0.2).sin()).collect() }
+    }
+
+    /// A data set on disk with one of every problem, and the good samples around them.
+    fn broken_data_set(dir: &Path) -> Manifest {
+        std::fs::create_dir_all(dir.join("f")).expect("mkdir");
+        let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join("f").join(name), bytes).expect("write");
+        write("good1.png", &png(1));
+        write("good2.png", &png(2));
+        let cut = png(3);
+        write("cut.png", &cut[..cut.len() / 2]);
+        write("good.wav", &encode_wav(&tone(0.5, 0.5)));
+        write("other.wav", &encode_wav(&tone(0.7, 0.3)));
+        write("zero.wav", b"");
+        let lying = encode_wav(&tone(0.5, 0.5));
+        write("lying.wav", &lying[..lying.len() / 3]);
+        write("silent.wav", &encode_wav(&tone(0.5, 0.0)));
+        write("short.wav", &encode_wav(&tone(0.05, 0.5)));
+        let mut m = Manifest::new(dir);
+        let s = |id: &str| Sample::new(id).with_label("a");
+        for sample in [
+            s("ok1").with_image("f/good1.png").with_audio("f/good.wav").with_text("one"),
+            s("ok2").with_image("f/good2.png").with_audio("f/other.wav").with_text("two"),
+            s("cut-image").with_image("f/cut.png").with_text("three"),
+            s("missing-file").with_image("f/nope.png").with_audio("f/good.wav"),
+            s("zero-wav").with_image("f/good1.png").with_audio("f/zero.wav"),
+            s("lying-wav").with_image("f/good2.png").with_audio("f/lying.wav"),
+            s("silent").with_image("f/good1.png").with_audio("f/silent.wav").with_text("quiet"),
+            s("short").with_image("f/good2.png").with_audio("f/short.wav").with_text("brief"),
+            s("blank-text").with_image("f/good1.png").with_text("  \t"),
+            Sample::new("unknown-label").with_text("four").with_label("zebra"),
+            s("nan").with_features(vec![1.0, f64::NAN]),
+            s("no-audio").with_image("f/good2.png").with_text("five"),
+            s("copy-of-ok1").with_image("f/good1.png").with_audio("f/good.wav").with_text("one"),
+        ] {
+            m.push(sample).expect("valid sample");
+        }
+        m
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mm-clean-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn config() -> CleanConfig {
+        CleanConfig {
+            min_duration: Some(0.1),
+            classes: Some(vec!["a".to_string(), "b".to_string()]),
+            required: vec![Modality::Audio],
+            ..CleanConfig::default()
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_and_the_rest_is_kept() {
+        let dir = temp("report");
+        let m = broken_data_set(&dir);
+        let (kept, report) = clean(&m, &config()).expect("no fail policy");
+        let reasons_of = |id: &str| -> Vec<Reason> {
+            report.findings.iter().filter(|f| f.id == id).map(|f| f.reason).collect()
+        };
+        assert!(reasons_of("ok1").is_empty() && reasons_of("ok2").is_empty());
+        assert_eq!(reasons_of("cut-image"), [Reason::BadImage, Reason::MissingModality]);
+        assert_eq!(reasons_of("missing-file"), [Reason::BadImage]);
+        assert_eq!(reasons_of("zero-wav"), [Reason::BadAudio]);
+        assert_eq!(reasons_of("lying-wav"), [Reason::BadAudio]);
+        assert_eq!(reasons_of("silent"), [Reason::SilentAudio]);
+        assert_eq!(reasons_of("short"), [Reason::TooShort]);
+        assert_eq!(reasons_of("blank-text"), [Reason::EmptyText, Reason::MissingModality]);
+        assert_eq!(reasons_of("unknown-label"), [Reason::UnknownLabel, Reason::MissingModality]);
+        assert_eq!(reasons_of("nan"), [Reason::NonFinite, Reason::MissingModality]);
+        assert_eq!(reasons_of("no-audio"), [Reason::MissingModality]);
+        assert_eq!(reasons_of("copy-of-ok1"), [Reason::Duplicate]);
+        let lying = report.findings.iter().find(|f| f.id == "lying-wav").expect("finding");
+        assert!(lying.detail.contains("lying.wav") && lying.detail.contains("truncated"), "{}", lying.detail);
+
+        // Kept by policy: clean samples, silent audio and a missing modality; the rest dropped.
+        let ids: Vec<&str> = kept.samples().iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["ok1", "ok2", "silent", "no-audio"]);
+        assert_eq!((report.total, report.kept, report.dropped), (13, 4, 9));
+
+        let json = report.to_json();
+        assert_eq!(json["reasons"]["bad_audio"]["count"], 2);
+        assert_eq!(json["reasons"]["duplicate"]["samples"][0]["detail"], "same content as ok1");
+        assert_eq!(json["reasons"]["silent_audio"]["policy"], "keep");
+        let summary = report.summary();
+        assert!(summary.starts_with("13 samples checked: 4 kept, 9 dropped"), "{summary}");
+        report.save(dir.join("report.json")).expect("save");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("read")).expect("json");
+        assert_eq!(saved, json);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_report_is_the_same_on_one_thread_and_on_four() {
+        let dir = temp("threads");
+        let m = broken_data_set(&dir);
+        let run = |threads| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool").install(|| clean(&m, &config()))
+        };
+        let (kept1, report1) = run(1).expect("clean");
+        let (kept4, report4) = run(4).expect("clean");
+        assert_eq!(report1, report4);
+        assert_eq!(kept1.samples(), kept4.samples());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_fail_policy_stops_the_pass_and_names_the_samples() {
+        let dir = temp("fail");
+        let m = broken_data_set(&dir);
+        let mut cfg = config();
+        cfg.policies.insert(Reason::BadAudio, Policy::Fail);
+        let e = clean(&m, &cfg).expect_err("fails").to_string();
+        assert!(e.contains("2 sample(s) fail the cleaning policy"), "{e}");
+        assert!(e.contains("zero-wav (bad_audio") && e.contains("lying-wav (bad_audio"), "{e}");
+        // Keeping everything drops nothing, and still reports everything.
+        let keep_all = CleanConfig { policies: Reason::ALL.iter().map(|r| (*r, Policy::Keep)).collect(), ..config() };
+        let (kept, report) = clean(&m, &keep_all).expect("keep all");
+        assert_eq!((kept.samples().len(), report.dropped), (13, 0));
+        assert_eq!(report.findings.len(), 15); // as listed in every_problem_is_reported_and_the_rest_is_kept
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
