@@ -14,6 +14,8 @@
 //! - [`mel`]: log-mel spectrograms that match torchaudio's `MelSpectrogram`;
 //! - [`normalize`]: per-dimension mean/std from one streaming pass, saved and reloaded;
 //! - [`text`]: a word tokenizer and a vocabulary builder for word-vector encoders;
+//! - [`augment`]: image, audio, text and modality-dropout augmentation, reproducible per sample;
+//! - [`rng`]: per-sample seeded randomness;
 //! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
 //! - [`idx`]: the idx files of MNIST and its relatives;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
@@ -32,6 +34,7 @@
 //! ```
 
 pub mod audio;
+pub mod augment;
 pub mod clean;
 pub mod device;
 pub mod error;
@@ -41,6 +44,7 @@ pub mod image;
 pub mod manifest;
 pub mod mel;
 pub mod normalize;
+pub mod rng;
 pub mod text;
 
 pub use error::{Error, Result};
