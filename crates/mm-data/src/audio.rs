@@ -18,8 +18,10 @@
 //! assert!((up[800] - expected).abs() < 1e-2);
 //! ```
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{
@@ -190,13 +192,13 @@ const ROLLOFF: f64 = 0.99;
 /// Resamples mono audio from `from` Hz to `to` Hz with band-limited (windowed-sinc)
 /// interpolation; the output has `ceil(len · to / from)` samples. Same rate: a copy.
 ///
-/// This builds a [`Resampler`] for the call; a loader that converts many clips between the
-/// same rates keeps one instead.
+/// The filter kernels come from [`Resampler::cached`], so repeated calls between the same
+/// rates do not rebuild them.
 ///
 /// # Panics
 /// If either rate is 0 (decoders never return one).
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
-    Resampler::new(from, to).process(samples)
+    Resampler::cached(from, to).process(samples)
 }
 
 /// A band-limited resampler between two fixed rates: the filter kernels (one per output phase,
@@ -241,6 +243,19 @@ impl Resampler {
             }
         }
         Resampler { orig, new, width, kernels }
+    }
+
+    /// A shared resampler for this pair of rates, built on first use and then reused by every
+    /// thread: loaders and augmentation call this per clip.
+    pub fn cached(from: u32, to: u32) -> Arc<Resampler> {
+        type Cache = RwLock<HashMap<(u32, u32), Arc<Resampler>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
+        let cache = CACHE.get_or_init(Default::default);
+        if let Some(r) = cache.read().unwrap_or_else(|e| e.into_inner()).get(&(from, to)) {
+            return Arc::clone(r);
+        }
+        let r = Arc::new(Resampler::new(from, to));
+        cache.write().unwrap_or_else(|e| e.into_inner()).entry((from, to)).or_insert(r).clone()
     }
 
     /// Resamples one clip; the output has `ceil(len · to / from)` samples.

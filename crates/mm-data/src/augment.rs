@@ -275,7 +275,7 @@ pub fn augment_waveform(samples: &mut Vec<f32>, aug: &AudioAugment, rng: &mut Rn
         // Quantised to 1/20 so that the resampling ratio stays a small fraction.
         let steps = (rng.uniform(lo, hi) * 20.0).round().max(1.0) as u32;
         if steps != 20 {
-            *samples = Resampler::new(steps, 20).process(samples);
+            *samples = Resampler::cached(steps, 20).process(samples);
         }
     }
     if aug.gain_db > 0.0 {

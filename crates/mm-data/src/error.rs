@@ -34,6 +34,18 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// Loading one sample failed; the source says why.
+    #[error("sample {id:?}: {source}")]
+    Sample {
+        /// The sample's id.
+        id: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A configuration value is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 impl Error {

@@ -17,6 +17,8 @@
 //! - [`augment`]: image, audio, text and modality-dropout augmentation, reproducible per sample;
 //! - [`rng`]: per-sample seeded randomness;
 //! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
+//! - [`pipeline`]: per-modality decode, resample, augment and normalise into an [`pipeline::Item`];
+//! - [`loader`]: parallel, prefetching, seeded batches collated into `tch` tensors;
 //! - [`idx`]: the idx files of MNIST and its relatives;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
 //! - [`fs`]: atomic file writes; [`Error`]: the crate's error type.
@@ -41,9 +43,11 @@ pub mod error;
 pub mod fs;
 pub mod idx;
 pub mod image;
+pub mod loader;
 pub mod manifest;
 pub mod mel;
 pub mod normalize;
+pub mod pipeline;
 pub mod rng;
 pub mod text;
 

@@ -82,34 +82,108 @@ fn reads_real_mnist_idx_files() {
     assert_eq!(images[[0, 0, 0]], 0);
 }
 
+/// Unpacks the first `n` WAV files of the mirror's FSDD archive into `dir`; returns their
+/// file names (`{digit}_{speaker}_{take}.wav`).
+fn extract_fsdd(data: &Path, dir: &Path, n: usize) -> Vec<String> {
+    let archive = std::fs::File::open(data.join("mirror/fsdd/v1.0.10.tar.gz")).expect("archive");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut names = Vec::new();
+    for entry in tar.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        let name = entry.path().expect("path").file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(name) = name.filter(|n| n.ends_with(".wav")) else { continue };
+        entry.unpack(dir.join(&name)).expect("unpack");
+        names.push(name);
+        if names.len() == n {
+            break;
+        }
+    }
+    names
+}
+
 /// Real Free Spoken Digit recordings (8 kHz mono WAV) from the mirror's archive: decoded,
 /// durations within the published 0.14-2.28 s, and resampled to 16 kHz.
 #[test]
 fn decodes_real_fsdd_recordings() {
     let Some(data) = shared_data() else { return };
-    let archive = std::fs::File::open(data.join("mirror/fsdd/v1.0.10.tar.gz")).expect("archive");
     let dir = std::env::temp_dir().join(format!("mm-data-fsdd-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
-    let mut decoded = 0;
-    for entry in tar.entries().expect("tar entries") {
-        let mut entry = entry.expect("tar entry");
-        let name = entry.path().expect("path").file_name().map(|n| n.to_string_lossy().into_owned());
-        let Some(name) = name.filter(|n| n.ends_with(".wav")) else { continue };
-        let file = dir.join(&name);
-        entry.unpack(&file).expect("unpack");
-        let audio = mm_data::audio::decode_audio(&file).expect("real FSDD wav decodes");
+    let names = extract_fsdd(&data, &dir, 40);
+    assert_eq!(names.len(), 40);
+    for name in &names {
+        let audio = mm_data::audio::decode_audio(dir.join(name)).expect("real FSDD wav decodes");
         assert_eq!(audio.sample_rate, 8000, "{name}");
         assert!((0.1..2.5).contains(&audio.duration()), "{name}: {} s", audio.duration());
         assert!(audio.samples.iter().all(|s| s.is_finite() && s.abs() <= 1.0), "{name}");
         let up = mm_data::audio::resample(&audio.samples, 8000, 16000);
         assert_eq!(up.len(), audio.samples.len() * 2);
-        decoded += 1;
-        if decoded == 40 {
-            break;
-        }
     }
-    assert_eq!(decoded, 40);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The whole path on real data: MNIST digits written as PNG files, FSDD recordings of the
+/// same digit, a manifest, statistics from the training split, and batches of tensors whose
+/// labels are the digits.
+#[test]
+fn loads_real_mnist_and_fsdd_into_batches() {
+    use mm_data::loader::{Loader, LoaderConfig};
+    use mm_data::manifest::{Manifest, Sample, Split};
+    use mm_data::mel::MelConfig;
+    use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline};
+    use std::sync::Arc;
+
+    let Some(data) = shared_data() else { return };
+    let dir = std::env::temp_dir().join(format!("mm-data-av-{}", std::process::id()));
+    let wavs = extract_fsdd(&data, &dir.join("audio"), 30);
+    let mnist = data.join("mirror/mnist");
+    let images = mm_data::idx::read_idx(mnist.join("t10k-images-idx3-ubyte.gz")).expect("images").into_u8().expect("u8");
+    let labels = mm_data::idx::read_idx(mnist.join("t10k-labels-idx1-ubyte.gz")).expect("labels").into_u8().expect("u8");
+    std::fs::create_dir_all(dir.join("image")).expect("mkdir");
+    let mut manifest = Manifest::new(&dir);
+    let mut used = vec![false; labels.len()];
+    for (k, wav) in wavs.iter().enumerate() {
+        let digit: u8 = wav[..1].parse().expect("digit prefix");
+        // The first unused MNIST image of the same digit.
+        let i = (0..labels.len()).find(|&i| !used[i] && labels[i] == digit).expect("an image of that digit");
+        used[i] = true;
+        let pixels: Vec<u8> = images.slice(ndarray::s![i, .., ..]).iter().copied().collect();
+        image::GrayImage::from_raw(28, 28, pixels).expect("28x28").save(dir.join(format!("image/{k}.png"))).expect("png");
+        let split = if k < 24 { Split::Train } else { Split::Test };
+        let sample = Sample::new(format!("av{k}"))
+            .with_image(format!("image/{k}.png"))
+            .with_audio(format!("audio/{wav}"))
+            .with_label(digit.to_string())
+            .with_split(split);
+        manifest.push(sample).expect("sample");
+    }
+    let manifest = Arc::new(manifest);
+    let mut pipeline = Pipeline::new((0..10).map(|d| d.to_string()).collect());
+    pipeline.image = Some(ImageSpec::new((28, 28)));
+    pipeline.audio = Some(AudioSpec::new(&MelConfig::default()).expect("mel"));
+    pipeline.fit_statistics(&manifest).expect("statistics");
+    let img_stats = &pipeline.image.as_ref().expect("image").normalizer;
+    // MNIST is mostly black: a low mean, the same in the three (grey) channels.
+    assert!(img_stats.mean[0] > 0.05 && img_stats.mean[0] < 0.3, "{img_stats:?}");
+    assert!((img_stats.mean[0] - img_stats.mean[2]).abs() < 1e-6);
+    let config = LoaderConfig { batch_size: 8, ..LoaderConfig::evaluation() };
+    let loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
+    let mut seen = 0;
+    for batch in loader.epoch(0) {
+        let batch = batch.expect("batch");
+        let n = batch.len() as i64;
+        assert_eq!(batch.image.as_ref().expect("image").size(), [n, 3, 28, 28]);
+        let (mel, lengths) = batch.audio.as_ref().expect("audio");
+        assert_eq!(mel.size()[2], 64);
+        assert!(Vec::<i64>::try_from(lengths).expect("lengths").iter().all(|&l| l > 10));
+        assert_eq!(mel.isfinite().all().int64_value(&[]), 1);
+        let got = Vec::<i64>::try_from(batch.label.as_ref().expect("labels")).expect("ids");
+        for (id, label) in batch.ids.iter().zip(got) {
+            let k: usize = id[2..].parse().expect("index");
+            assert_eq!(label.to_string(), wavs[k][..1], "{id}");
+        }
+        seen += batch.len();
+    }
+    assert_eq!(seen, 24);
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -284,6 +358,214 @@ mod cleaning {
         let (kept, report) = clean(&m, &keep_all).expect("keep all");
         assert_eq!((kept.samples().len(), report.dropped), (13, 0));
         assert_eq!(report.findings.len(), 15); // as listed in every_problem_is_reported_and_the_rest_is_kept
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+mod loading {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use mm_data::audio::{write_wav, Audio};
+    use mm_data::loader::{Loader, LoaderConfig, NO_LABEL};
+    use mm_data::manifest::{Manifest, Sample, Split};
+    use mm_data::mel::MelConfig;
+    use mm_data::pipeline::{AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextSpec};
+    use mm_data::text::{VocabBuilder, WordTokenizer};
+    use mm_data::augment::{AudioAugment, ImageAugment, TextAugment};
+    use tch::Tensor;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mm-load-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + seed * 31) as u8, (y * 5 + seed) as u8, (seed * 13) as u8]))
+            .save(path)
+            .expect("png");
+    }
+
+    /// 12 samples with every modality (some missing), labels a/b (imbalanced 9:3), features.
+    fn data_set(dir: &Path) -> Manifest {
+        let mut m = Manifest::new(dir);
+        for i in 0..12u32 {
+            write_png(&dir.join(format!("i{i}.png")), 20 + i, 16, i);
+            for f in 0..(2 + i % 3) {
+                write_png(&dir.join(format!("v{i}_{f}.png")), 12, 12, i * 10 + f);
+            }
+            let n = 1600 + 400 * i as usize; // 0.1 s to 0.375 s at 16 kHz
+            let samples = (0..n).map(|k| 0.3 * ((k as f32) * (0.05 + 0.01 * i as f32)).sin()).collect();
+            write_wav(dir.join(format!("a{i}.wav")), &Audio { sample_rate: 16000, samples }).expect("wav");
+            let mut s = Sample::new(format!("s{i}"))
+                .with_image(format!("i{i}.png"))
+                .with_text(if i % 2 == 0 { "a red circle" } else { "one small blue square, moving left" })
+                .with_frames((0..(2 + i % 3)).map(|f| format!("v{i}_{f}.png")))
+                .with_features(vec![f64::from(i), 100.0 - f64::from(i)])
+                .with_label(if i < 9 { "a" } else { "b" })
+                .with_target(f64::from(i) / 10.0)
+                .with_split(if i < 10 { Split::Train } else { Split::Test });
+            if i != 3 {
+                s = s.with_audio(format!("a{i}.wav"));
+            }
+            m.push(s).expect("sample");
+        }
+        m
+    }
+
+    fn pipeline(m: &Manifest, augment: bool) -> Pipeline {
+        let mut p = Pipeline::new(vec!["a".into(), "b".into()]);
+        let mut image = ImageSpec::new((16, 16));
+        let mut audio = AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel");
+        let tok = WordTokenizer::default();
+        let vocab = VocabBuilder::default().build(&tok, m.split(Split::Train).filter_map(|s| s.text.as_deref()));
+        let mut text = TextSpec { tokenizer: tok, vocab: Arc::new(vocab), max_tokens: 6, augment: TextAugment::default() };
+        if augment {
+            image.augment = ImageAugment { rotate_degrees: 10.0, noise_std: 0.02, ..ImageAugment::standard() };
+            audio.augment = AudioAugment::standard();
+            text.augment = TextAugment { drop: 0.2, swap: 0.1 };
+            p.modality_dropout = 0.2;
+        }
+        p.image = Some(image.clone());
+        p.audio = Some(audio);
+        p.text = Some(text);
+        p.frames = Some(FramesSpec { image: ImageSpec::new((8, 8)), max_frames: Some(3) });
+        p.features = Some(FeatureSpec { dim: 2, normalizer: None });
+        p.seed = 11;
+        p
+    }
+
+    #[test]
+    fn batches_have_the_documented_layout() {
+        let dir = temp("layout");
+        let m = Arc::new(data_set(&dir));
+        let mut p = pipeline(&m, false);
+        p.fit_statistics(&m).expect("stats");
+        // Statistics come from the 10 training samples only: features 0..9 have mean 4.5.
+        let fstats = p.features.as_ref().and_then(|f| f.normalizer.clone()).expect("fitted");
+        assert!((fstats.mean[0] - 4.5).abs() < 1e-5 && (fstats.mean[1] - 95.5).abs() < 1e-4, "{fstats:?}");
+        let config = LoaderConfig { batch_size: 5, ..LoaderConfig::evaluation() };
+        let loader = Loader::new(Arc::clone(&m), Split::Train, Arc::new(p), config).expect("loader");
+        assert_eq!(loader.batches_per_epoch(), 2);
+        let batches: Vec<_> = loader.epoch(0).collect::<Result<_, _>>().expect("batches");
+        assert_eq!(batches.len(), 2);
+        let b = &batches[0];
+        assert_eq!(b.ids, ["s0", "s1", "s2", "s3", "s4"]);
+        assert_eq!(b.modalities, ["image", "audio", "text", "frames", "features"]);
+        assert_eq!(b.image.as_ref().expect("image").size(), [5, 3, 16, 16]);
+        let (audio, alen) = b.audio.as_ref().expect("audio");
+        // Clip i has 1600 + 400 i samples: 1 + n / 160 frames; s3 has no audio.
+        assert_eq!(Vec::<i64>::try_from(alen).expect("lengths"), [11, 13, 16, 0, 21]);
+        assert_eq!(audio.size(), [5, 21, 32]);
+        assert_eq!(audio.get(3).abs().sum(tch::Kind::Float).double_value(&[]), 0.0);
+        let present = Vec::<f32>::try_from(b.present.flatten(0, -1)).expect("mask");
+        assert_eq!(&present[15..20], [1.0, 0.0, 1.0, 1.0, 1.0]); // s3: no audio
+        let (tokens, tlen) = b.text.as_ref().expect("text");
+        assert_eq!(Vec::<i64>::try_from(tlen).expect("lengths"), [3, 6, 3, 6, 3]); // cut at max_tokens
+        assert_eq!(tokens.size(), [5, 6]);
+        assert_eq!(tokens.int64_value(&[0, 5]), 0); // <pad>
+        let (frames, flen) = b.frames.as_ref().expect("frames");
+        assert_eq!(Vec::<i64>::try_from(flen).expect("lengths"), [2, 3, 3, 2, 3]);
+        assert_eq!(frames.size(), [5, 3, 3, 8, 8]);
+        assert_eq!(Vec::<i64>::try_from(b.label.as_ref().expect("label")).expect("ids"), [0, 0, 0, 0, 0]);
+        let (target, tmask) = b.target.as_ref().expect("target");
+        assert!((target.double_value(&[4]) - 0.4).abs() < 1e-6);
+        assert_eq!(tmask.sum(tch::Kind::Float).double_value(&[]), 5.0);
+        // Standardised features of the training split: mean 0 over its 10 samples.
+        let all = Tensor::cat(&[batches[0].features.as_ref().expect("f"), batches[1].features.as_ref().expect("f")], 0);
+        assert!(all.mean_dim(0, false, tch::Kind::Float).abs().max().double_value(&[]) < 1e-5);
+        assert_eq!(NO_LABEL, -100);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn epoch_tensors(loader: &Loader, epoch: u64) -> Vec<(Vec<String>, Tensor, Tensor, Tensor)> {
+        loader
+            .epoch(epoch)
+            .map(|b| {
+                let b = b.expect("batch");
+                (b.ids.clone(), b.image.expect("image"), b.audio.expect("audio").0, b.text.expect("text").0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn augmented_epochs_are_reproducible_across_thread_counts() {
+        let dir = temp("determinism");
+        let m = Arc::new(data_set(&dir));
+        let p = Arc::new(pipeline(&m, true));
+        let config = LoaderConfig { batch_size: 4, drop_last: false, ..LoaderConfig::training(5) };
+        let loader = Loader::new(Arc::clone(&m), Split::Train, p, config).expect("loader");
+        let run = |threads: usize, epoch| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool").install(|| epoch_tensors(&loader, epoch))
+        };
+        let (one, four) = (run(1, 0), run(4, 0));
+        assert_eq!(one.len(), 3);
+        for (a, b) in one.iter().zip(&four) {
+            assert_eq!(a.0, b.0);
+            assert!(a.1.equal(&b.1) && a.2.equal(&b.2) && a.3.equal(&b.3), "batch {:?} differs", a.0);
+        }
+        // Another epoch: another order and other augmentations; every sample still once.
+        let next = run(2, 1);
+        let ids = |e: &Vec<(Vec<String>, Tensor, Tensor, Tensor)>| e.iter().flat_map(|b| b.0.clone()).collect::<Vec<_>>();
+        assert_ne!(ids(&one), ids(&next));
+        let mut sorted = ids(&next);
+        sorted.sort();
+        assert_eq!(sorted, (0..10).map(|i| format!("s{i}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn balanced_sampling_evens_out_the_classes_and_drop_last_counts() {
+        let dir = temp("balanced");
+        let m = Arc::new(data_set(&dir));
+        let p = Arc::new(pipeline(&m, false));
+        let config = LoaderConfig { batch_size: 3, balanced: true, ..LoaderConfig::training(1) };
+        let loader = Loader::new(Arc::clone(&m), Split::Train, p, config).expect("loader");
+        assert_eq!(loader.batches_per_epoch(), 3); // 10 samples, drop_last: 3 full batches
+        // The training split holds 9 "a" and 1 "b"; over many epochs both come up about equally.
+        let mut b_count = 0;
+        let mut total = 0;
+        for epoch in 0..400 {
+            for i in loader.order(epoch) {
+                total += 1;
+                b_count += usize::from(m.samples()[i].label.as_deref() == Some("b"));
+            }
+        }
+        let share = b_count as f64 / total as f64;
+        assert!((share - 0.5).abs() < 0.03, "class b drawn {share:.3} of the time");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn a_broken_sample_stops_the_epoch_with_its_id() {
+        let dir = temp("broken");
+        let m = data_set(&dir);
+        std::fs::write(dir.join("i2.png"), b"not a png").expect("corrupt");
+        let m = Arc::new(m);
+        let loader = Loader::new(Arc::clone(&m), Split::Train, Arc::new(pipeline(&m, false)), LoaderConfig { batch_size: 2, ..LoaderConfig::evaluation() })
+            .expect("loader");
+        let results: Vec<_> = loader.epoch(0).collect();
+        assert!(results[0].is_ok());
+        let err = results[1].as_ref().expect_err("s2 is broken").to_string();
+        assert!(err.starts_with("sample \"s2\": ") && err.contains("i2.png"), "{err}");
+        assert_eq!(results.len(), 2, "the epoch stops at the error");
+        // Configuration errors are reported before any work.
+        let bad = Loader::new(Arc::clone(&m), Split::Val, Arc::new(pipeline(&m, false)), LoaderConfig::evaluation());
+        assert!(bad.expect_err("no val split").to_string().contains("val split"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn dropping_an_epoch_early_stops_its_thread() {
+        let dir = temp("drop");
+        let m = Arc::new(data_set(&dir));
+        let loader = Loader::new(Arc::clone(&m), Split::Train, Arc::new(pipeline(&m, false)), LoaderConfig { batch_size: 1, prefetch: 1, ..LoaderConfig::evaluation() })
+            .expect("loader");
+        let mut batches = loader.epoch(0);
+        assert!(batches.next().is_some());
+        drop(batches); // must return (join) although 9 batches were never taken
         std::fs::remove_dir_all(dir).ok();
     }
 }

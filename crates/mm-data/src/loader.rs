@@ -1,0 +1,396 @@
+//! The data loader: samples of one split are decoded and augmented in parallel (rayon),
+//! whole batches are prepared ahead on a background thread, and each batch is collated into
+//! `tch` tensors with padding, lengths and a presence mask.
+//!
+//! - Order: seeded shuffling per epoch, or class-balanced sampling (each class drawn equally
+//!   often, with replacement, as PyTorch's `WeightedRandomSampler` with inverse class
+//!   frequencies); `drop_last` leaves out a final short batch.
+//! - Memory stays bounded: at most `prefetch` batches wait in the queue, and nothing is decoded
+//!   before it is needed.
+//! - A sample that fails to load stops the epoch with an error naming it (run the
+//!   [cleaning pass](crate::clean) first to drop bad samples with a report).
+//! - The same seed gives the same batches whatever the number of threads.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mm_data::loader::{Loader, LoaderConfig};
+//! use mm_data::manifest::{Manifest, Split};
+//! use mm_data::pipeline::{ImageSpec, Pipeline};
+//!
+//! let manifest = Arc::new(Manifest::read("data/manifest.jsonl")?);
+//! let mut pipeline = Pipeline::new(vec!["cat".into(), "dog".into()]);
+//! pipeline.image = Some(ImageSpec::new((64, 64)));
+//! let config = LoaderConfig { batch_size: 32, ..LoaderConfig::training(0) };
+//! let loader = Loader::new(manifest, Split::Train, Arc::new(pipeline), config)?;
+//! for batch in loader.epoch(0) {
+//!     let batch = batch?;
+//!     let images = batch.image.as_ref().unwrap(); // [B, 3, 64, 64]
+//!     let labels = batch.label.as_ref().unwrap(); // [B], -100 where a sample has none
+//! }
+//! # Ok::<(), mm_data::Error>(())
+//! ```
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rayon::prelude::*;
+use tch::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, Split};
+use crate::pipeline::{Item, Pipeline};
+use crate::rng::Rng;
+
+/// The class id of a sample without a label (PyTorch's `ignore_index` default).
+pub const NO_LABEL: i64 = -100;
+
+/// How batches are formed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoaderConfig {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Shuffle the order every epoch.
+    pub shuffle: bool,
+    /// Draw classes equally often (with replacement) instead of going through the samples.
+    pub balanced: bool,
+    /// Leave out the last batch when it is short.
+    pub drop_last: bool,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+    /// Augment and apply modality dropout (training), or not (evaluation).
+    pub train: bool,
+    /// Seed of the order (the pipeline has its own for augmentation).
+    pub seed: u64,
+}
+
+impl LoaderConfig {
+    /// Training: shuffled, augmented, last short batch dropped, batches of 64, 4 prefetched.
+    pub fn training(seed: u64) -> Self {
+        LoaderConfig { batch_size: 64, shuffle: true, balanced: false, drop_last: true, prefetch: 4, train: true, seed }
+    }
+
+    /// Evaluation: in manifest order, no augmentation, every sample.
+    pub fn evaluation() -> Self {
+        LoaderConfig { batch_size: 64, shuffle: false, balanced: false, drop_last: false, prefetch: 4, train: false, seed: 0 }
+    }
+}
+
+/// A collated batch. Every tensor is on the CPU; [`Batch::to_device`] moves them.
+#[derive(Debug)]
+pub struct Batch {
+    /// Sample ids, in batch order.
+    pub ids: Vec<String>,
+    /// Modality names, in the order of `present`'s columns.
+    pub modalities: Vec<&'static str>,
+    /// `[B, M]` float: 1 where the sample has the modality.
+    pub present: Tensor,
+    /// `[B, 3, H, W]`, zeros where absent.
+    pub image: Option<Tensor>,
+    /// `[B, T, n_mels]` padded with zeros, and `[B]` lengths in frames (0 where absent).
+    pub audio: Option<(Tensor, Tensor)>,
+    /// `[B, L]` token ids padded with 0 (`<pad>`), and `[B]` lengths.
+    pub text: Option<(Tensor, Tensor)>,
+    /// `[B, T, 3, H, W]` padded with zeros, and `[B]` lengths in frames.
+    pub frames: Option<(Tensor, Tensor)>,
+    /// `[B, D]`, zeros where absent.
+    pub features: Option<Tensor>,
+    /// `[B]` class ids, [`NO_LABEL`] where a sample has none; `None` if no sample has one.
+    pub label: Option<Tensor>,
+    /// `[B, C]` multi-hot class targets; `None` if no sample has multi-labels.
+    pub labels: Option<Tensor>,
+    /// `[B]` regression targets and `[B]` float mask (1 where a sample has one).
+    pub target: Option<(Tensor, Tensor)>,
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the batch is empty (never, for batches a loader yields).
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Moves every tensor to `device` (asynchronously from pinned memory on CUDA).
+    pub fn to_device(self, device: Device) -> Batch {
+        if device == Device::Cpu {
+            return self;
+        }
+        let mv = |t: Tensor| {
+            let pinned = if device.is_cuda() { t.pin_memory(device) } else { t };
+            pinned.to_device_(device, pinned.kind(), true, false)
+        };
+        let pair = |p: (Tensor, Tensor)| (mv(p.0), mv(p.1));
+        Batch {
+            ids: self.ids,
+            modalities: self.modalities,
+            present: mv(self.present),
+            image: self.image.map(mv),
+            audio: self.audio.map(pair),
+            text: self.text.map(pair),
+            frames: self.frames.map(pair),
+            features: self.features.map(mv),
+            label: self.label.map(mv),
+            labels: self.labels.map(mv),
+            target: self.target.map(pair),
+        }
+    }
+}
+
+fn tensor(data: Vec<f32>, shape: &[i64]) -> Tensor {
+    Tensor::from_slice(&data).view(shape)
+}
+
+/// Collates items into a batch for a pipeline's modalities (see [`Batch`] for the layout).
+///
+/// # Panics
+/// If `items` is empty, or items disagree on shapes the pipeline fixes (a programmer error:
+/// the pipeline makes every image the same size).
+pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
+    assert!(!items.is_empty(), "cannot collate an empty batch");
+    let b = items.len() as i64;
+    let modalities = pipeline.modalities();
+    let mut present = Vec::with_capacity(items.len() * modalities.len());
+    for it in items {
+        for m in &modalities {
+            let has = match *m {
+                "image" => it.image.is_some(),
+                "audio" => it.audio.is_some(),
+                "text" => it.tokens.is_some(),
+                "frames" => it.frames.is_some(),
+                _ => it.features.is_some(),
+            };
+            present.push(if has { 1.0 } else { 0.0 });
+        }
+    }
+    let image = pipeline.image.as_ref().map(|spec| {
+        let (h, w) = spec.size;
+        let per = 3 * h * w;
+        let mut data = vec![0.0f32; items.len() * per];
+        for (chunk, it) in data.chunks_exact_mut(per).zip(items) {
+            if let Some(img) = &it.image {
+                chunk.copy_from_slice(img.as_slice().expect("standard layout"));
+            }
+        }
+        tensor(data, &[b, 3, h as i64, w as i64])
+    });
+    let audio = pipeline.audio.as_ref().map(|spec| {
+        let f = spec.mel.config().n_mels;
+        let t = items.iter().filter_map(|i| i.audio.as_ref().map(|a| a.nrows())).max().unwrap_or(0).max(1);
+        let mut data = vec![0.0f32; items.len() * t * f];
+        let mut lengths = Vec::with_capacity(items.len());
+        for (chunk, it) in data.chunks_exact_mut(t * f).zip(items) {
+            let len = it.audio.as_ref().map_or(0, |a| {
+                chunk[..a.len()].copy_from_slice(a.as_slice().expect("standard layout"));
+                a.nrows()
+            });
+            lengths.push(len as i64);
+        }
+        (tensor(data, &[b, t as i64, f as i64]), Tensor::from_slice(&lengths))
+    });
+    let text = pipeline.text.as_ref().map(|_| {
+        let l = items.iter().filter_map(|i| i.tokens.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
+        let mut data = vec![0i64; items.len() * l];
+        let mut lengths = Vec::with_capacity(items.len());
+        for (chunk, it) in data.chunks_exact_mut(l).zip(items) {
+            let len = it.tokens.as_ref().map_or(0, |t| {
+                chunk[..t.len()].copy_from_slice(t);
+                t.len()
+            });
+            lengths.push(len as i64);
+        }
+        (Tensor::from_slice(&data).view([b, l as i64]), Tensor::from_slice(&lengths))
+    });
+    let frames = pipeline.frames.as_ref().map(|spec| {
+        let (h, w) = spec.image.size;
+        let per = 3 * h * w;
+        let t = items.iter().filter_map(|i| i.frames.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
+        let mut data = vec![0.0f32; items.len() * t * per];
+        let mut lengths = Vec::with_capacity(items.len());
+        for (chunk, it) in data.chunks_exact_mut(t * per).zip(items) {
+            let len = it.frames.as_ref().map_or(0, |fs| {
+                for (dst, f) in chunk.chunks_exact_mut(per).zip(fs) {
+                    dst.copy_from_slice(f.as_slice().expect("standard layout"));
+                }
+                fs.len()
+            });
+            lengths.push(len as i64);
+        }
+        (tensor(data, &[b, t as i64, 3, h as i64, w as i64]), Tensor::from_slice(&lengths))
+    });
+    let features = pipeline.features.as_ref().map(|spec| {
+        let mut data = vec![0.0f32; items.len() * spec.dim];
+        for (chunk, it) in data.chunks_exact_mut(spec.dim.max(1)).zip(items) {
+            if let Some(f) = &it.features {
+                chunk.copy_from_slice(f);
+            }
+        }
+        tensor(data, &[b, spec.dim as i64])
+    });
+    let label = items.iter().any(|i| i.label.is_some()).then(|| {
+        Tensor::from_slice(&items.iter().map(|i| i.label.unwrap_or(NO_LABEL)).collect::<Vec<_>>())
+    });
+    let labels = items.iter().any(|i| !i.labels.is_empty()).then(|| {
+        let c = pipeline.classes.len();
+        let mut data = vec![0.0f32; items.len() * c];
+        for (row, it) in data.chunks_exact_mut(c.max(1)).zip(items) {
+            for &l in &it.labels {
+                row[l as usize] = 1.0;
+            }
+        }
+        tensor(data, &[b, c as i64])
+    });
+    let target = items.iter().any(|i| i.target.is_some()).then(|| {
+        let values: Vec<f32> = items.iter().map(|i| i.target.unwrap_or(0.0)).collect();
+        let mask: Vec<f32> = items.iter().map(|i| if i.target.is_some() { 1.0 } else { 0.0 }).collect();
+        (Tensor::from_slice(&values), Tensor::from_slice(&mask))
+    });
+    Batch {
+        ids: items.iter().map(|i| i.id.clone()).collect(),
+        present: tensor(present, &[b, modalities.len() as i64]),
+        modalities,
+        image,
+        audio,
+        text,
+        frames,
+        features,
+        label,
+        labels,
+        target,
+    }
+}
+
+/// Batches of one split of a manifest.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    manifest: Arc<Manifest>,
+    pipeline: Arc<Pipeline>,
+    /// Manifest indices of the split's samples.
+    indices: Vec<usize>,
+    config: LoaderConfig,
+}
+
+impl Loader {
+    /// A loader over the samples of `split`. Errors: a batch size of 0, an empty split, or
+    /// balanced sampling without labels.
+    pub fn new(manifest: Arc<Manifest>, split: Split, pipeline: Arc<Pipeline>, config: LoaderConfig) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(Error::Config("batch_size must be at least 1".to_string()));
+        }
+        let indices: Vec<usize> =
+            manifest.samples().iter().enumerate().filter(|(_, s)| s.split == split).map(|(i, _)| i).collect();
+        if indices.is_empty() {
+            return Err(Error::Config(format!("the {split} split of {} has no samples", manifest.source().display())));
+        }
+        if config.balanced {
+            if let Some(&i) = indices.iter().find(|&&i| manifest.samples()[i].label.is_none()) {
+                return Err(Error::Config(format!(
+                    "balanced sampling needs a label on every sample; {:?} has none",
+                    manifest.samples()[i].id
+                )));
+            }
+        }
+        Ok(Loader { manifest, pipeline, indices, config })
+    }
+
+    /// Number of samples in the split.
+    pub fn samples(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Number of batches an epoch yields.
+    pub fn batches_per_epoch(&self) -> usize {
+        let (n, b) = (self.indices.len(), self.config.batch_size);
+        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+    }
+
+    /// The manifest indices of one epoch, in batch order.
+    pub fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut rng = Rng::for_sample(self.config.seed, epoch, u64::MAX, 0);
+        if self.config.balanced {
+            // Weight 1 / (count of the sample's class): each class is drawn equally often.
+            let mut counts = std::collections::HashMap::<&str, usize>::new();
+            for &i in &self.indices {
+                *counts.entry(self.manifest.samples()[i].label.as_deref().unwrap_or("")).or_default() += 1;
+            }
+            let mut cumulative = Vec::with_capacity(self.indices.len());
+            let mut total = 0.0;
+            for &i in &self.indices {
+                total += 1.0 / counts[self.manifest.samples()[i].label.as_deref().unwrap_or("")] as f64;
+                cumulative.push(total);
+            }
+            (0..self.indices.len())
+                .map(|_| {
+                    let r = rng.unit() * total;
+                    let k = cumulative.partition_point(|&c| c <= r).min(self.indices.len() - 1);
+                    self.indices[k]
+                })
+                .collect()
+        } else {
+            let mut order = self.indices.clone();
+            if self.config.shuffle {
+                rng.shuffle(&mut order);
+            }
+            order
+        }
+    }
+
+    /// The batches of one epoch, prepared on a background thread.
+    pub fn epoch(&self, epoch: u64) -> Batches {
+        let mut order = self.order(epoch);
+        if self.config.drop_last {
+            order.truncate(self.batches_per_epoch() * self.config.batch_size);
+        }
+        let (tx, rx) = sync_channel(self.config.prefetch.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (manifest, pipeline, config, stop_flag) =
+            (Arc::clone(&self.manifest), Arc::clone(&self.pipeline), self.config, Arc::clone(&stop));
+        let handle = std::thread::spawn(move || {
+            for chunk in order.chunks(config.batch_size) {
+                if stop_flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                let items: Result<Vec<Item>> =
+                    chunk.par_iter().map(|&i| pipeline.load(&manifest, i, epoch, config.train)).collect();
+                let batch = items.map(|items| collate(&items, &pipeline));
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Batches { rx, stop, handle: Some(handle) }
+    }
+}
+
+/// The batches of one epoch; stops the background thread when dropped.
+#[derive(Debug)]
+pub struct Batches {
+    rx: Receiver<Result<Batch>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Iterator for Batches {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver wakes a producer blocked on a full queue (its send fails), and
+        // the flag stops it before its next batch; then wait for it.
+        drop(std::mem::replace(&mut self.rx, sync_channel(1).1));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! From a manifest sample to model-ready arrays: what each modality goes through (decode,
+//! resample, augment when training, normalise) and the [`Item`] that comes out.
+//!
+//! A [`Pipeline`] names the modalities a model uses, in a fixed order (image, audio, text,
+//! frames, features); a sample that lacks one of them gets `None` there, and collation turns
+//! that into a zero entry with a 0 in the batch's presence mask. Normalisation statistics come
+//! from the training split only ([`Pipeline::fit_statistics`]) and are then fixed.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mm_data::manifest::Manifest;
+//! use mm_data::pipeline::{ImageSpec, Pipeline};
+//!
+//! let manifest = Manifest::read("data/manifest.jsonl")?;
+//! let mut pipeline = Pipeline::new(vec!["cat".into(), "dog".into()]);
+//! pipeline.image = Some(ImageSpec::new((64, 64)));
+//! pipeline.fit_statistics(&manifest)?; // channel mean/std of the training images
+//! let item = pipeline.load(&manifest, 0, 0, true)?;
+//! assert_eq!(item.image.unwrap().dim(), (3, 64, 64));
+//! # Ok::<(), mm_data::Error>(())
+//! ```
+
+use std::sync::Arc;
+
+use ndarray::{Array2, Array3};
+use rayon::prelude::*;
+
+use crate::audio::{decode_audio, Resampler};
+use crate::augment::{augment_image, augment_tokens, augment_waveform, drop_modalities, spec_augment, AudioAugment, ImageAugment, TextAugment};
+use crate::error::{Error, Result};
+use crate::image::decode_image;
+use crate::manifest::{Manifest, Sample, Split};
+use crate::mel::{LogMel, MelConfig};
+use crate::normalize::{Normalizer, RunningStats};
+use crate::rng::Rng;
+use crate::text::{Vocab, WordTokenizer};
+
+/// Images: resized (or randomly cropped when training) to `size`, scaled to `[0, 1]`,
+/// normalised per channel.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    /// Output `(height, width)`.
+    pub size: (usize, usize),
+    /// Channel statistics; ImageNet's until [`Pipeline::fit_statistics`] replaces them.
+    pub normalizer: Normalizer,
+    /// Training-time augmentation.
+    pub augment: ImageAugment,
+}
+
+impl ImageSpec {
+    /// Images of this size, ImageNet statistics, no augmentation.
+    pub fn new(size: (usize, usize)) -> Self {
+        ImageSpec { size, normalizer: Normalizer::imagenet(), augment: ImageAugment::default() }
+    }
+}
+
+/// Audio: decoded, mixed to mono, resampled, augmented when training, turned into a log-mel
+/// spectrogram `[frames, n_mels]`, normalised per mel bin.
+#[derive(Debug, Clone)]
+pub struct AudioSpec {
+    /// The log-mel front end (its configuration holds the sample rate).
+    pub mel: Arc<LogMel>,
+    /// Per-bin statistics; `None` until fitted (then the spectrogram is left as is).
+    pub normalizer: Option<Normalizer>,
+    /// Training-time augmentation.
+    pub augment: AudioAugment,
+    /// Longer spectrograms are cut to this many frames (their start kept).
+    pub max_frames: Option<usize>,
+}
+
+impl AudioSpec {
+    /// A log-mel front end with this configuration, no augmentation.
+    pub fn new(config: &MelConfig) -> Result<Self> {
+        let mel = LogMel::new(config).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(AudioSpec { mel: Arc::new(mel), normalizer: None, augment: AudioAugment::default(), max_frames: None })
+    }
+}
+
+/// Text: word tokens mapped through a vocabulary.
+#[derive(Debug, Clone)]
+pub struct TextSpec {
+    /// The tokenizer.
+    pub tokenizer: WordTokenizer,
+    /// The vocabulary (`<pad>` = 0, `<unk>` = 1).
+    pub vocab: Arc<Vocab>,
+    /// Longer texts are cut to this many tokens.
+    pub max_tokens: usize,
+    /// Training-time augmentation.
+    pub augment: TextAugment,
+}
+
+/// Video frames: each frame as an image, the same random crop and flip for every frame of a
+/// sample so that motion stays coherent.
+#[derive(Debug, Clone)]
+pub struct FramesSpec {
+    /// Per-frame image handling.
+    pub image: ImageSpec,
+    /// Longer sequences keep this many frames, evenly spaced.
+    pub max_frames: Option<usize>,
+}
+
+/// Numeric features: standardised per dimension.
+#[derive(Debug, Clone)]
+pub struct FeatureSpec {
+    /// Number of features every sample must have.
+    pub dim: usize,
+    /// Statistics; `None` until fitted.
+    pub normalizer: Option<Normalizer>,
+}
+
+/// What a model takes from each sample.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Image modality.
+    pub image: Option<ImageSpec>,
+    /// Audio modality.
+    pub audio: Option<AudioSpec>,
+    /// Text modality.
+    pub text: Option<TextSpec>,
+    /// Video frames.
+    pub frames: Option<FramesSpec>,
+    /// Numeric features.
+    pub features: Option<FeatureSpec>,
+    /// Class names; a label's index in this list is its class id.
+    pub classes: Vec<String>,
+    /// Probability of marking each present modality absent when training (one always stays).
+    pub modality_dropout: f64,
+    /// Seed of every random decision.
+    pub seed: u64,
+}
+
+/// One sample, ready to collate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// Index of the sample in the manifest.
+    pub index: usize,
+    /// The sample's id.
+    pub id: String,
+    /// `[3, H, W]`, normalised.
+    pub image: Option<Array3<f32>>,
+    /// `[frames, n_mels]`, normalised.
+    pub audio: Option<Array2<f32>>,
+    /// Token ids.
+    pub tokens: Option<Vec<i64>>,
+    /// Frames, each `[3, H, W]`.
+    pub frames: Option<Vec<Array3<f32>>>,
+    /// Features, standardised.
+    pub features: Option<Vec<f32>>,
+    /// Class id.
+    pub label: Option<i64>,
+    /// Class ids of a multi-label sample.
+    pub labels: Vec<i64>,
+    /// Regression target.
+    pub target: Option<f32>,
+}
+
+/// Random streams, one per use, so that one modality's randomness never shifts another's.
+const STREAM_IMAGE: u64 = 1;
+const STREAM_AUDIO: u64 = 2;
+const STREAM_TEXT: u64 = 3;
+const STREAM_FRAMES: u64 = 4;
+const STREAM_DROPOUT: u64 = 5;
+
+impl Pipeline {
+    /// A pipeline with these classes and no modality yet.
+    pub fn new(classes: Vec<String>) -> Self {
+        Pipeline { image: None, audio: None, text: None, frames: None, features: None, classes, modality_dropout: 0.0, seed: 0 }
+    }
+
+    /// The configured modalities, in batch order.
+    pub fn modalities(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        if self.image.is_some() {
+            m.push("image");
+        }
+        if self.audio.is_some() {
+            m.push("audio");
+        }
+        if self.text.is_some() {
+            m.push("text");
+        }
+        if self.frames.is_some() {
+            m.push("frames");
+        }
+        if self.features.is_some() {
+            m.push("features");
+        }
+        m
+    }
+
+    fn class_id(&self, label: &str) -> Option<i64> {
+        self.classes.iter().position(|c| c == label).map(|i| i as i64)
+    }
+
+    /// Loads sample `index` of the manifest for `epoch`; `train` turns augmentation and
+    /// modality dropout on. Errors name the sample.
+    pub fn load(&self, manifest: &Manifest, index: usize, epoch: u64, train: bool) -> Result<Item> {
+        let sample = manifest.samples().get(index).ok_or_else(|| Error::Config(format!("no sample at index {index}")))?;
+        self.load_sample(manifest, sample, index, epoch, train)
+            .map_err(|e| Error::Sample { id: sample.id.clone(), source: Box::new(e) })
+    }
+
+    fn load_sample(&self, manifest: &Manifest, s: &Sample, index: usize, epoch: u64, train: bool) -> Result<Item> {
+        let rng = |stream| Rng::for_sample(self.seed, epoch, index as u64, stream);
+        let mut item = Item {
+            index,
+            id: s.id.clone(),
+            image: None,
+            audio: None,
+            tokens: None,
+            frames: None,
+            features: None,
+            label: None,
+            labels: Vec::new(),
+            target: s.target.map(|t| t as f32),
+        };
+        if let Some(label) = &s.label {
+            item.label = Some(self.class_id(label).ok_or_else(|| Error::Config(format!("label {label:?} is not a known class")))?);
+        }
+        for label in &s.labels {
+            item.labels.push(self.class_id(label).ok_or_else(|| Error::Config(format!("label {label:?} is not a known class")))?);
+        }
+        // Which modalities this sample contributes (after modality dropout when training).
+        let mut present = [
+            self.image.is_some() && s.image.is_some(),
+            self.audio.is_some() && s.audio.is_some(),
+            self.text.is_some() && s.text.is_some(),
+            self.frames.is_some() && !s.frames.is_empty(),
+            self.features.is_some() && !s.features.is_empty(),
+        ];
+        if train {
+            drop_modalities(&mut present, self.modality_dropout, &mut rng(STREAM_DROPOUT));
+        }
+        if let (true, Some(spec), Some(rel)) = (present[0], &self.image, &s.image) {
+            item.image = Some(load_image(&manifest.path(rel), spec, train, &mut rng(STREAM_IMAGE))?);
+        }
+        if let (true, Some(spec), Some(rel)) = (present[1], &self.audio, &s.audio) {
+            item.audio = Some(load_audio(&manifest.path(rel), spec, train, &mut rng(STREAM_AUDIO))?);
+        }
+        if let (true, Some(spec), Some(text)) = (present[2], &self.text, &s.text) {
+            let mut tokens = spec.vocab.encode(&spec.tokenizer.tokenize(text));
+            if train {
+                augment_tokens(&mut tokens, &spec.augment, &mut rng(STREAM_TEXT));
+            }
+            tokens.truncate(spec.max_tokens.max(1));
+            item.tokens = Some(tokens);
+        }
+        if let (true, Some(spec)) = (present[3], &self.frames) {
+            let chosen = spaced(s.frames.len(), spec.max_frames);
+            let base = rng(STREAM_FRAMES);
+            let frames = chosen
+                .iter()
+                .map(|&i| load_image(&manifest.path(&s.frames[i]), &spec.image, train, &mut base.clone()))
+                .collect::<Result<Vec<_>>>()?;
+            item.frames = Some(frames);
+        }
+        if let (true, Some(spec)) = (present[4], &self.features) {
+            if s.features.len() != spec.dim {
+                return Err(Error::Config(format!("{} features, the pipeline expects {}", s.features.len(), spec.dim)));
+            }
+            let mut f: Vec<f32> = s.features.iter().map(|v| *v as f32).collect();
+            if let Some(n) = &spec.normalizer {
+                n.apply(&mut f);
+            }
+            item.features = Some(f);
+        }
+        Ok(item)
+    }
+
+    /// Computes the normalisation statistics of every modality that has them from the
+    /// training split (images after resizing, spectrograms, features), in parallel, without
+    /// augmentation. Samples missing a modality are skipped for that modality.
+    pub fn fit_statistics(&mut self, manifest: &Manifest) -> Result<()> {
+        let train: Vec<&Sample> = manifest.split(Split::Train).collect();
+        if train.is_empty() {
+            return Err(Error::Config("the training split is empty: no statistics to compute".to_string()));
+        }
+        let fold = |dim: usize, f: &(dyn Fn(&Sample, &mut RunningStats) -> Result<()> + Sync)| -> Result<RunningStats> {
+            train
+                .par_iter()
+                .try_fold(|| RunningStats::new(dim), |mut acc, s| {
+                    f(s, &mut acc).map_err(|e| Error::Sample { id: s.id.clone(), source: Box::new(e) })?;
+                    Ok(acc)
+                })
+                .try_reduce(|| RunningStats::new(dim), |a, b| Ok(a.merge(&b)))
+        };
+        if let Some(spec) = &self.image {
+            let plain = ImageSpec { normalizer: Normalizer { mean: vec![0.0; 3], std: vec![1.0; 3], count: 0 }, augment: ImageAugment::default(), ..spec.clone() };
+            let stats = fold(3, &|s, acc| {
+                if let Some(rel) = &s.image {
+                    let img = load_image(&manifest.path(rel), &plain, false, &mut Rng::new(0))?;
+                    // Rows of (r, g, b): one per pixel.
+                    let hw = img.len() / 3;
+                    let flat = img.as_slice().expect("standard layout");
+                    for p in 0..hw {
+                        acc.push(&[flat[p], flat[hw + p], flat[2 * hw + p]]);
+                    }
+                }
+                Ok(())
+            })?;
+            if let Some(spec) = &mut self.image {
+                spec.normalizer = stats.finish();
+            }
+        }
+        if let Some(spec) = &self.audio {
+            let plain = AudioSpec { normalizer: None, augment: AudioAugment::default(), ..spec.clone() };
+            let stats = fold(spec.mel.config().n_mels, &|s, acc| {
+                if let Some(rel) = &s.audio {
+                    let spec = load_audio(&manifest.path(rel), &plain, false, &mut Rng::new(0))?;
+                    acc.push_rows(spec.as_slice().expect("standard layout"));
+                }
+                Ok(())
+            })?;
+            if let Some(spec) = &mut self.audio {
+                spec.normalizer = Some(stats.finish());
+            }
+        }
+        if let Some(spec) = &self.features {
+            let dim = spec.dim;
+            let stats = fold(dim, &|s, acc| {
+                if !s.features.is_empty() {
+                    if s.features.len() != dim {
+                        return Err(Error::Config(format!("{} features, the pipeline expects {dim}", s.features.len())));
+                    }
+                    acc.push(&s.features.iter().map(|v| *v as f32).collect::<Vec<_>>());
+                }
+                Ok(())
+            })?;
+            if let Some(spec) = &mut self.features {
+                spec.normalizer = Some(stats.finish());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `n` indices spread evenly over `0..len` (all of them when `max` allows).
+fn spaced(len: usize, max: Option<usize>) -> Vec<usize> {
+    match max {
+        Some(m) if m < len && m > 0 => (0..m).map(|i| i * len / m).collect(),
+        _ => (0..len).collect(),
+    }
+}
+
+fn load_image(path: &std::path::Path, spec: &ImageSpec, train: bool, rng: &mut Rng) -> Result<Array3<f32>> {
+    let pixels = decode_image(path)?;
+    let aug = if train { spec.augment.clone() } else { ImageAugment::default() };
+    let mut img = augment_image(&pixels, spec.size, &aug, rng);
+    spec.normalizer.apply_chw(img.as_slice_mut().expect("standard layout"));
+    Ok(img)
+}
+
+fn load_audio(path: &std::path::Path, spec: &AudioSpec, train: bool, rng: &mut Rng) -> Result<Array2<f32>> {
+    let audio = decode_audio(path)?;
+    let rate = spec.mel.config().sample_rate;
+    let mut samples = if audio.sample_rate == rate { audio.samples } else { Resampler::cached(audio.sample_rate, rate).process(&audio.samples) };
+    if train {
+        augment_waveform(&mut samples, &spec.augment, rng);
+    }
+    let mut mel = spec.mel.compute(&samples);
+    if let Some(max) = spec.max_frames {
+        if mel.nrows() > max {
+            mel = mel.slice(ndarray::s![..max, ..]).to_owned();
+        }
+    }
+    if let Some(n) = &spec.normalizer {
+        n.apply(mel.as_slice_mut().expect("standard layout"));
+    }
+    if train {
+        spec_augment(&mut mel, &spec.augment, 0.0, rng);
+    }
+    Ok(mel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaced_frames() {
+        assert_eq!(spaced(10, Some(4)), [0, 2, 5, 7]);
+        assert_eq!(spaced(3, Some(8)), [0, 1, 2]);
+        assert_eq!(spaced(3, None), [0, 1, 2]);
+    }
+}
