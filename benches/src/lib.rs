@@ -1,4 +1,58 @@
-//! Criterion benchmarks of the mm crates live in this package's `benches/` folder and run with
-//! `cargo bench -p mm-benches`; the comparison with PyTorch and the GPU benchmarks run through
-//! `cargo xtask`. This library is empty: the package exists to hold the benchmark targets, so
-//! that benchmarking dependencies stay out of the library crates.
+//! Shared set-up of the criterion benchmarks in `benches/` (run with
+//! `cargo bench -p mm-benches`): the inputs they need, made on disk once per run.
+//!
+//! Benchmarking dependencies stay in this package, out of the library crates.
+
+use std::path::{Path, PathBuf};
+
+/// A fresh folder under the system's temporary folder.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mm-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a scratch folder");
+    dir
+}
+
+/// Writes `n` textured `size`×`size` RGB PNG files into `dir`; returns their file names.
+pub fn write_pngs(dir: &Path, n: usize, size: u32) -> Vec<String> {
+    use rayon::prelude::*;
+    (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let seed = i as u32;
+            let img = image::RgbImage::from_fn(size, size, |x, y| {
+                let v = x.wrapping_mul(31).wrapping_add(y.wrapping_mul(17)).wrapping_add(seed.wrapping_mul(101));
+                image::Rgb([(v % 251) as u8, ((v / 3) % 241) as u8, ((x ^ y ^ seed) % 256) as u8])
+            });
+            let name = format!("{i}.png");
+            img.save(dir.join(&name)).expect("write png");
+            name
+        })
+        .collect()
+}
+
+/// The shared data folder (`MM_SHARED_DATA`, else `../shared/data` beside the repository).
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("MM_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    dir.is_dir().then_some(dir)
+}
+
+/// Unpacks the first `n` WAV files of the FSDD archive into `dir`; returns their file names.
+pub fn extract_fsdd(archive: &Path, dir: &Path, n: usize) -> Vec<String> {
+    let file = std::fs::File::open(archive).expect("open the FSDD archive");
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut names = Vec::new();
+    for entry in tar.entries().expect("read the archive") {
+        let mut entry = entry.expect("archive entry");
+        let name = entry.path().expect("entry path").file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(name) = name.filter(|n| n.ends_with(".wav")) else { continue };
+        entry.unpack(dir.join(&name)).expect("unpack");
+        names.push(name);
+        if names.len() == n {
+            break;
+        }
+    }
+    names
+}

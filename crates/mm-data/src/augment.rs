@@ -95,17 +95,7 @@ fn crop_box(h: usize, w: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut 
 /// Crops `[H, W, 3]` pixels to a box and resizes to `size = (height, width)` with a
 /// triangle (bilinear, anti-aliased when shrinking) filter; returns `[3, h, w]` in `[0, 1]`.
 pub fn crop_resize(pixels: &Array3<u8>, top: usize, left: usize, ch: usize, cw: usize, size: (usize, usize)) -> Array3<f32> {
-    let (h, w, _) = pixels.dim();
-    let raw = pixels.as_standard_layout().into_owned().into_raw_vec_and_offset().0;
-    let img = image::RgbImage::from_raw(w as u32, h as u32, raw).expect("buffer of h·w·3 bytes");
-    let cropped = image::imageops::crop_imm(&img, left as u32, top as u32, cw as u32, ch as u32).to_image();
-    let resized = if (ch, cw) == size {
-        cropped
-    } else {
-        image::imageops::resize(&cropped, size.1 as u32, size.0 as u32, image::imageops::FilterType::Triangle)
-    };
-    let hwc = Array3::from_shape_vec((size.0, size.1, 3), resized.into_raw()).expect("resized buffer");
-    crate::image::to_chw_f32(&hwc)
+    crate::image::crop_resize_chw(pixels, top, left, ch, cw, size)
 }
 
 /// Augments `[H, W, 3]` pixels into a `[3, size.0, size.1]` image in `[0, 1]`.
@@ -167,31 +157,61 @@ pub fn rotate(img: &Array3<f32>, degrees: f64) -> Array3<f32> {
     out
 }
 
-fn grey(img: &Array3<f32>) -> Array2<f32> {
-    // ITU-R 601 luma, as torchvision's rgb_to_grayscale.
-    let (r, g, b) = (img.index_axis(ndarray::Axis(0), 0), img.index_axis(ndarray::Axis(0), 1), img.index_axis(ndarray::Axis(0), 2));
-    &r * 0.299 + &g * 0.587 + &b * 0.114
+/// ITU-R 601 luma, as torchvision's `rgb_to_grayscale`.
+fn luma(r: f32, g: f32, b: f32) -> f32 {
+    0.299 * r + 0.587 * g + 0.114 * b
 }
 
-/// Brightness, contrast and saturation jitter (in that order), clamped to `[0, 1]`.
+/// Brightness, contrast and saturation jitter (in that order, each result clamped to
+/// `[0, 1]`), in two passes over the pixels: brightness and the mean grey level, then
+/// contrast and saturation per pixel.
 fn jitter(img: &mut Array3<f32>, aug: &ImageAugment, rng: &mut Rng) {
     let factor = |amount: f64, rng: &mut Rng| (amount > 0.0).then(|| rng.uniform((1.0 - amount).max(0.0), 1.0 + amount) as f32);
-    if let Some(f) = factor(aug.brightness, rng) {
-        img.mapv_inplace(|v| (v * f).clamp(0.0, 1.0));
-    }
-    if let Some(f) = factor(aug.contrast, rng) {
-        if img.dim().0 == 3 {
-            let mean = grey(img).mean().unwrap_or(0.0);
-            img.mapv_inplace(|v| ((v - mean) * f + mean).clamp(0.0, 1.0));
+    let brightness = factor(aug.brightness, rng);
+    let contrast = factor(aug.contrast, rng);
+    let saturation = factor(aug.saturation, rng);
+    if img.dim().0 != 3 {
+        if let Some(f) = brightness {
+            img.mapv_inplace(|v| (v * f).clamp(0.0, 1.0));
         }
+        return;
     }
-    if let Some(f) = factor(aug.saturation, rng) {
-        if img.dim().0 == 3 {
-            let g = grey(img);
-            for mut plane in img.outer_iter_mut() {
-                plane.zip_mut_with(&g, |v, &gv| *v = (gv + f * (*v - gv)).clamp(0.0, 1.0));
-            }
+    if brightness.is_none() && contrast.is_none() && saturation.is_none() {
+        return;
+    }
+    let plane = img.len() / 3;
+    let data = img.as_slice_mut().expect("standard layout");
+    let (r, rest) = data.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    let mut grey_sum = 0.0f64;
+    for i in 0..plane {
+        if let Some(f) = brightness {
+            r[i] = (r[i] * f).clamp(0.0, 1.0);
+            g[i] = (g[i] * f).clamp(0.0, 1.0);
+            b[i] = (b[i] * f).clamp(0.0, 1.0);
         }
+        grey_sum += f64::from(luma(r[i], g[i], b[i]));
+    }
+    let mean = (grey_sum / plane.max(1) as f64) as f32;
+    if contrast.is_none() && saturation.is_none() {
+        return;
+    }
+    for i in 0..plane {
+        let (mut pr, mut pg, mut pb) = (r[i], g[i], b[i]);
+        if let Some(f) = contrast {
+            pr = ((pr - mean) * f + mean).clamp(0.0, 1.0);
+            pg = ((pg - mean) * f + mean).clamp(0.0, 1.0);
+            pb = ((pb - mean) * f + mean).clamp(0.0, 1.0);
+        }
+        if let Some(f) = saturation {
+            let l = luma(pr, pg, pb);
+            pr = (l + f * (pr - l)).clamp(0.0, 1.0);
+            pg = (l + f * (pg - l)).clamp(0.0, 1.0);
+            pb = (l + f * (pb - l)).clamp(0.0, 1.0);
+        }
+        r[i] = pr;
+        g[i] = pg;
+        b[i] = pb;
     }
 }
 

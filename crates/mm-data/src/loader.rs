@@ -145,6 +145,29 @@ fn tensor(data: Vec<f32>, shape: &[i64]) -> Tensor {
     Tensor::from_slice(&data).view(shape)
 }
 
+/// A zero-filled `f32` tensor of `shape` whose `i`-th slot of `per_item` values starts with the
+/// concatenation of `parts[i]` (the rest of the slot stays zero: padding, or an absent
+/// modality). The parts are copied straight into the tensor's memory, in parallel: one copy per
+/// value, where building a `Vec` and then a tensor from it would make two, serially.
+fn stack_f32(shape: &[i64], per_item: usize, parts: &[Vec<&[f32]>]) -> Tensor {
+    let t = Tensor::zeros(shape, (tch::Kind::Float, Device::Cpu));
+    assert_eq!(t.numel(), per_item * parts.len(), "shape holds one slot per item");
+    let base = t.data_ptr() as usize;
+    parts.par_iter().enumerate().for_each(|(i, slices)| {
+        let mut offset = i * per_item;
+        for src in slices {
+            assert!(offset + src.len() <= (i + 1) * per_item, "an item overflows its slot");
+            // SAFETY: `t` is a freshly allocated, contiguous CPU f32 tensor of
+            // `parts.len() · per_item` values that lives until this function returns; every item
+            // writes only inside its own slot `[i · per_item, (i + 1) · per_item)` (checked above),
+            // so the writes are in bounds and never overlap.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), (base as *mut f32).add(offset), src.len()) };
+            offset += src.len();
+        }
+    });
+    t
+}
+
 /// Collates items into a batch for a pipeline's modalities (see [`Batch`] for the layout).
 ///
 /// # Panics
@@ -169,28 +192,17 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
     }
     let image = pipeline.image.as_ref().map(|spec| {
         let (h, w) = spec.size;
-        let per = 3 * h * w;
-        let mut data = vec![0.0f32; items.len() * per];
-        for (chunk, it) in data.chunks_exact_mut(per).zip(items) {
-            if let Some(img) = &it.image {
-                chunk.copy_from_slice(img.as_slice().expect("standard layout"));
-            }
-        }
-        tensor(data, &[b, 3, h as i64, w as i64])
+        let parts: Vec<Vec<&[f32]>> =
+            items.iter().map(|it| it.image.iter().map(|a| a.as_slice().expect("standard layout")).collect()).collect();
+        stack_f32(&[b, 3, h as i64, w as i64], 3 * h * w, &parts)
     });
     let audio = pipeline.audio.as_ref().map(|spec| {
         let f = spec.mel.config().n_mels;
         let t = items.iter().filter_map(|i| i.audio.as_ref().map(|a| a.nrows())).max().unwrap_or(0).max(1);
-        let mut data = vec![0.0f32; items.len() * t * f];
-        let mut lengths = Vec::with_capacity(items.len());
-        for (chunk, it) in data.chunks_exact_mut(t * f).zip(items) {
-            let len = it.audio.as_ref().map_or(0, |a| {
-                chunk[..a.len()].copy_from_slice(a.as_slice().expect("standard layout"));
-                a.nrows()
-            });
-            lengths.push(len as i64);
-        }
-        (tensor(data, &[b, t as i64, f as i64]), Tensor::from_slice(&lengths))
+        let parts: Vec<Vec<&[f32]>> =
+            items.iter().map(|it| it.audio.iter().map(|a| a.as_slice().expect("standard layout")).collect()).collect();
+        let lengths: Vec<i64> = items.iter().map(|it| it.audio.as_ref().map_or(0, |a| a.nrows() as i64)).collect();
+        (stack_f32(&[b, t as i64, f as i64], t * f, &parts), Tensor::from_slice(&lengths))
     });
     let text = pipeline.text.as_ref().map(|_| {
         let l = items.iter().filter_map(|i| i.tokens.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
@@ -209,18 +221,12 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
         let (h, w) = spec.image.size;
         let per = 3 * h * w;
         let t = items.iter().filter_map(|i| i.frames.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
-        let mut data = vec![0.0f32; items.len() * t * per];
-        let mut lengths = Vec::with_capacity(items.len());
-        for (chunk, it) in data.chunks_exact_mut(t * per).zip(items) {
-            let len = it.frames.as_ref().map_or(0, |fs| {
-                for (dst, f) in chunk.chunks_exact_mut(per).zip(fs) {
-                    dst.copy_from_slice(f.as_slice().expect("standard layout"));
-                }
-                fs.len()
-            });
-            lengths.push(len as i64);
-        }
-        (tensor(data, &[b, t as i64, 3, h as i64, w as i64]), Tensor::from_slice(&lengths))
+        let parts: Vec<Vec<&[f32]>> = items
+            .iter()
+            .map(|it| it.frames.iter().flatten().map(|f| f.as_slice().expect("standard layout")).collect())
+            .collect();
+        let lengths: Vec<i64> = items.iter().map(|it| it.frames.as_ref().map_or(0, |f| f.len() as i64)).collect();
+        (stack_f32(&[b, t as i64, 3, h as i64, w as i64], t * per, &parts), Tensor::from_slice(&lengths))
     });
     let features = pipeline.features.as_ref().map(|spec| {
         let mut data = vec![0.0f32; items.len() * spec.dim];

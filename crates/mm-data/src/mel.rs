@@ -59,8 +59,9 @@ pub struct LogMel {
     config: MelConfig,
     fft: Arc<dyn Fft<f32>>,
     window: Vec<f32>,
-    /// `[n_freqs, n_mels]`, row-major.
-    filters: Vec<f32>,
+    /// Per mel bin: the first FFT bin it covers and its weights from there (the triangles
+    /// overlap only their neighbours, so this is ~30x less work than the dense matrix).
+    filters: Vec<(usize, Vec<f32>)>,
     n_freqs: usize,
 }
 
@@ -130,7 +131,15 @@ impl LogMel {
         let n_freqs = config.n_fft / 2 + 1;
         let n = config.n_fft;
         let window = (0..n).map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32).collect();
-        let filters = filter_bank(n_freqs, config.f_min, f_max, config.n_mels, config.sample_rate);
+        let dense = filter_bank(n_freqs, config.f_min, f_max, config.n_mels, config.sample_rate);
+        let filters = (0..config.n_mels)
+            .map(|m| {
+                let column: Vec<f32> = (0..n_freqs).map(|k| dense[k * config.n_mels + m]).collect();
+                let first = column.iter().position(|w| *w != 0.0).unwrap_or(0);
+                let last = column.iter().rposition(|w| *w != 0.0).map_or(first, |l| l + 1);
+                (first, column[first..last].to_vec())
+            })
+            .collect();
         let fft = FftPlanner::new().plan_fft_forward(n);
         Ok(LogMel { config: *config, fft, window, filters, n_freqs })
     }
@@ -168,14 +177,8 @@ impl LogMel {
             for (p, c) in power.iter_mut().zip(&buf) {
                 *p = c.norm_sqr();
             }
-            for (k, &p) in power.iter().enumerate() {
-                if p == 0.0 {
-                    continue;
-                }
-                let fb = &self.filters[k * n_mels..(k + 1) * n_mels];
-                for (o, &w) in row.iter_mut().zip(fb) {
-                    *o += w * p;
-                }
+            for (o, (first, weights)) in row.iter_mut().zip(&self.filters) {
+                *o = weights.iter().zip(&power[*first..]).map(|(w, p)| w * p).sum();
             }
         }
         out

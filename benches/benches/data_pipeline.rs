@@ -1,0 +1,81 @@
+#![allow(missing_docs)] // criterion_group! defines undocumented functions
+//! Throughput of the data pipeline, in samples per second (criterion's `thrpt`).
+//!
+//! (a) images: decode 256×256 PNG files, random resized crop to 224, horizontal flip, colour
+//!     jitter (0.4), ImageNet normalisation, collate batches of 64 into a `[64, 3, 224, 224]`
+//!     tensor. What a PyTorch user runs for the same work (`benches/peer/data_pipeline.py`):
+//!     a `Dataset` opening each file with PIL, `transforms.Compose([RandomResizedCrop(224),
+//!     RandomHorizontalFlip(), ColorJitter(0.4, 0.4, 0.4), ToTensor(), Normalize(...)])` and a
+//!     `DataLoader(batch_size=64, num_workers=<threads>)`.
+//! (b) audio: decode FSDD WAV files (8 kHz), resample to 16 kHz, 64-bin log-mel (n_fft 400,
+//!     hop 160), collate batches of 64 into `[64, T, 64]` plus lengths. The PyTorch user's
+//!     version: `torchaudio.load`, `torchaudio.functional.resample`,
+//!     `torchaudio.transforms.MelSpectrogram`, `log`, `pad_sequence`, in a `DataLoader` with
+//!     the same workers.
+//!
+//! Both run through `mm_data::loader::Loader` with rayon's global pool: set
+//! `RAYON_NUM_THREADS` to compare at a given thread count.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mm_data::augment::ImageAugment;
+use mm_data::loader::{Loader, LoaderConfig};
+use mm_data::manifest::{Manifest, Sample, Split};
+use mm_data::mel::MelConfig;
+use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline};
+use mm_benches::{extract_fsdd, scratch, shared_data, write_pngs};
+
+const BATCH: usize = 64;
+
+fn run_epoch(loader: &Loader) -> usize {
+    loader.epoch(0).map(|b| b.expect("batch").len()).sum()
+}
+
+fn images(c: &mut Criterion) {
+    let dir = scratch("png");
+    let n = 256;
+    let mut manifest = Manifest::new(&dir);
+    for name in write_pngs(&dir, n, 256) {
+        manifest.push(Sample::new(name.clone()).with_image(name).with_label("x")).expect("sample");
+    }
+    let mut pipeline = Pipeline::new(vec!["x".into()]);
+    let mut spec = ImageSpec::new((224, 224));
+    spec.augment = ImageAugment { crop: ImageAugment::standard().crop, hflip: 0.5, brightness: 0.4, contrast: 0.4, saturation: 0.4, ..Default::default() };
+    pipeline.image = Some(spec);
+    let config = LoaderConfig { batch_size: BATCH, drop_last: false, ..LoaderConfig::training(0) };
+    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
+    let mut group = c.benchmark_group("data_pipeline");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    group.bench_function("png256_crop224_flip_jitter_normalise_batch64", |b| b.iter(|| assert_eq!(run_epoch(&loader), n)));
+    group.finish();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn audio(c: &mut Criterion) {
+    let Some(data) = shared_data() else {
+        eprintln!("audio benchmark skipped: no FSDD data (set MM_SHARED_DATA or run `cargo xtask fetch-data fsdd`)");
+        return;
+    };
+    let dir = scratch("fsdd");
+    let n = 512;
+    let names = extract_fsdd(&data.join("mirror/fsdd/v1.0.10.tar.gz"), &dir, n);
+    let mut manifest = Manifest::new(&dir);
+    for name in &names {
+        manifest.push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1])).expect("sample");
+    }
+    let mut pipeline = Pipeline::new((0..10).map(|d| d.to_string()).collect());
+    pipeline.audio = Some(AudioSpec::new(&MelConfig { sample_rate: 16_000, n_fft: 400, hop_length: 160, n_mels: 64, ..MelConfig::default() }).expect("mel"));
+    let config = LoaderConfig { batch_size: BATCH, ..LoaderConfig::evaluation() };
+    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
+    let mut group = c.benchmark_group("data_pipeline");
+    group.throughput(Throughput::Elements(names.len() as u64));
+    group.sample_size(10);
+    group.bench_function("fsdd_wav8k_resample16k_logmel64_batch64", |b| b.iter(|| assert_eq!(run_epoch(&loader), names.len())));
+    group.finish();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+criterion_group!(benches, images, audio);
+criterion_main!(benches);
