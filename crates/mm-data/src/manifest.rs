@@ -1,4 +1,5 @@
-//! The data-set description: a JSONL manifest with one sample per line.
+//! The data-set description: a JSONL manifest with one sample per line (or a CSV file with
+//! the same fields as columns, see [`Manifest::parse_csv`]).
 //!
 //! ```text
 //! {"id": "s1", "split": "train", "image": "img/s1.png", "audio": "wav/s1.wav", "text": "a red square", "label": "square"}
@@ -195,7 +196,45 @@ impl Manifest {
             Error::Parse { file: path.to_path_buf(), line, message: "not valid UTF-8".to_string() }
         })?;
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse_jsonl(&text, path, &root)
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            Self::parse_csv(&text, path, &root)
+        } else {
+            Self::parse_jsonl(&text, path, &root)
+        }
+    }
+
+    /// Parses CSV text: a header row naming the columns (the JSONL field names), then one
+    /// sample per row. An empty cell leaves the field out; `frames`, `features` and `labels`
+    /// hold `;`-separated items. Errors name the file, the line and the column.
+    pub fn parse_csv(text: &str, source: &Path, root: &Path) -> Result<Self> {
+        let err = |line: u64, message: String| Error::Parse { file: source.to_path_buf(), line: line as usize, message };
+        let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
+        let header: Vec<String> = reader
+            .headers()
+            .map_err(|e| err(1, format!("header row: {e}")))?
+            .iter()
+            .map(|h| h.trim().to_string())
+            .collect();
+        if let Some(unknown) = header.iter().find(|h| !FIELDS.contains(&h.as_str())) {
+            return Err(err(1, format!("unknown column `{unknown}` (known: {})", FIELDS.join(", "))));
+        }
+        if !header.iter().any(|h| h == "id") {
+            return Err(err(1, "no `id` column".to_string()));
+        }
+        let mut manifest = Manifest::new(root);
+        manifest.source = source.to_path_buf();
+        let mut line_of_sample: Vec<usize> = Vec::new();
+        for record in reader.records() {
+            let record = record.map_err(|e| {
+                let line = e.position().map_or(0, |p| p.line());
+                err(line, format!("not valid CSV: {e}"))
+            })?;
+            let line = record.position().map_or(0, |p| p.line());
+            let obj = csv_row_to_object(&header, &record).map_err(|m| err(line, m))?;
+            let sample = parse_object(&obj).map_err(|m| err(line, m))?;
+            manifest.add_parsed(sample, line as usize, &mut line_of_sample).map_err(|m| err(line, m))?;
+        }
+        Ok(manifest)
     }
 
     /// Parses JSONL text; `source` names it in errors, `root` anchors its paths.
@@ -211,15 +250,22 @@ impl Manifest {
             }
             let err = |message: String| Error::Parse { file: source.to_path_buf(), line: line_no, message };
             let sample = parse_line(line).map_err(err)?;
-            if let Some(&first) = manifest.index.get(&sample.id) {
-                let first = line_of_sample[first];
-                return Err(err(format!("field `id`: duplicate id {:?} (first on line {first})", sample.id)));
-            }
-            line_of_sample.push(line_no);
-            manifest.index.insert(sample.id.clone(), manifest.samples.len());
-            manifest.samples.push(sample);
+            manifest.add_parsed(sample, line_no, &mut line_of_sample).map_err(err)?;
         }
         Ok(manifest)
+    }
+
+    /// Adds a sample parsed from `line`, refusing a duplicate id; `line_of_sample` records the
+    /// line of every sample so far, for the message.
+    fn add_parsed(&mut self, sample: Sample, line: usize, line_of_sample: &mut Vec<usize>) -> std::result::Result<(), String> {
+        if let Some(&first) = self.index.get(&sample.id) {
+            let first = line_of_sample[first];
+            return Err(format!("field `id`: duplicate id {:?} (first on line {first})", sample.id));
+        }
+        line_of_sample.push(line);
+        self.index.insert(sample.id.clone(), self.samples.len());
+        self.samples.push(sample);
+        Ok(())
     }
 
     /// Adds a sample built in code, with the checks a manifest line gets.
@@ -331,6 +377,11 @@ fn parse_line(line: &str) -> std::result::Result<Sample, String> {
     let Value::Object(obj) = value else {
         return Err("expected a JSON object (one sample per line)".to_string());
     };
+    parse_object(&obj)
+}
+
+/// Checks one sample's fields, however they were written (a JSONL line or a CSV row).
+fn parse_object(obj: &Map<String, Value>) -> std::result::Result<Sample, String> {
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!("unknown field `{unknown}` (known fields: {})", FIELDS.join(", ")));
     }
@@ -393,6 +444,29 @@ fn parse_line(line: &str) -> std::result::Result<Sample, String> {
         sample.target = Some(v.as_f64().ok_or_else(|| field_err("target", &format!("expected a number, found {}", kind(v))))?);
     }
     Ok(sample)
+}
+
+/// A CSV row as the JSON object a JSONL line would hold, cells typed by their column.
+fn csv_row_to_object(header: &[String], record: &csv::StringRecord) -> std::result::Result<Map<String, Value>, String> {
+    let mut obj = Map::new();
+    for (column, cell) in header.iter().zip(record.iter()) {
+        let cell = cell.trim();
+        if cell.is_empty() {
+            continue;
+        }
+        let items = || cell.split(';').map(str::trim).filter(|p| !p.is_empty());
+        let number = |item: &str, what: &str| {
+            item.parse::<f64>().map(Value::from).map_err(|_| format!("column `{column}`: {what} {item:?} is not a number"))
+        };
+        let value = match column.as_str() {
+            "frames" | "labels" => Value::Array(items().map(Value::from).collect()),
+            "features" => Value::Array(items().map(|x| number(x, "item")).collect::<std::result::Result<_, _>>()?),
+            "target" => number(cell, "value")?,
+            _ => Value::from(cell),
+        };
+        obj.insert(column.clone(), value);
+    }
+    Ok(obj)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -515,6 +589,27 @@ mod tests {
         assert!(m.push(Sample::new("c").with_audio("/abs.wav")).is_err());
         assert!(m.push(Sample::new("")).is_err());
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn csv_manifests_read_like_jsonl() {
+        let csv = "id,split,image,text,frames,features,label,labels,target\n\
+                   a,train,i/a.png,\"a cat, sitting\",,1.5;2,cat,,0.25\n\
+                   b,test,,,f/0.png;f/1.png,,,x;y,\n";
+        let m = Manifest::parse_csv(csv, Path::new("m.csv"), Path::new("/r")).expect("valid");
+        let jsonl = concat!(
+            r#"{"id":"a","split":"train","image":"i/a.png","text":"a cat, sitting","features":[1.5,2],"label":"cat","target":0.25}"#, "\n",
+            r#"{"id":"b","split":"test","frames":["f/0.png","f/1.png"],"labels":["x","y"]}"#, "\n",
+        );
+        let j = Manifest::parse_jsonl(jsonl, Path::new("m.jsonl"), Path::new("/r")).expect("valid");
+        assert_eq!(m.samples(), j.samples());
+        let msg = |text: &str| Manifest::parse_csv(text, Path::new("m.csv"), Path::new("/r")).expect_err("bad").to_string();
+        assert!(msg("id,imgae\na,x.png\n").starts_with("m.csv:1: unknown column `imgae`"));
+        assert!(msg("image\nx.png\n").contains("no `id` column"));
+        assert_eq!(msg("id,features\na,1\nb,1;zz\n"), "m.csv:3: column `features`: item \"zz\" is not a number");
+        assert!(msg("id,image\na,../x.png\n").starts_with("m.csv:2: field `image`"));
+        assert!(msg("id,image\na,x.png,extra\n").starts_with("m.csv:2: not valid CSV"));
+        assert!(msg("id\na\na\n").contains("m.csv:3: field `id`: duplicate id \"a\" (first on line 2)"));
     }
 
     #[test]
