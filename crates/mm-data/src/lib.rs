@@ -13,6 +13,7 @@
 //!   matches torchaudio's;
 //! - [`mel`]: log-mel spectrograms that match torchaudio's `MelSpectrogram`;
 //! - [`normalize`]: per-dimension mean/std from one streaming pass, saved and reloaded;
+//! - [`subword`]: `tokenizer.json` subword tokenizers (WordPiece, BPE, Unigram);
 //! - [`text`]: a word tokenizer and a vocabulary builder for word-vector encoders;
 //! - [`augment`]: image, audio, text and modality-dropout augmentation, reproducible per sample;
 //! - [`rng`]: per-sample seeded randomness;
@@ -49,6 +50,7 @@ pub mod mel;
 pub mod normalize;
 pub mod pipeline;
 pub mod rng;
+pub mod subword;
 pub mod text;
 
 pub use error::{Error, Result};

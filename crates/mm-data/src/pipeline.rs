@@ -33,6 +33,7 @@ use crate::manifest::{Manifest, Sample, Split};
 use crate::mel::{LogMel, MelConfig};
 use crate::normalize::{Normalizer, RunningStats};
 use crate::rng::Rng;
+use crate::subword::SubwordTokenizer;
 use crate::text::{Vocab, WordTokenizer};
 
 /// Images: resized (or randomly cropped when training) to `size`, scaled to `[0, 1]`,
@@ -76,17 +77,36 @@ impl AudioSpec {
     }
 }
 
-/// Text: word tokens mapped through a vocabulary.
+/// How text becomes token ids.
+#[derive(Debug, Clone)]
+pub enum TextEncoder {
+    /// Word tokens through a vocabulary built from the training texts (for word vectors).
+    Words {
+        /// The tokenizer.
+        tokenizer: WordTokenizer,
+        /// The vocabulary (`<pad>` = 0, `<unk>` = 1).
+        vocab: Arc<Vocab>,
+    },
+    /// A `tokenizer.json` subword tokenizer (for pretrained Transformers).
+    Subword(Arc<SubwordTokenizer>),
+}
+
+/// Text: token ids, cut to a maximum length. Batches pad with id 0 and carry the lengths.
 #[derive(Debug, Clone)]
 pub struct TextSpec {
-    /// The tokenizer.
-    pub tokenizer: WordTokenizer,
-    /// The vocabulary (`<pad>` = 0, `<unk>` = 1).
-    pub vocab: Arc<Vocab>,
+    /// Text to ids.
+    pub encoder: TextEncoder,
     /// Longer texts are cut to this many tokens.
     pub max_tokens: usize,
     /// Training-time augmentation.
     pub augment: TextAugment,
+}
+
+impl TextSpec {
+    /// Word tokens through `vocab`, at most `max_tokens`, no augmentation.
+    pub fn words(tokenizer: WordTokenizer, vocab: Vocab, max_tokens: usize) -> Self {
+        TextSpec { encoder: TextEncoder::Words { tokenizer, vocab: Arc::new(vocab) }, max_tokens, augment: TextAugment::default() }
+    }
 }
 
 /// Video frames: each frame as an image, the same random crop and flip for every frame of a
@@ -238,7 +258,10 @@ impl Pipeline {
             item.audio = Some(load_audio(&manifest.path(rel), spec, train, &mut rng(STREAM_AUDIO))?);
         }
         if let (true, Some(spec), Some(text)) = (present[2], &self.text, &s.text) {
-            let mut tokens = spec.vocab.encode(&spec.tokenizer.tokenize(text));
+            let mut tokens = match &spec.encoder {
+                TextEncoder::Words { tokenizer, vocab } => vocab.encode(&tokenizer.tokenize(text)),
+                TextEncoder::Subword(tok) => tok.encode(text)?,
+            };
             if train {
                 augment_tokens(&mut tokens, &spec.augment, &mut rng(STREAM_TEXT));
             }

@@ -421,7 +421,7 @@ mod loading {
         let mut audio = AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel");
         let tok = WordTokenizer::default();
         let vocab = VocabBuilder::default().build(&tok, m.split(Split::Train).filter_map(|s| s.text.as_deref()));
-        let mut text = TextSpec { tokenizer: tok, vocab: Arc::new(vocab), max_tokens: 6, augment: TextAugment::default() };
+        let mut text = TextSpec::words(tok, vocab, 6);
         if augment {
             image.augment = ImageAugment { rotate_degrees: 10.0, noise_std: 0.02, ..ImageAugment::standard() };
             audio.augment = AudioAugment::standard();
@@ -593,4 +593,71 @@ fn decodes_flac_mp3_and_vorbis() {
         let expected = 2.0 * 440.0 * mid.len() as f64 / 16000.0;
         assert!((crossings as f64 - expected).abs() <= 3.0, "{file}: {crossings} zero crossings, expected ~{expected}");
     }
+}
+
+/// A BPE tokenizer trained on the real Flickr8k captions with `tokenizers`, saved as
+/// `tokenizer.json`, loaded through mm-data and used in a pipeline: ids are in the vocabulary,
+/// and decoding gives back the (lower-cased) caption.
+#[test]
+fn subword_tokenizer_from_a_tokenizer_json() {
+    use tokenizers::models::bpe::{BpeTrainer, BPE};
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::{AddedToken, Tokenizer};
+
+    let Some(data) = shared_data() else { return };
+    let dir = std::env::temp_dir().join(format!("mm-data-bpe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // Captions only, 4000 of them: "IMAGE.jpg#N<TAB>caption".
+    let captions: Vec<String> = std::fs::read_to_string(data.join("flickr8k/Flickr8k.token.txt"))
+        .expect("captions")
+        .lines()
+        .take(4000)
+        .filter_map(|l| l.split_once('\t').map(|(_, c)| c.to_string()))
+        .collect();
+    let corpus = dir.join("captions.txt");
+    std::fs::write(&corpus, captions.join("\n")).expect("write");
+    let mut trainer: TrainerWrapper = BpeTrainer::builder()
+        .vocab_size(600)
+        .min_frequency(2)
+        .special_tokens(vec![AddedToken::from("[PAD]", true), AddedToken::from("[UNK]", true)])
+        .build()
+        .into();
+    let mut tokenizer = Tokenizer::new(BPE::builder().unk_token("[UNK]".to_string()).build().expect("bpe"));
+    tokenizer.with_normalizer(Some(tokenizers::normalizers::Lowercase));
+    tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
+    tokenizer.with_decoder(Some(tokenizers::decoders::bpe::BPEDecoder::default()));
+    tokenizer.train_from_files(&mut trainer, vec![corpus.to_string_lossy().into_owned()]).expect("train");
+    let file = dir.join("tokenizer.json");
+    tokenizer.save(&file, false).expect("save");
+
+    let tok = mm_data::subword::SubwordTokenizer::from_file(&file).expect("load");
+    assert!((300..=600).contains(&tok.vocab_size()), "vocabulary of {}", tok.vocab_size());
+    assert_eq!(tok.token_id("[PAD]"), Some(0));
+    for caption in captions.iter().skip(3900) {
+        let ids = tok.encode(caption).expect("encode");
+        assert!(!ids.is_empty() && ids.iter().all(|&i| i >= 0 && (i as usize) < tok.vocab_size()));
+        let words = |s: &str| s.to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ");
+        let back = tok.decode(&ids).expect("decode");
+        // BPE's decoder rejoins subwords; punctuation comes back as separate words.
+        assert_eq!(words(&back).replace(' ', ""), words(caption).replace(' ', ""), "{caption}");
+    }
+    // Through a pipeline: the item's tokens are the encoding, cut to max_tokens.
+    {
+        use mm_data::manifest::{Manifest, Sample};
+        use mm_data::pipeline::{Pipeline, TextEncoder, TextSpec};
+        let tok = std::sync::Arc::new(tok.clone());
+        let mut m = Manifest::new(&dir);
+        m.push(Sample::new("c").with_text(captions[0].clone())).expect("sample");
+        let mut p = Pipeline::new(Vec::new());
+        p.text = Some(TextSpec { encoder: TextEncoder::Subword(std::sync::Arc::clone(&tok)), max_tokens: 5, augment: Default::default() });
+        let item = p.load(&m, 0, 0, false).expect("item");
+        let want: Vec<i64> = tok.encode(&captions[0]).expect("encode").into_iter().take(5).collect();
+        assert_eq!(item.tokens, Some(want));
+    }
+    // Bad files are errors that name them.
+    std::fs::write(dir.join("bad.json"), "{\"not\": \"a tokenizer\"}").expect("write");
+    let e = mm_data::subword::SubwordTokenizer::from_file(dir.join("bad.json")).expect_err("bad").to_string();
+    assert!(e.contains("bad.json") && e.contains("not a valid tokenizer.json"), "{e}");
+    assert!(mm_data::subword::SubwordTokenizer::from_file(dir.join("none.json")).is_err());
+    std::fs::remove_dir_all(dir).ok();
 }
