@@ -5,8 +5,9 @@
 //! - Order: seeded shuffling per epoch, or class-balanced sampling (each class drawn equally
 //!   often, with replacement, as PyTorch's `WeightedRandomSampler` with inverse class
 //!   frequencies); `drop_last` leaves out a final short batch.
-//! - Memory stays bounded: at most `prefetch` batches wait in the queue, and nothing is decoded
-//!   before it is needed.
+//! - Memory stays bounded: at most `prefetch` batches wait in the queue, nothing is decoded
+//!   before it is needed, and the optional cache of decoded files ([`Loader::with_cache`]) has
+//!   a byte budget.
 //! - A sample that fails to load stops the epoch with an error naming it (run the
 //!   [cleaning pass](crate::clean) first to drop bad samples with a report).
 //! - The same seed gives the same batches whatever the number of threads.
@@ -40,7 +41,7 @@ use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Split};
-use crate::pipeline::{Item, Pipeline};
+use crate::pipeline::{DecodedCache, Item, Pipeline};
 use crate::rng::Rng;
 
 /// The class id of a sample without a label (PyTorch's `ignore_index` default).
@@ -278,6 +279,7 @@ pub struct Loader {
     /// Manifest indices of the split's samples.
     indices: Vec<usize>,
     config: LoaderConfig,
+    cache: Option<Arc<DecodedCache>>,
 }
 
 impl Loader {
@@ -300,7 +302,18 @@ impl Loader {
                 )));
             }
         }
-        Ok(Loader { manifest, pipeline, indices, config })
+        Ok(Loader { manifest, pipeline, indices, config, cache: None })
+    }
+
+    /// Keeps decoded files in memory across epochs, up to `max_bytes` (see [`DecodedCache`]).
+    pub fn with_cache(mut self, max_bytes: usize) -> Self {
+        self.cache = Some(Arc::new(DecodedCache::new(max_bytes)));
+        self
+    }
+
+    /// The cache of decoded files, if [`Loader::with_cache`] set one.
+    pub fn cache(&self) -> Option<&DecodedCache> {
+        self.cache.as_deref()
     }
 
     /// Number of samples in the split.
@@ -353,15 +366,15 @@ impl Loader {
         }
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let (manifest, pipeline, config, stop_flag) =
-            (Arc::clone(&self.manifest), Arc::clone(&self.pipeline), self.config, Arc::clone(&stop));
+        let (manifest, pipeline, config, stop_flag, cache) =
+            (Arc::clone(&self.manifest), Arc::clone(&self.pipeline), self.config, Arc::clone(&stop), self.cache.clone());
         let handle = std::thread::spawn(move || {
             for chunk in order.chunks(config.batch_size) {
                 if stop_flag.load(Ordering::Relaxed) {
                     return;
                 }
                 let items: Result<Vec<Item>> =
-                    chunk.par_iter().map(|&i| pipeline.load(&manifest, i, epoch, config.train)).collect();
+                    chunk.par_iter().map(|&i| pipeline.load_cached(&manifest, i, epoch, config.train, cache.as_deref())).collect();
                 let batch = items.map(|items| collate(&items, &pipeline));
                 let failed = batch.is_err();
                 if tx.send(batch).is_err() || failed {

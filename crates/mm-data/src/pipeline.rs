@@ -20,7 +20,10 @@
 //! # Ok::<(), mm_data::Error>(())
 //! ```
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 use ndarray::{Array2, Array3};
 use rayon::prelude::*;
@@ -215,12 +218,18 @@ impl Pipeline {
     /// Loads sample `index` of the manifest for `epoch`; `train` turns augmentation and
     /// modality dropout on. Errors name the sample.
     pub fn load(&self, manifest: &Manifest, index: usize, epoch: u64, train: bool) -> Result<Item> {
+        self.load_cached(manifest, index, epoch, train, None)
+    }
+
+    /// [`Pipeline::load`], taking decoded files from `cache` when it has them and adding them
+    /// while it has room.
+    pub fn load_cached(&self, manifest: &Manifest, index: usize, epoch: u64, train: bool, cache: Option<&DecodedCache>) -> Result<Item> {
         let sample = manifest.samples().get(index).ok_or_else(|| Error::Config(format!("no sample at index {index}")))?;
-        self.load_sample(manifest, sample, index, epoch, train)
+        self.load_sample(manifest, sample, index, epoch, train, cache)
             .map_err(|e| Error::Sample { id: sample.id.clone(), source: Box::new(e) })
     }
 
-    fn load_sample(&self, manifest: &Manifest, s: &Sample, index: usize, epoch: u64, train: bool) -> Result<Item> {
+    fn load_sample(&self, manifest: &Manifest, s: &Sample, index: usize, epoch: u64, train: bool, cache: Option<&DecodedCache>) -> Result<Item> {
         let rng = |stream| Rng::for_sample(self.seed, epoch, index as u64, stream);
         let mut item = Item {
             index,
@@ -252,10 +261,10 @@ impl Pipeline {
             drop_modalities(&mut present, self.modality_dropout, &mut rng(STREAM_DROPOUT));
         }
         if let (true, Some(spec), Some(rel)) = (present[0], &self.image, &s.image) {
-            item.image = Some(load_image(&manifest.path(rel), spec, train, &mut rng(STREAM_IMAGE))?);
+            item.image = Some(load_image(&manifest.path(rel), spec, train, &mut rng(STREAM_IMAGE), cache)?);
         }
         if let (true, Some(spec), Some(rel)) = (present[1], &self.audio, &s.audio) {
-            item.audio = Some(load_audio(&manifest.path(rel), spec, train, &mut rng(STREAM_AUDIO))?);
+            item.audio = Some(load_audio(&manifest.path(rel), spec, train, &mut rng(STREAM_AUDIO), cache)?);
         }
         if let (true, Some(spec), Some(text)) = (present[2], &self.text, &s.text) {
             let mut tokens = match &spec.encoder {
@@ -273,7 +282,7 @@ impl Pipeline {
             let base = rng(STREAM_FRAMES);
             let frames = chosen
                 .iter()
-                .map(|&i| load_image(&manifest.path(&s.frames[i]), &spec.image, train, &mut base.clone()))
+                .map(|&i| load_image(&manifest.path(&s.frames[i]), &spec.image, train, &mut base.clone(), cache))
                 .collect::<Result<Vec<_>>>()?;
             item.frames = Some(frames);
         }
@@ -311,7 +320,7 @@ impl Pipeline {
             let plain = ImageSpec { normalizer: Normalizer { mean: vec![0.0; 3], std: vec![1.0; 3], count: 0 }, augment: ImageAugment::default(), ..spec.clone() };
             let stats = fold(3, &|s, acc| {
                 if let Some(rel) = &s.image {
-                    let img = load_image(&manifest.path(rel), &plain, false, &mut Rng::new(0))?;
+                    let img = load_image(&manifest.path(rel), &plain, false, &mut Rng::new(0), None)?;
                     // Rows of (r, g, b): one per pixel.
                     let hw = img.len() / 3;
                     let flat = img.as_slice().expect("standard layout");
@@ -329,7 +338,7 @@ impl Pipeline {
             let plain = AudioSpec { normalizer: None, augment: AudioAugment::default(), ..spec.clone() };
             let stats = fold(spec.mel.config().n_mels, &|s, acc| {
                 if let Some(rel) = &s.audio {
-                    let spec = load_audio(&manifest.path(rel), &plain, false, &mut Rng::new(0))?;
+                    let spec = load_audio(&manifest.path(rel), &plain, false, &mut Rng::new(0), None)?;
                     acc.push_rows(spec.as_slice().expect("standard layout"));
                 }
                 Ok(())
@@ -365,27 +374,107 @@ fn spaced(len: usize, max: Option<usize>) -> Vec<usize> {
     }
 }
 
-fn load_image(path: &std::path::Path, spec: &ImageSpec, train: bool, rng: &mut Rng) -> Result<Array3<f32>> {
-    let pixels = decode_image(path)?;
+type AudioKey = (PathBuf, u32);
+
+/// Decoded files kept in memory across epochs, up to a byte budget: images as decoded pixels,
+/// audio as samples already resampled to the front end's rate (augmentation and normalisation
+/// still run every time). Once the budget is reached nothing more is added, so memory stays
+/// bounded whatever the data set's size.
+#[derive(Debug)]
+pub struct DecodedCache {
+    images: RwLock<HashMap<PathBuf, Arc<Array3<u8>>>>,
+    /// Keyed by file and the rate the samples were resampled to.
+    audio: RwLock<HashMap<AudioKey, Arc<Vec<f32>>>>,
+    max_bytes: usize,
+    used: AtomicUsize,
+}
+
+impl DecodedCache {
+    /// An empty cache that holds at most `max_bytes` of decoded data.
+    pub fn new(max_bytes: usize) -> Self {
+        DecodedCache { images: RwLock::default(), audio: RwLock::default(), max_bytes, used: AtomicUsize::new(0) }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Files held.
+    pub fn len(&self) -> usize {
+        self.images.read().map_or(0, |m| m.len()) + self.audio.read().map_or(0, |m| m.len())
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reserves room for `bytes`, if the budget allows.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| (u + bytes <= self.max_bytes).then_some(u + bytes))
+            .is_ok()
+    }
+
+    fn get_or_load<K: std::hash::Hash + Eq + Clone, V>(
+        map: &RwLock<HashMap<K, Arc<V>>>,
+        key: &K,
+        size: impl Fn(&V) -> usize,
+        reserve: impl Fn(usize) -> bool,
+        load: impl FnOnce() -> Result<V>,
+    ) -> Result<Arc<V>> {
+        if let Some(v) = map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Ok(Arc::clone(v));
+        }
+        let value = Arc::new(load()?);
+        if reserve(size(&value)) {
+            let mut m = map.write().unwrap_or_else(|e| e.into_inner());
+            m.entry(key.clone()).or_insert_with(|| Arc::clone(&value));
+        }
+        Ok(value)
+    }
+}
+
+fn decoded_image(path: &std::path::Path, cache: Option<&DecodedCache>) -> Result<Arc<Array3<u8>>> {
+    match cache {
+        None => Ok(Arc::new(decode_image(path)?)),
+        Some(c) => DecodedCache::get_or_load(&c.images, &path.to_path_buf(), |a| a.len(), |b| c.reserve(b), || decode_image(path)),
+    }
+}
+
+fn decoded_audio(path: &std::path::Path, rate: u32, cache: Option<&DecodedCache>) -> Result<Arc<Vec<f32>>> {
+    let load = || -> Result<Vec<f32>> {
+        let audio = decode_audio(path)?;
+        Ok(if audio.sample_rate == rate { audio.samples } else { Resampler::cached(audio.sample_rate, rate).process(&audio.samples) })
+    };
+    match cache {
+        None => Ok(Arc::new(load()?)),
+        Some(c) => DecodedCache::get_or_load(&c.audio, &(path.to_path_buf(), rate), |v| v.len() * 4, |b| c.reserve(b), load),
+    }
+}
+
+fn load_image(path: &std::path::Path, spec: &ImageSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array3<f32>> {
+    let pixels = decoded_image(path, cache)?;
     let aug = if train { spec.augment.clone() } else { ImageAugment::default() };
     let mut img = augment_image(&pixels, spec.size, &aug, rng);
     spec.normalizer.apply_chw(img.as_slice_mut().expect("standard layout"));
     Ok(img)
 }
 
-fn load_audio(path: &std::path::Path, spec: &AudioSpec, train: bool, rng: &mut Rng) -> Result<Array2<f32>> {
-    let audio = decode_audio(path)?;
-    let rate = spec.mel.config().sample_rate;
-    let mut samples = if audio.sample_rate == rate { audio.samples } else { Resampler::cached(audio.sample_rate, rate).process(&audio.samples) };
-    if train {
+fn load_audio(path: &std::path::Path, spec: &AudioSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array2<f32>> {
+    let decoded = decoded_audio(path, spec.mel.config().sample_rate, cache)?;
+    let mel = if train {
+        let mut samples = decoded.to_vec();
         augment_waveform(&mut samples, &spec.augment, rng);
-    }
-    let mut mel = spec.mel.compute(&samples);
-    if let Some(max) = spec.max_frames {
-        if mel.nrows() > max {
-            mel = mel.slice(ndarray::s![..max, ..]).to_owned();
-        }
-    }
+        spec.mel.compute(&samples)
+    } else {
+        spec.mel.compute(&decoded)
+    };
+    let mut mel = match spec.max_frames {
+        Some(max) if mel.nrows() > max => mel.slice(ndarray::s![..max, ..]).to_owned(),
+        _ => mel,
+    };
     if let Some(n) = &spec.normalizer {
         n.apply(mel.as_slice_mut().expect("standard layout"));
     }

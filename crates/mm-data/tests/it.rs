@@ -558,6 +558,38 @@ mod loading {
     }
 
     #[test]
+    fn the_decoded_cache_serves_later_epochs_within_its_budget() {
+        let dir = temp("cache");
+        let m = Arc::new(data_set(&dir));
+        let p = Arc::new(pipeline(&m, false));
+        let config = LoaderConfig { batch_size: 4, ..LoaderConfig::evaluation() };
+        let plain = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), config).expect("loader");
+        let cached = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), config).expect("loader").with_cache(64 << 20);
+        let want = epoch_tensors(&plain, 0);
+        let first = epoch_tensors(&cached, 0);
+        let cache = cached.cache().expect("cache");
+        // 10 images + 9 clips (s3 has no audio) + the frames read: 2, 3 or 4 per sample, at
+        // most 3 of them (max_frames): 2+3+3+2+3+3+2+3+3+2 = 26.
+        assert_eq!(cache.len(), 10 + 9 + 26);
+        assert!(cache.bytes() > 0);
+        // With every source file gone, the next epoch still loads, from memory, the same data.
+        for entry in std::fs::read_dir(&dir).expect("ls").flatten() {
+            std::fs::remove_file(entry.path()).expect("rm");
+        }
+        let second = epoch_tensors(&cached, 1);
+        for ((a, b), c) in want.iter().zip(&first).zip(&second) {
+            assert_eq!(a.0, c.0);
+            assert!(a.1.equal(&b.1) && a.1.equal(&c.1) && a.2.equal(&c.2) && a.3.equal(&c.3));
+        }
+        assert!(plain.epoch(1).next().expect("a batch").is_err(), "without the cache the files are needed");
+        // A budget too small for anything keeps nothing.
+        let tiny = Loader::new(Arc::clone(&m), Split::Train, p, config).expect("loader").with_cache(10);
+        assert!(tiny.epoch(0).next().expect("a batch").is_err());
+        assert_eq!(tiny.cache().expect("cache").len(), 0);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn dropping_an_epoch_early_stops_its_thread() {
         let dir = temp("drop");
         let m = Arc::new(data_set(&dir));
