@@ -366,6 +366,61 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Writes the normalisation statistics of every configured modality that has them into
+    /// `dir` (`image_stats.json`, `audio_stats.json`, `frames_stats.json`,
+    /// `features_stats.json`), atomically, so that evaluation and prediction reuse exactly the
+    /// training split's numbers.
+    pub fn save_statistics(&self, dir: impl AsRef<std::path::Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        for (name, stats) in self.statistics() {
+            if let Some(n) = stats {
+                n.save(dir.join(format!("{name}_stats.json")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the statistics [`Pipeline::save_statistics`] wrote, for every configured modality;
+    /// a missing file, or statistics of the wrong dimension, is an error naming the file.
+    pub fn load_statistics(&mut self, dir: impl AsRef<std::path::Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let path = |name: &str| dir.join(format!("{name}_stats.json"));
+        if let Some(spec) = &mut self.image {
+            spec.normalizer = Normalizer::load(path("image"), Some(3))?;
+        }
+        if let Some(spec) = &mut self.audio {
+            spec.normalizer = Some(Normalizer::load(path("audio"), Some(spec.mel.config().n_mels))?);
+        }
+        if let Some(spec) = &mut self.frames {
+            spec.image.normalizer = Normalizer::load(path("frames"), Some(3))?;
+        }
+        if let Some(spec) = &mut self.features {
+            spec.normalizer = Some(Normalizer::load(path("features"), Some(spec.dim))?);
+        }
+        Ok(())
+    }
+
+    /// The statistics each configured modality uses, by modality name.
+    fn statistics(&self) -> Vec<(&'static str, Option<&Normalizer>)> {
+        let mut out = Vec::new();
+        if let Some(spec) = &self.image {
+            out.push(("image", Some(&spec.normalizer)));
+        }
+        if let Some(spec) = &self.audio {
+            out.push(("audio", spec.normalizer.as_ref()));
+        }
+        if let Some(spec) = &self.frames {
+            out.push(("frames", Some(&spec.image.normalizer)));
+        }
+        if let Some(spec) = &self.features {
+            out.push(("features", spec.normalizer.as_ref()));
+        }
+        out
+    }
+}
+
 /// `n` indices spread evenly over `0..len` (all of them when `max` allows).
 fn spaced(len: usize, max: Option<usize>) -> Vec<usize> {
     match max {

@@ -477,7 +477,24 @@ mod loading {
         let all = Tensor::cat(&[batches[0].features.as_ref().expect("f"), batches[1].features.as_ref().expect("f")], 0);
         assert!(all.mean_dim(0, false, tch::Kind::Float).abs().max().double_value(&[]) < 1e-5);
         assert_eq!(NO_LABEL, -100);
+        // The fitted statistics are saved and come back unchanged for evaluation.
+        let stats_dir = dir.join("stats");
+        let fitted = loader_pipeline_statistics(&m);
+        fitted.save_statistics(&stats_dir).expect("save");
+        let mut fresh = pipeline(&m, false);
+        fresh.load_statistics(&stats_dir).expect("load");
+        assert_eq!(fresh.features.as_ref().and_then(|f| f.normalizer.clone()), fitted.features.as_ref().and_then(|f| f.normalizer.clone()));
+        assert_eq!(fresh.image.as_ref().map(|i| i.normalizer.clone()), fitted.image.as_ref().map(|i| i.normalizer.clone()));
+        std::fs::remove_file(stats_dir.join("audio_stats.json")).expect("rm");
+        let e = fresh.load_statistics(&stats_dir).expect_err("missing").to_string();
+        assert!(e.contains("audio_stats.json"), "{e}");
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn loader_pipeline_statistics(m: &Manifest) -> Pipeline {
+        let mut p = pipeline(m, false);
+        p.fit_statistics(m).expect("stats");
+        p
     }
 
     fn epoch_tensors(loader: &Loader, epoch: u64) -> Vec<(Vec<String>, Tensor, Tensor, Tensor)> {
