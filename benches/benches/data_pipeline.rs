@@ -1,4 +1,3 @@
-#![allow(missing_docs)] // criterion_group! defines undocumented functions
 //! Throughput of the data pipeline, in samples per second (criterion's `thrpt`).
 //!
 //! (a) images: decode 256×256 PNG files, random resized crop to 224, horizontal flip, colour
@@ -15,6 +14,8 @@
 //!
 //! Both run through `mm_data::loader::Loader` with rayon's global pool: set
 //! `RAYON_NUM_THREADS` to compare at a given thread count.
+
+#![allow(missing_docs)] // criterion_group! defines undocumented functions
 
 use std::sync::Arc;
 

@@ -300,8 +300,8 @@ impl Pipeline {
     }
 
     /// Computes the normalisation statistics of every modality that has them from the
-    /// training split (images after resizing, spectrograms, features), in parallel, without
-    /// augmentation. Samples missing a modality are skipped for that modality.
+    /// training split (images and video frames after resizing, spectrograms, features), in
+    /// parallel, without augmentation. Samples missing a modality are skipped for that modality.
     pub fn fit_statistics(&mut self, manifest: &Manifest) -> Result<()> {
         let train: Vec<&Sample> = manifest.split(Split::Train).collect();
         if train.is_empty() {
@@ -316,11 +316,12 @@ impl Pipeline {
                 })
                 .try_reduce(|| RunningStats::new(dim), |a, b| Ok(a.merge(&b)))
         };
-        if let Some(spec) = &self.image {
+        // Channel statistics of images as the model sees them (resized, not augmented).
+        let channel_stats = |spec: &ImageSpec, paths: &(dyn Fn(&Sample) -> Vec<PathBuf> + Sync)| {
             let plain = ImageSpec { normalizer: Normalizer { mean: vec![0.0; 3], std: vec![1.0; 3], count: 0 }, augment: ImageAugment::default(), ..spec.clone() };
-            let stats = fold(3, &|s, acc| {
-                if let Some(rel) = &s.image {
-                    let img = load_image(&manifest.path(rel), &plain, false, &mut Rng::new(0), None)?;
+            fold(3, &|s, acc| {
+                for rel in paths(s) {
+                    let img = load_image(&manifest.path(&rel), &plain, false, &mut Rng::new(0), None)?;
                     // Rows of (r, g, b): one per pixel.
                     let hw = img.len() / 3;
                     let flat = img.as_slice().expect("standard layout");
@@ -329,9 +330,18 @@ impl Pipeline {
                     }
                 }
                 Ok(())
-            })?;
+            })
+        };
+        if let Some(spec) = &self.image {
+            let stats = channel_stats(spec, &|s| s.image.iter().cloned().collect())?;
             if let Some(spec) = &mut self.image {
                 spec.normalizer = stats.finish();
+            }
+        }
+        if let Some(spec) = &self.frames {
+            let stats = channel_stats(&spec.image, &|s| s.frames.clone())?;
+            if let Some(spec) = &mut self.frames {
+                spec.image.normalizer = stats.finish();
             }
         }
         if let Some(spec) = &self.audio {

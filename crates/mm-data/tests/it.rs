@@ -485,6 +485,10 @@ mod loading {
         fresh.load_statistics(&stats_dir).expect("load");
         assert_eq!(fresh.features.as_ref().and_then(|f| f.normalizer.clone()), fitted.features.as_ref().and_then(|f| f.normalizer.clone()));
         assert_eq!(fresh.image.as_ref().map(|i| i.normalizer.clone()), fitted.image.as_ref().map(|i| i.normalizer.clone()));
+        // Frames get their own channel statistics (not ImageNet's), from every frame of the
+        // training split: 2+3+4+2+3+4+2+3+4+2 = 29 frames of 8x8 pixels.
+        let frames_stats = fitted.frames.as_ref().map(|f| f.image.normalizer.clone()).expect("frames");
+        assert_eq!(frames_stats.count, 29 * 64);
         std::fs::remove_file(stats_dir.join("audio_stats.json")).expect("rm");
         let e = fresh.load_statistics(&stats_dir).expect_err("missing").to_string();
         assert!(e.contains("audio_stats.json"), "{e}");
