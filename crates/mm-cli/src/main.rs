@@ -4,6 +4,7 @@
 //! user can cause comes back as an `anyhow::Error` and is printed as one message with a non-zero
 //! exit code (1 for a failed run; clap uses 2 for a usage error).
 
+mod data;
 mod demo;
 mod info;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Train single-modality baselines and a fused model on generated data; print the table.
     Demo(demo::Args),
+    /// Data sets: `mm data synth` writes the embedded synthetic data set.
+    Data(data::Args),
     /// Show the libtorch this binary runs on and the devices it sees.
     Info(info::Args),
 }
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Data(args) => data::run(&args),
         Command::Info(args) => info::run(&args),
     };
     match result {

@@ -63,3 +63,34 @@ fn demo_fusion_beats_every_single_modality() {
     }
     assert!(fused > 90.0, "fused only {fused}%: {text}");
 }
+
+#[test]
+fn data_synth_writes_the_data_set_and_reports_its_ceilings() {
+    let dir = std::env::temp_dir().join(format!("mm-cli-synth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_dir = dir.to_str().expect("utf-8 temp dir");
+    let args = ["data", "synth", "--out", out_dir, "--samples", "40", "--image-size", "24", "--frame-size", "16", "--corrupt-images", "0.1"];
+    let out = mm(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = stdout(&out);
+    assert!(text.contains("wrote 40 samples") && text.contains("4 truncated images"), "{text}");
+    for task in ["manifest.jsonl", "video.jsonl", "retrieval.jsonl", "sentiment.jsonl", "diagnosis.jsonl"] {
+        assert!(text.contains(task), "{text}");
+        assert_eq!(std::fs::read_to_string(dir.join(task)).expect("manifest").lines().count(), 40, "{task}");
+    }
+    // The JSON summary is the synth.json written beside the data.
+    let mut json_args = args.to_vec();
+    json_args.extend(["--force", "--json"]);
+    let out = mm(&json_args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out).trim_end(), std::fs::read_to_string(dir.join("synth.json")).expect("summary").trim_end());
+    // Refusals: an existing data set without --force, a bad value.
+    let out = mm(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let out = mm(&["data", "synth", "--out", out_dir, "--force", "--noise", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("synth.noise") && !err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -20,6 +20,8 @@
 //! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
 //! - [`pipeline`]: per-modality decode, resample, augment and normalise into an [`pipeline::Item`];
 //! - [`loader`]: parallel, prefetching, seeded batches collated into `tch` tensors;
+//! - [`synth`]: the embedded synthetic data set (images, audio, captions, videos, records)
+//!   with tasks whose single-modality ceilings are known by construction;
 //! - [`idx`]: the idx files of MNIST and its relatives;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
 //! - [`fs`]: atomic file writes; [`Error`]: the crate's error type.
@@ -51,6 +53,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod rng;
 pub mod subword;
+pub mod synth;
 pub mod text;
 
 pub use error::{Error, Result};

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use mm_data::device::parse_device;
 use tch::{Kind, Tensor};
 
+#[path = "it/synth.rs"]
+mod synth;
+
 /// The real data sets beside the repository (`../shared/data`, see its README; or the folder
 /// `MM_SHARED_DATA` names). CI always has them, so there a missing folder fails the test;
 /// elsewhere the test says it skips.
