@@ -363,3 +363,22 @@ fn the_sentiment_target_needs_caption_and_image() {
     assert!(both < 0.3 * floor[0], "both {both}");
     std::fs::remove_dir_all(dir).expect("clean up");
 }
+
+#[test]
+fn imbalance_and_prevalence_shape_the_label_distributions() {
+    let dir = temp("imbalance");
+    let config = SynthConfig { imbalance: 4.0, positive_rate: 0.1, ..small(1200, 2) };
+    let s = generate(&dir, &config, false).expect("generate");
+    let count = |file: &str, label: &str| {
+        let m = Manifest::read(dir.join(file)).expect("manifest");
+        m.samples().iter().filter(|x| x.label.as_deref() == Some(label)).count() as f64
+    };
+    let (first, last) = (count("manifest.jsonl", CLASSES[0]), count("manifest.jsonl", CLASSES[3]));
+    assert!((first / last - 4.0).abs() < 1.0, "{first} vs {last}");
+    assert_eq!(count("diagnosis.jsonl", "positive"), 120.0);
+    // With imbalance the outline-only ceiling rises above one half: it is the larger class of
+    // each outline, and the majority class alone gets its share.
+    let c = &s.ceilings;
+    assert!(c.classify_image > 0.55 && c.classify_majority > 0.35 && c.classify_majority < c.classify_image, "{c:?}");
+    std::fs::remove_dir_all(dir).expect("clean up");
+}
