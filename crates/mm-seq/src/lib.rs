@@ -103,6 +103,19 @@ pub trait SequenceModel: std::fmt::Debug + Send {
     /// `train` turns dropout on. Panics on inputs that do not fit (a programmer error; use
     /// [`check_input`] to report one from user data).
     fn forward_seq(&self, xs: &Tensor, lengths: &Tensor, train: bool) -> SeqOutput;
+
+    /// The model's trainable parameters (shallow copies), to freeze or inspect them.
+    fn parameters(&self) -> Vec<Tensor>;
+}
+
+/// The weights and biases of linear layers, for [`SequenceModel::parameters`].
+pub(crate) fn linear_params(layers: &[&tch::nn::Linear]) -> Vec<Tensor> {
+    layers.iter().flat_map(|l| std::iter::once(l.ws.shallow_clone()).chain(l.bs.as_ref().map(Tensor::shallow_clone))).collect()
+}
+
+/// The affine parameters of layer norms.
+pub(crate) fn norm_params(norms: &[&tch::nn::LayerNorm]) -> Vec<Tensor> {
+    norms.iter().flat_map(|n| n.ws.iter().chain(n.bs.iter()).map(Tensor::shallow_clone)).collect()
 }
 
 /// `[B, T]` booleans, true where `t < lengths[b]`, on the device of `lengths`.

@@ -136,6 +136,10 @@ impl SequenceModel for Rnn {
         self.config.hidden * self.directions()
     }
 
+    fn parameters(&self) -> Vec<Tensor> {
+        self.weights.iter().map(Tensor::shallow_clone).collect()
+    }
+
     fn forward_seq(&self, xs: &Tensor, lengths: &Tensor, train: bool) -> SeqOutput {
         let (b, t, _) = xs.size3().expect("a [B, T, F] input");
         let device = xs.device();

@@ -100,6 +100,17 @@ impl SequenceModel for TemporalConv {
         self.config.channels
     }
 
+    fn parameters(&self) -> Vec<Tensor> {
+        let conv = |c: &nn::Conv1D| std::iter::once(c.ws.shallow_clone()).chain(c.bs.as_ref().map(Tensor::shallow_clone)).collect::<Vec<_>>();
+        let mut out = Vec::new();
+        for b in &self.blocks {
+            out.extend(conv(&b.conv));
+            out.extend(crate::norm_params(&[&b.norm]));
+            out.extend(b.skip.iter().flat_map(conv));
+        }
+        out
+    }
+
     fn forward_seq(&self, xs: &Tensor, lengths: &Tensor, train: bool) -> SeqOutput {
         let (_, t, _) = xs.size3().expect("a [B, T, F] input");
         let lengths = lengths.to_device(xs.device()).to_kind(Kind::Int64);

@@ -188,6 +188,19 @@ impl SequenceModel for TransformerEncoder {
         self.config.d_model
     }
 
+    fn parameters(&self) -> Vec<Tensor> {
+        let mut out: Vec<Tensor> = self.input.iter().flat_map(|l| crate::linear_params(&[l])).collect();
+        out.extend(self.pos.iter().map(Tensor::shallow_clone));
+        for l in &self.layers {
+            out.push(l.in_proj_weight.shallow_clone());
+            out.push(l.in_proj_bias.shallow_clone());
+            out.extend(crate::linear_params(&[&l.out_proj, &l.linear1, &l.linear2]));
+            out.extend(crate::norm_params(&[&l.norm1, &l.norm2]));
+        }
+        out.extend(self.norm.iter().flat_map(|n| crate::norm_params(&[n])));
+        out
+    }
+
     fn forward_seq(&self, xs: &Tensor, lengths: &Tensor, train: bool) -> SeqOutput {
         let (b, t, _) = xs.size3().expect("a [B, T, F] input");
         let device = xs.device();

@@ -1,0 +1,150 @@
+//! Audio encoders over log-mel features `[B, T, M]` with lengths (from mm-data's log-mel front
+//! end): a uni- or bidirectional, multi-layer LSTM or GRU (mm-seq, on packed sequences), or a
+//! CNN over the spectrogram that keeps time (convolutions and 2×2 pooling, then the mean over
+//! frequency); then last-state, mean, max or attention pooling over valid frames.
+//!
+//! Parameters: `rnn.*` or `cnn.convs.{i}.*`, `attention.*`. The backbone is the RNN or the CNN.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use mm_seq::pool::{AttentionPool, AttentionPoolConfig};
+use mm_seq::rnn::{Rnn, RnnConfig};
+use mm_seq::{lengths_to_mask, SeqOutput, SequenceModel};
+
+use crate::text::{pool, SeqPooling};
+use crate::{Backbone, Encoded, Encoder, Error, Input, Result};
+
+/// The layers over the spectrogram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type", deny_unknown_fields)]
+pub enum AudioBackbone {
+    /// An LSTM or GRU over frames.
+    Rnn(RnnConfig),
+    /// 3×3 convolutions with ReLU, each followed by 2×2 max pooling (time and frequency).
+    Cnn {
+        /// Channels per convolution.
+        channels: Vec<i64>,
+    },
+}
+
+/// Configuration of an [`AudioEncoder`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// RNN or CNN.
+    pub backbone: AudioBackbone,
+    /// Pooling over valid frames.
+    pub pooling: SeqPooling,
+    /// Keep the backbone fixed.
+    pub freeze: bool,
+    /// Project the output to this size.
+    pub project: Option<i64>,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            backbone: AudioBackbone::Rnn(RnnConfig { hidden: 128, layers: 2, bidirectional: true, dropout: 0.1, ..Default::default() }),
+            pooling: SeqPooling::Mean,
+            freeze: false,
+            project: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Net {
+    Rnn(Rnn),
+    Cnn(Vec<nn::Conv2D>),
+}
+
+/// An audio encoder.
+#[derive(Debug)]
+pub struct AudioEncoder {
+    net: Net,
+    attention: Option<AttentionPool>,
+    pooling: SeqPooling,
+    dim: i64,
+    backbone: Backbone,
+}
+
+impl AudioEncoder {
+    /// An encoder of `n_mels`-bin log-mel frames.
+    pub fn new(path: &nn::Path, config: &AudioConfig, n_mels: i64) -> Result<Self> {
+        if n_mels <= 0 {
+            return Err(Error::Config(format!("audio: {n_mels} mel bins")));
+        }
+        let (net, dim, params) = match &config.backbone {
+            AudioBackbone::Rnn(c) => {
+                let rnn = Rnn::new(&(path / "rnn"), n_mels, c)?;
+                let (dim, params) = (rnn.output_dim(), rnn.parameters());
+                (Net::Rnn(rnn), dim, params)
+            }
+            AudioBackbone::Cnn { channels } => {
+                if channels.is_empty() || channels.iter().any(|c| *c <= 0) {
+                    return Err(Error::Config(format!("audio.backbone.channels = {channels:?}: positive, at least one")));
+                }
+                let mut input = 1;
+                let mut convs = Vec::new();
+                let mut params = Vec::new();
+                for (i, &c) in channels.iter().enumerate() {
+                    let conv = nn::conv2d(path / "cnn" / "convs" / i, input, c, 3, nn::ConvConfig { padding: 1, ..Default::default() });
+                    params.push(conv.ws.shallow_clone());
+                    params.extend(conv.bs.iter().map(Tensor::shallow_clone));
+                    convs.push(conv);
+                    input = c;
+                }
+                (Net::Cnn(convs), input, params)
+            }
+        };
+        let attention = (config.pooling == SeqPooling::Attention)
+            .then(|| AttentionPool::new(&(path / "attention"), dim, &AttentionPoolConfig::default()))
+            .transpose()?;
+        Ok(AudioEncoder { net, attention, pooling: config.pooling, dim, backbone: Backbone::new(params) })
+    }
+
+    fn cnn(convs: &[nn::Conv2D], xs: &Tensor, lengths: &Tensor) -> SeqOutput {
+        let (b, t, _) = xs.size3().expect("[B, T, M] log-mel frames");
+        let mut lengths = lengths.to_device(xs.device()).to_kind(Kind::Int64);
+        let mut steps = t;
+        // [B, 1, T, M]; padded frames are zeroed before every convolution, so a valid frame
+        // sees what it would see in a clip run alone.
+        let mut h = xs.unsqueeze(1);
+        for conv in convs {
+            let mask = lengths_to_mask(&lengths, steps).view([b, 1, steps, 1]).to_kind(h.kind());
+            h = (h * mask).apply(conv).relu();
+            let mask = lengths_to_mask(&lengths, steps).view([b, 1, steps, 1]).to_kind(h.kind());
+            h = (h * mask).max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], true);
+            steps = (steps + 1) / 2;
+            lengths = (lengths + 1).divide_scalar_mode(2, "floor");
+        }
+        let outputs = h.mean_dim([3].as_slice(), false, h.kind()).transpose(1, 2); // [B, T', C]
+        let mask = lengths_to_mask(&lengths, steps);
+        let outputs = &outputs * mask.unsqueeze(-1).to_kind(outputs.kind());
+        let c = outputs.size()[2];
+        let idx = (&lengths - 1).clamp_min(0).view([b, 1, 1]).expand([b, 1, c], false);
+        let last = outputs.gather(1, &idx, false).squeeze_dim(1) * lengths.gt(0).unsqueeze(1).to_kind(outputs.kind());
+        SeqOutput { outputs, mask, last }
+    }
+}
+
+impl Encoder for AudioEncoder {
+    fn output_dim(&self) -> i64 {
+        self.dim
+    }
+
+    fn forward_t(&self, input: &Input, train: bool) -> Encoded {
+        let lengths = input.lengths_or_full();
+        let out = match &self.net {
+            Net::Rnn(rnn) => rnn.forward_seq(&input.values, &lengths, train),
+            Net::Cnn(convs) => Self::cnn(convs, &input.values, &lengths),
+        };
+        let pooled = pool(&out, self.pooling, self.attention.as_ref());
+        Encoded { pooled, seq: Some((out.outputs, out.mask)) }
+    }
+
+    fn set_backbone_trainable(&self, trainable: bool) {
+        self.backbone.set_trainable(trainable);
+    }
+}
