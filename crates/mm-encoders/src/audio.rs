@@ -4,6 +4,21 @@
 //! frequency); then last-state, mean, max or attention pooling over valid frames.
 //!
 //! Parameters: `rnn.*` or `cnn.convs.{i}.*`, `attention.*`. The backbone is the RNN or the CNN.
+//!
+//! ```
+//! use mm_encoders::audio::{AudioBackbone, AudioConfig, AudioEncoder};
+//! use mm_encoders::text::SeqPooling;
+//! use mm_encoders::{Encoder, Input};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let config = AudioConfig { backbone: AudioBackbone::Cnn { channels: vec![8, 16] }, pooling: SeqPooling::Mean, ..Default::default() };
+//! let audio = AudioEncoder::new(&(vs.root() / "audio"), &config, 64)?;
+//! let mels = Tensor::randn([3, 100, 64], (Kind::Float, Device::Cpu)); // [B, frames, mel bins]
+//! let out = audio.forward_t(&Input::sequence(mels, Tensor::from_slice(&[100i64, 61, 7])), false);
+//! assert_eq!(out.pooled.size(), [3, 16]);
+//! # Ok::<(), mm_encoders::Error>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

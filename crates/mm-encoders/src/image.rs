@@ -6,6 +6,21 @@
 //! The encoders return the pooled features before the classifier (ResNet: 512 or 2048; VGG:
 //! the 4096 of the second fully connected layer; LeNet: 84). The ResNet stride sits on the 3×3
 //! convolution of a bottleneck (torchvision's "v1.5").
+//!
+//! ```
+//! use mm_encoders::image::{Arch, ImageConfig, ImageEncoder};
+//! use mm_encoders::{Encoder, Input};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let resnet = ImageEncoder::new(&(vs.root() / "image"), &ImageConfig::new(Arch::Resnet18))?;
+//! let images = Tensor::randn([2, 3, 64, 64], (Kind::Float, Device::Cpu));
+//! let out = resnet.forward_t(&Input::dense(images), false);
+//! assert_eq!(out.pooled.size(), [2, 512]);
+//! assert!(vs.variables().contains_key("image.layer4.1.bn2.running_var")); // torchvision's name
+//! resnet.set_backbone_trainable(false); // fine-tune only what comes after it
+//! # Ok::<(), mm_encoders::Error>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::ModuleT, Tensor};

@@ -1,5 +1,18 @@
 //! A multilayer perceptron for numeric records (standardised by mm-data): linear layers with
 //! ReLU and dropout, for medical-style image + record fusion. Parameters `layers.{i}.*`.
+//!
+//! ```
+//! use mm_encoders::tabular::{TabularConfig, TabularEncoder};
+//! use mm_encoders::{Encoder, Input};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let config = TabularConfig { hidden: vec![32, 32], out: 16, ..Default::default() };
+//! let mlp = TabularEncoder::new(&(vs.root() / "record"), &config, 6)?;
+//! let out = mlp.forward_t(&Input::dense(Tensor::randn([4, 6], (Kind::Float, Device::Cpu))), false);
+//! assert_eq!(out.pooled.size(), [4, 16]);
+//! # Ok::<(), mm_encoders::Error>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

@@ -5,6 +5,28 @@
 //!
 //! Parameters: `embedding.weight` (the backbone when it comes from word vectors), `context.*`,
 //! `attention.*`.
+//!
+//! ```
+//! use mm_encoders::text::{Context, SeqPooling, TextConfig, TextEncoder};
+//! use mm_encoders::{Encoder, Input};
+//! use mm_seq::rnn::RnnConfig;
+//! use tch::{nn, Device, Tensor};
+//!
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let config = TextConfig {
+//!     dim: Some(32),
+//!     context: Context::Rnn(RnnConfig { hidden: 16, bidirectional: true, ..Default::default() }),
+//!     pooling: SeqPooling::Attention,
+//!     ..Default::default()
+//! };
+//! let text = TextEncoder::new(&(vs.root() / "text"), &config, 1000, None)?;
+//! let ids = Tensor::from_slice(&[5i64, 17, 9, 0, 42, 8, 0, 0]).view([2, 4]); // padded with <pad> = 0
+//! let out = text.forward_t(&Input::sequence(ids, Tensor::from_slice(&[3i64, 2])), false);
+//! assert_eq!(out.pooled.size(), [2, 32]); // a BiLSTM: 2 x 16
+//! let (steps, mask) = out.seq.expect("a text encoder has steps");
+//! assert_eq!((steps.size(), mask.size()), (vec![2, 4, 32], vec![2, 4]));
+//! # Ok::<(), mm_encoders::Error>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
