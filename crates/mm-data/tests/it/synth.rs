@@ -15,6 +15,16 @@ use mm_data::text::{VocabBuilder, WordTokenizer};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's random generator is global and tests run in parallel: the tests that train hold
+/// this lock and seed it, so that their results do not depend on what runs beside them.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    let guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
+}
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mm-synth-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -227,6 +237,7 @@ fn train_cnn(image: &Tensor, extra: Option<&Tensor>, y: &Tensor, epochs: usize) 
 /// Task (a): each modality alone stays at or under its ceiling, fusion recovers the label.
 #[test]
 fn the_main_task_needs_fusion_single_modalities_stay_under_their_ceilings() {
+    let _rng = seeded(1);
     let dir = temp("ceilings");
     let config = SynthConfig { samples: 1000, image_size: 48, duration: 0.5, val: 0.0, test: 0.3, seed: 1, ..SynthConfig::default() };
     let s: SynthSummary = generate(&dir, &config, false).expect("generate");
@@ -298,6 +309,7 @@ fn centroid(path: &Path) -> (f32, f32) {
 /// Task (c): the direction of motion is read from ordered frames, and not from a bag of them.
 #[test]
 fn the_video_task_needs_frame_order() {
+    let _rng = seeded(2);
     let dir = temp("video");
     let config = SynthConfig { samples: 400, image_size: 16, frame_size: 32, duration: 0.3, val: 0.0, test: 0.3, seed: 4, ..SynthConfig::default() };
     generate(&dir, &config, false).expect("generate");
@@ -333,6 +345,7 @@ fn the_video_task_needs_frame_order() {
 /// Task (d): the sentiment target needs the caption and the image.
 #[test]
 fn the_sentiment_target_needs_caption_and_image() {
+    let _rng = seeded(3);
     let dir = temp("sentiment");
     let config = SynthConfig { samples: 600, image_size: 16, frame_size: 16, frames: 2, duration: 0.3, val: 0.0, test: 0.3, seed: 8, ..SynthConfig::default() };
     let s = generate(&dir, &config, false).expect("generate");
