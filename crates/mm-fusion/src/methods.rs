@@ -356,9 +356,10 @@ impl Mha {
     }
 
     /// `q` `[B, Tq, d]` attends to `kv` `[B, Tk, d]` where `key_mask` `[B, Tk]` is true;
-    /// returns the output `[B, Tq, d]` and the head-averaged weights `[B, Tq, Tk]` (zero rows
-    /// where no key is present).
-    fn forward(&self, q: &Tensor, kv: &Tensor, key_mask: &Tensor) -> (Tensor, Tensor) {
+    /// returns the output `[B, Tq, d]` and, `with_weights`, the head-averaged weights
+    /// `[B, Tq, Tk]` (zero rows where no key is present; otherwise an empty tensor and the
+    /// fused attention kernel). A query with no key to attend to gets zeros.
+    fn forward(&self, q: &Tensor, kv: &Tensor, key_mask: &Tensor, with_weights: bool) -> (Tensor, Tensor) {
         let (b, tq, d) = q.size3().expect("[B, T, d]");
         let tk = kv.size()[1];
         let h = self.heads;
@@ -368,6 +369,15 @@ impl Mha {
         let qh = split(q.matmul(&w(0).tr()) + bias(0), tq);
         let kh = split(kv.matmul(&w(1).tr()) + bias(1), tk);
         let vh = split(kv.matmul(&w(2).tr()) + bias(2), tk);
+        if !with_weights {
+            // The fused kernel; a sample with no key keeps key 0 (finite) and is zeroed after.
+            let any = key_mask.to_kind(Kind::Bool).any_dim(1, true);
+            let first = Tensor::arange(tk, (Kind::Int64, kv.device())).eq(0).unsqueeze(0);
+            let mask = key_mask.to_kind(Kind::Bool).logical_or(&first.logical_and(&any.logical_not())).view([b, 1, 1, tk]);
+            let out = Tensor::scaled_dot_product_attention(&qh, &kh, &vh, Some(&mask), 0.0, false, None, false);
+            let out = out.transpose(1, 2).reshape([b, tq, d]).apply(&self.out_proj);
+            return (out * any.to_kind(q.kind()).unsqueeze(2), Tensor::zeros([0], (q.kind(), q.device())));
+        }
         let scores = qh.matmul(&kh.transpose(2, 3)) / ((d / h) as f64).sqrt(); // [B, H, Tq, Tk]
         let mask = key_mask.to_kind(Kind::Bool).view([b, 1, 1, tk]).expand([b, h, tq, tk], false);
         let attn = masked_softmax(&scores, &mask, 3);
@@ -413,7 +423,7 @@ impl Fusion for Attention {
         let tokens = Tensor::stack(&tokens, 1) + self.modality.unsqueeze(0);
         let b = tokens.size()[0];
         let q = self.query.view([1, 1, self.dim]).expand([b, 1, self.dim], false);
-        let (out, w) = self.attn.forward(&q, &tokens, &inputs.present);
+        let (out, w) = self.attn.forward(&q, &tokens, &inputs.present, true);
         Fused { fused: out.squeeze_dim(1), weights: Some(w.squeeze_dim(1)) }
     }
 }
@@ -459,7 +469,7 @@ impl Fusion for CrossAttention {
             let others: Vec<usize> = (0..seqs.len()).filter(|&k| k != m).collect();
             let kv = Tensor::cat(&others.iter().map(|&k| seqs[k].0.shallow_clone()).collect::<Vec<_>>(), 1);
             let kmask = Tensor::cat(&others.iter().map(|&k| seqs[k].1.shallow_clone()).collect::<Vec<_>>(), 1);
-            let (cross, _) = self.cross[m].forward(s, &kv, &kmask);
+            let (cross, _) = self.cross[m].forward(s, &kv, &kmask, false);
             let h = (s + cross).apply(&self.norms[m]);
             let mf = mask.to_kind(h.kind()).unsqueeze(-1);
             let mean = (&h * &mf).sum_dim_intlist(1, false, h.kind()) / mf.sum_dim_intlist(1, false, h.kind()).clamp_min(1.0);

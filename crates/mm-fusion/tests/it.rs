@@ -276,3 +276,4 @@ fn arrangements_are_configuration_and_mistakes_are_named() {
     assert!(e.contains("project"), "{e}");
 }
 
+
