@@ -2,6 +2,31 @@
 //! training loop with evaluation and early stopping, and atomic safetensors checkpoints that a
 //! killed run resumes from.
 //!
+//! What is here so far (issue #8 is in progress):
+//! - [`loss`]: cross-entropy (label smoothing, class weights), binary cross-entropy, MSE and L1
+//!   with masks, CLIP-style InfoNCE with a learnable temperature, triplet, CTC, multi-task sums;
+//! - [`metrics`]: accuracy, top-k, confusion matrix, precision/recall/F1, macro-F1, AUROC
+//!   (binary and one-vs-rest), MAE, MSE, Pearson, and retrieval Recall@K, median rank and MRR in
+//!   both directions;
+//! - [`schedule`]: constant, step, cosine and linear schedules with warm-up, and
+//!   reduce-on-plateau.
+//!
 //! Architecture invariant: mm-train composes the layers below it (data, sequence models,
 //! encoders, fusion) and is the only library crate that knows about all of them; nothing below
 //! depends on it, and it never parses command lines.
+
+pub mod loss;
+pub mod metrics;
+pub mod schedule;
+
+/// Errors of mm-train.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is not usable; the message names it.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+}
+
+/// Result type of mm-train.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
