@@ -100,16 +100,27 @@ pub fn load_safetensors(vs: &nn::VarStore, path: &Path, options: &LoadOptions) -
 /// Writes the variables of `vs` under `prefix` (with the prefix removed from their names) to a
 /// safetensors file, atomically: a reader or a crash sees the old file or the whole new one.
 pub fn save_safetensors(vs: &nn::VarStore, path: &Path, prefix: &str) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> = vs
+    let named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.detach().to_device(tch::Device::Cpu).contiguous())))
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v)))
         .collect();
+    save_named(path, named)
+}
+
+/// Writes named tensors (moved to the CPU, sorted by name) to a safetensors file atomically:
+/// a temporary file beside it, flushed to disk, renamed over `path`, the folder synced.
+pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> =
+        tensors.into_iter().map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).contiguous())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
     let io = |e: String| Error::Io { path: path.to_path_buf(), message: e };
-    Tensor::write_safetensors(&named, &tmp).map_err(|e| io(e.to_string()))?;
+    if let Err(e) = Tensor::write_safetensors(&named, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e.to_string()));
+    }
     let done = std::fs::File::open(&tmp).and_then(|f| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = done {
         let _ = std::fs::remove_file(&tmp);

@@ -9,14 +9,20 @@
 //!   (binary and one-vs-rest), MAE, MSE, Pearson, and retrieval Recall@K, median rank and MRR in
 //!   both directions;
 //! - [`schedule`]: constant, step, cosine and linear schedules with warm-up, and
-//!   reduce-on-plateau.
+//!   reduce-on-plateau;
+//! - [`optim`]: SGD, Adam and AdamW with parameter groups and gradient clipping, whose state
+//!   this crate owns so that checkpoints save it;
+//! - [`checkpoint`]: crash-safe checkpoints (weights, optimiser moments, training state) and
+//!   exact resume.
 //!
 //! Architecture invariant: mm-train composes the layers below it (data, sequence models,
 //! encoders, fusion) and is the only library crate that knows about all of them; nothing below
 //! depends on it, and it never parses command lines.
 
+pub mod checkpoint;
 pub mod loss;
 pub mod metrics;
+pub mod optim;
 pub mod schedule;
 
 /// Errors of mm-train.
@@ -26,6 +32,9 @@ pub enum Error {
     /// A configuration value is not usable; the message names it.
     #[error("invalid training configuration: {0}")]
     Config(String),
+    /// A checkpoint could not be written or read; the message names the file.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// Result type of mm-train.
