@@ -9,6 +9,7 @@ use crate::audio::{AudioConfig, AudioEncoder};
 use crate::image::{ImageConfig, ImageEncoder};
 use crate::tabular::{TabularConfig, TabularEncoder};
 use crate::text::{TextConfig, TextEncoder};
+use crate::video::{VideoConfig, VideoEncoder};
 use crate::vectors::load_vectors;
 use crate::weights::{load_safetensors, LoadOptions, LoadReport};
 use crate::{Encoder, Error, Projected, Result};
@@ -26,6 +27,8 @@ pub enum EncoderConfig {
     Audio(AudioConfig),
     /// An MLP for numeric records.
     Tabular(TabularConfig),
+    /// Video frames: an image encoder per frame, then a sequence model.
+    Video(VideoConfig),
 }
 
 /// What an encoder needs to know about its data.
@@ -68,6 +71,7 @@ pub fn build(path: &nn::Path, config: &EncoderConfig, ctx: &BuildContext) -> Res
         EncoderConfig::Tabular(c) => {
             (Box::new(TabularEncoder::new(path, c, need(ctx.input_dim, "the number of features")?)?), false, c.project)
         }
+        EncoderConfig::Video(c) => (Box::new(VideoEncoder::new(path, c)?), c.freeze, c.project),
     };
     if freeze {
         encoder.set_backbone_trainable(false);
@@ -83,9 +87,13 @@ impl EncoderConfig {
     /// path, with a trailing dot: `"image."`), skipping the checkpoint's classifier head and
     /// leaving a projection alone. `None` when no weights are configured.
     pub fn load_weights(&self, vs: &nn::VarStore, prefix: &str) -> Result<Option<LoadReport>> {
-        let EncoderConfig::Image(ImageConfig { arch, weights: Some(file), .. }) = self else { return Ok(None) };
-        let options =
-            LoadOptions { prefix: prefix.to_string(), skip: ImageEncoder::head_names(*arch), allow_missing: vec!["proj.".to_string()] };
+        let (net, prefix) = match self {
+            EncoderConfig::Image(c) => (c, prefix.to_string()),
+            EncoderConfig::Video(v) => (&v.frame, format!("{prefix}frame.")),
+            _ => return Ok(None),
+        };
+        let ImageConfig { arch, weights: Some(file), .. } = net else { return Ok(None) };
+        let options = LoadOptions { prefix, skip: ImageEncoder::head_names(*arch), allow_missing: vec!["proj.".to_string()] };
         load_safetensors(vs, file, &options).map(Some)
     }
 }

@@ -337,6 +337,11 @@ impl ImageEncoder {
         Ok(ImageEncoder { net, dim, backbone })
     }
 
+    /// The trainable parameters (shallow copies).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        self.backbone.params.iter().map(Tensor::shallow_clone).collect()
+    }
+
     /// The names of a torchvision checkpoint's tensors this encoder has no place for (its
     /// classifier head), to pass as [`crate::weights::LoadOptions::skip`].
     pub fn head_names(arch: Arch) -> Vec<String> {

@@ -31,6 +31,7 @@ pub mod image;
 pub mod tabular;
 pub mod text;
 pub mod vectors;
+pub mod video;
 pub mod weights;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -369,3 +369,30 @@ fn image_encoders_match_torchvision_numerically() {
         assert!(diff <= 1e-4 * scale.max(1.0), "{name} differs from torchvision by {diff}");
     }
 }
+
+/// The video encoder: shapes, padding (padded frames never reach the result), and a frame
+/// order that matters with a sequence model and not without.
+#[test]
+fn video_encoders_pool_frames_with_or_without_order() {
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let ordered: EncoderConfig = toml::from_str("kind = \"video\"\nframe = { arch = \"lenet\" }\nseq = { type = \"rnn\", cell = \"gru\", hidden = 12 }\npooling = \"last\"").expect("toml");
+    let bag: EncoderConfig = toml::from_str("kind = \"video\"\nframe = { arch = \"lenet\" }\npooling = \"mean\"\nproject = 6").expect("toml");
+    let a = build(&(vs.root() / "a"), &ordered, &BuildContext::default()).expect("ordered");
+    let b = build(&(vs.root() / "b"), &bag, &BuildContext::default()).expect("bag");
+    let frames = Tensor::rand([2, 5, 3, 28, 28], (Kind::Float, Device::Cpu));
+    let lengths = Tensor::from_slice(&[5i64, 3]);
+    let reversed = frames.narrow(0, 1, 1).narrow(1, 0, 3).flip([1]);
+    for (enc, dim, order_matters) in [(&a, 12, true), (&b, 6, false)] {
+        let out = tch::no_grad(|| enc.forward_t(&Input::sequence(frames.shallow_clone(), lengths.shallow_clone()), false).pooled);
+        assert_eq!(out.size(), [2, dim]);
+        // Sample 1 alone (3 frames) equals its padded row; reversed, it differs only with order.
+        let alone = tch::no_grad(|| enc.forward_t(&Input::sequence(frames.narrow(0, 1, 1).narrow(1, 0, 3), Tensor::from_slice(&[3i64])), false).pooled);
+        assert!((out.get(1) - alone.get(0)).abs().max().double_value(&[]) < 1e-5);
+        let rev = tch::no_grad(|| enc.forward_t(&Input::sequence(reversed.shallow_clone(), Tensor::from_slice(&[3i64])), false).pooled);
+        let d = (rev.get(0) - alone.get(0)).abs().max().double_value(&[]);
+        assert_eq!(d > 1e-6, order_matters, "order changes the output by {d}");
+    }
+    let e = toml::from_str::<EncoderConfig>("kind = \"video\"\nframe = { arch = \"lenet\" }\npooling = \"last\"").map_err(|e| e.to_string()).and_then(|c| build(&vs.root(), &c, &BuildContext::default()).map(|_| ()).map_err(|e| e.to_string()));
+    assert!(e.expect_err("last without seq").contains("needs a sequence model"));
+}
