@@ -36,7 +36,9 @@ use crate::{Backbone, Encoded, Encoder, Error, Input, Result};
 pub enum AudioBackbone {
     /// An LSTM or GRU over frames.
     Rnn(RnnConfig),
-    /// 3×3 convolutions with ReLU, each followed by 2×2 max pooling (time and frequency).
+    /// 3×3 convolutions with ReLU, each followed by 2×2 max pooling (time and frequency);
+    /// each remaining step's channels × frequency bins are then mapped by a linear layer to
+    /// the last channel count (keeping where in frequency the energy is: pitch).
     Cnn {
         /// Channels per convolution.
         channels: Vec<i64>,
@@ -71,7 +73,7 @@ impl Default for AudioConfig {
 #[derive(Debug)]
 enum Net {
     Rnn(Rnn),
-    Cnn(Vec<nn::Conv2D>),
+    Cnn(Vec<nn::Conv2D>, nn::Linear),
 }
 
 /// An audio encoder.
@@ -110,7 +112,12 @@ impl AudioEncoder {
                     convs.push(conv);
                     input = c;
                 }
-                (Net::Cnn(convs), input, params)
+                // Frequency bins left after the poolings (ceil mode).
+                let bins = (0..channels.len()).fold(n_mels, |m, _| (m + 1) / 2);
+                let proj = nn::linear(path / "cnn" / "proj", input * bins, input, Default::default());
+                params.push(proj.ws.shallow_clone());
+                params.extend(proj.bs.iter().map(Tensor::shallow_clone));
+                (Net::Cnn(convs, proj), input, params)
             }
         };
         let attention = (config.pooling == SeqPooling::Attention)
@@ -119,7 +126,7 @@ impl AudioEncoder {
         Ok(AudioEncoder { net, attention, pooling: config.pooling, dim, backbone: Backbone::new(params) })
     }
 
-    fn cnn(convs: &[nn::Conv2D], xs: &Tensor, lengths: &Tensor) -> SeqOutput {
+    fn cnn(convs: &[nn::Conv2D], proj: &nn::Linear, xs: &Tensor, lengths: &Tensor) -> SeqOutput {
         let (b, t, _) = xs.size3().expect("[B, T, M] log-mel frames");
         let mut lengths = lengths.to_device(xs.device()).to_kind(Kind::Int64);
         let mut steps = t;
@@ -134,7 +141,9 @@ impl AudioEncoder {
             steps = (steps + 1) / 2;
             lengths = (lengths + 1).divide_scalar_mode(2, "floor");
         }
-        let outputs = h.mean_dim([3].as_slice(), false, h.kind()).transpose(1, 2); // [B, T', C]
+        // [B, C, T', M'] -> [B, T', C·M'] -> [B, T', C]
+        let (_, c, _, m) = h.size4().expect("[B, C, T, M]");
+        let outputs = h.permute([0, 2, 1, 3]).reshape([b, steps, c * m]).apply(proj).relu();
         let mask = lengths_to_mask(&lengths, steps);
         let outputs = &outputs * mask.unsqueeze(-1).to_kind(outputs.kind());
         let c = outputs.size()[2];
@@ -153,7 +162,7 @@ impl Encoder for AudioEncoder {
         let lengths = input.lengths_or_full();
         let out = match &self.net {
             Net::Rnn(rnn) => rnn.forward_seq(&input.values, &lengths, train),
-            Net::Cnn(convs) => Self::cnn(convs, &input.values, &lengths),
+            Net::Cnn(convs, proj) => Self::cnn(convs, proj, &input.values, &lengths),
         };
         let pooled = pool(&out, self.pooling, self.attention.as_ref());
         Encoded { pooled, seq: Some((out.outputs, out.mask)) }

@@ -13,7 +13,11 @@
 //! - [`optim`]: SGD, Adam and AdamW with parameter groups and gradient clipping, whose state
 //!   this crate owns so that checkpoints save it;
 //! - [`checkpoint`]: crash-safe checkpoints (weights, optimiser moments, training state) and
-//!   exact resume.
+//!   exact resume;
+//! - [`model`]: a model assembled from configuration (encoders, fusion, head), sized from the
+//!   data pipeline;
+//! - [`train`]: the loop (schedule, accumulation, clipping, evaluation, early stopping,
+//!   checkpoints, `metrics.jsonl`, NaN guard, resume).
 //!
 //! Architecture invariant: mm-train composes the layers below it (data, sequence models,
 //! encoders, fusion) and is the only library crate that knows about all of them; nothing below
@@ -22,8 +26,10 @@
 pub mod checkpoint;
 pub mod loss;
 pub mod metrics;
+pub mod model;
 pub mod optim;
 pub mod schedule;
+pub mod train;
 
 /// Errors of mm-train.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,21 @@ pub enum Error {
     /// A checkpoint could not be written or read; the message names the file.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// Loading the data failed (the message names the sample and file).
+    #[error("data: {0}")]
+    Data(String),
+    /// A loss was NaN or infinite.
+    #[error("the loss is {loss} at epoch {epoch}, step {step}, in the batch of samples {ids} (set on_non_finite = \"skip\" to skip such batches)")]
+    NonFinite {
+        /// Epoch, from 1.
+        epoch: u64,
+        /// Optimiser steps before the batch.
+        step: u64,
+        /// The loss.
+        loss: f64,
+        /// The first sample ids of the batch.
+        ids: String,
+    },
 }
 
 /// Result type of mm-train.

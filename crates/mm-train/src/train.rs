@@ -1,0 +1,348 @@
+//! The training loop: epochs over a [`Loader`], the optimiser stepped on a schedule (with
+//! gradient accumulation and clipping), an evaluation on the validation split after every
+//! epoch, early stopping on a chosen metric, crash-safe checkpoints (`last` every epoch, `best`
+//! when the metric improves), the metric history in `metrics.jsonl`, a guard against NaN or
+//! infinite losses, and resume from the last checkpoint.
+//!
+//! Reproducibility: the loader's order and augmentation depend only on (seed, epoch, sample),
+//! and libtorch's generator is re-seeded from (seed, epoch) at the start of every epoch, so a
+//! run resumed from an epoch's checkpoint on the CPU follows the uninterrupted run exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mm_data::loader::{Batch, Loader, LoaderConfig};
+use mm_data::manifest::{Manifest, Split};
+use mm_data::pipeline::Pipeline;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::checkpoint::{self, TrainState};
+use crate::metrics;
+use crate::model::{HeadConfig, Model};
+use crate::optim::{Group, Optimizer, OptimizerConfig};
+use crate::schedule::{Schedule, Shape};
+use crate::{Error, Result};
+
+/// What to do with a batch whose loss is NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    /// Stop the run with an error naming the epoch, step and sample ids.
+    #[default]
+    Stop,
+    /// Skip the batch (no update) and count it in the epoch's record.
+    Skip,
+}
+
+/// Early stopping on a validation metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// The metric (`accuracy`, `macro_f1`, `auroc`, `loss`, `mse`, `mae`, `pearson`).
+    pub metric: String,
+    /// Epochs without improvement before stopping.
+    pub patience: u64,
+}
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: u64,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// The optimiser.
+    pub optimizer: OptimizerConfig,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// The shape after warm-up; `total_steps` of cosine and linear default to the whole run.
+    pub schedule: Option<Shape>,
+    /// Clip the global gradient norm to this.
+    pub clip_grad_norm: Option<f64>,
+    /// Batches per optimiser step.
+    pub accumulate: usize,
+    /// Early stopping; `None` trains every epoch.
+    pub early_stopping: Option<EarlyStopping>,
+    /// The metric that picks the `best` checkpoint when there is no early stopping
+    /// (default: accuracy for classification, MSE for regression).
+    pub select: Option<String>,
+    /// Seed of the order, augmentation and initialisation.
+    pub seed: u64,
+    /// NaN or infinite losses.
+    pub on_non_finite: OnNonFinite,
+    /// Learning-rate multiplier of the encoders' backbones (pretrained parts); 0 freezes them.
+    pub backbone_lr_scale: f64,
+    /// Print one line per epoch (off for quiet runs).
+    pub verbose: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 64,
+            optimizer: OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
+            lr: 1e-3,
+            warmup_steps: 0,
+            schedule: None,
+            clip_grad_norm: None,
+            accumulate: 1,
+            early_stopping: None,
+            select: None,
+            seed: 0,
+            on_non_finite: OnNonFinite::Stop,
+            backbone_lr_scale: 1.0,
+            verbose: false,
+        }
+    }
+}
+
+fn maximise(metric: &str) -> bool {
+    !matches!(metric, "loss" | "mse" | "mae")
+}
+
+/// The outcome of [`fit`].
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// One record per epoch (as in `metrics.jsonl`).
+    pub history: Vec<Value>,
+    /// The best value of the selection metric and its epoch.
+    pub best: Option<(f64, u64)>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+}
+
+/// Evaluates `model` over `loader`: the loss and the metrics of its head.
+pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<String, Value>> {
+    let mut loss_sum = 0.0;
+    let mut batches = 0usize;
+    let mut probs: Vec<f32> = Vec::new();
+    let mut truth: Vec<i64> = Vec::new();
+    let mut preds: Vec<f64> = Vec::new();
+    let mut targets: Vec<f64> = Vec::new();
+    let classes = model.classes();
+    for batch in loader.epoch(0) {
+        let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
+        let (loss, p) = tch::no_grad(|| -> Result<(f64, Tensor)> {
+            let out = model.forward_t(&batch, false);
+            let loss = model.loss(&out, &batch)?.double_value(&[]);
+            Ok((loss, model.probabilities(&out).to_device(Device::Cpu).to_kind(Kind::Float)))
+        })?;
+        loss_sum += loss;
+        batches += 1;
+        match model.head() {
+            HeadConfig::Regression { .. } => {
+                let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
+                let (t, mask): (Vec<f32>, Vec<f32>) = (Vec::try_from(t.to_device(Device::Cpu)).unwrap_or_default(), Vec::try_from(mask.to_device(Device::Cpu)).unwrap_or_default());
+                let pv: Vec<f32> = Vec::try_from(p).unwrap_or_default();
+                for ((pi, ti), mi) in pv.iter().zip(&t).zip(&mask) {
+                    if *mi > 0.5 {
+                        preds.push(f64::from(*pi));
+                        targets.push(f64::from(*ti));
+                    }
+                }
+            }
+            HeadConfig::Classification { .. } => {
+                let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
+                let l: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu)).unwrap_or_default();
+                let pv: Vec<f32> = Vec::try_from(p.view([-1])).unwrap_or_default();
+                for (i, li) in l.iter().enumerate() {
+                    if *li >= 0 {
+                        probs.extend_from_slice(&pv[i * classes..(i + 1) * classes]);
+                        truth.push(*li);
+                    }
+                }
+            }
+            HeadConfig::MultiLabel { .. } => {}
+        }
+    }
+    let mut m = Map::new();
+    m.insert("loss".into(), json!(loss_sum / batches.max(1) as f64));
+    match model.head() {
+        HeadConfig::Classification { .. } if !truth.is_empty() => {
+            let t: Vec<usize> = truth.iter().map(|x| *x as usize).collect();
+            let p = metrics::argmax(&probs, classes);
+            m.insert("accuracy".into(), json!(metrics::accuracy(&p, &t)));
+            m.insert("macro_f1".into(), json!(metrics::macro_f1(&p, &t, classes)));
+            let auroc = if classes == 2 {
+                let s: Vec<f64> = probs.chunks(2).map(|r| f64::from(r[1])).collect();
+                metrics::auroc(&s, &t.iter().map(|x| *x == 1).collect::<Vec<_>>())
+            } else {
+                metrics::auroc_ovr(&probs, classes, &t).1
+            };
+            if let Some(a) = auroc {
+                m.insert("auroc".into(), json!(a));
+            }
+        }
+        HeadConfig::Regression { .. } if !targets.is_empty() => {
+            m.insert("mse".into(), json!(metrics::mse(&preds, &targets)));
+            m.insert("mae".into(), json!(metrics::mae(&preds, &targets)));
+            if let Some(r) = metrics::pearson(&preds, &targets) {
+                m.insert("pearson".into(), json!(r));
+            }
+        }
+        _ => {}
+    }
+    Ok(m)
+}
+
+/// Trains `model` (whose variables live in `vs`) on the training split of `manifest` and
+/// evaluates it on the validation split after every epoch; writes checkpoints and
+/// `metrics.jsonl` under `out`. With `resume`, continues from `out/checkpoints/last` when it
+/// exists.
+pub fn fit(
+    model: &Model,
+    vs: &nn::VarStore,
+    manifest: Arc<Manifest>,
+    pipeline: Arc<Pipeline>,
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<Report> {
+    if config.epochs == 0 || config.batch_size == 0 || config.accumulate == 0 || !config.lr.is_finite() || config.lr <= 0.0 {
+        return Err(Error::Config("train: epochs, batch_size, accumulate and lr must be positive".into()));
+    }
+    let device = vs.device();
+    let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::training(config.seed) })
+        .map_err(|e| Error::Data(e.to_string()))?;
+    let val_split = if manifest.split(Split::Val).next().is_some() { Split::Val } else { Split::Test };
+    let val_loader = Loader::new(Arc::clone(&manifest), val_split, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::evaluation() })
+        .map_err(|e| Error::Data(e.to_string()))?;
+    let steps_per_epoch = (train_loader.batches_per_epoch() / config.accumulate).max(1) as u64;
+    let total = steps_per_epoch * config.epochs;
+    let shape = match config.schedule {
+        None => Shape::Constant,
+        Some(Shape::Cosine { total_steps: 0, min_lr }) => Shape::Cosine { total_steps: total, min_lr },
+        Some(Shape::Linear { total_steps: 0, min_lr }) => Shape::Linear { total_steps: total, min_lr },
+        Some(s) => s,
+    };
+    let schedule = Schedule { base_lr: config.lr, warmup_steps: config.warmup_steps, shape };
+    if config.backbone_lr_scale == 0.0 {
+        model.set_backbones_trainable(false);
+    }
+    let mut optimizer = Optimizer::new(&config.optimizer, vec![Group::new("all", vs.trainable_variables())])?;
+    let ckpt = out.join("checkpoints");
+    let mut state = if resume && checkpoint::exists(&ckpt, "last") {
+        checkpoint::load(&ckpt, "last", vs, &mut optimizer)?
+    } else {
+        TrainState { seed: config.seed, ..Default::default() }
+    };
+    let select = config
+        .early_stopping
+        .as_ref()
+        .map(|e| e.metric.clone())
+        .or_else(|| config.select.clone())
+        .unwrap_or_else(|| if matches!(model.head(), HeadConfig::Regression { .. }) { "mse".into() } else { "accuracy".into() });
+    let mut stopped_early = false;
+    while state.epoch < config.epochs {
+        let epoch = state.epoch;
+        tch::manual_seed((config.seed ^ epoch.wrapping_mul(0x9E37_79B9)) as i64);
+        let started = Instant::now();
+        let (mut loss_sum, mut counted, mut skipped, mut samples) = (0.0, 0usize, 0usize, 0usize);
+        let mut pending = 0usize;
+        optimizer.zero_grad();
+        for batch in train_loader.epoch(epoch) {
+            let batch: Batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
+            let output = model.forward_t(&batch, true);
+            let loss = model.loss(&output, &batch)?;
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                match config.on_non_finite {
+                    OnNonFinite::Stop => {
+                        let ids: Vec<&String> = batch.ids.iter().take(8).collect();
+                        return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids: format!("{ids:?}") });
+                    }
+                    OnNonFinite::Skip => {
+                        skipped += 1;
+                        continue;
+                    }
+                }
+            }
+            (loss / config.accumulate as f64).backward();
+            loss_sum += value;
+            counted += 1;
+            samples += batch.len();
+            pending += 1;
+            if pending == config.accumulate {
+                if let Some(max) = config.clip_grad_norm {
+                    optimizer.clip_grad_norm(max);
+                }
+                let scale = state.plateau.as_ref().map_or(1.0, |p| p.scale);
+                optimizer.step(schedule.lr(state.step) * scale);
+                optimizer.zero_grad();
+                state.step += 1;
+                pending = 0;
+            }
+        }
+        let lr = schedule.lr(state.step.saturating_sub(1));
+        let val = evaluate(model, &val_loader, device)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let mut record = json!({
+            "epoch": epoch + 1,
+            "step": state.step,
+            "train_loss": if counted > 0 { loss_sum / counted as f64 } else { f64::NAN },
+            "lr": lr,
+            "seconds": seconds,
+            "samples_per_second": samples as f64 / seconds.max(1e-9),
+            "skipped_batches": skipped,
+        });
+        record["val"] = Value::Object(val.clone());
+        let value = val.get(&select).and_then(Value::as_f64);
+        let improved = match (value, state.best) {
+            (Some(v), None) => v.is_finite(),
+            (Some(v), Some((b, _))) => if maximise(&select) { v > b } else { v < b },
+            (None, _) => false,
+        };
+        state.epoch += 1;
+        if improved {
+            state.best = value.map(|v| (v, epoch + 1));
+            state.epochs_since_best = 0;
+        } else {
+            state.epochs_since_best += 1;
+        }
+        if config.verbose {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4}, val {select} {}, {:.0} samples/s",
+                epoch + 1,
+                config.epochs,
+                record["train_loss"].as_f64().unwrap_or(f64::NAN),
+                value.map_or("n/a".to_string(), |v| format!("{v:.4}")),
+                record["samples_per_second"].as_f64().unwrap_or(0.0)
+            );
+        }
+        state.history.push(record);
+        checkpoint::save(&ckpt, "last", vs, &optimizer, &state)?;
+        if improved {
+            checkpoint::save(&ckpt, "best", vs, &optimizer, &state)?;
+        }
+        write_history(&out.join("metrics.jsonl"), &state.history)?;
+        if let Some(es) = &config.early_stopping {
+            if state.epochs_since_best >= es.patience {
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+    Ok(Report { history: state.history, best: state.best, stopped_early })
+}
+
+/// Rewrites the metric history, one JSON object per line, atomically.
+fn write_history(path: &Path, history: &[Value]) -> Result<()> {
+    let mut text = String::new();
+    for h in history {
+        text.push_str(&h.to_string());
+        text.push('\n');
+    }
+    mm_data::fs::write_atomic(path, text.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))
+}
+
+/// The checkpoint folder of a run's output folder.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}
