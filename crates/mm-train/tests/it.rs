@@ -345,11 +345,18 @@ mod training {
     use tch::{nn, Device};
 
 
-    fn data(name: &str, samples: usize) -> (std::path::PathBuf, Arc<Manifest>, Arc<Pipeline>) {
+    /// Writes a synthetic data set under a fresh folder and loads it.
+    pub(super) fn data(name: &str, samples: usize) -> (std::path::PathBuf, Arc<Manifest>, Arc<Pipeline>) {
         let dir = std::env::temp_dir().join(format!("mm-train-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let config = SynthConfig { samples, image_size: 16, frame_size: 16, frames: 2, duration: 0.4, seed: 11, ..SynthConfig::default() };
         generate(&dir.join("data"), &config, false).expect("synthetic data");
+        let (manifest, pipeline) = load(&dir);
+        (dir, manifest, pipeline)
+    }
+
+    /// The manifest and pipeline (caption and sound) of the data under `dir`.
+    pub(super) fn load(dir: &std::path::Path) -> (Arc<Manifest>, Arc<Pipeline>) {
         let manifest = Manifest::read(dir.join("data/manifest.jsonl")).expect("manifest");
         let tokenizer = WordTokenizer::default();
         let vocab = VocabBuilder::default().build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
@@ -357,7 +364,7 @@ mod training {
         p.audio = Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
         p.text = Some(TextSpec::words(tokenizer, vocab, 32));
         p.fit_statistics(&manifest).expect("statistics");
-        (dir, Arc::new(manifest), Arc::new(p))
+        (Arc::new(manifest), Arc::new(p))
     }
 
     const MODEL: &str = r#"
@@ -379,7 +386,7 @@ mod training {
         hidden = [32]
     "#;
 
-    fn build(vs: &nn::VarStore, pipeline: &Pipeline, manifest: &Manifest) -> Model {
+    pub(super) fn build_model(vs: &nn::VarStore, pipeline: &Pipeline, manifest: &Manifest) -> Model {
         let config: ModelConfig = toml::from_str(MODEL).expect("model config");
         let counts = (0..CLASSES.len()).map(|c| manifest.split(Split::Train).filter(|s| s.label.as_deref() == Some(CLASSES[c])).count()).collect();
         Model::new(&vs.root(), &config, &DataShape::from_pipeline(pipeline, counts)).expect("model")
@@ -393,7 +400,7 @@ mod training {
         let (dir, manifest, pipeline) = data("fit", 600);
         let vs = nn::VarStore::new(Device::Cpu);
         tch::manual_seed(0);
-        let model = build(&vs, &pipeline, &manifest);
+        let model = build_model(&vs, &pipeline, &manifest);
         let config = TrainConfig { epochs: 10, batch_size: 32, lr: 1e-2, seed: 1, ..TrainConfig::default() };
         let report = fit(&model, &vs, manifest, pipeline, &config, &dir.join("run"), false).expect("training");
         let last = report.history.last().expect("epochs");
@@ -415,7 +422,7 @@ mod training {
         let run = |name: &str, epochs: u64, resume: bool| {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
-            let model = build(&vs, &pipeline, &manifest);
+            let model = build_model(&vs, &pipeline, &manifest);
             let c = TrainConfig { epochs, ..config.clone() };
             fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &c, &dir.join(name), resume).expect("training")
         };
@@ -427,6 +434,79 @@ mod training {
             assert_eq!(a["val"], b["val"], "epoch {}", a["epoch"]);
             assert_eq!(a["train_loss"], b["train_loss"], "epoch {}", a["epoch"]);
         }
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+}
+
+mod killed {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::training::{build_model, data};
+    use mm_train::train::{fit, TrainConfig};
+    use tch::{nn, Device};
+
+    fn config() -> TrainConfig {
+        TrainConfig { epochs: 12, batch_size: 16, seed: 3, ..TrainConfig::default() }
+    }
+
+    /// Run in a child process by `a_killed_run_resumes_to_the_same_metrics` (ignored otherwise).
+    #[test]
+    #[ignore = "a helper: runs only as the child of the kill test"]
+    fn child_trains_until_killed() {
+        let Some(dir) = std::env::var_os("MM_TRAIN_CHILD_DIR").map(std::path::PathBuf::from) else { return };
+        let (manifest, pipeline) = super::training::load(&dir);
+        let vs = nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(0);
+        let model = build_model(&vs, &pipeline, &manifest);
+        let _ = fit(&model, &vs, manifest, pipeline, &config(), &dir.join("killed"), false);
+    }
+
+    /// A real training process is killed (SIGKILL) mid-run; a resumed run finishes with the same
+    /// metrics, epoch by epoch, as a run that was never interrupted.
+    #[test]
+    fn a_killed_run_resumes_to_the_same_metrics() {
+        let _rng = super::rng_lock();
+        let (dir, manifest, pipeline) = data("killed", 160);
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "killed::child_trains_until_killed", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env("MM_TRAIN_CHILD_DIR", &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the child");
+        // Kill it once it has finished two epochs (and is somewhere in the third).
+        let metrics = dir.join("killed/metrics.jsonl");
+        let started = Instant::now();
+        loop {
+            let epochs = std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0);
+            if epochs >= 2 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "the child made no progress");
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the child ended before it was killed: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+        let done = std::fs::read_to_string(&metrics).map(|t| t.lines().count()).unwrap_or(0);
+        assert!(done < config().epochs as usize, "the child finished before the kill");
+
+        let run = |name: &str, resume: bool| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            tch::manual_seed(0);
+            let model = build_model(&vs, &pipeline, &manifest);
+            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(), &dir.join(name), resume).expect("training")
+        };
+        let resumed = run("killed", true);
+        let straight = run("straight", false);
+        assert_eq!(resumed.history.len(), straight.history.len());
+        for (a, b) in straight.history.iter().zip(&resumed.history) {
+            assert_eq!(a["val"], b["val"], "epoch {}", a["epoch"]);
+        }
+        eprintln!("killed after {done} epochs; resumed to {} with identical metrics", resumed.history.len());
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 }
