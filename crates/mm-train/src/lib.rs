@@ -28,6 +28,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 pub mod train;
 

@@ -181,6 +181,7 @@ pub struct Model {
     head_config: HeadConfig,
     class_weights: Option<Tensor>,
     classes: usize,
+    config: ModelConfig,
 }
 
 impl Model {
@@ -249,7 +250,7 @@ impl Model {
             }
             _ => None,
         };
-        Ok(Model { encoders, fusion, head, head_config: config.head.clone(), class_weights, classes })
+        Ok(Model { encoders, fusion, head, head_config: config.head.clone(), class_weights, classes, config: config.clone() })
     }
 
     /// Number of classes (0 for regression).
@@ -257,6 +258,34 @@ impl Model {
         match self.head_config {
             HeadConfig::Regression { .. } => 0,
             _ => self.classes,
+        }
+    }
+
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Runs one batch without gradients and turns a libtorch failure (a shape that does not
+    /// fit) into an error, so that a mismatch between data and model is reported before
+    /// training starts.
+    pub fn check(&self, batch: &Batch) -> Result<()> {
+        // A guard, not `tch::no_grad`: the guard restores gradient mode when a panic unwinds.
+        let run = std::panic::AssertUnwindSafe(|| {
+            let _no_grad = tch::no_grad_guard();
+            self.forward_t(batch, false).prediction.size()
+        });
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let outcome = std::panic::catch_unwind(run);
+        std::panic::set_hook(hook);
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let message = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                let first = message.lines().next().unwrap_or("").to_string();
+                Err(Error::Config(format!("the model does not fit the data (samples {:?}...): {first}", batch.ids.iter().take(3).collect::<Vec<_>>())))
+            }
         }
     }
 

@@ -78,8 +78,10 @@ pub struct TrainConfig {
     pub on_non_finite: OnNonFinite,
     /// Learning-rate multiplier of the encoders' backbones (pretrained parts); 0 freezes them.
     pub backbone_lr_scale: f64,
-    /// Print one line per epoch (off for quiet runs).
+    /// Print one line per epoch (for logs).
     pub verbose: bool,
+    /// A progress bar with the loss, throughput and time left, on a terminal (never in logs).
+    pub progress: bool,
 }
 
 impl Default for TrainConfig {
@@ -99,6 +101,7 @@ impl Default for TrainConfig {
             on_non_finite: OnNonFinite::Stop,
             backbone_lr_scale: 1.0,
             verbose: false,
+            progress: true,
         }
     }
 }
@@ -227,6 +230,15 @@ pub fn fit(
         model.set_backbones_trainable(false);
     }
     let mut optimizer = Optimizer::new(&config.optimizer, vec![Group::new("all", vs.trainable_variables())])?;
+    // The resolved configuration beside the run, and a dry run of one batch: a model that does
+    // not fit its data fails here, not mid-epoch.
+    std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+    let resolved = json!({"model": model.config(), "train": config});
+    mm_data::fs::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&resolved).unwrap_or_default().as_bytes())
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    if let Some(first) = val_loader.epoch(0).next() {
+        model.check(&first.map_err(|e| Error::Data(e.to_string()))?.to_device(device))?;
+    }
     let ckpt = out.join("checkpoints");
     let mut state = if resume && checkpoint::exists(&ckpt, "last") {
         checkpoint::load(&ckpt, "last", vs, &mut optimizer)?
@@ -246,6 +258,16 @@ pub fn fit(
         let started = Instant::now();
         let (mut loss_sum, mut counted, mut skipped, mut samples) = (0.0, 0usize, 0usize, 0usize);
         let mut pending = 0usize;
+        let bar = if config.progress {
+            let bar = indicatif::ProgressBar::with_draw_target(Some(train_loader.batches_per_epoch() as u64), indicatif::ProgressDrawTarget::stderr());
+            let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} loss {msg} {per_sec} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bar.set_style(style.progress_chars("=> "));
+            bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         optimizer.zero_grad();
         for batch in train_loader.epoch(epoch) {
             let batch: Batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
@@ -267,6 +289,8 @@ pub fn fit(
             (loss / config.accumulate as f64).backward();
             loss_sum += value;
             counted += 1;
+            bar.inc(1);
+            bar.set_message(format!("{:.4}", loss_sum / counted as f64));
             samples += batch.len();
             pending += 1;
             if pending == config.accumulate {
@@ -280,6 +304,7 @@ pub fn fit(
                 pending = 0;
             }
         }
+        bar.finish_and_clear();
         let lr = schedule.lr(state.step.saturating_sub(1));
         let val = evaluate(model, &val_loader, device)?;
         let seconds = started.elapsed().as_secs_f64();
@@ -322,6 +347,7 @@ pub fn fit(
             checkpoint::save(&ckpt, "best", vs, &optimizer, &state)?;
         }
         write_history(&out.join("metrics.jsonl"), &state.history)?;
+        crate::plot::plot_history(&state.history, &out.join("curves.svg"))?;
         if let Some(es) = &config.early_stopping {
             if state.epochs_since_best >= es.patience {
                 stopped_early = true;

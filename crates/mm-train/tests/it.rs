@@ -410,6 +410,38 @@ mod training {
         let lines = std::fs::read_to_string(dir.join("run/metrics.jsonl")).expect("metrics").lines().count();
         assert_eq!(lines, 10);
         assert!(dir.join("run/checkpoints/best.json").is_file() && dir.join("run/checkpoints/last.json").is_file());
+        let svg = std::fs::read_to_string(dir.join("run/curves.svg")).expect("curves");
+        assert!(svg.starts_with("<svg") && svg.contains("accuracy") && svg.contains("<polyline"), "{}", &svg[..svg.len().min(200)]);
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+
+    /// A model that does not fit its data fails before training, with a message; a loss that
+    /// blows up stops the run naming the epoch, step and samples, or is skipped if asked.
+    #[test]
+    fn mismatches_and_exploding_losses_are_reported() {
+        let _rng = super::rng_lock();
+        let (dir, manifest, pipeline) = data("guards", 120);
+        let wrong = MODEL.replace("kind = \"text\"\n        dim = 32\n        pooling = \"mean\"", "kind = \"image\"\n        arch = \"lenet\"");
+        let config: ModelConfig = toml::from_str(&wrong).expect("config");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![])).expect("builds: sizes are not checked until data flows");
+        let train = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
+        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &dir.join("wrong"), false).expect_err("mismatch").to_string();
+        assert!(e.contains("does not fit the data"), "{e}");
+        assert!(!dir.join("wrong/checkpoints").exists(), "nothing trained");
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build_model(&vs, &pipeline, &manifest);
+        let sgd = mm_train::optim::OptimizerConfig::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        let blow_up = TrainConfig { epochs: 2, batch_size: 16, lr: 1e12, optimizer: sgd, progress: false, ..TrainConfig::default() };
+        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &blow_up, &dir.join("nan"), false).expect_err("NaN").to_string();
+        assert!(e.contains("epoch 1") && e.contains("step") && e.contains("samples [\"s"), "{e}");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build_model(&vs, &pipeline, &manifest);
+        let skip = TrainConfig { on_non_finite: mm_train::train::OnNonFinite::Skip, ..blow_up };
+        let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &skip, &dir.join("skip"), false).expect("skips");
+        let skipped: u64 = report.history.iter().map(|h| h["skipped_batches"].as_u64().unwrap_or(0)).sum();
+        assert!(skipped > 0, "{:?}", report.history);
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
