@@ -171,4 +171,8 @@ impl Encoder for AudioEncoder {
     fn set_backbone_trainable(&self, trainable: bool) {
         self.backbone.set_trainable(trainable);
     }
+
+    fn backbone_parameters(&self) -> Vec<Tensor> {
+        self.backbone.parameters()
+    }
 }

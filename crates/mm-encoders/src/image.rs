@@ -339,7 +339,7 @@ impl ImageEncoder {
 
     /// The trainable parameters (shallow copies).
     pub fn parameters(&self) -> Vec<Tensor> {
-        self.backbone.params.iter().map(Tensor::shallow_clone).collect()
+        self.backbone.parameters()
     }
 
     /// The names of a torchvision checkpoint's tensors this encoder has no place for (its
@@ -370,6 +370,10 @@ impl Encoder for ImageEncoder {
 
     fn set_backbone_trainable(&self, trainable: bool) {
         self.backbone.set_trainable(trainable);
+    }
+
+    fn backbone_parameters(&self) -> Vec<Tensor> {
+        self.backbone.parameters()
     }
 }
 

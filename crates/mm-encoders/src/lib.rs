@@ -153,6 +153,10 @@ pub trait Encoder: std::fmt::Debug + Send {
     /// vectors); heads and projections stay trainable. A frozen CNN also keeps its batch-norm
     /// statistics.
     fn set_backbone_trainable(&self, trainable: bool);
+
+    /// The backbone's trainable parameters (shallow copies), for a parameter group with its own
+    /// learning rate.
+    fn backbone_parameters(&self) -> Vec<Tensor>;
 }
 
 /// The parameters of a backbone, recorded when it is built, and whether it is frozen.
@@ -173,6 +177,10 @@ impl Backbone {
             let _ = p.set_requires_grad(trainable);
         }
         self.frozen.store(!trainable, Ordering::Relaxed);
+    }
+
+    pub(crate) fn parameters(&self) -> Vec<Tensor> {
+        self.params.iter().map(Tensor::shallow_clone).collect()
     }
 
     pub(crate) fn frozen(&self) -> bool {
@@ -215,5 +223,9 @@ impl Encoder for Projected {
 
     fn set_backbone_trainable(&self, trainable: bool) {
         self.inner.set_backbone_trainable(trainable);
+    }
+
+    fn backbone_parameters(&self) -> Vec<Tensor> {
+        self.inner.backbone_parameters()
     }
 }

@@ -193,4 +193,8 @@ impl Encoder for TextEncoder {
     fn set_backbone_trainable(&self, trainable: bool) {
         self.backbone.set_trainable(trainable);
     }
+
+    fn backbone_parameters(&self) -> Vec<Tensor> {
+        self.backbone.parameters()
+    }
 }

@@ -20,7 +20,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use tch::nn;
+use tch::{nn, Tensor};
 
 use mm_seq::pool::{AttentionPool, AttentionPoolConfig};
 use mm_seq::rnn::{Rnn, RnnConfig};
@@ -124,5 +124,9 @@ impl Encoder for VideoEncoder {
 
     fn set_backbone_trainable(&self, trainable: bool) {
         self.backbone.set_trainable(trainable);
+    }
+
+    fn backbone_parameters(&self) -> Vec<Tensor> {
+        self.backbone.parameters()
     }
 }

@@ -20,6 +20,9 @@
 //! type = "classification"
 //! hidden = [64]
 //! ```
+//!
+//! A retrieval model has no fusion: `[head] type = "retrieval"`, `pair = ["text", "image"]`,
+//! `dim = 128` projects the two modalities into a shared space trained with InfoNCE.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,6 +90,14 @@ pub enum HeadConfig {
         #[serde(default)]
         dropout: f64,
     },
+    /// Cross-modal retrieval: two modalities' embeddings projected to a shared space and
+    /// trained with symmetric InfoNCE and a learnable temperature (CLIP); no fusion.
+    Retrieval {
+        /// The two modalities paired (`["text", "image"]`).
+        pair: [String; 2],
+        /// Size of the shared space.
+        dim: i64,
+    },
     /// Regression of the scalar target.
     Regression {
         /// Hidden layer sizes.
@@ -107,6 +118,7 @@ impl HeadConfig {
             HeadConfig::Classification { hidden, dropout, .. } | HeadConfig::MultiLabel { hidden, dropout } | HeadConfig::Regression { hidden, dropout, .. } => {
                 (hidden, *dropout)
             }
+            HeadConfig::Retrieval { .. } => (&[], 0.0),
         }
     }
 }
@@ -118,8 +130,9 @@ pub struct ModelConfig {
     /// An encoder per modality, keyed by the modality's name (`image`, `audio`, `text`,
     /// `frames`, `features`).
     pub encoders: BTreeMap<String, EncoderConfig>,
-    /// The fusion.
-    pub fusion: FusionConfig,
+    /// The fusion (every head but retrieval needs one).
+    #[serde(default)]
+    pub fusion: Option<FusionConfig>,
     /// The head.
     pub head: HeadConfig,
 }
@@ -170,13 +183,26 @@ pub struct Output {
     pub prediction: Tensor,
     /// Per-sample modality weights or gates of the fusion, where it has them.
     pub weights: Option<Tensor>,
+    /// Retrieval: the two modalities' L2-normalised embeddings `[B, D]` and `[B]` booleans,
+    /// true where a sample has both.
+    pub embeddings: Option<(Tensor, Tensor, Tensor)>,
+}
+
+#[derive(Debug)]
+struct RetrievalHead {
+    a: usize,
+    b: usize,
+    proj_a: nn::Linear,
+    proj_b: nn::Linear,
+    temperature: crate::loss::Temperature,
 }
 
 /// An encoder per modality, a fusion and a head.
 #[derive(Debug)]
 pub struct Model {
     encoders: Vec<(String, Box<dyn Encoder>)>,
-    fusion: FusionModel,
+    fusion: Option<FusionModel>,
+    retrieval: Option<RetrievalHead>,
     head: Vec<nn::Linear>,
     head_config: HeadConfig,
     class_weights: Option<Tensor>,
@@ -205,32 +231,52 @@ impl Model {
             encoders.push((name.clone(), e));
         }
         let dims: Vec<(&str, i64)> = encoders.iter().map(|(n, e)| (n.as_str(), e.output_dim())).collect();
-        let fusion = FusionModel::new(&(path / "fusion"), &config.fusion, &dims).map_err(|e| Error::Config(format!("model.fusion: {e}")))?;
         let classes = data.classes.len();
-        let outputs = match &config.head {
-            HeadConfig::Regression { .. } => 1,
-            _ if classes == 0 => return Err(Error::Config("model.head: a classification head needs classes in the data".to_string())),
-            _ => classes as i64,
-        };
-        let (hidden, dropout) = config.head.mlp();
-        if !(0.0..1.0).contains(&dropout) || hidden.iter().any(|h| *h <= 0) {
-            return Err(Error::Config(format!("model.head: hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
-        }
-        let late = matches!(config.fusion, FusionConfig::Late { .. });
         let mut head = Vec::new();
-        if late {
-            if fusion.output_dim() != outputs || !hidden.is_empty() {
-                return Err(Error::Config(format!(
-                    "model: late fusion gives {} logits itself; the data has {outputs} classes and the head must have no hidden layers",
-                    fusion.output_dim()
-                )));
+        let (mut fusion, mut retrieval) = (None, None);
+        if let HeadConfig::Retrieval { pair, dim } = &config.head {
+            if *dim <= 0 || pair[0] == pair[1] {
+                return Err(Error::Config(format!("model.head: a positive dim ({dim}) and two different modalities ({pair:?})")));
             }
+            let index = |name: &str| {
+                encoders.iter().position(|(n, _)| n == name).ok_or_else(|| Error::Config(format!("model.head.pair: no encoder for {name:?}")))
+            };
+            let (a, b) = (index(&pair[0])?, index(&pair[1])?);
+            let h = path / "head";
+            retrieval = Some(RetrievalHead {
+                a,
+                b,
+                proj_a: nn::linear(&h / "a", dims[a].1, *dim, Default::default()),
+                proj_b: nn::linear(&h / "b", dims[b].1, *dim, Default::default()),
+                temperature: crate::loss::Temperature::new(&h),
+            });
         } else {
-            let mut input = fusion.output_dim();
-            for (i, &h) in hidden.iter().chain(std::iter::once(&outputs)).enumerate() {
-                head.push(nn::linear(path / "head" / i, input, h, Default::default()));
-                input = h;
+            let fconfig = config.fusion.as_ref().ok_or_else(|| Error::Config("model.fusion: this head needs a fusion".to_string()))?;
+            let f = FusionModel::new(&(path / "fusion"), fconfig, &dims).map_err(|e| Error::Config(format!("model.fusion: {e}")))?;
+            let outputs = match &config.head {
+                HeadConfig::Regression { .. } => 1,
+                _ if classes == 0 => return Err(Error::Config("model.head: a classification head needs classes in the data".to_string())),
+                _ => classes as i64,
+            };
+            let (hidden, dropout) = config.head.mlp();
+            if !(0.0..1.0).contains(&dropout) || hidden.iter().any(|h| *h <= 0) {
+                return Err(Error::Config(format!("model.head: hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
             }
+            if matches!(fconfig, FusionConfig::Late { .. }) {
+                if f.output_dim() != outputs || !hidden.is_empty() {
+                    return Err(Error::Config(format!(
+                        "model: late fusion gives {} logits itself; the data has {outputs} classes and the head must have no hidden layers",
+                        f.output_dim()
+                    )));
+                }
+            } else {
+                let mut input = f.output_dim();
+                for (i, &h) in hidden.iter().chain(std::iter::once(&outputs)).enumerate() {
+                    head.push(nn::linear(path / "head" / i, input, h, Default::default()));
+                    input = h;
+                }
+            }
+            fusion = Some(f);
         }
         let class_weights = match &config.head {
             HeadConfig::Classification { class_weights: ClassWeights::List(w), .. } => {
@@ -250,13 +296,13 @@ impl Model {
             }
             _ => None,
         };
-        Ok(Model { encoders, fusion, head, head_config: config.head.clone(), class_weights, classes, config: config.clone() })
+        Ok(Model { encoders, fusion, retrieval, head, head_config: config.head.clone(), class_weights, classes, config: config.clone() })
     }
 
     /// Number of classes (0 for regression).
     pub fn classes(&self) -> usize {
         match self.head_config {
-            HeadConfig::Regression { .. } => 0,
+            HeadConfig::Regression { .. } | HeadConfig::Retrieval { .. } => 0,
             _ => self.classes,
         }
     }
@@ -307,8 +353,16 @@ impl Model {
             let column = batch.modalities.iter().position(|m| m == name).expect("modality in the batch");
             present.push(batch.present.select(1, column as i64).gt(0.5));
         }
+        if let Some(r) = &self.retrieval {
+            let normalise = |x: Tensor| &x / x.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
+            let a = normalise(pooled[r.a].apply(&r.proj_a));
+            let b = normalise(pooled[r.b].apply(&r.proj_b));
+            let both = present[r.a].logical_and(&present[r.b]);
+            return Output { prediction: a.matmul(&b.tr()), weights: None, embeddings: Some((a, b, both)) };
+        }
         let embeddings = Embeddings { pooled, seqs, present: Tensor::stack(&present, 1) };
-        let fused = self.fusion.forward_t(&embeddings, train);
+        let fusion = self.fusion.as_ref().expect("a fusion for every head but retrieval");
+        let fused = fusion.forward_t(&embeddings, train);
         let (_, dropout) = self.head_config.mlp();
         let mut x = fused.fused;
         let last = self.head.len().saturating_sub(1);
@@ -322,7 +376,7 @@ impl Model {
             HeadConfig::Regression { .. } => x.squeeze_dim(1),
             _ => x,
         };
-        Output { prediction, weights: fused.weights }
+        Output { prediction, weights: fused.weights, embeddings: None }
     }
 
     /// The loss of `output` against the batch's targets.
@@ -341,6 +395,15 @@ impl Model {
                 let labels = batch.labels.as_ref().ok_or_else(|| missing("multi-labels"))?;
                 Ok(binary_cross_entropy(&output.prediction, labels, None))
             }
+            HeadConfig::Retrieval { .. } => {
+                let r = self.retrieval.as_ref().expect("a retrieval head");
+                let (a, b, both) = output.embeddings.as_ref().expect("retrieval embeddings");
+                let rows = both.nonzero().squeeze_dim(1);
+                if rows.size()[0] < 2 {
+                    return Ok(a.sum(Kind::Float) * 0.0);
+                }
+                Ok(crate::loss::info_nce(&a.index_select(0, &rows), &b.index_select(0, &rows), &r.temperature.scale()))
+            }
             HeadConfig::Regression { loss, .. } => {
                 let (target, mask) = batch.target.as_ref().ok_or_else(|| missing("targets"))?;
                 let mask = mask.gt(0.5);
@@ -350,6 +413,11 @@ impl Model {
                 })
             }
         }
+    }
+
+    /// The encoders' backbone parameters (the pretrained parts), for their own parameter group.
+    pub fn backbone_parameters(&self) -> Vec<Tensor> {
+        self.encoders.iter().flat_map(|(_, e)| e.backbone_parameters()).collect()
     }
 
     /// Freezes or unfreezes every encoder's backbone.
@@ -363,7 +431,7 @@ impl Model {
     pub fn probabilities(&self, output: &Output) -> Tensor {
         match self.head_config {
             HeadConfig::MultiLabel { .. } => output.prediction.sigmoid(),
-            HeadConfig::Regression { .. } => output.prediction.shallow_clone(),
+            HeadConfig::Regression { .. } | HeadConfig::Retrieval { .. } => output.prediction.shallow_clone(),
             HeadConfig::Classification { .. } => output.prediction.softmax(1, Kind::Float),
         }
     }

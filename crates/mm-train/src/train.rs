@@ -107,7 +107,7 @@ impl Default for TrainConfig {
 }
 
 fn maximise(metric: &str) -> bool {
-    !matches!(metric, "loss" | "mse" | "mae")
+    !(matches!(metric, "loss" | "mse" | "mae") || metric.ends_with("median_rank"))
 }
 
 /// The outcome of [`fit`].
@@ -129,13 +129,18 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
     let mut truth: Vec<i64> = Vec::new();
     let mut preds: Vec<f64> = Vec::new();
     let mut targets: Vec<f64> = Vec::new();
+    let (mut emb_a, mut emb_b): (Vec<Tensor>, Vec<Tensor>) = (Vec::new(), Vec::new());
     let classes = model.classes();
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
-        let (loss, p) = tch::no_grad(|| -> Result<(f64, Tensor)> {
+        let (loss, p, pair) = tch::no_grad(|| -> Result<(f64, Tensor, Option<(Tensor, Tensor)>)> {
             let out = model.forward_t(&batch, false);
             let loss = model.loss(&out, &batch)?.double_value(&[]);
-            Ok((loss, model.probabilities(&out).to_device(Device::Cpu).to_kind(Kind::Float)))
+            let pair = out.embeddings.as_ref().map(|(a, b, both)| {
+                let rows = both.nonzero().squeeze_dim(1);
+                (a.index_select(0, &rows).to_device(Device::Cpu), b.index_select(0, &rows).to_device(Device::Cpu))
+            });
+            Ok((loss, model.probabilities(&out).to_device(Device::Cpu).to_kind(Kind::Float), pair))
         })?;
         loss_sum += loss;
         batches += 1;
@@ -162,6 +167,12 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
                     }
                 }
             }
+            HeadConfig::Retrieval { .. } => {
+                if let Some((a, b)) = pair {
+                    emb_a.push(a);
+                    emb_b.push(b);
+                }
+            }
             HeadConfig::MultiLabel { .. } => {}
         }
     }
@@ -182,6 +193,21 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
             if let Some(a) = auroc {
                 m.insert("auroc".into(), json!(a));
             }
+        }
+        HeadConfig::Retrieval { pair, .. } if !emb_a.is_empty() => {
+            // Every validation pair against every other: the whole split is the gallery.
+            let (a, b) = (Tensor::cat(&emb_a, 0), Tensor::cat(&emb_b, 0));
+            let n = a.size()[0] as usize;
+            let sim: Vec<f32> = Vec::try_from(a.matmul(&b.tr()).view([-1])).unwrap_or_default();
+            let (ab, ba) = metrics::retrieval(&sim, n);
+            for (direction, r) in [(format!("{}_to_{}", pair[0], pair[1]), ab), (format!("{}_to_{}", pair[1], pair[0]), ba)] {
+                m.insert(format!("{direction}_r1"), json!(r.recall[0]));
+                m.insert(format!("{direction}_r5"), json!(r.recall[1]));
+                m.insert(format!("{direction}_r10"), json!(r.recall[2]));
+                m.insert(format!("{direction}_median_rank"), json!(r.median_rank));
+                m.insert(format!("{direction}_mrr"), json!(r.mrr));
+            }
+            m.insert("gallery".into(), json!(n));
         }
         HeadConfig::Regression { .. } if !targets.is_empty() => {
             m.insert("mse".into(), json!(metrics::mse(&preds, &targets)));
@@ -229,7 +255,18 @@ pub fn fit(
     if config.backbone_lr_scale == 0.0 {
         model.set_backbones_trainable(false);
     }
-    let mut optimizer = Optimizer::new(&config.optimizer, vec![Group::new("all", vs.trainable_variables())])?;
+    // Two groups when the backbones learn at their own rate: the backbones, and the rest.
+    let groups = if config.backbone_lr_scale != 1.0 && config.backbone_lr_scale > 0.0 {
+        let backbone = model.backbone_parameters();
+        let ptrs: std::collections::HashSet<usize> = backbone.iter().map(|t| t.data_ptr() as usize).collect();
+        let rest = vs.trainable_variables().into_iter().filter(|t| !ptrs.contains(&(t.data_ptr() as usize))).collect();
+        let mut b = Group::new("backbone", backbone);
+        b.lr_scale = config.backbone_lr_scale;
+        vec![b, Group::new("rest", rest)]
+    } else {
+        vec![Group::new("all", vs.trainable_variables())]
+    };
+    let mut optimizer = Optimizer::new(&config.optimizer, groups)?;
     // The resolved configuration beside the run, and a dry run of one batch: a model that does
     // not fit its data fails here, not mid-epoch.
     std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
@@ -250,7 +287,11 @@ pub fn fit(
         .as_ref()
         .map(|e| e.metric.clone())
         .or_else(|| config.select.clone())
-        .unwrap_or_else(|| if matches!(model.head(), HeadConfig::Regression { .. }) { "mse".into() } else { "accuracy".into() });
+        .unwrap_or_else(|| match model.head() {
+            HeadConfig::Regression { .. } => "mse".into(),
+            HeadConfig::Retrieval { pair, .. } => format!("{}_to_{}_mrr", pair[0], pair[1]),
+            _ => "accuracy".into(),
+        });
     let mut stopped_early = false;
     while state.epoch < config.epochs {
         let epoch = state.epoch;
