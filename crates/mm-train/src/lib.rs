@@ -19,6 +19,43 @@
 //! - [`train`]: the loop (schedule, accumulation, clipping, evaluation, early stopping,
 //!   checkpoints, `metrics.jsonl`, NaN guard, resume).
 //!
+//! A complete run, from files on disk to a trained model (the same as `tests/it.rs` does on the
+//! synthetic data):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mm_data::{manifest::{Manifest, Split}, mel::MelConfig, pipeline::{AudioSpec, ImageSpec, Pipeline}};
+//! use mm_train::model::{DataShape, Model, ModelConfig};
+//! use mm_train::train::{fit, TrainConfig};
+//!
+//! let manifest = Manifest::read("synthetic/manifest.jsonl")?;
+//! let mut pipeline = Pipeline::new(vec!["curved-low".into(), "curved-high".into(), "straight-low".into(), "straight-high".into()]);
+//! pipeline.image = Some(ImageSpec::new((64, 64)));
+//! pipeline.audio = Some(AudioSpec::new(&MelConfig::default())?);
+//! pipeline.fit_statistics(&manifest)?; // training split only
+//!
+//! let config: ModelConfig = toml::from_str(r#"
+//!     [encoders.image]
+//!     kind = "image"
+//!     arch = "resnet18"
+//!     [encoders.audio]
+//!     kind = "audio"
+//!     backbone = { type = "rnn", cell = "gru", hidden = 64 }
+//!     [fusion]
+//!     method = "gated"
+//!     dim = 128
+//!     [head]
+//!     type = "classification"
+//! "#)?;
+//! let device = mm_data::device::parse_device("auto")?; // CUDA when present
+//! let vs = tch::nn::VarStore::new(device);
+//! let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![]))?;
+//! let train = TrainConfig { epochs: 20, lr: 1e-3, verbose: true, ..TrainConfig::default() };
+//! let report = fit(&model, &vs, Arc::new(manifest), Arc::new(pipeline), &train, "runs/demo".as_ref(), true)?;
+//! println!("best accuracy {:?}", report.best); // runs/demo: metrics.jsonl, curves.svg, checkpoints/
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Architecture invariant: mm-train composes the layers below it (data, sequence models,
 //! encoders, fusion) and is the only library crate that knows about all of them; nothing below
 //! depends on it, and it never parses command lines.

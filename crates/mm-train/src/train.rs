@@ -133,7 +133,8 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
     let classes = model.classes();
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
-        let (loss, p, pair) = tch::no_grad(|| -> Result<(f64, Tensor, Option<(Tensor, Tensor)>)> {
+        type Step = (f64, Tensor, Option<(Tensor, Tensor)>);
+        let (loss, p, pair) = tch::no_grad(|| -> Result<Step> {
             let out = model.forward_t(&batch, false);
             let loss = model.loss(&out, &batch)?.double_value(&[]);
             let pair = out.embeddings.as_ref().map(|(a, b, both)| {
