@@ -25,7 +25,7 @@ use tch::{nn, Kind, Tensor};
 
 use mm_seq::pool::{AttentionPool, AttentionPoolConfig};
 use mm_seq::rnn::{Rnn, RnnConfig};
-use mm_seq::{lengths_to_mask, SeqOutput, SequenceModel};
+use mm_seq::{last_valid, lengths_to_mask, zero_padding, SeqOutput, SequenceModel};
 
 use crate::text::{pool, SeqPooling};
 use crate::{Backbone, Encoded, Encoder, Error, Input, Result};
@@ -145,10 +145,8 @@ impl AudioEncoder {
         let (_, c, _, m) = h.size4().expect("[B, C, T, M]");
         let outputs = h.permute([0, 2, 1, 3]).reshape([b, steps, c * m]).apply(proj).relu();
         let mask = lengths_to_mask(&lengths, steps);
-        let outputs = &outputs * mask.unsqueeze(-1).to_kind(outputs.kind());
-        let c = outputs.size()[2];
-        let idx = (&lengths - 1).clamp_min(0).view([b, 1, 1]).expand([b, 1, c], false);
-        let last = outputs.gather(1, &idx, false).squeeze_dim(1) * lengths.gt(0).unsqueeze(1).to_kind(outputs.kind());
+        let outputs = zero_padding(&outputs, &mask);
+        let last = last_valid(&outputs, &lengths);
         SeqOutput { outputs, mask, last }
     }
 }

@@ -34,7 +34,7 @@ use tch::{nn, Kind, Tensor};
 use mm_seq::pool::{AttentionPool, AttentionPoolConfig};
 use mm_seq::rnn::{Rnn, RnnConfig};
 use mm_seq::transformer::{TransformerConfig, TransformerEncoder};
-use mm_seq::{lengths_to_mask, Pooling, SeqOutput, SequenceModel};
+use mm_seq::{last_valid, lengths_to_mask, zero_padding, Pooling, SeqOutput, SequenceModel};
 
 use crate::vectors::{OovPolicy, WordVectors};
 use crate::{Backbone, Encoded, Encoder, Error, Input, Result};
@@ -178,11 +178,8 @@ impl Encoder for TextEncoder {
             Some(c) => c.forward_seq(&emb, &lengths, train),
             None => {
                 let mask = lengths_to_mask(&lengths.to_device(emb.device()), ids.size()[1]);
-                let outputs = &emb * mask.unsqueeze(-1).to_kind(emb.kind());
-                let b = ids.size()[0];
-                let d = self.dim;
-                let idx = (lengths.to_device(emb.device()).to_kind(Kind::Int64) - 1).clamp_min(0).view([b, 1, 1]).expand([b, 1, d], false);
-                let last = outputs.gather(1, &idx, false).squeeze_dim(1);
+                let outputs = zero_padding(&emb, &mask);
+                let last = last_valid(&outputs, &lengths);
                 SeqOutput { outputs, mask, last }
             }
         };

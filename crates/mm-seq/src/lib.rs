@@ -152,13 +152,13 @@ pub fn check_input(xs: &Tensor, lengths: &Tensor, features: i64) -> Result<()> {
     Ok(())
 }
 
-/// Zeroes the padded steps of `[B, T, D]` outputs.
-pub(crate) fn zero_padding(outputs: &Tensor, mask: &Tensor) -> Tensor {
+/// Zeroes the padded steps of `[B, T, D]` outputs (`mask` `[B, T]`).
+pub fn zero_padding(outputs: &Tensor, mask: &Tensor) -> Tensor {
     outputs * mask.unsqueeze(-1).to_kind(outputs.kind())
 }
 
 /// The output at each sample's last valid step, `[B, D]` (zero for an empty sequence).
-pub(crate) fn last_valid(outputs: &Tensor, lengths: &Tensor) -> Tensor {
+pub fn last_valid(outputs: &Tensor, lengths: &Tensor) -> Tensor {
     let (b, _, d) = outputs.size3().expect("[B, T, D] outputs");
     let lengths = lengths.to_device(outputs.device()).to_kind(Kind::Int64);
     let index = (&lengths - 1).clamp_min(0).view([b, 1, 1]).expand([b, 1, d], false);
