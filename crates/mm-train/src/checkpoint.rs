@@ -98,3 +98,13 @@ pub fn load(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &mut Optimizer)
     optimizer.load_state(&tensors, record.optimizer_steps)?;
     Ok(record.state)
 }
+
+/// Loads only the weights of checkpoint `tag` into `vs` (for evaluation or prediction: no
+/// optimiser needed); returns the training state recorded with them.
+pub fn load_weights(dir: &Path, tag: &str, vs: &nn::VarStore) -> Result<TrainState> {
+    let path = dir.join(format!("{tag}.json"));
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let record: Record = serde_json::from_slice(&bytes).map_err(|e| io(&path, format!("not a checkpoint record: {e}")))?;
+    mm_encoders::weights::load_safetensors(vs, &dir.join(&record.weights), &Default::default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    Ok(record.state)
+}

@@ -4,6 +4,12 @@
 //! when the metric improves), the metric history in `metrics.jsonl`, a guard against NaN or
 //! infinite losses, and resume from the last checkpoint.
 //!
+//! A run's folder: `config.json` (the resolved model and training configuration),
+//! `data/` (the pipeline's normalisation statistics and vocabulary), `checkpoints/`
+//! (`last`, `best`), `metrics.jsonl` and `curves.svg`. With them a model is rebuilt for
+//! evaluation: [`crate::model::Model::new`] from `config.json`'s `model`, the pipeline's
+//! `load_statistics`, and [`crate::checkpoint::load_weights`].
+//!
 //! Reproducibility: the loader's order and augmentation depend only on (seed, epoch, sample),
 //! and libtorch's generator is re-seeded from (seed, epoch) at the start of every epoch, so a
 //! run resumed from an epoch's checkpoint on the CPU follows the uninterrupted run exactly.
@@ -184,7 +190,14 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
             let t: Vec<usize> = truth.iter().map(|x| *x as usize).collect();
             let p = metrics::argmax(&probs, classes);
             m.insert("accuracy".into(), json!(metrics::accuracy(&p, &t)));
+            if classes > 5 {
+                m.insert("top5".into(), json!(metrics::top_k(&probs, classes, &t, 5)));
+            }
             m.insert("macro_f1".into(), json!(metrics::macro_f1(&p, &t, classes)));
+            let per = metrics::per_class(&p, &t, classes);
+            m.insert("precision".into(), json!(per.iter().map(|c| c.precision).collect::<Vec<_>>()));
+            m.insert("recall".into(), json!(per.iter().map(|c| c.recall).collect::<Vec<_>>()));
+            m.insert("confusion".into(), json!(metrics::confusion_matrix(&p, &t, classes)));
             let auroc = if classes == 2 {
                 let s: Vec<f64> = probs.chunks(2).map(|r| f64::from(r[1])).collect();
                 metrics::auroc(&s, &t.iter().map(|x| *x == 1).collect::<Vec<_>>())
@@ -274,6 +287,11 @@ pub fn fit(
     let resolved = json!({"model": model.config(), "train": config});
     mm_data::fs::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&resolved).unwrap_or_default().as_bytes())
         .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    // What rebuilds the pipeline for evaluation and prediction: its statistics and vocabulary.
+    pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
+    if let Some(mm_data::pipeline::TextEncoder::Words { vocab, .. }) = pipeline.text.as_ref().map(|t| &t.encoder) {
+        vocab.save(out.join("data/vocab.txt")).map_err(|e| Error::Data(e.to_string()))?;
+    }
     if let Some(first) = val_loader.epoch(0).next() {
         model.check(&first.map_err(|e| Error::Data(e.to_string()))?.to_device(device))?;
     }

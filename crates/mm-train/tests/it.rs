@@ -386,6 +386,10 @@ mod training {
         hidden = [32]
     "#;
 
+    fn manifest_val_count(dir: &std::path::Path) -> u64 {
+        Manifest::read(dir.join("data/manifest.jsonl")).expect("manifest").split(Split::Val).count() as u64
+    }
+
     pub(super) fn build_model(vs: &nn::VarStore, pipeline: &Pipeline, manifest: &Manifest) -> Model {
         let config: ModelConfig = toml::from_str(MODEL).expect("model config");
         let counts = (0..CLASSES.len()).map(|c| manifest.split(Split::Train).filter(|s| s.label.as_deref() == Some(CLASSES[c])).count()).collect();
@@ -412,6 +416,27 @@ mod training {
         assert!(dir.join("run/checkpoints/best.json").is_file() && dir.join("run/checkpoints/last.json").is_file());
         let svg = std::fs::read_to_string(dir.join("run/curves.svg")).expect("curves");
         assert!(svg.starts_with("<svg") && svg.contains("accuracy") && svg.contains("<polyline"), "{}", &svg[..svg.len().min(200)]);
+        let confusion = last["val"]["confusion"].as_array().expect("confusion matrix");
+        let total: u64 = confusion.iter().flat_map(|r| r.as_array().expect("row").iter().map(|x| x.as_u64().expect("count"))).sum();
+        assert_eq!(total, manifest_val_count(&dir));
+
+        // Rebuilt from the run's folder alone: the best checkpoint gives the best epoch's metrics.
+        let resolved: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("run/config.json")).expect("config")).expect("json");
+        let config: ModelConfig = serde_json::from_value(resolved["model"].clone()).expect("model config");
+        let (manifest, _) = load(&dir);
+        let vocab = mm_data::text::Vocab::load(dir.join("run/data/vocab.txt")).expect("vocabulary");
+        let mut p = Pipeline::new(CLASSES.iter().map(|c| c.to_string()).collect());
+        p.audio = Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
+        p.text = Some(TextSpec::words(WordTokenizer::default(), vocab, 32));
+        p.load_statistics(dir.join("run/data")).expect("statistics");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let rebuilt = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&p, vec![])).expect("model");
+        let state = mm_train::checkpoint::load_weights(&dir.join("run/checkpoints"), "best", &vs).expect("weights");
+        let loader = mm_data::loader::Loader::new(manifest, Split::Val, Arc::new(p), mm_data::loader::LoaderConfig::evaluation()).expect("loader");
+        let again = mm_train::train::evaluate(&rebuilt, &loader, Device::Cpu).expect("evaluation");
+        let (best, epoch) = report.best.expect("a best epoch");
+        assert_eq!(state.best, Some((best, epoch)));
+        assert_eq!(again["accuracy"].as_f64(), Some(best), "the rebuilt model's accuracy");
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
