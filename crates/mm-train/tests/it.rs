@@ -528,6 +528,46 @@ mod training {
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
+    /// Early stopping ends a run whose metric stops improving; accumulation takes one step per
+    /// `accumulate` batches; a cosine schedule ends at its floor.
+    #[test]
+    fn early_stopping_accumulation_and_schedules_act_in_the_loop() {
+        let _rng = super::rng_lock();
+        let (dir, manifest, pipeline) = data("loop", 160);
+        let run = |name: &str, config: TrainConfig| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            tch::manual_seed(0);
+            let model = build_model(&vs, &pipeline, &manifest);
+            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config, &dir.join(name), false).expect("training")
+        };
+        // A rate too small to move anything: validation accuracy stays where it started, so
+        // with patience 2 the run stops after epoch 3.
+        let stop = mm_train::train::EarlyStopping { metric: "accuracy".into(), patience: 2 };
+        let frozen = TrainConfig { epochs: 20, batch_size: 16, lr: 1e-12, early_stopping: Some(stop), progress: false, ..TrainConfig::default() };
+        let report = run("stop", frozen);
+        assert!(report.stopped_early && report.history.len() == 3, "{} epochs", report.history.len());
+
+        let one = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
+        let batches = report.history[0]["step"].as_u64().expect("steps");
+        let accumulated = run("acc", TrainConfig { accumulate: 2, ..one.clone() });
+        assert_eq!(accumulated.history[0]["step"].as_u64(), Some(batches / 2));
+
+        let cosine = TrainConfig {
+            epochs: 2,
+            lr: 1e-2,
+            schedule: Some(mm_train::schedule::Shape::Cosine { total_steps: 0, min_lr: 1e-4 }),
+            ..one
+        };
+        let report = run("cos", cosine);
+        let last_lr = report.history[1]["lr"].as_f64().expect("lr");
+        // The cosine spans the whole run: its last step's rate is one step short of the floor.
+        let total = report.history[1]["step"].as_u64().expect("steps");
+        let shape = mm_train::schedule::Shape::Cosine { total_steps: total, min_lr: 1e-4 };
+        let expected = mm_train::schedule::Schedule { base_lr: 1e-2, warmup_steps: 0, shape }.lr(total - 1);
+        assert!((last_lr - expected).abs() < 1e-12 && last_lr < 3e-4, "the last step's rate {last_lr}, expected {expected}");
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+
     /// Three epochs straight, or two and then a resumed run to three: the same history.
     #[test]
     fn a_resumed_run_reaches_the_same_metrics() {
