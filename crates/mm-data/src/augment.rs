@@ -1,6 +1,6 @@
 //! Training-time augmentation of images, audio and text, reproducible from a seed.
 //!
-//! Each function takes the sample's own [`Rng`](crate::rng::Rng) (seeded by seed, epoch and
+//! Each function takes the sample's own [`Rng`] (seeded by seed, epoch and
 //! sample index), so the same sample in the same epoch is augmented the same way whatever the
 //! thread count. Every configuration's `Default` does nothing; the `standard()` presets follow
 //! common torchvision / torchaudio recipes.
