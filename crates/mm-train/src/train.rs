@@ -254,10 +254,16 @@ pub fn fit(
     let device = vs.device();
     let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::training(config.seed) })
         .map_err(|e| Error::Data(e.to_string()))?;
-    let val_split = if manifest.split(Split::Val).next().is_some() { Split::Val } else { Split::Test };
-    let val_loader = Loader::new(Arc::clone(&manifest), val_split, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::evaluation() })
+    // Model selection on the test split would be a leak: a validation split is required.
+    if manifest.split(Split::Val).next().is_none() {
+        return Err(Error::Data(format!(
+            "{}: no sample has split \"val\"; training selects and stops on a validation split, never the test split",
+            manifest.source().display()
+        )));
+    }
+    let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::evaluation() })
         .map_err(|e| Error::Data(e.to_string()))?;
-    let steps_per_epoch = (train_loader.batches_per_epoch() / config.accumulate).max(1) as u64;
+    let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(config.accumulate).max(1) as u64;
     let total = steps_per_epoch * config.epochs;
     let shape = match config.schedule {
         None => Shape::Constant,
@@ -311,6 +317,15 @@ pub fn fit(
             HeadConfig::Retrieval { pair, .. } => format!("{}_to_{}_mrr", pair[0], pair[1]),
             _ => "accuracy".into(),
         });
+    let take_step = |optimizer: &mut Optimizer, state: &mut TrainState| {
+        if let Some(max) = config.clip_grad_norm {
+            optimizer.clip_grad_norm(max);
+        }
+        let scale = state.plateau.as_ref().map_or(1.0, |p| p.scale);
+        optimizer.step(schedule.lr(state.step) * scale);
+        optimizer.zero_grad();
+        state.step += 1;
+    };
     let mut stopped_early = false;
     while state.epoch < config.epochs {
         let epoch = state.epoch;
@@ -354,15 +369,13 @@ pub fn fit(
             samples += batch.len();
             pending += 1;
             if pending == config.accumulate {
-                if let Some(max) = config.clip_grad_norm {
-                    optimizer.clip_grad_norm(max);
-                }
-                let scale = state.plateau.as_ref().map_or(1.0, |p| p.scale);
-                optimizer.step(schedule.lr(state.step) * scale);
-                optimizer.zero_grad();
-                state.step += 1;
+                take_step(&mut optimizer, &mut state);
                 pending = 0;
             }
+        }
+        if pending > 0 {
+            // The epoch's last, incomplete accumulation group still counts.
+            take_step(&mut optimizer, &mut state);
         }
         bar.finish_and_clear();
         let lr = schedule.lr(state.step.saturating_sub(1));

@@ -467,6 +467,17 @@ mod training {
         let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &skip, &dir.join("skip"), false).expect("skips");
         let skipped: u64 = report.history.iter().map(|h| h["skipped_batches"].as_u64().unwrap_or(0)).sum();
         assert!(skipped > 0, "{:?}", report.history);
+
+        // No validation split: refused, rather than selecting on the test split.
+        let mut no_val = Manifest::new(manifest.root());
+        for sample in manifest.samples() {
+            let split = if sample.split == Split::Val { Split::Test } else { sample.split };
+            no_val.push(mm_data::manifest::Sample { split, ..sample.clone() }).expect("sample");
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build_model(&vs, &pipeline, &manifest);
+        let e = fit(&model, &vs, Arc::new(no_val), Arc::clone(&pipeline), &train, &dir.join("noval"), false).expect_err("no val").to_string();
+        assert!(e.contains("no sample has split \"val\""), "{e}");
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
@@ -550,7 +561,7 @@ mod training {
         let one = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
         let batches = report.history[0]["step"].as_u64().expect("steps");
         let accumulated = run("acc", TrainConfig { accumulate: 2, ..one.clone() });
-        assert_eq!(accumulated.history[0]["step"].as_u64(), Some(batches / 2));
+        assert_eq!(accumulated.history[0]["step"].as_u64(), Some(batches.div_ceil(2)));
 
         let cosine = TrainConfig {
             epochs: 2,
