@@ -23,6 +23,11 @@
 //!
 //! A retrieval model has no fusion: `[head] type = "retrieval"`, `pair = ["text", "image"]`,
 //! `dim = 128` projects the two modalities into a shared space trained with InfoNCE.
+//!
+//! Several heads share the fused vector when `[heads.NAME]` tables replace `[head]` (at most
+//! one per kind, since each kind reads its own target: `label`, `labels` or `target`), with
+//! `[loss_weights] NAME = w` (default 1); their metrics are reported as `NAME_accuracy`,
+//! `NAME_mse` and so on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -133,8 +138,28 @@ pub struct ModelConfig {
     /// The fusion (every head but retrieval needs one).
     #[serde(default)]
     pub fusion: Option<FusionConfig>,
-    /// The head.
-    pub head: HeadConfig,
+    /// The head, for a model with one.
+    #[serde(default)]
+    pub head: Option<HeadConfig>,
+    /// Several named heads on the same fused vector (multi-task: say a classification of the
+    /// label and a regression of the target); give `head` or `heads`.
+    #[serde(default)]
+    pub heads: BTreeMap<String, HeadConfig>,
+    /// Weight of each named head's loss in the total (default 1).
+    #[serde(default)]
+    pub loss_weights: BTreeMap<String, f64>,
+}
+
+impl ModelConfig {
+    /// The heads, named (`main` for a single `head`).
+    pub fn named_heads(&self) -> Result<Vec<(String, HeadConfig)>> {
+        match (&self.head, self.heads.is_empty()) {
+            (Some(h), true) => Ok(vec![("main".to_string(), h.clone())]),
+            (None, false) => Ok(self.heads.iter().map(|(n, h)| (n.clone(), h.clone())).collect()),
+            (Some(_), false) => Err(Error::Config("model: give `head` or `heads`, not both".to_string())),
+            (None, true) => Err(Error::Config("model: no head (`[head]` or `[heads.NAME]`)".to_string())),
+        }
+    }
 }
 
 /// What the model needs to know about its data.
@@ -179,8 +204,11 @@ impl DataShape {
 /// A model's output for a batch.
 #[derive(Debug)]
 pub struct Output {
-    /// Logits `[B, C]` (classification), or predictions `[B]` (regression).
+    /// The first head's logits `[B, C]` (classification) or predictions `[B]` (regression);
+    /// for retrieval, the `[B, B]` similarities.
     pub prediction: Tensor,
+    /// Every head's output, in [`Model::heads`] order.
+    pub predictions: Vec<Tensor>,
     /// Per-sample modality weights or gates of the fusion, where it has them.
     pub weights: Option<Tensor>,
     /// Retrieval: the two modalities' L2-normalised embeddings `[B, D]` and `[B]` booleans,
@@ -197,15 +225,22 @@ struct RetrievalHead {
     temperature: crate::loss::Temperature,
 }
 
-/// An encoder per modality, a fusion and a head.
+#[derive(Debug)]
+struct Head {
+    name: String,
+    config: HeadConfig,
+    layers: Vec<nn::Linear>,
+    class_weights: Option<Tensor>,
+    weight: f64,
+}
+
+/// An encoder per modality, a fusion and one or more heads.
 #[derive(Debug)]
 pub struct Model {
     encoders: Vec<(String, Box<dyn Encoder>)>,
     fusion: Option<FusionModel>,
     retrieval: Option<RetrievalHead>,
-    head: Vec<nn::Linear>,
-    head_config: HeadConfig,
-    class_weights: Option<Tensor>,
+    heads: Vec<Head>,
     classes: usize,
     config: ModelConfig,
 }
@@ -232,9 +267,22 @@ impl Model {
         }
         let dims: Vec<(&str, i64)> = encoders.iter().map(|(n, e)| (n.as_str(), e.output_dim())).collect();
         let classes = data.classes.len();
-        let mut head = Vec::new();
+        let named = config.named_heads()?;
+        for name in config.loss_weights.keys() {
+            if !named.iter().any(|(n, _)| n == name) {
+                return Err(Error::Config(format!("model.loss_weights.{name}: no head of that name")));
+            }
+        }
+        let kinds: Vec<std::mem::Discriminant<HeadConfig>> = named.iter().map(|(_, h)| std::mem::discriminant(h)).collect();
+        if (1..kinds.len()).any(|i| kinds[..i].contains(&kinds[i])) {
+            return Err(Error::Config("model.heads: two heads of one kind would read the same targets".to_string()));
+        }
         let (mut fusion, mut retrieval) = (None, None);
-        if let HeadConfig::Retrieval { pair, dim } = &config.head {
+        let mut heads = Vec::new();
+        if let Some((_, HeadConfig::Retrieval { pair, dim })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
+            if named.len() > 1 {
+                return Err(Error::Config("model.heads: a retrieval head stands alone".to_string()));
+            }
             if *dim <= 0 || pair[0] == pair[1] {
                 return Err(Error::Config(format!("model.head: a positive dim ({dim}) and two different modalities ({pair:?})")));
             }
@@ -250,61 +298,75 @@ impl Model {
                 proj_b: nn::linear(&h / "b", dims[b].1, *dim, Default::default()),
                 temperature: crate::loss::Temperature::new(&h),
             });
+            heads.push(Head { name: named[0].0.clone(), config: named[0].1.clone(), layers: Vec::new(), class_weights: None, weight: 1.0 });
         } else {
             let fconfig = config.fusion.as_ref().ok_or_else(|| Error::Config("model.fusion: this head needs a fusion".to_string()))?;
             let f = FusionModel::new(&(path / "fusion"), fconfig, &dims).map_err(|e| Error::Config(format!("model.fusion: {e}")))?;
-            let outputs = match &config.head {
-                HeadConfig::Regression { .. } => 1,
-                _ if classes == 0 => return Err(Error::Config("model.head: a classification head needs classes in the data".to_string())),
-                _ => classes as i64,
-            };
-            let (hidden, dropout) = config.head.mlp();
-            if !(0.0..1.0).contains(&dropout) || hidden.iter().any(|h| *h <= 0) {
-                return Err(Error::Config(format!("model.head: hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
-            }
-            if matches!(fconfig, FusionConfig::Late { .. }) {
-                if f.output_dim() != outputs || !hidden.is_empty() {
-                    return Err(Error::Config(format!(
-                        "model: late fusion gives {} logits itself; the data has {outputs} classes and the head must have no hidden layers",
-                        f.output_dim()
-                    )));
+            let late = matches!(fconfig, FusionConfig::Late { .. });
+            for (name, head) in &named {
+                let field = if named.len() == 1 { "model.head".to_string() } else { format!("model.heads.{name}") };
+                let outputs = match head {
+                    HeadConfig::Regression { .. } => 1,
+                    _ if classes == 0 => return Err(Error::Config(format!("{field}: a classification head needs classes in the data"))),
+                    _ => classes as i64,
+                };
+                let (hidden, dropout) = head.mlp();
+                if !(0.0..1.0).contains(&dropout) || hidden.iter().any(|h| *h <= 0) {
+                    return Err(Error::Config(format!("{field}: hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
                 }
-            } else {
-                let mut input = f.output_dim();
-                for (i, &h) in hidden.iter().chain(std::iter::once(&outputs)).enumerate() {
-                    head.push(nn::linear(path / "head" / i, input, h, Default::default()));
-                    input = h;
+                let mut layers = Vec::new();
+                if late {
+                    if named.len() > 1 || f.output_dim() != outputs || !hidden.is_empty() {
+                        return Err(Error::Config(format!(
+                            "model: late fusion gives {} logits itself; it needs one head, with {outputs} classes and no hidden layers",
+                            f.output_dim()
+                        )));
+                    }
+                } else {
+                    let hp = if named.len() == 1 { path / "head" } else { path / "heads" / name.as_str() };
+                    let mut input = f.output_dim();
+                    for (i, &h) in hidden.iter().chain(std::iter::once(&outputs)).enumerate() {
+                        layers.push(nn::linear(&hp / i, input, h, Default::default()));
+                        input = h;
+                    }
                 }
+                let class_weights = match head {
+                    HeadConfig::Classification { class_weights: ClassWeights::List(w), .. } => {
+                        if w.len() != classes || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
+                            return Err(Error::Config(format!("{field}.class_weights: {} non-negative weights for {classes} classes", w.len())));
+                        }
+                        Some(Tensor::from_slice(&w.iter().map(|x| *x as f32).collect::<Vec<_>>()))
+                    }
+                    HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } if n == "balanced" => {
+                        if data.class_counts.len() != classes {
+                            return Err(Error::Config(format!("{field}.class_weights = \"balanced\" needs the training split's class counts")));
+                        }
+                        Some(crate::loss::balanced_class_weights(&data.class_counts))
+                    }
+                    HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } => {
+                        return Err(Error::Config(format!("{field}.class_weights = {n:?}: \"balanced\" or a list")))
+                    }
+                    _ => None,
+                };
+                let weight = config.loss_weights.get(name).copied().unwrap_or(1.0);
+                if !weight.is_finite() || weight < 0.0 {
+                    return Err(Error::Config(format!("model.loss_weights.{name} = {weight}: finite and non-negative")));
+                }
+                heads.push(Head { name: name.clone(), config: head.clone(), layers, class_weights, weight });
             }
             fusion = Some(f);
         }
-        let class_weights = match &config.head {
-            HeadConfig::Classification { class_weights: ClassWeights::List(w), .. } => {
-                if w.len() != classes || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
-                    return Err(Error::Config(format!("model.head.class_weights: {} non-negative weights for {classes} classes", w.len())));
-                }
-                Some(Tensor::from_slice(&w.iter().map(|x| *x as f32).collect::<Vec<_>>()))
-            }
-            HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } if n == "balanced" => {
-                if data.class_counts.len() != classes {
-                    return Err(Error::Config("model.head.class_weights = \"balanced\" needs the training split's class counts".to_string()));
-                }
-                Some(crate::loss::balanced_class_weights(&data.class_counts))
-            }
-            HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } => {
-                return Err(Error::Config(format!("model.head.class_weights = {n:?}: \"balanced\" or a list")))
-            }
-            _ => None,
-        };
-        Ok(Model { encoders, fusion, retrieval, head, head_config: config.head.clone(), class_weights, classes, config: config.clone() })
+        Ok(Model { encoders, fusion, retrieval, heads, classes, config: config.clone() })
     }
 
-    /// Number of classes (0 for regression).
+    /// The heads' names and configurations, in output order.
+    pub fn heads(&self) -> Vec<(&str, &HeadConfig)> {
+        self.heads.iter().map(|h| (h.name.as_str(), &h.config)).collect()
+    }
+
+    /// Number of classes of the data (the width of classification heads).
     pub fn classes(&self) -> usize {
-        match self.head_config {
-            HeadConfig::Regression { .. } | HeadConfig::Retrieval { .. } => 0,
-            _ => self.classes,
-        }
+        self.classes
     }
 
     /// The configuration the model was built from.
@@ -335,9 +397,9 @@ impl Model {
         }
     }
 
-    /// The head's configuration.
+    /// The first head's configuration.
     pub fn head(&self) -> &HeadConfig {
-        &self.head_config
+        &self.heads[0].config
     }
 
     /// Runs the model on a batch (on the model's device).
@@ -358,42 +420,66 @@ impl Model {
             let a = normalise(pooled[r.a].apply(&r.proj_a));
             let b = normalise(pooled[r.b].apply(&r.proj_b));
             let both = present[r.a].logical_and(&present[r.b]);
-            return Output { prediction: a.matmul(&b.tr()), weights: None, embeddings: Some((a, b, both)) };
+            let sim = a.matmul(&b.tr());
+            return Output { prediction: sim.shallow_clone(), predictions: vec![sim], weights: None, embeddings: Some((a, b, both)) };
         }
         let embeddings = Embeddings { pooled, seqs, present: Tensor::stack(&present, 1) };
         let fusion = self.fusion.as_ref().expect("a fusion for every head but retrieval");
         let fused = fusion.forward_t(&embeddings, train);
-        let (_, dropout) = self.head_config.mlp();
-        let mut x = fused.fused;
-        let last = self.head.len().saturating_sub(1);
-        for (i, l) in self.head.iter().enumerate() {
-            x = x.dropout(dropout, train).apply(l);
-            if i < last {
-                x = x.relu();
-            }
-        }
-        let prediction = match self.head_config {
-            HeadConfig::Regression { .. } => x.squeeze_dim(1),
-            _ => x,
-        };
-        Output { prediction, weights: fused.weights, embeddings: None }
+        let predictions: Vec<Tensor> = self
+            .heads
+            .iter()
+            .map(|head| {
+                let (_, dropout) = head.config.mlp();
+                let mut x = fused.fused.shallow_clone();
+                let last = head.layers.len().saturating_sub(1);
+                for (i, l) in head.layers.iter().enumerate() {
+                    x = x.dropout(dropout, train).apply(l);
+                    if i < last {
+                        x = x.relu();
+                    }
+                }
+                match head.config {
+                    HeadConfig::Regression { .. } => x.squeeze_dim(1),
+                    _ => x,
+                }
+            })
+            .collect();
+        Output { prediction: predictions[0].shallow_clone(), predictions, weights: fused.weights, embeddings: None }
     }
 
-    /// The loss of `output` against the batch's targets.
+    /// The loss of `output` against the batch's targets: the weighted sum of the heads'.
     pub fn loss(&self, output: &Output, batch: &Batch) -> Result<Tensor> {
-        let missing = |what: &str| Error::Config(format!("the batch has no {what} for this model's head"));
-        match &self.head_config {
+        let mut total: Option<Tensor> = None;
+        for (i, head) in self.heads.iter().enumerate() {
+            let l = self.head_loss(head, &output.predictions[i], output, batch)? * head.weight;
+            total = Some(match total {
+                Some(t) => t + l,
+                None => l,
+            });
+        }
+        total.ok_or_else(|| Error::Config("a model without heads".to_string()))
+    }
+
+    /// Each head's own loss (unweighted), by name.
+    pub fn head_losses(&self, output: &Output, batch: &Batch) -> Result<Vec<(String, Tensor)>> {
+        self.heads.iter().enumerate().map(|(i, h)| Ok((h.name.clone(), self.head_loss(h, &output.predictions[i], output, batch)?))).collect()
+    }
+
+    fn head_loss(&self, head: &Head, prediction: &Tensor, output: &Output, batch: &Batch) -> Result<Tensor> {
+        let missing = |what: &str| Error::Config(format!("the batch has no {what} for the head {:?}", head.name));
+        match &head.config {
             HeadConfig::Classification { label_smoothing, .. } => {
                 let labels = batch.label.as_ref().ok_or_else(|| missing("labels"))?;
                 let options = CrossEntropy {
-                    class_weights: self.class_weights.as_ref().map(|w| w.to_device(output.prediction.device())),
+                    class_weights: head.class_weights.as_ref().map(|w| w.to_device(prediction.device())),
                     label_smoothing: *label_smoothing,
                 };
-                Ok(cross_entropy(&output.prediction, labels, &options))
+                Ok(cross_entropy(prediction, labels, &options))
             }
             HeadConfig::MultiLabel { .. } => {
                 let labels = batch.labels.as_ref().ok_or_else(|| missing("multi-labels"))?;
-                Ok(binary_cross_entropy(&output.prediction, labels, None))
+                Ok(binary_cross_entropy(prediction, labels, None))
             }
             HeadConfig::Retrieval { .. } => {
                 let r = self.retrieval.as_ref().expect("a retrieval head");
@@ -408,8 +494,8 @@ impl Model {
                 let (target, mask) = batch.target.as_ref().ok_or_else(|| missing("targets"))?;
                 let mask = mask.gt(0.5);
                 Ok(match loss {
-                    RegressionLoss::Mse => mse(&output.prediction, target, Some(&mask)),
-                    RegressionLoss::L1 => l1(&output.prediction, target, Some(&mask)),
+                    RegressionLoss::Mse => mse(prediction, target, Some(&mask)),
+                    RegressionLoss::L1 => l1(prediction, target, Some(&mask)),
                 })
             }
         }
@@ -427,12 +513,14 @@ impl Model {
         }
     }
 
-    /// The predicted probabilities `[B, C]` (softmax, or sigmoid for multi-label) of logits.
-    pub fn probabilities(&self, output: &Output) -> Tensor {
-        match self.head_config {
-            HeadConfig::MultiLabel { .. } => output.prediction.sigmoid(),
-            HeadConfig::Regression { .. } | HeadConfig::Retrieval { .. } => output.prediction.shallow_clone(),
-            HeadConfig::Classification { .. } => output.prediction.softmax(1, Kind::Float),
+    /// Head `i`'s probabilities `[B, C]` (softmax, or sigmoid for multi-label); regression
+    /// predictions and retrieval similarities as they are.
+    pub fn probabilities(&self, output: &Output, i: usize) -> Tensor {
+        let p = &output.predictions[i];
+        match self.heads[i].config {
+            HeadConfig::MultiLabel { .. } => p.sigmoid(),
+            HeadConfig::Regression { .. } | HeadConfig::Retrieval { .. } => p.shallow_clone(),
+            HeadConfig::Classification { .. } => p.softmax(1, Kind::Float),
         }
     }
 }

@@ -112,8 +112,10 @@ impl Default for TrainConfig {
     }
 }
 
+/// Whether higher is better for a metric (losses and errors, plain or prefixed by a head's
+/// name, and ranks are lower-is-better).
 fn maximise(metric: &str) -> bool {
-    !(matches!(metric, "loss" | "mse" | "mae") || metric.ends_with("median_rank"))
+    !["loss", "mse", "mae", "median_rank"].iter().any(|m| metric == *m || metric.ends_with(&format!("_{m}")))
 }
 
 /// The outcome of [`fit`].
@@ -127,110 +129,126 @@ pub struct Report {
     pub stopped_early: bool,
 }
 
-/// Evaluates `model` over `loader`: the loss and the metrics of its head.
+/// What one head's evaluation gathers.
+#[derive(Default)]
+struct Gathered {
+    probs: Vec<f32>,
+    truth: Vec<i64>,
+    preds: Vec<f64>,
+    targets: Vec<f64>,
+    emb_a: Vec<Tensor>,
+    emb_b: Vec<Tensor>,
+    loss: f64,
+}
+
+/// Evaluates `model` over `loader`: the loss and the metrics of each head. With one head the
+/// keys are plain (`accuracy`); with several they are prefixed by the head's name
+/// (`label_accuracy`, `target_mse`) and `loss` is the weighted total.
 pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<String, Value>> {
-    let mut loss_sum = 0.0;
-    let mut batches = 0usize;
-    let mut probs: Vec<f32> = Vec::new();
-    let mut truth: Vec<i64> = Vec::new();
-    let mut preds: Vec<f64> = Vec::new();
-    let mut targets: Vec<f64> = Vec::new();
-    let (mut emb_a, mut emb_b): (Vec<Tensor>, Vec<Tensor>) = (Vec::new(), Vec::new());
+    let heads: Vec<(String, HeadConfig)> = model.heads().into_iter().map(|(n, h)| (n.to_string(), h.clone())).collect();
+    let mut gathered: Vec<Gathered> = heads.iter().map(|_| Gathered::default()).collect();
+    let (mut loss_sum, mut batches) = (0.0, 0usize);
     let classes = model.classes();
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
-        type Step = (f64, Tensor, Option<(Tensor, Tensor)>);
-        let (loss, p, pair) = tch::no_grad(|| -> Result<Step> {
-            let out = model.forward_t(&batch, false);
-            let loss = model.loss(&out, &batch)?.double_value(&[]);
-            let pair = out.embeddings.as_ref().map(|(a, b, both)| {
-                let rows = both.nonzero().squeeze_dim(1);
-                (a.index_select(0, &rows).to_device(Device::Cpu), b.index_select(0, &rows).to_device(Device::Cpu))
-            });
-            Ok((loss, model.probabilities(&out).to_device(Device::Cpu).to_kind(Kind::Float), pair))
-        })?;
-        loss_sum += loss;
+        let _no_grad = tch::no_grad_guard();
+        let out = model.forward_t(&batch, false);
+        loss_sum += model.loss(&out, &batch)?.double_value(&[]);
         batches += 1;
-        match model.head() {
-            HeadConfig::Regression { .. } => {
-                let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
-                let (t, mask): (Vec<f32>, Vec<f32>) = (Vec::try_from(t.to_device(Device::Cpu)).unwrap_or_default(), Vec::try_from(mask.to_device(Device::Cpu)).unwrap_or_default());
-                let pv: Vec<f32> = Vec::try_from(p).unwrap_or_default();
-                for ((pi, ti), mi) in pv.iter().zip(&t).zip(&mask) {
-                    if *mi > 0.5 {
-                        preds.push(f64::from(*pi));
-                        targets.push(f64::from(*ti));
+        let head_losses = model.head_losses(&out, &batch)?;
+        for (i, ((_, head), g)) in heads.iter().zip(gathered.iter_mut()).enumerate() {
+            let p = model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float);
+            g.loss += head_losses[i].1.double_value(&[]);
+            match head {
+                HeadConfig::Regression { .. } => {
+                    let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
+                    let t: Vec<f32> = Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
+                    let mask: Vec<f32> = Vec::try_from(mask.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
+                    let pv: Vec<f32> = Vec::try_from(p).unwrap_or_default();
+                    for ((pi, ti), mi) in pv.iter().zip(&t).zip(&mask) {
+                        if *mi > 0.5 {
+                            g.preds.push(f64::from(*pi));
+                            g.targets.push(f64::from(*ti));
+                        }
                     }
                 }
-            }
-            HeadConfig::Classification { .. } => {
-                let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
-                let l: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu)).unwrap_or_default();
-                let pv: Vec<f32> = Vec::try_from(p.view([-1])).unwrap_or_default();
-                for (i, li) in l.iter().enumerate() {
-                    if *li >= 0 {
-                        probs.extend_from_slice(&pv[i * classes..(i + 1) * classes]);
-                        truth.push(*li);
+                HeadConfig::Classification { .. } => {
+                    let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
+                    let l: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu)).unwrap_or_default();
+                    let pv: Vec<f32> = Vec::try_from(p.view([-1])).unwrap_or_default();
+                    for (j, lj) in l.iter().enumerate() {
+                        if *lj >= 0 {
+                            g.probs.extend_from_slice(&pv[j * classes..(j + 1) * classes]);
+                            g.truth.push(*lj);
+                        }
                     }
                 }
-            }
-            HeadConfig::Retrieval { .. } => {
-                if let Some((a, b)) = pair {
-                    emb_a.push(a);
-                    emb_b.push(b);
+                HeadConfig::Retrieval { .. } => {
+                    if let Some((a, b, both)) = out.embeddings.as_ref() {
+                        let rows = both.nonzero().squeeze_dim(1);
+                        g.emb_a.push(a.index_select(0, &rows).to_device(Device::Cpu));
+                        g.emb_b.push(b.index_select(0, &rows).to_device(Device::Cpu));
+                    }
                 }
+                HeadConfig::MultiLabel { .. } => {}
             }
-            HeadConfig::MultiLabel { .. } => {}
         }
     }
     let mut m = Map::new();
     m.insert("loss".into(), json!(loss_sum / batches.max(1) as f64));
-    match model.head() {
-        HeadConfig::Classification { .. } if !truth.is_empty() => {
-            let t: Vec<usize> = truth.iter().map(|x| *x as usize).collect();
-            let p = metrics::argmax(&probs, classes);
-            m.insert("accuracy".into(), json!(metrics::accuracy(&p, &t)));
-            if classes > 5 {
-                m.insert("top5".into(), json!(metrics::top_k(&probs, classes, &t, 5)));
-            }
-            m.insert("macro_f1".into(), json!(metrics::macro_f1(&p, &t, classes)));
-            let per = metrics::per_class(&p, &t, classes);
-            m.insert("precision".into(), json!(per.iter().map(|c| c.precision).collect::<Vec<_>>()));
-            m.insert("recall".into(), json!(per.iter().map(|c| c.recall).collect::<Vec<_>>()));
-            m.insert("confusion".into(), json!(metrics::confusion_matrix(&p, &t, classes)));
-            let auroc = if classes == 2 {
-                let s: Vec<f64> = probs.chunks(2).map(|r| f64::from(r[1])).collect();
-                metrics::auroc(&s, &t.iter().map(|x| *x == 1).collect::<Vec<_>>())
-            } else {
-                metrics::auroc_ovr(&probs, classes, &t).1
-            };
-            if let Some(a) = auroc {
-                m.insert("auroc".into(), json!(a));
-            }
+    let prefixed = heads.len() > 1;
+    for ((name, head), g) in heads.iter().zip(&gathered) {
+        let key = |k: &str| if prefixed { format!("{name}_{k}") } else { k.to_string() };
+        if prefixed {
+            m.insert(key("loss"), json!(g.loss / batches.max(1) as f64));
         }
-        HeadConfig::Retrieval { pair, .. } if !emb_a.is_empty() => {
-            // Every validation pair against every other: the whole split is the gallery.
-            let (a, b) = (Tensor::cat(&emb_a, 0), Tensor::cat(&emb_b, 0));
-            let n = a.size()[0] as usize;
-            let sim: Vec<f32> = Vec::try_from(a.matmul(&b.tr()).view([-1])).unwrap_or_default();
-            let (ab, ba) = metrics::retrieval(&sim, n);
-            for (direction, r) in [(format!("{}_to_{}", pair[0], pair[1]), ab), (format!("{}_to_{}", pair[1], pair[0]), ba)] {
-                m.insert(format!("{direction}_r1"), json!(r.recall[0]));
-                m.insert(format!("{direction}_r5"), json!(r.recall[1]));
-                m.insert(format!("{direction}_r10"), json!(r.recall[2]));
-                m.insert(format!("{direction}_median_rank"), json!(r.median_rank));
-                m.insert(format!("{direction}_mrr"), json!(r.mrr));
+        match head {
+            HeadConfig::Classification { .. } if !g.truth.is_empty() => {
+                let t: Vec<usize> = g.truth.iter().map(|x| *x as usize).collect();
+                let p = metrics::argmax(&g.probs, classes);
+                m.insert(key("accuracy"), json!(metrics::accuracy(&p, &t)));
+                if classes > 5 {
+                    m.insert(key("top5"), json!(metrics::top_k(&g.probs, classes, &t, 5)));
+                }
+                m.insert(key("macro_f1"), json!(metrics::macro_f1(&p, &t, classes)));
+                let per = metrics::per_class(&p, &t, classes);
+                m.insert(key("precision"), json!(per.iter().map(|c| c.precision).collect::<Vec<_>>()));
+                m.insert(key("recall"), json!(per.iter().map(|c| c.recall).collect::<Vec<_>>()));
+                m.insert(key("confusion"), json!(metrics::confusion_matrix(&p, &t, classes)));
+                let auroc = if classes == 2 {
+                    let s: Vec<f64> = g.probs.chunks(2).map(|r| f64::from(r[1])).collect();
+                    metrics::auroc(&s, &t.iter().map(|x| *x == 1).collect::<Vec<_>>())
+                } else {
+                    metrics::auroc_ovr(&g.probs, classes, &t).1
+                };
+                if let Some(a) = auroc {
+                    m.insert(key("auroc"), json!(a));
+                }
             }
-            m.insert("gallery".into(), json!(n));
-        }
-        HeadConfig::Regression { .. } if !targets.is_empty() => {
-            m.insert("mse".into(), json!(metrics::mse(&preds, &targets)));
-            m.insert("mae".into(), json!(metrics::mae(&preds, &targets)));
-            if let Some(r) = metrics::pearson(&preds, &targets) {
-                m.insert("pearson".into(), json!(r));
+            HeadConfig::Retrieval { pair, .. } if !g.emb_a.is_empty() => {
+                // Every validation pair against every other: the whole split is the gallery.
+                let (a, b) = (Tensor::cat(&g.emb_a, 0), Tensor::cat(&g.emb_b, 0));
+                let n = a.size()[0] as usize;
+                let sim: Vec<f32> = Vec::try_from(a.matmul(&b.tr()).view([-1])).unwrap_or_default();
+                let (ab, ba) = metrics::retrieval(&sim, n);
+                for (direction, r) in [(format!("{}_to_{}", pair[0], pair[1]), ab), (format!("{}_to_{}", pair[1], pair[0]), ba)] {
+                    m.insert(key(&format!("{direction}_r1")), json!(r.recall[0]));
+                    m.insert(key(&format!("{direction}_r5")), json!(r.recall[1]));
+                    m.insert(key(&format!("{direction}_r10")), json!(r.recall[2]));
+                    m.insert(key(&format!("{direction}_median_rank")), json!(r.median_rank));
+                    m.insert(key(&format!("{direction}_mrr")), json!(r.mrr));
+                }
+                m.insert(key("gallery"), json!(n));
             }
+            HeadConfig::Regression { .. } if !g.targets.is_empty() => {
+                m.insert(key("mse"), json!(metrics::mse(&g.preds, &g.targets)));
+                m.insert(key("mae"), json!(metrics::mae(&g.preds, &g.targets)));
+                if let Some(r) = metrics::pearson(&g.preds, &g.targets) {
+                    m.insert(key("pearson"), json!(r));
+                }
+            }
+            _ => {}
         }
-        _ => {}
     }
     Ok(m)
 }
@@ -312,10 +330,14 @@ pub fn fit(
         .as_ref()
         .map(|e| e.metric.clone())
         .or_else(|| config.select.clone())
-        .unwrap_or_else(|| match model.head() {
-            HeadConfig::Regression { .. } => "mse".into(),
-            HeadConfig::Retrieval { pair, .. } => format!("{}_to_{}_mrr", pair[0], pair[1]),
-            _ => "accuracy".into(),
+        .unwrap_or_else(|| {
+            let metric = match model.head() {
+                HeadConfig::Regression { .. } => "mse".to_string(),
+                HeadConfig::Retrieval { pair, .. } => format!("{}_to_{}_mrr", pair[0], pair[1]),
+                _ => "accuracy".to_string(),
+            };
+            let heads = model.heads();
+            if heads.len() > 1 { format!("{}_{metric}", heads[0].0) } else { metric }
         });
     let take_step = |optimizer: &mut Optimizer, state: &mut TrainState| {
         if let Some(max) = config.clip_grad_norm {

@@ -579,6 +579,69 @@ mod training {
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
+    /// Two heads on one fused vector: the sentiment class and the sentiment score of the
+    /// synthetic data (caption and image), trained together with weighted losses.
+    #[test]
+    fn several_heads_train_together() {
+        let _rng = super::rng_lock();
+        let dir = std::env::temp_dir().join(format!("mm-train-heads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let synth = SynthConfig { samples: 500, image_size: 32, frame_size: 16, frames: 2, duration: 0.3, seed: 9, ..SynthConfig::default() };
+        generate(&dir.join("data"), &synth, false).expect("data");
+        let manifest = Arc::new(Manifest::read(dir.join("data/sentiment.jsonl")).expect("manifest"));
+        let tokenizer = WordTokenizer::default();
+        let vocab = VocabBuilder::default().build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
+        let mut p = Pipeline::new(mm_data::synth::SENTIMENT_CLASSES.iter().map(|c| c.to_string()).collect());
+        p.image = Some(mm_data::pipeline::ImageSpec::new((32, 32)));
+        p.text = Some(TextSpec::words(tokenizer, vocab, 40));
+        p.fit_statistics(&manifest).expect("statistics");
+        let pipeline = Arc::new(p);
+        let text = r#"
+            [encoders.text]
+            kind = "text"
+            dim = 32
+            [encoders.image]
+            kind = "image"
+            arch = "lenet"
+            [fusion]
+            method = "concat"
+            [heads.mood]
+            type = "classification"
+            hidden = [32]
+            [heads.score]
+            type = "regression"
+            hidden = [32]
+            [loss_weights]
+            score = 4.0
+        "#;
+        let config: ModelConfig = toml::from_str(text).expect("config");
+        let vs = nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(0);
+        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![])).expect("model");
+        assert_eq!(model.heads().iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["mood", "score"]);
+        let train = TrainConfig { epochs: 12, batch_size: 32, lr: 3e-3, progress: false, ..TrainConfig::default() };
+        let report = fit(&model, &vs, Arc::clone(&manifest), pipeline, &train, &dir.join("run"), false).expect("training");
+        // The best epoch (selected on the first head's accuracy) beats guessing on both heads:
+        // the majority class is under half, and predicting the mean scores the variance, 0.21.
+        let (_, best_epoch) = report.best.expect("a best epoch");
+        let val = &report.history[best_epoch as usize - 1]["val"];
+        let (accuracy, mse) = (val["mood_accuracy"].as_f64().expect("accuracy"), val["score_mse"].as_f64().expect("mse"));
+        eprintln!("sentiment, best epoch {best_epoch}: class accuracy {accuracy:.3}, score MSE {mse:.4}");
+        assert!(accuracy > 0.6 && mse < 0.17, "accuracy {accuracy}, MSE {mse}");
+        assert!(val["mood_loss"].is_number() && val["score_loss"].is_number());
+        // Mistakes in the heads are named.
+        let both = format!("{text}\n[head]\ntype = \"regression\"");
+        let e = Model::new(&vs.root(), &toml::from_str(&both).expect("config"), &DataShape::default()).expect_err("both").to_string();
+        assert!(e.contains("not both") || e.contains("the data has no"), "{e}");
+        let bad_weight = text.replace("score = 4.0", "scor = 4.0");
+        let vs2 = nn::VarStore::new(Device::Cpu);
+        let shape = DataShape::from_pipeline(&Pipeline::new(vec!["a".into()]), vec![]);
+        let shape = DataShape { modalities: vec!["text", "image"], vocab_size: Some(10), ..shape };
+        let e = Model::new(&vs2.root(), &toml::from_str(&bad_weight).expect("config"), &shape).expect_err("unknown weight").to_string();
+        assert!(e.contains("loss_weights.scor"), "{e}");
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+
     /// Three epochs straight, or two and then a resumed run to three: the same history.
     #[test]
     fn a_resumed_run_reaches_the_same_metrics() {
