@@ -112,7 +112,7 @@ fn train_and_test(
     tch::manual_seed(train.seed as i64);
     let model = Model::new(&vs.root(), config, &DataShape::from_pipeline(&pipeline, vec![]))?;
     fit(&model, &vs, Arc::clone(manifest), Arc::clone(&pipeline), train, dir, false)?;
-    mm_train::checkpoint::load_weights(&dir.join("checkpoints"), "best", &vs)?;
+    mm_train::checkpoint::load_weights(&mm_train::train::checkpoint_dir(dir), "best", &vs)?;
     let test = Loader::new(Arc::clone(manifest), Split::Test, pipeline, LoaderConfig { batch_size: 128, ..LoaderConfig::evaluation() })?;
     Ok((evaluate(&model, &test, device)?, started.elapsed().as_secs_f64()))
 }

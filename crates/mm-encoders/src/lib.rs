@@ -119,7 +119,7 @@ impl Input {
         }
     }
 
-    /// The lengths, or an error saying this encoder needs a sequence.
+    /// The lengths, or, for a dense input, every sample at the full length of dimension 1.
     pub(crate) fn lengths_or_full(&self) -> Tensor {
         match &self.lengths {
             Some(l) => l.shallow_clone(),

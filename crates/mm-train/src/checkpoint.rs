@@ -80,6 +80,12 @@ pub fn save(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &Optimizer, sta
     Ok(())
 }
 
+fn read_record(dir: &Path, tag: &str) -> Result<Record> {
+    let path = dir.join(format!("{tag}.json"));
+    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| io(&path, format!("not a checkpoint record: {e}")))
+}
+
 /// Whether `dir` holds a checkpoint under `tag`.
 pub fn exists(dir: &Path, tag: &str) -> bool {
     dir.join(format!("{tag}.json")).is_file()
@@ -88,9 +94,7 @@ pub fn exists(dir: &Path, tag: &str) -> bool {
 /// Restores the checkpoint `tag` of `dir` into `vs` (every variable must be in it, with its
 /// shape) and `optimizer`; returns the training state.
 pub fn load(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &mut Optimizer) -> Result<TrainState> {
-    let path = dir.join(format!("{tag}.json"));
-    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    let record: Record = serde_json::from_slice(&bytes).map_err(|e| io(&path, format!("not a checkpoint record: {e}")))?;
+    let record = read_record(dir, tag)?;
     let weights: PathBuf = dir.join(&record.weights);
     mm_encoders::weights::load_safetensors(vs, &weights, &Default::default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
     let optim = dir.join(&record.optimizer);
@@ -102,9 +106,7 @@ pub fn load(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &mut Optimizer)
 /// Loads only the weights of checkpoint `tag` into `vs` (for evaluation or prediction: no
 /// optimiser needed); returns the training state recorded with them.
 pub fn load_weights(dir: &Path, tag: &str, vs: &nn::VarStore) -> Result<TrainState> {
-    let path = dir.join(format!("{tag}.json"));
-    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    let record: Record = serde_json::from_slice(&bytes).map_err(|e| io(&path, format!("not a checkpoint record: {e}")))?;
+    let record = read_record(dir, tag)?;
     mm_encoders::weights::load_safetensors(vs, &dir.join(&record.weights), &Default::default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
     Ok(record.state)
 }

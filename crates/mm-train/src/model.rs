@@ -335,13 +335,13 @@ impl Model {
                         if w.len() != classes || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
                             return Err(Error::Config(format!("{field}.class_weights: {} non-negative weights for {classes} classes", w.len())));
                         }
-                        Some(Tensor::from_slice(&w.iter().map(|x| *x as f32).collect::<Vec<_>>()))
+                        Some(Tensor::from_slice(&w.iter().map(|x| *x as f32).collect::<Vec<_>>()).to_device(path.device()))
                     }
                     HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } if n == "balanced" => {
                         if data.class_counts.len() != classes {
                             return Err(Error::Config(format!("{field}.class_weights = \"balanced\" needs the training split's class counts")));
                         }
-                        Some(crate::loss::balanced_class_weights(&data.class_counts))
+                        Some(crate::loss::balanced_class_weights(&data.class_counts).to_device(path.device()))
                     }
                     HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } => {
                         return Err(Error::Config(format!("{field}.class_weights = {n:?}: \"balanced\" or a list")))
@@ -450,15 +450,14 @@ impl Model {
 
     /// The loss of `output` against the batch's targets: the weighted sum of the heads'.
     pub fn loss(&self, output: &Output, batch: &Batch) -> Result<Tensor> {
-        let mut total: Option<Tensor> = None;
-        for (i, head) in self.heads.iter().enumerate() {
-            let l = self.head_loss(head, &output.predictions[i], output, batch)? * head.weight;
-            total = Some(match total {
-                Some(t) => t + l,
-                None => l,
-            });
-        }
-        total.ok_or_else(|| Error::Config("a model without heads".to_string()))
+        Ok(self.total_loss(&self.head_losses(output, batch)?))
+    }
+
+    /// The weighted sum of per-head losses from [`Model::head_losses`].
+    pub fn total_loss(&self, losses: &[(String, Tensor)]) -> Tensor {
+        let mut terms = losses.iter().zip(&self.heads).map(|((_, l), h)| l * h.weight);
+        let first = terms.next().expect("a model has at least one head");
+        terms.fold(first, |total, term| total + term)
     }
 
     /// Each head's own loss (unweighted), by name.
@@ -472,7 +471,7 @@ impl Model {
             HeadConfig::Classification { label_smoothing, .. } => {
                 let labels = batch.label.as_ref().ok_or_else(|| missing("labels"))?;
                 let options = CrossEntropy {
-                    class_weights: head.class_weights.as_ref().map(|w| w.to_device(prediction.device())),
+                    class_weights: head.class_weights.as_ref().map(Tensor::shallow_clone),
                     label_smoothing: *label_smoothing,
                 };
                 Ok(cross_entropy(prediction, labels, &options))

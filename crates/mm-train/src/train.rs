@@ -153,18 +153,18 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
         let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
         let _no_grad = tch::no_grad_guard();
         let out = model.forward_t(&batch, false);
-        loss_sum += model.loss(&out, &batch)?.double_value(&[]);
-        batches += 1;
         let head_losses = model.head_losses(&out, &batch)?;
+        loss_sum += model.total_loss(&head_losses).double_value(&[]);
+        batches += 1;
         for (i, ((_, head), g)) in heads.iter().zip(gathered.iter_mut()).enumerate() {
-            let p = model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float);
+            let host = || model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float);
             g.loss += head_losses[i].1.double_value(&[]);
             match head {
                 HeadConfig::Regression { .. } => {
                     let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
                     let t: Vec<f32> = Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
                     let mask: Vec<f32> = Vec::try_from(mask.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
-                    let pv: Vec<f32> = Vec::try_from(p).unwrap_or_default();
+                    let pv: Vec<f32> = Vec::try_from(host()).unwrap_or_default();
                     for ((pi, ti), mi) in pv.iter().zip(&t).zip(&mask) {
                         if *mi > 0.5 {
                             g.preds.push(f64::from(*pi));
@@ -175,7 +175,7 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
                 HeadConfig::Classification { .. } => {
                     let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
                     let l: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu)).unwrap_or_default();
-                    let pv: Vec<f32> = Vec::try_from(p.view([-1])).unwrap_or_default();
+                    let pv: Vec<f32> = Vec::try_from(host().view([-1])).unwrap_or_default();
                     for (j, lj) in l.iter().enumerate() {
                         if *lj >= 0 {
                             g.probs.extend_from_slice(&pv[j * classes..(j + 1) * classes]);
@@ -316,10 +316,12 @@ pub fn fit(
     if let Some(mm_data::pipeline::TextEncoder::Words { vocab, .. }) = pipeline.text.as_ref().map(|t| &t.encoder) {
         vocab.save(out.join("data/vocab.txt")).map_err(|e| Error::Data(e.to_string()))?;
     }
-    if let Some(first) = val_loader.epoch(0).next() {
+    let probe = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: 4, prefetch: 1, ..LoaderConfig::evaluation() })
+        .map_err(|e| Error::Data(e.to_string()))?;
+    if let Some(first) = probe.epoch(0).next() {
         model.check(&first.map_err(|e| Error::Data(e.to_string()))?.to_device(device))?;
     }
-    let ckpt = out.join("checkpoints");
+    let ckpt = checkpoint_dir(out);
     let mut state = if resume && checkpoint::exists(&ckpt, "last") {
         checkpoint::load(&ckpt, "last", vs, &mut optimizer)?
     } else {
