@@ -1,11 +1,19 @@
-//! `mm data`: commands on data sets. `mm data synth` writes the embedded synthetic data set.
+//! `mm data`: commands on data sets. `synth` writes the embedded synthetic data set, `check`
+//! runs the cleaning pass and reports what it would drop, `stats` computes the normalisation
+//! statistics a run would use, and `split` draws seeded (stratified) splits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use clap::{Args as ClapArgs, Subcommand};
+use mm_data::clean::{clean, CleanConfig, Modality};
+use mm_data::manifest::{Manifest, Split};
+use mm_data::normalize::Normalizer;
+use mm_data::pipeline::TextEncoder;
 use mm_data::synth::{generate, SynthConfig};
+use mm_train::run::RunConfig;
+use serde_json::json;
 
 /// `mm data` and its subcommands.
 #[derive(Debug, ClapArgs)]
@@ -19,6 +27,75 @@ enum DataCommand {
     /// Write the synthetic multimodal data set (images, audio, captions, videos, records) with
     /// its manifests, ground truth and per-task ceilings.
     Synth(SynthArgs),
+    /// Read every file a manifest names and report what is unusable (unreadable or corrupt
+    /// files, empty texts, missing modalities, unknown labels) per reason and sample.
+    Check(CheckArgs),
+    /// Compute the normalisation statistics (and vocabulary) a run's [data] would use, from
+    /// its training split.
+    Stats(StatsArgs),
+    /// Assign train/val/test splits again, seeded and stratified by label.
+    Split(SplitArgs),
+}
+
+/// Options of `mm data check`.
+#[derive(Debug, ClapArgs)]
+struct CheckArgs {
+    /// The manifest (JSONL or CSV).
+    manifest: PathBuf,
+    /// The class set (comma-separated); other labels are reported.
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<String>,
+    /// Modalities every sample must have (comma-separated: image,audio,text,frames,features).
+    #[arg(long, value_delimiter = ',')]
+    require: Vec<String>,
+    /// Write the full report (JSON) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Exit with status 1 when any sample would be dropped.
+    #[arg(long)]
+    strict: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `mm data stats`.
+#[derive(Debug, ClapArgs)]
+struct StatsArgs {
+    /// A run's TOML file; its [data] table is used.
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides, as for `mm train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Write the statistics files (and vocab.txt) into this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of `mm data split`.
+#[derive(Debug, ClapArgs)]
+struct SplitArgs {
+    /// The manifest to split.
+    manifest: PathBuf,
+    /// The new manifest; it must sit in the same folder (the sample paths are relative to it).
+    #[arg(long)]
+    out: PathBuf,
+    /// Share of the validation split.
+    #[arg(long, default_value_t = 0.15)]
+    val: f64,
+    /// Share of the test split.
+    #[arg(long, default_value_t = 0.15)]
+    test: f64,
+    /// Seed of the draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Split without keeping each label's share per split.
+    #[arg(long)]
+    no_stratify: bool,
 }
 
 /// Options of `mm data synth`; every default is the data set `mm demo` uses.
@@ -87,7 +164,114 @@ struct SynthArgs {
 pub fn run(args: &Args) -> Result<()> {
     match &args.command {
         DataCommand::Synth(a) => synth(a),
+        DataCommand::Check(a) => check(a),
+        DataCommand::Stats(a) => stats(a),
+        DataCommand::Split(a) => split(a),
     }
+}
+
+fn check(a: &CheckArgs) -> Result<()> {
+    let manifest = Manifest::read(&a.manifest)?;
+    let mut required = Vec::new();
+    for r in &a.require {
+        required.push(r.parse::<Modality>().map_err(|e| anyhow!("--require: {e}"))?);
+    }
+    let config = CleanConfig { classes: (!a.classes.is_empty()).then(|| a.classes.clone()), required, ..CleanConfig::default() };
+    let (_, report) = clean(&manifest, &config)?;
+    if let Some(path) = &a.report {
+        report.save(path)?;
+    }
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{}: {}", a.manifest.display(), report.summary());
+        for f in report.findings.iter().take(20) {
+            println!("  {}: {} ({})", f.id, f.reason.as_str(), f.detail);
+        }
+        if report.findings.len() > 20 {
+            println!("  ... {} more{}", report.findings.len() - 20, a.report.as_ref().map_or(String::new(), |p| format!(" in {}", p.display())));
+        }
+    }
+    if a.strict && report.dropped > 0 {
+        bail!("{} of {} samples would be dropped", report.dropped, report.total);
+    }
+    Ok(())
+}
+
+fn stats(a: &StatsArgs) -> Result<()> {
+    let mut config = RunConfig::from_file(&a.config, &a.set)?;
+    let prepared = config.data.prepare(config.train.seed)?;
+    let p = &prepared.pipeline;
+    let mut out = serde_json::Map::new();
+    let stat = |n: &Normalizer| json!({"mean": n.mean, "std": n.std, "count": n.count});
+    if let Some(s) = &p.image {
+        out.insert("image".into(), stat(&s.normalizer));
+    }
+    if let Some(n) = p.audio.as_ref().and_then(|s| s.normalizer.as_ref()) {
+        out.insert("audio".into(), stat(n));
+    }
+    if let Some(s) = &p.frames {
+        out.insert("frames".into(), stat(&s.image.normalizer));
+    }
+    if let Some(n) = p.features.as_ref().and_then(|s| s.normalizer.as_ref()) {
+        out.insert("features".into(), stat(n));
+    }
+    if let Some(TextEncoder::Words { vocab, .. }) = p.text.as_ref().map(|t| &t.encoder) {
+        out.insert("vocabulary".into(), json!(vocab.len()));
+    }
+    out.insert("classes".into(), json!(config.data.classes));
+    out.insert("train_samples".into(), json!(prepared.manifest.split(Split::Train).count()));
+    if let Some(dir) = &a.out {
+        p.save_statistics(dir)?;
+        if let Some(TextEncoder::Words { vocab, .. }) = p.text.as_ref().map(|t| &t.encoder) {
+            vocab.save(dir.join("vocab.txt"))?;
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Object(out));
+        return Ok(());
+    }
+    let short = |v: &[f32]| -> String {
+        let shown: Vec<String> = v.iter().take(6).map(|x| format!("{x:.4}")).collect();
+        if v.len() > 6 { format!("[{}, ... {} values]", shown.join(", "), v.len()) } else { format!("[{}]", shown.join(", ")) }
+    };
+    println!("statistics of the training split ({} samples):", out["train_samples"]);
+    for (name, v) in &out {
+        if let (Some(mean), Some(std)) = (v.get("mean"), v.get("std")) {
+            let mean: Vec<f32> = serde_json::from_value(mean.clone())?;
+            let std: Vec<f32> = serde_json::from_value(std.clone())?;
+            println!("  {name:<9} mean {}\n  {:<9} std  {} (from {} rows)", short(&mean), "", short(&std), v["count"]);
+        }
+    }
+    if let Some(v) = out.get("vocabulary") {
+        println!("  text      vocabulary of {v} words");
+    }
+    println!("  classes   {}", config.data.classes.join(", "));
+    if let Some(dir) = &a.out {
+        println!("written to {}", dir.display());
+    }
+    Ok(())
+}
+
+fn split(a: &SplitArgs) -> Result<()> {
+    let folder = |p: &Path| std::path::absolute(p).ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    if folder(&a.manifest) != folder(&a.out) {
+        bail!("--out {}: the new manifest must sit beside {} (the sample paths are relative to its folder)", a.out.display(), a.manifest.display());
+    }
+    let manifest = Manifest::read(&a.manifest)?;
+    let split = manifest.resplit(a.val, a.test, a.seed, !a.no_stratify)?;
+    split.write(&a.out)?;
+    let count = |s: Split| split.split(s).count();
+    println!(
+        "{}: {} train, {} val, {} test (seed {}{})",
+        a.out.display(),
+        count(Split::Train),
+        count(Split::Val),
+        count(Split::Test),
+        a.seed,
+        if a.no_stratify { "" } else { ", stratified by label" }
+    );
+    Ok(())
 }
 
 fn synth(a: &SynthArgs) -> Result<()> {

@@ -4,9 +4,12 @@
 //! user can cause comes back as an `anyhow::Error` and is printed as one message with a non-zero
 //! exit code (1 for a failed run; clap uses 2 for a usage error).
 
+mod compare;
 mod data;
 mod demo;
 mod info;
+mod retrieve;
+mod run;
 
 use std::process::ExitCode;
 
@@ -24,8 +27,20 @@ struct Cli {
 enum Command {
     /// Train single-modality baselines and a fused model on generated data; print the table.
     Demo(demo::Args),
-    /// Data sets: `mm data synth` writes the embedded synthetic data set.
+    /// Data sets: generate the synthetic one, check, compute statistics, split.
     Data(data::Args),
+    /// Train the model a TOML file describes ([data], [model], [train]).
+    Train(run::TrainArgs),
+    /// Evaluate a trained run on a split.
+    Eval(run::EvalArgs),
+    /// Per-sample predictions of a trained run, as JSON lines.
+    Predict(run::PredictArgs),
+    /// Top-k items of one modality for a query of another, with a trained retrieval model.
+    Retrieve(retrieve::Args),
+    /// Train every fusion method and each modality alone on the same data; print a table.
+    Compare(compare::Args),
+    /// A run's configuration, parameters per module and training history.
+    Inspect(run::InspectArgs),
     /// Show the libtorch this binary runs on and the devices it sees.
     Info(info::Args),
 }
@@ -35,6 +50,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Data(args) => data::run(&args),
+        Command::Train(args) => run::train(&args),
+        Command::Eval(args) => run::eval(&args),
+        Command::Predict(args) => run::predict(&args),
+        Command::Retrieve(args) => retrieve::run(&args),
+        Command::Compare(args) => compare::run(&args),
+        Command::Inspect(args) => run::inspect(&args),
         Command::Info(args) => info::run(&args),
     };
     match result {

@@ -23,7 +23,8 @@ use crate::audio::Resampler;
 use crate::rng::Rng;
 
 /// Image augmentation (applied in this order: crop, flip, rotation, colour, blur, noise).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ImageAugment {
     /// Random resized crop: the area fraction range and the aspect-ratio range (torchvision's
     /// `RandomResizedCrop` algorithm). `None`: the whole image is resized.
@@ -257,7 +258,8 @@ pub fn blur(img: &Array3<f32>, sigma: f64) -> Array3<f32> {
 
 /// Audio augmentation of the waveform (gain, shift, speed, noise) and of the log-mel
 /// spectrogram (SpecAugment masks).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AudioAugment {
     /// Gain in dB drawn from `[-g, g]`.
     pub gain_db: f64,
@@ -345,7 +347,8 @@ pub fn spec_augment(spec: &mut Array2<f32>, aug: &AudioAugment, fill: f32, rng: 
 }
 
 /// Text augmentation on token sequences.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TextAugment {
     /// Each token is dropped with this probability (one token always stays).
     pub drop: f64,

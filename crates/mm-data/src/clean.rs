@@ -162,6 +162,17 @@ impl Modality {
     }
 }
 
+impl std::str::FromStr for Modality {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [Modality::Image, Modality::Audio, Modality::Text, Modality::Frames, Modality::Features]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown modality `{s}` (image, audio, text, frames or features)"))
+    }
+}
+
 /// What the cleaning pass checks and what it does about each finding.
 #[derive(Debug, Clone)]
 pub struct CleanConfig {

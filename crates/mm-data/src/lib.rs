@@ -18,6 +18,7 @@
 //! - [`augment`]: image, audio, text and modality-dropout augmentation, reproducible per sample;
 //! - [`rng`]: per-sample seeded randomness;
 //! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
+//! - [`config`]: a data set and its pipeline described in configuration (a run's `[data]`);
 //! - [`pipeline`]: per-modality decode, resample, augment and normalise into an [`pipeline::Item`];
 //! - [`loader`]: parallel, prefetching, seeded batches collated into `tch` tensors;
 //! - [`synth`]: the embedded synthetic data set (images, audio, captions, videos, records)
@@ -41,6 +42,7 @@
 pub mod audio;
 pub mod augment;
 pub mod clean;
+pub mod config;
 pub mod device;
 pub mod error;
 pub mod fs;

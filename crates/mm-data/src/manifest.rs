@@ -75,13 +75,22 @@ impl Split {
         }
     }
 
-    fn parse(s: &str) -> Option<Split> {
+    /// The split named `s` (`train`, `val` or `validation`, `test`).
+    pub fn from_name(s: &str) -> Option<Split> {
         match s {
             "train" => Some(Split::Train),
             "val" | "validation" => Some(Split::Val),
             "test" => Some(Split::Test),
             _ => None,
         }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Split::from_name(s).ok_or_else(|| format!("unknown split `{s}` (train, val or test)"))
     }
 }
 
@@ -365,6 +374,50 @@ impl Manifest {
         out
     }
 
+    /// A copy with every sample's split drawn again: `val` and `test` are the shares of the
+    /// validation and test splits, the rest trains. The order comes from `seed` only, so the
+    /// same seed gives the same splits. With `stratify`, each label keeps its share in every
+    /// split (samples without a label form a group of their own).
+    ///
+    /// ```
+    /// use mm_data::manifest::{Manifest, Sample, Split};
+    ///
+    /// let mut m = Manifest::new(".");
+    /// for i in 0..100 {
+    ///     m.push(Sample::new(format!("s{i}")).with_text("x").with_label(if i < 80 { "a" } else { "b" }))?;
+    /// }
+    /// let split = m.resplit(0.1, 0.2, 7, true)?;
+    /// assert_eq!(split.split(Split::Test).count(), 20);
+    /// assert_eq!(split.split(Split::Test).filter(|s| s.label.as_deref() == Some("b")).count(), 4);
+    /// assert_eq!(split.samples(), m.resplit(0.1, 0.2, 7, true)?.samples());
+    /// # Ok::<(), mm_data::Error>(())
+    /// ```
+    pub fn resplit(&self, val: f64, test: f64, seed: u64, stratify: bool) -> Result<Manifest> {
+        if !(0.0..1.0).contains(&val) || !(0.0..1.0).contains(&test) || val + test >= 1.0 {
+            return Err(Error::Config(format!("split shares val {val} and test {test}: each in [0, 1), together below 1")));
+        }
+        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, s) in self.samples.iter().enumerate() {
+            groups.entry(if stratify { s.label.as_deref() } else { None }).or_default().push(i);
+        }
+        let mut splits = vec![Split::Train; self.samples.len()];
+        let mut rng = crate::rng::Rng::new(seed);
+        for members in groups.values_mut() {
+            rng.shuffle(members);
+            let n = members.len() as f64;
+            let n_test = (n * test).round() as usize;
+            let n_val = ((n * val).round() as usize).min(members.len() - n_test.min(members.len()));
+            for (k, &i) in members.iter().enumerate() {
+                splits[i] = if k < n_test { Split::Test } else if k < n_test + n_val { Split::Val } else { Split::Train };
+            }
+        }
+        let mut out = self.clone();
+        for (s, split) in out.samples.iter_mut().zip(splits) {
+            s.split = split;
+        }
+        Ok(out)
+    }
+
     /// Writes the manifest as JSONL, atomically (a reader never sees half a file).
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         write_atomic(path.as_ref(), self.to_jsonl().as_bytes())
@@ -396,7 +449,7 @@ fn parse_object(obj: &Map<String, Value>) -> std::result::Result<Sample, String>
     let mut sample = Sample::new(id);
     if let Some(v) = obj.get("split") {
         let s = v.as_str().ok_or_else(|| field_err("split", &format!("expected a string, found {}", kind(v))))?;
-        sample.split = Split::parse(s)
+        sample.split = Split::from_name(s)
             .ok_or_else(|| field_err("split", &format!("{s:?} is not one of train, val, test")))?;
     }
     let path_field = |field: &str, v: &Value| -> std::result::Result<PathBuf, String> {

@@ -24,7 +24,8 @@ use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
 /// Parameters of the log-mel front end (torchaudio's names).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MelConfig {
     /// Sample rate of the audio, in Hz.
     pub sample_rate: u32,

@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::fs::write_atomic;
 
 /// What the tokenizer does with punctuation characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Punctuation {
     /// Each punctuation character becomes a token of its own (`"dog,"` → `"dog"`, `","`).
     #[default]

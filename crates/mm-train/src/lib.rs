@@ -66,6 +66,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod run;
 pub mod schedule;
 pub mod train;
 

@@ -56,6 +56,13 @@ pub enum ClassWeights {
     List(Vec<f64>),
 }
 
+impl ClassWeights {
+    /// Whether there are none (the default; left out when a configuration is written).
+    pub fn is_none(&self) -> bool {
+        *self == ClassWeights::None
+    }
+}
+
 /// The regression loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -83,7 +90,7 @@ pub enum HeadConfig {
         #[serde(default)]
         label_smoothing: f64,
         /// Class weights.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "ClassWeights::is_none")]
         class_weights: ClassWeights,
     },
     /// Multi-label classification (binary cross-entropy per class).

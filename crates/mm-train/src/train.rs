@@ -123,6 +123,8 @@ fn maximise(metric: &str) -> bool {
 pub struct Report {
     /// One record per epoch (as in `metrics.jsonl`).
     pub history: Vec<Value>,
+    /// The validation metric that selects the `best` checkpoint (and stops early).
+    pub metric: String,
     /// The best value of the selection metric and its epoch.
     pub best: Option<(f64, u64)>,
     /// Whether early stopping ended the run.
@@ -452,7 +454,7 @@ pub fn fit(
             }
         }
     }
-    Ok(Report { history: state.history, best: state.best, stopped_early })
+    Ok(Report { history: state.history, metric: select, best: state.best, stopped_early })
 }
 
 /// Rewrites the metric history, one JSON object per line, atomically.

@@ -1,0 +1,168 @@
+//! `mm compare`: every fusion method, and each modality alone, trained on the same data, split
+//! and seed from one run configuration; a table of test accuracy, parameters, training time and
+//! accuracy when one modality is removed from every test sample.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use mm_data::device::parse_device;
+use mm_data::manifest::{Manifest, Split};
+use mm_fusion::FusionConfig;
+use mm_train::model::HeadConfig;
+use mm_train::run::{Run, RunConfig};
+use serde_json::{json, Value};
+
+/// Options of `mm compare`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A run's TOML file with two or more modalities and a classification head; its fusion is
+    /// replaced by each method in turn.
+    #[arg(long)]
+    config: PathBuf,
+    /// Overrides, as for `mm train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Fusion methods (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "concat,weighted_sum,product,gated,tensor,low_rank,attention")]
+    methods: Vec<String>,
+    /// Width of the fused vector for the methods that have one.
+    #[arg(long, default_value_t = 64)]
+    dim: i64,
+    /// Leave out the single-modality baselines.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Output folder: one run folder per model and compare.json.
+    #[arg(long, default_value = "runs/compare")]
+    out: PathBuf,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print the table as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The fusion table of `method` (its own defaults, `dim` where it has one).
+fn fusion(method: &str, dim: i64) -> Result<FusionConfig> {
+    let text = match method {
+        "concat" => "method = \"concat\"".to_string(),
+        "tensor" => "method = \"tensor\"\nproject = 16".to_string(),
+        "weighted_sum" | "product" | "gated" | "low_rank" | "attention" => format!("method = \"{method}\"\ndim = {dim}"),
+        other => bail!("--methods: `{other}` is not one of concat, weighted_sum, product, gated, tensor, low_rank, attention"),
+    };
+    Ok(toml::from_str(&text)?)
+}
+
+/// `manifest` with `modality` taken out of every sample.
+fn without(manifest: &Manifest, modality: &str) -> Result<Manifest> {
+    let mut out = Manifest::new(manifest.root());
+    for s in manifest.samples() {
+        let mut s = s.clone();
+        match modality {
+            "image" => s.image = None,
+            "audio" => s.audio = None,
+            "text" => s.text = None,
+            "frames" => s.frames.clear(),
+            _ => s.features.clear(),
+        }
+        out.push(s)?;
+    }
+    Ok(out)
+}
+
+/// Runs `mm compare`.
+pub fn run(a: &Args) -> Result<()> {
+    let base = RunConfig::from_file(&a.config, &a.set)?;
+    let modalities = base.data.modalities();
+    if modalities.len() < 2 {
+        bail!("{}: `mm compare` needs two or more modalities in [data] (it has {modalities:?})", a.config.display());
+    }
+    if !matches!(base.model.named_heads()?.as_slice(), [(_, HeadConfig::Classification { .. })]) {
+        bail!("{}: `mm compare` compares classifiers: one [model.head] of type = \"classification\"", a.config.display());
+    }
+    let device = parse_device(&a.device)?;
+    let mut variants: Vec<(String, RunConfig)> = Vec::new();
+    for m in &a.methods {
+        let mut c = base.clone();
+        c.model.fusion = Some(fusion(m, a.dim)?);
+        variants.push((m.clone(), c));
+    }
+    if !a.no_baselines {
+        for m in &modalities {
+            let mut c = base.clone();
+            c.model.encoders.retain(|k, _| k == m);
+            c.model.fusion = Some(fusion("concat", a.dim)?);
+            let d = &mut c.data;
+            if *m != "image" { d.image = None; }
+            if *m != "audio" { d.audio = None; }
+            if *m != "text" { d.text = None; }
+            if *m != "frames" { d.frames = None; }
+            if *m != "features" { d.features = None; }
+            variants.push((format!("{m} only"), c));
+        }
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut rows = Vec::new();
+    for (name, mut config) in variants {
+        let dir = a.out.join(name.replace(' ', "-"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
+        }
+        config.train.verbose = false;
+        config.train.progress = false;
+        eprintln!("training {name} ...");
+        let started = Instant::now();
+        let trained = mm_train::run::train(&config, &dir, device, false).with_context(|| format!("training {name}"))?;
+        let seconds = started.elapsed().as_secs_f64();
+        let run = Run::open(&dir, None, device)?;
+        let manifest = run.manifest(None)?;
+        let accuracy = |m: Manifest| -> Result<f64> {
+            let metrics = run.evaluate(Arc::new(m), Split::Test)?;
+            Ok(metrics.get("accuracy").and_then(Value::as_f64).unwrap_or(f64::NAN))
+        };
+        let test = accuracy(manifest.clone())?;
+        let mut removed = serde_json::Map::new();
+        let used = run.config.data.modalities();
+        if used.len() > 1 {
+            for m in &used {
+                removed.insert((*m).to_string(), json!(accuracy(without(&manifest, m)?)?));
+            }
+        }
+        rows.push(json!({"model": name, "test_accuracy": test, "parameters": trained.parameters, "seconds": seconds, "without": removed, "run": dir}));
+    }
+    let record = json!({"config": a.config, "modalities": modalities, "rows": rows});
+    mm_data::fs::write_atomic(&a.out.join("compare.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    if a.json {
+        println!("{record}");
+        return Ok(());
+    }
+    print_table(&rows, &modalities, &a.out);
+    Ok(())
+}
+
+fn print_table(rows: &[Value], modalities: &[&str], out: &Path) {
+    let mut header = format!("{:<16}{:>10}{:>12}{:>9}", "model", "test acc", "parameters", "time");
+    for m in modalities {
+        header.push_str(&format!("{:>14}", format!("no {m}")));
+    }
+    println!("{header}");
+    for r in rows {
+        let mut line = format!(
+            "{:<16}{:>9.1}%{:>12}{:>8.0}s",
+            r["model"].as_str().unwrap_or_default(),
+            100.0 * r["test_accuracy"].as_f64().unwrap_or(f64::NAN),
+            r["parameters"].as_i64().unwrap_or(0),
+            r["seconds"].as_f64().unwrap_or(f64::NAN)
+        );
+        for m in modalities {
+            match r["without"][*m].as_f64() {
+                Some(v) => line.push_str(&format!("{:>13.1}%", 100.0 * v)),
+                None => line.push_str(&format!("{:>14}", "-")),
+            }
+        }
+        println!("{line}");
+    }
+    println!("\n\"no X\": test accuracy with X removed from every test sample. Runs and compare.json in {}", out.display());
+}

@@ -1,0 +1,177 @@
+//! `mm retrieve`: the top-k items of one modality for a query of another, with a trained
+//! retrieval model (`[model.head] type = "retrieval"`).
+//!
+//! The gallery (one modality of every sample of a split) is embedded once and kept in the run
+//! folder as `index-MODALITY-SPLIT.safetensors` with its ids in a JSON file beside it; the index
+//! is rebuilt when the checkpoint or the manifest changes (or with `--rebuild`). A query is a
+//! text, or the path of an image or audio file; it goes through the same pipeline and encoder
+//! as in training.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use mm_data::device::parse_device;
+use mm_data::manifest::{Manifest, Sample, Split};
+use mm_train::model::HeadConfig;
+use mm_train::run::Run;
+use serde_json::{json, Value};
+use tch::{Device, Kind, Tensor};
+
+/// Options of `mm retrieve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run folder of a retrieval model.
+    #[arg(long)]
+    run: PathBuf,
+    /// The query: a text, or the path of an image or audio file.
+    #[arg(long)]
+    query: String,
+    /// The query's modality (default: the first of the model's pair).
+    #[arg(long)]
+    from: Option<String>,
+    /// The split whose items form the gallery.
+    #[arg(long, default_value = "test", value_parser = |s: &str| s.parse::<Split>())]
+    split: Split,
+    /// How many items to return.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Embed the gallery again even when an up-to-date index exists.
+    #[arg(long)]
+    rebuild: bool,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Each sample's embedding in `side` (0 or 1 of the pair) over `split` of `manifest`, for the
+/// samples that have that modality: `(ids, [N, D])`.
+fn embed(run: &Run, manifest: Arc<Manifest>, split: Split, side: usize, modality: &str) -> Result<(Vec<String>, Tensor)> {
+    let loader = run.loader(manifest, split, 128)?;
+    let (mut ids, mut parts) = (Vec::new(), Vec::new());
+    for batch in loader.epoch(0) {
+        let batch = batch?.to_device(run.vs.device());
+        let _no_grad = tch::no_grad_guard();
+        let out = run.model.forward_t(&batch, false);
+        let (a, b, _) = out.embeddings.as_ref().context("not a retrieval model")?;
+        let column = batch.modalities.iter().position(|m| *m == modality).context("modality not in the batch")?;
+        let present: Vec<f32> = Vec::try_from(batch.present.select(1, column as i64).to_device(Device::Cpu).to_kind(Kind::Float))?;
+        let rows: Vec<i64> = present.iter().enumerate().filter(|(_, p)| **p > 0.5).map(|(i, _)| i as i64).collect();
+        let emb = if side == 0 { a } else { b };
+        parts.push(emb.index_select(0, &Tensor::from_slice(&rows).to_device(emb.device())).to_device(Device::Cpu));
+        ids.extend(rows.iter().map(|r| batch.ids[*r as usize].clone()));
+    }
+    if ids.is_empty() {
+        bail!("no sample of the {split} split has {modality}: the gallery is empty");
+    }
+    Ok((ids, Tensor::cat(&parts, 0)))
+}
+
+fn modified(path: &Path) -> u64 {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+}
+
+/// Runs `mm retrieve`.
+pub fn run(a: &Args) -> Result<()> {
+    let run = Run::open(&a.run, None, parse_device(&a.device)?)?;
+    let Some((_, HeadConfig::Retrieval { pair, .. })) = run.model.heads().first().map(|(n, h)| (*n, (*h).clone())) else {
+        bail!("{}: not a retrieval model (its head is not type = \"retrieval\"); `mm predict` runs classifiers", a.run.display());
+    };
+    let from = a.from.clone().unwrap_or_else(|| pair[0].clone());
+    let q_side = pair.iter().position(|p| *p == from).with_context(|| format!("--from {from}: the model pairs {} and {}", pair[0], pair[1]))?;
+    let g_side = 1 - q_side;
+    let gallery_modality = pair[g_side].clone();
+    let manifest = Arc::new(run.manifest(None)?);
+
+    // The index, reused while the checkpoint and the manifest are unchanged.
+    let stem = a.run.join(format!("index-{gallery_modality}-{}", a.split));
+    let (index_file, ids_file) = (stem.with_extension("safetensors"), stem.with_extension("json"));
+    let key = json!({
+        "checkpoint_step": run.state.step,
+        "checkpoint_epoch": run.state.epoch,
+        "manifest": run.config.data.manifest,
+        "manifest_modified": modified(&run.config.data.manifest),
+    });
+    let cached = if a.rebuild {
+        None
+    } else {
+        std::fs::read(&ids_file).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).filter(|v| v["key"] == key).and_then(|v| {
+            let ids: Vec<String> = serde_json::from_value(v["ids"].clone()).ok()?;
+            let t = Tensor::read_safetensors(&index_file).ok()?.into_iter().find(|(n, _)| n == "embeddings")?.1;
+            (t.size()[0] as usize == ids.len()).then_some((ids, t))
+        })
+    };
+    let (ids, gallery) = match cached {
+        Some(c) => c,
+        None => {
+            let (ids, emb) = embed(&run, Arc::clone(&manifest), a.split, g_side, &gallery_modality)?;
+            // The tensors first, then the record that vouches for them: a killed write leaves
+            // a record that does not match, and the index is rebuilt next time.
+            let tmp = stem.with_extension("safetensors.tmp");
+            Tensor::write_safetensors(&[("embeddings", &emb)], &tmp)?;
+            std::fs::rename(&tmp, &index_file).with_context(|| format!("writing {}", index_file.display()))?;
+            mm_data::fs::write_atomic(&ids_file, serde_json::to_string(&json!({"key": key, "ids": ids}))?.as_bytes())?;
+            eprintln!("indexed {} {gallery_modality} items of the {} split into {}", ids.len(), a.split, index_file.display());
+            (ids, emb)
+        }
+    };
+
+    // The query, through the same pipeline.
+    let sample = match from.as_str() {
+        "text" => (Manifest::new("."), Sample::new("query").with_text(a.query.clone())),
+        "image" | "audio" => {
+            let path = Path::new(&a.query);
+            if !path.is_file() {
+                bail!("--query {}: no such file (a {from} query is the path of a file)", a.query);
+            }
+            let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let name = PathBuf::from(path.file_name().context("a file name")?);
+            let s = Sample::new("query");
+            (Manifest::new(root), if from == "image" { s.with_image(name) } else { s.with_audio(name) })
+        }
+        other => bail!("--from {other}: queries are text, image or audio"),
+    };
+    let (mut query_manifest, sample) = sample;
+    query_manifest.push(sample)?;
+    let (_, q) = embed(&run, Arc::new(query_manifest), Split::Train, q_side, &from).context("embedding the query")?;
+    let scores = gallery.matmul(&q.tr()).squeeze_dim(1);
+    let k = a.top_k.min(ids.len()).max(1);
+    let (values, indices) = scores.topk(k as i64, 0, true, true);
+    let values: Vec<f32> = Vec::try_from(values)?;
+    let indices: Vec<i64> = Vec::try_from(indices)?;
+    let results: Vec<Value> = indices
+        .iter()
+        .zip(&values)
+        .enumerate()
+        .map(|(rank, (i, score))| {
+            let id = &ids[*i as usize];
+            let s = manifest.get(id);
+            let item = s.and_then(|s| match gallery_modality.as_str() {
+                "image" => s.image.as_ref().map(|p| manifest.path(p).display().to_string()),
+                "audio" => s.audio.as_ref().map(|p| manifest.path(p).display().to_string()),
+                "text" => s.text.clone(),
+                _ => None,
+            });
+            json!({"rank": rank + 1, "id": id, "score": score, "item": item, "label": s.and_then(|s| s.label.clone())})
+        })
+        .collect();
+    if a.json {
+        println!("{}", json!({"query": a.query, "from": from, "to": gallery_modality, "gallery": ids.len(), "results": results}));
+        return Ok(());
+    }
+    println!("{from} -> {gallery_modality}, top {k} of {} items in the {} split:", ids.len(), a.split);
+    for r in &results {
+        println!(
+            "  {:>2}. {:<10} {:.3}  {}{}",
+            r["rank"],
+            r["id"].as_str().unwrap_or_default(),
+            r["score"].as_f64().unwrap_or(f64::NAN),
+            r["item"].as_str().unwrap_or("-"),
+            r["label"].as_str().map_or(String::new(), |l| format!("  [{l}]"))
+        );
+    }
+    Ok(())
+}

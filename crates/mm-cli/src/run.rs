@@ -1,0 +1,272 @@
+//! `mm train`, `mm eval`, `mm predict` and `mm inspect`: a run from its TOML file to a trained
+//! model, and the trained model rebuilt from its folder (see `mm_train::run`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use mm_data::device::parse_device;
+use mm_data::manifest::Split;
+use mm_train::run::{Run, RunConfig, RUN_FILE};
+use serde_json::{json, Map, Value};
+
+/// Options of `mm train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The run's TOML file: [data], [model] and [train] (see configs/ for one per application).
+    #[arg(long)]
+    config: PathBuf,
+    /// Override a key of the file, in TOML syntax: --set train.epochs=3 --set data.image.size=32.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Output folder (default: runs/<the config file's name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in the output folder from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Validate the configuration and print it resolved, without reading data or training.
+    #[arg(long)]
+    check: bool,
+    /// No per-epoch lines or progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `mm train`.
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let mut config = RunConfig::from_file(&a.config, &a.set)?;
+    if a.check {
+        print!("{}", config.to_toml()?);
+        eprintln!("{}: valid", a.config.display());
+        return Ok(());
+    }
+    let device = parse_device(&a.device)?;
+    let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(a.config.file_stem().unwrap_or_default()));
+    config.train.verbose = !a.quiet && !a.json;
+    config.train.progress = !a.quiet && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = Instant::now();
+    let trained = mm_train::run::train(&config, &out, device, a.resume)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let r = &trained.report;
+    let clean = trained.clean.as_ref().map(|c| json!({"total": c.total, "kept": c.kept, "dropped": c.dropped}));
+    let summary = json!({
+        "out": out,
+        "metric": r.metric,
+        "best": r.best.map(|(v, e)| json!({"value": v, "epoch": e})),
+        "epochs": r.history.len(),
+        "stopped_early": r.stopped_early,
+        "parameters": trained.parameters,
+        "clean": clean,
+        "seconds": seconds,
+        "device": format!("{device:?}"),
+    });
+    if a.json {
+        println!("{summary}");
+        return Ok(());
+    }
+    if let Some(c) = &trained.clean {
+        if c.dropped > 0 {
+            println!("cleaning: kept {} of {} samples, dropped {} (reasons in {})", c.kept, c.total, c.dropped, out.join("clean-report.json").display());
+        }
+    }
+    match r.best {
+        Some((v, e)) => println!("best validation {} {v:.4} at epoch {e} of {}", r.metric, r.history.len()),
+        None => println!("no epoch gave a finite validation {}", r.metric),
+    }
+    println!(
+        "{} parameters, {:.1} s on {device:?}{}; run folder {} (evaluate with `mm eval --run {}`)",
+        trained.parameters,
+        seconds,
+        if r.stopped_early { ", stopped early" } else { "" },
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Where a trained model is and what to run it on.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The run folder `mm train` wrote.
+    #[arg(long)]
+    run: PathBuf,
+    /// The split to use.
+    #[arg(long, default_value = "test", value_parser = parse_split)]
+    split: Split,
+    /// Another manifest (same modalities and classes) instead of the run's own.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// A checkpoint record (e.g. RUN/checkpoints/last.json) instead of the run's best.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Device: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+fn parse_split(s: &str) -> Result<Split, String> {
+    s.parse()
+}
+
+impl RunArgs {
+    fn open(&self) -> Result<(Run, Arc<mm_data::manifest::Manifest>)> {
+        let run = Run::open(&self.run, self.checkpoint.as_deref(), parse_device(&self.device)?)?;
+        let manifest = Arc::new(run.manifest(self.manifest.as_deref())?);
+        Ok((run, manifest))
+    }
+}
+
+/// Options of `mm eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Print the metrics as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `mm eval`: the metrics of the run's best checkpoint on a split; also written to
+/// `RUN/eval-SPLIT.json`.
+pub fn eval(a: &EvalArgs) -> Result<()> {
+    let (run, manifest) = a.run.open()?;
+    let metrics = run.evaluate(manifest, a.run.split)?;
+    let record = json!({"split": a.run.split.as_str(), "epoch": run.state.epoch, "metrics": metrics});
+    if a.run.manifest.is_none() && a.run.checkpoint.is_none() {
+        mm_data::fs::write_atomic(&a.run.run.join(format!("eval-{}.json", a.run.split)), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    }
+    if a.json {
+        println!("{}", Value::Object(metrics));
+        return Ok(());
+    }
+    println!("{} split, checkpoint of epoch {}:", a.run.split, run.state.epoch);
+    print_metrics(&metrics, &run.pipeline.classes);
+    Ok(())
+}
+
+/// Prints scalar metrics one per line, and per-class lists beside the class names.
+fn print_metrics(metrics: &Map<String, Value>, classes: &[String]) {
+    for (k, v) in metrics {
+        match v {
+            Value::Number(n) => println!("  {k:<28}{:>10.4}", n.as_f64().unwrap_or(f64::NAN)),
+            Value::Array(items) if k.ends_with("confusion") => {
+                println!("  {k} (rows: truth, columns: prediction; {})", classes.join(", "));
+                for row in items {
+                    let cells: Vec<String> = row.as_array().into_iter().flatten().map(|c| format!("{:>6}", c.as_i64().unwrap_or(-1))).collect();
+                    println!("    {}", cells.join(""));
+                }
+            }
+            Value::Array(items) if items.len() == classes.len() => {
+                let cells: Vec<String> = classes.iter().zip(items).map(|(c, v)| format!("{c} {:.3}", v.as_f64().unwrap_or(f64::NAN))).collect();
+                println!("  {k:<28}{}", cells.join(", "));
+            }
+            _ => println!("  {k:<28}{v}"),
+        }
+    }
+}
+
+/// Options of `mm predict`.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Write the predictions (JSONL) to this file, atomically, instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs `mm predict`: one JSON line per sample with its probabilities, and the fusion's
+/// modality weights where it has them.
+pub fn predict(a: &PredictArgs) -> Result<()> {
+    let (run, manifest) = a.run.open()?;
+    let rows = run.predict(manifest, a.run.split)?;
+    let mut text = String::new();
+    for r in &rows {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    match &a.out {
+        Some(path) => {
+            mm_data::fs::write_atomic(path, text.as_bytes())?;
+            eprintln!("{} predictions written to {}", rows.len(), path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// Options of `mm inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// A run folder, or a checkpoint record (RUN/checkpoints/best.json).
+    path: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `mm inspect`: the configuration, parameters per module and the training history.
+pub fn inspect(a: &InspectArgs) -> Result<()> {
+    let (dir, checkpoint) = if a.path.is_dir() {
+        (a.path.clone(), None)
+    } else if a.path.extension().is_some_and(|e| e == "json") {
+        let dir = a.path.parent().and_then(Path::parent).context("a checkpoint record lives in RUN/checkpoints/")?;
+        (dir.to_path_buf(), Some(a.path.clone()))
+    } else if !a.path.exists() {
+        bail!("{}: no such file or folder", a.path.display());
+    } else {
+        bail!("{}: give a run folder or a checkpoint record (RUN/checkpoints/best.json)", a.path.display());
+    };
+    let run = Run::open(&dir, checkpoint.as_deref(), tch::Device::Cpu)?;
+    let (per_module, total) = run.parameters();
+    let history = &run.state.history;
+    if a.json {
+        let value = json!({
+            "run": dir,
+            "config": serde_json::to_value(&run.config)?,
+            "parameters": per_module,
+            "total_parameters": total,
+            "epoch": run.state.epoch,
+            "best": run.state.best,
+            "history": history,
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    println!("run {} ({})", dir.display(), dir.join(RUN_FILE).display());
+    print!("{}", run.config.to_toml()?);
+    println!("\nparameters ({total} in all):");
+    for (module, n) in &per_module {
+        println!("  {module:<24}{n:>12}");
+    }
+    println!("\nhistory (checkpoint of epoch {}):", run.state.epoch);
+    let keys: Vec<String> = history
+        .first()
+        .and_then(|h| h["val"].as_object())
+        .map(|v| v.iter().filter(|(_, x)| x.is_number()).map(|(k, _)| k.clone()).take(4).collect())
+        .unwrap_or_default();
+    let mut header = format!("  {:>5}{:>12}", "epoch", "train loss");
+    for k in &keys {
+        header.push_str(&format!("{:>16}", format!("val {k}")));
+    }
+    println!("{header}");
+    for h in history {
+        let mut line = format!("  {:>5}{:>12.4}", h["epoch"].as_u64().unwrap_or(0), h["train_loss"].as_f64().unwrap_or(f64::NAN));
+        for k in &keys {
+            line.push_str(&format!("{:>16.4}", h["val"][k].as_f64().unwrap_or(f64::NAN)));
+        }
+        println!("{line}");
+    }
+    if let Some((v, e)) = run.state.best {
+        println!("  best {v:.4} at epoch {e}");
+    }
+    Ok(())
+}

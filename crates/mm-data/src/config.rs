@@ -1,0 +1,343 @@
+//! A data set and its pipeline described in configuration (the `[data]` table of a run's TOML
+//! file): which manifest, which classes, whether to clean it first, and how each modality is
+//! read. [`DataConfig::prepare`] turns it into a cleaned manifest and a [`Pipeline`] fitted on
+//! the training split; [`DataConfig::restore`] rebuilds the same pipeline later from what a run
+//! saved (vocabulary and statistics), for evaluation and prediction.
+//!
+//! Every field has a default except `manifest`; an unknown key is an error.
+//!
+//! ```
+//! use mm_data::config::DataConfig;
+//!
+//! let config: DataConfig = toml::from_str(r#"
+//!     manifest = "data/synth/manifest.jsonl"
+//!     [image]
+//!     size = 32
+//!     augment = { hflip = 0.5 }
+//!     [audio]
+//!     mel = { n_mels = 32 }
+//!     [text]
+//!     max_tokens = 40
+//! "#)?;
+//! assert_eq!(config.image.as_ref().map(|i| i.size.hw()), Some((32, 32)));
+//! assert_eq!(config.modalities(), ["image", "audio", "text"]);
+//! # Ok::<(), toml::de::Error>(())
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{AudioAugment, ImageAugment, TextAugment};
+use crate::clean::{clean, CleanConfig, CleanReport};
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, Split};
+use crate::mel::MelConfig;
+use crate::pipeline::{AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec};
+use crate::subword::SubwordTokenizer;
+use crate::text::{Punctuation, Vocab, VocabBuilder, WordTokenizer};
+
+/// An image size: `32` for 32×32, or `[height, width]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    /// Square.
+    Square(usize),
+    /// `[height, width]`.
+    Rect([usize; 2]),
+}
+
+impl Size {
+    /// `(height, width)`.
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Size::Square(s) => (s, s),
+            Size::Rect([h, w]) => (h, w),
+        }
+    }
+}
+
+fn default_size() -> Size {
+    Size::Square(64)
+}
+
+/// `[data.image]`: images resized to `size`, normalised with the training split's channel
+/// statistics, augmented when training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Output size (default 64).
+    #[serde(default = "default_size")]
+    pub size: Size,
+    /// Training-time augmentation (default none); [`ImageAugment`]'s fields.
+    #[serde(default)]
+    pub augment: ImageAugment,
+}
+
+/// `[data.audio]`: a log-mel spectrogram per clip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AudioConfig {
+    /// The front end (default: 16 kHz, 25 ms windows every 10 ms, 64 mel bins).
+    #[serde(default)]
+    pub mel: MelConfig,
+    /// Longer spectrograms are cut to this many frames.
+    #[serde(default)]
+    pub max_frames: Option<usize>,
+    /// Training-time augmentation (default none).
+    #[serde(default)]
+    pub augment: AudioAugment,
+}
+
+fn default_max_tokens() -> usize {
+    64
+}
+
+fn default_min_freq() -> usize {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[data.text]`: word tokens through a vocabulary built from the training texts, or a
+/// `tokenizer.json` subword tokenizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextConfig {
+    /// Longer texts are cut to this many tokens (default 64).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    /// A `tokenizer.json` (Hugging Face) instead of word tokens.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Word tokens: lower-case first (default true).
+    #[serde(default = "yes")]
+    pub lowercase: bool,
+    /// Word tokens: `split` (default), `strip` or `keep` punctuation.
+    #[serde(default)]
+    pub punctuation: Punctuation,
+    /// Word tokens: words seen fewer times in the training split map to `<unk>` (default 1).
+    #[serde(default = "default_min_freq")]
+    pub min_freq: usize,
+    /// Word tokens: at most this many vocabulary entries.
+    #[serde(default)]
+    pub max_vocab: Option<usize>,
+    /// Training-time augmentation (default none).
+    #[serde(default)]
+    pub augment: TextAugment,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        TextConfig {
+            max_tokens: default_max_tokens(),
+            tokenizer: None,
+            lowercase: true,
+            punctuation: Punctuation::Split,
+            min_freq: 1,
+            max_vocab: None,
+            augment: TextAugment::default(),
+        }
+    }
+}
+
+/// `[data.frames]`: video frames, each as an image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FramesConfig {
+    /// Frame size (default 64).
+    #[serde(default = "default_size")]
+    pub size: Size,
+    /// Longer videos keep this many frames, evenly spaced.
+    #[serde(default)]
+    pub max_frames: Option<usize>,
+    /// Training-time augmentation, the same for every frame of a video.
+    #[serde(default)]
+    pub augment: ImageAugment,
+}
+
+/// `[data.features]`: a fixed number of numeric features per sample, standardised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesConfig {
+    /// Features per sample.
+    pub dim: usize,
+}
+
+/// `[data]`: the data set and what a model reads from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The manifest (JSONL or CSV); a relative path is taken from the current directory.
+    pub manifest: PathBuf,
+    /// Class names in id order; empty (the default): every label of the manifest, sorted.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Run the cleaning pass first (default true): unreadable files, empty texts and unknown
+    /// labels are dropped and reported, never silently.
+    #[serde(default = "yes")]
+    pub clean: bool,
+    /// Images.
+    #[serde(default)]
+    pub image: Option<ImageConfig>,
+    /// Audio.
+    #[serde(default)]
+    pub audio: Option<AudioConfig>,
+    /// Text.
+    #[serde(default)]
+    pub text: Option<TextConfig>,
+    /// Video frames.
+    #[serde(default)]
+    pub frames: Option<FramesConfig>,
+    /// Numeric features.
+    #[serde(default)]
+    pub features: Option<FeaturesConfig>,
+    /// Probability of hiding each present modality of a training sample (one always stays).
+    #[serde(default)]
+    pub modality_dropout: f64,
+}
+
+/// What [`DataConfig::prepare`] returns.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The manifest after cleaning.
+    pub manifest: Manifest,
+    /// The cleaning report, when cleaning ran.
+    pub report: Option<CleanReport>,
+    /// The pipeline, its vocabulary and statistics fitted on the training split.
+    pub pipeline: Pipeline,
+}
+
+impl DataConfig {
+    /// A configuration reading `manifest` with no modality yet.
+    pub fn new(manifest: impl Into<PathBuf>) -> Self {
+        DataConfig { manifest: manifest.into(), classes: Vec::new(), clean: true, image: None, audio: None, text: None, frames: None, features: None, modality_dropout: 0.0 }
+    }
+
+    /// The configured modalities, in batch order.
+    pub fn modalities(&self) -> Vec<&'static str> {
+        let mut m = Vec::new();
+        for (name, on) in [
+            ("image", self.image.is_some()),
+            ("audio", self.audio.is_some()),
+            ("text", self.text.is_some()),
+            ("frames", self.frames.is_some()),
+            ("features", self.features.is_some()),
+        ] {
+            if on {
+                m.push(name);
+            }
+        }
+        m
+    }
+
+    /// Checks what can be checked without reading the data: at least one modality, sizes and
+    /// probabilities in range. Messages name the key (`data.image.size`).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(Error::Config(format!("data.{key}: {why}")));
+        if self.modalities().is_empty() {
+            return bad("", "no modality: add at least one of [data.image], [data.audio], [data.text], [data.frames], [data.features]");
+        }
+        for (key, size) in [("image.size", self.image.as_ref().map(|i| i.size)), ("frames.size", self.frames.as_ref().map(|f| f.size))] {
+            if let Some((h, w)) = size.map(Size::hw) {
+                if h == 0 || w == 0 || h > 4096 || w > 4096 {
+                    return bad(key, &format!("{h}x{w} is not a usable size (1 to 4096)"));
+                }
+            }
+        }
+        if let Some(t) = &self.text {
+            if t.max_tokens == 0 {
+                return bad("text.max_tokens", "must be at least 1");
+            }
+        }
+        if let Some(f) = &self.features {
+            if f.dim == 0 {
+                return bad("features.dim", "must be at least 1");
+            }
+        }
+        if !(0.0..1.0).contains(&self.modality_dropout) {
+            return bad("modality_dropout", "a probability in [0, 1)");
+        }
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = self.classes.iter().find(|c| !seen.insert(c.as_str())) {
+            return bad("classes", &format!("{dup:?} appears twice"));
+        }
+        Ok(())
+    }
+
+    /// Reads the manifest, cleans it (when `clean`), fills `classes` from its labels when
+    /// empty, builds the vocabulary from the training texts and fits the normalisation
+    /// statistics on the training split.
+    pub fn prepare(&mut self, seed: u64) -> Result<Prepared> {
+        self.validate()?;
+        let raw = Manifest::read(&self.manifest)?;
+        if self.classes.is_empty() {
+            let labels: BTreeSet<&str> = raw.samples().iter().flat_map(|s| s.label.iter().chain(&s.labels)).map(String::as_str).collect();
+            self.classes = labels.into_iter().map(str::to_string).collect();
+        }
+        let (manifest, report) = if self.clean {
+            let config = CleanConfig { classes: (!self.classes.is_empty()).then(|| self.classes.clone()), ..CleanConfig::default() };
+            let (kept, report) = clean(&raw, &config)?;
+            (kept, Some(report))
+        } else {
+            (raw, None)
+        };
+        let mut pipeline = self.pipeline(seed, None)?;
+        if let Some(TextEncoder::Words { tokenizer, vocab }) = pipeline.text.as_mut().map(|t| &mut t.encoder) {
+            let t = self.text.as_ref().expect("text configured");
+            let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
+            *vocab = std::sync::Arc::new(builder.build(tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref())));
+        }
+        pipeline.fit_statistics(&manifest)?;
+        Ok(Prepared { manifest, report, pipeline })
+    }
+
+    /// The pipeline a run trained with, from the folder where it saved its vocabulary
+    /// (`vocab.txt`) and statistics (`*_stats.json`). `classes` must be filled (a run's
+    /// resolved configuration has them).
+    pub fn restore(&self, seed: u64, saved: &Path) -> Result<Pipeline> {
+        self.validate()?;
+        let mut pipeline = self.pipeline(seed, Some(saved))?;
+        pipeline.load_statistics(saved)?;
+        Ok(pipeline)
+    }
+
+    /// The pipeline without fitted statistics; the word vocabulary from `saved` or empty.
+    fn pipeline(&self, seed: u64, saved: Option<&Path>) -> Result<Pipeline> {
+        let mut p = Pipeline::new(self.classes.clone());
+        p.seed = seed;
+        p.modality_dropout = self.modality_dropout;
+        if let Some(c) = &self.image {
+            p.image = Some(ImageSpec { augment: c.augment.clone(), ..ImageSpec::new(c.size.hw()) });
+        }
+        if let Some(c) = &self.audio {
+            let mut spec = AudioSpec::new(&c.mel).map_err(|e| Error::Config(format!("data.audio.mel: {e}")))?;
+            spec.max_frames = c.max_frames;
+            spec.augment = c.augment.clone();
+            p.audio = Some(spec);
+        }
+        if let Some(c) = &self.text {
+            let encoder = match &c.tokenizer {
+                Some(path) => TextEncoder::Subword(std::sync::Arc::new(SubwordTokenizer::from_file(path)?)),
+                None => {
+                    let vocab = match saved {
+                        Some(dir) => Vocab::load(dir.join("vocab.txt"))?,
+                        None => VocabBuilder::default().build(&WordTokenizer::default(), std::iter::empty()),
+                    };
+                    TextEncoder::Words { tokenizer: WordTokenizer { lowercase: c.lowercase, punctuation: c.punctuation }, vocab: std::sync::Arc::new(vocab) }
+                }
+            };
+            p.text = Some(TextSpec { encoder, max_tokens: c.max_tokens, augment: c.augment });
+        }
+        if let Some(c) = &self.frames {
+            p.frames = Some(FramesSpec { image: ImageSpec { augment: c.augment.clone(), ..ImageSpec::new(c.size.hw()) }, max_frames: c.max_frames });
+        }
+        if let Some(c) = &self.features {
+            p.features = Some(FeatureSpec { dim: c.dim, normalizer: None });
+        }
+        Ok(p)
+    }
+}

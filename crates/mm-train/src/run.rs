@@ -1,0 +1,489 @@
+//! A whole run in one TOML file: `[data]` (the manifest and how each modality is read,
+//! [`DataConfig`]), `[model]` ([`ModelConfig`]) and `[train]` ([`TrainConfig`]). This is what
+//! `mm train --config FILE.toml` reads; library users get the same from [`RunConfig::from_file`]
+//! and [`train`].
+//!
+//! The file is validated before anything runs: a syntax error, an unknown key or a value of the
+//! wrong type is reported with the file, line, column and dotted key
+//! (`run.toml:12:1: key \`train.epoch\`: unknown field ...`), and combinations that cannot work
+//! (an encoder for a modality the data does not read, a retrieval head with a fusion, an image
+//! encoder on audio) with the key at fault. `--set key=value` overrides are applied on top of
+//! the file (`--set train.epochs=3`), values in TOML syntax, bare words taken as strings.
+//!
+//! A run's folder holds `run.toml` (the resolved configuration, every default and the class
+//! list filled in, the manifest path absolute), `clean-report.json`, `data/` (vocabulary,
+//! statistics, class counts), `checkpoints/`, `metrics.jsonl` and `curves.svg`; [`Run::open`]
+//! rebuilds the trained model from it for evaluation and prediction.
+//!
+//! ```
+//! use mm_train::run::RunConfig;
+//!
+//! let text = r#"
+//! [data]
+//! manifest = "data/synth/manifest.jsonl"
+//! [data.image]
+//! size = 32
+//! [model.encoders.image]
+//! kind = "image"
+//! arch = "lenet"
+//! [model.fusion]
+//! method = "concat"
+//! [model.head]
+//! type = "classification"
+//! "#;
+//! let config = RunConfig::parse(text, "run.toml".as_ref(), &["train.epochs=3".to_string()])?;
+//! assert_eq!(config.train.epochs, 3);
+//!
+//! let err = RunConfig::parse(&text.replace("size = 32", "size = \"big\""), "run.toml".as_ref(), &[]).unwrap_err();
+//! assert!(err.to_string().contains("run.toml:5:8: key `data.image.size`"), "{err}");
+//! # Ok::<(), mm_train::Error>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mm_data::clean::CleanReport;
+use mm_data::config::DataConfig;
+use mm_data::loader::{Loader, LoaderConfig};
+use mm_data::manifest::{Manifest, Split};
+use mm_data::pipeline::Pipeline;
+use mm_encoders::EncoderConfig;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tch::{nn, Device, Kind};
+
+use crate::checkpoint::{self, TrainState};
+use crate::model::{DataShape, HeadConfig, Model, ModelConfig};
+use crate::train::{checkpoint_dir, evaluate, fit, Report, TrainConfig};
+use crate::{Error, Result};
+
+/// The resolved configuration's file name in a run's folder.
+pub const RUN_FILE: &str = "run.toml";
+
+/// A run: data, model and training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The data set and pipeline.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// Training (every field has a default).
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// `:line:column` of the start of `span` in `text`.
+fn locate(text: &str, span: Option<Range<usize>>) -> String {
+    match span {
+        Some(s) if s.start <= text.len() => {
+            let before = &text[..s.start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(":{line}:{column}")
+        }
+        _ => String::new(),
+    }
+}
+
+/// Deserialises `text`; an error names `source`, the line and column, and the dotted key.
+fn deserialize<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> std::result::Result<T, (String, String)> {
+    let de = toml::Deserializer::parse(text).map_err(|e| (String::new(), format!("{source}{}: {}", locate(text, e.span()), e.message().trim())))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let key = if path.is_empty() || path == "." { String::new() } else { format!(" key `{path}`:") };
+        (path, format!("{source}{}:{key} {}", locate(text, inner.span()), inner.message().trim()))
+    })
+}
+
+/// Sets `key` (dotted) to `value` in `table`.
+fn set(table: &mut toml::Table, item: &str) -> Result<()> {
+    let bad = |why: String| Error::Config(format!("--set {item}: {why}"));
+    let (key, value) = item.split_once('=').ok_or_else(|| bad("expected KEY=VALUE".into()))?;
+    let keys: Vec<&str> = key.trim().split('.').map(str::trim).collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        return Err(bad("a dotted key such as train.epochs".into()));
+    }
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"));
+    let value = parsed.unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut at = table;
+    for (i, k) in keys[..keys.len() - 1].iter().enumerate() {
+        let entry = at.entry(k.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| bad(format!("`{}` is not a table", keys[..=i].join("."))))?;
+    }
+    at.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// The encoder kind that reads each modality.
+fn kind_for(modality: &str) -> &'static str {
+    match modality {
+        "image" => "image",
+        "audio" => "audio",
+        "text" => "text",
+        "frames" => "video",
+        _ => "tabular",
+    }
+}
+
+fn kind_of(config: &EncoderConfig) -> &'static str {
+    match config {
+        EncoderConfig::Image(_) => "image",
+        EncoderConfig::Audio(_) => "audio",
+        EncoderConfig::Text(_) => "text",
+        EncoderConfig::Video(_) => "video",
+        EncoderConfig::Tabular(_) => "tabular",
+    }
+}
+
+impl RunConfig {
+    /// Reads and validates a run's TOML file, with `overrides` (`key=value`) applied on top.
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses and validates a run's TOML text; errors name `source`.
+    pub fn parse(text: &str, source: &Path, overrides: &[String]) -> Result<Self> {
+        let name = source.display().to_string();
+        let config: RunConfig = if overrides.is_empty() {
+            deserialize(text, &name).map_err(|(_, m)| Error::Config(m))?
+        } else {
+            let mut table: toml::Table = deserialize(text, &name).map_err(|(_, m)| Error::Config(m))?;
+            for item in overrides {
+                set(&mut table, item)?;
+            }
+            let merged = toml::to_string(&table).map_err(|e| Error::Config(format!("--set: {e}")))?;
+            match deserialize::<RunConfig>(&merged, "--set") {
+                Ok(c) => c,
+                Err((path, message)) => {
+                    // When the file itself is wrong at that key, say where in the file.
+                    return Err(match deserialize::<RunConfig>(text, &name) {
+                        Err((p, m)) if p == path => Error::Config(m),
+                        _ => Error::Config(message.replacen("--set:", &format!("{name} with --set {}:", overrides.join(" --set ")), 1)),
+                    });
+                }
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the combinations that cannot work, before any data is read.
+    pub fn validate(&self) -> Result<()> {
+        self.data.validate().map_err(|e| Error::Config(e.to_string().replace("invalid configuration: ", "")))?;
+        let bad = |m: String| Err(Error::Config(m));
+        let modalities = self.data.modalities();
+        for (name, enc) in &self.model.encoders {
+            if !modalities.contains(&name.as_str()) {
+                return bad(format!("model.encoders.{name}: the data reads no {name}; add [data.{name}] or remove the encoder (the data reads {modalities:?})"));
+            }
+            if kind_of(enc) != kind_for(name) {
+                return bad(format!("model.encoders.{name}: kind = \"{}\" cannot read {name}; use kind = \"{}\"", kind_of(enc), kind_for(name)));
+            }
+        }
+        for m in &modalities {
+            if !self.model.encoders.contains_key(*m) {
+                return bad(format!("data.{m}: no encoder reads it; add [model.encoders.{m}] or remove [data.{m}]"));
+            }
+        }
+        let heads = self.model.named_heads()?;
+        for name in self.model.loss_weights.keys() {
+            if !heads.iter().any(|(n, _)| n == name) {
+                return bad(format!("model.loss_weights.{name}: no head of that name"));
+            }
+        }
+        if let Some((_, HeadConfig::Retrieval { pair, .. })) = heads.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
+            if self.model.fusion.is_some() {
+                return bad("model.fusion: a retrieval head compares two modalities and fuses nothing; remove [model.fusion]".into());
+            }
+            for p in pair {
+                if !self.model.encoders.contains_key(p) {
+                    return bad(format!("model.head.pair: no encoder for {p:?}"));
+                }
+            }
+            if self.model.encoders.len() != 2 {
+                return bad(format!("model.encoders: a retrieval model has the two encoders of its pair {pair:?}, no more"));
+            }
+        } else if self.model.fusion.is_none() {
+            return bad("model.fusion: missing; every head but retrieval reads a fused vector (method = \"concat\" for one modality)".into());
+        }
+        let t = &self.train;
+        if t.epochs == 0 || t.batch_size == 0 || t.accumulate == 0 {
+            return bad("train: epochs, batch_size and accumulate must be at least 1".into());
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return bad(format!("train.lr = {}: a positive learning rate", t.lr));
+        }
+        if let Some(es) = &t.early_stopping {
+            if es.patience == 0 {
+                return bad("train.early_stopping.patience: at least 1".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::Config(format!("writing the configuration: {e}")))
+    }
+}
+
+/// What [`train`] did.
+#[derive(Debug)]
+pub struct Trained {
+    /// The loop's report.
+    pub report: Report,
+    /// The cleaning report, when the data was cleaned.
+    pub clean: Option<CleanReport>,
+    /// The resolved configuration (as written to `run.toml`).
+    pub config: RunConfig,
+    /// Number of parameters.
+    pub parameters: i64,
+}
+
+/// Class counts of the training split, in `classes` order.
+fn class_counts(manifest: &Manifest, classes: &[String]) -> Vec<usize> {
+    let mut counts = vec![0; classes.len()];
+    for s in manifest.split(Split::Train) {
+        for l in s.label.iter().chain(&s.labels) {
+            if let Some(i) = classes.iter().position(|c| c == l) {
+                counts[i] += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    mm_data::fs::write_atomic(path, bytes).map_err(|e| Error::Checkpoint(e.to_string()))
+}
+
+/// Prepares the data, builds the model and trains it into `out`. A folder that already holds
+/// a run is refused unless `resume`, and a run is resumed only with the data and model it was
+/// started with.
+pub fn train(config: &RunConfig, out: &Path, device: Device, resume: bool) -> Result<Trained> {
+    config.validate()?;
+    let saved = out.join(RUN_FILE);
+    let started = saved.is_file() || checkpoint::exists(&checkpoint_dir(out), "last");
+    if started && !resume {
+        return Err(Error::Config(format!("{} already holds a run; pass --resume to continue it, or choose another output folder", out.display())));
+    }
+    let mut config = config.clone();
+    config.data.manifest = std::path::absolute(&config.data.manifest).unwrap_or(config.data.manifest.clone());
+    let prepared = config.data.prepare(config.train.seed).map_err(|e| Error::Data(e.to_string()))?;
+    if resume && saved.is_file() {
+        let before = RunConfig::from_file(&saved, &[])?;
+        if before.data != config.data || before.model != config.model {
+            return Err(Error::Config(format!(
+                "{} was started with other data or another model (see its {RUN_FILE}); a run resumes only with the same ones",
+                out.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(out.join("data")).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+    write(&saved, config.to_toml()?.as_bytes())?;
+    if let Some(report) = &prepared.report {
+        report.save(out.join("clean-report.json")).map_err(|e| Error::Data(e.to_string()))?;
+    }
+    let counts = class_counts(&prepared.manifest, &config.data.classes);
+    write(&out.join("data/classes.json"), serde_json::to_string_pretty(&json!({"classes": config.data.classes, "train_counts": counts})).unwrap_or_default().as_bytes())?;
+    let pipeline = Arc::new(prepared.pipeline);
+    let vs = nn::VarStore::new(device);
+    tch::manual_seed(config.train.seed as i64);
+    let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts))?;
+    let parameters = vs.trainable_variables().iter().map(tch::Tensor::numel).sum::<usize>() as i64;
+    let report = fit(&model, &vs, Arc::new(prepared.manifest), pipeline, &config.train, out, resume)?;
+    Ok(Trained { report, clean: prepared.report, config, parameters })
+}
+
+/// A trained run, rebuilt from its folder.
+#[derive(Debug)]
+pub struct Run {
+    /// The folder.
+    pub dir: PathBuf,
+    /// Its resolved configuration.
+    pub config: RunConfig,
+    /// The pipeline it trained with (same vocabulary and statistics).
+    pub pipeline: Arc<Pipeline>,
+    /// The model, with the checkpoint's weights.
+    pub model: Model,
+    /// The model's variables.
+    pub vs: nn::VarStore,
+    /// The training state saved with the weights.
+    pub state: TrainState,
+}
+
+impl Run {
+    /// Rebuilds the run in `dir` with the weights of its `best` checkpoint, or of `checkpoint`
+    /// (a checkpoint record `NAME.json`, which must come from a model of the same shape).
+    pub fn open(dir: &Path, checkpoint: Option<&Path>, device: Device) -> Result<Run> {
+        let file = dir.join(RUN_FILE);
+        if !file.is_file() {
+            return Err(Error::Config(format!("{} is not a run folder (it has no {RUN_FILE}; `mm train` writes one)", dir.display())));
+        }
+        let config = RunConfig::from_file(&file, &[])?;
+        let data = dir.join("data");
+        let pipeline = config.data.restore(config.train.seed, &data).map_err(|e| Error::Data(e.to_string()))?;
+        let counts: Vec<usize> = std::fs::read(data.join("classes.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| serde_json::from_value(v["train_counts"].clone()).ok())
+            .unwrap_or_default();
+        let vs = nn::VarStore::new(device);
+        let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts))?;
+        let (ckpt_dir, tag) = match checkpoint {
+            None => (checkpoint_dir(dir), "best".to_string()),
+            Some(p) => {
+                let tag = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")).ok_or_else(|| {
+                    Error::Checkpoint(format!("{}: a checkpoint record (best.json or last.json in a run's checkpoints folder)", p.display()))
+                })?;
+                (p.parent().unwrap_or(Path::new(".")).to_path_buf(), tag.to_string())
+            }
+        };
+        if !checkpoint::exists(&ckpt_dir, &tag) {
+            return Err(Error::Checkpoint(format!("{}: no checkpoint `{tag}` (has the run finished an epoch?)", ckpt_dir.display())));
+        }
+        let state = checkpoint::load_weights(&ckpt_dir, &tag, &vs).map_err(|e| match e {
+            Error::Checkpoint(m) => Error::Checkpoint(summarise_mismatch(&m, dir)),
+            e => e,
+        })?;
+        Ok(Run { dir: dir.to_path_buf(), config, pipeline: Arc::new(pipeline), model, vs, state })
+    }
+
+    /// The run's manifest, read and cleaned as in training; or another manifest (same
+    /// modalities and classes), cleaned the same way.
+    pub fn manifest(&self, other: Option<&Path>) -> Result<Manifest> {
+        let mut data = self.config.data.clone();
+        if let Some(p) = other {
+            data.manifest = p.to_path_buf();
+        }
+        let raw = Manifest::read(&data.manifest).map_err(|e| Error::Data(e.to_string()))?;
+        if !data.clean {
+            return Ok(raw);
+        }
+        let config = mm_data::clean::CleanConfig { classes: (!data.classes.is_empty()).then(|| data.classes.clone()), ..Default::default() };
+        let (kept, report) = mm_data::clean::clean(&raw, &config).map_err(|e| Error::Data(e.to_string()))?;
+        if report.dropped > 0 {
+            eprintln!("{}", report.summary());
+        }
+        Ok(kept)
+    }
+
+    /// A loader over `split` of `manifest`, without augmentation.
+    pub fn loader(&self, manifest: Arc<Manifest>, split: Split, batch_size: usize) -> Result<Loader> {
+        Loader::new(manifest, split, Arc::clone(&self.pipeline), LoaderConfig { batch_size, ..LoaderConfig::evaluation() }).map_err(|e| Error::Data(e.to_string()))
+    }
+
+    /// The metrics of the model on `split` of `manifest`.
+    pub fn evaluate(&self, manifest: Arc<Manifest>, split: Split) -> Result<Map<String, Value>> {
+        let loader = self.loader(manifest, split, self.config.train.batch_size)?;
+        if loader.samples() == 0 {
+            return Err(Error::Data(format!("the {} split is empty", split.as_str())));
+        }
+        evaluate(&self.model, &loader, self.vs.device())
+    }
+
+    /// One JSON object per sample of `split`: its id, and per head the prediction (class and
+    /// probabilities, or value) beside the truth where the manifest has it, and the fusion's
+    /// per-modality weights where the fusion has them.
+    pub fn predict(&self, manifest: Arc<Manifest>, split: Split) -> Result<Vec<Value>> {
+        let loader = self.loader(manifest, split, self.config.train.batch_size)?;
+        let device = self.vs.device();
+        let classes = &self.pipeline.classes;
+        let heads: Vec<(String, HeadConfig)> = self.model.heads().into_iter().map(|(n, h)| (n.to_string(), h.clone())).collect();
+        if heads.iter().any(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
+            return Err(Error::Config("a retrieval model predicts no labels: use `mm retrieve`".into()));
+        }
+        let modalities: Vec<&String> = self.model.config().encoders.keys().collect();
+        let mut rows = Vec::new();
+        for batch in loader.epoch(0) {
+            let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
+            let _no_grad = tch::no_grad_guard();
+            let out = self.model.forward_t(&batch, false);
+            let per_head: Vec<Vec<f32>> = (0..heads.len())
+                .map(|i| Vec::try_from(self.model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default())
+                .collect();
+            let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default());
+            let labels: Option<Vec<i64>> = batch.label.as_ref().map(|l| Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default());
+            let targets: Option<(Vec<f32>, Vec<f32>)> = batch.target.as_ref().map(|(t, m)| {
+                (Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default(), Vec::try_from(m.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default())
+            });
+            let b = batch.ids.len();
+            for (j, id) in batch.ids.iter().enumerate() {
+                let mut row = Map::new();
+                row.insert("id".into(), json!(id));
+                for ((name, head), p) in heads.iter().zip(&per_head) {
+                    let mut h = Map::new();
+                    match head {
+                        HeadConfig::Regression { .. } => {
+                            h.insert("prediction".into(), json!(p[j]));
+                            if let Some((t, m)) = &targets {
+                                if m.get(j).is_some_and(|m| *m > 0.5) {
+                                    h.insert("target".into(), json!(t[j]));
+                                }
+                            }
+                        }
+                        _ => {
+                            let c = classes.len();
+                            let probs = &p[j * c..(j + 1) * c];
+                            let best = crate::metrics::argmax(probs, c)[0];
+                            h.insert("prediction".into(), json!(classes[best]));
+                            h.insert("probabilities".into(), Value::Object(classes.iter().zip(probs).map(|(k, v)| (k.clone(), json!(v))).collect()));
+                            if let Some(l) = labels.as_ref().and_then(|l| l.get(j)).filter(|l| **l >= 0) {
+                                h.insert("label".into(), json!(classes[*l as usize]));
+                            }
+                        }
+                    }
+                    if heads.len() == 1 {
+                        row.extend(h);
+                    } else {
+                        row.insert(name.clone(), Value::Object(h));
+                    }
+                }
+                if let Some(w) = &weights {
+                    let per = w.len() / b.max(1);
+                    let mine = &w[j * per..(j + 1) * per];
+                    row.insert(
+                        "modality_weights".into(),
+                        if per == modalities.len() { Value::Object(modalities.iter().zip(mine).map(|(m, v)| ((*m).clone(), json!(v))).collect()) } else { json!(mine) },
+                    );
+                }
+                rows.push(Value::Object(row));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Parameters per top-level module (`encoders.image`, `fusion`, `head`), and in all.
+    pub fn parameters(&self) -> (BTreeMap<String, i64>, i64) {
+        let mut per = BTreeMap::new();
+        let mut total = 0;
+        for (name, t) in self.vs.variables() {
+            let parts: Vec<&str> = name.split('.').collect();
+            let module = if parts.len() > 2 && (parts[0] == "encoders" || parts[0] == "heads") { parts[..2].join(".") } else { parts[0].to_string() };
+            let n = t.numel() as i64;
+            *per.entry(module).or_insert(0) += n;
+            total += n;
+        }
+        (per, total)
+    }
+}
+
+/// A weights mismatch lists every variable; one line says what it means.
+fn summarise_mismatch(message: &str, dir: &Path) -> String {
+    let problems = message.lines().filter(|l| l.trim_start().starts_with("missing:") || l.trim_start().starts_with("unexpected:") || l.trim_start().starts_with("wrong shape:")).count();
+    if problems == 0 {
+        return message.to_string();
+    }
+    let first = message.lines().next().unwrap_or_default();
+    let example = message.lines().find(|l| l.starts_with("  ")).unwrap_or_default().trim();
+    format!(
+        "{first} does not fit the model of {} ({problems} variables differ, e.g. {example}): the checkpoint comes from another model",
+        dir.display()
+    )
+}
