@@ -155,7 +155,9 @@ pub fn run(a: &Args) -> Result<()> {
                 "text" => s.text.clone(),
                 _ => None,
             });
-            json!({"rank": rank + 1, "id": id, "score": score, "item": item, "label": s.and_then(|s| s.label.clone())})
+            // The item's own caption, when the gallery is not the text: what a reader checks.
+            let caption = s.filter(|_| gallery_modality != "text").and_then(|s| s.text.clone());
+            json!({"rank": rank + 1, "id": id, "score": score, "item": item, "caption": caption, "label": s.and_then(|s| s.label.clone())})
         })
         .collect();
     if a.json {
@@ -165,12 +167,13 @@ pub fn run(a: &Args) -> Result<()> {
     println!("{from} -> {gallery_modality}, top {k} of {} items in the {} split:", ids.len(), a.split);
     for r in &results {
         println!(
-            "  {:>2}. {:<10} {:.3}  {}{}",
+            "  {:>2}. {:<8} {:.3}  {}{}{}",
             r["rank"],
             r["id"].as_str().unwrap_or_default(),
             r["score"].as_f64().unwrap_or(f64::NAN),
             r["item"].as_str().unwrap_or("-"),
-            r["label"].as_str().map_or(String::new(), |l| format!("  [{l}]"))
+            r["label"].as_str().map_or(String::new(), |l| format!("  [{l}]")),
+            r["caption"].as_str().map_or(String::new(), |c| format!("\n      its caption: {c}"))
         );
     }
     Ok(())

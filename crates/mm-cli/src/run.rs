@@ -156,6 +156,7 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 fn print_metrics(metrics: &Map<String, Value>, classes: &[String]) {
     for (k, v) in metrics {
         match v {
+            Value::Number(n) if n.is_u64() => println!("  {k:<28}{:>10}", n),
             Value::Number(n) => println!("  {k:<28}{:>10.4}", n.as_f64().unwrap_or(f64::NAN)),
             Value::Array(items) if k.ends_with("confusion") => {
                 println!("  {k} (rows: truth, columns: prediction; {})", classes.join(", "));

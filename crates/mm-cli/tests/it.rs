@@ -108,3 +108,5 @@ fn data_synth_writes_the_data_set_and_reports_its_ceilings() {
     assert!(err.contains("synth.noise") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+#[path = "it/runs.rs"]
+mod runs;

@@ -16,8 +16,10 @@
 //!   exact resume;
 //! - [`model`]: a model assembled from configuration (encoders, fusion, head), sized from the
 //!   data pipeline;
-//! - [`train`]: the loop (schedule, accumulation, clipping, evaluation, early stopping,
-//!   checkpoints, `metrics.jsonl`, NaN guard, resume).
+//! - [`train`]: the loop (schedule, accumulation, clipping, reduce-on-plateau, evaluation,
+//!   early stopping, checkpoints, `metrics.jsonl`, NaN guard, resume);
+//! - [`run`]: a whole run (data, model, training) in one TOML file, validated with file, line
+//!   and key, trained into a folder and rebuilt from it for evaluation and prediction.
 //!
 //! A complete run, from files on disk to a trained model (the same as `tests/it.rs` does on the
 //! synthetic data):

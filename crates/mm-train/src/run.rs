@@ -88,14 +88,22 @@ fn locate(text: &str, span: Option<Range<usize>>) -> String {
     }
 }
 
-/// Deserialises `text`; an error names `source`, the line and column, and the dotted key.
-fn deserialize<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> std::result::Result<T, (String, String)> {
-    let de = toml::Deserializer::parse(text).map_err(|e| (String::new(), format!("{source}{}: {}", locate(text, e.span()), e.message().trim())))?;
+/// A configuration error: the dotted key (empty for a syntax error), the `:line:column` in the
+/// text, and what is wrong (naming the key).
+struct Located {
+    path: String,
+    at: String,
+    message: String,
+}
+
+/// Deserialises `text`; an error says where and which key.
+fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Result<T, Located> {
+    let de = toml::Deserializer::parse(text).map_err(|e| Located { path: String::new(), at: locate(text, e.span()), message: e.message().trim().to_string() })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let key = if path.is_empty() || path == "." { String::new() } else { format!(" key `{path}`:") };
-        (path, format!("{source}{}:{key} {}", locate(text, inner.span()), inner.message().trim()))
+        Located { at: locate(text, inner.span()), message: format!("{key} {}", inner.message().trim()).trim_start().to_string(), path }
     })
 }
 
@@ -150,21 +158,23 @@ impl RunConfig {
     /// Parses and validates a run's TOML text; errors name `source`.
     pub fn parse(text: &str, source: &Path, overrides: &[String]) -> Result<Self> {
         let name = source.display().to_string();
+        let in_file = |e: Located| Error::Config(format!("{name}{}: {}", e.at, e.message));
         let config: RunConfig = if overrides.is_empty() {
-            deserialize(text, &name).map_err(|(_, m)| Error::Config(m))?
+            deserialize(text).map_err(in_file)?
         } else {
-            let mut table: toml::Table = deserialize(text, &name).map_err(|(_, m)| Error::Config(m))?;
+            let mut table: toml::Table = deserialize(text).map_err(in_file)?;
             for item in overrides {
                 set(&mut table, item)?;
             }
             let merged = toml::to_string(&table).map_err(|e| Error::Config(format!("--set: {e}")))?;
-            match deserialize::<RunConfig>(&merged, "--set") {
+            match deserialize::<RunConfig>(&merged) {
                 Ok(c) => c,
-                Err((path, message)) => {
-                    // When the file itself is wrong at that key, say where in the file.
-                    return Err(match deserialize::<RunConfig>(text, &name) {
-                        Err((p, m)) if p == path => Error::Config(m),
-                        _ => Error::Config(message.replacen("--set:", &format!("{name} with --set {}:", overrides.join(" --set ")), 1)),
+                Err(e) => {
+                    // When the file itself is wrong at that key, say where in the file; else
+                    // the override is at fault.
+                    return Err(match deserialize::<RunConfig>(text) {
+                        Err(f) if f.path == e.path => in_file(f),
+                        _ => Error::Config(format!("{name} with --set {}: {}", overrides.join(" --set "), e.message)),
                     });
                 }
             }
@@ -481,6 +491,7 @@ fn summarise_mismatch(message: &str, dir: &Path) -> String {
         return message.to_string();
     }
     let first = message.lines().next().unwrap_or_default();
+    let first = first.split(": the weights do not fit").next().unwrap_or(first);
     let example = message.lines().find(|l| l.starts_with("  ")).unwrap_or_default().trim();
     format!(
         "{first} does not fit the model of {} ({problems} variables differ, e.g. {example}): the checkpoint comes from another model",

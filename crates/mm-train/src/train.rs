@@ -29,7 +29,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::metrics;
 use crate::model::{HeadConfig, Model};
 use crate::optim::{Group, Optimizer, OptimizerConfig};
-use crate::schedule::{Schedule, Shape};
+use crate::schedule::{ReduceOnPlateau, Schedule, Shape};
 use crate::{Error, Result};
 
 /// What to do with a batch whose loss is NaN or infinite.
@@ -53,6 +53,29 @@ pub struct EarlyStopping {
     pub patience: u64,
 }
 
+/// Reduce-on-plateau on the selection metric (see [`crate::schedule::ReduceOnPlateau`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlateauConfig {
+    /// Multiplier per reduction (default 0.1).
+    #[serde(default = "tenth")]
+    pub factor: f64,
+    /// Epochs without improvement before a reduction (default 2).
+    #[serde(default = "two")]
+    pub patience: u32,
+    /// The multiplier never goes below this (default 0).
+    #[serde(default)]
+    pub min_scale: f64,
+}
+
+fn tenth() -> f64 {
+    0.1
+}
+
+fn two() -> u32 {
+    2
+}
+
 /// Training settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,6 +92,9 @@ pub struct TrainConfig {
     pub warmup_steps: u64,
     /// The shape after warm-up; `total_steps` of cosine and linear default to the whole run.
     pub schedule: Option<Shape>,
+    /// Multiply the rate by a factor when the selection metric stops improving (on top of the
+    /// schedule).
+    pub reduce_on_plateau: Option<PlateauConfig>,
     /// Clip the global gradient norm to this.
     pub clip_grad_norm: Option<f64>,
     /// Batches per optimiser step.
@@ -99,6 +125,7 @@ impl Default for TrainConfig {
             lr: 1e-3,
             warmup_steps: 0,
             schedule: None,
+            reduce_on_plateau: None,
             clip_grad_norm: None,
             accumulate: 1,
             early_stopping: None,
@@ -271,6 +298,11 @@ pub fn fit(
     if config.epochs == 0 || config.batch_size == 0 || config.accumulate == 0 || !config.lr.is_finite() || config.lr <= 0.0 {
         return Err(Error::Config("train: epochs, batch_size, accumulate and lr must be positive".into()));
     }
+    if let Some(p) = &config.reduce_on_plateau {
+        if !(p.factor > 0.0 && p.factor < 1.0) || !(0.0..1.0).contains(&p.min_scale) {
+            return Err(Error::Config(format!("train.reduce_on_plateau: factor {} must be in (0, 1) and min_scale {} in [0, 1)", p.factor, p.min_scale)));
+        }
+    }
     let device = vs.device();
     let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::training(config.seed) })
         .map_err(|e| Error::Data(e.to_string()))?;
@@ -404,7 +436,7 @@ pub fn fit(
             take_step(&mut optimizer, &mut state);
         }
         bar.finish_and_clear();
-        let lr = schedule.lr(state.step.saturating_sub(1));
+        let lr = schedule.lr(state.step.saturating_sub(1)) * state.plateau.as_ref().map_or(1.0, |p| p.scale);
         let val = evaluate(model, &val_loader, device)?;
         let seconds = started.elapsed().as_secs_f64();
         let mut record = json!({
@@ -423,6 +455,14 @@ pub fn fit(
             (Some(v), Some((b, _))) => if maximise(&select) { v > b } else { v < b },
             (None, _) => false,
         };
+        if let (Some(p), Some(v)) = (&config.reduce_on_plateau, value.filter(|v| v.is_finite())) {
+            let plateau = state.plateau.get_or_insert_with(|| {
+                let mut r = ReduceOnPlateau::new(p.factor, p.patience, maximise(&select));
+                r.min_scale = p.min_scale;
+                r
+            });
+            plateau.observe(v);
+        }
         state.epoch += 1;
         if improved {
             state.best = value.map(|v| (v, epoch + 1));

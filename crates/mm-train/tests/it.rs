@@ -555,8 +555,15 @@ mod training {
         // with patience 2 the run stops after epoch 3.
         let stop = mm_train::train::EarlyStopping { metric: "accuracy".into(), patience: 2 };
         let frozen = TrainConfig { epochs: 20, batch_size: 16, lr: 1e-12, early_stopping: Some(stop), progress: false, ..TrainConfig::default() };
-        let report = run("stop", frozen);
+        let report = run("stop", frozen.clone());
         assert!(report.stopped_early && report.history.len() == 3, "{} epochs", report.history.len());
+
+        // The same frozen run with reduce-on-plateau (patience 0, factor 0.5) instead: epoch 1
+        // sets the best, every later epoch fails to improve and halves the rate of the next.
+        let plateau = mm_train::train::PlateauConfig { factor: 0.5, patience: 0, min_scale: 0.0 };
+        let report = run("plateau", TrainConfig { epochs: 4, early_stopping: None, reduce_on_plateau: Some(plateau), ..frozen });
+        let lrs: Vec<f64> = report.history.iter().map(|h| h["lr"].as_f64().expect("lr") / 1e-12).collect();
+        assert!(lrs.iter().zip([1.0, 1.0, 0.5, 0.25]).all(|(a, b)| (a - b).abs() < 1e-9), "rates (x 1e-12) {lrs:?}");
 
         let one = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
         let batches = report.history[0]["step"].as_u64().expect("steps");

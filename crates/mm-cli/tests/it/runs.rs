@@ -1,0 +1,320 @@
+//! Integration tests of `mm train`, `eval`, `predict`, `retrieve`, `compare`, `inspect` and
+//! `mm data check | stats | split`: the real binary on real files of the synthetic data set,
+//! and every recipe of `configs/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+fn mm_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mm")).current_dir(dir).args(args).output().expect("run the mm binary")
+}
+
+/// Runs `mm` in `dir`, expects success, returns standard output.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = mm_in(dir, args);
+    assert!(out.status.success(), "mm {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `mm` in `dir`, expects exit code 1 and one clear message (no panic, no backtrace);
+/// returns it.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = mm_in(dir, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "mm {args:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("mm: error:")).count(), 1, "{err}");
+    err
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A folder with the synthetic data set in `data/synth` (where the recipes look), made once
+/// per test binary by `mm data synth`.
+fn workspace(samples: usize) -> &'static Path {
+    static SMALL: OnceLock<PathBuf> = OnceLock::new();
+    static LARGE: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if samples <= 300 { &SMALL } else { &LARGE };
+    cell.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("mm-cli-runs-{samples}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let n = samples.to_string();
+        ok(&dir, &["data", "synth", "--out", "data/synth", "--samples", &n, "--image-size", "32", "--frame-size", "16", "--frames", "4", "--duration", "0.4", "--corrupt-images", "0.02", "--seed", "3"]);
+        dir
+    })
+}
+
+fn configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+/// The test split's ids of a manifest.
+fn test_ids(manifest: &Path) -> Vec<String> {
+    std::fs::read_to_string(manifest)
+        .expect("manifest")
+        .lines()
+        .map(json)
+        .filter(|s| s["split"] == "test")
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// Every recipe in `configs/` has a README and trains, evaluates and predicts (or retrieves)
+/// on a small copy of its data; its resolved configuration is itself a valid configuration.
+#[test]
+fn every_recipe_trains_evaluates_and_predicts() {
+    let ws = workspace(240);
+    let mut recipes: Vec<PathBuf> = std::fs::read_dir(configs()).expect("configs/").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    recipes.sort();
+    assert!(recipes.len() >= 6, "{recipes:?}");
+    for recipe in recipes {
+        let name = recipe.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+        assert!(recipe.join("README.md").is_file(), "{name} has no README.md");
+        let config = recipe.join(format!("{name}.toml"));
+        assert!(config.is_file(), "{} missing", config.display());
+        let out = format!("runs/recipes/{name}");
+        let _ = std::fs::remove_dir_all(ws.join(&out));
+        let summary = json(&ok(ws, &["train", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=2", "--out", &out, "--device", "cpu", "--json"]));
+        assert_eq!(summary["epochs"], 2, "{name}: {summary}");
+        assert!(summary["best"]["value"].as_f64().is_some_and(f64::is_finite), "{name}: {summary}");
+        assert_eq!(std::fs::read_to_string(ws.join(&out).join("metrics.jsonl")).expect("metrics").lines().count(), 2, "{name}");
+        // The resolved configuration validates as it is.
+        let resolved = ws.join(&out).join("run.toml");
+        ok(ws, &["train", "--config", resolved.to_str().expect("utf-8"), "--check"]);
+
+        let metrics = json(&ok(ws, &["eval", "--run", &out, "--device", "cpu", "--json"]));
+        assert!(ws.join(&out).join("eval-test.json").is_file(), "{name}");
+        let toml: toml::Table = toml::from_str(&std::fs::read_to_string(&config).expect("config")).expect("toml");
+        let manifest = ws.join(toml["data"]["manifest"].as_str().expect("manifest"));
+        let ids = test_ids(&manifest);
+        if name == "retrieval" {
+            for k in ["text_to_image_r1", "text_to_image_r10", "image_to_text_mrr"] {
+                assert!(metrics[k].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{name} {k}: {metrics}");
+            }
+            let query = ["retrieve", "--run", &out, "--query", "a red hoop near the top", "--device", "cpu", "--json"];
+            let first = mm_in(ws, &query);
+            assert!(String::from_utf8_lossy(&first.stderr).contains("indexed"), "the first query builds the index");
+            let r = json(&String::from_utf8_lossy(&first.stdout));
+            let scores: Vec<f64> = r["results"].as_array().expect("results").iter().map(|x| x["score"].as_f64().expect("score")).collect();
+            assert_eq!(scores.len(), 5, "{r}");
+            assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked: {r}");
+            let again = mm_in(ws, &query);
+            assert!(!String::from_utf8_lossy(&again.stderr).contains("indexed"), "the second query reuses the index");
+            assert_eq!(json(&String::from_utf8_lossy(&again.stdout)), r, "the same answer from the saved index");
+            // Image to text, with an image file as the query.
+            let image = manifest.parent().expect("folder").join("images/s0001.png");
+            let r = json(&ok(ws, &["retrieve", "--run", &out, "--from", "image", "--query", image.to_str().expect("utf-8"), "--top-k", "3", "--device", "cpu", "--json"]));
+            assert_eq!((r["to"].as_str(), r["results"].as_array().map(Vec::len)), (Some("text"), Some(3)), "{r}");
+            continue;
+        }
+        let accuracy_key = if name == "sentiment" { "polarity_accuracy" } else { "accuracy" };
+        assert!(metrics[accuracy_key].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{name}: {metrics}");
+        if name == "sentiment" {
+            assert!(metrics["score_mse"].as_f64().is_some_and(f64::is_finite), "{metrics}");
+        }
+        if name == "diagnosis" {
+            assert!(metrics["auroc"].as_f64().is_some(), "{metrics}");
+        }
+        let lines = ok(ws, &["predict", "--run", &out, "--device", "cpu"]);
+        let rows: Vec<Value> = lines.lines().map(json).collect();
+        assert!(!rows.is_empty() && rows.len() <= ids.len(), "{name}: {} predictions for {} test samples", rows.len(), ids.len());
+        for row in &rows {
+            assert!(ids.contains(&row["id"].as_str().expect("id").to_string()), "{row}");
+            let head = if name == "sentiment" { &row["polarity"] } else { row };
+            let probs = head["probabilities"].as_object().expect("probabilities");
+            let sum: f64 = probs.values().map(|p| p.as_f64().expect("p")).sum();
+            assert!((sum - 1.0).abs() < 1e-4, "{row}");
+            assert!(probs.contains_key(head["prediction"].as_str().expect("prediction")), "{row}");
+            // Gated and attention fusion report per-sample modality weights.
+            if ["video", "sentiment", "diagnosis"].contains(&name.as_str()) {
+                let w = row["modality_weights"].as_object().expect("modality weights");
+                assert_eq!(w.len(), 2, "{row}");
+            }
+        }
+    }
+}
+
+/// The configuration is checked before anything runs; each mistake gets one message naming
+/// the file, line and key (or the --set at fault), exit code 1.
+#[test]
+fn bad_configurations_and_inputs_get_one_clear_message() {
+    let ws = workspace(240);
+    let dir = ws.join("bad-configs");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let good = std::fs::read_to_string(configs().join("diagnosis/diagnosis.toml")).expect("recipe");
+    let line_of = |needle: &str| good.lines().position(|l| l.starts_with(needle)).expect("line") + 1;
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf-8").to_string()
+    };
+    let cases = [
+        (write("unknown.toml", good.replace("epochs = 20", "epoch = 20")), format!("unknown.toml:{}:1: key `train.epoch`: unknown field `epoch`", line_of("epochs = 20"))),
+        (write("type.toml", good.replace("epochs = 20", "epochs = \"many\"")), format!("type.toml:{}:10: key `train.epochs`: invalid type", line_of("epochs = 20"))),
+        (write("syntax.toml", good.replace("[model.head]", "[model.head")), format!("syntax.toml:{}:", line_of("[model.head]"))),
+        (write("combo.toml", good.replace("[data.features]\ndim = 6", "")), "data reads no features".to_string()),
+        (write("kind.toml", good.replace("kind = \"image\"", "kind = \"video\"\nframe = { arch = \"lenet\" }").replace("arch = \"lenet\"\n\n", "\n")), "model.encoders.image: kind = \"video\" cannot read image".to_string()),
+    ];
+    for (path, expected) in &cases {
+        let err = fails(ws, &["train", "--config", path, "--check"]);
+        assert!(err.contains(expected.as_str()), "expected {expected:?} in: {err}");
+    }
+    let recipe = configs().join("diagnosis/diagnosis.toml");
+    let recipe = recipe.to_str().expect("utf-8");
+    let err = fails(ws, &["train", "--config", recipe, "--set", "train.epochs=zero", "--check"]);
+    assert!(err.contains("with --set train.epochs=zero: key `train.epochs`: invalid type"), "{err}");
+    let err = fails(ws, &["train", "--config", recipe, "--set", "model.fusion.dims=3", "--check"]);
+    assert!(err.contains("key `model.fusion`: unknown field `dims`"), "{err}");
+    // A missing file: the configuration, the manifest.
+    let err = fails(ws, &["train", "--config", "no-such.toml"]);
+    assert!(err.contains("no-such.toml"), "{err}");
+    let err = fails(ws, &["train", "--config", recipe, "--set", "data.manifest=data/none.jsonl", "--out", "runs/bad-missing", "--device", "cpu"]);
+    assert!(err.contains("data/none.jsonl") && err.contains("No such file"), "{err}");
+    // Data that do not fit the configuration: the sample is named.
+    let err = fails(ws, &["train", "--config", recipe, "--set", "data.features.dim=5", "--out", "runs/bad-dim", "--device", "cpu", "--quiet"]);
+    assert!(err.contains("sample \"s0") && err.contains("6 features, the pipeline expects 5"), "{err}");
+    // A checkpoint from another model.
+    for (name, config) in [("a", "diagnosis/diagnosis.toml"), ("b", "synthetic/synthetic.toml")] {
+        let config = configs().join(config);
+        ok(ws, &["train", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=1", "--out", &format!("runs/other-{name}"), "--device", "cpu", "--quiet"]);
+    }
+    let err = fails(ws, &["eval", "--run", "runs/other-a", "--checkpoint", "runs/other-b/checkpoints/best.json", "--device", "cpu"]);
+    assert!(err.contains("the checkpoint comes from another model") && err.contains("variables differ"), "{err}");
+    let err = fails(ws, &["eval", "--run", "data/synth"]);
+    assert!(err.contains("is not a run folder"), "{err}");
+    // A corrupt sample: `data check` names it and the reason; --strict fails.
+    let summary: Value = json(&std::fs::read_to_string(ws.join("data/synth/synth.json")).expect("summary"));
+    let corrupt = summary["corrupted"]["image"][0].as_str().expect("a truncated image").to_string();
+    let report = ok(ws, &["data", "check", "data/synth/manifest.jsonl"]);
+    assert!(report.lines().any(|l| l.contains(&corrupt) && l.contains("bad_image")), "{corrupt}: {report}");
+    let err = fails(ws, &["data", "check", "data/synth/manifest.jsonl", "--strict"]);
+    assert!(err.contains("would be dropped"), "{err}");
+}
+
+/// `data check`, `stats` and `split` on real files.
+#[test]
+fn data_check_stats_and_split() {
+    let ws = workspace(240);
+    let report = json(&ok(ws, &["data", "check", "data/synth/diagnosis.jsonl", "--require", "image,features", "--json"]));
+    assert_eq!(report["total"], 240, "{report}");
+    let err = fails(ws, &["data", "check", "data/synth/diagnosis.jsonl", "--require", "smell"]);
+    assert!(err.contains("unknown modality `smell`"), "{err}");
+
+    let config = configs().join("diagnosis/diagnosis.toml");
+    let stats = json(&ok(ws, &["data", "stats", "--config", config.to_str().expect("utf-8"), "--out", "stats", "--json"]));
+    let mean: Vec<f64> = serde_json::from_value(stats["image"]["mean"].clone()).expect("image mean");
+    assert_eq!(mean.len(), 3);
+    assert!(mean.iter().all(|m| (0.0..=1.0).contains(m)), "{stats}");
+    let std: Vec<f64> = serde_json::from_value(stats["features"]["std"].clone()).expect("feature std");
+    assert_eq!(std.len(), 6);
+    // The features' statistics are those of the training split's records.
+    let text = std::fs::read_to_string(ws.join("data/synth/diagnosis.jsonl")).expect("manifest");
+    // (Samples whose image is corrupt are cleaned out first.)
+    let summary: Value = json(&std::fs::read_to_string(ws.join("data/synth/synth.json")).expect("summary"));
+    let corrupt = summary["corrupted"]["image"].as_array().expect("ids").clone();
+    let first: Vec<f64> = text
+        .lines()
+        .map(json)
+        .filter(|s| s["split"] == "train" && !corrupt.contains(&s["id"]))
+        .map(|s| s["features"][0].as_f64().expect("f"))
+        .collect();
+    let mean0 = first.iter().sum::<f64>() / first.len() as f64;
+    let got: f64 = stats["features"]["mean"][0].as_f64().expect("mean");
+    assert!((got - mean0).abs() < 1e-3 * mean0.abs().max(1.0), "{got} vs {mean0}");
+    assert!(ws.join("stats/image_stats.json").is_file() && ws.join("stats/features_stats.json").is_file());
+
+    let counts = |path: &str| -> (usize, usize, usize, usize) {
+        let text = std::fs::read_to_string(ws.join(path)).expect("split manifest");
+        let rows: Vec<Value> = text.lines().map(json).collect();
+        let n = |s: &str| rows.iter().filter(|r| r["split"] == s).count();
+        let positives_in_test = rows.iter().filter(|r| r["split"] == "test" && r["label"] == "positive").count();
+        (n("train"), n("val"), n("test"), positives_in_test)
+    };
+    let line = ok(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis-resplit.jsonl", "--val", "0.2", "--test", "0.25", "--seed", "5"]);
+    assert!(line.contains("stratified"), "{line}");
+    let (train, val, test, pos) = counts("data/synth/diagnosis-resplit.jsonl");
+    assert_eq!(train + val + test, 240);
+    assert!((58..=62).contains(&test) && (46..=50).contains(&val), "{train} {val} {test}");
+    let positives = text.lines().map(json).filter(|r| r["label"] == "positive").count();
+    assert!((pos as f64 - positives as f64 * 0.25).abs() <= 1.0, "{pos} of {positives} positives in test");
+    let before = std::fs::read(ws.join("data/synth/diagnosis-resplit.jsonl")).expect("split");
+    ok(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis-resplit.jsonl", "--val", "0.2", "--test", "0.25", "--seed", "5"]);
+    assert_eq!(before, std::fs::read(ws.join("data/synth/diagnosis-resplit.jsonl")).expect("split"), "the same seed, the same splits");
+    let err = fails(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "elsewhere.jsonl"]);
+    assert!(err.contains("must sit beside"), "{err}");
+}
+
+/// A run is never overwritten by accident; `--resume` continues it; `inspect` shows it.
+#[test]
+fn resume_continues_a_run_and_inspect_shows_it() {
+    let ws = workspace(240);
+    let config = configs().join("synthetic/synthetic.toml");
+    let config = config.to_str().expect("utf-8");
+    let out = "runs/resume";
+    let _ = std::fs::remove_dir_all(ws.join(out));
+    ok(ws, &["train", "--config", config, "--set", "train.epochs=1", "--out", out, "--device", "cpu", "--quiet"]);
+    let err = fails(ws, &["train", "--config", config, "--set", "train.epochs=2", "--out", out, "--device", "cpu"]);
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+    let err = fails(ws, &["train", "--config", config, "--set", "train.epochs=2", "--set", "model.head.hidden=[32]", "--out", out, "--resume", "--device", "cpu"]);
+    assert!(err.contains("another model"), "{err}");
+    let summary = json(&ok(ws, &["train", "--config", config, "--set", "train.epochs=2", "--out", out, "--resume", "--device", "cpu", "--json"]));
+    assert_eq!(summary["epochs"], 2, "{summary}");
+    let history = std::fs::read_to_string(ws.join(out).join("metrics.jsonl")).expect("history");
+    let epochs: Vec<u64> = history.lines().map(|l| json(l)["epoch"].as_u64().expect("epoch")).collect();
+    assert_eq!(epochs, [1, 2]);
+
+    let text = ok(ws, &["inspect", out]);
+    for needle in ["encoders.image", "encoders.audio", "encoders.text", "fusion", "head", "history", "[model.fusion]"] {
+        assert!(text.contains(needle), "{needle}: {text}");
+    }
+    let info = json(&ok(ws, &["inspect", &format!("{out}/checkpoints/last.json"), "--json"]));
+    let per: i64 = info["parameters"].as_object().expect("per module").values().map(|v| v.as_i64().expect("n")).sum();
+    assert_eq!(per, info["total_parameters"].as_i64().expect("total"));
+    assert_eq!(info["history"].as_array().map(Vec::len), Some(2));
+    let err = fails(ws, &["inspect", "runs/nothing-here"]);
+    assert!(err.contains("runs/nothing-here"), "{err}");
+}
+
+/// `mm compare` trains each method and each modality alone on the same split: fusion is far
+/// above every single modality, and removing the decisive modality at test time hurts.
+#[test]
+fn compare_ranks_fusion_methods_against_single_modalities() {
+    let ws = workspace(800);
+    let config = configs().join("synthetic/synthetic.toml");
+    let out = ok(ws, &["compare", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=15", "--methods", "concat,gated", "--out", "runs/compare", "--device", "cpu"]);
+    let record = json(&std::fs::read_to_string(ws.join("runs/compare/compare.json")).expect("compare.json"));
+    let rows = record["rows"].as_array().expect("rows");
+    let acc = |name: &str| rows.iter().find(|r| r["model"] == name).and_then(|r| r["test_accuracy"].as_f64()).unwrap_or_else(|| panic!("{name}: {out}"));
+    let fused = acc("concat").max(acc("gated"));
+    let single = acc("image only").max(acc("audio only")).max(acc("text only"));
+    assert!(fused > single + 0.2, "fused {fused} vs best single {single}:\n{out}");
+    for m in ["concat", "gated"] {
+        let row = rows.iter().find(|r| r["model"] == m).expect("row");
+        let no_audio = row["without"]["audio"].as_f64().expect("without audio");
+        assert!(no_audio < acc(m) - 0.1 || acc(m) < 0.6, "{m}: removing the audio (the pitch) must hurt: {row}");
+        assert!(row["parameters"].as_i64().is_some_and(|p| p > 0));
+    }
+    for line in ["concat", "gated", "image only", "audio only", "text only", "no audio"] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let err = fails(ws, &["compare", "--config", configs().join("retrieval/retrieval.toml").to_str().expect("utf-8"), "--no-baselines"]);
+    assert!(err.contains("compares classifiers"), "{err}");
+}
+
+/// Every command has `--help`.
+#[test]
+fn every_command_has_help() {
+    let ws = std::env::temp_dir();
+    for cmd in [&["demo"][..], &["data", "synth"], &["data", "check"], &["data", "stats"], &["data", "split"], &["train"], &["eval"], &["predict"], &["retrieve"], &["compare"], &["inspect"], &["info"]] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let text = ok(&ws, &args);
+        assert!(text.contains("Usage: mm"), "{cmd:?}: {text}");
+    }
+}
