@@ -117,7 +117,7 @@ pub fn run(a: &Args) -> Result<()> {
         let trained = mm_train::run::train(&config, &dir, device, false).with_context(|| format!("training {name}"))?;
         let seconds = started.elapsed().as_secs_f64();
         let run = Run::open(&dir, None, device)?;
-        let manifest = run.manifest(None)?;
+        let (manifest, _) = run.manifest(None)?;
         let accuracy = |m: Manifest| -> Result<f64> {
             let metrics = run.evaluate(Arc::new(m), Split::Test)?;
             Ok(metrics.get("accuracy").and_then(Value::as_f64).unwrap_or(f64::NAN))

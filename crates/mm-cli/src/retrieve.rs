@@ -84,7 +84,7 @@ pub fn run(a: &Args) -> Result<()> {
     let q_side = pair.iter().position(|p| *p == from).with_context(|| format!("--from {from}: the model pairs {} and {}", pair[0], pair[1]))?;
     let g_side = 1 - q_side;
     let gallery_modality = pair[g_side].clone();
-    let manifest = Arc::new(run.manifest(None)?);
+    let manifest = Arc::new(run.manifest(None)?.0);
 
     // The index, reused while the checkpoint and the manifest are unchanged.
     let stem = a.run.join(format!("index-{gallery_modality}-{}", a.split));

@@ -119,7 +119,11 @@ fn parse_split(s: &str) -> Result<Split, String> {
 impl RunArgs {
     fn open(&self) -> Result<(Run, Arc<mm_data::manifest::Manifest>)> {
         let run = Run::open(&self.run, self.checkpoint.as_deref(), parse_device(&self.device)?)?;
-        let manifest = Arc::new(run.manifest(self.manifest.as_deref())?);
+        let (manifest, report) = run.manifest(self.manifest.as_deref())?;
+        if let Some(r) = report.filter(|r| r.dropped > 0) {
+            eprintln!("cleaning: {}", r.summary());
+        }
+        let manifest = Arc::new(manifest);
         Ok((run, manifest))
     }
 }

@@ -365,23 +365,20 @@ impl Run {
         Ok(Run { dir: dir.to_path_buf(), config, pipeline: Arc::new(pipeline), model, vs, state })
     }
 
-    /// The run's manifest, read and cleaned as in training; or another manifest (same
-    /// modalities and classes), cleaned the same way.
-    pub fn manifest(&self, other: Option<&Path>) -> Result<Manifest> {
+    /// The run's manifest, read and cleaned as in training (with the cleaning report, when
+    /// it cleaned); or another manifest (same modalities and classes), cleaned the same way.
+    pub fn manifest(&self, other: Option<&Path>) -> Result<(Manifest, Option<CleanReport>)> {
         let mut data = self.config.data.clone();
         if let Some(p) = other {
             data.manifest = p.to_path_buf();
         }
         let raw = Manifest::read(&data.manifest).map_err(|e| Error::Data(e.to_string()))?;
         if !data.clean {
-            return Ok(raw);
+            return Ok((raw, None));
         }
         let config = mm_data::clean::CleanConfig { classes: (!data.classes.is_empty()).then(|| data.classes.clone()), ..Default::default() };
         let (kept, report) = mm_data::clean::clean(&raw, &config).map_err(|e| Error::Data(e.to_string()))?;
-        if report.dropped > 0 {
-            eprintln!("{}", report.summary());
-        }
-        Ok(kept)
+        Ok((kept, Some(report)))
     }
 
     /// A loader over `split` of `manifest`, without augmentation.

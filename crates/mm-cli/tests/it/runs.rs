@@ -277,6 +277,20 @@ fn resume_continues_a_run_and_inspect_shows_it() {
     let per: i64 = info["parameters"].as_object().expect("per module").values().map(|v| v.as_i64().expect("n")).sum();
     assert_eq!(per, info["total_parameters"].as_i64().expect("total"));
     assert_eq!(info["history"].as_array().map(Vec::len), Some(2));
+    // A reader that stops early (`mm predict | head`) ends the process quietly: here the pipe
+    // is closed before mm writes its first line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(ws)
+        .args(["predict", "--run", out, "--device", "cpu"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mm predict");
+    drop(child.stdout.take());
+    let done = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(!err.contains("panicked") && !err.contains("error"), "{err}");
+
     let err = fails(ws, &["inspect", "runs/nothing-here"]);
     assert!(err.contains("runs/nothing-here"), "{err}");
 }
