@@ -12,18 +12,17 @@ use mm_data::manifest::{Manifest, Split};
 use mm_fusion::FusionConfig;
 use mm_train::model::HeadConfig;
 use mm_train::run::{Run, RunConfig};
+
+use crate::run::ConfigArgs;
 use serde_json::{json, Value};
 
 /// Options of `mm compare`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A run's TOML file with two or more modalities and a classification head; its fusion is
-    /// replaced by each method in turn.
-    #[arg(long)]
-    config: PathBuf,
-    /// Overrides, as for `mm train`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    /// A run with two or more modalities and a classification head; its fusion is replaced by
+    /// each method in turn.
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Fusion methods (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "concat,weighted_sum,product,gated,tensor,low_rank,attention")]
     methods: Vec<String>,
@@ -74,13 +73,13 @@ fn without(manifest: &Manifest, modality: &str) -> Result<Manifest> {
 
 /// Runs `mm compare`.
 pub fn run(a: &Args) -> Result<()> {
-    let base = RunConfig::from_file(&a.config, &a.set)?;
+    let base = a.config.load()?;
     let modalities = base.data.modalities();
     if modalities.len() < 2 {
-        bail!("{}: `mm compare` needs two or more modalities in [data] (it has {modalities:?})", a.config.display());
+        bail!("{}: `mm compare` needs two or more modalities in [data] (it has {modalities:?})", a.config.config.display());
     }
     if !matches!(base.model.named_heads()?.as_slice(), [(_, HeadConfig::Classification { .. })]) {
-        bail!("{}: `mm compare` compares classifiers: one [model.head] of type = \"classification\"", a.config.display());
+        bail!("{}: `mm compare` compares classifiers: one [model.head] of type = \"classification\"", a.config.config.display());
     }
     let device = parse_device(&a.device)?;
     let mut variants: Vec<(String, RunConfig)> = Vec::new();
@@ -132,7 +131,7 @@ pub fn run(a: &Args) -> Result<()> {
         }
         rows.push(json!({"model": name, "test_accuracy": test, "parameters": trained.parameters, "seconds": seconds, "without": removed, "run": dir}));
     }
-    let record = json!({"config": a.config, "modalities": modalities, "rows": rows});
+    let record = json!({"config": a.config.config, "modalities": modalities, "rows": rows});
     mm_data::fs::write_atomic(&a.out.join("compare.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
     if a.json {
         println!("{record}");

@@ -12,8 +12,9 @@ use mm_data::manifest::{Manifest, Split};
 use mm_data::normalize::Normalizer;
 use mm_data::pipeline::TextEncoder;
 use mm_data::synth::{generate, SynthConfig};
-use mm_train::run::RunConfig;
 use serde_json::json;
+
+use crate::run::ConfigArgs;
 
 /// `mm data` and its subcommands.
 #[derive(Debug, ClapArgs)]
@@ -62,12 +63,9 @@ struct CheckArgs {
 /// Options of `mm data stats`.
 #[derive(Debug, ClapArgs)]
 struct StatsArgs {
-    /// A run's TOML file; its [data] table is used.
-    #[arg(long)]
-    config: PathBuf,
-    /// Overrides, as for `mm train`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    /// The run's configuration; its [data] table is used.
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Write the statistics files (and vocab.txt) into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -199,7 +197,7 @@ fn check(a: &CheckArgs) -> Result<()> {
 }
 
 fn stats(a: &StatsArgs) -> Result<()> {
-    let mut config = RunConfig::from_file(&a.config, &a.set)?;
+    let mut config = a.config.load()?;
     let prepared = config.data.prepare(config.train.seed)?;
     let p = &prepared.pipeline;
     let mut out = serde_json::Map::new();

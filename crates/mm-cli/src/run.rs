@@ -11,15 +11,29 @@ use mm_data::manifest::Split;
 use mm_train::run::{Run, RunConfig, RUN_FILE};
 use serde_json::{json, Map, Value};
 
+/// A run's configuration file and overrides (`mm train`, `compare`, `data stats`).
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The run's TOML file: [data], [model] and [train] (see configs/ for one per application).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a key of the file, in TOML syntax: --set train.epochs=3 --set data.image.size=32.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// Reads and validates the file with the overrides applied.
+    pub fn load(&self) -> Result<RunConfig> {
+        Ok(RunConfig::from_file(&self.config, &self.set)?)
+    }
+}
+
 /// Options of `mm train`.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// The run's TOML file: [data], [model] and [train] (see configs/ for one per application).
-    #[arg(long)]
-    config: PathBuf,
-    /// Override a key of the file, in TOML syntax: --set train.epochs=3 --set data.image.size=32.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Output folder (default: runs/<the config file's name>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -42,14 +56,14 @@ pub struct TrainArgs {
 
 /// Runs `mm train`.
 pub fn train(a: &TrainArgs) -> Result<()> {
-    let mut config = RunConfig::from_file(&a.config, &a.set)?;
+    let mut config = a.config.load()?;
     if a.check {
         print!("{}", config.to_toml()?);
-        eprintln!("{}: valid", a.config.display());
+        eprintln!("{}: valid", a.config.config.display());
         return Ok(());
     }
     let device = parse_device(&a.device)?;
-    let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(a.config.file_stem().unwrap_or_default()));
+    let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(a.config.config.file_stem().unwrap_or_default()));
     config.train.verbose = !a.quiet && !a.json;
     config.train.progress = !a.quiet && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let started = Instant::now();

@@ -299,7 +299,7 @@ pub fn fit(
         return Err(Error::Config("train: epochs, batch_size, accumulate and lr must be positive".into()));
     }
     if let Some(p) = &config.reduce_on_plateau {
-        if !(p.factor > 0.0 && p.factor < 1.0) || !(0.0..1.0).contains(&p.min_scale) {
+        if !(p.factor > 0.0 && p.factor < 1.0 && (0.0..1.0).contains(&p.min_scale)) {
             return Err(Error::Config(format!("train.reduce_on_plateau: factor {} must be in (0, 1) and min_scale {} in [0, 1)", p.factor, p.min_scale)));
         }
     }
