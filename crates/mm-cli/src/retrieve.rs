@@ -142,6 +142,9 @@ pub fn run(a: &Args) -> Result<()> {
     let (values, indices) = scores.topk(k as i64, 0, true, true);
     let values: Vec<f32> = Vec::try_from(values)?;
     let indices: Vec<i64> = Vec::try_from(indices)?;
+    // Paths shown from the current directory when they are under it.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let show = |p: PathBuf| p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p).display().to_string();
     let results: Vec<Value> = indices
         .iter()
         .zip(&values)
@@ -150,8 +153,8 @@ pub fn run(a: &Args) -> Result<()> {
             let id = &ids[*i as usize];
             let s = manifest.get(id);
             let item = s.and_then(|s| match gallery_modality.as_str() {
-                "image" => s.image.as_ref().map(|p| manifest.path(p).display().to_string()),
-                "audio" => s.audio.as_ref().map(|p| manifest.path(p).display().to_string()),
+                "image" => s.image.as_ref().map(|p| show(manifest.path(p))),
+                "audio" => s.audio.as_ref().map(|p| show(manifest.path(p))),
                 "text" => s.text.clone(),
                 _ => None,
             });
