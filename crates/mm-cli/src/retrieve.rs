@@ -61,7 +61,7 @@ fn embed(run: &Run, manifest: Arc<Manifest>, split: Split, side: usize, modality
         let present: Vec<f32> = Vec::try_from(batch.present.select(1, column as i64).to_device(Device::Cpu).to_kind(Kind::Float))?;
         let rows: Vec<i64> = present.iter().enumerate().filter(|(_, p)| **p > 0.5).map(|(i, _)| i as i64).collect();
         let emb = if side == 0 { a } else { b };
-        parts.push(emb.index_select(0, &Tensor::from_slice(&rows).to_device(emb.device())).to_device(Device::Cpu));
+        parts.push(emb.index_select(0, &Tensor::from_slice(&rows).to_device(emb.device())).to_device(Device::Cpu).to_kind(Kind::Float));
         ids.extend(rows.iter().map(|r| batch.ids[*r as usize].clone()));
     }
     if ids.is_empty() {

@@ -18,6 +18,7 @@
 //!   data pipeline;
 //! - [`train`]: the loop (schedule, accumulation, clipping, reduce-on-plateau, evaluation,
 //!   early stopping, checkpoints, `metrics.jsonl`, NaN guard, resume);
+//! - [`precision`]: bf16 autocast (CPU or CUDA) for the forward passes;
 //! - [`run`]: a whole run (data, model, training) in one TOML file, validated with file, line
 //!   and key, trained into a folder and rebuilt from it for evaluation and prediction.
 //!
@@ -68,6 +69,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod precision;
 pub mod run;
 pub mod schedule;
 pub mod train;

@@ -56,7 +56,8 @@ use tch::{nn, Device, Kind};
 
 use crate::checkpoint::{self, TrainState};
 use crate::model::{DataShape, HeadConfig, Model, ModelConfig};
-use crate::train::{checkpoint_dir, evaluate, fit, Report, TrainConfig};
+use crate::precision::Autocast;
+use crate::train::{checkpoint_dir, evaluate_in, fit, Report, TrainConfig};
 use crate::{Error, Result};
 
 /// The resolved configuration's file name in a run's folder.
@@ -392,7 +393,7 @@ impl Run {
         if loader.samples() == 0 {
             return Err(Error::Data(format!("the {} split is empty", split.as_str())));
         }
-        evaluate(&self.model, &loader, self.vs.device())
+        evaluate_in(&self.model, &loader, self.vs.device(), self.config.train.precision)
     }
 
     /// One JSON object per sample of `split`: its id, and per head the prediction (class and
@@ -411,6 +412,7 @@ impl Run {
         for batch in loader.epoch(0) {
             let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
             let _no_grad = tch::no_grad_guard();
+            let _autocast = Autocast::scope(self.config.train.precision, device);
             let out = self.model.forward_t(&batch, false);
             let per_head: Vec<Vec<f32>> = (0..heads.len())
                 .map(|i| Vec::try_from(self.model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default())

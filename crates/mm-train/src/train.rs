@@ -29,6 +29,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::metrics;
 use crate::model::{HeadConfig, Model};
 use crate::optim::{Group, Optimizer, OptimizerConfig};
+use crate::precision::{Autocast, Precision};
 use crate::schedule::{ReduceOnPlateau, Schedule, Shape};
 use crate::{Error, Result};
 
@@ -110,6 +111,8 @@ pub struct TrainConfig {
     pub on_non_finite: OnNonFinite,
     /// Learning-rate multiplier of the encoders' backbones (pretrained parts); 0 freezes them.
     pub backbone_lr_scale: f64,
+    /// `"f32"`, or `"bf16"`: forward passes under bf16 autocast (on the model's device type).
+    pub precision: Precision,
     /// Print one line per epoch (for logs).
     pub verbose: bool,
     /// A progress bar with the loss, throughput and time left, on a terminal (never in logs).
@@ -133,6 +136,7 @@ impl Default for TrainConfig {
             seed: 0,
             on_non_finite: OnNonFinite::Stop,
             backbone_lr_scale: 1.0,
+            precision: Precision::F32,
             verbose: false,
             progress: true,
         }
@@ -174,6 +178,11 @@ struct Gathered {
 /// keys are plain (`accuracy`); with several they are prefixed by the head's name
 /// (`label_accuracy`, `target_mse`) and `loss` is the weighted total.
 pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<String, Value>> {
+    evaluate_in(model, loader, device, Precision::F32)
+}
+
+/// [`evaluate`] with the forward passes in `precision`.
+pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Precision) -> Result<Map<String, Value>> {
     let heads: Vec<(String, HeadConfig)> = model.heads().into_iter().map(|(n, h)| (n.to_string(), h.clone())).collect();
     let mut gathered: Vec<Gathered> = heads.iter().map(|_| Gathered::default()).collect();
     let (mut loss_sum, mut batches) = (0.0, 0usize);
@@ -181,6 +190,7 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
         let _no_grad = tch::no_grad_guard();
+        let _autocast = Autocast::scope(precision, device);
         let out = model.forward_t(&batch, false);
         let head_losses = model.head_losses(&out, &batch)?;
         loss_sum += model.total_loss(&head_losses).double_value(&[]);
@@ -215,8 +225,8 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
                 HeadConfig::Retrieval { .. } => {
                     if let Some((a, b, both)) = out.embeddings.as_ref() {
                         let rows = both.nonzero().squeeze_dim(1);
-                        g.emb_a.push(a.index_select(0, &rows).to_device(Device::Cpu));
-                        g.emb_b.push(b.index_select(0, &rows).to_device(Device::Cpu));
+                        g.emb_a.push(a.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
+                        g.emb_b.push(b.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
                     }
                 }
                 HeadConfig::MultiLabel { .. } => {}
@@ -404,8 +414,11 @@ pub fn fit(
         optimizer.zero_grad();
         for batch in train_loader.epoch(epoch) {
             let batch: Batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
-            let output = model.forward_t(&batch, true);
-            let loss = model.loss(&output, &batch)?;
+            let loss = {
+                let _autocast = Autocast::scope(config.precision, device);
+                let output = model.forward_t(&batch, true);
+                model.loss(&output, &batch)?
+            };
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 match config.on_non_finite {
@@ -437,7 +450,7 @@ pub fn fit(
         }
         bar.finish_and_clear();
         let lr = schedule.lr(state.step.saturating_sub(1)) * state.plateau.as_ref().map_or(1.0, |p| p.scale);
-        let val = evaluate(model, &val_loader, device)?;
+        let val = evaluate_in(model, &val_loader, device, config.precision)?;
         let seconds = started.elapsed().as_secs_f64();
         let mut record = json!({
             "epoch": epoch + 1,
