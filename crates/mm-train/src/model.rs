@@ -473,6 +473,9 @@ impl Model {
     }
 
     fn head_loss(&self, head: &Head, prediction: &Tensor, output: &Output, batch: &Batch) -> Result<Tensor> {
+        // Losses are computed in f32 even when the forward pass ran under bf16 autocast (a
+        // no-op in f32).
+        let prediction = &prediction.to_kind(Kind::Float);
         let missing = |what: &str| Error::Config(format!("the batch has no {what} for the head {:?}", head.name));
         match &head.config {
             HeadConfig::Classification { label_smoothing, .. } => {
@@ -490,6 +493,7 @@ impl Model {
             HeadConfig::Retrieval { .. } => {
                 let r = self.retrieval.as_ref().expect("a retrieval head");
                 let (a, b, both) = output.embeddings.as_ref().expect("retrieval embeddings");
+                let (a, b) = (&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
                 let rows = both.nonzero().squeeze_dim(1);
                 if rows.size()[0] < 2 {
                     return Ok(a.sum(Kind::Float) * 0.0);
