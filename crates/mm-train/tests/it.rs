@@ -473,6 +473,17 @@ mod training {
             assert_eq!(model.forward_t(&batch, false).prediction.kind(), tch::Kind::BFloat16);
         }
         assert_eq!(model.forward_t(&batch, false).prediction.kind(), tch::Kind::Float);
+        // The same scope on a GPU, where there is one.
+        if tch::Cuda::is_available() {
+            let gpu = nn::VarStore::new(Device::Cuda(0));
+            let (manifest, pipeline) = load(&dir);
+            let model = build_model(&gpu, &pipeline, &manifest);
+            let batch = batch.to_device(Device::Cuda(0));
+            let _bf16 = mm_train::precision::Autocast::bf16(Device::Cuda(0));
+            assert_eq!(model.forward_t(&batch, false).prediction.kind(), tch::Kind::BFloat16);
+        } else {
+            eprintln!("no CUDA device: bf16 autocast checked on the CPU only");
+        }
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
