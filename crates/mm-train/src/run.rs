@@ -280,14 +280,16 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn train(config: &RunConfig, out: &Path, device: Device, resume: bool) -> Result<Trained> {
     config.validate()?;
     let saved = out.join(RUN_FILE);
-    let started = saved.is_file() || checkpoint::exists(&checkpoint_dir(out), "last");
+    // A folder holds a run once an epoch has been checkpointed; a run that failed before that
+    // (say, a model that does not fit the data) may simply be started again.
+    let started = checkpoint::exists(&checkpoint_dir(out), "last");
     if started && !resume {
         return Err(Error::Config(format!("{} already holds a run; pass --resume to continue it, or choose another output folder", out.display())));
     }
     let mut config = config.clone();
     config.data.manifest = std::path::absolute(&config.data.manifest).unwrap_or(config.data.manifest.clone());
     let prepared = config.data.prepare(config.train.seed).map_err(|e| Error::Data(e.to_string()))?;
-    if resume && saved.is_file() {
+    if started && saved.is_file() {
         let before = RunConfig::from_file(&saved, &[])?;
         if before.data != config.data || before.model != config.model {
             return Err(Error::Config(format!(
@@ -296,17 +298,17 @@ pub fn train(config: &RunConfig, out: &Path, device: Device, resume: bool) -> Re
             )));
         }
     }
+    let counts = class_counts(&prepared.manifest, &config.data.classes);
+    let pipeline = Arc::new(prepared.pipeline);
+    let vs = nn::VarStore::new(device);
+    tch::manual_seed(config.train.seed as i64);
+    let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts.clone()))?;
     std::fs::create_dir_all(out.join("data")).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
     write(&saved, config.to_toml()?.as_bytes())?;
     if let Some(report) = &prepared.report {
         report.save(out.join("clean-report.json")).map_err(|e| Error::Data(e.to_string()))?;
     }
-    let counts = class_counts(&prepared.manifest, &config.data.classes);
     write(&out.join("data/classes.json"), serde_json::to_string_pretty(&json!({"classes": config.data.classes, "train_counts": counts})).unwrap_or_default().as_bytes())?;
-    let pipeline = Arc::new(prepared.pipeline);
-    let vs = nn::VarStore::new(device);
-    tch::manual_seed(config.train.seed as i64);
-    let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts))?;
     let parameters = vs.trainable_variables().iter().map(tch::Tensor::numel).sum::<usize>() as i64;
     let report = fit(&model, &vs, Arc::new(prepared.manifest), pipeline, &config.train, out, resume)?;
     Ok(Trained { report, clean: prepared.report, config, parameters })

@@ -179,6 +179,11 @@ fn bad_configurations_and_inputs_get_one_clear_message() {
     // Data that do not fit the configuration: the sample is named.
     let err = fails(ws, &["train", "--config", recipe, "--set", "data.features.dim=5", "--out", "runs/bad-dim", "--device", "cpu", "--quiet"]);
     assert!(err.contains("sample \"s0") && err.contains("6 features, the pipeline expects 5"), "{err}");
+    // A model that does not fit the data fails before the first epoch, and the same folder
+    // takes the corrected run.
+    let err = fails(ws, &["train", "--config", recipe, "--set", "model.head.class_weights=[1.0, 2.0, 3.0]", "--out", "runs/bad-weights", "--device", "cpu", "--quiet"]);
+    assert!(err.contains("class_weights") && err.contains("3 non-negative weights for 2 classes"), "{err}");
+    ok(ws, &["train", "--config", recipe, "--set", "train.epochs=1", "--out", "runs/bad-weights", "--device", "cpu", "--quiet"]);
     // A checkpoint from another model.
     for (name, config) in [("a", "diagnosis/diagnosis.toml"), ("b", "synthetic/synthetic.toml")] {
         let config = configs().join(config);
