@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args as ClapArgs, Subcommand};
+use mm_data::avdigits::{convert, AvDigitsConfig};
 use mm_data::clean::{clean, CleanConfig, Modality};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::normalize::Normalizer;
@@ -36,6 +37,47 @@ enum DataCommand {
     Stats(StatsArgs),
     /// Assign train/val/test splits again, seeded and stratified by label.
     Split(SplitArgs),
+    /// Pair MNIST images with spoken digits (FSDD) of the same digit into a manifest, with
+    /// optional degradation of either modality.
+    AvDigits(AvDigitsArgs),
+}
+
+/// Options of `mm data av-digits`.
+#[derive(Debug, ClapArgs)]
+struct AvDigitsArgs {
+    /// Folder with MNIST's four idx files (`.gz` or not).
+    #[arg(long)]
+    mnist: PathBuf,
+    /// FSDD's release archive (`.tar.gz`) or a folder of its WAV files.
+    #[arg(long)]
+    fsdd: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an earlier av-digits data set in the output folder.
+    #[arg(long)]
+    force: bool,
+    /// Training images per digit (0: all 6000 or so).
+    #[arg(long, default_value_t = 500)]
+    train_per_digit: usize,
+    /// Test images per digit (0: all).
+    #[arg(long, default_value_t = 100)]
+    test_per_digit: usize,
+    /// Share of each digit's training images held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val: f64,
+    /// Gaussian pixel noise (standard deviation, pixels in [0, 1]).
+    #[arg(long, default_value_t = 0.0)]
+    image_noise: f64,
+    /// Side of a black square hiding part of each image, as a share of the side.
+    #[arg(long, default_value_t = 0.0)]
+    occlusion: f64,
+    /// White noise on each recording at this SNR, dB (default: clean).
+    #[arg(long, allow_hyphen_values = true)]
+    audio_snr: Option<f64>,
+    /// Seed of the pairing, the split and the degradation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// Options of `mm data check`.
@@ -165,7 +207,34 @@ pub fn run(args: &Args) -> Result<()> {
         DataCommand::Check(a) => check(a),
         DataCommand::Stats(a) => stats(a),
         DataCommand::Split(a) => split(a),
+        DataCommand::AvDigits(a) => av_digits(a),
     }
+}
+
+fn av_digits(a: &AvDigitsArgs) -> Result<()> {
+    let config = AvDigitsConfig {
+        train_per_digit: (a.train_per_digit > 0).then_some(a.train_per_digit),
+        test_per_digit: (a.test_per_digit > 0).then_some(a.test_per_digit),
+        val: a.val,
+        image_noise: a.image_noise,
+        occlusion: a.occlusion,
+        audio_snr_db: a.audio_snr,
+        seed: a.seed,
+    };
+    let start = Instant::now();
+    let s = convert(&a.mnist, &a.fsdd, &a.out, &config, a.force)?;
+    println!(
+        "wrote {} samples to {} in {:.1} s: {} train, {} val, {} test; {} training and {} test recordings of FSDD",
+        s.splits.iter().sum::<usize>(),
+        a.out.display(),
+        start.elapsed().as_secs_f64(),
+        s.splits[0],
+        s.splits[1],
+        s.splits[2],
+        s.recordings[0],
+        s.recordings[1]
+    );
+    Ok(())
 }
 
 fn check(a: &CheckArgs) -> Result<()> {

@@ -1,4 +1,4 @@
-//! File-system helpers shared by the layers above: atomic writes.
+//! File-system helpers shared by the layers above: atomic writes of files and of whole folders.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -65,4 +65,56 @@ mod tests {
         assert_eq!(left.len(), 2, "{left:?}");
         fs::remove_dir_all(dir).ok();
     }
+}
+
+/// Writes a whole folder atomically: `write` fills a staging folder beside `out`, which is then
+/// renamed into place, so an interrupted run never leaves a folder that looks finished. An
+/// existing `out` is refused unless it is empty, or `force` is set and it holds `marker` (the
+/// summary file of an earlier run of the same writer): `force` never deletes anything else.
+pub fn write_dir_atomic<T>(out: &Path, marker: &str, force: bool, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    if out.exists() {
+        let empty = fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
+        let replaceable = force && out.join(marker).is_file();
+        if !(empty || replaceable) {
+            let why = if force { format!("it has no {marker}, so it is not replaced") } else { "pass force (--force) to replace it".to_string() };
+            return Err(Error::Config(format!("{} already exists and is not empty: {why}", out.display())));
+        }
+    }
+    let name = out.file_name().ok_or_else(|| Error::Config(format!("{}: not a folder name", out.display())))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let staging = parent.join(format!("{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    }
+    fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    let result = write(&staging).and_then(|value| {
+        replace_dir(&staging, out)?;
+        Ok(value)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Moves `staging` to `out`, replacing what is there.
+fn replace_dir(staging: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        let old = out.with_file_name(format!("{}.old-{}", out.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+        fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+        fs::rename(staging, out).map_err(|e| Error::io(out, e))?;
+        fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    } else {
+        fs::rename(staging, out).map_err(|e| Error::io(out, e))?;
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }

@@ -24,6 +24,8 @@
 //! - [`synth`]: the embedded synthetic data set (images, audio, captions, videos, records)
 //!   with tasks whose single-modality ceilings are known by construction;
 //! - [`idx`]: the idx files of MNIST and its relatives;
+//! - [`avdigits`]: MNIST images paired with spoken digits (FSDD) into a manifest, with
+//!   optional degradation;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
 //! - [`fs`]: atomic file writes; [`Error`]: the crate's error type.
 //!
@@ -41,6 +43,7 @@
 
 pub mod audio;
 pub mod augment;
+pub mod avdigits;
 pub mod clean;
 pub mod config;
 pub mod device;

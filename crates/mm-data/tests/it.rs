@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use mm_data::device::parse_device;
 use tch::{Kind, Tensor};
 
+#[path = "it/avdigits.rs"]
+mod avdigits;
 #[path = "it/config.rs"]
 mod config;
 #[path = "it/synth.rs"]

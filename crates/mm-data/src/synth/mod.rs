@@ -566,50 +566,8 @@ fn ceilings(truths: &[Truth]) -> Ceilings {
 /// an earlier synthetic data set (a `synth.json`): `force` never deletes anything else.
 pub fn generate(out: &Path, config: &SynthConfig, force: bool) -> Result<SynthSummary> {
     config.validate()?;
-    if out.exists() {
-        let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
-        let replaceable = force && out.join("synth.json").is_file();
-        if !(empty || replaceable) {
-            let why = if force { "it is not a synthetic data set (no synth.json), so it is not replaced" } else { "pass force (--force) to replace it" };
-            return Err(Error::Config(format!("{} already exists and is not empty: {why}", out.display())));
-        }
-    }
-    let name = out.file_name().ok_or_else(|| Error::Config(format!("{}: not a folder name", out.display())))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let staging = parent.join(format!("{}.partial-{}", name.to_string_lossy(), std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    }
-    let result = write_all(&staging, config).and_then(|summary| {
-        replace_dir(&staging, out)?;
-        Ok(SynthSummary { dir: out.to_path_buf(), ..summary })
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
-}
-
-/// Moves `staging` to `out`, replacing what is there.
-fn replace_dir(staging: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = out.with_file_name(format!("{}.old-{}", out.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-        std::fs::rename(staging, out).map_err(|e| Error::io(out, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    } else {
-        std::fs::rename(staging, out).map_err(|e| Error::io(out, e))?;
-    }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    let summary = crate::fs::write_dir_atomic(out, "synth.json", force, |staging| write_all(staging, config))?;
+    Ok(SynthSummary { dir: out.to_path_buf(), ..summary })
 }
 
 fn write_all(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {

@@ -134,7 +134,7 @@ fn an_existing_folder_is_replaced_only_when_asked_and_only_if_it_is_a_synthetic_
     std::fs::create_dir_all(&other).expect("mkdir");
     std::fs::write(other.join("precious.txt"), "keep me").expect("write");
     let err = generate(&other, &config, true).expect_err("refused").to_string();
-    assert!(err.contains("not a synthetic data set"), "{err}");
+    assert!(err.contains("it has no synth.json, so it is not replaced"), "{err}");
     assert_eq!(std::fs::read_to_string(other.join("precious.txt")).expect("still there"), "keep me");
     let err = generate(&temp("bad"), &SynthConfig { samples: 2, ..config }, false).expect_err("refused").to_string();
     assert!(err.contains("synth.samples"), "{err}");
