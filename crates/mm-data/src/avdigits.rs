@@ -186,7 +186,7 @@ fn degrade_audio(audio: &Audio, snr_db: f64, rng: &mut Rng) -> Audio {
 /// WAVs) `fsdd`, into `out` (see the module documentation). An existing `out` is replaced only
 /// with `force`, and only if it holds an earlier `av-digits.json`.
 pub fn convert(mnist: &Path, fsdd: &Path, out: &Path, config: &AvDigitsConfig, force: bool) -> Result<AvDigitsSummary> {
-    if !(0.0..1.0).contains(&config.val) || !(0.0..=1.0).contains(&config.occlusion) || !(config.image_noise >= 0.0) {
+    if !(0.0..1.0).contains(&config.val) || !(0.0..=1.0).contains(&config.occlusion) || !config.image_noise.is_finite() || config.image_noise < 0.0 {
         return Err(Error::Config(format!(
             "av-digits: val {} in [0, 1), occlusion {} in [0, 1], image_noise {} not negative",
             config.val, config.occlusion, config.image_noise

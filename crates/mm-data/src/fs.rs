@@ -44,29 +44,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replaces_whole_and_cleans_up_on_failure() {
-        let dir = std::env::temp_dir().join(format!("mm-data-fs-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("mkdir");
-        let file = dir.join("a.txt");
-        write_atomic(&file, b"one").expect("write");
-        write_atomic(&file, b"two, longer").expect("overwrite");
-        assert_eq!(fs::read(&file).expect("read"), b"two, longer");
-        // A folder in the way: the error names the path and no temporary file is left behind.
-        let blocked = dir.join("sub");
-        fs::create_dir_all(blocked.join("x")).expect("mkdir");
-        let err = write_atomic(&blocked, b"x").expect_err("cannot replace a non-empty folder");
-        assert!(err.to_string().contains("sub"), "{err}");
-        let left: Vec<_> = fs::read_dir(&dir).expect("ls").flatten().map(|e| e.file_name()).collect();
-        assert_eq!(left.len(), 2, "{left:?}");
-        fs::remove_dir_all(dir).ok();
-    }
-}
-
 /// Writes a whole folder atomically: `write` fills a staging folder beside `out`, which is then
 /// renamed into place, so an interrupted run never leaves a folder that looks finished. An
 /// existing `out` is refused unless it is empty, or `force` is set and it holds `marker` (the
@@ -117,4 +94,27 @@ fn replace_dir(staging: &Path, out: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_and_cleans_up_on_failure() {
+        let dir = std::env::temp_dir().join(format!("mm-data-fs-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("a.txt");
+        write_atomic(&file, b"one").expect("write");
+        write_atomic(&file, b"two, longer").expect("overwrite");
+        assert_eq!(fs::read(&file).expect("read"), b"two, longer");
+        // A folder in the way: the error names the path and no temporary file is left behind.
+        let blocked = dir.join("sub");
+        fs::create_dir_all(blocked.join("x")).expect("mkdir");
+        let err = write_atomic(&blocked, b"x").expect_err("cannot replace a non-empty folder");
+        assert!(err.to_string().contains("sub"), "{err}");
+        let left: Vec<_> = fs::read_dir(&dir).expect("ls").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        fs::remove_dir_all(dir).ok();
+    }
 }
