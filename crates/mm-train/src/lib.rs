@@ -2,7 +2,7 @@
 //! training loop with evaluation and early stopping, and atomic safetensors checkpoints that a
 //! killed run resumes from.
 //!
-//! What is here so far (issue #8 is in progress):
+//! What is here:
 //! - [`loss`]: cross-entropy (label smoothing, class weights), binary cross-entropy, MSE and L1
 //!   with masks, CLIP-style InfoNCE with a learnable temperature, triplet, CTC, multi-task sums;
 //! - [`metrics`]: accuracy, top-k, confusion matrix, precision/recall/F1, macro-F1, AUROC

@@ -79,7 +79,7 @@ pub struct RunConfig {
 /// `:line:column` of the start of `span` in `text`.
 fn locate(text: &str, span: Option<Range<usize>>) -> String {
     match span {
-        Some(s) if s.start <= text.len() => {
+        Some(s) if text.is_char_boundary(s.start) => {
             let before = &text[..s.start];
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
