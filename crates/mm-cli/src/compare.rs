@@ -102,7 +102,13 @@ pub fn run(a: &Args) -> Result<()> {
             variants.push((format!("{m} only"), c));
         }
     }
+    // Run folders of an earlier comparison are replaced; nothing else is ever deleted.
+    let marker = a.out.join("compare.json");
+    if a.out.is_dir() && std::fs::read_dir(&a.out)?.next().is_some() && !marker.is_file() {
+        bail!("--out {}: the folder is not empty and holds no earlier comparison (compare.json); choose another", a.out.display());
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    mm_data::fs::write_atomic(&marker, serde_json::to_string_pretty(&json!({"config": a.config.config, "modalities": modalities, "rows": [], "running": true}))?.as_bytes())?;
     let mut rows = Vec::new();
     for (name, mut config) in variants {
         let dir = a.out.join(name.replace(' ', "-"));

@@ -350,6 +350,10 @@ fn compare_ranks_fusion_methods_against_single_modalities() {
     for line in ["concat", "gated", "image only", "audio only", "text only", "no audio"] {
         assert!(out.contains(line), "{line}: {out}");
     }
+    std::fs::create_dir_all(ws.join("precious")).expect("dir");
+    std::fs::write(ws.join("precious/keep.txt"), "mine").expect("file");
+    let err = fails(ws, &["compare", "--config", config.to_str().expect("utf-8"), "--methods", "concat", "--out", "precious", "--device", "cpu"]);
+    assert!(err.contains("holds no earlier comparison") && ws.join("precious/keep.txt").is_file(), "{err}");
     let err = fails(ws, &["compare", "--config", configs().join("retrieval/retrieval.toml").to_str().expect("utf-8"), "--no-baselines"]);
     assert!(err.contains("compares classifiers"), "{err}");
 }
