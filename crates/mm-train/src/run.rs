@@ -398,9 +398,10 @@ impl Run {
         evaluate_in(&self.model, &loader, self.vs.device(), self.config.train.precision)
     }
 
-    /// One JSON object per sample of `split`: its id, and per head the prediction (class and
-    /// probabilities, or value) beside the truth where the manifest has it, and the fusion's
-    /// per-modality weights where the fusion has them.
+    /// One JSON object per sample of `split`: its id, and per head the prediction (the class
+    /// and the probabilities; for multi-label heads the classes at probability 0.5 or more; or
+    /// the value) beside the truth where the manifest has it, and the fusion's per-modality
+    /// weights where the fusion has them.
     pub fn predict(&self, manifest: Arc<Manifest>, split: Split) -> Result<Vec<Value>> {
         let loader = self.loader(manifest, split, self.config.train.batch_size)?;
         let device = self.vs.device();
@@ -438,6 +439,13 @@ impl Run {
                                     h.insert("target".into(), json!(t[j]));
                                 }
                             }
+                        }
+                        HeadConfig::MultiLabel { .. } => {
+                            let c = classes.len();
+                            let probs = &p[j * c..(j + 1) * c];
+                            let chosen: Vec<&String> = classes.iter().zip(probs).filter(|(_, v)| **v >= 0.5).map(|(k, _)| k).collect();
+                            h.insert("prediction".into(), json!(chosen));
+                            h.insert("probabilities".into(), Value::Object(classes.iter().zip(probs).map(|(k, v)| (k.clone(), json!(v))).collect()));
                         }
                         _ => {
                             let c = classes.len();
