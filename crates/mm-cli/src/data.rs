@@ -325,6 +325,9 @@ fn split(a: &SplitArgs) -> Result<()> {
     if folder(&a.manifest) != folder(&a.out) {
         bail!("--out {}: the new manifest must sit beside {} (the sample paths are relative to its folder)", a.out.display(), a.manifest.display());
     }
+    if std::path::absolute(&a.manifest).ok() == std::path::absolute(&a.out).ok() {
+        bail!("--out {}: write the new splits beside the manifest, not over it (its own splits would be lost)", a.out.display());
+    }
     let manifest = Manifest::read(&a.manifest)?;
     let split = manifest.resplit(a.val, a.test, a.seed, !a.no_stratify)?;
     split.write(&a.out)?;

@@ -279,6 +279,8 @@ fn data_check_stats_and_split() {
     let before = std::fs::read(ws.join("data/synth/diagnosis-resplit.jsonl")).expect("split");
     ok(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis-resplit.jsonl", "--val", "0.2", "--test", "0.25", "--seed", "5"]);
     assert_eq!(before, std::fs::read(ws.join("data/synth/diagnosis-resplit.jsonl")).expect("split"), "the same seed, the same splits");
+    let err = fails(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis.jsonl"]);
+    assert!(err.contains("not over it"), "{err}");
     let err = fails(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "elsewhere.jsonl"]);
     assert!(err.contains("must sit beside"), "{err}");
 }
