@@ -13,8 +13,9 @@ use mm_fusion::FusionConfig;
 use mm_train::model::HeadConfig;
 use mm_train::run::{Run, RunConfig};
 
-use crate::run::ConfigArgs;
 use serde_json::{json, Value};
+
+use crate::run::ConfigArgs;
 
 /// Options of `mm compare`.
 #[derive(Debug, clap::Args)]
@@ -93,12 +94,7 @@ pub fn run(a: &Args) -> Result<()> {
             let mut c = base.clone();
             c.model.encoders.retain(|k, _| k == m);
             c.model.fusion = Some(fusion("concat", a.dim)?);
-            let d = &mut c.data;
-            if *m != "image" { d.image = None; }
-            if *m != "audio" { d.audio = None; }
-            if *m != "text" { d.text = None; }
-            if *m != "frames" { d.frames = None; }
-            if *m != "features" { d.features = None; }
+            c.data.retain(&[m]);
             variants.push((format!("{m} only"), c));
         }
     }
@@ -122,17 +118,17 @@ pub fn run(a: &Args) -> Result<()> {
         let trained = mm_train::run::train(&config, &dir, device, false).with_context(|| format!("training {name}"))?;
         let seconds = started.elapsed().as_secs_f64();
         let run = Run::open(&dir, None, device)?;
-        let (manifest, _) = run.manifest(None)?;
-        let accuracy = |m: Manifest| -> Result<f64> {
-            let metrics = run.evaluate(Arc::new(m), Split::Test)?;
+        let manifest = &trained.manifest;
+        let accuracy = |m: Arc<Manifest>| -> Result<f64> {
+            let metrics = run.evaluate(m, Split::Test)?;
             Ok(metrics.get("accuracy").and_then(Value::as_f64).unwrap_or(f64::NAN))
         };
-        let test = accuracy(manifest.clone())?;
+        let test = accuracy(Arc::clone(manifest))?;
         let mut removed = serde_json::Map::new();
         let used = run.config.data.modalities();
         if used.len() > 1 {
             for m in &used {
-                removed.insert((*m).to_string(), json!(accuracy(without(&manifest, m)?)?));
+                removed.insert((*m).to_string(), json!(accuracy(Arc::new(without(manifest, m)?))?));
             }
         }
         rows.push(json!({"model": name, "test_accuracy": test, "parameters": trained.parameters, "seconds": seconds, "without": removed, "run": dir}));

@@ -268,8 +268,44 @@ impl DataConfig {
         Ok(())
     }
 
-    /// Reads the manifest, cleans it (when `clean`), fills `classes` from its labels when
-    /// empty, builds the vocabulary from the training texts and fits the normalisation
+    /// Reads `manifest` (the configured one, or another with the same modalities and classes)
+    /// and cleans it as this configuration says: with `clean`, unusable samples and labels
+    /// outside `classes` (when set) are dropped and reported.
+    pub fn read_manifest(&self, manifest: &Path) -> Result<(Manifest, Option<CleanReport>)> {
+        self.clean_manifest(Manifest::read(manifest)?)
+    }
+
+    fn clean_manifest(&self, raw: Manifest) -> Result<(Manifest, Option<CleanReport>)> {
+        if !self.clean {
+            return Ok((raw, None));
+        }
+        let config = CleanConfig { classes: (!self.classes.is_empty()).then(|| self.classes.clone()), ..CleanConfig::default() };
+        let (kept, report) = clean(&raw, &config)?;
+        Ok((kept, Some(report)))
+    }
+
+    /// Keeps only the modalities in `keep` (the others are neither read nor decoded).
+    pub fn retain(&mut self, keep: &[&str]) {
+        let on = |m: &str| keep.contains(&m);
+        if !on("image") {
+            self.image = None;
+        }
+        if !on("audio") {
+            self.audio = None;
+        }
+        if !on("text") {
+            self.text = None;
+        }
+        if !on("frames") {
+            self.frames = None;
+        }
+        if !on("features") {
+            self.features = None;
+        }
+    }
+
+    /// Reads the manifest, fills `classes` from its labels when empty, cleans it (when
+    /// `clean`), builds the vocabulary from the training texts and fits the normalisation
     /// statistics on the training split.
     pub fn prepare(&mut self, seed: u64) -> Result<Prepared> {
         self.validate()?;
@@ -278,13 +314,7 @@ impl DataConfig {
             let labels: BTreeSet<&str> = raw.samples().iter().flat_map(|s| s.label.iter().chain(&s.labels)).map(String::as_str).collect();
             self.classes = labels.into_iter().map(str::to_string).collect();
         }
-        let (manifest, report) = if self.clean {
-            let config = CleanConfig { classes: (!self.classes.is_empty()).then(|| self.classes.clone()), ..CleanConfig::default() };
-            let (kept, report) = clean(&raw, &config)?;
-            (kept, Some(report))
-        } else {
-            (raw, None)
-        };
+        let (manifest, report) = self.clean_manifest(raw)?;
         let mut pipeline = self.pipeline(seed, None)?;
         if let Some(TextEncoder::Words { tokenizer, vocab }) = pipeline.text.as_mut().map(|t| &mut t.encoder) {
             let t = self.text.as_ref().expect("text configured");

@@ -255,6 +255,8 @@ pub struct Trained {
     pub config: RunConfig,
     /// Number of parameters.
     pub parameters: i64,
+    /// The manifest it trained on, after cleaning.
+    pub manifest: Arc<Manifest>,
 }
 
 /// Class counts of the training split, in `classes` order.
@@ -310,8 +312,9 @@ pub fn train(config: &RunConfig, out: &Path, device: Device, resume: bool) -> Re
     }
     write(&out.join("data/classes.json"), serde_json::to_string_pretty(&json!({"classes": config.data.classes, "train_counts": counts})).unwrap_or_default().as_bytes())?;
     let parameters = vs.trainable_variables().iter().map(tch::Tensor::numel).sum::<usize>() as i64;
-    let report = fit(&model, &vs, Arc::new(prepared.manifest), pipeline, &config.train, out, resume)?;
-    Ok(Trained { report, clean: prepared.report, config, parameters })
+    let manifest = Arc::new(prepared.manifest);
+    let report = fit(&model, &vs, Arc::clone(&manifest), pipeline, &config.train, out, resume)?;
+    Ok(Trained { report, clean: prepared.report, config, parameters, manifest })
 }
 
 /// A trained run, rebuilt from its folder.
@@ -371,17 +374,8 @@ impl Run {
     /// The run's manifest, read and cleaned as in training (with the cleaning report, when
     /// it cleaned); or another manifest (same modalities and classes), cleaned the same way.
     pub fn manifest(&self, other: Option<&Path>) -> Result<(Manifest, Option<CleanReport>)> {
-        let mut data = self.config.data.clone();
-        if let Some(p) = other {
-            data.manifest = p.to_path_buf();
-        }
-        let raw = Manifest::read(&data.manifest).map_err(|e| Error::Data(e.to_string()))?;
-        if !data.clean {
-            return Ok((raw, None));
-        }
-        let config = mm_data::clean::CleanConfig { classes: (!data.classes.is_empty()).then(|| data.classes.clone()), ..Default::default() };
-        let (kept, report) = mm_data::clean::clean(&raw, &config).map_err(|e| Error::Data(e.to_string()))?;
-        Ok((kept, Some(report)))
+        let data = &self.config.data;
+        data.read_manifest(other.unwrap_or(&data.manifest)).map_err(|e| Error::Data(e.to_string()))
     }
 
     /// A loader over `split` of `manifest`, without augmentation.
