@@ -1,0 +1,379 @@
+//! Integration tests of mm-fetch: real downloads over loopback from a server this test starts,
+//! serving the shared data mirror (`../shared/data/mirror`) and archives the tests make.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mm_fetch::download::Downloader;
+use mm_fetch::registry::{find, Artifact, Check, DataSet, Layout, Unpack};
+use mm_fetch::serve::{Faults, MirrorServer};
+use mm_fetch::unpack::sha256_file;
+use mm_fetch::{fetch, presence, Error, FetchOptions, Presence};
+
+/// The real data sets beside the repository (`../shared/data`, or `MM_SHARED_DATA`). CI always
+/// has them, so there a missing folder fails the test; elsewhere the test says it skips.
+fn shared_data() -> Option<PathBuf> {
+    let dir = match std::env::var_os("MM_SHARED_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+    };
+    if dir.is_dir() {
+        Some(dir)
+    } else if std::env::var_os("CI").is_some() {
+        panic!("{} is missing: CI must provide the shared data", dir.display());
+    } else {
+        eprintln!("skipped: no shared data at {}", dir.display());
+        None
+    }
+}
+
+/// A fresh, empty folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mm-fetch-it-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// Options for tests: a mirror, quick retries, no progress bars.
+fn options(dir: &Path, mirror: &str) -> FetchOptions {
+    let mut o = FetchOptions::new(dir);
+    o.mirror = Some(mirror.to_string());
+    o.downloader = Downloader::new(3, Duration::from_millis(10), false);
+    o
+}
+
+/// Nothing but the data sets' folders (no staging, no leftovers) under `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir).map(|r| r.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect()).unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn gunzip(path: &Path) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(path)?).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn fetches_verifies_and_converts_mnist_and_fsdd_from_the_mirror() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let server = MirrorServer::start(shared.join("mirror"))?;
+    let dir = scratch("real");
+    let o = options(&dir, &format!("{}/", server.url()));
+
+    let mnist = fetch(&find("mnist")?, &o)?;
+    assert!(mnist.fetched);
+    assert_eq!(mnist.record.conversion.splits, BTreeMap::from([("test".into(), 10_000), ("train".into(), 60_000)]));
+    assert!(mnist.record.sources.iter().all(|s| s.verified), "{:?}", mnist.record.sources);
+    // The manifest's labels are MNIST's test-set label counts, and a PNG holds the idx pixels.
+    let manifest = fs::read_to_string(dir.join("mnist/manifest.jsonl"))?;
+    let mut test_counts = [0usize; 10];
+    let mut first_test = None;
+    for line in manifest.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        if v["split"] == "test" {
+            first_test.get_or_insert(v.clone());
+            test_counts[v["label"].as_str().context("label")?.parse::<usize>()?] += 1;
+        }
+    }
+    assert_eq!(test_counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+    let first_test = first_test.context("a test sample")?;
+    let png = image::open(dir.join("mnist").join(first_test["image"].as_str().context("image")?))?.to_luma8();
+    let idx = gunzip(&shared.join("mirror/mnist/t10k-images-idx3-ubyte.gz"))?;
+    assert_eq!(png.as_raw().as_slice(), &idx[16..16 + 784]);
+    assert_eq!(fs::read(dir.join("mnist/raw/t10k-labels-idx1-ubyte"))?, gunzip(&shared.join("mirror/mnist/t10k-labels-idx1-ubyte.gz"))?);
+
+    let fsdd = fetch(&find("fsdd")?, &o)?;
+    assert_eq!(fsdd.record.conversion.splits, BTreeMap::from([("test".into(), 300), ("train".into(), 2700)]));
+    for line in fs::read_to_string(dir.join("fsdd/manifest.jsonl"))?.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let audio = dir.join("fsdd").join(v["audio"].as_str().context("audio")?);
+        assert!(fs::read(&audio)?.starts_with(b"RIFF"), "{}", audio.display());
+        let take: u32 = v["id"].as_str().context("id")?.rsplit('_').next().context("take")?.parse()?;
+        assert_eq!(v["split"] == "test", take < 5);
+    }
+    assert_eq!(entries(&dir), ["fsdd", "mnist"], "downloads and staging are cleaned up");
+
+    // A second fetch finds them present and asks the host for nothing.
+    let asked = server.served().len();
+    assert!(!fetch(&find("mnist")?, &o)?.fetched);
+    assert_eq!(server.served().len(), asked);
+    assert!(matches!(presence(&dir, &find("fsdd")?), Presence::Present(_)));
+    // --force fetches again and replaces the folder whole.
+    let mut forced = o.clone();
+    forced.force = true;
+    assert!(fetch(&find("fsdd")?, &forced)?.fetched);
+    assert_eq!(entries(&dir), ["fsdd", "mnist"]);
+    Ok(())
+}
+
+#[test]
+fn a_cut_connection_is_resumed_with_a_range_request() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let server = MirrorServer::with_faults(shared.join("mirror"), Faults { cut_responses: 2, cut_at: 1_000_000, unavailable: 0 })?;
+    let dir = scratch("cut");
+    let fetched = fetch(&find("fsdd")?, &options(&dir, &server.url()))?;
+    assert!(fetched.record.sources[0].verified);
+    assert_eq!(fetched.record.sources[0].sha256, sha256_file(&shared.join("mirror/fsdd/v1.0.10.tar.gz"))?);
+    let served = server.served();
+    let ranges: Vec<Option<String>> = served.iter().map(|s| s.range.clone()).collect();
+    assert_eq!(ranges, [None, Some("bytes=1000000-".into()), Some("bytes=2000000-".into())], "{served:?}");
+    assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), [200, 206, 206]);
+    Ok(())
+}
+
+#[test]
+fn a_download_left_by_a_killed_process_is_resumed() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let server = MirrorServer::start(shared.join("mirror"))?;
+    let dir = scratch("killed");
+    let archive = fs::read(shared.join("mirror/fsdd/v1.0.10.tar.gz"))?;
+    let downloads = dir.join(".downloads/fsdd");
+    fs::create_dir_all(&downloads)?;
+    fs::write(downloads.join("v1.0.10.tar.gz.part"), &archive[..3_000_000])?;
+    assert_eq!(presence(&dir, &find("fsdd")?), Presence::Absent { partial: 3_000_000 });
+    fetch(&find("fsdd")?, &options(&dir, &server.url()))?;
+    let served = server.served();
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].range.as_deref(), Some("bytes=3000000-"));
+    assert_eq!(entries(&dir), ["fsdd"]);
+    Ok(())
+}
+
+#[test]
+fn a_host_that_is_briefly_unavailable_is_retried() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let server = MirrorServer::with_faults(shared.join("mirror"), Faults { unavailable: 2, ..Faults::default() })?;
+    let dir = scratch("busy");
+    fetch(&find("fsdd")?, &options(&dir, &server.url()))?;
+    assert_eq!(server.served().iter().map(|s| s.status).collect::<Vec<_>>(), [503, 503, 200]);
+    Ok(())
+}
+
+#[test]
+fn a_corrupted_file_fails_its_checksum_and_leaves_nothing_behind() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    // A mirror whose test labels are a valid gzip of altered bytes.
+    let mirror = scratch("corrupt-mirror");
+    fs::create_dir_all(mirror.join("mnist"))?;
+    for f in fs::read_dir(shared.join("mirror/mnist"))? {
+        let f = f?;
+        fs::copy(f.path(), mirror.join("mnist").join(f.file_name()))?;
+    }
+    let mut labels = gunzip(&shared.join("mirror/mnist/t10k-labels-idx1-ubyte.gz"))?;
+    labels[100] = (labels[100] + 1) % 10;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&labels)?;
+    fs::write(mirror.join("mnist/t10k-labels-idx1-ubyte.gz"), gz.finish()?)?;
+
+    let server = MirrorServer::start(&mirror)?;
+    let dir = scratch("corrupt");
+    let err = fetch(&find("mnist")?, &options(&dir, &server.url())).expect_err("a corrupted file must fail");
+    assert!(matches!(err, Error::Checksum { .. }), "{err}");
+    assert!(err.to_string().contains("t10k-labels-idx1-ubyte.gz"), "{err}");
+    assert!(!dir.join("mnist").exists(), "nothing is unpacked");
+    assert!(!dir.join(".downloads/mnist/t10k-labels-idx1-ubyte.gz").exists(), "the bad download is deleted");
+    assert!(entries(&dir).iter().all(|e| !e.starts_with(".staging")), "{:?}", entries(&dir));
+    // The files verified before it wait, complete, for the next attempt.
+    assert!(dir.join(".downloads/mnist/train-images-idx3-ubyte.gz").is_file());
+    Ok(())
+}
+
+#[test]
+fn unreachable_and_missing_hosts_say_what_to_do() -> Result<()> {
+    let dir = scratch("offline");
+    // Port 1 on loopback: nothing listens there.
+    let err = fetch(&find("mnist")?, &options(&dir, "http://127.0.0.1:1")).expect_err("nothing listens");
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unreachable { .. }), "{text}");
+    assert!(text.contains("--mirror") && text.contains("MM_DATA_MIRROR") && text.contains("127.0.0.1:1/mnist/train-images-idx3-ubyte.gz"), "{text}");
+    // A host without the file: a 404, said once, not retried.
+    let empty = scratch("empty-mirror");
+    let server = MirrorServer::start(&empty)?;
+    let err = fetch(&find("fsdd")?, &options(&dir, &server.url())).expect_err("no such file");
+    assert!(matches!(err, Error::Http { status: 404, .. }), "{err}");
+    assert_eq!(server.served().len(), 1);
+    assert_eq!(entries(&dir), [".downloads"], "only the (empty) download folder");
+    Ok(())
+}
+
+/// A one-file data set around a test-made archive, checked by its SHA-256.
+fn custom(name: &str, archive: &Path, strip: usize, keep: &[&str]) -> Result<DataSet> {
+    let file = archive.file_name().context("name")?.to_string_lossy().into_owned();
+    Ok(DataSet {
+        name: name.into(),
+        title: "test".into(),
+        licence: "test".into(),
+        homepage: "test".into(),
+        artifacts: vec![Artifact {
+            file: file.clone(),
+            urls: vec![],
+            mirror_path: file,
+            size: None,
+            check: Check::Sha256(sha256_file(archive)?),
+            check_source: "made by the test".into(),
+            unpack: Unpack::Archive { strip, keep: keep.iter().map(|k| k.to_string()).collect(), into: String::new() },
+        }],
+        layout: Layout::Files,
+    })
+}
+
+fn tar_gz(path: &Path, entries: &[(&str, tar::EntryType, &[u8])]) -> Result<()> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(fs::File::create(path)?, flate2::Compression::fast()));
+    for (name, kind, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        // Written into the raw name field, so that `..` and absolute names get through.
+        let raw = &mut header.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_mode(0o644);
+        if *kind == tar::EntryType::Symlink {
+            header.set_link_name("/etc/passwd")?;
+            header.set_size(0);
+        } else {
+            header.set_size(data.len() as u64);
+        }
+        header.set_cksum();
+        builder.append(&header, *data)?;
+    }
+    builder.into_inner()?.finish()?;
+    Ok(())
+}
+
+fn zip_file(path: &Path, entries: &[(&str, &[u8])], symlink: Option<&str>) -> Result<()> {
+    let mut zip = zip::ZipWriter::new(fs::File::create(path)?);
+    let options = zip::write::SimpleFileOptions::default();
+    for (name, data) in entries {
+        zip.start_file(*name, options)?;
+        zip.write_all(data)?;
+    }
+    if let Some(link) = symlink {
+        zip.add_symlink(link, "/etc/passwd", options)?;
+    }
+    zip.finish()?;
+    Ok(())
+}
+
+#[test]
+fn archives_with_entries_escaping_the_folder_are_refused() -> Result<()> {
+    let mirror = scratch("unsafe-mirror");
+    let dir = scratch("unsafe");
+    let server = MirrorServer::start(&mirror)?;
+    let o = options(&dir.join("data"), &server.url());
+    use tar::EntryType::{Regular, Symlink};
+    type Make = Box<dyn Fn(&Path) -> Result<()>>;
+    let cases: Vec<(&str, Make, &str)> = vec![
+        ("dotdot.tar.gz", Box::new(|p| tar_gz(p, &[("top/ok.txt", Regular, b"fine"), ("top/../../escape.txt", Regular, b"evil")])), "`..`"),
+        ("absolute.tar.gz", Box::new(|p| tar_gz(p, &[("/tmp/escape.txt", Regular, b"evil")])), "absolute"),
+        ("link.tar.gz", Box::new(|p| tar_gz(p, &[("top/ok.txt", Regular, b"fine"), ("top/link.txt", Symlink, b"")])), "symbolic link"),
+        ("dotdot.zip", Box::new(|p| zip_file(p, &[("top/ok.txt", b"fine"), ("../escape.txt", b"evil")], None)), "`..`"),
+        ("link.zip", Box::new(|p| zip_file(p, &[("top/ok.txt", b"fine")], Some("top/link.txt"))), "symbolic link"),
+    ];
+    for (file, make, why) in cases {
+        let archive = mirror.join(file);
+        make(&archive)?;
+        let set = custom("unsafe", &archive, 1, &["*.txt"])?;
+        let err = fetch(&set, &o).expect_err(file);
+        assert!(matches!(err, Error::Unsafe { .. }) && err.to_string().contains(why), "{file}: {err}");
+        assert!(!dir.join("data/unsafe").exists(), "{file}: nothing unpacked");
+        assert!(!dir.join("escape.txt").exists() && !dir.join("data/escape.txt").exists(), "{file}");
+        assert!(entries(&dir.join("data")).iter().all(|e| !e.starts_with(".staging")), "{file}");
+    }
+    // The same layout without the bad entry unpacks.
+    let archive = mirror.join("good.tar.gz");
+    tar_gz(&archive, &[("top/ok.txt", Regular, b"fine"), ("top/skip.bin", Regular, b"not kept")])?;
+    fetch(&custom("good", &archive, 1, &["*.txt"])?, &o)?;
+    assert_eq!(fs::read(dir.join("data/good/ok.txt"))?, b"fine");
+    assert!(!dir.join("data/good/skip.bin").exists());
+    Ok(())
+}
+
+/// A registry entry with its check replaced by the SHA-256 of a test-made stand-in (same
+/// layout as upstream's archive), so that the real unpack rules and converter run.
+fn stand_in(name: &str, mirror: &Path) -> Result<DataSet> {
+    let mut set = find(name)?;
+    for a in &mut set.artifacts {
+        a.check = Check::Sha256(sha256_file(&mirror.join(&a.mirror_path))?);
+    }
+    Ok(set)
+}
+
+#[test]
+fn cifar10_esc50_flickr8k_and_glove_convert_from_their_upstream_layouts() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let mirror = scratch("layouts-mirror");
+    let dir = scratch("layouts");
+    for sub in ["cifar10", "esc50", "flickr8k", "glove"] {
+        fs::create_dir_all(mirror.join(sub))?;
+    }
+    // CIFAR-10: two records per training batch, three test records.
+    let classes = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n";
+    let record = |label: u8, seed: u8| -> Vec<u8> { std::iter::once(label).chain((0..3072u32).map(|i| (i as u8).wrapping_mul(seed))).collect() };
+    let mut entries: Vec<(String, Vec<u8>)> = (1..=5).map(|b| (format!("cifar-10-batches-bin/data_batch_{b}.bin"), [record(b, 3), record(9, 5)].concat())).collect();
+    entries.push(("cifar-10-batches-bin/test_batch.bin".into(), [record(0, 7), record(1, 11), record(2, 13)].concat()));
+    entries.push(("cifar-10-batches-bin/batches.meta.txt".into(), classes.as_bytes().to_vec()));
+    entries.push(("cifar-10-batches-bin/readme.html".into(), b"<p>not kept</p>".to_vec()));
+    let refs: Vec<(&str, tar::EntryType, &[u8])> = entries.iter().map(|(n, d)| (n.as_str(), tar::EntryType::Regular, d.as_slice())).collect();
+    tar_gz(&mirror.join("cifar10/cifar-10-binary.tar.gz"), &refs)?;
+    // ESC-50: three rows, one whose clip is missing from the archive.
+    let csv = "filename,fold,target,category,esc10,src_file,take\n1-100032-A-0.wav,1,0,dog,True,100032,A\n4-1000-A-1.wav,4,1,rooster,False,1000,A\n5-9032-A-0.wav,5,0,dog,True,9032,A\n";
+    zip_file(
+        &mirror.join("esc50/ESC-50-master.zip"),
+        &[("ESC-50-master/meta/esc50.csv", csv.as_bytes()), ("ESC-50-master/audio/1-100032-A-0.wav", b"RIFF1"), ("ESC-50-master/audio/5-9032-A-0.wav", b"RIFF3"), ("ESC-50-master/README.md", b"x")],
+        None,
+    )?;
+    // Flickr8k: the real caption and split files, and three of the images.
+    let text = shared.join("flickr8k");
+    let first = |file: &str| -> Result<String> { Ok(fs::read_to_string(text.join(file))?.lines().next().context("a line")?.trim().to_string()) };
+    let picks = [first("Flickr_8k.trainImages.txt")?, first("Flickr_8k.devImages.txt")?, first("Flickr_8k.testImages.txt")?];
+    let images: Vec<(String, Vec<u8>)> = picks.iter().map(|p| (format!("Flicker8k_Dataset/{p}"), b"\xff\xd8 jpeg".to_vec())).collect();
+    let image_refs: Vec<(&str, &[u8])> = images.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    zip_file(&mirror.join("flickr8k/Flickr8k_Dataset.zip"), &image_refs, None)?;
+    let names = ["Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt"];
+    let texts: Vec<Vec<u8>> = names.iter().map(|n| fs::read(text.join(n))).collect::<Result<_, _>>()?;
+    let text_refs: Vec<(&str, &[u8])> = names.iter().zip(&texts).map(|(n, d)| (*n, d.as_slice())).collect();
+    zip_file(&mirror.join("flickr8k/Flickr8k_text.zip"), &text_refs, None)?;
+    // GloVe: the first 100 words of the real 50-d vectors.
+    let glove: String = fs::read_to_string(shared.join("glove/glove.6B.50d.top20k.txt"))?.lines().take(100).map(|l| format!("{l}\n")).collect();
+    zip_file(&mirror.join("glove/glove.6B.zip"), &[("glove.6B.50d.txt", glove.as_bytes())], None)?;
+
+    let server = MirrorServer::start(&mirror)?;
+    let o = options(&dir, &server.url());
+
+    let cifar = fetch(&stand_in("cifar10", &mirror)?, &o)?;
+    assert_eq!(cifar.record.conversion.splits, BTreeMap::from([("test".into(), 3), ("train".into(), 10)]));
+    let manifest: Vec<serde_json::Value> = fs::read_to_string(dir.join("cifar10/manifest.jsonl"))?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(manifest[0]["label"], "automobile");
+    assert_eq!(manifest[1]["label"], "truck");
+    let test0 = manifest.iter().find(|m| m["id"] == "test-00001").context("test-00001")?;
+    assert_eq!(test0["label"], "automobile");
+    let png = image::open(dir.join("cifar10").join(test0["image"].as_str().context("image")?))?.to_rgb8();
+    let planes = &record(1, 11)[1..];
+    assert_eq!(png.get_pixel(5, 2).0, [planes[69], planes[1024 + 69], planes[2048 + 69]], "planes become RGB pixels");
+    assert!(!dir.join("cifar10/cifar-10-batches-bin/readme.html").exists());
+
+    let esc = fetch(&stand_in("esc50", &mirror)?, &o)?;
+    assert_eq!(esc.record.conversion.splits, BTreeMap::from([("test".into(), 1), ("train".into(), 1)]));
+    assert_eq!(esc.record.conversion.dropped.len(), 1);
+    assert_eq!(esc.record.conversion.dropped[0].id, "4-1000-A-1");
+
+    let flickr = fetch(&stand_in("flickr8k", &mirror)?, &o)?;
+    assert_eq!(flickr.record.conversion.splits, BTreeMap::from([("test".into(), 5), ("train".into(), 5), ("val".into(), 5)]));
+    let captions = fs::read_to_string(text.join("Flickr8k.token.txt"))?.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(flickr.record.conversion.dropped.len(), captions - 15, "every other caption is reported");
+    let lines = fs::read_to_string(dir.join("flickr8k/manifest.jsonl"))?;
+    let sample: serde_json::Value = serde_json::from_str(lines.lines().next().context("a sample")?)?;
+    assert!(dir.join("flickr8k").join(sample["image"].as_str().context("image")?).is_file());
+    assert!(sample["text"].as_str().is_some_and(|t| !t.is_empty()));
+
+    let vectors = fetch(&stand_in("glove", &mirror)?, &o)?;
+    assert!(vectors.record.conversion.splits.is_empty());
+    assert_eq!(fs::read_to_string(dir.join("glove/glove.6B.50d.txt"))?, glove);
+    Ok(())
+}
