@@ -4,6 +4,8 @@
 //!   workspace at it through the git-ignored link `.libtorch`.
 //! - `cargo xtask demo`: set-up if needed, then the main job on the embedded data.
 //! - `cargo xtask test`: set-up if needed, then every test of the workspace.
+//! - `cargo xtask fetch-data NAME...`: download, verify, unpack and convert data sets (runs the
+//!   `mm-fetch` binary, which needs no libtorch, so no set-up either).
 //!
 //! Architecture invariant: xtask depends on no workspace crate and builds without libtorch, so it
 //! runs on a fresh clone before anything else is possible.
@@ -23,12 +25,16 @@ tasks:
   setup [--force]   provision libtorch 2.13.0 and point the workspace at it (idempotent)
   demo [args]       set-up if needed, then run `mm demo` with the given arguments
   test [args]       set-up if needed, then `cargo test --workspace` with the given arguments
+  fetch-data [args] download, verify, unpack and convert data sets into manifests
+                    (`cargo xtask fetch-data --list`; `--help` for the options)
   help              this text
 
 environment:
   LIBTORCH               use this libtorch (a folder with include/ and lib/) instead of the cache
   LIBTORCH_USE_PYTORCH   use the torch of the python3 on PATH (or PYTHON_SYS_EXECUTABLE)
   MM_CACHE_DIR           where set-up keeps its libtorch (default $XDG_CACHE_HOME/mm or ~/.cache/mm)
+  MM_DATA_DIR            where fetch-data puts data sets (default ./data)
+  MM_DATA_MIRROR         a host to fetch data sets from instead of upstream (same as --mirror)
 ";
 
 fn main() -> ExitCode {
@@ -41,6 +47,7 @@ fn main() -> ExitCode {
             cargo(&[&["run", "--package", "mm-cli", "--bin", "mm", "--", "demo"]], &rest)
         }),
         Some("test") => setup_quietly().and_then(|_| test(&rest)),
+        Some("fetch-data") => fetch_data(&rest),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())
@@ -93,6 +100,25 @@ fn cargo(fixed: &[&[&str]], extra: &[OsString]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("`cargo {}` failed ({status})", describe(fixed, extra)))
+    }
+}
+
+/// `mm-fetch` with the given arguments, run from the caller's folder (so that a relative
+/// `--dir` means what the user expects).
+fn fetch_data(args: &[OsString]) -> Result<(), String> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = workspace_root().join("Cargo.toml");
+    let status = Command::new(&cargo)
+        .args(["run", "--quiet", "--package", "mm-fetch", "--bin", "mm-fetch", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--")
+        .args(args)
+        .status()
+        .map_err(|e| format!("could not run {cargo:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("fetch-data failed ({status})"))
     }
 }
 

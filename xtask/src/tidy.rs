@@ -39,25 +39,38 @@ mod tests {
         assert!(undocumented.is_empty(), "files without a leading //! doc: {undocumented:?}");
     }
 
-    /// Architecture invariant: xtask depends on no workspace crate (it must build without
-    /// libtorch, before set-up has run).
-    #[test]
-    fn xtask_depends_on_no_workspace_crate() {
-        let manifest = fs::read_to_string(crate::workspace_root().join("xtask/Cargo.toml"))
-            .expect("xtask/Cargo.toml");
-        for banned in ["mm-", "tch", "torch-sys"] {
+    /// Fails if the manifest at `path` (relative to the root) names a dependency starting with
+    /// one of `banned`.
+    fn assert_no_dependency(path: &str, banned: &[&str]) {
+        let manifest = fs::read_to_string(crate::workspace_root().join(path)).expect(path);
+        for banned in banned {
             let hit = manifest
                 .lines()
                 .filter(|l| !l.trim_start().starts_with('#'))
                 .find(|l| l.trim_start().starts_with(banned));
-            assert!(hit.is_none(), "xtask must not depend on {banned}: {hit:?}");
+            assert!(hit.is_none(), "{path} must not depend on {banned}: {hit:?}");
         }
+    }
+
+    /// Architecture invariant: xtask depends on no workspace crate (it must build without
+    /// libtorch, before set-up has run).
+    #[test]
+    fn xtask_depends_on_no_workspace_crate() {
+        assert_no_dependency("xtask/Cargo.toml", &["mm-", "tch", "torch-sys"]);
+    }
+
+    /// Architecture invariant: mm-fetch depends on no other mm crate and not on libtorch (it
+    /// runs before set-up, behind `cargo xtask fetch-data`).
+    #[test]
+    fn mm_fetch_needs_no_libtorch() {
+        assert_no_dependency("crates/mm-fetch/Cargo.toml", &["mm-", "tch", "torch-sys"]);
     }
 
     /// The layering of docs/ARCHITECTURE.md: which mm crates each library crate may use.
     #[test]
     fn library_crates_keep_their_layering() {
         let allowed: &[(&str, &[&str])] = &[
+            ("mm-fetch", &[]),
             ("mm-data", &[]),
             ("mm-seq", &["mm-data"]),
             ("mm-encoders", &["mm-data", "mm-seq"]),
