@@ -1,6 +1,8 @@
 //! `mm compare`: every fusion method, and each modality alone, trained on the same data, split
 //! and seed from one run configuration; a table of test accuracy, parameters, training time and
-//! accuracy when one modality is removed from every test sample.
+//! accuracy when one modality is removed from every test sample. With two modalities it also
+//! trains the same two encoders for cross-modal retrieval (CLIP-style InfoNCE) and reports
+//! Recall@K both ways on the test split, by exact pair and by class.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use mm_data::device::parse_device;
 use mm_data::manifest::{Manifest, Split};
 use mm_fusion::FusionConfig;
-use mm_train::model::HeadConfig;
+use mm_train::model::{HeadConfig, Positives};
 use mm_train::run::{Run, RunConfig};
 
 use serde_json::{json, Value};
@@ -33,6 +35,9 @@ pub struct Args {
     /// Leave out the single-modality baselines.
     #[arg(long)]
     no_baselines: bool,
+    /// Leave out the cross-modal retrieval model (trained when there are two modalities).
+    #[arg(long)]
+    no_retrieval: bool,
     /// Output folder: one run folder per model and compare.json.
     #[arg(long, default_value = "runs/compare")]
     out: PathBuf,
@@ -84,6 +89,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let device = parse_device(&a.device)?;
     let mut variants: Vec<(String, RunConfig)> = Vec::new();
+    let mut retrieval = None;
     for m in &a.methods {
         let mut c = base.clone();
         c.model.fusion = Some(fusion(m, a.dim)?);
@@ -96,6 +102,20 @@ pub fn run(a: &Args) -> Result<()> {
             c.model.fusion = Some(fusion("concat", a.dim)?);
             c.data.retain(&[m]);
             variants.push((format!("{m} only"), c));
+        }
+    }
+    if let [first, second] = modalities[..] {
+        if !a.no_retrieval {
+            // The same encoders, projected into one space and trained to match each pair; the
+            // checkpoint is chosen by mean average precision by class, second to first.
+            let mut c = base.clone();
+            c.model.fusion = None;
+            c.model.heads.clear();
+            c.model.loss_weights.clear();
+            // Pairs share a label, so every same-label item is a positive.
+            c.model.head = Some(HeadConfig::Retrieval { pair: [first.to_string(), second.to_string()], dim: a.dim, positives: Positives::Label });
+            c.train.select = Some(format!("{second}_to_{first}_class_map"));
+            retrieval = Some(c);
         }
     }
     // Run folders of an earlier comparison are replaced; nothing else is ever deleted.
@@ -133,14 +153,62 @@ pub fn run(a: &Args) -> Result<()> {
         }
         rows.push(json!({"model": name, "test_accuracy": test, "parameters": trained.parameters, "seconds": seconds, "without": removed, "run": dir}));
     }
-    let record = json!({"config": a.config.config, "modalities": modalities, "rows": rows});
+    let mut retrieval_row = Value::Null;
+    if let Some(mut config) = retrieval {
+        let dir = a.out.join("retrieval");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
+        }
+        config.train.verbose = false;
+        config.train.progress = false;
+        eprintln!("training retrieval ...");
+        let started = Instant::now();
+        let trained = mm_train::run::train(&config, &dir, device, false).context("training retrieval")?;
+        let seconds = started.elapsed().as_secs_f64();
+        let run = Run::open(&dir, None, device)?;
+        let metrics = run.evaluate(Arc::clone(&trained.manifest), Split::Test)?;
+        let scores: serde_json::Map<String, Value> = metrics.into_iter().filter(|(k, _)| k.contains("_to_") || k == "gallery").collect();
+        retrieval_row = json!({"model": "retrieval", "metrics": scores, "parameters": trained.parameters, "seconds": seconds, "run": dir});
+    }
+    let record = json!({"config": a.config.config, "modalities": modalities, "rows": rows, "retrieval": retrieval_row});
     mm_data::fs::write_atomic(&a.out.join("compare.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
     if a.json {
         println!("{record}");
         return Ok(());
     }
     print_table(&rows, &modalities, &a.out);
+    if let [first, second] = modalities[..] {
+        print_retrieval(&retrieval_row, first, second);
+    }
     Ok(())
+}
+
+/// Recall@K both ways, by class and by exact pair.
+fn print_retrieval(row: &Value, first: &str, second: &str) {
+    let m = &row["metrics"];
+    if m.is_null() {
+        return;
+    }
+    println!(
+        "\nretrieval ({} parameters, {:.0}s), test gallery of {}: Recall@1/5/10 and mAP",
+        row["parameters"].as_i64().unwrap_or(0),
+        row["seconds"].as_f64().unwrap_or(f64::NAN),
+        m["gallery"].as_i64().unwrap_or(0)
+    );
+    let pct = |k: &str| m[k].as_f64().map(|v| format!("{:5.1}%", 100.0 * v)).unwrap_or_else(|| "     -".into());
+    for (from, to) in [(second, first), (first, second)] {
+        let d = format!("{from}_to_{to}");
+        println!(
+            "  {from} -> {to}: by class {} {} {} mAP {}; exact pair {} {} {}",
+            pct(&format!("{d}_class_r1")),
+            pct(&format!("{d}_class_r5")),
+            pct(&format!("{d}_class_r10")),
+            pct(&format!("{d}_class_map")),
+            pct(&format!("{d}_r1")),
+            pct(&format!("{d}_r5")),
+            pct(&format!("{d}_r10"))
+        );
+    }
 }
 
 fn print_table(rows: &[Value], modalities: &[&str], out: &Path) {

@@ -120,6 +120,25 @@ pub fn info_nce(a: &Tensor, b: &Tensor, scale: &Tensor) -> Tensor {
     (cross_entropy(&logits, &targets, &none) + cross_entropy(&logits.tr(), &targets, &none)) / 2.0
 }
 
+/// InfoNCE where every pair sharing a label is a positive (supervised contrastive learning,
+/// Khosla et al. 2020, across two modalities): each row's target spreads evenly over the items
+/// with the row's label; an item without a label (negative, as `-100`) matches only its own
+/// pair. With all labels distinct it is [`info_nce`]. For data paired by class (a recording and
+/// an image of the same digit), where plain InfoNCE would push same-class items apart.
+pub fn info_nce_by_label(a: &Tensor, b: &Tensor, scale: &Tensor, labels: &Tensor) -> Tensor {
+    let normalise = |x: &Tensor| x / x.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
+    let logits = normalise(a).matmul(&normalise(b).tr()) * scale;
+    let n = a.size()[0];
+    let labels = labels.to_device(a.device());
+    let valid = labels.ge(0);
+    let same = labels.unsqueeze(1).eq_tensor(&labels.unsqueeze(0)).logical_and(&valid.unsqueeze(1)).logical_and(&valid.unsqueeze(0));
+    let positives = same.logical_or(&Tensor::eye(n, (Kind::Bool, a.device()))).to_kind(Kind::Float);
+    // Symmetric, so the same targets serve both directions.
+    let targets = &positives / positives.sum_dim_intlist([1].as_slice(), true, Kind::Float);
+    let one_way = |l: &Tensor| -(&targets * l.log_softmax(1, Kind::Float)).sum_dim_intlist([1].as_slice(), false, Kind::Float).mean(Kind::Float);
+    (one_way(&logits) + one_way(&logits.tr())) / 2.0
+}
+
 /// Triplet margin loss (Euclidean): `mean(max(0, ‖a − p‖ − ‖a − n‖ + margin))`.
 pub fn triplet(anchor: &Tensor, positive: &Tensor, negative: &Tensor, margin: f64) -> Tensor {
     Tensor::triplet_margin_loss(anchor, positive, negative, margin, 2.0, 1e-6, false, Reduction::Mean)

@@ -199,16 +199,60 @@ fn summarise(ranks: &[usize]) -> Retrieval {
     Retrieval { recall, median_rank, mrr }
 }
 
-/// Retrieval from `a` to `b` and from `b` to `a`, where `similarity[i][j]` compares `a_i` with
-/// `b_j` (`n × n`, row-major) and `a_i` matches `b_i`.
-pub fn retrieval(similarity: &[f32], n: usize) -> (Retrieval, Retrieval) {
-    let forward = summarise(&match_ranks(similarity, n));
+/// Category-level retrieval in one direction: an item of the gallery is relevant to a query
+/// when it carries the query's label (the usual measure where pairs are formed by class, as in
+/// audio-visual digits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassRetrieval {
+    /// Share of queries with a relevant item in the top 1, 5, 10.
+    pub recall: [f64; 3],
+    /// Mean average precision over the queries that have a relevant item.
+    pub map: f64,
+}
+
+/// Category-level retrieval one way: `similarity[i][j]` (row-major, `n × n`) compares query `i`
+/// with gallery item `j`; `query_labels[i]` and `gallery_labels[j]` say what is relevant.
+/// Ties in similarity are ranked by gallery index.
+pub fn class_retrieval(similarity: &[f32], n: usize, query_labels: &[i64], gallery_labels: &[i64]) -> ClassRetrieval {
+    let (mut hits, mut ap_sum, mut with_relevant) = ([0usize; 3], 0.0, 0usize);
+    for (i, row) in similarity.chunks(n.max(1)).take(n).enumerate() {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let relevant: Vec<bool> = order.iter().map(|&j| gallery_labels[j] == query_labels[i]).collect();
+        for (k, cut) in [1usize, 5, 10].iter().enumerate() {
+            hits[k] += usize::from(relevant.iter().take(*cut).any(|r| *r));
+        }
+        let (mut found, mut precision_sum) = (0usize, 0.0);
+        for (rank, r) in relevant.iter().enumerate() {
+            if *r {
+                found += 1;
+                precision_sum += found as f64 / (rank + 1) as f64;
+            }
+        }
+        if found > 0 {
+            ap_sum += precision_sum / found as f64;
+            with_relevant += 1;
+        }
+    }
+    let q = n.max(1) as f64;
+    ClassRetrieval { recall: hits.map(|h| h as f64 / q), map: ap_sum / with_relevant.max(1) as f64 }
+}
+
+/// `similarity` (`n × n`, row-major) transposed: the other direction of retrieval.
+pub fn transpose(similarity: &[f32], n: usize) -> Vec<f32> {
     let mut transposed = vec![0f32; n * n];
     for i in 0..n {
         for j in 0..n {
             transposed[j * n + i] = similarity[i * n + j];
         }
     }
-    let backward = summarise(&match_ranks(&transposed, n));
+    transposed
+}
+
+/// Retrieval from `a` to `b` and from `b` to `a`, where `similarity[i][j]` compares `a_i` with
+/// `b_j` (`n × n`, row-major) and `a_i` matches `b_i`.
+pub fn retrieval(similarity: &[f32], n: usize) -> (Retrieval, Retrieval) {
+    let forward = summarise(&match_ranks(similarity, n));
+    let backward = summarise(&match_ranks(&transpose(similarity, n), n));
     (forward, backward)
 }

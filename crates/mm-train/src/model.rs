@@ -74,6 +74,23 @@ pub enum RegressionLoss {
     L1,
 }
 
+/// The positives of a retrieval head's contrastive loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positives {
+    /// Each sample's own pair only (CLIP's InfoNCE).
+    #[default]
+    Pair,
+    /// Every pair of items sharing a label ([`crate::loss::info_nce_by_label`]).
+    Label,
+}
+
+impl Positives {
+    fn is_pair(&self) -> bool {
+        *self == Positives::Pair
+    }
+}
+
 /// The task head on the fused vector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -109,6 +126,10 @@ pub enum HeadConfig {
         pair: [String; 2],
         /// Size of the shared space.
         dim: i64,
+        /// What counts as a match in training: `pair` (each sample's own two items, CLIP) or
+        /// `label` (every item with the same label; for data paired by class).
+        #[serde(default, skip_serializing_if = "Positives::is_pair")]
+        positives: Positives,
     },
     /// Regression of the scalar target.
     Regression {
@@ -286,7 +307,7 @@ impl Model {
         }
         let (mut fusion, mut retrieval) = (None, None);
         let mut heads = Vec::new();
-        if let Some((_, HeadConfig::Retrieval { pair, dim })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
+        if let Some((_, HeadConfig::Retrieval { pair, dim, .. })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
             if named.len() > 1 {
                 return Err(Error::Config("model.heads: a retrieval head stands alone".to_string()));
             }
@@ -490,7 +511,7 @@ impl Model {
                 let labels = batch.labels.as_ref().ok_or_else(|| missing("multi-labels"))?;
                 Ok(binary_cross_entropy(prediction, labels, None))
             }
-            HeadConfig::Retrieval { .. } => {
+            HeadConfig::Retrieval { positives, .. } => {
                 let r = self.retrieval.as_ref().expect("a retrieval head");
                 let (a, b, both) = output.embeddings.as_ref().expect("retrieval embeddings");
                 let (a, b) = (&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
@@ -498,7 +519,12 @@ impl Model {
                 if rows.size()[0] < 2 {
                     return Ok(a.sum(Kind::Float) * 0.0);
                 }
-                Ok(crate::loss::info_nce(&a.index_select(0, &rows), &b.index_select(0, &rows), &r.temperature.scale()))
+                let (a, b, scale) = (&a.index_select(0, &rows), &b.index_select(0, &rows), &r.temperature.scale());
+                match (positives, batch.label.as_ref()) {
+                    (Positives::Label, Some(labels)) => Ok(crate::loss::info_nce_by_label(a, b, scale, &labels.index_select(0, &rows))),
+                    (Positives::Label, None) => Err(missing("labels (model.head.positives = \"label\")")),
+                    (Positives::Pair, _) => Ok(crate::loss::info_nce(a, b, scale)),
+                }
             }
             HeadConfig::Regression { loss, .. } => {
                 let (target, mask) = batch.target.as_ref().ok_or_else(|| missing("targets"))?;

@@ -227,6 +227,11 @@ pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Pr
                         let rows = both.nonzero().squeeze_dim(1);
                         g.emb_a.push(a.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
                         g.emb_b.push(b.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
+                        // Labels, where the data has them, for category-level retrieval.
+                        if let Some(labels) = batch.label.as_ref() {
+                            let l: Vec<i64> = Vec::try_from(labels.index_select(0, &rows).to_device(Device::Cpu)).unwrap_or_default();
+                            g.truth.extend(l);
+                        }
                     }
                 }
                 HeadConfig::MultiLabel { .. } => {}
@@ -270,12 +275,24 @@ pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Pr
                 let n = a.size()[0] as usize;
                 let sim: Vec<f32> = Vec::try_from(a.matmul(&b.tr()).view([-1])).unwrap_or_default();
                 let (ab, ba) = metrics::retrieval(&sim, n);
-                for (direction, r) in [(format!("{}_to_{}", pair[0], pair[1]), ab), (format!("{}_to_{}", pair[1], pair[0]), ba)] {
+                let (forward, backward) = (format!("{}_to_{}", pair[0], pair[1]), format!("{}_to_{}", pair[1], pair[0]));
+                for (direction, r) in [(&forward, ab), (&backward, ba)] {
                     m.insert(key(&format!("{direction}_r1")), json!(r.recall[0]));
                     m.insert(key(&format!("{direction}_r5")), json!(r.recall[1]));
                     m.insert(key(&format!("{direction}_r10")), json!(r.recall[2]));
                     m.insert(key(&format!("{direction}_median_rank")), json!(r.median_rank));
                     m.insert(key(&format!("{direction}_mrr")), json!(r.mrr));
+                }
+                // With a label on every pair: a gallery item is relevant when it shares the
+                // query's label (`_class_r1`, `_class_map`).
+                if g.truth.len() == n && g.truth.iter().all(|l| *l >= 0) {
+                    let by_class = [(&forward, metrics::class_retrieval(&sim, n, &g.truth, &g.truth)), (&backward, metrics::class_retrieval(&metrics::transpose(&sim, n), n, &g.truth, &g.truth))];
+                    for (direction, r) in by_class {
+                        for (k, cut) in [1, 5, 10].iter().enumerate() {
+                            m.insert(key(&format!("{direction}_class_r{cut}")), json!(r.recall[k]));
+                        }
+                        m.insert(key(&format!("{direction}_class_map")), json!(r.map));
+                    }
                 }
                 m.insert(key("gallery"), json!(n));
             }

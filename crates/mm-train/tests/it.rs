@@ -88,6 +88,16 @@ mod losses {
         let t = Temperature::new(&(vs.root() / "clip"));
         close(t.scale().double_value(&[]), 1.0 / 0.07, "CLIP's initial scale");
         close(info_nce(&a, &b, &t.scale()).double_value(&[]), softplus(-1.0 / 0.07), "info_nce at 1/0.07");
+        // By label: with distinct labels, or none, it is plain InfoNCE.
+        let one = Tensor::from(1.0f32);
+        close(info_nce_by_label(&a, &b, &one, &Tensor::from_slice(&[4i64, 7])).double_value(&[]), softplus(-1.0), "distinct labels");
+        close(info_nce_by_label(&a, &b, &one, &Tensor::from_slice(&[-100i64, -100])).double_value(&[]), softplus(-1.0), "no labels");
+        // Labels [0, 0, 1] on items x, x, y (x ⟂ y): logits rows (1, 1, 0), (1, 1, 0), (0, 0, 1).
+        // Rows 0 and 1 target (1/2, 1/2, 0): loss ln(2e + 1) - 1 each; row 2: ln(2 + e) - 1.
+        let x = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0, 0.0, 1.0]).view([3, 2]);
+        let e = std::f64::consts::E;
+        let want = (2.0 * ((2.0 * e + 1.0).ln() - 1.0) + (2.0 + e).ln() - 1.0) / 3.0;
+        close(info_nce_by_label(&x, &x, &one, &Tensor::from_slice(&[0i64, 0, 1])).double_value(&[]), want, "same-label positives");
         let anchor = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.0]).view([2, 2]);
         let pos = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0]).view([2, 2]);
         let neg = Tensor::from_slice(&[3.0f32, 0.0, 1.5, 0.0]).view([2, 2]);
@@ -169,6 +179,15 @@ mod metrics {
         close(fwd.mrr, 2.5 / 3.0, "MRR");
         close(bwd.recall[0], 2.0 / 3.0, "backward R@1");
         close(bwd.mrr, 2.5 / 3.0, "backward MRR");
+        // By class, labels [0, 1, 0]. Query 0 orders the gallery 0, 2, 1: relevant at ranks 1
+        // and 2, AP 1. Query 1 orders it 0, 1, 2: its one relevant item at rank 2, AP 1/2, no
+        // hit at 1. Query 2 orders it 2, 1, 0: relevant at ranks 1 and 3, AP (1 + 2/3) / 2.
+        let labels = [0, 1, 0];
+        let by_class = class_retrieval(&sim, 3, &labels, &labels);
+        close(by_class.recall[0], 2.0 / 3.0, "class R@1");
+        close(by_class.recall[1], 1.0, "class R@5");
+        close(by_class.map, (1.0 + 0.5 + (1.0 + 2.0 / 3.0) / 2.0) / 3.0, "class mAP");
+        assert_eq!(transpose(&sim, 3), [0.9, 0.8, 0.1, 0.1, 0.5, 0.2, 0.2, 0.3, 0.3]);
     }
 }
 

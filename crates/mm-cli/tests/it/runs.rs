@@ -360,6 +360,49 @@ fn compare_ranks_fusion_methods_against_single_modalities() {
     assert!(err.contains("compares classifiers"), "{err}");
 }
 
+/// The whole chain on real data at small scale: MNIST and FSDD fetched over loopback from the
+/// shared mirror (download, verify, unpack, convert), degraded audio-visual digits built from
+/// what was fetched, then `mm compare`: every model beats chance, fusion beats both modalities
+/// alone, and audio-to-image retrieval finds images of the spoken digit.
+#[test]
+fn fetched_audio_visual_digits_fuse_better_than_either_modality() {
+    let Some(mirror) = shared_mirror() else { return };
+    let dir = std::env::temp_dir().join(format!("mm-cli-chain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let server = mm_fetch::serve::MirrorServer::start(&mirror).expect("loopback server");
+    let mut options = mm_fetch::FetchOptions::new(dir.join("data"));
+    options.mirror = Some(server.url());
+    options.verbose = false;
+    options.downloader = mm_fetch::download::Downloader::new(2, std::time::Duration::from_millis(10), false);
+    for name in ["mnist", "fsdd"] {
+        let fetched = mm_fetch::fetch(&mm_fetch::registry::find(name).expect("registered"), &options).expect("fetch");
+        assert!(fetched.record.sources.iter().all(|s| s.verified), "{name}: {:?}", fetched.record.sources);
+    }
+    ok(&dir, &[
+        "data", "av-digits", "--mnist", "data/mnist/raw", "--fsdd", "data/fsdd/recordings", "--out", "data/av-digits",
+        "--train-per-digit", "200", "--test-per-digit", "30", "--image-noise", "0.4", "--occlusion", "0.5", "--audio-snr", "-5",
+    ]);
+    let config = configs().join("av-digits/av-digits.toml");
+    let out = ok(&dir, &["compare", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=10", "--methods", "concat,gated", "--out", "runs/chain", "--device", "cpu"]);
+    // The table goes to the log: the margins below are worth watching across machines.
+    eprintln!("{out}");
+    let record = json(&std::fs::read_to_string(dir.join("runs/chain/compare.json")).expect("compare.json"));
+    let rows = record["rows"].as_array().expect("rows");
+    let acc = |name: &str| rows.iter().find(|r| r["model"] == name).and_then(|r| r["test_accuracy"].as_f64()).unwrap_or_else(|| panic!("{name}: {out}"));
+    let (image, audio) = (acc("image only"), acc("audio only"));
+    assert!(image > 0.25 && audio > 0.25, "each modality alone is well above chance (0.1): image {image}, audio {audio}\n{out}");
+    let fused = acc("concat").max(acc("gated"));
+    assert!(fused > image.max(audio) + 0.03, "fused {fused} against image {image}, audio {audio}:\n{out}");
+    let scores = &record["retrieval"]["metrics"];
+    let by_class = scores["audio_to_image_class_map"].as_f64().unwrap_or_else(|| panic!("no retrieval scores: {record}"));
+    assert!(by_class > 0.18, "audio-to-image mAP by class {by_class} must be well above chance (about 0.1):\n{out}");
+    assert_eq!(scores["gallery"].as_i64(), Some(300));
+    assert!(out.contains("audio -> image: by class"), "{out}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every command has `--help`.
 #[test]
 fn every_command_has_help() {
