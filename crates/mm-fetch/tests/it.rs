@@ -377,3 +377,41 @@ fn cifar10_esc50_flickr8k_and_glove_convert_from_their_upstream_layouts() -> Res
     assert_eq!(fs::read_to_string(dir.join("glove/glove.6B.50d.txt"))?, glove);
     Ok(())
 }
+
+/// The command behind `cargo xtask fetch-data`: fetch from a mirror, list, and fail clearly.
+#[test]
+fn the_command_fetches_lists_and_explains_failures() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let server = MirrorServer::start(shared.join("mirror"))?;
+    let dir = scratch("command");
+    let run = |args: &[&str], env: &[(&str, &str)]| -> Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mm-fetch"));
+        cmd.args(args).env_remove("MM_DATA_MIRROR").env_remove("MM_DATA_DIR");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ok(cmd.output()?)
+    };
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let d = dir.to_str().context("utf-8")?;
+    let mirror = format!("{}/", server.url());
+    let out = run(&["--dir", d, "--mirror", &mirror, "fsdd"], &[])?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2700 train samples"), "{}", text(&out));
+    // The environment gives the folder too; the list shows what is there and what is not.
+    let out = run(&["--list"], &[("MM_DATA_DIR", d)])?;
+    let listing = text(&out);
+    assert!(out.status.success());
+    let line = |name: &str| listing.lines().skip_while(|l| !l.starts_with(name)).nth(1).unwrap_or_default().to_string();
+    assert!(line("fsdd").contains("present (300 test, 2700 train)"), "{listing}");
+    assert!(line("mnist").contains("not fetched"), "{listing}");
+    assert!(listing.contains("UNVERIFIED"), "{listing}");
+    // An offline mirror from the environment, and an unknown name: exit 1 and a message.
+    let out = run(&["--dir", d, "--retries", "0", "mnist"], &[("MM_DATA_MIRROR", "http://127.0.0.1:1")])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("--mirror") && text(&out).contains("127.0.0.1:1/mnist/"), "{}", text(&out));
+    let out = run(&["--dir", d, "cifar-100"], &[])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("unknown data set `cifar-100`; known: mnist, fashion-mnist"), "{}", text(&out));
+    Ok(())
+}
