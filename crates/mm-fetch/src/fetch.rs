@@ -154,6 +154,18 @@ pub fn fetch(set: &DataSet, options: &FetchOptions) -> Result<Fetched> {
         }
     };
     let target = options.dir.join(&set.name);
+    // One fetch at a time per data folder: two would write the same `.part` files. The lock
+    // (flock on the folder itself) dies with its process, so a killed fetch never blocks one.
+    fs::create_dir_all(&options.dir).map_err(|e| Error::io(&options.dir, e))?;
+    let lock = fs::File::open(&options.dir).map_err(|e| Error::io(&options.dir, e))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!("{}: another fetch into {} is running; waiting for it", set.name, options.dir.display());
+            lock.lock().map_err(|e| Error::io(&options.dir, e))?;
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&options.dir, e)),
+    }
     match presence(&options.dir, set) {
         Presence::Present(record) if !options.force => {
             say(&format!("already present in {} (--force fetches it again)", target.display()));

@@ -9,7 +9,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -185,46 +185,45 @@ fn handle(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_string());
     let mut out = stream;
-    let mut respond = |status: u16, reason: &str, headers: &[(String, String)], body: &[u8], cut: Option<usize>| -> io::Result<()> {
+    // The head, then `length` bytes of `body` (fewer when the response is cut on purpose).
+    let mut respond = |status: u16, reason: &str, headers: &[(String, String)], body: &mut dyn Read, length: u64, cut: Option<u64>| -> io::Result<()> {
         if let Ok(mut log) = shared.log.lock() {
             log.push(Served { path: path.clone(), range: range.clone(), status });
         }
-        let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {length}\r\n");
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
         out.write_all(head.as_bytes())?;
         if method != "HEAD" {
-            out.write_all(&body[..cut.unwrap_or(body.len()).min(body.len())])?;
+            io::copy(&mut body.take(cut.unwrap_or(length).min(length)), &mut out)?;
         }
         out.flush()
     };
     if method != "GET" && method != "HEAD" {
-        return respond(405, "Method Not Allowed", &[], b"", None);
+        return respond(405, "Method Not Allowed", &[], &mut io::empty(), 0, None);
     }
     if shared.unavailable.load(Ordering::SeqCst) > 0 {
         shared.unavailable.fetch_sub(1, Ordering::SeqCst);
-        return respond(503, "Service Unavailable", &[], b"try again\n", None);
+        return respond(503, "Service Unavailable", &[], &mut &b"try again\n"[..], 10, None);
     }
     let Some(file) = resolve(&shared.root, &path) else {
-        return respond(404, "Not Found", &[], b"not found\n", None);
+        return respond(404, "Not Found", &[], &mut &b"not found\n"[..], 10, None);
     };
-    let mut body = Vec::new();
-    std::fs::File::open(&file)?.read_to_end(&mut body)?;
-    let len = body.len() as u64;
-    let (status, reason, body, headers) = match range.as_deref().map(|r| parse_range(r, len)) {
-        None => (200, "OK", &body[..], vec![("Accept-Ranges".to_string(), "bytes".to_string())]),
-        Some(Some((start, end))) => {
-            (206, "Partial Content", &body[start as usize..=end as usize], vec![("Content-Range".to_string(), format!("bytes {start}-{end}/{len}"))])
-        }
-        Some(None) => return respond(416, "Range Not Satisfiable", &[("Content-Range".into(), format!("bytes */{len}"))], b"", None),
+    let mut body = std::fs::File::open(&file)?;
+    let len = body.metadata()?.len();
+    let (status, reason, start, length, headers) = match range.as_deref().map(|r| parse_range(r, len)) {
+        None => (200, "OK", 0, len, vec![("Accept-Ranges".to_string(), "bytes".to_string())]),
+        Some(Some((start, end))) => (206, "Partial Content", start, end - start + 1, vec![("Content-Range".to_string(), format!("bytes {start}-{end}/{len}"))]),
+        Some(None) => return respond(416, "Range Not Satisfiable", &[("Content-Range".into(), format!("bytes */{len}"))], &mut io::empty(), 0, None),
     };
-    let cut = (shared.faults.cut_at < body.len() as u64 && shared.cut.load(Ordering::SeqCst) > 0).then(|| {
+    body.seek(SeekFrom::Start(start))?;
+    let cut = (shared.faults.cut_at < length && shared.cut.load(Ordering::SeqCst) > 0).then(|| {
         shared.cut.fetch_sub(1, Ordering::SeqCst);
-        shared.faults.cut_at as usize
+        shared.faults.cut_at
     });
-    respond(status, reason, &headers, body, cut)
+    respond(status, reason, &headers, &mut body, length, cut)
 }
 
 #[cfg(test)]

@@ -415,3 +415,24 @@ fn the_command_fetches_lists_and_explains_failures() -> Result<()> {
     assert!(text(&out).contains("unknown data set `cifar-100`; known: mnist, fashion-mnist"), "{}", text(&out));
     Ok(())
 }
+
+/// Two fetches into one folder at once: the second waits for the first, then finds the data
+/// set present; neither sees the other's half-written files.
+#[test]
+fn concurrent_fetches_into_one_folder_take_turns() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let server = MirrorServer::start(shared.join("mirror"))?;
+    let dir = scratch("concurrent");
+    let o = options(&dir, &server.url());
+    let set = find("fsdd")?;
+    let results: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| fetch(&set, &o).map(|f| f.fetched))).collect();
+        handles.into_iter().map(|h| h.join().expect("no panic")).collect::<Result<_, _>>()
+    })?;
+    let mut sorted = results.clone();
+    sorted.sort();
+    assert_eq!(sorted, [false, true], "one fetched, the other found it present");
+    assert_eq!(server.served().len(), 1, "downloaded once");
+    assert_eq!(entries(&dir), ["fsdd"]);
+    Ok(())
+}
