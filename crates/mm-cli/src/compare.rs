@@ -126,18 +126,8 @@ pub fn run(a: &Args) -> Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     mm_data::fs::write_atomic(&marker, serde_json::to_string_pretty(&json!({"config": a.config.config, "modalities": modalities, "rows": [], "running": true}))?.as_bytes())?;
     let mut rows = Vec::new();
-    for (name, mut config) in variants {
-        let dir = a.out.join(name.replace(' ', "-"));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
-        }
-        config.train.verbose = false;
-        config.train.progress = false;
-        eprintln!("training {name} ...");
-        let started = Instant::now();
-        let trained = mm_train::run::train(&config, &dir, device, false).with_context(|| format!("training {name}"))?;
-        let seconds = started.elapsed().as_secs_f64();
-        let run = Run::open(&dir, None, device)?;
+    for (name, config) in variants {
+        let (dir, trained, seconds, run) = train_quietly(&name, config, &a.out, device)?;
         let manifest = &trained.manifest;
         let accuracy = |m: Arc<Manifest>| -> Result<f64> {
             let metrics = run.evaluate(m, Split::Test)?;
@@ -154,18 +144,8 @@ pub fn run(a: &Args) -> Result<()> {
         rows.push(json!({"model": name, "test_accuracy": test, "parameters": trained.parameters, "seconds": seconds, "without": removed, "run": dir}));
     }
     let mut retrieval_row = Value::Null;
-    if let Some(mut config) = retrieval {
-        let dir = a.out.join("retrieval");
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
-        }
-        config.train.verbose = false;
-        config.train.progress = false;
-        eprintln!("training retrieval ...");
-        let started = Instant::now();
-        let trained = mm_train::run::train(&config, &dir, device, false).context("training retrieval")?;
-        let seconds = started.elapsed().as_secs_f64();
-        let run = Run::open(&dir, None, device)?;
+    if let Some(config) = retrieval {
+        let (dir, trained, seconds, run) = train_quietly("retrieval", config, &a.out, device)?;
         let metrics = run.evaluate(Arc::clone(&trained.manifest), Split::Test)?;
         let scores: serde_json::Map<String, Value> = metrics.into_iter().filter(|(k, _)| k.contains("_to_") || k == "gallery").collect();
         retrieval_row = json!({"model": "retrieval", "metrics": scores, "parameters": trained.parameters, "seconds": seconds, "run": dir});
@@ -209,6 +189,24 @@ fn print_retrieval(row: &Value, first: &str, second: &str) {
             pct(&format!("{d}_r10"))
         );
     }
+}
+
+/// Trains one model of the comparison into `out/NAME` (replacing an earlier one), without
+/// progress output; returns its folder, what training returned, the seconds it took and the
+/// run reopened from its best checkpoint.
+fn train_quietly(name: &str, mut config: RunConfig, out: &Path, device: tch::Device) -> Result<(PathBuf, mm_train::run::Trained, f64, Run)> {
+    let dir = out.join(name.replace(' ', "-"));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    config.train.verbose = false;
+    config.train.progress = false;
+    eprintln!("training {name} ...");
+    let started = Instant::now();
+    let trained = mm_train::run::train(&config, &dir, device, false).with_context(|| format!("training {name}"))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let run = Run::open(&dir, None, device)?;
+    Ok((dir, trained, seconds, run))
 }
 
 fn print_table(rows: &[Value], modalities: &[&str], out: &Path) {
