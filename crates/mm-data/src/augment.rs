@@ -274,6 +274,9 @@ pub struct AudioAugment {
     pub time_masks: (usize, usize),
     /// SpecAugment: this many frequency masks of up to `max_bins` mel bins each.
     pub freq_masks: (usize, usize),
+    /// Real background noise (ESC-50 or any recordings) mixed in at a random SNR; loaded by
+    /// the training pipeline ([`crate::noise::NoiseBank`]), after the augmentations above.
+    pub background: Option<crate::noise::BackgroundNoise>,
 }
 
 impl AudioAugment {
@@ -287,6 +290,7 @@ impl AudioAugment {
             noise: Some((0.5, (10.0, 30.0))),
             time_masks: (2, 20),
             freq_masks: (2, 8),
+            background: None,
         }
     }
 }

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{AudioAugment, ImageAugment, TextAugment};
+use crate::noise::NoiseBank;
 use crate::clean::{clean, CleanConfig, CleanReport};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Split};
@@ -258,6 +259,9 @@ impl DataConfig {
                 return bad("features.dim", "must be at least 1");
             }
         }
+        if let Some(b) = self.audio.as_ref().and_then(|a| a.augment.background.as_ref()) {
+            b.validate()?;
+        }
         if !(0.0..1.0).contains(&self.modality_dropout) {
             return bad("modality_dropout", "a probability in [0, 1)");
         }
@@ -347,6 +351,10 @@ impl DataConfig {
             let mut spec = AudioSpec::new(&c.mel).map_err(|e| Error::Config(format!("data.audio.mel: {e}")))?;
             spec.max_frames = c.max_frames;
             spec.augment = c.augment.clone();
+            // Noise is for training: a pipeline restored for evaluation does without.
+            if let (Some(b), None) = (&c.augment.background, saved) {
+                spec.background = Some(std::sync::Arc::new(NoiseBank::load(b, c.mel.sample_rate, seed)?));
+            }
             p.audio = Some(spec);
         }
         if let Some(c) = &self.text {

@@ -54,6 +54,7 @@ pub mod image;
 pub mod loader;
 pub mod manifest;
 pub mod mel;
+pub mod noise;
 pub mod normalize;
 pub mod pipeline;
 pub mod rng;

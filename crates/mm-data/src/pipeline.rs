@@ -29,6 +29,7 @@ use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 
 use crate::audio::{decode_audio, Resampler};
+use crate::noise::NoiseBank;
 use crate::augment::{augment_image, augment_tokens, augment_waveform, drop_modalities, spec_augment, AudioAugment, ImageAugment, TextAugment};
 use crate::error::{Error, Result};
 use crate::image::decode_image;
@@ -70,13 +71,15 @@ pub struct AudioSpec {
     pub augment: AudioAugment,
     /// Longer spectrograms are cut to this many frames (their start kept).
     pub max_frames: Option<usize>,
+    /// Background noise clips for `augment.background`, loaded for training only.
+    pub background: Option<Arc<NoiseBank>>,
 }
 
 impl AudioSpec {
     /// A log-mel front end with this configuration, no augmentation.
     pub fn new(config: &MelConfig) -> Result<Self> {
         let mel = LogMel::new(config).map_err(|e| Error::Config(e.to_string()))?;
-        Ok(AudioSpec { mel: Arc::new(mel), normalizer: None, augment: AudioAugment::default(), max_frames: None })
+        Ok(AudioSpec { mel: Arc::new(mel), normalizer: None, augment: AudioAugment::default(), max_frames: None, background: None })
     }
 }
 
@@ -532,6 +535,12 @@ fn load_audio(path: &std::path::Path, spec: &AudioSpec, train: bool, rng: &mut R
     let mel = if train {
         let mut samples = decoded.to_vec();
         augment_waveform(&mut samples, &spec.augment, rng);
+        if let (Some(bank), Some(b)) = (&spec.background, &spec.augment.background) {
+            if rng.chance(b.p) {
+                let snr = rng.uniform(b.snr_db.0, b.snr_db.1);
+                bank.mix(&mut samples, snr, rng);
+            }
+        }
         spec.mel.compute(&samples)
     } else {
         spec.mel.compute(&decoded)
