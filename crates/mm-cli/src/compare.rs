@@ -1,8 +1,9 @@
 //! `mm compare`: every fusion method, and each modality alone, trained on the same data, split
 //! and seed from one run configuration; a table of test accuracy, parameters, training time and
 //! accuracy when one modality is removed from every test sample. With two modalities it also
-//! trains the same two encoders for cross-modal retrieval (CLIP-style InfoNCE) and reports
-//! Recall@K both ways on the test split, by exact pair and by class.
+//! trains the same two encoders for cross-modal retrieval (a CLIP-style head whose contrastive
+//! loss takes every same-label pair as a positive) and reports Recall@K both ways on the test
+//! split, by exact pair and by class.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -106,8 +107,8 @@ pub fn run(a: &Args) -> Result<()> {
     }
     if let [first, second] = modalities[..] {
         if !a.no_retrieval {
-            // The same encoders, projected into one space and trained to match each pair; the
-            // checkpoint is chosen by mean average precision by class, second to first.
+            // The same encoders, projected into one space and trained to match items of the same
+            // label; the checkpoint is chosen by mean average precision by class, second to first.
             let mut c = base.clone();
             c.model.fusion = None;
             c.model.heads.clear();
