@@ -100,8 +100,7 @@ fn list(options: &FetchOptions) {
         };
         let size: u64 = set.artifacts.iter().filter_map(|a| a.size).sum();
         let size = if size > 0 { format!("{:.1} MB", size as f64 / 1e6) } else { "size not published".into() };
-        let checks: Vec<&str> = set.artifacts.iter().map(|a| if a.check.verified() { a.check.describe() } else { "UNVERIFIED" }).collect();
-        let mut checks_text = checks.clone();
+        let mut checks_text: Vec<&str> = set.artifacts.iter().map(|a| if a.check.verified() { a.check.describe() } else { "UNVERIFIED" }).collect();
         checks_text.dedup();
         let _ = writeln!(out, "{:<14} {}", set.name, set.title);
         let _ = writeln!(out, "{:<14} {state}; {size}; licence: {}", "", set.licence);
