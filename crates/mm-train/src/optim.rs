@@ -228,25 +228,19 @@ impl Optimizer {
                             let _ = p.g_sub_(&(d * lr));
                         }
                         OptimizerConfig::Adam { betas, eps, .. } | OptimizerConfig::AdamW { betas, eps, .. } => {
-                            let decoupled = matches!(config, OptimizerConfig::AdamW { .. });
-                            let g = if wd != 0.0 && !decoupled { &grad + &p * wd } else { grad.shallow_clone() };
-                            if decoupled && wd != 0.0 {
-                                let _ = p.g_mul_scalar_(1.0 - lr * wd);
+                            let m1 = m.get_or_insert_with(|| p.zeros_like());
+                            let m2 = v.get_or_insert_with(|| p.zeros_like());
+                            let rule = AdamRule {
+                                lr,
+                                betas,
+                                eps,
+                                weight_decay: wd,
+                                decoupled: matches!(config, OptimizerConfig::AdamW { .. }),
+                                step: t,
+                            };
+                            if !fused_adam_cpu(&rule, &mut p, &grad, m1, m2) {
+                                adam_in_place(&rule, &mut p, &grad, m1, m2);
                             }
-                            let m1 = match m.take() {
-                                None => &g * (1.0 - betas.0),
-                                Some(prev) => prev * betas.0 + &g * (1.0 - betas.0),
-                            };
-                            let m2 = match v.take() {
-                                None => g.square() * (1.0 - betas.1),
-                                Some(prev) => prev * betas.1 + g.square() * (1.0 - betas.1),
-                            };
-                            let bc1 = 1.0 - betas.0.powi(t as i32);
-                            let bc2 = 1.0 - betas.1.powi(t as i32);
-                            let denom = (&m2 / bc2).sqrt() + eps;
-                            let _ = p.g_sub_(&(&m1 / &denom * (lr / bc1)));
-                            *m = Some(m1);
-                            *v = Some(m2);
                         }
                     }
                 }
@@ -287,7 +281,8 @@ impl Optimizer {
             if p.size() != t.size() {
                 return Err(Error::Config(format!("optimizer state {name:?}: shape {:?}, parameter {:?}", t.size(), p.size())));
             }
-            let t = t.to_device(p.device()).to_kind(p.kind());
+            // A copy of its own: the optimiser updates its moments in place.
+            let t = t.to_device(p.device()).to_kind(p.kind()).copy();
             match *slot {
                 "m" => state[g][i].0 = Some(t),
                 "v" => state[g][i].1 = Some(t),
@@ -298,4 +293,111 @@ impl Optimizer {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// One Adam or AdamW update of one parameter, PyTorch's rule: with `g` the gradient (plus
+/// `weight_decay · p` for Adam), `m ← β1 m + (1 − β1) g`, `v ← β2 v + (1 − β2) g²`,
+/// `p ← p − lr / (1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε)`; AdamW first scales `p` by
+/// `1 − lr · weight_decay`.
+#[derive(Debug, Clone, Copy)]
+struct AdamRule {
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    decoupled: bool,
+    step: i64,
+}
+
+impl AdamRule {
+    fn corrections(&self) -> (f64, f64) {
+        (1.0 - self.betas.0.powi(self.step as i32), (1.0 - self.betas.1.powi(self.step as i32)).sqrt())
+    }
+}
+
+/// The update with libtorch's in-place operations (any device, any floating kind): the
+/// moments are updated where they are, one temporary for the denominator.
+fn adam_in_place(rule: &AdamRule, p: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor) {
+    let (bc1, bc2_sqrt) = rule.corrections();
+    let coupled;
+    let g = if rule.weight_decay != 0.0 && !rule.decoupled {
+        coupled = grad + &*p * rule.weight_decay;
+        &coupled
+    } else {
+        grad
+    };
+    if rule.decoupled && rule.weight_decay != 0.0 {
+        let _ = p.g_mul_scalar_(1.0 - rule.lr * rule.weight_decay);
+    }
+    let _ = m.lerp_(g, 1.0 - rule.betas.0);
+    let _ = v.g_mul_scalar_(rule.betas.1);
+    let _ = v.addcmul_(&(g * (1.0 - rule.betas.1)), g);
+    // p += m / d with d = (√v / √bc2 + ε) · (−bc1 / lr): the step size folded into the divisor.
+    let scale = -bc1 / rule.lr;
+    let mut d = v.sqrt();
+    let _ = d.g_mul_scalar_(scale / bc2_sqrt);
+    let _ = d.g_add_scalar_(rule.eps * scale);
+    let _ = p.addcdiv_(m, &d);
+}
+
+/// Elements below which the fused update runs on the calling thread.
+const FUSED_CHUNK: usize = 1 << 15;
+
+/// The update in one pass over memory, for contiguous `f32` tensors on the CPU (each element
+/// of the parameter, its gradient and its moments is read and written once, as PyTorch's
+/// `fused=True` kernels do), in parallel chunks. Returns `false`, touching nothing, when the
+/// tensors do not qualify.
+fn fused_adam_cpu(rule: &AdamRule, p: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor) -> bool {
+    use rayon::prelude::*;
+    let n = p.numel();
+    let qualifies = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n;
+    if n == 0 || ![&*p, grad, &*m, &*v].into_iter().all(qualifies) {
+        return false;
+    }
+    let ptrs = [p.data_ptr(), grad.data_ptr(), m.data_ptr(), v.data_ptr()];
+    if (1..4).any(|i| ptrs[..i].contains(&ptrs[i])) {
+        return false; // shared storage: leave it to libtorch
+    }
+    // SAFETY: all four tensors are contiguous f32 CPU tensors of `n` elements (checked above),
+    // at distinct addresses; the parameter and the moments are separate allocations (the
+    // moments were made by `zeros_like` or copied on load, gradients are their own tensors),
+    // and nothing else runs on them while the optimiser holds them under `no_grad`. The slices
+    // live only within this function.
+    let (ps, gs, ms, vs) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(ptrs[0] as *mut f32, n),
+            std::slice::from_raw_parts(ptrs[1] as *const f32, n),
+            std::slice::from_raw_parts_mut(ptrs[2] as *mut f32, n),
+            std::slice::from_raw_parts_mut(ptrs[3] as *mut f32, n),
+        )
+    };
+    let (bc1, bc2_sqrt) = rule.corrections();
+    let (b1, b2) = (rule.betas.0 as f32, rule.betas.1 as f32);
+    let step = (rule.lr / bc1) as f32;
+    let inv_bc2 = (1.0 / bc2_sqrt) as f32;
+    let eps = rule.eps as f32;
+    let wd = rule.weight_decay as f32;
+    let decay = if rule.decoupled { (1.0 - rule.lr * rule.weight_decay) as f32 } else { 1.0 };
+    let coupled = if rule.decoupled { 0.0 } else { wd };
+    let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+        for i in 0..p.len() {
+            let g = g[i] + coupled * p[i];
+            let pi = p[i] * decay;
+            let mi = b1 * m[i] + (1.0 - b1) * g;
+            let vi = b2 * v[i] + (1.0 - b2) * g * g;
+            m[i] = mi;
+            v[i] = vi;
+            p[i] = pi - step * mi / (vi.sqrt() * inv_bc2 + eps);
+        }
+    };
+    if n <= FUSED_CHUNK {
+        update((((ps, gs), ms), vs));
+    } else {
+        ps.par_chunks_mut(FUSED_CHUNK)
+            .zip(gs.par_chunks(FUSED_CHUNK))
+            .zip(ms.par_chunks_mut(FUSED_CHUNK))
+            .zip(vs.par_chunks_mut(FUSED_CHUNK))
+            .for_each(update);
+    }
+    true
 }
