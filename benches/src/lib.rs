@@ -3,6 +3,11 @@
 //!
 //! Benchmarking dependencies stay in this package, out of the library crates.
 
+pub mod flops;
+pub mod gpu;
+pub mod peer;
+pub mod workloads;
+
 use std::path::{Path, PathBuf};
 
 /// A fresh folder under the system's temporary folder.

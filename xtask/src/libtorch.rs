@@ -136,7 +136,7 @@ fn user_libtorch(root: &Path) -> Option<PathBuf> {
 }
 
 /// The Python interpreter to use: `PYTHON_SYS_EXECUTABLE` (as torch-sys reads it), else python3.
-fn python() -> String {
+pub fn python() -> String {
     env::var("PYTHON_SYS_EXECUTABLE").unwrap_or_else(|_| "python3".to_string())
 }
 
@@ -225,6 +225,11 @@ fn point_link(link: &Path, target: &Path) -> Result<bool, String> {
     symlink(target, &tmp).map_err(|e| format!("cannot create link {}: {e}", tmp.display()))?;
     fs::rename(&tmp, link).map_err(|e| format!("cannot place link {}: {e}", link.display()))?;
     Ok(true)
+}
+
+/// The per-user cache folder (`MM_CACHE_DIR`, else `$XDG_CACHE_HOME/mm`, else `~/.cache/mm`).
+pub fn cache_dir() -> Result<PathBuf, String> {
+    Cache::new().map(|c| c.dir)
 }
 
 /// The per-user cache of libtorch installs.

@@ -6,10 +6,13 @@
 //! - `cargo xtask test`: set-up if needed, then every test of the workspace.
 //! - `cargo xtask fetch-data NAME...`: download, verify, unpack and convert data sets (runs the
 //!   `mm-fetch` binary, which needs no libtorch, so no set-up either).
+//! - `cargo xtask bench-peer`: set-up, then mm against the same workloads in PyTorch.
+//! - `cargo xtask bench-gpu`: set-up, then the GPU benchmark suite.
 //!
 //! Architecture invariant: xtask depends on no workspace crate and builds without libtorch, so it
 //! runs on a fresh clone before anything else is possible.
 
+mod bench;
 mod libtorch;
 mod tidy;
 
@@ -27,6 +30,12 @@ tasks:
   test [args]       set-up if needed, then `cargo test --workspace` with the given arguments
   fetch-data [args] download, verify, unpack and convert data sets into manifests
                     (`cargo xtask fetch-data --list`; `--help` for the options)
+  bench-peer [args] mm against PyTorch on the same machine (W1 image pipeline, W2 audio
+                    pipeline, W3 training steps, W4 an av-digits epoch); the first run needs
+                    --install-peer-deps (torchvision, torchaudio, ... beside set-up's torch);
+                    --quick, --threads N, --only W1,W3, --no-peer; results in target/bench-peer/
+  bench-gpu [args]  GPU training throughput, TFLOP/s, memory; results in target/bench-gpu/
+                    (`--allow-cpu` runs it briefly on the CPU; `--help` for the options)
   help              this text
 
 environment:
@@ -48,6 +57,8 @@ fn main() -> ExitCode {
         }),
         Some("test") => setup_quietly().and_then(|_| test(&rest)),
         Some("fetch-data") => fetch_data(&rest),
+        Some("bench-peer") => bench::bench_peer(&rest),
+        Some("bench-gpu") => bench::bench_gpu(&rest),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");
             Ok(())

@@ -379,7 +379,8 @@ fn fused_adam_cpu(rule: &AdamRule, p: &mut Tensor, grad: &Tensor, m: &mut Tensor
     let wd = rule.weight_decay as f32;
     let decay = if rule.decoupled { (1.0 - rule.lr * rule.weight_decay) as f32 } else { 1.0 };
     let coupled = if rule.decoupled { 0.0 } else { wd };
-    let update = |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+    type Chunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
+    let update = |(((p, g), m), v): Chunk| {
         for i in 0..p.len() {
             let g = g[i] + coupled * p[i];
             let pi = p[i] * decay;

@@ -1,0 +1,387 @@
+//! mm against the same work in PyTorch, on the same machine: the inputs both sides read, our
+//! side of each workload, and the table (`cargo xtask bench-peer`, binary `bench-peer`).
+//!
+//! | id | workload | measure |
+//! | --- | --- | --- |
+//! | W1 | 256 PNG files of 256×256 → random resized crop 224, flip, colour jitter 0.4, normalise, batches of 64 | samples/s, target ≥ 2× PyTorch |
+//! | W2 | 512 FSDD WAV files (8 kHz) → resample to 16 kHz → 64-bin log-mel, padded batches of 64 | samples/s, target ≥ 2× |
+//! | W3 | one training step of the seed model (batch 8) and of the av-digits model (batch 64) | ms/step, target no slower |
+//! | W4 | one epoch of the av-digits recipe (4500 training, 500 validation samples), data loading, validation and checkpoint included | s/epoch, target ≤ 0.7× |
+//!
+//! Both sides read the same files (written once into the work folder), use the same batch
+//! sizes, thread count, model definitions and initialisation scheme (libtorch's defaults, which
+//! are PyTorch's), and report the median of repeated runs after a warm-up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mm_data::augment::ImageAugment;
+use mm_data::avdigits::{convert, AvDigitsConfig};
+use mm_data::loader::{Loader, LoaderConfig};
+use mm_data::manifest::{Manifest, Sample, Split};
+use mm_data::mel::MelConfig;
+use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline};
+use mm_train::model::{DataShape, Model};
+use mm_train::train::{fit, TrainConfig};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device};
+
+use crate::workloads::{av_digits_run, median, time_runs, Trainer, Workload};
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sizes {
+    /// PNG files of W1.
+    pub images: usize,
+    /// WAV files of W2.
+    pub clips: usize,
+    /// Training images per digit of W4's av-digits (test: a fifth of it).
+    pub av_per_digit: usize,
+    /// Batch of the seed model's step in W3.
+    pub seed_batch: usize,
+    /// Timed repetitions (epochs for W1, W2; steps for W3).
+    pub repeats: usize,
+}
+
+impl Sizes {
+    /// The full comparison.
+    pub fn full() -> Self {
+        Sizes { images: 256, clips: 512, av_per_digit: 500, seed_batch: 8, repeats: 5 }
+    }
+
+    /// A quick pass over every code path (CI, smoke tests): numbers mean little.
+    pub fn quick() -> Self {
+        Sizes { images: 64, clips: 64, av_per_digit: 20, seed_batch: 2, repeats: 2 }
+    }
+}
+
+/// One measurement of one side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measure {
+    /// `W1`, `W2`, `W3-seed`, `W3-av`, `W4`.
+    pub id: String,
+    /// What was measured.
+    pub what: String,
+    /// The median.
+    pub value: f64,
+    /// `samples/s` (higher is better) or `ms/step`, `s/epoch` (lower is better).
+    pub unit: String,
+    /// Every timed repetition, in `unit`.
+    pub runs: Vec<f64>,
+}
+
+impl Measure {
+    /// Whether higher values are better.
+    pub fn higher_is_better(&self) -> bool {
+        self.unit.ends_with("/s")
+    }
+}
+
+/// The inputs both sides read, in the work folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inputs {
+    /// Manifest of the W1 PNG files.
+    pub images: PathBuf,
+    /// Manifest of the W2 WAV files, when FSDD was found.
+    pub clips: Option<PathBuf>,
+    /// Manifest of W4's av-digits data set, when MNIST and FSDD were found.
+    pub av_digits: Option<PathBuf>,
+    /// Why any of them is missing.
+    pub missing: Vec<String>,
+}
+
+/// Where the shared data lives: FSDD's release archive and MNIST's idx files.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// FSDD v1.0.10 `.tar.gz` (or a folder of its recordings).
+    pub fsdd: Option<PathBuf>,
+    /// A folder with MNIST's four idx files (`.gz` or not).
+    pub mnist: Option<PathBuf>,
+}
+
+impl Sources {
+    /// What `cargo xtask fetch-data mnist fsdd` left in `data_dir`, else the development
+    /// machines' shared mirror (`MM_SHARED_DATA`, else `../shared/data`).
+    pub fn find(data_dir: &Path) -> Self {
+        let shared = crate::shared_data();
+        let first = |candidates: Vec<PathBuf>| candidates.into_iter().find(|p| p.exists());
+        let mut fsdd = vec![data_dir.join("fsdd/recordings")];
+        let mut mnist = vec![data_dir.join("mnist/raw")];
+        if let Some(s) = &shared {
+            fsdd.push(s.join("mirror/fsdd/v1.0.10.tar.gz"));
+            mnist.push(s.join("mirror/mnist"));
+        }
+        Sources { fsdd: first(fsdd), mnist: first(mnist) }
+    }
+}
+
+/// Writes (once) the inputs of every workload into `work`.
+pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, String> {
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    std::fs::create_dir_all(work).map_err(|e| io("create", work, e))?;
+    let mut missing = Vec::new();
+    // W1: PNG files, the same pattern as the criterion bench.
+    let images = work.join(format!("images-{}", sizes.images));
+    if !images.join("manifest.jsonl").is_file() {
+        let staging = work.join(".images-staging");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(|e| io("create", &staging, e))?;
+        let mut manifest = Manifest::new(&staging);
+        for name in crate::write_pngs(&staging, sizes.images, 256) {
+            manifest.push(Sample::new(name.clone()).with_image(name).with_label("x")).map_err(|e| e.to_string())?;
+        }
+        manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
+        rename(&staging, &images)?;
+    }
+    // W2: FSDD clips.
+    let clips = work.join(format!("clips-{}", sizes.clips));
+    let clips = match &sources.fsdd {
+        _ if clips.join("manifest.jsonl").is_file() => Some(clips),
+        Some(fsdd) => {
+            let staging = work.join(".clips-staging");
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging).map_err(|e| io("create", &staging, e))?;
+            let names = if fsdd.is_dir() { copy_wavs(fsdd, &staging, sizes.clips)? } else { crate::extract_fsdd(fsdd, &staging, sizes.clips) };
+            let mut manifest = Manifest::new(&staging);
+            for name in &names {
+                manifest.push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1])).map_err(|e| e.to_string())?;
+            }
+            manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
+            rename(&staging, &clips)?;
+            Some(clips)
+        }
+        None => {
+            missing.push("W2, W4: no FSDD (run `cargo xtask fetch-data fsdd`)".into());
+            None
+        }
+    };
+    // W4: the av-digits recipe's data set, degraded as its README says.
+    let av = work.join(format!("av-digits-{}", sizes.av_per_digit));
+    let av_digits = match (&sources.mnist, &sources.fsdd) {
+        _ if av.join("manifest.jsonl").is_file() => Some(av),
+        (Some(mnist), Some(fsdd)) => {
+            let config = AvDigitsConfig {
+                train_per_digit: Some(sizes.av_per_digit),
+                test_per_digit: Some(sizes.av_per_digit / 5),
+                image_noise: 0.4,
+                occlusion: 0.5,
+                audio_snr_db: Some(-5.0),
+                ..AvDigitsConfig::default()
+            };
+            convert(mnist, fsdd, &av, &config, false).map_err(|e| format!("building av-digits: {e}"))?;
+            Some(av)
+        }
+        _ => {
+            missing.push("W4: no MNIST (run `cargo xtask fetch-data mnist fsdd`)".into());
+            None
+        }
+    };
+    let inputs = Inputs {
+        images: images.join("manifest.jsonl"),
+        clips: clips.map(|c| c.join("manifest.jsonl")),
+        av_digits: av_digits.map(|a| a.join("manifest.jsonl")),
+        missing,
+    };
+    let text = serde_json::to_string_pretty(&inputs).map_err(|e| e.to_string())?;
+    mm_data::fs::write_atomic(&work.join("inputs.json"), text.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(inputs)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::rename(from, to).map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))
+}
+
+fn copy_wavs(dir: &Path, to: &Path, n: usize) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".wav"))
+        .collect();
+    names.sort();
+    names.truncate(n);
+    for name in &names {
+        std::fs::copy(dir.join(name), to.join(name)).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(names)
+}
+
+/// Throughput of whole loader epochs over `manifest` (one warm-up epoch, then `repeats`).
+fn loader_throughput(id: &str, what: &str, manifest: &Path, pipeline: Pipeline, train: bool, repeats: usize) -> Result<Measure, String> {
+    let manifest = Manifest::read(manifest).map_err(|e| e.to_string())?;
+    let n = manifest.samples().len();
+    let config = if train { LoaderConfig { batch_size: 64, drop_last: false, ..LoaderConfig::training(0) } } else { LoaderConfig { batch_size: 64, ..LoaderConfig::evaluation() } };
+    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).map_err(|e| e.to_string())?;
+    let mut runs = Vec::new();
+    for epoch in 0..=repeats as u64 {
+        let start = Instant::now();
+        let mut seen = 0;
+        for batch in loader.epoch(epoch) {
+            seen += batch.map_err(|e| e.to_string())?.len();
+        }
+        let rate = seen as f64 / start.elapsed().as_secs_f64();
+        if seen != n {
+            return Err(format!("{id}: an epoch delivered {seen} of {n} samples"));
+        }
+        if epoch > 0 {
+            runs.push(rate);
+        }
+    }
+    Ok(Measure { id: id.into(), what: what.into(), value: median(&runs), unit: "samples/s".into(), runs })
+}
+
+/// W1 on our side.
+pub fn w1(inputs: &Inputs, sizes: Sizes) -> Result<Measure, String> {
+    let mut pipeline = Pipeline::new(vec!["x".into()]);
+    let mut spec = ImageSpec::new((224, 224));
+    spec.augment = ImageAugment { crop: ImageAugment::standard().crop, hflip: 0.5, brightness: 0.4, contrast: 0.4, saturation: 0.4, ..Default::default() };
+    pipeline.image = Some(spec);
+    let what = format!("{} PNG 256x256 -> random resized crop 224, flip, colour jitter 0.4, normalise, batches of 64", sizes.images);
+    loader_throughput("W1", &what, &inputs.images, pipeline, true, sizes.repeats)
+}
+
+/// W2 on our side.
+pub fn w2(inputs: &Inputs, sizes: Sizes) -> Result<Option<Measure>, String> {
+    let Some(clips) = &inputs.clips else { return Ok(None) };
+    let mut pipeline = Pipeline::new((0..10).map(|d| d.to_string()).collect());
+    let mel = MelConfig { sample_rate: 16_000, n_fft: 400, hop_length: 160, n_mels: 64, ..MelConfig::default() };
+    pipeline.audio = Some(AudioSpec::new(&mel).map_err(|e| e.to_string())?);
+    let what = format!("{} FSDD WAV 8 kHz -> resample 16 kHz -> log-mel 64 (n_fft 400, hop 160), padded batches of 64", sizes.clips);
+    loader_throughput("W2", &what, clips, pipeline, false, sizes.repeats).map(Some)
+}
+
+/// W3 on our side: the median step time of each model.
+pub fn w3(sizes: Sizes, device: Device) -> Vec<Measure> {
+    [(Workload::Seed, sizes.seed_batch, "W3-seed"), (Workload::AvDigits, 64, "W3-av")]
+        .into_iter()
+        .map(|(workload, batch, id)| {
+            let mut trainer = Trainer::new(workload, batch, device);
+            let runs: Vec<f64> = time_runs(device, 2, sizes.repeats, || {
+                let _ = trainer.step();
+            })
+            .into_iter()
+            .map(|s| s * 1e3)
+            .collect();
+            let what = match workload {
+                Workload::Seed => format!("training step, ResNet-50 224x224 + 2-layer LSTM (20 x 300) + concat + 10-way, batch {batch}"),
+                Workload::AvDigits => format!("training step, av-digits model (LeNet + audio CNN + gated fusion), batch {batch}"),
+            };
+            Measure { id: id.into(), what, value: median(&runs), unit: "ms/step".into(), runs }
+        })
+        .collect()
+}
+
+/// W4 on our side: one epoch of `fit` on the av-digits recipe (training, validation,
+/// checkpoint), with the data prepared (cleaned, statistics fitted) beforehand.
+pub fn w4(inputs: &Inputs, scratch: &Path, device: Device) -> Result<Option<Measure>, String> {
+    let Some(manifest) = &inputs.av_digits else { return Ok(None) };
+    let mut config = av_digits_run();
+    config.data.manifest = manifest.clone();
+    let prepared = config.data.prepare(config.train.seed).map_err(|e| e.to_string())?;
+    let n_train = prepared.manifest.split(Split::Train).count();
+    let n_val = prepared.manifest.split(Split::Val).count();
+    let pipeline = Arc::new(prepared.pipeline);
+    let manifest = Arc::new(prepared.manifest);
+    let mut runs = Vec::new();
+    for repeat in 0..2 {
+        let out = scratch.join(format!("w4-{repeat}"));
+        let _ = std::fs::remove_dir_all(&out);
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(device);
+        let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, vec![])).map_err(|e| e.to_string())?;
+        let train = TrainConfig { epochs: 1, verbose: false, progress: false, ..config.train.clone() };
+        let start = Instant::now();
+        fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &out, false).map_err(|e| e.to_string())?;
+        runs.push(start.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let what = format!("one epoch of the av-digits recipe: {n_train} training + {n_val} validation samples from PNG/WAV, checkpoint");
+    Ok(Some(Measure { id: "W4".into(), what, value: median(&runs), unit: "s/epoch".into(), runs }))
+}
+
+/// The target of each workload: how many times faster than PyTorch we must be.
+pub fn target(id: &str) -> f64 {
+    match id {
+        "W1" | "W2" => 2.0,
+        "W4" => 1.0 / 0.7,
+        _ => 1.0,
+    }
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// Ours.
+    pub mm: Measure,
+    /// PyTorch's, when it ran.
+    pub pytorch: Option<Measure>,
+    /// How many times faster we are (their time over ours, or our throughput over theirs).
+    pub speedup: Option<f64>,
+    /// The speed-up the issue asks for.
+    pub target: f64,
+    /// Whether the target was met.
+    pub met: Option<bool>,
+}
+
+/// Pairs our measures with the peer's.
+pub fn compare(ours: &[Measure], theirs: &[Measure]) -> Vec<Row> {
+    ours.iter()
+        .map(|m| {
+            let peer = theirs.iter().find(|t| t.id == m.id).cloned();
+            let speedup = peer.as_ref().map(|p| if m.higher_is_better() { m.value / p.value } else { p.value / m.value });
+            let target = target(&m.id);
+            Row { mm: m.clone(), pytorch: peer, speedup, target, met: speedup.map(|s| s >= target) }
+        })
+        .collect()
+}
+
+/// The comparison as a Markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from("| id | workload | unit | mm | PyTorch | speed-up | target | met |\n| --- | --- | --- | ---: | ---: | ---: | ---: | --- |\n");
+    for r in rows {
+        let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.2}x | {} |\n",
+            r.mm.id,
+            r.mm.what,
+            r.mm.unit,
+            fmt(r.mm.value),
+            r.pytorch.as_ref().map_or("-".into(), |p| fmt(p.value)),
+            r.speedup.map_or("-".into(), |s| format!("{s:.2}x")),
+            r.target,
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "-",
+            }
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: &str, value: f64, unit: &str) -> Measure {
+        Measure { id: id.into(), what: String::new(), value, unit: unit.into(), runs: vec![value] }
+    }
+
+    #[test]
+    fn speedups_point_the_same_way_for_rates_and_times() {
+        let rows = compare(
+            &[m("W1", 800.0, "samples/s"), m("W3-seed", 90.0, "ms/step"), m("W4", 10.0, "s/epoch"), m("W2", 1.0, "samples/s")],
+            &[m("W1", 400.0, "samples/s"), m("W3-seed", 100.0, "ms/step"), m("W4", 12.0, "s/epoch")],
+        );
+        assert_eq!(rows[0].speedup, Some(2.0));
+        assert_eq!(rows[0].met, Some(true));
+        assert!((rows[1].speedup.unwrap_or(0.0) - 100.0 / 90.0).abs() < 1e-12);
+        assert_eq!(rows[1].met, Some(true));
+        // 10 s against 12 s is 0.83x PyTorch's time: short of the 0.7x target.
+        assert_eq!(rows[2].met, Some(false));
+        assert_eq!(rows[3].speedup, None);
+        let t = table(&rows);
+        assert!(t.contains("| W1 |") && t.contains("2.00x") && t.contains("**no**"), "{t}");
+    }
+}

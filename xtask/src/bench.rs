@@ -1,0 +1,126 @@
+//! `cargo xtask bench-peer` and `cargo xtask bench-gpu`: set-up, then the benchmark binaries of
+//! `mm-benches`, built in release mode.
+//!
+//! The PyTorch peer runs on the Python whose torch set-up installed (the cache's `site/`
+//! folder on `PYTHONPATH`), so both sides use the same libtorch 2.13.0 build. Its other
+//! packages (torchvision, torchaudio, pillow, numpy, soundfile) are not installed by set-up:
+//! `--install-peer-deps` puts them, without their dependencies (no second torch), in
+//! `<cache>/peer-2.13.0` beside it.
+
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::libtorch::{self, Libtorch, TORCH_VERSION};
+use crate::workspace_root;
+
+/// What the peer needs beyond torch, pinned where the version matters: torchvision 0.28 is the
+/// release built against torch 2.13; torchaudio has no 2.13 release on PyPI, and the parts the
+/// peer calls (resample, MelSpectrogram) are plain PyTorch code in 2.11.
+const PEER_PACKAGES: &[&str] = &["torchvision==0.28.0", "torchaudio==2.11.1", "pillow", "numpy", "soundfile", "cffi", "pycparser"];
+
+/// The modules the peer imports.
+const PEER_IMPORTS: &str = "import torch, torchvision, torchaudio, PIL, numpy, soundfile";
+
+pub fn bench_peer(args: &[OsString]) -> Result<(), String> {
+    let report = libtorch::setup(&workspace_root(), false)?;
+    let mut install = false;
+    let mut rest = Vec::new();
+    for a in args {
+        if a == "--install-peer-deps" {
+            install = true;
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let passthrough = rest.iter().any(|a| a == "--no-peer" || a == "--help" || a == "-h");
+    let py = libtorch::python();
+    let mut env_path = Vec::new();
+    if !passthrough {
+        let deps = libtorch::cache_dir()?.join(format!("peer-{TORCH_VERSION}"));
+        if install {
+            install_peer_deps(&py, &deps)?;
+        }
+        env_path.push(deps.clone());
+        env_path.extend(torch_site(&report.libtorch));
+        let path = env::join_paths(&env_path).map_err(|e| e.to_string())?;
+        let check = Command::new(&py)
+            .args(["-c", PEER_IMPORTS])
+            .env("PYTHONPATH", &path)
+            .env("PYTHONNOUSERSITE", "1")
+            .output()
+            .map_err(|e| format!("could not run {py}: {e}"))?;
+        if !check.status.success() {
+            let why = String::from_utf8_lossy(&check.stderr);
+            let last = why.lines().last().unwrap_or_default();
+            return Err(format!(
+                "the PyTorch peer cannot run: `{PEER_IMPORTS}` failed ({last}).\n\
+                 Run `cargo xtask bench-peer --install-peer-deps` once to pip-install {} into {} \
+                 (beside set-up's torch, without touching it), or pass --no-peer to measure mm alone.",
+                PEER_PACKAGES.join(" "),
+                deps.display()
+            ));
+        }
+    }
+    let mut cmd = release_bin("bench-peer");
+    cmd.arg("--python").arg(&py).args(&rest);
+    if !env_path.is_empty() {
+        cmd.env("PYTHONPATH", env::join_paths(&env_path).map_err(|e| e.to_string())?).env("PYTHONNOUSERSITE", "1");
+    }
+    run(cmd, "bench-peer")
+}
+
+pub fn bench_gpu(args: &[OsString]) -> Result<(), String> {
+    libtorch::setup(&workspace_root(), false)?;
+    let mut cmd = release_bin("bench-gpu");
+    cmd.args(args);
+    run(cmd, "bench-gpu")
+}
+
+/// `cargo run --release -p mm-benches --bin NAME --`, from the workspace root.
+fn release_bin(name: &str) -> Command {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args(["run", "--quiet", "--release", "--package", "mm-benches", "--bin", name, "--"]);
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<(), String> {
+    let status = cmd.status().map_err(|e| format!("could not run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+/// The folder to put on `PYTHONPATH` so that `import torch` finds `libtorch`'s Python package
+/// (the cache's `site/`); none when the libtorch is not a Python package (a plain libtorch
+/// archive) or when that Python imports torch by itself.
+fn torch_site(lt: &Libtorch) -> Option<PathBuf> {
+    lt.dir.join("__init__.py").is_file().then(|| lt.dir.parent().map(Path::to_path_buf)).flatten()
+}
+
+/// `pip install --target` of the peer's packages into `deps`, whole or not at all.
+fn install_peer_deps(py: &str, deps: &Path) -> Result<(), String> {
+    let parent = deps.parent().ok_or("the cache folder has no parent")?;
+    fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let staging = parent.join(format!(".peer-{TORCH_VERSION}.partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    println!("installing {} into {}", PEER_PACKAGES.join(" "), deps.display());
+    let status = Command::new(py)
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check", "--target"])
+        .arg(&staging)
+        .args(PEER_PACKAGES)
+        .env("PYTHONNOUSERSITE", "1")
+        .status()
+        .map_err(|e| format!("could not run {py} -m pip: {e}"))?;
+    if !status.success() {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(format!("pip could not install the peer's packages ({status}); check that PyPI is reachable"));
+    }
+    let _ = fs::remove_dir_all(deps);
+    fs::rename(&staging, deps).map_err(|e| format!("{} -> {}: {e}", staging.display(), deps.display()))
+}
