@@ -39,6 +39,10 @@ struct Args {
     /// Our side only.
     #[arg(long)]
     no_peer: bool,
+    /// Rounds, each running our side then the peer's; the result is the median over rounds
+    /// (default 3, or 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -56,8 +60,9 @@ fn wanted(args: &Args, id: &str) -> bool {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    if args.threads == 0 {
-        return Err("--threads must be at least 1".into());
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    if args.threads == 0 || rounds == 0 {
+        return Err("--threads and --rounds must be at least 1".into());
     }
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global().map_err(|e| e.to_string())?;
     tch::set_num_threads(args.threads as i32);
@@ -68,16 +73,70 @@ fn run(args: &Args) -> Result<(), String> {
     for m in &inputs.missing {
         eprintln!("skipped {m}");
     }
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    // Rounds alternate the two sides, so that a slow spell of the machine hits both.
+    let (mut ours_rounds, mut theirs_rounds) = (Vec::new(), Vec::new());
+    let mut peer_info = serde_json::Value::Null;
+    for round in 1..=rounds {
+        eprintln!("round {round} of {rounds}");
+        ours_rounds.push(measure_ours(args, &inputs, sizes, device)?);
+        if !args.no_peer {
+            let (measures, versions) = run_peer(args, sizes)?;
+            theirs_rounds.push(measures);
+            peer_info = versions;
+        }
+    }
+    let ours = peer::merge_rounds(&ours_rounds);
+    let theirs = peer::merge_rounds(&theirs_rounds);
+    write_json(&args.out.join("mm.json"), &ours)?;
+    if !args.no_peer {
+        write_json(&args.out.join("pytorch.json"), &serde_json::json!({"versions": peer_info, "measures": theirs}))?;
+    }
+    let profile = if wanted(args, "W4") { peer::profile(&inputs, device)? } else { None };
+    let rows = peer::compare(&ours, &theirs);
+    let mut table = peer::table(&rows);
+    if let Some(p) = &profile {
+        table.push('\n');
+        table.push_str(&peer::profile_text(p));
+    }
+    let machine = machine();
+    let header = format!(
+        "mm against PyTorch ({}), {} thread(s), median of {} round(s), {}{}\n\n",
+        peer_info.get("torch").and_then(|v| v.as_str()).unwrap_or("not run"),
+        args.threads,
+        rounds,
+        machine,
+        if args.quick { ", --quick (sizes too small to mean much)" } else { "" }
+    );
+    println!("\n{header}{table}");
+    let summary = serde_json::json!({
+        "threads": args.threads,
+        "rounds": rounds,
+        "quick": args.quick,
+        "machine": machine,
+        "pytorch": peer_info,
+        "missing": inputs.missing,
+        "rows": rows,
+        "profile": profile,
+    });
+    write_json(&args.out.join("bench-peer.json"), &summary)?;
+    mm_data::fs::write_atomic(&args.out.join("bench-peer.md"), format!("{header}{table}").as_bytes()).map_err(|e| e.to_string())?;
+    eprintln!("results: {} and bench-peer.md", args.out.join("bench-peer.json").display());
+    Ok(())
+}
+
+/// One round of our side.
+fn measure_ours(args: &Args, inputs: &peer::Inputs, sizes: Sizes, device: Device) -> Result<Vec<Measure>, String> {
     let mut ours: Vec<Measure> = Vec::new();
     let report = |m: Measure, ours: &mut Vec<Measure>| {
         eprintln!("mm {}: {:.2} {} ({})", m.id, m.value, m.unit, m.what);
         ours.push(m);
     };
     if wanted(args, "W1") {
-        report(peer::w1(&inputs, sizes)?, &mut ours);
+        report(peer::w1(inputs, sizes)?, &mut ours);
     }
     if wanted(args, "W2") {
-        if let Some(m) = peer::w2(&inputs, sizes)? {
+        if let Some(m) = peer::w2(inputs, sizes)? {
             report(m, &mut ours);
         }
     }
@@ -87,62 +146,38 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     if wanted(args, "W4") {
-        if let Some(m) = peer::w4(&inputs, &args.work, device)? {
+        if let Some(m) = peer::w4(inputs, &args.work, device)? {
             report(m, &mut ours);
         }
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    write_json(&args.out.join("mm.json"), &ours)?;
-    let mut peer_info = serde_json::Value::Null;
-    let theirs: Vec<Measure> = if args.no_peer {
-        Vec::new()
-    } else {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peer/peer.py");
-        let json = args.out.join("pytorch.json");
-        let _ = std::fs::remove_file(&json);
-        let mut cmd = Command::new(&args.python);
-        cmd.arg(&script)
-            .arg("--inputs")
-            .arg(args.work.join("inputs.json"))
-            .args(["--threads", &args.threads.to_string(), "--repeats", &sizes.repeats.to_string(), "--seed-batch", &sizes.seed_batch.to_string()])
-            .arg("--json")
-            .arg(&json);
-        if !args.only.is_empty() {
-            cmd.args(["--only", &args.only.join(",")]);
-        }
-        eprintln!("running the PyTorch peer: {cmd:?}");
-        let status = cmd.status().map_err(|e| format!("could not run {}: {e}", args.python))?;
-        if !status.success() {
-            return Err(format!("the PyTorch peer failed ({status}); our numbers are in {}", args.out.join("mm.json").display()));
-        }
-        let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-        peer_info = value.get("versions").cloned().unwrap_or_default();
-        serde_json::from_value(value.get("measures").cloned().unwrap_or_default()).map_err(|e| format!("{}: {e}", json.display()))?
-    };
-    let rows = peer::compare(&ours, &theirs);
-    let table = peer::table(&rows);
-    let machine = machine();
-    let header = format!(
-        "mm against PyTorch ({}), {} thread(s), {}{}\n\n",
-        peer_info.get("torch").and_then(|v| v.as_str()).unwrap_or("not run"),
-        args.threads,
-        machine,
-        if args.quick { ", --quick (sizes too small to mean much)" } else { "" }
-    );
-    println!("\n{header}{table}");
-    let summary = serde_json::json!({
-        "threads": args.threads,
-        "quick": args.quick,
-        "machine": machine,
-        "pytorch": peer_info,
-        "missing": inputs.missing,
-        "rows": rows,
-    });
-    write_json(&args.out.join("bench-peer.json"), &summary)?;
-    mm_data::fs::write_atomic(&args.out.join("bench-peer.md"), format!("{header}{table}").as_bytes()).map_err(|e| e.to_string())?;
-    eprintln!("results: {} and bench-peer.md", args.out.join("bench-peer.json").display());
-    Ok(())
+    Ok(ours)
+}
+
+/// One round of the PyTorch peer: its measures and its package versions.
+fn run_peer(args: &Args, sizes: Sizes) -> Result<(Vec<Measure>, serde_json::Value), String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peer/peer.py");
+    let json = args.out.join("pytorch-round.json");
+    let _ = std::fs::remove_file(&json);
+    let mut cmd = Command::new(&args.python);
+    cmd.arg(&script)
+        .arg("--inputs")
+        .arg(args.work.join("inputs.json"))
+        .args(["--threads", &args.threads.to_string(), "--repeats", &sizes.repeats.to_string(), "--seed-batch", &sizes.seed_batch.to_string()])
+        .arg("--json")
+        .arg(&json);
+    if !args.only.is_empty() {
+        cmd.args(["--only", &args.only.join(",")]);
+    }
+    eprintln!("running the PyTorch peer: {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("could not run {}: {e}", args.python))?;
+    if !status.success() {
+        return Err(format!("the PyTorch peer failed ({status})"));
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let _ = std::fs::remove_file(&json);
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let measures = serde_json::from_value(value.get("measures").cloned().unwrap_or_default()).map_err(|e| format!("{}: {e}", json.display()))?;
+    Ok((measures, value.get("versions").cloned().unwrap_or_default()))
 }
 
 fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), String> {
