@@ -20,12 +20,12 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mm_data::augment::ImageAugment;
+use mm_benches::workloads::{image_pipeline, png_manifest};
+use mm_benches::{extract_fsdd, scratch, shared_data};
 use mm_data::loader::{Loader, LoaderConfig};
 use mm_data::manifest::{Manifest, Sample, Split};
 use mm_data::mel::MelConfig;
-use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline};
-use mm_benches::{extract_fsdd, scratch, shared_data, write_pngs};
+use mm_data::pipeline::{AudioSpec, Pipeline};
 
 const BATCH: usize = 64;
 
@@ -36,14 +36,8 @@ fn run_epoch(loader: &Loader) -> usize {
 fn images(c: &mut Criterion) {
     let dir = scratch("png");
     let n = 256;
-    let mut manifest = Manifest::new(&dir);
-    for name in write_pngs(&dir, n, 256) {
-        manifest.push(Sample::new(name.clone()).with_image(name).with_label("x")).expect("sample");
-    }
-    let mut pipeline = Pipeline::new(vec!["x".into()]);
-    let mut spec = ImageSpec::new((224, 224));
-    spec.augment = ImageAugment { crop: ImageAugment::standard().crop, hflip: 0.5, brightness: 0.4, contrast: 0.4, saturation: 0.4, ..Default::default() };
-    pipeline.image = Some(spec);
+    let manifest = Manifest::read(png_manifest(&dir, n).expect("PNG files")).expect("manifest");
+    let pipeline = image_pipeline();
     let config = LoaderConfig { batch_size: BATCH, drop_last: false, ..LoaderConfig::training(0) };
     let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
     let mut group = c.benchmark_group("data_pipeline");

@@ -22,17 +22,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mm_data::augment::ImageAugment;
 use mm_data::loader::{Loader, LoaderConfig};
-use mm_data::manifest::{Manifest, Sample, Split};
-use mm_data::pipeline::{ImageSpec, Pipeline};
+use mm_data::manifest::{Manifest, Split};
 use mm_fusion::{FusionConfig, FusionModel};
 use mm_train::precision::Precision;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::flops::train_step_flops;
-use crate::workloads::{fusion_inputs, median, time_runs, Trainer, Workload, FUSION_CASES, FUSION_DIMS};
+use crate::workloads::{fusion_inputs, image_pipeline, median, png_manifest, time_runs, Trainer, Workload, FUSION_CASES, FUSION_DIMS};
 
 /// Sizes of a suite.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -301,24 +299,8 @@ pub fn run_case(spec: &str, device: Device, plan: &Plan, work: &Path) -> Result<
 
 /// The image pipeline feeding the seed model.
 fn pipeline_case(device: Device, batch: usize, plan: &Plan, work: &Path) -> Result<PipelineResult, String> {
-    let images = plan.pipeline.1;
-    let dir = work.join(format!("images-{images}"));
-    if !dir.join("manifest.jsonl").is_file() {
-        let staging = work.join(format!(".images-{}", std::process::id()));
-        std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
-        let mut manifest = Manifest::new(&staging);
-        for name in crate::write_pngs(&staging, images, 256) {
-            manifest.push(Sample::new(name.clone()).with_image(name).with_label("x")).map_err(|e| e.to_string())?;
-        }
-        manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&staging, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let manifest = Arc::new(Manifest::read(dir.join("manifest.jsonl")).map_err(|e| e.to_string())?);
-    let mut pipeline = Pipeline::new(vec!["x".into()]);
-    let mut spec = ImageSpec::new((224, 224));
-    spec.augment = ImageAugment { crop: ImageAugment::standard().crop, hflip: 0.5, brightness: 0.4, contrast: 0.4, saturation: 0.4, ..Default::default() };
-    pipeline.image = Some(spec);
+    let manifest = Arc::new(Manifest::read(png_manifest(work, plan.pipeline.1)?).map_err(|e| e.to_string())?);
+    let pipeline = image_pipeline();
     let loader = Loader::new(manifest, Split::Train, Arc::new(pipeline), LoaderConfig { batch_size: batch, ..LoaderConfig::training(0) }).map_err(|e| e.to_string())?;
     let per_epoch = loader.batches_per_epoch() * batch;
     // The loader alone (second epoch; the first warms the file cache).

@@ -16,18 +16,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mm_data::augment::ImageAugment;
 use mm_data::avdigits::{convert, AvDigitsConfig};
 use mm_data::loader::{Loader, LoaderConfig};
 use mm_data::manifest::{Manifest, Sample, Split};
 use mm_data::mel::MelConfig;
-use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline};
+use mm_data::pipeline::{AudioSpec, Pipeline};
 use mm_train::model::{DataShape, Model};
 use mm_train::train::{fit, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::workloads::{av_digits_run, median, time_runs, Trainer, Workload};
+use crate::workloads::{av_digits_run, image_pipeline, median, png_manifest, time_runs, Trainer, Workload};
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,18 +121,7 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
     std::fs::create_dir_all(work).map_err(|e| io("create", work, e))?;
     let mut missing = Vec::new();
     // W1: PNG files, the same pattern as the criterion bench.
-    let images = work.join(format!("images-{}", sizes.images));
-    if !images.join("manifest.jsonl").is_file() {
-        let staging = work.join(".images-staging");
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(|e| io("create", &staging, e))?;
-        let mut manifest = Manifest::new(&staging);
-        for name in crate::write_pngs(&staging, sizes.images, 256) {
-            manifest.push(Sample::new(name.clone()).with_image(name).with_label("x")).map_err(|e| e.to_string())?;
-        }
-        manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
-        rename(&staging, &images)?;
-    }
+    let images = png_manifest(work, sizes.images)?;
     // W2: FSDD clips.
     let clips = work.join(format!("clips-{}", sizes.clips));
     let clips = match &sources.fsdd {
@@ -178,7 +166,7 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
         }
     };
     let inputs = Inputs {
-        images: images.join("manifest.jsonl"),
+        images,
         clips: clips.map(|c| c.join("manifest.jsonl")),
         av_digits: av_digits.map(|a| a.join("manifest.jsonl")),
         missing,
@@ -233,10 +221,7 @@ fn loader_throughput(id: &str, what: &str, manifest: &Path, pipeline: Pipeline, 
 
 /// W1 on our side.
 pub fn w1(inputs: &Inputs, sizes: Sizes) -> Result<Measure, String> {
-    let mut pipeline = Pipeline::new(vec!["x".into()]);
-    let mut spec = ImageSpec::new((224, 224));
-    spec.augment = ImageAugment { crop: ImageAugment::standard().crop, hflip: 0.5, brightness: 0.4, contrast: 0.4, saturation: 0.4, ..Default::default() };
-    pipeline.image = Some(spec);
+    let pipeline = image_pipeline();
     let what = format!("{} PNG 256x256 -> random resized crop 224, flip, colour jitter 0.4, normalise, batches of 64", sizes.images);
     loader_throughput("W1", &what, &inputs.images, pipeline, true, sizes.repeats)
 }

@@ -12,7 +12,12 @@
 //! Every step is what `mm_train::train::fit` does per batch: forward in training mode, the
 //! head's loss, backward, an AdamW update, gradients zeroed.
 
+use std::path::{Path, PathBuf};
+
+use mm_data::augment::ImageAugment;
 use mm_data::loader::Batch;
+use mm_data::manifest::{Manifest, Sample};
+use mm_data::pipeline::{ImageSpec, Pipeline};
 use mm_fusion::Embeddings;
 use mm_train::model::{DataShape, Model, ModelConfig};
 use mm_train::optim::{Group, Optimizer, OptimizerConfig};
@@ -273,4 +278,35 @@ pub fn fusion_inputs(batch: i64, sequences: bool, device: Device) -> Embeddings 
         }
     }
     e
+}
+
+/// The image pipeline of W1 and of the GPU suite: random resized crop to 224, horizontal flip,
+/// colour jitter 0.4 (brightness, contrast, saturation), ImageNet normalisation; one class.
+pub fn image_pipeline() -> Pipeline {
+    let mut pipeline = Pipeline::new(vec!["x".into()]);
+    let mut spec = ImageSpec::new((224, 224));
+    spec.augment = ImageAugment { crop: ImageAugment::standard().crop, hflip: 0.5, brightness: 0.4, contrast: 0.4, saturation: 0.4, ..Default::default() };
+    pipeline.image = Some(spec);
+    pipeline
+}
+
+/// `dir/images-N/manifest.jsonl` over `n` textured 256×256 PNG files ([`crate::write_pngs`]),
+/// written once (into a staging folder renamed into place) and reused afterwards.
+pub fn png_manifest(dir: &Path, n: usize) -> Result<PathBuf, String> {
+    let images = dir.join(format!("images-{n}"));
+    let path = images.join("manifest.jsonl");
+    if path.is_file() {
+        return Ok(path);
+    }
+    let staging = dir.join(format!(".images-{n}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let mut manifest = Manifest::new(&staging);
+    for name in crate::write_pngs(&staging, n, 256) {
+        manifest.push(Sample::new(name.clone()).with_image(name).with_label("x")).map_err(|e| e.to_string())?;
+    }
+    manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&images);
+    std::fs::rename(&staging, &images).map_err(|e| format!("{} -> {}: {e}", staging.display(), images.display()))?;
+    Ok(path)
 }

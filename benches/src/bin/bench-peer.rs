@@ -99,7 +99,7 @@ fn run(args: &Args) -> Result<(), String> {
         table.push('\n');
         table.push_str(&peer::profile_text(p));
     }
-    let machine = machine();
+    let machine = mm_benches::gpu::cpu_name();
     let header = format!(
         "mm against PyTorch ({}), {} thread(s), median of {} round(s), {}{}\n\n",
         peer_info.get("torch").and_then(|v| v.as_str()).unwrap_or("not run"),
@@ -183,14 +183,4 @@ fn run_peer(args: &Args, sizes: Sizes) -> Result<(Vec<Measure>, serde_json::Valu
 fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     mm_data::fs::write_atomic(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The CPU's model name and logical core count.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} logical cores")
 }
