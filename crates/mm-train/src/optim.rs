@@ -332,6 +332,9 @@ fn adam_in_place(rule: &AdamRule, p: &mut Tensor, grad: &Tensor, m: &mut Tensor,
     let _ = m.lerp_(g, 1.0 - rule.betas.0);
     let _ = v.g_mul_scalar_(rule.betas.1);
     let _ = v.addcmul_(&(g * (1.0 - rule.betas.1)), g);
+    if rule.lr == 0.0 {
+        return; // a frozen group or a warm-up's first step: the moments move, the parameter not
+    }
     // p += m / d with d = (√v / √bc2 + ε) · (−bc1 / lr): the step size folded into the divisor.
     let scale = -bc1 / rule.lr;
     let mut d = v.sqrt();

@@ -276,6 +276,35 @@ mod optimisers {
         }
     }
 
+    /// A group at rate 0 (a frozen backbone, the first step of a warm-up) keeps its parameters
+    /// exactly, on both of Adam's paths.
+    #[test]
+    fn adam_at_rate_zero_leaves_parameters_alone() {
+        let _rng = super::rng_lock();
+        for kind in [Kind::Float, Kind::Double] {
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let l = model(&vs);
+            // A parameter whose gradient is exactly zero (a dead unit, an unused embedding row):
+            // its second moment stays 0.
+            let unused = vs.root().var("unused", &[4], nn::Init::Const(1.0));
+            vs.set_kind(kind);
+            let before = params(&vs);
+            let mut frozen = Group::new("frozen", vs.trainable_variables());
+            frozen.lr_scale = 0.0;
+            let mut opt = Optimizer::new(&OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 }, vec![frozen]).expect("opt");
+            for _ in 0..3 {
+                opt.zero_grad();
+                (loss(&l) + (&unused * 0.0).sum(kind)).backward();
+                opt.step(0.1);
+            }
+            for (name, t) in params(&vs) {
+                assert_eq!((&t - &before[&name]).abs().max().double_value(&[]), 0.0, "{kind:?}: {name} moved");
+            }
+            let (moments, _) = opt.state_tensors();
+            assert!(moments.values().all(|m| m.isfinite().all().int64_value(&[]) == 1), "{kind:?}: moments not finite");
+        }
+    }
+
     #[test]
     fn groups_scale_the_rate_and_clipping_bounds_the_norm() {
         let _rng = super::rng_lock();
