@@ -108,6 +108,15 @@ pub fn save_safetensors(vs: &nn::VarStore, path: &Path, prefix: &str) -> Result<
     save_named(path, named)
 }
 
+/// The operating system's own words for the error tch reports in its debug form
+/// (`IoError(Os { code: 28, .. })` becomes "No space left on device (os error 28)"), when
+/// there is one.
+fn os_error(message: &str) -> Option<String> {
+    let rest = &message[message.find("Os { code: ")? + "Os { code: ".len()..];
+    let code: i32 = rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()?;
+    Some(std::io::Error::from_raw_os_error(code).to_string())
+}
+
 /// Writes named tensors (moved to the CPU, sorted by name) to a safetensors file atomically:
 /// a temporary file beside it, flushed to disk, renamed over `path`, the folder synced.
 pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
@@ -119,7 +128,7 @@ pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
     let io = |e: String| Error::Io { path: path.to_path_buf(), message: e };
     if let Err(e) = Tensor::write_safetensors(&named, &tmp) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(e.to_string()));
+        return Err(io(os_error(&e.to_string()).unwrap_or_else(|| e.to_string())));
     }
     let done = std::fs::File::open(&tmp).and_then(|f| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = done {
@@ -130,4 +139,17 @@ pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::os_error;
+
+    #[test]
+    fn tch_io_errors_read_as_the_system_says_them() {
+        let tch = "safetensors error /x/.a.tmp-1: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })";
+        assert_eq!(os_error(tch).as_deref(), Some("No space left on device (os error 28)"));
+        assert_eq!(os_error("safetensors error: header too large"), None);
+        assert_eq!(os_error("Os { code: }"), None);
+    }
 }
