@@ -83,7 +83,16 @@ pub fn save(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &Optimizer, sta
 fn read_record(dir: &Path, tag: &str) -> Result<Record> {
     let path = dir.join(format!("{tag}.json"));
     let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| io(&path, format!("not a checkpoint record: {e}")))
+    let record: Record = serde_json::from_slice(&bytes).map_err(|e| io(&path, format!("not a checkpoint record: {e}")))?;
+    // A record names files beside it, nothing else: one from a stranger cannot point us at
+    // `../../somewhere` or an absolute path.
+    for name in [&record.weights, &record.optimizer] {
+        let mut parts = Path::new(name).components();
+        if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
+            return Err(io(&path, format!("names {name:?}, which is not a file in the checkpoint folder")));
+        }
+    }
+    Ok(record)
 }
 
 /// Whether `dir` holds a checkpoint under `tag`.

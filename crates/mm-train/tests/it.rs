@@ -329,6 +329,64 @@ mod optimisers {
         assert!(e.contains("nesterov"), "{e}");
     }
 
+    /// A checkpoint cut short at seeded random offsets (its weights, its optimiser state or its
+    /// record), or a record naming files outside its folder, is refused with an error that names
+    /// the file; nothing panics and nothing loads half.
+    #[test]
+    fn truncated_or_foreign_checkpoints_are_refused_by_name() {
+        let _rng = super::rng_lock();
+        let dir = std::env::temp_dir().join(format!("mm-train-truncated-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let l = model(&vs);
+        let config = OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
+        let mut opt = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())]).expect("optimizer");
+        opt.zero_grad();
+        loss(&l).backward();
+        opt.step(0.01);
+        let state = TrainState { epoch: 1, step: 1, ..Default::default() };
+        checkpoint::save(&dir, "last", &vs, &opt, &state).expect("save");
+        let fresh = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = model(&vs);
+            let opt = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())]).expect("optimizer");
+            (vs, opt)
+        };
+        {
+            let (vs, mut opt) = fresh();
+            assert_eq!(checkpoint::load(&dir, "last", &vs, &mut opt).expect("the whole checkpoint loads").epoch, 1);
+        }
+        let files = ["last-000001.safetensors", "last-000001.optimizer.safetensors", "last.json"];
+        let mut rng: u64 = 7;
+        let mut cuts = 0;
+        for file in files {
+            let path = dir.join(file);
+            let whole = std::fs::read(&path).expect("read");
+            for _ in 0..12 {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let at = (rng >> 33) as usize % whole.len();
+                std::fs::write(&path, &whole[..at]).expect("truncate");
+                let (vs, mut opt) = fresh();
+                let e = checkpoint::load(&dir, "last", &vs, &mut opt).expect_err("a truncated checkpoint").to_string();
+                assert!(e.contains(file), "{file} cut at {at} of {}: {e}", whole.len());
+                cuts += 1;
+            }
+            std::fs::write(&path, &whole).expect("restore");
+        }
+        // A record from a stranger pointing elsewhere.
+        let record = std::fs::read_to_string(dir.join("last.json")).expect("record");
+        for elsewhere in ["../../etc/passwd", "/etc/passwd", "sub/last-000001.safetensors"] {
+            std::fs::write(dir.join("last.json"), record.replace("last-000001.safetensors", elsewhere)).expect("write");
+            let (vs, mut opt) = fresh();
+            let e = checkpoint::load(&dir, "last", &vs, &mut opt).expect_err("outside the folder").to_string();
+            assert!(e.contains("not a file in the checkpoint folder") && e.contains("last.json"), "{e}");
+            let e = checkpoint::load_weights(&dir, "last", &vs).expect_err("outside the folder").to_string();
+            assert!(e.contains("not a file in the checkpoint folder"), "{e}");
+        }
+        assert_eq!(cuts, 36);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     /// Train 10 steps straight; train 4, checkpoint, restore into a fresh model and optimiser,
     /// train 6 more: the parameters agree exactly (Adam's moments included).
     #[test]
