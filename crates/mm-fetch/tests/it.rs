@@ -128,6 +128,55 @@ fn a_cut_connection_is_resumed_with_a_range_request() -> Result<()> {
     Ok(())
 }
 
+/// Downloads cut at seeded random offsets, several times per download, and a partial file
+/// of random length left by a killed process: every fetch resumes where it stopped and ends
+/// with the verified archive.
+#[test]
+fn downloads_cut_at_random_offsets_resume_to_a_verified_file() -> Result<()> {
+    let Some(shared) = shared_data() else { return Ok(()) };
+    let archive = fs::read(shared.join("mirror/fsdd/v1.0.10.tar.gz"))?;
+    let size = archive.len() as u64;
+    let expected = sha256_file(&shared.join("mirror/fsdd/v1.0.10.tar.gz"))?;
+    let mut rng: u64 = 0xC0FFEE;
+    let mut draw = |n: u64| {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    };
+    let mut resumed = 0;
+    for round in 0..4 {
+        let cut_at = 1 + draw(size / 2);
+        let cuts = 1 + draw(3) as usize;
+        let server = MirrorServer::with_faults(shared.join("mirror"), Faults { cut_responses: cuts, cut_at, unavailable: 0 })?;
+        let dir = scratch(&format!("random-cuts-{round}"));
+        // Every other round, a killed process left part of the file first.
+        let left = if round % 2 == 1 { draw(size) } else { 0 };
+        if left > 0 {
+            let downloads = dir.join(".downloads/fsdd");
+            fs::create_dir_all(&downloads)?;
+            fs::write(downloads.join("v1.0.10.tar.gz.part"), &archive[..left as usize])?;
+        }
+        let fetched = fetch(&find("fsdd")?, &options(&dir, &server.url()))?;
+        assert!(fetched.record.sources[0].verified, "round {round}");
+        assert_eq!(fetched.record.sources[0].sha256, expected, "round {round}: cut at {cut_at} x{cuts}, {left} left");
+        // Each request resumes at the byte the previous one stopped at.
+        let starts: Vec<u64> = server
+            .served()
+            .iter()
+            .map(|s| s.range.as_deref().and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap_or(0))
+            .collect();
+        let mut at = left;
+        for (i, start) in starts.iter().enumerate() {
+            assert_eq!(*start, at, "round {round}: request {i} of {starts:?}");
+            at = (at + cut_at).min(size);
+        }
+        assert!(starts.len() <= cuts + 1, "round {round}: {starts:?}");
+        resumed += starts.iter().filter(|s| **s > 0).count();
+        assert_eq!(entries(&dir), ["fsdd"]);
+    }
+    assert!(resumed >= 4, "too few resumptions to mean anything: {resumed}");
+    Ok(())
+}
+
 #[test]
 fn a_download_left_by_a_killed_process_is_resumed() -> Result<()> {
     let Some(shared) = shared_data() else { return Ok(()) };
