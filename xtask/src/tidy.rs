@@ -24,7 +24,7 @@ mod tests {
     fn every_source_file_starts_with_a_module_doc() {
         let root = crate::workspace_root();
         let mut files = Vec::new();
-        for top in ["crates", "xtask", "benches"] {
+        for top in ["crates", "xtask", "benches", "fuzz"] {
             rust_files(&root.join(top), &mut files);
         }
         assert!(files.len() > 10, "found only {} source files under {}", files.len(), root.display());

@@ -104,6 +104,7 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
             line: 1,
             message: format!("expected a word2vec header `count dim`, got {:?}", header.trim_end()),
         })?;
+        check_dim(d, path, 1)?;
         dim = Some(d);
         let mut buf = vec![0u8; 4 * d];
         let mut word = Vec::new();
@@ -146,15 +147,19 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
             if text.trim().is_empty() {
                 continue;
             }
-            if number == 1 && parse_header(text).is_some() {
-                dim = parse_header(text).map(|h| h.1); // word2vec text header
+            if let Some((_, d)) = parse_header(text).filter(|_| number == 1) {
+                check_dim(d, path, 1)?; // word2vec text header
+                dim = Some(d);
                 continue;
             }
             let mut fields = text.split(' ').filter(|f| !f.is_empty());
             let Some(word) = fields.next() else { continue };
             let values: Vec<&str> = fields.collect();
             match dim {
-                None => dim = Some(values.len()),
+                None => {
+                    check_dim(values.len(), path, number)?;
+                    dim = Some(values.len());
+                }
                 Some(d) if d != values.len() => {
                     return Err(Error::Parse {
                         path: path.to_path_buf(),
@@ -207,6 +212,18 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
     }
     Ok(WordVectors { matrix, dim: dim as i64, found, missing, read })
 }
+
+fn check_dim(d: usize, path: &Path, line: usize) -> Result<()> {
+    if d > MAX_DIM {
+        return Err(Error::Parse { path: path.to_path_buf(), line, message: format!("vectors of {d} numbers: more than the {MAX_DIM} accepted (a damaged file?)") });
+    }
+    Ok(())
+}
+
+/// The largest vector size accepted: a header announcing more is a damaged or foreign file
+/// (published word vectors have at most a few thousand dimensions), and believing it would
+/// allocate `vocabulary × size` floats.
+pub const MAX_DIM: usize = 16_384;
 
 fn parse_header(line: &str) -> Option<(usize, usize)> {
     let mut f = line.split_whitespace();

@@ -396,3 +396,34 @@ fn video_encoders_pool_frames_with_or_without_order() {
     let e = toml::from_str::<EncoderConfig>("kind = \"video\"\nframe = { arch = \"lenet\" }\npooling = \"last\"").map_err(|e| e.to_string()).and_then(|c| build(&vs.root(), &c, &BuildContext::default()).map(|_| ()).map_err(|e| e.to_string()));
     assert!(e.expect_err("last without seq").contains("needs a sequence model"));
 }
+
+/// Inputs that once broke a fuzz target (`fuzz/`, docs/RELIABILITY.md), kept so that they
+/// never break anything again: each file of `tests/fuzz/vectors` read as GloVe text and as
+/// word2vec binary gives an error that names the file, within bounded memory.
+#[test]
+fn word_vector_files_that_broke_the_fuzzer_are_refused() {
+    let vocab = VocabBuilder::default().build(&WordTokenizer::default(), ["the cat sat"]);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/vectors");
+    let scratch = temp("fuzz-vectors");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("regression inputs") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        for name in ["v.txt", "v.bin"] {
+            let file = scratch.join(name);
+            std::fs::write(&file, &bytes[1..]).expect("write"); // the target's first byte picks the format
+            if let Err(e) = load_vectors(&file, &vocab, OovPolicy::Zero, 0) {
+                assert!(e.to_string().contains(name), "{e}");
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 1);
+    // The case itself: a header announcing 6 666 666 666 numbers per vector.
+    let file = scratch.join("huge.txt");
+    std::fs::write(&file, "666666666 6666666666\n").expect("write");
+    let e = load_vectors(&file, &vocab, OovPolicy::Zero, 0).expect_err("a huge dimension").to_string();
+    assert!(e.contains("more than the 16384 accepted") && e.contains("huge.txt:1"), "{e}");
+    std::fs::write(&file, format!("the {}\n", vec!["0"; 20_000].join(" "))).expect("write");
+    let e = load_vectors(&file, &vocab, OovPolicy::Zero, 0).expect_err("a huge first vector").to_string();
+    assert!(e.contains("20000 numbers"), "{e}");
+}
