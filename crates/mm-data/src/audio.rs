@@ -59,6 +59,10 @@ pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
     decode_stream(Box::new(file), len, path)
 }
 
+/// The highest sample rate a decoder accepts (studio audio goes to 768 kHz): a header claiming
+/// more is damaged, and resampling from it would build filter tables without bound.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+
 /// Decodes audio already read into memory (for callers that also hash or cache the bytes);
 /// `path` names it in errors and its extension hints the format.
 pub fn decode_audio_bytes(bytes: Vec<u8>, path: &Path) -> Result<Audio> {
@@ -87,8 +91,8 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
     let track_id = track.id;
     let params = track.codec_params.clone();
     let sample_rate = params.sample_rate.ok_or_else(|| Error::decode(path, "no sample rate in the stream"))?;
-    if sample_rate == 0 {
-        return Err(Error::decode(path, "sample rate 0 in the header"));
+    if sample_rate == 0 || sample_rate > MAX_SAMPLE_RATE {
+        return Err(Error::decode(path, format!("sample rate {sample_rate} Hz in the header: outside 1 to {MAX_SAMPLE_RATE} Hz (a damaged header?)")));
     }
     // PCM (WAV) and FLAC headers state the exact length, so a shorter body means a truncated
     // file. MP3 and Vorbis lengths are estimates (encoder delay and padding), not promises.

@@ -721,3 +721,37 @@ fn subword_tokenizer_from_a_tokenizer_json() {
     assert!(mm_data::subword::SubwordTokenizer::from_file(dir.join("none.json")).is_err());
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Inputs that once broke a fuzz target (`fuzz/`, docs/RELIABILITY.md), kept so that they never
+/// break anything again: each is decoded, and resampled and turned into log-mel frames when it
+/// decodes, as the `audio` target does; a refusal must name the file.
+mod fuzz_regressions {
+    use std::path::Path;
+
+    use mm_data::audio::{decode_audio_bytes, resample, MAX_SAMPLE_RATE};
+    use mm_data::mel::{LogMel, MelConfig};
+
+    #[test]
+    fn audio_that_broke_the_fuzzer_decodes_or_is_refused_by_name() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/audio");
+        let mel = LogMel::new(&MelConfig::default()).expect("mel");
+        let mut refused = 0;
+        for entry in std::fs::read_dir(&dir).expect("regression inputs") {
+            let path = entry.expect("entry").path();
+            match decode_audio_bytes(std::fs::read(&path).expect("read"), &path) {
+                Ok(audio) => {
+                    let _ = mel.compute(&resample(&audio.samples, audio.sample_rate, 16_000));
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused >= 1);
+        // The case itself: a WAV header claiming 838 926 337 samples per second.
+        let path = dir.join("wav-rate-838926337-hz");
+        let e = decode_audio_bytes(std::fs::read(&path).expect("read"), &path).expect_err("a damaged rate").to_string();
+        assert!(e.contains("sample rate 838926337 Hz") && e.contains(&MAX_SAMPLE_RATE.to_string()), "{e}");
+    }
+}
