@@ -5,7 +5,8 @@
 //! - `cargo xtask demo`: set-up if needed, then the main job on the embedded data.
 //! - `cargo xtask test`: set-up if needed, then every test of the workspace.
 //! - `cargo xtask fetch-data NAME...`: download, verify, unpack and convert data sets (runs the
-//!   `mm-fetch` binary, which needs no libtorch, so no set-up either).
+//!   `mm-fetch` binary, which needs no libtorch, so no set-up either); `fetch-weights` is the same
+//!   command for pretrained weights.
 //! - `cargo xtask bench-peer`: set-up, then mm against the same workloads in PyTorch.
 //! - `cargo xtask bench-gpu`: set-up, then the GPU benchmark suite.
 //!
@@ -30,6 +31,8 @@ tasks:
   test [args]       set-up if needed, then `cargo test --workspace` with the given arguments
   fetch-data [args] download, verify, unpack and convert data sets into manifests
                     (`cargo xtask fetch-data --list`; `--help` for the options)
+  fetch-weights [args]  the same for pretrained weights (resnet18, resnet50, vgg16,
+                    bert-base-uncased): the registry holds both, so either name works
   bench-peer [args] mm against PyTorch on the same machine (W1 image pipeline, W2 audio
                     pipeline, W3 training steps, W4 an av-digits epoch); the first run needs
                     --install-peer-deps (torchvision, torchaudio, ... beside set-up's torch);
@@ -56,7 +59,7 @@ fn main() -> ExitCode {
             cargo(&[&["run", "--package", "mm-cli", "--bin", "mm", "--", "demo"]], &rest)
         }),
         Some("test") => setup_quietly().and_then(|_| test(&rest)),
-        Some("fetch-data") => fetch_data(&rest),
+        Some("fetch-data" | "fetch-weights") => fetch_data(&rest),
         Some("bench-peer") => bench::bench_peer(&rest),
         Some("bench-gpu") => bench::bench_gpu(&rest),
         Some("help" | "--help" | "-h") => {

@@ -41,6 +41,9 @@ enum Command {
     Compare(compare::Args),
     /// A run's configuration, parameters per module and training history.
     Inspect(run::InspectArgs),
+    /// One encoder's trained weights as a safetensors file (torchvision's or transformers'
+    /// names), to start another run from (`weights = FILE`).
+    Export(run::ExportArgs),
     /// Show the libtorch this binary runs on and the devices it sees.
     Info(info::Args),
 }
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Retrieve(args) => retrieve::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Inspect(args) => run::inspect(&args),
+        Command::Export(args) => run::export(&args),
         Command::Info(args) => info::run(&args),
     };
     match result {

@@ -79,6 +79,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "stopped_early": r.stopped_early,
         "parameters": trained.parameters,
         "clean": clean,
+        "pretrained": r.pretrained.iter().map(|(m, p)| (m.clone(), json!(p.summary()))).collect::<serde_json::Map<_, _>>(),
         "seconds": seconds,
         "device": format!("{device:?}"),
     });
@@ -90,6 +91,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         if c.dropped > 0 {
             println!("cleaning: kept {} of {} samples, dropped {} (reasons in {})", c.kept, c.total, c.dropped, out.join("clean-report.json").display());
         }
+    }
+    // (Without --quiet the training loop said it before the first epoch.)
+    for (m, p) in r.pretrained.iter().filter(|_| a.quiet) {
+        println!("pretrained {m}: {} (details in {})", p.summary(), out.join("pretrained.json").display());
     }
     match r.best {
         Some((v, e)) => println!("best validation {} {v:.4} at epoch {e} of {}", r.metric, r.history.len()),
@@ -219,6 +224,32 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
         }
         None => print!("{text}"),
     }
+    Ok(())
+}
+
+/// Options of `mm export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The run folder `mm train` wrote.
+    #[arg(long)]
+    run: PathBuf,
+    /// The encoder to export, by modality (`image`, `text`, `audio`, ...).
+    #[arg(long)]
+    encoder: String,
+    /// The safetensors file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// A checkpoint record (e.g. RUN/checkpoints/last.json) instead of the run's best.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+}
+
+/// Runs `mm export`: one encoder's weights of a trained run, in the architecture's own names
+/// (torchvision's, transformers'), as a safetensors file another run can start from.
+pub fn export(a: &ExportArgs) -> Result<()> {
+    let run = Run::open(&a.run, a.checkpoint.as_deref(), tch::Device::Cpu)?;
+    let n = run.export_encoder(&a.encoder, &a.out)?;
+    println!("{n} tensors of the {} encoder (epoch {}) written to {}", a.encoder, run.state.epoch, a.out.display());
     Ok(())
 }
 

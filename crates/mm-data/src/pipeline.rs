@@ -270,14 +270,29 @@ impl Pipeline {
             item.audio = Some(load_audio(&manifest.path(rel), spec, train, &mut rng(STREAM_AUDIO), cache)?);
         }
         if let (true, Some(spec), Some(text)) = (present[2], &self.text, &s.text) {
-            let mut tokens = match &spec.encoder {
-                TextEncoder::Words { tokenizer, vocab } => vocab.encode(&tokenizer.tokenize(text)),
-                TextEncoder::Subword(tok) => tok.encode(text)?,
+            let max = spec.max_tokens.max(1);
+            let tokens = match &spec.encoder {
+                TextEncoder::Words { tokenizer, vocab } => {
+                    let mut tokens = vocab.encode(&tokenizer.tokenize(text));
+                    if train {
+                        augment_tokens(&mut tokens, &spec.augment, &mut rng(STREAM_TEXT));
+                    }
+                    tokens.truncate(max);
+                    tokens
+                }
+                TextEncoder::Subword(tok) => {
+                    // Cut to fit with the special tokens kept; augmentation leaves them alone.
+                    let (mut tokens, special) = tok.encode_max(text, max)?;
+                    if train {
+                        let lead = special.iter().take_while(|s| **s).count();
+                        let trail = special[lead..].iter().rev().take_while(|s| **s).count();
+                        let mut inner: Vec<i64> = tokens.drain(lead..tokens.len() - trail).collect();
+                        augment_tokens(&mut inner, &spec.augment, &mut rng(STREAM_TEXT));
+                        tokens.splice(lead..lead, inner);
+                    }
+                    tokens
+                }
             };
-            if train {
-                augment_tokens(&mut tokens, &spec.augment, &mut rng(STREAM_TEXT));
-            }
-            tokens.truncate(spec.max_tokens.max(1));
             item.tokens = Some(tokens);
         }
         if let (true, Some(spec)) = (present[3], &self.frames) {

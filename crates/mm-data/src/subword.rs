@@ -45,6 +45,21 @@ impl SubwordTokenizer {
         Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
+    /// The token ids of `text`, at most `max` of them special tokens included (the text is cut,
+    /// the special tokens kept, as transformers' `truncation=True, max_length=max` does), and
+    /// which of them are special tokens (`[CLS]`, `[SEP]`).
+    pub fn encode_max(&self, text: &str, max: usize) -> Result<(Vec<i64>, Vec<bool>)> {
+        use tokenizers::PostProcessor;
+        let fail = |e: tokenizers::Error| Error::decode(&self.path, format!("cannot encode {text:?}: {e}"));
+        let mut encoding = self.inner.encode(text, false).map_err(fail)?;
+        let added = self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        encoding.truncate(max.saturating_sub(added), 0, tokenizers::TruncationDirection::Right);
+        let encoding = self.inner.post_process(encoding, None, true).map_err(fail)?;
+        let ids = encoding.get_ids().iter().map(|&i| i64::from(i)).collect();
+        let special = encoding.get_special_tokens_mask().iter().map(|&m| m != 0).collect();
+        Ok((ids, special))
+    }
+
     /// The text of a sequence of ids, special tokens left out.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).unwrap_or(u32::MAX)).collect();

@@ -722,6 +722,59 @@ fn subword_tokenizer_from_a_tokenizer_json() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A BERT-style tokenizer (WordPiece with [CLS] ... [SEP] added): texts cut to `max_tokens`
+/// keep both special tokens, as transformers' truncation does, and training-time token
+/// augmentation never drops or moves them.
+#[test]
+fn subword_texts_are_cut_and_augmented_around_their_special_tokens() {
+    use mm_data::augment::TextAugment;
+    use mm_data::manifest::{Manifest, Sample};
+    use mm_data::pipeline::{Pipeline, TextEncoder, TextSpec};
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::Tokenizer;
+
+    let dir = std::env::temp_dir().join(format!("mm-data-wordpiece-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "dog", "runs", "on", "the", "beach", "and", "barks", "."];
+    let vocab = dir.join("vocab.txt");
+    std::fs::write(&vocab, words.join("\n")).expect("vocab.txt");
+    let model = WordPiece::from_file(&vocab.to_string_lossy()).unk_token("[UNK]".into()).build().expect("wordpiece");
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
+    let template = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .expect("template")
+        .special_tokens(vec![("[CLS]", 2), ("[SEP]", 3)])
+        .build()
+        .expect("template");
+    tokenizer.with_post_processor(Some(template));
+    let tok = std::sync::Arc::new(mm_data::subword::SubwordTokenizer::from_tokenizer(tokenizer));
+    let text = "a dog runs on the beach and barks .";
+    assert_eq!(tok.encode(text).expect("encode"), [2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 3]);
+    let (cut, special) = tok.encode_max(text, 6).expect("encode");
+    assert_eq!(cut, [2, 4, 5, 6, 7, 3], "cut to 6 with [CLS] and [SEP] kept");
+    assert_eq!(special, [true, false, false, false, false, true]);
+
+    let mut m = Manifest::new(&dir);
+    m.push(Sample::new("t").with_text(text)).expect("sample");
+    let mut p = Pipeline::new(Vec::new());
+    let augment = TextAugment { drop: 0.5, swap: 0.5 };
+    p.text = Some(TextSpec { encoder: TextEncoder::Subword(tok), max_tokens: 8, augment });
+    let evaluation = p.load(&m, 0, 0, false).expect("item").tokens.expect("tokens");
+    assert_eq!(evaluation, [2, 4, 5, 6, 7, 8, 9, 3], "no augmentation outside training");
+    let mut changed = 0;
+    for epoch in 0..40 {
+        let t = p.load(&m, 0, epoch, true).expect("item").tokens.expect("tokens");
+        assert!(t.len() >= 3 && t.len() <= 8, "{t:?}");
+        assert_eq!((t[0], t[t.len() - 1]), (2, 3), "epoch {epoch}: {t:?}");
+        assert!(!t[1..t.len() - 1].iter().any(|&i| i == 2 || i == 3), "epoch {epoch}: {t:?}");
+        changed += usize::from(t != evaluation);
+    }
+    assert!(changed > 30, "augmentation changed only {changed} of 40 epochs");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// Inputs that once broke a fuzz target (`fuzz/`, docs/RELIABILITY.md), kept so that they never
 /// break anything again: each is decoded, and resampled and turned into log-mel frames when it
 /// decodes, as the `audio` target does; a refusal must name the file.

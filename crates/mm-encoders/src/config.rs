@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::audio::{AudioConfig, AudioEncoder};
-use crate::image::{ImageConfig, ImageEncoder};
+use crate::bert::{hf_name, BertConfig, BertEncoder, BertEncoderConfig};
+use crate::image::{timm_name, ImageConfig, ImageEncoder};
 use crate::tabular::{TabularConfig, TabularEncoder};
 use crate::text::{TextConfig, TextEncoder};
 use crate::video::{VideoConfig, VideoEncoder};
@@ -23,6 +24,8 @@ pub enum EncoderConfig {
     Image(ImageConfig),
     /// A text encoder.
     Text(TextConfig),
+    /// A pretrained BERT over subword ids (transformers' files).
+    Bert(BertEncoderConfig),
     /// An audio encoder.
     Audio(AudioConfig),
     /// An MLP for numeric records.
@@ -40,6 +43,8 @@ pub struct BuildContext<'a> {
     pub vocab: Option<&'a Vocab>,
     /// Number of token ids when there is no word vocabulary (subword tokenizers).
     pub vocab_size: Option<i64>,
+    /// The longest token sequence the data delivers (special tokens included).
+    pub max_tokens: Option<i64>,
     /// Seed for random initialisations outside libtorch (out-of-vocabulary rows).
     pub seed: u64,
 }
@@ -65,6 +70,30 @@ pub fn build(path: &nn::Path, config: &EncoderConfig, ctx: &BuildContext) -> Res
             };
             (Box::new(TextEncoder::new(path, c, size, loaded.as_ref())?), c.freeze, c.project)
         }
+        EncoderConfig::Bert(c) => {
+            if ctx.vocab.is_some() {
+                return Err(Error::Config(
+                    "kind = \"bert\" reads subword ids: set [data.text] tokenizer to the model's tokenizer.json (a word vocabulary does not fit it)".into(),
+                ));
+            }
+            let config = BertConfig::from_file(&c.model.join("config.json"))?;
+            let tokens = need(ctx.vocab_size, "the tokenizer's vocabulary size")?;
+            if tokens > config.vocab_size {
+                return Err(Error::Config(format!(
+                    "the tokenizer has {tokens} ids but the BERT model in {} only {}: they do not belong together",
+                    c.model.display(),
+                    config.vocab_size
+                )));
+            }
+            if let Some(max) = ctx.max_tokens.filter(|m| *m > config.max_position_embeddings) {
+                return Err(Error::Config(format!(
+                    "the data keeps up to {max} tokens (data.text.max_tokens) but the BERT model in {} has {} positions",
+                    c.model.display(),
+                    config.max_position_embeddings
+                )));
+            }
+            (Box::new(BertEncoder::new(path, &config, c.pooling)?), c.freeze, c.project)
+        }
         EncoderConfig::Audio(c) => {
             (Box::new(AudioEncoder::new(path, c, need(ctx.input_dim, "the number of mel bins")?)?), c.freeze, c.project)
         }
@@ -83,17 +112,61 @@ pub fn build(path: &nn::Path, config: &EncoderConfig, ctx: &BuildContext) -> Res
 }
 
 impl EncoderConfig {
-    /// Loads the configured image weights into the variables under `prefix` (the encoder's
-    /// path, with a trailing dot: `"image."`), skipping the checkpoint's classifier head and
-    /// leaving a projection alone. `None` when no weights are configured.
+    /// Whether the configuration keeps the backbone fixed for the whole run (`freeze = true`).
+    pub fn frozen(&self) -> bool {
+        match self {
+            EncoderConfig::Image(c) => c.freeze,
+            EncoderConfig::Text(c) => c.freeze,
+            EncoderConfig::Bert(c) => c.freeze,
+            EncoderConfig::Audio(c) => c.freeze,
+            EncoderConfig::Tabular(_) => false,
+            EncoderConfig::Video(c) => c.freeze,
+        }
+    }
+
+    /// Whether the encoder starts from pretrained numbers: image weights, a BERT model, word
+    /// vectors.
+    pub fn pretrained(&self) -> bool {
+        match self {
+            EncoderConfig::Image(c) => c.weights.is_some(),
+            EncoderConfig::Video(c) => c.frame.weights.is_some(),
+            EncoderConfig::Text(c) => c.vectors.is_some(),
+            EncoderConfig::Bert(_) => true,
+            EncoderConfig::Audio(_) | EncoderConfig::Tabular(_) => false,
+        }
+    }
+
+    /// Loads the configured pretrained weights into the variables under `prefix` (the
+    /// encoder's path, with a trailing dot: `"image."`): an image network's `weights` file
+    /// (torchvision's or timm's names; the classifier head skipped), or a BERT model's
+    /// `model.safetensors` (transformers' names; the pre-training heads skipped). A projection
+    /// is left alone. `None` when the configuration names no weights. Every mismatch is
+    /// reported at once, by name and shape, and nothing is changed then.
     pub fn load_weights(&self, vs: &nn::VarStore, prefix: &str) -> Result<Option<LoadReport>> {
-        let (net, prefix) = match self {
-            EncoderConfig::Image(c) => (c, prefix.to_string()),
-            EncoderConfig::Video(v) => (&v.frame, format!("{prefix}frame.")),
+        let keep_projection = vec!["proj.".to_string()];
+        let (file, options) = match self {
+            EncoderConfig::Bert(c) => {
+                let options = LoadOptions { prefix: prefix.to_string(), skip: Vec::new(), allow_missing: keep_projection, map: Some(hf_name) };
+                (c.model.join("model.safetensors"), options)
+            }
+            EncoderConfig::Image(ImageConfig { arch, weights: Some(file), .. }) => {
+                let options = LoadOptions { prefix: prefix.to_string(), skip: ImageEncoder::head_names(*arch), allow_missing: keep_projection, map: Some(timm_name) };
+                (file.clone(), options)
+            }
+            EncoderConfig::Video(v) => match &v.frame {
+                ImageConfig { arch, weights: Some(file), .. } => {
+                    let options = LoadOptions {
+                        prefix: format!("{prefix}frame."),
+                        skip: ImageEncoder::head_names(*arch),
+                        allow_missing: keep_projection,
+                        map: Some(timm_name),
+                    };
+                    (file.clone(), options)
+                }
+                _ => return Ok(None),
+            },
             _ => return Ok(None),
         };
-        let ImageConfig { arch, weights: Some(file), .. } = net else { return Ok(None) };
-        let options = LoadOptions { prefix, skip: ImageEncoder::head_names(*arch), allow_missing: vec!["proj.".to_string()] };
-        load_safetensors(vs, file, &options).map(Some)
+        load_safetensors(vs, &file, &options).map(Some)
     }
 }

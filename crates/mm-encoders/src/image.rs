@@ -281,8 +281,9 @@ pub struct ImageConfig {
     /// Input channels (3 for RGB, 1 for greyscale).
     #[serde(default = "three")]
     pub in_channels: i64,
-    /// A safetensors file of pretrained weights with torchvision's names, loaded by
-    /// [`crate::EncoderConfig::load_weights`] (the classifier head is skipped).
+    /// A safetensors file of pretrained weights with torchvision's names (or timm's copies of
+    /// them, see [`timm_name`]), loaded by [`crate::EncoderConfig::load_weights`] (the
+    /// classifier head is skipped).
     #[serde(default)]
     pub weights: Option<std::path::PathBuf>,
     /// Keep the backbone fixed (and its batch-norm statistics).
@@ -347,9 +348,31 @@ impl ImageEncoder {
     pub fn head_names(arch: Arch) -> Vec<String> {
         match arch {
             Arch::Resnet18 | Arch::Resnet34 | Arch::Resnet50 => vec!["fc.".to_string()],
-            Arch::Vgg11 | Arch::Vgg16 => vec!["classifier.6.".to_string()],
+            Arch::Vgg11 | Arch::Vgg16 => vec!["classifier.6.".to_string(), "head.fc.".to_string()],
             Arch::Lenet => vec!["fc3.".to_string()],
         }
+    }
+}
+
+/// Maps timm's names of torchvision's image weights to ours: timm keeps VGG's first two fully
+/// connected layers as 7×7 and 1×1 convolutions (`pre_logits.fc1`, `pre_logits.fc2`, its
+/// classifier `head.fc`), the same numbers as torchvision's `classifier.0` and `classifier.3`
+/// in another shape. Every other name (all of a ResNet's) is torchvision's already.
+///
+/// ```
+/// use mm_encoders::image::timm_name;
+/// use mm_encoders::weights::Mapped;
+/// assert_eq!(timm_name("pre_logits.fc1.weight"), Mapped::Reshaped("classifier.0.weight".into()));
+/// assert_eq!(timm_name("layer1.0.conv1.weight"), Mapped::To("layer1.0.conv1.weight".into()));
+/// ```
+pub fn timm_name(name: &str) -> crate::weights::Mapped {
+    use crate::weights::Mapped;
+    if let Some(rest) = name.strip_prefix("pre_logits.fc1.") {
+        Mapped::Reshaped(format!("classifier.0.{rest}"))
+    } else if let Some(rest) = name.strip_prefix("pre_logits.fc2.") {
+        Mapped::Reshaped(format!("classifier.3.{rest}"))
+    } else {
+        Mapped::To(name.to_string())
     }
 }
 

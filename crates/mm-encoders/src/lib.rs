@@ -1,5 +1,6 @@
 //! Modality encoders: image CNNs (ResNet, VGG, small CNNs), word-vector text encoders (GloVe,
-//! word2vec), RNN audio encoders over log-mel features, MLPs for numeric records. Each turns one
+//! word2vec), pretrained BERT, RNN audio encoders over log-mel features, MLPs for numeric
+//! records. Each turns one
 //! modality's batch into a `[B, D]` embedding (and, where it has one, a `[B, T, D]` sequence with
 //! its mask).
 //!
@@ -7,8 +8,8 @@
 //! its lengths) becomes an [`Encoded`]. Encoders are built from `(path, &config)` so that their
 //! parameter names are stable (`image.layer1.0.conv1.weight`); [`build`] makes any of them from
 //! an [`EncoderConfig`] (TOML-friendly, unknown keys refused), and [`Projected`] maps one to a
-//! shared size. [`weights`] loads safetensors files, torchvision's included, and names every
-//! missing, unexpected or mis-shaped tensor.
+//! shared size. [`weights`] loads safetensors files (torchvision's, timm's and transformers'
+//! included) and names every missing, unexpected or mis-shaped tensor.
 //!
 //! ```
 //! use mm_encoders::{build, BuildContext, Encoder, EncoderConfig, Input};
@@ -26,6 +27,7 @@
 //! they build on mm-data (inputs) and mm-seq (recurrent and attention layers).
 
 pub mod audio;
+pub mod bert;
 mod config;
 pub mod image;
 pub mod tabular;

@@ -2,7 +2,9 @@
 //! matched by name, and every problem is reported at once: a variable the file lacks, a tensor
 //! the model has no place for, a shape that differs. A torchvision state dict saved with
 //! `safetensors.torch.save_file(model.state_dict(), path)` loads into the image encoders as is
-//! (its `num_batches_tracked` counters, which tch's batch norm does not keep, are skipped).
+//! (its `num_batches_tracked` counters, which tch's batch norm does not keep, are skipped and
+//! reported); other libraries' names (timm's VGG, transformers' BERT) load through a
+//! [`LoadOptions::map`] function.
 //!
 //! ```no_run
 //! use mm_encoders::weights::{load_safetensors, LoadOptions};
@@ -12,7 +14,7 @@
 //! // ... build an encoder under vs.root() / "image" ...
 //! let options = LoadOptions { prefix: "image.".into(), skip: vec!["fc.".into()], ..Default::default() };
 //! let report = load_safetensors(&vs, "resnet50.safetensors".as_ref(), &options)?;
-//! println!("loaded {} tensors, skipped {:?}", report.loaded, report.skipped);
+//! println!("{}", report.summary()); // loaded 265 tensors; skipped 53 batch-norm step counters ...
 //! # Ok::<(), mm_encoders::Error>(())
 //! ```
 
@@ -23,17 +25,34 @@ use tch::{nn, Tensor};
 
 use crate::{Error, Result};
 
+/// What a file's tensor name becomes, given by a [`LoadOptions::map`] function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// The variable of this name (after the prefix).
+    To(String),
+    /// The variable of this name, whose shape differs from the file's but holds the same
+    /// elements in the same order (timm's VGG keeps its fully connected layers as 7×7 and 1×1
+    /// convolutions; torchvision's, and ours, as matrices).
+    Reshaped(String),
+    /// Not loaded, for this reason (reported in [`LoadReport::skipped`]).
+    Skip(&'static str),
+}
+
 /// How file names map to variables.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Prefix of the variables to fill (`"image."`); a file name `N` fills variable
-    /// `prefix + N`. Variables outside the prefix are left alone.
+    /// `prefix + N` (after `map`). Variables outside the prefix are left alone.
     pub prefix: String,
     /// File tensors whose name starts with one of these are skipped (reported, not loaded): a
     /// classifier head the encoder does not have, say.
     pub skip: Vec<String>,
     /// Variables under the prefix the file may lack (they keep their initial values).
     pub allow_missing: Vec<String>,
+    /// Renames a file's tensor to a variable, or skips it (another library's naming, such as
+    /// [`crate::bert::hf_name`] or [`crate::image::timm_name`]); `None`: names are the
+    /// variables' own.
+    pub map: Option<fn(&str) -> Mapped>,
 }
 
 /// What [`load_safetensors`] did.
@@ -41,11 +60,42 @@ pub struct LoadOptions {
 pub struct LoadReport {
     /// Variables filled.
     pub loaded: usize,
-    /// File tensors skipped, by name.
-    pub skipped: Vec<String>,
+    /// File tensors not loaded: (name, why).
+    pub skipped: Vec<(String, String)>,
     /// Variables left at their initial values (allowed to be missing).
     pub kept: Vec<String>,
 }
+
+impl LoadReport {
+    /// One line: what was loaded, and what was skipped and why, counted by reason
+    /// (`loaded 265 tensors; skipped 53 batch-norm step counters (...): bn1.num_batches_tracked,
+    /// ...; 2 classifier-head tensors (...): fc.bias, fc.weight`).
+    pub fn summary(&self) -> String {
+        let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, why) in &self.skipped {
+            by_reason.entry(why.as_str()).or_default().push(name.as_str());
+        }
+        let mut line = format!("loaded {} tensors", self.loaded);
+        if !by_reason.is_empty() {
+            let parts: Vec<String> = by_reason
+                .iter()
+                .map(|(why, names)| {
+                    let shown: Vec<&str> = names.iter().take(3).copied().collect();
+                    let more = if names.len() > 3 { ", ..." } else { "" };
+                    format!("{} {why}: {}{more}", names.len(), shown.join(", "))
+                })
+                .collect();
+            line.push_str(&format!("; skipped {}", parts.join("; ")));
+        }
+        if !self.kept.is_empty() {
+            line.push_str(&format!("; {} variables not in the file keep their initial values ({})", self.kept.len(), self.kept.join(", ")));
+        }
+        line
+    }
+}
+
+const COUNTER: &str = "batch-norm step counters (libtorch's batch norm keeps none)";
+const HEAD: &str = "classifier-head tensors (the encoder has no classifier)";
 
 /// Fills the variables of `vs` under `options.prefix` from a safetensors file, converting
 /// dtypes to the variables' own. Fails, listing every problem, if a variable is missing from
@@ -62,22 +112,36 @@ pub fn load_safetensors(vs: &nn::VarStore, path: &Path, options: &LoadOptions) -
     let mut problems = Vec::new();
     let mut skipped = Vec::new();
     let mut pairs = Vec::new();
+    let mut filled = std::collections::BTreeSet::new();
     for (name, t) in &tensors {
-        if name.ends_with("num_batches_tracked") || options.skip.iter().any(|s| name.starts_with(s.as_str())) {
-            skipped.push(name.clone());
+        if name.ends_with("num_batches_tracked") {
+            skipped.push((name.clone(), COUNTER.to_string()));
             continue;
         }
-        match variables.get(name) {
-            None => problems.push(format!("  unexpected: {name} {:?} (the model has no such variable)", t.size())),
-            Some(v) if v.size() != t.size() => {
-                problems.push(format!("  wrong shape: {name}: the file has {:?}, the model {:?}", t.size(), v.size()))
+        if options.skip.iter().any(|s| name.starts_with(s.as_str())) {
+            skipped.push((name.clone(), HEAD.to_string()));
+            continue;
+        }
+        let (target, reshape) = match options.map.map_or_else(|| Mapped::To(name.clone()), |m| m(name)) {
+            Mapped::To(n) => (n, false),
+            Mapped::Reshaped(n) => (n, true),
+            Mapped::Skip(why) => {
+                skipped.push((name.clone(), why.to_string()));
+                continue;
             }
-            Some(v) => pairs.push((v, t)),
+        };
+        let shown = if &target == name { name.clone() } else { format!("{name} (as {target})") };
+        match variables.get(&target) {
+            None => problems.push(format!("  unexpected: {shown} {:?} (the model has no such variable)", t.size())),
+            Some(_) if !filled.insert(target.clone()) => problems.push(format!("  duplicate: {shown} (another tensor of the file fills it too)")),
+            Some(v) if v.size() == t.size() => pairs.push((v, t.shallow_clone())),
+            Some(v) if reshape && v.numel() == t.numel() => pairs.push((v, t.reshape(v.size()))),
+            Some(v) => problems.push(format!("  wrong shape: {shown}: the file has {:?}, the model {:?}", t.size(), v.size())),
         }
     }
     let mut kept = Vec::new();
     for name in variables.keys() {
-        if !tensors.contains_key(name) {
+        if !filled.contains(name) {
             if options.allow_missing.iter().any(|a| name.starts_with(a.as_str())) {
                 kept.push(name.clone());
             } else {

@@ -15,6 +15,9 @@ use mm_seq::transformer::TransformerConfig;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+#[path = "it/pretrained.rs"]
+mod pretrained;
+
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mm-enc-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -339,35 +342,6 @@ fn a_transformer_text_encoder_runs_over_subword_ids_and_tabular_records_encode()
     let (a, b) = (mlp.forward_t(&Input::dense(x.shallow_clone()), false).pooled, mlp.forward_t(&Input::dense(x), false).pooled);
     assert_eq!(a.size(), [8, 64]);
     assert_eq!((a - b).abs().max().double_value(&[]), 0.0, "evaluation is deterministic");
-}
-
-/// Numerical parity with torchvision, given its weights: the pooled features of ResNet-18/50
-/// and VGG-11 equal torchvision's for the same input. The files (one per architecture, about
-/// 45 to 500 MB, so not in the repository) hold a randomly initialised torchvision model's state
-/// dict with trained-looking batch-norm statistics plus `parity.input` and `parity.output`;
-/// they are made by `tests/data/torchvision_parity.py`. Set `MM_TORCHVISION_PARITY` to their
-/// folder to run this check; without it the test says it skips.
-#[test]
-fn image_encoders_match_torchvision_numerically() {
-    let Some(dir) = std::env::var_os("MM_TORCHVISION_PARITY").map(PathBuf::from) else {
-        eprintln!("MM_TORCHVISION_PARITY not set: torchvision parity skipped");
-        return;
-    };
-    for (name, arch) in [("resnet18", Arch::Resnet18), ("resnet50", Arch::Resnet50), ("vgg11", Arch::Vgg11)] {
-        let file = dir.join(format!("parity_{name}.safetensors"));
-        let vs = nn::VarStore::new(Device::Cpu);
-        let enc = ImageEncoder::new(&(vs.root() / "image"), &ImageConfig::new(arch)).expect("encoder");
-        let mut skip = ImageEncoder::head_names(arch);
-        skip.push("parity.".into());
-        load_safetensors(&vs, &file, &LoadOptions { prefix: "image.".into(), skip, ..Default::default() }).expect("torchvision weights");
-        let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&file).expect("read").into_iter().collect();
-        let y = tch::no_grad(|| Encoder::forward_t(&enc, &Input::dense(tensors["parity.input"].shallow_clone()), false).pooled);
-        let expected = &tensors["parity.output"];
-        let diff = (&y - expected).abs().max().double_value(&[]);
-        let scale = expected.abs().max().double_value(&[]);
-        eprintln!("{name}: max |mm - torchvision| = {diff:.2e} (outputs up to {scale:.2e})");
-        assert!(diff <= 1e-4 * scale.max(1.0), "{name} differs from torchvision by {diff}");
-    }
 }
 
 /// The video encoder: shapes, padding (padded frames never reach the result), and a frame

@@ -36,7 +36,7 @@ pub struct Dropped {
 }
 
 /// Runs the converter of `layout` in the data set's folder `root`, writing `manifest.jsonl`
-/// (nothing for [`Layout::Files`]).
+/// (nothing for [`Layout::Files`] and [`Layout::Weights`]).
 pub fn convert(layout: &Layout, root: &Path) -> Result<Conversion> {
     let (samples, dropped) = match layout {
         Layout::Idx { classes } => idx(root, classes)?,
@@ -44,7 +44,7 @@ pub fn convert(layout: &Layout, root: &Path) -> Result<Conversion> {
         Layout::Cifar10 => cifar10(root)?,
         Layout::Esc50 => esc50(root)?,
         Layout::Flickr8k => flickr8k(root)?,
-        Layout::Files => return Ok(Conversion::default()),
+        Layout::Files | Layout::Weights => return Ok(Conversion::default()),
     };
     let mut conversion = Conversion { dropped, ..Conversion::default() };
     let mut text = String::new();

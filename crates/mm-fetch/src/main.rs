@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use mm_fetch::download::Downloader;
-use mm_fetch::registry::{registry, Check};
+use mm_fetch::registry::{registry, Check, Layout};
 use mm_fetch::{fetch, presence, FetchOptions, Presence, DIR_ENV, MIRROR_ENV};
 
 /// Downloads, verifies, unpacks and converts data sets into mm manifests.
 #[derive(Parser, Debug)]
-#[command(name = "mm-fetch", version, after_help = "Data sets: `--list`. A mirror is any HTTP host laid out as NAME/FILE (see `--list`).")]
+#[command(name = "mm-fetch", version, after_help = "Data sets and pretrained weights: `--list`. A mirror is any HTTP host laid out as NAME/FILE (see `--list`).")]
 struct Args {
-    /// Data sets to fetch (`--list` shows them).
+    /// Data sets or pretrained weights to fetch (`--list` shows them).
     names: Vec<String>,
     /// Show the known data sets and which are already under --dir.
     #[arg(long)]
@@ -88,7 +88,15 @@ fn list(options: &FetchOptions) {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "data sets (folder: {}; {DIR_ENV} or --dir changes it):\n", options.dir.display());
-    for set in registry() {
+    // The data sets first, then the pretrained weights (for mm-encoders' image and text encoders).
+    let (weights, data): (Vec<_>, Vec<_>) = registry().into_iter().partition(|s| s.layout == Layout::Weights);
+    let heading = format!("pretrained weights (into the same folder; `weights = \"{}/NAME/model.safetensors\"` or `model = \"{}/NAME\"` in a run):\n", options.dir.display(), options.dir.display());
+    let mut in_weights = false;
+    for set in data.into_iter().chain(weights) {
+        if set.layout == Layout::Weights && !in_weights {
+            in_weights = true;
+            let _ = writeln!(out, "{heading}");
+        }
         let state = match presence(&options.dir, &set) {
             Presence::Present(record) => {
                 let splits: Vec<String> = record.conversion.splits.iter().map(|(s, n)| format!("{n} {s}")).collect();

@@ -5,6 +5,12 @@
 //! archives), so where possible the check is on what is inside: the decompressed bytes of a
 //! `.gz` ([`Check::Gunzip`]) or a digest of the kept members of an archive ([`Check::Members`]).
 //! Entries nobody could verify are [`Check::Unverified`] and warn when fetched.
+//!
+//! Pretrained weights ([`Layout::Weights`]) are entries too: safetensors files with the names of
+//! the library that published them (torchvision's, as timm republishes them; transformers'),
+//! kept as they are. Every `.safetensors` download is also checked for structure before it is
+//! kept (its header parses, and its tensors fill the file exactly), which catches a truncated
+//! file or an error page whether or not a digest is known.
 
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +91,11 @@ impl Check {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Unpack {
+    /// Keep the file as it is, at this path (relative to the data set's folder).
+    Copy {
+        /// Destination, relative.
+        to: String,
+    },
     /// Decompress a `.gz` to this path (relative to the data set's folder).
     Gunzip {
         /// Destination, relative.
@@ -121,6 +132,9 @@ pub enum Layout {
     Flickr8k,
     /// Files only (word vectors): no manifest.
     Files,
+    /// Pretrained weights (and their configuration and tokenizer), for `mm-encoders`: no
+    /// manifest; `--list` shows them apart from the data sets.
+    Weights,
 }
 
 fn artifact(file: &str, urls: &[&str], mirror_path: &str, size: Option<u64>, check: Check, check_source: &str, unpack: Unpack) -> Artifact {
@@ -296,7 +310,58 @@ pub fn registry() -> Vec<DataSet> {
             )],
             layout: Layout::Files,
         },
+        timm_weights("resnet18", "ResNet-18", "11.7 M parameters, 512 features"),
+        timm_weights("resnet50", "ResNet-50", "25.6 M parameters, 2048 features"),
+        timm_weights("vgg16", "VGG-16", "138 M parameters, 4096 features"),
+        DataSet {
+            name: "bert-base-uncased".into(),
+            title: "BERT base, uncased (Devlin et al. 2019): 110 M parameters, 768 wide, with its WordPiece tokenizer.json".into(),
+            licence: "Apache 2.0 (Google; published by Hugging Face as google-bert/bert-base-uncased)".into(),
+            homepage: "https://huggingface.co/google-bert/bert-base-uncased".into(),
+            artifacts: ["model.safetensors", "config.json", "tokenizer.json"]
+                .iter()
+                .map(|file| {
+                    artifact(
+                        file,
+                        &[&format!("https://huggingface.co/google-bert/bert-base-uncased/resolve/main/{file}")],
+                        &format!("bert-base-uncased/{file}"),
+                        None,
+                        Check::Unverified,
+                        HUB_UNVERIFIED,
+                        Unpack::Copy { to: file.to_string() },
+                    )
+                })
+                .collect(),
+            layout: Layout::Weights,
+        },
     ]
+}
+
+/// Why the Hugging Face Hub's files are not verified by digest.
+const HUB_UNVERIFIED: &str = "the Hugging Face Hub shows each file's SHA-256 on its page, but no copy could be read \
+    where this registry was written (no internet); safetensors files are checked for structure";
+
+/// ImageNet weights of torchvision's `name` as timm republishes them on the Hugging Face Hub
+/// (`timm/NAME.tv_in1k`: torchvision's own numbers, torchvision's names; VGG's fully connected
+/// layers as convolutions, which `mm_encoders::image::timm_name` maps back).
+fn timm_weights(name: &str, arch: &str, what: &str) -> DataSet {
+    let repo = format!("timm/{name}.tv_in1k");
+    DataSet {
+        name: name.into(),
+        title: format!("{arch} ImageNet-1k weights (torchvision's IMAGENET1K_V1, {what}), safetensors"),
+        licence: "BSD-3-Clause (torchvision's weights, as timm republishes them)".into(),
+        homepage: format!("https://huggingface.co/{repo}"),
+        artifacts: vec![artifact(
+            "model.safetensors",
+            &[&format!("https://huggingface.co/{repo}/resolve/main/model.safetensors")],
+            &format!("{name}/model.safetensors"),
+            None,
+            Check::Unverified,
+            HUB_UNVERIFIED,
+            Unpack::Copy { to: "model.safetensors".into() },
+        )],
+        layout: Layout::Weights,
+    }
 }
 
 /// The registry's entry called `name`.

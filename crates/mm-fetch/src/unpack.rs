@@ -1,4 +1,5 @@
-//! Verification and safe unpacking of downloads: `.gz`, `.tar.gz` and `.zip`.
+//! Verification and safe unpacking of downloads: `.gz`, `.tar.gz` and `.zip`, and files kept as
+//! they are (pretrained weights, checked for structure when they are safetensors).
 //!
 //! Every member name is checked before anything is written: an absolute path or a `..`
 //! component refuses the whole archive, and so does a link or device among the members that
@@ -42,6 +43,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Checks `path` (a download of `artifact`) against the artifact's [`Check`]. `Ok(false)` for an
 /// unverified artifact; a mismatch is [`Error::Checksum`].
 pub fn verify(path: &Path, artifact: &Artifact) -> Result<bool> {
+    if artifact.file.ends_with(".safetensors") {
+        check_safetensors(path)?;
+    }
     let open = || File::open(path).map(BufReader::new).map_err(|e| Error::io(path, e));
     let (expected, actual) = match &artifact.check {
         Check::Unverified => {
@@ -67,6 +71,65 @@ pub fn verify(path: &Path, artifact: &Artifact) -> Result<bool> {
     Ok(true)
 }
 
+/// Largest safetensors header read (the format's own limit is 100 MB).
+const MAX_HEADER: u64 = 100 << 20;
+
+/// Checks that `path` is a whole safetensors file: an 8-byte little-endian header length, a
+/// JSON header whose every tensor has a known dtype, a shape and byte offsets that fit its
+/// shape, and tensors that fill the data exactly, end to end. Returns the number of tensors.
+/// A truncated download, an HTML error page or a file padded with junk fail, naming the file.
+pub fn check_safetensors(path: &Path) -> Result<usize> {
+    let bad = |m: String| Error::format(path, format!("not a whole safetensors file: {m}"));
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let total = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| bad(format!("{total} bytes, too short for a header")))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER || 8 + n > total {
+        return Err(bad(format!("a header of {n} bytes in a file of {total}")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| bad(format!("reading the header: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
+    let mut spans = Vec::new();
+    for (name, entry) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+        let size: u64 = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+            "U16" | "I16" | "F16" | "BF16" => 2,
+            "U32" | "I32" | "F32" => 4,
+            "U64" | "I64" | "F64" => 8,
+            other => return Err(bad(format!("tensor {name}: unknown dtype {other:?}"))),
+        };
+        let numbers = |key: &str| -> Option<Vec<u64>> { entry.get(key)?.as_array()?.iter().map(|v| v.as_u64()).collect() };
+        let (Some(shape), Some(offsets)) = (numbers("shape"), numbers("data_offsets")) else {
+            return Err(bad(format!("tensor {name}: no shape or data_offsets")));
+        };
+        let elements = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        let bytes = elements.and_then(|e| e.checked_mul(size));
+        match (offsets.as_slice(), bytes) {
+            ([start, end], Some(bytes)) if start <= end && end - start == bytes => spans.push((*start, *end)),
+            _ => return Err(bad(format!("tensor {name}: offsets {offsets:?} do not fit shape {shape:?} of {dtype}"))),
+        }
+    }
+    spans.sort_unstable();
+    let mut at = 0;
+    for (start, end) in &spans {
+        if *start != at {
+            return Err(bad(format!("the tensors' data has a gap or an overlap at byte {at}")));
+        }
+        at = *end;
+    }
+    if 8 + n + at != total {
+        return Err(bad(format!("the header describes {} bytes, the file has {total} (cut short, or something appended)", 8 + n + at)));
+    }
+    Ok(spans.len())
+}
+
 /// The [`Check::Members`] digest of an archive.
 pub fn members_digest(path: &Path, strip: usize, keep: &[String]) -> Result<String> {
     let mut lines: Vec<(String, String)> = Vec::new();
@@ -89,6 +152,19 @@ pub fn members_digest(path: &Path, strip: usize, keep: &[String]) -> Result<Stri
 /// relative to `root`.
 pub fn unpack(path: &Path, artifact: &Artifact, root: &Path) -> Result<Vec<PathBuf>> {
     match &artifact.unpack {
+        Unpack::Copy { to } => {
+            let rel = safe_relative(to).ok_or_else(|| Error::Config(format!("{}: unsafe destination {to:?}", artifact.file)))?;
+            let out = root.join(&rel);
+            if let Some(parent) = out.parent() {
+                fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            // A hard link costs nothing for a file of hundreds of megabytes; a copy where the
+            // download folder is on another file system.
+            if fs::hard_link(path, &out).is_err() {
+                fs::copy(path, &out).map_err(|e| Error::io(&out, e))?;
+            }
+            Ok(vec![rel])
+        }
         Unpack::Gunzip { to } => {
             let rel = safe_relative(to).ok_or_else(|| Error::Config(format!("{}: unsafe destination {to:?}", artifact.file)))?;
             let out = root.join(&rel);

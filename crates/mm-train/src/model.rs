@@ -35,6 +35,7 @@ use std::sync::Arc;
 use mm_data::loader::Batch;
 use mm_data::pipeline::{Pipeline, TextEncoder as PipelineText};
 use mm_data::text::Vocab;
+use mm_encoders::weights::LoadReport;
 use mm_encoders::{build, BuildContext, Encoder, EncoderConfig, Input};
 use mm_fusion::{Embeddings, FusionConfig, FusionModel};
 use serde::{Deserialize, Serialize};
@@ -205,6 +206,8 @@ pub struct DataShape {
     pub vocab: Option<Arc<Vocab>>,
     /// Token ids of a subword tokenizer.
     pub vocab_size: Option<i64>,
+    /// The longest token sequence the text pipeline delivers.
+    pub max_tokens: Option<i64>,
     /// Class counts in the training split, for balanced class weights.
     pub class_counts: Vec<usize>,
 }
@@ -224,6 +227,7 @@ impl DataShape {
             features: pipeline.features.as_ref().map(|f| f.dim as i64),
             vocab,
             vocab_size,
+            max_tokens: pipeline.text.as_ref().map(|t| t.max_tokens as i64),
             class_counts,
         }
     }
@@ -289,7 +293,7 @@ impl Model {
                 "features" => data.features,
                 _ => None,
             };
-            let ctx = BuildContext { input_dim, vocab: data.vocab.as_deref(), vocab_size: data.vocab_size, seed: 0 };
+            let ctx = BuildContext { input_dim, vocab: data.vocab.as_deref(), vocab_size: data.vocab_size, max_tokens: data.max_tokens, seed: 0 };
             let e = build(&(path / "encoders" / name), enc, &ctx).map_err(|e| Error::Config(format!("model.encoders.{name}: {e}")))?;
             encoders.push((name.clone(), e));
         }
@@ -542,11 +546,30 @@ impl Model {
         self.encoders.iter().flat_map(|(_, e)| e.backbone_parameters()).collect()
     }
 
-    /// Freezes or unfreezes every encoder's backbone.
+    /// Freezes or unfreezes every encoder's backbone; a backbone its configuration freezes
+    /// (`freeze = true`) stays frozen.
     pub fn set_backbones_trainable(&self, trainable: bool) {
-        for (_, e) in &self.encoders {
-            e.set_backbone_trainable(trainable);
+        for (name, e) in &self.encoders {
+            let frozen = self.config.encoders.get(name).is_some_and(EncoderConfig::frozen);
+            e.set_backbone_trainable(trainable && !frozen);
         }
+    }
+
+    /// Loads every encoder's configured pretrained weights (an image network's `weights`, a
+    /// BERT model's folder) into `vs`, at whose root this model was built; returns what each
+    /// load did, by modality. A file that does not fit its encoder is an error listing every
+    /// mismatched tensor by name and shape.
+    pub fn load_pretrained(&self, vs: &nn::VarStore) -> Result<Vec<(String, LoadReport)>> {
+        let mut reports = Vec::new();
+        for (name, config) in &self.config.encoders {
+            let loaded = config
+                .load_weights(vs, &format!("encoders.{name}."))
+                .map_err(|e| Error::Config(format!("model.encoders.{name}: pretrained weights: {e}")))?;
+            if let Some(report) = loaded {
+                reports.push((name.clone(), report));
+            }
+        }
+        Ok(reports)
     }
 
     /// Head `i`'s probabilities `[B, C]` (softmax, or sigmoid for multi-label); regression

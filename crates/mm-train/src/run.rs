@@ -52,7 +52,7 @@ use mm_data::pipeline::Pipeline;
 use mm_encoders::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tch::{nn, Device, Kind};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
 use crate::model::{DataShape, HeadConfig, Model, ModelConfig};
@@ -470,6 +470,28 @@ impl Run {
             }
         }
         Ok(rows)
+    }
+
+    /// Writes one encoder's weights (its `encoders.MODALITY.` variables, without that prefix and
+    /// without mm's own projection `proj.*`) to a safetensors file, atomically: the names are
+    /// the architecture's own (torchvision's for ResNet and VGG, transformers' for BERT), so
+    /// the file loads as `weights = FILE` in another run, or into the reference library.
+    /// Returns the number of tensors written.
+    pub fn export_encoder(&self, modality: &str, path: &Path) -> Result<usize> {
+        if !self.config.model.encoders.contains_key(modality) {
+            let known: Vec<&String> = self.config.model.encoders.keys().collect();
+            return Err(Error::Config(format!("the run has no {modality} encoder (it has {known:?})")));
+        }
+        let prefix = format!("encoders.{modality}.");
+        let named: Vec<(String, Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter_map(|(k, v)| k.strip_prefix(&prefix).filter(|k| !k.starts_with("proj.")).map(|k| (k.to_string(), v)))
+            .collect();
+        let n = named.len();
+        mm_encoders::weights::save_named(path, named).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        Ok(n)
     }
 
     /// Parameters per top-level module (`encoders.image`, `fusion`, `head`), and in all.

@@ -111,6 +111,10 @@ pub struct TrainConfig {
     pub on_non_finite: OnNonFinite,
     /// Learning-rate multiplier of the encoders' backbones (pretrained parts); 0 freezes them.
     pub backbone_lr_scale: f64,
+    /// The backbones stay frozen for this many epochs (only what comes after them learns),
+    /// then learn at `backbone_lr_scale` times the rate: the usual way to fine-tune a
+    /// pretrained encoder without wrecking it while the new layers are still random.
+    pub freeze_backbone_epochs: u64,
     /// `"f32"`, or `"bf16"`: forward passes under bf16 autocast (on the model's device type).
     pub precision: Precision,
     /// Print one line per epoch (for logs).
@@ -136,6 +140,7 @@ impl Default for TrainConfig {
             seed: 0,
             on_non_finite: OnNonFinite::Stop,
             backbone_lr_scale: 1.0,
+            freeze_backbone_epochs: 0,
             precision: Precision::F32,
             verbose: false,
             progress: true,
@@ -160,6 +165,9 @@ pub struct Report {
     pub best: Option<(f64, u64)>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// The pretrained weights loaded before the first epoch, by modality (empty for a resumed
+    /// run, whose checkpoint holds them).
+    pub pretrained: Vec<(String, mm_encoders::weights::LoadReport)>,
 }
 
 /// What one head's evaluation gathers.
@@ -383,9 +391,26 @@ pub fn fit(
         model.check(&first.map_err(|e| Error::Data(e.to_string()))?.to_device(device))?;
     }
     let ckpt = checkpoint_dir(out);
+    let mut pretrained = Vec::new();
     let mut state = if resume && checkpoint::exists(&ckpt, "last") {
         checkpoint::load(&ckpt, "last", vs, &mut optimizer)?
     } else {
+        // A fresh run starts from the configured pretrained weights; a record of what was
+        // loaded (and what was skipped, and why) goes beside the run.
+        pretrained = model.load_pretrained(vs)?;
+        if !pretrained.is_empty() {
+            let record: Map<String, Value> = pretrained
+                .iter()
+                .map(|(m, r)| (m.clone(), json!({"loaded": r.loaded, "skipped": r.skipped, "kept": r.kept, "summary": r.summary()})))
+                .collect();
+            mm_data::fs::write_atomic(&out.join("pretrained.json"), serde_json::to_string_pretty(&record).unwrap_or_default().as_bytes())
+                .map_err(|e| Error::Checkpoint(e.to_string()))?;
+            if config.verbose {
+                for (m, r) in &pretrained {
+                    eprintln!("pretrained {m}: {}", r.summary());
+                }
+            }
+        }
         TrainState { seed: config.seed, ..Default::default() }
     };
     let select = config
@@ -414,6 +439,10 @@ pub fn fit(
     let mut stopped_early = false;
     while state.epoch < config.epochs {
         let epoch = state.epoch;
+        if config.freeze_backbone_epochs > 0 {
+            // Decided by the epoch alone, so a resumed run is in the same phase.
+            model.set_backbones_trainable(epoch >= config.freeze_backbone_epochs && config.backbone_lr_scale > 0.0);
+        }
         tch::manual_seed((config.seed ^ epoch.wrapping_mul(0x9E37_79B9)) as i64);
         let started = Instant::now();
         let (mut loss_sum, mut counted, mut skipped, mut samples) = (0.0, 0usize, 0usize, 0usize);
@@ -524,7 +553,7 @@ pub fn fit(
             }
         }
     }
-    Ok(Report { history: state.history, metric: select, best: state.best, stopped_early })
+    Ok(Report { history: state.history, metric: select, best: state.best, stopped_early, pretrained })
 }
 
 /// Rewrites the metric history, one JSON object per line, atomically.

@@ -664,6 +664,102 @@ mod training {
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
+    /// Pretrained image weights named in the configuration are loaded when a run starts (and
+    /// said so, beside the run), stay fixed for `freeze_backbone_epochs` epochs while the rest
+    /// learns, then learn at `backbone_lr_scale` times the rate; a resumed run is in the phase
+    /// its epoch says, and an encoder configured `freeze = true` never thaws.
+    #[test]
+    fn a_pretrained_backbone_loads_stays_frozen_then_is_fine_tuned() {
+        use mm_data::pipeline::ImageSpec;
+        let _rng = super::rng_lock();
+        let (dir, manifest, _) = data("finetune", 120);
+        let mut p = Pipeline::new(CLASSES.iter().map(|c| c.to_string()).collect());
+        p.image = Some(ImageSpec::new((16, 16)));
+        p.audio = Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
+        p.fit_statistics(&manifest).expect("statistics");
+        let pipeline = Arc::new(p);
+        // The "pretrained" weights: a LeNet of its own, saved with the encoder's own names.
+        let weights = dir.join("lenet.safetensors");
+        {
+            let vs = nn::VarStore::new(Device::Cpu);
+            tch::manual_seed(99);
+            let _ = mm_encoders::image::ImageEncoder::new(&(vs.root() / "net"), &mm_encoders::image::ImageConfig::new(mm_encoders::image::Arch::Lenet)).expect("lenet");
+            mm_encoders::weights::save_safetensors(&vs, &weights, "net.").expect("save");
+        }
+        let model_toml = |freeze: bool| {
+            format!(
+                "[encoders.image]\nkind = \"image\"\narch = \"lenet\"\nweights = {:?}\nfreeze = {freeze}\n\n\
+                 [encoders.audio]\nkind = \"audio\"\nbackbone = {{ type = \"cnn\", channels = [8] }}\n\n\
+                 [fusion]\nmethod = \"concat\"\n\n[head]\ntype = \"classification\"\n",
+                weights.to_string_lossy()
+            )
+        };
+        let image_weights = |vs: &nn::VarStore| -> Vec<(String, Vec<f32>)> {
+            let mut v: Vec<(String, Vec<f32>)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("encoders.image."))
+                .map(|(k, t)| (k, Vec::try_from(t.view([-1])).expect("values")))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let file: Vec<(String, Vec<f32>)> = {
+            let mut v: Vec<(String, Vec<f32>)> = tch::Tensor::read_safetensors(&weights)
+                .expect("read")
+                .into_iter()
+                .map(|(k, t)| (format!("encoders.image.{k}"), Vec::try_from(t.view([-1])).expect("values")))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let out = dir.join("run");
+        let config = |epochs: u64| TrainConfig {
+            epochs,
+            batch_size: 16,
+            freeze_backbone_epochs: 2,
+            backbone_lr_scale: 0.1,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let build = |freeze: bool| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            tch::manual_seed(0);
+            let config: ModelConfig = toml::from_str(&model_toml(freeze)).expect("model config");
+            let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![])).expect("model");
+            (vs, model)
+        };
+        // Two frozen epochs: the image network is the file's, exactly; the rest learned.
+        let (vs, model) = build(false);
+        let audio_before: Vec<f32> = Vec::try_from(vs.variables()["encoders.audio.cnn.convs.0.weight"].view([-1])).expect("values");
+        let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(2), &out, false).expect("training");
+        assert_eq!(report.pretrained.len(), 1, "{:?}", report.pretrained);
+        assert_eq!(report.pretrained[0].0, "image");
+        assert_eq!(report.pretrained[0].1.loaded, file.len());
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("pretrained.json")).expect("pretrained.json")).expect("JSON");
+        assert_eq!(record["image"]["loaded"], file.len());
+        assert_eq!(image_weights(&vs), file, "the backbone moved while frozen");
+        let audio_after: Vec<f32> = Vec::try_from(vs.variables()["encoders.audio.cnn.convs.0.weight"].view([-1])).expect("values");
+        assert_ne!(audio_before, audio_after, "the rest must learn meanwhile");
+        // Resumed to four epochs: epochs 3 and 4 fine-tune the image network too.
+        let (vs, model) = build(false);
+        let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(4), &out, true).expect("resumed");
+        assert!(report.pretrained.is_empty(), "a resumed run takes its weights from the checkpoint");
+        assert_eq!(report.history.len(), 4);
+        let tuned = image_weights(&vs);
+        assert_ne!(tuned, file, "the backbone must learn once thawed");
+        // An encoder configured `freeze = true` stays frozen after the frozen epochs too.
+        let (vs, model) = build(true);
+        fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(3), &dir.join("frozen"), false).expect("training");
+        assert_eq!(image_weights(&vs), file, "freeze = true must hold for the whole run");
+        // A weights file that does not fit is refused before the first epoch, by name.
+        std::fs::write(&weights, b"not a safetensors file").expect("write");
+        let (vs, model) = build(false);
+        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(1), &dir.join("bad"), false).expect_err("bad weights").to_string();
+        assert!(e.contains("model.encoders.image: pretrained weights") && e.contains("lenet.safetensors"), "{e}");
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+
     /// A retrieval model (captions and images into one space, InfoNCE) ranks the matching image
     /// far above chance after a few epochs, and reports both directions.
     #[test]
