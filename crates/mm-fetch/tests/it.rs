@@ -427,6 +427,70 @@ fn cifar10_esc50_flickr8k_and_glove_convert_from_their_upstream_layouts() -> Res
     Ok(())
 }
 
+/// A safetensors file of `tensors` (name, shape) of f32 numbers 0, 1, 2, ... in a row.
+fn safetensors_bytes(tensors: &[(&str, &[u64])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape) in tensors {
+        let start = data.len();
+        for i in 0..shape.iter().product::<u64>() {
+            data.extend_from_slice(&(i as f32).to_le_bytes());
+        }
+        header.insert(name.to_string(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}));
+    }
+    let header = serde_json::to_vec(&header).expect("header");
+    [&(header.len() as u64).to_le_bytes()[..], &header, &data].concat()
+}
+
+/// Pretrained weights come through the same downloader: kept as they are in `DIR/NAME/`, with
+/// `fetched.json`; a safetensors file that is cut short or has junk appended is refused by
+/// name before anything is placed, whatever its (unknown) digest; `--list` shows the weights
+/// apart from the data sets.
+#[test]
+fn pretrained_weights_are_fetched_whole_or_refused() -> Result<()> {
+    let mirror = scratch("weights-mirror");
+    let dir = scratch("weights");
+    fs::create_dir_all(mirror.join("bert-base-uncased"))?;
+    fs::create_dir_all(mirror.join("resnet50"))?;
+    fs::create_dir_all(mirror.join("vgg16"))?;
+    let bert = safetensors_bytes(&[("bert.embeddings.word_embeddings.weight", &[30, 8]), ("bert.pooler.dense.bias", &[8])]);
+    fs::write(mirror.join("bert-base-uncased/model.safetensors"), &bert)?;
+    fs::write(mirror.join("bert-base-uncased/config.json"), br#"{"vocab_size": 30, "hidden_size": 8}"#)?;
+    fs::write(mirror.join("bert-base-uncased/tokenizer.json"), br#"{"version": "1.0"}"#)?;
+    let resnet = safetensors_bytes(&[("conv1.weight", &[64, 3, 7, 7]), ("fc.bias", &[1000])]);
+    fs::write(mirror.join("resnet50/model.safetensors"), &resnet[..resnet.len() - 100])?;
+    fs::write(mirror.join("vgg16/model.safetensors"), [&resnet[..], b"<html>"].concat())?;
+    let server = MirrorServer::start(&mirror)?;
+    let o = options(&dir, &server.url());
+
+    let fetched = fetch(&find("bert-base-uncased")?, &o)?;
+    assert_eq!(fetched.record.sources.len(), 3);
+    assert!(fetched.record.sources.iter().all(|s| !s.verified && s.sha256.len() == 64), "{:?}", fetched.record.sources);
+    assert_eq!(fs::read(dir.join("bert-base-uncased/model.safetensors"))?, bert);
+    assert!(dir.join("bert-base-uncased/tokenizer.json").is_file() && dir.join("bert-base-uncased/fetched.json").is_file());
+    assert!(!dir.join("bert-base-uncased/manifest.jsonl").exists(), "weights have no manifest");
+    assert_eq!(mm_fetch::unpack::check_safetensors(&dir.join("bert-base-uncased/model.safetensors"))?, 2);
+
+    for (name, says) in [("resnet50", "cut short"), ("vgg16", "something appended")] {
+        let e = fetch(&find(name)?, &o).expect_err("a broken file").to_string();
+        assert!(e.contains("model.safetensors") && e.contains("not a whole safetensors file") && e.contains(says), "{name}: {e}");
+        assert!(!dir.join(name).exists(), "{name}: nothing placed");
+        assert!(!dir.join(".downloads").join(name).join("model.safetensors").exists(), "{name}: the bad download is deleted");
+    }
+    let left = entries(&dir);
+    assert!(left.contains(&"bert-base-uncased".to_string()) && !left.iter().any(|e| e.starts_with(".staging") || e == "resnet50" || e == "vgg16"), "{left:?}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-fetch")).args(["--list", "--dir"]).arg(&dir).env_remove("MM_DATA_MIRROR").output()?;
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (data_part, weights_part) = listing.split_once("pretrained weights (").context("a weights section")?;
+    assert!(data_part.contains("mnist") && !data_part.contains("bert-base-uncased"), "{listing}");
+    for name in ["resnet18", "resnet50", "vgg16", "bert-base-uncased"] {
+        assert!(weights_part.lines().any(|l| l.starts_with(name)), "{name}: {listing}");
+    }
+    assert!(weights_part.lines().skip_while(|l| !l.starts_with("bert-base-uncased")).nth(1).is_some_and(|l| l.contains("present")), "{listing}");
+    Ok(())
+}
+
 /// The command behind `cargo xtask fetch-data`: fetch from a mirror, list, and fail clearly.
 #[test]
 fn the_command_fetches_lists_and_explains_failures() -> Result<()> {
