@@ -555,6 +555,17 @@ impl Model {
         }
     }
 
+    /// Freezes or unfreezes the backbones of the encoders that start from pretrained numbers
+    /// ([`EncoderConfig::pretrained`]); those configured `freeze = true` stay frozen, and the
+    /// others are left alone.
+    pub fn set_pretrained_trainable(&self, trainable: bool) {
+        for (name, e) in &self.encoders {
+            if let Some(config) = self.config.encoders.get(name).filter(|c| c.pretrained()) {
+                e.set_backbone_trainable(trainable && !config.frozen());
+            }
+        }
+    }
+
     /// Loads every encoder's configured pretrained weights (an image network's `weights`, a
     /// BERT model's folder) into `vs`, at whose root this model was built; returns what each
     /// load did, by modality. A file that does not fit its encoder is an error listing every

@@ -144,6 +144,7 @@ fn kind_of(config: &EncoderConfig) -> &'static str {
         EncoderConfig::Image(_) => "image",
         EncoderConfig::Audio(_) => "audio",
         EncoderConfig::Text(_) => "text",
+        EncoderConfig::Bert(_) => "bert",
         EncoderConfig::Video(_) => "video",
         EncoderConfig::Tabular(_) => "tabular",
     }
@@ -193,8 +194,14 @@ impl RunConfig {
             if !modalities.contains(&name.as_str()) {
                 return bad(format!("model.encoders.{name}: the data reads no {name}; add [data.{name}] or remove the encoder (the data reads {modalities:?})"));
             }
-            if kind_of(enc) != kind_for(name) {
-                return bad(format!("model.encoders.{name}: kind = \"{}\" cannot read {name}; use kind = \"{}\"", kind_of(enc), kind_for(name)));
+            let kind = kind_of(enc);
+            if kind != kind_for(name) && !(kind == "bert" && name == "text") {
+                return bad(format!("model.encoders.{name}: kind = \"{kind}\" cannot read {name}; use kind = \"{}\"", kind_for(name)));
+            }
+            if kind == "bert" && self.data.text.as_ref().is_none_or(|t| t.tokenizer.is_none()) {
+                return bad(format!(
+                    "model.encoders.{name}: kind = \"bert\" reads the ids of the model's own tokenizer: set [data.text] tokenizer = \"<model folder>/tokenizer.json\""
+                ));
             }
         }
         for m in &modalities {

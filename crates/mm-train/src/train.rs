@@ -111,9 +111,10 @@ pub struct TrainConfig {
     pub on_non_finite: OnNonFinite,
     /// Learning-rate multiplier of the encoders' backbones (pretrained parts); 0 freezes them.
     pub backbone_lr_scale: f64,
-    /// The backbones stay frozen for this many epochs (only what comes after them learns),
-    /// then learn at `backbone_lr_scale` times the rate: the usual way to fine-tune a
-    /// pretrained encoder without wrecking it while the new layers are still random.
+    /// The pretrained encoders (image `weights`, a BERT model, word vectors) stay frozen for
+    /// this many epochs while the rest learns, then learn at `backbone_lr_scale` times the rate:
+    /// the usual way to fine-tune a pretrained encoder without wrecking it while the layers
+    /// after it are still random.
     pub freeze_backbone_epochs: u64,
     /// `"f32"`, or `"bf16"`: forward passes under bf16 autocast (on the model's device type).
     pub precision: Precision,
@@ -441,7 +442,7 @@ pub fn fit(
         let epoch = state.epoch;
         if config.freeze_backbone_epochs > 0 {
             // Decided by the epoch alone, so a resumed run is in the same phase.
-            model.set_backbones_trainable(epoch >= config.freeze_backbone_epochs && config.backbone_lr_scale > 0.0);
+            model.set_pretrained_trainable(epoch >= config.freeze_backbone_epochs && config.backbone_lr_scale > 0.0);
         }
         tch::manual_seed((config.seed ^ epoch.wrapping_mul(0x9E37_79B9)) as i64);
         let started = Instant::now();
