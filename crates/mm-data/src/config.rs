@@ -74,6 +74,21 @@ pub struct ImageConfig {
     /// Training-time augmentation (default none); [`ImageAugment`]'s fields.
     #[serde(default)]
     pub augment: ImageAugment,
+    /// Channel statistics: `fit` on the training split (default), or `imagenet`'s, as
+    /// pretrained ImageNet weights (torchvision's) expect.
+    #[serde(default)]
+    pub normalize: Normalize,
+}
+
+/// Where an image's channel statistics come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    /// The training split's.
+    #[default]
+    Fit,
+    /// ImageNet's mean and standard deviation (what torchvision's weights were trained with).
+    Imagenet,
 }
 
 /// `[data.audio]`: a log-mel spectrogram per clip.
@@ -158,6 +173,9 @@ pub struct FramesConfig {
     /// Training-time augmentation, the same for every frame of a video.
     #[serde(default)]
     pub augment: ImageAugment,
+    /// Channel statistics: `fit` (default) or `imagenet`, as for images.
+    #[serde(default)]
+    pub normalize: Normalize,
 }
 
 /// `[data.features]`: a fixed number of numeric features per sample, standardised.
@@ -345,7 +363,7 @@ impl DataConfig {
         p.seed = seed;
         p.modality_dropout = self.modality_dropout;
         if let Some(c) = &self.image {
-            p.image = Some(ImageSpec { augment: c.augment.clone(), ..ImageSpec::new(c.size.hw()) });
+            p.image = Some(ImageSpec { augment: c.augment.clone(), fit_statistics: c.normalize == Normalize::Fit, ..ImageSpec::new(c.size.hw()) });
         }
         if let Some(c) = &self.audio {
             let mut spec = AudioSpec::new(&c.mel).map_err(|e| Error::Config(format!("data.audio.mel: {e}")))?;
@@ -371,7 +389,8 @@ impl DataConfig {
             p.text = Some(TextSpec { encoder, max_tokens: c.max_tokens, augment: c.augment });
         }
         if let Some(c) = &self.frames {
-            p.frames = Some(FramesSpec { image: ImageSpec { augment: c.augment.clone(), ..ImageSpec::new(c.size.hw()) }, max_frames: c.max_frames });
+            let image = ImageSpec { augment: c.augment.clone(), fit_statistics: c.normalize == Normalize::Fit, ..ImageSpec::new(c.size.hw()) };
+            p.frames = Some(FramesSpec { image, max_frames: c.max_frames });
         }
         if let Some(c) = &self.features {
             p.features = Some(FeatureSpec { dim: c.dim, normalizer: None });

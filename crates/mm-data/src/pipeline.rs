@@ -50,12 +50,15 @@ pub struct ImageSpec {
     pub normalizer: Normalizer,
     /// Training-time augmentation.
     pub augment: ImageAugment,
+    /// Whether [`Pipeline::fit_statistics`] replaces the statistics with the training split's
+    /// (`false` keeps ImageNet's, which pretrained ImageNet weights expect).
+    pub fit_statistics: bool,
 }
 
 impl ImageSpec {
     /// Images of this size, ImageNet statistics, no augmentation.
     pub fn new(size: (usize, usize)) -> Self {
-        ImageSpec { size, normalizer: Normalizer::imagenet(), augment: ImageAugment::default() }
+        ImageSpec { size, normalizer: Normalizer::imagenet(), augment: ImageAugment::default(), fit_statistics: true }
     }
 }
 
@@ -318,8 +321,8 @@ impl Pipeline {
     }
 
     /// Computes the normalisation statistics of every modality that has them from the
-    /// training split (images and video frames after resizing, spectrograms, features), in
-    /// parallel, without augmentation. Samples missing a modality are skipped for that modality.
+    /// training split (images and video frames after resizing, unless their spec keeps
+    /// ImageNet's; spectrograms; features), in parallel, without augmentation. Samples missing a modality are skipped for that modality.
     pub fn fit_statistics(&mut self, manifest: &Manifest) -> Result<()> {
         let train: Vec<&Sample> = manifest.split(Split::Train).collect();
         if train.is_empty() {
@@ -350,13 +353,13 @@ impl Pipeline {
                 Ok(())
             })
         };
-        if let Some(spec) = &self.image {
+        if let Some(spec) = self.image.as_ref().filter(|s| s.fit_statistics) {
             let stats = channel_stats(spec, &|s| s.image.iter().cloned().collect())?;
             if let Some(spec) = &mut self.image {
                 spec.normalizer = stats.finish();
             }
         }
-        if let Some(spec) = &self.frames {
+        if let Some(spec) = self.frames.as_ref().filter(|s| s.image.fit_statistics) {
             let stats = channel_stats(&spec.image, &|s| s.frames.clone())?;
             if let Some(spec) = &mut self.frames {
                 spec.image.normalizer = stats.finish();

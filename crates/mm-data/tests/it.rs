@@ -722,6 +722,35 @@ fn subword_tokenizer_from_a_tokenizer_json() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `[data.image] normalize = "imagenet"` keeps ImageNet's channel statistics (what pretrained
+/// torchvision weights expect) where the default fits the training split's, and a restored
+/// pipeline has the same ones.
+#[test]
+fn image_statistics_are_fitted_or_imagenets() {
+    use mm_data::config::DataConfig;
+    use mm_data::normalize::Normalizer;
+    use mm_data::synth::{generate, SynthConfig};
+    let dir = std::env::temp_dir().join(format!("mm-data-normalize-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    generate(&dir.join("synth"), &SynthConfig { samples: 60, image_size: 16, frame_size: 16, frames: 2, duration: 0.4, ..SynthConfig::default() }, false).expect("synth");
+    let manifest = dir.join("synth/manifest.jsonl");
+    let config = |normalize: &str| -> DataConfig {
+        toml::from_str(&format!("manifest = {:?}\n[image]\nsize = 16\nnormalize = \"{normalize}\"", manifest.to_string_lossy())).expect("toml")
+    };
+    let fitted = config("fit").prepare(0).expect("prepare").pipeline;
+    let imagenet = config("imagenet").prepare(0).expect("prepare").pipeline;
+    let (f, i) = (&fitted.image.as_ref().expect("image").normalizer, &imagenet.image.as_ref().expect("image").normalizer);
+    assert_eq!((&i.mean, &i.std), (&Normalizer::imagenet().mean, &Normalizer::imagenet().std));
+    assert_ne!(f.mean, Normalizer::imagenet().mean, "the synthetic images are not ImageNet's");
+    assert!(f.count > 0);
+    imagenet.save_statistics(dir.join("saved")).expect("save");
+    let restored = config("imagenet").restore(0, &dir.join("saved")).expect("restore");
+    assert_eq!(restored.image.as_ref().expect("image").normalizer.mean, Normalizer::imagenet().mean);
+    let e = toml::from_str::<DataConfig>(&format!("manifest = \"m\"\n[image]\nnormalize = \"coco\"")).expect_err("unknown").to_string();
+    assert!(e.contains("coco") && e.contains("imagenet"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// A BERT-style tokenizer (WordPiece with [CLS] ... [SEP] added): texts cut to `max_tokens`
 /// keep both special tokens, as transformers' truncation does, and training-time token
 /// augmentation never drops or moves them.

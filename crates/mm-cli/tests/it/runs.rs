@@ -90,11 +90,52 @@ fn test_ids(manifest: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Pretrained weights where the recipes look for them, made here (CI has no internet): a
+/// ResNet-18 trained one epoch by `configs/finetune/pretrain.toml` and exported with `mm
+/// export` as `data/resnet18/model.safetensors`, and a tiny BERT (the configuration and
+/// WordPiece tokenizer of mm-encoders' parity test, random weights with transformers' names)
+/// as `data/bert-base-uncased/`. Made once per test binary.
+fn stand_in_weights(ws: &Path) {
+    static MADE: OnceLock<()> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let pretrain = configs().join("finetune/pretrain.toml");
+        ok(ws, &["train", "--config", pretrain.to_str().expect("utf-8"), "--set", "train.epochs=1", "--set", "data.image.size=32", "--out", "runs/pretrain", "--quiet"]);
+        std::fs::create_dir_all(ws.join("data/resnet18")).expect("mkdir");
+        let said = ok(ws, &["export", "--run", "runs/pretrain", "--encoder", "image", "--out", "data/resnet18/model.safetensors"]);
+        assert!(said.contains("100 tensors of the image encoder"), "{said}");
+        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mm-encoders/tests/data/pretrained");
+        let bert = ws.join("data/bert-base-uncased");
+        std::fs::create_dir_all(&bert).expect("mkdir");
+        for f in ["config.json", "tokenizer.json"] {
+            std::fs::copy(tiny.join("bert_tiny").join(f), bert.join(f)).expect("copy");
+        }
+        let golden = json(&std::fs::read_to_string(tiny.join("golden_bert_tiny.json")).expect("listing"));
+        tch::manual_seed(1);
+        let tensors: Vec<(String, tch::Tensor)> = golden["tensors"]
+            .as_array()
+            .expect("tensors")
+            .iter()
+            .map(|t| {
+                let name = t["name"].as_str().expect("name");
+                let shape: Vec<i64> = t["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect();
+                let value = if name.ends_with("LayerNorm.weight") {
+                    tch::Tensor::ones(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu))
+                } else {
+                    tch::Tensor::randn(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu)) * 0.02
+                };
+                (format!("bert.{name}"), value)
+            })
+            .collect();
+        tch::Tensor::write_safetensors(&tensors, bert.join("model.safetensors")).expect("write");
+    });
+}
+
 /// Every recipe in `configs/` has a README and trains, evaluates and predicts (or retrieves)
 /// on a small copy of its data; its resolved configuration is itself a valid configuration.
 #[test]
 fn every_recipe_trains_evaluates_and_predicts() {
     let ws = workspace(240);
+    stand_in_weights(ws);
     let mut recipes: Vec<PathBuf> = std::fs::read_dir(configs()).expect("configs/").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     recipes.sort();
     assert!(recipes.len() >= 7, "{recipes:?}");
@@ -160,12 +201,60 @@ fn every_recipe_trains_evaluates_and_predicts() {
             assert!((sum - 1.0).abs() < 1e-4, "{row}");
             assert!(probs.contains_key(head["prediction"].as_str().expect("prediction")), "{row}");
             // Gated and attention fusion report per-sample modality weights.
-            if ["video", "sentiment", "diagnosis", "av-digits"].contains(&name.as_str()) {
+            if ["video", "sentiment", "diagnosis", "finetune", "av-digits"].contains(&name.as_str()) {
                 let w = row["modality_weights"].as_object().expect("modality weights");
                 assert_eq!(w.len(), 2, "{row}");
             }
         }
     }
+}
+
+/// Fine-tuning from pretrained weights end to end: the image network of the finetune recipe
+/// is loaded (and said so), frozen for its first epochs, then fine-tuned, and exported again;
+/// the retrieval recipe with a BERT text tower trains, evaluates and answers a caption query
+/// through BERT's tokenizer; weights that do not fit are refused in one message.
+#[test]
+fn pretrained_encoders_are_loaded_fine_tuned_and_exported() {
+    let ws = workspace(240);
+    stand_in_weights(ws);
+    let finetune = configs().join("finetune/finetune.toml");
+    let finetune = finetune.to_str().expect("utf-8");
+    let out = "runs/pretrained/finetune";
+    let _ = std::fs::remove_dir_all(ws.join(out));
+    let said = ok(ws, &["train", "--config", finetune, "--set", "train.epochs=3", "--set", "train.freeze_backbone_epochs=2", "--set", "data.image.size=32", "--out", out, "--quiet"]);
+    assert!(said.contains("pretrained image: loaded 100 tensors") && said.contains("pretrained.json"), "{said}");
+    let record = json(&std::fs::read_to_string(ws.join(out).join("pretrained.json")).expect("pretrained.json"));
+    assert_eq!(record["image"]["loaded"], 100, "{record}");
+    // The frozen epochs left the backbone alone; the third fine-tuned it.
+    ok(ws, &["export", "--run", out, "--encoder", "image", "--checkpoint", &format!("{out}/checkpoints/last.json"), "--out", "runs/pretrained/tuned.safetensors"]);
+    let read = |p: &str| -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<(String, Vec<f32>)> = tch::Tensor::read_safetensors(ws.join(p)).expect("read").into_iter().map(|(k, t)| (k, Vec::try_from(t.view([-1])).expect("values"))).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let (before, after) = (read("data/resnet18/model.safetensors"), read("runs/pretrained/tuned.safetensors"));
+    assert_eq!(before.iter().map(|t| &t.0).collect::<Vec<_>>(), after.iter().map(|t| &t.0).collect::<Vec<_>>(), "torchvision's names, no projection");
+    assert_ne!(before, after, "the backbone was fine-tuned after its frozen epochs");
+    let metrics = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
+    assert!(metrics["auroc"].as_f64().is_some(), "{metrics}");
+
+    // BERT as the text tower of the retrieval recipe.
+    let bert = configs().join("retrieval/retrieval-bert.toml");
+    let out = "runs/pretrained/retrieval-bert";
+    let _ = std::fs::remove_dir_all(ws.join(out));
+    let summary = json(&ok(ws, &["train", "--config", bert.to_str().expect("utf-8"), "--set", "train.epochs=3", "--out", out, "--json"]));
+    assert_eq!(summary["epochs"], 3, "{summary}");
+    assert!(summary["pretrained"]["text"].as_str().is_some_and(|s| s.starts_with("loaded 39 tensors")), "{summary}");
+    let metrics = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
+    assert!(metrics["text_to_image_r10"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{metrics}");
+    let r = json(&ok(ws, &["retrieve", "--run", out, "--query", "a red hoop near the top", "--top-k", "3", "--device", "cpu", "--json"]));
+    assert_eq!(r["results"].as_array().map(Vec::len), Some(3), "{r}");
+
+    // A BERT configuration without the model's tokenizer, and weights of another network.
+    let e = fails(ws, &["train", "--config", bert.to_str().expect("utf-8"), "--set", "data.text.tokenizer=nothing.json", "--out", "runs/pretrained/x"]);
+    assert!(e.contains("nothing.json"), "{e}");
+    let e = fails(ws, &["train", "--config", finetune, "--set", "model.encoders.image.arch=resnet34", "--out", "runs/pretrained/y"]);
+    assert!(e.contains("model.encoders.image: pretrained weights") && e.contains("missing: layer1.2.conv1.weight"), "{e}");
 }
 
 /// The configuration is checked before anything runs; each mistake gets one message naming
