@@ -746,7 +746,7 @@ fn image_statistics_are_fitted_or_imagenets() {
     imagenet.save_statistics(dir.join("saved")).expect("save");
     let restored = config("imagenet").restore(0, &dir.join("saved")).expect("restore");
     assert_eq!(restored.image.as_ref().expect("image").normalizer.mean, Normalizer::imagenet().mean);
-    let e = toml::from_str::<DataConfig>(&format!("manifest = \"m\"\n[image]\nnormalize = \"coco\"")).expect_err("unknown").to_string();
+    let e = toml::from_str::<DataConfig>("manifest = \"m\"\n[image]\nnormalize = \"coco\"").expect_err("unknown").to_string();
     assert!(e.contains("coco") && e.contains("imagenet"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
