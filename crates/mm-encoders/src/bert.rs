@@ -350,7 +350,8 @@ pub struct BertEncoderConfig {
 }
 
 /// A BERT text encoder: token ids with lengths to `[B, hidden]`, and every token's vector with
-/// its mask as the sequence. The whole network is the backbone.
+/// its mask as the sequence. The whole network is the backbone; frozen, it runs as in
+/// evaluation (no dropout), a fixed feature extractor.
 #[derive(Debug)]
 pub struct BertEncoder {
     bert: Bert,
@@ -381,7 +382,8 @@ impl Encoder for BertEncoder {
         let ids = &input.values;
         let steps = ids.size()[1];
         let mask = lengths_to_mask(&input.lengths_or_full().to_device(ids.device()), steps);
-        let out = self.bert.forward_t(ids, &mask, None, train);
+        // A frozen BERT is a fixed feature extractor: no dropout, as in evaluation.
+        let out = self.bert.forward_t(ids, &mask, None, train && !self.backbone.frozen());
         let valid = mask.unsqueeze(-1).to_kind(out.hidden.kind());
         let pooled = match self.pooling {
             BertPooling::Cls => out.hidden.select(1, 0),

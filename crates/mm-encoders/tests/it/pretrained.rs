@@ -201,9 +201,16 @@ fn bert_matches_transformers_given_its_weights_and_tokenizer() {
     let vs = nn::VarStore::new(Device::Cpu);
     let pooler = build(&(vs.root() / "text"), &config, &ctx).expect("encoder");
     config.load_weights(&vs, "text.").expect("weights load");
-    let out = tch::no_grad(|| pooler.forward_t(&Input::sequence(ids, lengths), false));
+    let out = tch::no_grad(|| pooler.forward_t(&Input::sequence(ids.shallow_clone(), lengths.shallow_clone()), false));
     let gap = relative_gap(&out.pooled, &floats(&g["pooler_output"]));
     assert!(gap < 1e-4, "pooler_output differs by {gap:.2e}");
+    // Training mode has dropout; a frozen BERT is a fixed feature extractor without it.
+    let input = || Input::sequence(ids.shallow_clone(), lengths.shallow_clone());
+    let (a, b) = tch::no_grad(|| (pooler.forward_t(&input(), true).pooled, pooler.forward_t(&input(), true).pooled));
+    assert!((&a - &b).abs().max().double_value(&[]) > 0.0, "dropout while training");
+    pooler.set_backbone_trainable(false);
+    let frozen = tch::no_grad(|| pooler.forward_t(&input(), true).pooled);
+    assert!(relative_gap(&frozen, &floats(&g["pooler_output"])) < 1e-4, "a frozen BERT runs without dropout");
     std::fs::remove_dir_all(dir).ok();
 }
 
