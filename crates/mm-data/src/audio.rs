@@ -53,10 +53,45 @@ impl Audio {
 
 /// Decodes an audio file to mono at its own sample rate.
 pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
+    use std::io::{Read, Seek, SeekFrom};
     let path = path.as_ref();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut head = Vec::with_capacity(HEAD);
+    (&mut file).take(HEAD as u64).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    check_wav_format(&head, path)?;
     decode_stream(Box::new(file), len, path)
+}
+
+/// Bytes of a file's start searched for a WAV `fmt ` chunk.
+const HEAD: usize = 4096;
+
+/// A RIFF/WAVE file whose `fmt ` chunk (within the first [`HEAD`] bytes) states 0 channels or
+/// a sample rate of 0 is refused here: the WAV reader would panic on it (found by the fuzzer).
+fn check_wav_format(head: &[u8], path: &Path) -> Result<()> {
+    if head.len() < 12 || &head[..4] != b"RIFF" || &head[8..12] != b"WAVE" {
+        return Ok(());
+    }
+    let mut at = 12;
+    while at + 8 <= head.len() {
+        let id = &head[at..at + 4];
+        let size = u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]) as usize;
+        if id == b"fmt " {
+            let body = &head[at + 8..head.len().min(at + 8 + size)];
+            if body.len() >= 8 {
+                let channels = u16::from_le_bytes([body[2], body[3]]);
+                let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+                if channels == 0 || rate == 0 {
+                    return Err(Error::decode(path, format!("WAV header states {channels} channels at {rate} Hz (a damaged header?)")));
+                }
+            }
+            return Ok(());
+        }
+        // Chunks are padded to an even size.
+        at = at.saturating_add(8).saturating_add(size).saturating_add(size & 1);
+    }
+    Ok(())
 }
 
 /// The highest sample rate a decoder accepts (studio audio goes to 768 kHz): a header claiming
@@ -66,8 +101,42 @@ pub const MAX_SAMPLE_RATE: u32 = 768_000;
 /// Decodes audio already read into memory (for callers that also hash or cache the bytes);
 /// `path` names it in errors and its extension hints the format.
 pub fn decode_audio_bytes(bytes: Vec<u8>, path: &Path) -> Result<Audio> {
+    check_wav_format(&bytes[..bytes.len().min(HEAD)], path)?;
     let len = bytes.len() as u64;
     decode_stream(Box::new(std::io::Cursor::new(bytes)), len, path)
+}
+
+thread_local! {
+    /// Set while this thread runs a call into the decoding library.
+    static IN_DECODER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a call into symphonia, turning a panic of its own on a malformed file (the fuzzer found
+/// `unreachable!` in its ID3v2 reader and a zero time base in its WAV reader) into an error that
+/// names the file, so that bad input never takes the process down. The panic's message goes
+/// into the error instead of standard error: a panic hook, installed once and chained to the
+/// one before it, stays quiet for panics inside these calls and passes every other on.
+fn guarded<T>(path: &Path, call: impl FnOnce() -> T) -> Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_DECODER.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = IN_DECODER.with(|f| f.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+    IN_DECODER.with(|f| f.set(outer));
+    result.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        Error::decode(path, format!("the audio decoder failed on this file ({message}): a damaged file?"))
+    })
 }
 
 fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, path: &Path) -> Result<Audio> {
@@ -79,8 +148,7 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
     }
-    let probed = symphonia::default::get_probe()
-        .format(&hint, stream, &FormatOptions::default(), &MetadataOptions::default())
+    let probed = guarded(path, || symphonia::default::get_probe().format(&hint, stream, &FormatOptions::default(), &MetadataOptions::default()))?
         .map_err(|e| Error::decode(path, format!("not a supported audio file (WAV, FLAC, MP3, Ogg/Vorbis): {e}")))?;
     let mut format = probed.format;
     let track = format
@@ -98,15 +166,14 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
     // file. MP3 and Vorbis lengths are estimates (encoder delay and padding), not promises.
     let exact_length = !matches!(params.codec, CODEC_TYPE_MP1 | CODEC_TYPE_MP2 | CODEC_TYPE_MP3 | CODEC_TYPE_VORBIS);
     let declared_frames = params.n_frames.filter(|_| exact_length);
-    let mut decoder = symphonia::default::get_codecs()
-        .make(&params, &DecoderOptions::default())
+    let mut decoder = guarded(path, || symphonia::default::get_codecs().make(&params, &DecoderOptions::default()))?
         .map_err(|e| Error::decode(path, format!("unsupported codec: {e}")))?;
 
     let mut samples = Vec::with_capacity(declared_frames.unwrap_or(0).min(1 << 26) as usize);
     let mut buffer: Option<SampleBuffer<f32>> = None;
     let mut stopped_early = None;
     loop {
-        let packet = match format.next_packet() {
+        let packet = match guarded(path, || format.next_packet())? {
             Ok(p) => p,
             Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(SymphoniaError::ResetRequired) => break,
@@ -118,8 +185,7 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
         if packet.track_id() != track_id {
             continue;
         }
-        let decoded = decoder
-            .decode(&packet)
+        let decoded = guarded(path, || decoder.decode(&packet))?
             .map_err(|e| Error::decode(path, format!("corrupt audio data after {} samples: {e}", samples.len())))?;
         let spec = *decoded.spec();
         let channels = spec.channels.count().max(1);
@@ -207,6 +273,10 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Vec<f32> {
 
 /// A band-limited resampler between two fixed rates: the filter kernels (one per output phase,
 /// as in torchaudio's `_get_sinc_resample_kernel`) are computed once and reused for every clip.
+/// Rates whose greatest common divisor is small would need a table of `to/g · (from/g + 2·width)`
+/// taps (11 127 Hz to 16 kHz: 700 MB; a damaged header's 524 369 Hz: 33 GB); beyond
+/// [`MAX_KERNEL_TAPS`] the same kernel is evaluated for each output sample over the input
+/// samples it reaches, with no table.
 #[derive(Debug, Clone)]
 pub struct Resampler {
     /// Input samples per block (`from / gcd`).
@@ -215,8 +285,22 @@ pub struct Resampler {
     new: usize,
     /// Input samples the kernels reach before a block's start.
     width: usize,
-    /// `new` kernels of `2·width + orig` taps each, flattened.
+    /// `new` kernels of `2·width + orig` taps each, flattened; empty when they are evaluated
+    /// per output sample instead.
     kernels: Vec<f32>,
+}
+
+/// The largest kernel table a [`Resampler`] keeps (taps, 4 bytes each: 32 MB).
+pub const MAX_KERNEL_TAPS: usize = 1 << 23;
+
+/// The windowed sinc at `t` (in units of the lower rate's sampling period), zero beyond
+/// [`LOWPASS_WIDTH`], times `scale`.
+fn sinc_kernel(t: f64, scale: f64) -> f32 {
+    let t = t.clamp(-LOWPASS_WIDTH, LOWPASS_WIDTH);
+    let window = (t * std::f64::consts::PI / LOWPASS_WIDTH / 2.0).cos().powi(2);
+    let t = t * std::f64::consts::PI;
+    let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
+    (sinc * window * scale) as f32
 }
 
 impl Resampler {
@@ -234,16 +318,15 @@ impl Resampler {
         let base = orig.min(new) as f64 * ROLLOFF;
         let width = (LOWPASS_WIDTH * orig as f64 / base).ceil() as usize;
         let taps = 2 * width + orig;
+        if new.saturating_mul(taps) > MAX_KERNEL_TAPS {
+            return Resampler { orig, new, width, kernels: Vec::new() };
+        }
         let scale = base / orig as f64;
         let mut kernels = Vec::with_capacity(new * taps);
         for phase in 0..new {
             for k in 0..taps {
                 let idx = (k as f64 - width as f64) / orig as f64;
-                let t = ((idx - phase as f64 / new as f64) * base).clamp(-LOWPASS_WIDTH, LOWPASS_WIDTH);
-                let window = (t * std::f64::consts::PI / LOWPASS_WIDTH / 2.0).cos().powi(2);
-                let t = t * std::f64::consts::PI;
-                let sinc = if t == 0.0 { 1.0 } else { t.sin() / t };
-                kernels.push((sinc * window * scale) as f32);
+                kernels.push(sinc_kernel((idx - phase as f64 / new as f64) * base, scale));
             }
         }
         Resampler { orig, new, width, kernels }
@@ -268,6 +351,9 @@ impl Resampler {
         if orig == new {
             return samples.to_vec();
         }
+        if self.kernels.is_empty() {
+            return self.process_without_table(samples);
+        }
         let taps = 2 * width + orig;
         let n = samples.len();
         let out_len = (n as u64 * new as u64).div_ceil(orig as u64) as usize;
@@ -283,6 +369,25 @@ impl Resampler {
             out.push(kernel[lo..hi].iter().zip(input).map(|(k, x)| k * x).sum());
         }
         out
+    }
+
+    /// [`Resampler::process`] for rates whose table would be too large: output `j` weighs input
+    /// `m` by the kernel at `(m / orig - j / new) · base`, over the inputs where it is not zero.
+    fn process_without_table(&self, samples: &[f32]) -> Vec<f32> {
+        let (orig, new) = (self.orig as f64, self.new as f64);
+        let base = orig.min(new) * ROLLOFF;
+        let scale = base / orig;
+        let reach = LOWPASS_WIDTH * orig / base;
+        let n = samples.len();
+        let out_len = (n as u64 * self.new as u64).div_ceil(self.orig as u64) as usize;
+        (0..out_len)
+            .map(|j| {
+                let centre = j as f64 * orig / new;
+                let lo = (centre - reach).ceil().max(0.0) as usize;
+                let hi = ((centre + reach).floor() as usize).min(n.saturating_sub(1));
+                (lo..=hi).filter(|m| *m < n).map(|m| sinc_kernel((m as f64 / orig - j as f64 / new) * base, scale) * samples[m]).sum()
+            })
+            .collect()
     }
 }
 
@@ -365,6 +470,31 @@ mod tests {
         let clip = tone(3000.0, 44100, 999);
         assert_eq!(r.process(&clip), resample(&clip, 44100, 16000));
         assert_eq!(Resampler::new(16000, 16000).process(&clip), clip);
+    }
+
+    /// Without a table (rates with a small common divisor), the kernel evaluated per output
+    /// sample gives the table's numbers; a damaged header's odd rate resamples quickly, with
+    /// memory bounded, and keeps a tone.
+    #[test]
+    fn rates_too_odd_for_a_table_resample_without_one() {
+        for (from, to) in [(44100, 16000), (16000, 22050), (11025, 16000)] {
+            let table = Resampler::new(from, to);
+            assert!(!table.kernels.is_empty());
+            let direct = Resampler { kernels: Vec::new(), ..table.clone() };
+            let clip = tone(700.0, from, 3000);
+            let (a, b) = (table.process(&clip), direct.process(&clip));
+            assert_eq!(a.len(), b.len());
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{from} -> {to}: {worst}");
+        }
+        // 524 369 Hz to 16 kHz would need a table of 8.4e9 taps (33 GB).
+        let odd = Resampler::new(524_369, 16_000);
+        assert!(odd.kernels.is_empty());
+        let y = odd.process(&tone(1000.0, 524_369, 52_437));
+        assert_eq!(y.len(), (52_437u64 * 16_000).div_ceil(524_369) as usize);
+        let want = tone(1000.0, 16_000, 1600);
+        let err = y[100..1500].iter().zip(&want[100..1500]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(err < 5e-3, "max error {err}");
     }
 
     #[test]

@@ -835,5 +835,23 @@ mod fuzz_regressions {
         let path = dir.join("wav-rate-838926337-hz");
         let e = decode_audio_bytes(std::fs::read(&path).expect("read"), &path).expect_err("a damaged rate").to_string();
         assert!(e.contains("sample rate 838926337 Hz") && e.contains(&MAX_SAMPLE_RATE.to_string()), "{e}");
+        // A WAV header stating 0 Hz made the WAV reader itself panic (TimeBase 0); it is refused
+        // before the reader sees it, from memory and from a file alike.
+        let path = dir.join("wav-rate-0-hz");
+        let e = decode_audio_bytes(std::fs::read(&path).expect("read"), &path).expect_err("0 Hz").to_string();
+        assert!(e.contains("wav-rate-0-hz") && e.contains("1 channels at 0 Hz"), "{e}");
+        let e = mm_data::audio::decode_audio(&path).expect_err("0 Hz").to_string();
+        assert!(e.contains("1 channels at 0 Hz"), "{e}");
+        // An ID3v2 tag that reached `unreachable!` in the decoding library: its panic becomes an
+        // error naming the file.
+        let path = dir.join("id3v2-unreachable");
+        let e = mm_data::audio::decode_audio(&path).expect_err("a broken tag").to_string();
+        assert!(e.contains("id3v2-unreachable") && e.contains("the audio decoder failed on this file"), "{e}");
+        // A WAV at 524 369 Hz, whose resampling table would have taken 33 GB: resampled without one.
+        let path = dir.join("wav-rate-524369-hz");
+        if let Ok(audio) = decode_audio_bytes(std::fs::read(&path).expect("read"), &path) {
+            assert_eq!(audio.sample_rate, 524_369);
+            let _ = resample(&audio.samples, audio.sample_rate, 16_000);
+        }
     }
 }
