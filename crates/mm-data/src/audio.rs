@@ -385,7 +385,7 @@ impl Resampler {
                 let centre = j as f64 * orig / new;
                 let lo = (centre - reach).ceil().max(0.0) as usize;
                 let hi = ((centre + reach).floor() as usize).min(n.saturating_sub(1));
-                (lo..=hi).filter(|m| *m < n).map(|m| sinc_kernel((m as f64 / orig - j as f64 / new) * base, scale) * samples[m]).sum()
+                (lo..=hi).map(|m| sinc_kernel((m as f64 / orig - j as f64 / new) * base, scale) * samples[m]).sum()
             })
             .collect()
     }

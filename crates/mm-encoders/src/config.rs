@@ -143,27 +143,26 @@ impl EncoderConfig {
     /// is left alone. `None` when the configuration names no weights. Every mismatch is
     /// reported at once, by name and shape, and nothing is changed then.
     pub fn load_weights(&self, vs: &nn::VarStore, prefix: &str) -> Result<Option<LoadReport>> {
-        let keep_projection = vec!["proj.".to_string()];
+        // An image network's file (torchvision's or timm's names), under the encoder's prefix or
+        // its frame encoder's.
+        let image = |net: &ImageConfig, prefix: String| {
+            net.weights.as_ref().map(|file| {
+                let skip = ImageEncoder::head_names(net.arch);
+                (file.clone(), LoadOptions { prefix, skip, allow_missing: vec!["proj.".to_string()], map: Some(timm_name) })
+            })
+        };
         let (file, options) = match self {
             EncoderConfig::Bert(c) => {
-                let options = LoadOptions { prefix: prefix.to_string(), skip: Vec::new(), allow_missing: keep_projection, map: Some(hf_name) };
+                let options = LoadOptions { prefix: prefix.to_string(), skip: Vec::new(), allow_missing: vec!["proj.".to_string()], map: Some(hf_name) };
                 (c.model.join("model.safetensors"), options)
             }
-            EncoderConfig::Image(ImageConfig { arch, weights: Some(file), .. }) => {
-                let options = LoadOptions { prefix: prefix.to_string(), skip: ImageEncoder::head_names(*arch), allow_missing: keep_projection, map: Some(timm_name) };
-                (file.clone(), options)
-            }
-            EncoderConfig::Video(v) => match &v.frame {
-                ImageConfig { arch, weights: Some(file), .. } => {
-                    let options = LoadOptions {
-                        prefix: format!("{prefix}frame."),
-                        skip: ImageEncoder::head_names(*arch),
-                        allow_missing: keep_projection,
-                        map: Some(timm_name),
-                    };
-                    (file.clone(), options)
-                }
-                _ => return Ok(None),
+            EncoderConfig::Image(c) => match image(c, prefix.to_string()) {
+                Some(found) => found,
+                None => return Ok(None),
+            },
+            EncoderConfig::Video(v) => match image(&v.frame, format!("{prefix}frame.")) {
+                Some(found) => found,
+                None => return Ok(None),
             },
             _ => return Ok(None),
         };
