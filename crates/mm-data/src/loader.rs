@@ -64,17 +64,44 @@ pub struct LoaderConfig {
     pub train: bool,
     /// Seed of the order (the pipeline has its own for augmentation).
     pub seed: u64,
+    /// Which part of every epoch this loader yields, for data-parallel training.
+    pub shard: Shard,
+}
+
+/// One rank's part of every epoch in data-parallel training: of the epoch's order (the same
+/// on every rank, from the seed and the epoch), the samples at positions `rank`, `rank + world`,
+/// `rank + 2 world`, ... So the ranks' parts are disjoint, their union is the whole epoch, and
+/// batch `k` of every rank together is exactly batch `k` of one process with `world` times the
+/// batch size. When the last batch is dropped, it is dropped for all ranks at once (the epoch
+/// is cut to a multiple of `world` times the batch size), so every rank has as many batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This part, from 0.
+    pub rank: usize,
+    /// Parts in all.
+    pub world: usize,
+}
+
+impl Shard {
+    /// The whole epoch (one process).
+    pub const WHOLE: Shard = Shard { rank: 0, world: 1 };
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard::WHOLE
+    }
 }
 
 impl LoaderConfig {
     /// Training: shuffled, augmented, last short batch dropped, batches of 64, 4 prefetched.
     pub fn training(seed: u64) -> Self {
-        LoaderConfig { batch_size: 64, shuffle: true, balanced: false, drop_last: true, prefetch: 4, train: true, seed }
+        LoaderConfig { batch_size: 64, shuffle: true, balanced: false, drop_last: true, prefetch: 4, train: true, seed, shard: Shard::WHOLE }
     }
 
     /// Evaluation: in manifest order, no augmentation, every sample.
     pub fn evaluation() -> Self {
-        LoaderConfig { batch_size: 64, shuffle: false, balanced: false, drop_last: false, prefetch: 4, train: false, seed: 0 }
+        LoaderConfig { batch_size: 64, shuffle: false, balanced: false, drop_last: false, prefetch: 4, train: false, seed: 0, shard: Shard::WHOLE }
     }
 }
 
@@ -289,6 +316,9 @@ impl Loader {
         if config.batch_size == 0 {
             return Err(Error::Config("batch_size must be at least 1".to_string()));
         }
+        if config.shard.world == 0 || config.shard.rank >= config.shard.world {
+            return Err(Error::Config(format!("shard {} of {}: the rank must be below the number of parts", config.shard.rank, config.shard.world)));
+        }
         let indices: Vec<usize> =
             manifest.samples().iter().enumerate().filter(|(_, s)| s.split == split).map(|(i, _)| i).collect();
         if indices.is_empty() {
@@ -321,10 +351,28 @@ impl Loader {
         self.indices.len()
     }
 
-    /// Number of batches an epoch yields.
+    /// Number of batches an epoch yields (on this loader's shard).
     pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.indices.len(), self.config.batch_size);
-        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+        let (n, b, Shard { rank, world }) = (self.indices.len(), self.config.batch_size, self.config.shard);
+        if self.config.drop_last {
+            n / (b * world)
+        } else {
+            n.saturating_sub(rank).div_ceil(world).div_ceil(b)
+        }
+    }
+
+    /// The manifest indices this loader's shard yields in one epoch, in batch order (the
+    /// whole [`Loader::order`] for one process).
+    pub fn shard_order(&self, epoch: u64) -> Vec<usize> {
+        let mut order = self.order(epoch);
+        let Shard { rank, world } = self.config.shard;
+        if self.config.drop_last {
+            order.truncate(self.batches_per_epoch() * self.config.batch_size * world);
+        }
+        if world > 1 {
+            order = order.into_iter().skip(rank).step_by(world).collect();
+        }
+        order
     }
 
     /// The manifest indices of one epoch, in batch order.
@@ -360,10 +408,7 @@ impl Loader {
 
     /// The batches of one epoch, prepared on a background thread.
     pub fn epoch(&self, epoch: u64) -> Batches {
-        let mut order = self.order(epoch);
-        if self.config.drop_last {
-            order.truncate(self.batches_per_epoch() * self.config.batch_size);
-        }
+        let order = self.shard_order(epoch);
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let (manifest, pipeline, config, stop_flag, cache) =

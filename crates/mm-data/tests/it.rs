@@ -545,6 +545,54 @@ mod loading {
     }
 
     #[test]
+    fn shards_split_every_epoch_into_disjoint_parts_that_make_the_whole() {
+        use mm_data::loader::Shard;
+        let dir = temp("shards");
+        let m = Arc::new(data_set(&dir));
+        let p = Arc::new(loader_pipeline_statistics(&m));
+        let loader = |batch_size, drop_last, shard| {
+            let config = LoaderConfig { batch_size, drop_last, shard, ..LoaderConfig::training(3) };
+            Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), config).expect("loader")
+        };
+        for epoch in 0..3 {
+            // Without dropping: 10 samples over 3 ranks, 4 + 3 + 3, disjoint, all of them.
+            let whole = loader(2, false, Shard::WHOLE).order(epoch);
+            let parts: Vec<Vec<usize>> = (0..3).map(|r| loader(2, false, Shard { rank: r, world: 3 }).shard_order(epoch)).collect();
+            assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 3, 3]);
+            let mut union: Vec<usize> = parts.concat();
+            union.sort();
+            let mut all = whole.clone();
+            all.sort();
+            assert_eq!(union, all, "epoch {epoch}");
+            assert_eq!(
+                (0..3).map(|r| loader(2, false, Shard { rank: r, world: 3 }).batches_per_epoch()).collect::<Vec<_>>(),
+                vec![2, 2, 2]
+            );
+            // Dropping the last batch: every rank has the same batches, and batch k of both ranks
+            // together is batch k of one process with twice the batch size.
+            let one = loader(4, true, Shard::WHOLE);
+            let two: Vec<Loader> = (0..2).map(|r| loader(2, true, Shard { rank: r, world: 2 })).collect();
+            assert_eq!((one.batches_per_epoch(), two[0].batches_per_epoch(), two[1].batches_per_epoch()), (2, 2, 2));
+            let single = one.shard_order(epoch);
+            let (a, b) = (two[0].shard_order(epoch), two[1].shard_order(epoch));
+            for k in 0..2 {
+                let mut joined = [&a[2 * k..2 * k + 2], &b[2 * k..2 * k + 2]].concat();
+                joined.sort();
+                let mut expected = single[4 * k..4 * k + 4].to_vec();
+                expected.sort();
+                assert_eq!(joined, expected, "epoch {epoch}, batch {k}");
+            }
+            // The batches themselves carry those samples.
+            let ids: Vec<String> = two[1].epoch(epoch).flat_map(|b| b.expect("batch").ids).collect();
+            assert_eq!(ids, b.iter().map(|&i| m.samples()[i].id.clone()).collect::<Vec<_>>());
+        }
+        let bad = LoaderConfig { shard: Shard { rank: 2, world: 2 }, ..LoaderConfig::training(0) };
+        let e = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), bad).expect_err("rank 2 of 2").to_string();
+        assert!(e.contains("shard 2 of 2"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn balanced_sampling_evens_out_the_classes_and_drop_last_counts() {
         let dir = temp("balanced");
         let m = Arc::new(data_set(&dir));

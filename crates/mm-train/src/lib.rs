@@ -18,6 +18,8 @@
 //!   data pipeline;
 //! - [`train`]: the loop (schedule, accumulation, clipping, reduce-on-plateau, evaluation,
 //!   early stopping, checkpoints, `metrics.jsonl`, NaN guard, resume);
+//! - [`dist`]: data-parallel training on libtorch's c10d (Gloo, NCCL): torchrun's variables,
+//!   a process group, gradient averaging, a local launcher;
 //! - [`precision`]: bf16 autocast (CPU or CUDA) for the forward passes;
 //! - [`run`]: a whole run (data, model, training) in one TOML file, validated with file, line
 //!   and key, trained into a folder and rebuilt from it for evaluation and prediction.
@@ -64,6 +66,7 @@
 //! depends on it, and it never parses command lines.
 
 pub mod checkpoint;
+pub mod dist;
 pub mod loss;
 pub mod metrics;
 pub mod model;
@@ -87,6 +90,10 @@ pub enum Error {
     /// Loading the data failed (the message names the sample and file).
     #[error("data: {0}")]
     Data(String),
+    /// A distributed collective, the rendezvous or a launched process failed; the message
+    /// names the rank and what it was doing.
+    #[error("distributed: {0}")]
+    Distributed(String),
     /// A loss was NaN or infinite.
     #[error("the loss is {loss} at epoch {epoch}, step {step}, in the batch of samples {ids} (set on_non_finite = \"skip\" to skip such batches)")]
     NonFinite {

@@ -57,7 +57,8 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::checkpoint::{self, TrainState};
 use crate::model::{DataShape, HeadConfig, Model, ModelConfig};
 use crate::precision::Autocast;
-use crate::train::{checkpoint_dir, evaluate_in, fit, Report, TrainConfig};
+use crate::dist::ProcessGroup;
+use crate::train::{checkpoint_dir, evaluate_in, fit_in, Report, TrainConfig};
 use crate::{Error, Result};
 
 /// The resolved configuration's file name in a run's folder.
@@ -287,12 +288,21 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// a run is refused unless `resume`, and a run is resumed only with the data and model it was
 /// started with.
 pub fn train(config: &RunConfig, out: &Path, device: Device, resume: bool) -> Result<Trained> {
+    train_in(config, out, device, resume, None)
+}
+
+/// [`train`] as one rank of a data-parallel job (see [`crate::train::fit_in`]). Every rank
+/// reads and cleans the data itself; the pipeline's statistics are rank 0's (fitted in
+/// parallel, they could differ in the last bits between processes), and only rank 0 writes
+/// the run folder.
+pub fn train_in(config: &RunConfig, out: &Path, device: Device, resume: bool, group: Option<&ProcessGroup>) -> Result<Trained> {
     config.validate()?;
+    let main = group.is_none_or(ProcessGroup::is_main);
     let saved = out.join(RUN_FILE);
     // A folder holds a run once an epoch has been checkpointed; a run that failed before that
     // (say, a model that does not fit the data) may simply be started again.
     let started = checkpoint::exists(&checkpoint_dir(out), "last");
-    if started && !resume {
+    if started && !resume && main {
         return Err(Error::Config(format!("{} already holds a run; pass --resume to continue it, or choose another output folder", out.display())));
     }
     let mut config = config.clone();
@@ -308,20 +318,54 @@ pub fn train(config: &RunConfig, out: &Path, device: Device, resume: bool) -> Re
         }
     }
     let counts = class_counts(&prepared.manifest, &config.data.classes);
-    let pipeline = Arc::new(prepared.pipeline);
+    let mut pipeline = prepared.pipeline;
+    if let Some(group) = group.filter(|g| g.world_size() > 1) {
+        share_statistics(group, &mut pipeline)?;
+    }
+    let pipeline = Arc::new(pipeline);
     let vs = nn::VarStore::new(device);
     tch::manual_seed(config.train.seed as i64);
     let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts.clone()))?;
-    std::fs::create_dir_all(out.join("data")).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
-    write(&saved, config.to_toml()?.as_bytes())?;
-    if let Some(report) = &prepared.report {
-        report.save(out.join("clean-report.json")).map_err(|e| Error::Data(e.to_string()))?;
+    if main {
+        std::fs::create_dir_all(out.join("data")).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+        write(&saved, config.to_toml()?.as_bytes())?;
+        if let Some(report) = &prepared.report {
+            report.save(out.join("clean-report.json")).map_err(|e| Error::Data(e.to_string()))?;
+        }
+        write(&out.join("data/classes.json"), serde_json::to_string_pretty(&json!({"classes": config.data.classes, "train_counts": counts})).unwrap_or_default().as_bytes())?;
     }
-    write(&out.join("data/classes.json"), serde_json::to_string_pretty(&json!({"classes": config.data.classes, "train_counts": counts})).unwrap_or_default().as_bytes())?;
     let parameters = vs.trainable_variables().iter().map(tch::Tensor::numel).sum::<usize>() as i64;
     let manifest = Arc::new(prepared.manifest);
-    let report = fit(&model, &vs, Arc::clone(&manifest), pipeline, &config.train, out, resume)?;
+    let report = fit_in(&model, &vs, Arc::clone(&manifest), pipeline, &config.train, out, resume, group)?;
     Ok(Trained { report, clean: prepared.report, config, parameters, manifest })
+}
+
+/// Replaces the pipeline's statistics with rank 0's, through the files they are saved as.
+fn share_statistics(group: &ProcessGroup, pipeline: &mut Pipeline) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("mm-dist-stats-{}-{}", std::process::id(), group.rank()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let files: BTreeMap<String, String> = if group.is_main() {
+        pipeline.save_statistics(&dir).map_err(|e| Error::Data(e.to_string()))?;
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?.flatten() {
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| Error::Data(format!("{}: {e}", entry.path().display())))?;
+            files.insert(entry.file_name().to_string_lossy().into_owned(), text);
+        }
+        files
+    } else {
+        BTreeMap::new()
+    };
+    let bytes = group.broadcast_bytes(&serde_json::to_vec(&files).unwrap_or_default(), 0)?;
+    if !group.is_main() {
+        let files: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| Error::Distributed(format!("rank 0's statistics: {e}")))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text).map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
+        }
+        pipeline.load_statistics(&dir).map_err(|e| Error::Data(e.to_string()))?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// A trained run, rebuilt from its folder.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mm_data::loader::{Batch, Loader, LoaderConfig};
+use mm_data::loader::{Batch, Loader, LoaderConfig, Shard};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
+use crate::dist::{self, ProcessGroup, ReduceOp};
 use crate::metrics;
 use crate::model::{HeadConfig, Model};
 use crate::optim::{Group, Optimizer, OptimizerConfig};
@@ -183,6 +184,33 @@ struct Gathered {
     loss: f64,
 }
 
+impl Gathered {
+    /// Replaces this rank's predictions with those of every rank, in rank order.
+    fn merge(&mut self, group: &ProcessGroup) -> Result<()> {
+        let probs = group.all_gather(&self.probs.iter().map(|v| f64::from(*v)).collect::<Vec<_>>())?;
+        self.probs = probs.into_iter().map(|v| v as f32).collect();
+        self.truth = group.all_gather(&self.truth.iter().map(|v| *v as f64).collect::<Vec<_>>())?.into_iter().map(|v| v as i64).collect();
+        self.preds = group.all_gather(&self.preds)?;
+        self.targets = group.all_gather(&self.targets)?;
+        for side in [&mut self.emb_a, &mut self.emb_b] {
+            // Embeddings travel flat with their width (agreed by the maximum: a rank with none
+            // has width 0).
+            let width = side.first().map_or(0, |t| t.size()[1]);
+            let w = Tensor::from_slice(&[width as f64]);
+            group.all_reduce(&[w.shallow_clone()], ReduceOp::Max)?;
+            let width = w.double_value(&[0]) as i64;
+            let flat: Vec<f64> = if side.is_empty() {
+                Vec::new()
+            } else {
+                dist::host_vec(&Tensor::cat(side, 0).to_kind(Kind::Double))?
+            };
+            let all = group.all_gather(&flat)?;
+            *side = if all.is_empty() || width == 0 { Vec::new() } else { vec![Tensor::from_slice(&all).to_kind(Kind::Float).view([-1, width])] };
+        }
+        Ok(())
+    }
+}
+
 /// Evaluates `model` over `loader`: the loss and the metrics of each head. With one head the
 /// keys are plain (`accuracy`); with several they are prefixed by the head's name
 /// (`label_accuracy`, `target_mse`) and `loss` is the weighted total.
@@ -192,6 +220,13 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
 
 /// [`evaluate`] with the forward passes in `precision`.
 pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Precision) -> Result<Map<String, Value>> {
+    evaluate_group(model, loader, device, precision, None)
+}
+
+/// [`evaluate_in`] in data-parallel training: each rank evaluates its shard of `loader`
+/// ([`mm_data::loader::Shard`]), then the predictions of every rank are gathered, so every
+/// rank computes the metrics of the whole split (the same numbers on all of them).
+pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision: Precision, group: Option<&ProcessGroup>) -> Result<Map<String, Value>> {
     let heads: Vec<(String, HeadConfig)> = model.heads().into_iter().map(|(n, h)| (n.to_string(), h.clone())).collect();
     let mut gathered: Vec<Gathered> = heads.iter().map(|_| Gathered::default()).collect();
     let (mut loss_sum, mut batches) = (0.0, 0usize);
@@ -202,11 +237,14 @@ pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Pr
         let _autocast = Autocast::scope(precision, device);
         let out = model.forward_t(&batch, false);
         let head_losses = model.head_losses(&out, &batch)?;
-        loss_sum += model.total_loss(&head_losses).double_value(&[]);
-        batches += 1;
+        // Each batch's mean loss weighted by its size: a mean over samples, whatever the
+        // batches (and the ranks' shards) are.
+        let n = batch.len() as f64;
+        loss_sum += model.total_loss(&head_losses).double_value(&[]) * n;
+        batches += batch.len();
         for (i, ((_, head), g)) in heads.iter().zip(gathered.iter_mut()).enumerate() {
             let host = || model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float);
-            g.loss += head_losses[i].1.double_value(&[]);
+            g.loss += head_losses[i].1.double_value(&[]) * n;
             match head {
                 HeadConfig::Regression { .. } => {
                     let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
@@ -245,6 +283,19 @@ pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Pr
                 }
                 HeadConfig::MultiLabel { .. } => {}
             }
+        }
+    }
+    if let Some(group) = group.filter(|g| g.world_size() > 1) {
+        // Sums of losses and batch counts, then every rank's predictions.
+        let mut sums = vec![loss_sum, batches as f64];
+        sums.extend(gathered.iter().map(|g| g.loss));
+        let t = Tensor::from_slice(&sums);
+        group.all_reduce(&[t.shallow_clone()], ReduceOp::Sum)?;
+        let sums: Vec<f64> = dist::host_vec(&t)?;
+        (loss_sum, batches) = (sums[0], sums[1] as usize);
+        for (g, loss) in gathered.iter_mut().zip(&sums[2..]) {
+            g.loss = *loss;
+            g.merge(group)?;
         }
     }
     let mut m = Map::new();
@@ -331,6 +382,37 @@ pub fn fit(
     out: &Path,
     resume: bool,
 ) -> Result<Report> {
+    fit_in(model, vs, manifest, pipeline, config, out, resume, None)
+}
+
+/// [`fit`] as one rank of a data-parallel job when `group` is given (see [`crate::dist`]).
+///
+/// Every rank calls it with the same model, data and configuration. Rank 0 loads the
+/// pretrained weights or the checkpoint to resume from and sends the variables, the optimiser's
+/// state and the training state to the others, so the other ranks need neither the files nor
+/// the run folder. Each epoch every rank trains on its own shard of the training split
+/// ([`Shard`]); gradients are averaged across the ranks before every optimiser step, so all
+/// ranks take the same step, the one a single process would take on the ranks' batches put
+/// together (`batch_size` is per rank: the effective batch is `batch_size` times the ranks).
+/// The validation split is evaluated in shards and its predictions gathered, so the metrics are
+/// the whole split's; a non-finite loss on any rank stops (or skips the batch on) every rank.
+/// Only rank 0 writes the run folder (checkpoints, `metrics.jsonl`, curves) and prints. A
+/// checkpoint resumes with any number of ranks: the data order depends on (seed, epoch) only.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_in(
+    model: &Model,
+    vs: &nn::VarStore,
+    manifest: Arc<Manifest>,
+    pipeline: Arc<Pipeline>,
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    group: Option<&ProcessGroup>,
+) -> Result<Report> {
+    let group = group.filter(|g| g.world_size() > 1);
+    let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
+    let main = rank == 0;
+    let shard = Shard { rank, world };
     if config.epochs == 0 || config.batch_size == 0 || config.accumulate == 0 || !config.lr.is_finite() || config.lr <= 0.0 {
         return Err(Error::Config("train: epochs, batch_size, accumulate and lr must be positive".into()));
     }
@@ -340,7 +422,7 @@ pub fn fit(
         }
     }
     let device = vs.device();
-    let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::training(config.seed) })
+    let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, shard, ..LoaderConfig::training(config.seed) })
         .map_err(|e| Error::Data(e.to_string()))?;
     // Model selection on the test split would be a leak: a validation split is required.
     if manifest.split(Split::Val).next().is_none() {
@@ -349,7 +431,7 @@ pub fn fit(
             manifest.source().display()
         )));
     }
-    let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, ..LoaderConfig::evaluation() })
+    let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, shard, ..LoaderConfig::evaluation() })
         .map_err(|e| Error::Data(e.to_string()))?;
     let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(config.accumulate).max(1) as u64;
     let total = steps_per_epoch * config.epochs;
@@ -375,16 +457,21 @@ pub fn fit(
         vec![Group::new("all", vs.trainable_variables())]
     };
     let mut optimizer = Optimizer::new(&config.optimizer, groups)?;
+    // Gradients averaged across ranks: every trainable variable, in the store's order of
+    // creation (the same on every rank).
+    let synced = vs.trainable_variables();
     // The resolved configuration beside the run, and a dry run of one batch: a model that does
     // not fit its data fails here, not mid-epoch.
-    std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
-    let resolved = json!({"model": model.config(), "train": config});
-    mm_data::fs::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&resolved).unwrap_or_default().as_bytes())
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
-    // What rebuilds the pipeline for evaluation and prediction: its statistics and vocabulary.
-    pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
-    if let Some(mm_data::pipeline::TextEncoder::Words { vocab, .. }) = pipeline.text.as_ref().map(|t| &t.encoder) {
-        vocab.save(out.join("data/vocab.txt")).map_err(|e| Error::Data(e.to_string()))?;
+    if main {
+        std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+        let resolved = json!({"model": model.config(), "train": config});
+        mm_data::fs::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&resolved).unwrap_or_default().as_bytes())
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        // What rebuilds the pipeline for evaluation and prediction: its statistics and vocabulary.
+        pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
+        if let Some(mm_data::pipeline::TextEncoder::Words { vocab, .. }) = pipeline.text.as_ref().map(|t| &t.encoder) {
+            vocab.save(out.join("data/vocab.txt")).map_err(|e| Error::Data(e.to_string()))?;
+        }
     }
     let probe = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: 4, prefetch: 1, ..LoaderConfig::evaluation() })
         .map_err(|e| Error::Data(e.to_string()))?;
@@ -393,7 +480,10 @@ pub fn fit(
     }
     let ckpt = checkpoint_dir(out);
     let mut pretrained = Vec::new();
-    let mut state = if resume && checkpoint::exists(&ckpt, "last") {
+    let mut state = if !main {
+        // Rank 0's state arrives below.
+        TrainState { seed: config.seed, ..Default::default() }
+    } else if resume && checkpoint::exists(&ckpt, "last") {
         checkpoint::load(&ckpt, "last", vs, &mut optimizer)?
     } else {
         // A fresh run starts from the configured pretrained weights; a record of what was
@@ -414,6 +504,9 @@ pub fn fit(
         }
         TrainState { seed: config.seed, ..Default::default() }
     };
+    if let Some(group) = group {
+        state = share_start(group, vs, &mut optimizer, state)?;
+    }
     let select = config
         .early_stopping
         .as_ref()
@@ -428,7 +521,10 @@ pub fn fit(
             let heads = model.heads();
             if heads.len() > 1 { format!("{}_{metric}", heads[0].0) } else { metric }
         });
-    let take_step = |optimizer: &mut Optimizer, state: &mut TrainState| {
+    let take_step = |optimizer: &mut Optimizer, state: &mut TrainState| -> Result<()> {
+        if let Some(group) = group {
+            dist::average_gradients(group, &synced)?;
+        }
         if let Some(max) = config.clip_grad_norm {
             optimizer.clip_grad_norm(max);
         }
@@ -436,6 +532,7 @@ pub fn fit(
         optimizer.step(schedule.lr(state.step) * scale);
         optimizer.zero_grad();
         state.step += 1;
+        Ok(())
     };
     let mut stopped_early = false;
     while state.epoch < config.epochs {
@@ -444,11 +541,12 @@ pub fn fit(
             // Decided by the epoch alone, so a resumed run is in the same phase.
             model.set_pretrained_trainable(epoch >= config.freeze_backbone_epochs && config.backbone_lr_scale > 0.0);
         }
-        tch::manual_seed((config.seed ^ epoch.wrapping_mul(0x9E37_79B9)) as i64);
+        // Each rank draws its own dropout masks (rank 0 the ones a single process would).
+        tch::manual_seed((config.seed ^ epoch.wrapping_mul(0x9E37_79B9) ^ (rank as u64).wrapping_mul(0x85EB_CA6B_C2B2_AE35)) as i64);
         let started = Instant::now();
         let (mut loss_sum, mut counted, mut skipped, mut samples) = (0.0, 0usize, 0usize, 0usize);
         let mut pending = 0usize;
-        let bar = if config.progress {
+        let bar = if config.progress && main {
             let bar = indicatif::ProgressBar::with_draw_target(Some(train_loader.batches_per_epoch() as u64), indicatif::ProgressDrawTarget::stderr());
             let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} loss {msg} {per_sec} ETA {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
@@ -466,12 +564,24 @@ pub fn fit(
                 let output = model.forward_t(&batch, true);
                 model.loss(&output, &batch)?
             };
-            let value = loss.double_value(&[]);
+            let mut value = loss.double_value(&[]);
+            let mut elsewhere = false;
+            if let Some(group) = group {
+                // Every rank learns whether any rank's loss is not finite (and the mean loss),
+                // so all of them stop or skip together.
+                let finite = value.is_finite();
+                let t = Tensor::from_slice(&[if finite { value } else { 0.0 }, f64::from(u8::from(!finite))]);
+                group.all_reduce(&[t.shallow_clone()], ReduceOp::Sum)?;
+                let bad = t.double_value(&[1]);
+                elsewhere = finite && bad > 0.0;
+                value = if bad > 0.0 { if finite { f64::NAN } else { value } } else { t.double_value(&[0]) / world as f64 };
+            }
             if !value.is_finite() {
                 match config.on_non_finite {
                     OnNonFinite::Stop => {
                         let ids: Vec<&String> = batch.ids.iter().take(8).collect();
-                        return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids: format!("{ids:?}") });
+                        let ids = if elsewhere { "on another rank".to_string() } else { format!("{ids:?}") };
+                        return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids });
                     }
                     OnNonFinite::Skip => {
                         skipped += 1;
@@ -484,20 +594,24 @@ pub fn fit(
             counted += 1;
             bar.inc(1);
             bar.set_message(format!("{:.4}", loss_sum / counted as f64));
-            samples += batch.len();
+            samples += batch.len() * world;
             pending += 1;
             if pending == config.accumulate {
-                take_step(&mut optimizer, &mut state);
+                take_step(&mut optimizer, &mut state)?;
                 pending = 0;
             }
         }
         if pending > 0 {
             // The epoch's last, incomplete accumulation group still counts.
-            take_step(&mut optimizer, &mut state);
+            take_step(&mut optimizer, &mut state)?;
+        }
+        if let Some(group) = group {
+            // Buffers such as batch-norm statistics follow rank 0's, as DDP's do.
+            dist::broadcast_tensors(group, &buffers(vs), 0)?;
         }
         bar.finish_and_clear();
         let lr = schedule.lr(state.step.saturating_sub(1)) * state.plateau.as_ref().map_or(1.0, |p| p.scale);
-        let val = evaluate_in(model, &val_loader, device, config.precision)?;
+        let val = evaluate_group(model, &val_loader, device, config.precision, group)?;
         let seconds = started.elapsed().as_secs_f64();
         let mut record = json!({
             "epoch": epoch + 1,
@@ -530,7 +644,7 @@ pub fn fit(
         } else {
             state.epochs_since_best += 1;
         }
-        if config.verbose {
+        if config.verbose && main {
             eprintln!(
                 "epoch {}/{}: train loss {:.4}, val {select} {}, {:.0} samples/s",
                 epoch + 1,
@@ -541,12 +655,14 @@ pub fn fit(
             );
         }
         state.history.push(record);
-        checkpoint::save(&ckpt, "last", vs, &optimizer, &state)?;
-        if improved {
-            checkpoint::save(&ckpt, "best", vs, &optimizer, &state)?;
+        if main {
+            checkpoint::save(&ckpt, "last", vs, &optimizer, &state)?;
+            if improved {
+                checkpoint::save(&ckpt, "best", vs, &optimizer, &state)?;
+            }
+            write_history(&out.join("metrics.jsonl"), &state.history)?;
+            crate::plot::plot_history(&state.history, &out.join("curves.svg"))?;
         }
-        write_history(&out.join("metrics.jsonl"), &state.history)?;
-        crate::plot::plot_history(&state.history, &out.join("curves.svg"))?;
         if let Some(es) = &config.early_stopping {
             if state.epochs_since_best >= es.patience {
                 stopped_early = true;
@@ -555,6 +671,42 @@ pub fn fit(
         }
     }
     Ok(Report { history: state.history, metric: select, best: state.best, stopped_early, pretrained })
+}
+
+/// The variables that are not trained (batch-norm statistics, frozen layers), by name.
+fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
+    let named: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+    named.into_values().filter(|t| !t.requires_grad()).collect()
+}
+
+/// Rank 0's starting point on every rank: its training state (fresh, or the checkpoint it
+/// resumed from), its optimiser state and its variables (initialised, pretrained or resumed).
+fn share_start(group: &ProcessGroup, vs: &nn::VarStore, optimizer: &mut Optimizer, state: TrainState) -> Result<TrainState> {
+    let (moments, steps) = optimizer.state_tensors();
+    let shapes: Map<String, Value> = moments.iter().map(|(k, t)| (k.clone(), json!({"shape": t.size(), "kind": format!("{:?}", t.kind())}))).collect();
+    let header = if group.is_main() { serde_json::to_vec(&json!({"state": state, "steps": steps, "moments": shapes})).unwrap_or_default() } else { Vec::new() };
+    let header: Value = serde_json::from_slice(&group.broadcast_bytes(&header, 0)?).map_err(|e| Error::Distributed(format!("rank 0's training state: {e}")))?;
+    let state: TrainState = serde_json::from_value(header["state"].clone()).map_err(|e| Error::Distributed(format!("rank 0's training state: {e}")))?;
+    let steps = header["steps"].as_i64().unwrap_or(0);
+    let device = vs.device();
+    let moments: std::collections::BTreeMap<String, Tensor> = if group.is_main() {
+        moments
+    } else {
+        let mut made = std::collections::BTreeMap::new();
+        for (name, v) in header["moments"].as_object().into_iter().flatten() {
+            let shape: Vec<i64> = v["shape"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect();
+            let kind = if v["kind"] == "Double" { Kind::Double } else { Kind::Float };
+            made.insert(name.clone(), Tensor::zeros(shape.as_slice(), (kind, device)));
+        }
+        made
+    };
+    let list: Vec<Tensor> = moments.values().map(Tensor::shallow_clone).collect();
+    dist::broadcast_tensors(group, &list, 0)?;
+    if !group.is_main() {
+        optimizer.load_state(&moments, steps)?;
+    }
+    dist::broadcast_variables(group, vs, 0)?;
+    Ok(state)
 }
 
 /// Rewrites the metric history, one JSON object per line, atomically.

@@ -31,6 +31,9 @@ fn close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() < 1e-5, "{what}: {a} vs expected {b}");
 }
 
+#[path = "it/dist.rs"]
+mod dist;
+
 mod losses {
     use super::close;
     use mm_train::loss::*;
