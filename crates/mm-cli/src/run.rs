@@ -52,6 +52,44 @@ pub struct TrainArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    launch: LaunchArgs,
+}
+
+/// Data-parallel training: start the ranks of this machine (as torchrun does). Without these,
+/// `mm train` still joins a job when torchrun-style variables (RANK, WORLD_SIZE, MASTER_ADDR,
+/// MASTER_PORT, LOCAL_RANK) are set by another launcher.
+#[derive(Debug, clap::Args)]
+pub struct LaunchArgs {
+    /// Processes to start on this machine, one per GPU (or a share of the CPU cores each).
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Machines in the job (each runs the same command with its own --node-rank).
+    #[arg(long, default_value_t = 1, requires = "nproc_per_node")]
+    nnodes: usize,
+    /// This machine's index in the job, from 0 (node 0 hosts rank 0).
+    #[arg(long, default_value_t = 0, requires = "nproc_per_node")]
+    node_rank: usize,
+    /// The address of node 0, where rank 0 serves the rendezvous.
+    #[arg(long, default_value = "127.0.0.1", requires = "nproc_per_node")]
+    master_addr: String,
+    /// The rendezvous port on node 0 (default: a free port, on one machine only).
+    #[arg(long, requires = "nproc_per_node")]
+    master_port: Option<u16>,
+}
+
+/// The device of this rank: `auto` and `cuda` mean the GPU of its local rank.
+fn rank_device(name: &str, env: &mm_train::dist::Env) -> Result<tch::Device> {
+    let device = parse_device(name)?;
+    let named = name.trim().to_ascii_lowercase();
+    if device.is_cuda() && (named == "auto" || named == "cuda" || named == "gpu") {
+        let count = tch::Cuda::device_count().max(0) as usize;
+        if env.local_rank >= count {
+            bail!("local rank {} has no GPU of its own: this machine has {count}; start at most {count} processes per node, or use --device cpu", env.local_rank);
+        }
+        return Ok(tch::Device::Cuda(env.local_rank));
+    }
+    Ok(device)
 }
 
 /// Runs `mm train`.
@@ -62,12 +100,48 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         eprintln!("{}: valid", a.config.config.display());
         return Ok(());
     }
-    let device = parse_device(&a.device)?;
+    let env = mm_train::dist::Env::from_env()?;
+    if let Some(n) = a.launch.nproc_per_node {
+        let ours = std::env::var_os(mm_train::dist::LAUNCHED_VAR).is_some();
+        match (&env, ours) {
+            (Some(_), false) => bail!("this process is already a rank of a job (RANK and WORLD_SIZE are set by another launcher): drop --nproc-per-node"),
+            (None, _) => {
+                let spec = mm_train::dist::Launch {
+                    nproc_per_node: n,
+                    nnodes: a.launch.nnodes,
+                    node_rank: a.launch.node_rank,
+                    master_addr: a.launch.master_addr.clone(),
+                    master_port: a.launch.master_port,
+                    env: Vec::new(),
+                };
+                let program = std::env::current_exe().context("finding the mm binary to start the ranks")?;
+                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                mm_train::dist::launch(&spec, &program, &args)?;
+                return Ok(());
+            }
+            (Some(_), true) => {} // one of the ranks started above
+        }
+    }
+    let group = match &env {
+        Some(env) => {
+            let device = rank_device(&a.device, env)?;
+            Some((mm_train::dist::ProcessGroup::new(env, &mm_train::dist::GroupOptions::from_env(device)?)?, device))
+        }
+        None => None,
+    };
+    let device = match &group {
+        Some((_, d)) => *d,
+        None => parse_device(&a.device)?,
+    };
+    let main = group.as_ref().is_none_or(|(g, _)| g.is_main());
     let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(a.config.config.file_stem().unwrap_or_default()));
-    config.train.verbose = !a.quiet && !a.json;
-    config.train.progress = !a.quiet && !a.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    config.train.verbose = !a.quiet && !a.json && main;
+    config.train.progress = !a.quiet && !a.json && main && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let started = Instant::now();
-    let trained = mm_train::run::train(&config, &out, device, a.resume)?;
+    let trained = mm_train::run::train_in(&config, &out, device, a.resume, group.as_ref().map(|(g, _)| g))?;
+    if !main {
+        return Ok(());
+    }
     let seconds = started.elapsed().as_secs_f64();
     let r = &trained.report;
     let clean = trained.clean.as_ref().map(|c| json!({"total": c.total, "kept": c.kept, "dropped": c.dropped}));
@@ -82,6 +156,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "pretrained": r.pretrained.iter().map(|(m, p)| (m.clone(), json!(p.summary()))).collect::<serde_json::Map<_, _>>(),
         "seconds": seconds,
         "device": format!("{device:?}"),
+        "ranks": group.as_ref().map_or(1, |(g, _)| g.world_size()),
     });
     if a.json {
         println!("{summary}");
@@ -101,9 +176,10 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         None => println!("no epoch gave a finite validation {}", r.metric),
     }
     println!(
-        "{} parameters, {:.1} s on {device:?}{}; run folder {} (evaluate with `mm eval --run {}`)",
+        "{} parameters, {:.1} s on {device:?}{}{}; run folder {} (evaluate with `mm eval --run {}`)",
         trained.parameters,
         seconds,
+        group.as_ref().map_or(String::new(), |(g, _)| format!(" (rank 0 of {})", g.world_size())),
         if r.stopped_early { ", stopped early" } else { "" },
         out.display(),
         out.display()

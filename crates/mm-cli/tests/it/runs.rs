@@ -419,6 +419,42 @@ fn resume_continues_a_run_and_inspect_shows_it() {
     assert!(err.contains("runs/nothing-here"), "{err}");
 }
 
+/// `mm train --nproc-per-node 2` trains one run on two processes (Gloo over loopback): one
+/// summary, one run folder written by rank 0; the run resumes on one process, and a
+/// `--nproc-per-node` inside a job another launcher started is refused.
+#[test]
+fn two_local_ranks_train_one_run_that_resumes_on_one() {
+    let ws = workspace(240);
+    let config = configs().join("synthetic/synthetic.toml");
+    let config = config.to_str().expect("utf-8");
+    let out = "runs/two-ranks";
+    let _ = std::fs::remove_dir_all(ws.join(out));
+    let text = ok(ws, &["train", "--config", config, "--set", "train.epochs=1", "--set", "train.batch_size=16", "--out", out, "--device", "cpu", "--json", "--nproc-per-node", "2"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one summary, from rank 0: {text}");
+    let summary = json(lines[0]);
+    assert_eq!((summary["ranks"].as_u64(), summary["epochs"].as_u64()), (Some(2), Some(1)), "{summary}");
+    // Resumed with one process: the data order depends on (seed, epoch) alone.
+    let summary = json(&ok(ws, &["train", "--config", config, "--set", "train.epochs=2", "--set", "train.batch_size=16", "--out", out, "--device", "cpu", "--json", "--resume"]));
+    assert_eq!((summary["ranks"].as_u64(), summary["epochs"].as_u64()), (Some(1), Some(2)), "{summary}");
+    let history = std::fs::read_to_string(ws.join(out).join("metrics.jsonl")).expect("history");
+    let steps: Vec<u64> = history.lines().map(|l| json(l)["step"].as_u64().expect("step")).collect();
+    // Per epoch: 2 ranks x 16 make 32 a step; then one process of 16 takes twice the steps.
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[1] - steps[0], 2 * steps[0], "{steps:?}");
+    let eval = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
+    assert!(eval["accuracy"].as_f64().is_some(), "{eval}");
+    let out = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(ws)
+        .args(["train", "--config", config, "--out", "runs/nested", "--nproc-per-node", "2"])
+        .envs([("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")])
+        .output()
+        .expect("run mm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("drop --nproc-per-node"), "{err}");
+}
+
 /// `mm compare` trains each method and each modality alone on the same split: fusion is far
 /// above every single modality, and removing the decisive modality at test time hurts.
 #[test]
