@@ -58,6 +58,7 @@ pub mod noise;
 pub mod normalize;
 pub mod pipeline;
 pub mod rng;
+pub mod shards;
 pub mod subword;
 pub mod synth;
 pub mod text;

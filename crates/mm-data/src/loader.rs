@@ -40,8 +40,9 @@ use rayon::prelude::*;
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, Split};
-use crate::pipeline::{DecodedCache, Item, Pipeline};
+use crate::manifest::{Manifest, Sample, Split};
+use crate::pipeline::{DecodedCache, Item, Memory, Pipeline};
+use crate::shards::{read_samples, ShardEntry, ShardIndex, INDEX_FILE};
 use crate::rng::Rng;
 
 /// The class id of a sample without a label (PyTorch's `ignore_index` default).
@@ -298,7 +299,12 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
     }
 }
 
-/// Batches of one split of a manifest.
+/// Reader threads of a sharded loader, each streaming its own shards (see [`Loader::from_shards`]).
+pub const SHARD_READERS: usize = 2;
+/// Samples a sharded training loader holds to shuffle them across shards.
+pub const SHUFFLE_BUFFER: usize = 1000;
+
+/// Batches of one split of a manifest, or of a folder of shards.
 #[derive(Debug, Clone)]
 pub struct Loader {
     manifest: Arc<Manifest>,
@@ -307,6 +313,8 @@ pub struct Loader {
     indices: Vec<usize>,
     config: LoaderConfig,
     cache: Option<Arc<DecodedCache>>,
+    /// The split's shards, when the samples come from tar shards.
+    shards: Option<(Arc<ShardIndex>, Split)>,
 }
 
 impl Loader {
@@ -332,7 +340,92 @@ impl Loader {
                 )));
             }
         }
-        Ok(Loader { manifest, pipeline, indices, config, cache: None })
+        Ok(Loader { manifest, pipeline, indices, config, cache: None, shards: None })
+    }
+
+    /// A loader streaming the samples of `split` from WebDataset-style tar shards
+    /// ([`crate::shards`]), one sample's files in memory at a time.
+    ///
+    /// Each epoch the split's shards are shuffled (when `config.shuffle`; seeded by the seed and
+    /// the epoch) and dealt to the ranks of `config.shard` in turn, so ranks read disjoint
+    /// shards whose union is the split; a rank's shards are dealt in turn to
+    /// [`SHARD_READERS`] reader threads, whose samples are taken in turn (so the order does
+    /// not depend on timing), mixed in a buffer of [`SHUFFLE_BUFFER`] samples when training,
+    /// and decoded in parallel batch by batch. When the last short batch is dropped, every rank
+    /// takes as many batches as the rank with the fewest samples can fill, and
+    /// [`Loader::unused`] says how many samples that leaves out of the epoch. Balanced sampling
+    /// needs random access and is refused.
+    pub fn from_shards(index: Arc<ShardIndex>, split: Split, pipeline: Arc<Pipeline>, config: LoaderConfig) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(Error::Config("batch_size must be at least 1".to_string()));
+        }
+        if config.shard.world == 0 || config.shard.rank >= config.shard.world {
+            return Err(Error::Config(format!("shard {} of {}: the rank must be below the number of parts", config.shard.rank, config.shard.world)));
+        }
+        let source = index.root().join(INDEX_FILE);
+        if index.samples(split) == 0 {
+            return Err(Error::Config(format!("the {split} split of {} has no samples", source.display())));
+        }
+        if config.balanced {
+            return Err(Error::Config(format!("{}: balanced sampling needs random access to the samples, which tar shards do not give", source.display())));
+        }
+        let n = index.shards(split).len();
+        if config.drop_last && n < config.shard.world {
+            return Err(Error::Config(format!(
+                "the {split} split of {} has {n} shard(s) for {} ranks: each rank needs one at least; write smaller shards (mm data shard --max-samples)",
+                source.display(),
+                config.shard.world
+            )));
+        }
+        let manifest = Arc::new(Manifest::new(index.root()));
+        Ok(Loader { manifest, pipeline, indices: Vec::new(), config, cache: None, shards: Some((index, split)) })
+    }
+
+    /// The shards (indices into the split's list) each rank reads in `epoch`.
+    fn dealt(&self, index: &ShardIndex, split: Split, epoch: u64) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..index.shards(split).len()).collect();
+        if self.config.shuffle {
+            Rng::for_sample(self.config.seed, epoch, u64::MAX, 1).shuffle(&mut order);
+        }
+        let world = self.config.shard.world;
+        (0..world).map(|r| order.iter().skip(r).step_by(world).copied().collect()).collect()
+    }
+
+    /// Samples of each rank in `epoch` (sharded loaders).
+    fn rank_samples(&self, epoch: u64) -> Vec<usize> {
+        match &self.shards {
+            Some((index, split)) => self.dealt(index, *split, epoch).iter().map(|s| s.iter().map(|&i| index.shards(*split)[i].samples).sum()).collect(),
+            None => {
+                let (n, w) = (self.indices.len(), self.config.shard.world);
+                (0..w).map(|r| n.saturating_sub(r).div_ceil(w)).collect()
+            }
+        }
+    }
+
+    /// Batches this loader's rank yields in `epoch` (the same for every epoch unless the
+    /// samples come from shards of unequal sizes).
+    pub fn batches_in(&self, epoch: u64) -> usize {
+        if self.shards.is_none() {
+            return self.batches_per_epoch();
+        }
+        let per_rank = self.rank_samples(epoch);
+        let b = self.config.batch_size;
+        if self.config.drop_last {
+            per_rank.iter().min().copied().unwrap_or(0) / b
+        } else {
+            per_rank[self.config.shard.rank].div_ceil(b)
+        }
+    }
+
+    /// Samples of the split that no rank's batches hold in `epoch`: the short last batch
+    /// when it is dropped (and, with shards, what the ranks with more samples than the
+    /// others cannot fill into a batch every rank has).
+    pub fn unused(&self, epoch: u64) -> usize {
+        if !self.config.drop_last {
+            return 0;
+        }
+        let used = self.batches_in(epoch) * self.config.batch_size * self.config.shard.world;
+        self.samples().saturating_sub(used)
     }
 
     /// Keeps decoded files in memory across epochs, up to `max_bytes` (see [`DecodedCache`]).
@@ -348,11 +441,18 @@ impl Loader {
 
     /// Number of samples in the split.
     pub fn samples(&self) -> usize {
-        self.indices.len()
+        match &self.shards {
+            Some((index, split)) => index.samples(*split),
+            None => self.indices.len(),
+        }
     }
 
-    /// Number of batches an epoch yields (on this loader's shard).
+    /// Number of batches an epoch yields (on this loader's shard; the first epoch's, for
+    /// shards of unequal sizes: see [`Loader::batches_in`]).
     pub fn batches_per_epoch(&self) -> usize {
+        if self.shards.is_some() {
+            return self.batches_in(0);
+        }
         let (n, b, Shard { rank, world }) = (self.indices.len(), self.config.batch_size, self.config.shard);
         if self.config.drop_last {
             n / (b * world)
@@ -408,6 +508,9 @@ impl Loader {
 
     /// The batches of one epoch, prepared on a background thread.
     pub fn epoch(&self, epoch: u64) -> Batches {
+        if let Some((index, split)) = &self.shards {
+            return self.shard_epoch(Arc::clone(index), *split, epoch);
+        }
         let order = self.shard_order(epoch);
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
@@ -429,6 +532,116 @@ impl Loader {
         });
         Batches { rx, stop, handle: Some(handle) }
     }
+}
+
+impl Loader {
+    fn shard_epoch(&self, index: Arc<ShardIndex>, split: Split, epoch: u64) -> Batches {
+        let mine = self.dealt(&index, split, epoch).swap_remove(self.config.shard.rank);
+        let limit = self.batches_in(epoch);
+        let (tx, rx) = sync_channel(self.config.prefetch.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (root, pipeline, config, stop_flag) = (Arc::clone(&self.manifest), Arc::clone(&self.pipeline), self.config, Arc::clone(&stop));
+        let handle = std::thread::spawn(move || {
+            // Reader r streams shards r, r + R, ... of this rank's; samples are taken from the
+            // readers in turn, so the order is the same however fast each one is.
+            let readers = SHARD_READERS.min(mine.len()).max(1);
+            let mut streams = Vec::new();
+            let mut joins = Vec::new();
+            for r in 0..readers {
+                let files: Vec<ShardEntry> = mine.iter().skip(r).step_by(readers).map(|&i| index.shards(split)[i].clone()).collect();
+                let (stx, srx) = sync_channel::<Result<(Sample, Memory)>>(64);
+                let (index, stop) = (Arc::clone(&index), Arc::clone(&stop_flag));
+                joins.push(std::thread::spawn(move || {
+                    for entry in files {
+                        let result = read_samples(&index.path(&entry), &entry.file, index.root(), &mut |sample, memory| {
+                            if stop.load(Ordering::Relaxed) || stx.send(Ok((sample, memory))).is_err() {
+                                return Err(Error::Config("stopped".into()));
+                            }
+                            Ok(())
+                        });
+                        if let Err(e) = result {
+                            let _ = stx.send(Err(e));
+                            return;
+                        }
+                    }
+                }));
+                streams.push(Some(srx));
+            }
+            let mut rng = Rng::for_sample(config.seed, epoch, u64::MAX, 2 + config.shard.rank as u64);
+            let capacity = if config.train && config.shuffle { SHUFFLE_BUFFER.max(config.batch_size) } else { 1 };
+            let mut buffer: Vec<(Sample, Memory)> = Vec::new();
+            let mut turn = 0usize;
+            let mut next_raw = |buffer: &mut Vec<(Sample, Memory)>| -> Option<Result<(Sample, Memory)>> {
+                // Fill the buffer, then hand out one sample (a random one when shuffling).
+                while buffer.len() < capacity && streams.iter().any(Option::is_some) {
+                    let k = turn % streams.len();
+                    turn += 1;
+                    let Some(stream) = &streams[k] else { continue };
+                    match stream.recv() {
+                        Ok(Ok(s)) => buffer.push(s),
+                        Ok(Err(e)) => return Some(Err(e)),
+                        Err(_) => streams[k] = None,
+                    }
+                }
+                if buffer.is_empty() {
+                    return None;
+                }
+                let pick = if capacity > 1 { (rng.unit() * buffer.len() as f64) as usize % buffer.len() } else { 0 };
+                Some(Ok(buffer.swap_remove(pick)))
+            };
+            let mut sent = 0usize;
+            loop {
+                if stop_flag.load(Ordering::Relaxed) || (config.drop_last && sent >= limit) {
+                    break;
+                }
+                let mut raw = Vec::with_capacity(config.batch_size);
+                let mut failed = None;
+                while raw.len() < config.batch_size {
+                    match next_raw(&mut buffer) {
+                        Some(Ok(s)) => raw.push(s),
+                        Some(Err(e)) => {
+                            failed = Some(e);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                if let Some(e) = failed {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                if raw.is_empty() || (config.drop_last && raw.len() < config.batch_size) {
+                    break;
+                }
+                let items: Result<Vec<Item>> = raw
+                    .par_iter()
+                    .map(|(s, files)| pipeline.load_in_memory(&root, s, sample_number(&s.id), epoch, config.train, files))
+                    .collect();
+                let batch = items.map(|items| collate(&items, &pipeline));
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    break;
+                }
+                sent += 1;
+            }
+            stop_flag.store(true, Ordering::Relaxed);
+            drop(streams);
+            for j in joins {
+                let _ = j.join();
+            }
+        });
+        Batches { rx, stop, handle: Some(handle) }
+    }
+}
+
+/// A number for a sample of a shard (which has no manifest index), from its id: seeds its
+/// augmentation (FNV-1a).
+fn sample_number(id: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h as usize
 }
 
 /// The batches of one epoch; stops the background thread when dropped.

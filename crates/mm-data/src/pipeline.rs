@@ -231,11 +231,22 @@ impl Pipeline {
     /// while it has room.
     pub fn load_cached(&self, manifest: &Manifest, index: usize, epoch: u64, train: bool, cache: Option<&DecodedCache>) -> Result<Item> {
         let sample = manifest.samples().get(index).ok_or_else(|| Error::Config(format!("no sample at index {index}")))?;
-        self.load_sample(manifest, sample, index, epoch, train, cache)
+        self.load_sample(manifest, sample, index, epoch, train, cache, None)
             .map_err(|e| Error::Sample { id: sample.id.clone(), source: Box::new(e) })
     }
 
-    fn load_sample(&self, manifest: &Manifest, s: &Sample, index: usize, epoch: u64, train: bool, cache: Option<&DecodedCache>) -> Result<Item> {
+    /// [`Pipeline::load`] of a sample whose files are in memory (a WebDataset shard's members,
+    /// [`crate::shards`]): `files` holds their bytes under `root.path(member)`; a file not
+    /// there is read from disk.
+    /// `root` gives the folder paths are relative to (its samples are not used), and `number`
+    /// stands for the sample's index: it seeds the sample's augmentation.
+    pub fn load_in_memory(&self, root: &Manifest, sample: &Sample, number: usize, epoch: u64, train: bool, files: &Memory) -> Result<Item> {
+        self.load_sample(root, sample, number, epoch, train, None, Some(files))
+            .map_err(|e| Error::Sample { id: sample.id.clone(), source: Box::new(e) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn load_sample(&self, manifest: &Manifest, s: &Sample, index: usize, epoch: u64, train: bool, cache: Option<&DecodedCache>, memory: Option<&Memory>) -> Result<Item> {
         let rng = |stream| Rng::for_sample(self.seed, epoch, index as u64, stream);
         let mut item = Item {
             index,
@@ -267,10 +278,10 @@ impl Pipeline {
             drop_modalities(&mut present, self.modality_dropout, &mut rng(STREAM_DROPOUT));
         }
         if let (true, Some(spec), Some(rel)) = (present[0], &self.image, &s.image) {
-            item.image = Some(load_image(&manifest.path(rel), spec, train, &mut rng(STREAM_IMAGE), cache)?);
+            item.image = Some(load_image(&manifest.path(rel), memory, spec, train, &mut rng(STREAM_IMAGE), cache)?);
         }
         if let (true, Some(spec), Some(rel)) = (present[1], &self.audio, &s.audio) {
-            item.audio = Some(load_audio(&manifest.path(rel), spec, train, &mut rng(STREAM_AUDIO), cache)?);
+            item.audio = Some(load_audio(&manifest.path(rel), memory, spec, train, &mut rng(STREAM_AUDIO), cache)?);
         }
         if let (true, Some(spec), Some(text)) = (present[2], &self.text, &s.text) {
             let max = spec.max_tokens.max(1);
@@ -303,7 +314,7 @@ impl Pipeline {
             let base = rng(STREAM_FRAMES);
             let frames = chosen
                 .iter()
-                .map(|&i| load_image(&manifest.path(&s.frames[i]), &spec.image, train, &mut base.clone(), cache))
+                .map(|&i| load_image(&manifest.path(&s.frames[i]), memory, &spec.image, train, &mut base.clone(), cache))
                 .collect::<Result<Vec<_>>>()?;
             item.frames = Some(frames);
         }
@@ -324,6 +335,12 @@ impl Pipeline {
     /// training split (images and video frames after resizing, unless their spec keeps
     /// ImageNet's; spectrograms; features), in parallel, without augmentation. Samples missing a modality are skipped for that modality.
     pub fn fit_statistics(&mut self, manifest: &Manifest) -> Result<()> {
+        self.fit_statistics_in(manifest, None)
+    }
+
+    /// [`Pipeline::fit_statistics`] with the files of `memory` read from memory (see
+    /// [`Pipeline::load_in_memory`]).
+    pub fn fit_statistics_in(&mut self, manifest: &Manifest, memory: Option<&Memory>) -> Result<()> {
         let train: Vec<&Sample> = manifest.split(Split::Train).collect();
         if train.is_empty() {
             return Err(Error::Config("the training split is empty: no statistics to compute".to_string()));
@@ -342,7 +359,7 @@ impl Pipeline {
             let plain = ImageSpec { normalizer: Normalizer { mean: vec![0.0; 3], std: vec![1.0; 3], count: 0 }, augment: ImageAugment::default(), ..spec.clone() };
             fold(3, &|s, acc| {
                 for rel in paths(s) {
-                    let img = load_image(&manifest.path(&rel), &plain, false, &mut Rng::new(0), None)?;
+                    let img = load_image(&manifest.path(&rel), memory, &plain, false, &mut Rng::new(0), None)?;
                     // Rows of (r, g, b): one per pixel.
                     let hw = img.len() / 3;
                     let flat = img.as_slice().expect("standard layout");
@@ -369,7 +386,7 @@ impl Pipeline {
             let plain = AudioSpec { normalizer: None, augment: AudioAugment::default(), ..spec.clone() };
             let stats = fold(spec.mel.config().n_mels, &|s, acc| {
                 if let Some(rel) = &s.audio {
-                    let spec = load_audio(&manifest.path(rel), &plain, false, &mut Rng::new(0), None)?;
+                    let spec = load_audio(&manifest.path(rel), memory, &plain, false, &mut Rng::new(0), None)?;
                     acc.push_rows(spec.as_slice().expect("standard layout"));
                 }
                 Ok(())
@@ -522,16 +539,27 @@ impl DecodedCache {
     }
 }
 
-fn decoded_image(path: &std::path::Path, cache: Option<&DecodedCache>) -> Result<Arc<Array3<u8>>> {
+/// Files held in memory, by the path they would have on disk (see [`Pipeline::load_in_memory`]).
+pub type Memory = HashMap<PathBuf, Vec<u8>>;
+
+fn decoded_image(path: &std::path::Path, memory: Option<&Memory>, cache: Option<&DecodedCache>) -> Result<Arc<Array3<u8>>> {
+    if let Some(bytes) = memory.and_then(|m| m.get(path)) {
+        return Ok(Arc::new(crate::image::decode_image_bytes(bytes, path)?));
+    }
     match cache {
         None => Ok(Arc::new(decode_image(path)?)),
         Some(c) => DecodedCache::get_or_load(&c.images, &path.to_path_buf(), |a| a.len(), |b| c.reserve(b), || decode_image(path)),
     }
 }
 
-fn decoded_audio(path: &std::path::Path, rate: u32, cache: Option<&DecodedCache>) -> Result<Arc<Vec<f32>>> {
+fn decoded_audio(path: &std::path::Path, memory: Option<&Memory>, rate: u32, cache: Option<&DecodedCache>) -> Result<Arc<Vec<f32>>> {
+    let in_memory = memory.and_then(|m| m.get(path));
+    let cache = if in_memory.is_some() { None } else { cache };
     let load = || -> Result<Vec<f32>> {
-        let audio = decode_audio(path)?;
+        let audio = match in_memory {
+            Some(bytes) => crate::audio::decode_audio_bytes(bytes.clone(), path)?,
+            None => decode_audio(path)?,
+        };
         Ok(if audio.sample_rate == rate { audio.samples } else { Resampler::cached(audio.sample_rate, rate).process(&audio.samples) })
     };
     match cache {
@@ -540,16 +568,16 @@ fn decoded_audio(path: &std::path::Path, rate: u32, cache: Option<&DecodedCache>
     }
 }
 
-fn load_image(path: &std::path::Path, spec: &ImageSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array3<f32>> {
-    let pixels = decoded_image(path, cache)?;
+fn load_image(path: &std::path::Path, memory: Option<&Memory>, spec: &ImageSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array3<f32>> {
+    let pixels = decoded_image(path, memory, cache)?;
     let aug = if train { spec.augment.clone() } else { ImageAugment::default() };
     let mut img = augment_image(&pixels, spec.size, &aug, rng);
     spec.normalizer.apply_chw(img.as_slice_mut().expect("standard layout"));
     Ok(img)
 }
 
-fn load_audio(path: &std::path::Path, spec: &AudioSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array2<f32>> {
-    let decoded = decoded_audio(path, spec.mel.config().sample_rate, cache)?;
+fn load_audio(path: &std::path::Path, memory: Option<&Memory>, spec: &AudioSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array2<f32>> {
+    let decoded = decoded_audio(path, memory, spec.mel.config().sample_rate, cache)?;
     let mel = if train {
         let mut samples = decoded.to_vec();
         augment_waveform(&mut samples, &spec.augment, rng);

@@ -592,6 +592,75 @@ mod loading {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// Tar shards written from a manifest stream the same samples, decoded the same, dealt to
+    /// ranks without overlap; a cut shard is an error naming it.
+    #[test]
+    fn tar_shards_stream_the_manifests_samples_to_every_rank() {
+        use mm_data::loader::Shard;
+        use mm_data::shards::{write_shards, ShardIndex, ShardOptions};
+        let dir = temp("tar-shards");
+        let m = Arc::new(data_set(&dir));
+        let p = Arc::new(loader_pipeline_statistics(&m));
+        let out = dir.join("shards");
+        let written = write_shards(&m, &out, &ShardOptions { max_samples: 3, ..ShardOptions::default() }).expect("write");
+        let index = Arc::new(ShardIndex::read(out.join("shards.json")).expect("index"));
+        assert_eq!(*index, written);
+        assert_eq!((index.samples(Split::Train), index.samples(Split::Test)), (10, 2));
+        assert_eq!(index.shards(Split::Train).iter().map(|s| s.samples).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        // Members grouped by key, one file per modality, as webdataset has them.
+        let first = std::fs::File::open(index.path(&index.shards(Split::Train)[0])).expect("shard");
+        let names: Vec<String> = tar::Archive::new(first).entries().expect("tar").map(|e| e.expect("entry").path().expect("path").display().to_string()).collect();
+        assert!(names.iter().any(|n| n.ends_with(".json")) && names.iter().any(|n| n.ends_with(".png")) && names.iter().any(|n| n.ends_with(".wav")) && names.iter().any(|n| n.contains(".frame0000.")), "{names:?}");
+        assert_eq!(index.scan().expect("scan").samples().len(), 12);
+        // Every rank's samples, decoded, equal the manifest loader's.
+        let plain = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), LoaderConfig { batch_size: 10, ..LoaderConfig::evaluation() }).expect("loader");
+        let reference: std::collections::HashMap<String, Vec<f32>> = plain
+            .epoch(0)
+            .flat_map(|b| {
+                let b = b.expect("batch");
+                let images = b.image.expect("images");
+                b.ids.iter().enumerate().map(|(i, id)| (id.clone(), Vec::<f32>::try_from(images.get(i as i64).view([-1])).expect("pixels"))).collect::<Vec<_>>()
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for rank in 0..2 {
+            let config = LoaderConfig { batch_size: 2, shard: Shard { rank, world: 2 }, ..LoaderConfig::evaluation() };
+            let loader = Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), config).expect("shard loader");
+            for batch in loader.epoch(0) {
+                let b = batch.expect("batch");
+                let images = b.image.expect("images");
+                for (i, id) in b.ids.iter().enumerate() {
+                    assert_eq!(Vec::<f32>::try_from(images.get(i as i64).view([-1])).expect("pixels"), reference[id], "{id}");
+                    seen.push(id.clone());
+                }
+            }
+        }
+        seen.sort();
+        let mut all: Vec<String> = reference.keys().cloned().collect();
+        all.sort();
+        assert_eq!(seen, all, "the ranks' samples are disjoint and make the split");
+        // Training: as many batches on every rank, the samples left over counted.
+        let train = |rank| Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), LoaderConfig { batch_size: 2, shard: Shard { rank, world: 2 }, ..LoaderConfig::training(1) }).expect("loader");
+        for epoch in 0..3 {
+            let (a, b) = (train(0), train(1));
+            let counts = (a.epoch(epoch).count(), b.epoch(epoch).count());
+            assert_eq!(counts.0, counts.1, "epoch {epoch}");
+            assert_eq!(counts.0, a.batches_in(epoch));
+            assert_eq!(a.unused(epoch), 10 - 4 * counts.0, "epoch {epoch}");
+        }
+        // Four shards cannot feed five ranks.
+        let e = Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), LoaderConfig { shard: Shard { rank: 0, world: 5 }, ..LoaderConfig::training(1) }).expect_err("too few shards").to_string();
+        assert!(e.contains("4 shard(s) for 5 ranks"), "{e}");
+        // A shard cut short: the error names it.
+        let cut = index.path(&index.shards(Split::Train)[1]);
+        let bytes = std::fs::read(&cut).expect("read");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("cut");
+        let loader = Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), LoaderConfig { batch_size: 2, ..LoaderConfig::evaluation() }).expect("loader");
+        let e = loader.epoch(0).find_map(Result::err).expect("an error").to_string();
+        assert!(e.contains("000001.tar"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     #[test]
     fn balanced_sampling_evens_out_the_classes_and_drop_last_counts() {
         let dir = temp("balanced");
