@@ -40,6 +40,35 @@ enum DataCommand {
     /// Pair MNIST images with spoken digits (FSDD) of the same digit into a manifest, with
     /// optional degradation of either modality.
     AvDigits(AvDigitsArgs),
+    /// Write a manifest's samples as WebDataset-style tar shards (train/000000.tar, ... and
+    /// shards.json), cleaned first; a run reads them with `[data] manifest = "OUT/shards.json"`.
+    Shard(ShardArgs),
+}
+
+/// Options of `mm data shard`.
+#[derive(Debug, ClapArgs)]
+struct ShardArgs {
+    /// The manifest to shard.
+    manifest: PathBuf,
+    /// The folder of shards to write (atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Samples per shard at most.
+    #[arg(long, default_value_t = 1000)]
+    max_samples: usize,
+    /// A shard is closed once it holds this many MiB.
+    #[arg(long, default_value_t = 1024)]
+    max_mb: u64,
+    /// Seed of the order of the samples within each split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Replace an earlier folder of shards.
+    #[arg(long)]
+    force: bool,
+    /// Shard the manifest as it is, without the cleaning pass (`mm data check`) that otherwise
+    /// leaves out unusable samples (and reports them in OUT/clean-report.json).
+    #[arg(long)]
+    no_clean: bool,
 }
 
 /// Options of `mm data av-digits`.
@@ -208,7 +237,32 @@ pub fn run(args: &Args) -> Result<()> {
         DataCommand::Stats(a) => stats(a),
         DataCommand::Split(a) => split(a),
         DataCommand::AvDigits(a) => av_digits(a),
+        DataCommand::Shard(a) => shard(a),
     }
+}
+
+fn shard(a: &ShardArgs) -> Result<()> {
+    let manifest = Manifest::read(&a.manifest)?;
+    let (manifest, report) = if a.no_clean {
+        (manifest, None)
+    } else {
+        let (kept, report) = clean(&manifest, &CleanConfig::default())?;
+        (kept, Some(report))
+    };
+    let options = mm_data::shards::ShardOptions { max_samples: a.max_samples, max_bytes: a.max_mb.saturating_mul(1 << 20), seed: a.seed, force: a.force };
+    let index = mm_data::shards::write_shards(&manifest, &a.out, &options)?;
+    if let Some(report) = &report {
+        report.save(a.out.join("clean-report.json"))?;
+        if report.dropped > 0 {
+            println!("cleaning: {} (reasons in {})", report.summary(), a.out.join("clean-report.json").display());
+        }
+    }
+    for (split, shards) in &index.splits {
+        let bytes: u64 = shards.iter().map(|s| s.bytes).sum();
+        println!("{split}: {} samples in {} shard(s), {:.1} MiB", shards.iter().map(|s| s.samples).sum::<usize>(), shards.len(), bytes as f64 / (1 << 20) as f64);
+    }
+    println!("{} (use it as [data] manifest)", a.out.join(mm_data::shards::INDEX_FILE).display());
+    Ok(())
 }
 
 fn av_digits(a: &AvDigitsArgs) -> Result<()> {

@@ -34,6 +34,7 @@ use crate::noise::NoiseBank;
 use crate::clean::{clean, CleanConfig, CleanReport};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Split};
+use crate::shards::ShardIndex;
 use crate::mel::MelConfig;
 use crate::pipeline::{AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec};
 use crate::subword::SubwordTokenizer;
@@ -190,7 +191,9 @@ pub struct FeaturesConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// The manifest (JSONL or CSV); a relative path is taken from the current directory.
+    /// The manifest (JSONL or CSV), or the `shards.json` of tar shards written by
+    /// `mm data shard` (streamed: see [`crate::shards`]); a relative path is taken from the
+    /// current directory.
     pub manifest: PathBuf,
     /// Class names in id order; empty (the default): every label of the manifest, sorted.
     #[serde(default)]
@@ -228,7 +231,14 @@ pub struct Prepared {
     pub report: Option<CleanReport>,
     /// The pipeline, its vocabulary and statistics fitted on the training split.
     pub pipeline: Pipeline,
+    /// The shards, when `manifest` names a shard index: `manifest` then holds every sample's
+    /// manifest line (their files stay in the shards; see [`crate::shards::ShardIndex::scan`]).
+    pub shards: Option<std::sync::Arc<ShardIndex>>,
 }
+
+/// Training samples of sharded data whose files the statistics are fitted on (the first ones
+/// of the training shards, which `mm data shard` wrote in a shuffled order).
+pub const SHARD_STATISTICS_SAMPLES: usize = 2000;
 
 impl DataConfig {
     /// A configuration reading `manifest` with no modality yet.
@@ -294,6 +304,10 @@ impl DataConfig {
     /// and cleans it as this configuration says: with `clean`, unusable samples and labels
     /// outside `classes` (when set) are dropped and reported.
     pub fn read_manifest(&self, manifest: &Path) -> Result<(Manifest, Option<CleanReport>)> {
+        if ShardIndex::is_index(manifest) {
+            // Shards: every sample's manifest line, not cleaned (see `prepare_shards`).
+            return Ok((ShardIndex::read(manifest)?.scan()?, None));
+        }
         self.clean_manifest(Manifest::read(manifest)?)
     }
 
@@ -331,6 +345,9 @@ impl DataConfig {
     /// statistics on the training split.
     pub fn prepare(&mut self, seed: u64) -> Result<Prepared> {
         self.validate()?;
+        if ShardIndex::is_index(&self.manifest) {
+            return self.prepare_shards(seed);
+        }
         let raw = Manifest::read(&self.manifest)?;
         if self.classes.is_empty() {
             let labels: BTreeSet<&str> = raw.samples().iter().flat_map(|s| s.label.iter().chain(&s.labels)).map(String::as_str).collect();
@@ -344,7 +361,46 @@ impl DataConfig {
             *vocab = std::sync::Arc::new(builder.build(tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref())));
         }
         pipeline.fit_statistics(&manifest)?;
-        Ok(Prepared { manifest, report, pipeline })
+        Ok(Prepared { manifest, report, pipeline, shards: None })
+    }
+
+    /// [`DataConfig::prepare`] for tar shards: classes and vocabulary from every sample's
+    /// manifest line, statistics from the files of the first [`SHARD_STATISTICS_SAMPLES`]
+    /// training samples. Shards are not cleaned here: `mm data shard` wrote them from a manifest
+    /// whose files it read, and a member that does not decode stops training with an error
+    /// naming the shard and the member.
+    fn prepare_shards(&mut self, seed: u64) -> Result<Prepared> {
+        let index = ShardIndex::read(&self.manifest)?;
+        let manifest = index.scan()?;
+        if self.classes.is_empty() {
+            let labels: BTreeSet<&str> = manifest.samples().iter().flat_map(|s| s.label.iter().chain(&s.labels)).map(String::as_str).collect();
+            self.classes = labels.into_iter().map(str::to_string).collect();
+        }
+        let mut pipeline = self.pipeline(seed, None)?;
+        if let Some(TextEncoder::Words { tokenizer, vocab }) = pipeline.text.as_mut().map(|t| &mut t.encoder) {
+            let t = self.text.as_ref().expect("text configured");
+            let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
+            *vocab = std::sync::Arc::new(builder.build(tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref())));
+        }
+        let mut subset = Manifest::new(index.root());
+        let mut memory = crate::pipeline::Memory::new();
+        'shards: for entry in index.shards(Split::Train) {
+            let mut full = false;
+            let result = crate::shards::read_samples(&index.path(entry), &entry.file, index.root(), &mut |sample, files| {
+                if subset.samples().len() >= SHARD_STATISTICS_SAMPLES {
+                    full = true;
+                    return Err(Error::Config(String::new()));
+                }
+                memory.extend(files);
+                subset.push(sample)
+            });
+            match result {
+                Err(_) if full => break 'shards,
+                other => other?,
+            }
+        }
+        pipeline.fit_statistics_in(&subset, Some(&memory))?;
+        Ok(Prepared { manifest, report: None, pipeline, shards: Some(std::sync::Arc::new(index)) })
     }
 
     /// The pipeline a run trained with, from the folder where it saved its vocabulary

@@ -306,6 +306,11 @@ impl Manifest {
         Ok(())
     }
 
+    /// Names the file this manifest stands for (in error messages, and [`Manifest::source`]).
+    pub(crate) fn set_source(&mut self, source: &Path) {
+        self.source = source.to_path_buf();
+    }
+
     /// The folder paths are relative to.
     pub fn root(&self) -> &Path {
         &self.root

@@ -105,9 +105,10 @@ impl ShardIndex {
     /// Every sample's manifest line (no modality file is decoded), from every shard, as one
     /// manifest rooted at the index's folder: a sample's file paths are `SHARD/MEMBER`
     /// (`train/000000.tar/000000123.png`), the keys under which [`read_samples`] puts their
-    /// bytes. For class lists and vocabularies.
+    /// bytes. For class lists and vocabularies. Its [`Manifest::source`] is the index file.
     pub fn scan(&self) -> Result<Manifest> {
         let mut manifest = Manifest::new(&self.root);
+        manifest.set_source(&self.root.join(INDEX_FILE));
         for entry in self.splits.values().flatten() {
             for_each_sample(&self.path(entry), &entry.file, false, &mut |sample, _| manifest.push(sample))?;
         }

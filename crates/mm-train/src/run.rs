@@ -46,7 +46,8 @@ use std::sync::Arc;
 
 use mm_data::clean::CleanReport;
 use mm_data::config::DataConfig;
-use mm_data::loader::{Loader, LoaderConfig};
+use mm_data::loader::{Loader, LoaderConfig, Shard};
+use mm_data::shards::ShardIndex;
 use mm_data::manifest::{Manifest, Split};
 use mm_data::pipeline::Pipeline;
 use mm_encoders::EncoderConfig;
@@ -58,7 +59,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::model::{DataShape, HeadConfig, Model, ModelConfig};
 use crate::precision::Autocast;
 use crate::dist::ProcessGroup;
-use crate::train::{checkpoint_dir, evaluate_in, fit_in, Report, TrainConfig};
+use crate::train::{checkpoint_dir, evaluate_in, fit_in, fit_with, Report, TrainConfig};
 use crate::{Error, Result};
 
 /// The resolved configuration's file name in a run's folder.
@@ -336,7 +337,18 @@ pub fn train_in(config: &RunConfig, out: &Path, device: Device, resume: bool, gr
     }
     let parameters = vs.trainable_variables().iter().map(tch::Tensor::numel).sum::<usize>() as i64;
     let manifest = Arc::new(prepared.manifest);
-    let report = fit_in(&model, &vs, Arc::clone(&manifest), pipeline, &config.train, out, resume, group)?;
+    let report = match &prepared.shards {
+        None => fit_in(&model, &vs, Arc::clone(&manifest), pipeline, &config.train, out, resume, group)?,
+        Some(index) => {
+            // Streamed from the shards, each rank its own.
+            let shard = group.filter(|g| g.world_size() > 1).map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
+            let t = &config.train;
+            let loader = |split, config: LoaderConfig| Loader::from_shards(Arc::clone(index), split, Arc::clone(&pipeline), LoaderConfig { batch_size: t.batch_size.max(1), shard, ..config });
+            let train = loader(Split::Train, LoaderConfig::training(t.seed)).map_err(|e| Error::Data(e.to_string()))?;
+            let val = loader(Split::Val, LoaderConfig::evaluation()).map_err(|e| Error::Data(e.to_string()))?;
+            fit_with(&model, &vs, &train, &val, &pipeline, t, out, resume, group)?
+        }
+    };
     Ok(Trained { report, clean: prepared.report, config, parameters, manifest })
 }
 
@@ -429,9 +441,17 @@ impl Run {
         data.read_manifest(other.unwrap_or(&data.manifest)).map_err(|e| Error::Data(e.to_string()))
     }
 
-    /// A loader over `split` of `manifest`, without augmentation.
+    /// A loader over `split` of `manifest`, without augmentation; streamed from the shards
+    /// when `manifest` is a shard index's scan ([`mm_data::shards::ShardIndex::scan`]).
     pub fn loader(&self, manifest: Arc<Manifest>, split: Split, batch_size: usize) -> Result<Loader> {
-        Loader::new(manifest, split, Arc::clone(&self.pipeline), LoaderConfig { batch_size, ..LoaderConfig::evaluation() }).map_err(|e| Error::Data(e.to_string()))
+        let config = LoaderConfig { batch_size, ..LoaderConfig::evaluation() };
+        let loader = if ShardIndex::is_index(manifest.source()) {
+            let index = ShardIndex::read(manifest.source()).map_err(|e| Error::Data(e.to_string()))?;
+            Loader::from_shards(Arc::new(index), split, Arc::clone(&self.pipeline), config)
+        } else {
+            Loader::new(manifest, split, Arc::clone(&self.pipeline), config)
+        };
+        loader.map_err(|e| Error::Data(e.to_string()))
     }
 
     /// The metrics of the model on `split` of `manifest`.

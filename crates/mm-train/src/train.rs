@@ -409,10 +409,39 @@ pub fn fit_in(
     resume: bool,
     group: Option<&ProcessGroup>,
 ) -> Result<Report> {
+    let shard = group.filter(|g| g.world_size() > 1).map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
+    let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size.max(1), shard, ..LoaderConfig::training(config.seed) })
+        .map_err(|e| Error::Data(e.to_string()))?;
+    // Model selection on the test split would be a leak: a validation split is required.
+    if manifest.split(Split::Val).next().is_none() {
+        return Err(Error::Data(format!(
+            "{}: no sample has split \"val\"; training selects and stops on a validation split, never the test split",
+            manifest.source().display()
+        )));
+    }
+    let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size.max(1), shard, ..LoaderConfig::evaluation() })
+        .map_err(|e| Error::Data(e.to_string()))?;
+    fit_with(model, vs, &train_loader, &val_loader, &pipeline, config, out, resume, group)
+}
+
+/// [`fit_in`] over loaders made by the caller: the training split's (shuffled, augmented, its
+/// last short batch dropped) and the validation split's, each with this rank's
+/// [`Shard`] when `group` is given; for example [`Loader::from_shards`] over tar shards.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_with(
+    model: &Model,
+    vs: &nn::VarStore,
+    train_loader: &Loader,
+    val_loader: &Loader,
+    pipeline: &Pipeline,
+    config: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    group: Option<&ProcessGroup>,
+) -> Result<Report> {
     let group = group.filter(|g| g.world_size() > 1);
     let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
     let main = rank == 0;
-    let shard = Shard { rank, world };
     if config.epochs == 0 || config.batch_size == 0 || config.accumulate == 0 || !config.lr.is_finite() || config.lr <= 0.0 {
         return Err(Error::Config("train: epochs, batch_size, accumulate and lr must be positive".into()));
     }
@@ -422,17 +451,6 @@ pub fn fit_in(
         }
     }
     let device = vs.device();
-    let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, shard, ..LoaderConfig::training(config.seed) })
-        .map_err(|e| Error::Data(e.to_string()))?;
-    // Model selection on the test split would be a leak: a validation split is required.
-    if manifest.split(Split::Val).next().is_none() {
-        return Err(Error::Data(format!(
-            "{}: no sample has split \"val\"; training selects and stops on a validation split, never the test split",
-            manifest.source().display()
-        )));
-    }
-    let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size, shard, ..LoaderConfig::evaluation() })
-        .map_err(|e| Error::Data(e.to_string()))?;
     let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(config.accumulate).max(1) as u64;
     let total = steps_per_epoch * config.epochs;
     let shape = match config.schedule {
@@ -473,9 +491,7 @@ pub fn fit_in(
             vocab.save(out.join("data/vocab.txt")).map_err(|e| Error::Data(e.to_string()))?;
         }
     }
-    let probe = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: 4, prefetch: 1, ..LoaderConfig::evaluation() })
-        .map_err(|e| Error::Data(e.to_string()))?;
-    if let Some(first) = probe.epoch(0).next() {
+    if let Some(first) = val_loader.epoch(0).next() {
         model.check(&first.map_err(|e| Error::Data(e.to_string()))?.to_device(device))?;
     }
     let ckpt = checkpoint_dir(out);
@@ -611,7 +627,7 @@ pub fn fit_in(
         }
         bar.finish_and_clear();
         let lr = schedule.lr(state.step.saturating_sub(1)) * state.plateau.as_ref().map_or(1.0, |p| p.scale);
-        let val = evaluate_group(model, &val_loader, device, config.precision, group)?;
+        let val = evaluate_group(model, val_loader, device, config.precision, group)?;
         let seconds = started.elapsed().as_secs_f64();
         let mut record = json!({
             "epoch": epoch + 1,
@@ -621,6 +637,7 @@ pub fn fit_in(
             "seconds": seconds,
             "samples_per_second": samples as f64 / seconds.max(1e-9),
             "skipped_batches": skipped,
+            "unused_samples": train_loader.unused(epoch),
         });
         record["val"] = Value::Object(val.clone());
         let value = val.get(&select).and_then(Value::as_f64);

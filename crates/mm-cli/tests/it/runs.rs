@@ -455,6 +455,40 @@ fn two_local_ranks_train_one_run_that_resumes_on_one() {
     assert!(err.contains("drop --nproc-per-node"), "{err}");
 }
 
+/// `mm data shard` writes tar shards from a manifest (cleaned first: the corrupt images are
+/// left out and reported); two ranks train from the shards, each streaming its own, and the
+/// run evaluates and predicts from the test shards.
+#[test]
+fn two_ranks_train_from_tar_shards() {
+    let ws = workspace(240);
+    let _ = std::fs::remove_dir_all(ws.join("data/synth-shards"));
+    let text = ok(ws, &["data", "shard", "data/synth/manifest.jsonl", "--out", "data/synth-shards", "--max-samples", "40"]);
+    assert!(text.contains("train:") && text.contains("shard(s)"), "{text}");
+    let report = json(&std::fs::read_to_string(ws.join("data/synth-shards/clean-report.json")).expect("cleaning report"));
+    let dropped = report["dropped"].as_u64().expect("dropped");
+    assert!(dropped > 0, "the synthetic data has corrupt images: {report}");
+    let index = json(&std::fs::read_to_string(ws.join("data/synth-shards/shards.json")).expect("index"));
+    let total: u64 = index["splits"].as_object().expect("splits").values().flat_map(|v| v.as_array().expect("shards").iter().map(|s| s["samples"].as_u64().expect("n"))).sum();
+    assert_eq!(total + dropped, report["total"].as_u64().expect("total"), "every sample is in a shard or in the report");
+    let err = fails(ws, &["data", "shard", "data/synth/manifest.jsonl", "--out", "data/synth-shards"]);
+    assert!(err.contains("already exists"), "{err}");
+
+    let config = configs().join("synthetic/synthetic.toml");
+    let out = "runs/from-shards";
+    let _ = std::fs::remove_dir_all(ws.join(out));
+    let summary = json(ok(ws, &["train", "--config", config.to_str().expect("utf-8"), "--set", "data.manifest=\"data/synth-shards/shards.json\"", "--set", "train.epochs=1", "--set", "train.batch_size=8", "--out", out, "--device", "cpu", "--json", "--nproc-per-node", "2"]).trim());
+    assert_eq!(summary["ranks"].as_u64(), Some(2), "{summary}");
+    let record = json(std::fs::read_to_string(ws.join(out).join("metrics.jsonl")).expect("history").lines().next().expect("one epoch"));
+    let train_samples = index["splits"]["train"].as_array().expect("train").iter().map(|s| s["samples"].as_u64().expect("n")).sum::<u64>();
+    // Steps of 2 x 8 samples; what they do not cover is counted.
+    assert_eq!(record["step"].as_u64().expect("step") * 16 + record["unused_samples"].as_u64().expect("unused"), train_samples, "{record}");
+    let eval = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
+    assert!(eval["accuracy"].as_f64().is_some(), "{eval}");
+    let predictions = ok(ws, &["predict", "--run", out, "--device", "cpu"]);
+    let test_samples = index["splits"]["test"].as_array().expect("test").iter().map(|s| s["samples"].as_u64().expect("n")).sum::<u64>();
+    assert_eq!(predictions.lines().count() as u64, test_samples);
+}
+
 /// `mm compare` trains each method and each modality alone on the same split: fusion is far
 /// above every single modality, and removing the decisive modality at test time hurts.
 #[test]
