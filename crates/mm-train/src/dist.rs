@@ -566,8 +566,9 @@ pub fn free_port() -> Result<u16> {
 /// Starts `program args` once per local rank with torchrun's variables (`MASTER_ADDR`,
 /// `MASTER_PORT`, `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `GROUP_RANK`),
 /// [`LAUNCHED_VAR`] and `spec.env` set, and waits for all of them. Unless the environment sets
-/// `OMP_NUM_THREADS`, each process gets an equal share of this machine's cores for libtorch's
-/// threads (torchrun sets 1), so that the processes do not fight over the cores. When one fails, the others are stopped
+/// them, `OMP_NUM_THREADS` (libtorch's threads; torchrun sets 1) and `RAYON_NUM_THREADS` (the
+/// data pipeline's) give each process an equal share of this machine's cores, so that the
+/// processes do not fight over them. When one fails, the others are stopped
 /// (as torchrun does) and the error names the first rank that failed and how.
 pub fn launch(spec: &Launch, program: &Path, args: &[OsString]) -> Result<()> {
     if spec.nproc_per_node == 0 || spec.nnodes == 0 || spec.node_rank >= spec.nnodes {
@@ -587,8 +588,11 @@ pub fn launch(spec: &Launch, program: &Path, args: &[OsString]) -> Result<()> {
     for local in 0..spec.nproc_per_node {
         let rank = spec.node_rank * spec.nproc_per_node + local;
         let mut command = Command::new(program);
-        if std::env::var_os("OMP_NUM_THREADS").is_none() {
-            command.env("OMP_NUM_THREADS", threads.to_string());
+        // libtorch's threads and the data pipeline's (rayon) share the cores.
+        for var in ["OMP_NUM_THREADS", "RAYON_NUM_THREADS"] {
+            if std::env::var_os(var).is_none() {
+                command.env(var, threads.to_string());
+            }
         }
         let child = command
             .args(args)

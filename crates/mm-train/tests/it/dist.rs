@@ -77,19 +77,30 @@ fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
 fn child_rank() {
     let (Some(mode), Some(dir)) = (std::env::var("MM_DIST_CHILD").ok(), std::env::var_os("MM_DIST_DIR").map(PathBuf::from)) else { return };
     let env = Env::from_env().expect("variables").expect("a job");
-    let group = ProcessGroup::new(&env, &GroupOptions::from_env(Device::Cpu).expect("options")).expect("join");
+    // `MM_DIST_DEVICE=cuda`: the collectives on GPU tensors (the GPU of the local rank, or GPU 0
+    // for every rank when there is one).
+    let device = match std::env::var("MM_DIST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(env.local_rank % tch::Cuda::device_count().max(1) as usize),
+        _ => Device::Cpu,
+    };
+    let group = ProcessGroup::new(&env, &GroupOptions::from_env(device).expect("options")).expect("join");
     let (rank, world) = (group.rank(), group.world_size());
     match mode.as_str() {
         "collectives" => {
-            let t = Tensor::from_slice(&[rank as f32 + 1.0, 10.0 * rank as f32]);
+            let t = Tensor::from_slice(&[rank as f32 + 1.0, 10.0 * rank as f32]).to_device(device);
             group.all_reduce(&[t.shallow_clone()], ReduceOp::Sum).expect("all-reduce");
-            assert_eq!(Vec::<f32>::try_from(&t).expect("values"), [3.0, 10.0]);
-            let m = Tensor::from_slice(&[rank as f64]);
+            assert_eq!(Vec::<f32>::try_from(&t.to_device(Device::Cpu)).expect("values"), [3.0, 10.0]);
+            let m = Tensor::from_slice(&[rank as f64]).to_device(device);
             group.all_reduce(&[m.shallow_clone()], ReduceOp::Max).expect("max");
             assert_eq!(m.double_value(&[0]), 1.0);
-            let b = Tensor::from_slice(&[rank as i64 * 7 + 1; 5]);
+            let b = Tensor::from_slice(&[rank as i64 * 7 + 1; 5]).to_device(device);
             group.broadcast(&[b.shallow_clone()], 1).expect("broadcast");
-            assert_eq!(Vec::<i64>::try_from(&b).expect("values"), [8; 5]);
+            assert_eq!(Vec::<i64>::try_from(&b.to_device(Device::Cpu)).expect("values"), [8; 5]);
+            // Gradients on the device, averaged in buckets.
+            let p = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).to_device(device).set_requires_grad(true);
+            (&p * (rank as f64 + 1.0)).sum(Kind::Float).backward();
+            dist::average_gradients(&group, &[p.shallow_clone()]).expect("average");
+            assert_eq!(Vec::<f32>::try_from(&p.grad().to_device(Device::Cpu)).expect("grad"), [1.5; 3]);
             // Different lengths per rank, concatenated in rank order.
             let mine: Vec<f64> = (0..(rank + 2)).map(|i| (rank * 100 + i) as f64).collect();
             assert_eq!(group.all_gather(&mine).expect("gather"), [0.0, 1.0, 100.0, 101.0, 102.0]);
@@ -169,12 +180,36 @@ fn child_rank() {
 }
 
 /// Starts `world` ranks of `mode` on a free loopback port (through [`dist::launch`], which
-/// sets torchrun's variables).
-fn launch(mode: &str, dir: &Path, world: usize) -> mm_train::Result<()> {
+/// sets torchrun's variables), with `extra` variables.
+fn launch_with(mode: &str, dir: &Path, world: usize, extra: &[(&str, &str)]) -> mm_train::Result<()> {
     let mut spec = Launch::local(world);
     spec.env = vec![("MM_DIST_CHILD".into(), mode.into()), ("MM_DIST_DIR".into(), dir.display().to_string()), ("MM_DIST_TIMEOUT".into(), "60".into())];
+    spec.env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let args: Vec<std::ffi::OsString> = ["--exact", "dist::child_rank", "--ignored", "--nocapture", "--test-threads", "1"].iter().map(Into::into).collect();
     dist::launch(&spec, &std::env::current_exe().expect("test binary"), &args)
+}
+
+fn launch(mode: &str, dir: &Path, world: usize) -> mm_train::Result<()> {
+    launch_with(mode, dir, world, &[])
+}
+
+/// The same collectives on GPU tensors: through Gloo (host copies) on any CUDA machine, and
+/// through NCCL when this build has it and the machine has a GPU per rank.
+#[test]
+fn collectives_on_gpu_tensors_when_a_gpu_is_present() {
+    if !tch::Cuda::is_available() {
+        eprintln!("no CUDA device: the GPU collectives are skipped");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mm-dist-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    launch_with("collectives", &dir, 2, &[("MM_DIST_DEVICE", "cuda"), ("MM_DIST_BACKEND", "gloo")]).expect("Gloo on CUDA tensors");
+    if dist::has_nccl() && tch::Cuda::device_count() >= 2 {
+        launch_with("collectives", &dir, 2, &[("MM_DIST_DEVICE", "cuda"), ("MM_DIST_BACKEND", "nccl")]).expect("NCCL");
+    } else {
+        eprintln!("NCCL skipped: built in {}, {} GPU(s)", dist::has_nccl(), tch::Cuda::device_count());
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
