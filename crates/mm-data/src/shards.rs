@@ -217,7 +217,7 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
             }
             // Sizes as written (tar pads every member and closes with two empty blocks).
             for e in &mut entries {
-                e.bytes = std::fs::metadata(staging.join(&e.file)).map_err(|err| Error::io(&staging.join(&e.file), err))?.len();
+                e.bytes = std::fs::metadata(staging.join(&e.file)).map_err(|err| Error::io(staging.join(&e.file), err))?.len();
             }
             splits.insert(split.as_str().to_string(), entries);
         }
@@ -247,13 +247,18 @@ pub fn read_samples(path: &Path, name: &str, root: &Path, f: &mut dyn FnMut(Samp
     })
 }
 
+/// A sample's members other than its `.json`: (name, bytes).
+type Members = Vec<(String, Vec<u8>)>;
+/// The members of one key as they are read: the key, the sample (once its `.json` is read).
+type Group = (String, Option<Sample>, Members);
+
 /// The member groups of a shard, by key, in order.
-fn for_each_sample(path: &Path, name: &str, data: bool, f: &mut dyn FnMut(Sample, Vec<(String, Vec<u8>)>) -> Result<()>) -> Result<()> {
+fn for_each_sample(path: &Path, name: &str, data: bool, f: &mut dyn FnMut(Sample, Members) -> Result<()>) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
     let bad = |member: &str, message: String| Error::Parse { file: path.join(member), line: 0, message };
-    let mut group: Option<(String, Option<Sample>, Vec<(String, Vec<u8>)>)> = None;
-    let flush = |group: Option<(String, Option<Sample>, Vec<(String, Vec<u8>)>)>, f: &mut dyn FnMut(Sample, Vec<(String, Vec<u8>)>) -> Result<()>| -> Result<()> {
+    let mut group: Option<Group> = None;
+    let flush = |group: Option<Group>, f: &mut dyn FnMut(Sample, Members) -> Result<()>| -> Result<()> {
         if let Some((key, sample, members)) = group {
             let sample = sample.ok_or_else(|| bad(&format!("{key}.json"), "the sample has no .json member (its manifest line)".into()))?;
             f(sample, members)?;
