@@ -41,8 +41,11 @@ fn main() {
 }
 
 /// The CUDA and NCCL include folders for a CUDA build of libtorch: those of the pip wheels beside
-/// it (`site-packages/nvidia/*/include`), or `$CUDA_HOME/include`; `None` when the libtorch has
-/// no CUDA or the CUDA runtime's full headers (`crt/host_config.h`) are nowhere.
+/// it (`site-packages/nvidia/*/include`), and `$CUDA_HOME/include`; `None` when the libtorch has
+/// no CUDA, or when the headers c10d's NCCL header needs are not all there: NCCL's (`nccl.h`, in
+/// torch's NCCL wheel), and the CUDA toolkit's `crt/host_config.h` and `nv/target`, which a CUDA
+/// toolkit has and PyPI's torch wheels do not (`pip install nvidia-cuda-crt nvidia-cuda-cccl`
+/// beside them adds them).
 fn nccl_includes(lib_dir: &Path, root: &Path) -> Option<Vec<PathBuf>> {
     if !lib_dir.join("libtorch_cuda.so").exists() {
         return None;
@@ -57,5 +60,5 @@ fn nccl_includes(lib_dir: &Path, root: &Path) -> Option<Vec<PathBuf>> {
         dirs.push(PathBuf::from(home).join("include"));
     }
     let has = |name: &str| dirs.iter().any(|d| d.join(name).is_file());
-    (has("crt/host_config.h") && has("nccl.h")).then_some(dirs)
+    (has("crt/host_config.h") && has("nv/target") && has("nccl.h")).then_some(dirs)
 }

@@ -20,7 +20,6 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef MM_C10D_NCCL
-#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -118,7 +117,8 @@ mm_c10d* mm_c10d_new(int backend, const char* addr, uint16_t port, int rank, int
       group->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(group->store, rank, world, options);
     } else {
 #ifdef MM_C10D_NCCL
-      c10::cuda::set_device(static_cast<c10::DeviceIndex>(device_index));
+      // The communicators bind to the devices of the tensors each collective gets (and the
+      // barrier to `device_index`).
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = group->timeout;
       group->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(group->store, rank, world, options);
