@@ -437,9 +437,11 @@ fn buckets(tensors: &[Tensor], cap: usize) -> Vec<Vec<usize>> {
     done
 }
 
-fn flatten(tensors: &[Tensor], bucket: &[usize], device: Device) -> Tensor {
+/// A bucket's tensors as one flat tensor, on their device (buckets never mix devices; Gloo
+/// stages CUDA tensors through host memory itself, as for PyTorch's DDP).
+fn flatten(tensors: &[Tensor], bucket: &[usize]) -> Tensor {
     let parts: Vec<Tensor> = bucket.iter().map(|&i| tensors[i].detach().reshape([-1])).collect();
-    Tensor::cat(&parts, 0).to_device(device)
+    Tensor::cat(&parts, 0)
 }
 
 fn unflatten(flat: &Tensor, tensors: &[Tensor], bucket: &[usize], scale: Option<f64>) {
@@ -472,9 +474,8 @@ pub fn broadcast_tensors(group: &ProcessGroup, tensors: &[Tensor], root: usize) 
     if tensors.is_empty() {
         return Ok(());
     }
-    let device = group.comm_device();
     let plan = buckets(tensors, BUCKET_BYTES);
-    let flats: Vec<Tensor> = plan.iter().map(|b| flatten(tensors, b, device)).collect();
+    let flats: Vec<Tensor> = plan.iter().map(|b| flatten(tensors, b)).collect();
     group.broadcast(&flats, root)?;
     for (flat, b) in flats.iter().zip(&plan) {
         unflatten(flat, tensors, b, None);
@@ -491,15 +492,14 @@ pub fn average_gradients(group: &ProcessGroup, params: &[Tensor]) -> Result<()> 
     if params.is_empty() || group.world_size == 1 {
         return Ok(());
     }
-    let device = group.comm_device();
     let grads: Vec<Tensor> = params.iter().map(|p| {
         let g = p.grad();
         if g.defined() { g } else { p.zeros_like() }
     }).collect();
     let defined: Vec<f32> = params.iter().map(|p| if p.grad().defined() { 1.0 } else { 0.0 }).collect();
-    let flags = Tensor::from_slice(&defined).to_device(device);
+    let flags = Tensor::from_slice(&defined).to_device(params[0].device());
     let plan = buckets(&grads, BUCKET_BYTES);
-    let mut flats: Vec<Tensor> = plan.iter().map(|b| flatten(&grads, b, device)).collect();
+    let mut flats: Vec<Tensor> = plan.iter().map(|b| flatten(&grads, b)).collect();
     flats.push(flags.shallow_clone());
     group.all_reduce(&flats, ReduceOp::Sum)?;
     let flags: Vec<f32> = host_vec(&flags)?;

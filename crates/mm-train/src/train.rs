@@ -690,10 +690,12 @@ pub fn fit_with(
     Ok(Report { history: state.history, metric: select, best: state.best, stopped_early, pretrained })
 }
 
-/// The variables that are not trained (batch-norm statistics, frozen layers), by name.
+/// The variables that are never trained (buffers such as batch-norm statistics), by name;
+/// frozen weights are not among them (they do not change).
 fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
+    let trained: std::collections::HashSet<usize> = vs.trainable_variables().iter().map(|t| t.data_ptr() as usize).collect();
     let named: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
-    named.into_values().filter(|t| !t.requires_grad()).collect()
+    named.into_values().filter(|t| !trained.contains(&(t.data_ptr() as usize))).collect()
 }
 
 /// Rank 0's starting point on every rank: its training state (fresh, or the checkpoint it
