@@ -18,6 +18,27 @@
 //!   files in memory at a time), with errors naming the shard and the member;
 //! - [`crate::loader::Loader::from_shards`] streams batches from them: shards assigned to ranks
 //!   and to reader threads, a shuffle buffer, decoding in parallel.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mm_data::loader::{Loader, LoaderConfig, Shard};
+//! use mm_data::manifest::{Manifest, Split};
+//! use mm_data::pipeline::{ImageSpec, Pipeline};
+//! use mm_data::shards::{write_shards, ShardIndex, ShardOptions};
+//!
+//! let manifest = Manifest::read("data/synth/manifest.jsonl")?;
+//! write_shards(&manifest, "data/synth-shards".as_ref(), &ShardOptions { max_samples: 500, ..ShardOptions::default() })?;
+//! let index = Arc::new(ShardIndex::read("data/synth-shards/shards.json")?);
+//! let mut pipeline = Pipeline::new(vec!["curved-low".into(), "curved-high".into(), "straight-low".into(), "straight-high".into()]);
+//! pipeline.image = Some(ImageSpec::new((32, 32)));
+//! // Rank 1 of 4: its own shards of every epoch.
+//! let config = LoaderConfig { batch_size: 32, shard: Shard { rank: 1, world: 4 }, ..LoaderConfig::training(0) };
+//! let loader = Loader::from_shards(index, Split::Train, Arc::new(pipeline), config)?;
+//! for batch in loader.epoch(0) {
+//!     println!("{} samples", batch?.len());
+//! }
+//! # Ok::<(), mm_data::error::Error>(())
+//! ```
 
 use std::collections::BTreeMap;
 use std::fs::File;
