@@ -568,7 +568,7 @@ pub fn free_port() -> Result<u16> {
 /// [`LAUNCHED_VAR`] and `spec.env` set, and waits for all of them. Unless the environment sets
 /// them, `OMP_NUM_THREADS` (libtorch's threads; torchrun sets 1) and `RAYON_NUM_THREADS` (the
 /// data pipeline's) give each process an equal share of this machine's cores, so that the
-/// processes do not fight over them. When one fails, the others are stopped
+/// processes do not fight over them. A launcher that is killed takes its ranks with it. When one fails, the others are stopped
 /// (as torchrun does) and the error names the first rank that failed and how.
 pub fn launch(spec: &Launch, program: &Path, args: &[OsString]) -> Result<()> {
     if spec.nproc_per_node == 0 || spec.nnodes == 0 || spec.node_rank >= spec.nnodes {
@@ -593,6 +593,14 @@ pub fn launch(spec: &Launch, program: &Path, args: &[OsString]) -> Result<()> {
             if std::env::var_os(var).is_none() {
                 command.env(var, threads.to_string());
             }
+        }
+        // A rank outlives no launcher: killed with it (Linux), not left training alone.
+        // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
         }
         let child = command
             .args(args)
