@@ -8,6 +8,8 @@
 //! - [`metrics`]: accuracy, top-k, confusion matrix, precision/recall/F1, macro-F1, AUROC
 //!   (binary and one-vs-rest), MAE, MSE, Pearson, and retrieval Recall@K, median rank and MRR in
 //!   both directions;
+//! - [`ctc`]: CTC decoding (best path with label timings, prefix beam search) and word and
+//!   character error rates;
 //! - [`schedule`]: constant, step, cosine and linear schedules with warm-up, and
 //!   reduce-on-plateau;
 //! - [`optim`]: SGD, Adam and AdamW with parameter groups and gradient clipping, whose state
@@ -66,6 +68,7 @@
 //! depends on it, and it never parses command lines.
 
 pub mod checkpoint;
+pub mod ctc;
 pub mod dist;
 pub mod loss;
 pub mod metrics;
