@@ -369,6 +369,14 @@ impl ProcessGroup {
         }
     }
 
+    /// `values` reduced across the ranks (a few numbers: losses, counts, flags), on the device
+    /// the transport needs.
+    pub fn all_reduce_values(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
+        let t = Tensor::from_slice(values).to_device(self.comm_device());
+        self.all_reduce(&[t.shallow_clone()], op)?;
+        host_vec(&t)
+    }
+
     /// Every rank's `values`, concatenated in rank order (each rank may give a different
     /// number). Exact for `f32` and integers up to 2^53, which travel as `f64`.
     pub fn all_gather(&self, values: &[f64]) -> Result<Vec<f64>> {

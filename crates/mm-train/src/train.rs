@@ -196,9 +196,7 @@ impl Gathered {
             // Embeddings travel flat with their width (agreed by the maximum: a rank with none
             // has width 0).
             let width = side.first().map_or(0, |t| t.size()[1]);
-            let w = Tensor::from_slice(&[width as f64]);
-            group.all_reduce(&[w.shallow_clone()], ReduceOp::Max)?;
-            let width = w.double_value(&[0]) as i64;
+            let width = group.all_reduce_values(&[width as f64], ReduceOp::Max)?[0] as i64;
             let flat: Vec<f64> = if side.is_empty() {
                 Vec::new()
             } else {
@@ -289,9 +287,7 @@ pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision:
         // Sums of losses and batch counts, then every rank's predictions.
         let mut sums = vec![loss_sum, batches as f64];
         sums.extend(gathered.iter().map(|g| g.loss));
-        let t = Tensor::from_slice(&sums);
-        group.all_reduce(&[t.shallow_clone()], ReduceOp::Sum)?;
-        let sums: Vec<f64> = dist::host_vec(&t)?;
+        let sums = group.all_reduce_values(&sums, ReduceOp::Sum)?;
         (loss_sum, batches) = (sums[0], sums[1] as usize);
         for (g, loss) in gathered.iter_mut().zip(&sums[2..]) {
             g.loss = *loss;
@@ -586,11 +582,10 @@ pub fn fit_with(
                 // Every rank learns whether any rank's loss is not finite (and the mean loss),
                 // so all of them stop or skip together.
                 let finite = value.is_finite();
-                let t = Tensor::from_slice(&[if finite { value } else { 0.0 }, f64::from(u8::from(!finite))]);
-                group.all_reduce(&[t.shallow_clone()], ReduceOp::Sum)?;
-                let bad = t.double_value(&[1]);
+                let sums = group.all_reduce_values(&[if finite { value } else { 0.0 }, f64::from(u8::from(!finite))], ReduceOp::Sum)?;
+                let bad = sums[1];
                 elsewhere = finite && bad > 0.0;
-                value = if bad > 0.0 { if finite { f64::NAN } else { value } } else { t.double_value(&[0]) / world as f64 };
+                value = if bad > 0.0 { if finite { f64::NAN } else { value } } else { sums[0] / world as f64 };
             }
             if !value.is_finite() {
                 match config.on_non_finite {
