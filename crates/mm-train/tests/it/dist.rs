@@ -84,8 +84,17 @@ fn child_rank() {
         _ => Device::Cpu,
     };
     let group = ProcessGroup::new(&env, &GroupOptions::from_env(device).expect("options")).expect("join");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rank_body(&mode, &dir, &group, device)));
+    // The rank's outcome is its exit status, which the test that started it checks; exiting
+    // here, before the harness prints a result line of its own, keeps the workspace's test
+    // summary to the tests themselves (a panic's message is on stderr already).
+    drop(group);
+    std::process::exit(if outcome.is_ok() { 0 } else { 3 });
+}
+
+fn rank_body(mode: &str, dir: &Path, group: &ProcessGroup, device: Device) {
     let (rank, world) = (group.rank(), group.world_size());
-    match mode.as_str() {
+    match mode {
         "collectives" => {
             let t = Tensor::from_slice(&[rank as f32 + 1.0, 10.0 * rank as f32]).to_device(device);
             group.all_reduce(&[t.shallow_clone()], ReduceOp::Sum).expect("all-reduce");
@@ -99,7 +108,7 @@ fn child_rank() {
             // Gradients on the device, averaged in buckets.
             let p = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).to_device(device).set_requires_grad(true);
             (&p * (rank as f64 + 1.0)).sum(Kind::Float).backward();
-            dist::average_gradients(&group, &[p.shallow_clone()]).expect("average");
+            dist::average_gradients(group, &[p.shallow_clone()]).expect("average");
             assert_eq!(Vec::<f32>::try_from(&p.grad().to_device(Device::Cpu)).expect("grad"), [1.5; 3]);
             // Different lengths per rank, concatenated in rank order.
             let mine: Vec<f64> = (0..(rank + 2)).map(|i| (rank * 100 + i) as f64).collect();
@@ -109,11 +118,11 @@ fn child_rank() {
             group.barrier().expect("barrier");
         }
         "steps" => {
-            let (manifest, pipeline) = super::training::load(&dir);
+            let (manifest, pipeline) = super::training::load(dir);
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(rank as i64); // different on each rank: the broadcast must fix it
             let model = model(&vs, &pipeline, &manifest);
-            dist::broadcast_variables(&group, &vs, 0).expect("broadcast");
+            dist::broadcast_variables(group, &vs, 0).expect("broadcast");
             let params = vs.trainable_variables();
             let mut opt = mm_train::optim::Optimizer::new(&config(4).optimizer, vec![mm_train::optim::Group::new("all", params.iter().map(Tensor::shallow_clone).collect())]).expect("optimizer");
             let shard = mm_data::loader::Shard { rank, world };
@@ -123,7 +132,7 @@ fn child_rank() {
                 let batch = batch.expect("batch");
                 let out = model.forward_t(&batch, true);
                 model.loss(&out, &batch).expect("loss").backward();
-                dist::average_gradients(&group, &params).expect("average");
+                dist::average_gradients(group, &params).expect("average");
                 opt.step(3e-3);
                 opt.zero_grad();
                 // Every parameter, bit for bit, on both ranks.
@@ -135,7 +144,7 @@ fn child_rank() {
             save(&vs, &dir.join(format!("steps-rank{rank}.safetensors")));
         }
         "fit" | "hang" | "die" => {
-            let (manifest, pipeline) = super::training::load(&dir);
+            let (manifest, pipeline) = super::training::load(dir);
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
             let model = model(&vs, &pipeline, &manifest);
@@ -145,7 +154,7 @@ fn child_rank() {
             }
             let out = dir.join(format!("{mode}-run"));
             let result = if mode == "fit" {
-                fit_in(&model, &vs, manifest, pipeline, &train, &out, false, Some(&group))
+                fit_in(&model, &vs, manifest, pipeline, &train, &out, false, Some(group))
             } else if rank == 1 {
                 // Rank 1 stops: waits forever (hang) or exits (die) once it has joined the
                 // training, after rank 0's first epoch record shows the loop is running.
@@ -163,9 +172,9 @@ fn child_rank() {
                     // SAFETY: stopping this very process (SIGSTOP); the test kills it later.
                     unsafe { libc::raise(libc::SIGSTOP) };
                 });
-                fit_in(&model, &vs, manifest, pipeline, &train, &out, false, Some(&group))
+                fit_in(&model, &vs, manifest, pipeline, &train, &out, false, Some(group))
             } else {
-                fit_in(&model, &vs, manifest, pipeline, &train, &out, false, Some(&group))
+                fit_in(&model, &vs, manifest, pipeline, &train, &out, false, Some(group))
             };
             match result {
                 Ok(_) => save(&vs, &dir.join(format!("{mode}-rank{rank}.safetensors"))),
