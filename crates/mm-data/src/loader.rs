@@ -344,7 +344,8 @@ impl Loader {
     }
 
     /// A loader streaming the samples of `split` from WebDataset-style tar shards
-    /// ([`crate::shards`]), one sample's files in memory at a time.
+    /// ([`crate::shards`]): each reader holds one sample's files at a time, a training epoch up
+    /// to [`SHUFFLE_BUFFER`] samples' in its shuffle buffer, and nothing is unpacked to disk.
     ///
     /// Each epoch the split's shards are shuffled (when `config.shuffle`; seeded by the seed and
     /// the epoch) and dealt to the ranks of `config.shard` in turn, so ranks read disjoint
