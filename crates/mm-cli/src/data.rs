@@ -40,9 +40,53 @@ enum DataCommand {
     /// Pair MNIST images with spoken digits (FSDD) of the same digit into a manifest, with
     /// optional degradation of either modality.
     AvDigits(AvDigitsArgs),
+    /// Compose spoken digit sequences (FSDD recordings of one speaker with gaps and noise) with
+    /// their transcripts, test speakers unseen in training: data for speech recognition.
+    Spoken(SpokenArgs),
     /// Write a manifest's samples as WebDataset-style tar shards (train/000000.tar, ... and
     /// shards.json), cleaned first; a run reads them with `[data] manifest = "OUT/shards.json"`.
     Shard(ShardArgs),
+}
+
+/// Options of `mm data spoken`.
+#[derive(Debug, ClapArgs)]
+struct SpokenArgs {
+    /// FSDD's release archive (`.tar.gz`) or a folder of its WAV files.
+    #[arg(long)]
+    fsdd: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an earlier set of utterances in the output folder.
+    #[arg(long)]
+    force: bool,
+    /// Utterances in the training split.
+    #[arg(long, default_value_t = 2000)]
+    train: usize,
+    /// Utterances in the validation split.
+    #[arg(long, default_value_t = 200)]
+    val: usize,
+    /// Utterances in the test split.
+    #[arg(long, default_value_t = 400)]
+    test: usize,
+    /// Digits per utterance, at least.
+    #[arg(long, default_value_t = 1)]
+    min_digits: usize,
+    /// Digits per utterance, at most.
+    #[arg(long, default_value_t = 5)]
+    max_digits: usize,
+    /// White noise at an SNR drawn from LO..HI dB, or `none` for clean utterances.
+    #[arg(long, default_value = "10..30", allow_hyphen_values = true)]
+    snr: String,
+    /// Validation speakers (comma-separated).
+    #[arg(long, default_value = "lucas", value_delimiter = ',')]
+    val_speakers: Vec<String>,
+    /// Test speakers (comma-separated).
+    #[arg(long, default_value = "nicolas", value_delimiter = ',')]
+    test_speakers: Vec<String>,
+    /// Seed of everything drawn.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// Options of `mm data shard`.
@@ -238,7 +282,44 @@ pub fn run(args: &Args) -> Result<()> {
         DataCommand::Split(a) => split(a),
         DataCommand::AvDigits(a) => av_digits(a),
         DataCommand::Shard(a) => shard(a),
+        DataCommand::Spoken(a) => spoken(a),
     }
+}
+
+fn spoken(a: &SpokenArgs) -> Result<()> {
+    let snr_db = match a.snr.trim() {
+        "none" => None,
+        range => {
+            let (lo, hi) = range.split_once("..").ok_or_else(|| anyhow!("--snr {range:?}: write LO..HI (dB), or none"))?;
+            let parse = |v: &str| v.trim().parse::<f64>().map_err(|_| anyhow!("--snr {range:?}: {v:?} is not a number"));
+            Some((parse(lo)?, parse(hi)?))
+        }
+    };
+    let config = mm_data::spoken::SpokenConfig {
+        utterances: [a.train, a.val, a.test],
+        digits: (a.min_digits, a.max_digits),
+        snr_db,
+        val_speakers: a.val_speakers.clone(),
+        test_speakers: a.test_speakers.clone(),
+        seed: a.seed,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let s = mm_data::spoken::compose(&a.fsdd, &a.out, &config, a.force)?;
+    println!(
+        "wrote {} utterances to {} in {:.1} s: {} train ({:.0} s of audio; {}), {} val ({}), {} test ({})",
+        s.splits.iter().sum::<usize>(),
+        a.out.display(),
+        start.elapsed().as_secs_f64(),
+        s.splits[0],
+        s.seconds[0],
+        s.speakers[0].join(", "),
+        s.splits[1],
+        s.speakers[1].join(", "),
+        s.splits[2],
+        s.speakers[2].join(", ")
+    );
+    Ok(())
 }
 
 fn shard(a: &ShardArgs) -> Result<()> {

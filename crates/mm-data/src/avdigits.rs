@@ -74,17 +74,19 @@ pub struct AvDigitsSummary {
     pub recordings: [usize; 2],
 }
 
-/// An FSDD recording: its digit, whether it is in the conventional test split, its samples.
-struct Recording {
-    name: String,
-    digit: u8,
-    test: bool,
-    audio: Audio,
+/// An FSDD recording: its digit, speaker, whether it is in the conventional test split, its
+/// samples.
+pub(crate) struct Recording {
+    pub(crate) name: String,
+    pub(crate) digit: u8,
+    pub(crate) speaker: String,
+    pub(crate) test: bool,
+    pub(crate) audio: Audio,
 }
 
 /// Reads FSDD's recordings (`{digit}_{speaker}_{take}.wav`) from its release archive (`.tar.gz`,
 /// read in memory: nothing is unpacked) or from a folder of WAV files.
-fn read_fsdd(source: &Path) -> Result<Vec<Recording>> {
+pub(crate) fn read_fsdd(source: &Path) -> Result<Vec<Recording>> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     if source.is_dir() {
         for entry in std::fs::read_dir(source).map_err(|e| Error::io(source, e))? {
@@ -115,12 +117,12 @@ fn read_fsdd(source: &Path) -> Result<Vec<Recording>> {
         .map(|(name, bytes)| {
             let parts: Vec<&str> = name.trim_end_matches(".wav").split('_').collect();
             let parsed = match parts.as_slice() {
-                [d, _speaker, take] => d.parse::<u8>().ok().filter(|d| *d < 10).zip(take.parse::<u32>().ok()),
+                [d, speaker, take] => d.parse::<u8>().ok().filter(|d| *d < 10).zip(take.parse::<u32>().ok()).map(|(d, t)| (d, speaker.to_string(), t)),
                 _ => None,
             };
-            let (digit, take) = parsed.ok_or_else(|| Error::decode(source.join(&name), "not an FSDD name ({digit}_{speaker}_{take}.wav)".to_string()))?;
+            let (digit, speaker, take) = parsed.ok_or_else(|| Error::decode(source.join(&name), "not an FSDD name ({digit}_{speaker}_{take}.wav)".to_string()))?;
             let audio = decode_audio_bytes(bytes, &source.join(&name))?;
-            Ok(Recording { name, digit, test: take < 5, audio })
+            Ok(Recording { name, digit, speaker, test: take < 5, audio })
         })
         .collect::<Result<_>>()?;
     if recordings.is_empty() {
@@ -175,7 +177,7 @@ fn degrade_image(pixels: &[u8], h: usize, w: usize, config: &AvDigitsConfig, rng
 }
 
 /// White noise at `snr_db` below the recording's own RMS level.
-fn degrade_audio(audio: &Audio, snr_db: f64, rng: &mut Rng) -> Audio {
+pub(crate) fn degrade_audio(audio: &Audio, snr_db: f64, rng: &mut Rng) -> Audio {
     let rms = (audio.samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / audio.samples.len().max(1) as f64).sqrt();
     let sigma = rms / 10f64.powf(snr_db / 20.0);
     let samples = audio.samples.iter().map(|s| (f64::from(*s) + rng.normal() * sigma).clamp(-1.0, 1.0) as f32).collect();

@@ -20,12 +20,16 @@
 //! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
 //! - [`config`]: a data set and its pipeline described in configuration (a run's `[data]`);
 //! - [`pipeline`]: per-modality decode, resample, augment and normalise into an [`pipeline::Item`];
-//! - [`loader`]: parallel, prefetching, seeded batches collated into `tch` tensors;
+//! - [`loader`]: parallel, prefetching, seeded batches collated into `tch` tensors (a rank's
+//!   shard of every epoch for data-parallel training);
 //! - [`synth`]: the embedded synthetic data set (images, audio, captions, videos, records)
 //!   with tasks whose single-modality ceilings are known by construction;
 //! - [`idx`]: the idx files of MNIST and its relatives;
 //! - [`avdigits`]: MNIST images paired with spoken digits (FSDD) into a manifest, with
 //!   optional degradation;
+//! - [`spoken`]: spoken digit sequences with transcripts, composed from FSDD recordings with
+//!   unseen speakers in test, for speech recognition;
+//! - [`shards`]: WebDataset-style tar shards, written from a manifest and streamed back;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
 //! - [`fs`]: atomic file writes; [`Error`]: the crate's error type.
 //!
@@ -59,6 +63,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod rng;
 pub mod shards;
+pub mod spoken;
 pub mod subword;
 pub mod synth;
 pub mod text;

@@ -9,6 +9,8 @@ use tch::{Kind, Tensor};
 mod avdigits;
 #[path = "it/config.rs"]
 mod config;
+#[path = "it/spoken.rs"]
+mod spoken;
 #[path = "it/synth.rs"]
 mod synth;
 

@@ -489,6 +489,25 @@ fn two_ranks_train_from_tar_shards() {
     assert_eq!(predictions.lines().count() as u64, test_samples);
 }
 
+/// `mm data spoken` composes utterances with transcripts from the mirror's FSDD archive, and
+/// refuses a malformed noise range with a message.
+#[test]
+fn spoken_digit_sequences_from_the_fsdd_archive() {
+    let Some(mirror) = shared_mirror() else { return };
+    let ws = workspace(240);
+    let fsdd = mirror.join("fsdd/v1.0.10.tar.gz");
+    let fsdd = fsdd.to_str().expect("utf-8");
+    let _ = std::fs::remove_dir_all(ws.join("data/spoken"));
+    let text = ok(ws, &["data", "spoken", "--fsdd", fsdd, "--out", "data/spoken", "--train", "6", "--val", "2", "--test", "3", "--snr", "-5..5"]);
+    assert!(text.contains("wrote 11 utterances") && text.contains("3 test (nicolas)"), "{text}");
+    let manifest = std::fs::read_to_string(ws.join("data/spoken/manifest.jsonl")).expect("manifest");
+    let words: Vec<String> = manifest.lines().map(|l| json(l)["text"].as_str().expect("transcript").to_string()).collect();
+    assert_eq!(words.len(), 11);
+    assert!(words.iter().all(|t| t.split(' ').all(|w| ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"].contains(&w))), "{words:?}");
+    let err = fails(ws, &["data", "spoken", "--fsdd", fsdd, "--out", "data/spoken-x", "--snr", "loud"]);
+    assert!(err.contains("--snr") && err.contains("LO..HI"), "{err}");
+}
+
 /// `mm compare` trains each method and each modality alone on the same split: fusion is far
 /// above every single modality, and removing the decisive modality at test time hurts.
 #[test]

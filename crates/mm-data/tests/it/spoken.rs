@@ -1,0 +1,77 @@
+//! Spoken digit sequences from the real FSDD archive of the shared mirror: each utterance is
+//! its recordings with gaps, its transcript says their digits, test speakers are unseen in
+//! training, and the whole is seeded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+use mm_data::audio::decode_audio;
+use mm_data::manifest::{Manifest, Split};
+use mm_data::spoken::{compose, SpokenConfig, WORDS};
+
+#[test]
+fn fsdd_recordings_compose_utterances_with_transcripts_and_unseen_test_speakers() {
+    let Some(shared) = super::shared_data() else { return };
+    let fsdd = shared.join("mirror/fsdd/v1.0.10.tar.gz");
+    let dir = std::env::temp_dir().join(format!("mm-data-spoken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // No gaps, no noise: every utterance is exactly its recordings end to end.
+    let plain = SpokenConfig { utterances: [12, 4, 6], digits: (1, 4), gap: (0.0, 0.0), snr_db: None, ..SpokenConfig::default() };
+    let summary = compose(&fsdd, &dir.join("plain"), &plain, false).expect("compose");
+    assert_eq!(summary.splits, [12, 4, 6]);
+    assert_eq!((summary.speakers[1].clone(), summary.speakers[2].clone()), (vec!["lucas".to_string()], vec!["nicolas".to_string()]));
+    assert!(!summary.speakers[0].iter().any(|s| s == "lucas" || s == "nicolas") && summary.speakers[0].len() == 4, "{:?}", summary.speakers);
+    // FSDD's own recordings, decoded from the archive here.
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&fsdd).expect("archive")));
+    let mut originals: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.ends_with(".wav") {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).expect("read");
+            originals.insert(name.clone(), mm_data::audio::decode_audio_bytes(bytes, name.as_ref()).expect("decode").samples);
+        }
+    }
+    let m = Manifest::read(dir.join("plain/manifest.jsonl")).expect("manifest");
+    assert_eq!(m.samples().len(), 22);
+    for s in m.samples() {
+        let sources = &summary.sources[&s.id];
+        // The transcript names the digits of its recordings ({digit}_{speaker}_{take}.wav).
+        let words: Vec<&str> = sources.iter().map(|n| WORDS[n[..1].parse::<usize>().expect("digit")]).collect();
+        assert_eq!(s.text.as_deref(), Some(words.join(" ").as_str()), "{}", s.id);
+        assert!((1..=4).contains(&sources.len()));
+        // One speaker per utterance, of the utterance's split.
+        let who: BTreeSet<&str> = sources.iter().map(|n| n.split('_').nth(1).expect("speaker")).collect();
+        assert_eq!(who.len(), 1, "{}: {who:?}", s.id);
+        let speaker = who.into_iter().next().expect("one");
+        let k = match s.split {
+            Split::Train => 0,
+            Split::Val => 1,
+            Split::Test => 2,
+        };
+        assert!(summary.speakers[k].iter().any(|x| x == speaker), "{}: {speaker} in {:?}", s.id, s.split);
+        // The WAV is the recordings end to end (16-bit PCM: within one step).
+        let audio = decode_audio(m.path(s.audio.as_ref().expect("audio"))).expect("decode");
+        let joined: Vec<f32> = sources.iter().flat_map(|n| originals[n].iter().copied()).collect();
+        assert_eq!(audio.samples.len(), joined.len(), "{}", s.id);
+        assert!(audio.samples.iter().zip(&joined).all(|(a, b)| (a - b).abs() <= 1.0 / 32768.0 + 1e-6), "{}", s.id);
+    }
+    // The default: gaps and noise, seeded (the same files twice), the gaps in the length.
+    let noisy = SpokenConfig { utterances: [6, 2, 2], ..SpokenConfig::default() };
+    let a = compose(&fsdd, &dir.join("a"), &noisy, false).expect("compose");
+    compose(&fsdd, &dir.join("b"), &noisy, false).expect("again");
+    for s in Manifest::read(dir.join("a/manifest.jsonl")).expect("manifest").samples() {
+        let rel = s.audio.as_ref().expect("audio");
+        assert_eq!(std::fs::read(dir.join("a").join(rel)).expect("a"), std::fs::read(dir.join("b").join(rel)).expect("b"), "{}: not seeded", s.id);
+        let n = decode_audio(dir.join("a").join(rel)).expect("decode").samples.len();
+        let speech: usize = a.sources[&s.id].iter().map(|x| originals[x].len()).sum();
+        let gaps = a.sources[&s.id].len() + 1;
+        let (lo, hi) = ((0.05 * 8000.0) as usize * gaps, (0.3 * 8000.0) as usize * gaps + gaps);
+        assert!(n >= speech + lo && n <= speech + hi, "{}: {n} samples for {speech} of speech and {gaps} gaps", s.id);
+    }
+    // A speaker FSDD does not have is refused by name.
+    let e = compose(&fsdd, &dir.join("c"), &SpokenConfig { test_speakers: vec!["nobody".into()], ..noisy }, false).expect_err("unknown speaker").to_string();
+    assert!(e.contains("nobody") && e.contains("theo"), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}
