@@ -65,9 +65,15 @@ std::vector<at::Tensor> gather(at::Tensor* const* tensors, size_t n) {
   return out;
 }
 
-// Every work item is started before the first is waited on, so the transport pipelines them
-// (Gloo runs them on its worker threads, NCCL on its stream) while the caller waits.
-void wait_all(std::vector<c10::intrusive_ptr<c10d::Work>>& works) {
+// Runs `start` on each tensor (one collective each), starting every one before the first is
+// waited on, so the transport pipelines them (Gloo on its worker threads, NCCL on its stream).
+template <typename Start>
+void each_then_wait(at::Tensor* const* tensors, size_t n, Start&& start) {
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  for (auto& tensor : gather(tensors, n)) {
+    std::vector<at::Tensor> one{tensor};
+    works.push_back(start(one));
+  }
   for (auto& work : works) {
     work->wait();
   }
@@ -147,12 +153,7 @@ int mm_c10d_allreduce(mm_c10d* group, at::Tensor* const* tensors, size_t n, int 
     c10d::AllreduceOptions options;
     options.reduceOp = op == 1 ? c10d::ReduceOp::MAX : op == 2 ? c10d::ReduceOp::MIN : c10d::ReduceOp::SUM;
     options.timeout = group->timeout;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    for (auto& tensor : gather(tensors, n)) {
-      std::vector<at::Tensor> one{tensor};
-      works.push_back(group->backend->allreduce(one, options));
-    }
-    wait_all(works);
+    each_then_wait(tensors, n, [&](std::vector<at::Tensor>& one) { return group->backend->allreduce(one, options); });
   });
 }
 
@@ -162,12 +163,7 @@ int mm_c10d_broadcast(mm_c10d* group, at::Tensor* const* tensors, size_t n, int 
     c10d::BroadcastOptions options;
     options.rootRank = root;
     options.timeout = group->timeout;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    for (auto& tensor : gather(tensors, n)) {
-      std::vector<at::Tensor> one{tensor};
-      works.push_back(group->backend->broadcast(one, options));
-    }
-    wait_all(works);
+    each_then_wait(tensors, n, [&](std::vector<at::Tensor>& one) { return group->backend->broadcast(one, options); });
   });
 }
 

@@ -452,18 +452,21 @@ fn flatten(tensors: &[Tensor], bucket: &[usize]) -> Tensor {
     Tensor::cat(&parts, 0)
 }
 
-fn unflatten(flat: &Tensor, tensors: &[Tensor], bucket: &[usize], scale: Option<f64>) {
+/// Copies a bucket's flat tensor back into its tensors (times `scale`), skipping those `keep`
+/// refuses (their part of the flat tensor is passed over).
+fn unflatten(flat: &Tensor, tensors: &[Tensor], bucket: &[usize], scale: Option<f64>, keep: impl Fn(usize) -> bool) {
     tch::no_grad(|| {
-        let flat = flat.to_device(tensors[bucket[0]].device());
         let flat = match scale {
             Some(s) => flat * s,
-            None => flat,
+            None => flat.shallow_clone(),
         };
         let mut offset = 0i64;
         for &i in bucket {
-            let mut t = tensors[i].shallow_clone();
-            let n = t.numel() as i64;
-            t.copy_(&flat.narrow(0, offset, n).view_as(&t));
+            let n = tensors[i].numel() as i64;
+            if keep(i) {
+                let mut t = tensors[i].shallow_clone();
+                t.copy_(&flat.narrow(0, offset, n).view_as(&t));
+            }
             offset += n;
         }
     });
@@ -486,7 +489,7 @@ pub fn broadcast_tensors(group: &ProcessGroup, tensors: &[Tensor], root: usize) 
     let flats: Vec<Tensor> = plan.iter().map(|b| flatten(tensors, b)).collect();
     group.broadcast(&flats, root)?;
     for (flat, b) in flats.iter().zip(&plan) {
-        unflatten(flat, tensors, b, None);
+        unflatten(flat, tensors, b, None, |_| true);
     }
     Ok(())
 }
@@ -500,11 +503,9 @@ pub fn average_gradients(group: &ProcessGroup, params: &[Tensor]) -> Result<()> 
     if params.is_empty() || group.world_size == 1 {
         return Ok(());
     }
-    let grads: Vec<Tensor> = params.iter().map(|p| {
-        let g = p.grad();
-        if g.defined() { g } else { p.zeros_like() }
-    }).collect();
-    let defined: Vec<f32> = params.iter().map(|p| if p.grad().defined() { 1.0 } else { 0.0 }).collect();
+    let current: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+    let defined: Vec<f32> = current.iter().map(|g| if g.defined() { 1.0 } else { 0.0 }).collect();
+    let grads: Vec<Tensor> = current.into_iter().zip(params).map(|(g, p)| if g.defined() { g } else { p.zeros_like() }).collect();
     let flags = Tensor::from_slice(&defined).to_device(params[0].device());
     let plan = buckets(&grads, BUCKET_BYTES);
     let mut flats: Vec<Tensor> = plan.iter().map(|b| flatten(&grads, b)).collect();
@@ -517,26 +518,15 @@ pub fn average_gradients(group: &ProcessGroup, params: &[Tensor]) -> Result<()> 
         let zero = missing.iter().map(|p| (*p * 0.0).sum(Kind::Float)).fold(Tensor::zeros([], (Kind::Float, missing[0].device())), |a, b| a + b);
         zero.backward();
     }
-    let targets: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+    // Every gradient now exists where some rank had one; those no rank had stay absent.
+    // (Those stand in as the zero placeholders, which `keep` below never writes.)
+    let targets: Vec<Tensor> = params.iter().zip(&grads).map(|(p, z)| {
+        let g = p.grad();
+        if g.defined() { g } else { z.shallow_clone() }
+    }).collect();
     let scale = 1.0 / group.world_size as f64;
     for (flat, b) in flats.iter().zip(&plan) {
-        let kept: Vec<usize> = b.iter().copied().filter(|&i| flags[i] > 0.0).collect();
-        if kept.len() == b.len() {
-            unflatten(flat, &targets, b, Some(scale));
-        } else {
-            // Some of the bucket's parameters have no gradient anywhere: copy the others.
-            let mut offset = 0i64;
-            tch::no_grad(|| {
-                for &i in b {
-                    let n = grads[i].numel() as i64;
-                    if flags[i] > 0.0 {
-                        let mut t = targets[i].shallow_clone();
-                        t.copy_(&(flat.narrow(0, offset, n).to_device(t.device()) * scale).view_as(&t));
-                    }
-                    offset += n;
-                }
-            });
-        }
+        unflatten(flat, &targets, b, Some(scale), |i| flags[i] > 0.0);
     }
     Ok(())
 }

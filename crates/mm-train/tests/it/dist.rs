@@ -110,6 +110,15 @@ fn rank_body(mode: &str, dir: &Path, group: &ProcessGroup, device: Device) {
             (&p * (rank as f64 + 1.0)).sum(Kind::Float).backward();
             dist::average_gradients(group, &[p.shallow_clone()]).expect("average");
             assert_eq!(Vec::<f32>::try_from(&p.grad().to_device(Device::Cpu)).expect("grad"), [1.5; 3]);
+            // A gradient only rank 0 has counts as zero on rank 1; one no rank has stays absent.
+            let q = Tensor::from_slice(&[1.0f32, 1.0]).to_device(device).set_requires_grad(true);
+            let r = Tensor::from_slice(&[5.0f32]).to_device(device).set_requires_grad(true);
+            if rank == 0 {
+                (&q * 4.0).sum(Kind::Float).backward();
+            }
+            dist::average_gradients(group, &[q.shallow_clone(), r.shallow_clone()]).expect("average");
+            assert_eq!(Vec::<f32>::try_from(&q.grad().to_device(Device::Cpu)).expect("grad"), [2.0; 2], "rank {rank}");
+            assert!(!r.grad().defined(), "rank {rank}: a gradient appeared where no rank had one");
             // Different lengths per rank, concatenated in rank order.
             let mine: Vec<f64> = (0..(rank + 2)).map(|i| (rank * 100 + i) as f64).collect();
             assert_eq!(group.all_gather(&mine).expect("gather"), [0.0, 1.0, 100.0, 101.0, 102.0]);
