@@ -142,6 +142,7 @@ pub fn random_batch(workload: Workload, batch: usize, device: Device) -> Batch {
         label: Some(Tensor::randint(CLASSES, [b], (Kind::Int64, device))),
         labels: None,
         target: None,
+        transcript: None,
     }
 }
 

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{AudioAugment, ImageAugment, TextAugment};
 use crate::noise::NoiseBank;
-use crate::clean::{clean, CleanConfig, CleanReport};
+use crate::clean::{clean, CleanConfig, CleanReport, Modality};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Split};
 use crate::shards::ShardIndex;
@@ -39,6 +39,7 @@ use crate::mel::MelConfig;
 use crate::pipeline::{AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec};
 use crate::subword::SubwordTokenizer;
 use crate::text::{Punctuation, Vocab, VocabBuilder, WordTokenizer};
+use crate::transcript::{Alphabet, TranscriptConfig};
 
 /// An image size: `32` for 32×32, or `[height, width]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +218,10 @@ pub struct DataConfig {
     /// Numeric features.
     #[serde(default)]
     pub features: Option<FeaturesConfig>,
+    /// The sample's `text` as the target, a character sequence (speech recognition), rather
+    /// than an input; refused together with `[data.text]`.
+    #[serde(default)]
+    pub transcript: Option<TranscriptConfig>,
     /// Probability of hiding each present modality of a training sample (one always stays).
     #[serde(default)]
     pub modality_dropout: f64,
@@ -243,7 +248,7 @@ pub const SHARD_STATISTICS_SAMPLES: usize = 2000;
 impl DataConfig {
     /// A configuration reading `manifest` with no modality yet.
     pub fn new(manifest: impl Into<PathBuf>) -> Self {
-        DataConfig { manifest: manifest.into(), classes: Vec::new(), clean: true, image: None, audio: None, text: None, frames: None, features: None, modality_dropout: 0.0 }
+        DataConfig { manifest: manifest.into(), classes: Vec::new(), clean: true, image: None, audio: None, text: None, frames: None, features: None, transcript: None, modality_dropout: 0.0 }
     }
 
     /// The configured modalities, in batch order.
@@ -290,6 +295,12 @@ impl DataConfig {
         if let Some(b) = self.audio.as_ref().and_then(|a| a.augment.background.as_ref()) {
             b.validate()?;
         }
+        if let Some(t) = &self.transcript {
+            if self.text.is_some() {
+                return bad("transcript", "the text is either an input ([data.text]) or the target ([data.transcript]), not both");
+            }
+            Alphabet::new(&t.alphabet).map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?;
+        }
         if !(0.0..1.0).contains(&self.modality_dropout) {
             return bad("modality_dropout", "a probability in [0, 1)");
         }
@@ -315,7 +326,10 @@ impl DataConfig {
         if !self.clean {
             return Ok((raw, None));
         }
-        let config = CleanConfig { classes: (!self.classes.is_empty()).then(|| self.classes.clone()), ..CleanConfig::default() };
+        // A recogniser learns nothing from a clip without its transcript: such samples are
+        // dropped, and reported.
+        let required = if self.transcript.is_some() { vec![Modality::Text] } else { Vec::new() };
+        let config = CleanConfig { classes: (!self.classes.is_empty()).then(|| self.classes.clone()), required, ..CleanConfig::default() };
         let (kept, report) = clean(&raw, &config)?;
         Ok((kept, Some(report)))
     }
@@ -355,6 +369,7 @@ impl DataConfig {
         }
         let (manifest, report) = self.clean_manifest(raw)?;
         let mut pipeline = self.pipeline(seed, None)?;
+        check_transcripts(&pipeline, &manifest)?;
         if let Some(TextEncoder::Words { tokenizer, vocab }) = pipeline.text.as_mut().map(|t| &mut t.encoder) {
             let t = self.text.as_ref().expect("text configured");
             let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
@@ -377,6 +392,7 @@ impl DataConfig {
             self.classes = labels.into_iter().map(str::to_string).collect();
         }
         let mut pipeline = self.pipeline(seed, None)?;
+        check_transcripts(&pipeline, &manifest)?;
         if let Some(TextEncoder::Words { tokenizer, vocab }) = pipeline.text.as_mut().map(|t| &mut t.encoder) {
             let t = self.text.as_ref().expect("text configured");
             let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
@@ -451,6 +467,26 @@ impl DataConfig {
         if let Some(c) = &self.features {
             p.features = Some(FeatureSpec { dim: c.dim, normalizer: None });
         }
+        if let Some(c) = &self.transcript {
+            p.transcript = Some(std::sync::Arc::new(Alphabet::new(&c.alphabet).map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?));
+        }
         Ok(p)
     }
+}
+
+/// Every transcript of `manifest` in the pipeline's alphabet, checked before training starts;
+/// the error lists the samples that are not (the first ten), with the character and where.
+fn check_transcripts(pipeline: &Pipeline, manifest: &Manifest) -> Result<()> {
+    let Some(alphabet) = &pipeline.transcript else { return Ok(()) };
+    let bad: Vec<String> =
+        manifest.samples().iter().filter_map(|s| s.text.as_deref().and_then(|t| alphabet.encode(t).err()).map(|e| format!("sample {}: {e}", s.id))).collect();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let more = if bad.len() > 10 { format!("\n... and {} more", bad.len() - 10) } else { String::new() };
+    Err(Error::Config(format!(
+        "data.transcript.alphabet: {} transcripts hold characters outside the alphabet (add them to it, or fix the transcripts):\n{}{more}",
+        bad.len(),
+        bad.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    )))
 }

@@ -15,6 +15,7 @@
 //! - [`normalize`]: per-dimension mean/std from one streaming pass, saved and reloaded;
 //! - [`subword`]: `tokenizer.json` subword tokenizers (WordPiece, BPE, Unigram);
 //! - [`text`]: a word tokenizer and a vocabulary builder for word-vector encoders;
+//! - [`transcript`]: transcripts as character targets (CTC's alphabet, blank first);
 //! - [`augment`]: image, audio, text and modality-dropout augmentation, reproducible per sample;
 //! - [`rng`]: per-sample seeded randomness;
 //! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
@@ -67,5 +68,6 @@ pub mod spoken;
 pub mod subword;
 pub mod synth;
 pub mod text;
+pub mod transcript;
 
 pub use error::{Error, Result};

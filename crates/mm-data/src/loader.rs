@@ -131,6 +131,9 @@ pub struct Batch {
     pub labels: Option<Tensor>,
     /// `[B]` regression targets and `[B]` float mask (1 where a sample has one).
     pub target: Option<(Tensor, Tensor)>,
+    /// `[B, L]` transcript character ids padded with 0 (the blank, never a character) and
+    /// `[B]` lengths; `None` without [`Pipeline::transcript`].
+    pub transcript: Option<(Tensor, Tensor)>,
 }
 
 impl Batch {
@@ -166,6 +169,7 @@ impl Batch {
             label: self.label.map(mv),
             labels: self.labels.map(mv),
             target: self.target.map(pair),
+            transcript: self.transcript.map(pair),
         }
     }
 }
@@ -284,6 +288,17 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
         let mask: Vec<f32> = items.iter().map(|i| if i.target.is_some() { 1.0 } else { 0.0 }).collect();
         (Tensor::from_slice(&values), Tensor::from_slice(&mask))
     });
+    let transcript = items.iter().any(|i| i.transcript.is_some()).then(|| {
+        let l = items.iter().filter_map(|i| i.transcript.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
+        let mut data = vec![0i64; items.len() * l];
+        let mut lengths = Vec::with_capacity(items.len());
+        for (chunk, it) in data.chunks_exact_mut(l).zip(items) {
+            let t = it.transcript.as_deref().unwrap_or(&[]);
+            chunk[..t.len()].copy_from_slice(t);
+            lengths.push(t.len() as i64);
+        }
+        (Tensor::from_slice(&data).view([b, l as i64]), Tensor::from_slice(&lengths))
+    });
     Batch {
         ids: items.iter().map(|i| i.id.clone()).collect(),
         present: tensor(present, &[b, modalities.len() as i64]),
@@ -296,6 +311,7 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
         label,
         labels,
         target,
+        transcript,
     }
 }
 

@@ -39,6 +39,7 @@ use crate::normalize::{Normalizer, RunningStats};
 use crate::rng::Rng;
 use crate::subword::SubwordTokenizer;
 use crate::text::{Vocab, WordTokenizer};
+use crate::transcript::Alphabet;
 
 /// Images: resized (or randomly cropped when training) to `size`, scaled to `[0, 1]`,
 /// normalised per channel.
@@ -150,6 +151,9 @@ pub struct Pipeline {
     pub frames: Option<FramesSpec>,
     /// Numeric features.
     pub features: Option<FeatureSpec>,
+    /// The alphabet of transcript targets (the sample's `text` as characters), for speech
+    /// recognition; `text` is then a target, not an input.
+    pub transcript: Option<Arc<Alphabet>>,
     /// Class names; a label's index in this list is its class id.
     pub classes: Vec<String>,
     /// Probability of marking each present modality absent when training (one always stays).
@@ -181,6 +185,8 @@ pub struct Item {
     pub labels: Vec<i64>,
     /// Regression target.
     pub target: Option<f32>,
+    /// Transcript target: character ids of the sample's text ([`Pipeline::transcript`]).
+    pub transcript: Option<Vec<i64>>,
 }
 
 /// Random streams, one per use, so that one modality's randomness never shifts another's.
@@ -193,7 +199,7 @@ const STREAM_DROPOUT: u64 = 5;
 impl Pipeline {
     /// A pipeline with these classes and no modality yet.
     pub fn new(classes: Vec<String>) -> Self {
-        Pipeline { image: None, audio: None, text: None, frames: None, features: None, classes, modality_dropout: 0.0, seed: 0 }
+        Pipeline { image: None, audio: None, text: None, frames: None, features: None, transcript: None, classes, modality_dropout: 0.0, seed: 0 }
     }
 
     /// The configured modalities, in batch order.
@@ -259,7 +265,11 @@ impl Pipeline {
             label: None,
             labels: Vec::new(),
             target: s.target.map(|t| t as f32),
+            transcript: None,
         };
+        if let (Some(alphabet), Some(text)) = (&self.transcript, &s.text) {
+            item.transcript = Some(alphabet.encode(text).map_err(|e| Error::Config(format!("transcript: {e}")))?);
+        }
         if let Some(label) = &s.label {
             item.label = Some(self.class_id(label).ok_or_else(|| Error::Config(format!("label {label:?} is not a known class")))?);
         }

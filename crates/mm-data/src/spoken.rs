@@ -193,6 +193,52 @@ pub fn compose(fsdd: &Path, out: &Path, config: &SpokenConfig, force: bool) -> R
     })
 }
 
+/// What [`words`] wrote: recordings per split and the speakers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WordsSummary {
+    /// Recordings in train, val and test.
+    pub splits: [usize; 3],
+    /// Every speaker (in every split).
+    pub speakers: Vec<String>,
+}
+
+/// FSDD's recordings one word each, for speech synthesis: every recording of `fsdd` (archive or
+/// folder) as a WAV in `out/audio`, and a manifest whose `text` is the word ("three") and whose
+/// `label` is the speaker. Every speaker is in every split (a synthesiser conditioned on the
+/// speaker must have heard them): FSDD's conventional test takes (0-4) are the test split,
+/// takes 5-9 validation, the rest training. Written whole or not at all (`words.json` marks it).
+pub fn words(fsdd: &Path, out: &Path, force: bool) -> Result<WordsSummary> {
+    let recordings = read_fsdd(fsdd)?;
+    let take = |name: &str| name.trim_end_matches(".wav").rsplit('_').next().and_then(|t| t.parse::<u32>().ok());
+    crate::fs::write_dir_atomic(out, "words.json", force, |root| {
+        std::fs::create_dir_all(root.join("audio")).map_err(|e| Error::io(root.join("audio"), e))?;
+        recordings.par_iter().try_for_each(|r| -> Result<()> {
+            let path = root.join("audio").join(&r.name);
+            std::fs::write(&path, encode_wav(&r.audio)).map_err(|e| Error::io(&path, e))
+        })?;
+        let mut manifest = Manifest::new(root);
+        let mut splits = [0usize; 3];
+        for r in &recordings {
+            let split = if r.test {
+                Split::Test
+            } else if take(&r.name).is_some_and(|t| t < 10) {
+                Split::Val
+            } else {
+                Split::Train
+            };
+            splits[split as usize] += 1;
+            let id = r.name.trim_end_matches(".wav").to_string();
+            let sample = Sample::new(id).with_split(split).with_audio(format!("audio/{}", r.name)).with_text(WORDS[r.digit as usize]).with_label(r.speaker.clone());
+            manifest.push(sample)?;
+        }
+        manifest.write(root.join("manifest.jsonl"))?;
+        let summary = WordsSummary { splits, speakers: all_speakers(&recordings) };
+        let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
+        crate::fs::write_atomic(&root.join("words.json"), &json)?;
+        Ok(summary)
+    })
+}
+
 fn all_speakers(recordings: &[Recording]) -> Vec<String> {
     let mut s: Vec<String> = recordings.iter().map(|r| r.speaker.clone()).collect();
     s.sort();

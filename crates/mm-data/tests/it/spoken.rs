@@ -75,3 +75,63 @@ fn fsdd_recordings_compose_utterances_with_transcripts_and_unseen_test_speakers(
     assert!(e.contains("nobody") && e.contains("theo"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `[data.transcript]` turns each utterance's text into character targets a loader batches
+/// (padded, with lengths), which decode back to the transcript; a transcript with a character
+/// outside the alphabet stops preparation with the sample named; FSDD's words as a synthesis
+/// data set have every speaker in every split.
+#[test]
+fn transcripts_become_character_targets_and_words_keep_every_speaker() {
+    use mm_data::config::{AudioConfig, DataConfig};
+    use mm_data::loader::{Loader, LoaderConfig};
+    use mm_data::transcript::{Alphabet, TranscriptConfig};
+    use std::sync::Arc;
+
+    let Some(shared) = super::shared_data() else { return };
+    let fsdd = shared.join("mirror/fsdd/v1.0.10.tar.gz");
+    let dir = std::env::temp_dir().join(format!("mm-data-transcripts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    compose(&fsdd, &dir.join("spoken"), &SpokenConfig { utterances: [6, 2, 2], ..SpokenConfig::default() }, false).expect("compose");
+    let mut config = DataConfig::new(dir.join("spoken/manifest.jsonl"));
+    config.audio = Some(AudioConfig::default());
+    config.transcript = Some(TranscriptConfig::default());
+    let prepared = config.prepare(0).expect("prepare");
+    assert_eq!(prepared.pipeline.modalities(), ["audio"], "the text is a target, not an input");
+    let alphabet: Alphabet = (**prepared.pipeline.transcript.as_ref().expect("alphabet")).clone();
+    let manifest = Arc::new(prepared.manifest);
+    let loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::new(prepared.pipeline), LoaderConfig { batch_size: 6, ..LoaderConfig::evaluation() }).expect("loader");
+    let batch = loader.epoch(0).next().expect("a batch").expect("loads");
+    let (ids, lengths) = batch.transcript.as_ref().expect("transcripts");
+    let width = ids.size()[1] as usize;
+    let ids: Vec<i64> = Vec::try_from(ids.view([-1])).expect("ids");
+    let lengths: Vec<i64> = Vec::try_from(lengths).expect("lengths");
+    for (j, id) in batch.ids.iter().enumerate() {
+        let truth = manifest.samples().iter().find(|s| &s.id == id).and_then(|s| s.text.clone()).expect("text");
+        let row = &ids[j * width..(j + 1) * width];
+        assert_eq!(alphabet.decode(&row[..lengths[j] as usize]), truth);
+        assert!(row[lengths[j] as usize..].iter().all(|v| *v == 0), "padding is the blank");
+    }
+    // A transcript outside the alphabet, and text both an input and a target.
+    let mut text = std::fs::read_to_string(dir.join("spoken/manifest.jsonl")).expect("manifest");
+    text = text.replacen("\"split\":\"train\",\"text\":\"", "\"split\":\"train\",\"text\":\"ünf ", 1);
+    assert!(text.contains("ünf"), "the manifest layout changed: {}", &text[..200]);
+    std::fs::write(dir.join("spoken/bad.jsonl"), &text).expect("write");
+    let mut bad = config.clone();
+    bad.manifest = dir.join("spoken/bad.jsonl");
+    let err = bad.prepare(0).expect_err("not in the alphabet").to_string();
+    assert!(err.contains("sample tr0000") && err.contains("'ü'") && err.contains("1 transcripts"), "{err}");
+    let mut both = config.clone();
+    both.text = Some(Default::default());
+    assert!(both.validate().expect_err("both").to_string().contains("not both"));
+    // Words for synthesis: every recording once, the speaker its label, all speakers in every split.
+    let words = mm_data::spoken::words(&fsdd, &dir.join("words"), false).expect("words");
+    assert_eq!(words.splits, [2400, 300, 300]);
+    let m = Manifest::read(dir.join("words/manifest.jsonl")).expect("manifest");
+    for split in [Split::Train, Split::Val, Split::Test] {
+        let speakers: BTreeSet<&str> = m.split(split).filter_map(|s| s.label.as_deref()).collect();
+        assert_eq!(speakers.len(), 6, "{split:?}: {speakers:?}");
+    }
+    let s = m.samples().iter().find(|s| s.id == "3_theo_7").expect("3_theo_7");
+    assert_eq!((s.text.as_deref(), s.label.as_deref(), s.split), (Some("three"), Some("theo"), Split::Val));
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
