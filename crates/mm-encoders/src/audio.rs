@@ -1,9 +1,13 @@
 //! Audio encoders over log-mel features `[B, T, M]` with lengths (from mm-data's log-mel front
 //! end): a uni- or bidirectional, multi-layer LSTM or GRU (mm-seq, on packed sequences), or a
-//! CNN over the spectrogram that keeps time (convolutions and 2×2 pooling, then the mean over
-//! frequency); then last-state, mean, max or attention pooling over valid frames.
+//! CNN over the spectrogram that keeps time (convolutions and 2×2 pooling, then a linear map of
+//! each step's channels and frequency bins), optionally followed by an LSTM or GRU over its
+//! steps (a convolutional front end, as speech recognisers have); then last-state, mean, max or
+//! attention pooling over valid frames. The sequence output (`Encoded::seq`) has one step per
+//! `2^convolutions` frames with a CNN, which a CTC head reads.
 //!
-//! Parameters: `rnn.*` or `cnn.convs.{i}.*`, `attention.*`. The backbone is the RNN or the CNN.
+//! Parameters: `rnn.*` or `cnn.convs.{i}.*` (and `cnn.rnn.*`), `attention.*`. The backbone is
+//! the RNN or the CNN (with its RNN).
 //!
 //! ```
 //! use mm_encoders::audio::{AudioBackbone, AudioConfig, AudioEncoder};
@@ -12,7 +16,7 @@
 //! use tch::{nn, Device, Kind, Tensor};
 //!
 //! let vs = nn::VarStore::new(Device::Cpu);
-//! let config = AudioConfig { backbone: AudioBackbone::Cnn { channels: vec![8, 16] }, pooling: SeqPooling::Mean, ..Default::default() };
+//! let config = AudioConfig { backbone: AudioBackbone::Cnn { channels: vec![8, 16], rnn: None }, pooling: SeqPooling::Mean, ..Default::default() };
 //! let audio = AudioEncoder::new(&(vs.root() / "audio"), &config, 64)?;
 //! let mels = Tensor::randn([3, 100, 64], (Kind::Float, Device::Cpu)); // [B, frames, mel bins]
 //! let out = audio.forward_t(&Input::sequence(mels, Tensor::from_slice(&[100i64, 61, 7])), false);
@@ -42,6 +46,9 @@ pub enum AudioBackbone {
     Cnn {
         /// Channels per convolution.
         channels: Vec<i64>,
+        /// An LSTM or GRU over the CNN's steps (the output is then the RNN's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rnn: Option<RnnConfig>,
     },
 }
 
@@ -73,7 +80,7 @@ impl Default for AudioConfig {
 #[derive(Debug)]
 enum Net {
     Rnn(Rnn),
-    Cnn(Vec<nn::Conv2D>, nn::Linear),
+    Cnn(Vec<nn::Conv2D>, nn::Linear, Option<Rnn>),
 }
 
 /// An audio encoder.
@@ -98,7 +105,7 @@ impl AudioEncoder {
                 let (dim, params) = (rnn.output_dim(), rnn.parameters());
                 (Net::Rnn(rnn), dim, params)
             }
-            AudioBackbone::Cnn { channels } => {
+            AudioBackbone::Cnn { channels, rnn } => {
                 if channels.is_empty() || channels.iter().any(|c| *c <= 0) {
                     return Err(Error::Config(format!("audio.backbone.channels = {channels:?}: positive, at least one")));
                 }
@@ -117,7 +124,12 @@ impl AudioEncoder {
                 let proj = nn::linear(path / "cnn" / "proj", input * bins, input, Default::default());
                 params.push(proj.ws.shallow_clone());
                 params.extend(proj.bs.iter().map(Tensor::shallow_clone));
-                (Net::Cnn(convs, proj), input, params)
+                let rnn = rnn.as_ref().map(|c| Rnn::new(&(path / "cnn" / "rnn"), input, c)).transpose()?;
+                let dim = rnn.as_ref().map_or(input, |r| {
+                    params.extend(r.parameters());
+                    r.output_dim()
+                });
+                (Net::Cnn(convs, proj, rnn), dim, params)
             }
         };
         let attention = (config.pooling == SeqPooling::Attention)
@@ -126,7 +138,7 @@ impl AudioEncoder {
         Ok(AudioEncoder { net, attention, pooling: config.pooling, dim, backbone: Backbone::new(params) })
     }
 
-    fn cnn(convs: &[nn::Conv2D], proj: &nn::Linear, xs: &Tensor, lengths: &Tensor) -> SeqOutput {
+    fn cnn(convs: &[nn::Conv2D], proj: &nn::Linear, rnn: Option<&Rnn>, xs: &Tensor, lengths: &Tensor, train: bool) -> SeqOutput {
         let (b, t, _) = xs.size3().expect("[B, T, M] log-mel frames");
         let mut lengths = lengths.to_device(xs.device()).to_kind(Kind::Int64);
         let mut steps = t;
@@ -144,6 +156,9 @@ impl AudioEncoder {
         // [B, C, T', M'] -> [B, T', C·M'] -> [B, T', C]
         let (_, c, _, m) = h.size4().expect("[B, C, T, M]");
         let outputs = h.permute([0, 2, 1, 3]).reshape([b, steps, c * m]).apply(proj).relu();
+        if let Some(rnn) = rnn {
+            return rnn.forward_seq(&outputs, &lengths, train);
+        }
         let mask = lengths_to_mask(&lengths, steps);
         let outputs = zero_padding(&outputs, &mask);
         let last = last_valid(&outputs, &lengths);
@@ -160,7 +175,7 @@ impl Encoder for AudioEncoder {
         let lengths = input.lengths_or_full();
         let out = match &self.net {
             Net::Rnn(rnn) => rnn.forward_seq(&input.values, &lengths, train),
-            Net::Cnn(convs, proj) => Self::cnn(convs, proj, &input.values, &lengths),
+            Net::Cnn(convs, proj, rnn) => Self::cnn(convs, proj, rnn.as_ref(), &input.values, &lengths, train),
         };
         let pooled = pool(&out, self.pooling, self.attention.as_ref());
         Encoded { pooled, seq: Some((out.outputs, out.mask)) }
@@ -172,5 +187,12 @@ impl Encoder for AudioEncoder {
 
     fn backbone_parameters(&self) -> Vec<Tensor> {
         self.backbone.parameters()
+    }
+
+    fn time_stride(&self) -> i64 {
+        match &self.net {
+            Net::Rnn(_) => 1,
+            Net::Cnn(convs, ..) => 1 << convs.len(),
+        }
     }
 }

@@ -159,6 +159,13 @@ pub trait Encoder: std::fmt::Debug + Send {
     /// The backbone's trainable parameters (shallow copies), for a parameter group with its own
     /// learning rate.
     fn backbone_parameters(&self) -> Vec<Tensor>;
+
+    /// Input steps per step of the sequence output (`Encoded::seq`): 1 unless the encoder
+    /// downsamples in time (an audio CNN halves the frames per convolution). A sequence step
+    /// `k` covers input steps `k · stride ..` (for timing a CTC model's labels).
+    fn time_stride(&self) -> i64 {
+        1
+    }
 }
 
 /// The parameters of a backbone, recorded when it is built, and whether it is frozen.

@@ -163,7 +163,7 @@ fn padding_does_not_change_sequence_encoders() {
     let rnn = RnnConfig { cell: CellKind::Lstm, hidden: 6, layers: 2, bidirectional: true, dropout: 0.0 };
     let encoders: Vec<Box<dyn Encoder>> = vec![
         Box::new(AudioEncoder::new(&(&root / "a"), &AudioConfig { backbone: AudioBackbone::Rnn(rnn.clone()), pooling: SeqPooling::Attention, ..Default::default() }, 5).expect("a")),
-        Box::new(AudioEncoder::new(&(&root / "b"), &AudioConfig { backbone: AudioBackbone::Cnn { channels: vec![3, 4] }, pooling: SeqPooling::Mean, ..Default::default() }, 5).expect("b")),
+        Box::new(AudioEncoder::new(&(&root / "b"), &AudioConfig { backbone: AudioBackbone::Cnn { channels: vec![3, 4], rnn: None }, pooling: SeqPooling::Mean, ..Default::default() }, 5).expect("b")),
     ];
     let xs = Tensor::randn([3, 11, 5], (Kind::Float, Device::Cpu));
     let lengths = [11i64, 7, 4];
