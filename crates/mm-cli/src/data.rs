@@ -43,6 +43,9 @@ enum DataCommand {
     /// Compose spoken digit sequences (FSDD recordings of one speaker with gaps and noise) with
     /// their transcripts, test speakers unseen in training: data for speech recognition.
     Spoken(SpokenArgs),
+    /// FSDD's recordings one word each ("three"), the speaker as the label, every speaker in
+    /// every split (for speech synthesis: `mm train-tts`).
+    Words(WordsArgs),
     /// Write a manifest's samples as WebDataset-style tar shards (train/000000.tar, ... and
     /// shards.json), cleaned first; a run reads them with `[data] manifest = "OUT/shards.json"`.
     Shard(ShardArgs),
@@ -87,6 +90,20 @@ struct SpokenArgs {
     /// Seed of everything drawn.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+/// Options of `mm data words`.
+#[derive(Debug, ClapArgs)]
+struct WordsArgs {
+    /// FSDD's release archive (`.tar.gz`) or a folder of its WAV files.
+    #[arg(long)]
+    fsdd: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an earlier set in the output folder.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Options of `mm data shard`.
@@ -283,6 +300,21 @@ pub fn run(args: &Args) -> Result<()> {
         DataCommand::AvDigits(a) => av_digits(a),
         DataCommand::Shard(a) => shard(a),
         DataCommand::Spoken(a) => spoken(a),
+        DataCommand::Words(a) => {
+            let start = Instant::now();
+            let s = mm_data::spoken::words(&a.fsdd, &a.out, a.force)?;
+            println!(
+                "wrote {} recordings to {} in {:.1} s: {} train, {} val, {} test; speakers {}",
+                s.splits.iter().sum::<usize>(),
+                a.out.display(),
+                start.elapsed().as_secs_f64(),
+                s.splits[0],
+                s.splits[1],
+                s.splits[2],
+                s.speakers.join(", ")
+            );
+            Ok(())
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod demo;
 mod info;
 mod retrieve;
 mod run;
+mod speech;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,17 @@ enum Command {
     /// One encoder's trained weights as a safetensors file (torchvision's or transformers'
     /// names), to start another run from (`weights = FILE`).
     Export(run::ExportArgs),
+    /// Transcribe audio files with a speech recognition (CTC) run.
+    Transcribe(speech::TranscribeArgs),
+    /// Train a speech synthesiser (text to mel spectrogram) from a TOML file.
+    #[command(name = "train-tts")]
+    TrainTts(speech::TrainTtsArgs),
+    /// Say a text in one speaker's voice with a synthesis run; write a WAV file.
+    Synthesize(speech::SynthesizeArgs),
+    /// Measure a synthesis run: a recogniser's word accuracy on its speech, and the log-mel
+    /// distance to real recordings.
+    #[command(name = "eval-tts")]
+    EvalTts(speech::EvalTtsArgs),
     /// Show the libtorch this binary runs on and the devices it sees.
     Info(info::Args),
 }
@@ -66,6 +78,10 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(&args),
         Command::Inspect(args) => run::inspect(&args),
         Command::Export(args) => run::export(&args),
+        Command::Transcribe(args) => speech::transcribe(&args),
+        Command::TrainTts(args) => speech::train_tts(&args),
+        Command::Synthesize(args) => speech::synthesize(&args),
+        Command::EvalTts(args) => speech::eval_tts(&args),
         Command::Info(args) => info::run(&args),
     };
     match result {

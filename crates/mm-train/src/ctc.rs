@@ -58,6 +58,90 @@ pub fn greedy(log_probs: &[f64], classes: usize, blank: usize) -> Decoded {
     Decoded { labels, frames, log_prob }
 }
 
+/// The fewest frames that can hold `labels` under CTC: one per label, and a blank between
+/// each pair of equal neighbours.
+pub fn min_steps<T: PartialEq>(labels: &[T]) -> usize {
+    labels.len() + labels.windows(2).filter(|w| w[0] == w[1]).count()
+}
+
+/// The most probable alignment (Viterbi, over CTC's blank-separated paths) of `labels` to
+/// `log_probs` (`T` rows of `classes` values): each label's first and last frame, and the
+/// path's log-probability; `None` when the frames cannot hold the labels ([`min_steps`]).
+/// With the labels a decoder found, this times them; with a transcript, it is forced alignment.
+pub fn align(log_probs: &[f64], classes: usize, blank: usize, labels: &[usize]) -> Option<Decoded> {
+    let t_max = log_probs.len() / classes.max(1);
+    if t_max < min_steps(labels).max(1) {
+        return None;
+    }
+    // Extended sequence: blank, l1, blank, l2, ..., blank.
+    let ext: Vec<usize> = std::iter::once(blank).chain(labels.iter().flat_map(|&l| [l, blank])).collect();
+    let n = ext.len();
+    let lp = |t: usize, c: usize| log_probs[t * classes + c];
+    let mut score = vec![f64::NEG_INFINITY; n];
+    let mut from = vec![0u32; t_max * n];
+    score[0] = lp(0, ext[0]);
+    if n > 1 {
+        score[1] = lp(0, ext[1]);
+    }
+    for t in 1..t_max {
+        let mut next = vec![f64::NEG_INFINITY; n];
+        for s in 0..n {
+            let mut best = (score[s], s);
+            if s >= 1 && score[s - 1] > best.0 {
+                best = (score[s - 1], s - 1);
+            }
+            if s >= 2 && ext[s] != blank && ext[s] != ext[s - 2] && score[s - 2] > best.0 {
+                best = (score[s - 2], s - 2);
+            }
+            if best.0 > f64::NEG_INFINITY {
+                next[s] = best.0 + lp(t, ext[s]);
+                from[t * n + s] = best.1 as u32;
+            }
+        }
+        score = next;
+    }
+    let end = if n > 1 && score[n - 2] > score[n - 1] { n - 2 } else { n - 1 };
+    if score[end] == f64::NEG_INFINITY {
+        return None;
+    }
+    let log_prob = score[end];
+    let mut frames = vec![(usize::MAX, 0usize); labels.len()];
+    let mut s = end;
+    for t in (0..t_max).rev() {
+        if s % 2 == 1 {
+            let f = &mut frames[s / 2];
+            f.0 = f.0.min(t);
+            f.1 = f.1.max(t);
+        }
+        if t > 0 {
+            s = from[t * n + s] as usize;
+        }
+    }
+    Some(Decoded { labels: labels.to_vec(), frames, log_prob })
+}
+
+/// Decodes a batch of a CTC model's output: `log_probs` `[B, T, C]` (any device) and each
+/// sample's valid steps `[B]`, greedily (`beam` of 0 or 1) or by prefix beam search of that
+/// width; beam-search results are timed by [`align`].
+pub fn decode_batch(log_probs: &tch::Tensor, lengths: &tch::Tensor, blank: usize, beam: usize) -> Vec<Decoded> {
+    let (b, t, c) = log_probs.size3().expect("[B, T, C] log-probabilities");
+    let host: Vec<f64> = Vec::try_from(log_probs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1])).unwrap_or_default();
+    let lengths: Vec<i64> = Vec::try_from(lengths.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64)).unwrap_or_default();
+    let (t, c) = (t as usize, c as usize);
+    (0..b as usize)
+        .map(|j| {
+            let steps = (lengths.get(j).copied().unwrap_or(0).max(0) as usize).min(t);
+            let rows = &host[j * t * c..(j * t + steps) * c];
+            if beam <= 1 {
+                return greedy(rows, c, blank);
+            }
+            let best = beam_search(rows, c, blank, beam).into_iter().next().unwrap_or(Decoded { labels: Vec::new(), frames: Vec::new(), log_prob: 0.0 });
+            let log_prob = best.log_prob;
+            align(rows, c, blank, &best.labels).map(|a| Decoded { log_prob, ..a }).unwrap_or(best)
+        })
+        .collect()
+}
+
 fn log_add(a: f64, b: f64) -> f64 {
     if a == f64::NEG_INFINITY {
         return b;
@@ -146,6 +230,59 @@ pub fn char_error_rate(pairs: &[(&str, &str)]) -> Option<f64> {
     (chars > 0).then(|| errors as f64 / chars as f64)
 }
 
+/// Error counts summed over utterances, from which [`ErrorCounts::wer`] and
+/// [`ErrorCounts::cer`] follow; sums, so that counts from several shards or ranks add up.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ErrorCounts {
+    /// Summed word edit distances.
+    pub word_edits: usize,
+    /// Summed reference words.
+    pub words: usize,
+    /// Summed character edit distances.
+    pub char_edits: usize,
+    /// Summed reference characters.
+    pub chars: usize,
+    /// Utterances counted.
+    pub utterances: usize,
+    /// Utterances whose hypothesis is the reference exactly.
+    pub exact: usize,
+}
+
+impl ErrorCounts {
+    /// Counts one utterance.
+    pub fn add(&mut self, reference: &str, hypothesis: &str) {
+        let (rw, hw): (Vec<&str>, Vec<&str>) = (reference.split_whitespace().collect(), hypothesis.split_whitespace().collect());
+        let (rc, hc): (Vec<char>, Vec<char>) = (reference.chars().collect(), hypothesis.chars().collect());
+        self.word_edits += edit_distance(&rw, &hw);
+        self.words += rw.len();
+        self.char_edits += edit_distance(&rc, &hc);
+        self.chars += rc.len();
+        self.utterances += 1;
+        self.exact += usize::from(rw == hw);
+    }
+
+    /// Word error rate; `None` without reference words.
+    pub fn wer(&self) -> Option<f64> {
+        (self.words > 0).then(|| self.word_edits as f64 / self.words as f64)
+    }
+
+    /// Character error rate; `None` without reference characters.
+    pub fn cer(&self) -> Option<f64> {
+        (self.chars > 0).then(|| self.char_edits as f64 / self.chars as f64)
+    }
+
+    /// The counts as numbers (for an all-reduce), in field order.
+    pub fn to_values(&self) -> [f64; 6] {
+        [self.word_edits, self.words, self.char_edits, self.chars, self.utterances, self.exact].map(|v| v as f64)
+    }
+
+    /// The counts from [`ErrorCounts::to_values`].
+    pub fn from_values(v: &[f64]) -> Self {
+        let at = |i: usize| v.get(i).copied().unwrap_or(0.0).round().max(0.0) as usize;
+        ErrorCounts { word_edits: at(0), words: at(1), char_edits: at(2), chars: at(3), utterances: at(4), exact: at(5) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +343,43 @@ mod tests {
         let cer = char_error_rate(&[("abc", "abd")]).expect("chars");
         assert!((cer - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(word_error_rate(&[("", "x")]), None);
+    }
+
+    #[test]
+    fn error_counts_add_up_across_parts() {
+        let mut a = ErrorCounts::default();
+        a.add("one two three four", "one two tree four");
+        let mut b = ErrorCounts::default();
+        b.add("five six", "five");
+        b.add("seven", "seven");
+        let sum: Vec<f64> = a.to_values().iter().zip(b.to_values()).map(|(x, y)| x + y).collect();
+        let total = ErrorCounts::from_values(&sum);
+        assert_eq!((total.word_edits, total.words, total.utterances, total.exact), (2, 7, 3, 1));
+        assert!((total.wer().expect("words") - 2.0 / 7.0).abs() < 1e-12);
+        assert_eq!(ErrorCounts::default().cer(), None);
+    }
+
+    #[test]
+    fn alignment_times_each_label_and_refuses_too_few_frames() {
+        // {blank, a, b}: frames favour a a blank b b; forcing "a b" must time a to 0..=1 and
+        // b to 3..=4 (frame 2 the blank).
+        let frames = [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]];
+        let p = rows(&frames);
+        let a = align(&p, 3, 0, &[1, 2]).expect("feasible");
+        assert_eq!(a.frames, vec![(0, 1), (3, 4)]);
+        assert!((a.log_prob - (0.8f64.powi(5)).ln()).abs() < 1e-9);
+        // "a a" needs a blank between: 3 frames at least; 2 frames cannot hold it.
+        assert_eq!(min_steps(&[1, 1]), 3);
+        assert!(align(&p[..6], 3, 0, &[1, 1]).is_none());
+        let aa = align(&p, 3, 0, &[1, 1]).expect("feasible");
+        assert!(aa.frames[0].1 < aa.frames[1].0, "{:?}", aa.frames);
+        // A batch: greedy and beam agree here, and beam results are timed.
+        let t = tch::Tensor::from_slice(&p).view([1, 5, 3]);
+        let lengths = tch::Tensor::from_slice(&[5i64]);
+        let g = decode_batch(&t, &lengths, 0, 1);
+        let b = decode_batch(&t, &lengths, 0, 8);
+        assert_eq!(g[0].labels, vec![1, 2]);
+        assert_eq!(b[0].labels, vec![1, 2]);
+        assert_eq!(b[0].frames, vec![(0, 1), (3, 4)]);
     }
 }

@@ -78,7 +78,9 @@ pub mod plot;
 pub mod precision;
 pub mod run;
 pub mod schedule;
+pub mod speech;
 pub mod train;
+pub mod tts;
 
 /// Errors of mm-train.
 #[derive(Debug, thiserror::Error)]

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use mm_data::loader::Batch;
 use mm_data::pipeline::{Pipeline, TextEncoder as PipelineText};
 use mm_data::text::Vocab;
+use mm_data::transcript::Alphabet;
 use mm_encoders::weights::LoadReport;
 use mm_encoders::{build, BuildContext, Encoder, EncoderConfig, Input};
 use mm_fusion::{Embeddings, FusionConfig, FusionModel};
@@ -132,6 +133,20 @@ pub enum HeadConfig {
         #[serde(default, skip_serializing_if = "Positives::is_pair")]
         positives: Positives,
     },
+    /// Speech recognition: one modality's sequence (the audio encoder's steps) mapped to
+    /// per-step log-probabilities over the transcript alphabet and its blank
+    /// (`[data.transcript]`), trained with CTC; no fusion, and no other head.
+    Ctc {
+        /// The modality whose encoder's sequence is read (default `audio`).
+        #[serde(default = "audio")]
+        modality: String,
+        /// Hidden layer sizes of the per-step MLP.
+        #[serde(default)]
+        hidden: Vec<i64>,
+        /// Dropout before each layer when training.
+        #[serde(default)]
+        dropout: f64,
+    },
     /// Regression of the scalar target.
     Regression {
         /// Hidden layer sizes.
@@ -149,12 +164,17 @@ pub enum HeadConfig {
 impl HeadConfig {
     fn mlp(&self) -> (&[i64], f64) {
         match self {
-            HeadConfig::Classification { hidden, dropout, .. } | HeadConfig::MultiLabel { hidden, dropout } | HeadConfig::Regression { hidden, dropout, .. } => {
-                (hidden, *dropout)
-            }
+            HeadConfig::Classification { hidden, dropout, .. }
+            | HeadConfig::MultiLabel { hidden, dropout }
+            | HeadConfig::Regression { hidden, dropout, .. }
+            | HeadConfig::Ctc { hidden, dropout, .. } => (hidden, *dropout),
             HeadConfig::Retrieval { .. } => (&[], 0.0),
         }
     }
+}
+
+fn audio() -> String {
+    "audio".to_string()
 }
 
 /// A model's configuration.
@@ -210,6 +230,8 @@ pub struct DataShape {
     pub max_tokens: Option<i64>,
     /// Class counts in the training split, for balanced class weights.
     pub class_counts: Vec<usize>,
+    /// The alphabet of transcript targets (a CTC head's outputs).
+    pub alphabet: Option<Arc<Alphabet>>,
 }
 
 impl DataShape {
@@ -229,6 +251,7 @@ impl DataShape {
             vocab_size,
             max_tokens: pipeline.text.as_ref().map(|t| t.max_tokens as i64),
             class_counts,
+            alphabet: pipeline.transcript.clone(),
         }
     }
 }
@@ -246,6 +269,16 @@ pub struct Output {
     /// Retrieval: the two modalities' L2-normalised embeddings `[B, D]` and `[B]` booleans,
     /// true where a sample has both.
     pub embeddings: Option<(Tensor, Tensor, Tensor)>,
+    /// CTC: per-step log-probabilities `[B, T, C]` (class 0 the blank) and each sample's valid
+    /// steps `[B]` (int64); `prediction` holds the same log-probabilities.
+    pub sequence: Option<(Tensor, Tensor)>,
+}
+
+#[derive(Debug)]
+struct CtcHead {
+    encoder: usize,
+    layers: Vec<nn::Linear>,
+    dropout: f64,
 }
 
 #[derive(Debug)]
@@ -272,8 +305,10 @@ pub struct Model {
     encoders: Vec<(String, Box<dyn Encoder>)>,
     fusion: Option<FusionModel>,
     retrieval: Option<RetrievalHead>,
+    ctc: Option<CtcHead>,
     heads: Vec<Head>,
     classes: usize,
+    alphabet: Option<Arc<Alphabet>>,
     config: ModelConfig,
 }
 
@@ -309,9 +344,32 @@ impl Model {
         if (1..kinds.len()).any(|i| kinds[..i].contains(&kinds[i])) {
             return Err(Error::Config("model.heads: two heads of one kind would read the same targets".to_string()));
         }
-        let (mut fusion, mut retrieval) = (None, None);
+        let (mut fusion, mut retrieval, mut ctc) = (None, None, None);
         let mut heads = Vec::new();
-        if let Some((_, HeadConfig::Retrieval { pair, dim, .. })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
+        if let Some((_, HeadConfig::Ctc { modality, hidden, dropout })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Ctc { .. })) {
+            if named.len() > 1 || config.fusion.is_some() {
+                return Err(Error::Config("model: a ctc head stands alone, on one modality's sequence, without a fusion".to_string()));
+            }
+            let alphabet = data.alphabet.as_ref().ok_or_else(|| Error::Config("model.head: a ctc head needs transcripts ([data.transcript])".to_string()))?;
+            let encoder = encoders
+                .iter()
+                .position(|(n, _)| n == modality)
+                .ok_or_else(|| Error::Config(format!("model.head.modality: no encoder for {modality:?}")))?;
+            if encoders.len() > 1 {
+                return Err(Error::Config(format!("model.encoders: a ctc head reads {modality:?} alone; remove the other encoders")));
+            }
+            if !(0.0..1.0).contains(dropout) || hidden.iter().any(|h| *h <= 0) {
+                return Err(Error::Config(format!("model.head: hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
+            }
+            let mut layers = Vec::new();
+            let mut input = dims[encoder].1;
+            for (i, &h) in hidden.iter().chain(std::iter::once(&(alphabet.len() as i64))).enumerate() {
+                layers.push(nn::linear(path / "head" / i, input, h, Default::default()));
+                input = h;
+            }
+            ctc = Some(CtcHead { encoder, layers, dropout: *dropout });
+            heads.push(Head { name: named[0].0.clone(), config: named[0].1.clone(), layers: Vec::new(), class_weights: None, weight: 1.0 });
+        } else if let Some((_, HeadConfig::Retrieval { pair, dim, .. })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
             if named.len() > 1 {
                 return Err(Error::Config("model.heads: a retrieval head stands alone".to_string()));
             }
@@ -388,7 +446,7 @@ impl Model {
             }
             fusion = Some(f);
         }
-        Ok(Model { encoders, fusion, retrieval, heads, classes, config: config.clone() })
+        Ok(Model { encoders, fusion, retrieval, ctc, heads, classes, alphabet: data.alphabet.clone(), config: config.clone() })
     }
 
     /// The heads' names and configurations, in output order.
@@ -399,6 +457,16 @@ impl Model {
     /// Number of classes of the data (the width of classification heads).
     pub fn classes(&self) -> usize {
         self.classes
+    }
+
+    /// Input frames per output step of a CTC model (its encoder's [`Encoder::time_stride`]).
+    pub fn ctc_stride(&self) -> Option<i64> {
+        self.ctc.as_ref().map(|c| self.encoders[c.encoder].1.time_stride())
+    }
+
+    /// The transcript alphabet of a CTC model (its output classes after the blank).
+    pub fn alphabet(&self) -> Option<&Alphabet> {
+        self.alphabet.as_deref()
     }
 
     /// The configuration the model was built from.
@@ -453,7 +521,21 @@ impl Model {
             let b = normalise(pooled[r.b].apply(&r.proj_b));
             let both = present[r.a].logical_and(&present[r.b]);
             let sim = a.matmul(&b.tr());
-            return Output { prediction: sim.shallow_clone(), predictions: vec![sim], weights: None, embeddings: Some((a, b, both)) };
+            return Output { prediction: sim.shallow_clone(), predictions: vec![sim], weights: None, embeddings: Some((a, b, both)), sequence: None };
+        }
+        if let Some(c) = &self.ctc {
+            let (steps, mask) = seqs[c.encoder].take().expect("a ctc head reads an encoder with a sequence output");
+            let last = c.layers.len() - 1;
+            let mut x = steps;
+            for (i, l) in c.layers.iter().enumerate() {
+                x = x.dropout(c.dropout, train).apply(l);
+                if i < last {
+                    x = x.relu();
+                }
+            }
+            let log_probs = x.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+            let lengths = mask.to_kind(Kind::Int64).sum_dim_intlist([1].as_slice(), false, Kind::Int64);
+            return Output { prediction: log_probs.shallow_clone(), predictions: vec![log_probs.shallow_clone()], weights: None, embeddings: None, sequence: Some((log_probs, lengths)) };
         }
         let embeddings = Embeddings { pooled, seqs, present: Tensor::stack(&present, 1) };
         let fusion = self.fusion.as_ref().expect("a fusion for every head but retrieval");
@@ -477,7 +559,7 @@ impl Model {
                 }
             })
             .collect();
-        Output { prediction: predictions[0].shallow_clone(), predictions, weights: fused.weights, embeddings: None }
+        Output { prediction: predictions[0].shallow_clone(), predictions, weights: fused.weights, embeddings: None, sequence: None }
     }
 
     /// The loss of `output` against the batch's targets: the weighted sum of the heads'.
@@ -529,6 +611,21 @@ impl Model {
                     (Positives::Label, None) => Err(missing("labels (model.head.positives = \"label\")")),
                     (Positives::Pair, _) => Ok(crate::loss::info_nce(a, b, scale)),
                 }
+            }
+            HeadConfig::Ctc { .. } => {
+                let (targets, target_lengths) = batch.transcript.as_ref().ok_or_else(|| missing("transcripts"))?;
+                let (log_probs, lengths) = output.sequence.as_ref().expect("ctc output");
+                // Steps × batch × classes, as libtorch's CTC takes them. A sample whose steps
+                // cannot hold its transcript counts 0 (evaluation reports how many there were).
+                Ok(Tensor::ctc_loss_tensor(
+                    &log_probs.transpose(0, 1),
+                    targets,
+                    lengths,
+                    target_lengths,
+                    mm_data::transcript::Alphabet::BLANK as i64,
+                    tch::Reduction::Mean,
+                    true,
+                ))
             }
             HeadConfig::Regression { loss, .. } => {
                 let (target, mask) = batch.target.as_ref().ok_or_else(|| missing("targets"))?;
@@ -590,6 +687,7 @@ impl Model {
         match self.heads[i].config {
             HeadConfig::MultiLabel { .. } => p.sigmoid(),
             HeadConfig::Regression { .. } | HeadConfig::Retrieval { .. } => p.shallow_clone(),
+            HeadConfig::Ctc { .. } => p.exp(),
             HeadConfig::Classification { .. } => p.softmax(1, Kind::Float),
         }
     }

@@ -152,6 +152,30 @@ fn kind_of(config: &EncoderConfig) -> &'static str {
     }
 }
 
+/// Parses TOML `text` into `T` with `overrides` (`key=value`) applied on top; errors name
+/// `source`, the line, the column and the dotted key, or the override at fault.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &Path, overrides: &[String]) -> Result<T> {
+    let name = source.display().to_string();
+    let in_file = |e: Located| Error::Config(format!("{name}{}: {}", e.at, e.message));
+    if overrides.is_empty() {
+        return deserialize(text).map_err(in_file);
+    }
+    let mut table: toml::Table = deserialize(text).map_err(in_file)?;
+    for item in overrides {
+        set(&mut table, item)?;
+    }
+    let merged = toml::to_string(&table).map_err(|e| Error::Config(format!("--set: {e}")))?;
+    match deserialize::<T>(&merged) {
+        Ok(c) => Ok(c),
+        // When the file itself is wrong at that key, say where in the file; else the override
+        // is at fault.
+        Err(e) => Err(match deserialize::<T>(text) {
+            Err(f) if f.path == e.path => in_file(f),
+            _ => Error::Config(format!("{name} with --set {}: {}", overrides.join(" --set "), e.message)),
+        }),
+    }
+}
+
 impl RunConfig {
     /// Reads and validates a run's TOML file, with `overrides` (`key=value`) applied on top.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -161,28 +185,7 @@ impl RunConfig {
 
     /// Parses and validates a run's TOML text; errors name `source`.
     pub fn parse(text: &str, source: &Path, overrides: &[String]) -> Result<Self> {
-        let name = source.display().to_string();
-        let in_file = |e: Located| Error::Config(format!("{name}{}: {}", e.at, e.message));
-        let config: RunConfig = if overrides.is_empty() {
-            deserialize(text).map_err(in_file)?
-        } else {
-            let mut table: toml::Table = deserialize(text).map_err(in_file)?;
-            for item in overrides {
-                set(&mut table, item)?;
-            }
-            let merged = toml::to_string(&table).map_err(|e| Error::Config(format!("--set: {e}")))?;
-            match deserialize::<RunConfig>(&merged) {
-                Ok(c) => c,
-                Err(e) => {
-                    // When the file itself is wrong at that key, say where in the file; else
-                    // the override is at fault.
-                    return Err(match deserialize::<RunConfig>(text) {
-                        Err(f) if f.path == e.path => in_file(f),
-                        _ => Error::Config(format!("{name} with --set {}: {}", overrides.join(" --set "), e.message)),
-                    });
-                }
-            }
-        };
+        let config: RunConfig = parse_toml(text, source, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -229,8 +232,18 @@ impl RunConfig {
             if self.model.encoders.len() != 2 {
                 return bad(format!("model.encoders: a retrieval model has the two encoders of its pair {pair:?}, no more"));
             }
+        } else if let Some((_, HeadConfig::Ctc { modality, .. })) = heads.iter().find(|(_, h)| matches!(h, HeadConfig::Ctc { .. })) {
+            if self.model.fusion.is_some() {
+                return bad("model.fusion: a ctc head reads one modality's sequence and fuses nothing; remove [model.fusion]".into());
+            }
+            if self.data.transcript.is_none() {
+                return bad("model.head: a ctc head learns transcripts; add [data.transcript]".into());
+            }
+            if !self.model.encoders.contains_key(modality) {
+                return bad(format!("model.head.modality: no encoder for {modality:?}"));
+            }
         } else if self.model.fusion.is_none() {
-            return bad("model.fusion: missing; every head but retrieval reads a fused vector (method = \"concat\" for one modality)".into());
+            return bad("model.fusion: missing; every head but retrieval and ctc reads a fused vector (method = \"concat\" for one modality)".into());
         }
         let t = &self.train;
         if t.epochs == 0 || t.batch_size == 0 || t.accumulate == 0 {
@@ -482,8 +495,12 @@ impl Run {
             let _no_grad = tch::no_grad_guard();
             let _autocast = Autocast::scope(self.config.train.precision, device);
             let out = self.model.forward_t(&batch, false);
+            // (A CTC head's per-step probabilities are not per-sample rows: it gives text.)
             let per_head: Vec<Vec<f32>> = (0..heads.len())
-                .map(|i| Vec::try_from(self.model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default())
+                .map(|i| match out.sequence {
+                    Some(_) => Vec::new(),
+                    None => Vec::try_from(self.model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default(),
+                })
                 .collect();
             let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default());
             let labels: Option<Vec<i64>> = batch.label.as_ref().map(|l| Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default());
@@ -491,6 +508,16 @@ impl Run {
                 (Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default(), Vec::try_from(m.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default())
             });
             let b = batch.ids.len();
+            let transcripts: Option<(Vec<String>, Vec<String>)> = out.sequence.as_ref().zip(self.model.alphabet()).map(|((log_probs, lengths), alphabet)| {
+                let hyps = crate::ctc::decode_batch(log_probs, lengths, mm_data::transcript::Alphabet::BLANK, 1);
+                let truth = batch.transcript.as_ref().map(|(t, l)| {
+                    let t: Vec<i64> = Vec::try_from(t.to_device(Device::Cpu).view([-1])).unwrap_or_default();
+                    let l: Vec<i64> = Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default();
+                    let w = t.len() / b.max(1);
+                    (0..b).map(|j| alphabet.decode(&t[j * w..j * w + l[j] as usize])).collect()
+                });
+                (hyps.iter().map(|d| alphabet.decode(&d.labels)).collect(), truth.unwrap_or_default())
+            });
             for (j, id) in batch.ids.iter().enumerate() {
                 let mut row = Map::new();
                 row.insert("id".into(), json!(id));
@@ -503,6 +530,13 @@ impl Run {
                                 if m.get(j).is_some_and(|m| *m > 0.5) {
                                     h.insert("target".into(), json!(t[j]));
                                 }
+                            }
+                        }
+                        HeadConfig::Ctc { .. } => {
+                            let (hyps, truth) = transcripts.as_ref().expect("ctc transcripts");
+                            h.insert("prediction".into(), json!(hyps[j]));
+                            if let Some(t) = truth.get(j) {
+                                h.insert("transcript".into(), json!(t));
                             }
                         }
                         HeadConfig::MultiLabel { .. } => {

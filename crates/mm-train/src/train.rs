@@ -26,6 +26,8 @@ use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
+use crate::ctc::ErrorCounts;
+use mm_data::transcript::Alphabet;
 use crate::dist::{self, ProcessGroup, ReduceOp};
 use crate::metrics;
 use crate::model::{HeadConfig, Model};
@@ -153,7 +155,7 @@ impl Default for TrainConfig {
 /// Whether higher is better for a metric (losses and errors, plain or prefixed by a head's
 /// name, and ranks are lower-is-better).
 fn maximise(metric: &str) -> bool {
-    !["loss", "mse", "mae", "median_rank"].iter().any(|m| metric == *m || metric.ends_with(&format!("_{m}")))
+    !["loss", "mse", "mae", "median_rank", "wer", "cer"].iter().any(|m| metric == *m || metric.ends_with(&format!("_{m}")))
 }
 
 /// The outcome of [`fit`].
@@ -181,6 +183,9 @@ struct Gathered {
     targets: Vec<f64>,
     emb_a: Vec<Tensor>,
     emb_b: Vec<Tensor>,
+    errors: ErrorCounts,
+    /// CTC: samples whose output steps are fewer than their transcript needs.
+    too_short: usize,
     loss: f64,
 }
 
@@ -191,6 +196,11 @@ impl Gathered {
         self.probs = probs.into_iter().map(|v| v as f32).collect();
         self.truth = group.all_gather(&self.truth.iter().map(|v| *v as f64).collect::<Vec<_>>())?.into_iter().map(|v| v as i64).collect();
         self.preds = group.all_gather(&self.preds)?;
+        let mut counts = self.errors.to_values().to_vec();
+        counts.push(self.too_short as f64);
+        let counts = group.all_reduce_values(&counts, ReduceOp::Sum)?;
+        self.errors = ErrorCounts::from_values(&counts);
+        self.too_short = counts[6] as usize;
         self.targets = group.all_gather(&self.targets)?;
         for side in [&mut self.emb_a, &mut self.emb_b] {
             // Embeddings travel flat with their width (agreed by the maximum: a rank with none
@@ -280,6 +290,21 @@ pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision:
                     }
                 }
                 HeadConfig::MultiLabel { .. } => {}
+                HeadConfig::Ctc { .. } => {
+                    let alphabet = model.alphabet().expect("a ctc model has an alphabet");
+                    let (targets, target_lengths) = batch.transcript.as_ref().ok_or_else(|| Error::Data("no transcripts in the validation data".into()))?;
+                    let (log_probs, lengths) = out.sequence.as_ref().expect("ctc output");
+                    let decoded = crate::ctc::decode_batch(log_probs, lengths, Alphabet::BLANK, 1);
+                    let targets: Vec<i64> = Vec::try_from(targets.to_device(Device::Cpu).view([-1])).unwrap_or_default();
+                    let target_lengths: Vec<i64> = Vec::try_from(target_lengths.to_device(Device::Cpu)).unwrap_or_default();
+                    let steps: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
+                    let width = targets.len() / target_lengths.len().max(1);
+                    for (j, hyp) in decoded.iter().enumerate() {
+                        let truth = &targets[j * width..j * width + target_lengths[j] as usize];
+                        g.errors.add(&alphabet.decode(truth), &alphabet.decode(&hyp.labels));
+                        g.too_short += usize::from(steps[j] < crate::ctc::min_steps(truth) as i64);
+                    }
+                }
             }
         }
     }
@@ -351,6 +376,13 @@ pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision:
                     }
                 }
                 m.insert(key("gallery"), json!(n));
+            }
+            HeadConfig::Ctc { .. } if g.errors.utterances > 0 => {
+                // Greedy decoding; `mm transcribe --beam` decodes with a beam.
+                m.insert(key("wer"), json!(g.errors.wer().unwrap_or(0.0)));
+                m.insert(key("cer"), json!(g.errors.cer().unwrap_or(0.0)));
+                m.insert(key("exact"), json!(g.errors.exact as f64 / g.errors.utterances as f64));
+                m.insert(key("too_short"), json!(g.too_short));
             }
             HeadConfig::Regression { .. } if !g.targets.is_empty() => {
                 m.insert(key("mse"), json!(metrics::mse(&g.preds, &g.targets)));
@@ -527,6 +559,7 @@ pub fn fit_with(
         .unwrap_or_else(|| {
             let metric = match model.head() {
                 HeadConfig::Regression { .. } => "mse".to_string(),
+                HeadConfig::Ctc { .. } => "wer".to_string(),
                 HeadConfig::Retrieval { pair, .. } => format!("{}_to_{}_mrr", pair[0], pair[1]),
                 _ => "accuracy".to_string(),
             };

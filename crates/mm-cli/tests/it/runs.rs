@@ -592,3 +592,77 @@ fn every_command_has_help() {
         assert!(text.contains("Usage: mm"), "{cmd:?}: {text}");
     }
 }
+
+/// Both speech recipes end to end at small scale on FSDD: `mm data spoken`, a short CTC
+/// training run whose loss falls and whose greedy transcripts of the unseen test speaker beat
+/// chance, `mm transcribe` (timed tokens in JSON, beam search); then `mm data words`,
+/// `mm train-tts` with the recogniser as the aligner, `mm synthesize` (a WAV at the run's rate)
+/// and `mm eval-tts`; and the mistakes a user makes get one clear message.
+#[test]
+fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
+    let Some(mirror) = shared_mirror() else { return };
+    let fsdd = mirror.join("fsdd/v1.0.10.tar.gz");
+    let fsdd = fsdd.to_str().expect("utf-8");
+    let dir = std::env::temp_dir().join(format!("mm-cli-speech-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let recognize = configs().join("speech/recognize.toml");
+    let synthesize = configs().join("speech/synthesize.toml");
+    ok(&dir, &["data", "spoken", "--fsdd", fsdd, "--out", "data/spoken", "--train", "500", "--val", "50", "--test", "100", "--max-digits", "2"]);
+    // A small recogniser, briefly trained, without augmentation (seeded: the same on every run).
+    let small = [
+        "--set", "train.epochs=12", "--set", "train.batch_size=16", "--set", "train.lr=5e-3", "--set", "data.audio.augment={}",
+        "--set", "model.encoders.audio.backbone.rnn.hidden=64", "--set", "model.encoders.audio.backbone.rnn.layers=1",
+    ];
+    let mut args = vec!["train", "--config", recognize.to_str().expect("utf-8"), "--out", "runs/recognize", "--device", "cpu", "--quiet"];
+    args.extend(small);
+    ok(&dir, &args);
+    let history: Vec<Value> = std::fs::read_to_string(dir.join("runs/recognize/metrics.jsonl")).expect("metrics").lines().map(json).collect();
+    let loss = |r: &Value| r["train_loss"].as_f64().unwrap_or_else(|| panic!("no train loss: {r}"));
+    assert!(loss(&history[history.len() - 1]) < 0.5 * loss(&history[0]), "the CTC loss must fall: {history:?}");
+    let test = json(&ok(&dir, &["eval", "--run", "runs/recognize", "--split", "test", "--json"]));
+    // The test speaker (nicolas) is unseen. Chance: an empty guess has CER 1; guessing 1-2
+    // digits right by luck is exact about 5.5% of the time.
+    let (cer, exact) = (test["cer"].as_f64().expect("cer"), test["exact"].as_f64().expect("exact"));
+    eprintln!("recogniser on the unseen speaker: CER {cer:.3}, WER {:.3}, exact {exact:.3}", test["wer"]);
+    assert!(cer < 0.6 && exact > 0.1 && test["too_short"] == 0, "{test}");
+    let out = ok(&dir, &["transcribe", "--run", "runs/recognize", "data/spoken/audio/te00000.wav", "--beam", "8", "--json"]);
+    let t = json(&out);
+    assert_eq!(t["decoder"], "beam 8");
+    let seconds = t["seconds"].as_f64().expect("seconds");
+    for token in t["tokens"].as_array().expect("tokens") {
+        let (s, e) = (token["start"].as_f64().expect("start"), token["end"].as_f64().expect("end"));
+        assert!(0.0 <= s && s < e && e <= seconds + 1e-9, "{token} in {seconds} s");
+    }
+    assert_eq!(t["text"].as_str().map(|s| s.split_whitespace().count()), Some(t["words"].as_array().expect("words").len()));
+    let err = fails(&dir, &["transcribe", "--run", "runs/recognize", "missing.wav"]);
+    assert!(err.contains("missing.wav") && err.contains("No such file"), "{err}");
+    // Synthesis from FSDD's words, aligned by the recogniser just trained.
+    ok(&dir, &["data", "words", "--fsdd", fsdd, "--out", "data/fsdd-words"]);
+    let tiny = ["--set", "train.epochs=2", "--set", "model.dim=32", "--set", "model.decoder_hidden=32", "--set", "model.decoder_layers=1"];
+    let mut args = vec!["train-tts", "--config", synthesize.to_str().expect("utf-8"), "--out", "runs/synthesize", "--device", "cpu", "--quiet"];
+    args.extend(tiny);
+    ok(&dir, &args);
+    let history: Vec<Value> = std::fs::read_to_string(dir.join("runs/synthesize/metrics.jsonl")).expect("metrics").lines().map(json).collect();
+    let mel = |r: &Value| r["val"]["mel_l1"].as_f64().unwrap_or_else(|| panic!("no val mel L1: {r}"));
+    assert!(history.len() == 2 && mel(&history[1]) < mel(&history[0]), "{history:?}");
+    let out = ok(&dir, &["synthesize", "three", "--run", "runs/synthesize", "--speaker", "theo", "--out", "three.wav", "--device", "cpu"]);
+    assert!(out.contains("wrote three.wav"), "{out}");
+    let audio = mm_data::audio::decode_audio(dir.join("three.wav")).expect("a WAV");
+    let seconds = audio.samples.len() as f64 / f64::from(audio.sample_rate);
+    assert_eq!(audio.sample_rate, 8000);
+    assert!((0.1..3.0).contains(&seconds) && audio.samples.iter().any(|x| x.abs() > 0.1), "{seconds} s");
+    let err = fails(&dir, &["synthesize", "three", "--run", "runs/synthesize", "--speaker", "nobody", "--out", "x.wav"]);
+    assert!(err.contains("\"nobody\"") && err.contains("theo"), "{err}");
+    let err = fails(&dir, &["synthesize", "drei!", "--run", "runs/synthesize", "--speaker", "theo", "--out", "x.wav"]);
+    assert!(err.contains("'!'") && !dir.join("x.wav").exists(), "{err}");
+    let err = fails(&dir, &["train-tts", "--config", synthesize.to_str().expect("utf-8"), "--set", "data.aligner=runs/nothing"]);
+    assert!(err.contains("runs/nothing") && err.contains("not a run folder"), "{err}");
+    let out = ok(&dir, &["eval-tts", "--run", "runs/synthesize", "--recognizer", "runs/recognize", "--device", "cpu"]);
+    let e = json(&std::fs::read_to_string(dir.join("runs/synthesize/eval/eval.json")).expect("eval.json"));
+    assert_eq!(e["pairs"], 60, "6 speakers x 10 words: {out}");
+    assert_eq!(e["real"], 300);
+    assert!(e["mel_distance"].as_f64().is_some_and(f64::is_finite) && e["real_mel_distance"].as_f64().is_some_and(|d| d > 0.0), "{e}");
+    assert!(dir.join("runs/synthesize/eval/theo_three.wav").is_file());
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -1,0 +1,161 @@
+//! Speech recognition with a trained CTC run (`[model.head] type = "ctc"` over
+//! `[data.transcript]`): audio files to text, each character and word timed.
+//!
+//! [`Run::transcribe`] decodes every file as training read it (the run's log-mel front end and
+//! statistics, without its `max_frames` cut, so that nothing of a long file is lost), greedily
+//! or by CTC prefix beam search ([`crate::ctc`]); the characters are then timed by aligning
+//! them to the model's output ([`crate::ctc::align`]). A step of the output covers
+//! `time_stride × hop_length` samples of the input.
+//!
+//! ```no_run
+//! use mm_train::run::Run;
+//!
+//! let run = Run::open("runs/recognize".as_ref(), None, tch::Device::Cpu)?;
+//! for t in run.transcribe(&["clip.wav".into()], 8)? {
+//!     println!("{}: {} ({} words)", t.file.display(), t.text, t.words.len());
+//! }
+//! # Ok::<(), mm_train::Error>(())
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use mm_data::loader::collate;
+use mm_data::manifest::{Manifest, Sample};
+use mm_data::transcript::Alphabet;
+use serde::Serialize;
+
+use crate::ctc::{align, decode_batch};
+use crate::precision::Autocast;
+use crate::run::Run;
+use crate::{Error, Result};
+
+/// A timed piece of a transcript: one character or one word.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Timed {
+    /// The character or word.
+    pub text: String,
+    /// Start, in seconds from the start of the file.
+    pub start: f64,
+    /// End, in seconds.
+    pub end: f64,
+}
+
+/// One file's transcript.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transcription {
+    /// The file.
+    pub file: PathBuf,
+    /// The text.
+    pub text: String,
+    /// Log-probability of the text: of its best path (greedy) or of all its alignments (beam).
+    pub log_prob: f64,
+    /// Every character but the spaces, timed.
+    pub tokens: Vec<Timed>,
+    /// Every word, from its first character's start to its last one's end.
+    pub words: Vec<Timed>,
+    /// Length of the audio, in seconds.
+    pub seconds: f64,
+    /// Decoding: `greedy`, or `beam` with its width.
+    pub decoder: String,
+    /// Milliseconds spent decoding the file, running the model and searching.
+    pub milliseconds: f64,
+}
+
+impl Run {
+    /// Transcribes audio files with a CTC run: greedy decoding with `beam` 0 or 1, prefix beam
+    /// search of that width otherwise. A file that cannot be read or decoded is an error
+    /// naming it.
+    pub fn transcribe(&self, files: &[PathBuf], beam: usize) -> Result<Vec<Transcription>> {
+        let alphabet = self.model.alphabet().ok_or_else(|| Error::Config(format!("{}: not a speech recognition run (its head is not `ctc`)", self.dir.display())))?;
+        let stride = self.model.ctc_stride().unwrap_or(1);
+        let mut pipeline = (*self.pipeline).clone();
+        let audio = pipeline.audio.as_mut().ok_or_else(|| Error::Config("the run reads no audio".into()))?;
+        audio.max_frames = None;
+        let (hop, rate) = (audio.mel.config().hop_length as f64, f64::from(audio.mel.config().sample_rate));
+        // Only the audio is read: the file has no transcript.
+        pipeline.transcript = None;
+        let step_seconds = stride as f64 * hop / rate;
+        let device = self.vs.device();
+        let mut out = Vec::with_capacity(files.len());
+        for file in files {
+            let started = Instant::now();
+            let absolute = std::path::absolute(file).map_err(|e| Error::Data(format!("{}: {e}", file.display())))?;
+            let (Some(folder), Some(name)) = (absolute.parent(), absolute.file_name()) else {
+                return Err(Error::Data(format!("{}: not a file", file.display())));
+            };
+            let mut manifest = Manifest::new(folder);
+            manifest.push(Sample::new(file.display().to_string()).with_audio(name)).map_err(|e| Error::Data(e.to_string()))?;
+            let item = pipeline.load(&manifest, 0, 0, false).map_err(|e| Error::Data(format!("{}: {e}", file.display())))?;
+            let frames = item.audio.as_ref().map_or(0, |a| a.nrows());
+            let batch = collate(&[item], &pipeline).to_device(device);
+            let _no_grad = tch::no_grad_guard();
+            let _autocast = Autocast::scope(self.config.train.precision, device);
+            let output = self.model.forward_t(&batch, false);
+            let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc model's output");
+            let decoded = decode_batch(log_probs, lengths, Alphabet::BLANK, beam).remove(0);
+            // Greedy results carry their frames; beam-search ones were aligned by decode_batch.
+            let timed = if decoded.frames.len() == decoded.labels.len() {
+                decoded.clone()
+            } else {
+                let rows: Vec<f64> = Vec::try_from(log_probs.get(0).to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).view([-1])).unwrap_or_default();
+                align(&rows, alphabet.len(), Alphabet::BLANK, &decoded.labels).unwrap_or_else(|| decoded.clone())
+            };
+            let seconds = frames.saturating_sub(1) as f64 * hop / rate;
+            let (tokens, words) = timings(alphabet, &timed.labels, &timed.frames, step_seconds, seconds);
+            out.push(Transcription {
+                file: file.clone(),
+                text: alphabet.decode(&decoded.labels),
+                log_prob: decoded.log_prob,
+                tokens,
+                words,
+                seconds,
+                decoder: if beam <= 1 { "greedy".to_string() } else { format!("beam {beam}") },
+                milliseconds: started.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Characters and words with their times: output step `k` spans `[k, k + 1) × step` seconds,
+/// clamped to the audio's length.
+fn timings(alphabet: &Alphabet, labels: &[usize], frames: &[(usize, usize)], step: f64, seconds: f64) -> (Vec<Timed>, Vec<Timed>) {
+    let (mut tokens, mut words) = (Vec::new(), Vec::new());
+    let mut word: Option<Timed> = None;
+    for (label, (first, last)) in labels.iter().zip(frames) {
+        let Some(c) = alphabet.char(*label) else { continue };
+        let (start, end) = ((*first as f64 * step).min(seconds), ((*last + 1) as f64 * step).min(seconds));
+        if c == ' ' {
+            words.extend(word.take());
+            continue;
+        }
+        tokens.push(Timed { text: c.to_string(), start, end });
+        match &mut word {
+            Some(w) => {
+                w.text.push(c);
+                w.end = end;
+            }
+            None => word = Some(Timed { text: c.to_string(), start, end }),
+        }
+    }
+    words.extend(word);
+    (tokens, words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_and_words_are_timed_by_their_steps() {
+        let a = Alphabet::new("abc ").expect("alphabet");
+        // "ab c": a at steps 0-1, b at 3, space at 5, c at 7-9; 40 ms steps, 0.36 s of audio.
+        let (tokens, words) = timings(&a, &[1, 2, 4, 3], &[(0, 1), (3, 3), (5, 5), (7, 9)], 0.04, 0.36);
+        assert_eq!(tokens.iter().map(|t| t.text.as_str()).collect::<String>(), "abc");
+        assert_eq!(words.len(), 2);
+        assert_eq!(words[0].text, "ab");
+        assert!((words[0].start - 0.0).abs() < 1e-12 && (words[0].end - 0.16).abs() < 1e-12);
+        assert!((words[1].start - 0.28).abs() < 1e-12 && (words[1].end - 0.36).abs() < 1e-12, "{:?}", words[1]);
+    }
+}
