@@ -125,9 +125,9 @@ mod tests {
 
     #[test]
     fn alphabets_are_checked() {
-        assert!(Alphabet::new("").unwrap_err().contains("empty"));
-        assert!(Alphabet::new("aba").unwrap_err().contains("twice"));
-        assert!(Alphabet::new("ab\t").unwrap_err().contains("whitespace"));
+        assert!(Alphabet::new("").expect_err("empty").contains("empty"));
+        assert!(Alphabet::new("aba").expect_err("duplicate").contains("twice"));
+        assert!(Alphabet::new("ab\t").expect_err("tab").contains("whitespace"));
         let a = Alphabet::new("abc ").expect("alphabet");
         assert_eq!(a.encode("A b\n\nC").expect("encode"), [1, 4, 2, 4, 3]);
         assert_eq!(a.char(0), None);
@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(a.decode(&[0usize, 1, 0, 9, 2]), "ab");
         let cased = Alphabet::new("aA").expect("alphabet");
         assert_eq!(cased.encode("Aa").expect("encode"), [2, 1]);
-        let err = a.encode("abd").unwrap_err();
+        let err = a.encode("abd").expect_err("d");
         assert!(err.contains("'d'") && err.contains("position 2"), "{err}");
     }
 }

@@ -148,7 +148,7 @@ impl TtsConfig {
             return Err(Error::Config(format!("model: dim (even, at least 2), speaker_dim, decoder_hidden and decoder_layers positive, dropout in [0, 1): {m:?}")));
         }
         let t = &self.train;
-        if t.epochs == 0 || t.batch_size == 0 || !(t.lr > 0.0 && t.lr.is_finite()) || !(t.clip_grad_norm > 0.0) {
+        if t.epochs == 0 || t.batch_size == 0 || !t.lr.is_finite() || t.lr <= 0.0 || t.clip_grad_norm.is_nan() || t.clip_grad_norm <= 0.0 {
             return Err(Error::Config(format!("train: epochs, batch_size, lr and clip_grad_norm positive: {t:?}")));
         }
         LogMel::new(&self.data.mel).map_err(|e| Error::Config(format!("data.mel: {e}")))?;
@@ -181,7 +181,7 @@ struct Predicted {
 
 impl Net {
     fn new(path: &nn::Path, config: &TtsModelConfig, tokens: i64, speakers: i64, n_mels: i64) -> Result<Self> {
-        let gru = |hidden, layers| RnnConfig { cell: CellKind::Gru, hidden, layers, bidirectional: true, dropout: config.dropout, ..Default::default() };
+        let gru = |hidden, layers| RnnConfig { cell: CellKind::Gru, hidden, layers, bidirectional: true, dropout: config.dropout };
         let encoder = Rnn::new(&(path / "encoder"), config.dim + config.speaker_dim, &gru(config.dim / 2, 1)).map_err(|e| Error::Config(e.to_string()))?;
         let decoder_in = config.dim + config.speaker_dim + 1;
         let decoder = Rnn::new(&(path / "decoder"), decoder_in, &gru(config.decoder_hidden, config.decoder_layers)).map_err(|e| Error::Config(e.to_string()))?;
@@ -301,12 +301,10 @@ fn losses(net: &Net, batch: &TtsBatch, train: bool) -> (Tensor, Tensor, Tensor) 
     let fmask = mask.to_kind(Kind::Float).to_device(device);
     let mel_loss = ((&p.mel - &target).abs() * fmask.unsqueeze(2)).sum(Kind::Float) / (fmask.sum(Kind::Float) * m as f64).clamp_min(1.0);
     let l = p.log_durations.size()[1];
-    let lengths: Vec<i64> = Vec::try_from(&batch.token_lengths).unwrap_or_default();
     let tmask = mm_seq::lengths_to_mask(&batch.token_lengths, l).to_kind(Kind::Float).to_device(device);
     let truth: Vec<f32> = batch.durations.iter().flat_map(|d| (0..l as usize).map(|k| d.get(k).map_or(0.0, |v| (*v as f32).ln_1p()))).collect();
     let truth = Tensor::from_slice(&truth).view([-1, l]).to_device(device);
     let dur_loss = ((&p.log_durations - truth).square() * &tmask).sum(Kind::Float) / tmask.sum(Kind::Float).clamp_min(1.0);
-    let _ = lengths;
     let mut stop_target = vec![0f32; batch.frames.len() * t as usize];
     for (j, f) in batch.durations.iter().map(|d| d.iter().sum::<i64>()).enumerate() {
         if f > 0 && f <= t {
@@ -330,12 +328,14 @@ fn even(n: usize, frames: i64) -> Vec<i64> {
     d
 }
 
+/// Frames per token (silences first and last), by sample id.
+type Durations = BTreeMap<String, Vec<i64>>;
+
 /// Durations (frames per token, silences first and last) of every sample of `manifest`, from
 /// the aligner's forced alignment; the second value counts those that fell back to even
 /// durations.
-fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(BTreeMap<String, Vec<i64>>, Vec<String>)> {
+fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations, Vec<String>)> {
     let stride = aligner.model.ctc_stride().ok_or_else(|| Error::Config("data.aligner: not a speech recognition (ctc) run".into()))?;
-    let alphabet = aligner.model.alphabet().expect("a ctc run has an alphabet");
     let device = aligner.vs.device();
     let mut out = BTreeMap::new();
     let mut uneven = Vec::new();
@@ -391,7 +391,6 @@ fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(BTreeMap<
                         even(n, total)
                     }
                 };
-                let _ = alphabet;
                 out.insert(batch.ids[j].clone(), d);
             }
         }
