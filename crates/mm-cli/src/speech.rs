@@ -64,6 +64,9 @@ pub struct TrainTtsArgs {
     /// No per-epoch lines.
     #[arg(long)]
     quiet: bool,
+    /// Continue the run in the output folder from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// `mm train-tts`.
@@ -71,7 +74,7 @@ pub fn train_tts(a: &TrainTtsArgs) -> Result<()> {
     let config = TtsConfig::from_file(&a.config, &a.set)?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()));
     let started = Instant::now();
-    let report = mm_train::tts::train(&config, &out, parse_device(&a.device)?, !a.quiet)?;
+    let report = mm_train::tts::train(&config, &out, parse_device(&a.device)?, a.resume, !a.quiet)?;
     println!(
         "best validation loss {:.4} at epoch {} of {}; {} recordings with even durations; {:.1} s; run folder {} (synthesize with `mm synthesize --run {} TEXT --speaker NAME --out FILE.wav`)",
         report.best.0,

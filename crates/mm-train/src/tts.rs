@@ -18,9 +18,10 @@
 //! silence tokens'. A recording that the recogniser cannot align (too few steps for its text)
 //! gets even durations, and is counted in `durations.json`.
 //!
-//! A run's folder holds `tts.toml` (the resolved configuration), `data/` (the spectrogram
-//! statistics), `speakers.json`, `durations.json`, `model.safetensors` (the weights of the
-//! epoch with the lowest validation loss, written atomically) and `metrics.jsonl`.
+//! A run's folder holds `tts.toml` (the resolved configuration), `alphabet.txt`, `data/` (the
+//! spectrogram statistics), `speakers.json`, `durations.json`, `checkpoints/` (`best`, the
+//! epoch with the lowest validation loss, and `last`, each with Adam's moments, written as
+//! `mm train`'s are: a kill leaves the previous one whole) and `metrics.jsonl`.
 //!
 //! ```no_run
 //! use mm_train::tts::Synthesizer;
@@ -47,8 +48,10 @@ use mm_seq::rnn::{CellKind, Rnn, RnnConfig};
 use mm_seq::SequenceModel;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
+use crate::checkpoint::{self, TrainState};
+use crate::optim::{Group, Optimizer, OptimizerConfig};
 use crate::run::Run;
 use crate::{Error, Result};
 
@@ -115,7 +118,7 @@ pub struct TtsTrainConfig {
 
 impl Default for TtsTrainConfig {
     fn default() -> Self {
-        TtsTrainConfig { epochs: 30, batch_size: 32, lr: 1e-3, clip_grad_norm: 1.0, seed: 0, duration_weight: 1.0, stop_weight: 0.1 }
+        TtsTrainConfig { epochs: 20, batch_size: 32, lr: 1e-3, clip_grad_norm: 1.0, seed: 0, duration_weight: 1.0, stop_weight: 0.1 }
     }
 }
 
@@ -398,22 +401,12 @@ fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations
     Ok((out, uneven))
 }
 
-/// Where a run saves its weights.
-const WEIGHTS: &str = "model.safetensors";
-
 fn data_config(config: &TtsConfig, alphabet: &Alphabet, speakers: Vec<String>) -> DataConfig {
     let mut data = DataConfig::new(&config.data.manifest);
     data.classes = speakers;
     data.audio = Some(AudioConfig { mel: config.data.mel, ..AudioConfig::default() });
     data.transcript = Some(TranscriptConfig { alphabet: alphabet.chars() });
     data
-}
-
-fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    // tch picks the format by the extension: the temporary file keeps `.safetensors`.
-    let tmp = path.with_extension("tmp.safetensors");
-    vs.save(&tmp).map_err(|e| Error::Checkpoint(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
 }
 
 /// What [`train`] did.
@@ -427,10 +420,19 @@ pub struct TtsReport {
     pub uneven: Vec<String>,
 }
 
-/// Trains a synthesiser as `config` says into `out` (see the module documentation).
-pub fn train(config: &TtsConfig, out: &Path, device: Device, verbose: bool) -> Result<TtsReport> {
+/// Trains a synthesiser as `config` says into `out` (see the module documentation). Every
+/// epoch ends with a checkpoint (`checkpoints/last`, and `checkpoints/best` when the validation
+/// loss improved: weights, Adam's moments and the state, the record written last); with
+/// `resume` a run continues from `last` with the durations it aligned, as if never stopped.
+/// A folder that already holds a run is refused without `resume`.
+pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbose: bool) -> Result<TtsReport> {
     config.validate()?;
     let io = |p: &Path, e: std::io::Error| Error::Checkpoint(format!("{}: {e}", p.display()));
+    let ckpt = out.join("checkpoints");
+    let resuming = resume && checkpoint::exists(&ckpt, "last");
+    if !resume && checkpoint::exists(&ckpt, "last") {
+        return Err(Error::Config(format!("{} holds a synthesis run: --resume continues it, or choose another --out", out.display())));
+    }
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let aligner = Run::open(&config.data.aligner, None, device)?;
     let alphabet = aligner.model.alphabet().ok_or_else(|| Error::Config("data.aligner: not a speech recognition (ctc) run".into()))?.clone();
@@ -447,34 +449,53 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, verbose: bool) -> R
         if verbose && report.dropped > 0 {
             eprintln!("cleaning dropped {} samples (see clean-report.json)", report.dropped);
         }
-        std::fs::write(out.join("clean-report.json"), serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default()).map_err(|e| io(out, e))?;
+        mm_data::fs::write_atomic(&out.join("clean-report.json"), &serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
     }
     let speakers = prepared.pipeline.classes.clone();
     let manifest = Arc::new(prepared.manifest);
     let pipeline = Arc::new(prepared.pipeline);
-    pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
-    // Durations from the aligner, over the same manifest (its own front end reads the audio).
-    let started = Instant::now();
-    let (durations, uneven) = align_durations(&aligner, &manifest)?;
-    if verbose {
-        eprintln!("aligned {} recordings in {:.1}s ({} with even durations)", durations.len(), started.elapsed().as_secs_f64(), uneven.len());
-    }
+    let durations_file = out.join("durations.json");
+    let (durations, uneven): (Durations, Vec<String>) = if resuming {
+        // The durations the run was trained on (the aligner may have moved on since).
+        let bytes = std::fs::read(&durations_file).map_err(|e| io(&durations_file, e))?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint(format!("{}: {e}", durations_file.display())))?;
+        let bad = |key: &str, e: serde_json::Error| Error::Checkpoint(format!("{}: `{key}`: {e}", durations_file.display()));
+        (serde_json::from_value(v["durations"].clone()).map_err(|e| bad("durations", e))?, serde_json::from_value(v["uneven"].clone()).map_err(|e| bad("uneven", e))?)
+    } else {
+        pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
+        // Durations from the aligner, over the same manifest (its own front end reads the audio).
+        let started = Instant::now();
+        let (durations, uneven) = align_durations(&aligner, &manifest)?;
+        if verbose {
+            eprintln!("aligned {} recordings in {:.1}s ({} with even durations)", durations.len(), started.elapsed().as_secs_f64(), uneven.len());
+        }
+        mm_data::fs::write_atomic(&durations_file, &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations})).unwrap_or_default())
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(&out.join("speakers.json"), &serde_json::to_vec_pretty(&speakers).unwrap_or_default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        let mut resolved = config.clone();
+        resolved.data.manifest = std::path::absolute(&config.data.manifest).unwrap_or_else(|_| config.data.manifest.clone());
+        resolved.data.aligner = std::path::absolute(&config.data.aligner).unwrap_or_else(|_| config.data.aligner.clone());
+        let text = toml::to_string(&resolved).map_err(|e| Error::Config(e.to_string()))?;
+        mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(&out.join("alphabet.txt"), alphabet.chars().as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        (durations, uneven)
+    };
     drop(aligner);
-    mm_data::fs::write_atomic(&out.join("durations.json"), &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations})).unwrap_or_default())
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
-    mm_data::fs::write_atomic(&out.join("speakers.json"), &serde_json::to_vec_pretty(&speakers).unwrap_or_default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
-    let mut resolved = config.clone();
-    resolved.data.manifest = std::path::absolute(&config.data.manifest).unwrap_or_else(|_| config.data.manifest.clone());
-    resolved.data.aligner = std::path::absolute(&config.data.aligner).unwrap_or_else(|_| config.data.aligner.clone());
-    let mut text = toml::to_string(&resolved).map_err(|e| Error::Config(e.to_string()))?;
-    text.push_str(&format!("\n# alphabet (from the aligner): {:?}\n", alphabet.chars()));
-    mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
-    mm_data::fs::write_atomic(&out.join("alphabet.txt"), alphabet.chars().as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
 
     tch::manual_seed(config.train.seed as i64);
     let vs = nn::VarStore::new(device);
     let net = Net::new(&vs.root(), &config.model, alphabet.len() as i64, speakers.len() as i64, config.data.mel.n_mels as i64)?;
-    let mut opt = nn::Adam::default().build(&vs, config.train.lr).map_err(|e| Error::Config(e.to_string()))?;
+    let adam = OptimizerConfig::Adam { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
+    let mut opt = Optimizer::new(&adam, vec![Group::new("all", vs.trainable_variables())])?;
+    let mut state = if resuming {
+        let state = checkpoint::load(&ckpt, "last", &vs, &mut opt)?;
+        if verbose {
+            eprintln!("resuming after epoch {} (step {})", state.epoch, state.step);
+        }
+        state
+    } else {
+        TrainState { seed: config.train.seed, ..Default::default() }
+    };
     let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::training(config.train.seed) })
         .map_err(|e| Error::Data(e.to_string()))?;
     let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::evaluation() })
@@ -483,12 +504,11 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, verbose: bool) -> R
         return Err(Error::Data(format!("{}: no training samples", config.data.manifest.display())));
     }
     let t = &config.train;
-    let mut history = Vec::new();
-    let mut best = (f64::INFINITY, 0u64);
     let metrics = out.join("metrics.jsonl");
-    let mut lines = String::new();
-    let mut step = 0u64;
-    for epoch in 0..t.epochs {
+    while state.epoch < t.epochs {
+        let epoch = state.epoch;
+        // Dropout's masks depend on the epoch alone, so a resumed run repeats the same ones.
+        tch::manual_seed((t.seed ^ epoch.wrapping_mul(0x9E37_79B9)) as i64);
         let started = Instant::now();
         let (mut sums, mut n) = ([0.0f64; 3], 0usize);
         for batch in train_loader.epoch(epoch) {
@@ -497,10 +517,13 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, verbose: bool) -> R
             let loss = &mel + &dur * t.duration_weight + &stop * t.stop_weight;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
-                return Err(Error::NonFinite { epoch: epoch + 1, step, loss: value, ids: format!("{:?}", batch.ids.iter().take(8).collect::<Vec<_>>()) });
+                return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids: format!("{:?}", batch.ids.iter().take(8).collect::<Vec<_>>()) });
             }
-            opt.backward_step_clip_norm(&loss, t.clip_grad_norm);
-            step += 1;
+            opt.zero_grad();
+            loss.backward();
+            opt.clip_grad_norm(t.clip_grad_norm);
+            opt.step(t.lr);
+            state.step += 1;
             let k = batch.frames.len();
             for (s, v) in sums.iter_mut().zip([&mel, &dur, &stop]) {
                 *s += v.double_value(&[]) * k as f64;
@@ -523,6 +546,7 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, verbose: bool) -> R
         let val_loss = va[0] + va[1] * t.duration_weight + va[2] * t.stop_weight;
         let record = json!({
             "epoch": epoch + 1,
+            "step": state.step,
             "seconds": started.elapsed().as_secs_f64(),
             "train": {"mel_l1": tr[0], "duration_mse": tr[1], "stop_bce": tr[2]},
             "val": {"loss": val_loss, "mel_l1": va[0], "duration_mse": va[1], "stop_bce": va[2]},
@@ -530,15 +554,18 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, verbose: bool) -> R
         if verbose {
             eprintln!("epoch {}/{}: train mel L1 {:.4}, val mel L1 {:.4}, duration {:.4}, stop {:.4} ({:.1}s)", epoch + 1, t.epochs, tr[0], va[0], va[1], va[2], started.elapsed().as_secs_f64());
         }
-        if val_loss < best.0 || vn == 0 {
-            best = (val_loss, epoch + 1);
-            save_weights(&vs, &out.join(WEIGHTS))?;
+        state.epoch += 1;
+        state.history.push(record);
+        let improved = vn == 0 || state.best.is_none_or(|(b, _)| val_loss < b);
+        if improved {
+            state.best = Some((val_loss, state.epoch));
+            checkpoint::save(&ckpt, "best", &vs, &opt, &state)?;
         }
-        lines.push_str(&format!("{record}\n"));
+        checkpoint::save(&ckpt, "last", &vs, &opt, &state)?;
+        let lines: String = state.history.iter().map(|r| format!("{r}\n")).collect();
         mm_data::fs::write_atomic(&metrics, lines.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
-        history.push(record);
     }
-    Ok(TtsReport { history, best, uneven })
+    Ok(TtsReport { history: state.history.clone(), best: state.best.unwrap_or((f64::NAN, 0)), uneven })
 }
 
 /// Synthesised speech.
@@ -581,10 +608,13 @@ impl Synthesizer {
         let speakers: Vec<String> = serde_json::from_str(&read("speakers.json")?).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join("speakers.json").display())))?;
         let pipeline: Pipeline = data_config(&config, &alphabet, speakers.clone()).restore(0, &dir.join("data")).map_err(|e| Error::Data(e.to_string()))?;
         let normalizer = pipeline.audio.as_ref().and_then(|a| a.normalizer.clone()).ok_or_else(|| Error::Checkpoint(format!("{}: no spectrogram statistics", dir.join("data").display())))?;
-        let mut vs = nn::VarStore::new(device);
+        let vs = nn::VarStore::new(device);
         let net = Net::new(&vs.root(), &config.model, alphabet.len() as i64, speakers.len() as i64, config.data.mel.n_mels as i64)?;
-        let weights = dir.join(WEIGHTS);
-        vs.load(&weights).map_err(|e| Error::Checkpoint(format!("{}: {e}", weights.display())))?;
+        let ckpt = dir.join("checkpoints");
+        if !checkpoint::exists(&ckpt, "best") {
+            return Err(Error::Checkpoint(format!("{}: no checkpoint `best` (has the run finished an epoch?)", ckpt.display())));
+        }
+        checkpoint::load_weights(&ckpt, "best", &vs)?;
         let mel = LogMel::new(&config.data.mel).map_err(|e| Error::Config(e.to_string()))?;
         Ok(Synthesizer { net, _vs: vs, alphabet, speakers, mel, normalizer, device, invert: InvertConfig { iterations: 60, ..InvertConfig::default() } })
     }

@@ -1131,3 +1131,69 @@ mod disk_full {
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 }
+
+/// A CTC head over an audio CNN + GRU: the recipe's configuration validates, the combinations
+/// that cannot work are refused with the key named, and the built model gives per-step
+/// log-probabilities over the alphabet whose steps are the frames over the CNN's stride.
+mod ctc_head {
+    use std::sync::Arc;
+
+    use mm_data::loader::Batch;
+    use mm_data::pipeline::Pipeline;
+    use mm_data::transcript::Alphabet;
+    use mm_train::model::{DataShape, Model};
+    use mm_train::run::RunConfig;
+    use tch::{nn, Device, Kind, Tensor};
+
+    const RECIPE: &str = include_str!("../../../configs/speech/recognize.toml");
+
+    fn parse(text: &str) -> Result<RunConfig, String> {
+        RunConfig::parse(text, "recognize.toml".as_ref(), &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ctc_configurations_are_checked_and_the_head_reads_the_encoder_steps() {
+        let config = parse(RECIPE).expect("the recipe is valid");
+        let with_fusion = format!("{RECIPE}\n[model.fusion]\nmethod = \"concat\"\n");
+        assert!(parse(&with_fusion).expect_err("fusion").contains("fuses nothing"));
+        let no_transcript = RECIPE.replace("[data.transcript]", "");
+        assert!(parse(&no_transcript).expect_err("no transcript").contains("[data.transcript]"));
+        let both = RECIPE.replace("[data.transcript]", "[data.text]\n[data.transcript]");
+        assert!(parse(&both).expect_err("both").contains("not both"));
+        let bad_alphabet = RECIPE.replace("[data.transcript]", "[data.transcript]\nalphabet = \"aa\"");
+        assert!(parse(&bad_alphabet).expect_err("alphabet").contains("data.transcript.alphabet"));
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut pipeline = Pipeline::new(Vec::new());
+        pipeline.audio = Some(mm_data::pipeline::AudioSpec::new(&config.data.audio.as_ref().expect("audio").mel).expect("mel"));
+        pipeline.transcript = Some(Arc::new(Alphabet::new(mm_data::transcript::ENGLISH).expect("alphabet")));
+        let shape = DataShape::from_pipeline(&pipeline, Vec::new());
+        assert!(Model::new(&vs.root(), &config.model, &DataShape { alphabet: None, ..shape.clone() }).expect_err("no alphabet").to_string().contains("transcript"));
+        let model = Model::new(&vs.root(), &config.model, &shape).expect("model");
+        assert_eq!(model.ctc_stride(), Some(4));
+        let (b, t) = (3i64, 37i64);
+        let lengths = Tensor::from_slice(&[37i64, 20, 5]);
+        let batch = Batch {
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            modalities: vec!["audio"],
+            present: Tensor::ones([b, 1], (Kind::Float, Device::Cpu)),
+            image: None,
+            audio: Some((Tensor::randn([b, t, 40], (Kind::Float, Device::Cpu)), lengths)),
+            text: None,
+            frames: None,
+            features: None,
+            label: None,
+            labels: None,
+            target: None,
+            transcript: Some((Tensor::from_slice(&[15i64, 14, 5, 20, 23, 15, 0, 0, 0]).view([3, 3]), Tensor::from_slice(&[3i64, 3, 0]))),
+        };
+        let out = model.forward_t(&batch, false);
+        let (log_probs, steps) = out.sequence.as_ref().expect("ctc output");
+        assert_eq!(log_probs.size(), [b, 10, 29]);
+        assert_eq!(Vec::<i64>::try_from(steps).expect("steps"), [10, 5, 2], "ceil(frames / 4)");
+        let total = log_probs.exp().sum_dim_intlist([2].as_slice(), false, Kind::Float);
+        assert!((total - 1.0).abs().max().double_value(&[]) < 1e-4, "each step is a distribution");
+        let loss = model.loss(&out, &batch).expect("loss").double_value(&[]);
+        assert!(loss.is_finite() && loss > 0.0, "{loss}");
+    }
+}
