@@ -174,9 +174,12 @@ pub fn eval_tts(a: &EvalTtsArgs) -> Result<()> {
         e.real_correct,
         e.real
     );
+    for (speaker, [r, rn, s, sn]) in &e.by_speaker {
+        println!("    {speaker:<10} real {:5.1}% ({r}/{rn})  synthesised {:5.1}% ({s}/{sn})", pct(*r, *rn), pct(*s, *sn));
+    }
     println!(
-        "  log-mel distance (DTW, mean |difference| per bin): to real recordings of the word {:.3}; real to real {:.3}; to the speaker's other words {:.3}",
-        e.mel_distance, e.real_mel_distance, e.other_word_mel_distance
+        "  log-mel distance (DTW, mean |difference| per bin, nats): synthesised speech to real recordings of the word {:.3} (the predicted spectrogram, before Griffin-Lim: {:.3}); real to real {:.3}; synthesised to the speaker's other words {:.3}",
+        e.mel_distance, e.predicted_mel_distance, e.real_mel_distance, e.other_word_mel_distance
     );
     Ok(())
 }

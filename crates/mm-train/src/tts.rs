@@ -673,9 +673,10 @@ impl Synthesizer {
             }
         }
         let samples = self.mel.invert(&log_mel, &self.invert);
-        // Griffin-Lim's level is arbitrary: peak-normalise to -1 dBFS.
+        // The level is the predicted spectrogram's (Griffin-Lim keeps magnitudes); scaled
+        // down only where it would clip.
         let peak = samples.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-        let gain = if peak > 0.0 { 0.89 / peak } else { 1.0 };
+        let gain = if peak > 0.99 { 0.99 / peak } else { 1.0 };
         let audio = Audio { sample_rate: self.mel.config().sample_rate, samples: samples.iter().map(|x| x * gain).collect() };
         Ok(Speech { audio, log_mel, durations, stopped_at })
     }
@@ -731,17 +732,46 @@ pub struct TtsEvaluation {
     /// Mean [`mel_distance`] from each synthesised word to the real test recordings of the same
     /// speaker and word.
     pub mel_distance: f64,
+    /// The same for the spectrogram the model predicted, before Griffin-Lim (what the model
+    /// got wrong, without what the waveform reconstruction adds).
+    pub predicted_mel_distance: f64,
     /// The same between two real recordings of one speaker and word (natural variation).
     pub real_mel_distance: f64,
     /// From each synthesised word to the speaker's real recordings of the other words.
     pub other_word_mel_distance: f64,
+    /// Per speaker: real test recordings recognised exactly and in all, synthesised words
+    /// recognised exactly and in all.
+    pub by_speaker: BTreeMap<String, [usize; 4]>,
     /// Per pair: speaker, word, what the recogniser heard, and the distance.
     pub rows: Vec<Value>,
 }
 
+/// Copies of `files` with [`LISTEN_PAD`] seconds of silence before and after, in `dir`.
+fn padded(files: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?;
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let audio = mm_data::audio::decode_audio(f).map_err(|e| Error::Data(e.to_string()))?;
+            let pad = vec![0.0f32; (LISTEN_PAD * f64::from(audio.sample_rate)) as usize];
+            let samples = [pad.as_slice(), &audio.samples, &pad].concat();
+            let path = dir.join(format!("{i:05}.wav"));
+            mm_data::fs::write_atomic(&path, &mm_data::audio::encode_wav(&Audio { sample_rate: audio.sample_rate, samples })).map_err(|e| Error::Checkpoint(e.to_string()))?;
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Silence around every file the recogniser listens to in [`evaluate`], in seconds: FSDD's
+/// recordings start and end on the speech, while the recogniser learnt from utterances with at
+/// least 50 ms of silence around them, and drops first letters without it.
+pub const LISTEN_PAD: f64 = 0.1;
+
 /// Measures a synthesiser on the test split of `manifest` (audio, word, speaker label): every
 /// (speaker, word) pair there is synthesised into `out` (`SPEAKER_WORD.wav`) and transcribed
-/// by `recognizer`, as are the real recordings; and the log-mel spectrograms (the
+/// by `recognizer`, as are the real recordings (both with [`LISTEN_PAD`] of silence around
+/// them); and the log-mel spectrograms (the
 /// synthesiser's front end, of the waveforms as written) are compared by [`mel_distance`].
 pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Path) -> Result<TtsEvaluation> {
     let manifest = Manifest::read(manifest).map_err(|e| Error::Data(e.to_string()))?;
@@ -768,10 +798,17 @@ pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Pa
         real_mels.insert(key.clone(), files.iter().map(|f| spectrum(f)).collect::<Result<_>>()?);
     }
     let all_real: Vec<PathBuf> = real.values().flatten().cloned().collect();
-    let real_heard = recognizer.transcribe(&all_real, 1)?;
+    let real_heard = recognizer.transcribe(&padded(&all_real, &out.join("padded/real"))?, 1)?;
     let words_of: Vec<&String> = real.keys().flat_map(|k| real[k].iter().map(move |_| &k.1)).collect();
     let real_correct = real_heard.iter().zip(&words_of).filter(|(t, w)| t.text == ***w).count();
-    let (mut same, mut natural, mut other) = (Vec::new(), Vec::new(), Vec::new());
+    // Per speaker: real recordings right and synthesised words right, of how many.
+    let mut by_speaker: BTreeMap<String, [usize; 4]> = BTreeMap::new();
+    for ((t, w), (speaker, _)) in real_heard.iter().zip(&words_of).zip(real.iter().flat_map(|(k, files)| files.iter().map(move |_| k))) {
+        let e = by_speaker.entry(speaker.clone()).or_default();
+        e[0] += usize::from(t.text == **w);
+        e[1] += 1;
+    }
+    let (mut same, mut natural, mut other, mut predicted) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rows = Vec::new();
     let mut files = Vec::new();
     for ((speaker, word), mels) in &real_mels {
@@ -781,6 +818,7 @@ pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Pa
         let heard = spectrum(&file)?;
         let d: f64 = mels.iter().map(|m| mel_distance(&heard, m)).sum::<f64>() / mels.len() as f64;
         same.push(d);
+        predicted.push(mels.iter().map(|m| mel_distance(&speech.log_mel, m)).sum::<f64>() / mels.len() as f64);
         for i in 0..mels.len() {
             for j in i + 1..mels.len() {
                 natural.push(mel_distance(&mels[i], &mels[j]));
@@ -794,11 +832,15 @@ pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Pa
         rows.push(json!({"speaker": speaker, "word": word, "file": file, "mel_distance": d, "frames": speech.log_mel.nrows(), "stopped_at": speech.stopped_at}));
         files.push(file);
     }
-    let heard = recognizer.transcribe(&files, 1)?;
+    let heard = recognizer.transcribe(&padded(&files, &out.join("padded/synthesized"))?, 1)?;
     let mut synthesized_correct = 0;
     for (row, t) in rows.iter_mut().zip(&heard) {
         let ok = row["word"].as_str() == Some(t.text.as_str());
         synthesized_correct += usize::from(ok);
+        if let Some(e) = row["speaker"].as_str().and_then(|s| by_speaker.get_mut(s)) {
+            e[2] += usize::from(ok);
+            e[3] += 1;
+        }
         row["heard"] = json!(t.text);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -808,8 +850,10 @@ pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Pa
         real_correct,
         real: all_real.len(),
         mel_distance: mean(&same),
+        predicted_mel_distance: mean(&predicted),
         real_mel_distance: mean(&natural),
         other_word_mel_distance: mean(&other),
+        by_speaker,
         rows,
     })
 }
