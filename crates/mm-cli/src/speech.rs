@@ -112,13 +112,13 @@ pub struct SynthesizeArgs {
 
 /// `mm synthesize`.
 pub fn synthesize(a: &SynthesizeArgs) -> Result<()> {
+    if a.out.extension().is_none_or(|e| !e.eq_ignore_ascii_case("wav")) {
+        bail!("--out {}: a .wav file", a.out.display());
+    }
     let mut tts = Synthesizer::open(&a.run, parse_device(&a.device)?)?;
     tts.invert.iterations = a.iterations;
     let started = Instant::now();
     let speech = tts.synthesize(&a.text, &a.speaker)?;
-    if a.out.extension().is_none_or(|e| !e.eq_ignore_ascii_case("wav")) {
-        bail!("--out {}: a .wav file", a.out.display());
-    }
     mm_data::fs::write_atomic(&a.out, &mm_data::audio::encode_wav(&speech.audio))?;
     let seconds = speech.audio.samples.len() as f64 / f64::from(speech.audio.sample_rate);
     println!(

@@ -86,7 +86,8 @@ impl Run {
             };
             let mut manifest = Manifest::new(folder);
             manifest.push(Sample::new(file.display().to_string()).with_audio(name)).map_err(|e| Error::Data(e.to_string()))?;
-            let item = pipeline.load(&manifest, 0, 0, false).map_err(|e| Error::Data(format!("{}: {e}", file.display())))?;
+            // The error names the file: it is the sample's id.
+            let item = pipeline.load(&manifest, 0, 0, false).map_err(|e| Error::Data(e.to_string()))?;
             let frames = item.audio.as_ref().map_or(0, |a| a.nrows());
             let batch = collate(&[item], &pipeline).to_device(device);
             let _no_grad = tch::no_grad_guard();

@@ -452,6 +452,17 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
         mm_data::fs::write_atomic(&out.join("clean-report.json"), &serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
     }
     let speakers = prepared.pipeline.classes.clone();
+    // Every sample needs its audio and its speaker: say which do not, before anything trains.
+    let incomplete: Vec<&str> = prepared.manifest.samples().iter().filter(|s| s.audio.is_none() || s.label.is_none()).map(|s| s.id.as_str()).collect();
+    if !incomplete.is_empty() {
+        return Err(Error::Data(format!(
+            "{}: {} samples lack their audio or their speaker (`label`): {}{}",
+            config.data.manifest.display(),
+            incomplete.len(),
+            incomplete.iter().take(10).copied().collect::<Vec<_>>().join(", "),
+            if incomplete.len() > 10 { ", ..." } else { "" }
+        )));
+    }
     let manifest = Arc::new(prepared.manifest);
     let pipeline = Arc::new(prepared.pipeline);
     let durations_file = out.join("durations.json");
