@@ -54,15 +54,8 @@ enum DataCommand {
 /// Options of `mm data spoken`.
 #[derive(Debug, ClapArgs)]
 struct SpokenArgs {
-    /// FSDD's release archive (`.tar.gz`) or a folder of its WAV files.
-    #[arg(long)]
-    fsdd: PathBuf,
-    /// Output folder.
-    #[arg(long)]
-    out: PathBuf,
-    /// Replace an earlier set of utterances in the output folder.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    io: FsddOut,
     /// Utterances in the training split.
     #[arg(long, default_value_t = 2000)]
     train: usize,
@@ -95,13 +88,20 @@ struct SpokenArgs {
 /// Options of `mm data words`.
 #[derive(Debug, ClapArgs)]
 struct WordsArgs {
+    #[command(flatten)]
+    io: FsddOut,
+}
+
+/// Where FSDD is read from and where a data set made from it goes.
+#[derive(Debug, ClapArgs)]
+struct FsddOut {
     /// FSDD's release archive (`.tar.gz`) or a folder of its WAV files.
     #[arg(long)]
     fsdd: PathBuf,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
-    /// Replace an earlier set in the output folder.
+    /// Replace an earlier data set of the same kind in the output folder.
     #[arg(long)]
     force: bool,
 }
@@ -302,11 +302,11 @@ pub fn run(args: &Args) -> Result<()> {
         DataCommand::Spoken(a) => spoken(a),
         DataCommand::Words(a) => {
             let start = Instant::now();
-            let s = mm_data::spoken::words(&a.fsdd, &a.out, a.force)?;
+            let s = mm_data::spoken::words(&a.io.fsdd, &a.io.out, a.io.force)?;
             println!(
                 "wrote {} recordings to {} in {:.1} s: {} train, {} val, {} test; speakers {}",
                 s.splits.iter().sum::<usize>(),
-                a.out.display(),
+                a.io.out.display(),
                 start.elapsed().as_secs_f64(),
                 s.splits[0],
                 s.splits[1],
@@ -337,11 +337,11 @@ fn spoken(a: &SpokenArgs) -> Result<()> {
         ..Default::default()
     };
     let start = Instant::now();
-    let s = mm_data::spoken::compose(&a.fsdd, &a.out, &config, a.force)?;
+    let s = mm_data::spoken::compose(&a.io.fsdd, &a.io.out, &config, a.io.force)?;
     println!(
         "wrote {} utterances to {} in {:.1} s: {} train ({:.0} s of audio; {}), {} val ({}), {} test ({})",
         s.splits.iter().sum::<usize>(),
-        a.out.display(),
+        a.io.out.display(),
         start.elapsed().as_secs_f64(),
         s.splits[0],
         s.seconds[0],

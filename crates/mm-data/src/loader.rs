@@ -147,6 +147,16 @@ impl Batch {
         self.ids.is_empty()
     }
 
+    /// Each sample's transcript character ids, unpadded, in host memory; `None` without
+    /// transcripts.
+    pub fn transcripts(&self) -> Option<Vec<Vec<i64>>> {
+        let (ids, lengths) = self.transcript.as_ref()?;
+        let width = ids.size().get(1).copied().unwrap_or(0).max(0) as usize;
+        let ids: Vec<i64> = Vec::try_from(ids.to_device(Device::Cpu).contiguous().view([-1])).ok()?;
+        let lengths: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).ok()?;
+        Some(lengths.iter().enumerate().map(|(j, &n)| ids[j * width..j * width + (n.max(0) as usize).min(width)].to_vec()).collect())
+    }
+
     /// Moves every tensor to `device` (asynchronously from pinned memory on CUDA).
     pub fn to_device(self, device: Device) -> Batch {
         if device == Device::Cpu {

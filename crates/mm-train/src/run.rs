@@ -510,12 +510,7 @@ impl Run {
             let b = batch.ids.len();
             let transcripts: Option<(Vec<String>, Vec<String>)> = out.sequence.as_ref().zip(self.model.alphabet()).map(|((log_probs, lengths), alphabet)| {
                 let hyps = crate::ctc::decode_batch(log_probs, lengths, mm_data::transcript::Alphabet::BLANK, 1);
-                let truth = batch.transcript.as_ref().map(|(t, l)| {
-                    let t: Vec<i64> = Vec::try_from(t.to_device(Device::Cpu).view([-1])).unwrap_or_default();
-                    let l: Vec<i64> = Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default();
-                    let w = t.len() / b.max(1);
-                    (0..b).map(|j| alphabet.decode(&t[j * w..j * w + l[j] as usize])).collect()
-                });
+                let truth: Option<Vec<String>> = batch.transcripts().map(|t| t.iter().map(|ids| alphabet.decode(ids)).collect());
                 (hyps.iter().map(|d| alphabet.decode(&d.labels)).collect(), truth.unwrap_or_default())
             });
             for (j, id) in batch.ids.iter().enumerate() {

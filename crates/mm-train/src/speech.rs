@@ -25,7 +25,7 @@ use mm_data::manifest::{Manifest, Sample};
 use mm_data::transcript::Alphabet;
 use serde::Serialize;
 
-use crate::ctc::{align, decode_batch};
+use crate::ctc::decode_batch;
 use crate::precision::Autocast;
 use crate::run::Run;
 use crate::{Error, Result};
@@ -95,15 +95,9 @@ impl Run {
             let output = self.model.forward_t(&batch, false);
             let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc model's output");
             let decoded = decode_batch(log_probs, lengths, Alphabet::BLANK, beam).remove(0);
-            // Greedy results carry their frames; beam-search ones were aligned by decode_batch.
-            let timed = if decoded.frames.len() == decoded.labels.len() {
-                decoded.clone()
-            } else {
-                let rows: Vec<f64> = Vec::try_from(log_probs.get(0).to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).view([-1])).unwrap_or_default();
-                align(&rows, alphabet.len(), Alphabet::BLANK, &decoded.labels).unwrap_or_else(|| decoded.clone())
-            };
+            // Greedy results carry their frames, and decode_batch aligned beam-search ones.
             let seconds = frames.saturating_sub(1) as f64 * hop / rate;
-            let (tokens, words) = timings(alphabet, &timed.labels, &timed.frames, step_seconds, seconds);
+            let (tokens, words) = timings(alphabet, &decoded.labels, &decoded.frames, step_seconds, seconds);
             out.push(Transcription {
                 file: file.clone(),
                 text: alphabet.decode(&decoded.labels),

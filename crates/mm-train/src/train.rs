@@ -292,17 +292,13 @@ pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision:
                 HeadConfig::MultiLabel { .. } => {}
                 HeadConfig::Ctc { .. } => {
                     let alphabet = model.alphabet().expect("a ctc model has an alphabet");
-                    let (targets, target_lengths) = batch.transcript.as_ref().ok_or_else(|| Error::Data("no transcripts in the validation data".into()))?;
+                    let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts in the validation data".into()))?;
                     let (log_probs, lengths) = out.sequence.as_ref().expect("ctc output");
                     let decoded = crate::ctc::decode_batch(log_probs, lengths, Alphabet::BLANK, 1);
-                    let targets: Vec<i64> = Vec::try_from(targets.to_device(Device::Cpu).view([-1])).unwrap_or_default();
-                    let target_lengths: Vec<i64> = Vec::try_from(target_lengths.to_device(Device::Cpu)).unwrap_or_default();
                     let steps: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
-                    let width = targets.len() / target_lengths.len().max(1);
-                    for (j, hyp) in decoded.iter().enumerate() {
-                        let truth = &targets[j * width..j * width + target_lengths[j] as usize];
+                    for ((hyp, truth), steps) in decoded.iter().zip(&truths).zip(&steps) {
                         g.errors.add(&alphabet.decode(truth), &alphabet.decode(&hyp.labels));
-                        g.too_short += usize::from(steps[j] < crate::ctc::min_steps(truth) as i64);
+                        g.too_short += usize::from(*steps < crate::ctc::min_steps(truth) as i64);
                     }
                 }
             }

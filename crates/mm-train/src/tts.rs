@@ -258,20 +258,17 @@ struct TtsBatch {
 }
 
 fn tts_batch(batch: &Batch, durations: &BTreeMap<String, Vec<i64>>, device: Device) -> Result<TtsBatch> {
-    let (targets, lengths) = batch.transcript.as_ref().ok_or_else(|| Error::Data("no transcripts in the batch".into()))?;
+    let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts in the batch".into()))?;
     let (mel, mel_lengths) = batch.audio.as_ref().ok_or_else(|| Error::Data("no audio in the batch".into()))?;
     let speakers = batch.label.as_ref().ok_or_else(|| Error::Data("no speaker (label) in the batch".into()))?;
     let b = batch.len();
-    let targets: Vec<i64> = Vec::try_from(targets.to_device(Device::Cpu).view([-1])).unwrap_or_default();
-    let lengths: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
     let frames: Vec<i64> = Vec::try_from(mel_lengths.to_device(Device::Cpu)).unwrap_or_default();
-    let width = targets.len() / b.max(1);
-    let l = lengths.iter().max().copied().unwrap_or(0) + 2;
+    let l = truths.iter().map(Vec::len).max().unwrap_or(0) as i64 + 2;
     let mut tokens = vec![0i64; b * l as usize];
     let mut rows = Vec::with_capacity(b);
-    for j in 0..b {
-        let n = lengths[j] as usize;
-        tokens[j * l as usize + 1..j * l as usize + 1 + n].copy_from_slice(&targets[j * width..j * width + n]);
+    for (j, truth) in truths.iter().enumerate() {
+        let n = truth.len();
+        tokens[j * l as usize + 1..j * l as usize + 1 + n].copy_from_slice(truth);
         let mut d = durations.get(&batch.ids[j]).cloned().ok_or_else(|| Error::Data(format!("sample {}: no durations", batch.ids[j])))?;
         if d.len() != n + 2 {
             return Err(Error::Data(format!("sample {}: {} durations for {} tokens", batch.ids[j], d.len(), n + 2)));
@@ -284,7 +281,7 @@ fn tts_batch(batch: &Batch, durations: &BTreeMap<String, Vec<i64>>, device: Devi
     Ok(TtsBatch {
         ids: batch.ids.clone(),
         tokens: Tensor::from_slice(&tokens).view([b as i64, l]).to_device(device),
-        token_lengths: Tensor::from_slice(&lengths.iter().map(|n| n + 2).collect::<Vec<_>>()),
+        token_lengths: Tensor::from_slice(&truths.iter().map(|t| t.len() as i64 + 2).collect::<Vec<_>>()),
         speakers: speakers.to_device(device),
         durations: rows,
         mel: mel.to_device(device),
@@ -331,6 +328,26 @@ fn even(n: usize, frames: i64) -> Vec<i64> {
     d
 }
 
+/// Frames per token (the silences first and last) of `total` frames from each character's
+/// first and last output step (`stride` frames each): a character lasts from its first step to
+/// the next one's; `None` when a character would get no frame (or there are none).
+fn from_alignment(steps: &[(usize, usize)], stride: i64, total: i64) -> Option<Vec<i64>> {
+    let n = steps.len();
+    let last = steps.last()?;
+    // Boundaries, clamped to the clip and never decreasing.
+    let mut bounds: Vec<i64> = steps.iter().map(|(first, _)| *first as i64 * stride).collect();
+    bounds.push((last.1 as i64 + 1) * stride);
+    let mut prev = 0;
+    for v in bounds.iter_mut() {
+        *v = (*v).clamp(prev, total);
+        prev = *v;
+    }
+    let mut d = vec![bounds[0]];
+    d.extend(bounds.windows(2).map(|w| w[1] - w[0]));
+    d.push(total - bounds[n]);
+    (!d[1..=n].contains(&0)).then_some(d)
+}
+
 /// Frames per token (silences first and last), by sample id.
 type Durations = BTreeMap<String, Vec<i64>>;
 
@@ -358,42 +375,16 @@ fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations
             let (b, t, c) = log_probs.size3().expect("[B, T, C]");
             let host: Vec<f64> = Vec::try_from(log_probs.to_device(Device::Cpu).to_kind(Kind::Double).view([-1])).unwrap_or_default();
             let steps: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
-            let (targets, target_lengths) = batch.transcript.as_ref().ok_or_else(|| Error::Data("no transcripts".into()))?;
-            let targets: Vec<i64> = Vec::try_from(targets.to_device(Device::Cpu).view([-1])).unwrap_or_default();
-            let target_lengths: Vec<i64> = Vec::try_from(target_lengths.to_device(Device::Cpu)).unwrap_or_default();
+            let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts".into()))?;
             let frames: Vec<i64> = batch.audio.as_ref().map(|(_, l)| Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default()).unwrap_or_default();
-            let width = targets.len() / b as usize;
-            for j in 0..b as usize {
-                let labels: Vec<usize> = targets[j * width..j * width + target_lengths[j] as usize].iter().map(|v| *v as usize).collect();
+            for (j, truth) in truths.iter().enumerate().take(b as usize) {
+                let labels: Vec<usize> = truth.iter().map(|v| *v as usize).collect();
                 let rows = &host[j * (t * c) as usize..(j * t as usize + steps[j] as usize) * c as usize];
-                let n = labels.len();
-                let total = frames[j];
-                let d = match crate::ctc::align(rows, c as usize, Alphabet::BLANK, &labels) {
-                    Some(a) if n > 0 => {
-                        // Boundaries in frames: the first character's start, each next one's, and
-                        // the last one's end; clamped to the clip, never decreasing.
-                        let mut bounds: Vec<i64> = a.frames.iter().map(|(first, _)| *first as i64 * stride).collect();
-                        bounds.push((a.frames[n - 1].1 as i64 + 1) * stride);
-                        let mut prev = 0;
-                        for v in bounds.iter_mut() {
-                            *v = (*v).clamp(prev, total);
-                            prev = *v;
-                        }
-                        let mut d = vec![bounds[0]];
-                        d.extend(bounds.windows(2).map(|w| w[1] - w[0]));
-                        d.push(total - bounds[n]);
-                        if d[1..=n].contains(&0) {
-                            uneven.push(batch.ids[j].clone());
-                            even(n, total)
-                        } else {
-                            d
-                        }
-                    }
-                    _ => {
-                        uneven.push(batch.ids[j].clone());
-                        even(n, total)
-                    }
-                };
+                let aligned = crate::ctc::align(rows, c as usize, Alphabet::BLANK, &labels).and_then(|a| from_alignment(&a.frames, stride, frames[j]));
+                let d = aligned.unwrap_or_else(|| {
+                    uneven.push(batch.ids[j].clone());
+                    even(labels.len(), frames[j])
+                });
                 out.insert(batch.ids[j].clone(), d);
             }
         }
@@ -872,6 +863,18 @@ pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_characters_last_until_the_next_one_starts() {
+        // Steps of 4 frames, 30 frames: "ab" fired at steps 1 and 3-4, so the lead silence is
+        // 4 frames, a lasts 8 (to b's start at 12), b 8 (to its end at 20), the tail 10.
+        assert_eq!(from_alignment(&[(1, 1), (3, 4)], 4, 30), Some(vec![4, 8, 8, 10]));
+        // Clamped to the clip: the last step ends past the 18 frames there are.
+        assert_eq!(from_alignment(&[(1, 1), (3, 4)], 4, 18), Some(vec![4, 8, 6, 0]));
+        // A character pushed outside the clip gets no frame: refused.
+        assert_eq!(from_alignment(&[(1, 1), (5, 5)], 4, 20), None);
+        assert_eq!(from_alignment(&[], 4, 20), None);
+    }
 
     #[test]
     fn even_durations_cover_the_frames() {
