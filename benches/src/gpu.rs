@@ -195,7 +195,8 @@ pub const RESULT_PREFIX: &str = "BENCH-GPU-RESULT ";
 pub fn device_info(device: Device, side: i64) -> DeviceInfo {
     let name = match device {
         Device::Cuda(i) => nvml::name(i).unwrap_or_else(|| format!("CUDA device {i}")),
-        _ => cpu_name(),
+        // What the CPU can do in bf16 beside its name: the bf16 figures mean little without it.
+        _ => format!("{}; {}", cpu_name(), mm_train::precision::cpu_bf16()),
     };
     let peak = |kind: Kind| {
         let a = Tensor::randn([side, side], (kind, device));
@@ -255,10 +256,15 @@ pub fn run_case(spec: &str, device: Device, plan: &Plan, work: &Path) -> Result<
                 "bf16" => Precision::Bf16,
                 other => return Err(format!("unknown precision {other:?} in case {spec:?}")),
             };
-            let mut trainer = Trainer::new(workload, batch, device);
-            let runs = time_runs(device, plan.warmup, plan.steps, || {
-                let _ = trainer.step_in(p);
-            });
+            // A libtorch failure (no kernel for this precision here, a batch too large) fails
+            // the case with a message naming the model part, not the process with a panic.
+            let runs = mm_train::guard::step(&format!("the bench case {spec}"), p, device, || {
+                let mut trainer = Trainer::new(workload, batch, device);
+                Ok(time_runs(device, plan.warmup, plan.steps, || {
+                    let _ = trainer.step_in(p);
+                }))
+            })
+            .map_err(|e| e.to_string())?;
             let step = median(&runs);
             let flops = train_step_flops(workload, batch);
             CaseResult::Train(TrainResult {

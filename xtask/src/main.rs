@@ -136,44 +136,114 @@ fn fetch_data(args: &[OsString]) -> Result<(), String> {
     }
 }
 
-/// `cargo test --workspace`, its output passed through as it comes, then one closing line that
-/// adds up every test binary's `test result:` line (cargo's own last line is only the last
-/// binary's, often a crate's empty doc tests).
+/// `cargo test --workspace --no-fail-fast`, its output passed through as it comes, then a
+/// summary: the failing tests by name, each with the test binary it ran in, and one closing line
+/// that adds up every test binary's `test result:` line (cargo's own last line is only the last
+/// binary's, often a crate's empty doc tests). `--no-fail-fast` runs every binary even when one
+/// fails, so that one failure cannot hide others.
 fn test(extra: &[OsString]) -> Result<(), String> {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    use std::sync::mpsc;
+
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(&cargo)
         .current_dir(workspace_root())
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("could not run {cargo:?}: {e}"))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
+    // Both streams through one channel, in the order they come: cargo names each test binary on
+    // standard error just before it runs it, and the binary reports its tests on standard output.
+    let (send, lines) = mpsc::channel::<(bool, String)>();
+    let mut readers = Vec::new();
+    let streams: [(bool, Box<dyn std::io::Read + Send>); 2] = [
+        (false, Box::new(child.stdout.take().ok_or("cargo's stdout is not piped")?)),
+        (true, Box::new(child.stderr.take().ok_or("cargo's stderr is not piped")?)),
+    ];
+    for (is_err, stream) in streams {
+        let send = send.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if send.send((is_err, line)).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    drop(send);
     let mut totals = TestTotals::default();
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let Ok(line) = line else { break };
-        println!("{line}");
+    for (is_err, line) in lines {
+        if is_err {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
         totals.add_line(&line);
     }
+    for reader in readers {
+        let _ = reader.join();
+    }
     let status = child.wait().map_err(|e| format!("waiting for cargo test: {e}"))?;
+    if !totals.failures.is_empty() {
+        println!("\nfailed tests:");
+        for (binary, test) in &totals.failures {
+            println!("  {test}  ({binary})");
+        }
+    }
     println!("\ntotal: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     if status.success() {
         Ok(())
+    } else if totals.failures.is_empty() {
+        Err(format!("`cargo test --workspace` failed ({status}); no test reported a failure: a build error, or a test binary that crashed (see above)"))
     } else {
-        Err(format!("`cargo test --workspace` failed ({status})"))
+        Err(format!("`cargo test --workspace` failed ({status}): {} failing tests, listed above", totals.failures.len()))
     }
 }
 
-/// Sums of libtest's `test result:` lines.
+/// Sums of libtest's `test result:` lines, and the failing tests with their binaries.
 #[derive(Debug, Default, PartialEq)]
 struct TestTotals {
     passed: u64,
     failed: u64,
     ignored: u64,
+    /// The crate of the unit tests cargo last ran.
+    krate: String,
+    /// The test binary cargo last said it runs (`mm_data unittests src/lib.rs`,
+    /// `Doc-tests mm_data`).
+    binary: String,
+    /// (binary, test) of every test reported `FAILED`.
+    failures: Vec<(String, String)>,
 }
 
 impl TestTotals {
     fn add_line(&mut self, line: &str) {
+        let trimmed = line.trim_start();
+        if let Some(binary) = trimmed.strip_prefix("Running ") {
+            // `unittests src/lib.rs (target/debug/deps/mm_data-0123abcd)`, then the same
+            // package's `tests/it.rs (target/debug/deps/it-4567ef)`: integration test binaries
+            // are named after their file, so they take the crate of the unit tests before them
+            // (cargo runs a package's test binaries together).
+            let (what, path) = binary.rsplit_once(" (").unwrap_or((binary, ""));
+            let file = path.trim_end_matches(')').rsplit('/').next().unwrap_or("");
+            let stem = file.rsplit_once('-').map_or(file, |(stem, _)| stem);
+            if what.starts_with("unittests ") {
+                self.krate = stem.to_string();
+            }
+            self.binary = if self.krate.is_empty() { what.to_string() } else { format!("{} {what}", self.krate) };
+            return;
+        }
+        if trimmed.starts_with("Doc-tests ") {
+            self.binary = trimmed.to_string();
+            return;
+        }
+        if let Some(test) = line.strip_prefix("test ").and_then(|t| t.strip_suffix(" ... FAILED")) {
+            self.failures.push((self.binary.clone(), test.to_string()));
+            return;
+        }
         let Some(rest) = line.strip_prefix("test result: ") else { return };
         for part in rest.split([';', '.']) {
             let mut words = part.split_whitespace();
@@ -214,6 +284,28 @@ mod tests {
         t.add_line("test result: FAILED. 2 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.10s");
         t.add_line("test foo ... ok");
         t.add_line("running 3 tests");
-        assert_eq!(t, TestTotals { passed: 26, failed: 2, ignored: 1 });
+        assert_eq!((t.passed, t.failed, t.ignored), (26, 2, 1));
+    }
+
+    #[test]
+    fn names_each_failing_test_with_its_binary() {
+        let mut t = TestTotals::default();
+        t.add_line("     Running unittests src/lib.rs (target/debug/deps/mm_data-0a1b2c3d4e5f6789)");
+        t.add_line("test loader::tests::epochs ... ok");
+        t.add_line("test loader::tests::shards ... FAILED");
+        t.add_line("     Running tests/it.rs (target/debug/deps/it-00ff00ff00ff00ff)");
+        t.add_line("test bench_gpu_runs_its_suite_briefly_on_the_cpu ... FAILED");
+        t.add_line("   Doc-tests mm_train");
+        t.add_line("test crates/mm-train/src/precision.rs - precision (line 17) ... FAILED");
+        t.add_line("test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.10s");
+        assert_eq!(
+            t.failures,
+            vec![
+                ("mm_data unittests src/lib.rs".to_string(), "loader::tests::shards".to_string()),
+                ("mm_data tests/it.rs".to_string(), "bench_gpu_runs_its_suite_briefly_on_the_cpu".to_string()),
+                ("Doc-tests mm_train".to_string(), "crates/mm-train/src/precision.rs - precision (line 17)".to_string()),
+            ]
+        );
+        assert_eq!(t.failed, 1);
     }
 }

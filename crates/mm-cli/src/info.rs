@@ -1,4 +1,5 @@
-//! `mm info`: which libtorch this process loaded and which devices it sees.
+//! `mm info`: which libtorch this process loaded, which devices it sees, and what the CPU can
+//! do in bf16.
 
 use std::path::PathBuf;
 
@@ -25,16 +26,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         other => format!("{other:?}"),
     };
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let bf16 = mm_train::precision::cpu_bf16();
     if args.json {
         let q = |s: Option<String>| s.map_or("null".to_string(), |s| json_string(&s));
         println!(
             "{{\"mm_version\":{},\"libtorch\":{},\"libtorch_cuda\":{},\"threads\":{threads},\
              \"cuda_available\":{cuda},\"cuda_device_count\":{count},\"cudnn_available\":{cudnn},\
-             \"default_device\":{}}}",
+             \"default_device\":{},\"cpu_bf16\":{}}}",
             json_string(env!("CARGO_PKG_VERSION")),
             q(path(&lib)),
             q(path(&cuda_lib)),
             json_string(&default_device),
+            serde_json::to_string(bf16)?,
         );
     } else {
         println!("mm {}", env!("CARGO_PKG_VERSION"));
@@ -43,6 +46,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("CPU threads:     {threads}");
         println!("CUDA available:  {cuda} ({count} device(s), cuDNN {cudnn})");
         println!("default device:  {default_device}");
+        println!("CPU bf16:        {}", bf16.to_string().trim_start_matches("bf16 kernels: "));
     }
     Ok(())
 }

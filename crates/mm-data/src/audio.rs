@@ -106,37 +106,13 @@ pub fn decode_audio_bytes(bytes: Vec<u8>, path: &Path) -> Result<Audio> {
     decode_stream(Box::new(std::io::Cursor::new(bytes)), len, path)
 }
 
-thread_local! {
-    /// Set while this thread runs a call into the decoding library.
-    static IN_DECODER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// Runs a call into symphonia, turning a panic of its own on a malformed file (the fuzzer found
 /// `unreachable!` in its ID3v2 reader and a zero time base in its WAV reader) into an error that
-/// names the file, so that bad input never takes the process down. The panic's message goes
-/// into the error instead of standard error: a panic hook, installed once and chained to the
-/// one before it, stays quiet for panics inside these calls and passes every other on.
+/// names the file, so that bad input never takes the process down; nothing is printed
+/// ([`crate::guard::catch`]).
 fn guarded<T>(path: &Path, call: impl FnOnce() -> T) -> Result<T> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !IN_DECODER.with(std::cell::Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-    let outer = IN_DECODER.with(|f| f.replace(true));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
-    IN_DECODER.with(|f| f.set(outer));
-    result.map_err(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_string());
-        Error::decode(path, format!("the audio decoder failed on this file ({message}): a damaged file?"))
-    })
+    crate::guard::catch(call)
+        .map_err(|caught| Error::decode(path, format!("the audio decoder failed on this file ({}): a damaged file?", caught.message)))
 }
 
 fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, path: &Path) -> Result<Audio> {

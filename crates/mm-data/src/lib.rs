@@ -32,7 +32,8 @@
 //!   unseen speakers in test, for speech recognition;
 //! - [`shards`]: WebDataset-style tar shards, written from a manifest and streamed back;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
-//! - [`fs`]: atomic file writes; [`Error`]: the crate's error type.
+//! - [`fs`]: atomic file writes; [`guard`]: a library's panic turned into an error;
+//!   [`Error`]: the crate's error type.
 //!
 //! Architecture invariant: mm-data is the lowest layer. It knows nothing about models, encoders,
 //! fusion or training and depends on no other mm crate.
@@ -54,6 +55,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod fs;
+pub mod guard;
 pub mod idx;
 pub mod image;
 pub mod loader;

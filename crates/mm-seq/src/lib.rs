@@ -33,6 +33,7 @@
 //! training.
 
 pub mod pool;
+pub mod precision;
 pub mod rnn;
 pub mod tcn;
 pub mod transformer;

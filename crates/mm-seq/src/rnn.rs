@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use crate::precision::F32Scope;
 use crate::{lengths_to_mask, Error, Result, SeqOutput, SequenceModel};
 
 /// The recurrent cell.
@@ -141,6 +142,11 @@ impl SequenceModel for Rnn {
     }
 
     fn forward_seq(&self, xs: &Tensor, lengths: &Tensor, train: bool) -> SeqOutput {
+        // Under CPU bf16 autocast an LSTM goes to oneDNN's bf16 LSTM, which a processor
+        // without bf16 kernels lacks (see `precision`): there it runs in f32. A GRU has no
+        // such kernel on CPU autocast's list and runs as it is.
+        let f32_scope = (self.config.cell == CellKind::Lstm).then(|| F32Scope::enter(xs.device()));
+        let xs = &f32_scope.as_ref().map_or_else(|| xs.shallow_clone(), |s| s.input(xs));
         let (b, t, _) = xs.size3().expect("a [B, T, F] input");
         let device = xs.device();
         let dirs = self.directions();

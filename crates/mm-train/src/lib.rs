@@ -22,7 +22,10 @@
 //!   early stopping, checkpoints, `metrics.jsonl`, NaN guard, resume);
 //! - [`dist`]: data-parallel training on libtorch's c10d (Gloo, NCCL): torchrun's variables,
 //!   a process group, gradient averaging, a local launcher;
-//! - [`precision`]: bf16 autocast (CPU or CUDA) for the forward passes;
+//! - [`precision`]: bf16 autocast (CPU or CUDA) for the forward passes, and what the processor
+//!   can do in bf16;
+//! - [`guard`]: a libtorch failure inside a step becomes an error naming the model part and the
+//!   settings, never a panic;
 //! - [`run`]: a whole run (data, model, training) in one TOML file, validated with file, line
 //!   and key, trained into a folder and rebuilt from it for evaluation and prediction.
 //!
@@ -70,6 +73,7 @@
 pub mod checkpoint;
 pub mod ctc;
 pub mod dist;
+pub mod guard;
 pub mod loss;
 pub mod metrics;
 pub mod model;
@@ -99,6 +103,10 @@ pub enum Error {
     /// names the rank and what it was doing.
     #[error("distributed: {0}")]
     Distributed(String),
+    /// libtorch failed inside a step; the message names the step, the model part and the
+    /// settings ([`guard`]).
+    #[error("{0}")]
+    Torch(String),
     /// A loss was NaN or infinite.
     #[error("the loss is {loss} at epoch {epoch}, step {step}, in the batch of samples {ids} (set on_non_finite = \"skip\" to skip such batches)")]
     NonFinite {

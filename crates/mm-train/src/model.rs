@@ -32,6 +32,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use mm_data::guard::Part;
 use mm_data::loader::Batch;
 use mm_data::pipeline::{Pipeline, TextEncoder as PipelineText};
 use mm_data::text::Vocab;
@@ -479,21 +480,13 @@ impl Model {
     /// training starts.
     pub fn check(&self, batch: &Batch) -> Result<()> {
         // A guard, not `tch::no_grad`: the guard restores gradient mode when a panic unwinds.
-        let run = std::panic::AssertUnwindSafe(|| {
+        let outcome = mm_data::guard::catch(|| {
             let _no_grad = tch::no_grad_guard();
             self.forward_t(batch, false).prediction.size()
         });
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let outcome = std::panic::catch_unwind(run);
-        std::panic::set_hook(hook);
         match outcome {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let message = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                let first = message.lines().next().unwrap_or("").to_string();
-                Err(Error::Config(format!("the model does not fit the data (samples {:?}...): {first}", batch.ids.iter().take(3).collect::<Vec<_>>())))
-            }
+            Err(caught) => Err(Error::Config(format!("the model does not fit the data (samples {:?}...): {caught}", batch.ids.iter().take(3).collect::<Vec<_>>()))),
         }
     }
 
@@ -509,13 +502,17 @@ impl Model {
         let mut present = Vec::new();
         for (name, enc) in &self.encoders {
             let input = Input::from_batch(batch, name).unwrap_or_else(|| panic!("the batch has no {name} (checked when the model was built)"));
-            let out = enc.forward_t(&input, train);
+            let out = {
+                let _part = Part::enter(format!("{name} encoder"));
+                enc.forward_t(&input, train)
+            };
             pooled.push(out.pooled);
             seqs.push(out.seq);
             let column = batch.modalities.iter().position(|m| m == name).expect("modality in the batch");
             present.push(batch.present.select(1, column as i64).gt(0.5));
         }
         if let Some(r) = &self.retrieval {
+            let _part = Part::enter("retrieval projections");
             let normalise = |x: Tensor| &x / x.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
             let a = normalise(pooled[r.a].apply(&r.proj_a));
             let b = normalise(pooled[r.b].apply(&r.proj_b));
@@ -524,6 +521,7 @@ impl Model {
             return Output { prediction: sim.shallow_clone(), predictions: vec![sim], weights: None, embeddings: Some((a, b, both)), sequence: None };
         }
         if let Some(c) = &self.ctc {
+            let _part = Part::enter("ctc head");
             let (steps, mask) = seqs[c.encoder].take().expect("a ctc head reads an encoder with a sequence output");
             let last = c.layers.len() - 1;
             let mut x = steps;
@@ -539,11 +537,15 @@ impl Model {
         }
         let embeddings = Embeddings { pooled, seqs, present: Tensor::stack(&present, 1) };
         let fusion = self.fusion.as_ref().expect("a fusion for every head but retrieval");
-        let fused = fusion.forward_t(&embeddings, train);
+        let fused = {
+            let _part = Part::enter("fusion");
+            fusion.forward_t(&embeddings, train)
+        };
         let predictions: Vec<Tensor> = self
             .heads
             .iter()
             .map(|head| {
+                let _part = Part::enter(format!("{} head", head.name));
                 let (_, dropout) = head.config.mlp();
                 let mut x = fused.fused.shallow_clone();
                 let last = head.layers.len().saturating_sub(1);
@@ -576,7 +578,14 @@ impl Model {
 
     /// Each head's own loss (unweighted), by name.
     pub fn head_losses(&self, output: &Output, batch: &Batch) -> Result<Vec<(String, Tensor)>> {
-        self.heads.iter().enumerate().map(|(i, h)| Ok((h.name.clone(), self.head_loss(h, &output.predictions[i], output, batch)?))).collect()
+        self.heads
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let _part = Part::enter(format!("{} head's loss", h.name));
+                Ok((h.name.clone(), self.head_loss(h, &output.predictions[i], output, batch)?))
+            })
+            .collect()
     }
 
     fn head_loss(&self, head: &Head, prediction: &Tensor, output: &Output, batch: &Batch) -> Result<Tensor> {

@@ -493,8 +493,9 @@ impl Run {
         for batch in loader.epoch(0) {
             let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
             let _no_grad = tch::no_grad_guard();
-            let _autocast = Autocast::scope(self.config.train.precision, device);
-            let out = self.model.forward_t(&batch, false);
+            let precision = self.config.train.precision;
+            let _autocast = Autocast::scope(precision, device);
+            let out = crate::guard::step("prediction", precision, device, || Ok(self.model.forward_t(&batch, false)))?;
             // (A CTC head's per-step probabilities are not per-sample rows: it gives text.)
             let per_head: Vec<Vec<f32>> = (0..heads.len())
                 .map(|i| match out.sequence {

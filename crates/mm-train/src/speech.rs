@@ -91,8 +91,9 @@ impl Run {
             let frames = item.audio.as_ref().map_or(0, |a| a.nrows());
             let batch = collate(&[item], &pipeline).to_device(device);
             let _no_grad = tch::no_grad_guard();
-            let _autocast = Autocast::scope(self.config.train.precision, device);
-            let output = self.model.forward_t(&batch, false);
+            let precision = self.config.train.precision;
+            let _autocast = Autocast::scope(precision, device);
+            let output = crate::guard::step("transcription", precision, device, || Ok(self.model.forward_t(&batch, false)))?;
             let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc model's output");
             let decoded = decode_batch(log_probs, lengths, Alphabet::BLANK, beam).remove(0);
             // Greedy results carry their frames, and decode_batch aligned beam-search ones.

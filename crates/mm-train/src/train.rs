@@ -32,6 +32,7 @@ use crate::dist::{self, ProcessGroup, ReduceOp};
 use crate::metrics;
 use crate::model::{HeadConfig, Model};
 use crate::optim::{Group, Optimizer, OptimizerConfig};
+use crate::guard;
 use crate::precision::{Autocast, Precision};
 use crate::schedule::{ReduceOnPlateau, Schedule, Shape};
 use crate::{Error, Result};
@@ -241,68 +242,72 @@ pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision:
     let classes = model.classes();
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
-        let _no_grad = tch::no_grad_guard();
-        let _autocast = Autocast::scope(precision, device);
-        let out = model.forward_t(&batch, false);
-        let head_losses = model.head_losses(&out, &batch)?;
-        // Each batch's mean loss weighted by its size: a mean over samples, whatever the
-        // batches (and the ranks' shards) are.
-        let n = batch.len() as f64;
-        loss_sum += model.total_loss(&head_losses).double_value(&[]) * n;
-        batches += batch.len();
-        for (i, ((_, head), g)) in heads.iter().zip(gathered.iter_mut()).enumerate() {
-            let host = || model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float);
-            g.loss += head_losses[i].1.double_value(&[]) * n;
-            match head {
-                HeadConfig::Regression { .. } => {
-                    let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
-                    let t: Vec<f32> = Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
-                    let mask: Vec<f32> = Vec::try_from(mask.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
-                    let pv: Vec<f32> = Vec::try_from(host()).unwrap_or_default();
-                    for ((pi, ti), mi) in pv.iter().zip(&t).zip(&mask) {
-                        if *mi > 0.5 {
-                            g.preds.push(f64::from(*pi));
-                            g.targets.push(f64::from(*ti));
+        // A libtorch failure in the batch is an error naming the model part, not a panic.
+        guard::step("evaluation", precision, device, || {
+            let _no_grad = tch::no_grad_guard();
+            let _autocast = Autocast::scope(precision, device);
+            let out = model.forward_t(&batch, false);
+            let head_losses = model.head_losses(&out, &batch)?;
+            // Each batch's mean loss weighted by its size: a mean over samples, whatever the
+            // batches (and the ranks' shards) are.
+            let n = batch.len() as f64;
+            loss_sum += model.total_loss(&head_losses).double_value(&[]) * n;
+            batches += batch.len();
+            for (i, ((_, head), g)) in heads.iter().zip(gathered.iter_mut()).enumerate() {
+                let host = || model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float);
+                g.loss += head_losses[i].1.double_value(&[]) * n;
+                match head {
+                    HeadConfig::Regression { .. } => {
+                        let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
+                        let t: Vec<f32> = Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
+                        let mask: Vec<f32> = Vec::try_from(mask.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
+                        let pv: Vec<f32> = Vec::try_from(host()).unwrap_or_default();
+                        for ((pi, ti), mi) in pv.iter().zip(&t).zip(&mask) {
+                            if *mi > 0.5 {
+                                g.preds.push(f64::from(*pi));
+                                g.targets.push(f64::from(*ti));
+                            }
                         }
                     }
-                }
-                HeadConfig::Classification { .. } => {
-                    let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
-                    let l: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu)).unwrap_or_default();
-                    let pv: Vec<f32> = Vec::try_from(host().view([-1])).unwrap_or_default();
-                    for (j, lj) in l.iter().enumerate() {
-                        if *lj >= 0 {
-                            g.probs.extend_from_slice(&pv[j * classes..(j + 1) * classes]);
-                            g.truth.push(*lj);
+                    HeadConfig::Classification { .. } => {
+                        let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
+                        let l: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu)).unwrap_or_default();
+                        let pv: Vec<f32> = Vec::try_from(host().view([-1])).unwrap_or_default();
+                        for (j, lj) in l.iter().enumerate() {
+                            if *lj >= 0 {
+                                g.probs.extend_from_slice(&pv[j * classes..(j + 1) * classes]);
+                                g.truth.push(*lj);
+                            }
                         }
                     }
-                }
-                HeadConfig::Retrieval { .. } => {
-                    if let Some((a, b, both)) = out.embeddings.as_ref() {
-                        let rows = both.nonzero().squeeze_dim(1);
-                        g.emb_a.push(a.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
-                        g.emb_b.push(b.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
-                        // Labels, where the data has them, for category-level retrieval.
-                        if let Some(labels) = batch.label.as_ref() {
-                            let l: Vec<i64> = Vec::try_from(labels.index_select(0, &rows).to_device(Device::Cpu)).unwrap_or_default();
-                            g.truth.extend(l);
+                    HeadConfig::Retrieval { .. } => {
+                        if let Some((a, b, both)) = out.embeddings.as_ref() {
+                            let rows = both.nonzero().squeeze_dim(1);
+                            g.emb_a.push(a.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
+                            g.emb_b.push(b.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
+                            // Labels, where the data has them, for category-level retrieval.
+                            if let Some(labels) = batch.label.as_ref() {
+                                let l: Vec<i64> = Vec::try_from(labels.index_select(0, &rows).to_device(Device::Cpu)).unwrap_or_default();
+                                g.truth.extend(l);
+                            }
                         }
                     }
-                }
-                HeadConfig::MultiLabel { .. } => {}
-                HeadConfig::Ctc { .. } => {
-                    let alphabet = model.alphabet().expect("a ctc model has an alphabet");
-                    let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts in the validation data".into()))?;
-                    let (log_probs, lengths) = out.sequence.as_ref().expect("ctc output");
-                    let decoded = crate::ctc::decode_batch(log_probs, lengths, Alphabet::BLANK, 1);
-                    let steps: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
-                    for ((hyp, truth), steps) in decoded.iter().zip(&truths).zip(&steps) {
-                        g.errors.add(&alphabet.decode(truth), &alphabet.decode(&hyp.labels));
-                        g.too_short += usize::from(*steps < crate::ctc::min_steps(truth) as i64);
+                    HeadConfig::MultiLabel { .. } => {}
+                    HeadConfig::Ctc { .. } => {
+                        let alphabet = model.alphabet().expect("a ctc model has an alphabet");
+                        let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts in the validation data".into()))?;
+                        let (log_probs, lengths) = out.sequence.as_ref().expect("ctc output");
+                        let decoded = crate::ctc::decode_batch(log_probs, lengths, Alphabet::BLANK, 1);
+                        let steps: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
+                        for ((hyp, truth), steps) in decoded.iter().zip(&truths).zip(&steps) {
+                            g.errors.add(&alphabet.decode(truth), &alphabet.decode(&hyp.labels));
+                            g.too_short += usize::from(*steps < crate::ctc::min_steps(truth) as i64);
+                        }
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
     }
     if let Some(group) = group.filter(|g| g.world_size() > 1) {
         // Sums of losses and batch counts, then every rank's predictions.
@@ -566,12 +571,15 @@ pub fn fit_with(
         if let Some(group) = group {
             dist::average_gradients(group, &synced)?;
         }
-        if let Some(max) = config.clip_grad_norm {
-            optimizer.clip_grad_norm(max);
-        }
         let scale = state.plateau.as_ref().map_or(1.0, |p| p.scale);
-        optimizer.step(schedule.lr(state.step) * scale);
-        optimizer.zero_grad();
+        guard::step("the optimiser step", config.precision, device, || {
+            if let Some(max) = config.clip_grad_norm {
+                optimizer.clip_grad_norm(max);
+            }
+            optimizer.step(schedule.lr(state.step) * scale);
+            optimizer.zero_grad();
+            Ok(())
+        })?;
         state.step += 1;
         Ok(())
     };
@@ -600,11 +608,11 @@ pub fn fit_with(
         optimizer.zero_grad();
         for batch in train_loader.epoch(epoch) {
             let batch: Batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
-            let loss = {
+            let loss = guard::step("the training step", config.precision, device, || {
                 let _autocast = Autocast::scope(config.precision, device);
                 let output = model.forward_t(&batch, true);
-                model.loss(&output, &batch)?
-            };
+                model.loss(&output, &batch)
+            })?;
             let mut value = loss.double_value(&[]);
             let mut elsewhere = false;
             if let Some(group) = group {
@@ -629,7 +637,10 @@ pub fn fit_with(
                     }
                 }
             }
-            (loss / config.accumulate as f64).backward();
+            guard::step("the backward pass", config.precision, device, || {
+                (loss / config.accumulate as f64).backward();
+                Ok(())
+            })?;
             loss_sum += value;
             counted += 1;
             bar.inc(1);

@@ -515,16 +515,19 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
         let (mut sums, mut n) = ([0.0f64; 3], 0usize);
         for batch in train_loader.epoch(epoch) {
             let batch = tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
-            let (mel, dur, stop) = losses(&net, &batch, true);
-            let loss = &mel + &dur * t.duration_weight + &stop * t.stop_weight;
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids: format!("{:?}", batch.ids.iter().take(8).collect::<Vec<_>>()) });
-            }
-            opt.zero_grad();
-            loss.backward();
-            opt.clip_grad_norm(t.clip_grad_norm);
-            opt.step(t.lr);
+            let (mel, dur, stop) = crate::guard::step("the synthesiser's training step", crate::precision::Precision::F32, device, || {
+                let (mel, dur, stop) = losses(&net, &batch, true);
+                let loss = &mel + &dur * t.duration_weight + &stop * t.stop_weight;
+                let value = loss.double_value(&[]);
+                if !value.is_finite() {
+                    return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids: format!("{:?}", batch.ids.iter().take(8).collect::<Vec<_>>()) });
+                }
+                opt.zero_grad();
+                loss.backward();
+                opt.clip_grad_norm(t.clip_grad_norm);
+                opt.step(t.lr);
+                Ok((mel, dur, stop))
+            })?;
             state.step += 1;
             let k = batch.frames.len();
             for (s, v) in sums.iter_mut().zip([&mel, &dur, &stop]) {

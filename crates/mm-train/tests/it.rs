@@ -631,6 +631,17 @@ mod training {
         let skipped: u64 = report.history.iter().map(|h| h["skipped_batches"].as_u64().unwrap_or(0)).sum();
         assert!(skipped > 0, "{:?}", report.history);
 
+        // A libtorch failure inside a step (here a label smoothing libtorch refuses) is an
+        // error naming the step, the model part and the settings, not a panic.
+        let smoothing: ModelConfig = toml::from_str(&MODEL.replace("hidden = [32]\n", "hidden = [32]\n        label_smoothing = 2.0\n")).expect("config");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Model::new(&vs.root(), &smoothing, &DataShape::from_pipeline(&pipeline, vec![])).expect("model");
+        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &dir.join("smoothing"), false).expect_err("libtorch refuses");
+        assert!(matches!(e, mm_train::Error::Torch(_)), "{e:?}");
+        let e = e.to_string();
+        assert!(e.starts_with("libtorch failed in the training step, in the main head's loss (precision = \"f32\" on cpu): "), "{e}");
+        assert!(e.contains("label_smoothing") && !e.contains("Exception raised from") && !e.contains("unwrap"), "{e}");
+
         // No validation split: refused, rather than selecting on the test split.
         let mut no_val = Manifest::new(manifest.root());
         for sample in manifest.samples() {
