@@ -11,6 +11,7 @@
 //! | [`Attention`] | attention over modality tokens (a learned query) | `Σ (D_m + 1) d + M d + d + 4 (d + 1) d` | `d` |
 //! | [`CrossAttention`] | MulT, Tsai et al. 2019 (one layer per target) | `Σ (D_m + 1) d + M (4 (d + 1) d + 2 d)` | `M d` |
 //! | [`Late`] | late fusion: a head per modality | `Σ (D_m + 1) C + M` | `C` logits |
+//! | [`Film`] | FiLM, Perez et al. 2018: the first input modulated by the rest | `(D_1 + 1) d + (Σ_{m>1} D_m + 1) 2d` | `d` |
 //!
 //! Every method zeroes absent inputs before using them (so even NaN in an absent slot cannot
 //! leak) and handles them as the module documentation says.
@@ -517,5 +518,46 @@ impl Fusion for Late {
         let w = masked_softmax(&logits.unsqueeze(0).expand([b, m], false), &inputs.present, 1);
         let fused = (Tensor::stack(&per, 1) * w.unsqueeze(2)).sum_dim_intlist(1, false, w.kind());
         Fused { fused, weights: Some(w) }
+    }
+}
+
+/// Feature-wise linear modulation (FiLM, Perez et al. 2018): the first input, projected to
+/// `dim`, is scaled and shifted per feature by the others (the conditioning), as
+/// `(1 + Δγ(c)) ⊙ W x + β(c)` with `Δγ, β` linear in the concatenated conditioning inputs.
+/// A multiplicative interaction: `x` and `c` meet in a product, which concatenation followed by
+/// a linear layer cannot express. Absent conditioning inputs are zeroed; with none present the
+/// modulation is the identity (`Δγ = β = 0`); an absent first input contributes nothing, so the
+/// output is then `β(c)`. It has no per-modality weights.
+#[derive(Debug)]
+pub struct Film {
+    project: nn::Linear,
+    modulation: nn::Linear,
+    m: usize,
+    dim: i64,
+}
+
+impl Film {
+    /// FiLM of the first of the inputs of sizes `dims` by the rest, with `dim` outputs.
+    pub fn new(path: &nn::Path, dims: &[i64], dim: i64) -> Result<Self> {
+        check(dims, "film", 2)?;
+        let dim = positive(dim, "film.dim")?;
+        let project = nn::linear(path / "project", dims[0], dim, Default::default());
+        let modulation = nn::linear(path / "modulation", dims[1..].iter().sum(), 2 * dim, Default::default());
+        Ok(Film { project, modulation, m: dims.len(), dim })
+    }
+}
+
+impl Fusion for Film {
+    fn output_dim(&self) -> i64 {
+        self.dim
+    }
+
+    fn forward_t(&self, inputs: &Embeddings, _train: bool) -> Fused {
+        let x = clean(inputs, 0).apply(&self.project) * inputs.present_col(0, inputs.pooled[0].kind());
+        let c = Tensor::cat(&(1..self.m).map(|m| clean(inputs, m)).collect::<Vec<_>>(), 1);
+        let any = inputs.present.narrow(1, 1, self.m as i64 - 1).to_kind(Kind::Bool).any_dim(1, true).to_kind(x.kind());
+        let gb = c.apply(&self.modulation) * &any;
+        let (gamma, beta) = (gb.narrow(1, 0, self.dim), gb.narrow(1, self.dim, self.dim));
+        Fused { fused: (gamma + 1.0) * x + beta, weights: None }
     }
 }

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::methods::{Attention, Concat, CrossAttention, Gated, Late, LowRank, Normalise, Product, TensorFusion, WeightedSum};
+use crate::methods::{Attention, Concat, CrossAttention, Film, Gated, Late, LowRank, Normalise, Product, TensorFusion, WeightedSum};
 use crate::{Embeddings, Error, Fused, Fusion, Result};
 
 fn yes() -> bool {
@@ -134,6 +134,14 @@ pub enum FusionConfig {
         #[serde(default = "yes")]
         learned: bool,
     },
+    /// [`Film`]: the first input modulated by the others.
+    Film {
+        /// Inputs: the modulated one first, then the conditioning ones.
+        #[serde(default)]
+        inputs: Option<Vec<InputRef>>,
+        /// Output size.
+        dim: i64,
+    },
 }
 
 impl FusionConfig {
@@ -147,7 +155,8 @@ impl FusionConfig {
             | FusionConfig::LowRank { inputs, .. }
             | FusionConfig::Attention { inputs, .. }
             | FusionConfig::CrossAttention { inputs, .. }
-            | FusionConfig::Late { inputs, .. } => inputs.as_ref(),
+            | FusionConfig::Late { inputs, .. }
+            | FusionConfig::Film { inputs, .. } => inputs.as_ref(),
         }
     }
 
@@ -163,6 +172,7 @@ impl FusionConfig {
             FusionConfig::Attention { .. } => "attention",
             FusionConfig::CrossAttention { .. } => "cross_attention",
             FusionConfig::Late { .. } => "late",
+            FusionConfig::Film { .. } => "film",
         }
     }
 
@@ -178,6 +188,7 @@ impl FusionConfig {
             FusionConfig::Attention { dim, heads, .. } => Box::new(Attention::new(path, dims, *dim, *heads)?),
             FusionConfig::CrossAttention { dim, heads, .. } => Box::new(CrossAttention::new(path, dims, *dim, *heads)?),
             FusionConfig::Late { classes, learned, .. } => Box::new(Late::new(path, dims, *classes, *learned)?),
+            FusionConfig::Film { dim, .. } => Box::new(Film::new(path, dims, *dim)?),
         })
     }
 }
