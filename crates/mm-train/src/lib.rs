@@ -16,8 +16,11 @@
 //!   this crate owns so that checkpoints save it;
 //! - [`checkpoint`]: crash-safe checkpoints (weights, optimiser moments, training state) and
 //!   exact resume;
-//! - [`model`]: a model assembled from configuration (encoders, fusion, head), sized from the
-//!   data pipeline;
+//! - [`heads`]: the task heads, one module each behind one trait (classification, multi-label,
+//!   ordinal, regression, retrieval, CTC): forward pass, loss, metrics with their direction,
+//!   predictions;
+//! - [`model`]: a model assembled from configuration (encoders, an optional fusion, heads),
+//!   sized from the data pipeline;
 //! - [`train`]: the loop (schedule, accumulation, clipping, reduce-on-plateau, evaluation,
 //!   early stopping, checkpoints, `metrics.jsonl`, NaN guard, resume);
 //! - [`dist`]: data-parallel training on libtorch's c10d (Gloo, NCCL): torchrun's variables,
@@ -74,6 +77,7 @@ pub mod checkpoint;
 pub mod ctc;
 pub mod dist;
 pub mod guard;
+pub mod heads;
 pub mod loss;
 pub mod metrics;
 pub mod model;

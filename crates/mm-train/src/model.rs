@@ -40,143 +40,14 @@ use mm_data::transcript::Alphabet;
 use mm_encoders::weights::LoadReport;
 use mm_encoders::{build, BuildContext, Encoder, EncoderConfig, Input};
 use mm_fusion::{Embeddings, FusionConfig, FusionModel};
-use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
 
-use crate::loss::{binary_cross_entropy, cross_entropy, l1, mse, CrossEntropy};
+use crate::heads::{Head, HeadContext, HeadInput, Metric};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
 use crate::{Error, Result};
 
-/// Class weights for an imbalanced classification head.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase", untagged)]
-pub enum ClassWeights {
-    /// None.
-    #[default]
-    None,
-    /// `"balanced"`: inverse class frequencies of the training split.
-    Named(String),
-    /// One weight per class.
-    List(Vec<f64>),
-}
-
-impl ClassWeights {
-    /// Whether there are none (the default; left out when a configuration is written).
-    pub fn is_none(&self) -> bool {
-        *self == ClassWeights::None
-    }
-}
-
-/// The regression loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum RegressionLoss {
-    /// Mean squared error.
-    #[default]
-    Mse,
-    /// Mean absolute error.
-    L1,
-}
-
-/// The positives of a retrieval head's contrastive loss.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Positives {
-    /// Each sample's own pair only (CLIP's InfoNCE).
-    #[default]
-    Pair,
-    /// Every pair of items sharing a label ([`crate::loss::info_nce_by_label`]).
-    Label,
-}
-
-impl Positives {
-    fn is_pair(&self) -> bool {
-        *self == Positives::Pair
-    }
-}
-
-/// The task head on the fused vector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum HeadConfig {
-    /// Single-label classification over the data's classes (cross-entropy).
-    Classification {
-        /// Hidden layer sizes of the head's MLP.
-        #[serde(default)]
-        hidden: Vec<i64>,
-        /// Dropout before each layer when training.
-        #[serde(default)]
-        dropout: f64,
-        /// Label smoothing.
-        #[serde(default)]
-        label_smoothing: f64,
-        /// Class weights.
-        #[serde(default, skip_serializing_if = "ClassWeights::is_none")]
-        class_weights: ClassWeights,
-    },
-    /// Multi-label classification (binary cross-entropy per class).
-    MultiLabel {
-        /// Hidden layer sizes.
-        #[serde(default)]
-        hidden: Vec<i64>,
-        /// Dropout.
-        #[serde(default)]
-        dropout: f64,
-    },
-    /// Cross-modal retrieval: two modalities' embeddings projected to a shared space and
-    /// trained with symmetric InfoNCE and a learnable temperature (CLIP); no fusion.
-    Retrieval {
-        /// The two modalities paired (`["text", "image"]`).
-        pair: [String; 2],
-        /// Size of the shared space.
-        dim: i64,
-        /// What counts as a match in training: `pair` (each sample's own two items, CLIP) or
-        /// `label` (every item with the same label; for data paired by class).
-        #[serde(default, skip_serializing_if = "Positives::is_pair")]
-        positives: Positives,
-    },
-    /// Speech recognition: one modality's sequence (the audio encoder's steps) mapped to
-    /// per-step log-probabilities over the transcript alphabet and its blank
-    /// (`[data.transcript]`), trained with CTC; no fusion, and no other head.
-    Ctc {
-        /// The modality whose encoder's sequence is read (default `audio`).
-        #[serde(default = "audio")]
-        modality: String,
-        /// Hidden layer sizes of the per-step MLP.
-        #[serde(default)]
-        hidden: Vec<i64>,
-        /// Dropout before each layer when training.
-        #[serde(default)]
-        dropout: f64,
-    },
-    /// Regression of the scalar target.
-    Regression {
-        /// Hidden layer sizes.
-        #[serde(default)]
-        hidden: Vec<i64>,
-        /// Dropout.
-        #[serde(default)]
-        dropout: f64,
-        /// Loss.
-        #[serde(default)]
-        loss: RegressionLoss,
-    },
-}
-
-impl HeadConfig {
-    fn mlp(&self) -> (&[i64], f64) {
-        match self {
-            HeadConfig::Classification { hidden, dropout, .. }
-            | HeadConfig::MultiLabel { hidden, dropout }
-            | HeadConfig::Regression { hidden, dropout, .. }
-            | HeadConfig::Ctc { hidden, dropout, .. } => (hidden, *dropout),
-            HeadConfig::Retrieval { .. } => (&[], 0.0),
-        }
-    }
-}
-
-fn audio() -> String {
-    "audio".to_string()
-}
+pub use crate::heads::{ClassWeights, HeadConfig, Positives, Reads, RegressionLoss};
 
 /// A model's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +80,66 @@ impl ModelConfig {
             (Some(_), false) => Err(Error::Config("model: give `head` or `heads`, not both".to_string())),
             (None, true) => Err(Error::Config("model: no head (`[head]` or `[heads.NAME]`)".to_string())),
         }
+    }
+
+    /// Checks how the encoders, the fusion and the heads fit together (the rules that need no
+    /// data), and returns the named heads. [`Model::new`] and
+    /// [`crate::run::RunConfig::validate`] both call it, so each rule lives here once:
+    /// - at least one encoder; `head` or `heads`; loss weights name heads and are finite and
+    ///   non-negative; no two heads of one kind (they would read the same targets);
+    /// - a head that reads encoders directly (retrieval, CTC) stands alone, without a fusion,
+    ///   over exactly the encoders it reads;
+    /// - heads that read a fused vector need a fusion over several modalities; over one, the
+    ///   encoder's output is the fused vector.
+    pub fn check(&self) -> Result<Vec<(String, HeadConfig)>> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.encoders.is_empty() {
+            return bad("model.encoders: at least one modality".to_string());
+        }
+        let named = self.named_heads()?;
+        for (name, weight) in &self.loss_weights {
+            if !named.iter().any(|(n, _)| n == name) {
+                return bad(format!("model.loss_weights.{name}: no head of that name"));
+            }
+            if !weight.is_finite() || *weight < 0.0 {
+                return bad(format!("model.loss_weights.{name} = {weight}: finite and non-negative"));
+            }
+        }
+        let kinds: Vec<&str> = named.iter().map(|(_, h)| h.kind()).collect();
+        if (1..kinds.len()).any(|i| kinds[..i].contains(&kinds[i])) {
+            return bad("model.heads: two heads of one kind would read the same targets".to_string());
+        }
+        for (name, head) in &named {
+            let field = if named.len() == 1 { "model.head".to_string() } else { format!("model.heads.{name}") };
+            let kind = head.kind();
+            match head.reads() {
+                Reads::Encoders(modalities) => {
+                    if named.len() > 1 {
+                        return bad(format!("model.heads: a {kind} head stands alone"));
+                    }
+                    if self.fusion.is_some() {
+                        return bad(format!("model.fusion: a {kind} head reads {modalities:?} directly and fuses nothing; remove [model.fusion]"));
+                    }
+                    for m in &modalities {
+                        if !self.encoders.contains_key(m) {
+                            let key = if kind == "retrieval" { "pair" } else { "modality" };
+                            return bad(format!("{field}.{key}: no encoder for {m:?}"));
+                        }
+                    }
+                    if self.encoders.len() != modalities.len() {
+                        return bad(format!("model.encoders: a {kind} head reads {modalities:?} alone; remove the other encoders"));
+                    }
+                }
+                Reads::Fused if self.fusion.is_none() && self.encoders.len() > 1 => {
+                    return bad(format!(
+                        "model.fusion: missing; a {kind} head reads a fused vector of the {} modalities (every head but retrieval and ctc; one modality needs none)",
+                        self.encoders.len()
+                    ));
+                }
+                Reads::Fused => {}
+            }
+        }
+        Ok(named)
     }
 }
 
@@ -275,39 +206,22 @@ pub struct Output {
     pub sequence: Option<(Tensor, Tensor)>,
 }
 
+/// One of a model's heads: its name, configuration, loss weight and module.
 #[derive(Debug)]
-struct CtcHead {
-    encoder: usize,
-    layers: Vec<nn::Linear>,
-    dropout: f64,
-}
-
-#[derive(Debug)]
-struct RetrievalHead {
-    a: usize,
-    b: usize,
-    proj_a: nn::Linear,
-    proj_b: nn::Linear,
-    temperature: crate::loss::Temperature,
-}
-
-#[derive(Debug)]
-struct Head {
+struct NamedHead {
     name: String,
     config: HeadConfig,
-    layers: Vec<nn::Linear>,
-    class_weights: Option<Tensor>,
     weight: f64,
+    head: Box<dyn Head>,
 }
 
-/// An encoder per modality, a fusion and one or more heads.
+/// An encoder per modality, a fusion (none for heads that read encoders directly, or over one
+/// modality) and one or more heads.
 #[derive(Debug)]
 pub struct Model {
     encoders: Vec<(String, Box<dyn Encoder>)>,
     fusion: Option<FusionModel>,
-    retrieval: Option<RetrievalHead>,
-    ctc: Option<CtcHead>,
-    heads: Vec<Head>,
+    heads: Vec<NamedHead>,
     classes: usize,
     alphabet: Option<Arc<Alphabet>>,
     config: ModelConfig,
@@ -316,9 +230,7 @@ pub struct Model {
 impl Model {
     /// Builds the model under `path` for data of shape `data`.
     pub fn new(path: &nn::Path, config: &ModelConfig, data: &DataShape) -> Result<Self> {
-        if config.encoders.is_empty() {
-            return Err(Error::Config("model.encoders: at least one modality".to_string()));
-        }
+        let named = config.check()?;
         let mut encoders = Vec::new();
         for (name, enc) in &config.encoders {
             if !data.modalities.contains(&name.as_str()) {
@@ -333,121 +245,44 @@ impl Model {
             let e = build(&(path / "encoders" / name), enc, &ctx).map_err(|e| Error::Config(format!("model.encoders.{name}: {e}")))?;
             encoders.push((name.clone(), e));
         }
-        let dims: Vec<(&str, i64)> = encoders.iter().map(|(n, e)| (n.as_str(), e.output_dim())).collect();
-        let classes = data.classes.len();
-        let named = config.named_heads()?;
-        for name in config.loss_weights.keys() {
-            if !named.iter().any(|(n, _)| n == name) {
-                return Err(Error::Config(format!("model.loss_weights.{name}: no head of that name")));
+        let dims: Vec<(String, i64)> = encoders.iter().map(|(n, e)| (n.clone(), e.output_dim())).collect();
+        let reads_fused = named.iter().any(|(_, h)| h.reads() == Reads::Fused);
+        let fusion = match &config.fusion {
+            Some(f) if reads_fused => {
+                let dims: Vec<(&str, i64)> = dims.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+                Some(FusionModel::new(&(path / "fusion"), f, &dims).map_err(|e| Error::Config(format!("model.fusion: {e}")))?)
             }
+            _ => None,
+        };
+        // Without a fusion, a model over one modality reads that encoder's output.
+        let fused_dim = fusion.as_ref().map(FusionModel::output_dim).or_else(|| (reads_fused && dims.len() == 1).then(|| dims[0].1));
+        let late_fusion = matches!(config.fusion, Some(FusionConfig::Late { .. }));
+        if late_fusion && named.len() > 1 {
+            return Err(Error::Config(format!(
+                "model: late fusion gives {} logits itself; it needs one head, with {} classes and no hidden layers",
+                fused_dim.unwrap_or(0),
+                data.classes.len()
+            )));
         }
-        let kinds: Vec<std::mem::Discriminant<HeadConfig>> = named.iter().map(|(_, h)| std::mem::discriminant(h)).collect();
-        if (1..kinds.len()).any(|i| kinds[..i].contains(&kinds[i])) {
-            return Err(Error::Config("model.heads: two heads of one kind would read the same targets".to_string()));
-        }
-        let (mut fusion, mut retrieval, mut ctc) = (None, None, None);
         let mut heads = Vec::new();
-        if let Some((_, HeadConfig::Ctc { modality, hidden, dropout })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Ctc { .. })) {
-            if named.len() > 1 || config.fusion.is_some() {
-                return Err(Error::Config("model: a ctc head stands alone, on one modality's sequence, without a fusion".to_string()));
-            }
-            let alphabet = data.alphabet.as_ref().ok_or_else(|| Error::Config("model.head: a ctc head needs transcripts ([data.transcript])".to_string()))?;
-            let encoder = encoders
-                .iter()
-                .position(|(n, _)| n == modality)
-                .ok_or_else(|| Error::Config(format!("model.head.modality: no encoder for {modality:?}")))?;
-            if encoders.len() > 1 {
-                return Err(Error::Config(format!("model.encoders: a ctc head reads {modality:?} alone; remove the other encoders")));
-            }
-            if !(0.0..1.0).contains(dropout) || hidden.iter().any(|h| *h <= 0) {
-                return Err(Error::Config(format!("model.head: hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
-            }
-            let mut layers = Vec::new();
-            let mut input = dims[encoder].1;
-            for (i, &h) in hidden.iter().chain(std::iter::once(&(alphabet.len() as i64))).enumerate() {
-                layers.push(nn::linear(path / "head" / i, input, h, Default::default()));
-                input = h;
-            }
-            ctc = Some(CtcHead { encoder, layers, dropout: *dropout });
-            heads.push(Head { name: named[0].0.clone(), config: named[0].1.clone(), layers: Vec::new(), class_weights: None, weight: 1.0 });
-        } else if let Some((_, HeadConfig::Retrieval { pair, dim, .. })) = named.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
-            if named.len() > 1 {
-                return Err(Error::Config("model.heads: a retrieval head stands alone".to_string()));
-            }
-            if *dim <= 0 || pair[0] == pair[1] {
-                return Err(Error::Config(format!("model.head: a positive dim ({dim}) and two different modalities ({pair:?})")));
-            }
-            let index = |name: &str| {
-                encoders.iter().position(|(n, _)| n == name).ok_or_else(|| Error::Config(format!("model.head.pair: no encoder for {name:?}")))
+        for (name, head) in &named {
+            let field = if named.len() == 1 { "model.head".to_string() } else { format!("model.heads.{name}") };
+            let ctx = HeadContext {
+                path: if named.len() == 1 { path / "head" } else { path / "heads" / name.as_str() },
+                name,
+                field: &field,
+                encoders: &dims,
+                fused_dim,
+                late_fusion,
+                classes: &data.classes,
+                class_counts: &data.class_counts,
+                alphabet: data.alphabet.as_ref(),
             };
-            let (a, b) = (index(&pair[0])?, index(&pair[1])?);
-            let h = path / "head";
-            retrieval = Some(RetrievalHead {
-                a,
-                b,
-                proj_a: nn::linear(&h / "a", dims[a].1, *dim, Default::default()),
-                proj_b: nn::linear(&h / "b", dims[b].1, *dim, Default::default()),
-                temperature: crate::loss::Temperature::new(&h),
-            });
-            heads.push(Head { name: named[0].0.clone(), config: named[0].1.clone(), layers: Vec::new(), class_weights: None, weight: 1.0 });
-        } else {
-            let fconfig = config.fusion.as_ref().ok_or_else(|| Error::Config("model.fusion: this head needs a fusion".to_string()))?;
-            let f = FusionModel::new(&(path / "fusion"), fconfig, &dims).map_err(|e| Error::Config(format!("model.fusion: {e}")))?;
-            let late = matches!(fconfig, FusionConfig::Late { .. });
-            for (name, head) in &named {
-                let field = if named.len() == 1 { "model.head".to_string() } else { format!("model.heads.{name}") };
-                let outputs = match head {
-                    HeadConfig::Regression { .. } => 1,
-                    _ if classes == 0 => return Err(Error::Config(format!("{field}: a classification head needs classes in the data"))),
-                    _ => classes as i64,
-                };
-                let (hidden, dropout) = head.mlp();
-                if !(0.0..1.0).contains(&dropout) || hidden.iter().any(|h| *h <= 0) {
-                    return Err(Error::Config(format!("{field}: hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
-                }
-                let mut layers = Vec::new();
-                if late {
-                    if named.len() > 1 || f.output_dim() != outputs || !hidden.is_empty() {
-                        return Err(Error::Config(format!(
-                            "model: late fusion gives {} logits itself; it needs one head, with {outputs} classes and no hidden layers",
-                            f.output_dim()
-                        )));
-                    }
-                } else {
-                    let hp = if named.len() == 1 { path / "head" } else { path / "heads" / name.as_str() };
-                    let mut input = f.output_dim();
-                    for (i, &h) in hidden.iter().chain(std::iter::once(&outputs)).enumerate() {
-                        layers.push(nn::linear(&hp / i, input, h, Default::default()));
-                        input = h;
-                    }
-                }
-                let class_weights = match head {
-                    HeadConfig::Classification { class_weights: ClassWeights::List(w), .. } => {
-                        if w.len() != classes || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
-                            return Err(Error::Config(format!("{field}.class_weights: {} non-negative weights for {classes} classes", w.len())));
-                        }
-                        Some(Tensor::from_slice(&w.iter().map(|x| *x as f32).collect::<Vec<_>>()).to_device(path.device()))
-                    }
-                    HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } if n == "balanced" => {
-                        if data.class_counts.len() != classes {
-                            return Err(Error::Config(format!("{field}.class_weights = \"balanced\" needs the training split's class counts")));
-                        }
-                        Some(crate::loss::balanced_class_weights(&data.class_counts).to_device(path.device()))
-                    }
-                    HeadConfig::Classification { class_weights: ClassWeights::Named(n), .. } => {
-                        return Err(Error::Config(format!("{field}.class_weights = {n:?}: \"balanced\" or a list")))
-                    }
-                    _ => None,
-                };
-                let weight = config.loss_weights.get(name).copied().unwrap_or(1.0);
-                if !weight.is_finite() || weight < 0.0 {
-                    return Err(Error::Config(format!("model.loss_weights.{name} = {weight}: finite and non-negative")));
-                }
-                heads.push(Head { name: name.clone(), config: head.clone(), layers, class_weights, weight });
-            }
-            fusion = Some(f);
+            let module = head.build(&ctx)?;
+            let weight = config.loss_weights.get(name).copied().unwrap_or(1.0);
+            heads.push(NamedHead { name: name.clone(), config: head.clone(), weight, head: module });
         }
-        Ok(Model { encoders, fusion, retrieval, ctc, heads, classes, alphabet: data.alphabet.clone(), config: config.clone() })
+        Ok(Model { encoders, fusion, heads, classes: data.classes.len(), alphabet: data.alphabet.clone(), config: config.clone() })
     }
 
     /// The heads' names and configurations, in output order.
@@ -462,7 +297,7 @@ impl Model {
 
     /// Input frames per output step of a CTC model (its encoder's [`Encoder::time_stride`]).
     pub fn ctc_stride(&self) -> Option<i64> {
-        self.ctc.as_ref().map(|c| self.encoders[c.encoder].1.time_stride())
+        self.heads.iter().find_map(|h| h.head.steps_of()).map(|i| self.encoders[i].1.time_stride())
     }
 
     /// The transcript alphabet of a CTC model (its output classes after the blank).
@@ -495,6 +330,36 @@ impl Model {
         &self.heads[0].config
     }
 
+    /// The heads' modules, in output order (their metrics, evaluation and predictions).
+    pub fn head_modules(&self) -> impl Iterator<Item = &dyn Head> {
+        self.heads.iter().map(|h| h.head.as_ref())
+    }
+
+    /// A validation metric's direction: `loss` (and with several heads `NAME_loss`) and every
+    /// metric a head reports ([`Head::metrics`], prefixed `NAME_` with several heads); `None`
+    /// for a name this model never reports.
+    pub fn metric(&self, name: &str) -> Option<Metric> {
+        let several = self.heads.len() > 1;
+        if name == "loss" {
+            return Some(Metric::lower("loss"));
+        }
+        self.heads.iter().find_map(|h| {
+            let own = if several { name.strip_prefix(h.name.as_str())?.strip_prefix('_')? } else { name };
+            if own == "loss" {
+                return Some(Metric::lower(name));
+            }
+            h.head.metrics().into_iter().find(|m| m.name == own).map(|m| Metric { name: name.to_string(), ..m })
+        })
+    }
+
+    /// The metric that selects the best checkpoint by default: the first head's
+    /// ([`Head::selection`]), prefixed by its name when there are several heads.
+    pub fn selection(&self) -> Metric {
+        let first = &self.heads[0];
+        let m = first.head.selection();
+        if self.heads.len() > 1 { Metric { name: format!("{}_{}", first.name, m.name), ..m } } else { m }
+    }
+
     /// Runs the model on a batch (on the model's device).
     pub fn forward_t(&self, batch: &Batch, train: bool) -> Output {
         let mut pooled = Vec::new();
@@ -511,57 +376,28 @@ impl Model {
             let column = batch.modalities.iter().position(|m| m == name).expect("modality in the batch");
             present.push(batch.present.select(1, column as i64).gt(0.5));
         }
-        if let Some(r) = &self.retrieval {
-            let _part = Part::enter("retrieval projections");
-            let normalise = |x: Tensor| &x / x.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
-            let a = normalise(pooled[r.a].apply(&r.proj_a));
-            let b = normalise(pooled[r.b].apply(&r.proj_b));
-            let both = present[r.a].logical_and(&present[r.b]);
-            let sim = a.matmul(&b.tr());
-            return Output { prediction: sim.shallow_clone(), predictions: vec![sim], weights: None, embeddings: Some((a, b, both)), sequence: None };
-        }
-        if let Some(c) = &self.ctc {
-            let _part = Part::enter("ctc head");
-            let (steps, mask) = seqs[c.encoder].take().expect("a ctc head reads an encoder with a sequence output");
-            let last = c.layers.len() - 1;
-            let mut x = steps;
-            for (i, l) in c.layers.iter().enumerate() {
-                x = x.dropout(c.dropout, train).apply(l);
-                if i < last {
-                    x = x.relu();
-                }
+        let reads_fused = self.heads.iter().any(|h| h.config.reads() == Reads::Fused);
+        let (fused, weights) = match &self.fusion {
+            Some(fusion) => {
+                let _part = Part::enter("fusion");
+                let embeddings = Embeddings { pooled: pooled.iter().map(Tensor::shallow_clone).collect(), seqs: seqs.iter().map(|s| s.as_ref().map(|(a, b)| (a.shallow_clone(), b.shallow_clone()))).collect(), present: Tensor::stack(&present, 1) };
+                let f = fusion.forward_t(&embeddings, train);
+                (Some(f.fused), f.weights)
             }
-            let log_probs = x.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
-            let lengths = mask.to_kind(Kind::Int64).sum_dim_intlist([1].as_slice(), false, Kind::Int64);
-            return Output { prediction: log_probs.shallow_clone(), predictions: vec![log_probs.shallow_clone()], weights: None, embeddings: None, sequence: Some((log_probs, lengths)) };
-        }
-        let embeddings = Embeddings { pooled, seqs, present: Tensor::stack(&present, 1) };
-        let fusion = self.fusion.as_ref().expect("a fusion for every head but retrieval");
-        let fused = {
-            let _part = Part::enter("fusion");
-            fusion.forward_t(&embeddings, train)
+            // One modality and no fusion: its encoder's output, zero where the sample lacks it.
+            None if reads_fused => (Some(pooled[0].where_self(&present[0].unsqueeze(1), &pooled[0].zeros_like())), None),
+            None => (None, None),
         };
-        let predictions: Vec<Tensor> = self
-            .heads
-            .iter()
-            .map(|head| {
-                let _part = Part::enter(format!("{} head", head.name));
-                let (_, dropout) = head.config.mlp();
-                let mut x = fused.fused.shallow_clone();
-                let last = head.layers.len().saturating_sub(1);
-                for (i, l) in head.layers.iter().enumerate() {
-                    x = x.dropout(dropout, train).apply(l);
-                    if i < last {
-                        x = x.relu();
-                    }
-                }
-                match head.config {
-                    HeadConfig::Regression { .. } => x.squeeze_dim(1),
-                    _ => x,
-                }
-            })
-            .collect();
-        Output { prediction: predictions[0].shallow_clone(), predictions, weights: fused.weights, embeddings: None, sequence: None }
+        let input = HeadInput { fused: fused.as_ref(), pooled: &pooled, seqs: &seqs, present: &present };
+        let (mut predictions, mut embeddings, mut sequence) = (Vec::new(), None, None);
+        for h in &self.heads {
+            let _part = Part::enter(format!("{} head", h.name));
+            let out = h.head.forward(&input, train);
+            predictions.push(out.prediction);
+            embeddings = embeddings.or(out.embeddings);
+            sequence = sequence.or(out.sequence);
+        }
+        Output { prediction: predictions[0].shallow_clone(), predictions, weights, embeddings, sequence }
     }
 
     /// The loss of `output` against the batch's targets: the weighted sum of the heads'.
@@ -576,75 +412,16 @@ impl Model {
         terms.fold(first, |total, term| total + term)
     }
 
-    /// Each head's own loss (unweighted), by name.
+    /// Each head's own loss (unweighted, in f32 even under bf16 autocast), by name.
     pub fn head_losses(&self, output: &Output, batch: &Batch) -> Result<Vec<(String, Tensor)>> {
         self.heads
             .iter()
             .enumerate()
             .map(|(i, h)| {
                 let _part = Part::enter(format!("{} head's loss", h.name));
-                Ok((h.name.clone(), self.head_loss(h, &output.predictions[i], output, batch)?))
+                Ok((h.name.clone(), h.head.loss(&output.predictions[i], output, batch)?))
             })
             .collect()
-    }
-
-    fn head_loss(&self, head: &Head, prediction: &Tensor, output: &Output, batch: &Batch) -> Result<Tensor> {
-        // Losses are computed in f32 even when the forward pass ran under bf16 autocast (a
-        // no-op in f32).
-        let prediction = &prediction.to_kind(Kind::Float);
-        let missing = |what: &str| Error::Config(format!("the batch has no {what} for the head {:?}", head.name));
-        match &head.config {
-            HeadConfig::Classification { label_smoothing, .. } => {
-                let labels = batch.label.as_ref().ok_or_else(|| missing("labels"))?;
-                let options = CrossEntropy {
-                    class_weights: head.class_weights.as_ref().map(Tensor::shallow_clone),
-                    label_smoothing: *label_smoothing,
-                };
-                Ok(cross_entropy(prediction, labels, &options))
-            }
-            HeadConfig::MultiLabel { .. } => {
-                let labels = batch.labels.as_ref().ok_or_else(|| missing("multi-labels"))?;
-                Ok(binary_cross_entropy(prediction, labels, None))
-            }
-            HeadConfig::Retrieval { positives, .. } => {
-                let r = self.retrieval.as_ref().expect("a retrieval head");
-                let (a, b, both) = output.embeddings.as_ref().expect("retrieval embeddings");
-                let (a, b) = (&a.to_kind(Kind::Float), &b.to_kind(Kind::Float));
-                let rows = both.nonzero().squeeze_dim(1);
-                if rows.size()[0] < 2 {
-                    return Ok(a.sum(Kind::Float) * 0.0);
-                }
-                let (a, b, scale) = (&a.index_select(0, &rows), &b.index_select(0, &rows), &r.temperature.scale());
-                match (positives, batch.label.as_ref()) {
-                    (Positives::Label, Some(labels)) => Ok(crate::loss::info_nce_by_label(a, b, scale, &labels.index_select(0, &rows))),
-                    (Positives::Label, None) => Err(missing("labels (model.head.positives = \"label\")")),
-                    (Positives::Pair, _) => Ok(crate::loss::info_nce(a, b, scale)),
-                }
-            }
-            HeadConfig::Ctc { .. } => {
-                let (targets, target_lengths) = batch.transcript.as_ref().ok_or_else(|| missing("transcripts"))?;
-                let (log_probs, lengths) = output.sequence.as_ref().expect("ctc output");
-                // Steps × batch × classes, as libtorch's CTC takes them. A sample whose steps
-                // cannot hold its transcript counts 0 (evaluation reports how many there were).
-                Ok(Tensor::ctc_loss_tensor(
-                    &log_probs.transpose(0, 1),
-                    targets,
-                    lengths,
-                    target_lengths,
-                    mm_data::transcript::Alphabet::BLANK as i64,
-                    tch::Reduction::Mean,
-                    true,
-                ))
-            }
-            HeadConfig::Regression { loss, .. } => {
-                let (target, mask) = batch.target.as_ref().ok_or_else(|| missing("targets"))?;
-                let mask = mask.gt(0.5);
-                Ok(match loss {
-                    RegressionLoss::Mse => mse(prediction, target, Some(&mask)),
-                    RegressionLoss::L1 => l1(prediction, target, Some(&mask)),
-                })
-            }
-        }
     }
 
     /// The encoders' backbone parameters (the pretrained parts), for their own parameter group.
@@ -692,12 +469,6 @@ impl Model {
     /// Head `i`'s probabilities `[B, C]` (softmax, or sigmoid for multi-label); regression
     /// predictions and retrieval similarities as they are.
     pub fn probabilities(&self, output: &Output, i: usize) -> Tensor {
-        let p = &output.predictions[i];
-        match self.heads[i].config {
-            HeadConfig::MultiLabel { .. } => p.sigmoid(),
-            HeadConfig::Regression { .. } | HeadConfig::Retrieval { .. } => p.shallow_clone(),
-            HeadConfig::Ctc { .. } => p.exp(),
-            HeadConfig::Classification { .. } => p.softmax(1, Kind::Float),
-        }
+        self.heads[i].head.probabilities(&output.predictions[i])
     }
 }

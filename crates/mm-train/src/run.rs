@@ -56,7 +56,7 @@ use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
-use crate::model::{DataShape, HeadConfig, Model, ModelConfig};
+use crate::model::{DataShape, Model, ModelConfig};
 use crate::precision::Autocast;
 use crate::dist::ProcessGroup;
 use crate::train::{checkpoint_dir, evaluate_in, fit_in, fit_with, Report, TrainConfig};
@@ -214,36 +214,13 @@ impl RunConfig {
                 return bad(format!("data.{m}: no encoder reads it; add [model.encoders.{m}] or remove [data.{m}]"));
             }
         }
-        let heads = self.model.named_heads()?;
-        for name in self.model.loss_weights.keys() {
-            if !heads.iter().any(|(n, _)| n == name) {
-                return bad(format!("model.loss_weights.{name}: no head of that name"));
-            }
+        // How encoders, fusion and heads fit together: the model's own rules (one place).
+        let heads = self.model.check()?;
+        if heads.iter().any(|(_, h)| h.kind() == "ctc") && self.data.transcript.is_none() {
+            return bad("model.head: a ctc head learns transcripts; add [data.transcript]".into());
         }
-        if let Some((_, HeadConfig::Retrieval { pair, .. })) = heads.iter().find(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
-            if self.model.fusion.is_some() {
-                return bad("model.fusion: a retrieval head compares two modalities and fuses nothing; remove [model.fusion]".into());
-            }
-            for p in pair {
-                if !self.model.encoders.contains_key(p) {
-                    return bad(format!("model.head.pair: no encoder for {p:?}"));
-                }
-            }
-            if self.model.encoders.len() != 2 {
-                return bad(format!("model.encoders: a retrieval model has the two encoders of its pair {pair:?}, no more"));
-            }
-        } else if let Some((_, HeadConfig::Ctc { modality, .. })) = heads.iter().find(|(_, h)| matches!(h, HeadConfig::Ctc { .. })) {
-            if self.model.fusion.is_some() {
-                return bad("model.fusion: a ctc head reads one modality's sequence and fuses nothing; remove [model.fusion]".into());
-            }
-            if self.data.transcript.is_none() {
-                return bad("model.head: a ctc head learns transcripts; add [data.transcript]".into());
-            }
-            if !self.model.encoders.contains_key(modality) {
-                return bad(format!("model.head.modality: no encoder for {modality:?}"));
-            }
-        } else if self.model.fusion.is_none() {
-            return bad("model.fusion: missing; every head but retrieval and ctc reads a fused vector (method = \"concat\" for one modality)".into());
+        if heads.iter().any(|(_, h)| h.kind() == "ordinal") && self.data.classes.is_empty() {
+            return bad("model.head: an ordinal head learns the classes in order: list them in that order in [data] classes".into());
         }
         let t = &self.train;
         if t.epochs == 0 || t.batch_size == 0 || t.accumulate == 0 {
@@ -483,11 +460,7 @@ impl Run {
     pub fn predict(&self, manifest: Arc<Manifest>, split: Split) -> Result<Vec<Value>> {
         let loader = self.loader(manifest, split, self.config.train.batch_size)?;
         let device = self.vs.device();
-        let classes = &self.pipeline.classes;
-        let heads: Vec<(String, HeadConfig)> = self.model.heads().into_iter().map(|(n, h)| (n.to_string(), h.clone())).collect();
-        if heads.iter().any(|(_, h)| matches!(h, HeadConfig::Retrieval { .. })) {
-            return Err(Error::Config("a retrieval model predicts no labels: use `mm retrieve`".into()));
-        }
+        let names: Vec<&str> = self.model.heads().into_iter().map(|(n, _)| n).collect();
         let modalities: Vec<&String> = self.model.config().encoders.keys().collect();
         let mut rows = Vec::new();
         for batch in loader.epoch(0) {
@@ -496,67 +469,22 @@ impl Run {
             let precision = self.config.train.precision;
             let _autocast = Autocast::scope(precision, device);
             let out = crate::guard::step("prediction", precision, device, || Ok(self.model.forward_t(&batch, false)))?;
-            // (A CTC head's per-step probabilities are not per-sample rows: it gives text.)
-            let per_head: Vec<Vec<f32>> = (0..heads.len())
-                .map(|i| match out.sequence {
-                    Some(_) => Vec::new(),
-                    None => Vec::try_from(self.model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default(),
-                })
-                .collect();
+            // Each head's object per sample (a retrieval head refuses: it predicts no labels).
+            let mut per_head = Vec::new();
+            for (i, head) in self.model.head_modules().enumerate() {
+                per_head.push(head.predict(&out, i, &batch)?.into_iter());
+            }
             let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default());
-            let labels: Option<Vec<i64>> = batch.label.as_ref().map(|l| Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default());
-            let targets: Option<(Vec<f32>, Vec<f32>)> = batch.target.as_ref().map(|(t, m)| {
-                (Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default(), Vec::try_from(m.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default())
-            });
             let b = batch.ids.len();
-            let transcripts: Option<(Vec<String>, Vec<String>)> = out.sequence.as_ref().zip(self.model.alphabet()).map(|((log_probs, lengths), alphabet)| {
-                let hyps = crate::ctc::decode_batch(log_probs, lengths, mm_data::transcript::Alphabet::BLANK, 1);
-                let truth: Option<Vec<String>> = batch.transcripts().map(|t| t.iter().map(|ids| alphabet.decode(ids)).collect());
-                (hyps.iter().map(|d| alphabet.decode(&d.labels)).collect(), truth.unwrap_or_default())
-            });
             for (j, id) in batch.ids.iter().enumerate() {
                 let mut row = Map::new();
                 row.insert("id".into(), json!(id));
-                for ((name, head), p) in heads.iter().zip(&per_head) {
-                    let mut h = Map::new();
-                    match head {
-                        HeadConfig::Regression { .. } => {
-                            h.insert("prediction".into(), json!(p[j]));
-                            if let Some((t, m)) = &targets {
-                                if m.get(j).is_some_and(|m| *m > 0.5) {
-                                    h.insert("target".into(), json!(t[j]));
-                                }
-                            }
-                        }
-                        HeadConfig::Ctc { .. } => {
-                            let (hyps, truth) = transcripts.as_ref().expect("ctc transcripts");
-                            h.insert("prediction".into(), json!(hyps[j]));
-                            if let Some(t) = truth.get(j) {
-                                h.insert("transcript".into(), json!(t));
-                            }
-                        }
-                        HeadConfig::MultiLabel { .. } => {
-                            let c = classes.len();
-                            let probs = &p[j * c..(j + 1) * c];
-                            let chosen: Vec<&String> = classes.iter().zip(probs).filter(|(_, v)| **v >= 0.5).map(|(k, _)| k).collect();
-                            h.insert("prediction".into(), json!(chosen));
-                            h.insert("probabilities".into(), Value::Object(classes.iter().zip(probs).map(|(k, v)| (k.clone(), json!(v))).collect()));
-                        }
-                        _ => {
-                            let c = classes.len();
-                            let probs = &p[j * c..(j + 1) * c];
-                            let best = crate::metrics::argmax(probs, c)[0];
-                            h.insert("prediction".into(), json!(classes[best]));
-                            h.insert("probabilities".into(), Value::Object(classes.iter().zip(probs).map(|(k, v)| (k.clone(), json!(v))).collect()));
-                            if let Some(l) = labels.as_ref().and_then(|l| l.get(j)).filter(|l| **l >= 0) {
-                                h.insert("label".into(), json!(classes[*l as usize]));
-                            }
-                        }
-                    }
-                    if heads.len() == 1 {
+                for (name, objects) in names.iter().zip(per_head.iter_mut()) {
+                    let h = objects.next().unwrap_or_default();
+                    if names.len() == 1 {
                         row.extend(h);
                     } else {
-                        row.insert(name.clone(), Value::Object(h));
+                        row.insert(name.to_string(), Value::Object(h));
                     }
                 }
                 if let Some(w) = &weights {

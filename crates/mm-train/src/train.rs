@@ -26,10 +26,8 @@ use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
-use crate::ctc::ErrorCounts;
-use mm_data::transcript::Alphabet;
 use crate::dist::{self, ProcessGroup, ReduceOp};
-use crate::metrics;
+use crate::heads::Evaluator;
 use crate::model::{HeadConfig, Model};
 use crate::optim::{Group, Optimizer, OptimizerConfig};
 use crate::guard;
@@ -153,10 +151,14 @@ impl Default for TrainConfig {
     }
 }
 
-/// Whether higher is better for a metric (losses and errors, plain or prefixed by a head's
-/// name, and ranks are lower-is-better).
-fn maximise(metric: &str) -> bool {
-    !["loss", "mse", "mae", "median_rank", "wer", "cer"].iter().any(|m| metric == *m || metric.ends_with(&format!("_{m}")))
+/// The metrics `model` reports, for an error message.
+fn reported(model: &Model) -> String {
+    let several = model.heads().len() > 1;
+    let mut names = vec!["loss".to_string()];
+    for ((name, _), head) in model.heads().iter().zip(model.head_modules()) {
+        names.extend(head.metrics().into_iter().map(|m| if several { format!("{name}_{}", m.name) } else { m.name }));
+    }
+    names.join(", ")
 }
 
 /// The outcome of [`fit`].
@@ -175,51 +177,6 @@ pub struct Report {
     pub pretrained: Vec<(String, mm_encoders::weights::LoadReport)>,
 }
 
-/// What one head's evaluation gathers.
-#[derive(Default)]
-struct Gathered {
-    probs: Vec<f32>,
-    truth: Vec<i64>,
-    preds: Vec<f64>,
-    targets: Vec<f64>,
-    emb_a: Vec<Tensor>,
-    emb_b: Vec<Tensor>,
-    errors: ErrorCounts,
-    /// CTC: samples whose output steps are fewer than their transcript needs.
-    too_short: usize,
-    loss: f64,
-}
-
-impl Gathered {
-    /// Replaces this rank's predictions with those of every rank, in rank order.
-    fn merge(&mut self, group: &ProcessGroup) -> Result<()> {
-        let probs = group.all_gather(&self.probs.iter().map(|v| f64::from(*v)).collect::<Vec<_>>())?;
-        self.probs = probs.into_iter().map(|v| v as f32).collect();
-        self.truth = group.all_gather(&self.truth.iter().map(|v| *v as f64).collect::<Vec<_>>())?.into_iter().map(|v| v as i64).collect();
-        self.preds = group.all_gather(&self.preds)?;
-        let mut counts = self.errors.to_values().to_vec();
-        counts.push(self.too_short as f64);
-        let counts = group.all_reduce_values(&counts, ReduceOp::Sum)?;
-        self.errors = ErrorCounts::from_values(&counts);
-        self.too_short = counts[6] as usize;
-        self.targets = group.all_gather(&self.targets)?;
-        for side in [&mut self.emb_a, &mut self.emb_b] {
-            // Embeddings travel flat with their width (agreed by the maximum: a rank with none
-            // has width 0).
-            let width = side.first().map_or(0, |t| t.size()[1]);
-            let width = group.all_reduce_values(&[width as f64], ReduceOp::Max)?[0] as i64;
-            let flat: Vec<f64> = if side.is_empty() {
-                Vec::new()
-            } else {
-                dist::host_vec(&Tensor::cat(side, 0).to_kind(Kind::Double))?
-            };
-            let all = group.all_gather(&flat)?;
-            *side = if all.is_empty() || width == 0 { Vec::new() } else { vec![Tensor::from_slice(&all).to_kind(Kind::Float).view([-1, width])] };
-        }
-        Ok(())
-    }
-}
-
 /// Evaluates `model` over `loader`: the loss and the metrics of each head. With one head the
 /// keys are plain (`accuracy`); with several they are prefixed by the head's name
 /// (`label_accuracy`, `target_mse`) and `loss` is the weighted total.
@@ -236,10 +193,11 @@ pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Pr
 /// ([`mm_data::loader::Shard`]), then the predictions of every rank are gathered, so every
 /// rank computes the metrics of the whole split (the same numbers on all of them).
 pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision: Precision, group: Option<&ProcessGroup>) -> Result<Map<String, Value>> {
-    let heads: Vec<(String, HeadConfig)> = model.heads().into_iter().map(|(n, h)| (n.to_string(), h.clone())).collect();
-    let mut gathered: Vec<Gathered> = heads.iter().map(|_| Gathered::default()).collect();
+    let heads: Vec<(&str, &HeadConfig)> = model.heads();
+    let mut evaluators: Vec<Box<dyn Evaluator + '_>> = model.head_modules().map(|h| h.evaluator()).collect();
+    // Each head's loss, then the total: sums over samples.
+    let mut losses = vec![0.0; heads.len()];
     let (mut loss_sum, mut batches) = (0.0, 0usize);
-    let classes = model.classes();
     for batch in loader.epoch(0) {
         let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
         // A libtorch failure in the batch is an error naming the model part, not a panic.
@@ -253,58 +211,9 @@ pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision:
             let n = batch.len() as f64;
             loss_sum += model.total_loss(&head_losses).double_value(&[]) * n;
             batches += batch.len();
-            for (i, ((_, head), g)) in heads.iter().zip(gathered.iter_mut()).enumerate() {
-                let host = || model.probabilities(&out, i).to_device(Device::Cpu).to_kind(Kind::Float);
-                g.loss += head_losses[i].1.double_value(&[]) * n;
-                match head {
-                    HeadConfig::Regression { .. } => {
-                        let (t, mask) = batch.target.as_ref().ok_or_else(|| Error::Data("no targets in the validation data".into()))?;
-                        let t: Vec<f32> = Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
-                        let mask: Vec<f32> = Vec::try_from(mask.to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
-                        let pv: Vec<f32> = Vec::try_from(host()).unwrap_or_default();
-                        for ((pi, ti), mi) in pv.iter().zip(&t).zip(&mask) {
-                            if *mi > 0.5 {
-                                g.preds.push(f64::from(*pi));
-                                g.targets.push(f64::from(*ti));
-                            }
-                        }
-                    }
-                    HeadConfig::Classification { .. } => {
-                        let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
-                        let l: Vec<i64> = Vec::try_from(labels.to_device(Device::Cpu)).unwrap_or_default();
-                        let pv: Vec<f32> = Vec::try_from(host().view([-1])).unwrap_or_default();
-                        for (j, lj) in l.iter().enumerate() {
-                            if *lj >= 0 {
-                                g.probs.extend_from_slice(&pv[j * classes..(j + 1) * classes]);
-                                g.truth.push(*lj);
-                            }
-                        }
-                    }
-                    HeadConfig::Retrieval { .. } => {
-                        if let Some((a, b, both)) = out.embeddings.as_ref() {
-                            let rows = both.nonzero().squeeze_dim(1);
-                            g.emb_a.push(a.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
-                            g.emb_b.push(b.index_select(0, &rows).to_device(Device::Cpu).to_kind(Kind::Float));
-                            // Labels, where the data has them, for category-level retrieval.
-                            if let Some(labels) = batch.label.as_ref() {
-                                let l: Vec<i64> = Vec::try_from(labels.index_select(0, &rows).to_device(Device::Cpu)).unwrap_or_default();
-                                g.truth.extend(l);
-                            }
-                        }
-                    }
-                    HeadConfig::MultiLabel { .. } => {}
-                    HeadConfig::Ctc { .. } => {
-                        let alphabet = model.alphabet().expect("a ctc model has an alphabet");
-                        let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts in the validation data".into()))?;
-                        let (log_probs, lengths) = out.sequence.as_ref().expect("ctc output");
-                        let decoded = crate::ctc::decode_batch(log_probs, lengths, Alphabet::BLANK, 1);
-                        let steps: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
-                        for ((hyp, truth), steps) in decoded.iter().zip(&truths).zip(&steps) {
-                            g.errors.add(&alphabet.decode(truth), &alphabet.decode(&hyp.labels));
-                            g.too_short += usize::from(*steps < crate::ctc::min_steps(truth) as i64);
-                        }
-                    }
-                }
+            for (i, (sum, evaluator)) in losses.iter_mut().zip(evaluators.iter_mut()).enumerate() {
+                *sum += head_losses[i].1.double_value(&[]) * n;
+                evaluator.add(&out, i, &batch)?;
             }
             Ok(())
         })?;
@@ -312,88 +221,25 @@ pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision:
     if let Some(group) = group.filter(|g| g.world_size() > 1) {
         // Sums of losses and batch counts, then every rank's predictions.
         let mut sums = vec![loss_sum, batches as f64];
-        sums.extend(gathered.iter().map(|g| g.loss));
+        sums.extend(&losses);
         let sums = group.all_reduce_values(&sums, ReduceOp::Sum)?;
         (loss_sum, batches) = (sums[0], sums[1] as usize);
-        for (g, loss) in gathered.iter_mut().zip(&sums[2..]) {
-            g.loss = *loss;
-            g.merge(group)?;
+        losses.copy_from_slice(&sums[2..]);
+        for evaluator in &mut evaluators {
+            evaluator.merge(group)?;
         }
     }
     let mut m = Map::new();
     m.insert("loss".into(), json!(loss_sum / batches.max(1) as f64));
     let prefixed = heads.len() > 1;
-    for ((name, head), g) in heads.iter().zip(&gathered) {
+    for (((name, _), loss), evaluator) in heads.iter().zip(&losses).zip(&evaluators) {
         let key = |k: &str| if prefixed { format!("{name}_{k}") } else { k.to_string() };
         if prefixed {
-            m.insert(key("loss"), json!(g.loss / batches.max(1) as f64));
+            m.insert(key("loss"), json!(loss / batches.max(1) as f64));
         }
-        match head {
-            HeadConfig::Classification { .. } if !g.truth.is_empty() => {
-                let t: Vec<usize> = g.truth.iter().map(|x| *x as usize).collect();
-                let p = metrics::argmax(&g.probs, classes);
-                m.insert(key("accuracy"), json!(metrics::accuracy(&p, &t)));
-                if classes > 5 {
-                    m.insert(key("top5"), json!(metrics::top_k(&g.probs, classes, &t, 5)));
-                }
-                m.insert(key("macro_f1"), json!(metrics::macro_f1(&p, &t, classes)));
-                let per = metrics::per_class(&p, &t, classes);
-                m.insert(key("precision"), json!(per.iter().map(|c| c.precision).collect::<Vec<_>>()));
-                m.insert(key("recall"), json!(per.iter().map(|c| c.recall).collect::<Vec<_>>()));
-                m.insert(key("confusion"), json!(metrics::confusion_matrix(&p, &t, classes)));
-                let auroc = if classes == 2 {
-                    let s: Vec<f64> = g.probs.chunks(2).map(|r| f64::from(r[1])).collect();
-                    metrics::auroc(&s, &t.iter().map(|x| *x == 1).collect::<Vec<_>>())
-                } else {
-                    metrics::auroc_ovr(&g.probs, classes, &t).1
-                };
-                if let Some(a) = auroc {
-                    m.insert(key("auroc"), json!(a));
-                }
-            }
-            HeadConfig::Retrieval { pair, .. } if !g.emb_a.is_empty() => {
-                // Every validation pair against every other: the whole split is the gallery.
-                let (a, b) = (Tensor::cat(&g.emb_a, 0), Tensor::cat(&g.emb_b, 0));
-                let n = a.size()[0] as usize;
-                let sim: Vec<f32> = Vec::try_from(a.matmul(&b.tr()).view([-1])).unwrap_or_default();
-                let (ab, ba) = metrics::retrieval(&sim, n);
-                let (forward, backward) = (format!("{}_to_{}", pair[0], pair[1]), format!("{}_to_{}", pair[1], pair[0]));
-                for (direction, r) in [(&forward, ab), (&backward, ba)] {
-                    m.insert(key(&format!("{direction}_r1")), json!(r.recall[0]));
-                    m.insert(key(&format!("{direction}_r5")), json!(r.recall[1]));
-                    m.insert(key(&format!("{direction}_r10")), json!(r.recall[2]));
-                    m.insert(key(&format!("{direction}_median_rank")), json!(r.median_rank));
-                    m.insert(key(&format!("{direction}_mrr")), json!(r.mrr));
-                }
-                // With a label on every pair: a gallery item is relevant when it shares the
-                // query's label (`_class_r1`, `_class_map`).
-                if g.truth.len() == n && g.truth.iter().all(|l| *l >= 0) {
-                    let by_class = [(&forward, metrics::class_retrieval(&sim, n, &g.truth, &g.truth)), (&backward, metrics::class_retrieval(&metrics::transpose(&sim, n), n, &g.truth, &g.truth))];
-                    for (direction, r) in by_class {
-                        for (k, cut) in [1, 5, 10].iter().enumerate() {
-                            m.insert(key(&format!("{direction}_class_r{cut}")), json!(r.recall[k]));
-                        }
-                        m.insert(key(&format!("{direction}_class_map")), json!(r.map));
-                    }
-                }
-                m.insert(key("gallery"), json!(n));
-            }
-            HeadConfig::Ctc { .. } if g.errors.utterances > 0 => {
-                // Greedy decoding; `mm transcribe --beam` decodes with a beam.
-                m.insert(key("wer"), json!(g.errors.wer().unwrap_or(0.0)));
-                m.insert(key("cer"), json!(g.errors.cer().unwrap_or(0.0)));
-                m.insert(key("exact"), json!(g.errors.exact as f64 / g.errors.utterances as f64));
-                m.insert(key("too_short"), json!(g.too_short));
-            }
-            HeadConfig::Regression { .. } if !g.targets.is_empty() => {
-                m.insert(key("mse"), json!(metrics::mse(&g.preds, &g.targets)));
-                m.insert(key("mae"), json!(metrics::mae(&g.preds, &g.targets)));
-                if let Some(r) = metrics::pearson(&g.preds, &g.targets) {
-                    m.insert(key("pearson"), json!(r));
-                }
-            }
-            _ => {}
-        }
+        evaluator.finish(&mut |k, v| {
+            m.insert(key(k), v);
+        });
     }
     Ok(m)
 }
@@ -479,6 +325,13 @@ pub fn fit_with(
             return Err(Error::Config(format!("train.reduce_on_plateau: factor {} must be in (0, 1) and min_scale {} in [0, 1)", p.factor, p.min_scale)));
         }
     }
+    let select = match config.early_stopping.as_ref().map(|e| e.metric.clone()).or_else(|| config.select.clone()) {
+        Some(name) => model.metric(&name).ok_or_else(|| {
+            let key = if config.early_stopping.is_some() { "train.early_stopping.metric" } else { "train.select" };
+            Error::Config(format!("{key} = {name:?}: not a metric this model reports (it reports {})", reported(model)))
+        })?,
+        None => model.selection(),
+    };
     let device = vs.device();
     let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(config.accumulate).max(1) as u64;
     let total = steps_per_epoch * config.epochs;
@@ -552,21 +405,6 @@ pub fn fit_with(
     if let Some(group) = group {
         state = share_start(group, vs, &mut optimizer, state)?;
     }
-    let select = config
-        .early_stopping
-        .as_ref()
-        .map(|e| e.metric.clone())
-        .or_else(|| config.select.clone())
-        .unwrap_or_else(|| {
-            let metric = match model.head() {
-                HeadConfig::Regression { .. } => "mse".to_string(),
-                HeadConfig::Ctc { .. } => "wer".to_string(),
-                HeadConfig::Retrieval { pair, .. } => format!("{}_to_{}_mrr", pair[0], pair[1]),
-                _ => "accuracy".to_string(),
-            };
-            let heads = model.heads();
-            if heads.len() > 1 { format!("{}_{metric}", heads[0].0) } else { metric }
-        });
     let take_step = |optimizer: &mut Optimizer, state: &mut TrainState| -> Result<()> {
         if let Some(group) = group {
             dist::average_gradients(group, &synced)?;
@@ -675,15 +513,15 @@ pub fn fit_with(
             "unused_samples": train_loader.unused(epoch),
         });
         record["val"] = Value::Object(val.clone());
-        let value = val.get(&select).and_then(Value::as_f64);
+        let value = val.get(&select.name).and_then(Value::as_f64);
         let improved = match (value, state.best) {
             (Some(v), None) => v.is_finite(),
-            (Some(v), Some((b, _))) => if maximise(&select) { v > b } else { v < b },
+            (Some(v), Some((b, _))) => if select.higher_is_better { v > b } else { v < b },
             (None, _) => false,
         };
         if let (Some(p), Some(v)) = (&config.reduce_on_plateau, value.filter(|v| v.is_finite())) {
             let plateau = state.plateau.get_or_insert_with(|| {
-                let mut r = ReduceOnPlateau::new(p.factor, p.patience, maximise(&select));
+                let mut r = ReduceOnPlateau::new(p.factor, p.patience, select.higher_is_better);
                 r.min_scale = p.min_scale;
                 r
             });
@@ -698,10 +536,11 @@ pub fn fit_with(
         }
         if config.verbose && main {
             eprintln!(
-                "epoch {}/{}: train loss {:.4}, val {select} {}, {:.0} samples/s",
+                "epoch {}/{}: train loss {:.4}, val {} {}, {:.0} samples/s",
                 epoch + 1,
                 config.epochs,
                 record["train_loss"].as_f64().unwrap_or(f64::NAN),
+                select.name,
                 value.map_or("n/a".to_string(), |v| format!("{v:.4}")),
                 record["samples_per_second"].as_f64().unwrap_or(0.0)
             );
@@ -722,7 +561,7 @@ pub fn fit_with(
             }
         }
     }
-    Ok(Report { history: state.history, metric: select, best: state.best, stopped_early, pretrained })
+    Ok(Report { history: state.history, metric: select.name, best: state.best, stopped_early, pretrained })
 }
 
 /// The variables that are never trained (buffers such as batch-norm statistics), by name;

@@ -655,6 +655,53 @@ mod training {
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
+    /// A model over one modality needs no `[fusion]`: the encoder's output is the fused vector,
+    /// exactly what concatenation without presence flags gives, with the same variables; with
+    /// two modalities and no fusion the model is refused by name. The selection metric is
+    /// checked against what the heads report before anything trains.
+    #[test]
+    fn one_modality_needs_no_fusion_and_metrics_are_named_by_the_heads() {
+        let _rng = super::rng_lock();
+        let (dir, manifest, pipeline) = data("nofusion", 120);
+        let audio_only = MODEL.replace("[encoders.text]\n        kind = \"text\"\n        dim = 32\n        pooling = \"mean\"\n", "");
+        let without: ModelConfig = toml::from_str(&audio_only.replace("[fusion]\n        method = \"concat\"\n", "")).expect("config");
+        assert!(without.fusion.is_none() && without.encoders.len() == 1);
+        let with: ModelConfig = toml::from_str(&audio_only.replace("method = \"concat\"", "method = \"concat\"\n        presence_flags = false")).expect("config");
+        let shape = DataShape::from_pipeline(&pipeline, vec![]);
+        let build = |config: &ModelConfig| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            tch::manual_seed(3);
+            let model = Model::new(&vs.root(), config, &shape).expect("model");
+            (vs, model)
+        };
+        let ((vs_a, a), (vs_b, b)) = (build(&without), build(&with));
+        let names = |vs: &nn::VarStore| vs.variables().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(names(&vs_a), names(&vs_b));
+        let loader = mm_data::loader::Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), mm_data::loader::LoaderConfig::evaluation()).expect("loader");
+        let batch = loader.epoch(0).next().expect("a batch").expect("batch");
+        let (pa, pb) = tch::no_grad(|| (a.forward_t(&batch, false).prediction, b.forward_t(&batch, false).prediction));
+        assert_eq!((pa - pb).abs().max().double_value(&[]), 0.0);
+        let config = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
+        let report = fit(&a, &vs_a, Arc::clone(&manifest), Arc::clone(&pipeline), &config, &dir.join("one"), false).expect("trains");
+        assert_eq!(report.metric, "accuracy");
+
+        let two: ModelConfig = toml::from_str(&MODEL.replace("[fusion]\n        method = \"concat\"\n", "")).expect("config");
+        let e = Model::new(&nn::VarStore::new(Device::Cpu).root(), &two, &shape).expect_err("two modalities, no fusion").to_string();
+        assert!(e.contains("model.fusion: missing") && e.contains("2 modalities"), "{e}");
+
+        // A selection metric the heads do not report is refused before training, listing
+        // those they do; one they report keeps its direction (a loss goes down).
+        let (vs, model) = build(&with);
+        let bogus = TrainConfig { select: Some("bogus".into()), ..config.clone() };
+        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &bogus, &dir.join("bogus"), false).expect_err("bogus").to_string();
+        assert!(e.contains("train.select = \"bogus\"") && e.contains("accuracy, top5, macro_f1, auroc"), "{e}");
+        assert!(!dir.join("bogus/checkpoints").exists());
+        assert_eq!(model.metric("loss").map(|m| m.higher_is_better), Some(false));
+        assert_eq!(model.metric("macro_f1").map(|m| m.higher_is_better), Some(true));
+        assert_eq!(model.metric("main_accuracy"), None, "one head: names are not prefixed");
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+
     /// Backbones in their own parameter group: a rate of 0 keeps them fixed while the rest
     /// learns; a smaller rate moves them less.
     #[test]
