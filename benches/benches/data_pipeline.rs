@@ -39,11 +39,14 @@ fn images(c: &mut Criterion) {
     let manifest = Manifest::read(png_manifest(&dir, n).expect("PNG files")).expect("manifest");
     let pipeline = image_pipeline();
     let config = LoaderConfig { batch_size: BATCH, drop_last: false, ..LoaderConfig::training(0) };
-    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
+    let loader =
+        Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
     let mut group = c.benchmark_group("data_pipeline");
     group.throughput(Throughput::Elements(n as u64));
     group.sample_size(10);
-    group.bench_function("png256_crop224_flip_jitter_normalise_batch64", |b| b.iter(|| assert_eq!(run_epoch(&loader), n)));
+    group.bench_function("png256_crop224_flip_jitter_normalise_batch64", |b| {
+        b.iter(|| assert_eq!(run_epoch(&loader), n))
+    });
     group.finish();
     std::fs::remove_dir_all(dir).ok();
 }
@@ -58,16 +61,30 @@ fn audio(c: &mut Criterion) {
     let names = extract_fsdd(&data.join("mirror/fsdd/v1.0.10.tar.gz"), &dir, n);
     let mut manifest = Manifest::new(&dir);
     for name in &names {
-        manifest.push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1])).expect("sample");
+        manifest
+            .push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1]))
+            .expect("sample");
     }
     let mut pipeline = Pipeline::new((0..10).map(|d| d.to_string()).collect());
-    pipeline.audio = Some(AudioSpec::new(&MelConfig { sample_rate: 16_000, n_fft: 400, hop_length: 160, n_mels: 64, ..MelConfig::default() }).expect("mel"));
+    pipeline.audio = Some(
+        AudioSpec::new(&MelConfig {
+            sample_rate: 16_000,
+            n_fft: 400,
+            hop_length: 160,
+            n_mels: 64,
+            ..MelConfig::default()
+        })
+        .expect("mel"),
+    );
     let config = LoaderConfig { batch_size: BATCH, ..LoaderConfig::evaluation() };
-    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
+    let loader =
+        Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
     let mut group = c.benchmark_group("data_pipeline");
     group.throughput(Throughput::Elements(names.len() as u64));
     group.sample_size(10);
-    group.bench_function("fsdd_wav8k_resample16k_logmel64_batch64", |b| b.iter(|| assert_eq!(run_epoch(&loader), names.len())));
+    group.bench_function("fsdd_wav8k_resample16k_logmel64_batch64", |b| {
+        b.iter(|| assert_eq!(run_epoch(&loader), names.len()))
+    });
     group.finish();
     std::fs::remove_dir_all(dir).ok();
 }

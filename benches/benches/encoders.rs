@@ -38,14 +38,44 @@ fn encoders(c: &mut Criterion) {
     tch::set_num_threads(threads);
     let f = (Kind::Float, Device::Cpu);
     let none = BuildContext::default();
-    case(c, "resnet18_32x112", "kind = \"image\"\narch = \"resnet18\"", none, Input::dense(Tensor::randn([32, 3, 112, 112], f)));
-    case(c, "resnet50_32x112", "kind = \"image\"\narch = \"resnet50\"", none, Input::dense(Tensor::randn([32, 3, 112, 112], f)));
-    case(c, "vgg11_8x112", "kind = \"image\"\narch = \"vgg11\"", none, Input::dense(Tensor::randn([8, 3, 112, 112], f)));
-    case(c, "lenet_256x28", "kind = \"image\"\narch = \"lenet\"\nin_channels = 1", none, Input::dense(Tensor::randn([256, 1, 28, 28], f)));
+    case(
+        c,
+        "resnet18_32x112",
+        "kind = \"image\"\narch = \"resnet18\"",
+        none,
+        Input::dense(Tensor::randn([32, 3, 112, 112], f)),
+    );
+    case(
+        c,
+        "resnet50_32x112",
+        "kind = \"image\"\narch = \"resnet50\"",
+        none,
+        Input::dense(Tensor::randn([32, 3, 112, 112], f)),
+    );
+    case(
+        c,
+        "vgg11_8x112",
+        "kind = \"image\"\narch = \"vgg11\"",
+        none,
+        Input::dense(Tensor::randn([8, 3, 112, 112], f)),
+    );
+    case(
+        c,
+        "lenet_256x28",
+        "kind = \"image\"\narch = \"lenet\"\nin_channels = 1",
+        none,
+        Input::dense(Tensor::randn([256, 1, 28, 28], f)),
+    );
     let ids = || Tensor::randint(20_000, [64, 32], (Kind::Int64, Device::Cpu));
     let lengths = || Tensor::randint_low(8, 33, [64], (Kind::Int64, Device::Cpu));
     let words = BuildContext { vocab_size: Some(20_000), ..Default::default() };
-    case(c, "text_bag_64x32", "kind = \"text\"\ndim = 50", words, Input::sequence(ids(), lengths()));
+    case(
+        c,
+        "text_bag_64x32",
+        "kind = \"text\"\ndim = 50",
+        words,
+        Input::sequence(ids(), lengths()),
+    );
     case(
         c,
         "text_bilstm_64x32",
@@ -61,11 +91,28 @@ fn encoders(c: &mut Criterion) {
         Input::sequence(ids(), lengths()),
     );
     let mels = BuildContext { input_dim: Some(64), ..Default::default() };
-    let audio = || Input::sequence(Tensor::randn([32, 100, 64], f), Tensor::randint_low(50, 101, [32], (Kind::Int64, Device::Cpu)));
+    let audio = || {
+        Input::sequence(
+            Tensor::randn([32, 100, 64], f),
+            Tensor::randint_low(50, 101, [32], (Kind::Int64, Device::Cpu)),
+        )
+    };
     case(c, "audio_bigru_32x100", "kind = \"audio\"\nbackbone = { type = \"rnn\", cell = \"gru\", hidden = 128, layers = 2, bidirectional = true }", mels, audio());
-    case(c, "audio_cnn_32x100", "kind = \"audio\"\nbackbone = { type = \"cnn\", channels = [32, 64, 128] }", mels, audio());
+    case(
+        c,
+        "audio_cnn_32x100",
+        "kind = \"audio\"\nbackbone = { type = \"cnn\", channels = [32, 64, 128] }",
+        mels,
+        audio(),
+    );
     let records = BuildContext { input_dim: Some(32), ..Default::default() };
-    case(c, "tabular_256x32", "kind = \"tabular\"\nhidden = [128, 64]\nout = 64", records, Input::dense(Tensor::randn([256, 32], f)));
+    case(
+        c,
+        "tabular_256x32",
+        "kind = \"tabular\"\nhidden = [128, 64]\nout = 64",
+        records,
+        Input::dense(Tensor::randn([256, 32], f)),
+    );
 }
 
 criterion_group!(benches, encoders);

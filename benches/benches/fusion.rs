@@ -24,11 +24,15 @@ fn fusion(c: &mut Criterion) {
     for (name, text) in FUSION_CASES {
         let vs = nn::VarStore::new(Device::Cpu);
         let config: FusionConfig = toml::from_str(text).expect("config");
-        let model = FusionModel::new(&(vs.root() / "fusion"), &config, &FUSION_DIMS).expect("fusion");
+        let model =
+            FusionModel::new(&(vs.root() / "fusion"), &config, &FUSION_DIMS).expect("fusion");
         let e = fusion_inputs(B, name == "cross_attention", Device::Cpu);
-        let params: i64 = vs.trainable_variables().iter().map(Tensor::numel).map(|n| n as i64).sum();
+        let params: i64 =
+            vs.trainable_variables().iter().map(Tensor::numel).map(|n| n as i64).sum();
         eprintln!("{name}: {params} parameters, output {}", model.output_dim());
-        group.bench_function(name, |b| b.iter(|| model.forward_t(&e, true).fused.sum(Kind::Float).backward()));
+        group.bench_function(name, |b| {
+            b.iter(|| model.forward_t(&e, true).fused.sum(Kind::Float).backward())
+        });
     }
     group.finish();
 }

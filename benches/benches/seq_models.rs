@@ -58,10 +58,26 @@ fn seq_models(c: &mut Criterion) {
     bench_model(c, "lstm", &lstm);
     let gru = Rnn::new(&(&root / "gru"), F, &rnn(CellKind::Gru)).expect("gru");
     bench_model(c, "gru", &gru);
-    let config = TransformerConfig { d_model: 64, heads: 4, layers: 2, ff: 256, dropout: 0.1, activation: Activation::Gelu, norm_first: true, ..Default::default() };
-    let transformer = TransformerEncoder::new(&(&root / "transformer"), F, &config).expect("transformer");
+    let config = TransformerConfig {
+        d_model: 64,
+        heads: 4,
+        layers: 2,
+        ff: 256,
+        dropout: 0.1,
+        activation: Activation::Gelu,
+        norm_first: true,
+        ..Default::default()
+    };
+    let transformer =
+        TransformerEncoder::new(&(&root / "transformer"), F, &config).expect("transformer");
     bench_model(c, "transformer", &transformer);
-    let config = TemporalConvConfig { channels: 128, kernel: 3, layers: 3, dropout: 0.1, ..Default::default() };
+    let config = TemporalConvConfig {
+        channels: 128,
+        kernel: 3,
+        layers: 3,
+        dropout: 0.1,
+        ..Default::default()
+    };
     let tcn = TemporalConv::new(&(&root / "tcn"), F, &config).expect("tcn");
     bench_model(c, "tcn", &tcn);
 }

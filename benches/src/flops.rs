@@ -13,7 +13,9 @@
 //! assert!((macs / 1e9 - 4.09).abs() < 0.01);
 //! ```
 
-use crate::workloads::{Workload, AV_FRAMES, AV_IMAGE, AV_MELS, CLASSES, SEED_FEATURES, SEED_IMAGE, SEED_STEPS};
+use crate::workloads::{
+    Workload, AV_FRAMES, AV_IMAGE, AV_MELS, CLASSES, SEED_FEATURES, SEED_IMAGE, SEED_STEPS,
+};
 
 /// Output side of a convolution or pooling of kernel `k`, stride `s`, padding `p` (floor mode).
 fn out_side(side: u64, k: u64, s: u64, p: u64) -> u64 {
@@ -32,11 +34,14 @@ pub fn resnet50_macs(side: u64, classifier: bool) -> f64 {
     let mut macs = conv(7, 3, 64, s, s);
     s = out_side(s, 3, 2, 1); // max pooling
     let mut inplanes = 64;
-    for (stage, (planes, blocks)) in [(64, 3), (128, 4), (256, 6), (512, 3)].into_iter().enumerate() {
+    for (stage, (planes, blocks)) in [(64, 3), (128, 4), (256, 6), (512, 3)].into_iter().enumerate()
+    {
         for block in 0..blocks {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
             let out = out_side(s, 3, stride, 1);
-            macs += conv(1, inplanes, planes, s, s) + conv(3, planes, planes, out, out) + conv(1, planes, planes * 4, out, out);
+            macs += conv(1, inplanes, planes, s, s)
+                + conv(3, planes, planes, out, out)
+                + conv(1, planes, planes * 4, out, out);
             if block == 0 {
                 macs += conv(1, inplanes, planes * 4, out, out);
             }
@@ -58,7 +63,10 @@ pub fn lstm_macs(input: u64, hidden: u64, steps: u64) -> f64 {
 /// MACs of one forward pass of the seed model (per sample).
 pub fn seed_macs() -> f64 {
     let (steps, features) = (SEED_STEPS as u64, SEED_FEATURES as u64);
-    resnet50_macs(SEED_IMAGE as u64, false) + lstm_macs(features, 256, steps) + lstm_macs(256, 256, steps) + ((2048 + 256) * CLASSES as u64) as f64
+    resnet50_macs(SEED_IMAGE as u64, false)
+        + lstm_macs(features, 256, steps)
+        + lstm_macs(256, 256, steps)
+        + ((2048 + 256) * CLASSES as u64) as f64
 }
 
 /// MACs of one forward pass of the av-digits model (per sample, at the full 120 frames the
@@ -66,10 +74,12 @@ pub fn seed_macs() -> f64 {
 pub fn av_digits_macs() -> f64 {
     let side = AV_IMAGE as u64;
     // LeNet: conv1 5×5 padded to 6 channels, pool, conv2 5×5 to 16, pool, fc1, fc2.
-    let lenet = conv(5, 3, 6, side, side) + {
-        let s = out_side(side / 2, 5, 1, 0);
-        conv(5, 6, 16, s, s)
-    } + (16 * 5 * 5 * 120 + 120 * 84) as f64;
+    let lenet = conv(5, 3, 6, side, side)
+        + {
+            let s = out_side(side / 2, 5, 1, 0);
+            conv(5, 6, 16, s, s)
+        }
+        + (16 * 5 * 5 * 120 + 120 * 84) as f64;
     // Audio CNN [16, 32]: 3×3 convolutions with ceil-mode 2×2 pooling, then a linear map of
     // each remaining step's channels × bins to 32.
     let (mut t, mut m, mut cin, mut audio) = (AV_FRAMES as u64, AV_MELS as u64, 1, 0.0);
@@ -114,7 +124,10 @@ mod tests {
     fn training_is_three_forward_passes() {
         assert_eq!(train_step_flops(Workload::Seed, 2), 12.0 * seed_macs());
         // The LSTM is a small share of the seed model; the ResNet dominates.
-        assert!(seed_macs() > resnet50_macs(224, false) && seed_macs() < 1.01 * resnet50_macs(224, false));
+        assert!(
+            seed_macs() > resnet50_macs(224, false)
+                && seed_macs() < 1.01 * resnet50_macs(224, false)
+        );
         assert!(av_digits_macs() > 5e6 && av_digits_macs() < 1e7, "{}", av_digits_macs());
     }
 }

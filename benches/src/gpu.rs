@@ -30,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::flops::train_step_flops;
-use crate::workloads::{fusion_inputs, image_pipeline, median, png_manifest, time_runs, Trainer, Workload, FUSION_CASES, FUSION_DIMS};
+use crate::workloads::{
+    fusion_inputs, image_pipeline, median, png_manifest, time_runs, Trainer, Workload,
+    FUSION_CASES, FUSION_DIMS,
+};
 
 /// Sizes of a suite.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,12 +57,28 @@ pub struct Plan {
 impl Plan {
     /// The suite on a GPU.
     pub fn gpu() -> Self {
-        Plan { seed_batches: vec![64, 128, 256], av_batch: 1024, fusion_batch: 4096, pipeline: (64, 512), warmup: 3, steps: 10, matmul: 8192 }
+        Plan {
+            seed_batches: vec![64, 128, 256],
+            av_batch: 1024,
+            fusion_batch: 4096,
+            pipeline: (64, 512),
+            warmup: 3,
+            steps: 10,
+            matmul: 8192,
+        }
     }
 
     /// The same cases, small, for a CPU (`--allow-cpu`) or a smoke test.
     pub fn brief() -> Self {
-        Plan { seed_batches: vec![2], av_batch: 64, fusion_batch: 64, pipeline: (8, 16), warmup: 1, steps: 2, matmul: 512 }
+        Plan {
+            seed_batches: vec![2],
+            av_batch: 64,
+            fusion_batch: 64,
+            pipeline: (8, 16),
+            warmup: 1,
+            steps: 2,
+            matmul: 512,
+        }
     }
 
     /// Every case, as child-process specifications.
@@ -232,14 +251,24 @@ pub fn device_name(device: Device) -> String {
 pub fn cpu_name() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cpu}, {} logical cores", std::thread::available_parallelism().map_or(0, |n| n.get()))
 }
 
 /// Runs one case (in this process) and returns its result. `work` holds the pipeline case's
 /// images.
-pub fn run_case(spec: &str, device: Device, plan: &Plan, work: &Path) -> Result<CaseResult, String> {
+pub fn run_case(
+    spec: &str,
+    device: Device,
+    plan: &Plan,
+    work: &Path,
+) -> Result<CaseResult, String> {
     let parts: Vec<&str> = spec.split(':').collect();
     let memory = Memory::start(device);
     let result = match parts.as_slice() {
@@ -304,10 +333,22 @@ pub fn run_case(spec: &str, device: Device, plan: &Plan, work: &Path) -> Result<
 }
 
 /// The image pipeline feeding the seed model.
-fn pipeline_case(device: Device, batch: usize, plan: &Plan, work: &Path) -> Result<PipelineResult, String> {
-    let manifest = Arc::new(Manifest::read(png_manifest(work, plan.pipeline.1)?).map_err(|e| e.to_string())?);
+fn pipeline_case(
+    device: Device,
+    batch: usize,
+    plan: &Plan,
+    work: &Path,
+) -> Result<PipelineResult, String> {
+    let manifest =
+        Arc::new(Manifest::read(png_manifest(work, plan.pipeline.1)?).map_err(|e| e.to_string())?);
     let pipeline = image_pipeline();
-    let loader = Loader::new(manifest, Split::Train, Arc::new(pipeline), LoaderConfig { batch_size: batch, ..LoaderConfig::training(0) }).map_err(|e| e.to_string())?;
+    let loader = Loader::new(
+        manifest,
+        Split::Train,
+        Arc::new(pipeline),
+        LoaderConfig { batch_size: batch, ..LoaderConfig::training(0) },
+    )
+    .map_err(|e| e.to_string())?;
     let per_epoch = loader.batches_per_epoch() * batch;
     // The loader alone (second epoch; the first warms the file cache).
     let mut loader_rate = 0.0;
@@ -391,7 +432,13 @@ impl Memory {
             Some(self.peak.load(Ordering::Relaxed).saturating_sub(base) as f64 / (1 << 20) as f64)
         } else {
             let status = std::fs::read_to_string("/proc/self/status").ok()?;
-            let kb: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+            let kb: f64 = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
             Some(kb / 1024.0)
         }
     }
@@ -430,7 +477,8 @@ mod nvml {
             // symbols are NVML's documented C functions with these signatures.
             unsafe {
                 let lib = libloading::Library::new("libnvidia-ml.so.1").ok()?;
-                let init: libloading::Symbol<unsafe extern "C" fn() -> c_int> = lib.get(b"nvmlInit_v2\0").ok()?;
+                let init: libloading::Symbol<unsafe extern "C" fn() -> c_int> =
+                    lib.get(b"nvmlInit_v2\0").ok()?;
                 if init() != 0 {
                     return None;
                 }
@@ -446,7 +494,10 @@ mod nvml {
     /// NVML's index of CUDA device `cuda` (CUDA_VISIBLE_DEVICES renumbers what CUDA sees).
     fn index(cuda: usize) -> c_uint {
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        let mapped = visible.as_deref().and_then(|v| v.split(',').nth(cuda)).and_then(|s| s.trim().parse().ok());
+        let mapped = visible
+            .as_deref()
+            .and_then(|v| v.split(',').nth(cuda))
+            .and_then(|s| s.trim().parse().ok());
         mapped.unwrap_or(cuda as c_uint)
     }
 
@@ -509,7 +560,13 @@ pub fn markdown(r: &Report) -> String {
         ));
     }
     let peak_of = |precision: &str| {
-        r.device.as_ref().map(|d| if precision == "bf16" { d.matmul_bf16_tflops } else { d.matmul_fp32_tflops })
+        r.device.as_ref().map(|d| {
+            if precision == "bf16" {
+                d.matmul_bf16_tflops
+            } else {
+                d.matmul_fp32_tflops
+            }
+        })
     };
     out.push_str("| model | batch | precision | step (ms) | samples/s | TFLOP/s | of matmul peak | peak memory (MiB) |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n");
     for res in &r.results {
@@ -522,7 +579,8 @@ pub fn markdown(r: &Report) -> String {
                 t.step_ms,
                 t.samples_per_s,
                 t.tflops,
-                peak_of(&t.precision).map_or("-".into(), |p| format!("{:.0}%", 100.0 * t.tflops / p)),
+                peak_of(&t.precision)
+                    .map_or("-".into(), |p| format!("{:.0}%", 100.0 * t.tflops / p)),
                 t.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
             ));
         }
@@ -562,7 +620,8 @@ pub fn markdown(r: &Report) -> String {
 
 /// Runs every case of `plan` in a child process (`exe --case SPEC`), collecting results.
 pub fn run_suite(exe: &Path, device: Device, plan: &Plan, work: &Path, extra: &[String]) -> Report {
-    let mut report = Report { device: None, plan: plan.clone(), results: Vec::new(), failed: Vec::new() };
+    let mut report =
+        Report { device: None, plan: plan.clone(), results: Vec::new(), failed: Vec::new() };
     let cases: Vec<String> = std::iter::once("device".to_string()).chain(plan.cases()).collect();
     for case in cases {
         eprintln!("bench-gpu: {case}");
@@ -576,10 +635,15 @@ pub fn run_suite(exe: &Path, device: Device, plan: &Plan, work: &Path, extra: &[
             Ok(o) => {
                 let stdout = String::from_utf8_lossy(&o.stdout);
                 match stdout.lines().find_map(|l| l.strip_prefix(RESULT_PREFIX)) {
-                    Some(json) if o.status.success() => serde_json::from_str::<CaseResult>(json).map_err(|e| format!("unreadable result: {e}")),
+                    Some(json) if o.status.success() => serde_json::from_str::<CaseResult>(json)
+                        .map_err(|e| format!("unreadable result: {e}")),
                     _ => {
                         let stderr = String::from_utf8_lossy(&o.stderr);
-                        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+                        let last = stderr
+                            .lines()
+                            .rev()
+                            .find(|l| !l.trim().is_empty())
+                            .unwrap_or("no message");
                         Err(format!("{} ({last})", o.status))
                     }
                 }
@@ -614,7 +678,11 @@ mod tests {
                 assert!(cases.contains(&format!("train:seed:{b}:{p}")), "{cases:?}");
             }
         }
-        assert!(cases.iter().any(|c| c.starts_with("train:av:")) && cases.iter().any(|c| c.starts_with("fusion:")) && cases.iter().any(|c| c.starts_with("pipeline:")));
+        assert!(
+            cases.iter().any(|c| c.starts_with("train:av:"))
+                && cases.iter().any(|c| c.starts_with("fusion:"))
+                && cases.iter().any(|c| c.starts_with("pipeline:"))
+        );
         assert_eq!(nominal("NVIDIA H200"), Some((67.0, Some(989.0))));
         assert_eq!(nominal("NVIDIA H100 PCIe"), Some((51.0, Some(756.0))));
         assert_eq!(nominal("Some future GPU"), None);
@@ -622,9 +690,14 @@ mod tests {
 
     #[test]
     fn unknown_cases_are_refused_by_name() {
-        let e = run_case("train:gpt:8:fp32", Device::Cpu, &Plan::brief(), Path::new("/nonexistent")).err().unwrap_or_default();
+        let e =
+            run_case("train:gpt:8:fp32", Device::Cpu, &Plan::brief(), Path::new("/nonexistent"))
+                .err()
+                .unwrap_or_default();
         assert!(e.contains("\"gpt\""), "{e}");
-        let e = run_case("warp", Device::Cpu, &Plan::brief(), Path::new("/nonexistent")).err().unwrap_or_default();
+        let e = run_case("warp", Device::Cpu, &Plan::brief(), Path::new("/nonexistent"))
+            .err()
+            .unwrap_or_default();
         assert!(e.contains("unknown case \"warp\""), "{e}");
     }
 }

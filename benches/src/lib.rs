@@ -26,7 +26,10 @@ pub fn write_pngs(dir: &Path, n: usize, size: u32) -> Vec<String> {
         .map(|i| {
             let seed = i as u32;
             let img = image::RgbImage::from_fn(size, size, |x, y| {
-                let v = x.wrapping_mul(31).wrapping_add(y.wrapping_mul(17)).wrapping_add(seed.wrapping_mul(101));
+                let v = x
+                    .wrapping_mul(31)
+                    .wrapping_add(y.wrapping_mul(17))
+                    .wrapping_add(seed.wrapping_mul(101));
                 image::Rgb([(v % 251) as u8, ((v / 3) % 241) as u8, ((x ^ y ^ seed) % 256) as u8])
             });
             let name = format!("{i}.png");
@@ -51,7 +54,8 @@ pub fn extract_fsdd(archive: &Path, dir: &Path, n: usize) -> Vec<String> {
     let mut names = Vec::new();
     for entry in tar.entries().expect("read the archive") {
         let mut entry = entry.expect("archive entry");
-        let name = entry.path().expect("entry path").file_name().map(|n| n.to_string_lossy().into_owned());
+        let name =
+            entry.path().expect("entry path").file_name().map(|n| n.to_string_lossy().into_owned());
         let Some(name) = name.filter(|n| n.ends_with(".wav")) else { continue };
         entry.unpack(dir.join(&name)).expect("unpack");
         names.push(name);

@@ -26,7 +26,9 @@ use mm_train::train::{fit, TrainConfig};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
-use crate::workloads::{av_digits_run, image_pipeline, median, png_manifest, time_runs, Trainer, Workload};
+use crate::workloads::{
+    av_digits_run, image_pipeline, median, png_manifest, time_runs, Trainer, Workload,
+};
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,10 +132,16 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
             let staging = work.join(".clips-staging");
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).map_err(|e| io("create", &staging, e))?;
-            let names = if fsdd.is_dir() { copy_wavs(fsdd, &staging, sizes.clips)? } else { crate::extract_fsdd(fsdd, &staging, sizes.clips) };
+            let names = if fsdd.is_dir() {
+                copy_wavs(fsdd, &staging, sizes.clips)?
+            } else {
+                crate::extract_fsdd(fsdd, &staging, sizes.clips)
+            };
             let mut manifest = Manifest::new(&staging);
             for name in &names {
-                manifest.push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1])).map_err(|e| e.to_string())?;
+                manifest
+                    .push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1]))
+                    .map_err(|e| e.to_string())?;
             }
             manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
             rename(&staging, &clips)?;
@@ -157,7 +165,8 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
                 audio_snr_db: Some(-5.0),
                 ..AvDigitsConfig::default()
             };
-            convert(mnist, fsdd, &av, &config, false).map_err(|e| format!("building av-digits: {e}"))?;
+            convert(mnist, fsdd, &av, &config, false)
+                .map_err(|e| format!("building av-digits: {e}"))?;
             Some(av)
         }
         _ => {
@@ -172,13 +181,15 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
         missing,
     };
     let text = serde_json::to_string_pretty(&inputs).map_err(|e| e.to_string())?;
-    mm_data::fs::write_atomic(&work.join("inputs.json"), text.as_bytes()).map_err(|e| e.to_string())?;
+    mm_data::fs::write_atomic(&work.join("inputs.json"), text.as_bytes())
+        .map_err(|e| e.to_string())?;
     Ok(inputs)
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(to);
-    std::fs::rename(from, to).map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))
+    std::fs::rename(from, to)
+        .map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))
 }
 
 fn copy_wavs(dir: &Path, to: &Path, n: usize) -> Result<Vec<String>, String> {
@@ -196,11 +207,23 @@ fn copy_wavs(dir: &Path, to: &Path, n: usize) -> Result<Vec<String>, String> {
 }
 
 /// Throughput of whole loader epochs over `manifest` (one warm-up epoch, then `repeats`).
-fn loader_throughput(id: &str, what: &str, manifest: &Path, pipeline: Pipeline, train: bool, repeats: usize) -> Result<Measure, String> {
+fn loader_throughput(
+    id: &str,
+    what: &str,
+    manifest: &Path,
+    pipeline: Pipeline,
+    train: bool,
+    repeats: usize,
+) -> Result<Measure, String> {
     let manifest = Manifest::read(manifest).map_err(|e| e.to_string())?;
     let n = manifest.samples().len();
-    let config = if train { LoaderConfig { batch_size: 64, drop_last: false, ..LoaderConfig::training(0) } } else { LoaderConfig { batch_size: 64, ..LoaderConfig::evaluation() } };
-    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config).map_err(|e| e.to_string())?;
+    let config = if train {
+        LoaderConfig { batch_size: 64, drop_last: false, ..LoaderConfig::training(0) }
+    } else {
+        LoaderConfig { batch_size: 64, ..LoaderConfig::evaluation() }
+    };
+    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config)
+        .map_err(|e| e.to_string())?;
     let mut runs = Vec::new();
     for epoch in 0..=repeats as u64 {
         let start = Instant::now();
@@ -216,7 +239,13 @@ fn loader_throughput(id: &str, what: &str, manifest: &Path, pipeline: Pipeline, 
             runs.push(rate);
         }
     }
-    Ok(Measure { id: id.into(), what: what.into(), value: median(&runs), unit: "samples/s".into(), runs })
+    Ok(Measure {
+        id: id.into(),
+        what: what.into(),
+        value: median(&runs),
+        unit: "samples/s".into(),
+        runs,
+    })
 }
 
 /// W1 on our side.
@@ -230,7 +259,13 @@ pub fn w1(inputs: &Inputs, sizes: Sizes) -> Result<Measure, String> {
 pub fn w2(inputs: &Inputs, sizes: Sizes) -> Result<Option<Measure>, String> {
     let Some(clips) = &inputs.clips else { return Ok(None) };
     let mut pipeline = Pipeline::new((0..10).map(|d| d.to_string()).collect());
-    let mel = MelConfig { sample_rate: 16_000, n_fft: 400, hop_length: 160, n_mels: 64, ..MelConfig::default() };
+    let mel = MelConfig {
+        sample_rate: 16_000,
+        n_fft: 400,
+        hop_length: 160,
+        n_mels: 64,
+        ..MelConfig::default()
+    };
     pipeline.audio = Some(AudioSpec::new(&mel).map_err(|e| e.to_string())?);
     let what = format!("{} FSDD WAV 8 kHz -> resample 16 kHz -> log-mel 64 (n_fft 400, hop 160), padded batches of 64", sizes.clips);
     loader_throughput("W2", &what, clips, pipeline, false, sizes.repeats).map(Some)
@@ -277,10 +312,14 @@ pub fn w4(inputs: &Inputs, scratch: &Path, device: Device) -> Result<Option<Meas
         let _ = std::fs::remove_dir_all(&out);
         tch::manual_seed(0);
         let vs = nn::VarStore::new(device);
-        let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, vec![])).map_err(|e| e.to_string())?;
-        let train = TrainConfig { epochs: 1, verbose: false, progress: false, ..config.train.clone() };
+        let model =
+            Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, vec![]))
+                .map_err(|e| e.to_string())?;
+        let train =
+            TrainConfig { epochs: 1, verbose: false, progress: false, ..config.train.clone() };
         let start = Instant::now();
-        fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &out, false).map_err(|e| e.to_string())?;
+        fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &out, false)
+            .map_err(|e| e.to_string())?;
         runs.push(start.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&out);
     }
@@ -315,11 +354,28 @@ pub fn profile(inputs: &Inputs, device: Device) -> Result<Option<Profile>, Strin
     let pipeline = Arc::new(prepared.pipeline);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
-    let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, vec![])).map_err(|e| e.to_string())?;
-    let mut optimizer = mm_train::optim::Optimizer::new(&config.train.optimizer, vec![mm_train::optim::Group::new("all", vs.trainable_variables())]).map_err(|e| e.to_string())?;
-    let loader = Loader::new(Arc::new(prepared.manifest), Split::Train, pipeline, LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::training(0) })
+    let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, vec![]))
         .map_err(|e| e.to_string())?;
-    let mut p = Profile { batches: 0, data_wait: 0.0, forward: 0.0, backward: 0.0, optimizer: 0.0, total: 0.0 };
+    let mut optimizer = mm_train::optim::Optimizer::new(
+        &config.train.optimizer,
+        vec![mm_train::optim::Group::new("all", vs.trainable_variables())],
+    )
+    .map_err(|e| e.to_string())?;
+    let loader = Loader::new(
+        Arc::new(prepared.manifest),
+        Split::Train,
+        pipeline,
+        LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::training(0) },
+    )
+    .map_err(|e| e.to_string())?;
+    let mut p = Profile {
+        batches: 0,
+        data_wait: 0.0,
+        forward: 0.0,
+        backward: 0.0,
+        optimizer: 0.0,
+        total: 0.0,
+    };
     let start = Instant::now();
     let mut batches = loader.epoch(0);
     loop {
@@ -373,10 +429,12 @@ pub fn merge_rounds(rounds: &[Vec<Measure>]) -> Vec<Measure> {
             None => out.push((m.clone(), vec![m.value])),
         }
     }
-    out.into_iter().map(|(mut m, values)| {
-        m.value = median(&values);
-        m
-    }).collect()
+    out.into_iter()
+        .map(|(mut m, values)| {
+            m.value = median(&values);
+            m
+        })
+        .collect()
 }
 
 /// The target of each workload: how many times faster than PyTorch we must be.
@@ -408,7 +466,13 @@ pub fn compare(ours: &[Measure], theirs: &[Measure]) -> Vec<Row> {
     ours.iter()
         .map(|m| {
             let peer = theirs.iter().find(|t| t.id == m.id).cloned();
-            let speedup = peer.as_ref().map(|p| if m.higher_is_better() { m.value / p.value } else { p.value / m.value });
+            let speedup = peer.as_ref().map(|p| {
+                if m.higher_is_better() {
+                    m.value / p.value
+                } else {
+                    p.value / m.value
+                }
+            });
             let target = target(&m.id);
             Row { mm: m.clone(), pytorch: peer, speedup, target, met: speedup.map(|s| s >= target) }
         })
@@ -419,7 +483,15 @@ pub fn compare(ours: &[Measure], theirs: &[Measure]) -> Vec<Row> {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from("| id | workload | unit | mm | PyTorch | speed-up | target | met |\n| --- | --- | --- | ---: | ---: | ---: | ---: | --- |\n");
     for r in rows {
-        let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else if v >= 10.0 { format!("{v:.1}") } else { format!("{v:.2}") };
+        let fmt = |v: f64| {
+            if v >= 100.0 {
+                format!("{v:.0}")
+            } else if v >= 10.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.2}")
+            }
+        };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {:.2}x | {} |\n",
             r.mm.id,
@@ -455,7 +527,10 @@ mod tests {
             vec![m("W3-av", 20.0, "ms/step"), m("W1", 200.0, "samples/s")],
         ];
         let merged = merge_rounds(&rounds);
-        assert_eq!(merged.iter().map(|m| (m.id.as_str(), m.value)).collect::<Vec<_>>(), [("W1", 200.0), ("W3-av", 20.0)]);
+        assert_eq!(
+            merged.iter().map(|m| (m.id.as_str(), m.value)).collect::<Vec<_>>(),
+            [("W1", 200.0), ("W3-av", 20.0)]
+        );
         assert_eq!(merged[0].runs, [100.0, 300.0, 200.0]);
         assert!(merge_rounds(&[]).is_empty());
     }
@@ -463,8 +538,17 @@ mod tests {
     #[test]
     fn speedups_point_the_same_way_for_rates_and_times() {
         let rows = compare(
-            &[m("W1", 800.0, "samples/s"), m("W3-seed", 90.0, "ms/step"), m("W4", 10.0, "s/epoch"), m("W2", 1.0, "samples/s")],
-            &[m("W1", 400.0, "samples/s"), m("W3-seed", 100.0, "ms/step"), m("W4", 12.0, "s/epoch")],
+            &[
+                m("W1", 800.0, "samples/s"),
+                m("W3-seed", 90.0, "ms/step"),
+                m("W4", 10.0, "s/epoch"),
+                m("W2", 1.0, "samples/s"),
+            ],
+            &[
+                m("W1", 400.0, "samples/s"),
+                m("W3-seed", 100.0, "ms/step"),
+                m("W4", 12.0, "s/epoch"),
+            ],
         );
         assert_eq!(rows[0].speedup, Some(2.0));
         assert_eq!(rows[0].met, Some(true));

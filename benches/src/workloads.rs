@@ -92,7 +92,8 @@ pub fn av_digits_model() -> ModelConfig {
 
 /// The av-digits recipe as a run configuration.
 pub fn av_digits_run() -> RunConfig {
-    RunConfig::parse(AV_DIGITS_TOML, "configs/av-digits/av-digits.toml".as_ref(), &[]).expect("the av-digits recipe is valid")
+    RunConfig::parse(AV_DIGITS_TOML, "configs/av-digits/av-digits.toml".as_ref(), &[])
+        .expect("the av-digits recipe is valid")
 }
 
 fn shape(n_mels: i64) -> DataShape {
@@ -123,11 +124,17 @@ pub fn random_batch(workload: Workload, batch: usize, device: Device) -> Batch {
     let (image, audio) = match workload {
         Workload::Seed => (
             Tensor::randn([b, 3, SEED_IMAGE, SEED_IMAGE], f),
-            (Tensor::randn([b, SEED_STEPS, SEED_FEATURES], f), Tensor::full([b], SEED_STEPS, (Kind::Int64, device))),
+            (
+                Tensor::randn([b, SEED_STEPS, SEED_FEATURES], f),
+                Tensor::full([b], SEED_STEPS, (Kind::Int64, device)),
+            ),
         ),
         Workload::AvDigits => (
             Tensor::randn([b, 3, AV_IMAGE, AV_IMAGE], f),
-            (Tensor::randn([b, AV_FRAMES, AV_MELS], f), Tensor::from_slice(&lengths(batch, AV_FRAMES / 3, AV_FRAMES)).to_device(device)),
+            (
+                Tensor::randn([b, AV_FRAMES, AV_MELS], f),
+                Tensor::from_slice(&lengths(batch, AV_FRAMES / 3, AV_FRAMES)).to_device(device),
+            ),
         ),
     };
     Batch {
@@ -175,7 +182,8 @@ impl Trainer {
             Workload::Seed => (seed_model(), SEED_FEATURES),
             Workload::AvDigits => (av_digits_model(), AV_MELS),
         };
-        let model = Model::new(&vs.root(), &config, &shape(mels)).expect("the benchmark models fit their data");
+        let model = Model::new(&vs.root(), &config, &shape(mels))
+            .expect("the benchmark models fit their data");
         let optimizer = Optimizer::new(
             &OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
             vec![Group::new("all", vs.trainable_variables())],
@@ -269,12 +277,17 @@ pub const FUSION_CASES: [(&str, &str); 9] = [
 /// lengths from half to all of them).
 pub fn fusion_inputs(batch: i64, sequences: bool, device: Device) -> Embeddings {
     let f = (Kind::Float, device);
-    let pooled: Vec<Tensor> = FUSION_DIMS.iter().map(|(_, d)| Tensor::randn([batch, *d], f).set_requires_grad(true)).collect();
+    let pooled: Vec<Tensor> = FUSION_DIMS
+        .iter()
+        .map(|(_, d)| Tensor::randn([batch, *d], f).set_requires_grad(true))
+        .collect();
     let mut e = Embeddings::all_present(pooled);
     if sequences {
         for (m, t) in [(1usize, 100i64), (2, 32)] {
             let lengths = Tensor::randint_low(t / 2, t + 1, [batch], (Kind::Int64, device));
-            let mask = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0).lt_tensor(&lengths.unsqueeze(1));
+            let mask = Tensor::arange(t, (Kind::Int64, device))
+                .unsqueeze(0)
+                .lt_tensor(&lengths.unsqueeze(1));
             e.seqs[m] = Some((Tensor::randn([batch, t, FUSION_DIMS[m].1], f), mask));
         }
     }
@@ -286,7 +299,14 @@ pub fn fusion_inputs(batch: i64, sequences: bool, device: Device) -> Embeddings 
 pub fn image_pipeline() -> Pipeline {
     let mut pipeline = Pipeline::new(vec!["x".into()]);
     let mut spec = ImageSpec::new((224, 224));
-    spec.augment = ImageAugment { crop: ImageAugment::standard().crop, hflip: 0.5, brightness: 0.4, contrast: 0.4, saturation: 0.4, ..Default::default() };
+    spec.augment = ImageAugment {
+        crop: ImageAugment::standard().crop,
+        hflip: 0.5,
+        brightness: 0.4,
+        contrast: 0.4,
+        saturation: 0.4,
+        ..Default::default()
+    };
     pipeline.image = Some(spec);
     pipeline
 }
@@ -304,10 +324,13 @@ pub fn png_manifest(dir: &Path, n: usize) -> Result<PathBuf, String> {
     std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     let mut manifest = Manifest::new(&staging);
     for name in crate::write_pngs(&staging, n, 256) {
-        manifest.push(Sample::new(name.clone()).with_image(name).with_label("x")).map_err(|e| e.to_string())?;
+        manifest
+            .push(Sample::new(name.clone()).with_image(name).with_label("x"))
+            .map_err(|e| e.to_string())?;
     }
     manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&images);
-    std::fs::rename(&staging, &images).map_err(|e| format!("{} -> {}: {e}", staging.display(), images.display()))?;
+    std::fs::rename(&staging, &images)
+        .map_err(|e| format!("{} -> {}: {e}", staging.display(), images.display()))?;
     Ok(path)
 }

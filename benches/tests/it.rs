@@ -24,7 +24,11 @@ fn read_report(out: &Path) -> Report {
 #[test]
 fn bench_gpu_refuses_to_pretend_a_cpu_is_a_gpu() {
     let out = scratch("refuse");
-    let o = Command::new(env!("CARGO_BIN_EXE_bench-gpu")).args(["--device", "cpu", "--out"]).arg(&out).output().expect("run bench-gpu");
+    let o = Command::new(env!("CARGO_BIN_EXE_bench-gpu"))
+        .args(["--device", "cpu", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run bench-gpu");
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("no CUDA device") && stderr.contains("--allow-cpu"), "{stderr}");
@@ -55,10 +59,17 @@ fn bench_gpu_runs_its_suite_briefly_on_the_cpu() {
     for r in &report.results {
         match r {
             CaseResult::Train(t) => {
-                let workload = if t.model == Workload::Seed.name() { Workload::Seed } else { Workload::AvDigits };
+                let workload = if t.model == Workload::Seed.name() {
+                    Workload::Seed
+                } else {
+                    Workload::AvDigits
+                };
                 assert_eq!(t.flops_per_step, train_step_flops(workload, t.batch));
                 assert!(t.step_ms > 0.0 && t.tflops > 0.0, "{t:?}");
-                assert!((t.samples_per_s - t.batch as f64 / (t.step_ms / 1e3)).abs() < 1e-6 * t.samples_per_s);
+                assert!(
+                    (t.samples_per_s - t.batch as f64 / (t.step_ms / 1e3)).abs()
+                        < 1e-6 * t.samples_per_s
+                );
                 // Peak resident size on the CPU: libtorch alone is well over 100 MiB.
                 assert!(t.peak_memory_mib.is_some_and(|m| m > 100.0), "{t:?}");
                 trained.push((t.model.clone(), t.precision.clone()));
@@ -83,7 +94,10 @@ fn bench_gpu_runs_its_suite_briefly_on_the_cpu() {
     assert_eq!(methods, mm_benches::workloads::FUSION_CASES.len());
     assert!(pipeline);
     let md = std::fs::read_to_string(out.join("bench-gpu.md")).expect("bench-gpu.md");
-    assert!(md.contains("| seed_resnet50_lstm | 2 | bf16 |") && md.contains("| cross_attention |"), "{md}");
+    assert!(
+        md.contains("| seed_resnet50_lstm | 2 | bf16 |") && md.contains("| cross_attention |"),
+        "{md}"
+    );
     std::fs::remove_dir_all(out).ok();
 }
 
@@ -95,14 +109,21 @@ fn bench_gpu_runs_on_cuda_when_there_is_one() {
         return;
     }
     let out = scratch("cuda");
-    let o = Command::new(env!("CARGO_BIN_EXE_bench-gpu")).args(["--quick", "--out"]).arg(&out).output().expect("run bench-gpu");
+    let o = Command::new(env!("CARGO_BIN_EXE_bench-gpu"))
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run bench-gpu");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report = read_report(&out);
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert!(report.device.as_ref().is_some_and(|d| d.device.starts_with("cuda")));
     for r in &report.results {
         if let CaseResult::Train(t) = r {
-            assert!(t.peak_memory_mib.is_some_and(|m| m > 0.0), "NVML gave no memory reading: {t:?}");
+            assert!(
+                t.peak_memory_mib.is_some_and(|m| m > 0.0),
+                "NVML gave no memory reading: {t:?}"
+            );
         }
     }
     std::fs::remove_dir_all(out).ok();
@@ -124,7 +145,9 @@ fn bench_peer_measures_our_side() {
         .expect("run bench-peer");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    let mm: Vec<mm_benches::peer::Measure> = serde_json::from_str(&std::fs::read_to_string(out.join("mm.json")).expect("mm.json")).expect("measures");
+    let mm: Vec<mm_benches::peer::Measure> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("mm.json")).expect("mm.json"))
+            .expect("measures");
     let ids: Vec<&str> = mm.iter().map(|m| m.id.as_str()).collect();
     for id in ["W1", "W3-seed", "W3-av"] {
         assert!(ids.contains(&id), "{ids:?}");
@@ -145,7 +168,11 @@ fn bench_peer_measures_our_side() {
 #[test]
 fn the_pytorch_peer_script_compiles() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/peer.py");
-    let Ok(o) = Command::new("python3").args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"]).arg(&script).output() else {
+    let Ok(o) = Command::new("python3")
+        .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read())"])
+        .arg(&script)
+        .output()
+    else {
         eprintln!("skipped: no python3");
         return;
     };
@@ -168,7 +195,8 @@ fn bench_gpu_bf16_case_runs_on_a_cpu_without_bf16_kernels() {
         .expect("run bench-gpu");
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
-    let line = stdout.lines().find_map(|l| l.strip_prefix("BENCH-GPU-RESULT ")).expect("a result line");
+    let line =
+        stdout.lines().find_map(|l| l.strip_prefix("BENCH-GPU-RESULT ")).expect("a result line");
     let result: CaseResult = serde_json::from_str(line).expect("a case result");
     let CaseResult::Train(t) = result else { panic!("not a training result: {line}") };
     assert!(t.precision == "bf16" && t.step_ms > 0.0, "{t:?}");
@@ -179,6 +207,9 @@ fn bench_gpu_bf16_case_runs_on_a_cpu_without_bf16_kernels() {
         .output()
         .expect("run bench-gpu");
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("bf16 kernels: no") && stdout.contains("recurrent layers in f32"), "{stdout}");
+    assert!(
+        stdout.contains("bf16 kernels: no") && stdout.contains("recurrent layers in f32"),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(out).ok();
 }

@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
     }
     // The same bytes as a checkpoint record.
     let config = OptimizerConfig::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 };
-    let Ok(mut opt) = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())]) else { return };
+    let Ok(mut opt) = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())])
+    else {
+        return;
+    };
     if std::fs::write(dir.join("last.json"), data).is_ok() {
         let _ = mm_train::checkpoint::load(&dir, "last", &vs, &mut opt);
     }

@@ -37,13 +37,21 @@ fuzz_target!(|data: &[u8]| {
         size: None,
         check: Check::Unverified,
         check_source: "fuzz".into(),
-        unpack: Unpack::Archive { strip: (first / 2 % 2) as usize, keep: vec!["*".into(), "*/*".into(), "*/*/*".into()], into: String::new() },
+        unpack: Unpack::Archive {
+            strip: (first / 2 % 2) as usize,
+            keep: vec!["*".into(), "*/*".into(), "*/*/*".into()],
+            into: String::new(),
+        },
     };
     let _ = mm_fetch::unpack::unpack(&archive, &artifact, &root);
     // Whatever happened, nothing was written beside the unpack folder.
     let mut all = Vec::new();
     files_under(&base, &mut all);
     for f in all {
-        assert!(f == archive || f.starts_with(&root), "wrote outside the unpack folder: {}", f.display());
+        assert!(
+            f == archive || f.starts_with(&root),
+            "wrote outside the unpack folder: {}",
+            f.display()
+        );
     }
 });

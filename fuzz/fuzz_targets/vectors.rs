@@ -8,7 +8,10 @@ use mm_encoders::vectors::{load_vectors, OovPolicy};
 
 fuzz_target!(|data: &[u8]| {
     static VOCAB: OnceLock<Vocab> = OnceLock::new();
-    let vocab = VOCAB.get_or_init(|| VocabBuilder::default().build(&WordTokenizer::default(), ["the cat sat on a mat", "The Dog"]));
+    let vocab = VOCAB.get_or_init(|| {
+        VocabBuilder::default()
+            .build(&WordTokenizer::default(), ["the cat sat on a mat", "The Dog"])
+    });
     let Some((&first, rest)) = data.split_first() else { return };
     let name = if first % 2 == 0 { "vectors.txt" } else { "vectors.bin" };
     let dir = std::env::temp_dir().join(format!("mm-fuzz-vectors-{}", std::process::id()));

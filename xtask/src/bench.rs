@@ -19,7 +19,15 @@ use crate::workspace_root;
 /// What the peer needs beyond torch, pinned where the version matters: torchvision 0.28 is the
 /// release built against torch 2.13; torchaudio has no 2.13 release on PyPI, and the parts the
 /// peer calls (resample, MelSpectrogram) are plain PyTorch code in 2.11.
-const PEER_PACKAGES: &[&str] = &["torchvision==0.28.0", "torchaudio==2.11.1", "pillow", "numpy", "soundfile", "cffi", "pycparser"];
+const PEER_PACKAGES: &[&str] = &[
+    "torchvision==0.28.0",
+    "torchaudio==2.11.1",
+    "pillow",
+    "numpy",
+    "soundfile",
+    "cffi",
+    "pycparser",
+];
 
 /// The modules the peer imports.
 const PEER_IMPORTS: &str = "import torch, torchvision, torchaudio, PIL, numpy, soundfile";
@@ -67,7 +75,8 @@ pub fn bench_peer(args: &[OsString]) -> Result<(), String> {
     let mut cmd = release_bin("bench-peer");
     cmd.arg("--python").arg(&py).args(&rest);
     if !env_path.is_empty() {
-        cmd.env("PYTHONPATH", env::join_paths(&env_path).map_err(|e| e.to_string())?).env("PYTHONNOUSERSITE", "1");
+        cmd.env("PYTHONPATH", env::join_paths(&env_path).map_err(|e| e.to_string())?)
+            .env("PYTHONNOUSERSITE", "1");
     }
     run(cmd, "bench-peer")
 }
@@ -83,7 +92,16 @@ pub fn bench_gpu(args: &[OsString]) -> Result<(), String> {
 fn release_bin(name: &str) -> Command {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args(["run", "--quiet", "--release", "--package", "mm-benches", "--bin", name, "--"]);
+    cmd.current_dir(workspace_root()).args([
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "mm-benches",
+        "--bin",
+        name,
+        "--",
+    ]);
     cmd
 }
 
@@ -111,7 +129,15 @@ fn install_peer_deps(py: &str, deps: &Path) -> Result<(), String> {
     let _ = fs::remove_dir_all(&staging);
     println!("installing {} into {}", PEER_PACKAGES.join(" "), deps.display());
     let status = Command::new(py)
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--target",
+        ])
         .arg(&staging)
         .args(PEER_PACKAGES)
         .env("PYTHONNOUSERSITE", "1")
@@ -119,8 +145,11 @@ fn install_peer_deps(py: &str, deps: &Path) -> Result<(), String> {
         .map_err(|e| format!("could not run {py} -m pip: {e}"))?;
     if !status.success() {
         let _ = fs::remove_dir_all(&staging);
-        return Err(format!("pip could not install the peer's packages ({status}); check that PyPI is reachable"));
+        return Err(format!(
+            "pip could not install the peer's packages ({status}); check that PyPI is reachable"
+        ));
     }
     let _ = fs::remove_dir_all(deps);
-    fs::rename(&staging, deps).map_err(|e| format!("{} -> {}: {e}", staging.display(), deps.display()))
+    fs::rename(&staging, deps)
+        .map_err(|e| format!("{} -> {}: {e}", staging.display(), deps.display()))
 }

@@ -64,7 +64,12 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let build = if self.libtorch.cuda { "CUDA build" } else { "CPU build" };
-        writeln!(f, "libtorch {} ({build}) at {}", self.libtorch.version, self.libtorch.dir.display())?;
+        writeln!(
+            f,
+            "libtorch {} ({build}) at {}",
+            self.libtorch.version,
+            self.libtorch.dir.display()
+        )?;
         let source = match &self.source {
             Source::UserLibtorch => "LIBTORCH from your environment".to_string(),
             Source::Python(py) => format!("LIBTORCH_USE_PYTORCH: the torch that {py} imports"),
@@ -73,7 +78,12 @@ impl fmt::Display for Report {
         };
         writeln!(f, "  source: {source}")?;
         let state = if self.relinked { "updated" } else { "unchanged" };
-        writeln!(f, "  workspace link {} -> {} ({state})", self.link.display(), self.libtorch.dir.display())?;
+        writeln!(
+            f,
+            "  workspace link {} -> {} ({state})",
+            self.link.display(),
+            self.libtorch.dir.display()
+        )?;
         write!(f, "  set-up took {:.1} s", self.elapsed.as_secs_f64())
     }
 }
@@ -96,8 +106,9 @@ pub fn setup(root: &Path, force: bool) -> Result<Report, String> {
     } else if env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
         let py = python();
         let dir = python_torch_dir(&py)?;
-        let lt = check_libtorch(&dir)
-            .map_err(|e| format!("LIBTORCH_USE_PYTORCH: the torch of {py} at {}: {e}", dir.display()))?;
+        let lt = check_libtorch(&dir).map_err(|e| {
+            format!("LIBTORCH_USE_PYTORCH: the torch of {py} at {}: {e}", dir.display())
+        })?;
         (Source::Python(py), lt)
     } else {
         let (lt, installed) = Cache::new()?.ensure(force)?;
@@ -243,7 +254,9 @@ impl Cache {
             PathBuf::from(d)
         } else if let Some(d) = env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
             PathBuf::from(d).join("mm")
-        } else if let Some(home) = env::var_os("HOME").filter(|d| !d.is_empty()).map(PathBuf::from).or_else(passwd_home) {
+        } else if let Some(home) =
+            env::var_os("HOME").filter(|d| !d.is_empty()).map(PathBuf::from).or_else(passwd_home)
+        {
             home.join(".cache").join("mm")
         } else {
             return Err("cannot find a cache folder: set MM_CACHE_DIR (or HOME)".to_string());
@@ -292,7 +305,8 @@ impl Cache {
         check_pip(&py)?;
         check_free_space(&self.dir)?;
         self.remove_stale_staging();
-        let staging = self.dir.join(format!("libtorch-{TORCH_VERSION}.partial-{}", std::process::id()));
+        let staging =
+            self.dir.join(format!("libtorch-{TORCH_VERSION}.partial-{}", std::process::id()));
         let site = staging.join("site");
         println!(
             "Installing libtorch {TORCH_VERSION} (PyPI's torch=={TORCH_VERSION} wheel and the NVIDIA \
@@ -317,8 +331,8 @@ impl Cache {
             ));
         }
         println!("pip finished in {:.0} s; checking the install", start.elapsed().as_secs_f64());
-        let verified = check_libtorch(&Self::torch_dir(&staging))
-            .and_then(|_| check_loads(&py, &site));
+        let verified =
+            check_libtorch(&Self::torch_dir(&staging)).and_then(|_| check_loads(&py, &site));
         if let Err(e) = verified {
             let _ = fs::remove_dir_all(&staging);
             return Err(format!("the installed torch does not work: {e}"));
@@ -329,7 +343,8 @@ impl Cache {
         if entry.exists() {
             // `--force`, or an incomplete entry from an older layout: move it aside first.
             let old = self.dir.join(format!("libtorch-{TORCH_VERSION}.old-{}", std::process::id()));
-            fs::rename(&entry, &old).map_err(|e| format!("cannot move {} aside: {e}", entry.display()))?;
+            fs::rename(&entry, &old)
+                .map_err(|e| format!("cannot move {} aside: {e}", entry.display()))?;
             let _ = fs::remove_dir_all(&old);
         }
         fs::rename(&staging, &entry)
@@ -343,8 +358,13 @@ impl Cache {
         if let Ok(entries) = fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) && (name.contains(".partial-") || name.contains(".old-")) {
-                    println!("removing the leftovers of an interrupted set-up: {}", e.path().display());
+                if name.starts_with(&prefix)
+                    && (name.contains(".partial-") || name.contains(".old-"))
+                {
+                    println!(
+                        "removing the leftovers of an interrupted set-up: {}",
+                        e.path().display()
+                    );
                     let _ = fs::remove_dir_all(e.path());
                 }
             }
@@ -410,7 +430,11 @@ fn free_bytes(dir: &Path) -> Result<u64, String> {
     // right type; statvfs only writes into it.
     let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
     if rc != 0 {
-        return Err(format!("cannot read the free space of {}: {}", dir.display(), std::io::Error::last_os_error()));
+        return Err(format!(
+            "cannot read the free space of {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: statvfs returned 0, so it filled the struct.
     let stat = unsafe { stat.assume_init() };
@@ -494,7 +518,11 @@ impl Lock {
             let _ = std::io::stdout().flush();
             // SAFETY: as above; blocking this time.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(format!("cannot lock {}: {}", path.display(), std::io::Error::last_os_error()));
+                return Err(format!(
+                    "cannot lock {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         Ok(Lock { file })
@@ -599,7 +627,8 @@ mod tests {
         let lt = cache.complete().expect("complete");
         assert_eq!(lt.dir, torch.canonicalize().expect("canonical"));
         // Leftovers of dead set-ups are cleared, the complete entry is kept.
-        fs::create_dir_all(dir.join(format!("libtorch-{TORCH_VERSION}.partial-1/site"))).expect("mkdir");
+        fs::create_dir_all(dir.join(format!("libtorch-{TORCH_VERSION}.partial-1/site")))
+            .expect("mkdir");
         cache.remove_stale_staging();
         assert!(!dir.join(format!("libtorch-{TORCH_VERSION}.partial-1")).exists());
         assert!(cache.complete().is_some());

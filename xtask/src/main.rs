@@ -194,13 +194,19 @@ fn test(extra: &[OsString]) -> Result<(), String> {
             println!("  {test}  ({binary})");
         }
     }
-    println!("\ntotal: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    println!(
+        "\ntotal: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     if status.success() {
         Ok(())
     } else if totals.failures.is_empty() {
         Err(format!("`cargo test --workspace` failed ({status}); no test reported a failure: a build error, or a test binary that crashed (see above)"))
     } else {
-        Err(format!("`cargo test --workspace` failed ({status}): {} failing tests, listed above", totals.failures.len()))
+        Err(format!(
+            "`cargo test --workspace` failed ({status}): {} failing tests, listed above",
+            totals.failures.len()
+        ))
     }
 }
 
@@ -233,7 +239,11 @@ impl TestTotals {
             if what.starts_with("unittests ") {
                 self.krate = stem.to_string();
             }
-            self.binary = if self.krate.is_empty() { what.to_string() } else { format!("{} {what}", self.krate) };
+            self.binary = if self.krate.is_empty() {
+                what.to_string()
+            } else {
+                format!("{} {what}", self.krate)
+            };
             return;
         }
         if trimmed.starts_with("Doc-tests ") {
@@ -260,7 +270,8 @@ impl TestTotals {
 }
 
 fn describe(fixed: &[&[&str]], extra: &[OsString]) -> String {
-    let mut words: Vec<String> = fixed.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect();
+    let mut words: Vec<String> =
+        fixed.iter().flat_map(|p| p.iter().map(|s| s.to_string())).collect();
     words.extend(extra.iter().map(|s| s.to_string_lossy().into_owned()));
     words.join(" ")
 }
@@ -290,7 +301,9 @@ mod tests {
     #[test]
     fn names_each_failing_test_with_its_binary() {
         let mut t = TestTotals::default();
-        t.add_line("     Running unittests src/lib.rs (target/debug/deps/mm_data-0a1b2c3d4e5f6789)");
+        t.add_line(
+            "     Running unittests src/lib.rs (target/debug/deps/mm_data-0a1b2c3d4e5f6789)",
+        );
         t.add_line("test loader::tests::epochs ... ok");
         t.add_line("test loader::tests::shards ... FAILED");
         t.add_line("     Running tests/it.rs (target/debug/deps/it-00ff00ff00ff00ff)");
@@ -302,8 +315,14 @@ mod tests {
             t.failures,
             vec![
                 ("mm_data unittests src/lib.rs".to_string(), "loader::tests::shards".to_string()),
-                ("mm_data tests/it.rs".to_string(), "bench_gpu_runs_its_suite_briefly_on_the_cpu".to_string()),
-                ("Doc-tests mm_train".to_string(), "crates/mm-train/src/precision.rs - precision (line 17)".to_string()),
+                (
+                    "mm_data tests/it.rs".to_string(),
+                    "bench_gpu_runs_its_suite_briefly_on_the_cpu".to_string()
+                ),
+                (
+                    "Doc-tests mm_train".to_string(),
+                    "crates/mm-train/src/precision.rs - precision (line 17)".to_string()
+                ),
             ]
         );
         assert_eq!(t.failed, 1);

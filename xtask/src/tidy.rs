@@ -27,7 +27,12 @@ mod tests {
         for top in ["crates", "xtask", "benches", "fuzz"] {
             rust_files(&root.join(top), &mut files);
         }
-        assert!(files.len() > 10, "found only {} source files under {}", files.len(), root.display());
+        assert!(
+            files.len() > 10,
+            "found only {} source files under {}",
+            files.len(),
+            root.display()
+        );
         let undocumented: Vec<_> = files
             .iter()
             .filter(|f| {
@@ -92,6 +97,38 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The tree is formatted as `rustfmt.toml` says (the workspace, and the fuzz targets'
+    /// workspace of their own). Skipped, with a message, where rustfmt is not installed.
+    #[test]
+    fn sources_are_formatted() {
+        let root = crate::workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let fmt = |args: &[&str]| {
+            std::process::Command::new(&cargo).current_dir(&root).args(args).output()
+        };
+        match fmt(&["fmt", "--version"]) {
+            Ok(o) if o.status.success() => {}
+            _ => {
+                eprintln!("skipped: cargo fmt is not installed (rustup component add rustfmt)");
+                return;
+            }
+        }
+        for args in [
+            &["fmt", "--all", "--check"][..],
+            &["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"],
+        ] {
+            let o = fmt(args).expect("run cargo fmt");
+            let diff = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "`cargo {}` found unformatted code; run `cargo fmt --all` (and in fuzz/):\n{}{}",
+                args.join(" "),
+                &diff[..diff.len().min(4000)],
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
     }
 }

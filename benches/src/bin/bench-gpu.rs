@@ -67,13 +67,16 @@ fn run(args: Args) -> Result<ExitCode, String> {
         eprintln!("bench-gpu: no GPU in use; running the suite briefly on the CPU (--allow-cpu): the numbers say little");
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-    let extra: Vec<String> = if brief { vec!["--quick".into(), "--allow-cpu".into()] } else { vec![] };
+    let extra: Vec<String> =
+        if brief { vec!["--quick".into(), "--allow-cpu".into()] } else { vec![] };
     let report = gpu::run_suite(&exe, device, &plan, &work, &extra);
     let markdown = gpu::markdown(&report);
     println!("{markdown}");
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-    mm_data::fs::write_atomic(&args.out.join("bench-gpu.json"), json.as_bytes()).map_err(|e| e.to_string())?;
-    mm_data::fs::write_atomic(&args.out.join("bench-gpu.md"), markdown.as_bytes()).map_err(|e| e.to_string())?;
+    mm_data::fs::write_atomic(&args.out.join("bench-gpu.json"), json.as_bytes())
+        .map_err(|e| e.to_string())?;
+    mm_data::fs::write_atomic(&args.out.join("bench-gpu.md"), markdown.as_bytes())
+        .map_err(|e| e.to_string())?;
     eprintln!("bench-gpu: results in {}", args.out.join("bench-gpu.json").display());
     if report.failed.is_empty() {
         Ok(ExitCode::SUCCESS)

@@ -64,7 +64,10 @@ fn run(args: &Args) -> Result<(), String> {
     if args.threads == 0 || rounds == 0 {
         return Err("--threads and --rounds must be at least 1".into());
     }
-    rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global().map_err(|e| e.to_string())?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()
+        .map_err(|e| e.to_string())?;
     tch::set_num_threads(args.threads as i32);
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let device = Device::Cpu;
@@ -90,7 +93,10 @@ fn run(args: &Args) -> Result<(), String> {
     let theirs = peer::merge_rounds(&theirs_rounds);
     write_json(&args.out.join("mm.json"), &ours)?;
     if !args.no_peer {
-        write_json(&args.out.join("pytorch.json"), &serde_json::json!({"versions": peer_info, "measures": theirs}))?;
+        write_json(
+            &args.out.join("pytorch.json"),
+            &serde_json::json!({"versions": peer_info, "measures": theirs}),
+        )?;
     }
     let profile = if wanted(args, "W4") { peer::profile(&inputs, device)? } else { None };
     let rows = peer::compare(&ours, &theirs);
@@ -120,13 +126,22 @@ fn run(args: &Args) -> Result<(), String> {
         "profile": profile,
     });
     write_json(&args.out.join("bench-peer.json"), &summary)?;
-    mm_data::fs::write_atomic(&args.out.join("bench-peer.md"), format!("{header}{table}").as_bytes()).map_err(|e| e.to_string())?;
+    mm_data::fs::write_atomic(
+        &args.out.join("bench-peer.md"),
+        format!("{header}{table}").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     eprintln!("results: {} and bench-peer.md", args.out.join("bench-peer.json").display());
     Ok(())
 }
 
 /// One round of our side.
-fn measure_ours(args: &Args, inputs: &peer::Inputs, sizes: Sizes, device: Device) -> Result<Vec<Measure>, String> {
+fn measure_ours(
+    args: &Args,
+    inputs: &peer::Inputs,
+    sizes: Sizes,
+    device: Device,
+) -> Result<Vec<Measure>, String> {
     let mut ours: Vec<Measure> = Vec::new();
     let report = |m: Measure, ours: &mut Vec<Measure>| {
         eprintln!("mm {}: {:.2} {} ({})", m.id, m.value, m.unit, m.what);
@@ -162,7 +177,14 @@ fn run_peer(args: &Args, sizes: Sizes) -> Result<(Vec<Measure>, serde_json::Valu
     cmd.arg(&script)
         .arg("--inputs")
         .arg(args.work.join("inputs.json"))
-        .args(["--threads", &args.threads.to_string(), "--repeats", &sizes.repeats.to_string(), "--seed-batch", &sizes.seed_batch.to_string()])
+        .args([
+            "--threads",
+            &args.threads.to_string(),
+            "--repeats",
+            &sizes.repeats.to_string(),
+            "--seed-batch",
+            &sizes.seed_batch.to_string(),
+        ])
         .arg("--json")
         .arg(&json);
     if !args.only.is_empty() {
@@ -175,8 +197,10 @@ fn run_peer(args: &Args, sizes: Sizes) -> Result<(Vec<Measure>, serde_json::Valu
     }
     let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
     let _ = std::fs::remove_file(&json);
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
-    let measures = serde_json::from_value(value.get("measures").cloned().unwrap_or_default()).map_err(|e| format!("{}: {e}", json.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let measures = serde_json::from_value(value.get("measures").cloned().unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", json.display()))?;
     Ok((measures, value.get("versions").cloned().unwrap_or_default()))
 }
 

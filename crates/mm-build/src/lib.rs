@@ -155,8 +155,7 @@ mod tests {
         fs::write(dir.join("libtorch_cuda.so"), b"").expect("write");
         let p = plan(&dir, true, &["bins", "tests"]);
         assert!(p.link_cuda);
-        let forced: Vec<_> =
-            p.instructions.iter().filter(|l| l.contains("-ltorch_cuda")).collect();
+        let forced: Vec<_> = p.instructions.iter().filter(|l| l.contains("-ltorch_cuda")).collect();
         assert_eq!(forced.len(), 2);
         // The plain `rustc-link-arg` (which reaches doc tests) never carries the CUDA library.
         assert!(forced.iter().all(|l| l.starts_with("cargo:rustc-link-arg-")));

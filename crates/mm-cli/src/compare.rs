@@ -28,7 +28,11 @@ pub struct Args {
     #[command(flatten)]
     config: ConfigArgs,
     /// Fusion methods (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "concat,weighted_sum,product,gated,tensor,low_rank,attention")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "concat,weighted_sum,product,gated,tensor,low_rank,attention"
+    )]
     methods: Vec<String>,
     /// Width of the fused vector for the methods that have one.
     #[arg(long, default_value_t = 64)]
@@ -83,10 +87,16 @@ pub fn run(a: &Args) -> Result<()> {
     let base = a.config.load()?;
     let modalities = base.data.modalities();
     if modalities.len() < 2 {
-        bail!("{}: `mm compare` needs two or more modalities in [data] (it has {modalities:?})", a.config.config.display());
+        bail!(
+            "{}: `mm compare` needs two or more modalities in [data] (it has {modalities:?})",
+            a.config.config.display()
+        );
     }
     if !matches!(base.model.named_heads()?.as_slice(), [(_, HeadConfig::Classification { .. })]) {
-        bail!("{}: `mm compare` compares classifiers: one [model.head] of type = \"classification\"", a.config.config.display());
+        bail!(
+            "{}: `mm compare` compares classifiers: one [model.head] of type = \"classification\"",
+            a.config.config.display()
+        );
     }
     let device = parse_device(&a.device)?;
     let mut variants: Vec<(String, RunConfig)> = Vec::new();
@@ -114,7 +124,11 @@ pub fn run(a: &Args) -> Result<()> {
             c.model.heads.clear();
             c.model.loss_weights.clear();
             // Pairs share a label, so every same-label item is a positive.
-            c.model.head = Some(HeadConfig::Retrieval { pair: [first.to_string(), second.to_string()], dim: a.dim, positives: Positives::Label });
+            c.model.head = Some(HeadConfig::Retrieval {
+                pair: [first.to_string(), second.to_string()],
+                dim: a.dim,
+                positives: Positives::Label,
+            });
             c.train.select = Some(format!("{second}_to_{first}_class_map"));
             retrieval = Some(c);
         }
@@ -148,11 +162,15 @@ pub fn run(a: &Args) -> Result<()> {
     if let Some(config) = retrieval {
         let (dir, trained, seconds, run) = train_quietly("retrieval", config, &a.out, device)?;
         let metrics = run.evaluate(Arc::clone(&trained.manifest), Split::Test)?;
-        let scores: serde_json::Map<String, Value> = metrics.into_iter().filter(|(k, _)| k.contains("_to_") || k == "gallery").collect();
+        let scores: serde_json::Map<String, Value> =
+            metrics.into_iter().filter(|(k, _)| k.contains("_to_") || k == "gallery").collect();
         retrieval_row = json!({"model": "retrieval", "metrics": scores, "parameters": trained.parameters, "seconds": seconds, "run": dir});
     }
     let record = json!({"config": a.config.config, "modalities": modalities, "rows": rows, "retrieval": retrieval_row});
-    mm_data::fs::write_atomic(&a.out.join("compare.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    mm_data::fs::write_atomic(
+        &a.out.join("compare.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
     if a.json {
         println!("{record}");
         return Ok(());
@@ -176,7 +194,9 @@ fn print_retrieval(row: &Value, first: &str, second: &str) {
         row["seconds"].as_f64().unwrap_or(f64::NAN),
         m["gallery"].as_i64().unwrap_or(0)
     );
-    let pct = |k: &str| m[k].as_f64().map(|v| format!("{:5.1}%", 100.0 * v)).unwrap_or_else(|| "     -".into());
+    let pct = |k: &str| {
+        m[k].as_f64().map(|v| format!("{:5.1}%", 100.0 * v)).unwrap_or_else(|| "     -".into())
+    };
     for (from, to) in [(second, first), (first, second)] {
         let d = format!("{from}_to_{to}");
         println!(
@@ -195,7 +215,12 @@ fn print_retrieval(row: &Value, first: &str, second: &str) {
 /// Trains one model of the comparison into `out/NAME` (replacing an earlier one), without
 /// progress output; returns its folder, what training returned, the seconds it took and the
 /// run reopened from its best checkpoint.
-fn train_quietly(name: &str, mut config: RunConfig, out: &Path, device: tch::Device) -> Result<(PathBuf, mm_train::run::Trained, f64, Run)> {
+fn train_quietly(
+    name: &str,
+    mut config: RunConfig,
+    out: &Path,
+    device: tch::Device,
+) -> Result<(PathBuf, mm_train::run::Trained, f64, Run)> {
     let dir = out.join(name.replace(' ', "-"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("replacing {}", dir.display()))?;
@@ -204,7 +229,8 @@ fn train_quietly(name: &str, mut config: RunConfig, out: &Path, device: tch::Dev
     config.train.progress = false;
     eprintln!("training {name} ...");
     let started = Instant::now();
-    let trained = mm_train::run::train(&config, &dir, device, false).with_context(|| format!("training {name}"))?;
+    let trained = mm_train::run::train(&config, &dir, device, false)
+        .with_context(|| format!("training {name}"))?;
     let seconds = started.elapsed().as_secs_f64();
     let run = Run::open(&dir, None, device)?;
     Ok((dir, trained, seconds, run))

@@ -322,8 +322,14 @@ fn spoken(a: &SpokenArgs) -> Result<()> {
     let snr_db = match a.snr.trim() {
         "none" => None,
         range => {
-            let (lo, hi) = range.split_once("..").ok_or_else(|| anyhow!("--snr {range:?}: write LO..HI (dB), or none"))?;
-            let parse = |v: &str| v.trim().parse::<f64>().map_err(|_| anyhow!("--snr {range:?}: {v:?} is not a number"));
+            let (lo, hi) = range
+                .split_once("..")
+                .ok_or_else(|| anyhow!("--snr {range:?}: write LO..HI (dB), or none"))?;
+            let parse = |v: &str| {
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|_| anyhow!("--snr {range:?}: {v:?} is not a number"))
+            };
             Some((parse(lo)?, parse(hi)?))
         }
     };
@@ -362,17 +368,31 @@ fn shard(a: &ShardArgs) -> Result<()> {
         let (kept, report) = clean(&manifest, &CleanConfig::default())?;
         (kept, Some(report))
     };
-    let options = mm_data::shards::ShardOptions { max_samples: a.max_samples, max_bytes: a.max_mb.saturating_mul(1 << 20), seed: a.seed, force: a.force };
+    let options = mm_data::shards::ShardOptions {
+        max_samples: a.max_samples,
+        max_bytes: a.max_mb.saturating_mul(1 << 20),
+        seed: a.seed,
+        force: a.force,
+    };
     let index = mm_data::shards::write_shards(&manifest, &a.out, &options)?;
     if let Some(report) = &report {
         report.save(a.out.join("clean-report.json"))?;
         if report.dropped > 0 {
-            println!("cleaning: {} (reasons in {})", report.summary(), a.out.join("clean-report.json").display());
+            println!(
+                "cleaning: {} (reasons in {})",
+                report.summary(),
+                a.out.join("clean-report.json").display()
+            );
         }
     }
     for (split, shards) in &index.splits {
         let bytes: u64 = shards.iter().map(|s| s.bytes).sum();
-        println!("{split}: {} samples in {} shard(s), {:.1} MiB", shards.iter().map(|s| s.samples).sum::<usize>(), shards.len(), bytes as f64 / (1 << 20) as f64);
+        println!(
+            "{split}: {} samples in {} shard(s), {:.1} MiB",
+            shards.iter().map(|s| s.samples).sum::<usize>(),
+            shards.len(),
+            bytes as f64 / (1 << 20) as f64
+        );
     }
     println!("{} (use it as [data] manifest)", a.out.join(mm_data::shards::INDEX_FILE).display());
     Ok(())
@@ -410,7 +430,11 @@ fn check(a: &CheckArgs) -> Result<()> {
     for r in &a.require {
         required.push(r.parse::<Modality>().map_err(|e| anyhow!("--require: {e}"))?);
     }
-    let config = CleanConfig { classes: (!a.classes.is_empty()).then(|| a.classes.clone()), required, ..CleanConfig::default() };
+    let config = CleanConfig {
+        classes: (!a.classes.is_empty()).then(|| a.classes.clone()),
+        required,
+        ..CleanConfig::default()
+    };
     let (_, report) = clean(&manifest, &config)?;
     if let Some(path) = &a.report {
         report.save(path)?;
@@ -423,7 +447,11 @@ fn check(a: &CheckArgs) -> Result<()> {
             println!("  {}: {} ({})", f.id, f.reason.as_str(), f.detail);
         }
         if report.findings.len() > 20 {
-            println!("  ... {} more{}", report.findings.len() - 20, a.report.as_ref().map_or(String::new(), |p| format!(" in {}", p.display())));
+            println!(
+                "  ... {} more{}",
+                report.findings.len() - 20,
+                a.report.as_ref().map_or(String::new(), |p| format!(" in {}", p.display()))
+            );
         }
     }
     if a.strict && report.dropped > 0 {
@@ -467,14 +495,24 @@ fn stats(a: &StatsArgs) -> Result<()> {
     }
     let short = |v: &[f32]| -> String {
         let shown: Vec<String> = v.iter().take(6).map(|x| format!("{x:.4}")).collect();
-        if v.len() > 6 { format!("[{}, ... {} values]", shown.join(", "), v.len()) } else { format!("[{}]", shown.join(", ")) }
+        if v.len() > 6 {
+            format!("[{}, ... {} values]", shown.join(", "), v.len())
+        } else {
+            format!("[{}]", shown.join(", "))
+        }
     };
     println!("statistics of the training split ({} samples):", out["train_samples"]);
     for (name, v) in &out {
         if let (Some(mean), Some(std)) = (v.get("mean"), v.get("std")) {
             let mean: Vec<f32> = serde_json::from_value(mean.clone())?;
             let std: Vec<f32> = serde_json::from_value(std.clone())?;
-            println!("  {name:<9} mean {}\n  {:<9} std  {} (from {} rows)", short(&mean), "", short(&std), v["count"]);
+            println!(
+                "  {name:<9} mean {}\n  {:<9} std  {} (from {} rows)",
+                short(&mean),
+                "",
+                short(&std),
+                v["count"]
+            );
         }
     }
     if let Some(v) = out.get("vocabulary") {
@@ -488,7 +526,8 @@ fn stats(a: &StatsArgs) -> Result<()> {
 }
 
 fn split(a: &SplitArgs) -> Result<()> {
-    let folder = |p: &Path| std::path::absolute(p).ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    let folder =
+        |p: &Path| std::path::absolute(p).ok().and_then(|p| p.parent().map(Path::to_path_buf));
     if folder(&a.manifest) != folder(&a.out) {
         bail!("--out {}: the new manifest must sit beside {} (the sample paths are relative to its folder)", a.out.display(), a.manifest.display());
     }
@@ -541,7 +580,10 @@ fn synth(a: &SynthArgs) -> Result<()> {
     let c = &s.ceilings;
     println!("wrote {} samples to {} in {elapsed:.1} s", s.samples, a.out.display());
     println!("  splits: {} train, {} val, {} test", s.splits[0], s.splits[1], s.splits[2]);
-    println!("  missing: {} images, {} audio, {} captions", s.missing[0], s.missing[1], s.missing[2]);
+    println!(
+        "  missing: {} images, {} audio, {} captions",
+        s.missing[0], s.missing[1], s.missing[2]
+    );
     println!(
         "  corrupted on purpose: {} truncated images, {} empty audio, {} empty captions (ids in synth.json)",
         s.corrupt_images.len(),
@@ -553,7 +595,10 @@ fn synth(a: &SynthArgs) -> Result<()> {
         "  manifest.jsonl   shape x pitch, 4 classes: image/text/frames alone <= {:.3}, audio alone <= {:.3}, fused up to 1",
         c.classify_image, c.classify_audio
     );
-    println!("  video.jsonl      direction, 4 classes: order-free <= {:.2}, ordered up to 1", c.video_unordered);
+    println!(
+        "  video.jsonl      direction, 4 classes: order-free <= {:.2}, ordered up to 1",
+        c.video_unordered
+    );
     println!(
         "  retrieval.jsonl  caption -> image, oracle R@1 {:.3}, R@5 {:.3}, R@10 {:.3}",
         c.retrieval_recall[0], c.retrieval_recall[1], c.retrieval_recall[2]

@@ -78,7 +78,9 @@ fn model_config(modalities: &[&str]) -> Result<ModelConfig> {
     for m in modalities {
         text.push_str(&format!("[encoders.{m}]\n{}\n", encoder(m)));
     }
-    text.push_str("[fusion]\nmethod = \"concat\"\n[head]\ntype = \"classification\"\nhidden = [64]\n");
+    text.push_str(
+        "[fusion]\nmethod = \"concat\"\n[head]\ntype = \"classification\"\nhidden = [64]\n",
+    );
     Ok(toml::from_str(&text)?)
 }
 
@@ -113,7 +115,12 @@ fn train_and_test(
     let model = Model::new(&vs.root(), config, &DataShape::from_pipeline(&pipeline, vec![]))?;
     fit(&model, &vs, Arc::clone(manifest), Arc::clone(&pipeline), train, dir, false)?;
     mm_train::checkpoint::load_weights(&mm_train::train::checkpoint_dir(dir), "best", &vs)?;
-    let test = Loader::new(Arc::clone(manifest), Split::Test, pipeline, LoaderConfig { batch_size: 128, ..LoaderConfig::evaluation() })?;
+    let test = Loader::new(
+        Arc::clone(manifest),
+        Split::Test,
+        pipeline,
+        LoaderConfig { batch_size: 128, ..LoaderConfig::evaluation() },
+    )?;
     Ok((evaluate(&model, &test, device)?, started.elapsed().as_secs_f64()))
 }
 
@@ -137,7 +144,11 @@ pub fn run(args: &Args) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let data = out.join("data");
     let summary = generate(&data, &synth, true).context("writing the synthetic data set")?;
-    println!("mm demo: {} samples of images, sounds and captions written to {}", summary.samples, data.display());
+    println!(
+        "mm demo: {} samples of images, sounds and captions written to {}",
+        summary.samples,
+        data.display()
+    );
     let c = &summary.ceilings;
     println!(
         "  label = shape outline x pitch (4 classes): the image or the caption alone can reach {:.0}%, the audio alone {:.0}%",
@@ -148,14 +159,26 @@ pub fn run(args: &Args) -> Result<()> {
     let raw = Manifest::read(data.join("manifest.jsonl"))?;
     let (kept, report) = clean(&raw, &CleanConfig::default())?;
     report.save(out.join("clean-report.json"))?;
-    println!("  cleaning: {} of {} samples kept ({} dropped: {}; details in clean-report.json)", report.kept, report.total, report.dropped, {
-        let counts: Vec<String> = report.counts().iter().map(|(r, n)| format!("{n} {r}")).collect();
-        if counts.is_empty() { "none".to_string() } else { counts.join(", ") }
-    });
+    println!(
+        "  cleaning: {} of {} samples kept ({} dropped: {}; details in clean-report.json)",
+        report.kept,
+        report.total,
+        report.dropped,
+        {
+            let counts: Vec<String> =
+                report.counts().iter().map(|(r, n)| format!("{n} {r}")).collect();
+            if counts.is_empty() {
+                "none".to_string()
+            } else {
+                counts.join(", ")
+            }
+        }
+    );
     let manifest = Arc::new(kept);
 
     let tokenizer = WordTokenizer::default();
-    let vocab = VocabBuilder::default().build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
+    let vocab = VocabBuilder::default()
+        .build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
     let mut pipeline = Pipeline::new(CLASSES.iter().map(|c| c.to_string()).collect());
     let size = args.image_size as usize;
     pipeline.image = Some(ImageSpec::new((size, size)));
@@ -164,7 +187,13 @@ pub fn run(args: &Args) -> Result<()> {
     pipeline.seed = args.seed;
     pipeline.fit_statistics(&manifest)?;
 
-    let train = TrainConfig { epochs: args.epochs, batch_size: 32, lr: 3e-3, seed: args.seed, ..TrainConfig::default() };
+    let train = TrainConfig {
+        epochs: args.epochs,
+        batch_size: 32,
+        lr: 3e-3,
+        seed: args.seed,
+        ..TrainConfig::default()
+    };
     let runs = [
         Run { name: "image only", modalities: &["image"] },
         Run { name: "audio only", modalities: &["audio"] },
@@ -176,7 +205,14 @@ pub fn run(args: &Args) -> Result<()> {
         let dir = out.join("runs").join(run.name.replace(' ', "-"));
         eprintln!("training {} ({} epochs) ...", run.name, args.epochs);
         let config = model_config(run.modalities)?;
-        let (metrics, seconds) = train_and_test(&config, &manifest, only(&pipeline, run.modalities), &train, &dir, device)?;
+        let (metrics, seconds) = train_and_test(
+            &config,
+            &manifest,
+            only(&pipeline, run.modalities),
+            &train,
+            &dir,
+            device,
+        )?;
         let ceiling = match run.modalities {
             ["audio"] => c.classify_audio,
             [_] => c.classify_image,
@@ -196,14 +232,27 @@ pub fn run(args: &Args) -> Result<()> {
     let mut rp = only(&pipeline, &["image", "text"]);
     rp.classes = Vec::new();
     let retrieval_train = TrainConfig { select: Some("text_to_image_mrr".into()), ..train.clone() };
-    let (r, r_seconds) = train_and_test(&retrieval, &pairs, rp, &retrieval_train, &out.join("runs/retrieval"), device)?;
+    let (r, r_seconds) = train_and_test(
+        &retrieval,
+        &pairs,
+        rp,
+        &retrieval_train,
+        &out.join("runs/retrieval"),
+        device,
+    )?;
 
     println!();
     println!("{:<16}{:>15}{:>11}{:>10}", "model", "test accuracy", "ceiling", "time");
     let mut report_rows = Vec::new();
     for (run, metrics, ceiling, seconds) in &rows {
         let acc = metrics.get("accuracy").and_then(Value::as_f64).unwrap_or(f64::NAN);
-        println!("{:<16}{:>14.1}%{:>10.0}%{:>9.0}s", run.name, 100.0 * acc, 100.0 * ceiling, seconds);
+        println!(
+            "{:<16}{:>14.1}%{:>10.0}%{:>9.0}s",
+            run.name,
+            100.0 * acc,
+            100.0 * ceiling,
+            seconds
+        );
         report_rows.push(json!({"model": run.name, "modalities": run.modalities, "test": metrics, "ceiling": ceiling, "seconds": seconds}));
     }
     let get = |k: &str| r.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
@@ -227,8 +276,12 @@ pub fn run(args: &Args) -> Result<()> {
         "retrieval": {"test": r, "oracle_recall": c.retrieval_recall, "seconds": r_seconds},
         "seconds": started.elapsed().as_secs_f64(),
     });
-    mm_data::fs::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    let mut md = String::from("# mm demo\n\n| model | test accuracy | ceiling |\n| --- | ---: | ---: |\n");
+    mm_data::fs::write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    let mut md =
+        String::from("# mm demo\n\n| model | test accuracy | ceiling |\n| --- | ---: | ---: |\n");
     for (run, metrics, ceiling, _) in &rows {
         let acc = metrics.get("accuracy").and_then(Value::as_f64).unwrap_or(f64::NAN);
         md.push_str(&format!("| {} | {:.1}% | {:.0}% |\n", run.name, 100.0 * acc, 100.0 * ceiling));
@@ -240,6 +293,10 @@ pub fn run(args: &Args) -> Result<()> {
         100.0 * get("text_to_image_r10")
     ));
     mm_data::fs::write_atomic(&out.join("report.md"), md.as_bytes())?;
-    println!("\nreport, curves and checkpoints in {}; done in {:.0} s on {device:?}", out.display(), started.elapsed().as_secs_f64());
+    println!(
+        "\nreport, curves and checkpoints in {}; done in {:.0} s on {device:?}",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -41,8 +41,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     } else {
         println!("mm {}", env!("CARGO_PKG_VERSION"));
-        println!("libtorch:        {}", path(&lib).unwrap_or_else(|| "not found in this process".into()));
-        println!("libtorch_cuda:   {}", path(&cuda_lib).unwrap_or_else(|| "not loaded (CPU only)".into()));
+        println!(
+            "libtorch:        {}",
+            path(&lib).unwrap_or_else(|| "not found in this process".into())
+        );
+        println!(
+            "libtorch_cuda:   {}",
+            path(&cuda_lib).unwrap_or_else(|| "not loaded (CPU only)".into())
+        );
         println!("CPU threads:     {threads}");
         println!("CUDA available:  {cuda} ({count} device(s), cuDNN {cudnn})");
         println!("default device:  {default_device}");

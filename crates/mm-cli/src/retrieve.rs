@@ -49,7 +49,13 @@ pub struct Args {
 
 /// Each sample's embedding in `side` (0 or 1 of the pair) over `split` of `manifest`, for the
 /// samples that have that modality: `(ids, [N, D])`.
-fn embed(run: &Run, manifest: Arc<Manifest>, split: Split, side: usize, modality: &str) -> Result<(Vec<String>, Tensor)> {
+fn embed(
+    run: &Run,
+    manifest: Arc<Manifest>,
+    split: Split,
+    side: usize,
+    modality: &str,
+) -> Result<(Vec<String>, Tensor)> {
     let loader = run.loader(manifest, split, 128)?;
     let (mut ids, mut parts) = (Vec::new(), Vec::new());
     for batch in loader.epoch(0) {
@@ -57,11 +63,22 @@ fn embed(run: &Run, manifest: Arc<Manifest>, split: Split, side: usize, modality
         let _no_grad = tch::no_grad_guard();
         let out = run.model.forward_t(&batch, false);
         let (a, b, _) = out.embeddings.as_ref().context("not a retrieval model")?;
-        let column = batch.modalities.iter().position(|m| *m == modality).context("modality not in the batch")?;
-        let present: Vec<f32> = Vec::try_from(batch.present.select(1, column as i64).to_device(Device::Cpu).to_kind(Kind::Float))?;
-        let rows: Vec<i64> = present.iter().enumerate().filter(|(_, p)| **p > 0.5).map(|(i, _)| i as i64).collect();
+        let column = batch
+            .modalities
+            .iter()
+            .position(|m| *m == modality)
+            .context("modality not in the batch")?;
+        let present: Vec<f32> = Vec::try_from(
+            batch.present.select(1, column as i64).to_device(Device::Cpu).to_kind(Kind::Float),
+        )?;
+        let rows: Vec<i64> =
+            present.iter().enumerate().filter(|(_, p)| **p > 0.5).map(|(i, _)| i as i64).collect();
         let emb = if side == 0 { a } else { b };
-        parts.push(emb.index_select(0, &Tensor::from_slice(&rows).to_device(emb.device())).to_device(Device::Cpu).to_kind(Kind::Float));
+        parts.push(
+            emb.index_select(0, &Tensor::from_slice(&rows).to_device(emb.device()))
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float),
+        );
         ids.extend(rows.iter().map(|r| batch.ids[*r as usize].clone()));
     }
     if ids.is_empty() {
@@ -71,17 +88,26 @@ fn embed(run: &Run, manifest: Arc<Manifest>, split: Split, side: usize, modality
 }
 
 fn modified(path: &Path) -> u64 {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs())
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs `mm retrieve`.
 pub fn run(a: &Args) -> Result<()> {
     let run = Run::open(&a.run, None, parse_device(&a.device)?)?;
-    let Some((_, HeadConfig::Retrieval { pair, .. })) = run.model.heads().first().map(|(n, h)| (*n, (*h).clone())) else {
+    let Some((_, HeadConfig::Retrieval { pair, .. })) =
+        run.model.heads().first().map(|(n, h)| (*n, (*h).clone()))
+    else {
         bail!("{}: not a retrieval model (its head is not type = \"retrieval\"); `mm predict` runs classifiers", a.run.display());
     };
     let from = a.from.clone().unwrap_or_else(|| pair[0].clone());
-    let q_side = pair.iter().position(|p| *p == from).with_context(|| format!("--from {from}: the model pairs {} and {}", pair[0], pair[1]))?;
+    let q_side = pair
+        .iter()
+        .position(|p| *p == from)
+        .with_context(|| format!("--from {from}: the model pairs {} and {}", pair[0], pair[1]))?;
     let g_side = 1 - q_side;
     let gallery_modality = pair[g_side].clone();
     let manifest = Arc::new(run.manifest(None)?.0);
@@ -98,23 +124,41 @@ pub fn run(a: &Args) -> Result<()> {
     let cached = if a.rebuild {
         None
     } else {
-        std::fs::read(&ids_file).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).filter(|v| v["key"] == key).and_then(|v| {
-            let ids: Vec<String> = serde_json::from_value(v["ids"].clone()).ok()?;
-            let t = Tensor::read_safetensors(&index_file).ok()?.into_iter().find(|(n, _)| n == "embeddings")?.1;
-            (t.size()[0] as usize == ids.len()).then_some((ids, t))
-        })
+        std::fs::read(&ids_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .filter(|v| v["key"] == key)
+            .and_then(|v| {
+                let ids: Vec<String> = serde_json::from_value(v["ids"].clone()).ok()?;
+                let t = Tensor::read_safetensors(&index_file)
+                    .ok()?
+                    .into_iter()
+                    .find(|(n, _)| n == "embeddings")?
+                    .1;
+                (t.size()[0] as usize == ids.len()).then_some((ids, t))
+            })
     };
     let (ids, gallery) = match cached {
         Some(c) => c,
         None => {
-            let (ids, emb) = embed(&run, Arc::clone(&manifest), a.split, g_side, &gallery_modality)?;
+            let (ids, emb) =
+                embed(&run, Arc::clone(&manifest), a.split, g_side, &gallery_modality)?;
             // The tensors first, then the record that vouches for them: a killed write leaves
             // a record that does not match, and the index is rebuilt next time.
             let tmp = stem.with_extension("safetensors.tmp");
             Tensor::write_safetensors(&[("embeddings", &emb)], &tmp)?;
-            std::fs::rename(&tmp, &index_file).with_context(|| format!("writing {}", index_file.display()))?;
-            mm_data::fs::write_atomic(&ids_file, serde_json::to_string(&json!({"key": key, "ids": ids}))?.as_bytes())?;
-            eprintln!("indexed {} {gallery_modality} items of the {} split into {}", ids.len(), a.split, index_file.display());
+            std::fs::rename(&tmp, &index_file)
+                .with_context(|| format!("writing {}", index_file.display()))?;
+            mm_data::fs::write_atomic(
+                &ids_file,
+                serde_json::to_string(&json!({"key": key, "ids": ids}))?.as_bytes(),
+            )?;
+            eprintln!(
+                "indexed {} {gallery_modality} items of the {} split into {}",
+                ids.len(),
+                a.split,
+                index_file.display()
+            );
             (ids, emb)
         }
     };
@@ -130,13 +174,17 @@ pub fn run(a: &Args) -> Result<()> {
             let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
             let name = PathBuf::from(path.file_name().context("a file name")?);
             let s = Sample::new("query");
-            (Manifest::new(root), if from == "image" { s.with_image(name) } else { s.with_audio(name) })
+            (
+                Manifest::new(root),
+                if from == "image" { s.with_image(name) } else { s.with_audio(name) },
+            )
         }
         other => bail!("--from {other}: queries are text, image or audio"),
     };
     let (mut query_manifest, sample) = sample;
     query_manifest.push(sample)?;
-    let (_, q) = embed(&run, Arc::new(query_manifest), Split::Train, q_side, &from).context("embedding the query")?;
+    let (_, q) = embed(&run, Arc::new(query_manifest), Split::Train, q_side, &from)
+        .context("embedding the query")?;
     let scores = gallery.matmul(&q.tr()).squeeze_dim(1);
     let k = a.top_k.min(ids.len()).max(1);
     let (values, indices) = scores.topk(k as i64, 0, true, true);
@@ -144,7 +192,8 @@ pub fn run(a: &Args) -> Result<()> {
     let indices: Vec<i64> = Vec::try_from(indices)?;
     // Paths shown from the current directory when they are under it.
     let cwd = std::env::current_dir().unwrap_or_default();
-    let show = |p: PathBuf| p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p).display().to_string();
+    let show =
+        |p: PathBuf| p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p).display().to_string();
     let results: Vec<Value> = indices
         .iter()
         .zip(&values)
@@ -164,10 +213,17 @@ pub fn run(a: &Args) -> Result<()> {
         })
         .collect();
     if a.json {
-        println!("{}", json!({"query": a.query, "from": from, "to": gallery_modality, "gallery": ids.len(), "results": results}));
+        println!(
+            "{}",
+            json!({"query": a.query, "from": from, "to": gallery_modality, "gallery": ids.len(), "results": results})
+        );
         return Ok(());
     }
-    println!("{from} -> {gallery_modality}, top {k} of {} items in the {} split:", ids.len(), a.split);
+    println!(
+        "{from} -> {gallery_modality}, top {k} of {} items in the {} split:",
+        ids.len(),
+        a.split
+    );
     for r in &results {
         println!(
             "  {:>2}. {:<8} {:.3}  {}{}{}",

@@ -125,7 +125,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     let group = match &env {
         Some(env) => {
             let device = rank_device(&a.device, env)?;
-            Some((mm_train::dist::ProcessGroup::new(env, &mm_train::dist::GroupOptions::from_env(device)?)?, device))
+            Some((
+                mm_train::dist::ProcessGroup::new(
+                    env,
+                    &mm_train::dist::GroupOptions::from_env(device)?,
+                )?,
+                device,
+            ))
         }
         None => None,
     };
@@ -134,17 +140,25 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         None => parse_device(&a.device)?,
     };
     let main = group.as_ref().is_none_or(|(g, _)| g.is_main());
-    let out = a.out.clone().unwrap_or_else(|| Path::new("runs").join(a.config.config.file_stem().unwrap_or_default()));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(a.config.config.file_stem().unwrap_or_default()));
     config.train.verbose = !a.quiet && !a.json && main;
-    config.train.progress = !a.quiet && !a.json && main && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    config.train.progress =
+        !a.quiet && !a.json && main && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let started = Instant::now();
-    let trained = mm_train::run::train_in(&config, &out, device, a.resume, group.as_ref().map(|(g, _)| g))?;
+    let trained =
+        mm_train::run::train_in(&config, &out, device, a.resume, group.as_ref().map(|(g, _)| g))?;
     if !main {
         return Ok(());
     }
     let seconds = started.elapsed().as_secs_f64();
     let r = &trained.report;
-    let clean = trained.clean.as_ref().map(|c| json!({"total": c.total, "kept": c.kept, "dropped": c.dropped}));
+    let clean = trained
+        .clean
+        .as_ref()
+        .map(|c| json!({"total": c.total, "kept": c.kept, "dropped": c.dropped}));
     let summary = json!({
         "out": out,
         "metric": r.metric,
@@ -164,15 +178,27 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     }
     if let Some(c) = &trained.clean {
         if c.dropped > 0 {
-            println!("cleaning: kept {} of {} samples, dropped {} (reasons in {})", c.kept, c.total, c.dropped, out.join("clean-report.json").display());
+            println!(
+                "cleaning: kept {} of {} samples, dropped {} (reasons in {})",
+                c.kept,
+                c.total,
+                c.dropped,
+                out.join("clean-report.json").display()
+            );
         }
     }
     // (Without --quiet the training loop said it before the first epoch.)
     for (m, p) in r.pretrained.iter().filter(|_| a.quiet) {
-        println!("pretrained {m}: {} (details in {})", p.summary(), out.join("pretrained.json").display());
+        println!(
+            "pretrained {m}: {} (details in {})",
+            p.summary(),
+            out.join("pretrained.json").display()
+        );
     }
     match r.best {
-        Some((v, e)) => println!("best validation {} {v:.4} at epoch {e} of {}", r.metric, r.history.len()),
+        Some((v, e)) => {
+            println!("best validation {} {v:.4} at epoch {e} of {}", r.metric, r.history.len())
+        }
         None => println!("no epoch gave a finite validation {}", r.metric),
     }
     println!(
@@ -238,9 +264,13 @@ pub struct EvalArgs {
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let (run, manifest) = a.run.open()?;
     let metrics = run.evaluate(manifest, a.run.split)?;
-    let record = json!({"split": a.run.split.as_str(), "epoch": run.state.epoch, "metrics": metrics});
+    let record =
+        json!({"split": a.run.split.as_str(), "epoch": run.state.epoch, "metrics": metrics});
     if a.run.manifest.is_none() && a.run.checkpoint.is_none() {
-        mm_data::fs::write_atomic(&a.run.run.join(format!("eval-{}.json", a.run.split)), serde_json::to_string_pretty(&record)?.as_bytes())?;
+        mm_data::fs::write_atomic(
+            &a.run.run.join(format!("eval-{}.json", a.run.split)),
+            serde_json::to_string_pretty(&record)?.as_bytes(),
+        )?;
     }
     if a.json {
         println!("{}", Value::Object(metrics));
@@ -260,12 +290,21 @@ fn print_metrics(metrics: &Map<String, Value>, classes: &[String]) {
             Value::Array(items) if k.ends_with("confusion") => {
                 println!("  {k} (rows: truth, columns: prediction; {})", classes.join(", "));
                 for row in items {
-                    let cells: Vec<String> = row.as_array().into_iter().flatten().map(|c| format!("{:>6}", c.as_i64().unwrap_or(-1))).collect();
+                    let cells: Vec<String> = row
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| format!("{:>6}", c.as_i64().unwrap_or(-1)))
+                        .collect();
                     println!("    {}", cells.join(""));
                 }
             }
             Value::Array(items) if items.len() == classes.len() => {
-                let cells: Vec<String> = classes.iter().zip(items).map(|(c, v)| format!("{c} {:.3}", v.as_f64().unwrap_or(f64::NAN))).collect();
+                let cells: Vec<String> = classes
+                    .iter()
+                    .zip(items)
+                    .map(|(c, v)| format!("{c} {:.3}", v.as_f64().unwrap_or(f64::NAN)))
+                    .collect();
                 println!("  {k:<28}{}", cells.join(", "));
             }
             _ => println!("  {k:<28}{v}"),
@@ -325,7 +364,12 @@ pub struct ExportArgs {
 pub fn export(a: &ExportArgs) -> Result<()> {
     let run = Run::open(&a.run, a.checkpoint.as_deref(), tch::Device::Cpu)?;
     let n = run.export_encoder(&a.encoder, &a.out)?;
-    println!("{n} tensors of the {} encoder (epoch {}) written to {}", a.encoder, run.state.epoch, a.out.display());
+    println!(
+        "{n} tensors of the {} encoder (epoch {}) written to {}",
+        a.encoder,
+        run.state.epoch,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -344,12 +388,19 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     let (dir, checkpoint) = if a.path.is_dir() {
         (a.path.clone(), None)
     } else if a.path.extension().is_some_and(|e| e == "json") {
-        let dir = a.path.parent().and_then(Path::parent).context("a checkpoint record lives in RUN/checkpoints/")?;
+        let dir = a
+            .path
+            .parent()
+            .and_then(Path::parent)
+            .context("a checkpoint record lives in RUN/checkpoints/")?;
         (dir.to_path_buf(), Some(a.path.clone()))
     } else if !a.path.exists() {
         bail!("{}: no such file or folder", a.path.display());
     } else {
-        bail!("{}: give a run folder or a checkpoint record (RUN/checkpoints/best.json)", a.path.display());
+        bail!(
+            "{}: give a run folder or a checkpoint record (RUN/checkpoints/best.json)",
+            a.path.display()
+        );
     };
     let run = Run::open(&dir, checkpoint.as_deref(), tch::Device::Cpu)?;
     let (per_module, total) = run.parameters();
@@ -385,7 +436,11 @@ pub fn inspect(a: &InspectArgs) -> Result<()> {
     }
     println!("{header}");
     for h in history {
-        let mut line = format!("  {:>5}{:>12.4}", h["epoch"].as_u64().unwrap_or(0), h["train_loss"].as_f64().unwrap_or(f64::NAN));
+        let mut line = format!(
+            "  {:>5}{:>12.4}",
+            h["epoch"].as_u64().unwrap_or(0),
+            h["train_loss"].as_f64().unwrap_or(f64::NAN)
+        );
         for k in &keys {
             line.push_str(&format!("{:>16.4}", h["val"][k].as_f64().unwrap_or(f64::NAN)));
         }

@@ -72,7 +72,10 @@ pub struct TrainTtsArgs {
 /// `mm train-tts`.
 pub fn train_tts(a: &TrainTtsArgs) -> Result<()> {
     let config = TtsConfig::from_file(&a.config, &a.set)?;
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()));
     let started = Instant::now();
     let report = mm_train::tts::train(&config, &out, parse_device(&a.device)?, a.resume, !a.quiet)?;
     println!(
@@ -162,7 +165,10 @@ pub fn eval_tts(a: &EvalTtsArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
     let e = mm_train::tts::evaluate(&tts, &recognizer, &manifest, &out)?;
     let record = json!(e);
-    mm_data::fs::write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&record)?.as_bytes())?;
+    mm_data::fs::write_atomic(
+        &out.join("eval.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )?;
     let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
     println!("synthesised {} (speaker, word) pairs into {}", e.pairs, out.display());
     println!(
@@ -175,7 +181,11 @@ pub fn eval_tts(a: &EvalTtsArgs) -> Result<()> {
         e.real
     );
     for (speaker, [r, rn, s, sn]) in &e.by_speaker {
-        println!("    {speaker:<10} real {:5.1}% ({r}/{rn})  synthesised {:5.1}% ({s}/{sn})", pct(*r, *rn), pct(*s, *sn));
+        println!(
+            "    {speaker:<10} real {:5.1}% ({r}/{rn})  synthesised {:5.1}% ({s}/{sn})",
+            pct(*r, *rn),
+            pct(*s, *sn)
+        );
     }
     println!(
         "  log-mel distance (DTW, mean |difference| per bin, nats): synthesised speech to real recordings of the word {:.3} (the predicted spectrogram, before Griffin-Lim: {:.3}); real to real {:.3}; synthesised to the speaker's other words {:.3}",

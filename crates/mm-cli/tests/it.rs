@@ -56,19 +56,32 @@ fn demo_fusion_beats_every_single_modality() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = stdout(&out);
     let row = |name: &str| -> (f64, f64) {
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
-        let pcts: Vec<f64> = line.split_whitespace().filter(|w| w.ends_with('%')).map(|w| w.trim_end_matches('%').parse().expect("a number")).collect();
+        let line =
+            text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {text}"));
+        let pcts: Vec<f64> = line
+            .split_whitespace()
+            .filter(|w| w.ends_with('%'))
+            .map(|w| w.trim_end_matches('%').parse().expect("a number"))
+            .collect();
         (pcts[0], pcts[1])
     };
     let fused = row("fused").0;
     for single in ["image only", "audio only", "caption only"] {
         let (accuracy, ceiling) = row(single);
-        assert!(accuracy <= ceiling + 6.0, "{single} at {accuracy}% above its ceiling {ceiling}%: {text}");
-        assert!(fused > accuracy + 30.0, "fused {fused}% not far above {single} {accuracy}%: {text}");
+        assert!(
+            accuracy <= ceiling + 6.0,
+            "{single} at {accuracy}% above its ceiling {ceiling}%: {text}"
+        );
+        assert!(
+            fused > accuracy + 30.0,
+            "fused {fused}% not far above {single} {accuracy}%: {text}"
+        );
     }
     assert!(fused > 90.0, "fused only {fused}%: {text}");
     assert!(text.contains("caption -> image retrieval"), "{text}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report")).expect("json");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report"))
+            .expect("json");
     assert_eq!(report["classification"].as_array().map(Vec::len), Some(4));
     for run in ["image-only", "audio-only", "caption-only", "fused", "retrieval"] {
         assert!(dir.join(format!("runs/{run}/curves.svg")).is_file(), "{run}");
@@ -83,21 +96,43 @@ fn data_synth_writes_the_data_set_and_reports_its_ceilings() {
     let dir = std::env::temp_dir().join(format!("mm-cli-synth-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out_dir = dir.to_str().expect("utf-8 temp dir");
-    let args = ["data", "synth", "--out", out_dir, "--samples", "40", "--image-size", "24", "--frame-size", "16", "--corrupt-images", "0.1"];
+    let args = [
+        "data",
+        "synth",
+        "--out",
+        out_dir,
+        "--samples",
+        "40",
+        "--image-size",
+        "24",
+        "--frame-size",
+        "16",
+        "--corrupt-images",
+        "0.1",
+    ];
     let out = mm(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = stdout(&out);
     assert!(text.contains("wrote 40 samples") && text.contains("4 truncated images"), "{text}");
-    for task in ["manifest.jsonl", "video.jsonl", "retrieval.jsonl", "sentiment.jsonl", "diagnosis.jsonl"] {
+    for task in
+        ["manifest.jsonl", "video.jsonl", "retrieval.jsonl", "sentiment.jsonl", "diagnosis.jsonl"]
+    {
         assert!(text.contains(task), "{text}");
-        assert_eq!(std::fs::read_to_string(dir.join(task)).expect("manifest").lines().count(), 40, "{task}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(task)).expect("manifest").lines().count(),
+            40,
+            "{task}"
+        );
     }
     // The JSON summary is the synth.json written beside the data.
     let mut json_args = args.to_vec();
     json_args.extend(["--force", "--json"]);
     let out = mm(&json_args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout(&out).trim_end(), std::fs::read_to_string(dir.join("synth.json")).expect("summary").trim_end());
+    assert_eq!(
+        stdout(&out).trim_end(),
+        std::fs::read_to_string(dir.join("synth.json")).expect("summary").trim_end()
+    );
     // Refusals: an existing data set without --force, a bad value.
     let out = mm(&args);
     assert_eq!(out.status.code(), Some(1));

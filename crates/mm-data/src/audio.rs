@@ -25,7 +25,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{
-    DecoderOptions, CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3, CODEC_TYPE_NULL, CODEC_TYPE_VORBIS,
+    DecoderOptions, CODEC_TYPE_MP1, CODEC_TYPE_MP2, CODEC_TYPE_MP3, CODEC_TYPE_NULL,
+    CODEC_TYPE_VORBIS,
 };
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::FormatOptions;
@@ -76,7 +77,8 @@ fn check_wav_format(head: &[u8], path: &Path) -> Result<()> {
     let mut at = 12;
     while at + 8 <= head.len() {
         let id = &head[at..at + 4];
-        let size = u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]) as usize;
+        let size =
+            u32::from_le_bytes([head[at + 4], head[at + 5], head[at + 6], head[at + 7]]) as usize;
         if id == b"fmt " {
             let body = &head[at + 8..head.len().min(at + 8 + size)];
             if body.len() >= 8 {
@@ -111,11 +113,19 @@ pub fn decode_audio_bytes(bytes: Vec<u8>, path: &Path) -> Result<Audio> {
 /// names the file, so that bad input never takes the process down; nothing is printed
 /// ([`crate::guard::catch`]).
 fn guarded<T>(path: &Path, call: impl FnOnce() -> T) -> Result<T> {
-    crate::guard::catch(call)
-        .map_err(|caught| Error::decode(path, format!("the audio decoder failed on this file ({}): a damaged file?", caught.message)))
+    crate::guard::catch(call).map_err(|caught| {
+        Error::decode(
+            path,
+            format!("the audio decoder failed on this file ({}): a damaged file?", caught.message),
+        )
+    })
 }
 
-fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, path: &Path) -> Result<Audio> {
+fn decode_stream(
+    source: Box<dyn symphonia::core::io::MediaSource>,
+    len: u64,
+    path: &Path,
+) -> Result<Audio> {
     if len == 0 {
         return Err(Error::decode(path, "empty file (0 bytes)"));
     }
@@ -124,8 +134,17 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
     if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
         hint.with_extension(ext);
     }
-    let probed = guarded(path, || symphonia::default::get_probe().format(&hint, stream, &FormatOptions::default(), &MetadataOptions::default()))?
-        .map_err(|e| Error::decode(path, format!("not a supported audio file (WAV, FLAC, MP3, Ogg/Vorbis): {e}")))?;
+    let probed = guarded(path, || {
+        symphonia::default::get_probe().format(
+            &hint,
+            stream,
+            &FormatOptions::default(),
+            &MetadataOptions::default(),
+        )
+    })?
+    .map_err(|e| {
+        Error::decode(path, format!("not a supported audio file (WAV, FLAC, MP3, Ogg/Vorbis): {e}"))
+    })?;
     let mut format = probed.format;
     let track = format
         .tracks()
@@ -134,16 +153,22 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
         .ok_or_else(|| Error::decode(path, "no audio track"))?;
     let track_id = track.id;
     let params = track.codec_params.clone();
-    let sample_rate = params.sample_rate.ok_or_else(|| Error::decode(path, "no sample rate in the stream"))?;
+    let sample_rate =
+        params.sample_rate.ok_or_else(|| Error::decode(path, "no sample rate in the stream"))?;
     if sample_rate == 0 || sample_rate > MAX_SAMPLE_RATE {
         return Err(Error::decode(path, format!("sample rate {sample_rate} Hz in the header: outside 1 to {MAX_SAMPLE_RATE} Hz (a damaged header?)")));
     }
     // PCM (WAV) and FLAC headers state the exact length, so a shorter body means a truncated
     // file. MP3 and Vorbis lengths are estimates (encoder delay and padding), not promises.
-    let exact_length = !matches!(params.codec, CODEC_TYPE_MP1 | CODEC_TYPE_MP2 | CODEC_TYPE_MP3 | CODEC_TYPE_VORBIS);
+    let exact_length = !matches!(
+        params.codec,
+        CODEC_TYPE_MP1 | CODEC_TYPE_MP2 | CODEC_TYPE_MP3 | CODEC_TYPE_VORBIS
+    );
     let declared_frames = params.n_frames.filter(|_| exact_length);
-    let mut decoder = guarded(path, || symphonia::default::get_codecs().make(&params, &DecoderOptions::default()))?
-        .map_err(|e| Error::decode(path, format!("unsupported codec: {e}")))?;
+    let mut decoder = guarded(path, || {
+        symphonia::default::get_codecs().make(&params, &DecoderOptions::default())
+    })?
+    .map_err(|e| Error::decode(path, format!("unsupported codec: {e}")))?;
 
     let mut samples = Vec::with_capacity(declared_frames.unwrap_or(0).min(1 << 26) as usize);
     let mut buffer: Option<SampleBuffer<f32>> = None;
@@ -151,7 +176,9 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
     loop {
         let packet = match guarded(path, || format.next_packet())? {
             Ok(p) => p,
-            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                break
+            }
             Err(SymphoniaError::ResetRequired) => break,
             Err(e) => {
                 stopped_early = Some(e.to_string());
@@ -161,8 +188,9 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
         if packet.track_id() != track_id {
             continue;
         }
-        let decoded = guarded(path, || decoder.decode(&packet))?
-            .map_err(|e| Error::decode(path, format!("corrupt audio data after {} samples: {e}", samples.len())))?;
+        let decoded = guarded(path, || decoder.decode(&packet))?.map_err(|e| {
+            Error::decode(path, format!("corrupt audio data after {} samples: {e}", samples.len()))
+        })?;
         let spec = *decoded.spec();
         let channels = spec.channels.count().max(1);
         let buf = buffer.get_or_insert_with(|| SampleBuffer::new(decoded.capacity() as u64, spec));
@@ -171,16 +199,24 @@ fn decode_stream(source: Box<dyn symphonia::core::io::MediaSource>, len: u64, pa
         }
         buf.copy_interleaved_ref(decoded);
         let inv = 1.0 / channels as f32;
-        samples.extend(buf.samples().chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * inv));
+        samples.extend(
+            buf.samples().chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * inv),
+        );
     }
     if let Some(e) = stopped_early {
-        return Err(Error::decode(path, format!("corrupt container after {} samples: {e}", samples.len())));
+        return Err(Error::decode(
+            path,
+            format!("corrupt container after {} samples: {e}", samples.len()),
+        ));
     }
     if let Some(n) = declared_frames {
         if (samples.len() as u64) < n {
             return Err(Error::decode(
                 path,
-                format!("truncated: the header declares {n} samples, the file holds {}", samples.len()),
+                format!(
+                    "truncated: the header declares {n} samples, the file holds {}",
+                    samples.len()
+                ),
             ));
         }
         samples.truncate(n as usize);
@@ -361,7 +397,11 @@ impl Resampler {
                 let centre = j as f64 * orig / new;
                 let lo = (centre - reach).ceil().max(0.0) as usize;
                 let hi = ((centre + reach).floor() as usize).min(n.saturating_sub(1));
-                (lo..=hi).map(|m| sinc_kernel((m as f64 / orig - j as f64 / new) * base, scale) * samples[m]).sum()
+                (lo..=hi)
+                    .map(|m| {
+                        sinc_kernel((m as f64 / orig - j as f64 / new) * base, scale) * samples[m]
+                    })
+                    .sum()
             })
             .collect()
     }
@@ -419,7 +459,11 @@ mod tests {
         assert_eq!(y.len(), 16000);
         let want = tone(440.0, 16000, 16000);
         // Away from the edges (where the signal is cut off) the error is tiny.
-        let err = y[200..15800].iter().zip(&want[200..15800]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let err = y[200..15800]
+            .iter()
+            .zip(&want[200..15800])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(err < 2e-3, "max error {err}");
     }
 
@@ -437,7 +481,9 @@ mod tests {
 
     #[test]
     fn lengths_follow_torchaudio() {
-        for (n, from, to, want) in [(10, 8000, 16000, 20), (11, 16000, 8000, 6), (1000, 44100, 16000, 363), (7, 3, 3, 7)] {
+        for (n, from, to, want) in
+            [(10, 8000, 16000, 20), (11, 16000, 8000, 6), (1000, 44100, 16000, 363), (7, 3, 3, 7)]
+        {
             assert_eq!(resample(&vec![0.1; n], from, to).len(), want, "{n} {from}->{to}");
         }
         assert!(resample(&[], 8000, 16000).is_empty());
@@ -469,13 +515,18 @@ mod tests {
         let y = odd.process(&tone(1000.0, 524_369, 52_437));
         assert_eq!(y.len(), (52_437u64 * 16_000).div_ceil(524_369) as usize);
         let want = tone(1000.0, 16_000, 1600);
-        let err = y[100..1500].iter().zip(&want[100..1500]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let err = y[100..1500]
+            .iter()
+            .zip(&want[100..1500])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(err < 5e-3, "max error {err}");
     }
 
     #[test]
     fn wav_is_decoded_and_mixed_to_mono() {
-        let frames: Vec<Vec<i16>> = (0..100).map(|i| vec![i as i16 * 100, -(i as i16) * 100 + 3200]).collect();
+        let frames: Vec<Vec<i16>> =
+            (0..100).map(|i| vec![i as i16 * 100, -(i as i16) * 100 + 3200]).collect();
         let p = temp("stereo.wav", &wav_bytes(8000, 2, &frames));
         let a = decode_audio(&p).expect("decode");
         assert_eq!(a.sample_rate, 8000);
@@ -489,13 +540,21 @@ mod tests {
 
     #[test]
     fn written_wavs_decode_to_the_same_samples() {
-        let audio = Audio { sample_rate: 16000, samples: tone(300.0, 16000, 1234).iter().map(|s| s * 0.8).collect() };
+        let audio = Audio {
+            sample_rate: 16000,
+            samples: tone(300.0, 16000, 1234).iter().map(|s| s * 0.8).collect(),
+        };
         let p = temp("written.wav", b"");
         write_wav(&p, &audio).expect("write");
         let back = decode_audio(&p).expect("decode");
         assert_eq!(back.sample_rate, 16000);
         assert_eq!(back.samples.len(), 1234);
-        let worst = back.samples.iter().zip(&audio.samples).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = back
+            .samples
+            .iter()
+            .zip(&audio.samples)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst <= 0.5 / 32768.0, "{worst}");
     }
 
@@ -503,12 +562,17 @@ mod tests {
     fn broken_wavs_are_errors_that_name_the_file() {
         let frames: Vec<Vec<i16>> = (0..400).map(|i| vec![(i * 37 % 2000) as i16]).collect();
         let good = wav_bytes(8000, 1, &frames);
-        let msg = |name: &str, bytes: &[u8]| decode_audio(temp(name, bytes)).expect_err("must fail").to_string();
+        let msg = |name: &str, bytes: &[u8]| {
+            decode_audio(temp(name, bytes)).expect_err("must fail").to_string()
+        };
         assert!(msg("zero.wav", b"").ends_with("zero.wav: empty file (0 bytes)"));
         assert!(msg("text.wav", b"this is not audio at all").contains("not a supported audio file"));
         // A header that promises 400 samples over a body cut to 100: the lying header is caught.
         let m = msg("cut.wav", &good[..44 + 200]);
-        assert!(m.contains("cut.wav: truncated: the header declares 400 samples, the file holds 100"), "{m}");
+        assert!(
+            m.contains("cut.wav: truncated: the header declares 400 samples, the file holds 100"),
+            "{m}"
+        );
         let missing = decode_audio("/no/such/clip.wav").expect_err("missing").to_string();
         assert!(missing.contains("/no/such/clip.wav"));
     }

@@ -47,7 +47,16 @@ pub struct ImageAugment {
 
 impl Default for ImageAugment {
     fn default() -> Self {
-        ImageAugment { crop: None, hflip: 0.0, rotate_degrees: 0.0, brightness: 0.0, contrast: 0.0, saturation: 0.0, blur: None, noise_std: 0.0 }
+        ImageAugment {
+            crop: None,
+            hflip: 0.0,
+            rotate_degrees: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            blur: None,
+            noise_std: 0.0,
+        }
     }
 }
 
@@ -67,7 +76,13 @@ impl ImageAugment {
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: `(top, left, height, width)`.
-fn crop_box(h: usize, w: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut Rng) -> (usize, usize, usize, usize) {
+fn crop_box(
+    h: usize,
+    w: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut Rng,
+) -> (usize, usize, usize, usize) {
     let area = (h * w) as f64;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
     for _ in 0..10 {
@@ -95,12 +110,24 @@ fn crop_box(h: usize, w: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut 
 
 /// Crops `[H, W, 3]` pixels to a box and resizes to `size = (height, width)` with a
 /// triangle (bilinear, anti-aliased when shrinking) filter; returns `[3, h, w]` in `[0, 1]`.
-pub fn crop_resize(pixels: &Array3<u8>, top: usize, left: usize, ch: usize, cw: usize, size: (usize, usize)) -> Array3<f32> {
+pub fn crop_resize(
+    pixels: &Array3<u8>,
+    top: usize,
+    left: usize,
+    ch: usize,
+    cw: usize,
+    size: (usize, usize),
+) -> Array3<f32> {
     crate::image::crop_resize_chw(pixels, top, left, ch, cw, size)
 }
 
 /// Augments `[H, W, 3]` pixels into a `[3, size.0, size.1]` image in `[0, 1]`.
-pub fn augment_image(pixels: &Array3<u8>, size: (usize, usize), aug: &ImageAugment, rng: &mut Rng) -> Array3<f32> {
+pub fn augment_image(
+    pixels: &Array3<u8>,
+    size: (usize, usize),
+    aug: &ImageAugment,
+    rng: &mut Rng,
+) -> Array3<f32> {
     let (h, w, _) = pixels.dim();
     let (top, left, ch, cw) = match aug.crop {
         Some((scale, ratio)) => crop_box(h, w, scale, ratio, rng),
@@ -167,7 +194,9 @@ fn luma(r: f32, g: f32, b: f32) -> f32 {
 /// `[0, 1]`), in two passes over the pixels: brightness and the mean grey level, then
 /// contrast and saturation per pixel.
 fn jitter(img: &mut Array3<f32>, aug: &ImageAugment, rng: &mut Rng) {
-    let factor = |amount: f64, rng: &mut Rng| (amount > 0.0).then(|| rng.uniform((1.0 - amount).max(0.0), 1.0 + amount) as f32);
+    let factor = |amount: f64, rng: &mut Rng| {
+        (amount > 0.0).then(|| rng.uniform((1.0 - amount).max(0.0), 1.0 + amount) as f32)
+    };
     let brightness = factor(aug.brightness, rng);
     let contrast = factor(aug.contrast, rng);
     let saturation = factor(aug.saturation, rng);
@@ -222,7 +251,9 @@ pub fn blur(img: &Array3<f32>, sigma: f64) -> Array3<f32> {
         return img.clone();
     }
     let radius = (3.0 * sigma).ceil() as isize;
-    let mut kernel: Vec<f32> = (-radius..=radius).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32).collect();
+    let mut kernel: Vec<f32> = (-radius..=radius)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
     let total: f32 = kernel.iter().sum();
     kernel.iter_mut().for_each(|k| *k /= total);
     let (c, h, w) = img.dim();
@@ -241,7 +272,11 @@ pub fn blur(img: &Array3<f32>, sigma: f64) -> Array3<f32> {
     for ch in 0..c {
         for y in 0..h {
             for x in 0..w {
-                tmp[[ch, y, x]] = kernel.iter().enumerate().map(|(k, kv)| kv * img[[ch, y, refl(x as isize + k as isize - radius, w)]]).sum();
+                tmp[[ch, y, x]] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, kv)| kv * img[[ch, y, refl(x as isize + k as isize - radius, w)]])
+                    .sum();
             }
         }
     }
@@ -249,7 +284,11 @@ pub fn blur(img: &Array3<f32>, sigma: f64) -> Array3<f32> {
     for ch in 0..c {
         for y in 0..h {
             for x in 0..w {
-                out[[ch, y, x]] = kernel.iter().enumerate().map(|(k, kv)| kv * tmp[[ch, refl(y as isize + k as isize - radius, h), x]]).sum();
+                out[[ch, y, x]] = kernel
+                    .iter()
+                    .enumerate()
+                    .map(|(k, kv)| kv * tmp[[ch, refl(y as isize + k as isize - radius, h), x]])
+                    .sum();
             }
         }
     }
@@ -323,7 +362,8 @@ pub fn augment_waveform(samples: &mut Vec<f32>, aug: &AudioAugment, rng: &mut Rn
     }
     if let Some((p, (lo, hi))) = aug.noise {
         if rng.chance(p) && !samples.is_empty() {
-            let power = samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len() as f64;
+            let power =
+                samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len() as f64;
             if power > 0.0 {
                 let snr = rng.uniform(lo, hi);
                 let std = (power / 10f64.powf(snr / 10.0)).sqrt();
@@ -337,14 +377,18 @@ pub fn augment_waveform(samples: &mut Vec<f32>, aug: &AudioAugment, rng: &mut Rn
 /// normalisation: the mean).
 pub fn spec_augment(spec: &mut Array2<f32>, aug: &AudioAugment, fill: f32, rng: &mut Rng) {
     let (frames, bins) = spec.dim();
-    for (count, max, axis, len) in [(aug.time_masks.0, aug.time_masks.1, 0, frames), (aug.freq_masks.0, aug.freq_masks.1, 1, bins)] {
+    for (count, max, axis, len) in [
+        (aug.time_masks.0, aug.time_masks.1, 0, frames),
+        (aug.freq_masks.0, aug.freq_masks.1, 1, bins),
+    ] {
         for _ in 0..count {
             if len == 0 || max == 0 {
                 break;
             }
             let width = rng.below(max.min(len) as u64 + 1) as usize;
             let start = rng.below((len - width + 1) as u64) as usize;
-            let mut band = spec.slice_axis_mut(ndarray::Axis(axis), ndarray::Slice::from(start..start + width));
+            let mut band = spec
+                .slice_axis_mut(ndarray::Axis(axis), ndarray::Slice::from(start..start + width));
             band.fill(fill);
         }
     }
@@ -395,7 +439,8 @@ pub fn drop_modalities(present: &mut [bool], p: f64, rng: &mut Rng) {
     if p <= 0.0 {
         return;
     }
-    let before: Vec<usize> = present.iter().enumerate().filter(|(_, v)| **v).map(|(i, _)| i).collect();
+    let before: Vec<usize> =
+        present.iter().enumerate().filter(|(_, v)| **v).map(|(i, _)| i).collect();
     for &i in &before {
         if rng.chance(p) {
             present[i] = false;
@@ -450,14 +495,25 @@ mod tests {
 
     #[test]
     fn jitter_and_blur_keep_range_and_mean() {
-        let aug = ImageAugment { brightness: 0.5, contrast: 0.5, saturation: 0.5, noise_std: 0.05, ..Default::default() };
+        let aug = ImageAugment {
+            brightness: 0.5,
+            contrast: 0.5,
+            saturation: 0.5,
+            noise_std: 0.05,
+            ..Default::default()
+        };
         let out = augment_image(&gradient(16, 16), (16, 16), &aug, &mut Rng::new(9));
         assert!(out.iter().all(|v| (0.0..=1.0).contains(v)));
         let img = crate::image::to_chw_f32(&gradient(16, 16));
         let b = blur(&img, 1.5);
         assert!((b.mean().expect("mean") - img.mean().expect("mean")).abs() < 0.02);
         // Blurring lowers the spread between neighbouring pixels.
-        let tv = |a: &Array3<f32>| a.windows((1, 1, 2)).into_iter().map(|w| (w[[0, 0, 1]] - w[[0, 0, 0]]).abs()).sum::<f32>();
+        let tv = |a: &Array3<f32>| {
+            a.windows((1, 1, 2))
+                .into_iter()
+                .map(|w| (w[[0, 0, 1]] - w[[0, 0, 0]]).abs())
+                .sum::<f32>()
+        };
         assert!(tv(&b) < tv(&img));
     }
 
@@ -466,19 +522,37 @@ mod tests {
         let clip: Vec<f32> = (0..8000).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
         let mut rng = Rng::new(1);
         let mut fast = clip.clone();
-        augment_waveform(&mut fast, &AudioAugment { speed: Some((1.2, 1.2)), ..Default::default() }, &mut rng);
+        augment_waveform(
+            &mut fast,
+            &AudioAugment { speed: Some((1.2, 1.2)), ..Default::default() },
+            &mut rng,
+        );
         assert_eq!(fast.len(), (8000.0_f64 * 20.0 / 24.0).ceil() as usize);
         let mut shifted = clip.clone();
-        augment_waveform(&mut shifted, &AudioAugment { max_shift: 0.5, ..Default::default() }, &mut rng);
+        augment_waveform(
+            &mut shifted,
+            &AudioAugment { max_shift: 0.5, ..Default::default() },
+            &mut rng,
+        );
         assert_eq!(shifted.len(), 8000);
         let mut noisy = clip.clone();
-        augment_waveform(&mut noisy, &AudioAugment { noise: Some((1.0, (10.0, 10.0))), ..Default::default() }, &mut rng);
-        let noise_power: f64 = noisy.iter().zip(&clip).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / 8000.0;
+        augment_waveform(
+            &mut noisy,
+            &AudioAugment { noise: Some((1.0, (10.0, 10.0))), ..Default::default() },
+            &mut rng,
+        );
+        let noise_power: f64 =
+            noisy.iter().zip(&clip).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / 8000.0;
         let signal_power: f64 = clip.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / 8000.0;
         let snr = 10.0 * (signal_power / noise_power).log10();
         assert!((snr - 10.0).abs() < 0.3, "SNR {snr}");
         let mut spec = Array2::<f32>::ones((50, 16));
-        spec_augment(&mut spec, &AudioAugment { time_masks: (1, 10), freq_masks: (1, 4), ..Default::default() }, 0.0, &mut Rng::new(4));
+        spec_augment(
+            &mut spec,
+            &AudioAugment { time_masks: (1, 10), freq_masks: (1, 4), ..Default::default() },
+            0.0,
+            &mut Rng::new(4),
+        );
         let zeros = spec.iter().filter(|v| **v == 0.0).count();
         assert!(zeros <= 10 * 16 + 4 * 50);
     }

@@ -59,7 +59,15 @@ pub struct AvDigitsConfig {
 
 impl Default for AvDigitsConfig {
     fn default() -> Self {
-        AvDigitsConfig { train_per_digit: Some(500), test_per_digit: Some(100), val: 0.1, image_noise: 0.0, occlusion: 0.0, audio_snr_db: None, seed: 0 }
+        AvDigitsConfig {
+            train_per_digit: Some(500),
+            test_per_digit: Some(100),
+            val: 0.1,
+            image_noise: 0.0,
+            occlusion: 0.0,
+            audio_snr_db: None,
+            seed: 0,
+        }
     }
 }
 
@@ -103,7 +111,8 @@ pub(crate) fn read_fsdd(source: &Path) -> Result<Vec<Recording>> {
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let path = entry.path().map_err(bad)?.into_owned();
-            if entry.header().entry_type().is_file() && path.extension().is_some_and(|e| e == "wav") {
+            if entry.header().entry_type().is_file() && path.extension().is_some_and(|e| e == "wav")
+            {
                 let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
                 let mut bytes = Vec::new();
                 entry.read_to_end(&mut bytes).map_err(bad)?;
@@ -117,16 +126,29 @@ pub(crate) fn read_fsdd(source: &Path) -> Result<Vec<Recording>> {
         .map(|(name, bytes)| {
             let parts: Vec<&str> = name.trim_end_matches(".wav").split('_').collect();
             let parsed = match parts.as_slice() {
-                [d, speaker, take] => d.parse::<u8>().ok().filter(|d| *d < 10).zip(take.parse::<u32>().ok()).map(|(d, t)| (d, speaker.to_string(), t)),
+                [d, speaker, take] => d
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|d| *d < 10)
+                    .zip(take.parse::<u32>().ok())
+                    .map(|(d, t)| (d, speaker.to_string(), t)),
                 _ => None,
             };
-            let (digit, speaker, take) = parsed.ok_or_else(|| Error::decode(source.join(&name), "not an FSDD name ({digit}_{speaker}_{take}.wav)".to_string()))?;
+            let (digit, speaker, take) = parsed.ok_or_else(|| {
+                Error::decode(
+                    source.join(&name),
+                    "not an FSDD name ({digit}_{speaker}_{take}.wav)".to_string(),
+                )
+            })?;
             let audio = decode_audio_bytes(bytes, &source.join(&name))?;
             Ok(Recording { name, digit, speaker, test: take < 5, audio })
         })
         .collect::<Result<_>>()?;
     if recordings.is_empty() {
-        return Err(Error::decode(source, "no FSDD recordings ({digit}_{speaker}_{take}.wav) in it".to_string()));
+        return Err(Error::decode(
+            source,
+            "no FSDD recordings ({digit}_{speaker}_{take}.wav) in it".to_string(),
+        ));
     }
     Ok(recordings)
 }
@@ -139,13 +161,20 @@ fn read_mnist(dir: &Path, prefix: &str) -> Result<(Vec<u8>, usize, usize, Vec<u8
             .into_iter()
             .map(|n| dir.join(n))
             .find(|p| p.is_file())
-            .ok_or_else(|| Error::io(dir.join(format!("{stem}.gz")), std::io::Error::new(std::io::ErrorKind::NotFound, "MNIST file not found")))
+            .ok_or_else(|| {
+                Error::io(
+                    dir.join(format!("{stem}.gz")),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "MNIST file not found"),
+                )
+            })
     };
     let images = read_idx(find(&format!("{prefix}-images-idx3-ubyte"))?)?;
     let labels = read_idx(find(&format!("{prefix}-labels-idx1-ubyte"))?)?;
     let (n, h, w) = match images.shape.as_slice() {
         [n, h, w] => (*n, *h, *w),
-        s => return Err(Error::Config(format!("MNIST images of shape {s:?}, expected [n, 28, 28]"))),
+        s => {
+            return Err(Error::Config(format!("MNIST images of shape {s:?}, expected [n, 28, 28]")))
+        }
     };
     let pixels = images.into_u8()?.into_raw_vec_and_offset().0;
     let labels = labels.into_u8()?.into_raw_vec_and_offset().0;
@@ -156,7 +185,13 @@ fn read_mnist(dir: &Path, prefix: &str) -> Result<(Vec<u8>, usize, usize, Vec<u8
 }
 
 /// Pixel noise and an occluding square on a `[h, w]` greyscale image.
-fn degrade_image(pixels: &[u8], h: usize, w: usize, config: &AvDigitsConfig, rng: &mut Rng) -> Vec<u8> {
+fn degrade_image(
+    pixels: &[u8],
+    h: usize,
+    w: usize,
+    config: &AvDigitsConfig,
+    rng: &mut Rng,
+) -> Vec<u8> {
     let mut out: Vec<f64> = pixels.iter().map(|p| f64::from(*p) / 255.0).collect();
     if config.occlusion > 0.0 {
         let side = ((config.occlusion * h.min(w) as f64).round() as usize).clamp(1, h.min(w));
@@ -178,17 +213,33 @@ fn degrade_image(pixels: &[u8], h: usize, w: usize, config: &AvDigitsConfig, rng
 
 /// White noise at `snr_db` below the recording's own RMS level.
 pub(crate) fn degrade_audio(audio: &Audio, snr_db: f64, rng: &mut Rng) -> Audio {
-    let rms = (audio.samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / audio.samples.len().max(1) as f64).sqrt();
+    let rms = (audio.samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>()
+        / audio.samples.len().max(1) as f64)
+        .sqrt();
     let sigma = rms / 10f64.powf(snr_db / 20.0);
-    let samples = audio.samples.iter().map(|s| (f64::from(*s) + rng.normal() * sigma).clamp(-1.0, 1.0) as f32).collect();
+    let samples = audio
+        .samples
+        .iter()
+        .map(|s| (f64::from(*s) + rng.normal() * sigma).clamp(-1.0, 1.0) as f32)
+        .collect();
     Audio { sample_rate: audio.sample_rate, samples }
 }
 
 /// Builds the data set from MNIST's four idx files in `mnist` and FSDD's archive (or folder of
 /// WAVs) `fsdd`, into `out` (see the module documentation). An existing `out` is replaced only
 /// with `force`, and only if it holds an earlier `av-digits.json`.
-pub fn convert(mnist: &Path, fsdd: &Path, out: &Path, config: &AvDigitsConfig, force: bool) -> Result<AvDigitsSummary> {
-    if !(0.0..1.0).contains(&config.val) || !(0.0..=1.0).contains(&config.occlusion) || !config.image_noise.is_finite() || config.image_noise < 0.0 {
+pub fn convert(
+    mnist: &Path,
+    fsdd: &Path,
+    out: &Path,
+    config: &AvDigitsConfig,
+    force: bool,
+) -> Result<AvDigitsSummary> {
+    if !(0.0..1.0).contains(&config.val)
+        || !(0.0..=1.0).contains(&config.occlusion)
+        || !config.image_noise.is_finite()
+        || config.image_noise < 0.0
+    {
         return Err(Error::Config(format!(
             "av-digits: val {} in [0, 1), occlusion {} in [0, 1], image_noise {} not negative",
             config.val, config.occlusion, config.image_noise
@@ -218,9 +269,21 @@ pub fn convert(mnist: &Path, fsdd: &Path, out: &Path, config: &AvDigitsConfig, f
         let test = side == 1;
         let limit = if test { config.test_per_digit } else { config.train_per_digit };
         for digit in 0..10u8 {
-            let images: Vec<usize> = labels.iter().enumerate().filter(|(_, l)| **l == digit).map(|(i, _)| i).take(limit.unwrap_or(usize::MAX)).collect();
+            let images: Vec<usize> = labels
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| **l == digit)
+                .map(|(i, _)| i)
+                .take(limit.unwrap_or(usize::MAX))
+                .collect();
             let pool = pools.get(&(digit, test)).filter(|p| !p.is_empty()).ok_or_else(|| {
-                Error::decode(fsdd, format!("no {} recording of the digit {digit}", if test { "test (take 0-4)" } else { "training (take 5+)" }))
+                Error::decode(
+                    fsdd,
+                    format!(
+                        "no {} recording of the digit {digit}",
+                        if test { "test (take 0-4)" } else { "training (take 5+)" }
+                    ),
+                )
             })?;
             // The validation share: a seeded choice among the digit's training images.
             let mut order: Vec<usize> = (0..images.len()).collect();
@@ -239,7 +302,14 @@ pub fn convert(mnist: &Path, fsdd: &Path, out: &Path, config: &AvDigitsConfig, f
                     Split::Train
                 };
                 let id = format!("{}{:05}", if test { "t" } else { "m" }, image);
-                plan.push(Planned { id, split, side, image, digit, recording: pool[k % pool.len()] });
+                plan.push(Planned {
+                    id,
+                    split,
+                    side,
+                    image,
+                    digit,
+                    recording: pool[k % pool.len()],
+                });
             }
         }
     }
@@ -254,7 +324,8 @@ pub fn convert(mnist: &Path, fsdd: &Path, out: &Path, config: &AvDigitsConfig, f
             let (pixels, h, w, _) = &mnist_sides[p.side];
             let image = &pixels[p.image * h * w..(p.image + 1) * h * w];
             let grey = degrade_image(image, *h, *w, config, &mut rng);
-            let png = image::GrayImage::from_raw(*w as u32, *h as u32, grey).ok_or_else(|| Error::Config("MNIST image size".into()))?;
+            let png = image::GrayImage::from_raw(*w as u32, *h as u32, grey)
+                .ok_or_else(|| Error::Config("MNIST image size".into()))?;
             let path = root.join(format!("images/{}.png", p.id));
             png.save(&path).map_err(|e| Error::decode(&path, e.to_string()))?;
             if let Some(snr) = config.audio_snr_db {
@@ -270,7 +341,8 @@ pub fn convert(mnist: &Path, fsdd: &Path, out: &Path, config: &AvDigitsConfig, f
         if config.audio_snr_db.is_none() {
             used.par_iter().try_for_each(|&r| -> Result<()> {
                 let path = root.join(format!("audio/{}", recordings[r].name));
-                std::fs::write(&path, encode_wav(&recordings[r].audio)).map_err(|e| Error::io(&path, e))
+                std::fs::write(&path, encode_wav(&recordings[r].audio))
+                    .map_err(|e| Error::io(&path, e))
             })?;
         }
         let mut manifest = Manifest::new(root);
@@ -279,12 +351,25 @@ pub fn convert(mnist: &Path, fsdd: &Path, out: &Path, config: &AvDigitsConfig, f
                 Some(_) => format!("audio/{}.wav", p.id),
                 None => format!("audio/{}", recordings[p.recording].name),
             };
-            manifest.push(Sample::new(p.id.clone()).with_split(p.split).with_image(format!("images/{}.png", p.id)).with_audio(audio).with_label(p.digit.to_string()))?;
+            manifest.push(
+                Sample::new(p.id.clone())
+                    .with_split(p.split)
+                    .with_image(format!("images/{}.png", p.id))
+                    .with_audio(audio)
+                    .with_label(p.digit.to_string()),
+            )?;
         }
         manifest.write(root.join("manifest.jsonl"))?;
         let count = |s: Split| plan.iter().filter(|p| p.split == s).count();
-        let sides = [used.iter().filter(|r| !recordings[**r].test).count(), used.iter().filter(|r| recordings[**r].test).count()];
-        let summary = AvDigitsSummary { config: config.clone(), splits: [count(Split::Train), count(Split::Val), count(Split::Test)], recordings: sides };
+        let sides = [
+            used.iter().filter(|r| !recordings[**r].test).count(),
+            used.iter().filter(|r| recordings[**r].test).count(),
+        ];
+        let summary = AvDigitsSummary {
+            config: config.clone(),
+            splits: [count(Split::Train), count(Split::Val), count(Split::Test)],
+            recordings: sides,
+        };
         let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
         crate::fs::write_atomic(&root.join("av-digits.json"), &json)?;
         Ok(summary)

@@ -169,7 +169,9 @@ impl std::str::FromStr for Modality {
         [Modality::Image, Modality::Audio, Modality::Text, Modality::Frames, Modality::Features]
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown modality `{s}` (image, audio, text, frames or features)"))
+            .ok_or_else(|| {
+                format!("unknown modality `{s}` (image, audio, text, frames or features)")
+            })
     }
 }
 
@@ -281,11 +283,23 @@ impl CleanReport {
 
     /// A few lines for people: totals, then one line per reason with a few sample ids.
     pub fn summary(&self) -> String {
-        let mut out = format!("{} samples checked: {} kept, {} dropped\n", self.total, self.kept, self.dropped);
+        let mut out = format!(
+            "{} samples checked: {} kept, {} dropped\n",
+            self.total, self.kept, self.dropped
+        );
         for (reason, count) in self.counts() {
-            let ids: Vec<&str> =
-                self.findings.iter().filter(|f| f.reason == reason).take(5).map(|f| f.id.as_str()).collect();
-            let more = if count > ids.len() { format!(", ... ({} more)", count - ids.len()) } else { String::new() };
+            let ids: Vec<&str> = self
+                .findings
+                .iter()
+                .filter(|f| f.reason == reason)
+                .take(5)
+                .map(|f| f.id.as_str())
+                .collect();
+            let more = if count > ids.len() {
+                format!(", ... ({} more)", count - ids.len())
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
                 "  {:<16} {:>6}  {:<4}  {}{more}\n",
                 reason.as_str(),
@@ -344,7 +358,9 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
                 hash_part("audio", &bytes);
                 match decode_audio_bytes(bytes, &manifest.path(rel)) {
                     Err(e) => findings.push((Reason::BadAudio, e.to_string())),
-                    Ok(a) if a.samples.is_empty() => findings.push((Reason::EmptyAudio, "no samples".to_string())),
+                    Ok(a) if a.samples.is_empty() => {
+                        findings.push((Reason::EmptyAudio, "no samples".to_string()))
+                    }
                     Ok(a) => {
                         let d = a.duration();
                         if config.min_duration.is_some_and(|m| d < m) {
@@ -353,7 +369,9 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
                         if config.max_duration.is_some_and(|m| d > m) {
                             findings.push((Reason::TooLong, format!("{d:.3} s")));
                         }
-                        let rms = (a.samples.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / a.samples.len() as f64).sqrt();
+                        let rms = (a.samples.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+                            / a.samples.len() as f64)
+                            .sqrt();
                         if rms < f64::from(config.silence_rms) {
                             findings.push((Reason::SilentAudio, format!("RMS {rms:.2e}")));
                         }
@@ -382,11 +400,15 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
     if let Some(classes) = &config.classes {
         for label in s.label.iter().chain(&s.labels) {
             if !classes.contains(label) {
-                findings.push((Reason::UnknownLabel, format!("{label:?} is not one of the {} classes", classes.len())));
+                findings.push((
+                    Reason::UnknownLabel,
+                    format!("{label:?} is not one of the {} classes", classes.len()),
+                ));
             }
         }
     }
-    let missing: Vec<&str> = config.required.iter().filter(|m| !m.present(s)).map(|m| m.name()).collect();
+    let missing: Vec<&str> =
+        config.required.iter().filter(|m| !m.present(s)).map(|m| m.name()).collect();
     if !missing.is_empty() {
         findings.push((Reason::MissingModality, format!("no {}", missing.join(", "))));
     }
@@ -396,15 +418,23 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
 /// Checks every sample; returns the cleaned data set and the report, or an error when a
 /// reason whose policy is [`Policy::Fail`] has findings (the error lists them).
 pub fn clean(manifest: &Manifest, config: &CleanConfig) -> Result<(Manifest, CleanReport)> {
-    let checked: Vec<Checked> = manifest.samples().par_iter().map(|s| check_sample(manifest, s, config)).collect();
+    let checked: Vec<Checked> =
+        manifest.samples().par_iter().map(|s| check_sample(manifest, s, config)).collect();
     let mut findings = Vec::new();
     let mut first_with_hash: HashMap<u64, &str> = HashMap::new();
     let mut kept = Manifest::new(manifest.root());
     for (s, c) in manifest.samples().iter().zip(&checked) {
-        let mut mine: Vec<Finding> =
-            c.findings.iter().map(|(r, d)| Finding { id: s.id.clone(), reason: *r, detail: d.clone() }).collect();
+        let mut mine: Vec<Finding> = c
+            .findings
+            .iter()
+            .map(|(r, d)| Finding { id: s.id.clone(), reason: *r, detail: d.clone() })
+            .collect();
         // Duplicates are judged only among samples with content to compare.
-        let has_content = s.image.is_some() || s.audio.is_some() || s.text.is_some() || !s.frames.is_empty() || !s.features.is_empty();
+        let has_content = s.image.is_some()
+            || s.audio.is_some()
+            || s.text.is_some()
+            || !s.frames.is_empty()
+            || !s.features.is_empty();
         if has_content {
             match first_with_hash.get(&c.hash) {
                 Some(first) => mine.push(Finding {
@@ -422,10 +452,16 @@ pub fn clean(manifest: &Manifest, config: &CleanConfig) -> Result<(Manifest, Cle
         }
         findings.extend(mine);
     }
-    let policies: BTreeMap<Reason, Policy> = findings.iter().map(|f| (f.reason, config.policy(f.reason))).collect();
-    let failing: Vec<&Finding> = findings.iter().filter(|f| config.policy(f.reason) == Policy::Fail).collect();
+    let policies: BTreeMap<Reason, Policy> =
+        findings.iter().map(|f| (f.reason, config.policy(f.reason))).collect();
+    let failing: Vec<&Finding> =
+        findings.iter().filter(|f| config.policy(f.reason) == Policy::Fail).collect();
     if !failing.is_empty() {
-        let list: Vec<String> = failing.iter().take(10).map(|f| format!("{} ({}: {})", f.id, f.reason, f.detail)).collect();
+        let list: Vec<String> = failing
+            .iter()
+            .take(10)
+            .map(|f| format!("{} ({}: {})", f.id, f.reason, f.detail))
+            .collect();
         return Err(Error::decode(
             manifest.source(),
             format!("{} sample(s) fail the cleaning policy: {}", failing.len(), list.join("; ")),

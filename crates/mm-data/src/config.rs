@@ -30,13 +30,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{AudioAugment, ImageAugment, TextAugment};
-use crate::noise::NoiseBank;
 use crate::clean::{clean, CleanConfig, CleanReport, Modality};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Split};
-use crate::shards::ShardIndex;
 use crate::mel::MelConfig;
-use crate::pipeline::{AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec};
+use crate::noise::NoiseBank;
+use crate::pipeline::{
+    AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec,
+};
+use crate::shards::ShardIndex;
 use crate::subword::SubwordTokenizer;
 use crate::text::{Punctuation, Vocab, VocabBuilder, WordTokenizer};
 use crate::transcript::{Alphabet, TranscriptConfig};
@@ -248,7 +250,18 @@ pub const SHARD_STATISTICS_SAMPLES: usize = 2000;
 impl DataConfig {
     /// A configuration reading `manifest` with no modality yet.
     pub fn new(manifest: impl Into<PathBuf>) -> Self {
-        DataConfig { manifest: manifest.into(), classes: Vec::new(), clean: true, image: None, audio: None, text: None, frames: None, features: None, transcript: None, modality_dropout: 0.0 }
+        DataConfig {
+            manifest: manifest.into(),
+            classes: Vec::new(),
+            clean: true,
+            image: None,
+            audio: None,
+            text: None,
+            frames: None,
+            features: None,
+            transcript: None,
+            modality_dropout: 0.0,
+        }
     }
 
     /// The configured modalities, in batch order.
@@ -275,7 +288,10 @@ impl DataConfig {
         if self.modalities().is_empty() {
             return bad("", "no modality: add at least one of [data.image], [data.audio], [data.text], [data.frames], [data.features]");
         }
-        for (key, size) in [("image.size", self.image.as_ref().map(|i| i.size)), ("frames.size", self.frames.as_ref().map(|f| f.size))] {
+        for (key, size) in [
+            ("image.size", self.image.as_ref().map(|i| i.size)),
+            ("frames.size", self.frames.as_ref().map(|f| f.size)),
+        ] {
             if let Some((h, w)) = size.map(Size::hw) {
                 if h == 0 || w == 0 || h > 4096 || w > 4096 {
                     return bad(key, &format!("{h}x{w} is not a usable size (1 to 4096)"));
@@ -299,7 +315,8 @@ impl DataConfig {
             if self.text.is_some() {
                 return bad("transcript", "the text is either an input ([data.text]) or the target ([data.transcript]), not both");
             }
-            Alphabet::new(&t.alphabet).map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?;
+            Alphabet::new(&t.alphabet)
+                .map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?;
         }
         if !(0.0..1.0).contains(&self.modality_dropout) {
             return bad("modality_dropout", "a probability in [0, 1)");
@@ -329,7 +346,11 @@ impl DataConfig {
         // A recogniser learns nothing from a clip without its transcript: such samples are
         // dropped, and reported.
         let required = if self.transcript.is_some() { vec![Modality::Text] } else { Vec::new() };
-        let config = CleanConfig { classes: (!self.classes.is_empty()).then(|| self.classes.clone()), required, ..CleanConfig::default() };
+        let config = CleanConfig {
+            classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
+            required,
+            ..CleanConfig::default()
+        };
         let (kept, report) = clean(&raw, &config)?;
         Ok((kept, Some(report)))
     }
@@ -364,16 +385,27 @@ impl DataConfig {
         }
         let raw = Manifest::read(&self.manifest)?;
         if self.classes.is_empty() {
-            let labels: BTreeSet<&str> = raw.samples().iter().flat_map(|s| s.label.iter().chain(&s.labels)).map(String::as_str).collect();
+            let labels: BTreeSet<&str> = raw
+                .samples()
+                .iter()
+                .flat_map(|s| s.label.iter().chain(&s.labels))
+                .map(String::as_str)
+                .collect();
             self.classes = labels.into_iter().map(str::to_string).collect();
         }
         let (manifest, report) = self.clean_manifest(raw)?;
         let mut pipeline = self.pipeline(seed, None)?;
         check_transcripts(&pipeline, &manifest)?;
-        if let Some(TextEncoder::Words { tokenizer, vocab }) = pipeline.text.as_mut().map(|t| &mut t.encoder) {
+        if let Some(TextEncoder::Words { tokenizer, vocab }) =
+            pipeline.text.as_mut().map(|t| &mut t.encoder)
+        {
             let t = self.text.as_ref().expect("text configured");
             let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
-            *vocab = std::sync::Arc::new(builder.build(tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref())));
+            *vocab =
+                std::sync::Arc::new(builder.build(
+                    tokenizer,
+                    manifest.split(Split::Train).filter_map(|s| s.text.as_deref()),
+                ));
         }
         pipeline.fit_statistics(&manifest)?;
         Ok(Prepared { manifest, report, pipeline, shards: None })
@@ -388,28 +420,44 @@ impl DataConfig {
         let index = ShardIndex::read(&self.manifest)?;
         let manifest = index.scan()?;
         if self.classes.is_empty() {
-            let labels: BTreeSet<&str> = manifest.samples().iter().flat_map(|s| s.label.iter().chain(&s.labels)).map(String::as_str).collect();
+            let labels: BTreeSet<&str> = manifest
+                .samples()
+                .iter()
+                .flat_map(|s| s.label.iter().chain(&s.labels))
+                .map(String::as_str)
+                .collect();
             self.classes = labels.into_iter().map(str::to_string).collect();
         }
         let mut pipeline = self.pipeline(seed, None)?;
         check_transcripts(&pipeline, &manifest)?;
-        if let Some(TextEncoder::Words { tokenizer, vocab }) = pipeline.text.as_mut().map(|t| &mut t.encoder) {
+        if let Some(TextEncoder::Words { tokenizer, vocab }) =
+            pipeline.text.as_mut().map(|t| &mut t.encoder)
+        {
             let t = self.text.as_ref().expect("text configured");
             let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
-            *vocab = std::sync::Arc::new(builder.build(tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref())));
+            *vocab =
+                std::sync::Arc::new(builder.build(
+                    tokenizer,
+                    manifest.split(Split::Train).filter_map(|s| s.text.as_deref()),
+                ));
         }
         let mut subset = Manifest::new(index.root());
         let mut memory = crate::pipeline::Memory::new();
         'shards: for entry in index.shards(Split::Train) {
             let mut full = false;
-            let result = crate::shards::read_samples(&index.path(entry), &entry.file, index.root(), &mut |sample, files| {
-                if subset.samples().len() >= SHARD_STATISTICS_SAMPLES {
-                    full = true;
-                    return Err(Error::Config(String::new()));
-                }
-                memory.extend(files);
-                subset.push(sample)
-            });
+            let result = crate::shards::read_samples(
+                &index.path(entry),
+                &entry.file,
+                index.root(),
+                &mut |sample, files| {
+                    if subset.samples().len() >= SHARD_STATISTICS_SAMPLES {
+                        full = true;
+                        return Err(Error::Config(String::new()));
+                    }
+                    memory.extend(files);
+                    subset.push(sample)
+                },
+            );
             match result {
                 Err(_) if full => break 'shards,
                 other => other?,
@@ -435,40 +483,62 @@ impl DataConfig {
         p.seed = seed;
         p.modality_dropout = self.modality_dropout;
         if let Some(c) = &self.image {
-            p.image = Some(ImageSpec { augment: c.augment.clone(), fit_statistics: c.normalize == Normalize::Fit, ..ImageSpec::new(c.size.hw()) });
+            p.image = Some(ImageSpec {
+                augment: c.augment.clone(),
+                fit_statistics: c.normalize == Normalize::Fit,
+                ..ImageSpec::new(c.size.hw())
+            });
         }
         if let Some(c) = &self.audio {
-            let mut spec = AudioSpec::new(&c.mel).map_err(|e| Error::Config(format!("data.audio.mel: {e}")))?;
+            let mut spec = AudioSpec::new(&c.mel)
+                .map_err(|e| Error::Config(format!("data.audio.mel: {e}")))?;
             spec.max_frames = c.max_frames;
             spec.augment = c.augment.clone();
             // Noise is for training: a pipeline restored for evaluation does without.
             if let (Some(b), None) = (&c.augment.background, saved) {
-                spec.background = Some(std::sync::Arc::new(NoiseBank::load(b, c.mel.sample_rate, seed)?));
+                spec.background =
+                    Some(std::sync::Arc::new(NoiseBank::load(b, c.mel.sample_rate, seed)?));
             }
             p.audio = Some(spec);
         }
         if let Some(c) = &self.text {
             let encoder = match &c.tokenizer {
-                Some(path) => TextEncoder::Subword(std::sync::Arc::new(SubwordTokenizer::from_file(path)?)),
+                Some(path) => {
+                    TextEncoder::Subword(std::sync::Arc::new(SubwordTokenizer::from_file(path)?))
+                }
                 None => {
                     let vocab = match saved {
                         Some(dir) => Vocab::load(dir.join("vocab.txt"))?,
-                        None => VocabBuilder::default().build(&WordTokenizer::default(), std::iter::empty()),
+                        None => VocabBuilder::default()
+                            .build(&WordTokenizer::default(), std::iter::empty()),
                     };
-                    TextEncoder::Words { tokenizer: WordTokenizer { lowercase: c.lowercase, punctuation: c.punctuation }, vocab: std::sync::Arc::new(vocab) }
+                    TextEncoder::Words {
+                        tokenizer: WordTokenizer {
+                            lowercase: c.lowercase,
+                            punctuation: c.punctuation,
+                        },
+                        vocab: std::sync::Arc::new(vocab),
+                    }
                 }
             };
             p.text = Some(TextSpec { encoder, max_tokens: c.max_tokens, augment: c.augment });
         }
         if let Some(c) = &self.frames {
-            let image = ImageSpec { augment: c.augment.clone(), fit_statistics: c.normalize == Normalize::Fit, ..ImageSpec::new(c.size.hw()) };
+            let image = ImageSpec {
+                augment: c.augment.clone(),
+                fit_statistics: c.normalize == Normalize::Fit,
+                ..ImageSpec::new(c.size.hw())
+            };
             p.frames = Some(FramesSpec { image, max_frames: c.max_frames });
         }
         if let Some(c) = &self.features {
             p.features = Some(FeatureSpec { dim: c.dim, normalizer: None });
         }
         if let Some(c) = &self.transcript {
-            p.transcript = Some(std::sync::Arc::new(Alphabet::new(&c.alphabet).map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?));
+            p.transcript = Some(std::sync::Arc::new(
+                Alphabet::new(&c.alphabet)
+                    .map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?,
+            ));
         }
         Ok(p)
     }
@@ -478,12 +548,21 @@ impl DataConfig {
 /// the error lists the samples that are not (the first ten), with the character and where.
 fn check_transcripts(pipeline: &Pipeline, manifest: &Manifest) -> Result<()> {
     let Some(alphabet) = &pipeline.transcript else { return Ok(()) };
-    let bad: Vec<String> =
-        manifest.samples().iter().filter_map(|s| s.text.as_deref().and_then(|t| alphabet.encode(t).err()).map(|e| format!("sample {}: {e}", s.id))).collect();
+    let bad: Vec<String> = manifest
+        .samples()
+        .iter()
+        .filter_map(|s| {
+            s.text
+                .as_deref()
+                .and_then(|t| alphabet.encode(t).err())
+                .map(|e| format!("sample {}: {e}", s.id))
+        })
+        .collect();
     if bad.is_empty() {
         return Ok(());
     }
-    let more = if bad.len() > 10 { format!("\n... and {} more", bad.len() - 10) } else { String::new() };
+    let more =
+        if bad.len() > 10 { format!("\n... and {} more", bad.len() - 10) } else { String::new() };
     Err(Error::Config(format!(
         "data.transcript.alphabet: {} transcripts hold characters outside the alphabet (add them to it, or fix the transcripts):\n{}{more}",
         bad.len(),

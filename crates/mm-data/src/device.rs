@@ -96,7 +96,10 @@ mod tests {
         } else {
             assert_eq!(parse_device("cuda"), Ok(Device::Cuda(0)));
             let past = format!("cuda:{count}");
-            assert_eq!(parse_device(&past), Err(DeviceError::NoSuchGpu { name: past.clone(), count }));
+            assert_eq!(
+                parse_device(&past),
+                Err(DeviceError::NoSuchGpu { name: past.clone(), count })
+            );
         }
     }
 }

@@ -48,16 +48,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// renamed into place, so an interrupted run never leaves a folder that looks finished. An
 /// existing `out` is refused unless it is empty, or `force` is set and it holds `marker` (the
 /// summary file of an earlier run of the same writer): `force` never deletes anything else.
-pub fn write_dir_atomic<T>(out: &Path, marker: &str, force: bool, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+pub fn write_dir_atomic<T>(
+    out: &Path,
+    marker: &str,
+    force: bool,
+    write: impl FnOnce(&Path) -> Result<T>,
+) -> Result<T> {
     if out.exists() {
         let empty = fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
         let replaceable = force && out.join(marker).is_file();
         if !(empty || replaceable) {
-            let why = if force { format!("it has no {marker}, so it is not replaced") } else { "pass force (--force) to replace it".to_string() };
-            return Err(Error::Config(format!("{} already exists and is not empty: {why}", out.display())));
+            let why = if force {
+                format!("it has no {marker}, so it is not replaced")
+            } else {
+                "pass force (--force) to replace it".to_string()
+            };
+            return Err(Error::Config(format!(
+                "{} already exists and is not empty: {why}",
+                out.display()
+            )));
         }
     }
-    let name = out.file_name().ok_or_else(|| Error::Config(format!("{}: not a folder name", out.display())))?;
+    let name = out
+        .file_name()
+        .ok_or_else(|| Error::Config(format!("{}: not a folder name", out.display())))?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -81,7 +95,11 @@ pub fn write_dir_atomic<T>(out: &Path, marker: &str, force: bool, write: impl Fn
 /// Moves `staging` to `out`, replacing what is there.
 fn replace_dir(staging: &Path, out: &Path) -> Result<()> {
     if out.exists() {
-        let old = out.with_file_name(format!("{}.old-{}", out.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+        let old = out.with_file_name(format!(
+            "{}.old-{}",
+            out.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
         fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
         fs::rename(staging, out).map_err(|e| Error::io(out, e))?;
         fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
@@ -113,7 +131,8 @@ mod tests {
         fs::create_dir_all(blocked.join("x")).expect("mkdir");
         let err = write_atomic(&blocked, b"x").expect_err("cannot replace a non-empty folder");
         assert!(err.to_string().contains("sub"), "{err}");
-        let left: Vec<_> = fs::read_dir(&dir).expect("ls").flatten().map(|e| e.file_name()).collect();
+        let left: Vec<_> =
+            fs::read_dir(&dir).expect("ls").flatten().map(|e| e.file_name()).collect();
         assert_eq!(left.len(), 2, "{left:?}");
         fs::remove_dir_all(dir).ok();
     }

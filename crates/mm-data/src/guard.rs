@@ -111,7 +111,10 @@ pub fn catch<T>(call: impl FnOnce() -> T) -> Result<T, Caught> {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_string());
-        Caught { message: plain_message(&message), part: PANIC_PART.with(|p| p.borrow_mut().take()) }
+        Caught {
+            message: plain_message(&message),
+            part: PANIC_PART.with(|p| p.borrow_mut().take()),
+        }
     })
 }
 
@@ -145,7 +148,10 @@ mod tests {
     #[test]
     fn tch_messages_lose_the_wrapper_and_the_stack() {
         let raw = "called `Result::unwrap()` on an `Err` value: Torch(\"could not create a primitive descriptor for the LSTM forward propagation primitive.\\nException raised from lstm at /pytorch/aten/src/ATen/native/mkldnn/RNN.cpp:301 (most recent call first):\\nframe #0: c10::Error::Error\")";
-        assert_eq!(plain_message(raw), "could not create a primitive descriptor for the LSTM forward propagation primitive.");
+        assert_eq!(
+            plain_message(raw),
+            "could not create a primitive descriptor for the LSTM forward propagation primitive."
+        );
         assert_eq!(plain_message("index out of bounds"), "index out of bounds");
     }
 

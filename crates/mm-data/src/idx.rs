@@ -73,9 +73,9 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<Idx> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::decode(path, format!("gzip stream is corrupt or truncated: {e}")))?;
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
+            Error::decode(path, format!("gzip stream is corrupt or truncated: {e}"))
+        })?;
         out
     } else {
         raw
@@ -108,7 +108,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<Idx> {
     }
     let header = 4 + 4 * ndims;
     if bytes.len() < header {
-        return Err(err(format!("truncated header: {ndims} dimensions need {header} bytes, file has {}", bytes.len())));
+        return Err(err(format!(
+            "truncated header: {ndims} dimensions need {header} bytes, file has {}",
+            bytes.len()
+        )));
     }
     let shape: Vec<usize> = bytes[4..header]
         .chunks_exact(4)
@@ -132,9 +135,15 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<Idx> {
     let data = match type_code {
         0x08 => IdxData::U8(body.to_vec()),
         0x09 => IdxData::I8(body.iter().map(|&b| b as i8).collect()),
-        0x0B => IdxData::I16(body.chunks_exact(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect()),
-        0x0C => IdxData::I32(body.chunks_exact(4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        0x0D => IdxData::F32(body.chunks_exact(4).map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        0x0B => {
+            IdxData::I16(body.chunks_exact(2).map(|c| i16::from_be_bytes([c[0], c[1]])).collect())
+        }
+        0x0C => IdxData::I32(
+            body.chunks_exact(4).map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        ),
+        0x0D => IdxData::F32(
+            body.chunks_exact(4).map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        ),
         _ => IdxData::F64(
             body.chunks_exact(8)
                 .map(|c| f64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -188,7 +197,10 @@ mod tests {
         assert!(msg(&[0, 0, 8, 3, 0, 0]).contains("truncated header"));
         let mut b = header(0x08, &[10]);
         b.extend_from_slice(&[0; 9]);
-        assert_eq!(msg(&b), "bad.idx: truncated: dimensions [10] need 10 bytes of data, file has 9");
+        assert_eq!(
+            msg(&b),
+            "bad.idx: truncated: dimensions [10] need 10 bytes of data, file has 9"
+        );
         b.extend_from_slice(&[0; 2]);
         assert!(msg(&b).contains("trailing bytes"));
         assert!(msg(&header(0x0E, &[u32::MAX, u32::MAX, u32::MAX])).contains("overflow"));

@@ -84,18 +84,35 @@ pub fn to_chw_f32(pixels: &Array3<u8>) -> Array3<f32> {
 ///
 /// # Panics
 /// If the box does not lie inside the image or a side is zero (a programmer error).
-pub fn crop_resize_chw(pixels: &Array3<u8>, top: usize, left: usize, height: usize, width: usize, size: (usize, usize)) -> Array3<f32> {
-    use fast_image_resize::{images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+pub fn crop_resize_chw(
+    pixels: &Array3<u8>,
+    top: usize,
+    left: usize,
+    height: usize,
+    width: usize,
+    size: (usize, usize),
+) -> Array3<f32> {
+    use fast_image_resize::{
+        images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    };
     let (h, w, c) = pixels.dim();
-    assert!(c == 3 && height > 0 && width > 0 && top + height <= h && left + width <= w, "crop box outside the image");
+    assert!(
+        c == 3 && height > 0 && width > 0 && top + height <= h && left + width <= w,
+        "crop box outside the image"
+    );
     assert!(size.0 > 0 && size.1 > 0, "output size must be positive");
     if (height, width) == size {
         let crop = pixels.slice(ndarray::s![top..top + height, left..left + width, ..]);
         return to_chw_f32(&crop.to_owned());
     }
     let src_buf = pixels.as_standard_layout();
-    let src = ImageRef::new(w as u32, h as u32, src_buf.as_slice().expect("standard layout"), PixelType::U8x3)
-        .expect("buffer of h·w·3 bytes");
+    let src = ImageRef::new(
+        w as u32,
+        h as u32,
+        src_buf.as_slice().expect("standard layout"),
+        PixelType::U8x3,
+    )
+    .expect("buffer of h·w·3 bytes");
     let mut dst = Image::new(size.1 as u32, size.0 as u32, PixelType::U8x3);
     let options = ResizeOptions::new()
         .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
@@ -103,7 +120,9 @@ pub fn crop_resize_chw(pixels: &Array3<u8>, top: usize, left: usize, height: usi
     thread_local! {
         static RESIZER: std::cell::RefCell<Resizer> = std::cell::RefCell::new(Resizer::new());
     }
-    RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).expect("same pixel type, crop inside the image");
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
+        .expect("same pixel type, crop inside the image");
     let hwc = Array3::from_shape_vec((size.0, size.1, 3), dst.into_vec()).expect("h·w·3 bytes");
     to_chw_f32(&hwc)
 }
@@ -130,7 +149,11 @@ mod tests {
             let bytes = encode(&img, format);
             let px = decode_image_bytes(&bytes, Path::new("x")).expect("decode");
             assert_eq!(px.shape(), &[24, 32, 3], "{format:?}");
-            assert_eq!(px.as_slice().expect("contiguous"), gradient().as_raw().as_slice(), "{format:?}");
+            assert_eq!(
+                px.as_slice().expect("contiguous"),
+                gradient().as_raw().as_slice(),
+                "{format:?}"
+            );
         }
     }
 
@@ -151,31 +174,51 @@ mod tests {
     #[test]
     fn grey_and_rgba_become_rgb() {
         let grey = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(3, 2, image::Luma([77])));
-        let px = decode_image_bytes(&encode(&grey, ImageFormat::Png), Path::new("g.png")).expect("grey");
+        let px =
+            decode_image_bytes(&encode(&grey, ImageFormat::Png), Path::new("g.png")).expect("grey");
         assert!(px.iter().all(|&v| v == 77));
         assert_eq!(px.shape(), &[2, 3, 3]);
-        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0])));
-        let px = decode_image_bytes(&encode(&rgba, ImageFormat::Png), Path::new("a.png")).expect("rgba");
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            2,
+            2,
+            image::Rgba([10, 20, 30, 0]),
+        ));
+        let px =
+            decode_image_bytes(&encode(&rgba, ImageFormat::Png), Path::new("a.png")).expect("rgba");
         assert_eq!(px.slice(ndarray::s![0, 0, ..]).to_vec(), vec![10, 20, 30]);
-        let wide = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(1, 1, image::Rgb([65535u16, 0, 32896])));
-        let px = decode_image_bytes(&encode(&wide, ImageFormat::Png), Path::new("w.png")).expect("16-bit");
+        let wide = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
+            1,
+            1,
+            image::Rgb([65535u16, 0, 32896]),
+        ));
+        let px = decode_image_bytes(&encode(&wide, ImageFormat::Png), Path::new("w.png"))
+            .expect("16-bit");
         assert_eq!(px.as_slice().expect("contiguous"), &[255, 0, 128]);
     }
 
     #[test]
     fn broken_files_are_errors_that_name_the_file() {
         let img = DynamicImage::ImageRgb8(gradient());
-        let msg = |b: &[u8], name: &str| decode_image_bytes(b, Path::new(name)).expect_err("must fail").to_string();
+        let msg = |b: &[u8], name: &str| {
+            decode_image_bytes(b, Path::new(name)).expect_err("must fail").to_string()
+        };
         assert_eq!(msg(b"", "empty.png"), "empty.png: empty file (0 bytes)");
         assert!(msg(b"hello, world", "t.png").contains("not a recognised image format"));
-        for (format, name) in [(ImageFormat::Jpeg, "cut.jpg"), (ImageFormat::Png, "cut.png"), (ImageFormat::WebP, "cut.webp")] {
+        for (format, name) in [
+            (ImageFormat::Jpeg, "cut.jpg"),
+            (ImageFormat::Png, "cut.png"),
+            (ImageFormat::WebP, "cut.webp"),
+        ] {
             let bytes = encode(&img, format);
             let m = msg(&bytes[..bytes.len() / 2], name);
             assert!(m.starts_with(name), "{m}");
         }
         // Cut inside the entropy-coded scan: the JPEG decoder alone would return a greyed image.
         let jpeg = encode(&img, ImageFormat::Jpeg);
-        assert_eq!(msg(&jpeg[..jpeg.len() - 50], "tail.jpg"), "tail.jpg: truncated JPEG (no end-of-image marker)");
+        assert_eq!(
+            msg(&jpeg[..jpeg.len() - 50], "tail.jpg"),
+            "tail.jpg: truncated JPEG (no end-of-image marker)"
+        );
         let missing = decode_image("/no/such/image.png").expect_err("missing").to_string();
         assert!(missing.contains("/no/such/image.png"), "{missing}");
     }
@@ -194,15 +237,22 @@ mod tests {
 
     #[test]
     fn crop_resize_is_exact_at_scale_one_and_close_to_the_image_crate_elsewhere() {
-        let px = Array3::from_shape_fn((40, 50, 3), |(y, x, c)| ((x * 5 + y * 3 + c * 60) % 256) as u8);
+        let px =
+            Array3::from_shape_fn((40, 50, 3), |(y, x, c)| ((x * 5 + y * 3 + c * 60) % 256) as u8);
         // Same size: a plain crop.
         let same = crop_resize_chw(&px, 3, 4, 20, 30, (20, 30));
         assert_eq!(same, to_chw_f32(&px.slice(ndarray::s![3..23, 4..34, ..]).to_owned()));
         // Shrinking and enlarging against image's own triangle filter.
         let rgb = image::RgbImage::from_raw(50, 40, px.iter().copied().collect()).expect("rgb");
         for (oh, ow) in [(13, 17), (64, 80)] {
-            let theirs = image::imageops::resize(&rgb, ow as u32, oh as u32, image::imageops::FilterType::Triangle);
-            let theirs = to_chw_f32(&Array3::from_shape_vec((oh, ow, 3), theirs.into_raw()).expect("shape"));
+            let theirs = image::imageops::resize(
+                &rgb,
+                ow as u32,
+                oh as u32,
+                image::imageops::FilterType::Triangle,
+            );
+            let theirs =
+                to_chw_f32(&Array3::from_shape_vec((oh, ow, 3), theirs.into_raw()).expect("shape"));
             let ours = crop_resize_chw(&px, 0, 0, 40, 50, (oh, ow));
             let mean_diff = (&ours - &theirs).mapv(f32::abs).mean().expect("mean");
             assert!(mean_diff < 0.01, "{oh}x{ow}: mean difference {mean_diff}");

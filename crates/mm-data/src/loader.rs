@@ -42,8 +42,8 @@ use tch::{Device, Tensor};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Sample, Split};
 use crate::pipeline::{DecodedCache, Item, Memory, Pipeline};
-use crate::shards::{read_samples, ShardEntry, ShardIndex, INDEX_FILE};
 use crate::rng::Rng;
+use crate::shards::{read_samples, ShardEntry, ShardIndex, INDEX_FILE};
 
 /// The class id of a sample without a label (PyTorch's `ignore_index` default).
 pub const NO_LABEL: i64 = -100;
@@ -97,12 +97,30 @@ impl Default for Shard {
 impl LoaderConfig {
     /// Training: shuffled, augmented, last short batch dropped, batches of 64, 4 prefetched.
     pub fn training(seed: u64) -> Self {
-        LoaderConfig { batch_size: 64, shuffle: true, balanced: false, drop_last: true, prefetch: 4, train: true, seed, shard: Shard::WHOLE }
+        LoaderConfig {
+            batch_size: 64,
+            shuffle: true,
+            balanced: false,
+            drop_last: true,
+            prefetch: 4,
+            train: true,
+            seed,
+            shard: Shard::WHOLE,
+        }
     }
 
     /// Evaluation: in manifest order, no augmentation, every sample.
     pub fn evaluation() -> Self {
-        LoaderConfig { batch_size: 64, shuffle: false, balanced: false, drop_last: false, prefetch: 4, train: false, seed: 0, shard: Shard::WHOLE }
+        LoaderConfig {
+            batch_size: 64,
+            shuffle: false,
+            balanced: false,
+            drop_last: false,
+            prefetch: 4,
+            train: false,
+            seed: 0,
+            shard: Shard::WHOLE,
+        }
     }
 }
 
@@ -152,9 +170,16 @@ impl Batch {
     pub fn transcripts(&self) -> Option<Vec<Vec<i64>>> {
         let (ids, lengths) = self.transcript.as_ref()?;
         let width = ids.size().get(1).copied().unwrap_or(0).max(0) as usize;
-        let ids: Vec<i64> = Vec::try_from(ids.to_device(Device::Cpu).contiguous().view([-1])).ok()?;
+        let ids: Vec<i64> =
+            Vec::try_from(ids.to_device(Device::Cpu).contiguous().view([-1])).ok()?;
         let lengths: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).ok()?;
-        Some(lengths.iter().enumerate().map(|(j, &n)| ids[j * width..j * width + (n.max(0) as usize).min(width)].to_vec()).collect())
+        Some(
+            lengths
+                .iter()
+                .enumerate()
+                .map(|(j, &n)| ids[j * width..j * width + (n.max(0) as usize).min(width)].to_vec())
+                .collect(),
+        )
     }
 
     /// Moves every tensor to `device` (asynchronously from pinned memory on CUDA).
@@ -204,7 +229,13 @@ fn stack_f32(shape: &[i64], per_item: usize, parts: &[Vec<&[f32]>]) -> Tensor {
             // `parts.len() · per_item` values that lives until this function returns; every item
             // writes only inside its own slot `[i · per_item, (i + 1) · per_item)` (checked above),
             // so the writes are in bounds and never overlap.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), (base as *mut f32).add(offset), src.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr(),
+                    (base as *mut f32).add(offset),
+                    src.len(),
+                )
+            };
             offset += src.len();
         }
     });
@@ -235,20 +266,31 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
     }
     let image = pipeline.image.as_ref().map(|spec| {
         let (h, w) = spec.size;
-        let parts: Vec<Vec<&[f32]>> =
-            items.iter().map(|it| it.image.iter().map(|a| a.as_slice().expect("standard layout")).collect()).collect();
+        let parts: Vec<Vec<&[f32]>> = items
+            .iter()
+            .map(|it| it.image.iter().map(|a| a.as_slice().expect("standard layout")).collect())
+            .collect();
         stack_f32(&[b, 3, h as i64, w as i64], 3 * h * w, &parts)
     });
     let audio = pipeline.audio.as_ref().map(|spec| {
         let f = spec.mel.config().n_mels;
-        let t = items.iter().filter_map(|i| i.audio.as_ref().map(|a| a.nrows())).max().unwrap_or(0).max(1);
-        let parts: Vec<Vec<&[f32]>> =
-            items.iter().map(|it| it.audio.iter().map(|a| a.as_slice().expect("standard layout")).collect()).collect();
-        let lengths: Vec<i64> = items.iter().map(|it| it.audio.as_ref().map_or(0, |a| a.nrows() as i64)).collect();
+        let t = items
+            .iter()
+            .filter_map(|i| i.audio.as_ref().map(|a| a.nrows()))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let parts: Vec<Vec<&[f32]>> = items
+            .iter()
+            .map(|it| it.audio.iter().map(|a| a.as_slice().expect("standard layout")).collect())
+            .collect();
+        let lengths: Vec<i64> =
+            items.iter().map(|it| it.audio.as_ref().map_or(0, |a| a.nrows() as i64)).collect();
         (stack_f32(&[b, t as i64, f as i64], t * f, &parts), Tensor::from_slice(&lengths))
     });
     let text = pipeline.text.as_ref().map(|_| {
-        let l = items.iter().filter_map(|i| i.tokens.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
+        let l =
+            items.iter().filter_map(|i| i.tokens.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
         let mut data = vec![0i64; items.len() * l];
         let mut lengths = Vec::with_capacity(items.len());
         for (chunk, it) in data.chunks_exact_mut(l).zip(items) {
@@ -263,13 +305,20 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
     let frames = pipeline.frames.as_ref().map(|spec| {
         let (h, w) = spec.image.size;
         let per = 3 * h * w;
-        let t = items.iter().filter_map(|i| i.frames.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
+        let t =
+            items.iter().filter_map(|i| i.frames.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
         let parts: Vec<Vec<&[f32]>> = items
             .iter()
-            .map(|it| it.frames.iter().flatten().map(|f| f.as_slice().expect("standard layout")).collect())
+            .map(|it| {
+                it.frames.iter().flatten().map(|f| f.as_slice().expect("standard layout")).collect()
+            })
             .collect();
-        let lengths: Vec<i64> = items.iter().map(|it| it.frames.as_ref().map_or(0, |f| f.len() as i64)).collect();
-        (stack_f32(&[b, t as i64, 3, h as i64, w as i64], t * per, &parts), Tensor::from_slice(&lengths))
+        let lengths: Vec<i64> =
+            items.iter().map(|it| it.frames.as_ref().map_or(0, |f| f.len() as i64)).collect();
+        (
+            stack_f32(&[b, t as i64, 3, h as i64, w as i64], t * per, &parts),
+            Tensor::from_slice(&lengths),
+        )
     });
     let features = pipeline.features.as_ref().map(|spec| {
         let mut data = vec![0.0f32; items.len() * spec.dim];
@@ -295,11 +344,17 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
     });
     let target = items.iter().any(|i| i.target.is_some()).then(|| {
         let values: Vec<f32> = items.iter().map(|i| i.target.unwrap_or(0.0)).collect();
-        let mask: Vec<f32> = items.iter().map(|i| if i.target.is_some() { 1.0 } else { 0.0 }).collect();
+        let mask: Vec<f32> =
+            items.iter().map(|i| if i.target.is_some() { 1.0 } else { 0.0 }).collect();
         (Tensor::from_slice(&values), Tensor::from_slice(&mask))
     });
     let transcript = items.iter().any(|i| i.transcript.is_some()).then(|| {
-        let l = items.iter().filter_map(|i| i.transcript.as_ref().map(Vec::len)).max().unwrap_or(0).max(1);
+        let l = items
+            .iter()
+            .filter_map(|i| i.transcript.as_ref().map(Vec::len))
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut data = vec![0i64; items.len() * l];
         let mut lengths = Vec::with_capacity(items.len());
         for (chunk, it) in data.chunks_exact_mut(l).zip(items) {
@@ -346,17 +401,33 @@ pub struct Loader {
 impl Loader {
     /// A loader over the samples of `split`. Errors: a batch size of 0, an empty split, or
     /// balanced sampling without labels.
-    pub fn new(manifest: Arc<Manifest>, split: Split, pipeline: Arc<Pipeline>, config: LoaderConfig) -> Result<Self> {
+    pub fn new(
+        manifest: Arc<Manifest>,
+        split: Split,
+        pipeline: Arc<Pipeline>,
+        config: LoaderConfig,
+    ) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(Error::Config("batch_size must be at least 1".to_string()));
         }
         if config.shard.world == 0 || config.shard.rank >= config.shard.world {
-            return Err(Error::Config(format!("shard {} of {}: the rank must be below the number of parts", config.shard.rank, config.shard.world)));
+            return Err(Error::Config(format!(
+                "shard {} of {}: the rank must be below the number of parts",
+                config.shard.rank, config.shard.world
+            )));
         }
-        let indices: Vec<usize> =
-            manifest.samples().iter().enumerate().filter(|(_, s)| s.split == split).map(|(i, _)| i).collect();
+        let indices: Vec<usize> = manifest
+            .samples()
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.split == split)
+            .map(|(i, _)| i)
+            .collect();
         if indices.is_empty() {
-            return Err(Error::Config(format!("the {split} split of {} has no samples", manifest.source().display())));
+            return Err(Error::Config(format!(
+                "the {split} split of {} has no samples",
+                manifest.source().display()
+            )));
         }
         if config.balanced {
             if let Some(&i) = indices.iter().find(|&&i| manifest.samples()[i].label.is_none()) {
@@ -382,16 +453,27 @@ impl Loader {
     /// takes as many batches as the rank with the fewest samples can fill, and
     /// [`Loader::unused`] says how many samples that leaves out of the epoch. Balanced sampling
     /// needs random access and is refused.
-    pub fn from_shards(index: Arc<ShardIndex>, split: Split, pipeline: Arc<Pipeline>, config: LoaderConfig) -> Result<Self> {
+    pub fn from_shards(
+        index: Arc<ShardIndex>,
+        split: Split,
+        pipeline: Arc<Pipeline>,
+        config: LoaderConfig,
+    ) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(Error::Config("batch_size must be at least 1".to_string()));
         }
         if config.shard.world == 0 || config.shard.rank >= config.shard.world {
-            return Err(Error::Config(format!("shard {} of {}: the rank must be below the number of parts", config.shard.rank, config.shard.world)));
+            return Err(Error::Config(format!(
+                "shard {} of {}: the rank must be below the number of parts",
+                config.shard.rank, config.shard.world
+            )));
         }
         let source = index.root().join(INDEX_FILE);
         if index.samples(split) == 0 {
-            return Err(Error::Config(format!("the {split} split of {} has no samples", source.display())));
+            return Err(Error::Config(format!(
+                "the {split} split of {} has no samples",
+                source.display()
+            )));
         }
         if config.balanced {
             return Err(Error::Config(format!("{}: balanced sampling needs random access to the samples, which tar shards do not give", source.display())));
@@ -405,7 +487,14 @@ impl Loader {
             )));
         }
         let manifest = Arc::new(Manifest::new(index.root()));
-        Ok(Loader { manifest, pipeline, indices: Vec::new(), config, cache: None, shards: Some((index, split)) })
+        Ok(Loader {
+            manifest,
+            pipeline,
+            indices: Vec::new(),
+            config,
+            cache: None,
+            shards: Some((index, split)),
+        })
     }
 
     /// The shards (indices into the split's list) each rank reads in `epoch`.
@@ -421,7 +510,11 @@ impl Loader {
     /// Samples of each rank in `epoch` (sharded loaders).
     fn rank_samples(&self, epoch: u64) -> Vec<usize> {
         match &self.shards {
-            Some((index, split)) => self.dealt(index, *split, epoch).iter().map(|s| s.iter().map(|&i| index.shards(*split)[i].samples).sum()).collect(),
+            Some((index, split)) => self
+                .dealt(index, *split, epoch)
+                .iter()
+                .map(|s| s.iter().map(|&i| index.shards(*split)[i].samples).sum())
+                .collect(),
             None => {
                 let (n, w) = (self.indices.len(), self.config.shard.world);
                 (0..w).map(|r| n.saturating_sub(r).div_ceil(w)).collect()
@@ -480,7 +573,8 @@ impl Loader {
         if self.shards.is_some() {
             return self.batches_in(0);
         }
-        let (n, b, Shard { rank, world }) = (self.indices.len(), self.config.batch_size, self.config.shard);
+        let (n, b, Shard { rank, world }) =
+            (self.indices.len(), self.config.batch_size, self.config.shard);
         if self.config.drop_last {
             n / (b * world)
         } else {
@@ -509,12 +603,15 @@ impl Loader {
             // Weight 1 / (count of the sample's class): each class is drawn equally often.
             let mut counts = std::collections::HashMap::<&str, usize>::new();
             for &i in &self.indices {
-                *counts.entry(self.manifest.samples()[i].label.as_deref().unwrap_or("")).or_default() += 1;
+                *counts
+                    .entry(self.manifest.samples()[i].label.as_deref().unwrap_or(""))
+                    .or_default() += 1;
             }
             let mut cumulative = Vec::with_capacity(self.indices.len());
             let mut total = 0.0;
             for &i in &self.indices {
-                total += 1.0 / counts[self.manifest.samples()[i].label.as_deref().unwrap_or("")] as f64;
+                total +=
+                    1.0 / counts[self.manifest.samples()[i].label.as_deref().unwrap_or("")] as f64;
                 cumulative.push(total);
             }
             (0..self.indices.len())
@@ -541,15 +638,24 @@ impl Loader {
         let order = self.shard_order(epoch);
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let (manifest, pipeline, config, stop_flag, cache) =
-            (Arc::clone(&self.manifest), Arc::clone(&self.pipeline), self.config, Arc::clone(&stop), self.cache.clone());
+        let (manifest, pipeline, config, stop_flag, cache) = (
+            Arc::clone(&self.manifest),
+            Arc::clone(&self.pipeline),
+            self.config,
+            Arc::clone(&stop),
+            self.cache.clone(),
+        );
         let handle = std::thread::spawn(move || {
             for chunk in order.chunks(config.batch_size) {
                 if stop_flag.load(Ordering::Relaxed) {
                     return;
                 }
-                let items: Result<Vec<Item>> =
-                    chunk.par_iter().map(|&i| pipeline.load_cached(&manifest, i, epoch, config.train, cache.as_deref())).collect();
+                let items: Result<Vec<Item>> = chunk
+                    .par_iter()
+                    .map(|&i| {
+                        pipeline.load_cached(&manifest, i, epoch, config.train, cache.as_deref())
+                    })
+                    .collect();
                 let batch = items.map(|items| collate(&items, &pipeline));
                 let failed = batch.is_err();
                 if tx.send(batch).is_err() || failed {
@@ -567,7 +673,12 @@ impl Loader {
         let limit = self.batches_in(epoch);
         let (tx, rx) = sync_channel(self.config.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let (root, pipeline, config, stop_flag) = (Arc::clone(&self.manifest), Arc::clone(&self.pipeline), self.config, Arc::clone(&stop));
+        let (root, pipeline, config, stop_flag) = (
+            Arc::clone(&self.manifest),
+            Arc::clone(&self.pipeline),
+            self.config,
+            Arc::clone(&stop),
+        );
         let handle = std::thread::spawn(move || {
             // Reader r streams shards r, r + R, ... of this rank's; samples are taken from the
             // readers in turn, so the order is the same however fast each one is.
@@ -575,17 +686,29 @@ impl Loader {
             let mut streams = Vec::new();
             let mut joins = Vec::new();
             for r in 0..readers {
-                let files: Vec<ShardEntry> = mine.iter().skip(r).step_by(readers).map(|&i| index.shards(split)[i].clone()).collect();
+                let files: Vec<ShardEntry> = mine
+                    .iter()
+                    .skip(r)
+                    .step_by(readers)
+                    .map(|&i| index.shards(split)[i].clone())
+                    .collect();
                 let (stx, srx) = sync_channel::<Result<(Sample, Memory)>>(64);
                 let (index, stop) = (Arc::clone(&index), Arc::clone(&stop_flag));
                 joins.push(std::thread::spawn(move || {
                     for entry in files {
-                        let result = read_samples(&index.path(&entry), &entry.file, index.root(), &mut |sample, memory| {
-                            if stop.load(Ordering::Relaxed) || stx.send(Ok((sample, memory))).is_err() {
-                                return Err(Error::Config("stopped".into()));
-                            }
-                            Ok(())
-                        });
+                        let result = read_samples(
+                            &index.path(&entry),
+                            &entry.file,
+                            index.root(),
+                            &mut |sample, memory| {
+                                if stop.load(Ordering::Relaxed)
+                                    || stx.send(Ok((sample, memory))).is_err()
+                                {
+                                    return Err(Error::Config("stopped".into()));
+                                }
+                                Ok(())
+                            },
+                        );
                         if let Err(e) = result {
                             let _ = stx.send(Err(e));
                             return;
@@ -594,28 +717,38 @@ impl Loader {
                 }));
                 streams.push(Some(srx));
             }
-            let mut rng = Rng::for_sample(config.seed, epoch, u64::MAX, 2 + config.shard.rank as u64);
-            let capacity = if config.train && config.shuffle { SHUFFLE_BUFFER.max(config.batch_size) } else { 1 };
+            let mut rng =
+                Rng::for_sample(config.seed, epoch, u64::MAX, 2 + config.shard.rank as u64);
+            let capacity = if config.train && config.shuffle {
+                SHUFFLE_BUFFER.max(config.batch_size)
+            } else {
+                1
+            };
             let mut buffer: Vec<(Sample, Memory)> = Vec::new();
             let mut turn = 0usize;
-            let mut next_raw = |buffer: &mut Vec<(Sample, Memory)>| -> Option<Result<(Sample, Memory)>> {
-                // Fill the buffer, then hand out one sample (a random one when shuffling).
-                while buffer.len() < capacity && streams.iter().any(Option::is_some) {
-                    let k = turn % streams.len();
-                    turn += 1;
-                    let Some(stream) = &streams[k] else { continue };
-                    match stream.recv() {
-                        Ok(Ok(s)) => buffer.push(s),
-                        Ok(Err(e)) => return Some(Err(e)),
-                        Err(_) => streams[k] = None,
+            let mut next_raw =
+                |buffer: &mut Vec<(Sample, Memory)>| -> Option<Result<(Sample, Memory)>> {
+                    // Fill the buffer, then hand out one sample (a random one when shuffling).
+                    while buffer.len() < capacity && streams.iter().any(Option::is_some) {
+                        let k = turn % streams.len();
+                        turn += 1;
+                        let Some(stream) = &streams[k] else { continue };
+                        match stream.recv() {
+                            Ok(Ok(s)) => buffer.push(s),
+                            Ok(Err(e)) => return Some(Err(e)),
+                            Err(_) => streams[k] = None,
+                        }
                     }
-                }
-                if buffer.is_empty() {
-                    return None;
-                }
-                let pick = if capacity > 1 { (rng.unit() * buffer.len() as f64) as usize % buffer.len() } else { 0 };
-                Some(Ok(buffer.swap_remove(pick)))
-            };
+                    if buffer.is_empty() {
+                        return None;
+                    }
+                    let pick = if capacity > 1 {
+                        (rng.unit() * buffer.len() as f64) as usize % buffer.len()
+                    } else {
+                        0
+                    };
+                    Some(Ok(buffer.swap_remove(pick)))
+                };
             let mut sent = 0usize;
             loop {
                 if stop_flag.load(Ordering::Relaxed) || (config.drop_last && sent >= limit) {
@@ -642,7 +775,16 @@ impl Loader {
                 }
                 let items: Result<Vec<Item>> = raw
                     .par_iter()
-                    .map(|(s, files)| pipeline.load_in_memory(&root, s, sample_number(&s.id), epoch, config.train, files))
+                    .map(|(s, files)| {
+                        pipeline.load_in_memory(
+                            &root,
+                            s,
+                            sample_number(&s.id),
+                            epoch,
+                            config.train,
+                            files,
+                        )
+                    })
                     .collect();
                 let batch = items.map(|items| collate(&items, &pipeline));
                 let failed = batch.is_err();

@@ -193,7 +193,12 @@ const FIELDS: &[&str] =
 impl Manifest {
     /// An empty data set rooted at `root`, built in code.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Manifest { root: root.into(), source: PathBuf::from("<memory>"), samples: Vec::new(), index: HashMap::new() }
+        Manifest {
+            root: root.into(),
+            source: PathBuf::from("<memory>"),
+            samples: Vec::new(),
+            index: HashMap::new(),
+        }
     }
 
     /// Reads a JSONL manifest; its folder is the root of the paths in it.
@@ -201,7 +206,11 @@ impl Manifest {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let text = String::from_utf8(bytes).map_err(|e| {
-            let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+            let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
             Error::Parse { file: path.to_path_buf(), line, message: "not valid UTF-8".to_string() }
         })?;
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -216,7 +225,11 @@ impl Manifest {
     /// sample per row. An empty cell leaves the field out; `frames`, `features` and `labels`
     /// hold `;`-separated items. Errors name the file, the line and the column.
     pub fn parse_csv(text: &str, source: &Path, root: &Path) -> Result<Self> {
-        let err = |line: u64, message: String| Error::Parse { file: source.to_path_buf(), line: line as usize, message };
+        let err = |line: u64, message: String| Error::Parse {
+            file: source.to_path_buf(),
+            line: line as usize,
+            message,
+        };
         let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_bytes());
         let header: Vec<String> = reader
             .headers()
@@ -225,7 +238,10 @@ impl Manifest {
             .map(|h| h.trim().to_string())
             .collect();
         if let Some(unknown) = header.iter().find(|h| !FIELDS.contains(&h.as_str())) {
-            return Err(err(1, format!("unknown column `{unknown}` (known: {})", FIELDS.join(", "))));
+            return Err(err(
+                1,
+                format!("unknown column `{unknown}` (known: {})", FIELDS.join(", ")),
+            ));
         }
         if !header.iter().any(|h| h == "id") {
             return Err(err(1, "no `id` column".to_string()));
@@ -241,7 +257,9 @@ impl Manifest {
             let line = record.position().map_or(0, |p| p.line());
             let obj = csv_row_to_object(&header, &record).map_err(|m| err(line, m))?;
             let sample = parse_object(&obj).map_err(|m| err(line, m))?;
-            manifest.add_parsed(sample, line as usize, &mut line_of_sample).map_err(|m| err(line, m))?;
+            manifest
+                .add_parsed(sample, line as usize, &mut line_of_sample)
+                .map_err(|m| err(line, m))?;
         }
         Ok(manifest)
     }
@@ -257,7 +275,11 @@ impl Manifest {
             if line.trim().is_empty() {
                 continue;
             }
-            let err = |message: String| Error::Parse { file: source.to_path_buf(), line: line_no, message };
+            let err = |message: String| Error::Parse {
+                file: source.to_path_buf(),
+                line: line_no,
+                message,
+            };
             let sample = parse_line(line).map_err(err)?;
             manifest.add_parsed(sample, line_no, &mut line_of_sample).map_err(err)?;
         }
@@ -266,10 +288,18 @@ impl Manifest {
 
     /// Adds a sample parsed from `line`, refusing a duplicate id; `line_of_sample` records the
     /// line of every sample so far, for the message.
-    fn add_parsed(&mut self, sample: Sample, line: usize, line_of_sample: &mut Vec<usize>) -> std::result::Result<(), String> {
+    fn add_parsed(
+        &mut self,
+        sample: Sample,
+        line: usize,
+        line_of_sample: &mut Vec<usize>,
+    ) -> std::result::Result<(), String> {
         if let Some(&first) = self.index.get(&sample.id) {
             let first = line_of_sample[first];
-            return Err(format!("field `id`: duplicate id {:?} (first on line {first})", sample.id));
+            return Err(format!(
+                "field `id`: duplicate id {:?} (first on line {first})",
+                sample.id
+            ));
         }
         line_of_sample.push(line);
         self.index.insert(sample.id.clone(), self.samples.len());
@@ -399,9 +429,12 @@ impl Manifest {
     /// ```
     pub fn resplit(&self, val: f64, test: f64, seed: u64, stratify: bool) -> Result<Manifest> {
         if !(0.0..1.0).contains(&val) || !(0.0..1.0).contains(&test) || val + test >= 1.0 {
-            return Err(Error::Config(format!("split shares val {val} and test {test}: each in [0, 1), together below 1")));
+            return Err(Error::Config(format!(
+                "split shares val {val} and test {test}: each in [0, 1), together below 1"
+            )));
         }
-        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<usize>> = std::collections::BTreeMap::new();
+        let mut groups: std::collections::BTreeMap<Option<&str>, Vec<usize>> =
+            std::collections::BTreeMap::new();
         for (i, s) in self.samples.iter().enumerate() {
             groups.entry(if stratify { s.label.as_deref() } else { None }).or_default().push(i);
         }
@@ -413,7 +446,13 @@ impl Manifest {
             let n_test = (n * test).round() as usize;
             let n_val = ((n * val).round() as usize).min(members.len() - n_test.min(members.len()));
             for (k, &i) in members.iter().enumerate() {
-                splits[i] = if k < n_test { Split::Test } else if k < n_test + n_val { Split::Val } else { Split::Train };
+                splits[i] = if k < n_test {
+                    Split::Test
+                } else if k < n_test + n_val {
+                    Split::Val
+                } else {
+                    Split::Train
+                };
             }
         }
         let mut out = self.clone();
@@ -448,17 +487,26 @@ fn parse_object(obj: &Map<String, Value>) -> std::result::Result<Sample, String>
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) => return Err(field_err("id", "empty")),
         Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
-        Some(other) => return Err(field_err("id", &format!("expected a string or an integer, found {}", kind(other)))),
+        Some(other) => {
+            return Err(field_err(
+                "id",
+                &format!("expected a string or an integer, found {}", kind(other)),
+            ))
+        }
         None => return Err("missing field `id`".to_string()),
     };
     let mut sample = Sample::new(id);
     if let Some(v) = obj.get("split") {
-        let s = v.as_str().ok_or_else(|| field_err("split", &format!("expected a string, found {}", kind(v))))?;
+        let s = v
+            .as_str()
+            .ok_or_else(|| field_err("split", &format!("expected a string, found {}", kind(v))))?;
         sample.split = Split::from_name(s)
             .ok_or_else(|| field_err("split", &format!("{s:?} is not one of train, val, test")))?;
     }
     let path_field = |field: &str, v: &Value| -> std::result::Result<PathBuf, String> {
-        let s = v.as_str().ok_or_else(|| field_err(field, &format!("expected a path string, found {}", kind(v))))?;
+        let s = v.as_str().ok_or_else(|| {
+            field_err(field, &format!("expected a path string, found {}", kind(v)))
+        })?;
         relative_path(s).map_err(|m| field_err(field, &m))
     };
     if let Some(v) = obj.get("image") {
@@ -468,44 +516,69 @@ fn parse_object(obj: &Map<String, Value>) -> std::result::Result<Sample, String>
         sample.audio = Some(path_field("audio", v)?);
     }
     if let Some(v) = obj.get("text") {
-        let s = v.as_str().ok_or_else(|| field_err("text", &format!("expected a string, found {}", kind(v))))?;
+        let s = v
+            .as_str()
+            .ok_or_else(|| field_err("text", &format!("expected a string, found {}", kind(v))))?;
         sample.text = Some(s.to_string());
     }
     if let Some(v) = obj.get("frames") {
-        let items = v.as_array().ok_or_else(|| field_err("frames", &format!("expected an array of paths, found {}", kind(v))))?;
+        let items = v.as_array().ok_or_else(|| {
+            field_err("frames", &format!("expected an array of paths, found {}", kind(v)))
+        })?;
         if items.is_empty() {
-            return Err(field_err("frames", "empty array (leave the field out when there are no frames)"));
+            return Err(field_err(
+                "frames",
+                "empty array (leave the field out when there are no frames)",
+            ));
         }
-        sample.frames = items.iter().map(|p| path_field("frames", p)).collect::<std::result::Result<_, _>>()?;
+        sample.frames =
+            items.iter().map(|p| path_field("frames", p)).collect::<std::result::Result<_, _>>()?;
     }
     if let Some(v) = obj.get("features") {
-        let items = v.as_array().ok_or_else(|| field_err("features", &format!("expected an array of numbers, found {}", kind(v))))?;
+        let items = v.as_array().ok_or_else(|| {
+            field_err("features", &format!("expected an array of numbers, found {}", kind(v)))
+        })?;
         sample.features = items
             .iter()
             .enumerate()
-            .map(|(i, x)| x.as_f64().ok_or_else(|| field_err("features", &format!("item {i} is {}, not a number", kind(x)))))
+            .map(|(i, x)| {
+                x.as_f64().ok_or_else(|| {
+                    field_err("features", &format!("item {i} is {}, not a number", kind(x)))
+                })
+            })
             .collect::<std::result::Result<_, _>>()?;
     }
     let class = |field: &str, v: &Value| match v {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
         Value::Number(n) if n.is_u64() || n.is_i64() => Ok(n.to_string()),
-        other => Err(field_err(field, &format!("expected a non-empty string or an integer, found {}", kind(other)))),
+        other => Err(field_err(
+            field,
+            &format!("expected a non-empty string or an integer, found {}", kind(other)),
+        )),
     };
     if let Some(v) = obj.get("label") {
         sample.label = Some(class("label", v)?);
     }
     if let Some(v) = obj.get("labels") {
-        let items = v.as_array().ok_or_else(|| field_err("labels", &format!("expected an array, found {}", kind(v))))?;
-        sample.labels = items.iter().map(|x| class("labels", x)).collect::<std::result::Result<_, _>>()?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| field_err("labels", &format!("expected an array, found {}", kind(v))))?;
+        sample.labels =
+            items.iter().map(|x| class("labels", x)).collect::<std::result::Result<_, _>>()?;
     }
     if let Some(v) = obj.get("target") {
-        sample.target = Some(v.as_f64().ok_or_else(|| field_err("target", &format!("expected a number, found {}", kind(v))))?);
+        sample.target = Some(v.as_f64().ok_or_else(|| {
+            field_err("target", &format!("expected a number, found {}", kind(v)))
+        })?);
     }
     Ok(sample)
 }
 
 /// A CSV row as the JSON object a JSONL line would hold, cells typed by their column.
-fn csv_row_to_object(header: &[String], record: &csv::StringRecord) -> std::result::Result<Map<String, Value>, String> {
+fn csv_row_to_object(
+    header: &[String],
+    record: &csv::StringRecord,
+) -> std::result::Result<Map<String, Value>, String> {
     let mut obj = Map::new();
     for (column, cell) in header.iter().zip(record.iter()) {
         let cell = cell.trim();
@@ -514,11 +587,15 @@ fn csv_row_to_object(header: &[String], record: &csv::StringRecord) -> std::resu
         }
         let items = || cell.split(';').map(str::trim).filter(|p| !p.is_empty());
         let number = |item: &str, what: &str| {
-            item.parse::<f64>().map(Value::from).map_err(|_| format!("column `{column}`: {what} {item:?} is not a number"))
+            item.parse::<f64>()
+                .map(Value::from)
+                .map_err(|_| format!("column `{column}`: {what} {item:?} is not a number"))
         };
         let value = match column.as_str() {
             "frames" | "labels" => Value::Array(items().map(Value::from).collect()),
-            "features" => Value::Array(items().map(|x| number(x, "item")).collect::<std::result::Result<_, _>>()?),
+            "features" => Value::Array(
+                items().map(|x| number(x, "item")).collect::<std::result::Result<_, _>>()?,
+            ),
             "target" => number(cell, "value")?,
             _ => Value::from(cell),
         };
@@ -559,7 +636,9 @@ pub fn relative_path(s: &str) -> std::result::Result<PathBuf, String> {
                 }
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("{s:?} is absolute; paths are relative to the manifest's folder"));
+                return Err(format!(
+                    "{s:?} is absolute; paths are relative to the manifest's folder"
+                ));
             }
         }
     }
@@ -610,9 +689,14 @@ mod tests {
         let m = message(two);
         assert!(m.starts_with("m.jsonl:2: unknown field `imgae`"), "{m}");
         assert_eq!(message(r#"{"split":"train"}"#), "m.jsonl:1: missing field `id`");
-        assert!(message(r#"{"id":"a","split":"dev"}"#).contains("field `split`: \"dev\" is not one of"));
-        assert!(message(r#"{"id":"a","features":[1,"x"]}"#).contains("field `features`: item 1 is a string"));
-        assert!(message(r#"{"id":"a","target":"high"}"#).contains("field `target`: expected a number"));
+        assert!(
+            message(r#"{"id":"a","split":"dev"}"#).contains("field `split`: \"dev\" is not one of")
+        );
+        assert!(message(r#"{"id":"a","features":[1,"x"]}"#)
+            .contains("field `features`: item 1 is a string"));
+        assert!(
+            message(r#"{"id":"a","target":"high"}"#).contains("field `target`: expected a number")
+        );
         assert!(message(r#"{"id":"a","frames":[]}"#).contains("field `frames`: empty array"));
         assert!(message(r#"{"id":"a""#).contains("m.jsonl:1: not valid JSON"));
         assert!(message("[1,2]").contains("expected a JSON object"));
@@ -623,9 +707,13 @@ mod tests {
 
     #[test]
     fn paths_cannot_leave_the_root() {
-        assert!(message(r#"{"id":"a","image":"../x.png"}"#).contains("field `image`: \"../x.png\" leaves the data folder"));
-        assert!(message(r#"{"id":"a","audio":"/etc/passwd"}"#).contains("field `audio`: \"/etc/passwd\" is absolute"));
-        assert!(message(r#"{"id":"a","frames":["ok.png","a/../../x.png"]}"#).contains("field `frames`"));
+        assert!(message(r#"{"id":"a","image":"../x.png"}"#)
+            .contains("field `image`: \"../x.png\" leaves the data folder"));
+        assert!(message(r#"{"id":"a","audio":"/etc/passwd"}"#)
+            .contains("field `audio`: \"/etc/passwd\" is absolute"));
+        assert!(
+            message(r#"{"id":"a","frames":["ok.png","a/../../x.png"]}"#).contains("field `frames`")
+        );
         assert!(message(r#"{"id":"a","image":"."}"#).contains("names the data folder itself"));
         assert_eq!(relative_path("a/./b/../c.png"), Ok(PathBuf::from("a/c.png")));
     }
@@ -635,10 +723,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mm-data-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let mut m = Manifest::new(&dir);
-        m.push(Sample::new("a").with_image("i/a.png").with_features(vec![1.5, f64::from(f32::MAX)]).with_target(2.0))
-            .expect("valid");
-        m.push(Sample::new("b").with_split(Split::Test).with_frames(["f/0.png"]).with_labels(["x", "y"]).with_text("é \"q\""))
-            .expect("valid");
+        m.push(
+            Sample::new("a")
+                .with_image("i/a.png")
+                .with_features(vec![1.5, f64::from(f32::MAX)])
+                .with_target(2.0),
+        )
+        .expect("valid");
+        m.push(
+            Sample::new("b")
+                .with_split(Split::Test)
+                .with_frames(["f/0.png"])
+                .with_labels(["x", "y"])
+                .with_text("é \"q\""),
+        )
+        .expect("valid");
         let file = dir.join("manifest.jsonl");
         m.write(&file).expect("write");
         let back = Manifest::read(&file).expect("read");
@@ -656,23 +755,35 @@ mod tests {
                    b,test,,,f/0.png;f/1.png,,,x;y,\n";
         let m = Manifest::parse_csv(csv, Path::new("m.csv"), Path::new("/r")).expect("valid");
         let jsonl = concat!(
-            r#"{"id":"a","split":"train","image":"i/a.png","text":"a cat, sitting","features":[1.5,2],"label":"cat","target":0.25}"#, "\n",
-            r#"{"id":"b","split":"test","frames":["f/0.png","f/1.png"],"labels":["x","y"]}"#, "\n",
+            r#"{"id":"a","split":"train","image":"i/a.png","text":"a cat, sitting","features":[1.5,2],"label":"cat","target":0.25}"#,
+            "\n",
+            r#"{"id":"b","split":"test","frames":["f/0.png","f/1.png"],"labels":["x","y"]}"#,
+            "\n",
         );
         let j = Manifest::parse_jsonl(jsonl, Path::new("m.jsonl"), Path::new("/r")).expect("valid");
         assert_eq!(m.samples(), j.samples());
-        let msg = |text: &str| Manifest::parse_csv(text, Path::new("m.csv"), Path::new("/r")).expect_err("bad").to_string();
+        let msg = |text: &str| {
+            Manifest::parse_csv(text, Path::new("m.csv"), Path::new("/r"))
+                .expect_err("bad")
+                .to_string()
+        };
         assert!(msg("id,imgae\na,x.png\n").starts_with("m.csv:1: unknown column `imgae`"));
         assert!(msg("image\nx.png\n").contains("no `id` column"));
-        assert_eq!(msg("id,features\na,1\nb,1;zz\n"), "m.csv:3: column `features`: item \"zz\" is not a number");
+        assert_eq!(
+            msg("id,features\na,1\nb,1;zz\n"),
+            "m.csv:3: column `features`: item \"zz\" is not a number"
+        );
         assert!(msg("id,image\na,../x.png\n").starts_with("m.csv:2: field `image`"));
         assert!(msg("id,image\na,x.png,extra\n").starts_with("m.csv:2: not valid CSV"));
-        assert!(msg("id\na\na\n").contains("m.csv:3: field `id`: duplicate id \"a\" (first on line 2)"));
+        assert!(
+            msg("id\na\na\n").contains("m.csv:3: field `id`: duplicate id \"a\" (first on line 2)")
+        );
     }
 
     #[test]
     fn non_utf8_manifest_names_the_line() {
-        let dir = std::env::temp_dir().join(format!("mm-data-manifest-utf8-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("mm-data-manifest-utf8-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let file = dir.join("bad.jsonl");
         std::fs::write(&file, b"{\"id\":\"a\"}\n{\"id\":\"\xff\"}\n").expect("write");

@@ -51,7 +51,15 @@ pub struct MelConfig {
 impl Default for MelConfig {
     /// 16 kHz audio, 25 ms windows every 10 ms, 64 mel bins: the usual speech front end.
     fn default() -> Self {
-        MelConfig { sample_rate: 16_000, n_fft: 400, hop_length: 160, n_mels: 64, f_min: 0.0, f_max: None, log_offset: 1e-6 }
+        MelConfig {
+            sample_rate: 16_000,
+            n_fft: 400,
+            hop_length: 160,
+            n_mels: 64,
+            f_min: 0.0,
+            f_max: None,
+            log_offset: 1e-6,
+        }
     }
 }
 
@@ -86,12 +94,20 @@ fn mel_to_hz(m: f64) -> f64 {
 }
 
 /// The triangular filter bank, `[n_freqs, n_mels]`, as torchaudio's `melscale_fbanks` makes it.
-fn filter_bank(n_freqs: usize, f_min: f64, f_max: f64, n_mels: usize, sample_rate: u32) -> Vec<f32> {
+fn filter_bank(
+    n_freqs: usize,
+    f_min: f64,
+    f_max: f64,
+    n_mels: usize,
+    sample_rate: u32,
+) -> Vec<f32> {
     let nyquist = f64::from(sample_rate / 2);
-    let all_freqs: Vec<f64> = (0..n_freqs).map(|i| nyquist * i as f64 / (n_freqs - 1).max(1) as f64).collect();
+    let all_freqs: Vec<f64> =
+        (0..n_freqs).map(|i| nyquist * i as f64 / (n_freqs - 1).max(1) as f64).collect();
     let (m_min, m_max) = (hz_to_mel(f_min), hz_to_mel(f_max));
-    let f_pts: Vec<f64> =
-        (0..n_mels + 2).map(|i| mel_to_hz(m_min + (m_max - m_min) * i as f64 / (n_mels + 1) as f64)).collect();
+    let f_pts: Vec<f64> = (0..n_mels + 2)
+        .map(|i| mel_to_hz(m_min + (m_max - m_min) * i as f64 / (n_mels + 1) as f64))
+        .collect();
     let mut fb = vec![0.0f32; n_freqs * n_mels];
     for (k, &f) in all_freqs.iter().enumerate() {
         for m in 0..n_mels {
@@ -121,7 +137,11 @@ impl LogMel {
     /// Checks the configuration and precomputes the FFT plan, window and filter bank.
     pub fn new(config: &MelConfig) -> Result<Self, MelConfigError> {
         let err = |m: String| Err(MelConfigError(m));
-        if config.sample_rate == 0 || config.n_fft < 2 || config.hop_length == 0 || config.n_mels == 0 {
+        if config.sample_rate == 0
+            || config.n_fft < 2
+            || config.hop_length == 0
+            || config.n_mels == 0
+        {
             return err(format!(
                 "sample_rate, n_mels and hop_length must be positive and n_fft at least 2 (got {config:?})"
             ));
@@ -129,14 +149,19 @@ impl LogMel {
         let nyquist = f64::from(config.sample_rate) / 2.0;
         let f_max = config.f_max.unwrap_or(nyquist);
         if !(config.f_min >= 0.0 && config.f_min < f_max && f_max <= nyquist) {
-            return err(format!("need 0 <= f_min < f_max <= {nyquist} Hz, got f_min {} and f_max {f_max}", config.f_min));
+            return err(format!(
+                "need 0 <= f_min < f_max <= {nyquist} Hz, got f_min {} and f_max {f_max}",
+                config.f_min
+            ));
         }
         if !config.log_offset.is_finite() || config.log_offset <= 0.0 {
             return err(format!("log_offset must be positive, got {}", config.log_offset));
         }
         let n_freqs = config.n_fft / 2 + 1;
         let n = config.n_fft;
-        let window = (0..n).map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32).collect();
+        let window = (0..n)
+            .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32)
+            .collect();
         let dense = filter_bank(n_freqs, config.f_min, f_max, config.n_mels, config.sample_rate);
         let filters = (0..config.n_mels)
             .map(|m| {
@@ -176,7 +201,11 @@ impl LogMel {
             let start = (t * hop) as isize - pad;
             for (k, c) in buf.iter_mut().enumerate() {
                 let i = start + k as isize;
-                let x = if i >= 0 && (i as usize) < samples.len() { samples[i as usize] } else { samples[reflect(i, samples.len())] };
+                let x = if i >= 0 && (i as usize) < samples.len() {
+                    samples[i as usize]
+                } else {
+                    samples[reflect(i, samples.len())]
+                };
                 *c = Complex::new(x * self.window[k], 0.0);
             }
             self.fft.process_with_scratch(&mut buf, &mut scratch);
@@ -244,7 +273,8 @@ impl LogMel {
                 }
             }
         };
-        let (mut fm, mut m_hat, mut denom) = (vec![0.0f32; self.n_freqs], vec![0.0f32; n_mels], vec![0.0f32; self.n_freqs]);
+        let (mut fm, mut m_hat, mut denom) =
+            (vec![0.0f32; self.n_freqs], vec![0.0f32; n_mels], vec![0.0f32; self.n_freqs]);
         for (target, mut row) in mel.rows().into_iter().zip(out.rows_mut()) {
             let target: Vec<f32> = target.iter().map(|v| v.max(0.0)).collect();
             back(&target, &mut fm);
@@ -263,7 +293,14 @@ impl LogMel {
 
     /// The complex STFT of `samples`, `frames × n_freqs` (frames centred, reflect-padded, as in
     /// [`LogMel::power`]).
-    fn stft(&self, samples: &[f32], frames: usize, out: &mut [Complex<f32>], buf: &mut [Complex<f32>], scratch: &mut [Complex<f32>]) {
+    fn stft(
+        &self,
+        samples: &[f32],
+        frames: usize,
+        out: &mut [Complex<f32>],
+        buf: &mut [Complex<f32>],
+        scratch: &mut [Complex<f32>],
+    ) {
         let (n_fft, hop) = (self.config.n_fft, self.config.hop_length);
         let pad = (n_fft / 2) as isize;
         for t in 0..frames {
@@ -279,7 +316,15 @@ impl LogMel {
     }
 
     /// The inverse STFT (windowed overlap-add over the squared window's sum), `length` samples.
-    fn istft(&self, spec: &[Complex<f32>], frames: usize, length: usize, inverse: &dyn Fft<f32>, buf: &mut [Complex<f32>], scratch: &mut [Complex<f32>]) -> Vec<f32> {
+    fn istft(
+        &self,
+        spec: &[Complex<f32>],
+        frames: usize,
+        length: usize,
+        inverse: &dyn Fft<f32>,
+        buf: &mut [Complex<f32>],
+        scratch: &mut [Complex<f32>],
+    ) -> Vec<f32> {
         let (n_fft, hop) = (self.config.n_fft, self.config.hop_length);
         let pad = n_fft / 2;
         let total = n_fft + hop * frames.saturating_sub(1);
@@ -297,7 +342,10 @@ impl LogMel {
                 norm[t * hop + k] += w * w;
             }
         }
-        (0..length).map(|i| i + pad).map(|i| if i < total && norm[i] > 1e-8 { signal[i] / norm[i] } else { 0.0 }).collect()
+        (0..length)
+            .map(|i| i + pad)
+            .map(|i| if i < total && norm[i] > 1e-8 { signal[i] / norm[i] } else { 0.0 })
+            .collect()
     }
 
     /// A waveform whose STFT magnitude is close to `magnitude` (`[frames, n_freqs]`), by
@@ -309,10 +357,16 @@ impl LogMel {
         let n = self.config.n_fft;
         let inverse = FftPlanner::new().plan_fft_inverse(n);
         let mut buf = vec![Complex::new(0.0f32, 0.0); n];
-        let mut scratch = vec![Complex::new(0.0f32, 0.0); self.fft.get_inplace_scratch_len().max(inverse.get_inplace_scratch_len())];
+        let mut scratch =
+            vec![
+                Complex::new(0.0f32, 0.0);
+                self.fft.get_inplace_scratch_len().max(inverse.get_inplace_scratch_len())
+            ];
         let mut rng = crate::rng::Rng::new(config.seed);
         let mag: Vec<f32> = magnitude.iter().copied().collect();
-        let mut angles: Vec<Complex<f32>> = (0..mag.len()).map(|_| Complex::from_polar(1.0, (rng.unit() * std::f64::consts::TAU) as f32)).collect();
+        let mut angles: Vec<Complex<f32>> = (0..mag.len())
+            .map(|_| Complex::from_polar(1.0, (rng.unit() * std::f64::consts::TAU) as f32))
+            .collect();
         let mut previous = vec![Complex::new(0.0f32, 0.0); mag.len()];
         let mut rebuilt = vec![Complex::new(0.0f32, 0.0); mag.len()];
         let mut spec = vec![Complex::new(0.0f32, 0.0); mag.len()];
@@ -321,7 +375,8 @@ impl LogMel {
             for ((s, m), a) in spec.iter_mut().zip(&mag).zip(&angles) {
                 *s = a * *m;
             }
-            let signal = self.istft(&spec, frames, length, inverse.as_ref(), &mut buf, &mut scratch);
+            let signal =
+                self.istft(&spec, frames, length, inverse.as_ref(), &mut buf, &mut scratch);
             self.stft(&signal, frames, &mut rebuilt, &mut buf, &mut scratch);
             for ((a, r), p) in angles.iter_mut().zip(&rebuilt).zip(previous.iter_mut()) {
                 let v = r - *p * alpha;
@@ -361,10 +416,15 @@ mod tests {
     #[test]
     fn a_tone_lands_in_the_right_mel_bin() {
         let mel = LogMel::new(&MelConfig::default()).expect("config");
-        let tone: Vec<f32> = (0..16_000).map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin()).collect();
+        let tone: Vec<f32> = (0..16_000)
+            .map(|i| (2.0 * std::f32::consts::PI * 1000.0 * i as f32 / 16_000.0).sin())
+            .collect();
         let spec = mel.power(&tone);
         let middle = spec.row(50);
-        let peak = middle.iter().enumerate().fold((0, 0.0f32), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        let peak = middle
+            .iter()
+            .enumerate()
+            .fold((0, 0.0f32), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
         // 1 kHz on the HTK scale is 1000 mel of 2840 (at 8 kHz): bin ~ 1000/2840·65 - 1 ≈ 21.9.
         assert!((21..=23).contains(&peak.0), "peak in bin {}", peak.0);
         let silence = mel.compute(&vec![0.0; 1600]);
@@ -385,7 +445,12 @@ mod tests {
     /// The frequency of a signal's strongest component, by a zero-padded FFT.
     fn dominant_hz(signal: &[f32], rate: f64) -> f64 {
         let n = signal.len().next_power_of_two() * 4;
-        let mut buf: Vec<Complex<f32>> = signal.iter().map(|x| Complex::new(*x, 0.0)).chain(std::iter::repeat(Complex::new(0.0, 0.0))).take(n).collect();
+        let mut buf: Vec<Complex<f32>> = signal
+            .iter()
+            .map(|x| Complex::new(*x, 0.0))
+            .chain(std::iter::repeat(Complex::new(0.0, 0.0)))
+            .take(n)
+            .collect();
         FftPlanner::new().plan_fft_forward(n).process(&mut buf);
         let peak = (1..n / 2).max_by(|a, b| buf[*a].norm().total_cmp(&buf[*b].norm())).unwrap_or(0);
         peak as f64 * rate / n as f64
@@ -396,10 +461,18 @@ mod tests {
         // A 440 Hz tone at 8 kHz through FSDD's front end and back: the rebuilt waveform's
         // strongest frequency is the tone's (within a mel bin's resolution there: ~60 Hz), and
         // its log-mel spectrogram is close to the original.
-        let config = MelConfig { sample_rate: 8000, n_fft: 256, hop_length: 80, n_mels: 80, ..MelConfig::default() };
+        let config = MelConfig {
+            sample_rate: 8000,
+            n_fft: 256,
+            hop_length: 80,
+            n_mels: 80,
+            ..MelConfig::default()
+        };
         let mel = LogMel::new(&config).expect("config");
         for hz in [440.0f32, 1250.0] {
-            let tone: Vec<f32> = (0..8000).map(|i| 0.5 * (std::f32::consts::TAU * hz * i as f32 / 8000.0).sin()).collect();
+            let tone: Vec<f32> = (0..8000)
+                .map(|i| 0.5 * (std::f32::consts::TAU * hz * i as f32 / 8000.0).sin())
+                .collect();
             let log_mel = mel.compute(&tone);
             let rebuilt = mel.invert(&log_mel, &InvertConfig::default());
             assert_eq!(rebuilt.len(), (log_mel.nrows() - 1) * 80);
@@ -407,11 +480,19 @@ mod tests {
             assert!((got - f64::from(hz)).abs() < 30.0, "{hz} Hz came back as {got:.1} Hz");
             let again = mel.compute(&rebuilt);
             let rows = again.nrows().min(log_mel.nrows());
-            let diff: f32 = (10..rows - 10).map(|t| (again.row(t).to_owned() - log_mel.row(t)).mapv(f32::abs).mean().unwrap_or(0.0)).sum::<f32>() / (rows - 20) as f32;
+            let diff: f32 = (10..rows - 10)
+                .map(|t| {
+                    (again.row(t).to_owned() - log_mel.row(t)).mapv(f32::abs).mean().unwrap_or(0.0)
+                })
+                .sum::<f32>()
+                / (rows - 20) as f32;
             assert!(diff < 1.0, "mean log-mel distance {diff}");
         }
         // Plain Griffin-Lim (no momentum) of silence stays silent.
-        let silent = mel.invert(&mel.compute(&vec![0.0; 800]), &InvertConfig { momentum: 0.0, ..InvertConfig::default() });
+        let silent = mel.invert(
+            &mel.compute(&vec![0.0; 800]),
+            &InvertConfig { momentum: 0.0, ..InvertConfig::default() },
+        );
         assert!(silent.iter().all(|x| x.abs() < 1e-3));
     }
 }

@@ -56,7 +56,9 @@ fn default_seconds() -> f64 {
 impl BackgroundNoise {
     /// Checks the numbers, naming the key at fault.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, why: String| Err(Error::Config(format!("data.audio.augment.background.{key}: {why}")));
+        let bad = |key: &str, why: String| {
+            Err(Error::Config(format!("data.audio.augment.background.{key}: {why}")))
+        };
         if !(0.0..=1.0).contains(&self.p) {
             return bad("p", format!("{} is not a probability", self.p));
         }
@@ -82,8 +84,15 @@ pub struct NoiseBank {
 
 impl std::fmt::Debug for NoiseBank {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let seconds = self.clips.iter().map(Vec::len).sum::<usize>() as f64 / f64::from(self.sample_rate.max(1));
-        write!(f, "NoiseBank({} clips, {seconds:.1} s at {} Hz, {} left out)", self.clips.len(), self.sample_rate, self.left_out.len())
+        let seconds = self.clips.iter().map(Vec::len).sum::<usize>() as f64
+            / f64::from(self.sample_rate.max(1));
+        write!(
+            f,
+            "NoiseBank({} clips, {seconds:.1} s at {} Hz, {} left out)",
+            self.clips.len(),
+            self.sample_rate,
+            self.left_out.len()
+        )
     }
 }
 
@@ -101,7 +110,10 @@ impl NoiseBank {
         config.validate()?;
         let mut files = list_audio(&config.source)?;
         if files.is_empty() {
-            return Err(Error::Config(format!("data.audio.augment.background.source: no audio files in {}", config.source.display())));
+            return Err(Error::Config(format!(
+                "data.audio.augment.background.source: no audio files in {}",
+                config.source.display()
+            )));
         }
         // A seeded shuffle (Fisher-Yates), so that the budget keeps a fair sample of clips.
         let mut rng = Rng::new(seed ^ 0x006e_6f69_7365);
@@ -124,7 +136,10 @@ impl NoiseBank {
             clips.push(audio.samples);
         }
         if clips.is_empty() {
-            return Err(Error::Config(format!("data.audio.augment.background.source: every clip in {} is silent", config.source.display())));
+            return Err(Error::Config(format!(
+                "data.audio.augment.background.source: every clip in {} is silent",
+                config.source.display()
+            )));
         }
         Ok(NoiseBank { clips, sample_rate, left_out })
     }
@@ -154,8 +169,10 @@ impl NoiseBank {
         let clip = &self.clips[rng.below(self.clips.len() as u64) as usize];
         let offset = rng.below(clip.len() as u64) as usize;
         let noise = |i: usize| clip[(offset + i) % clip.len()];
-        let signal_power = samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len() as f64;
-        let noise_power = (0..samples.len()).map(|i| f64::from(noise(i)).powi(2)).sum::<f64>() / samples.len() as f64;
+        let signal_power =
+            samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len() as f64;
+        let noise_power = (0..samples.len()).map(|i| f64::from(noise(i)).powi(2)).sum::<f64>()
+            / samples.len() as f64;
         if signal_power == 0.0 || noise_power == 0.0 {
             return;
         }
@@ -172,13 +189,21 @@ fn list_audio(source: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(source)
             .map_err(|e| Error::io(source, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| ["wav", "flac", "mp3", "ogg"].contains(&e.to_ascii_lowercase().as_str())))
+            .filter(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    ["wav", "flac", "mp3", "ogg"].contains(&e.to_ascii_lowercase().as_str())
+                })
+            })
             .collect();
         files.sort();
         return Ok(files);
     }
     let manifest = Manifest::read(source)?;
-    Ok(manifest.samples().iter().filter_map(|s| s.audio.as_ref().map(|a| manifest.root().join(a))).collect())
+    Ok(manifest
+        .samples()
+        .iter()
+        .filter_map(|s| s.audio.as_ref().map(|a| manifest.root().join(a)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -206,7 +231,8 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_key() {
-        let ok = BackgroundNoise { source: "n".into(), p: 0.5, snr_db: (0.0, 20.0), max_seconds: 10.0 };
+        let ok =
+            BackgroundNoise { source: "n".into(), p: 0.5, snr_db: (0.0, 20.0), max_seconds: 10.0 };
         assert!(ok.validate().is_ok());
         for (bad, key) in [
             (BackgroundNoise { p: 1.5, ..ok.clone() }, "background.p"),

@@ -101,7 +101,11 @@ impl RunningStats {
             .iter()
             .map(|s| {
                 let sd = (s / n).sqrt();
-                if sd > 1e-8 { sd as f32 } else { 1.0 }
+                if sd > 1e-8 {
+                    sd as f32
+                } else {
+                    1.0
+                }
             })
             .collect();
         Normalizer { mean: self.mean.iter().map(|m| *m as f32).collect(), std, count: self.count }
@@ -162,9 +166,13 @@ impl Normalizer {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let bad = |m: String| Error::decode(path, m);
-        let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let list = |key: &str| -> Result<Vec<f32>> {
-            let items = v.get(key).and_then(Value::as_array).ok_or_else(|| bad(format!("no `{key}` array")))?;
+            let items = v
+                .get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(format!("no `{key}` array")))?;
             items
                 .iter()
                 .map(|x| x.as_f64().map(|f| f as f32).filter(|f| f.is_finite()))
@@ -179,7 +187,10 @@ impl Normalizer {
             return Err(bad(format!("std[{i}] = {} is not positive", std[i])));
         }
         if let Some(d) = expected_dim.filter(|d| *d != mean.len()) {
-            return Err(bad(format!("statistics of dimension {}, but the data has dimension {d}", mean.len())));
+            return Err(bad(format!(
+                "statistics of dimension {}, but the data has dimension {d}",
+                mean.len()
+            )));
         }
         let count = v.get("count").and_then(Value::as_u64).unwrap_or(0);
         Ok(Normalizer { mean, std, count })
@@ -192,7 +203,8 @@ mod tests {
 
     #[test]
     fn streaming_matches_two_pass_and_merging_matches_streaming() {
-        let rows: Vec<[f32; 2]> = (0..1000).map(|i| [(i as f32 * 0.37).sin() * 5.0 + 100.0, (i % 7) as f32]).collect();
+        let rows: Vec<[f32; 2]> =
+            (0..1000).map(|i| [(i as f32 * 0.37).sin() * 5.0 + 100.0, (i % 7) as f32]).collect();
         let mut all = RunningStats::new(2);
         for r in &rows {
             all.push(r);
@@ -240,9 +252,15 @@ mod tests {
         let e = Normalizer::load(&file, Some(64)).expect_err("wrong dim").to_string();
         assert!(e.contains("dimension 2, but the data has dimension 64"), "{e}");
         std::fs::write(&file, r#"{"mean":[1,2],"std":[1,0]}"#).expect("write");
-        assert!(Normalizer::load(&file, None).expect_err("zero std").to_string().contains("std[1] = 0"));
+        assert!(Normalizer::load(&file, None)
+            .expect_err("zero std")
+            .to_string()
+            .contains("std[1] = 0"));
         std::fs::write(&file, r#"{"mean":[1],"std":["x"]}"#).expect("write");
-        assert!(Normalizer::load(&file, None).expect_err("not numbers").to_string().contains("finite numbers"));
+        assert!(Normalizer::load(&file, None)
+            .expect_err("not numbers")
+            .to_string()
+            .contains("finite numbers"));
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -29,12 +29,15 @@ use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 
 use crate::audio::{decode_audio, Resampler};
-use crate::noise::NoiseBank;
-use crate::augment::{augment_image, augment_tokens, augment_waveform, drop_modalities, spec_augment, AudioAugment, ImageAugment, TextAugment};
+use crate::augment::{
+    augment_image, augment_tokens, augment_waveform, drop_modalities, spec_augment, AudioAugment,
+    ImageAugment, TextAugment,
+};
 use crate::error::{Error, Result};
 use crate::image::decode_image;
 use crate::manifest::{Manifest, Sample, Split};
 use crate::mel::{LogMel, MelConfig};
+use crate::noise::NoiseBank;
 use crate::normalize::{Normalizer, RunningStats};
 use crate::rng::Rng;
 use crate::subword::SubwordTokenizer;
@@ -59,7 +62,12 @@ pub struct ImageSpec {
 impl ImageSpec {
     /// Images of this size, ImageNet statistics, no augmentation.
     pub fn new(size: (usize, usize)) -> Self {
-        ImageSpec { size, normalizer: Normalizer::imagenet(), augment: ImageAugment::default(), fit_statistics: true }
+        ImageSpec {
+            size,
+            normalizer: Normalizer::imagenet(),
+            augment: ImageAugment::default(),
+            fit_statistics: true,
+        }
     }
 }
 
@@ -83,7 +91,13 @@ impl AudioSpec {
     /// A log-mel front end with this configuration, no augmentation.
     pub fn new(config: &MelConfig) -> Result<Self> {
         let mel = LogMel::new(config).map_err(|e| Error::Config(e.to_string()))?;
-        Ok(AudioSpec { mel: Arc::new(mel), normalizer: None, augment: AudioAugment::default(), max_frames: None, background: None })
+        Ok(AudioSpec {
+            mel: Arc::new(mel),
+            normalizer: None,
+            augment: AudioAugment::default(),
+            max_frames: None,
+            background: None,
+        })
     }
 }
 
@@ -115,7 +129,11 @@ pub struct TextSpec {
 impl TextSpec {
     /// Word tokens through `vocab`, at most `max_tokens`, no augmentation.
     pub fn words(tokenizer: WordTokenizer, vocab: Vocab, max_tokens: usize) -> Self {
-        TextSpec { encoder: TextEncoder::Words { tokenizer, vocab: Arc::new(vocab) }, max_tokens, augment: TextAugment::default() }
+        TextSpec {
+            encoder: TextEncoder::Words { tokenizer, vocab: Arc::new(vocab) },
+            max_tokens,
+            augment: TextAugment::default(),
+        }
     }
 }
 
@@ -199,7 +217,17 @@ const STREAM_DROPOUT: u64 = 5;
 impl Pipeline {
     /// A pipeline with these classes and no modality yet.
     pub fn new(classes: Vec<String>) -> Self {
-        Pipeline { image: None, audio: None, text: None, frames: None, features: None, transcript: None, classes, modality_dropout: 0.0, seed: 0 }
+        Pipeline {
+            image: None,
+            audio: None,
+            text: None,
+            frames: None,
+            features: None,
+            transcript: None,
+            classes,
+            modality_dropout: 0.0,
+            seed: 0,
+        }
     }
 
     /// The configured modalities, in batch order.
@@ -235,8 +263,18 @@ impl Pipeline {
 
     /// [`Pipeline::load`], taking decoded files from `cache` when it has them and adding them
     /// while it has room.
-    pub fn load_cached(&self, manifest: &Manifest, index: usize, epoch: u64, train: bool, cache: Option<&DecodedCache>) -> Result<Item> {
-        let sample = manifest.samples().get(index).ok_or_else(|| Error::Config(format!("no sample at index {index}")))?;
+    pub fn load_cached(
+        &self,
+        manifest: &Manifest,
+        index: usize,
+        epoch: u64,
+        train: bool,
+        cache: Option<&DecodedCache>,
+    ) -> Result<Item> {
+        let sample = manifest
+            .samples()
+            .get(index)
+            .ok_or_else(|| Error::Config(format!("no sample at index {index}")))?;
         self.load_sample(manifest, sample, index, epoch, train, cache, None)
             .map_err(|e| Error::Sample { id: sample.id.clone(), source: Box::new(e) })
     }
@@ -246,13 +284,30 @@ impl Pipeline {
     /// there is read from disk.
     /// `root` gives the folder paths are relative to (its samples are not used), and `number`
     /// stands for the sample's index: it seeds the sample's augmentation.
-    pub fn load_in_memory(&self, root: &Manifest, sample: &Sample, number: usize, epoch: u64, train: bool, files: &Memory) -> Result<Item> {
+    pub fn load_in_memory(
+        &self,
+        root: &Manifest,
+        sample: &Sample,
+        number: usize,
+        epoch: u64,
+        train: bool,
+        files: &Memory,
+    ) -> Result<Item> {
         self.load_sample(root, sample, number, epoch, train, None, Some(files))
             .map_err(|e| Error::Sample { id: sample.id.clone(), source: Box::new(e) })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn load_sample(&self, manifest: &Manifest, s: &Sample, index: usize, epoch: u64, train: bool, cache: Option<&DecodedCache>, memory: Option<&Memory>) -> Result<Item> {
+    fn load_sample(
+        &self,
+        manifest: &Manifest,
+        s: &Sample,
+        index: usize,
+        epoch: u64,
+        train: bool,
+        cache: Option<&DecodedCache>,
+        memory: Option<&Memory>,
+    ) -> Result<Item> {
         let rng = |stream| Rng::for_sample(self.seed, epoch, index as u64, stream);
         let mut item = Item {
             index,
@@ -268,13 +323,21 @@ impl Pipeline {
             transcript: None,
         };
         if let (Some(alphabet), Some(text)) = (&self.transcript, &s.text) {
-            item.transcript = Some(alphabet.encode(text).map_err(|e| Error::Config(format!("transcript: {e}")))?);
+            item.transcript =
+                Some(alphabet.encode(text).map_err(|e| Error::Config(format!("transcript: {e}")))?);
         }
         if let Some(label) = &s.label {
-            item.label = Some(self.class_id(label).ok_or_else(|| Error::Config(format!("label {label:?} is not a known class")))?);
+            item.label =
+                Some(self.class_id(label).ok_or_else(|| {
+                    Error::Config(format!("label {label:?} is not a known class"))
+                })?);
         }
         for label in &s.labels {
-            item.labels.push(self.class_id(label).ok_or_else(|| Error::Config(format!("label {label:?} is not a known class")))?);
+            item.labels.push(
+                self.class_id(label).ok_or_else(|| {
+                    Error::Config(format!("label {label:?} is not a known class"))
+                })?,
+            );
         }
         // Which modalities this sample contributes (after modality dropout when training).
         let mut present = [
@@ -288,10 +351,24 @@ impl Pipeline {
             drop_modalities(&mut present, self.modality_dropout, &mut rng(STREAM_DROPOUT));
         }
         if let (true, Some(spec), Some(rel)) = (present[0], &self.image, &s.image) {
-            item.image = Some(load_image(&manifest.path(rel), memory, spec, train, &mut rng(STREAM_IMAGE), cache)?);
+            item.image = Some(load_image(
+                &manifest.path(rel),
+                memory,
+                spec,
+                train,
+                &mut rng(STREAM_IMAGE),
+                cache,
+            )?);
         }
         if let (true, Some(spec), Some(rel)) = (present[1], &self.audio, &s.audio) {
-            item.audio = Some(load_audio(&manifest.path(rel), memory, spec, train, &mut rng(STREAM_AUDIO), cache)?);
+            item.audio = Some(load_audio(
+                &manifest.path(rel),
+                memory,
+                spec,
+                train,
+                &mut rng(STREAM_AUDIO),
+                cache,
+            )?);
         }
         if let (true, Some(spec), Some(text)) = (present[2], &self.text, &s.text) {
             let max = spec.max_tokens.max(1);
@@ -310,7 +387,8 @@ impl Pipeline {
                     if train {
                         let lead = special.iter().take_while(|s| **s).count();
                         let trail = special[lead..].iter().rev().take_while(|s| **s).count();
-                        let mut inner: Vec<i64> = tokens.drain(lead..tokens.len() - trail).collect();
+                        let mut inner: Vec<i64> =
+                            tokens.drain(lead..tokens.len() - trail).collect();
                         augment_tokens(&mut inner, &spec.augment, &mut rng(STREAM_TEXT));
                         tokens.splice(lead..lead, inner);
                     }
@@ -324,13 +402,26 @@ impl Pipeline {
             let base = rng(STREAM_FRAMES);
             let frames = chosen
                 .iter()
-                .map(|&i| load_image(&manifest.path(&s.frames[i]), memory, &spec.image, train, &mut base.clone(), cache))
+                .map(|&i| {
+                    load_image(
+                        &manifest.path(&s.frames[i]),
+                        memory,
+                        &spec.image,
+                        train,
+                        &mut base.clone(),
+                        cache,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             item.frames = Some(frames);
         }
         if let (true, Some(spec)) = (present[4], &self.features) {
             if s.features.len() != spec.dim {
-                return Err(Error::Config(format!("{} features, the pipeline expects {}", s.features.len(), spec.dim)));
+                return Err(Error::Config(format!(
+                    "{} features, the pipeline expects {}",
+                    s.features.len(),
+                    spec.dim
+                )));
             }
             let mut f: Vec<f32> = s.features.iter().map(|v| *v as f32).collect();
             if let Some(n) = &spec.normalizer {
@@ -350,26 +441,49 @@ impl Pipeline {
 
     /// [`Pipeline::fit_statistics`] with the files of `memory` read from memory (see
     /// [`Pipeline::load_in_memory`]).
-    pub fn fit_statistics_in(&mut self, manifest: &Manifest, memory: Option<&Memory>) -> Result<()> {
+    pub fn fit_statistics_in(
+        &mut self,
+        manifest: &Manifest,
+        memory: Option<&Memory>,
+    ) -> Result<()> {
         let train: Vec<&Sample> = manifest.split(Split::Train).collect();
         if train.is_empty() {
-            return Err(Error::Config("the training split is empty: no statistics to compute".to_string()));
+            return Err(Error::Config(
+                "the training split is empty: no statistics to compute".to_string(),
+            ));
         }
-        let fold = |dim: usize, f: &(dyn Fn(&Sample, &mut RunningStats) -> Result<()> + Sync)| -> Result<RunningStats> {
+        let fold = |dim: usize,
+                    f: &(dyn Fn(&Sample, &mut RunningStats) -> Result<()> + Sync)|
+         -> Result<RunningStats> {
             train
                 .par_iter()
-                .try_fold(|| RunningStats::new(dim), |mut acc, s| {
-                    f(s, &mut acc).map_err(|e| Error::Sample { id: s.id.clone(), source: Box::new(e) })?;
-                    Ok(acc)
-                })
+                .try_fold(
+                    || RunningStats::new(dim),
+                    |mut acc, s| {
+                        f(s, &mut acc)
+                            .map_err(|e| Error::Sample { id: s.id.clone(), source: Box::new(e) })?;
+                        Ok(acc)
+                    },
+                )
                 .try_reduce(|| RunningStats::new(dim), |a, b| Ok(a.merge(&b)))
         };
         // Channel statistics of images as the model sees them (resized, not augmented).
         let channel_stats = |spec: &ImageSpec, paths: &(dyn Fn(&Sample) -> Vec<PathBuf> + Sync)| {
-            let plain = ImageSpec { normalizer: Normalizer { mean: vec![0.0; 3], std: vec![1.0; 3], count: 0 }, augment: ImageAugment::default(), ..spec.clone() };
+            let plain = ImageSpec {
+                normalizer: Normalizer { mean: vec![0.0; 3], std: vec![1.0; 3], count: 0 },
+                augment: ImageAugment::default(),
+                ..spec.clone()
+            };
             fold(3, &|s, acc| {
                 for rel in paths(s) {
-                    let img = load_image(&manifest.path(&rel), memory, &plain, false, &mut Rng::new(0), None)?;
+                    let img = load_image(
+                        &manifest.path(&rel),
+                        memory,
+                        &plain,
+                        false,
+                        &mut Rng::new(0),
+                        None,
+                    )?;
                     // Rows of (r, g, b): one per pixel.
                     let hw = img.len() / 3;
                     let flat = img.as_slice().expect("standard layout");
@@ -393,10 +507,18 @@ impl Pipeline {
             }
         }
         if let Some(spec) = &self.audio {
-            let plain = AudioSpec { normalizer: None, augment: AudioAugment::default(), ..spec.clone() };
+            let plain =
+                AudioSpec { normalizer: None, augment: AudioAugment::default(), ..spec.clone() };
             let stats = fold(spec.mel.config().n_mels, &|s, acc| {
                 if let Some(rel) = &s.audio {
-                    let spec = load_audio(&manifest.path(rel), memory, &plain, false, &mut Rng::new(0), None)?;
+                    let spec = load_audio(
+                        &manifest.path(rel),
+                        memory,
+                        &plain,
+                        false,
+                        &mut Rng::new(0),
+                        None,
+                    )?;
                     acc.push_rows(spec.as_slice().expect("standard layout"));
                 }
                 Ok(())
@@ -410,7 +532,10 @@ impl Pipeline {
             let stats = fold(dim, &|s, acc| {
                 if !s.features.is_empty() {
                     if s.features.len() != dim {
-                        return Err(Error::Config(format!("{} features, the pipeline expects {dim}", s.features.len())));
+                        return Err(Error::Config(format!(
+                            "{} features, the pipeline expects {dim}",
+                            s.features.len()
+                        )));
                     }
                     acc.push(&s.features.iter().map(|v| *v as f32).collect::<Vec<_>>());
                 }
@@ -449,7 +574,8 @@ impl Pipeline {
             spec.normalizer = Normalizer::load(path("image"), Some(3))?;
         }
         if let Some(spec) = &mut self.audio {
-            spec.normalizer = Some(Normalizer::load(path("audio"), Some(spec.mel.config().n_mels))?);
+            spec.normalizer =
+                Some(Normalizer::load(path("audio"), Some(spec.mel.config().n_mels))?);
         }
         if let Some(spec) = &mut self.frames {
             spec.image.normalizer = Normalizer::load(path("frames"), Some(3))?;
@@ -505,7 +631,12 @@ pub struct DecodedCache {
 impl DecodedCache {
     /// An empty cache that holds at most `max_bytes` of decoded data.
     pub fn new(max_bytes: usize) -> Self {
-        DecodedCache { images: RwLock::default(), audio: RwLock::default(), max_bytes, used: AtomicUsize::new(0) }
+        DecodedCache {
+            images: RwLock::default(),
+            audio: RwLock::default(),
+            max_bytes,
+            used: AtomicUsize::new(0),
+        }
     }
 
     /// Bytes held.
@@ -526,7 +657,9 @@ impl DecodedCache {
     /// Reserves room for `bytes`, if the budget allows.
     fn reserve(&self, bytes: usize) -> bool {
         self.used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| (u + bytes <= self.max_bytes).then_some(u + bytes))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                (u + bytes <= self.max_bytes).then_some(u + bytes)
+            })
             .is_ok()
     }
 
@@ -552,17 +685,32 @@ impl DecodedCache {
 /// Files held in memory, by the path they would have on disk (see [`Pipeline::load_in_memory`]).
 pub type Memory = HashMap<PathBuf, Vec<u8>>;
 
-fn decoded_image(path: &std::path::Path, memory: Option<&Memory>, cache: Option<&DecodedCache>) -> Result<Arc<Array3<u8>>> {
+fn decoded_image(
+    path: &std::path::Path,
+    memory: Option<&Memory>,
+    cache: Option<&DecodedCache>,
+) -> Result<Arc<Array3<u8>>> {
     if let Some(bytes) = memory.and_then(|m| m.get(path)) {
         return Ok(Arc::new(crate::image::decode_image_bytes(bytes, path)?));
     }
     match cache {
         None => Ok(Arc::new(decode_image(path)?)),
-        Some(c) => DecodedCache::get_or_load(&c.images, &path.to_path_buf(), |a| a.len(), |b| c.reserve(b), || decode_image(path)),
+        Some(c) => DecodedCache::get_or_load(
+            &c.images,
+            &path.to_path_buf(),
+            |a| a.len(),
+            |b| c.reserve(b),
+            || decode_image(path),
+        ),
     }
 }
 
-fn decoded_audio(path: &std::path::Path, memory: Option<&Memory>, rate: u32, cache: Option<&DecodedCache>) -> Result<Arc<Vec<f32>>> {
+fn decoded_audio(
+    path: &std::path::Path,
+    memory: Option<&Memory>,
+    rate: u32,
+    cache: Option<&DecodedCache>,
+) -> Result<Arc<Vec<f32>>> {
     let in_memory = memory.and_then(|m| m.get(path));
     let cache = if in_memory.is_some() { None } else { cache };
     let load = || -> Result<Vec<f32>> {
@@ -570,15 +718,32 @@ fn decoded_audio(path: &std::path::Path, memory: Option<&Memory>, rate: u32, cac
             Some(bytes) => crate::audio::decode_audio_bytes(bytes.clone(), path)?,
             None => decode_audio(path)?,
         };
-        Ok(if audio.sample_rate == rate { audio.samples } else { Resampler::cached(audio.sample_rate, rate).process(&audio.samples) })
+        Ok(if audio.sample_rate == rate {
+            audio.samples
+        } else {
+            Resampler::cached(audio.sample_rate, rate).process(&audio.samples)
+        })
     };
     match cache {
         None => Ok(Arc::new(load()?)),
-        Some(c) => DecodedCache::get_or_load(&c.audio, &(path.to_path_buf(), rate), |v| v.len() * 4, |b| c.reserve(b), load),
+        Some(c) => DecodedCache::get_or_load(
+            &c.audio,
+            &(path.to_path_buf(), rate),
+            |v| v.len() * 4,
+            |b| c.reserve(b),
+            load,
+        ),
     }
 }
 
-fn load_image(path: &std::path::Path, memory: Option<&Memory>, spec: &ImageSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array3<f32>> {
+fn load_image(
+    path: &std::path::Path,
+    memory: Option<&Memory>,
+    spec: &ImageSpec,
+    train: bool,
+    rng: &mut Rng,
+    cache: Option<&DecodedCache>,
+) -> Result<Array3<f32>> {
     let pixels = decoded_image(path, memory, cache)?;
     let aug = if train { spec.augment.clone() } else { ImageAugment::default() };
     let mut img = augment_image(&pixels, spec.size, &aug, rng);
@@ -586,7 +751,14 @@ fn load_image(path: &std::path::Path, memory: Option<&Memory>, spec: &ImageSpec,
     Ok(img)
 }
 
-fn load_audio(path: &std::path::Path, memory: Option<&Memory>, spec: &AudioSpec, train: bool, rng: &mut Rng, cache: Option<&DecodedCache>) -> Result<Array2<f32>> {
+fn load_audio(
+    path: &std::path::Path,
+    memory: Option<&Memory>,
+    spec: &AudioSpec,
+    train: bool,
+    rng: &mut Rng,
+    cache: Option<&DecodedCache>,
+) -> Result<Array2<f32>> {
     let decoded = decoded_audio(path, memory, spec.mel.config().sample_rate, cache)?;
     let mel = if train {
         let mut samples = decoded.to_vec();

@@ -80,10 +80,11 @@ mod tests {
     fn same_inputs_same_stream_and_different_inputs_differ() {
         let a: Vec<u64> = (0..4).map(|_| Rng::for_sample(1, 2, 3, 0).next_u64()).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
-        let firsts: Vec<u64> = [(1, 2, 3, 0), (1, 2, 3, 1), (1, 2, 4, 0), (1, 3, 3, 0), (2, 2, 3, 0)]
-            .iter()
-            .map(|&(s, e, i, k)| Rng::for_sample(s, e, i, k).next_u64())
-            .collect();
+        let firsts: Vec<u64> =
+            [(1, 2, 3, 0), (1, 2, 3, 1), (1, 2, 4, 0), (1, 3, 3, 0), (2, 2, 3, 0)]
+                .iter()
+                .map(|&(s, e, i, k)| Rng::for_sample(s, e, i, k).next_u64())
+                .collect();
         for i in 0..firsts.len() {
             for j in i + 1..firsts.len() {
                 assert_ne!(firsts[i], firsts[j]);
@@ -108,7 +109,10 @@ mod tests {
         let var = s2 / n as f64 - mean * mean;
         assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "mean {mean} var {var}");
         assert!((f64::from(hits) / n as f64 - 0.25).abs() < 0.005);
-        assert!(counts.iter().all(|&c| (f64::from(c) / n as f64 - 0.2).abs() < 0.005), "{counts:?}");
+        assert!(
+            counts.iter().all(|&c| (f64::from(c) / n as f64 - 0.2).abs() < 0.005),
+            "{counts:?}"
+        );
         let mut v: Vec<u32> = (0..100).collect();
         r.shuffle(&mut v);
         let mut sorted = v.clone();

@@ -87,12 +87,24 @@ impl ShardIndex {
         let path = path.as_ref();
         let path = if path.is_dir() { path.join(INDEX_FILE) } else { path.to_path_buf() };
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let mut index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Parse { file: path.clone(), line: e.line(), message: e.to_string() })?;
+        let mut index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Parse {
+            file: path.clone(),
+            line: e.line(),
+            message: e.to_string(),
+        })?;
         if index.format != FORMAT {
-            return Err(Error::Parse { file: path.clone(), line: 1, message: format!("format {:?}, expected {FORMAT:?}", index.format) });
+            return Err(Error::Parse {
+                file: path.clone(),
+                line: 1,
+                message: format!("format {:?}, expected {FORMAT:?}", index.format),
+            });
         }
         for entry in index.splits.values().flatten() {
-            crate::manifest::relative_path(&entry.file).map_err(|m| Error::Parse { file: path.clone(), line: 1, message: format!("shard {:?}: {m}", entry.file) })?;
+            crate::manifest::relative_path(&entry.file).map_err(|m| Error::Parse {
+                file: path.clone(),
+                line: 1,
+                message: format!("shard {:?}: {m}", entry.file),
+            })?;
         }
         index.root = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(index)
@@ -131,7 +143,9 @@ impl ShardIndex {
         let mut manifest = Manifest::new(&self.root);
         manifest.set_source(&self.root.join(INDEX_FILE));
         for entry in self.splits.values().flatten() {
-            for_each_sample(&self.path(entry), &entry.file, false, &mut |sample, _| manifest.push(sample))?;
+            for_each_sample(&self.path(entry), &entry.file, false, &mut |sample, _| {
+                manifest.push(sample)
+            })?;
         }
         Ok(manifest)
     }
@@ -158,10 +172,19 @@ impl Default for ShardOptions {
 
 /// A member name's extension: the file's own, lower-case, or `bin`.
 fn extension(path: &Path) -> String {
-    path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric())).unwrap_or_else(|| "bin".into())
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "bin".into())
 }
 
-fn append(builder: &mut tar::Builder<BufWriter<File>>, name: &str, bytes: &[u8], shard: &Path) -> Result<()> {
+fn append(
+    builder: &mut tar::Builder<BufWriter<File>>,
+    name: &str,
+    bytes: &[u8],
+    shard: &Path,
+) -> Result<()> {
     let mut header = tar::Header::new_ustar();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o644);
@@ -186,18 +209,23 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
                 continue;
             }
             Rng::for_sample(options.seed, 0, u64::MAX, split as u64).shuffle(&mut samples);
-            std::fs::create_dir_all(staging.join(split.as_str())).map_err(|e| Error::io(staging, e))?;
+            std::fs::create_dir_all(staging.join(split.as_str()))
+                .map_err(|e| Error::io(staging, e))?;
             let mut entries: Vec<ShardEntry> = Vec::new();
             let mut current: Option<(tar::Builder<BufWriter<File>>, PathBuf, usize, u64)> = None;
             for sample in samples {
-                if current.as_ref().is_some_and(|c| c.2 >= options.max_samples || c.3 >= options.max_bytes) {
+                if current
+                    .as_ref()
+                    .is_some_and(|c| c.2 >= options.max_samples || c.3 >= options.max_bytes)
+                {
                     entries.push(finish(current.take().expect("open shard"))?);
                 }
                 if current.is_none() {
                     let file = format!("{}/{:06}.tar", split.as_str(), entries.len());
                     let path = staging.join(&file);
                     let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
-                    current = Some((tar::Builder::new(BufWriter::new(f)), PathBuf::from(file), 0, 0));
+                    current =
+                        Some((tar::Builder::new(BufWriter::new(f)), PathBuf::from(file), 0, 0));
                 }
                 let (builder, file, count, bytes) = current.as_mut().expect("open shard");
                 let shard = staging.join(&*file);
@@ -207,7 +235,10 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
                 let mut members: Vec<(String, Vec<u8>)> = Vec::new();
                 let mut take = |rel: &Path, name: String| -> Result<PathBuf> {
                     let path = manifest.path(rel);
-                    let data = std::fs::read(&path).map_err(|e| Error::Sample { id: sample.id.clone(), source: Box::new(Error::io(&path, e)) })?;
+                    let data = std::fs::read(&path).map_err(|e| Error::Sample {
+                        id: sample.id.clone(),
+                        source: Box::new(Error::io(&path, e)),
+                    })?;
                     members.push((name.clone(), data));
                     Ok(PathBuf::from(name))
                 };
@@ -217,16 +248,28 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
                 }
                 if let Some(rel) = &sample.audio {
                     let ext = extension(rel);
-                    let name = if image_ext.as_deref() == Some(ext.as_str()) { format!("{key}.audio.{ext}") } else { format!("{key}.{ext}") };
+                    let name = if image_ext.as_deref() == Some(ext.as_str()) {
+                        format!("{key}.audio.{ext}")
+                    } else {
+                        format!("{key}.{ext}")
+                    };
                     record.audio = Some(take(rel, name)?);
                 }
-                record.frames = sample.frames.iter().enumerate().map(|(i, rel)| take(rel, format!("{key}.frame{i:04}.{}", extension(rel)))).collect::<Result<_>>()?;
+                record.frames = sample
+                    .frames
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rel)| take(rel, format!("{key}.frame{i:04}.{}", extension(rel))))
+                    .collect::<Result<_>>()?;
                 if let Some(text) = &sample.text {
                     members.push((format!("{key}.txt"), text.clone().into_bytes()));
                 }
                 let mut one = Manifest::new(manifest.root());
                 one.push(record)?;
-                members.insert(0, (format!("{key}.json"), one.to_jsonl().trim_end().as_bytes().to_vec()));
+                members.insert(
+                    0,
+                    (format!("{key}.json"), one.to_jsonl().trim_end().as_bytes().to_vec()),
+                );
                 for (name, data) in &members {
                     append(builder, name, data, &shard)?;
                     *bytes += data.len() as u64 + 512;
@@ -238,18 +281,28 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
             }
             // Sizes as written (tar pads every member and closes with two empty blocks).
             for e in &mut entries {
-                e.bytes = std::fs::metadata(staging.join(&e.file)).map_err(|err| Error::io(staging.join(&e.file), err))?.len();
+                e.bytes = std::fs::metadata(staging.join(&e.file))
+                    .map_err(|err| Error::io(staging.join(&e.file), err))?
+                    .len();
             }
             splits.insert(split.as_str().to_string(), entries);
         }
-        let index = ShardIndex { format: FORMAT.into(), source: manifest.source().display().to_string(), splits, root: out.to_path_buf() };
-        let text = serde_json::to_string_pretty(&index).map_err(|e| Error::Config(e.to_string()))?;
+        let index = ShardIndex {
+            format: FORMAT.into(),
+            source: manifest.source().display().to_string(),
+            splits,
+            root: out.to_path_buf(),
+        };
+        let text =
+            serde_json::to_string_pretty(&index).map_err(|e| Error::Config(e.to_string()))?;
         crate::fs::write_atomic(&staging.join(INDEX_FILE), text.as_bytes())?;
         Ok(index)
     })
 }
 
-fn finish((builder, file, samples, _): (tar::Builder<BufWriter<File>>, PathBuf, usize, u64)) -> Result<ShardEntry> {
+fn finish(
+    (builder, file, samples, _): (tar::Builder<BufWriter<File>>, PathBuf, usize, u64),
+) -> Result<ShardEntry> {
     let mut w = builder.into_inner().map_err(|e| Error::io(&file, e))?;
     w.flush().map_err(|e| Error::io(&file, e))?;
     Ok(ShardEntry { file: file.display().to_string(), samples, bytes: 0 })
@@ -260,7 +313,12 @@ fn finish((builder, file, samples, _): (tar::Builder<BufWriter<File>>, PathBuf, 
 /// paths are `name/MEMBER` and `files` holds their bytes under `root/name/MEMBER` for a
 /// manifest rooted at `root` (see [`Manifest::path`]); with `data` false the modality files
 /// are skipped (metadata only). Errors name the shard and the member.
-pub fn read_samples(path: &Path, name: &str, root: &Path, f: &mut dyn FnMut(Sample, Memory) -> Result<()>) -> Result<()> {
+pub fn read_samples(
+    path: &Path,
+    name: &str,
+    root: &Path,
+    f: &mut dyn FnMut(Sample, Memory) -> Result<()>,
+) -> Result<()> {
     let prefix = root.join(name);
     for_each_sample(path, name, true, &mut |sample, members| {
         let files: Memory = members.into_iter().map(|(m, b)| (prefix.join(m), b)).collect();
@@ -274,20 +332,36 @@ type Members = Vec<(String, Vec<u8>)>;
 type Group = (String, Option<Sample>, Members);
 
 /// The member groups of a shard, by key, in order.
-fn for_each_sample(path: &Path, name: &str, data: bool, f: &mut dyn FnMut(Sample, Members) -> Result<()>) -> Result<()> {
+fn for_each_sample(
+    path: &Path,
+    name: &str,
+    data: bool,
+    f: &mut dyn FnMut(Sample, Members) -> Result<()>,
+) -> Result<()> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
-    let bad = |member: &str, message: String| Error::Parse { file: path.join(member), line: 0, message };
+    let bad =
+        |member: &str, message: String| Error::Parse { file: path.join(member), line: 0, message };
     let mut group: Option<Group> = None;
-    let flush = |group: Option<Group>, f: &mut dyn FnMut(Sample, Members) -> Result<()>| -> Result<()> {
-        if let Some((key, sample, members)) = group {
-            let sample = sample.ok_or_else(|| bad(&format!("{key}.json"), "the sample has no .json member (its manifest line)".into()))?;
-            f(sample, members)?;
-        }
-        Ok(())
-    };
+    let flush =
+        |group: Option<Group>, f: &mut dyn FnMut(Sample, Members) -> Result<()>| -> Result<()> {
+            if let Some((key, sample, members)) = group {
+                let sample = sample.ok_or_else(|| {
+                    bad(
+                        &format!("{key}.json"),
+                        "the sample has no .json member (its manifest line)".into(),
+                    )
+                })?;
+                f(sample, members)?;
+            }
+            Ok(())
+        };
     for entry in archive.entries().map_err(|e| Error::io(path, e))? {
-        let mut entry = entry.map_err(|e| Error::Parse { file: path.to_path_buf(), line: 0, message: format!("not a readable tar file: {e}") })?;
+        let mut entry = entry.map_err(|e| Error::Parse {
+            file: path.to_path_buf(),
+            line: 0,
+            message: format!("not a readable tar file: {e}"),
+        })?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
@@ -301,9 +375,16 @@ fn for_each_sample(path: &Path, name: &str, data: bool, f: &mut dyn FnMut(Sample
         let g = group.as_mut().expect("group");
         if ext == "json" {
             let mut text = String::new();
-            entry.read_to_string(&mut text).map_err(|e| bad(&member, format!("not UTF-8 text: {e}")))?;
-            let one = Manifest::parse_jsonl(&text, &path.join(&member), Path::new("")).map_err(|e| bad(&member, e.to_string()))?;
-            let mut sample = one.samples().first().cloned().ok_or_else(|| bad(&member, "no sample in it".into()))?;
+            entry
+                .read_to_string(&mut text)
+                .map_err(|e| bad(&member, format!("not UTF-8 text: {e}")))?;
+            let one = Manifest::parse_jsonl(&text, &path.join(&member), Path::new(""))
+                .map_err(|e| bad(&member, e.to_string()))?;
+            let mut sample = one
+                .samples()
+                .first()
+                .cloned()
+                .ok_or_else(|| bad(&member, "no sample in it".into()))?;
             let inside = |p: &PathBuf| Path::new(name).join(p);
             sample.image = sample.image.as_ref().map(inside);
             sample.audio = sample.audio.as_ref().map(inside);

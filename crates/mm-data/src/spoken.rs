@@ -34,7 +34,8 @@ use crate::manifest::{Manifest, Sample, Split};
 use crate::rng::Rng;
 
 /// The digit words, by digit.
-pub const WORDS: [&str; 10] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+pub const WORDS: [&str; 10] =
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
 
 /// How to compose the utterances.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,20 +90,36 @@ pub struct SpokenSummary {
 /// Composes the utterances from FSDD's archive (or folder of WAVs) `fsdd` into `out` (see the
 /// module documentation). An existing `out` is replaced only with `force`, and only if it holds
 /// an earlier `spoken.json`.
-pub fn compose(fsdd: &Path, out: &Path, config: &SpokenConfig, force: bool) -> Result<SpokenSummary> {
+pub fn compose(
+    fsdd: &Path,
+    out: &Path,
+    config: &SpokenConfig,
+    force: bool,
+) -> Result<SpokenSummary> {
     let (lo, hi) = config.digits;
     if lo == 0 || hi < lo || hi > 50 {
-        return Err(Error::Config(format!("spoken: digits ({lo}, {hi}): at least 1, at most 50, the first not above the second")));
+        return Err(Error::Config(format!(
+            "spoken: digits ({lo}, {hi}): at least 1, at most 50, the first not above the second"
+        )));
     }
-    let gaps_ok = config.gap.0.is_finite() && config.gap.0 >= 0.0 && config.gap.1 >= config.gap.0 && config.gap.1 <= 10.0;
+    let gaps_ok = config.gap.0.is_finite()
+        && config.gap.0 >= 0.0
+        && config.gap.1 >= config.gap.0
+        && config.gap.1 <= 10.0;
     let snr_ok = config.snr_db.is_none_or(|(a, b)| a.is_finite() && b.is_finite() && b >= a);
     if !gaps_ok || !snr_ok {
-        return Err(Error::Config(format!("spoken: gap {:?} (seconds, 0 to 10, in order) or snr_db {:?} (in order)", config.gap, config.snr_db)));
+        return Err(Error::Config(format!(
+            "spoken: gap {:?} (seconds, 0 to 10, in order) or snr_db {:?} (in order)",
+            config.gap, config.snr_db
+        )));
     }
     let recordings = read_fsdd(fsdd)?;
     let rate = recordings[0].audio.sample_rate;
     if let Some(r) = recordings.iter().find(|r| r.audio.sample_rate != rate) {
-        return Err(Error::decode(fsdd.join(&r.name), format!("{} Hz where the others are {rate} Hz", r.audio.sample_rate)));
+        return Err(Error::decode(
+            fsdd.join(&r.name),
+            format!("{} Hz where the others are {rate} Hz", r.audio.sample_rate),
+        ));
     }
     // Recordings by split (by speaker), then by (speaker, digit).
     let split_of = |speaker: &str| {
@@ -117,7 +134,10 @@ pub fn compose(fsdd: &Path, out: &Path, config: &SpokenConfig, force: bool) -> R
     // Keyed by the split's index (train, val, test).
     let mut pools: BTreeMap<(usize, String, u8), Vec<usize>> = BTreeMap::new();
     for (i, r) in recordings.iter().enumerate() {
-        pools.entry((split_of(&r.speaker) as usize, r.speaker.clone(), r.digit)).or_default().push(i);
+        pools
+            .entry((split_of(&r.speaker) as usize, r.speaker.clone(), r.digit))
+            .or_default()
+            .push(i);
     }
     let mut speakers: [Vec<String>; 3] = Default::default();
     for (split, speaker, _) in pools.keys() {
@@ -128,12 +148,19 @@ pub fn compose(fsdd: &Path, out: &Path, config: &SpokenConfig, force: bool) -> R
     }
     for (k, named) in [(1, &config.val_speakers), (2, &config.test_speakers)] {
         if let Some(missing) = named.iter().find(|s| !speakers[k].contains(s)) {
-            return Err(Error::Config(format!("spoken: speaker {missing:?} has no recording in {} (speakers: {})", fsdd.display(), all_speakers(&recordings).join(", "))));
+            return Err(Error::Config(format!(
+                "spoken: speaker {missing:?} has no recording in {} (speakers: {})",
+                fsdd.display(),
+                all_speakers(&recordings).join(", ")
+            )));
         }
     }
     for (k, n) in config.utterances.iter().enumerate() {
         if *n > 0 && speakers[k].is_empty() {
-            return Err(Error::Config(format!("spoken: {n} utterances asked for in {} but no speaker is left for it", ["train", "val", "test"][k])));
+            return Err(Error::Config(format!(
+                "spoken: {n} utterances asked for in {} but no speaker is left for it",
+                ["train", "val", "test"][k]
+            )));
         }
     }
     // Every utterance: its split, speaker, digits and recordings, from (seed, utterance).
@@ -156,19 +183,36 @@ pub fn compose(fsdd: &Path, out: &Path, config: &SpokenConfig, force: bool) -> R
             for _ in 0..n {
                 // A digit this speaker recorded (all of FSDD's speakers have all ten).
                 let digit = rng.below(10) as u8;
-                let pool = pools.get(&(k, speaker.clone(), digit)).ok_or_else(|| Error::Config(format!("spoken: {speaker} never says {digit} in {}", fsdd.display())))?;
+                let pool = pools.get(&(k, speaker.clone(), digit)).ok_or_else(|| {
+                    Error::Config(format!(
+                        "spoken: {speaker} never says {digit} in {}",
+                        fsdd.display()
+                    ))
+                })?;
                 digits.push(digit);
                 takes.push(pool[rng.below(pool.len() as u64) as usize]);
             }
-            plan.push(Planned { id: format!("{}{u:05}", &split.as_str()[..2]), split, digits, takes, number });
+            plan.push(Planned {
+                id: format!("{}{u:05}", &split.as_str()[..2]),
+                split,
+                digits,
+                takes,
+                number,
+            });
         }
     }
     crate::fs::write_dir_atomic(out, "spoken.json", force, |root| {
-        std::fs::create_dir_all(root.join("audio")).map_err(|e| Error::io(root.join("audio"), e))?;
+        std::fs::create_dir_all(root.join("audio"))
+            .map_err(|e| Error::io(root.join("audio"), e))?;
         let seconds: Vec<f64> = plan
             .par_iter()
             .map(|p| -> Result<f64> {
-                let audio = render(p.takes.iter().map(|&t| &recordings[t]), rate, config, &mut Rng::for_sample(config.seed, 0, p.number, 12));
+                let audio = render(
+                    p.takes.iter().map(|&t| &recordings[t]),
+                    rate,
+                    config,
+                    &mut Rng::for_sample(config.seed, 0, p.number, 12),
+                );
                 let path = root.join(format!("audio/{}.wav", p.id));
                 std::fs::write(&path, encode_wav(&audio)).map_err(|e| Error::io(&path, e))?;
                 Ok(audio.samples.len() as f64 / f64::from(rate))
@@ -177,7 +221,12 @@ pub fn compose(fsdd: &Path, out: &Path, config: &SpokenConfig, force: bool) -> R
         let mut manifest = Manifest::new(root);
         for p in &plan {
             let words: Vec<&str> = p.digits.iter().map(|d| WORDS[*d as usize]).collect();
-            manifest.push(Sample::new(p.id.clone()).with_split(p.split).with_audio(format!("audio/{}.wav", p.id)).with_text(words.join(" ")))?;
+            manifest.push(
+                Sample::new(p.id.clone())
+                    .with_split(p.split)
+                    .with_audio(format!("audio/{}.wav", p.id))
+                    .with_text(words.join(" ")),
+            )?;
         }
         manifest.write(root.join("manifest.jsonl"))?;
         let mut totals = [0.0; 3];
@@ -185,8 +234,17 @@ pub fn compose(fsdd: &Path, out: &Path, config: &SpokenConfig, force: bool) -> R
             totals[p.split as usize] += s;
         }
         let count = |s: Split| plan.iter().filter(|p| p.split == s).count();
-        let sources = plan.iter().map(|p| (p.id.clone(), p.takes.iter().map(|&t| recordings[t].name.clone()).collect())).collect();
-        let summary = SpokenSummary { config: config.clone(), splits: [count(Split::Train), count(Split::Val), count(Split::Test)], speakers: speakers.clone(), seconds: totals, sources };
+        let sources = plan
+            .iter()
+            .map(|p| (p.id.clone(), p.takes.iter().map(|&t| recordings[t].name.clone()).collect()))
+            .collect();
+        let summary = SpokenSummary {
+            config: config.clone(),
+            splits: [count(Split::Train), count(Split::Val), count(Split::Test)],
+            speakers: speakers.clone(),
+            seconds: totals,
+            sources,
+        };
         let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
         crate::fs::write_atomic(&root.join("spoken.json"), &json)?;
         Ok(summary)
@@ -209,9 +267,12 @@ pub struct WordsSummary {
 /// takes 5-9 validation, the rest training. Written whole or not at all (`words.json` marks it).
 pub fn words(fsdd: &Path, out: &Path, force: bool) -> Result<WordsSummary> {
     let recordings = read_fsdd(fsdd)?;
-    let take = |name: &str| name.trim_end_matches(".wav").rsplit('_').next().and_then(|t| t.parse::<u32>().ok());
+    let take = |name: &str| {
+        name.trim_end_matches(".wav").rsplit('_').next().and_then(|t| t.parse::<u32>().ok())
+    };
     crate::fs::write_dir_atomic(out, "words.json", force, |root| {
-        std::fs::create_dir_all(root.join("audio")).map_err(|e| Error::io(root.join("audio"), e))?;
+        std::fs::create_dir_all(root.join("audio"))
+            .map_err(|e| Error::io(root.join("audio"), e))?;
         recordings.par_iter().try_for_each(|r| -> Result<()> {
             let path = root.join("audio").join(&r.name);
             std::fs::write(&path, encode_wav(&r.audio)).map_err(|e| Error::io(&path, e))
@@ -228,7 +289,11 @@ pub fn words(fsdd: &Path, out: &Path, force: bool) -> Result<WordsSummary> {
             };
             splits[split as usize] += 1;
             let id = r.name.trim_end_matches(".wav").to_string();
-            let sample = Sample::new(id).with_split(split).with_audio(format!("audio/{}", r.name)).with_text(WORDS[r.digit as usize]).with_label(r.speaker.clone());
+            let sample = Sample::new(id)
+                .with_split(split)
+                .with_audio(format!("audio/{}", r.name))
+                .with_text(WORDS[r.digit as usize])
+                .with_label(r.speaker.clone());
             manifest.push(sample)?;
         }
         manifest.write(root.join("manifest.jsonl"))?;
@@ -248,8 +313,15 @@ fn all_speakers(recordings: &[Recording]) -> Vec<String> {
 
 /// The recordings in order with a drawn gap of silence before, between and after them, then
 /// the noise over the whole.
-fn render<'a>(takes: impl Iterator<Item = &'a Recording>, rate: u32, config: &SpokenConfig, rng: &mut Rng) -> Audio {
-    let gap = |rng: &mut Rng| vec![0.0f32; (rng.uniform(config.gap.0, config.gap.1) * f64::from(rate)).round() as usize];
+fn render<'a>(
+    takes: impl Iterator<Item = &'a Recording>,
+    rate: u32,
+    config: &SpokenConfig,
+    rng: &mut Rng,
+) -> Audio {
+    let gap = |rng: &mut Rng| {
+        vec![0.0f32; (rng.uniform(config.gap.0, config.gap.1) * f64::from(rate)).round() as usize]
+    };
     let mut samples = gap(rng);
     for r in takes {
         samples.extend_from_slice(&r.audio.samples);

@@ -24,7 +24,10 @@ impl SubwordTokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
-            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such tokenizer file")));
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such tokenizer file"),
+            ));
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::decode(path, format!("not a valid tokenizer.json: {e}")))?;
@@ -50,7 +53,9 @@ impl SubwordTokenizer {
     /// which of them are special tokens (`[CLS]`, `[SEP]`).
     pub fn encode_max(&self, text: &str, max: usize) -> Result<(Vec<i64>, Vec<bool>)> {
         use tokenizers::PostProcessor;
-        let fail = |e: tokenizers::Error| Error::decode(&self.path, format!("cannot encode {text:?}: {e}"));
+        let fail = |e: tokenizers::Error| {
+            Error::decode(&self.path, format!("cannot encode {text:?}: {e}"))
+        };
         let mut encoding = self.inner.encode(text, false).map_err(fail)?;
         let added = self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false));
         encoding.truncate(max.saturating_sub(added), 0, tokenizers::TruncationDirection::Right);
@@ -63,7 +68,9 @@ impl SubwordTokenizer {
     /// The text of a sequence of ids, special tokens left out.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
-        self.inner.decode(&ids, true).map_err(|e| Error::decode(&self.path, format!("cannot decode: {e}")))
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| Error::decode(&self.path, format!("cannot decode: {e}")))
     }
 
     /// Number of ids, added tokens included.

@@ -113,7 +113,11 @@ impl Default for VocabBuilder {
 impl VocabBuilder {
     /// Counts the tokens of `texts` and keeps the frequent ones: most frequent first, ties in
     /// alphabetical order, so the same texts always give the same ids.
-    pub fn build<'a>(&self, tokenizer: &WordTokenizer, texts: impl IntoIterator<Item = &'a str>) -> Vocab {
+    pub fn build<'a>(
+        &self,
+        tokenizer: &WordTokenizer,
+        texts: impl IntoIterator<Item = &'a str>,
+    ) -> Vocab {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for text in texts {
             for t in tokenizer.tokenize(text) {
@@ -183,15 +187,21 @@ impl Vocab {
     pub fn load(path: impl AsRef<Path>) -> Result<Vocab> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let err = |line: usize, message: String| Error::Parse { file: path.to_path_buf(), line, message };
+        let err =
+            |line: usize, message: String| Error::Parse { file: path.to_path_buf(), line, message };
         let tokens: Vec<String> = text.lines().map(str::to_string).collect();
-        if tokens.first().map(String::as_str) != Some(PAD) || tokens.get(1).map(String::as_str) != Some(UNK) {
+        if tokens.first().map(String::as_str) != Some(PAD)
+            || tokens.get(1).map(String::as_str) != Some(UNK)
+        {
             return Err(err(1, format!("a vocabulary starts with {PAD} and {UNK}")));
         }
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, t) in tokens.iter().enumerate() {
             if t.is_empty() || t.chars().any(char::is_whitespace) {
-                return Err(err(i + 1, format!("{t:?} is not a word (empty or contains whitespace)")));
+                return Err(err(
+                    i + 1,
+                    format!("{t:?} is not a word (empty or contains whitespace)"),
+                ));
             }
             if let Some(first) = seen.insert(t, i + 1) {
                 return Err(err(i + 1, format!("{t:?} already on line {first}")));
@@ -212,7 +222,8 @@ mod tests {
         assert_eq!(t(Punctuation::Split), ["don", "'", "t", "stop", ",", "now", "—", "ok", "?"]);
         assert_eq!(t(Punctuation::Strip), ["dont", "stop", "nowok"]);
         assert_eq!(t(Punctuation::Keep), ["don't", "stop,", "now—ok?"]);
-        let cased = WordTokenizer { lowercase: false, punctuation: Punctuation::Keep }.tokenize("Ça  va\tBien\n");
+        let cased = WordTokenizer { lowercase: false, punctuation: Punctuation::Keep }
+            .tokenize("Ça  va\tBien\n");
         assert_eq!(cased, ["Ça", "va", "Bien"]);
         assert!(WordTokenizer::default().tokenize(" \t ").is_empty());
     }
@@ -244,7 +255,10 @@ mod tests {
         let e = Vocab::load(&bad).expect_err("duplicate").to_string();
         assert!(e.ends_with("bad.txt:5: \"x\" already on line 3"), "{e}");
         std::fs::write(&bad, "x\n").expect("write");
-        assert!(Vocab::load(&bad).expect_err("no specials").to_string().contains("starts with <pad>"));
+        assert!(Vocab::load(&bad)
+            .expect_err("no specials")
+            .to_string()
+            .contains("starts with <pad>"));
         std::fs::write(&bad, "<pad>\n<unk>\n\n").expect("write");
         assert!(Vocab::load(&bad).expect_err("empty word").to_string().contains("bad.txt:3"));
         std::fs::remove_dir_all(dir).ok();

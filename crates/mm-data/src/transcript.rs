@@ -90,7 +90,10 @@ impl Alphabet {
 
     /// The text of `ids` (blanks and unknown ids are skipped).
     pub fn decode<T: Copy + TryInto<usize>>(&self, ids: &[T]) -> String {
-        ids.iter().filter_map(|&i| i.try_into().ok()).filter_map(|i: usize| i.checked_sub(1).and_then(|j| self.chars.get(j))).collect()
+        ids.iter()
+            .filter_map(|&i| i.try_into().ok())
+            .filter_map(|i: usize| i.checked_sub(1).and_then(|j| self.chars.get(j)))
+            .collect()
     }
 
     /// The character of id `id`, `None` for the blank and ids outside the alphabet.

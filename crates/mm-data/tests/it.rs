@@ -37,7 +37,8 @@ fn shared_data() -> Option<PathBuf> {
 fn libtorch_collates_and_reduces_a_batch() {
     let device = parse_device("auto").expect("auto always resolves");
     // Two samples of three features, as a collated batch would hold them.
-    let batch = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 5.0, 6.0, 7.0]).view([2, 3]).to_device(device);
+    let batch =
+        Tensor::from_slice(&[1.0f32, 2.0, 3.0, 5.0, 6.0, 7.0]).view([2, 3]).to_device(device);
     let mean = batch.mean_dim(0, false, Kind::Float).to_device(tch::Device::Cpu);
     assert_eq!(Vec::<f32>::try_from(&mean).expect("f32 vector"), vec![3.0, 4.0, 5.0]);
 }
@@ -50,19 +51,24 @@ fn resampling_matches_torchaudio() {
     let input: Vec<f32> = (0..64u64)
         .map(|i| {
             let f = i as f64;
-            ((0.37 * f).sin() * 0.5 + (1.9 * f).cos() * 0.3 + ((i * 7919) % 13) as f64 / 50.0) as f32
+            ((0.37 * f).sin() * 0.5 + (1.9 * f).cos() * 0.3 + ((i * 7919) % 13) as f64 / 50.0)
+                as f32
         })
         .collect();
     let mut cases = 0;
     for line in golden.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let (from, to, len): (u32, u32, usize) =
-            (fields[0].parse().expect("rate"), fields[1].parse().expect("rate"), fields[2].parse().expect("len"));
+        let (from, to, len): (u32, u32, usize) = (
+            fields[0].parse().expect("rate"),
+            fields[1].parse().expect("rate"),
+            fields[2].parse().expect("len"),
+        );
         let want: Vec<f64> = fields[3..].iter().map(|v| v.parse().expect("value")).collect();
         assert_eq!(want.len(), len);
         let got = mm_data::audio::resample(&input, from, to);
         assert_eq!(got.len(), len, "{from} -> {to}");
-        let worst = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
+        let worst =
+            got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
         assert!(worst < 1e-5, "{from} -> {to}: max difference {worst}");
         cases += 1;
     }
@@ -100,7 +106,8 @@ fn extract_fsdd(data: &Path, dir: &Path, n: usize) -> Vec<String> {
     let mut names = Vec::new();
     for entry in tar.entries().expect("tar entries") {
         let mut entry = entry.expect("tar entry");
-        let name = entry.path().expect("path").file_name().map(|n| n.to_string_lossy().into_owned());
+        let name =
+            entry.path().expect("path").file_name().map(|n| n.to_string_lossy().into_owned());
         let Some(name) = name.filter(|n| n.ends_with(".wav")) else { continue };
         entry.unpack(dir.join(&name)).expect("unpack");
         names.push(name);
@@ -145,18 +152,29 @@ fn loads_real_mnist_and_fsdd_into_batches() {
     let dir = std::env::temp_dir().join(format!("mm-data-av-{}", std::process::id()));
     let wavs = extract_fsdd(&data, &dir.join("audio"), 30);
     let mnist = data.join("mirror/mnist");
-    let images = mm_data::idx::read_idx(mnist.join("t10k-images-idx3-ubyte.gz")).expect("images").into_u8().expect("u8");
-    let labels = mm_data::idx::read_idx(mnist.join("t10k-labels-idx1-ubyte.gz")).expect("labels").into_u8().expect("u8");
+    let images = mm_data::idx::read_idx(mnist.join("t10k-images-idx3-ubyte.gz"))
+        .expect("images")
+        .into_u8()
+        .expect("u8");
+    let labels = mm_data::idx::read_idx(mnist.join("t10k-labels-idx1-ubyte.gz"))
+        .expect("labels")
+        .into_u8()
+        .expect("u8");
     std::fs::create_dir_all(dir.join("image")).expect("mkdir");
     let mut manifest = Manifest::new(&dir);
     let mut used = vec![false; labels.len()];
     for (k, wav) in wavs.iter().enumerate() {
         let digit: u8 = wav[..1].parse().expect("digit prefix");
         // The first unused MNIST image of the same digit.
-        let i = (0..labels.len()).find(|&i| !used[i] && labels[i] == digit).expect("an image of that digit");
+        let i = (0..labels.len())
+            .find(|&i| !used[i] && labels[i] == digit)
+            .expect("an image of that digit");
         used[i] = true;
         let pixels: Vec<u8> = images.slice(ndarray::s![i, .., ..]).iter().copied().collect();
-        image::GrayImage::from_raw(28, 28, pixels).expect("28x28").save(dir.join(format!("image/{k}.png"))).expect("png");
+        image::GrayImage::from_raw(28, 28, pixels)
+            .expect("28x28")
+            .save(dir.join(format!("image/{k}.png")))
+            .expect("png");
         let split = if k < 24 { Split::Train } else { Split::Test };
         let sample = Sample::new(format!("av{k}"))
             .with_image(format!("image/{k}.png"))
@@ -175,7 +193,8 @@ fn loads_real_mnist_and_fsdd_into_batches() {
     assert!(img_stats.mean[0] > 0.05 && img_stats.mean[0] < 0.3, "{img_stats:?}");
     assert!((img_stats.mean[0] - img_stats.mean[2]).abs() < 1e-6);
     let config = LoaderConfig { batch_size: 8, ..LoaderConfig::evaluation() };
-    let loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::new(pipeline), config).expect("loader");
+    let loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::new(pipeline), config)
+        .expect("loader");
     let mut seen = 0;
     for batch in loader.epoch(0) {
         let batch = batch.expect("batch");
@@ -203,7 +222,8 @@ fn mel_spectrogram_matches_torchaudio() {
     use mm_data::mel::{LogMel, MelConfig};
     let golden = include_str!("data/logmel_torchaudio.txt");
     let mut lines = golden.lines();
-    let dims: Vec<usize> = lines.next().expect("header").split_whitespace().map(|v| v.parse().expect("dim")).collect();
+    let dims: Vec<usize> =
+        lines.next().expect("header").split_whitespace().map(|v| v.parse().expect("dim")).collect();
     let want: Vec<Vec<f64>> =
         lines.map(|l| l.split_whitespace().map(|v| v.parse().expect("value")).collect()).collect();
     let signal: Vec<f32> = (0..1600u64)
@@ -222,7 +242,10 @@ fn mel_spectrogram_matches_torchaudio() {
         for (frame, &w) in row.iter().enumerate() {
             let g = f64::from(got[[frame, bin]]);
             // f32 arithmetic against torchaudio's float64: relative 1e-3, or 1e-6 of the peak.
-            assert!((g - w).abs() <= 1e-3 * w.abs() + 1e-6 * peak, "bin {bin} frame {frame}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-3 * w.abs() + 1e-6 * peak,
+                "bin {bin} frame {frame}: {g} vs {w}"
+            );
         }
     }
 }
@@ -235,7 +258,8 @@ mod cleaning {
     use mm_data::manifest::{Manifest, Sample};
 
     fn png(seed: u8) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([seed, x as u8 * 9, y as u8 * 7]));
+        let img =
+            image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([seed, x as u8 * 9, y as u8 * 7]));
         let mut out = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png).expect("png");
         out
@@ -243,13 +267,18 @@ mod cleaning {
 
     fn tone(seconds: f32, amplitude: f32) -> Audio {
         let n = (16000.0 * seconds) as usize;
-        Audio { sample_rate: 16000, samples: (0..n).map(|i| amplitude * (i as f32 * 0.2).sin()).collect() }
+        Audio {
+            sample_rate: 16000,
+            samples: (0..n).map(|i| amplitude * (i as f32 * 0.2).sin()).collect(),
+        }
     }
 
     /// A data set on disk with one of every problem, and the good samples around them.
     fn broken_data_set(dir: &Path) -> Manifest {
         std::fs::create_dir_all(dir.join("f")).expect("mkdir");
-        let write = |name: &str, bytes: &[u8]| std::fs::write(dir.join("f").join(name), bytes).expect("write");
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::write(dir.join("f").join(name), bytes).expect("write")
+        };
         write("good1.png", &png(1));
         write("good2.png", &png(2));
         let cut = png(3);
@@ -319,7 +348,11 @@ mod cleaning {
         assert_eq!(reasons_of("no-audio"), [Reason::MissingModality]);
         assert_eq!(reasons_of("copy-of-ok1"), [Reason::Duplicate]);
         let lying = report.findings.iter().find(|f| f.id == "lying-wav").expect("finding");
-        assert!(lying.detail.contains("lying.wav") && lying.detail.contains("truncated"), "{}", lying.detail);
+        assert!(
+            lying.detail.contains("lying.wav") && lying.detail.contains("truncated"),
+            "{}",
+            lying.detail
+        );
 
         // Kept by policy: clean samples, silent audio and a missing modality; the rest dropped.
         let ids: Vec<&str> = kept.samples().iter().map(|s| s.id.as_str()).collect();
@@ -334,7 +367,8 @@ mod cleaning {
         assert!(summary.starts_with("13 samples checked: 4 kept, 9 dropped"), "{summary}");
         report.save(dir.join("report.json")).expect("save");
         let saved: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("read")).expect("json");
+            serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("read"))
+                .expect("json");
         assert_eq!(saved, json);
         std::fs::remove_dir_all(dir).ok();
     }
@@ -344,7 +378,11 @@ mod cleaning {
         let dir = temp("threads");
         let m = broken_data_set(&dir);
         let run = |threads| {
-            rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool").install(|| clean(&m, &config()))
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| clean(&m, &config()))
         };
         let (kept1, report1) = run(1).expect("clean");
         let (kept4, report4) = run(4).expect("clean");
@@ -363,7 +401,10 @@ mod cleaning {
         assert!(e.contains("2 sample(s) fail the cleaning policy"), "{e}");
         assert!(e.contains("zero-wav (bad_audio") && e.contains("lying-wav (bad_audio"), "{e}");
         // Keeping everything drops nothing, and still reports everything.
-        let keep_all = CleanConfig { policies: Reason::ALL.iter().map(|r| (*r, Policy::Keep)).collect(), ..config() };
+        let keep_all = CleanConfig {
+            policies: Reason::ALL.iter().map(|r| (*r, Policy::Keep)).collect(),
+            ..config()
+        };
         let (kept, report) = clean(&m, &keep_all).expect("keep all");
         assert_eq!((kept.samples().len(), report.dropped), (13, 0));
         assert_eq!(report.findings.len(), 15); // as listed in every_problem_is_reported_and_the_rest_is_kept
@@ -376,12 +417,12 @@ mod loading {
     use std::sync::Arc;
 
     use mm_data::audio::{write_wav, Audio};
+    use mm_data::augment::{AudioAugment, ImageAugment, TextAugment};
     use mm_data::loader::{Loader, LoaderConfig, NO_LABEL};
     use mm_data::manifest::{Manifest, Sample, Split};
     use mm_data::mel::MelConfig;
     use mm_data::pipeline::{AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextSpec};
     use mm_data::text::{VocabBuilder, WordTokenizer};
-    use mm_data::augment::{AudioAugment, ImageAugment, TextAugment};
     use tch::Tensor;
 
     fn temp(name: &str) -> PathBuf {
@@ -392,9 +433,11 @@ mod loading {
     }
 
     fn write_png(path: &Path, w: u32, h: u32, seed: u32) {
-        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7 + seed * 31) as u8, (y * 5 + seed) as u8, (seed * 13) as u8]))
-            .save(path)
-            .expect("png");
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7 + seed * 31) as u8, (y * 5 + seed) as u8, (seed * 13) as u8])
+        })
+        .save(path)
+        .expect("png");
     }
 
     /// 12 samples with every modality (some missing), labels a/b (imbalanced 9:3), features.
@@ -406,11 +449,17 @@ mod loading {
                 write_png(&dir.join(format!("v{i}_{f}.png")), 12, 12, i * 10 + f);
             }
             let n = 1600 + 400 * i as usize; // 0.1 s to 0.375 s at 16 kHz
-            let samples = (0..n).map(|k| 0.3 * ((k as f32) * (0.05 + 0.01 * i as f32)).sin()).collect();
-            write_wav(dir.join(format!("a{i}.wav")), &Audio { sample_rate: 16000, samples }).expect("wav");
+            let samples =
+                (0..n).map(|k| 0.3 * ((k as f32) * (0.05 + 0.01 * i as f32)).sin()).collect();
+            write_wav(dir.join(format!("a{i}.wav")), &Audio { sample_rate: 16000, samples })
+                .expect("wav");
             let mut s = Sample::new(format!("s{i}"))
                 .with_image(format!("i{i}.png"))
-                .with_text(if i % 2 == 0 { "a red circle" } else { "one small blue square, moving left" })
+                .with_text(if i % 2 == 0 {
+                    "a red circle"
+                } else {
+                    "one small blue square, moving left"
+                })
                 .with_frames((0..(2 + i % 3)).map(|f| format!("v{i}_{f}.png")))
                 .with_features(vec![f64::from(i), 100.0 - f64::from(i)])
                 .with_label(if i < 9 { "a" } else { "b" })
@@ -427,12 +476,15 @@ mod loading {
     fn pipeline(m: &Manifest, augment: bool) -> Pipeline {
         let mut p = Pipeline::new(vec!["a".into(), "b".into()]);
         let mut image = ImageSpec::new((16, 16));
-        let mut audio = AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel");
+        let mut audio =
+            AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel");
         let tok = WordTokenizer::default();
-        let vocab = VocabBuilder::default().build(&tok, m.split(Split::Train).filter_map(|s| s.text.as_deref()));
+        let vocab = VocabBuilder::default()
+            .build(&tok, m.split(Split::Train).filter_map(|s| s.text.as_deref()));
         let mut text = TextSpec::words(tok, vocab, 6);
         if augment {
-            image.augment = ImageAugment { rotate_degrees: 10.0, noise_std: 0.02, ..ImageAugment::standard() };
+            image.augment =
+                ImageAugment { rotate_degrees: 10.0, noise_std: 0.02, ..ImageAugment::standard() };
             audio.augment = AudioAugment::standard();
             text.augment = TextAugment { drop: 0.2, swap: 0.1 };
             p.modality_dropout = 0.2;
@@ -454,9 +506,13 @@ mod loading {
         p.fit_statistics(&m).expect("stats");
         // Statistics come from the 10 training samples only: features 0..9 have mean 4.5.
         let fstats = p.features.as_ref().and_then(|f| f.normalizer.clone()).expect("fitted");
-        assert!((fstats.mean[0] - 4.5).abs() < 1e-5 && (fstats.mean[1] - 95.5).abs() < 1e-4, "{fstats:?}");
+        assert!(
+            (fstats.mean[0] - 4.5).abs() < 1e-5 && (fstats.mean[1] - 95.5).abs() < 1e-4,
+            "{fstats:?}"
+        );
         let config = LoaderConfig { batch_size: 5, ..LoaderConfig::evaluation() };
-        let loader = Loader::new(Arc::clone(&m), Split::Train, Arc::new(p), config).expect("loader");
+        let loader =
+            Loader::new(Arc::clone(&m), Split::Train, Arc::new(p), config).expect("loader");
         assert_eq!(loader.batches_per_epoch(), 2);
         let batches: Vec<_> = loader.epoch(0).collect::<Result<_, _>>().expect("batches");
         assert_eq!(batches.len(), 2);
@@ -478,12 +534,18 @@ mod loading {
         let (frames, flen) = b.frames.as_ref().expect("frames");
         assert_eq!(Vec::<i64>::try_from(flen).expect("lengths"), [2, 3, 3, 2, 3]);
         assert_eq!(frames.size(), [5, 3, 3, 8, 8]);
-        assert_eq!(Vec::<i64>::try_from(b.label.as_ref().expect("label")).expect("ids"), [0, 0, 0, 0, 0]);
+        assert_eq!(
+            Vec::<i64>::try_from(b.label.as_ref().expect("label")).expect("ids"),
+            [0, 0, 0, 0, 0]
+        );
         let (target, tmask) = b.target.as_ref().expect("target");
         assert!((target.double_value(&[4]) - 0.4).abs() < 1e-6);
         assert_eq!(tmask.sum(tch::Kind::Float).double_value(&[]), 5.0);
         // Standardised features of the training split: mean 0 over its 10 samples.
-        let all = Tensor::cat(&[batches[0].features.as_ref().expect("f"), batches[1].features.as_ref().expect("f")], 0);
+        let all = Tensor::cat(
+            &[batches[0].features.as_ref().expect("f"), batches[1].features.as_ref().expect("f")],
+            0,
+        );
         assert!(all.mean_dim(0, false, tch::Kind::Float).abs().max().double_value(&[]) < 1e-5);
         assert_eq!(NO_LABEL, -100);
         // The fitted statistics are saved and come back unchanged for evaluation.
@@ -492,11 +554,18 @@ mod loading {
         fitted.save_statistics(&stats_dir).expect("save");
         let mut fresh = pipeline(&m, false);
         fresh.load_statistics(&stats_dir).expect("load");
-        assert_eq!(fresh.features.as_ref().and_then(|f| f.normalizer.clone()), fitted.features.as_ref().and_then(|f| f.normalizer.clone()));
-        assert_eq!(fresh.image.as_ref().map(|i| i.normalizer.clone()), fitted.image.as_ref().map(|i| i.normalizer.clone()));
+        assert_eq!(
+            fresh.features.as_ref().and_then(|f| f.normalizer.clone()),
+            fitted.features.as_ref().and_then(|f| f.normalizer.clone())
+        );
+        assert_eq!(
+            fresh.image.as_ref().map(|i| i.normalizer.clone()),
+            fitted.image.as_ref().map(|i| i.normalizer.clone())
+        );
         // Frames get their own channel statistics (not ImageNet's), from every frame of the
         // training split: 2+3+4+2+3+4+2+3+4+2 = 29 frames of 8x8 pixels.
-        let frames_stats = fitted.frames.as_ref().map(|f| f.image.normalizer.clone()).expect("frames");
+        let frames_stats =
+            fitted.frames.as_ref().map(|f| f.image.normalizer.clone()).expect("frames");
         assert_eq!(frames_stats.count, 29 * 64);
         std::fs::remove_file(stats_dir.join("audio_stats.json")).expect("rm");
         let e = fresh.load_statistics(&stats_dir).expect_err("missing").to_string();
@@ -515,7 +584,12 @@ mod loading {
             .epoch(epoch)
             .map(|b| {
                 let b = b.expect("batch");
-                (b.ids.clone(), b.image.expect("image"), b.audio.expect("audio").0, b.text.expect("text").0)
+                (
+                    b.ids.clone(),
+                    b.image.expect("image"),
+                    b.audio.expect("audio").0,
+                    b.text.expect("text").0,
+                )
             })
             .collect()
     }
@@ -528,21 +602,38 @@ mod loading {
         let config = LoaderConfig { batch_size: 4, drop_last: false, ..LoaderConfig::training(5) };
         let loader = Loader::new(Arc::clone(&m), Split::Train, p, config).expect("loader");
         let run = |threads: usize, epoch| {
-            rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool").install(|| epoch_tensors(&loader, epoch))
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| epoch_tensors(&loader, epoch))
         };
         let (one, four) = (run(1, 0), run(4, 0));
         assert_eq!(one.len(), 3);
         for (a, b) in one.iter().zip(&four) {
             assert_eq!(a.0, b.0);
-            assert!(a.1.equal(&b.1) && a.2.equal(&b.2) && a.3.equal(&b.3), "batch {:?} differs", a.0);
+            assert!(
+                a.1.equal(&b.1) && a.2.equal(&b.2) && a.3.equal(&b.3),
+                "batch {:?} differs",
+                a.0
+            );
         }
         // Another epoch: another order and other augmentations; every sample still once.
         let next = run(2, 1);
-        let ids = |e: &Vec<(Vec<String>, Tensor, Tensor, Tensor)>| e.iter().flat_map(|b| b.0.clone()).collect::<Vec<_>>();
+        let ids = |e: &Vec<(Vec<String>, Tensor, Tensor, Tensor)>| {
+            e.iter().flat_map(|b| b.0.clone()).collect::<Vec<_>>()
+        };
         assert_ne!(ids(&one), ids(&next));
         let mut sorted = ids(&next);
         sorted.sort();
-        assert_eq!(sorted, (0..10).map(|i| format!("s{i}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            sorted,
+            (0..10)
+                .map(|i| format!("s{i}"))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 
@@ -559,7 +650,9 @@ mod loading {
         for epoch in 0..3 {
             // Without dropping: 10 samples over 3 ranks, 4 + 3 + 3, disjoint, all of them.
             let whole = loader(2, false, Shard::WHOLE).order(epoch);
-            let parts: Vec<Vec<usize>> = (0..3).map(|r| loader(2, false, Shard { rank: r, world: 3 }).shard_order(epoch)).collect();
+            let parts: Vec<Vec<usize>> = (0..3)
+                .map(|r| loader(2, false, Shard { rank: r, world: 3 }).shard_order(epoch))
+                .collect();
             assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 3, 3]);
             let mut union: Vec<usize> = parts.concat();
             union.sort();
@@ -567,14 +660,20 @@ mod loading {
             all.sort();
             assert_eq!(union, all, "epoch {epoch}");
             assert_eq!(
-                (0..3).map(|r| loader(2, false, Shard { rank: r, world: 3 }).batches_per_epoch()).collect::<Vec<_>>(),
+                (0..3)
+                    .map(|r| loader(2, false, Shard { rank: r, world: 3 }).batches_per_epoch())
+                    .collect::<Vec<_>>(),
                 vec![2, 2, 2]
             );
             // Dropping the last batch: every rank has the same batches, and batch k of both ranks
             // together is batch k of one process with twice the batch size.
             let one = loader(4, true, Shard::WHOLE);
-            let two: Vec<Loader> = (0..2).map(|r| loader(2, true, Shard { rank: r, world: 2 })).collect();
-            assert_eq!((one.batches_per_epoch(), two[0].batches_per_epoch(), two[1].batches_per_epoch()), (2, 2, 2));
+            let two: Vec<Loader> =
+                (0..2).map(|r| loader(2, true, Shard { rank: r, world: 2 })).collect();
+            assert_eq!(
+                (one.batches_per_epoch(), two[0].batches_per_epoch(), two[1].batches_per_epoch()),
+                (2, 2, 2)
+            );
             let single = one.shard_order(epoch);
             let (a, b) = (two[0].shard_order(epoch), two[1].shard_order(epoch));
             for k in 0..2 {
@@ -585,11 +684,14 @@ mod loading {
                 assert_eq!(joined, expected, "epoch {epoch}, batch {k}");
             }
             // The batches themselves carry those samples.
-            let ids: Vec<String> = two[1].epoch(epoch).flat_map(|b| b.expect("batch").ids).collect();
+            let ids: Vec<String> =
+                two[1].epoch(epoch).flat_map(|b| b.expect("batch").ids).collect();
             assert_eq!(ids, b.iter().map(|&i| m.samples()[i].id.clone()).collect::<Vec<_>>());
         }
         let bad = LoaderConfig { shard: Shard { rank: 2, world: 2 }, ..LoaderConfig::training(0) };
-        let e = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), bad).expect_err("rank 2 of 2").to_string();
+        let e = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), bad)
+            .expect_err("rank 2 of 2")
+            .to_string();
         assert!(e.contains("shard 2 of 2"), "{e}");
         std::fs::remove_dir_all(dir).ok();
     }
@@ -604,35 +706,75 @@ mod loading {
         let m = Arc::new(data_set(&dir));
         let p = Arc::new(loader_pipeline_statistics(&m));
         let out = dir.join("shards");
-        let written = write_shards(&m, &out, &ShardOptions { max_samples: 3, ..ShardOptions::default() }).expect("write");
+        let written =
+            write_shards(&m, &out, &ShardOptions { max_samples: 3, ..ShardOptions::default() })
+                .expect("write");
         let index = Arc::new(ShardIndex::read(out.join("shards.json")).expect("index"));
         assert_eq!(*index, written);
         assert_eq!((index.samples(Split::Train), index.samples(Split::Test)), (10, 2));
-        assert_eq!(index.shards(Split::Train).iter().map(|s| s.samples).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+        assert_eq!(
+            index.shards(Split::Train).iter().map(|s| s.samples).collect::<Vec<_>>(),
+            vec![3, 3, 3, 1]
+        );
         // Members grouped by key, one file per modality, as webdataset has them.
         let first = std::fs::File::open(index.path(&index.shards(Split::Train)[0])).expect("shard");
-        let names: Vec<String> = tar::Archive::new(first).entries().expect("tar").map(|e| e.expect("entry").path().expect("path").display().to_string()).collect();
-        assert!(names.iter().any(|n| n.ends_with(".json")) && names.iter().any(|n| n.ends_with(".png")) && names.iter().any(|n| n.ends_with(".wav")) && names.iter().any(|n| n.contains(".frame0000.")), "{names:?}");
+        let names: Vec<String> = tar::Archive::new(first)
+            .entries()
+            .expect("tar")
+            .map(|e| e.expect("entry").path().expect("path").display().to_string())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.ends_with(".json"))
+                && names.iter().any(|n| n.ends_with(".png"))
+                && names.iter().any(|n| n.ends_with(".wav"))
+                && names.iter().any(|n| n.contains(".frame0000.")),
+            "{names:?}"
+        );
         assert_eq!(index.scan().expect("scan").samples().len(), 12);
         // Every rank's samples, decoded, equal the manifest loader's.
-        let plain = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), LoaderConfig { batch_size: 10, ..LoaderConfig::evaluation() }).expect("loader");
+        let plain = Loader::new(
+            Arc::clone(&m),
+            Split::Train,
+            Arc::clone(&p),
+            LoaderConfig { batch_size: 10, ..LoaderConfig::evaluation() },
+        )
+        .expect("loader");
         let reference: std::collections::HashMap<String, Vec<f32>> = plain
             .epoch(0)
             .flat_map(|b| {
                 let b = b.expect("batch");
                 let images = b.image.expect("images");
-                b.ids.iter().enumerate().map(|(i, id)| (id.clone(), Vec::<f32>::try_from(images.get(i as i64).view([-1])).expect("pixels"))).collect::<Vec<_>>()
+                b.ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| {
+                        (
+                            id.clone(),
+                            Vec::<f32>::try_from(images.get(i as i64).view([-1])).expect("pixels"),
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         let mut seen = Vec::new();
         for rank in 0..2 {
-            let config = LoaderConfig { batch_size: 2, shard: Shard { rank, world: 2 }, ..LoaderConfig::evaluation() };
-            let loader = Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), config).expect("shard loader");
+            let config = LoaderConfig {
+                batch_size: 2,
+                shard: Shard { rank, world: 2 },
+                ..LoaderConfig::evaluation()
+            };
+            let loader =
+                Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), config)
+                    .expect("shard loader");
             for batch in loader.epoch(0) {
                 let b = batch.expect("batch");
                 let images = b.image.expect("images");
                 for (i, id) in b.ids.iter().enumerate() {
-                    assert_eq!(Vec::<f32>::try_from(images.get(i as i64).view([-1])).expect("pixels"), reference[id], "{id}");
+                    assert_eq!(
+                        Vec::<f32>::try_from(images.get(i as i64).view([-1])).expect("pixels"),
+                        reference[id],
+                        "{id}"
+                    );
                     seen.push(id.clone());
                 }
             }
@@ -642,7 +784,19 @@ mod loading {
         all.sort();
         assert_eq!(seen, all, "the ranks' samples are disjoint and make the split");
         // Training: as many batches on every rank, the samples left over counted.
-        let train = |rank| Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), LoaderConfig { batch_size: 2, shard: Shard { rank, world: 2 }, ..LoaderConfig::training(1) }).expect("loader");
+        let train = |rank| {
+            Loader::from_shards(
+                Arc::clone(&index),
+                Split::Train,
+                Arc::clone(&p),
+                LoaderConfig {
+                    batch_size: 2,
+                    shard: Shard { rank, world: 2 },
+                    ..LoaderConfig::training(1)
+                },
+            )
+            .expect("loader")
+        };
         for epoch in 0..3 {
             let (a, b) = (train(0), train(1));
             let counts = (a.epoch(epoch).count(), b.epoch(epoch).count());
@@ -651,13 +805,26 @@ mod loading {
             assert_eq!(a.unused(epoch), 10 - 4 * counts.0, "epoch {epoch}");
         }
         // Four shards cannot feed five ranks.
-        let e = Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), LoaderConfig { shard: Shard { rank: 0, world: 5 }, ..LoaderConfig::training(1) }).expect_err("too few shards").to_string();
+        let e = Loader::from_shards(
+            Arc::clone(&index),
+            Split::Train,
+            Arc::clone(&p),
+            LoaderConfig { shard: Shard { rank: 0, world: 5 }, ..LoaderConfig::training(1) },
+        )
+        .expect_err("too few shards")
+        .to_string();
         assert!(e.contains("4 shard(s) for 5 ranks"), "{e}");
         // A shard cut short: the error names it.
         let cut = index.path(&index.shards(Split::Train)[1]);
         let bytes = std::fs::read(&cut).expect("read");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("cut");
-        let loader = Loader::from_shards(Arc::clone(&index), Split::Train, Arc::clone(&p), LoaderConfig { batch_size: 2, ..LoaderConfig::evaluation() }).expect("loader");
+        let loader = Loader::from_shards(
+            Arc::clone(&index),
+            Split::Train,
+            Arc::clone(&p),
+            LoaderConfig { batch_size: 2, ..LoaderConfig::evaluation() },
+        )
+        .expect("loader");
         let e = loader.epoch(0).find_map(Result::err).expect("an error").to_string();
         assert!(e.contains("000001.tar"), "{e}");
         std::fs::remove_dir_all(dir).ok();
@@ -671,7 +838,7 @@ mod loading {
         let config = LoaderConfig { batch_size: 3, balanced: true, ..LoaderConfig::training(1) };
         let loader = Loader::new(Arc::clone(&m), Split::Train, p, config).expect("loader");
         assert_eq!(loader.batches_per_epoch(), 3); // 10 samples, drop_last: 3 full batches
-        // The training split holds 9 "a" and 1 "b"; over many epochs both come up about equally.
+                                                   // The training split holds 9 "a" and 1 "b"; over many epochs both come up about equally.
         let mut b_count = 0;
         let mut total = 0;
         for epoch in 0..400 {
@@ -691,15 +858,25 @@ mod loading {
         let m = data_set(&dir);
         std::fs::write(dir.join("i2.png"), b"not a png").expect("corrupt");
         let m = Arc::new(m);
-        let loader = Loader::new(Arc::clone(&m), Split::Train, Arc::new(pipeline(&m, false)), LoaderConfig { batch_size: 2, ..LoaderConfig::evaluation() })
-            .expect("loader");
+        let loader = Loader::new(
+            Arc::clone(&m),
+            Split::Train,
+            Arc::new(pipeline(&m, false)),
+            LoaderConfig { batch_size: 2, ..LoaderConfig::evaluation() },
+        )
+        .expect("loader");
         let results: Vec<_> = loader.epoch(0).collect();
         assert!(results[0].is_ok());
         let err = results[1].as_ref().expect_err("s2 is broken").to_string();
         assert!(err.starts_with("sample \"s2\": ") && err.contains("i2.png"), "{err}");
         assert_eq!(results.len(), 2, "the epoch stops at the error");
         // Configuration errors are reported before any work.
-        let bad = Loader::new(Arc::clone(&m), Split::Val, Arc::new(pipeline(&m, false)), LoaderConfig::evaluation());
+        let bad = Loader::new(
+            Arc::clone(&m),
+            Split::Val,
+            Arc::new(pipeline(&m, false)),
+            LoaderConfig::evaluation(),
+        );
         assert!(bad.expect_err("no val split").to_string().contains("val split"));
         std::fs::remove_dir_all(dir).ok();
     }
@@ -710,8 +887,11 @@ mod loading {
         let m = Arc::new(data_set(&dir));
         let p = Arc::new(pipeline(&m, false));
         let config = LoaderConfig { batch_size: 4, ..LoaderConfig::evaluation() };
-        let plain = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), config).expect("loader");
-        let cached = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), config).expect("loader").with_cache(64 << 20);
+        let plain =
+            Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), config).expect("loader");
+        let cached = Loader::new(Arc::clone(&m), Split::Train, Arc::clone(&p), config)
+            .expect("loader")
+            .with_cache(64 << 20);
         let want = epoch_tensors(&plain, 0);
         let first = epoch_tensors(&cached, 0);
         let cache = cached.cache().expect("cache");
@@ -728,9 +908,13 @@ mod loading {
             assert_eq!(a.0, c.0);
             assert!(a.1.equal(&b.1) && a.1.equal(&c.1) && a.2.equal(&c.2) && a.3.equal(&c.3));
         }
-        assert!(plain.epoch(1).next().expect("a batch").is_err(), "without the cache the files are needed");
+        assert!(
+            plain.epoch(1).next().expect("a batch").is_err(),
+            "without the cache the files are needed"
+        );
         // A budget too small for anything keeps nothing.
-        let tiny = Loader::new(Arc::clone(&m), Split::Train, p, config).expect("loader").with_cache(10);
+        let tiny =
+            Loader::new(Arc::clone(&m), Split::Train, p, config).expect("loader").with_cache(10);
         assert!(tiny.epoch(0).next().expect("a batch").is_err());
         assert_eq!(tiny.cache().expect("cache").len(), 0);
         std::fs::remove_dir_all(dir).ok();
@@ -740,8 +924,13 @@ mod loading {
     fn dropping_an_epoch_early_stops_its_thread() {
         let dir = temp("drop");
         let m = Arc::new(data_set(&dir));
-        let loader = Loader::new(Arc::clone(&m), Split::Train, Arc::new(pipeline(&m, false)), LoaderConfig { batch_size: 1, prefetch: 1, ..LoaderConfig::evaluation() })
-            .expect("loader");
+        let loader = Loader::new(
+            Arc::clone(&m),
+            Split::Train,
+            Arc::new(pipeline(&m, false)),
+            LoaderConfig { batch_size: 1, prefetch: 1, ..LoaderConfig::evaluation() },
+        )
+        .expect("loader");
         let mut batches = loader.epoch(0);
         assert!(batches.next().is_some());
         drop(batches); // must return (join) although 9 batches were never taken
@@ -755,22 +944,35 @@ mod loading {
 #[test]
 fn decodes_flac_mp3_and_vorbis() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    for (file, exact) in [("tone440.flac", true), ("tone440_stereo.flac", true), ("tone440.mp3", false), ("tone440.ogg", false)] {
+    for (file, exact) in [
+        ("tone440.flac", true),
+        ("tone440_stereo.flac", true),
+        ("tone440.mp3", false),
+        ("tone440.ogg", false),
+    ] {
         let a = mm_data::audio::decode_audio(data.join(file)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.sample_rate, 16000, "{file}");
         if exact {
             assert_eq!(a.samples.len(), 4000, "{file}");
         } else {
             // Lossy codecs add encoder delay and padding.
-            assert!((3500..=5200).contains(&a.samples.len()), "{file}: {} samples", a.samples.len());
+            assert!(
+                (3500..=5200).contains(&a.samples.len()),
+                "{file}: {} samples",
+                a.samples.len()
+            );
         }
         let start = a.samples.iter().position(|s| s.abs() > 0.1).expect("signal");
         let mid = &a.samples[start + 200..start + 3000];
-        let rms = (mid.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / mid.len() as f64).sqrt();
+        let rms =
+            (mid.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / mid.len() as f64).sqrt();
         assert!((rms - 0.5 / 2f64.sqrt()).abs() < 0.02, "{file}: RMS {rms}");
         let crossings = mid.windows(2).filter(|w| (w[0] < 0.0) != (w[1] < 0.0)).count();
         let expected = 2.0 * 440.0 * mid.len() as f64 / 16000.0;
-        assert!((crossings as f64 - expected).abs() <= 3.0, "{file}: {crossings} zero crossings, expected ~{expected}");
+        assert!(
+            (crossings as f64 - expected).abs() <= 3.0,
+            "{file}: {crossings} zero crossings, expected ~{expected}"
+        );
     }
 }
 
@@ -801,11 +1003,14 @@ fn subword_tokenizer_from_a_tokenizer_json() {
         .special_tokens(vec![AddedToken::from("[PAD]", true), AddedToken::from("[UNK]", true)])
         .build()
         .into();
-    let mut tokenizer = Tokenizer::new(BPE::builder().unk_token("[UNK]".to_string()).build().expect("bpe"));
+    let mut tokenizer =
+        Tokenizer::new(BPE::builder().unk_token("[UNK]".to_string()).build().expect("bpe"));
     tokenizer.with_normalizer(Some(tokenizers::normalizers::Lowercase));
     tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
     tokenizer.with_decoder(Some(tokenizers::decoders::bpe::BPEDecoder::default()));
-    tokenizer.train_from_files(&mut trainer, vec![corpus.to_string_lossy().into_owned()]).expect("train");
+    tokenizer
+        .train_from_files(&mut trainer, vec![corpus.to_string_lossy().into_owned()])
+        .expect("train");
     let file = dir.join("tokenizer.json");
     tokenizer.save(&file, false).expect("save");
 
@@ -828,14 +1033,21 @@ fn subword_tokenizer_from_a_tokenizer_json() {
         let mut m = Manifest::new(&dir);
         m.push(Sample::new("c").with_text(captions[0].clone())).expect("sample");
         let mut p = Pipeline::new(Vec::new());
-        p.text = Some(TextSpec { encoder: TextEncoder::Subword(std::sync::Arc::clone(&tok)), max_tokens: 5, augment: Default::default() });
+        p.text = Some(TextSpec {
+            encoder: TextEncoder::Subword(std::sync::Arc::clone(&tok)),
+            max_tokens: 5,
+            augment: Default::default(),
+        });
         let item = p.load(&m, 0, 0, false).expect("item");
-        let want: Vec<i64> = tok.encode(&captions[0]).expect("encode").into_iter().take(5).collect();
+        let want: Vec<i64> =
+            tok.encode(&captions[0]).expect("encode").into_iter().take(5).collect();
         assert_eq!(item.tokens, Some(want));
     }
     // Bad files are errors that name them.
     std::fs::write(dir.join("bad.json"), "{\"not\": \"a tokenizer\"}").expect("write");
-    let e = mm_data::subword::SubwordTokenizer::from_file(dir.join("bad.json")).expect_err("bad").to_string();
+    let e = mm_data::subword::SubwordTokenizer::from_file(dir.join("bad.json"))
+        .expect_err("bad")
+        .to_string();
     assert!(e.contains("bad.json") && e.contains("not a valid tokenizer.json"), "{e}");
     assert!(mm_data::subword::SubwordTokenizer::from_file(dir.join("none.json")).is_err());
     std::fs::remove_dir_all(dir).ok();
@@ -851,21 +1063,45 @@ fn image_statistics_are_fitted_or_imagenets() {
     use mm_data::synth::{generate, SynthConfig};
     let dir = std::env::temp_dir().join(format!("mm-data-normalize-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    generate(&dir.join("synth"), &SynthConfig { samples: 60, image_size: 16, frame_size: 16, frames: 2, duration: 0.4, ..SynthConfig::default() }, false).expect("synth");
+    generate(
+        &dir.join("synth"),
+        &SynthConfig {
+            samples: 60,
+            image_size: 16,
+            frame_size: 16,
+            frames: 2,
+            duration: 0.4,
+            ..SynthConfig::default()
+        },
+        false,
+    )
+    .expect("synth");
     let manifest = dir.join("synth/manifest.jsonl");
     let config = |normalize: &str| -> DataConfig {
-        toml::from_str(&format!("manifest = {:?}\n[image]\nsize = 16\nnormalize = \"{normalize}\"", manifest.to_string_lossy())).expect("toml")
+        toml::from_str(&format!(
+            "manifest = {:?}\n[image]\nsize = 16\nnormalize = \"{normalize}\"",
+            manifest.to_string_lossy()
+        ))
+        .expect("toml")
     };
     let fitted = config("fit").prepare(0).expect("prepare").pipeline;
     let imagenet = config("imagenet").prepare(0).expect("prepare").pipeline;
-    let (f, i) = (&fitted.image.as_ref().expect("image").normalizer, &imagenet.image.as_ref().expect("image").normalizer);
+    let (f, i) = (
+        &fitted.image.as_ref().expect("image").normalizer,
+        &imagenet.image.as_ref().expect("image").normalizer,
+    );
     assert_eq!((&i.mean, &i.std), (&Normalizer::imagenet().mean, &Normalizer::imagenet().std));
     assert_ne!(f.mean, Normalizer::imagenet().mean, "the synthetic images are not ImageNet's");
     assert!(f.count > 0);
     imagenet.save_statistics(dir.join("saved")).expect("save");
     let restored = config("imagenet").restore(0, &dir.join("saved")).expect("restore");
-    assert_eq!(restored.image.as_ref().expect("image").normalizer.mean, Normalizer::imagenet().mean);
-    let e = toml::from_str::<DataConfig>("manifest = \"m\"\n[image]\nnormalize = \"coco\"").expect_err("unknown").to_string();
+    assert_eq!(
+        restored.image.as_ref().expect("image").normalizer.mean,
+        Normalizer::imagenet().mean
+    );
+    let e = toml::from_str::<DataConfig>("manifest = \"m\"\n[image]\nnormalize = \"coco\"")
+        .expect_err("unknown")
+        .to_string();
     assert!(e.contains("coco") && e.contains("imagenet"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
@@ -884,10 +1120,16 @@ fn subword_texts_are_cut_and_augmented_around_their_special_tokens() {
 
     let dir = std::env::temp_dir().join(format!("mm-data-wordpiece-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "dog", "runs", "on", "the", "beach", "and", "barks", "."];
+    let words = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "dog", "runs", "on", "the", "beach", "and",
+        "barks", ".",
+    ];
     let vocab = dir.join("vocab.txt");
     std::fs::write(&vocab, words.join("\n")).expect("vocab.txt");
-    let model = WordPiece::from_file(&vocab.to_string_lossy()).unk_token("[UNK]".into()).build().expect("wordpiece");
+    let model = WordPiece::from_file(&vocab.to_string_lossy())
+        .unk_token("[UNK]".into())
+        .build()
+        .expect("wordpiece");
     let mut tokenizer = Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::bert::BertPreTokenizer));
     let template = TemplateProcessing::builder()
@@ -952,12 +1194,19 @@ mod fuzz_regressions {
         assert!(refused >= 1);
         // The case itself: a WAV header claiming 838 926 337 samples per second.
         let path = dir.join("wav-rate-838926337-hz");
-        let e = decode_audio_bytes(std::fs::read(&path).expect("read"), &path).expect_err("a damaged rate").to_string();
-        assert!(e.contains("sample rate 838926337 Hz") && e.contains(&MAX_SAMPLE_RATE.to_string()), "{e}");
+        let e = decode_audio_bytes(std::fs::read(&path).expect("read"), &path)
+            .expect_err("a damaged rate")
+            .to_string();
+        assert!(
+            e.contains("sample rate 838926337 Hz") && e.contains(&MAX_SAMPLE_RATE.to_string()),
+            "{e}"
+        );
         // A WAV header stating 0 Hz made the WAV reader itself panic (TimeBase 0); it is refused
         // before the reader sees it, from memory and from a file alike.
         let path = dir.join("wav-rate-0-hz");
-        let e = decode_audio_bytes(std::fs::read(&path).expect("read"), &path).expect_err("0 Hz").to_string();
+        let e = decode_audio_bytes(std::fs::read(&path).expect("read"), &path)
+            .expect_err("0 Hz")
+            .to_string();
         assert!(e.contains("wav-rate-0-hz") && e.contains("1 channels at 0 Hz"), "{e}");
         let e = mm_data::audio::decode_audio(&path).expect_err("0 Hz").to_string();
         assert!(e.contains("1 channels at 0 Hz"), "{e}");
@@ -965,7 +1214,10 @@ mod fuzz_regressions {
         // error naming the file.
         let path = dir.join("id3v2-unreachable");
         let e = mm_data::audio::decode_audio(&path).expect_err("a broken tag").to_string();
-        assert!(e.contains("id3v2-unreachable") && e.contains("the audio decoder failed on this file"), "{e}");
+        assert!(
+            e.contains("id3v2-unreachable") && e.contains("the audio decoder failed on this file"),
+            "{e}"
+        );
         // A WAV at 524 369 Hz, whose resampling table would have taken 33 GB: resampled without one.
         let path = dir.join("wav-rate-524369-hz");
         if let Ok(audio) = decode_audio_bytes(std::fs::read(&path).expect("read"), &path) {

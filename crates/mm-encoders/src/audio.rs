@@ -69,7 +69,13 @@ pub struct AudioConfig {
 impl Default for AudioConfig {
     fn default() -> Self {
         AudioConfig {
-            backbone: AudioBackbone::Rnn(RnnConfig { hidden: 128, layers: 2, bidirectional: true, dropout: 0.1, ..Default::default() }),
+            backbone: AudioBackbone::Rnn(RnnConfig {
+                hidden: 128,
+                layers: 2,
+                bidirectional: true,
+                dropout: 0.1,
+                ..Default::default()
+            }),
             pooling: SeqPooling::Mean,
             freeze: false,
             project: None,
@@ -107,13 +113,21 @@ impl AudioEncoder {
             }
             AudioBackbone::Cnn { channels, rnn } => {
                 if channels.is_empty() || channels.iter().any(|c| *c <= 0) {
-                    return Err(Error::Config(format!("audio.backbone.channels = {channels:?}: positive, at least one")));
+                    return Err(Error::Config(format!(
+                        "audio.backbone.channels = {channels:?}: positive, at least one"
+                    )));
                 }
                 let mut input = 1;
                 let mut convs = Vec::new();
                 let mut params = Vec::new();
                 for (i, &c) in channels.iter().enumerate() {
-                    let conv = nn::conv2d(path / "cnn" / "convs" / i, input, c, 3, nn::ConvConfig { padding: 1, ..Default::default() });
+                    let conv = nn::conv2d(
+                        path / "cnn" / "convs" / i,
+                        input,
+                        c,
+                        3,
+                        nn::ConvConfig { padding: 1, ..Default::default() },
+                    );
                     params.push(conv.ws.shallow_clone());
                     params.extend(conv.bs.iter().map(Tensor::shallow_clone));
                     convs.push(conv);
@@ -121,10 +135,14 @@ impl AudioEncoder {
                 }
                 // Frequency bins left after the poolings (ceil mode).
                 let bins = (0..channels.len()).fold(n_mels, |m, _| (m + 1) / 2);
-                let proj = nn::linear(path / "cnn" / "proj", input * bins, input, Default::default());
+                let proj =
+                    nn::linear(path / "cnn" / "proj", input * bins, input, Default::default());
                 params.push(proj.ws.shallow_clone());
                 params.extend(proj.bs.iter().map(Tensor::shallow_clone));
-                let rnn = rnn.as_ref().map(|c| Rnn::new(&(path / "cnn" / "rnn"), input, c)).transpose()?;
+                let rnn = rnn
+                    .as_ref()
+                    .map(|c| Rnn::new(&(path / "cnn" / "rnn"), input, c))
+                    .transpose()?;
                 let dim = rnn.as_ref().map_or(input, |r| {
                     params.extend(r.parameters());
                     r.output_dim()
@@ -133,12 +151,27 @@ impl AudioEncoder {
             }
         };
         let attention = (config.pooling == SeqPooling::Attention)
-            .then(|| AttentionPool::new(&(path / "attention"), dim, &AttentionPoolConfig::default()))
+            .then(|| {
+                AttentionPool::new(&(path / "attention"), dim, &AttentionPoolConfig::default())
+            })
             .transpose()?;
-        Ok(AudioEncoder { net, attention, pooling: config.pooling, dim, backbone: Backbone::new(params) })
+        Ok(AudioEncoder {
+            net,
+            attention,
+            pooling: config.pooling,
+            dim,
+            backbone: Backbone::new(params),
+        })
     }
 
-    fn cnn(convs: &[nn::Conv2D], proj: &nn::Linear, rnn: Option<&Rnn>, xs: &Tensor, lengths: &Tensor, train: bool) -> SeqOutput {
+    fn cnn(
+        convs: &[nn::Conv2D],
+        proj: &nn::Linear,
+        rnn: Option<&Rnn>,
+        xs: &Tensor,
+        lengths: &Tensor,
+        train: bool,
+    ) -> SeqOutput {
         let (b, t, _) = xs.size3().expect("[B, T, M] log-mel frames");
         let mut lengths = lengths.to_device(xs.device()).to_kind(Kind::Int64);
         let mut steps = t;
@@ -175,7 +208,9 @@ impl Encoder for AudioEncoder {
         let lengths = input.lengths_or_full();
         let out = match &self.net {
             Net::Rnn(rnn) => rnn.forward_seq(&input.values, &lengths, train),
-            Net::Cnn(convs, proj, rnn) => Self::cnn(convs, proj, rnn.as_ref(), &input.values, &lengths, train),
+            Net::Cnn(convs, proj, rnn) => {
+                Self::cnn(convs, proj, rnn.as_ref(), &input.values, &lengths, train)
+            }
         };
         let pooled = pool(&out, self.pooling, self.attention.as_ref());
         Encoded { pooled, seq: Some((out.outputs, out.mask)) }

@@ -116,9 +116,12 @@ fn eps() -> f64 {
 impl BertConfig {
     /// Reads a `config.json`; the error names the file and what is wrong.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.to_path_buf(), message: e.to_string() })?;
-        let config: BertConfig =
-            serde_json::from_str(&text).map_err(|e| Error::Io { path: path.to_path_buf(), message: format!("not a BERT config.json: {e}") })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io { path: path.to_path_buf(), message: e.to_string() })?;
+        let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            message: format!("not a BERT config.json: {e}"),
+        })?;
         config.check().map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
         Ok(config)
     }
@@ -137,15 +140,27 @@ impl BertConfig {
             return Err(format!("{k} = {v}: must be positive"));
         }
         if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads));
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
         }
         if Activation::parse(&self.hidden_act).is_none() {
-            return Err(format!("hidden_act = {:?}: supported are gelu, gelu_new, gelu_pytorch_tanh and relu", self.hidden_act));
+            return Err(format!(
+                "hidden_act = {:?}: supported are gelu, gelu_new, gelu_pytorch_tanh and relu",
+                self.hidden_act
+            ));
         }
         if self.position_embedding_type != "absolute" {
-            return Err(format!("position_embedding_type = {:?}: only \"absolute\" is supported", self.position_embedding_type));
+            return Err(format!(
+                "position_embedding_type = {:?}: only \"absolute\" is supported",
+                self.position_embedding_type
+            ));
         }
-        for (k, p) in [("hidden_dropout_prob", self.hidden_dropout_prob), ("attention_probs_dropout_prob", self.attention_probs_dropout_prob)] {
+        for (k, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("{k} = {p}: must be in [0, 1)"));
             }
@@ -223,9 +238,24 @@ impl Bert {
         config.check().map_err(Error::Config)?;
         let d = config.hidden_size;
         let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
-        let linear = |p: nn::Path, i: i64, o: i64| nn::linear(p, i, o, nn::LinearConfig { ws_init: init, bs_init: Some(nn::Init::Const(0.0)), bias: true });
-        let embedding = |p: nn::Path, n: i64| nn::embedding(p, n, d, nn::EmbeddingConfig { ws_init: init, ..Default::default() });
-        let norm = |p: nn::Path| nn::layer_norm(p, vec![d], nn::LayerNormConfig { eps: config.layer_norm_eps, ..Default::default() });
+        let linear = |p: nn::Path, i: i64, o: i64| {
+            nn::linear(
+                p,
+                i,
+                o,
+                nn::LinearConfig { ws_init: init, bs_init: Some(nn::Init::Const(0.0)), bias: true },
+            )
+        };
+        let embedding = |p: nn::Path, n: i64| {
+            nn::embedding(p, n, d, nn::EmbeddingConfig { ws_init: init, ..Default::default() })
+        };
+        let norm = |p: nn::Path| {
+            nn::layer_norm(
+                p,
+                vec![d],
+                nn::LayerNormConfig { eps: config.layer_norm_eps, ..Default::default() },
+            )
+        };
         let emb = path / "embeddings";
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
@@ -237,7 +267,11 @@ impl Bert {
                     value: linear(&attention / "self" / "value", d, d),
                     attn_out: linear(&attention / "output" / "dense", d, d),
                     attn_norm: norm(&attention / "output" / "LayerNorm"),
-                    intermediate: linear(&p / "intermediate" / "dense", d, config.intermediate_size),
+                    intermediate: linear(
+                        &p / "intermediate" / "dense",
+                        d,
+                        config.intermediate_size,
+                    ),
                     out: linear(&p / "output" / "dense", config.intermediate_size, d),
                     out_norm: norm(&p / "output" / "LayerNorm"),
                 }
@@ -262,9 +296,16 @@ impl Bert {
 
     /// Every parameter (shallow copies).
     pub fn parameters(&self) -> Vec<Tensor> {
-        let linear = |l: &nn::Linear| std::iter::once(l.ws.shallow_clone()).chain(l.bs.as_ref().map(Tensor::shallow_clone));
-        let norm = |n: &nn::LayerNorm| n.ws.iter().chain(n.bs.iter()).map(Tensor::shallow_clone).collect::<Vec<_>>();
-        let mut p: Vec<Tensor> = [&self.word, &self.position, &self.token_type].iter().map(|e| e.ws.shallow_clone()).collect();
+        let linear = |l: &nn::Linear| {
+            std::iter::once(l.ws.shallow_clone()).chain(l.bs.as_ref().map(Tensor::shallow_clone))
+        };
+        let norm = |n: &nn::LayerNorm| {
+            n.ws.iter().chain(n.bs.iter()).map(Tensor::shallow_clone).collect::<Vec<_>>()
+        };
+        let mut p: Vec<Tensor> = [&self.word, &self.position, &self.token_type]
+            .iter()
+            .map(|e| e.ws.shallow_clone())
+            .collect();
         p.extend(norm(&self.emb_norm));
         for l in &self.layers {
             for lin in [&l.query, &l.key, &l.value, &l.attn_out, &l.intermediate, &l.out] {
@@ -283,14 +324,25 @@ impl Bert {
     /// Panics when `L` exceeds `max_position_embeddings` or an id is out of the vocabulary (a
     /// programmer's error: [`BertEncoder`] is sized from the tokenizer and the data's maximum
     /// length, which mm-train checks before training).
-    pub fn forward_t(&self, ids: &Tensor, mask: &Tensor, token_types: Option<&Tensor>, train: bool) -> BertOutput {
+    pub fn forward_t(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        token_types: Option<&Tensor>,
+        train: bool,
+    ) -> BertOutput {
         let (b, l) = ids.size2().expect("token ids are [B, L]");
-        assert!(l <= self.config.max_position_embeddings, "{l} tokens, but BERT has {} positions", self.config.max_position_embeddings);
+        assert!(
+            l <= self.config.max_position_embeddings,
+            "{l} tokens, but BERT has {} positions",
+            self.config.max_position_embeddings
+        );
         let device = ids.device();
         let ids = ids.to_kind(Kind::Int64);
         let positions = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0);
         let types = token_types.map_or_else(|| ids.zeros_like(), |t| t.to_kind(Kind::Int64));
-        let x = ids.apply(&self.word) + positions.apply(&self.position) + types.apply(&self.token_type);
+        let x =
+            ids.apply(&self.word) + positions.apply(&self.position) + types.apply(&self.token_type);
         let mut x = x.apply(&self.emb_norm).dropout(self.config.hidden_dropout_prob, train);
         // A sample with no valid token (its text absent) attends to its first position, so that
         // no row of the attention is empty (which would be NaN); its output is unused.
@@ -303,12 +355,29 @@ impl Bert {
         let attn_dropout = if train { self.config.attention_probs_dropout_prob } else { 0.0 };
         for layer in &self.layers {
             let split = |t: Tensor| t.view([b, l, heads, d / heads]).transpose(1, 2);
-            let (q, k, v) = (split(x.apply(&layer.query)), split(x.apply(&layer.key)), split(x.apply(&layer.value)));
-            let context = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&key_mask), attn_dropout, false, None, false);
+            let (q, k, v) = (
+                split(x.apply(&layer.query)),
+                split(x.apply(&layer.key)),
+                split(x.apply(&layer.value)),
+            );
+            let context = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&key_mask),
+                attn_dropout,
+                false,
+                None,
+                false,
+            );
             let context = context.transpose(1, 2).reshape([b, l, d]);
             let h = context.apply(&layer.attn_out).dropout(self.config.hidden_dropout_prob, train);
             let a = (h + &x).apply(&layer.attn_norm);
-            let h = self.act.apply(&a.apply(&layer.intermediate)).apply(&layer.out).dropout(self.config.hidden_dropout_prob, train);
+            let h = self
+                .act
+                .apply(&a.apply(&layer.intermediate))
+                .apply(&layer.out)
+                .dropout(self.config.hidden_dropout_prob, train);
             x = (h + a).apply(&layer.out_norm);
         }
         let pooled = x.select(1, 0).apply(&self.pooler).tanh();
@@ -388,7 +457,10 @@ impl Encoder for BertEncoder {
         let pooled = match self.pooling {
             BertPooling::Cls => out.hidden.select(1, 0),
             BertPooling::Pooler => out.pooled,
-            BertPooling::Mean => (&out.hidden * &valid).sum_dim_intlist(1, false, None) / valid.sum_dim_intlist(1, false, None).clamp_min(1.0),
+            BertPooling::Mean => {
+                (&out.hidden * &valid).sum_dim_intlist(1, false, None)
+                    / valid.sum_dim_intlist(1, false, None).clamp_min(1.0)
+            }
         };
         Encoded { pooled, seq: Some((out.hidden * valid, mask)) }
     }

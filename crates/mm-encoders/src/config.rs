@@ -10,8 +10,8 @@ use crate::bert::{hf_name, BertConfig, BertEncoder, BertEncoderConfig};
 use crate::image::{timm_name, ImageConfig, ImageEncoder};
 use crate::tabular::{TabularConfig, TabularEncoder};
 use crate::text::{TextConfig, TextEncoder};
-use crate::video::{VideoConfig, VideoEncoder};
 use crate::vectors::load_vectors;
+use crate::video::{VideoConfig, VideoEncoder};
 use crate::weights::{load_safetensors, LoadOptions, LoadReport};
 use crate::{Encoder, Error, Projected, Result};
 
@@ -56,14 +56,23 @@ fn need(value: Option<i64>, what: &str) -> Result<i64> {
 /// Builds the encoder `config` describes under `path` (then freezes and projects it as asked).
 /// Word vectors are read here; image weights by [`EncoderConfig::load_weights`], which needs the
 /// `VarStore`.
-pub fn build(path: &nn::Path, config: &EncoderConfig, ctx: &BuildContext) -> Result<Box<dyn Encoder>> {
+pub fn build(
+    path: &nn::Path,
+    config: &EncoderConfig,
+    ctx: &BuildContext,
+) -> Result<Box<dyn Encoder>> {
     let (encoder, freeze, project): (Box<dyn Encoder>, bool, Option<i64>) = match config {
         EncoderConfig::Image(c) => (Box::new(ImageEncoder::new(path, c)?), c.freeze, c.project),
         EncoderConfig::Text(c) => {
             let (size, loaded) = match (ctx.vocab, &c.vectors) {
-                (Some(vocab), Some(file)) => (vocab.len() as i64, Some(load_vectors(file, vocab, c.oov, ctx.seed)?)),
+                (Some(vocab), Some(file)) => {
+                    (vocab.len() as i64, Some(load_vectors(file, vocab, c.oov, ctx.seed)?))
+                }
                 (None, Some(file)) => {
-                    return Err(Error::Config(format!("text.vectors = {}: word vectors need a word vocabulary", file.display())))
+                    return Err(Error::Config(format!(
+                        "text.vectors = {}: word vectors need a word vocabulary",
+                        file.display()
+                    )))
                 }
                 (Some(vocab), None) => (vocab.len() as i64, None),
                 (None, None) => (need(ctx.vocab_size, "the vocabulary size")?, None),
@@ -94,12 +103,16 @@ pub fn build(path: &nn::Path, config: &EncoderConfig, ctx: &BuildContext) -> Res
             }
             (Box::new(BertEncoder::new(path, &config, c.pooling)?), c.freeze, c.project)
         }
-        EncoderConfig::Audio(c) => {
-            (Box::new(AudioEncoder::new(path, c, need(ctx.input_dim, "the number of mel bins")?)?), c.freeze, c.project)
-        }
-        EncoderConfig::Tabular(c) => {
-            (Box::new(TabularEncoder::new(path, c, need(ctx.input_dim, "the number of features")?)?), false, c.project)
-        }
+        EncoderConfig::Audio(c) => (
+            Box::new(AudioEncoder::new(path, c, need(ctx.input_dim, "the number of mel bins")?)?),
+            c.freeze,
+            c.project,
+        ),
+        EncoderConfig::Tabular(c) => (
+            Box::new(TabularEncoder::new(path, c, need(ctx.input_dim, "the number of features")?)?),
+            false,
+            c.project,
+        ),
         EncoderConfig::Video(c) => (Box::new(VideoEncoder::new(path, c)?), c.freeze, c.project),
     };
     if freeze {
@@ -148,12 +161,25 @@ impl EncoderConfig {
         let image = |net: &ImageConfig, prefix: String| {
             net.weights.as_ref().map(|file| {
                 let skip = ImageEncoder::head_names(net.arch);
-                (file.clone(), LoadOptions { prefix, skip, allow_missing: vec!["proj.".to_string()], map: Some(timm_name) })
+                (
+                    file.clone(),
+                    LoadOptions {
+                        prefix,
+                        skip,
+                        allow_missing: vec!["proj.".to_string()],
+                        map: Some(timm_name),
+                    },
+                )
             })
         };
         let (file, options) = match self {
             EncoderConfig::Bert(c) => {
-                let options = LoadOptions { prefix: prefix.to_string(), skip: Vec::new(), allow_missing: vec!["proj.".to_string()], map: Some(hf_name) };
+                let options = LoadOptions {
+                    prefix: prefix.to_string(),
+                    skip: Vec::new(),
+                    allow_missing: vec!["proj.".to_string()],
+                    map: Some(hf_name),
+                };
                 (c.model.join("model.safetensors"), options)
             }
             EncoderConfig::Image(c) => match image(c, prefix.to_string()) {

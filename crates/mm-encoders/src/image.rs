@@ -46,7 +46,16 @@ pub enum Arch {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv(p: nn::Path, i: i64, o: i64, k: i64, stride: i64, padding: i64, bias: bool, params: &mut Vec<Tensor>) -> nn::Conv2D {
+fn conv(
+    p: nn::Path,
+    i: i64,
+    o: i64,
+    k: i64,
+    stride: i64,
+    padding: i64,
+    bias: bool,
+    params: &mut Vec<Tensor>,
+) -> nn::Conv2D {
     let c = nn::conv2d(p, i, o, k, nn::ConvConfig { stride, padding, bias, ..Default::default() });
     params.push(c.ws.shallow_clone());
     params.extend(c.bs.iter().map(Tensor::shallow_clone));
@@ -105,7 +114,12 @@ pub struct ResNet {
 impl ResNet {
     /// ResNet-`depth` (18, 34 or 50) over `in_channels` channels, with a `classes`-way `fc`
     /// head or none.
-    pub fn new(path: &nn::Path, depth: u32, in_channels: i64, classes: Option<i64>) -> Result<Self> {
+    pub fn new(
+        path: &nn::Path,
+        depth: u32,
+        in_channels: i64,
+        classes: Option<i64>,
+    ) -> Result<Self> {
         let (bottleneck, counts) = match depth {
             18 => (false, [2, 2, 2, 2]),
             34 => (false, [3, 4, 6, 3]),
@@ -125,19 +139,37 @@ impl ResNet {
                 let out = planes * expansion;
                 let convs = if bottleneck {
                     vec![
-                        (conv(&p / "conv1", inplanes, planes, 1, 1, 0, false, &mut params), bn(&p / "bn1", planes, &mut params)),
-                        (conv(&p / "conv2", planes, planes, 3, stride, 1, false, &mut params), bn(&p / "bn2", planes, &mut params)),
-                        (conv(&p / "conv3", planes, out, 1, 1, 0, false, &mut params), bn(&p / "bn3", out, &mut params)),
+                        (
+                            conv(&p / "conv1", inplanes, planes, 1, 1, 0, false, &mut params),
+                            bn(&p / "bn1", planes, &mut params),
+                        ),
+                        (
+                            conv(&p / "conv2", planes, planes, 3, stride, 1, false, &mut params),
+                            bn(&p / "bn2", planes, &mut params),
+                        ),
+                        (
+                            conv(&p / "conv3", planes, out, 1, 1, 0, false, &mut params),
+                            bn(&p / "bn3", out, &mut params),
+                        ),
                     ]
                 } else {
                     vec![
-                        (conv(&p / "conv1", inplanes, planes, 3, stride, 1, false, &mut params), bn(&p / "bn1", planes, &mut params)),
-                        (conv(&p / "conv2", planes, planes, 3, 1, 1, false, &mut params), bn(&p / "bn2", planes, &mut params)),
+                        (
+                            conv(&p / "conv1", inplanes, planes, 3, stride, 1, false, &mut params),
+                            bn(&p / "bn1", planes, &mut params),
+                        ),
+                        (
+                            conv(&p / "conv2", planes, planes, 3, 1, 1, false, &mut params),
+                            bn(&p / "bn2", planes, &mut params),
+                        ),
                     ]
                 };
                 let downsample = (stride != 1 || inplanes != out).then(|| {
                     let d = &p / "downsample";
-                    (conv(&d / 0, inplanes, out, 1, stride, 0, false, &mut params), bn(&d / 1, out, &mut params))
+                    (
+                        conv(&d / 0, inplanes, out, 1, stride, 0, false, &mut params),
+                        bn(&d / 1, out, &mut params),
+                    )
                 });
                 layers.push(Block { convs, downsample });
                 inplanes = out;
@@ -154,7 +186,13 @@ impl ResNet {
 
     /// `[B, C, H, W]` to pooled features `[B, 512 or 2048]`.
     pub fn features(&self, x: &Tensor, bn_train: bool) -> Tensor {
-        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, bn_train).relu().max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, bn_train).relu().max_pool2d(
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            false,
+        );
         for block in &self.layers {
             h = block.forward(&h, bn_train);
         }
@@ -184,7 +222,12 @@ pub struct Vgg {
 
 impl Vgg {
     /// VGG-`depth` (11 or 16) with a `classes`-way last layer (`classifier.6`) or none.
-    pub fn new(path: &nn::Path, depth: u32, in_channels: i64, classes: Option<i64>) -> Result<Self> {
+    pub fn new(
+        path: &nn::Path,
+        depth: u32,
+        in_channels: i64,
+        classes: Option<i64>,
+    ) -> Result<Self> {
         const M: i64 = 0;
         let plan: &[i64] = match depth {
             11 => &[64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M],
@@ -200,7 +243,16 @@ impl Vgg {
                 convs.push(None);
                 index += 1;
             } else {
-                convs.push(Some(conv(path / "features" / index, input, c, 3, 1, 1, true, &mut params)));
+                convs.push(Some(conv(
+                    path / "features" / index,
+                    input,
+                    c,
+                    3,
+                    1,
+                    1,
+                    true,
+                    &mut params,
+                )));
                 input = c;
                 index += 2; // the convolution and its ReLU
             }
@@ -260,7 +312,12 @@ impl LeNet {
     /// `[B, C, H, W]` to `[B, 84]`.
     pub fn features(&self, x: &Tensor) -> Tensor {
         let h = x.apply(&self.conv1).relu().max_pool2d_default(2);
-        let h = h.apply(&self.conv2).relu().max_pool2d_default(2).adaptive_avg_pool2d([5, 5]).flatten(1, -1);
+        let h = h
+            .apply(&self.conv2)
+            .relu()
+            .max_pool2d_default(2)
+            .adaptive_avg_pool2d([5, 5])
+            .flatten(1, -1);
         h.apply(&self.fc1).relu().apply(&self.fc2).relu()
     }
 }
@@ -318,7 +375,10 @@ impl ImageEncoder {
     /// Builds the network under `path`, without a classifier head.
     pub fn new(path: &nn::Path, config: &ImageConfig) -> Result<Self> {
         if config.in_channels <= 0 {
-            return Err(Error::Config(format!("image.in_channels = {}: must be positive", config.in_channels)));
+            return Err(Error::Config(format!(
+                "image.in_channels = {}: must be positive",
+                config.in_channels
+            )));
         }
         let c = config.in_channels;
         let (net, dim) = match config.arch {

@@ -110,7 +110,9 @@ impl Input {
     /// The named modality of an mm-data batch (`image`, `audio`, `text`, `frames`,
     /// `features`), if the batch has it.
     pub fn from_batch(batch: &mm_data::loader::Batch, modality: &str) -> Option<Input> {
-        let seq = |p: &Option<(Tensor, Tensor)>| p.as_ref().map(|(v, l)| Input::sequence(v.shallow_clone(), l.shallow_clone()));
+        let seq = |p: &Option<(Tensor, Tensor)>| {
+            p.as_ref().map(|(v, l)| Input::sequence(v.shallow_clone(), l.shallow_clone()))
+        };
         match modality {
             "image" => batch.image.as_ref().map(|t| Input::dense(t.shallow_clone())),
             "features" => batch.features.as_ref().map(|t| Input::dense(t.shallow_clone())),
@@ -127,7 +129,11 @@ impl Input {
             Some(l) => l.shallow_clone(),
             None => {
                 let size = self.values.size();
-                Tensor::full([size[0]], size.get(1).copied().unwrap_or(1), (tch::Kind::Int64, self.values.device()))
+                Tensor::full(
+                    [size[0]],
+                    size.get(1).copied().unwrap_or(1),
+                    (tch::Kind::Int64, self.values.device()),
+                )
             }
         }
     }

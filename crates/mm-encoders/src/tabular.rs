@@ -58,7 +58,10 @@ impl TabularEncoder {
             )));
         }
         if !(0.0..1.0).contains(&config.dropout) {
-            return Err(Error::Config(format!("tabular.dropout = {}: must be in [0, 1)", config.dropout)));
+            return Err(Error::Config(format!(
+                "tabular.dropout = {}: must be in [0, 1)",
+                config.dropout
+            )));
         }
         let mut input = features;
         let mut layers = Vec::new();
@@ -66,8 +69,18 @@ impl TabularEncoder {
             layers.push(nn::linear(path / "layers" / i, input, h, Default::default()));
             input = h;
         }
-        let params = layers.iter().flat_map(|l| std::iter::once(l.ws.shallow_clone()).chain(l.bs.iter().map(Tensor::shallow_clone))).collect();
-        Ok(TabularEncoder { layers, dropout: config.dropout, dim: config.out, backbone: Backbone::new(params) })
+        let params = layers
+            .iter()
+            .flat_map(|l| {
+                std::iter::once(l.ws.shallow_clone()).chain(l.bs.iter().map(Tensor::shallow_clone))
+            })
+            .collect();
+        Ok(TabularEncoder {
+            layers,
+            dropout: config.dropout,
+            dim: config.out,
+            backbone: Backbone::new(params),
+        })
     }
 }
 

@@ -119,44 +119,79 @@ pub struct TextEncoder {
 impl TextEncoder {
     /// An encoder for `vocab_size` token ids; `vectors` (for the same vocabulary) initialise
     /// the embeddings, which then form the backbone.
-    pub fn new(path: &nn::Path, config: &TextConfig, vocab_size: i64, vectors: Option<&WordVectors>) -> Result<Self> {
+    pub fn new(
+        path: &nn::Path,
+        config: &TextConfig,
+        vocab_size: i64,
+        vectors: Option<&WordVectors>,
+    ) -> Result<Self> {
         if vocab_size < 2 {
-            return Err(Error::Config(format!("text: a vocabulary of {vocab_size} entries (<pad> and <unk> at least)")));
+            return Err(Error::Config(format!(
+                "text: a vocabulary of {vocab_size} entries (<pad> and <unk> at least)"
+            )));
         }
         if !(0.0..1.0).contains(&config.dropout) {
-            return Err(Error::Config(format!("text.dropout = {}: must be in [0, 1)", config.dropout)));
+            return Err(Error::Config(format!(
+                "text.dropout = {}: must be in [0, 1)",
+                config.dropout
+            )));
         }
         let dim = match (vectors, config.dim) {
             (Some(v), Some(d)) if d != v.dim => {
-                return Err(Error::Config(format!("text.dim = {d} but the word vectors have {}", v.dim)))
+                return Err(Error::Config(format!(
+                    "text.dim = {d} but the word vectors have {}",
+                    v.dim
+                )))
             }
             (Some(v), _) => v.dim,
             (None, Some(d)) if d > 0 => d,
-            (None, d) => return Err(Error::Config(format!("text.dim = {d:?}: a positive size is needed without word vectors"))),
+            (None, d) => {
+                return Err(Error::Config(format!(
+                    "text.dim = {d:?}: a positive size is needed without word vectors"
+                )))
+            }
         };
         let embedding = nn::embedding(path / "embedding", vocab_size, dim, Default::default());
         if let Some(v) = vectors {
             if v.matrix.size() != [vocab_size, dim] {
-                return Err(Error::Config(format!("word vectors of shape {:?} for a vocabulary of {vocab_size}", v.matrix.size())));
+                return Err(Error::Config(format!(
+                    "word vectors of shape {:?} for a vocabulary of {vocab_size}",
+                    v.matrix.size()
+                )));
             }
             tch::no_grad(|| embedding.ws.shallow_clone().copy_(&v.matrix));
         }
         let context: Option<Box<dyn SequenceModel>> = match &config.context {
             Context::None => None,
             Context::Rnn(c) => Some(Box::new(Rnn::new(&(path / "context"), dim, c)?)),
-            Context::Transformer(c) => Some(Box::new(TransformerEncoder::new(&(path / "context"), dim, c)?)),
+            Context::Transformer(c) => {
+                Some(Box::new(TransformerEncoder::new(&(path / "context"), dim, c)?))
+            }
         };
         let out = context.as_ref().map_or(dim, |c| c.output_dim());
         let attention = (config.pooling == SeqPooling::Attention)
-            .then(|| AttentionPool::new(&(path / "attention"), out, &AttentionPoolConfig::default()))
+            .then(|| {
+                AttentionPool::new(&(path / "attention"), out, &AttentionPoolConfig::default())
+            })
             .transpose()?;
         let backbone = Backbone::new(vec![embedding.ws.shallow_clone()]);
-        Ok(TextEncoder { embedding, context, attention, config: config.clone(), dim: out, backbone })
+        Ok(TextEncoder {
+            embedding,
+            context,
+            attention,
+            config: config.clone(),
+            dim: out,
+            backbone,
+        })
     }
 }
 
 /// Pools a sequence output the configured way.
-pub(crate) fn pool(out: &SeqOutput, pooling: SeqPooling, attention: Option<&AttentionPool>) -> Tensor {
+pub(crate) fn pool(
+    out: &SeqOutput,
+    pooling: SeqPooling,
+    attention: Option<&AttentionPool>,
+) -> Tensor {
     match (pooling, attention) {
         (SeqPooling::Attention, Some(a)) => a.forward(&out.outputs, &out.mask),
         (SeqPooling::Max, _) => out.pool(Pooling::Max),
@@ -173,7 +208,8 @@ impl Encoder for TextEncoder {
     fn forward_t(&self, input: &Input, train: bool) -> Encoded {
         let ids = &input.values;
         let lengths = input.lengths_or_full();
-        let emb = ids.to_kind(Kind::Int64).apply(&self.embedding).dropout(self.config.dropout, train);
+        let emb =
+            ids.to_kind(Kind::Int64).apply(&self.embedding).dropout(self.config.dropout, train);
         let out = match &self.context {
             Some(c) => c.forward_seq(&emb, &lengths, train),
             None => {

@@ -63,7 +63,13 @@ pub struct WordVectors {
 fn parse_floats(fields: &[&str], path: &Path, line: usize) -> Result<Vec<f32>> {
     fields
         .iter()
-        .map(|f| f.parse::<f32>().map_err(|_| Error::Parse { path: path.to_path_buf(), line, message: format!("{f:?} is not a number") }))
+        .map(|f| {
+            f.parse::<f32>().map_err(|_| Error::Parse {
+                path: path.to_path_buf(),
+                line,
+                message: format!("{f:?} is not a number"),
+            })
+        })
         .collect()
 }
 
@@ -130,7 +136,8 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
                 line: entry + 1,
                 message: format!("entry {} is truncated: {e}", entry + 1),
             })?;
-            let values: Vec<f32> = buf.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let values: Vec<f32> =
+                buf.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
             keep(&String::from_utf8_lossy(&word), values, &mut rows);
             read += 1;
         }
@@ -177,7 +184,13 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
     }
     let dim = match dim {
         Some(d) if d > 0 => d,
-        _ => return Err(Error::Parse { path: path.to_path_buf(), line: 1, message: "no vectors in the file".to_string() }),
+        _ => {
+            return Err(Error::Parse {
+                path: path.to_path_buf(),
+                line: 1,
+                message: "no vectors in the file".to_string(),
+            })
+        }
     };
     let n = vocab.len();
     let mut data = vec![0f32; n * dim];
@@ -190,7 +203,10 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
     }
     let found = rows.len();
     let mean: Vec<f32> = mean.iter().map(|m| (m / found.max(1) as f64) as f32).collect();
-    let missing: Vec<String> = (2..n).filter(|id| !rows.contains_key(&(*id as i64))).map(|id| vocab.tokens()[id].clone()).collect();
+    let missing: Vec<String> = (2..n)
+        .filter(|id| !rows.contains_key(&(*id as i64)))
+        .map(|id| vocab.tokens()[id].clone())
+        .collect();
     let mut matrix = Tensor::from_slice(&data).view([n as i64, dim as i64]);
     let missing_ids: Vec<i64> = (2..n as i64).filter(|id| !rows.contains_key(id)).collect();
     let mean_t = Tensor::from_slice(&mean);
@@ -200,11 +216,15 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
     if !missing_ids.is_empty() {
         let ids = Tensor::from_slice(&missing_ids);
         let fill = match oov {
-            OovPolicy::Zero => Tensor::zeros([missing_ids.len() as i64, dim as i64], (Kind::Float, tch::Device::Cpu)),
+            OovPolicy::Zero => Tensor::zeros(
+                [missing_ids.len() as i64, dim as i64],
+                (Kind::Float, tch::Device::Cpu),
+            ),
             OovPolicy::Mean => mean_t.unsqueeze(0).repeat([missing_ids.len() as i64, 1]),
             OovPolicy::Random { std } => {
                 let mut rng = mm_data::rng::Rng::new(seed);
-                let noise: Vec<f32> = (0..missing_ids.len() * dim).map(|_| (rng.normal() * std) as f32).collect();
+                let noise: Vec<f32> =
+                    (0..missing_ids.len() * dim).map(|_| (rng.normal() * std) as f32).collect();
                 Tensor::from_slice(&noise).view([missing_ids.len() as i64, dim as i64])
             }
         };
@@ -215,7 +235,13 @@ pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Re
 
 fn check_dim(d: usize, path: &Path, line: usize) -> Result<()> {
     if d > MAX_DIM {
-        return Err(Error::Parse { path: path.to_path_buf(), line, message: format!("vectors of {d} numbers: more than the {MAX_DIM} accepted (a damaged file?)") });
+        return Err(Error::Parse {
+            path: path.to_path_buf(),
+            line,
+            message: format!(
+                "vectors of {d} numbers: more than the {MAX_DIM} accepted (a damaged file?)"
+            ),
+        });
     }
     Ok(())
 }

@@ -88,17 +88,30 @@ impl VideoEncoder {
         let seq: Option<Box<dyn SequenceModel>> = match &config.seq {
             FrameSeq::None => None,
             FrameSeq::Rnn(c) => Some(Box::new(Rnn::new(&(path / "seq"), frame_dim, c)?)),
-            FrameSeq::Transformer(c) => Some(Box::new(TransformerEncoder::new(&(path / "seq"), frame_dim, c)?)),
+            FrameSeq::Transformer(c) => {
+                Some(Box::new(TransformerEncoder::new(&(path / "seq"), frame_dim, c)?))
+            }
             FrameSeq::Tcn(c) => Some(Box::new(TemporalConv::new(&(path / "seq"), frame_dim, c)?)),
         };
         let dim = seq.as_ref().map_or(frame_dim, |s| s.output_dim());
         if config.seq == FrameSeq::None && config.pooling == SeqPooling::Last {
-            return Err(Error::Config("video: `last` pooling needs a sequence model (`seq`)".to_string()));
+            return Err(Error::Config(
+                "video: `last` pooling needs a sequence model (`seq`)".to_string(),
+            ));
         }
         let attention = (config.pooling == SeqPooling::Attention)
-            .then(|| AttentionPool::new(&(path / "attention"), dim, &AttentionPoolConfig::default()))
+            .then(|| {
+                AttentionPool::new(&(path / "attention"), dim, &AttentionPoolConfig::default())
+            })
             .transpose()?;
-        Ok(VideoEncoder { frames: TimeDistributed::new(Box::new(image), frame_dim), seq, attention, pooling: config.pooling, dim, backbone })
+        Ok(VideoEncoder {
+            frames: TimeDistributed::new(Box::new(image), frame_dim),
+            seq,
+            attention,
+            pooling: config.pooling,
+            dim,
+            backbone,
+        })
     }
 }
 
@@ -109,7 +122,8 @@ impl Encoder for VideoEncoder {
 
     fn forward_t(&self, input: &Input, train: bool) -> Encoded {
         let lengths = input.lengths_or_full();
-        let steps = self.frames.forward_t(&input.values, &lengths, train && !self.backbone.frozen());
+        let steps =
+            self.frames.forward_t(&input.values, &lengths, train && !self.backbone.frozen());
         let out = match &self.seq {
             Some(s) => s.forward_seq(&steps, &lengths, train),
             None => {

@@ -88,7 +88,11 @@ impl LoadReport {
             line.push_str(&format!("; skipped {}", parts.join("; ")));
         }
         if !self.kept.is_empty() {
-            line.push_str(&format!("; {} variables not in the file keep their initial values ({})", self.kept.len(), self.kept.join(", ")));
+            line.push_str(&format!(
+                "; {} variables not in the file keep their initial values ({})",
+                self.kept.len(),
+                self.kept.join(", ")
+            ));
         }
         line
     }
@@ -101,14 +105,22 @@ const HEAD: &str = "classifier-head tensors (the encoder has no classifier)";
 /// dtypes to the variables' own. Fails, listing every problem, if a variable is missing from
 /// the file (unless allowed), a file tensor matches no variable (unless skipped), or a shape
 /// differs; nothing is changed then.
-pub fn load_safetensors(vs: &nn::VarStore, path: &Path, options: &LoadOptions) -> Result<LoadReport> {
+pub fn load_safetensors(
+    vs: &nn::VarStore,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<LoadReport> {
     let io = |e: tch::TchError| Error::Io { path: path.to_path_buf(), message: e.to_string() };
     if !path.is_file() {
         return Err(Error::Io { path: path.to_path_buf(), message: "no such file".to_string() });
     }
-    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path).map_err(io)?.into_iter().collect();
-    let variables: BTreeMap<String, Tensor> =
-        vs.variables().into_iter().filter_map(|(k, v)| k.strip_prefix(&options.prefix).map(|k| (k.to_string(), v))).collect();
+    let tensors: BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(path).map_err(io)?.into_iter().collect();
+    let variables: BTreeMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(&options.prefix).map(|k| (k.to_string(), v)))
+        .collect();
     let mut problems = Vec::new();
     let mut skipped = Vec::new();
     let mut pairs = Vec::new();
@@ -122,21 +134,30 @@ pub fn load_safetensors(vs: &nn::VarStore, path: &Path, options: &LoadOptions) -
             skipped.push((name.clone(), HEAD.to_string()));
             continue;
         }
-        let (target, reshape) = match options.map.map_or_else(|| Mapped::To(name.clone()), |m| m(name)) {
-            Mapped::To(n) => (n, false),
-            Mapped::Reshaped(n) => (n, true),
-            Mapped::Skip(why) => {
-                skipped.push((name.clone(), why.to_string()));
-                continue;
-            }
-        };
+        let (target, reshape) =
+            match options.map.map_or_else(|| Mapped::To(name.clone()), |m| m(name)) {
+                Mapped::To(n) => (n, false),
+                Mapped::Reshaped(n) => (n, true),
+                Mapped::Skip(why) => {
+                    skipped.push((name.clone(), why.to_string()));
+                    continue;
+                }
+            };
         let shown = if &target == name { name.clone() } else { format!("{name} (as {target})") };
         match variables.get(&target) {
-            None => problems.push(format!("  unexpected: {shown} {:?} (the model has no such variable)", t.size())),
-            Some(_) if !filled.insert(target.clone()) => problems.push(format!("  duplicate: {shown} (another tensor of the file fills it too)")),
+            None => problems.push(format!(
+                "  unexpected: {shown} {:?} (the model has no such variable)",
+                t.size()
+            )),
+            Some(_) if !filled.insert(target.clone()) => problems
+                .push(format!("  duplicate: {shown} (another tensor of the file fills it too)")),
             Some(v) if v.size() == t.size() => pairs.push((v, t.shallow_clone())),
             Some(v) if reshape && v.numel() == t.numel() => pairs.push((v, t.reshape(v.size()))),
-            Some(v) => problems.push(format!("  wrong shape: {shown}: the file has {:?}, the model {:?}", t.size(), v.size())),
+            Some(v) => problems.push(format!(
+                "  wrong shape: {shown}: the file has {:?}, the model {:?}",
+                t.size(),
+                v.size()
+            )),
         }
     }
     let mut kept = Vec::new();
@@ -184,17 +205,25 @@ fn os_error(message: &str) -> Option<String> {
 /// Writes named tensors (moved to the CPU, sorted by name) to a safetensors file atomically:
 /// a temporary file beside it, flushed to disk, renamed over `path`, the folder synced.
 pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> =
-        tensors.into_iter().map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).contiguous())).collect();
+    let mut named: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).contiguous()))
+        .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let io = |e: String| Error::Io { path: path.to_path_buf(), message: e };
     if let Err(e) = Tensor::write_safetensors(&named, &tmp) {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(os_error(&e.to_string()).unwrap_or_else(|| e.to_string())));
     }
-    let done = std::fs::File::open(&tmp).and_then(|f| f.sync_all()).and_then(|_| std::fs::rename(&tmp, path));
+    let done = std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = done {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e.to_string()));

@@ -49,8 +49,10 @@ fn names_and_shapes(vs: &nn::VarStore, prefix: &str) -> Vec<String> {
 }
 
 fn fixture(arch: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/torchvision_{arch}.txt"));
-    let mut v: Vec<String> = std::fs::read_to_string(path).expect("fixture").lines().map(str::to_string).collect();
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/torchvision_{arch}.txt"));
+    let mut v: Vec<String> =
+        std::fs::read_to_string(path).expect("fixture").lines().map(str::to_string).collect();
     v.sort();
     v
 }
@@ -80,7 +82,10 @@ fn grads_reach_every_trainable_parameter(vs: &nn::VarStore, encoder: &dyn Encode
     for (name, var) in vs.variables() {
         if var.requires_grad() {
             let g = var.grad();
-            assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "{encoder:?}: no gradient reaches {name}");
+            assert!(
+                g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                "{encoder:?}: no gradient reaches {name}"
+            );
         }
     }
 }
@@ -145,11 +150,14 @@ fn every_encoder_gives_the_documented_shapes_and_trains_every_parameter() {
         grads_reach_every_trainable_parameter(&vs, encoder.as_ref(), &input);
     }
     // Unknown keys and missing context are errors that say what is wrong.
-    let e = toml::from_str::<EncoderConfig>("kind = \"image\"\narch = \"resnet18\"\nfrezee = true").expect_err("typo").to_string();
+    let e = toml::from_str::<EncoderConfig>("kind = \"image\"\narch = \"resnet18\"\nfrezee = true")
+        .expect_err("typo")
+        .to_string();
     assert!(e.contains("frezee"), "{e}");
     let vs = nn::VarStore::new(Device::Cpu);
     let config: EncoderConfig = toml::from_str("kind = \"audio\"").expect("toml");
-    let e = build(&vs.root(), &config, &BuildContext::default()).expect_err("no mel bins").to_string();
+    let e =
+        build(&vs.root(), &config, &BuildContext::default()).expect_err("no mel bins").to_string();
     assert!(e.contains("mel bins"), "{e}");
 }
 
@@ -160,27 +168,87 @@ fn padding_does_not_change_sequence_encoders() {
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
-    let rnn = RnnConfig { cell: CellKind::Lstm, hidden: 6, layers: 2, bidirectional: true, dropout: 0.0 };
+    let rnn =
+        RnnConfig { cell: CellKind::Lstm, hidden: 6, layers: 2, bidirectional: true, dropout: 0.0 };
     let encoders: Vec<Box<dyn Encoder>> = vec![
-        Box::new(AudioEncoder::new(&(&root / "a"), &AudioConfig { backbone: AudioBackbone::Rnn(rnn.clone()), pooling: SeqPooling::Attention, ..Default::default() }, 5).expect("a")),
-        Box::new(AudioEncoder::new(&(&root / "b"), &AudioConfig { backbone: AudioBackbone::Cnn { channels: vec![3, 4], rnn: None }, pooling: SeqPooling::Mean, ..Default::default() }, 5).expect("b")),
+        Box::new(
+            AudioEncoder::new(
+                &(&root / "a"),
+                &AudioConfig {
+                    backbone: AudioBackbone::Rnn(rnn.clone()),
+                    pooling: SeqPooling::Attention,
+                    ..Default::default()
+                },
+                5,
+            )
+            .expect("a"),
+        ),
+        Box::new(
+            AudioEncoder::new(
+                &(&root / "b"),
+                &AudioConfig {
+                    backbone: AudioBackbone::Cnn { channels: vec![3, 4], rnn: None },
+                    pooling: SeqPooling::Mean,
+                    ..Default::default()
+                },
+                5,
+            )
+            .expect("b"),
+        ),
     ];
     let xs = Tensor::randn([3, 11, 5], (Kind::Float, Device::Cpu));
     let lengths = [11i64, 7, 4];
     let mask = mm_seq::lengths_to_mask(&Tensor::from_slice(&lengths), 11).unsqueeze(-1);
-    let padded = xs.where_self(&mask, &(Tensor::randn([3, 11, 5], (Kind::Float, Device::Cpu)) * 50.0));
+    let padded =
+        xs.where_self(&mask, &(Tensor::randn([3, 11, 5], (Kind::Float, Device::Cpu)) * 50.0));
     for e in &encoders {
-        let batch = tch::no_grad(|| e.forward_t(&Input::sequence(padded.shallow_clone(), Tensor::from_slice(&lengths)), false).pooled);
+        let batch = tch::no_grad(|| {
+            e.forward_t(
+                &Input::sequence(padded.shallow_clone(), Tensor::from_slice(&lengths)),
+                false,
+            )
+            .pooled
+        });
         for (i, &n) in lengths.iter().enumerate() {
-            let alone = tch::no_grad(|| e.forward_t(&Input::sequence(xs.narrow(0, i as i64, 1).narrow(1, 0, n), Tensor::from_slice(&[n])), false).pooled);
+            let alone = tch::no_grad(|| {
+                e.forward_t(
+                    &Input::sequence(
+                        xs.narrow(0, i as i64, 1).narrow(1, 0, n),
+                        Tensor::from_slice(&[n]),
+                    ),
+                    false,
+                )
+                .pooled
+            });
             let d = (batch.get(i as i64) - alone.get(0)).abs().max().double_value(&[]);
             assert!(d < 1e-5, "{e:?}: sample {i} differs by {d}");
         }
     }
-    let text = TextEncoder::new(&(&root / "t"), &TextConfig { dim: Some(8), context: Context::Rnn(rnn), pooling: SeqPooling::Max, dropout: 0.0, ..Default::default() }, 20, None).expect("text");
+    let text = TextEncoder::new(
+        &(&root / "t"),
+        &TextConfig {
+            dim: Some(8),
+            context: Context::Rnn(rnn),
+            pooling: SeqPooling::Max,
+            dropout: 0.0,
+            ..Default::default()
+        },
+        20,
+        None,
+    )
+    .expect("text");
     let ids = Tensor::from_slice(&[5i64, 6, 7, 8, 9, 10, 11, 12]).view([2, 4]);
-    let batch = tch::no_grad(|| text.forward_t(&Input::sequence(ids.shallow_clone(), Tensor::from_slice(&[4i64, 2])), false).pooled);
-    let alone = tch::no_grad(|| text.forward_t(&Input::sequence(ids.narrow(0, 1, 1).narrow(1, 0, 2), Tensor::from_slice(&[2i64])), false).pooled);
+    let batch = tch::no_grad(|| {
+        text.forward_t(&Input::sequence(ids.shallow_clone(), Tensor::from_slice(&[4i64, 2])), false)
+            .pooled
+    });
+    let alone = tch::no_grad(|| {
+        text.forward_t(
+            &Input::sequence(ids.narrow(0, 1, 1).narrow(1, 0, 2), Tensor::from_slice(&[2i64])),
+            false,
+        )
+        .pooled
+    });
     assert!((batch.get(1) - alone.get(0)).abs().max().double_value(&[]) < 1e-5);
 }
 
@@ -198,9 +266,19 @@ fn saved_weights_reload_to_identical_outputs_and_bad_files_name_every_problem() 
     save_safetensors(&vs, &file, "image.").expect("save");
     let vs2 = nn::VarStore::new(Device::Cpu);
     let b = ImageEncoder::new(&(vs2.root() / "enc"), &config).expect("b");
-    let report = load_safetensors(&vs2, &file, &LoadOptions { prefix: "enc.".into(), ..Default::default() }).expect("load");
-    assert_eq!(report.loaded, 100, "every parameter and batch-norm statistic (ResNet-18 without its fc)");
-    let (ya, yb) = tch::no_grad(|| (Encoder::forward_t(&a, &Input::dense(x.shallow_clone()), false).pooled, Encoder::forward_t(&b, &Input::dense(x.shallow_clone()), false).pooled));
+    let report =
+        load_safetensors(&vs2, &file, &LoadOptions { prefix: "enc.".into(), ..Default::default() })
+            .expect("load");
+    assert_eq!(
+        report.loaded, 100,
+        "every parameter and batch-norm statistic (ResNet-18 without its fc)"
+    );
+    let (ya, yb) = tch::no_grad(|| {
+        (
+            Encoder::forward_t(&a, &Input::dense(x.shallow_clone()), false).pooled,
+            Encoder::forward_t(&b, &Input::dense(x.shallow_clone()), false).pooled,
+        )
+    });
     assert_eq!((ya - yb).abs().max().double_value(&[]), 0.0);
 
     // A file with one tensor missing, one too many and one of the wrong shape.
@@ -217,14 +295,27 @@ fn saved_weights_reload_to_identical_outputs_and_bad_files_name_every_problem() 
     let bad = dir.join("bad.safetensors");
     Tensor::write_safetensors(&named, &bad).expect("write");
     let before = vs2.variables()["enc.bn1.bias"].copy();
-    let options = LoadOptions { prefix: "enc.".into(), skip: ImageEncoder::head_names(Arch::Resnet18), ..Default::default() };
+    let options = LoadOptions {
+        prefix: "enc.".into(),
+        skip: ImageEncoder::head_names(Arch::Resnet18),
+        ..Default::default()
+    };
     let e = load_safetensors(&vs2, &bad, &options).expect_err("bad file").to_string();
     assert!(e.contains("missing: layer1.0.conv1.weight"), "{e}");
     assert!(e.contains("unexpected: layer9.0.conv1.weight"), "{e}");
     assert!(e.contains("wrong shape: bn1.bias: the file has [3], the model [64]"), "{e}");
-    assert!(!e.contains("fc.weight") && !e.contains("num_batches_tracked"), "skipped names are not problems: {e}");
-    assert_eq!((vs2.variables()["enc.bn1.bias"].copy() - before).abs().max().double_value(&[]), 0.0, "nothing changes on failure");
-    let e = load_safetensors(&vs2, &dir.join("none.safetensors"), &options).expect_err("missing file").to_string();
+    assert!(
+        !e.contains("fc.weight") && !e.contains("num_batches_tracked"),
+        "skipped names are not problems: {e}"
+    );
+    assert_eq!(
+        (vs2.variables()["enc.bn1.bias"].copy() - before).abs().max().double_value(&[]),
+        0.0,
+        "nothing changes on failure"
+    );
+    let e = load_safetensors(&vs2, &dir.join("none.safetensors"), &options)
+        .expect_err("missing file")
+        .to_string();
     assert!(e.contains("none.safetensors") && e.contains("no such file"), "{e}");
     std::fs::remove_dir_all(dir).expect("clean up");
 }
@@ -233,9 +324,12 @@ fn saved_weights_reload_to_identical_outputs_and_bad_files_name_every_problem() 
 fn a_frozen_backbone_does_not_move_and_keeps_its_statistics() {
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
-    let config: EncoderConfig = toml::from_str("kind = \"image\"\narch = \"resnet18\"\nfreeze = true\nproject = 8").expect("toml");
+    let config: EncoderConfig =
+        toml::from_str("kind = \"image\"\narch = \"resnet18\"\nfreeze = true\nproject = 8")
+            .expect("toml");
     let enc = build(&(vs.root() / "img"), &config, &BuildContext::default()).expect("build");
-    let before: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(k, v)| (k, v.copy())).collect();
+    let before: Vec<(String, Tensor)> =
+        vs.variables().into_iter().map(|(k, v)| (k, v.copy())).collect();
     let mut opt = nn::Sgd::default().build(&vs, 0.1).expect("sgd");
     let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
     opt.backward_step(&enc.forward_t(&Input::dense(x), true).pooled.square().mean(Kind::Float));
@@ -266,7 +360,11 @@ fn glove_and_word2vec_vectors_load_for_a_vocabulary() {
     let v = load_vectors(&glove, &vocab, OovPolicy::Mean, 0).expect("glove");
     assert_eq!(v.dim, 50);
     assert_eq!(v.read, 20_000);
-    assert!(v.missing.contains(&"zqxjkvw".to_string()), "{:?}", &v.missing[..v.missing.len().min(10)]);
+    assert!(
+        v.missing.contains(&"zqxjkvw".to_string()),
+        "{:?}",
+        &v.missing[..v.missing.len().min(10)]
+    );
     assert!(v.found > 19_000, "found {}", v.found);
     let king: Vec<String> = nearest(&v, &vocab, "king", 10).into_iter().map(|(w, _)| w).collect();
     eprintln!("nearest to king: {king:?}");
@@ -280,7 +378,8 @@ fn glove_and_word2vec_vectors_load_for_a_vocabulary() {
     let dir = temp("w2v");
     let all = std::fs::read_to_string(&glove).expect("glove");
     let lines: Vec<&str> = all.lines().take(300).collect();
-    let small = VocabBuilder::default().build(&WordTokenizer::default(), lines.iter().map(|l| l.split(' ').next().unwrap_or("")));
+    let small = VocabBuilder::default()
+        .build(&WordTokenizer::default(), lines.iter().map(|l| l.split(' ').next().unwrap_or("")));
     let mut text = format!("{} 50\n", lines.len());
     let mut binary = format!("{} 50\n", lines.len()).into_bytes();
     for l in &lines {
@@ -301,21 +400,38 @@ fn glove_and_word2vec_vectors_load_for_a_vocabulary() {
     let from_glove = load_vectors(&dir.join("g.txt"), &small, OovPolicy::Zero, 0).expect("glove");
     let from_text = load_vectors(&dir.join("w.txt"), &small, OovPolicy::Zero, 0).expect("w2v text");
     let from_bin = load_vectors(&dir.join("w.bin"), &small, OovPolicy::Zero, 0).expect("w2v bin");
-    assert!(from_text.found > 250 && from_text.found == from_glove.found && from_bin.found == from_glove.found);
+    assert!(
+        from_text.found > 250
+            && from_text.found == from_glove.found
+            && from_bin.found == from_glove.found
+    );
     assert_eq!((&from_glove.matrix - &from_text.matrix).abs().max().double_value(&[]), 0.0);
     assert_eq!((&from_glove.matrix - &from_bin.matrix).abs().max().double_value(&[]), 0.0);
     // Damaged files: the error names the line or entry.
     std::fs::write(dir.join("bad.txt"), "the 0.1 0.2\nof 0.3\n").expect("write");
-    let e = load_vectors(&dir.join("bad.txt"), &small, OovPolicy::Zero, 0).expect_err("bad").to_string();
+    let e = load_vectors(&dir.join("bad.txt"), &small, OovPolicy::Zero, 0)
+        .expect_err("bad")
+        .to_string();
     assert!(e.contains("bad.txt:2") && e.contains("expected 2"), "{e}");
     std::fs::write(dir.join("cut.bin"), &binary[..binary.len() / 2]).expect("write");
-    let e = load_vectors(&dir.join("cut.bin"), &small, OovPolicy::Zero, 0).expect_err("cut").to_string();
+    let e = load_vectors(&dir.join("cut.bin"), &small, OovPolicy::Zero, 0)
+        .expect_err("cut")
+        .to_string();
     assert!(e.contains("cut.bin:") && (e.contains("truncated") || e.contains("ends after")), "{e}");
 
     // Built from configuration, with the vectors frozen: the embeddings are the vectors.
-    let config: EncoderConfig = toml::from_str(&format!("kind = \"text\"\nvectors = {:?}\nfreeze = true\npooling = \"mean\"", glove.display().to_string())).expect("toml");
+    let config: EncoderConfig = toml::from_str(&format!(
+        "kind = \"text\"\nvectors = {:?}\nfreeze = true\npooling = \"mean\"",
+        glove.display().to_string()
+    ))
+    .expect("toml");
     let vs = nn::VarStore::new(Device::Cpu);
-    let enc = build(&(vs.root() / "text"), &config, &BuildContext { vocab: Some(&vocab), ..Default::default() }).expect("text encoder");
+    let enc = build(
+        &(vs.root() / "text"),
+        &config,
+        &BuildContext { vocab: Some(&vocab), ..Default::default() },
+    )
+    .expect("text encoder");
     assert_eq!(enc.output_dim(), 50);
     let emb = &vs.variables()["text.embedding.weight"];
     assert!(!emb.requires_grad());
@@ -329,7 +445,13 @@ fn a_transformer_text_encoder_runs_over_subword_ids_and_tabular_records_encode()
     let vs = nn::VarStore::new(Device::Cpu);
     let config = TextConfig {
         dim: Some(16),
-        context: Context::Transformer(TransformerConfig { d_model: 16, heads: 4, layers: 2, ff: 32, ..Default::default() }),
+        context: Context::Transformer(TransformerConfig {
+            d_model: 16,
+            heads: 4,
+            layers: 2,
+            ff: 32,
+            ..Default::default()
+        }),
         pooling: SeqPooling::Attention,
         ..Default::default()
     };
@@ -339,7 +461,10 @@ fn a_transformer_text_encoder_runs_over_subword_ids_and_tabular_records_encode()
     assert_eq!(out.pooled.size(), [4, 16]);
     let mlp = TabularEncoder::new(&(vs.root() / "mlp"), &TabularConfig::default(), 6).expect("mlp");
     let x = Tensor::randn([8, 6], (Kind::Float, Device::Cpu));
-    let (a, b) = (mlp.forward_t(&Input::dense(x.shallow_clone()), false).pooled, mlp.forward_t(&Input::dense(x), false).pooled);
+    let (a, b) = (
+        mlp.forward_t(&Input::dense(x.shallow_clone()), false).pooled,
+        mlp.forward_t(&Input::dense(x), false).pooled,
+    );
     assert_eq!(a.size(), [8, 64]);
     assert_eq!((a - b).abs().max().double_value(&[]), 0.0, "evaluation is deterministic");
 }
@@ -351,23 +476,50 @@ fn video_encoders_pool_frames_with_or_without_order() {
     tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
     let ordered: EncoderConfig = toml::from_str("kind = \"video\"\nframe = { arch = \"lenet\" }\nseq = { type = \"rnn\", cell = \"gru\", hidden = 12 }\npooling = \"last\"").expect("toml");
-    let bag: EncoderConfig = toml::from_str("kind = \"video\"\nframe = { arch = \"lenet\" }\npooling = \"mean\"\nproject = 6").expect("toml");
+    let bag: EncoderConfig = toml::from_str(
+        "kind = \"video\"\nframe = { arch = \"lenet\" }\npooling = \"mean\"\nproject = 6",
+    )
+    .expect("toml");
     let a = build(&(vs.root() / "a"), &ordered, &BuildContext::default()).expect("ordered");
     let b = build(&(vs.root() / "b"), &bag, &BuildContext::default()).expect("bag");
     let frames = Tensor::rand([2, 5, 3, 28, 28], (Kind::Float, Device::Cpu));
     let lengths = Tensor::from_slice(&[5i64, 3]);
     let reversed = frames.narrow(0, 1, 1).narrow(1, 0, 3).flip([1]);
     for (enc, dim, order_matters) in [(&a, 12, true), (&b, 6, false)] {
-        let out = tch::no_grad(|| enc.forward_t(&Input::sequence(frames.shallow_clone(), lengths.shallow_clone()), false).pooled);
+        let out = tch::no_grad(|| {
+            enc.forward_t(&Input::sequence(frames.shallow_clone(), lengths.shallow_clone()), false)
+                .pooled
+        });
         assert_eq!(out.size(), [2, dim]);
         // Sample 1 alone (3 frames) equals its padded row; reversed, it differs only with order.
-        let alone = tch::no_grad(|| enc.forward_t(&Input::sequence(frames.narrow(0, 1, 1).narrow(1, 0, 3), Tensor::from_slice(&[3i64])), false).pooled);
+        let alone = tch::no_grad(|| {
+            enc.forward_t(
+                &Input::sequence(
+                    frames.narrow(0, 1, 1).narrow(1, 0, 3),
+                    Tensor::from_slice(&[3i64]),
+                ),
+                false,
+            )
+            .pooled
+        });
         assert!((out.get(1) - alone.get(0)).abs().max().double_value(&[]) < 1e-5);
-        let rev = tch::no_grad(|| enc.forward_t(&Input::sequence(reversed.shallow_clone(), Tensor::from_slice(&[3i64])), false).pooled);
+        let rev = tch::no_grad(|| {
+            enc.forward_t(
+                &Input::sequence(reversed.shallow_clone(), Tensor::from_slice(&[3i64])),
+                false,
+            )
+            .pooled
+        });
         let d = (rev.get(0) - alone.get(0)).abs().max().double_value(&[]);
         assert_eq!(d > 1e-6, order_matters, "order changes the output by {d}");
     }
-    let e = toml::from_str::<EncoderConfig>("kind = \"video\"\nframe = { arch = \"lenet\" }\npooling = \"last\"").map_err(|e| e.to_string()).and_then(|c| build(&vs.root(), &c, &BuildContext::default()).map(|_| ()).map_err(|e| e.to_string()));
+    let e = toml::from_str::<EncoderConfig>(
+        "kind = \"video\"\nframe = { arch = \"lenet\" }\npooling = \"last\"",
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|c| {
+        build(&vs.root(), &c, &BuildContext::default()).map(|_| ()).map_err(|e| e.to_string())
+    });
     assert!(e.expect_err("last without seq").contains("needs a sequence model"));
 }
 
@@ -395,9 +547,12 @@ fn word_vector_files_that_broke_the_fuzzer_are_refused() {
     // The case itself: a header announcing 6 666 666 666 numbers per vector.
     let file = scratch.join("huge.txt");
     std::fs::write(&file, "666666666 6666666666\n").expect("write");
-    let e = load_vectors(&file, &vocab, OovPolicy::Zero, 0).expect_err("a huge dimension").to_string();
+    let e =
+        load_vectors(&file, &vocab, OovPolicy::Zero, 0).expect_err("a huge dimension").to_string();
     assert!(e.contains("more than the 16384 accepted") && e.contains("huge.txt:1"), "{e}");
     std::fs::write(&file, format!("the {}\n", vec!["0"; 20_000].join(" "))).expect("write");
-    let e = load_vectors(&file, &vocab, OovPolicy::Zero, 0).expect_err("a huge first vector").to_string();
+    let e = load_vectors(&file, &vocab, OovPolicy::Zero, 0)
+        .expect_err("a huge first vector")
+        .to_string();
     assert!(e.contains("20000 numbers"), "{e}");
 }

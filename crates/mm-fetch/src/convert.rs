@@ -76,26 +76,48 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
         return Err(bad("not an idx file (bad magic number)".into()));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(format!("idx element type 0x{:02x}; only unsigned bytes (0x08) are supported", bytes[2])));
+        return Err(bad(format!(
+            "idx element type 0x{:02x}; only unsigned bytes (0x08) are supported",
+            bytes[2]
+        )));
     }
     let n = bytes[3] as usize;
     let header = 4 + 4 * n;
     if bytes.len() < header {
         return Err(bad("truncated idx header".into()));
     }
-    let dims: Vec<usize> = (0..n).map(|i| u32::from_be_bytes([bytes[4 + 4 * i], bytes[5 + 4 * i], bytes[6 + 4 * i], bytes[7 + 4 * i]]) as usize).collect();
+    let dims: Vec<usize> = (0..n)
+        .map(|i| {
+            u32::from_be_bytes([
+                bytes[4 + 4 * i],
+                bytes[5 + 4 * i],
+                bytes[6 + 4 * i],
+                bytes[7 + 4 * i],
+            ]) as usize
+        })
+        .collect();
     let count: usize = dims.iter().product();
     if bytes.len() - header != count {
-        return Err(bad(format!("idx header says {dims:?} ({count} values), the file holds {}", bytes.len() - header)));
+        return Err(bad(format!(
+            "idx header says {dims:?} ({count} values), the file holds {}",
+            bytes.len() - header
+        )));
     }
     Ok(Idx { dims, data: bytes[header..].to_vec() })
 }
 
-fn png(path: &Path, width: u32, height: u32, pixels: Vec<u8>, colour: image::ExtendedColorType) -> Result<()> {
+fn png(
+    path: &Path,
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+    colour: image::ExtendedColorType,
+) -> Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    image::save_buffer_with_format(path, &pixels, width, height, colour, image::ImageFormat::Png).map_err(|e| Error::format(path, format!("writing PNG: {e}")))
+    image::save_buffer_with_format(path, &pixels, width, height, colour, image::ImageFormat::Png)
+        .map_err(|e| Error::format(path, format!("writing PNG: {e}")))
 }
 
 type Samples = (Vec<Value>, Vec<Dropped>);
@@ -109,17 +131,32 @@ fn idx(root: &Path, classes: &[String]) -> Result<Samples> {
         let images = read_idx(&images_path)?;
         let labels = read_idx(&labels_path)?;
         let [n, h, w] = images.dims[..] else {
-            return Err(Error::format(&images_path, format!("images of shape {:?}, expected [n, h, w]", images.dims)));
+            return Err(Error::format(
+                &images_path,
+                format!("images of shape {:?}, expected [n, h, w]", images.dims),
+            ));
         };
         if labels.dims != [n] {
-            return Err(Error::format(&labels_path, format!("labels of shape {:?} for {n} images", labels.dims)));
+            return Err(Error::format(
+                &labels_path,
+                format!("labels of shape {:?} for {n} images", labels.dims),
+            ));
         }
         if let Some(bad) = labels.data.iter().find(|l| usize::from(**l) >= classes.len()) {
-            return Err(Error::format(&labels_path, format!("label {bad} but only {} classes", classes.len())));
+            return Err(Error::format(
+                &labels_path,
+                format!("label {bad} but only {} classes", classes.len()),
+            ));
         }
         (0..n).into_par_iter().try_for_each(|i| {
             let pixels = images.data[i * h * w..(i + 1) * h * w].to_vec();
-            png(&root.join(format!("images/{split}/{i:05}.png")), w as u32, h as u32, pixels, image::ExtendedColorType::L8)
+            png(
+                &root.join(format!("images/{split}/{i:05}.png")),
+                w as u32,
+                h as u32,
+                pixels,
+                image::ExtendedColorType::L8,
+            )
         })?;
         samples.extend((0..n).map(|i| {
             json!({"id": format!("{split}-{i:05}"), "split": split, "image": format!("images/{split}/{i:05}.png"), "label": classes[usize::from(labels.data[i])]})
@@ -141,7 +178,9 @@ fn fsdd(root: &Path) -> Result<Samples> {
         let stem = name.trim_end_matches(".wav");
         let parts: Vec<&str> = stem.split('_').collect();
         let parsed = match parts[..] {
-            [digit, _speaker, take] => digit.parse::<u8>().ok().filter(|d| *d < 10).zip(take.parse::<u32>().ok()),
+            [digit, _speaker, take] => {
+                digit.parse::<u8>().ok().filter(|d| *d < 10).zip(take.parse::<u32>().ok())
+            }
             _ => None,
         };
         match parsed {
@@ -158,26 +197,51 @@ fn fsdd(root: &Path) -> Result<Samples> {
 fn cifar10(root: &Path) -> Result<Samples> {
     let dir = root.join("cifar-10-batches-bin");
     let meta = dir.join("batches.meta.txt");
-    let classes: Vec<String> =
-        fs::read_to_string(&meta).map_err(|e| Error::io(&meta, e))?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let classes: Vec<String> = fs::read_to_string(&meta)
+        .map_err(|e| Error::io(&meta, e))?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     let mut samples = Vec::new();
-    for (split, files) in [("train", (1..=5).map(|i| format!("data_batch_{i}.bin")).collect::<Vec<_>>()), ("test", vec!["test_batch.bin".to_string()])] {
+    for (split, files) in [
+        ("train", (1..=5).map(|i| format!("data_batch_{i}.bin")).collect::<Vec<_>>()),
+        ("test", vec!["test_batch.bin".to_string()]),
+    ] {
         let mut records: Vec<u8> = Vec::new();
         for file in &files {
             let path = dir.join(file);
             let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
             if bytes.len() % 3073 != 0 {
-                return Err(Error::format(&path, format!("{} bytes is not a whole number of 3073-byte records", bytes.len())));
+                return Err(Error::format(
+                    &path,
+                    format!("{} bytes is not a whole number of 3073-byte records", bytes.len()),
+                ));
             }
             if let Some(i) = bytes.chunks(3073).position(|r| usize::from(r[0]) >= classes.len()) {
-                return Err(Error::format(&path, format!("record {i}: label {} but {} classes in batches.meta.txt", bytes[i * 3073], classes.len())));
+                return Err(Error::format(
+                    &path,
+                    format!(
+                        "record {i}: label {} but {} classes in batches.meta.txt",
+                        bytes[i * 3073],
+                        classes.len()
+                    ),
+                ));
             }
             records.extend(bytes);
         }
         records.par_chunks(3073).enumerate().try_for_each(|(i, r)| {
             let planes = &r[1..];
-            let rgb: Vec<u8> = (0..1024).flat_map(|p| [planes[p], planes[1024 + p], planes[2048 + p]]).collect();
-            png(&root.join(format!("images/{split}/{i:05}.png")), 32, 32, rgb, image::ExtendedColorType::Rgb8)
+            let rgb: Vec<u8> =
+                (0..1024).flat_map(|p| [planes[p], planes[1024 + p], planes[2048 + p]]).collect();
+            png(
+                &root.join(format!("images/{split}/{i:05}.png")),
+                32,
+                32,
+                rgb,
+                image::ExtendedColorType::Rgb8,
+            )
         })?;
         samples.extend(records.chunks(3073).enumerate().map(|(i, r)| {
             json!({"id": format!("{split}-{i:05}"), "split": split, "image": format!("images/{split}/{i:05}.png"), "label": classes[usize::from(r[0])]})
@@ -191,21 +255,40 @@ fn esc50(root: &Path) -> Result<Samples> {
     let csv = root.join("meta/esc50.csv");
     let text = fs::read_to_string(&csv).map_err(|e| Error::io(&csv, e))?;
     let mut lines = text.lines().enumerate();
-    let header: Vec<&str> = lines.next().map(|(_, l)| l.split(',').map(str::trim).collect()).unwrap_or_default();
-    let column = |name: &str| header.iter().position(|h| *h == name).ok_or_else(|| Error::format(&csv, format!("line 1: no `{name}` column")));
-    let (file_col, fold_col, category_col) = (column("filename")?, column("fold")?, column("category")?);
+    let header: Vec<&str> =
+        lines.next().map(|(_, l)| l.split(',').map(str::trim).collect()).unwrap_or_default();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| Error::format(&csv, format!("line 1: no `{name}` column")))
+    };
+    let (file_col, fold_col, category_col) =
+        (column("filename")?, column("fold")?, column("category")?);
     let (mut samples, mut dropped) = (Vec::new(), Vec::new());
     for (i, line) in lines {
         if line.trim().is_empty() {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let at = |c: usize| fields.get(c).copied().ok_or_else(|| Error::format(&csv, format!("line {}: {} fields, expected {}", i + 1, fields.len(), header.len())));
+        let at = |c: usize| {
+            fields.get(c).copied().ok_or_else(|| {
+                Error::format(
+                    &csv,
+                    format!("line {}: {} fields, expected {}", i + 1, fields.len(), header.len()),
+                )
+            })
+        };
         let (file, fold, category) = (at(file_col)?, at(fold_col)?, at(category_col)?);
-        let fold: u32 = fold.parse().map_err(|_| Error::format(&csv, format!("line {}: fold {fold:?} is not a number", i + 1)))?;
+        let fold: u32 = fold.parse().map_err(|_| {
+            Error::format(&csv, format!("line {}: fold {fold:?} is not a number", i + 1))
+        })?;
         let id = file.trim_end_matches(".wav");
         if !root.join("audio").join(file).is_file() {
-            dropped.push(Dropped { id: id.into(), reason: format!("audio/{file} is not in the archive") });
+            dropped.push(Dropped {
+                id: id.into(),
+                reason: format!("audio/{file} is not in the archive"),
+            });
             continue;
         }
         let split = match fold {
@@ -213,7 +296,9 @@ fn esc50(root: &Path) -> Result<Samples> {
             4 => "val",
             _ => "train",
         };
-        samples.push(json!({"id": id, "split": split, "audio": format!("audio/{file}"), "label": category}));
+        samples.push(
+            json!({"id": id, "split": split, "audio": format!("audio/{file}"), "label": category}),
+        );
     }
     Ok((samples, dropped))
 }
@@ -226,13 +311,19 @@ fn flickr8k(root: &Path) -> Result<Samples> {
         fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
     };
     let mut split_of: BTreeMap<String, &str> = BTreeMap::new();
-    for (file, split) in [("Flickr_8k.trainImages.txt", "train"), ("Flickr_8k.devImages.txt", "val"), ("Flickr_8k.testImages.txt", "test")] {
+    for (file, split) in [
+        ("Flickr_8k.trainImages.txt", "train"),
+        ("Flickr_8k.devImages.txt", "val"),
+        ("Flickr_8k.testImages.txt", "test"),
+    ] {
         for image in read(file)?.lines().map(str::trim).filter(|l| !l.is_empty()) {
             split_of.insert(image.to_string(), split);
         }
     }
     let present: BTreeSet<String> = match fs::read_dir(root.join("images")) {
-        Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect(),
         Err(_) => BTreeSet::new(),
     };
     let token_path = root.join("text/Flickr8k.token.txt");
@@ -242,7 +333,10 @@ fn flickr8k(root: &Path) -> Result<Samples> {
             continue;
         }
         let Some((key, caption)) = line.split_once('\t') else {
-            return Err(Error::format(&token_path, format!("line {}: no tab between `IMAGE#N` and the caption", i + 1)));
+            return Err(Error::format(
+                &token_path,
+                format!("line {}: no tab between `IMAGE#N` and the caption", i + 1),
+            ));
         };
         let image = key.split('#').next().unwrap_or(key);
         let reason = if !present.contains(image) {

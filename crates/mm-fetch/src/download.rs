@@ -86,7 +86,10 @@ impl Downloader {
                         }
                         let wait = self.backoff * 2u32.saturating_pow(failures.saturating_sub(1));
                         if self.progress {
-                            eprintln!("  {label}: {detail}; retrying in {:.1} s", wait.as_secs_f64());
+                            eprintln!(
+                                "  {label}: {detail}; retrying in {:.1} s",
+                                wait.as_secs_f64()
+                            );
                         }
                         std::thread::sleep(wait);
                     }
@@ -110,11 +113,19 @@ impl Downloader {
         }
         let response = request.call().map_err(|e| Failure::Retry(e.to_string()))?;
         let status = response.status().as_u16();
-        let length = response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let length = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let start = match status {
             200 => 0,
             206 => {
-                let range = response.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let range = response
+                    .headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
                 if content_range_start(range) != Some(offset) {
                     remove(part);
                     return Err(Failure::Retry(format!("the host answered range {range:?} to a request from byte {offset}; starting over")));
@@ -123,7 +134,9 @@ impl Downloader {
             }
             416 => {
                 remove(part);
-                return Err(Failure::Retry("the host refused to resume (416); starting over".into()));
+                return Err(Failure::Retry(
+                    "the host refused to resume (416); starting over".into(),
+                ));
             }
             429 | 500..=599 => return Err(Failure::Retry(format!("HTTP {status}"))),
             _ => {
@@ -132,12 +145,22 @@ impl Downloader {
             }
         };
         let total = length.map(|l| l + start);
-        let file = if start == 0 { File::create(part) } else { OpenOptions::new().append(true).open(part) };
+        let file = if start == 0 {
+            File::create(part)
+        } else {
+            OpenOptions::new().append(true).open(part)
+        };
         let mut file = file.map_err(|e| Failure::Final(Error::io(part, e)))?;
-        let bar = if self.progress { ProgressBar::new(total.unwrap_or(0)) } else { ProgressBar::hidden() };
+        let bar = if self.progress {
+            ProgressBar::new(total.unwrap_or(0))
+        } else {
+            ProgressBar::hidden()
+        };
         bar.set_style(
-            ProgressStyle::with_template("  {prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "  {prefix} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(label.to_string());
         bar.set_position(start);
@@ -154,14 +177,20 @@ impl Downloader {
                     written += n as u64;
                     bar.set_position(written);
                 }
-                Err(e) => break Err(Failure::Retry(format!("connection lost after {written} bytes: {e}"))),
+                Err(e) => {
+                    break Err(Failure::Retry(format!(
+                        "connection lost after {written} bytes: {e}"
+                    )))
+                }
             }
         };
         bar.finish_and_clear();
         file.flush().map_err(|e| Failure::Final(Error::io(part, e)))?;
         outcome?;
         match total {
-            Some(total) if written != total => Err(Failure::Retry(format!("connection closed at {written} of {total} bytes"))),
+            Some(total) if written != total => {
+                Err(Failure::Retry(format!("connection closed at {written} of {total} bytes")))
+            }
             _ => Ok(()),
         }
     }

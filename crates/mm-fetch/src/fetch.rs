@@ -41,13 +41,21 @@ pub struct FetchOptions {
 impl FetchOptions {
     /// Defaults: `dir`, upstream hosts, four retries from 0.5 s, progress on a terminal.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        FetchOptions { dir: dir.into(), mirror: None, force: false, keep_downloads: false, downloader: Downloader::default(), verbose: true }
+        FetchOptions {
+            dir: dir.into(),
+            mirror: None,
+            force: false,
+            keep_downloads: false,
+            downloader: Downloader::default(),
+            verbose: true,
+        }
     }
 
     /// The defaults, with `dir` from `MM_DATA_DIR` (else `data`) and the mirror from
     /// `MM_DATA_MIRROR` when they are set.
     pub fn from_env() -> Self {
-        let dir = std::env::var_os(DIR_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"));
+        let dir =
+            std::env::var_os(DIR_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"));
         let mut options = FetchOptions::new(dir);
         options.mirror = std::env::var(MIRROR_ENV).ok().filter(|m| !m.trim().is_empty());
         options
@@ -136,7 +144,10 @@ pub fn presence(dir: &Path, set: &DataSet) -> Presence {
         .iter()
         .map(|a| {
             let d = downloads.join(&a.file);
-            [part_path(&d), d].iter().map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0)).sum::<u64>()
+            [part_path(&d), d]
+                .iter()
+                .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                .sum::<u64>()
         })
         .sum();
     Presence::Absent { partial }
@@ -161,7 +172,11 @@ pub fn fetch(set: &DataSet, options: &FetchOptions) -> Result<Fetched> {
     match lock.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            eprintln!("{}: another fetch into {} is running; waiting for it", set.name, options.dir.display());
+            eprintln!(
+                "{}: another fetch into {} is running; waiting for it",
+                set.name,
+                options.dir.display()
+            );
             lock.lock().map_err(|e| Error::io(&options.dir, e))?;
         }
         Err(fs::TryLockError::Error(e)) => return Err(Error::io(&options.dir, e)),
@@ -197,14 +212,23 @@ pub fn fetch(set: &DataSet, options: &FetchOptions) -> Result<Fetched> {
         if verified {
             say(&format!("{} verified ({})", artifact.file, artifact.check.describe()));
         } else {
-            eprintln!("{}: warning: {} is not verified ({}); check it yourself before relying on it", set.name, artifact.file, artifact.check_source);
+            eprintln!(
+                "{}: warning: {} is not verified ({}); check it yourself before relying on it",
+                set.name, artifact.file, artifact.check_source
+            );
         }
         // A verified SHA-256 of the file is already its digest; anything else needs a pass.
         let sha256 = match &artifact.check {
             Check::Sha256(h) if verified => h.to_ascii_lowercase(),
             _ => sha256_file(&dest)?,
         };
-        sources.push(Source { file: artifact.file.clone(), url, check: artifact.check.clone(), verified, sha256 });
+        sources.push(Source {
+            file: artifact.file.clone(),
+            url,
+            check: artifact.check.clone(),
+            verified,
+            sha256,
+        });
     }
     let staging = options.dir.join(format!(".staging-{}-{}", set.name, std::process::id()));
     let built = (|| -> Result<Conversion> {
@@ -215,7 +239,8 @@ pub fn fetch(set: &DataSet, options: &FetchOptions) -> Result<Fetched> {
             say(&format!("unpacked {} ({} files)", artifact.file, written.len()));
         }
         let conversion = convert(&set.layout, &staging)?;
-        let fetched_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        let fetched_at =
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
         let record = Record {
             name: set.name.clone(),
             title: set.title.clone(),
@@ -226,7 +251,8 @@ pub fn fetch(set: &DataSet, options: &FetchOptions) -> Result<Fetched> {
             conversion: conversion.clone(),
         };
         let marker = staging.join(MARKER);
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| Error::Config(format!("serialising the record: {e}")))?;
+        let json = serde_json::to_vec_pretty(&record)
+            .map_err(|e| Error::Config(format!("serialising the record: {e}")))?;
         fs::write(&marker, json).map_err(|e| Error::io(&marker, e))?;
         fs::File::open(&marker).and_then(|f| f.sync_all()).map_err(|e| Error::io(&marker, e))?;
         place(&staging, &target)?;
@@ -256,7 +282,8 @@ pub fn fetch(set: &DataSet, options: &FetchOptions) -> Result<Fetched> {
         }
     }
     say(&format!("ready in {}", target.display()));
-    let record = read_record(&target).ok_or_else(|| Error::format(target.join(MARKER), "unreadable right after writing"))?;
+    let record = read_record(&target)
+        .ok_or_else(|| Error::format(target.join(MARKER), "unreadable right after writing"))?;
     Ok(Fetched { path: target, record, fetched: true })
 }
 
@@ -269,7 +296,11 @@ fn remove_dir(path: &Path) -> Result<()> {
 
 /// Renames the finished `staging` folder to `target`, replacing an earlier fetch's folder.
 fn place(staging: &Path, target: &Path) -> Result<()> {
-    let old = target.with_file_name(format!(".old-{}-{}", target.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let old = target.with_file_name(format!(
+        ".old-{}-{}",
+        target.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     let replaced = target.exists();
     if replaced {
         fs::rename(target, &old).map_err(|e| Error::io(target, e))?;

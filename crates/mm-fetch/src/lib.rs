@@ -33,4 +33,6 @@ pub mod serve;
 pub mod unpack;
 
 pub use error::{Error, Result};
-pub use fetch::{fetch, presence, FetchOptions, Fetched, Presence, Record, Source, DIR_ENV, MARKER, MIRROR_ENV};
+pub use fetch::{
+    fetch, presence, FetchOptions, Fetched, Presence, Record, Source, DIR_ENV, MARKER, MIRROR_ENV,
+};

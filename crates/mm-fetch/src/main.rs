@@ -11,7 +11,11 @@ use mm_fetch::{fetch, presence, FetchOptions, Presence, DIR_ENV, MIRROR_ENV};
 
 /// Downloads, verifies, unpacks and converts data sets into mm manifests.
 #[derive(Parser, Debug)]
-#[command(name = "mm-fetch", version, after_help = "Data sets and pretrained weights: `--list`. A mirror is any HTTP host laid out as NAME/FILE (see `--list`).")]
+#[command(
+    name = "mm-fetch",
+    version,
+    after_help = "Data sets and pretrained weights: `--list`. A mirror is any HTTP host laid out as NAME/FILE (see `--list`)."
+)]
 struct Args {
     /// Data sets or pretrained weights to fetch (`--list` shows them).
     names: Vec<String>,
@@ -64,8 +68,12 @@ fn run(args: Args) -> Result<(), mm_fetch::Error> {
     options.keep_downloads = args.keep_downloads;
     options.downloader = Downloader::new(args.retries, Duration::from_millis(500), true);
     if let Some(folder) = args.serve {
-        let server = mm_fetch::serve::MirrorServer::bind(&folder, Default::default(), &format!("127.0.0.1:{}", args.port))
-            .map_err(|e| mm_fetch::Error::io(&folder, e))?;
+        let server = mm_fetch::serve::MirrorServer::bind(
+            &folder,
+            Default::default(),
+            &format!("127.0.0.1:{}", args.port),
+        )
+        .map_err(|e| mm_fetch::Error::io(&folder, e))?;
         eprintln!("serving {} at {} (Ctrl-C stops)", folder.display(), server.url());
         server.wait();
         return Ok(());
@@ -77,7 +85,8 @@ fn run(args: Args) -> Result<(), mm_fetch::Error> {
         }
         return Ok(());
     }
-    let sets = args.names.iter().map(|n| mm_fetch::registry::find(n)).collect::<Result<Vec<_>, _>>()?;
+    let sets =
+        args.names.iter().map(|n| mm_fetch::registry::find(n)).collect::<Result<Vec<_>, _>>()?;
     for set in &sets {
         fetch(set, &options)?;
     }
@@ -87,9 +96,14 @@ fn run(args: Args) -> Result<(), mm_fetch::Error> {
 fn list(options: &FetchOptions) {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let _ = writeln!(out, "data sets (folder: {}; {DIR_ENV} or --dir changes it):\n", options.dir.display());
+    let _ = writeln!(
+        out,
+        "data sets (folder: {}; {DIR_ENV} or --dir changes it):\n",
+        options.dir.display()
+    );
     // The data sets first, then the pretrained weights (for mm-encoders' image and text encoders).
-    let (weights, data): (Vec<_>, Vec<_>) = registry().into_iter().partition(|s| s.layout == Layout::Weights);
+    let (weights, data): (Vec<_>, Vec<_>) =
+        registry().into_iter().partition(|s| s.layout == Layout::Weights);
     let heading = format!("pretrained weights (into the same folder; `weights = \"{}/NAME/model.safetensors\"` or `model = \"{}/NAME\"` in a run):\n", options.dir.display(), options.dir.display());
     let mut in_weights = false;
     for set in data.into_iter().chain(weights) {
@@ -99,16 +113,31 @@ fn list(options: &FetchOptions) {
         }
         let state = match presence(&options.dir, &set) {
             Presence::Present(record) => {
-                let splits: Vec<String> = record.conversion.splits.iter().map(|(s, n)| format!("{n} {s}")).collect();
-                if splits.is_empty() { "present".to_string() } else { format!("present ({})", splits.join(", ")) }
+                let splits: Vec<String> =
+                    record.conversion.splits.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                if splits.is_empty() {
+                    "present".to_string()
+                } else {
+                    format!("present ({})", splits.join(", "))
+                }
             }
             Presence::Absent { partial: 0 } => "not fetched".to_string(),
-            Presence::Absent { partial } => format!("not fetched ({:.1} MB of downloads to resume)", partial as f64 / 1e6),
+            Presence::Absent { partial } => {
+                format!("not fetched ({:.1} MB of downloads to resume)", partial as f64 / 1e6)
+            }
             Presence::Foreign => "a folder of this name exists, not made by a fetch".to_string(),
         };
         let size: u64 = set.artifacts.iter().filter_map(|a| a.size).sum();
-        let size = if size > 0 { format!("{:.1} MB", size as f64 / 1e6) } else { "size not published".into() };
-        let mut checks_text: Vec<&str> = set.artifacts.iter().map(|a| if a.check.verified() { a.check.describe() } else { "UNVERIFIED" }).collect();
+        let size = if size > 0 {
+            format!("{:.1} MB", size as f64 / 1e6)
+        } else {
+            "size not published".into()
+        };
+        let mut checks_text: Vec<&str> = set
+            .artifacts
+            .iter()
+            .map(|a| if a.check.verified() { a.check.describe() } else { "UNVERIFIED" })
+            .collect();
         checks_text.dedup();
         let _ = writeln!(out, "{:<14} {}", set.name, set.title);
         let _ = writeln!(out, "{:<14} {state}; {size}; licence: {}", "", set.licence);
@@ -121,7 +150,9 @@ fn list(options: &FetchOptions) {
     }
     let _ = match &options.mirror {
         Some(m) => writeln!(out, "mirror: {m} (from --mirror or {MIRROR_ENV})"),
-        None => writeln!(out, "hosts: upstream (set --mirror URL or {MIRROR_ENV} for another host)"),
+        None => {
+            writeln!(out, "hosts: upstream (set --mirror URL or {MIRROR_ENV} for another host)")
+        }
     };
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());

@@ -137,7 +137,15 @@ pub enum Layout {
     Weights,
 }
 
-fn artifact(file: &str, urls: &[&str], mirror_path: &str, size: Option<u64>, check: Check, check_source: &str, unpack: Unpack) -> Artifact {
+fn artifact(
+    file: &str,
+    urls: &[&str],
+    mirror_path: &str,
+    size: Option<u64>,
+    check: Check,
+    check_source: &str,
+    unpack: Unpack,
+) -> Artifact {
     Artifact {
         file: file.into(),
         urls: urls.iter().map(|u| u.to_string()).collect(),
@@ -155,8 +163,19 @@ fn archive(strip: usize, keep: &[&str], into: &str) -> Unpack {
 
 /// The four idx files of an MNIST-style data set; `checks` in the order train images, train
 /// labels, test images, test labels.
-fn idx_artifacts(bases: &[&str], mirror_dir: &str, sizes: [u64; 4], checks: [Check; 4], source: &str) -> Vec<Artifact> {
-    let stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+fn idx_artifacts(
+    bases: &[&str],
+    mirror_dir: &str,
+    sizes: [u64; 4],
+    checks: [Check; 4],
+    source: &str,
+) -> Vec<Artifact> {
+    let stems = [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ];
     stems
         .iter()
         .zip(sizes)
@@ -165,7 +184,15 @@ fn idx_artifacts(bases: &[&str], mirror_dir: &str, sizes: [u64; 4], checks: [Che
             let file = format!("{stem}.gz");
             let urls: Vec<String> = bases.iter().map(|b| format!("{b}{file}")).collect();
             let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-            artifact(&file, &urls, &format!("{mirror_dir}/{file}"), Some(size), check, source, Unpack::Gunzip { to: format!("raw/{stem}") })
+            artifact(
+                &file,
+                &urls,
+                &format!("{mirror_dir}/{file}"),
+                Some(size),
+                check,
+                source,
+                Unpack::Gunzip { to: format!("raw/{stem}") },
+            )
         })
         .collect()
 }
@@ -338,7 +365,8 @@ pub fn registry() -> Vec<DataSet> {
 }
 
 /// Why the Hugging Face Hub's files are not verified by digest.
-const HUB_UNVERIFIED: &str = "the Hugging Face Hub shows each file's SHA-256 on its page, but no copy could be read \
+const HUB_UNVERIFIED: &str =
+    "the Hugging Face Hub shows each file's SHA-256 on its page, but no copy could be read \
     where this registry was written (no internet); safetensors files are checked for structure";
 
 /// ImageNet weights of torchvision's `name` as timm republishes them on the Hugging Face Hub
@@ -348,7 +376,9 @@ fn timm_weights(name: &str, arch: &str, what: &str) -> DataSet {
     let repo = format!("timm/{name}.tv_in1k");
     DataSet {
         name: name.into(),
-        title: format!("{arch} ImageNet-1k weights (torchvision's IMAGENET1K_V1, {what}), safetensors"),
+        title: format!(
+            "{arch} ImageNet-1k weights (torchvision's IMAGENET1K_V1, {what}), safetensors"
+        ),
         licence: "BSD-3-Clause (torchvision's weights, as timm republishes them)".into(),
         homepage: format!("https://huggingface.co/{repo}"),
         artifacts: vec![artifact(
@@ -382,7 +412,8 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        let mut paths: Vec<_> = all.iter().flat_map(|d| d.artifacts.iter().map(|a| a.mirror_path.clone())).collect();
+        let mut paths: Vec<_> =
+            all.iter().flat_map(|d| d.artifacts.iter().map(|a| a.mirror_path.clone())).collect();
         let n = paths.len();
         paths.sort();
         paths.dedup();
@@ -392,10 +423,18 @@ mod tests {
             for a in &d.artifacts {
                 assert!(!a.urls.is_empty() && !a.check_source.is_empty(), "{}", a.file);
                 if let Check::Sha256(h) | Check::Gunzip(h) | Check::Members(h) = &a.check {
-                    assert!(h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()), "{}", a.file);
+                    assert!(
+                        h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()),
+                        "{}",
+                        a.file
+                    );
                 }
                 if let Check::Md5(h) = &a.check {
-                    assert!(h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()), "{}", a.file);
+                    assert!(
+                        h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()),
+                        "{}",
+                        a.file
+                    );
                 }
             }
         }

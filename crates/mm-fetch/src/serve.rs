@@ -162,7 +162,11 @@ fn resolve(root: &Path, path: &str) -> Option<PathBuf> {
 fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     let (start, end) = value.trim().strip_prefix("bytes=")?.split_once('-')?;
     let start: u64 = start.trim().parse().ok()?;
-    let end: u64 = if end.trim().is_empty() { len.checked_sub(1)? } else { end.trim().parse::<u64>().ok()?.min(len.checked_sub(1)?) };
+    let end: u64 = if end.trim().is_empty() {
+        len.checked_sub(1)?
+    } else {
+        end.trim().parse::<u64>().ok()?.min(len.checked_sub(1)?)
+    };
     (start <= end).then_some((start, end))
 }
 
@@ -186,11 +190,19 @@ fn handle(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/").to_string());
     let mut out = stream;
     // The head, then `length` bytes of `body` (fewer when the response is cut on purpose).
-    let mut respond = |status: u16, reason: &str, headers: &[(String, String)], body: &mut dyn Read, length: u64, cut: Option<u64>| -> io::Result<()> {
+    let mut respond = |status: u16,
+                       reason: &str,
+                       headers: &[(String, String)],
+                       body: &mut dyn Read,
+                       length: u64,
+                       cut: Option<u64>|
+     -> io::Result<()> {
         if let Ok(mut log) = shared.log.lock() {
             log.push(Served { path: path.clone(), range: range.clone(), status });
         }
-        let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {length}\r\n");
+        let mut head = format!(
+            "HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Length: {length}\r\n"
+        );
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -213,11 +225,27 @@ fn handle(stream: TcpStream, shared: &Shared) -> io::Result<()> {
     };
     let mut body = std::fs::File::open(&file)?;
     let len = body.metadata()?.len();
-    let (status, reason, start, length, headers) = match range.as_deref().map(|r| parse_range(r, len)) {
-        None => (200, "OK", 0, len, vec![("Accept-Ranges".to_string(), "bytes".to_string())]),
-        Some(Some((start, end))) => (206, "Partial Content", start, end - start + 1, vec![("Content-Range".to_string(), format!("bytes {start}-{end}/{len}"))]),
-        Some(None) => return respond(416, "Range Not Satisfiable", &[("Content-Range".into(), format!("bytes */{len}"))], &mut io::empty(), 0, None),
-    };
+    let (status, reason, start, length, headers) =
+        match range.as_deref().map(|r| parse_range(r, len)) {
+            None => (200, "OK", 0, len, vec![("Accept-Ranges".to_string(), "bytes".to_string())]),
+            Some(Some((start, end))) => (
+                206,
+                "Partial Content",
+                start,
+                end - start + 1,
+                vec![("Content-Range".to_string(), format!("bytes {start}-{end}/{len}"))],
+            ),
+            Some(None) => {
+                return respond(
+                    416,
+                    "Range Not Satisfiable",
+                    &[("Content-Range".into(), format!("bytes */{len}"))],
+                    &mut io::empty(),
+                    0,
+                    None,
+                )
+            }
+        };
     body.seek(SeekFrom::Start(start))?;
     let cut = (shared.faults.cut_at < length && shared.cut.load(Ordering::SeqCst) > 0).then(|| {
         shared.cut.fetch_sub(1, Ordering::SeqCst);

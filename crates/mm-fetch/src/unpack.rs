@@ -57,16 +57,26 @@ pub fn verify(path: &Path, artifact: &Artifact) -> Result<bool> {
         }
         Check::Sha256(h) => (h, hex_digest::<Sha256>(open()?, path)?),
         Check::Md5(h) => (h, hex_digest::<Md5>(open()?, path)?),
-        Check::Gunzip(h) => (h, hex_digest::<Sha256>(flate2::read::MultiGzDecoder::new(open()?), path)?),
+        Check::Gunzip(h) => {
+            (h, hex_digest::<Sha256>(flate2::read::MultiGzDecoder::new(open()?), path)?)
+        }
         Check::Members(h) => {
             let Unpack::Archive { strip, keep, .. } = &artifact.unpack else {
-                return Err(Error::Config(format!("{}: a members check needs an archive", artifact.file)));
+                return Err(Error::Config(format!(
+                    "{}: a members check needs an archive",
+                    artifact.file
+                )));
             };
             (h, members_digest(path, *strip, keep)?)
         }
     };
     if !expected.eq_ignore_ascii_case(&actual) {
-        return Err(Error::Checksum { file: path.to_path_buf(), what: artifact.check.describe().into(), expected: expected.clone(), actual });
+        return Err(Error::Checksum {
+            file: path.to_path_buf(),
+            what: artifact.check.describe().into(),
+            expected: expected.clone(),
+            actual,
+        });
     }
     Ok(true)
 }
@@ -90,8 +100,8 @@ pub fn check_safetensors(path: &Path) -> Result<usize> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(|e| bad(format!("reading the header: {e}")))?;
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
     let mut spans = Vec::new();
     for (name, entry) in &header {
         if name == "__metadata__" {
@@ -105,15 +115,23 @@ pub fn check_safetensors(path: &Path) -> Result<usize> {
             "U64" | "I64" | "F64" => 8,
             other => return Err(bad(format!("tensor {name}: unknown dtype {other:?}"))),
         };
-        let numbers = |key: &str| -> Option<Vec<u64>> { entry.get(key)?.as_array()?.iter().map(|v| v.as_u64()).collect() };
+        let numbers = |key: &str| -> Option<Vec<u64>> {
+            entry.get(key)?.as_array()?.iter().map(|v| v.as_u64()).collect()
+        };
         let (Some(shape), Some(offsets)) = (numbers("shape"), numbers("data_offsets")) else {
             return Err(bad(format!("tensor {name}: no shape or data_offsets")));
         };
         let elements = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let bytes = elements.and_then(|e| e.checked_mul(size));
         match (offsets.as_slice(), bytes) {
-            ([start, end], Some(bytes)) if start <= end && end - start == bytes => spans.push((*start, *end)),
-            _ => return Err(bad(format!("tensor {name}: offsets {offsets:?} do not fit shape {shape:?} of {dtype}"))),
+            ([start, end], Some(bytes)) if start <= end && end - start == bytes => {
+                spans.push((*start, *end))
+            }
+            _ => {
+                return Err(bad(format!(
+                    "tensor {name}: offsets {offsets:?} do not fit shape {shape:?} of {dtype}"
+                )))
+            }
         }
     }
     spans.sort_unstable();
@@ -153,7 +171,9 @@ pub fn members_digest(path: &Path, strip: usize, keep: &[String]) -> Result<Stri
 pub fn unpack(path: &Path, artifact: &Artifact, root: &Path) -> Result<Vec<PathBuf>> {
     match &artifact.unpack {
         Unpack::Copy { to } => {
-            let rel = safe_relative(to).ok_or_else(|| Error::Config(format!("{}: unsafe destination {to:?}", artifact.file)))?;
+            let rel = safe_relative(to).ok_or_else(|| {
+                Error::Config(format!("{}: unsafe destination {to:?}", artifact.file))
+            })?;
             let out = root.join(&rel);
             if let Some(parent) = out.parent() {
                 fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -166,14 +186,22 @@ pub fn unpack(path: &Path, artifact: &Artifact, root: &Path) -> Result<Vec<PathB
             Ok(vec![rel])
         }
         Unpack::Gunzip { to } => {
-            let rel = safe_relative(to).ok_or_else(|| Error::Config(format!("{}: unsafe destination {to:?}", artifact.file)))?;
+            let rel = safe_relative(to).ok_or_else(|| {
+                Error::Config(format!("{}: unsafe destination {to:?}", artifact.file))
+            })?;
             let out = root.join(&rel);
             let input = File::open(path).map_err(|e| Error::io(path, e))?;
             write_file(&out, &mut flate2::read::MultiGzDecoder::new(BufReader::new(input)), path)?;
             Ok(vec![rel])
         }
         Unpack::Archive { strip, keep, into } => {
-            let into = if into.is_empty() { PathBuf::new() } else { safe_relative(into).ok_or_else(|| Error::Config(format!("{}: unsafe folder {into:?}", artifact.file)))? };
+            let into = if into.is_empty() {
+                PathBuf::new()
+            } else {
+                safe_relative(into).ok_or_else(|| {
+                    Error::Config(format!("{}: unsafe folder {into:?}", artifact.file))
+                })?
+            };
             let mut written = Vec::new();
             for_each_member(path, *strip, keep, &mut |name, reader| {
                 let rel = into.join(name);
@@ -194,7 +222,8 @@ fn write_file(out: &Path, reader: &mut dyn Read, source: &Path) -> Result<()> {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let mut file = File::create(out).map_err(|e| Error::io(out, e))?;
-    io::copy(reader, &mut file).map_err(|e| Error::format(source, format!("unpacking {}: {e}", out.display())))?;
+    io::copy(reader, &mut file)
+        .map_err(|e| Error::format(source, format!("unpacking {}: {e}", out.display())))?;
     file.flush().map_err(|e| Error::io(out, e))
 }
 
@@ -224,7 +253,9 @@ fn kept(path: &str, keep: &[String]) -> bool {
 fn glob(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
-        Some((pre, post)) => text.len() >= pre.len() + post.len() && text.starts_with(pre) && text.ends_with(post),
+        Some((pre, post)) => {
+            text.len() >= pre.len() + post.len() && text.starts_with(pre) && text.ends_with(post)
+        }
     }
 }
 
@@ -239,8 +270,18 @@ enum Kind {
 }
 
 /// Checks a member's name and kind; `Some(path after strip)` for a kept file, `None` to skip.
-fn admit(archive: &Path, raw: &str, kind: Kind, strip: usize, keep: &[String]) -> Result<Option<String>> {
-    let unsafe_entry = |why: &str| Error::Unsafe { archive: archive.to_path_buf(), entry: raw.to_string(), why: why.into() };
+fn admit(
+    archive: &Path,
+    raw: &str,
+    kind: Kind,
+    strip: usize,
+    keep: &[String],
+) -> Result<Option<String>> {
+    let unsafe_entry = |why: &str| Error::Unsafe {
+        archive: archive.to_path_buf(),
+        entry: raw.to_string(),
+        why: why.into(),
+    };
     if matches!(kind, Kind::Meta) {
         return Ok(None);
     }
@@ -270,11 +311,18 @@ fn admit(archive: &Path, raw: &str, kind: Kind, strip: usize, keep: &[String]) -
 
 /// Calls `f(path after strip, contents)` for every kept file member of a `.tar.gz`/`.tgz`
 /// (or `.tar`) or `.zip` archive, in archive order, after checking every member's name.
-pub fn for_each_member(path: &Path, strip: usize, keep: &[String], f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>) -> Result<()> {
+pub fn for_each_member(
+    path: &Path,
+    strip: usize,
+    keep: &[String],
+    f: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy().to_ascii_lowercase();
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     if name.ends_with(".zip") {
-        let bad = |e: zip::result::ZipError| Error::format(path, format!("not a readable zip archive: {e}"));
+        let bad = |e: zip::result::ZipError| {
+            Error::format(path, format!("not a readable zip archive: {e}"))
+        };
         let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(bad)?;
         for i in 0..zip.len() {
             let mut entry = zip.by_index(i).map_err(bad)?;
@@ -297,7 +345,11 @@ pub fn for_each_member(path: &Path, strip: usize, keep: &[String], f: &mut dyn F
         }
         return Ok(());
     }
-    let reader: Box<dyn Read> = if name.ends_with(".tar") { Box::new(BufReader::new(file)) } else { Box::new(flate2::read::GzDecoder::new(BufReader::new(file))) };
+    let reader: Box<dyn Read> = if name.ends_with(".tar") {
+        Box::new(BufReader::new(file))
+    } else {
+        Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+    };
     let bad = |e: io::Error| Error::format(path, format!("not a readable tar archive: {e}"));
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(bad)? {
@@ -340,11 +392,23 @@ mod tests {
         let p = Path::new("x.tar.gz");
         let keep = vec!["*".to_string(), "*/*".to_string()];
         for bad in ["/etc/passwd", "../x", "a/../../x", "C:/x", "a\\..\\x"] {
-            assert!(matches!(admit(p, bad, Kind::File, 0, &keep), Err(Error::Unsafe { .. })), "{bad}");
+            assert!(
+                matches!(admit(p, bad, Kind::File, 0, &keep), Err(Error::Unsafe { .. })),
+                "{bad}"
+            );
         }
         assert_eq!(admit(p, "./a/b", Kind::File, 1, &keep).ok().flatten().as_deref(), Some("b"));
-        assert!(matches!(admit(p, "a/link", Kind::Special("a symbolic link"), 0, &keep), Err(Error::Unsafe { .. })));
-        assert!(admit(p, "a/b/link", Kind::Special("a symbolic link"), 0, &keep).ok().flatten().is_none(), "links that are not kept are skipped");
+        assert!(matches!(
+            admit(p, "a/link", Kind::Special("a symbolic link"), 0, &keep),
+            Err(Error::Unsafe { .. })
+        ));
+        assert!(
+            admit(p, "a/b/link", Kind::Special("a symbolic link"), 0, &keep)
+                .ok()
+                .flatten()
+                .is_none(),
+            "links that are not kept are skipped"
+        );
         assert_eq!(safe_relative("raw/x"), Some(PathBuf::from("raw/x")));
         assert_eq!(safe_relative("../x"), None);
     }

@@ -49,7 +49,11 @@ fn options(dir: &Path, mirror: &str) -> FetchOptions {
 
 /// Nothing but the data sets' folders (no staging, no leftovers) under `dir`.
 fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir).map(|r| r.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect()).unwrap_or_default();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect()
+        })
+        .unwrap_or_default();
     names.sort();
     names
 }
@@ -69,7 +73,10 @@ fn fetches_verifies_and_converts_mnist_and_fsdd_from_the_mirror() -> Result<()> 
 
     let mnist = fetch(&find("mnist")?, &o)?;
     assert!(mnist.fetched);
-    assert_eq!(mnist.record.conversion.splits, BTreeMap::from([("test".into(), 10_000), ("train".into(), 60_000)]));
+    assert_eq!(
+        mnist.record.conversion.splits,
+        BTreeMap::from([("test".into(), 10_000), ("train".into(), 60_000)])
+    );
     assert!(mnist.record.sources.iter().all(|s| s.verified), "{:?}", mnist.record.sources);
     // The manifest's labels are MNIST's test-set label counts, and a PNG holds the idx pixels.
     let manifest = fs::read_to_string(dir.join("mnist/manifest.jsonl"))?;
@@ -84,18 +91,26 @@ fn fetches_verifies_and_converts_mnist_and_fsdd_from_the_mirror() -> Result<()> 
     }
     assert_eq!(test_counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
     let first_test = first_test.context("a test sample")?;
-    let png = image::open(dir.join("mnist").join(first_test["image"].as_str().context("image")?))?.to_luma8();
+    let png = image::open(dir.join("mnist").join(first_test["image"].as_str().context("image")?))?
+        .to_luma8();
     let idx = gunzip(&shared.join("mirror/mnist/t10k-images-idx3-ubyte.gz"))?;
     assert_eq!(png.as_raw().as_slice(), &idx[16..16 + 784]);
-    assert_eq!(fs::read(dir.join("mnist/raw/t10k-labels-idx1-ubyte"))?, gunzip(&shared.join("mirror/mnist/t10k-labels-idx1-ubyte.gz"))?);
+    assert_eq!(
+        fs::read(dir.join("mnist/raw/t10k-labels-idx1-ubyte"))?,
+        gunzip(&shared.join("mirror/mnist/t10k-labels-idx1-ubyte.gz"))?
+    );
 
     let fsdd = fetch(&find("fsdd")?, &o)?;
-    assert_eq!(fsdd.record.conversion.splits, BTreeMap::from([("test".into(), 300), ("train".into(), 2700)]));
+    assert_eq!(
+        fsdd.record.conversion.splits,
+        BTreeMap::from([("test".into(), 300), ("train".into(), 2700)])
+    );
     for line in fs::read_to_string(dir.join("fsdd/manifest.jsonl"))?.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let audio = dir.join("fsdd").join(v["audio"].as_str().context("audio")?);
         assert!(fs::read(&audio)?.starts_with(b"RIFF"), "{}", audio.display());
-        let take: u32 = v["id"].as_str().context("id")?.rsplit('_').next().context("take")?.parse()?;
+        let take: u32 =
+            v["id"].as_str().context("id")?.rsplit('_').next().context("take")?.parse()?;
         assert_eq!(v["split"] == "test", take < 5);
     }
     assert_eq!(entries(&dir), ["fsdd", "mnist"], "downloads and staging are cleaned up");
@@ -116,14 +131,24 @@ fn fetches_verifies_and_converts_mnist_and_fsdd_from_the_mirror() -> Result<()> 
 #[test]
 fn a_cut_connection_is_resumed_with_a_range_request() -> Result<()> {
     let Some(shared) = shared_data() else { return Ok(()) };
-    let server = MirrorServer::with_faults(shared.join("mirror"), Faults { cut_responses: 2, cut_at: 1_000_000, unavailable: 0 })?;
+    let server = MirrorServer::with_faults(
+        shared.join("mirror"),
+        Faults { cut_responses: 2, cut_at: 1_000_000, unavailable: 0 },
+    )?;
     let dir = scratch("cut");
     let fetched = fetch(&find("fsdd")?, &options(&dir, &server.url()))?;
     assert!(fetched.record.sources[0].verified);
-    assert_eq!(fetched.record.sources[0].sha256, sha256_file(&shared.join("mirror/fsdd/v1.0.10.tar.gz"))?);
+    assert_eq!(
+        fetched.record.sources[0].sha256,
+        sha256_file(&shared.join("mirror/fsdd/v1.0.10.tar.gz"))?
+    );
     let served = server.served();
     let ranges: Vec<Option<String>> = served.iter().map(|s| s.range.clone()).collect();
-    assert_eq!(ranges, [None, Some("bytes=1000000-".into()), Some("bytes=2000000-".into())], "{served:?}");
+    assert_eq!(
+        ranges,
+        [None, Some("bytes=1000000-".into()), Some("bytes=2000000-".into())],
+        "{served:?}"
+    );
     assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), [200, 206, 206]);
     Ok(())
 }
@@ -146,7 +171,10 @@ fn downloads_cut_at_random_offsets_resume_to_a_verified_file() -> Result<()> {
     for round in 0..4 {
         let cut_at = 1 + draw(size / 2);
         let cuts = 1 + draw(3) as usize;
-        let server = MirrorServer::with_faults(shared.join("mirror"), Faults { cut_responses: cuts, cut_at, unavailable: 0 })?;
+        let server = MirrorServer::with_faults(
+            shared.join("mirror"),
+            Faults { cut_responses: cuts, cut_at, unavailable: 0 },
+        )?;
         let dir = scratch(&format!("random-cuts-{round}"));
         // Every other round, a killed process left part of the file first.
         let left = if round % 2 == 1 { draw(size) } else { 0 };
@@ -157,12 +185,20 @@ fn downloads_cut_at_random_offsets_resume_to_a_verified_file() -> Result<()> {
         }
         let fetched = fetch(&find("fsdd")?, &options(&dir, &server.url()))?;
         assert!(fetched.record.sources[0].verified, "round {round}");
-        assert_eq!(fetched.record.sources[0].sha256, expected, "round {round}: cut at {cut_at} x{cuts}, {left} left");
+        assert_eq!(
+            fetched.record.sources[0].sha256, expected,
+            "round {round}: cut at {cut_at} x{cuts}, {left} left"
+        );
         // Each request resumes at the byte the previous one stopped at.
         let starts: Vec<u64> = server
             .served()
             .iter()
-            .map(|s| s.range.as_deref().and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap_or(0))
+            .map(|s| {
+                s.range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+                    .unwrap_or(0)
+            })
             .collect();
         let mut at = left;
         for (i, start) in starts.iter().enumerate() {
@@ -198,7 +234,10 @@ fn a_download_left_by_a_killed_process_is_resumed() -> Result<()> {
 #[test]
 fn a_host_that_is_briefly_unavailable_is_retried() -> Result<()> {
     let Some(shared) = shared_data() else { return Ok(()) };
-    let server = MirrorServer::with_faults(shared.join("mirror"), Faults { unavailable: 2, ..Faults::default() })?;
+    let server = MirrorServer::with_faults(
+        shared.join("mirror"),
+        Faults { unavailable: 2, ..Faults::default() },
+    )?;
     let dir = scratch("busy");
     fetch(&find("fsdd")?, &options(&dir, &server.url()))?;
     assert_eq!(server.served().iter().map(|s| s.status).collect::<Vec<_>>(), [503, 503, 200]);
@@ -223,11 +262,15 @@ fn a_corrupted_file_fails_its_checksum_and_leaves_nothing_behind() -> Result<()>
 
     let server = MirrorServer::start(&mirror)?;
     let dir = scratch("corrupt");
-    let err = fetch(&find("mnist")?, &options(&dir, &server.url())).expect_err("a corrupted file must fail");
+    let err = fetch(&find("mnist")?, &options(&dir, &server.url()))
+        .expect_err("a corrupted file must fail");
     assert!(matches!(err, Error::Checksum { .. }), "{err}");
     assert!(err.to_string().contains("t10k-labels-idx1-ubyte.gz"), "{err}");
     assert!(!dir.join("mnist").exists(), "nothing is unpacked");
-    assert!(!dir.join(".downloads/mnist/t10k-labels-idx1-ubyte.gz").exists(), "the bad download is deleted");
+    assert!(
+        !dir.join(".downloads/mnist/t10k-labels-idx1-ubyte.gz").exists(),
+        "the bad download is deleted"
+    );
     assert!(entries(&dir).iter().all(|e| !e.starts_with(".staging")), "{:?}", entries(&dir));
     // The files verified before it wait, complete, for the next attempt.
     assert!(dir.join(".downloads/mnist/train-images-idx3-ubyte.gz").is_file());
@@ -238,10 +281,16 @@ fn a_corrupted_file_fails_its_checksum_and_leaves_nothing_behind() -> Result<()>
 fn unreachable_and_missing_hosts_say_what_to_do() -> Result<()> {
     let dir = scratch("offline");
     // Port 1 on loopback: nothing listens there.
-    let err = fetch(&find("mnist")?, &options(&dir, "http://127.0.0.1:1")).expect_err("nothing listens");
+    let err =
+        fetch(&find("mnist")?, &options(&dir, "http://127.0.0.1:1")).expect_err("nothing listens");
     let text = err.to_string();
     assert!(matches!(err, Error::Unreachable { .. }), "{text}");
-    assert!(text.contains("--mirror") && text.contains("MM_DATA_MIRROR") && text.contains("127.0.0.1:1/mnist/train-images-idx3-ubyte.gz"), "{text}");
+    assert!(
+        text.contains("--mirror")
+            && text.contains("MM_DATA_MIRROR")
+            && text.contains("127.0.0.1:1/mnist/train-images-idx3-ubyte.gz"),
+        "{text}"
+    );
     // A host without the file: a 404, said once, not retried.
     let empty = scratch("empty-mirror");
     let server = MirrorServer::start(&empty)?;
@@ -267,14 +316,21 @@ fn custom(name: &str, archive: &Path, strip: usize, keep: &[&str]) -> Result<Dat
             size: None,
             check: Check::Sha256(sha256_file(archive)?),
             check_source: "made by the test".into(),
-            unpack: Unpack::Archive { strip, keep: keep.iter().map(|k| k.to_string()).collect(), into: String::new() },
+            unpack: Unpack::Archive {
+                strip,
+                keep: keep.iter().map(|k| k.to_string()).collect(),
+                into: String::new(),
+            },
         }],
         layout: Layout::Files,
     })
 }
 
 fn tar_gz(path: &Path, entries: &[(&str, tar::EntryType, &[u8])]) -> Result<()> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(fs::File::create(path)?, flate2::Compression::fast()));
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        fs::File::create(path)?,
+        flate2::Compression::fast(),
+    ));
     for (name, kind, data) in entries {
         let mut header = tar::Header::new_gnu();
         // Written into the raw name field, so that `..` and absolute names get through.
@@ -318,20 +374,53 @@ fn archives_with_entries_escaping_the_folder_are_refused() -> Result<()> {
     use tar::EntryType::{Regular, Symlink};
     type Make = Box<dyn Fn(&Path) -> Result<()>>;
     let cases: Vec<(&str, Make, &str)> = vec![
-        ("dotdot.tar.gz", Box::new(|p| tar_gz(p, &[("top/ok.txt", Regular, b"fine"), ("top/../../escape.txt", Regular, b"evil")])), "`..`"),
-        ("absolute.tar.gz", Box::new(|p| tar_gz(p, &[("/tmp/escape.txt", Regular, b"evil")])), "absolute"),
-        ("link.tar.gz", Box::new(|p| tar_gz(p, &[("top/ok.txt", Regular, b"fine"), ("top/link.txt", Symlink, b"")])), "symbolic link"),
-        ("dotdot.zip", Box::new(|p| zip_file(p, &[("top/ok.txt", b"fine"), ("../escape.txt", b"evil")], None)), "`..`"),
-        ("link.zip", Box::new(|p| zip_file(p, &[("top/ok.txt", b"fine")], Some("top/link.txt"))), "symbolic link"),
+        (
+            "dotdot.tar.gz",
+            Box::new(|p| {
+                tar_gz(
+                    p,
+                    &[("top/ok.txt", Regular, b"fine"), ("top/../../escape.txt", Regular, b"evil")],
+                )
+            }),
+            "`..`",
+        ),
+        (
+            "absolute.tar.gz",
+            Box::new(|p| tar_gz(p, &[("/tmp/escape.txt", Regular, b"evil")])),
+            "absolute",
+        ),
+        (
+            "link.tar.gz",
+            Box::new(|p| {
+                tar_gz(p, &[("top/ok.txt", Regular, b"fine"), ("top/link.txt", Symlink, b"")])
+            }),
+            "symbolic link",
+        ),
+        (
+            "dotdot.zip",
+            Box::new(|p| zip_file(p, &[("top/ok.txt", b"fine"), ("../escape.txt", b"evil")], None)),
+            "`..`",
+        ),
+        (
+            "link.zip",
+            Box::new(|p| zip_file(p, &[("top/ok.txt", b"fine")], Some("top/link.txt"))),
+            "symbolic link",
+        ),
     ];
     for (file, make, why) in cases {
         let archive = mirror.join(file);
         make(&archive)?;
         let set = custom("unsafe", &archive, 1, &["*.txt"])?;
         let err = fetch(&set, &o).expect_err(file);
-        assert!(matches!(err, Error::Unsafe { .. }) && err.to_string().contains(why), "{file}: {err}");
+        assert!(
+            matches!(err, Error::Unsafe { .. }) && err.to_string().contains(why),
+            "{file}: {err}"
+        );
         assert!(!dir.join("data/unsafe").exists(), "{file}: nothing unpacked");
-        assert!(!dir.join("escape.txt").exists() && !dir.join("data/escape.txt").exists(), "{file}");
+        assert!(
+            !dir.join("escape.txt").exists() && !dir.join("data/escape.txt").exists(),
+            "{file}"
+        );
         assert!(entries(&dir.join("data")).iter().all(|e| !e.starts_with(".staging")), "{file}");
     }
     // The same layout without the bad entry unpacks.
@@ -363,61 +452,130 @@ fn cifar10_esc50_flickr8k_and_glove_convert_from_their_upstream_layouts() -> Res
     }
     // CIFAR-10: two records per training batch, three test records.
     let classes = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n";
-    let record = |label: u8, seed: u8| -> Vec<u8> { std::iter::once(label).chain((0..3072u32).map(|i| (i as u8).wrapping_mul(seed))).collect() };
-    let mut entries: Vec<(String, Vec<u8>)> = (1..=5).map(|b| (format!("cifar-10-batches-bin/data_batch_{b}.bin"), [record(b, 3), record(9, 5)].concat())).collect();
-    entries.push(("cifar-10-batches-bin/test_batch.bin".into(), [record(0, 7), record(1, 11), record(2, 13)].concat()));
+    let record = |label: u8, seed: u8| -> Vec<u8> {
+        std::iter::once(label).chain((0..3072u32).map(|i| (i as u8).wrapping_mul(seed))).collect()
+    };
+    let mut entries: Vec<(String, Vec<u8>)> = (1..=5)
+        .map(|b| {
+            (
+                format!("cifar-10-batches-bin/data_batch_{b}.bin"),
+                [record(b, 3), record(9, 5)].concat(),
+            )
+        })
+        .collect();
+    entries.push((
+        "cifar-10-batches-bin/test_batch.bin".into(),
+        [record(0, 7), record(1, 11), record(2, 13)].concat(),
+    ));
     entries.push(("cifar-10-batches-bin/batches.meta.txt".into(), classes.as_bytes().to_vec()));
     entries.push(("cifar-10-batches-bin/readme.html".into(), b"<p>not kept</p>".to_vec()));
-    let refs: Vec<(&str, tar::EntryType, &[u8])> = entries.iter().map(|(n, d)| (n.as_str(), tar::EntryType::Regular, d.as_slice())).collect();
+    let refs: Vec<(&str, tar::EntryType, &[u8])> =
+        entries.iter().map(|(n, d)| (n.as_str(), tar::EntryType::Regular, d.as_slice())).collect();
     tar_gz(&mirror.join("cifar10/cifar-10-binary.tar.gz"), &refs)?;
     // ESC-50: three rows, one whose clip is missing from the archive.
     let csv = "filename,fold,target,category,esc10,src_file,take\n1-100032-A-0.wav,1,0,dog,True,100032,A\n4-1000-A-1.wav,4,1,rooster,False,1000,A\n5-9032-A-0.wav,5,0,dog,True,9032,A\n";
     zip_file(
         &mirror.join("esc50/ESC-50-master.zip"),
-        &[("ESC-50-master/meta/esc50.csv", csv.as_bytes()), ("ESC-50-master/audio/1-100032-A-0.wav", b"RIFF1"), ("ESC-50-master/audio/5-9032-A-0.wav", b"RIFF3"), ("ESC-50-master/README.md", b"x")],
+        &[
+            ("ESC-50-master/meta/esc50.csv", csv.as_bytes()),
+            ("ESC-50-master/audio/1-100032-A-0.wav", b"RIFF1"),
+            ("ESC-50-master/audio/5-9032-A-0.wav", b"RIFF3"),
+            ("ESC-50-master/README.md", b"x"),
+        ],
         None,
     )?;
     // Flickr8k: the real caption and split files, and three of the images.
     let text = shared.join("flickr8k");
-    let first = |file: &str| -> Result<String> { Ok(fs::read_to_string(text.join(file))?.lines().next().context("a line")?.trim().to_string()) };
-    let picks = [first("Flickr_8k.trainImages.txt")?, first("Flickr_8k.devImages.txt")?, first("Flickr_8k.testImages.txt")?];
-    let images: Vec<(String, Vec<u8>)> = picks.iter().map(|p| (format!("Flicker8k_Dataset/{p}"), b"\xff\xd8 jpeg".to_vec())).collect();
-    let image_refs: Vec<(&str, &[u8])> = images.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let first = |file: &str| -> Result<String> {
+        Ok(fs::read_to_string(text.join(file))?
+            .lines()
+            .next()
+            .context("a line")?
+            .trim()
+            .to_string())
+    };
+    let picks = [
+        first("Flickr_8k.trainImages.txt")?,
+        first("Flickr_8k.devImages.txt")?,
+        first("Flickr_8k.testImages.txt")?,
+    ];
+    let images: Vec<(String, Vec<u8>)> = picks
+        .iter()
+        .map(|p| (format!("Flicker8k_Dataset/{p}"), b"\xff\xd8 jpeg".to_vec()))
+        .collect();
+    let image_refs: Vec<(&str, &[u8])> =
+        images.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
     zip_file(&mirror.join("flickr8k/Flickr8k_Dataset.zip"), &image_refs, None)?;
-    let names = ["Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt"];
-    let texts: Vec<Vec<u8>> = names.iter().map(|n| fs::read(text.join(n))).collect::<Result<_, _>>()?;
-    let text_refs: Vec<(&str, &[u8])> = names.iter().zip(&texts).map(|(n, d)| (*n, d.as_slice())).collect();
+    let names = [
+        "Flickr8k.token.txt",
+        "Flickr_8k.trainImages.txt",
+        "Flickr_8k.devImages.txt",
+        "Flickr_8k.testImages.txt",
+    ];
+    let texts: Vec<Vec<u8>> =
+        names.iter().map(|n| fs::read(text.join(n))).collect::<Result<_, _>>()?;
+    let text_refs: Vec<(&str, &[u8])> =
+        names.iter().zip(&texts).map(|(n, d)| (*n, d.as_slice())).collect();
     zip_file(&mirror.join("flickr8k/Flickr8k_text.zip"), &text_refs, None)?;
     // GloVe: the first 100 words of the real 50-d vectors.
-    let glove: String = fs::read_to_string(shared.join("glove/glove.6B.50d.top20k.txt"))?.lines().take(100).map(|l| format!("{l}\n")).collect();
+    let glove: String = fs::read_to_string(shared.join("glove/glove.6B.50d.top20k.txt"))?
+        .lines()
+        .take(100)
+        .map(|l| format!("{l}\n"))
+        .collect();
     zip_file(&mirror.join("glove/glove.6B.zip"), &[("glove.6B.50d.txt", glove.as_bytes())], None)?;
 
     let server = MirrorServer::start(&mirror)?;
     let o = options(&dir, &server.url());
 
     let cifar = fetch(&stand_in("cifar10", &mirror)?, &o)?;
-    assert_eq!(cifar.record.conversion.splits, BTreeMap::from([("test".into(), 3), ("train".into(), 10)]));
-    let manifest: Vec<serde_json::Value> = fs::read_to_string(dir.join("cifar10/manifest.jsonl"))?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(
+        cifar.record.conversion.splits,
+        BTreeMap::from([("test".into(), 3), ("train".into(), 10)])
+    );
+    let manifest: Vec<serde_json::Value> = fs::read_to_string(dir.join("cifar10/manifest.jsonl"))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     assert_eq!(manifest[0]["label"], "automobile");
     assert_eq!(manifest[1]["label"], "truck");
     let test0 = manifest.iter().find(|m| m["id"] == "test-00001").context("test-00001")?;
     assert_eq!(test0["label"], "automobile");
-    let png = image::open(dir.join("cifar10").join(test0["image"].as_str().context("image")?))?.to_rgb8();
+    let png =
+        image::open(dir.join("cifar10").join(test0["image"].as_str().context("image")?))?.to_rgb8();
     let planes = &record(1, 11)[1..];
-    assert_eq!(png.get_pixel(5, 2).0, [planes[69], planes[1024 + 69], planes[2048 + 69]], "planes become RGB pixels");
+    assert_eq!(
+        png.get_pixel(5, 2).0,
+        [planes[69], planes[1024 + 69], planes[2048 + 69]],
+        "planes become RGB pixels"
+    );
     assert!(!dir.join("cifar10/cifar-10-batches-bin/readme.html").exists());
 
     let esc = fetch(&stand_in("esc50", &mirror)?, &o)?;
-    assert_eq!(esc.record.conversion.splits, BTreeMap::from([("test".into(), 1), ("train".into(), 1)]));
+    assert_eq!(
+        esc.record.conversion.splits,
+        BTreeMap::from([("test".into(), 1), ("train".into(), 1)])
+    );
     assert_eq!(esc.record.conversion.dropped.len(), 1);
     assert_eq!(esc.record.conversion.dropped[0].id, "4-1000-A-1");
 
     let flickr = fetch(&stand_in("flickr8k", &mirror)?, &o)?;
-    assert_eq!(flickr.record.conversion.splits, BTreeMap::from([("test".into(), 5), ("train".into(), 5), ("val".into(), 5)]));
-    let captions = fs::read_to_string(text.join("Flickr8k.token.txt"))?.lines().filter(|l| !l.trim().is_empty()).count();
-    assert_eq!(flickr.record.conversion.dropped.len(), captions - 15, "every other caption is reported");
+    assert_eq!(
+        flickr.record.conversion.splits,
+        BTreeMap::from([("test".into(), 5), ("train".into(), 5), ("val".into(), 5)])
+    );
+    let captions = fs::read_to_string(text.join("Flickr8k.token.txt"))?
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(
+        flickr.record.conversion.dropped.len(),
+        captions - 15,
+        "every other caption is reported"
+    );
     let lines = fs::read_to_string(dir.join("flickr8k/manifest.jsonl"))?;
-    let sample: serde_json::Value = serde_json::from_str(lines.lines().next().context("a sample")?)?;
+    let sample: serde_json::Value =
+        serde_json::from_str(lines.lines().next().context("a sample")?)?;
     assert!(dir.join("flickr8k").join(sample["image"].as_str().context("image")?).is_file());
     assert!(sample["text"].as_str().is_some_and(|t| !t.is_empty()));
 
@@ -453,9 +611,15 @@ fn pretrained_weights_are_fetched_whole_or_refused() -> Result<()> {
     fs::create_dir_all(mirror.join("bert-base-uncased"))?;
     fs::create_dir_all(mirror.join("resnet50"))?;
     fs::create_dir_all(mirror.join("vgg16"))?;
-    let bert = safetensors_bytes(&[("bert.embeddings.word_embeddings.weight", &[30, 8]), ("bert.pooler.dense.bias", &[8])]);
+    let bert = safetensors_bytes(&[
+        ("bert.embeddings.word_embeddings.weight", &[30, 8]),
+        ("bert.pooler.dense.bias", &[8]),
+    ]);
     fs::write(mirror.join("bert-base-uncased/model.safetensors"), &bert)?;
-    fs::write(mirror.join("bert-base-uncased/config.json"), br#"{"vocab_size": 30, "hidden_size": 8}"#)?;
+    fs::write(
+        mirror.join("bert-base-uncased/config.json"),
+        br#"{"vocab_size": 30, "hidden_size": 8}"#,
+    )?;
     fs::write(mirror.join("bert-base-uncased/tokenizer.json"), br#"{"version": "1.0"}"#)?;
     let resnet = safetensors_bytes(&[("conv1.weight", &[64, 3, 7, 7]), ("fc.bias", &[1000])]);
     fs::write(mirror.join("resnet50/model.safetensors"), &resnet[..resnet.len() - 100])?;
@@ -465,29 +629,63 @@ fn pretrained_weights_are_fetched_whole_or_refused() -> Result<()> {
 
     let fetched = fetch(&find("bert-base-uncased")?, &o)?;
     assert_eq!(fetched.record.sources.len(), 3);
-    assert!(fetched.record.sources.iter().all(|s| !s.verified && s.sha256.len() == 64), "{:?}", fetched.record.sources);
+    assert!(
+        fetched.record.sources.iter().all(|s| !s.verified && s.sha256.len() == 64),
+        "{:?}",
+        fetched.record.sources
+    );
     assert_eq!(fs::read(dir.join("bert-base-uncased/model.safetensors"))?, bert);
-    assert!(dir.join("bert-base-uncased/tokenizer.json").is_file() && dir.join("bert-base-uncased/fetched.json").is_file());
+    assert!(
+        dir.join("bert-base-uncased/tokenizer.json").is_file()
+            && dir.join("bert-base-uncased/fetched.json").is_file()
+    );
     assert!(!dir.join("bert-base-uncased/manifest.jsonl").exists(), "weights have no manifest");
-    assert_eq!(mm_fetch::unpack::check_safetensors(&dir.join("bert-base-uncased/model.safetensors"))?, 2);
+    assert_eq!(
+        mm_fetch::unpack::check_safetensors(&dir.join("bert-base-uncased/model.safetensors"))?,
+        2
+    );
 
     for (name, says) in [("resnet50", "cut short"), ("vgg16", "something appended")] {
         let e = fetch(&find(name)?, &o).expect_err("a broken file").to_string();
-        assert!(e.contains("model.safetensors") && e.contains("not a whole safetensors file") && e.contains(says), "{name}: {e}");
+        assert!(
+            e.contains("model.safetensors")
+                && e.contains("not a whole safetensors file")
+                && e.contains(says),
+            "{name}: {e}"
+        );
         assert!(!dir.join(name).exists(), "{name}: nothing placed");
-        assert!(!dir.join(".downloads").join(name).join("model.safetensors").exists(), "{name}: the bad download is deleted");
+        assert!(
+            !dir.join(".downloads").join(name).join("model.safetensors").exists(),
+            "{name}: the bad download is deleted"
+        );
     }
     let left = entries(&dir);
-    assert!(left.contains(&"bert-base-uncased".to_string()) && !left.iter().any(|e| e.starts_with(".staging") || e == "resnet50" || e == "vgg16"), "{left:?}");
+    assert!(
+        left.contains(&"bert-base-uncased".to_string())
+            && !left.iter().any(|e| e.starts_with(".staging") || e == "resnet50" || e == "vgg16"),
+        "{left:?}"
+    );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-fetch")).args(["--list", "--dir"]).arg(&dir).env_remove("MM_DATA_MIRROR").output()?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mm-fetch"))
+        .args(["--list", "--dir"])
+        .arg(&dir)
+        .env_remove("MM_DATA_MIRROR")
+        .output()?;
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (data_part, weights_part) = listing.split_once("pretrained weights (").context("a weights section")?;
+    let (data_part, weights_part) =
+        listing.split_once("pretrained weights (").context("a weights section")?;
     assert!(data_part.contains("mnist") && !data_part.contains("bert-base-uncased"), "{listing}");
     for name in ["resnet18", "resnet50", "vgg16", "bert-base-uncased"] {
         assert!(weights_part.lines().any(|l| l.starts_with(name)), "{name}: {listing}");
     }
-    assert!(weights_part.lines().skip_while(|l| !l.starts_with("bert-base-uncased")).nth(1).is_some_and(|l| l.contains("present")), "{listing}");
+    assert!(
+        weights_part
+            .lines()
+            .skip_while(|l| !l.starts_with("bert-base-uncased"))
+            .nth(1)
+            .is_some_and(|l| l.contains("present")),
+        "{listing}"
+    );
     Ok(())
 }
 
@@ -505,7 +703,9 @@ fn the_command_fetches_lists_and_explains_failures() -> Result<()> {
         }
         Ok(cmd.output()?)
     };
-    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
     let d = dir.to_str().context("utf-8")?;
     let mirror = format!("{}/", server.url());
     let out = run(&["--dir", d, "--mirror", &mirror, "fsdd"], &[])?;
@@ -515,17 +715,28 @@ fn the_command_fetches_lists_and_explains_failures() -> Result<()> {
     let out = run(&["--list"], &[("MM_DATA_DIR", d)])?;
     let listing = text(&out);
     assert!(out.status.success());
-    let line = |name: &str| listing.lines().skip_while(|l| !l.starts_with(name)).nth(1).unwrap_or_default().to_string();
+    let line = |name: &str| {
+        listing.lines().skip_while(|l| !l.starts_with(name)).nth(1).unwrap_or_default().to_string()
+    };
     assert!(line("fsdd").contains("present (300 test, 2700 train)"), "{listing}");
     assert!(line("mnist").contains("not fetched"), "{listing}");
     assert!(listing.contains("UNVERIFIED"), "{listing}");
     // An offline mirror from the environment, and an unknown name: exit 1 and a message.
-    let out = run(&["--dir", d, "--retries", "0", "mnist"], &[("MM_DATA_MIRROR", "http://127.0.0.1:1")])?;
+    let out =
+        run(&["--dir", d, "--retries", "0", "mnist"], &[("MM_DATA_MIRROR", "http://127.0.0.1:1")])?;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("--mirror") && text(&out).contains("127.0.0.1:1/mnist/"), "{}", text(&out));
+    assert!(
+        text(&out).contains("--mirror") && text(&out).contains("127.0.0.1:1/mnist/"),
+        "{}",
+        text(&out)
+    );
     let out = run(&["--dir", d, "cifar-100"], &[])?;
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("unknown data set `cifar-100`; known: mnist, fashion-mnist"), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown data set `cifar-100`; known: mnist, fashion-mnist"),
+        "{}",
+        text(&out)
+    );
     Ok(())
 }
 
@@ -539,7 +750,8 @@ fn concurrent_fetches_into_one_folder_take_turns() -> Result<()> {
     let o = options(&dir, &server.url());
     let set = find("fsdd")?;
     let results: Vec<bool> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2).map(|_| s.spawn(|| fetch(&set, &o).map(|f| f.fetched))).collect();
+        let handles: Vec<_> =
+            (0..2).map(|_| s.spawn(|| fetch(&set, &o).map(|f| f.fetched))).collect();
         handles.into_iter().map(|h| h.join().expect("no panic")).collect::<Result<_, _>>()
     })?;
     let mut sorted = results.clone();

@@ -30,7 +30,9 @@ fn clean(inputs: &Embeddings, m: usize) -> Tensor {
 
 fn check(dims: &[i64], what: &str, min: usize) -> Result<()> {
     if dims.len() < min || dims.iter().any(|d| *d <= 0) {
-        return Err(Error::Config(format!("{what}: needs at least {min} inputs of positive size, got {dims:?}")));
+        return Err(Error::Config(format!(
+            "{what}: needs at least {min} inputs of positive size, got {dims:?}"
+        )));
     }
     Ok(())
 }
@@ -43,7 +45,10 @@ fn positive(v: i64, field: &str) -> Result<i64> {
 }
 
 fn projections(path: &nn::Path, dims: &[i64], d: i64) -> Vec<nn::Linear> {
-    dims.iter().enumerate().map(|(m, &dm)| nn::linear(path / "proj" / m, dm, d, Default::default())).collect()
+    dims.iter()
+        .enumerate()
+        .map(|(m, &dm)| nn::linear(path / "proj" / m, dm, d, Default::default()))
+        .collect()
 }
 
 /// Early fusion: the embeddings side by side, absent ones zeroed, optionally followed by the
@@ -107,7 +112,12 @@ impl WeightedSum {
             Normalise::Softmax => nn::Init::Const(0.0),
             Normalise::Free => nn::Init::Const(1.0 / m as f64),
         };
-        Ok(WeightedSum { proj: projections(path, dims, dim), logits: path.var("weights", &[m], init), normalise, dim })
+        Ok(WeightedSum {
+            proj: projections(path, dims, dim),
+            logits: path.var("weights", &[m], init),
+            normalise,
+            dim,
+        })
     }
 
     /// The mixing weights with every modality present.
@@ -124,13 +134,16 @@ fn mixing(logits: &Tensor, present: &Tensor, normalise: Normalise) -> Tensor {
     let b = present.size()[0];
     let p = present.to_kind(logits.kind());
     match normalise {
-        Normalise::Softmax => masked_softmax(&logits.unsqueeze(0).expand([b, -1], false), present, 1),
+        Normalise::Softmax => {
+            masked_softmax(&logits.unsqueeze(0).expand([b, -1], false), present, 1)
+        }
         Normalise::Free => {
             let w = logits.unsqueeze(0) * &p;
             let total = logits.sum(logits.kind());
             let kept = w.sum_dim_intlist(1, true, w.kind());
             // Rescale to the full total; a row whose kept weights sum to 0 stays 0.
-            let scale = (total / kept.where_self(&kept.ne(0.0), &kept.ones_like())) * kept.ne(0.0).to_kind(w.kind());
+            let scale = (total / kept.where_self(&kept.ne(0.0), &kept.ones_like()))
+                * kept.ne(0.0).to_kind(w.kind());
             w * scale
         }
     }
@@ -203,7 +216,11 @@ impl Gated {
     pub fn new(path: &nn::Path, dims: &[i64], dim: i64) -> Result<Self> {
         check(dims, "gated", 1)?;
         let dim = positive(dim, "gated.dim")?;
-        let hidden = dims.iter().enumerate().map(|(m, &d)| nn::linear(path / "hidden" / m, d, dim, Default::default())).collect();
+        let hidden = dims
+            .iter()
+            .enumerate()
+            .map(|(m, &d)| nn::linear(path / "hidden" / m, d, dim, Default::default()))
+            .collect();
         let m = dims.len() as i64;
         let gate = nn::linear(path / "gate", dims.iter().sum(), m * dim, Default::default());
         Ok(Gated { hidden, gate, m, dim })
@@ -219,9 +236,13 @@ impl Fusion for Gated {
         let xs: Vec<Tensor> = (0..self.m as usize).map(|m| clean(inputs, m)).collect();
         let b = xs[0].size()[0];
         let z = Tensor::cat(&xs, 1).apply(&self.gate).view([b, self.m, self.dim]);
-        let present = inputs.present.to_kind(Kind::Bool).unsqueeze(2).expand([b, self.m, self.dim], false);
+        let present =
+            inputs.present.to_kind(Kind::Bool).unsqueeze(2).expand([b, self.m, self.dim], false);
         let z = masked_softmax(&z, &present, 1);
-        let h = Tensor::stack(&xs.iter().zip(&self.hidden).map(|(x, l)| x.apply(l).tanh()).collect::<Vec<_>>(), 1);
+        let h = Tensor::stack(
+            &xs.iter().zip(&self.hidden).map(|(x, l)| x.apply(l).tanh()).collect::<Vec<_>>(),
+            1,
+        );
         let fused = (&z * h).sum_dim_intlist(1, false, z.kind());
         Fused { fused, weights: Some(z.mean_dim(2, false, z.kind())) }
     }
@@ -245,7 +266,9 @@ impl TensorFusion {
     /// Tensor fusion of inputs of sizes `dims`, each first projected to `project` if set.
     pub fn new(path: &nn::Path, dims: &[i64], project: Option<i64>) -> Result<Self> {
         check(dims, "tensor", 1)?;
-        let proj = project.map(|p| positive(p, "tensor.project").map(|p| projections(path, dims, p))).transpose()?;
+        let proj = project
+            .map(|p| positive(p, "tensor.project").map(|p| projections(path, dims, p)))
+            .transpose()?;
         let sizes = match project {
             Some(p) => vec![p; dims.len()],
             None => dims.to_vec(),
@@ -303,11 +326,16 @@ impl LowRank {
             .enumerate()
             .map(|(m, &d)| {
                 let bound = (6.0 / ((d + 1) + dim) as f64).sqrt();
-                (path / "factor").var(&m.to_string(), &[rank, d + 1, dim], nn::Init::Uniform { lo: -bound, up: bound })
+                (path / "factor").var(
+                    &m.to_string(),
+                    &[rank, d + 1, dim],
+                    nn::Init::Uniform { lo: -bound, up: bound },
+                )
             })
             .collect();
         let bound = (6.0 / (1 + rank) as f64).sqrt();
-        let rank_weights = path.var("rank_weights", &[rank], nn::Init::Uniform { lo: -bound, up: bound });
+        let rank_weights =
+            path.var("rank_weights", &[rank], nn::Init::Uniform { lo: -bound, up: bound });
         let bias = path.zeros("bias", &[dim]);
         Ok(LowRank { factors, rank_weights, bias, dim })
     }
@@ -328,7 +356,9 @@ impl Fusion for LowRank {
             });
         }
         let prod = prod.expect("at least one input");
-        let fused = (prod * self.rank_weights.view([-1, 1, 1])).sum_dim_intlist(0, false, self.bias.kind()) + &self.bias;
+        let fused =
+            (prod * self.rank_weights.view([-1, 1, 1])).sum_dim_intlist(0, false, self.bias.kind())
+                + &self.bias;
         Fused { fused, weights: None }
     }
 }
@@ -349,7 +379,11 @@ impl Mha {
         }
         let bound = (6.0 / (4 * dim) as f64).sqrt();
         Ok(Mha {
-            in_proj_weight: path.var("in_proj_weight", &[3 * dim, dim], nn::Init::Uniform { lo: -bound, up: bound }),
+            in_proj_weight: path.var(
+                "in_proj_weight",
+                &[3 * dim, dim],
+                nn::Init::Uniform { lo: -bound, up: bound },
+            ),
             in_proj_bias: path.zeros("in_proj_bias", &[3 * dim]),
             out_proj: nn::linear(path / "out_proj", dim, dim, Default::default()),
             heads,
@@ -360,7 +394,13 @@ impl Mha {
     /// returns the output `[B, Tq, d]` and, `with_weights`, the head-averaged weights
     /// `[B, Tq, Tk]` (zero rows where no key is present; otherwise an empty tensor and the
     /// fused attention kernel). A query with no key to attend to gets zeros.
-    fn forward(&self, q: &Tensor, kv: &Tensor, key_mask: &Tensor, with_weights: bool) -> (Tensor, Tensor) {
+    fn forward(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        key_mask: &Tensor,
+        with_weights: bool,
+    ) -> (Tensor, Tensor) {
         let (b, tq, d) = q.size3().expect("[B, T, d]");
         let tk = kv.size()[1];
         let h = self.heads;
@@ -374,10 +414,25 @@ impl Mha {
             // The fused kernel; a sample with no key keeps key 0 (finite) and is zeroed after.
             let any = key_mask.to_kind(Kind::Bool).any_dim(1, true);
             let first = Tensor::arange(tk, (Kind::Int64, kv.device())).eq(0).unsqueeze(0);
-            let mask = key_mask.to_kind(Kind::Bool).logical_or(&first.logical_and(&any.logical_not())).view([b, 1, 1, tk]);
-            let out = Tensor::scaled_dot_product_attention(&qh, &kh, &vh, Some(&mask), 0.0, false, None, false);
+            let mask = key_mask
+                .to_kind(Kind::Bool)
+                .logical_or(&first.logical_and(&any.logical_not()))
+                .view([b, 1, 1, tk]);
+            let out = Tensor::scaled_dot_product_attention(
+                &qh,
+                &kh,
+                &vh,
+                Some(&mask),
+                0.0,
+                false,
+                None,
+                false,
+            );
             let out = out.transpose(1, 2).reshape([b, tq, d]).apply(&self.out_proj);
-            return (out * any.to_kind(q.kind()).unsqueeze(2), Tensor::zeros([0], (q.kind(), q.device())));
+            return (
+                out * any.to_kind(q.kind()).unsqueeze(2),
+                Tensor::zeros([0], (q.kind(), q.device())),
+            );
         }
         let scores = qh.matmul(&kh.transpose(2, 3)) / ((d / h) as f64).sqrt(); // [B, H, Tq, Tk]
         let mask = key_mask.to_kind(Kind::Bool).view([b, 1, 1, tk]).expand([b, h, tq, tk], false);
@@ -406,7 +461,11 @@ impl Attention {
         let dim = positive(dim, "attention.dim")?;
         Ok(Attention {
             proj: projections(path, dims, dim),
-            modality: path.var("modality", &[dims.len() as i64, dim], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
+            modality: path.var(
+                "modality",
+                &[dims.len() as i64, dim],
+                nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+            ),
             query: path.var("query", &[dim], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
             attn: Mha::new(&(path / "attn"), dim, heads)?,
             dim,
@@ -420,7 +479,8 @@ impl Fusion for Attention {
     }
 
     fn forward_t(&self, inputs: &Embeddings, _train: bool) -> Fused {
-        let tokens: Vec<Tensor> = self.proj.iter().enumerate().map(|(m, p)| clean(inputs, m).apply(p)).collect();
+        let tokens: Vec<Tensor> =
+            self.proj.iter().enumerate().map(|(m, p)| clean(inputs, m).apply(p)).collect();
         let tokens = Tensor::stack(&tokens, 1) + self.modality.unsqueeze(0);
         let b = tokens.size()[0];
         let q = self.query.view([1, 1, self.dim]).expand([b, 1, self.dim], false);
@@ -446,8 +506,12 @@ impl CrossAttention {
     pub fn new(path: &nn::Path, dims: &[i64], dim: i64, heads: i64) -> Result<Self> {
         check(dims, "cross_attention", 2)?;
         let dim = positive(dim, "cross_attention.dim")?;
-        let cross = (0..dims.len()).map(|m| Mha::new(&(path / "cross" / m), dim, heads)).collect::<Result<Vec<_>>>()?;
-        let norms = (0..dims.len()).map(|m| nn::layer_norm(path / "norm" / m, vec![dim], Default::default())).collect();
+        let cross = (0..dims.len())
+            .map(|m| Mha::new(&(path / "cross" / m), dim, heads))
+            .collect::<Result<Vec<_>>>()?;
+        let norms = (0..dims.len())
+            .map(|m| nn::layer_norm(path / "norm" / m, vec![dim], Default::default()))
+            .collect();
         Ok(CrossAttention { proj: projections(path, dims, dim), cross, norms, dim })
     }
 }
@@ -468,12 +532,19 @@ impl Fusion for CrossAttention {
         let mut pooled = Vec::new();
         for (m, (s, mask)) in seqs.iter().enumerate() {
             let others: Vec<usize> = (0..seqs.len()).filter(|&k| k != m).collect();
-            let kv = Tensor::cat(&others.iter().map(|&k| seqs[k].0.shallow_clone()).collect::<Vec<_>>(), 1);
-            let kmask = Tensor::cat(&others.iter().map(|&k| seqs[k].1.shallow_clone()).collect::<Vec<_>>(), 1);
+            let kv = Tensor::cat(
+                &others.iter().map(|&k| seqs[k].0.shallow_clone()).collect::<Vec<_>>(),
+                1,
+            );
+            let kmask = Tensor::cat(
+                &others.iter().map(|&k| seqs[k].1.shallow_clone()).collect::<Vec<_>>(),
+                1,
+            );
             let (cross, _) = self.cross[m].forward(s, &kv, &kmask, false);
             let h = (s + cross).apply(&self.norms[m]);
             let mf = mask.to_kind(h.kind()).unsqueeze(-1);
-            let mean = (&h * &mf).sum_dim_intlist(1, false, h.kind()) / mf.sum_dim_intlist(1, false, h.kind()).clamp_min(1.0);
+            let mean = (&h * &mf).sum_dim_intlist(1, false, h.kind())
+                / mf.sum_dim_intlist(1, false, h.kind()).clamp_min(1.0);
             pooled.push(mean * inputs.present_col(m, h.kind()));
         }
         Fused { fused: Tensor::cat(&pooled, 1), weights: None }
@@ -496,8 +567,13 @@ impl Late {
     pub fn new(path: &nn::Path, dims: &[i64], classes: i64, learned: bool) -> Result<Self> {
         check(dims, "late", 1)?;
         let classes = positive(classes, "late.classes")?;
-        let heads = dims.iter().enumerate().map(|(m, &d)| nn::linear(path / "head" / m, d, classes, Default::default())).collect();
-        let logits = learned.then(|| path.var("weights", &[dims.len() as i64], nn::Init::Const(0.0)));
+        let heads = dims
+            .iter()
+            .enumerate()
+            .map(|(m, &d)| nn::linear(path / "head" / m, d, classes, Default::default()))
+            .collect();
+        let logits =
+            learned.then(|| path.var("weights", &[dims.len() as i64], nn::Init::Const(0.0)));
         Ok(Late { heads, logits, classes })
     }
 }
@@ -508,7 +584,8 @@ impl Fusion for Late {
     }
 
     fn forward_t(&self, inputs: &Embeddings, _train: bool) -> Fused {
-        let per: Vec<Tensor> = self.heads.iter().enumerate().map(|(m, h)| clean(inputs, m).apply(h)).collect();
+        let per: Vec<Tensor> =
+            self.heads.iter().enumerate().map(|(m, h)| clean(inputs, m).apply(h)).collect();
         let b = per[0].size()[0];
         let m = per.len() as i64;
         let logits = match &self.logits {
@@ -542,7 +619,8 @@ impl Film {
         check(dims, "film", 2)?;
         let dim = positive(dim, "film.dim")?;
         let project = nn::linear(path / "project", dims[0], dim, Default::default());
-        let modulation = nn::linear(path / "modulation", dims[1..].iter().sum(), 2 * dim, Default::default());
+        let modulation =
+            nn::linear(path / "modulation", dims[1..].iter().sum(), 2 * dim, Default::default());
         Ok(Film { project, modulation, m: dims.len(), dim })
     }
 }
@@ -553,9 +631,15 @@ impl Fusion for Film {
     }
 
     fn forward_t(&self, inputs: &Embeddings, _train: bool) -> Fused {
-        let x = clean(inputs, 0).apply(&self.project) * inputs.present_col(0, inputs.pooled[0].kind());
+        let x =
+            clean(inputs, 0).apply(&self.project) * inputs.present_col(0, inputs.pooled[0].kind());
         let c = Tensor::cat(&(1..self.m).map(|m| clean(inputs, m)).collect::<Vec<_>>(), 1);
-        let any = inputs.present.narrow(1, 1, self.m as i64 - 1).to_kind(Kind::Bool).any_dim(1, true).to_kind(x.kind());
+        let any = inputs
+            .present
+            .narrow(1, 1, self.m as i64 - 1)
+            .to_kind(Kind::Bool)
+            .any_dim(1, true)
+            .to_kind(x.kind());
         let gb = c.apply(&self.modulation) * &any;
         let (gamma, beta) = (gb.narrow(1, 0, self.dim), gb.narrow(1, self.dim, self.dim));
         Fused { fused: (gamma + 1.0) * x + beta, weights: None }

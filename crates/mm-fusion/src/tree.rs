@@ -21,7 +21,10 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::methods::{Attention, Concat, CrossAttention, Film, Gated, Late, LowRank, Normalise, Product, TensorFusion, WeightedSum};
+use crate::methods::{
+    Attention, Concat, CrossAttention, Film, Gated, Late, LowRank, Normalise, Product,
+    TensorFusion, WeightedSum,
+};
 use crate::{Embeddings, Error, Fused, Fusion, Result};
 
 fn yes() -> bool {
@@ -179,15 +182,29 @@ impl FusionConfig {
     /// Builds this node's method for inputs of sizes `dims`.
     pub fn build_method(&self, path: &nn::Path, dims: &[i64]) -> Result<Box<dyn Fusion>> {
         Ok(match self {
-            FusionConfig::Concat { presence_flags, .. } => Box::new(Concat::new(dims, *presence_flags)?),
-            FusionConfig::WeightedSum { dim, normalise, .. } => Box::new(WeightedSum::new(path, dims, *dim, *normalise)?),
+            FusionConfig::Concat { presence_flags, .. } => {
+                Box::new(Concat::new(dims, *presence_flags)?)
+            }
+            FusionConfig::WeightedSum { dim, normalise, .. } => {
+                Box::new(WeightedSum::new(path, dims, *dim, *normalise)?)
+            }
             FusionConfig::Product { dim, .. } => Box::new(Product::new(path, dims, *dim)?),
             FusionConfig::Gated { dim, .. } => Box::new(Gated::new(path, dims, *dim)?),
-            FusionConfig::Tensor { project, .. } => Box::new(TensorFusion::new(path, dims, *project)?),
-            FusionConfig::LowRank { dim, rank, .. } => Box::new(LowRank::new(path, dims, *dim, *rank)?),
-            FusionConfig::Attention { dim, heads, .. } => Box::new(Attention::new(path, dims, *dim, *heads)?),
-            FusionConfig::CrossAttention { dim, heads, .. } => Box::new(CrossAttention::new(path, dims, *dim, *heads)?),
-            FusionConfig::Late { classes, learned, .. } => Box::new(Late::new(path, dims, *classes, *learned)?),
+            FusionConfig::Tensor { project, .. } => {
+                Box::new(TensorFusion::new(path, dims, *project)?)
+            }
+            FusionConfig::LowRank { dim, rank, .. } => {
+                Box::new(LowRank::new(path, dims, *dim, *rank)?)
+            }
+            FusionConfig::Attention { dim, heads, .. } => {
+                Box::new(Attention::new(path, dims, *dim, *heads)?)
+            }
+            FusionConfig::CrossAttention { dim, heads, .. } => {
+                Box::new(CrossAttention::new(path, dims, *dim, *heads)?)
+            }
+            FusionConfig::Late { classes, learned, .. } => {
+                Box::new(Late::new(path, dims, *classes, *learned)?)
+            }
             FusionConfig::Film { dim, .. } => Box::new(Film::new(path, dims, *dim)?),
         })
     }
@@ -208,7 +225,12 @@ struct NodeOut {
 }
 
 impl Node {
-    fn build(path: &nn::Path, config: &FusionConfig, modalities: &[(&str, i64)], depth: usize) -> Result<(Node, i64)> {
+    fn build(
+        path: &nn::Path,
+        config: &FusionConfig,
+        modalities: &[(&str, i64)],
+        depth: usize,
+    ) -> Result<(Node, i64)> {
         if depth > 16 {
             return Err(Error::Config("fusion tree deeper than 16 levels".to_string()));
         }
@@ -226,13 +248,17 @@ impl Node {
                 InputRef::Modality(name) => {
                     let idx = modalities.iter().position(|(n, _)| n == name).ok_or_else(|| {
                         let known: Vec<&str> = modalities.iter().map(|(n, _)| *n).collect();
-                        Error::Config(format!("{}: unknown input {name:?} (the modalities are {known:?})", config.method()))
+                        Error::Config(format!(
+                            "{}: unknown input {name:?} (the modalities are {known:?})",
+                            config.method()
+                        ))
                     })?;
                     children.push(Node::Leaf(idx));
                     dims.push(modalities[idx].1);
                 }
                 InputRef::Fusion(sub) => {
-                    let (node, dim) = Node::build(&(path / "inputs" / i), sub, modalities, depth + 1)?;
+                    let (node, dim) =
+                        Node::build(&(path / "inputs" / i), sub, modalities, depth + 1)?;
                     children.push(node);
                     dims.push(dim);
                 }
@@ -252,8 +278,12 @@ impl Node {
                 weights: None,
             },
             Node::Inner { method, children } => {
-                let outs: Vec<NodeOut> = children.iter().map(|c| c.forward(inputs, train)).collect();
-                let present = Tensor::stack(&outs.iter().map(|o| o.present.shallow_clone()).collect::<Vec<_>>(), 1);
+                let outs: Vec<NodeOut> =
+                    children.iter().map(|c| c.forward(inputs, train)).collect();
+                let present = Tensor::stack(
+                    &outs.iter().map(|o| o.present.shallow_clone()).collect::<Vec<_>>(),
+                    1,
+                );
                 let sub = Embeddings {
                     pooled: outs.iter().map(|o| o.pooled.shallow_clone()).collect(),
                     seqs: outs.into_iter().map(|o| o.seq).collect(),
@@ -282,7 +312,11 @@ impl FusionModel {
             return Err(Error::Config("no modalities to fuse".to_string()));
         }
         let (root, dim) = Node::build(path, config, modalities, 0)?;
-        Ok(FusionModel { root, names: modalities.iter().map(|(n, _)| n.to_string()).collect(), dim })
+        Ok(FusionModel {
+            root,
+            names: modalities.iter().map(|(n, _)| n.to_string()).collect(),
+            dim,
+        })
     }
 
     /// Size of the fused output.
@@ -297,7 +331,13 @@ impl FusionModel {
 
     /// Fuses a batch; the weights are the root method's, over its own inputs.
     pub fn forward_t(&self, inputs: &Embeddings, train: bool) -> Fused {
-        assert_eq!(inputs.pooled.len(), self.names.len(), "expected {} modalities ({:?})", self.names.len(), self.names);
+        assert_eq!(
+            inputs.pooled.len(),
+            self.names.len(),
+            "expected {} modalities ({:?})",
+            self.names.len(),
+            self.names
+        );
         let out = self.root.forward(inputs, train);
         Fused { fused: out.pooled, weights: out.weights }
     }

@@ -33,7 +33,8 @@ fn build(text: &str, dims: &[i64]) -> (nn::VarStore, FusionModel) {
     let vs = nn::VarStore::new(Device::Cpu);
     let config: FusionConfig = toml::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
     let modalities: Vec<(&str, i64)> = NAMES.iter().zip(dims).map(|(n, d)| (*n, *d)).collect();
-    let model = FusionModel::new(&(vs.root() / "fusion"), &config, &modalities).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let model = FusionModel::new(&(vs.root() / "fusion"), &config, &modalities)
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
     (vs, model)
 }
 
@@ -42,7 +43,10 @@ fn inputs(dims: &[i64], b: i64, present: &Tensor, fill: f64) -> Embeddings {
     let pooled: Vec<Tensor> = dims.iter().map(|d| Tensor::randn([b, *d], F)).collect();
     let mut e = Embeddings::new(pooled, present.shallow_clone());
     let seq = Tensor::randn([b, 5, dims[1]], F);
-    let mask = Tensor::from_slice(&[true, true, true, false, false]).unsqueeze(0).expand([b, 5], false).copy();
+    let mask = Tensor::from_slice(&[true, true, true, false, false])
+        .unsqueeze(0)
+        .expand([b, 5], false)
+        .copy();
     e.seqs[1] = Some((seq, mask));
     filled(&e, fill)
 }
@@ -98,9 +102,14 @@ fn every_method_gives_its_documented_size_for_two_three_and_four_modalities() {
             let (_vs, model) = build(&text, &dims);
             assert_eq!(model.output_dim(), size, "{text} for {dims:?}");
             let b = 7;
-            let out = tch::no_grad(|| model.forward_t(&inputs(&dims, b, &presence(b, dims.len()), 0.0), false));
+            let out = tch::no_grad(|| {
+                model.forward_t(&inputs(&dims, b, &presence(b, dims.len()), 0.0), false)
+            });
             assert_eq!(out.fused.size(), [b, size], "{text} for {dims:?}");
-            assert!(bool::try_from(out.fused.isfinite().all()).expect("bool"), "{text}: a non-finite output");
+            assert!(
+                bool::try_from(out.fused.isfinite().all()).expect("bool"),
+                "{text}: a non-finite output"
+            );
             if let Some(w) = out.weights {
                 assert_eq!(w.size(), [b, dims.len() as i64], "{text}");
             }
@@ -118,8 +127,17 @@ fn an_absent_modality_cannot_change_the_output_whatever_it_holds() {
         let clean = inputs(&dims, b, &present, 0.0);
         let noisy = filled(&clean, 1e6);
         let nan = filled(&clean, f64::NAN);
-        let (a, n, x) = tch::no_grad(|| (model.forward_t(&clean, false).fused, model.forward_t(&noisy, false).fused, model.forward_t(&nan, false).fused));
-        assert!(bool::try_from(x.isfinite().all()).expect("bool"), "{text}: NaN in an absent slot leaked");
+        let (a, n, x) = tch::no_grad(|| {
+            (
+                model.forward_t(&clean, false).fused,
+                model.forward_t(&noisy, false).fused,
+                model.forward_t(&nan, false).fused,
+            )
+        });
+        assert!(
+            bool::try_from(x.isfinite().all()).expect("bool"),
+            "{text}: NaN in an absent slot leaked"
+        );
         let d1 = (&a - n).abs().max().double_value(&[]);
         let d2 = (&a - x).abs().max().double_value(&[]);
         assert!(d1 < 1e-5 && d2 < 1e-5, "{text}: absent values changed the output by {d1} / {d2}");
@@ -134,8 +152,12 @@ fn gradients_reach_every_present_input_and_no_absent_one() {
     for (text, _) in methods(&dims) {
         let (_vs, model) = build(&text, &dims);
         let e = inputs(&dims, b, &present, 0.0);
-        let pooled: Vec<Tensor> = e.pooled.iter().map(|t| t.detach().set_requires_grad(true)).collect();
-        let mut e2 = Embeddings::new(pooled.iter().map(Tensor::shallow_clone).collect(), present.shallow_clone());
+        let pooled: Vec<Tensor> =
+            e.pooled.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let mut e2 = Embeddings::new(
+            pooled.iter().map(Tensor::shallow_clone).collect(),
+            present.shallow_clone(),
+        );
         e2.seqs = e.seqs;
         // Cross-attention reads modality 1 from its sequence; the others from the pooled vectors.
         model.forward_t(&e2, true).fused.square().sum(Kind::Float).backward();
@@ -150,7 +172,10 @@ fn gradients_reach_every_present_input_and_no_absent_one() {
                 if is_present {
                     assert!(gi > 0.0, "{text}: no gradient reaches modality {m} of sample {i}");
                 } else {
-                    assert_eq!(gi, 0.0, "{text}: gradient reaches absent modality {m} of sample {i}");
+                    assert_eq!(
+                        gi, 0.0,
+                        "{text}: gradient reaches absent modality {m} of sample {i}"
+                    );
                 }
             }
         }
@@ -162,17 +187,31 @@ fn weights_renormalise_over_present_modalities() {
     let dims = [3i64, 3, 3];
     let b = 12;
     let present = presence(b, 3);
-    for text in ["method = \"weighted_sum\"\ndim = 4", "method = \"late\"\nclasses = 2", "method = \"gated\"\ndim = 4", "method = \"attention\"\ndim = 4\nheads = 2"] {
+    for text in [
+        "method = \"weighted_sum\"\ndim = 4",
+        "method = \"late\"\nclasses = 2",
+        "method = \"gated\"\ndim = 4",
+        "method = \"attention\"\ndim = 4\nheads = 2",
+    ] {
         let (_vs, model) = build(text, &dims);
-        let w = tch::no_grad(|| model.forward_t(&inputs(&dims, b, &present, 0.0), false).weights.expect("weights"));
+        let w = tch::no_grad(|| {
+            model.forward_t(&inputs(&dims, b, &present, 0.0), false).weights.expect("weights")
+        });
         let sums = w.sum_dim_intlist(1, false, Kind::Float);
         for i in 0..b {
             let any = present.get(i).any().int64_value(&[]) == 1;
             let s = sums.double_value(&[i]);
-            assert!((s - if any { 1.0 } else { 0.0 }).abs() < 1e-5, "{text}: row {i} weights sum to {s}");
+            assert!(
+                (s - if any { 1.0 } else { 0.0 }).abs() < 1e-5,
+                "{text}: row {i} weights sum to {s}"
+            );
             for m in 0..3 {
                 if present.int64_value(&[i, m]) == 0 {
-                    assert_eq!(w.double_value(&[i, m]), 0.0, "{text}: an absent modality has weight");
+                    assert_eq!(
+                        w.double_value(&[i, m]),
+                        0.0,
+                        "{text}: an absent modality has weight"
+                    );
                 }
             }
         }
@@ -202,7 +241,8 @@ fn reinit(vs: &nn::VarStore, seed: u64) {
             } else if v.dim() >= 2 {
                 let size = v.size();
                 let k = 1.0 / (*size.last().unwrap_or(&1) as f32).sqrt();
-                let values: Vec<f32> = local_uniform(v.numel(), seed + i as u64).iter().map(|x| x * k).collect();
+                let values: Vec<f32> =
+                    local_uniform(v.numel(), seed + i as u64).iter().map(|x| x * k).collect();
                 v.copy_(&Tensor::from_slice(&values).view(size.as_slice()));
             }
         }
@@ -222,24 +262,41 @@ fn learned_weights_and_gates_turn_away_from_a_noise_modality() {
     for text in ["method = \"weighted_sum\"\ndim = 8", "method = \"gated\"\ndim = 8"] {
         let vs = nn::VarStore::new(Device::Cpu);
         let config: FusionConfig = toml::from_str(text).expect("toml");
-        let model = FusionModel::new(&(vs.root() / "f"), &config, &[("signal", 4), ("noise", 4)]).expect("fusion");
+        let model = FusionModel::new(&(vs.root() / "f"), &config, &[("signal", 4), ("noise", 4)])
+            .expect("fusion");
         let head = nn::linear(vs.root() / "head", 8, 2, Default::default());
         reinit(&vs, 7);
         let mut opt = nn::Adam::default().build(&vs, 0.02).expect("adam");
         let batch = || Embeddings::all_present(vec![signal.shallow_clone(), noise.shallow_clone()]);
-        let noise_weight = |model: &FusionModel| tch::no_grad(|| model.forward_t(&batch(), false).weights.expect("w").select(1, 1).mean(Kind::Float).double_value(&[]));
+        let noise_weight = |model: &FusionModel| {
+            tch::no_grad(|| {
+                model
+                    .forward_t(&batch(), false)
+                    .weights
+                    .expect("w")
+                    .select(1, 1)
+                    .mean(Kind::Float)
+                    .double_value(&[])
+            })
+        };
         let before = noise_weight(&model);
         for _ in 0..600 {
             let out = model.forward_t(&batch(), true);
             opt.backward_step(&head.forward(&out.fused).cross_entropy_for_logits(&y));
         }
         let after = noise_weight(&model);
-        eprintln!("{}: weight of the noise modality {before:.3} -> {after:.3}", text.lines().next().unwrap_or(""));
+        eprintln!(
+            "{}: weight of the noise modality {before:.3} -> {after:.3}",
+            text.lines().next().unwrap_or("")
+        );
         assert!((before - 0.5).abs() < 0.1, "{text}: starts at {before}");
         // The weighted sum can only silence the noise through its weight; the GMU can also shrink
         // the noise's tanh projection, so its gate falls less far.
         let needed = if text.contains("gated") { before - 0.08 } else { 0.3 };
-        assert!(after < needed, "{text}: the noise modality keeps weight {after} (needed below {needed})");
+        assert!(
+            after < needed,
+            "{text}: the noise modality keeps weight {after} (needed below {needed})"
+        );
     }
 }
 
@@ -252,7 +309,9 @@ fn learned_weights_and_gates_turn_away_from_a_noise_modality() {
 fn film_learns_a_product_of_modalities_that_concatenation_cannot() {
     let n = 512;
     let (x, c) = (local_uniform(n, 11), local_uniform(n, 12));
-    let y = Tensor::from_slice(&x.iter().zip(&c).map(|(a, b)| i64::from(a * b > 0.0)).collect::<Vec<_>>());
+    let y = Tensor::from_slice(
+        &x.iter().zip(&c).map(|(a, b)| i64::from(a * b > 0.0)).collect::<Vec<_>>(),
+    );
     let spread = |v: &[f32], seed: u64| {
         let noise = Tensor::from_slice(&local_uniform(n * 4, seed)).view([n as i64, 4]) * 0.05;
         Tensor::from_slice(v).unsqueeze(1).expand([n as i64, 4], false) + noise
@@ -261,16 +320,24 @@ fn film_learns_a_product_of_modalities_that_concatenation_cannot() {
     let accuracy = |text: &str| {
         let vs = nn::VarStore::new(Device::Cpu);
         let config: FusionConfig = toml::from_str(text).expect("toml");
-        let model = FusionModel::new(&(vs.root() / "f"), &config, &[("x", 4), ("c", 4)]).expect("fusion");
+        let model =
+            FusionModel::new(&(vs.root() / "f"), &config, &[("x", 4), ("c", 4)]).expect("fusion");
         let head = nn::linear(vs.root() / "head", model.output_dim(), 2, Default::default());
         reinit(&vs, 5);
         let mut opt = nn::Adam::default().build(&vs, 0.02).expect("adam");
         let batch = || Embeddings::all_present(vec![xs.shallow_clone(), cs.shallow_clone()]);
         for _ in 0..400 {
-            opt.backward_step(&head.forward(&model.forward_t(&batch(), true).fused).cross_entropy_for_logits(&y));
+            opt.backward_step(
+                &head.forward(&model.forward_t(&batch(), true).fused).cross_entropy_for_logits(&y),
+            );
         }
         let logits = tch::no_grad(|| head.forward(&model.forward_t(&batch(), false).fused));
-        logits.argmax(1, false).eq_tensor(&y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+        logits
+            .argmax(1, false)
+            .eq_tensor(&y)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
     };
     let (film, concat) = (accuracy("method = \"film\"\ndim = 8"), accuracy("method = \"concat\""));
     eprintln!("x·c > 0: FiLM {film:.3}, concatenation {concat:.3}");
@@ -284,7 +351,8 @@ fn film_learns_a_product_of_modalities_that_concatenation_cannot() {
     let e = inputs(&[6, 4], 2, &present, 0.0);
     let out = tch::no_grad(|| model.forward_t(&e, false).fused);
     let vars = vs.variables();
-    let projected = e.pooled[0].matmul(&vars["fusion.project.weight"].tr()) + &vars["fusion.project.bias"];
+    let projected =
+        e.pooled[0].matmul(&vars["fusion.project.weight"].tr()) + &vars["fusion.project.bias"];
     assert!((out - projected).abs().max().double_value(&[]) < 1e-6);
 }
 
@@ -307,19 +375,25 @@ fn arrangements_are_configuration_and_mistakes_are_named() {
     // Mistakes.
     let vs = nn::VarStore::new(Device::Cpu);
     let modalities = [("image", 6i64), ("audio", 4)];
-    let bad: FusionConfig = toml::from_str("method = \"concat\"\ninputs = [\"imgae\"]").expect("toml");
+    let bad: FusionConfig =
+        toml::from_str("method = \"concat\"\ninputs = [\"imgae\"]").expect("toml");
     let e = FusionModel::new(&vs.root(), &bad, &modalities).expect_err("unknown input").to_string();
     assert!(e.contains("unknown input \"imgae\"") && e.contains("image"), "{e}");
-    let e = toml::from_str::<FusionConfig>("method = \"gated\"\ndim = 8\ndimm = 3").expect_err("unknown key").to_string();
+    let e = toml::from_str::<FusionConfig>("method = \"gated\"\ndim = 8\ndimm = 3")
+        .expect_err("unknown key")
+        .to_string();
     assert!(e.contains("dimm"), "{e}");
-    let e = toml::from_str::<FusionConfig>("method = \"blend\"").expect_err("unknown method").to_string();
+    let e = toml::from_str::<FusionConfig>("method = \"blend\"")
+        .expect_err("unknown method")
+        .to_string();
     assert!(e.contains("blend"), "{e}");
-    let attention: FusionConfig = toml::from_str("method = \"attention\"\ndim = 10\nheads = 3").expect("toml");
+    let attention: FusionConfig =
+        toml::from_str("method = \"attention\"\ndim = 10\nheads = 3").expect("toml");
     let e = FusionModel::new(&vs.root(), &attention, &modalities).expect_err("heads").to_string();
     assert!(e.contains("heads = 3 must divide dim = 10"), "{e}");
     let big: FusionConfig = toml::from_str("method = \"tensor\"").expect("toml");
-    let e = FusionModel::new(&vs.root(), &big, &[("a", 512), ("b", 512), ("c", 512)]).expect_err("huge").to_string();
+    let e = FusionModel::new(&vs.root(), &big, &[("a", 512), ("b", 512), ("c", 512)])
+        .expect_err("huge")
+        .to_string();
     assert!(e.contains("project"), "{e}");
 }
-
-

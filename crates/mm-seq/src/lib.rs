@@ -111,7 +111,12 @@ pub trait SequenceModel: std::fmt::Debug + Send {
 
 /// The weights and biases of linear layers, for [`SequenceModel::parameters`].
 pub(crate) fn linear_params(layers: &[&tch::nn::Linear]) -> Vec<Tensor> {
-    layers.iter().flat_map(|l| std::iter::once(l.ws.shallow_clone()).chain(l.bs.as_ref().map(Tensor::shallow_clone))).collect()
+    layers
+        .iter()
+        .flat_map(|l| {
+            std::iter::once(l.ws.shallow_clone()).chain(l.bs.as_ref().map(Tensor::shallow_clone))
+        })
+        .collect()
 }
 
 /// The affine parameters of layer norms.
@@ -130,16 +135,25 @@ pub fn lengths_to_mask(lengths: &Tensor, steps: i64) -> Tensor {
 pub fn check_input(xs: &Tensor, lengths: &Tensor, features: i64) -> Result<()> {
     let size = xs.size();
     if size.len() != 3 {
-        return Err(Error::Input(format!("expected a [batch, steps, {features}] tensor, got shape {size:?}")));
+        return Err(Error::Input(format!(
+            "expected a [batch, steps, {features}] tensor, got shape {size:?}"
+        )));
     }
     if size[2] != features {
-        return Err(Error::Input(format!("expected {features} features per step, got {} (shape {size:?})", size[2])));
+        return Err(Error::Input(format!(
+            "expected {features} features per step, got {} (shape {size:?})",
+            size[2]
+        )));
     }
     if !xs.is_floating_point() {
         return Err(Error::Input(format!("expected floating-point steps, got {:?}", xs.kind())));
     }
     if lengths.size() != [size[0]] {
-        return Err(Error::Input(format!("expected {} lengths, got shape {:?}", size[0], lengths.size())));
+        return Err(Error::Input(format!(
+            "expected {} lengths, got shape {:?}",
+            size[0],
+            lengths.size()
+        )));
     }
     if lengths.is_floating_point() {
         return Err(Error::Input("lengths must be integers".to_string()));
@@ -147,7 +161,10 @@ pub fn check_input(xs: &Tensor, lengths: &Tensor, features: i64) -> Result<()> {
     if size[0] > 0 {
         let (lo, hi) = (lengths.min().int64_value(&[]), lengths.max().int64_value(&[]));
         if lo < 0 || hi > size[1] {
-            return Err(Error::Input(format!("lengths must lie in 0..={}, got {lo}..={hi}", size[1])));
+            return Err(Error::Input(format!(
+                "lengths must lie in 0..={}, got {lo}..={hi}",
+                size[1]
+            )));
         }
     }
     Ok(())

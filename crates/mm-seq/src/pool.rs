@@ -9,7 +9,8 @@ use crate::{Error, Result};
 /// Mean over the valid steps of `[B, T, D]`; zeros for an empty sequence.
 pub fn masked_mean(xs: &Tensor, mask: &Tensor) -> Tensor {
     let m = mask.unsqueeze(-1).to_kind(xs.kind());
-    (xs * &m).sum_dim_intlist(1, false, xs.kind()) / m.sum_dim_intlist(1, false, xs.kind()).clamp_min(1.0)
+    (xs * &m).sum_dim_intlist(1, false, xs.kind())
+        / m.sum_dim_intlist(1, false, xs.kind()).clamp_min(1.0)
 }
 
 /// Element-wise maximum over the valid steps of `[B, T, D]`; zeros for an empty sequence.
@@ -56,11 +57,20 @@ impl AttentionPool {
     /// Attention pooling over steps of size `dim`.
     pub fn new(path: &nn::Path, dim: i64, config: &AttentionPoolConfig) -> Result<Self> {
         if dim <= 0 || config.hidden < 0 {
-            return Err(Error::Config(format!("attention pooling: dim {dim} and hidden {} must be positive", config.hidden)));
+            return Err(Error::Config(format!(
+                "attention pooling: dim {dim} and hidden {} must be positive",
+                config.hidden
+            )));
         }
-        let proj = (config.hidden > 0).then(|| nn::linear(path / "proj", dim, config.hidden, Default::default()));
+        let proj = (config.hidden > 0)
+            .then(|| nn::linear(path / "proj", dim, config.hidden, Default::default()));
         let width = if config.hidden > 0 { config.hidden } else { dim };
-        let score = nn::linear(path / "score", width, 1, nn::LinearConfig { bias: false, ..Default::default() });
+        let score = nn::linear(
+            path / "score",
+            width,
+            1,
+            nn::LinearConfig { bias: false, ..Default::default() },
+        );
         Ok(AttentionPool { proj, score })
     }
 
@@ -93,7 +103,10 @@ mod tests {
     #[test]
     fn masked_reductions_ignore_padding_and_empty_rows_give_zeros() {
         // Padded steps hold huge values that must not show.
-        let xs = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 100.0, 4.0, -100.0, 100.0, 100.0, 7.0, 7.0, 7.0, 7.0]).view([3, 4, 1]);
+        let xs = Tensor::from_slice(&[
+            1.0f32, 2.0, 3.0, 100.0, 4.0, -100.0, 100.0, 100.0, 7.0, 7.0, 7.0, 7.0,
+        ])
+        .view([3, 4, 1]);
         let m = mask(&[3, 1, 0], 4);
         let mean = Vec::<f32>::try_from(masked_mean(&xs, &m).view([-1])).unwrap();
         assert_eq!(mean, [2.0, 4.0, 0.0]);
@@ -109,7 +122,8 @@ mod tests {
     #[test]
     fn attention_pooling_is_a_convex_combination_of_valid_steps() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let pool = AttentionPool::new(&(vs.root() / "att"), 3, &AttentionPoolConfig::default()).unwrap();
+        let pool =
+            AttentionPool::new(&(vs.root() / "att"), 3, &AttentionPoolConfig::default()).unwrap();
         let xs = Tensor::randn([2, 5, 3], (Kind::Float, Device::Cpu));
         let m = mask(&[5, 2], 5);
         let w = pool.weights(&xs, &m);
@@ -117,6 +131,10 @@ mod tests {
         assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
         assert_eq!(w.get(1).narrow(0, 2, 3).abs().sum(Kind::Float).double_value(&[]), 0.0);
         let names: Vec<String> = vs.variables().into_keys().collect();
-        assert!(names.contains(&"att.proj.weight".to_string()) && names.contains(&"att.score.weight".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"att.proj.weight".to_string())
+                && names.contains(&"att.score.weight".to_string()),
+            "{names:?}"
+        );
     }
 }

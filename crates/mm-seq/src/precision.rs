@@ -107,7 +107,8 @@ impl Autocast {
         // SAFETY: plain setters and getters of libtorch's thread-local autocast state, with a
         // valid device type and dtype; they do not throw.
         let (was_enabled, was_dtype) = unsafe {
-            let state = (ffi::is_autocast_enabled(device_type), ffi::get_autocast_dtype(device_type));
+            let state =
+                (ffi::is_autocast_enabled(device_type), ffi::get_autocast_dtype(device_type));
             ffi::set_autocast_dtype(device_type, BFLOAT16);
             ffi::set_autocast_enabled(device_type, true);
             ffi::increment_nesting();
@@ -183,7 +184,11 @@ pub fn cpu_bf16() -> &'static CpuBf16 {
         }
         match probe_lstm() {
             Ok(()) => CpuBf16 { kernels: true, native, reason: None },
-            Err(tch::TchError::Torch(message)) => CpuBf16 { kernels: false, native, reason: Some(mm_data::guard::plain_message(&message)) },
+            Err(tch::TchError::Torch(message)) => CpuBf16 {
+                kernels: false,
+                native,
+                reason: Some(mm_data::guard::plain_message(&message)),
+            },
             Err(other) => CpuBf16 { kernels: false, native, reason: Some(other.to_string()) },
         }
     })
@@ -196,8 +201,14 @@ fn probe_lstm() -> Result<(), tch::TchError> {
     let options = (Kind::Float, Device::Cpu);
     let x = Tensor::f_zeros([1, 1, 1], options)?;
     let h = Tensor::f_zeros([1, 1, 1], options)?;
-    let params = [Tensor::f_zeros([4, 1], options)?, Tensor::f_zeros([4, 1], options)?, Tensor::f_zeros([4], options)?, Tensor::f_zeros([4], options)?];
-    let _ = x.f_lstm(&[&h, &h], &params.iter().collect::<Vec<_>>(), true, 1, 0.0, false, false, true)?;
+    let params = [
+        Tensor::f_zeros([4, 1], options)?,
+        Tensor::f_zeros([4, 1], options)?,
+        Tensor::f_zeros([4], options)?,
+        Tensor::f_zeros([4], options)?,
+    ];
+    let _ =
+        x.f_lstm(&[&h, &h], &params.iter().collect::<Vec<_>>(), true, 1, 0.0, false, false, true)?;
     Ok(())
 }
 
@@ -205,9 +216,9 @@ fn probe_lstm() -> Result<(), tch::TchError> {
 fn native_bf16_instructions() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
         .map(|t| {
-            t.lines()
-                .find(|l| l.starts_with("flags"))
-                .is_some_and(|l| l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+            t.lines().find(|l| l.starts_with("flags")).is_some_and(|l| {
+                l.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16")
+            })
         })
         .unwrap_or(false)
 }

@@ -37,7 +37,13 @@ pub struct RnnConfig {
 
 impl Default for RnnConfig {
     fn default() -> Self {
-        RnnConfig { cell: CellKind::Lstm, hidden: 128, layers: 1, bidirectional: false, dropout: 0.0 }
+        RnnConfig {
+            cell: CellKind::Lstm,
+            hidden: 128,
+            layers: 1,
+            bidirectional: false,
+            dropout: 0.0,
+        }
     }
 }
 
@@ -53,7 +59,10 @@ impl RnnConfig {
             return Err(Error::Config(format!("rnn.layers = {}: must be positive", self.layers)));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Config(format!("rnn.dropout = {}: must be in [0, 1)", self.dropout)));
+            return Err(Error::Config(format!(
+                "rnn.dropout = {}: must be in [0, 1)",
+                self.dropout
+            )));
         }
         Ok(())
     }
@@ -84,8 +93,16 @@ impl Rnn {
             for dir in 0..dirs {
                 let suffix = if dir == 1 { "_reverse" } else { "" };
                 let in_dim = if layer == 0 { input_dim } else { config.hidden * dirs };
-                weights.push(path.var(&format!("weight_ih_l{layer}{suffix}"), &[gates, in_dim], init));
-                weights.push(path.var(&format!("weight_hh_l{layer}{suffix}"), &[gates, config.hidden], init));
+                weights.push(path.var(
+                    &format!("weight_ih_l{layer}{suffix}"),
+                    &[gates, in_dim],
+                    init,
+                ));
+                weights.push(path.var(
+                    &format!("weight_hh_l{layer}{suffix}"),
+                    &[gates, config.hidden],
+                    init,
+                ));
                 weights.push(path.var(&format!("bias_ih_l{layer}{suffix}"), &[gates], init));
                 weights.push(path.var(&format!("bias_hh_l{layer}{suffix}"), &[gates], init));
             }
@@ -161,7 +178,9 @@ impl SequenceModel for Rnn {
         // length 1 and zeroed afterwards.
         let (sorted, order) = lengths_cpu.clamp_min(1).sort(0, true);
         let inverse = order.argsort(0, false).to_device(device);
-        let (data, batch_sizes) = xs.index_select(0, &order.to_device(device)).internal_pack_padded_sequence(&sorted, true);
+        let (data, batch_sizes) = xs
+            .index_select(0, &order.to_device(device))
+            .internal_pack_padded_sequence(&sorted, true);
         let state = Tensor::zeros([self.config.layers * dirs, b, h], (xs.kind(), device));
         let weights: Vec<&Tensor> = self.weights.iter().collect();
         let (packed, h_n) = match self.config.cell {

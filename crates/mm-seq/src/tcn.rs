@@ -32,7 +32,14 @@ pub struct TemporalConvConfig {
 
 impl Default for TemporalConvConfig {
     fn default() -> Self {
-        TemporalConvConfig { channels: 128, kernel: 3, layers: 3, dilation_growth: 2, causal: false, dropout: 0.1 }
+        TemporalConvConfig {
+            channels: 128,
+            kernel: 3,
+            layers: 3,
+            dilation_growth: 2,
+            causal: false,
+            dropout: 0.1,
+        }
     }
 }
 
@@ -55,14 +62,22 @@ impl TemporalConv {
     /// Creates the blocks under `path` for inputs of size `input_dim`.
     pub fn new(path: &nn::Path, input_dim: i64, config: &TemporalConvConfig) -> Result<Self> {
         let c = config;
-        if input_dim <= 0 || c.channels <= 0 || c.layers <= 0 || c.kernel <= 0 || c.dilation_growth <= 0 {
+        if input_dim <= 0
+            || c.channels <= 0
+            || c.layers <= 0
+            || c.kernel <= 0
+            || c.dilation_growth <= 0
+        {
             return Err(Error::Config(format!(
                 "tcn: input size {input_dim}, channels {}, layers {}, kernel {} and dilation_growth {} must be positive",
                 c.channels, c.layers, c.kernel, c.dilation_growth
             )));
         }
         if !c.causal && c.kernel % 2 == 0 {
-            return Err(Error::Config(format!("tcn.kernel = {}: must be odd unless causal", c.kernel)));
+            return Err(Error::Config(format!(
+                "tcn.kernel = {}: must be odd unless causal",
+                c.kernel
+            )));
         }
         if !(0.0..1.0).contains(&c.dropout) {
             return Err(Error::Config(format!("tcn.dropout = {}: must be in [0, 1)", c.dropout)));
@@ -76,7 +91,8 @@ impl TemporalConv {
             blocks.push(Block {
                 conv: nn::conv1d(&p / "conv", in_dim, c.channels, c.kernel, conv_config),
                 norm: nn::layer_norm(&p / "norm", vec![c.channels], Default::default()),
-                skip: (in_dim != c.channels).then(|| nn::conv1d(&p / "skip", in_dim, c.channels, 1, Default::default())),
+                skip: (in_dim != c.channels)
+                    .then(|| nn::conv1d(&p / "skip", in_dim, c.channels, 1, Default::default())),
                 dilation,
             });
             dilation = dilation.saturating_mul(c.dilation_growth);
@@ -101,7 +117,11 @@ impl SequenceModel for TemporalConv {
     }
 
     fn parameters(&self) -> Vec<Tensor> {
-        let conv = |c: &nn::Conv1D| std::iter::once(c.ws.shallow_clone()).chain(c.bs.as_ref().map(Tensor::shallow_clone)).collect::<Vec<_>>();
+        let conv = |c: &nn::Conv1D| {
+            std::iter::once(c.ws.shallow_clone())
+                .chain(c.bs.as_ref().map(Tensor::shallow_clone))
+                .collect::<Vec<_>>()
+        };
         let mut out = Vec::new();
         for b in &self.blocks {
             out.extend(conv(&b.conv));
@@ -119,7 +139,8 @@ impl SequenceModel for TemporalConv {
         for block in &self.blocks {
             let span = (self.config.kernel - 1) * block.dilation;
             let (left, right) = if self.config.causal { (span, 0) } else { (span / 2, span / 2) };
-            let h = x.transpose(1, 2).constant_pad_nd([left, right]).apply(&block.conv).transpose(1, 2);
+            let h =
+                x.transpose(1, 2).constant_pad_nd([left, right]).apply(&block.conv).transpose(1, 2);
             let h = block.norm.forward(&h).relu().dropout(self.config.dropout, train);
             let residual = match &block.skip {
                 Some(skip) => x.transpose(1, 2).apply(skip).transpose(1, 2),

@@ -118,7 +118,10 @@ impl TransformerEncoder {
             return bad(format!("input size {input_dim}: must be positive"));
         }
         if c.d_model <= 0 || c.heads <= 0 || c.d_model % c.heads != 0 {
-            return bad(format!("heads = {} must divide d_model = {} (both positive)", c.heads, c.d_model));
+            return bad(format!(
+                "heads = {} must divide d_model = {} (both positive)",
+                c.heads, c.d_model
+            ));
         }
         if c.layers <= 0 || c.ff <= 0 {
             return bad(format!("layers = {} and ff = {}: must be positive", c.layers, c.ff));
@@ -127,11 +130,16 @@ impl TransformerEncoder {
             return bad(format!("dropout = {}: must be in [0, 1)", c.dropout));
         }
         if c.positions == Positions::Learned && c.max_len <= 0 {
-            return bad(format!("max_len = {}: must be positive with learned positions", c.max_len));
+            return bad(format!(
+                "max_len = {}: must be positive with learned positions",
+                c.max_len
+            ));
         }
         let d = c.d_model;
-        let input = (input_dim != d).then(|| nn::linear(path / "input", input_dim, d, Default::default()));
-        let pos = (c.positions == Positions::Learned).then(|| path.var("pos", &[c.max_len, d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }));
+        let input =
+            (input_dim != d).then(|| nn::linear(path / "input", input_dim, d, Default::default()));
+        let pos = (c.positions == Positions::Learned)
+            .then(|| path.var("pos", &[c.max_len, d], nn::Init::Randn { mean: 0.0, stdev: 0.02 }));
         let layers = (0..c.layers)
             .map(|i| {
                 let p = path / "layers" / i;
@@ -139,7 +147,11 @@ impl TransformerEncoder {
                 // PyTorch: xavier_uniform on the packed q, k, v projection, zero biases.
                 let bound = (6.0 / (d + 3 * d) as f64).sqrt();
                 Layer {
-                    in_proj_weight: attn.var("in_proj_weight", &[3 * d, d], nn::Init::Uniform { lo: -bound, up: bound }),
+                    in_proj_weight: attn.var(
+                        "in_proj_weight",
+                        &[3 * d, d],
+                        nn::Init::Uniform { lo: -bound, up: bound },
+                    ),
                     in_proj_bias: attn.zeros("in_proj_bias", &[3 * d]),
                     out_proj: nn::linear(&attn / "out_proj", d, d, Default::default()),
                     linear1: nn::linear(&p / "linear1", d, c.ff, Default::default()),
@@ -169,7 +181,16 @@ impl TransformerEncoder {
         let qkv = x.matmul(&layer.in_proj_weight.tr()) + &layer.in_proj_bias;
         let split = |k: i64| qkv.narrow(2, k * d, d).view([b, t, heads, d / heads]).transpose(1, 2);
         let dropout = if train { self.config.dropout } else { 0.0 };
-        let out = Tensor::scaled_dot_product_attention(&split(0), &split(1), &split(2), Some(key_mask), dropout, false, None, false);
+        let out = Tensor::scaled_dot_product_attention(
+            &split(0),
+            &split(1),
+            &split(2),
+            Some(key_mask),
+            dropout,
+            false,
+            None,
+            false,
+        );
         out.transpose(1, 2).reshape([b, t, d]).apply(&layer.out_proj)
     }
 
@@ -189,7 +210,8 @@ impl SequenceModel for TransformerEncoder {
     }
 
     fn parameters(&self) -> Vec<Tensor> {
-        let mut out: Vec<Tensor> = self.input.iter().flat_map(|l| crate::linear_params(&[l])).collect();
+        let mut out: Vec<Tensor> =
+            self.input.iter().flat_map(|l| crate::linear_params(&[l])).collect();
         out.extend(self.pos.iter().map(Tensor::shallow_clone));
         for l in &self.layers {
             out.push(l.in_proj_weight.shallow_clone());
@@ -214,7 +236,11 @@ impl SequenceModel for TransformerEncoder {
         // Not `+=`: `x` may share storage with the caller's input.
         let x = match (&self.pos, self.config.positions) {
             (Some(pos), _) => {
-                assert!(t <= self.config.max_len, "{t} steps, but learned positions stop at max_len = {}", self.config.max_len);
+                assert!(
+                    t <= self.config.max_len,
+                    "{t} steps, but learned positions stop at max_len = {}",
+                    self.config.max_len
+                );
                 x + pos.narrow(0, 0, t).unsqueeze(0)
             }
             (None, Positions::Sinusoidal) => {
@@ -261,7 +287,8 @@ mod tests {
         let pe = sinusoidal_positions(6, 8, tch::Device::Cpu);
         for (t, k) in [(0i64, 0i64), (3, 2), (5, 6), (4, 1), (2, 7)] {
             let freq = 1.0 / 10_000f64.powf((k / 2 * 2) as f64 / 8.0);
-            let expected = if k % 2 == 0 { (t as f64 * freq).sin() } else { (t as f64 * freq).cos() };
+            let expected =
+                if k % 2 == 0 { (t as f64 * freq).sin() } else { (t as f64 * freq).cos() };
             let got = pe.double_value(&[t, k]);
             assert!((got - expected).abs() < 1e-5, "pe[{t}, {k}] = {got}, expected {expected}");
         }
@@ -270,7 +297,15 @@ mod tests {
     #[test]
     fn parameter_names_follow_pytorch() {
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let config = TransformerConfig { layers: 1, d_model: 8, heads: 2, ff: 16, positions: Positions::Learned, max_len: 10, ..Default::default() };
+        let config = TransformerConfig {
+            layers: 1,
+            d_model: 8,
+            heads: 2,
+            ff: 16,
+            positions: Positions::Learned,
+            max_len: 10,
+            ..Default::default()
+        };
         TransformerEncoder::new(&(vs.root() / "enc"), 5, &config).unwrap();
         let mut names: Vec<String> = vs.variables().into_keys().collect();
         names.sort();
@@ -294,7 +329,9 @@ mod tests {
             "enc.pos",
         ];
         assert_eq!(names, expected);
-        let e = TransformerEncoder::new(&vs.root(), 5, &TransformerConfig { heads: 3, ..config }).unwrap_err().to_string();
+        let e = TransformerEncoder::new(&vs.root(), 5, &TransformerConfig { heads: 3, ..config })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("heads = 3 must divide d_model = 8"), "{e}");
     }
 }

@@ -54,7 +54,12 @@ impl TimeDistributed {
         let out = Tensor::zeros([b * t, self.dim], (frames.kind(), frames.device()));
         if valid.size()[0] > 0 {
             let encoded = self.encoder.forward_t(&flat.index_select(0, &valid), train);
-            assert_eq!(encoded.size(), [valid.size()[0], self.dim], "the frame encoder must return [N, {}]", self.dim);
+            assert_eq!(
+                encoded.size(),
+                [valid.size()[0], self.dim],
+                "the frame encoder must return [N, {}]",
+                self.dim
+            );
             return out.index_copy(0, &valid, &encoded).view([b, t, self.dim]);
         }
         out.view([b, t, self.dim])
@@ -95,8 +100,16 @@ pub struct SmallCnn {
 impl SmallCnn {
     /// Creates the network under `path`.
     pub fn new(path: &nn::Path, config: &SmallCnnConfig) -> Result<Self> {
-        if config.in_channels <= 0 || config.out <= 0 || config.grid <= 0 || config.channels.is_empty() || config.channels.iter().any(|c| *c <= 0) {
-            return Err(Error::Config(format!("small_cnn: channels {:?}, in_channels, grid and out must be positive", config.channels)));
+        if config.in_channels <= 0
+            || config.out <= 0
+            || config.grid <= 0
+            || config.channels.is_empty()
+            || config.channels.iter().any(|c| *c <= 0)
+        {
+            return Err(Error::Config(format!(
+                "small_cnn: channels {:?}, in_channels, grid and out must be positive",
+                config.channels
+            )));
         }
         let conv = nn::ConvConfig { padding: 1, ..Default::default() };
         let mut input = config.in_channels;
@@ -106,7 +119,11 @@ impl SmallCnn {
             input = c;
         }
         let features = input * config.grid * config.grid;
-        Ok(SmallCnn { convs, grid: config.grid, out: nn::linear(path / "out", features, config.out, Default::default()) })
+        Ok(SmallCnn {
+            convs,
+            grid: config.grid,
+            out: nn::linear(path / "out", features, config.out, Default::default()),
+        })
     }
 }
 
@@ -133,7 +150,12 @@ pub struct VideoModel {
 
 impl VideoModel {
     /// `encoder` maps `[N, C, H, W]` to `[N, dim]`; `seq` takes `dim`-sized steps.
-    pub fn new(encoder: Box<dyn ModuleT + Send>, dim: i64, seq: Box<dyn SequenceModel>, pooling: Pooling) -> Self {
+    pub fn new(
+        encoder: Box<dyn ModuleT + Send>,
+        dim: i64,
+        seq: Box<dyn SequenceModel>,
+        pooling: Pooling,
+    ) -> Self {
         VideoModel { frames: TimeDistributed::new(encoder, dim), seq, pooling }
     }
 
@@ -170,9 +192,16 @@ pub enum AvFusion {
 /// sample with `n_v` valid frames and `n_a` valid audio frames averages audio frames
 /// `⌊t·n_a/n_v⌋ .. max(⌊(t+1)·n_a/n_v⌋, ⌊t·n_a/n_v⌋ + 1)` (clipped to `n_a`); rows of padded
 /// steps, and samples without audio, are zero.
-pub fn align_audio_to_frames(frame_lengths: &Tensor, audio_lengths: &Tensor, t_v: i64, t_a: i64) -> Tensor {
-    let fv = Vec::<i64>::try_from(frame_lengths.to_device(tch::Device::Cpu).to_kind(Kind::Int64)).unwrap_or_default();
-    let fa = Vec::<i64>::try_from(audio_lengths.to_device(tch::Device::Cpu).to_kind(Kind::Int64)).unwrap_or_default();
+pub fn align_audio_to_frames(
+    frame_lengths: &Tensor,
+    audio_lengths: &Tensor,
+    t_v: i64,
+    t_a: i64,
+) -> Tensor {
+    let fv = Vec::<i64>::try_from(frame_lengths.to_device(tch::Device::Cpu).to_kind(Kind::Int64))
+        .unwrap_or_default();
+    let fa = Vec::<i64>::try_from(audio_lengths.to_device(tch::Device::Cpu).to_kind(Kind::Int64))
+        .unwrap_or_default();
     let b = fv.len();
     let mut w = vec![0f32; b * (t_v * t_a) as usize];
     for (i, (&nv, &na)) in fv.iter().zip(&fa).enumerate() {
@@ -206,8 +235,19 @@ pub struct AudioVisual {
 
 impl AudioVisual {
     /// Per-step fusion: `seq` takes steps of size `frame_dim + audio features`.
-    pub fn per_step(encoder: Box<dyn ModuleT + Send>, frame_dim: i64, seq: Box<dyn SequenceModel>, pooling: Pooling) -> Self {
-        AudioVisual { frames: TimeDistributed::new(encoder, frame_dim), fusion: AvFusion::PerStep, seq, audio_seq: None, pooling }
+    pub fn per_step(
+        encoder: Box<dyn ModuleT + Send>,
+        frame_dim: i64,
+        seq: Box<dyn SequenceModel>,
+        pooling: Pooling,
+    ) -> Self {
+        AudioVisual {
+            frames: TimeDistributed::new(encoder, frame_dim),
+            fusion: AvFusion::PerStep,
+            seq,
+            audio_seq: None,
+            pooling,
+        }
     }
 
     /// Fusion after pooling: `frame_seq` takes `frame_dim` steps, `audio_seq` audio features.
@@ -239,12 +279,21 @@ impl AudioVisual {
 
     /// Frames `[B, T_v, C, H, W]` and audio features `[B, T_a, F_a]`, each with lengths, to
     /// `[B, output_dim]`.
-    pub fn forward_t(&self, frames: &Tensor, frame_lengths: &Tensor, audio: &Tensor, audio_lengths: &Tensor, train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        frames: &Tensor,
+        frame_lengths: &Tensor,
+        audio: &Tensor,
+        audio_lengths: &Tensor,
+        train: bool,
+    ) -> Tensor {
         let steps = self.frames.forward_t(frames, frame_lengths, train);
         match &self.audio_seq {
             None => {
                 let (t_v, t_a) = (steps.size()[1], audio.size()[1]);
-                let align = align_audio_to_frames(frame_lengths, audio_lengths, t_v, t_a).to_device(audio.device()).to_kind(audio.kind());
+                let align = align_audio_to_frames(frame_lengths, audio_lengths, t_v, t_a)
+                    .to_device(audio.device())
+                    .to_kind(audio.kind());
                 let joint = Tensor::cat(&[steps, align.bmm(audio)], 2);
                 self.seq.forward_seq(&joint, frame_lengths, train).pool(self.pooling)
             }
@@ -264,14 +313,19 @@ mod tests {
 
     #[test]
     fn audio_windows_cover_each_frame_span_and_sum_to_one() {
-        let w = align_audio_to_frames(&Tensor::from_slice(&[2i64, 3, 2]), &Tensor::from_slice(&[4i64, 2, 0]), 3, 5);
+        let w = align_audio_to_frames(
+            &Tensor::from_slice(&[2i64, 3, 2]),
+            &Tensor::from_slice(&[4i64, 2, 0]),
+            3,
+            5,
+        );
         let w: Vec<f32> = Vec::try_from(w.view([-1])).unwrap();
         let row = |b: usize, t: usize| w[b * 15 + t * 5..b * 15 + t * 5 + 5].to_vec();
         // 2 frames over 4 audio frames: halves.
         assert_eq!(row(0, 0), [0.5, 0.5, 0.0, 0.0, 0.0]);
         assert_eq!(row(0, 1), [0.0, 0.0, 0.5, 0.5, 0.0]);
         assert_eq!(row(0, 2), [0.0; 5]); // padded frame
-        // 3 frames over 2 audio frames: every frame gets at least one.
+                                         // 3 frames over 2 audio frames: every frame gets at least one.
         assert_eq!(row(1, 0), [1.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(row(1, 1), [1.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(row(1, 2), [0.0, 1.0, 0.0, 0.0, 0.0]);

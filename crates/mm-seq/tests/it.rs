@@ -36,21 +36,37 @@ fn assert_padding_never_leaks(model: &dyn SequenceModel, features: i64) {
     for (i, &n) in lengths.iter().enumerate() {
         let i = i as i64;
         if n == 0 {
-            assert_eq!(out.outputs.get(i).abs().sum(Kind::Float).double_value(&[]), 0.0, "empty row has outputs");
-            assert_eq!(out.last.get(i).abs().sum(Kind::Float).double_value(&[]), 0.0, "empty row has a state");
+            assert_eq!(
+                out.outputs.get(i).abs().sum(Kind::Float).double_value(&[]),
+                0.0,
+                "empty row has outputs"
+            );
+            assert_eq!(
+                out.last.get(i).abs().sum(Kind::Float).double_value(&[]),
+                0.0,
+                "empty row has a state"
+            );
             assert_eq!(out.pool(Pooling::Max).get(i).abs().sum(Kind::Float).double_value(&[]), 0.0);
             continue;
         }
-        let alone = tch::no_grad(|| model.forward_seq(&xs.narrow(0, i, 1).narrow(1, 0, n), &Tensor::from_slice(&[n]), false));
+        let alone = tch::no_grad(|| {
+            model.forward_seq(&xs.narrow(0, i, 1).narrow(1, 0, n), &Tensor::from_slice(&[n]), false)
+        });
         let d = max_diff(&out.outputs.get(i).narrow(0, 0, n), &alone.outputs.get(0));
         assert!(d < 1e-5, "{model:?}: sample {i} valid steps differ by {d}");
         if n < t {
             let pad = out.outputs.get(i).narrow(0, n, t - n).abs().max().double_value(&[]);
             assert_eq!(pad, 0.0, "padded steps must be zero");
         }
-        assert!(max_diff(&out.last.get(i), &alone.last.get(0)) < 1e-5, "sample {i} last state differs");
+        assert!(
+            max_diff(&out.last.get(i), &alone.last.get(0)) < 1e-5,
+            "sample {i} last state differs"
+        );
         for pooling in [Pooling::Mean, Pooling::Max] {
-            assert!(max_diff(&out.pool(pooling).get(i), &alone.pool(pooling).get(0)) < 1e-5, "{pooling:?} differs");
+            assert!(
+                max_diff(&out.pool(pooling).get(i), &alone.pool(pooling).get(0)) < 1e-5,
+                "{pooling:?} differs"
+            );
         }
     }
 }
@@ -63,19 +79,33 @@ fn padding_never_leaks_into_valid_steps_of_any_model() {
     for cell in [CellKind::Lstm, CellKind::Gru] {
         for bidirectional in [false, true] {
             let config = RnnConfig { cell, hidden: 6, layers: 2, bidirectional, dropout: 0.3 };
-            let rnn = Rnn::new(&(&root / format!("{cell:?}{bidirectional}")), 4, &config).expect("rnn");
+            let rnn =
+                Rnn::new(&(&root / format!("{cell:?}{bidirectional}")), 4, &config).expect("rnn");
             assert_padding_never_leaks(&rnn, 4);
         }
     }
-    for (i, positions) in [Positions::Sinusoidal, Positions::Learned, Positions::None].into_iter().enumerate() {
+    for (i, positions) in
+        [Positions::Sinusoidal, Positions::Learned, Positions::None].into_iter().enumerate()
+    {
         for norm_first in [true, false] {
-            let config = TransformerConfig { d_model: 8, heads: 2, layers: 2, ff: 16, positions, max_len: 16, norm_first, ..Default::default() };
-            let enc = TransformerEncoder::new(&(&root / format!("tf{i}{norm_first}")), 4, &config).expect("transformer");
+            let config = TransformerConfig {
+                d_model: 8,
+                heads: 2,
+                layers: 2,
+                ff: 16,
+                positions,
+                max_len: 16,
+                norm_first,
+                ..Default::default()
+            };
+            let enc = TransformerEncoder::new(&(&root / format!("tf{i}{norm_first}")), 4, &config)
+                .expect("transformer");
             assert_padding_never_leaks(&enc, 4);
         }
     }
     for causal in [false, true] {
-        let config = TemporalConvConfig { channels: 8, kernel: 3, layers: 3, causal, ..Default::default() };
+        let config =
+            TemporalConvConfig { channels: 8, kernel: 3, layers: 3, causal, ..Default::default() };
         let tcn = TemporalConv::new(&(&root / format!("tcn{causal}")), 4, &config).expect("tcn");
         assert_padding_never_leaks(&tcn, 4);
     }
@@ -85,7 +115,8 @@ fn padding_never_leaks_into_valid_steps_of_any_model() {
 fn bidirectional_outputs_join_both_directions_and_the_last_state_is_each_directions_end() {
     let _rng = seeded(2);
     let vs = nn::VarStore::new(Device::Cpu);
-    let config = RnnConfig { cell: CellKind::Lstm, hidden: 5, layers: 3, bidirectional: true, dropout: 0.0 };
+    let config =
+        RnnConfig { cell: CellKind::Lstm, hidden: 5, layers: 3, bidirectional: true, dropout: 0.0 };
     let rnn = Rnn::new(&(vs.root() / "bi"), 3, &config).expect("rnn");
     assert_eq!(rnn.output_dim(), 10);
     let xs = Tensor::randn([2, 6, 3], (Kind::Float, Device::Cpu));
@@ -101,7 +132,9 @@ fn bidirectional_outputs_join_both_directions_and_the_last_state_is_each_directi
     let mut names: Vec<String> = vs.variables().into_keys().collect();
     names.sort();
     assert_eq!(names.len(), 3 * 2 * 4);
-    for name in ["bi.weight_ih_l0", "bi.weight_hh_l2_reverse", "bi.bias_ih_l1", "bi.bias_hh_l1_reverse"] {
+    for name in
+        ["bi.weight_ih_l0", "bi.weight_hh_l2_reverse", "bi.bias_ih_l1", "bi.bias_hh_l1_reverse"]
+    {
         assert!(names.contains(&name.to_string()), "{name} missing from {names:?}");
     }
     assert_eq!(vs.variables()["bi.weight_ih_l1"].size(), [20, 10]);
@@ -113,9 +146,44 @@ fn dropout_acts_only_when_training_and_gradients_reach_every_parameter() {
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
     let models: Vec<Box<dyn SequenceModel>> = vec![
-        Box::new(Rnn::new(&(&root / "gru"), 4, &RnnConfig { cell: CellKind::Gru, hidden: 8, layers: 2, bidirectional: true, dropout: 0.5 }).expect("gru")),
-        Box::new(TransformerEncoder::new(&(&root / "tf"), 4, &TransformerConfig { d_model: 8, heads: 2, ff: 16, dropout: 0.5, positions: Positions::Learned, max_len: 8, ..Default::default() }).expect("tf")),
-        Box::new(TemporalConv::new(&(&root / "tcn"), 4, &TemporalConvConfig { channels: 8, dropout: 0.5, ..Default::default() }).expect("tcn")),
+        Box::new(
+            Rnn::new(
+                &(&root / "gru"),
+                4,
+                &RnnConfig {
+                    cell: CellKind::Gru,
+                    hidden: 8,
+                    layers: 2,
+                    bidirectional: true,
+                    dropout: 0.5,
+                },
+            )
+            .expect("gru"),
+        ),
+        Box::new(
+            TransformerEncoder::new(
+                &(&root / "tf"),
+                4,
+                &TransformerConfig {
+                    d_model: 8,
+                    heads: 2,
+                    ff: 16,
+                    dropout: 0.5,
+                    positions: Positions::Learned,
+                    max_len: 8,
+                    ..Default::default()
+                },
+            )
+            .expect("tf"),
+        ),
+        Box::new(
+            TemporalConv::new(
+                &(&root / "tcn"),
+                4,
+                &TemporalConvConfig { channels: 8, dropout: 0.5, ..Default::default() },
+            )
+            .expect("tcn"),
+        ),
     ];
     let xs = Tensor::randn([3, 6, 4], (Kind::Float, Device::Cpu));
     let lengths = Tensor::from_slice(&[6i64, 3, 1]);
@@ -127,12 +195,17 @@ fn dropout_acts_only_when_training_and_gradients_reach_every_parameter() {
         let c = tch::no_grad(|| m.forward_seq(&xs, &lengths, true).outputs);
         assert!(max_diff(&a, &c) > 1e-3, "{m:?}: dropout did nothing when training");
         let out = m.forward_seq(&xs, &lengths, true);
-        loss = loss + out.pool(Pooling::Mean).square().sum(Kind::Float) + out.last.square().sum(Kind::Float);
+        loss = loss
+            + out.pool(Pooling::Mean).square().sum(Kind::Float)
+            + out.last.square().sum(Kind::Float);
     }
     loss.backward();
     for (name, var) in vs.variables() {
         let g = var.grad();
-        assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0, "no gradient reaches {name}");
+        assert!(
+            g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "no gradient reaches {name}"
+        );
     }
 }
 
@@ -148,14 +221,25 @@ fn bad_inputs_and_configurations_are_reported() {
     let e = check_input(&xs, &Tensor::from_slice(&[5i64]), 3).expect_err("count").to_string();
     assert!(e.contains("expected 2 lengths"), "{e}");
     let vs = nn::VarStore::new(Device::Cpu);
-    let e = Rnn::new(&vs.root(), 3, &RnnConfig { dropout: 1.5, ..Default::default() }).expect_err("dropout").to_string();
+    let e = Rnn::new(&vs.root(), 3, &RnnConfig { dropout: 1.5, ..Default::default() })
+        .expect_err("dropout")
+        .to_string();
     assert!(e.contains("rnn.dropout = 1.5"), "{e}");
-    let e = TemporalConv::new(&vs.root(), 3, &TemporalConvConfig { kernel: 4, ..Default::default() }).expect_err("kernel").to_string();
+    let e =
+        TemporalConv::new(&vs.root(), 3, &TemporalConvConfig { kernel: 4, ..Default::default() })
+            .expect_err("kernel")
+            .to_string();
     assert!(e.contains("tcn.kernel = 4"), "{e}");
     // Configurations come from TOML: unknown keys are errors, missing keys take defaults.
-    let config: RnnConfig = toml::from_str("cell = \"gru\"\nhidden = 32\nbidirectional = true").expect("toml");
-    assert_eq!(config, RnnConfig { cell: CellKind::Gru, hidden: 32, bidirectional: true, ..Default::default() });
-    let e = toml::from_str::<TransformerConfig>("d_model = 64\nhead = 4").expect_err("unknown key").to_string();
+    let config: RnnConfig =
+        toml::from_str("cell = \"gru\"\nhidden = 32\nbidirectional = true").expect("toml");
+    assert_eq!(
+        config,
+        RnnConfig { cell: CellKind::Gru, hidden: 32, bidirectional: true, ..Default::default() }
+    );
+    let e = toml::from_str::<TransformerConfig>("d_model = 64\nhead = 4")
+        .expect_err("unknown key")
+        .to_string();
     assert!(e.contains("unknown field `head`"), "{e}");
 }
 
@@ -175,16 +259,37 @@ fn a_recurrent_model_learns_order_where_a_bag_of_steps_cannot() {
     let split = |x: &Tensor, r: std::ops::Range<i64>| x.narrow(0, r.start, r.end - r.start);
 
     let vs = nn::VarStore::new(Device::Cpu);
-    let lstm = Rnn::new(&(vs.root() / "lstm"), 1, &RnnConfig { hidden: 16, ..Default::default() }).expect("lstm");
+    let lstm = Rnn::new(&(vs.root() / "lstm"), 1, &RnnConfig { hidden: 16, ..Default::default() })
+        .expect("lstm");
     let head = nn::linear(vs.root() / "head", 16, 2, Default::default());
     let mut opt = nn::Adam::default().build(&vs, 1e-2).expect("adam");
     for _ in 0..60 {
-        let h = lstm.forward_seq(&split(&seqs, train.clone()), &split(&lengths, train.clone()), true).last;
-        opt.backward_step(&head.forward(&h).cross_entropy_for_logits(&split(&labels, train.clone())));
+        let h = lstm
+            .forward_seq(&split(&seqs, train.clone()), &split(&lengths, train.clone()), true)
+            .last;
+        opt.backward_step(
+            &head.forward(&h).cross_entropy_for_logits(&split(&labels, train.clone())),
+        );
     }
-    let accuracy = |logits: Tensor, y: &Tensor| logits.argmax(1, false).eq_tensor(y).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    let accuracy = |logits: Tensor, y: &Tensor| {
+        logits
+            .argmax(1, false)
+            .eq_tensor(y)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[])
+    };
     let y_test = split(&labels, test.clone());
-    let ordered = tch::no_grad(|| accuracy(head.forward(&lstm.forward_seq(&split(&seqs, test.clone()), &split(&lengths, test.clone()), false).last), &y_test));
+    let ordered = tch::no_grad(|| {
+        accuracy(
+            head.forward(
+                &lstm
+                    .forward_seq(&split(&seqs, test.clone()), &split(&lengths, test.clone()), false)
+                    .last,
+            ),
+            &y_test,
+        )
+    });
 
     let bag_vs = nn::VarStore::new(Device::Cpu);
     let bag_head = nn::linear(bag_vs.root(), 1, 2, Default::default());
@@ -192,9 +297,14 @@ fn a_recurrent_model_learns_order_where_a_bag_of_steps_cannot() {
     let mask = mm_seq::lengths_to_mask(&lengths, t);
     let bag = mm_seq::pool::masked_mean(&seqs, &mask);
     for _ in 0..200 {
-        bag_opt.backward_step(&bag_head.forward(&split(&bag, train.clone())).cross_entropy_for_logits(&split(&labels, train.clone())));
+        bag_opt.backward_step(
+            &bag_head
+                .forward(&split(&bag, train.clone()))
+                .cross_entropy_for_logits(&split(&labels, train.clone())),
+        );
     }
-    let unordered = tch::no_grad(|| accuracy(bag_head.forward(&split(&bag, test.clone())), &y_test));
+    let unordered =
+        tch::no_grad(|| accuracy(bag_head.forward(&split(&bag, test.clone())), &y_test));
     eprintln!("ascending or descending: LSTM {ordered:.3}, mean of steps {unordered:.3}");
     assert!(ordered > 0.95, "LSTM {ordered}");
     assert!(unordered < 0.65, "bag {unordered}");
@@ -220,7 +330,10 @@ fn synthetic_video(n: usize, seed: u64) -> (std::path::PathBuf, mm_data::manifes
 }
 
 /// Frames of a split as `[N, T, 3, H, W]` in `[0, 1]`, with direction labels.
-fn load_frames(m: &mm_data::manifest::Manifest, split: mm_data::manifest::Split) -> (Tensor, Tensor) {
+fn load_frames(
+    m: &mm_data::manifest::Manifest,
+    split: mm_data::manifest::Split,
+) -> (Tensor, Tensor) {
     let mut clips = Vec::new();
     let mut labels = Vec::new();
     for s in m.split(split) {
@@ -228,12 +341,19 @@ fn load_frames(m: &mm_data::manifest::Manifest, split: mm_data::manifest::Split)
             .frames
             .iter()
             .map(|f| {
-                let pixels = mm_data::image::to_chw_f32(&mm_data::image::decode_image(m.path(f)).expect("frame"));
+                let pixels = mm_data::image::to_chw_f32(
+                    &mm_data::image::decode_image(m.path(f)).expect("frame"),
+                );
                 Tensor::try_from(pixels).expect("tensor")
             })
             .collect();
         clips.push(Tensor::stack(&frames, 0));
-        labels.push(mm_data::synth::DIRECTIONS.iter().position(|d| Some(*d) == s.label.as_deref()).expect("label") as i64);
+        labels.push(
+            mm_data::synth::DIRECTIONS
+                .iter()
+                .position(|d| Some(*d) == s.label.as_deref())
+                .expect("label") as i64,
+        );
     }
     (Tensor::stack(&clips, 0), Tensor::from_slice(&labels))
 }
@@ -251,13 +371,36 @@ fn a_video_model_learns_the_direction_of_motion_that_a_bag_of_frames_misses() {
         tch::manual_seed(5); // the lock is held: reseeding here makes both runs start alike
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
-        let cnn = SmallCnn::new(&(&root / "cnn"), &SmallCnnConfig { channels: vec![16, 32], out: 32, ..Default::default() }).expect("cnn");
+        let cnn = SmallCnn::new(
+            &(&root / "cnn"),
+            &SmallCnnConfig { channels: vec![16, 32], out: 32, ..Default::default() },
+        )
+        .expect("cnn");
         let (seq, pooling): (Box<dyn SequenceModel>, Pooling) = if ordered {
-            (Box::new(Rnn::new(&(&root / "gru"), 32, &RnnConfig { cell: CellKind::Gru, hidden: 32, ..Default::default() }).expect("gru")), Pooling::Last)
+            (
+                Box::new(
+                    Rnn::new(
+                        &(&root / "gru"),
+                        32,
+                        &RnnConfig { cell: CellKind::Gru, hidden: 32, ..Default::default() },
+                    )
+                    .expect("gru"),
+                ),
+                Pooling::Last,
+            )
         } else {
             // No positions, mean pooling: a function of the set of frames only.
-            let config = TemporalConvConfig { channels: 32, kernel: 1, layers: 1, dropout: 0.0, ..Default::default() };
-            (Box::new(TemporalConv::new(&(&root / "bag"), 32, &config).expect("bag")), Pooling::Mean)
+            let config = TemporalConvConfig {
+                channels: 32,
+                kernel: 1,
+                layers: 1,
+                dropout: 0.0,
+                ..Default::default()
+            };
+            (
+                Box::new(TemporalConv::new(&(&root / "bag"), 32, &config).expect("bag")),
+                Pooling::Mean,
+            )
         };
         let model = VideoModel::new(Box::new(cnn), 32, seq, pooling);
         let head = nn::linear(&root / "head", model.output_dim(), 4, Default::default());
@@ -274,7 +417,14 @@ fn a_video_model_learns_the_direction_of_motion_that_a_bag_of_frames_misses() {
             }
         }
         let lengths = Tensor::full([x_test.size()[0]], steps, (Kind::Int64, Device::Cpu));
-        tch::no_grad(|| head.forward(&model.forward_t(&x_test, &lengths, false)).argmax(1, false).eq_tensor(&y_test).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
+        tch::no_grad(|| {
+            head.forward(&model.forward_t(&x_test, &lengths, false))
+                .argmax(1, false)
+                .eq_tensor(&y_test)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[])
+        })
     };
     let (ordered, bag) = (run(true), run(false));
     eprintln!("direction of motion: CNN + GRU {ordered:.3}, CNN + mean over frames {bag:.3}");
@@ -288,8 +438,25 @@ fn audio_visual_models_fuse_per_step_or_after_pooling() {
     let _rng = seeded(6);
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
-    let cnn = |p: &str| Box::new(SmallCnn::new(&(&root / p), &SmallCnnConfig { channels: vec![4, 8], out: 8, ..Default::default() }).expect("cnn"));
-    let gru = |p: &str, input: i64| Box::new(Rnn::new(&(&root / p), input, &RnnConfig { cell: CellKind::Gru, hidden: 6, ..Default::default() }).expect("gru"));
+    let cnn = |p: &str| {
+        Box::new(
+            SmallCnn::new(
+                &(&root / p),
+                &SmallCnnConfig { channels: vec![4, 8], out: 8, ..Default::default() },
+            )
+            .expect("cnn"),
+        )
+    };
+    let gru = |p: &str, input: i64| {
+        Box::new(
+            Rnn::new(
+                &(&root / p),
+                input,
+                &RnnConfig { cell: CellKind::Gru, hidden: 6, ..Default::default() },
+            )
+            .expect("gru"),
+        )
+    };
     let frames = Tensor::rand([3, 4, 3, 16, 16], (Kind::Float, Device::Cpu));
     let frame_lengths = Tensor::from_slice(&[4i64, 2, 3]);
     let audio = Tensor::randn([3, 20, 5], (Kind::Float, Device::Cpu));
@@ -298,7 +465,13 @@ fn audio_visual_models_fuse_per_step_or_after_pooling() {
     let per_step = AudioVisual::per_step(cnn("a"), 8, gru("a_seq", 8 + 5), Pooling::Last);
     let out = per_step.forward_t(&frames, &frame_lengths, &audio, &audio_lengths, false);
     assert_eq!(out.size(), [3, 6]);
-    let after = AudioVisual::after_pooling(cnn("b"), 8, gru("b_frames", 8), gru("b_audio", 5), Pooling::Mean);
+    let after = AudioVisual::after_pooling(
+        cnn("b"),
+        8,
+        gru("b_frames", 8),
+        gru("b_audio", 5),
+        Pooling::Mean,
+    );
     assert_eq!(after.output_dim(), 12);
     let out = after.forward_t(&frames, &frame_lengths, &audio, &audio_lengths, false);
     assert_eq!(out.size(), [3, 12]);
@@ -314,7 +487,8 @@ fn audio_visual_models_fuse_per_step_or_after_pooling() {
 
 /// The environment that makes libtorch behave as on a processor without bf16 kernels (an AMD
 /// EPYC without AVX-512): oneDNN limited to AVX2, and ATen's kernels too.
-const NO_BF16_CPU: [(&str, &str); 2] = [("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2")];
+const NO_BF16_CPU: [(&str, &str); 2] =
+    [("ONEDNN_MAX_CPU_ISA", "AVX2"), ("ATEN_CPU_CAPABILITY", "avx2")];
 
 /// Runs this test binary's `test` alone in a child process with `env` set (oneDNN reads its
 /// limit once per process), and fails with the child's output when it fails.
@@ -325,7 +499,8 @@ fn run_in_child(test: &str, env: &[(&str, &str)]) {
         command.env(k, v);
     }
     let out = command.output().expect("run the test binary");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("1 passed"), "{test} with {env:?}:\n{text}");
 }
 
@@ -338,7 +513,10 @@ fn lstm_under_cpu_autocast(lstm: &Rnn, xs: &Tensor, lengths: &Tensor) -> Tensor 
     };
     out.to_kind(Kind::Float).sum(Kind::Float).backward();
     for p in lstm.parameters() {
-        assert!(p.grad().defined() && p.grad().isfinite().all().int64_value(&[]) == 1, "a gradient is missing or not finite");
+        assert!(
+            p.grad().defined() && p.grad().isfinite().all().int64_value(&[]) == 1,
+            "a gradient is missing or not finite"
+        );
         let _ = p.grad().zero_();
     }
     out
@@ -357,7 +535,8 @@ fn lstm_steps_out_of_bf16_autocast_without_bf16_kernels_child() {
     assert!(!bf16.kernels, "this child was started to run without bf16 kernels: {bf16}");
     let _g = seeded(3);
     let vs = nn::VarStore::new(Device::Cpu);
-    let config = RnnConfig { cell: CellKind::Lstm, hidden: 8, layers: 2, bidirectional: true, dropout: 0.0 };
+    let config =
+        RnnConfig { cell: CellKind::Lstm, hidden: 8, layers: 2, bidirectional: true, dropout: 0.0 };
     let lstm = Rnn::new(&(vs.root() / "lstm"), 6, &config).expect("lstm");
     let xs = Tensor::randn([3, 5, 6], (Kind::Float, Device::Cpu));
     let lengths = Tensor::from_slice(&[5i64, 5, 5]);
@@ -371,14 +550,24 @@ fn lstm_steps_out_of_bf16_autocast_without_bf16_kernels_child() {
         assert!(mm_seq::precision::cpu_autocast_bf16());
         assert_eq!(xs.matmul(&xs.transpose(1, 2)).kind(), Kind::BFloat16);
     }
-    let gru = Rnn::new(&(vs.root() / "gru"), 6, &RnnConfig { cell: CellKind::Gru, ..config }).expect("gru");
+    let gru = Rnn::new(&(vs.root() / "gru"), 6, &RnnConfig { cell: CellKind::Gru, ..config })
+        .expect("gru");
     let _bf16 = mm_seq::precision::Autocast::bf16(Device::Cpu);
     assert!(gru.forward_seq(&xs, &lengths, true).outputs.isfinite().all().int64_value(&[]) == 1);
     if std::env::var_os("ONEDNN_MAX_CPU_ISA").is_some() {
         // The failure stepped around is real here: the same LSTM straight through libtorch.
         let h = Tensor::zeros([4, 3, 8], (Kind::Float, Device::Cpu));
         let weights = lstm.parameters();
-        let raw = xs.f_lstm(&[&h, &h], &weights.iter().collect::<Vec<_>>(), true, 2, 0.0, false, true, true);
+        let raw = xs.f_lstm(
+            &[&h, &h],
+            &weights.iter().collect::<Vec<_>>(),
+            true,
+            2,
+            0.0,
+            false,
+            true,
+            true,
+        );
         assert!(raw.is_err(), "libtorch ran a bf16 LSTM although it reports no bf16 kernels");
     }
 }
@@ -396,7 +585,13 @@ fn recurrent_layers_run_under_bf16_autocast_on_any_cpu() {
     {
         let _g = seeded(4);
         let vs = nn::VarStore::new(Device::Cpu);
-        let config = RnnConfig { cell: CellKind::Lstm, hidden: 8, layers: 1, bidirectional: false, dropout: 0.0 };
+        let config = RnnConfig {
+            cell: CellKind::Lstm,
+            hidden: 8,
+            layers: 1,
+            bidirectional: false,
+            dropout: 0.0,
+        };
         let lstm = Rnn::new(&(vs.root() / "lstm"), 6, &config).expect("lstm");
         let xs = Tensor::randn([2, 4, 6], (Kind::Float, Device::Cpu));
         let lengths = Tensor::from_slice(&[4i64, 4]);
@@ -411,5 +606,8 @@ fn recurrent_layers_run_under_bf16_autocast_on_any_cpu() {
         }
     }
     run_in_child("lstm_steps_out_of_bf16_autocast_without_bf16_kernels_child", &NO_BF16_CPU);
-    run_in_child("lstm_steps_out_of_bf16_autocast_without_bf16_kernels_child", &[("MM_CPU_BF16", "0")]);
+    run_in_child(
+        "lstm_steps_out_of_bf16_autocast_without_bf16_kernels_child",
+        &[("MM_CPU_BF16", "0")],
+    );
 }

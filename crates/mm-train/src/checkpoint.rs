@@ -55,15 +55,28 @@ fn io(path: &Path, e: impl std::fmt::Display) -> Error {
 }
 
 /// Saves the variables of `vs`, the optimiser and `state` under `tag` in `dir` (created).
-pub fn save(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &Optimizer, state: &TrainState) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    tag: &str,
+    vs: &nn::VarStore,
+    optimizer: &Optimizer,
+    state: &TrainState,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let weights = format!("{tag}-{:06}.safetensors", state.step);
     let optim = format!("{tag}-{:06}.optimizer.safetensors", state.step);
     let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    mm_encoders::weights::save_named(&dir.join(&weights), named).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    mm_encoders::weights::save_named(&dir.join(&weights), named)
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
     let (moments, steps) = optimizer.state_tensors();
-    mm_encoders::weights::save_named(&dir.join(&optim), moments.into_iter().collect()).map_err(|e| Error::Checkpoint(e.to_string()))?;
-    let record = Record { weights: weights.clone(), optimizer: optim.clone(), optimizer_steps: steps, state: state.clone() };
+    mm_encoders::weights::save_named(&dir.join(&optim), moments.into_iter().collect())
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    let record = Record {
+        weights: weights.clone(),
+        optimizer: optim.clone(),
+        optimizer_steps: steps,
+        state: state.clone(),
+    };
     let json = serde_json::to_vec_pretty(&record).map_err(|e| io(dir, e))?;
     let path = dir.join(format!("{tag}.json"));
     mm_data::fs::write_atomic(&path, &json).map_err(|e| Error::Checkpoint(e.to_string()))?;
@@ -72,7 +85,11 @@ pub fn save(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &Optimizer, sta
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{tag}-")) && name.ends_with(".safetensors") && name != weights && name != optim {
+            if name.starts_with(&format!("{tag}-"))
+                && name.ends_with(".safetensors")
+                && name != weights
+                && name != optim
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -83,13 +100,17 @@ pub fn save(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &Optimizer, sta
 fn read_record(dir: &Path, tag: &str) -> Result<Record> {
     let path = dir.join(format!("{tag}.json"));
     let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-    let record: Record = serde_json::from_slice(&bytes).map_err(|e| io(&path, format!("not a checkpoint record: {e}")))?;
+    let record: Record = serde_json::from_slice(&bytes)
+        .map_err(|e| io(&path, format!("not a checkpoint record: {e}")))?;
     // A record names files beside it, nothing else: one from a stranger cannot point us at
     // `../../somewhere` or an absolute path.
     for name in [&record.weights, &record.optimizer] {
         let mut parts = Path::new(name).components();
         if !matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None)) {
-            return Err(io(&path, format!("names {name:?}, which is not a file in the checkpoint folder")));
+            return Err(io(
+                &path,
+                format!("names {name:?}, which is not a file in the checkpoint folder"),
+            ));
         }
     }
     Ok(record)
@@ -102,12 +123,19 @@ pub fn exists(dir: &Path, tag: &str) -> bool {
 
 /// Restores the checkpoint `tag` of `dir` into `vs` (every variable must be in it, with its
 /// shape) and `optimizer`; returns the training state.
-pub fn load(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &mut Optimizer) -> Result<TrainState> {
+pub fn load(
+    dir: &Path,
+    tag: &str,
+    vs: &nn::VarStore,
+    optimizer: &mut Optimizer,
+) -> Result<TrainState> {
     let record = read_record(dir, tag)?;
     let weights: PathBuf = dir.join(&record.weights);
-    mm_encoders::weights::load_safetensors(vs, &weights, &Default::default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    mm_encoders::weights::load_safetensors(vs, &weights, &Default::default())
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
     let optim = dir.join(&record.optimizer);
-    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(&optim).map_err(|e| io(&optim, e))?.into_iter().collect();
+    let tensors: BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(&optim).map_err(|e| io(&optim, e))?.into_iter().collect();
     optimizer.load_state(&tensors, record.optimizer_steps)?;
     Ok(record.state)
 }
@@ -116,6 +144,7 @@ pub fn load(dir: &Path, tag: &str, vs: &nn::VarStore, optimizer: &mut Optimizer)
 /// optimiser needed); returns the training state recorded with them.
 pub fn load_weights(dir: &Path, tag: &str, vs: &nn::VarStore) -> Result<TrainState> {
     let record = read_record(dir, tag)?;
-    mm_encoders::weights::load_safetensors(vs, &dir.join(&record.weights), &Default::default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    mm_encoders::weights::load_safetensors(vs, &dir.join(&record.weights), &Default::default())
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
     Ok(record.state)
 }

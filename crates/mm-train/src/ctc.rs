@@ -43,7 +43,10 @@ pub fn greedy(log_probs: &[f64], classes: usize, blank: usize) -> Decoded {
     let mut log_prob = 0.0;
     let mut previous = blank;
     for (t, row) in log_probs.chunks_exact(classes.max(1)).enumerate() {
-        let (best, value) = row.iter().enumerate().fold((0, f64::NEG_INFINITY), |a, (c, v)| if *v > a.1 { (c, *v) } else { a });
+        let (best, value) =
+            row.iter()
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |a, (c, v)| if *v > a.1 { (c, *v) } else { a });
         log_prob += value;
         if best != blank {
             if best != previous {
@@ -74,7 +77,8 @@ pub fn align(log_probs: &[f64], classes: usize, blank: usize, labels: &[usize]) 
         return None;
     }
     // Extended sequence: blank, l1, blank, l2, ..., blank.
-    let ext: Vec<usize> = std::iter::once(blank).chain(labels.iter().flat_map(|&l| [l, blank])).collect();
+    let ext: Vec<usize> =
+        std::iter::once(blank).chain(labels.iter().flat_map(|&l| [l, blank])).collect();
     let n = ext.len();
     let lp = |t: usize, c: usize| log_probs[t * classes + c];
     let mut score = vec![f64::NEG_INFINITY; n];
@@ -123,10 +127,20 @@ pub fn align(log_probs: &[f64], classes: usize, blank: usize, labels: &[usize]) 
 /// Decodes a batch of a CTC model's output: `log_probs` `[B, T, C]` (any device) and each
 /// sample's valid steps `[B]`, greedily (`beam` of 0 or 1) or by prefix beam search of that
 /// width; beam-search results are timed by [`align`].
-pub fn decode_batch(log_probs: &tch::Tensor, lengths: &tch::Tensor, blank: usize, beam: usize) -> Vec<Decoded> {
+pub fn decode_batch(
+    log_probs: &tch::Tensor,
+    lengths: &tch::Tensor,
+    blank: usize,
+    beam: usize,
+) -> Vec<Decoded> {
     let (b, t, c) = log_probs.size3().expect("[B, T, C] log-probabilities");
-    let host: Vec<f64> = Vec::try_from(log_probs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1])).unwrap_or_default();
-    let lengths: Vec<i64> = Vec::try_from(lengths.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64)).unwrap_or_default();
+    let host: Vec<f64> = Vec::try_from(
+        log_probs.to_device(tch::Device::Cpu).to_kind(tch::Kind::Double).contiguous().view([-1]),
+    )
+    .unwrap_or_default();
+    let lengths: Vec<i64> =
+        Vec::try_from(lengths.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64))
+            .unwrap_or_default();
     let (t, c) = (t as usize, c as usize);
     (0..b as usize)
         .map(|j| {
@@ -135,7 +149,11 @@ pub fn decode_batch(log_probs: &tch::Tensor, lengths: &tch::Tensor, blank: usize
             if beam <= 1 {
                 return greedy(rows, c, blank);
             }
-            let best = beam_search(rows, c, blank, beam).into_iter().next().unwrap_or(Decoded { labels: Vec::new(), frames: Vec::new(), log_prob: 0.0 });
+            let best = beam_search(rows, c, blank, beam).into_iter().next().unwrap_or(Decoded {
+                labels: Vec::new(),
+                frames: Vec::new(),
+                log_prob: 0.0,
+            });
             let log_prob = best.log_prob;
             align(rows, c, blank, &best.labels).map(|a| Decoded { log_prob, ..a }).unwrap_or(best)
         })
@@ -158,14 +176,17 @@ fn log_add(a: f64, b: f64) -> f64 {
 pub fn beam_search(log_probs: &[f64], classes: usize, blank: usize, width: usize) -> Vec<Decoded> {
     let width = width.max(1);
     // Each prefix: (log p ending in blank, log p ending in its last label).
-    let mut beams: HashMap<Vec<usize>, (f64, f64)> = HashMap::from([(Vec::new(), (0.0, f64::NEG_INFINITY))]);
+    let mut beams: HashMap<Vec<usize>, (f64, f64)> =
+        HashMap::from([(Vec::new(), (0.0, f64::NEG_INFINITY))]);
     for row in log_probs.chunks_exact(classes.max(1)) {
         let mut next: HashMap<Vec<usize>, (f64, f64)> = HashMap::new();
         for (prefix, &(pb, pnb)) in &beams {
             let total = log_add(pb, pnb);
             for (c, &lp) in row.iter().enumerate() {
                 if c == blank {
-                    let e = next.entry(prefix.clone()).or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
+                    let e = next
+                        .entry(prefix.clone())
+                        .or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
                     e.0 = log_add(e.0, total + lp);
                     continue;
                 }
@@ -176,7 +197,9 @@ pub fn beam_search(log_probs: &[f64], classes: usize, blank: usize, width: usize
                     // A repeat extends only across a blank; without one it merges into the prefix.
                     let e = next.entry(extended).or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
                     e.1 = log_add(e.1, pb + lp);
-                    let same = next.entry(prefix.clone()).or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
+                    let same = next
+                        .entry(prefix.clone())
+                        .or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
                     same.1 = log_add(same.1, pnb + lp);
                 } else {
                     let e = next.entry(extended).or_insert((f64::NEG_INFINITY, f64::NEG_INFINITY));
@@ -185,11 +208,20 @@ pub fn beam_search(log_probs: &[f64], classes: usize, blank: usize, width: usize
             }
         }
         let mut ranked: Vec<(Vec<usize>, (f64, f64))> = next.into_iter().collect();
-        ranked.sort_by(|a, b| log_add(b.1 .0, b.1 .1).total_cmp(&log_add(a.1 .0, a.1 .1)).then_with(|| a.0.cmp(&b.0)));
+        ranked.sort_by(|a, b| {
+            log_add(b.1 .0, b.1 .1).total_cmp(&log_add(a.1 .0, a.1 .1)).then_with(|| a.0.cmp(&b.0))
+        });
         ranked.truncate(width);
         beams = ranked.into_iter().collect();
     }
-    let mut out: Vec<Decoded> = beams.into_iter().map(|(labels, (pb, pnb))| Decoded { labels, frames: Vec::new(), log_prob: log_add(pb, pnb) }).collect();
+    let mut out: Vec<Decoded> = beams
+        .into_iter()
+        .map(|(labels, (pb, pnb))| Decoded {
+            labels,
+            frames: Vec::new(),
+            log_prob: log_add(pb, pnb),
+        })
+        .collect();
     out.sort_by(|a, b| b.log_prob.total_cmp(&a.log_prob).then_with(|| a.labels.cmp(&b.labels)));
     out
 }
@@ -214,7 +246,8 @@ pub fn edit_distance<T: PartialEq>(reference: &[T], hypothesis: &[T]) -> usize {
 /// words.
 pub fn word_error_rate(pairs: &[(&str, &str)]) -> Option<f64> {
     let (errors, words) = pairs.iter().fold((0, 0), |(e, n), (r, h)| {
-        let (r, h): (Vec<&str>, Vec<&str>) = (r.split_whitespace().collect(), h.split_whitespace().collect());
+        let (r, h): (Vec<&str>, Vec<&str>) =
+            (r.split_whitespace().collect(), h.split_whitespace().collect());
         (e + edit_distance(&r, &h), n + r.len())
     });
     (words > 0).then(|| errors as f64 / words as f64)
@@ -251,8 +284,10 @@ pub struct ErrorCounts {
 impl ErrorCounts {
     /// Counts one utterance.
     pub fn add(&mut self, reference: &str, hypothesis: &str) {
-        let (rw, hw): (Vec<&str>, Vec<&str>) = (reference.split_whitespace().collect(), hypothesis.split_whitespace().collect());
-        let (rc, hc): (Vec<char>, Vec<char>) = (reference.chars().collect(), hypothesis.chars().collect());
+        let (rw, hw): (Vec<&str>, Vec<&str>) =
+            (reference.split_whitespace().collect(), hypothesis.split_whitespace().collect());
+        let (rc, hc): (Vec<char>, Vec<char>) =
+            (reference.chars().collect(), hypothesis.chars().collect());
         self.word_edits += edit_distance(&rw, &hw);
         self.words += rw.len();
         self.char_edits += edit_distance(&rc, &hc);
@@ -273,13 +308,21 @@ impl ErrorCounts {
 
     /// The counts as numbers (for an all-reduce), in field order.
     pub fn to_values(&self) -> [f64; 6] {
-        [self.word_edits, self.words, self.char_edits, self.chars, self.utterances, self.exact].map(|v| v as f64)
+        [self.word_edits, self.words, self.char_edits, self.chars, self.utterances, self.exact]
+            .map(|v| v as f64)
     }
 
     /// The counts from [`ErrorCounts::to_values`].
     pub fn from_values(v: &[f64]) -> Self {
         let at = |i: usize| v.get(i).copied().unwrap_or(0.0).round().max(0.0) as usize;
-        ErrorCounts { word_edits: at(0), words: at(1), char_edits: at(2), chars: at(3), utterances: at(4), exact: at(5) }
+        ErrorCounts {
+            word_edits: at(0),
+            words: at(1),
+            char_edits: at(2),
+            chars: at(3),
+            utterances: at(4),
+            exact: at(5),
+        }
     }
 }
 
@@ -336,9 +379,14 @@ mod tests {
     fn error_rates_count_edits_over_reference_length() {
         assert_eq!(edit_distance(&[1, 2, 3], &[1, 3]), 1);
         assert_eq!(edit_distance(&["a"; 0], &["x", "y"]), 2);
-        assert_eq!(edit_distance(&['k', 'i', 't', 't', 'e', 'n'], &['s', 'i', 't', 't', 'i', 'n', 'g']), 3);
+        assert_eq!(
+            edit_distance(&['k', 'i', 't', 't', 'e', 'n'], &['s', 'i', 't', 't', 'i', 'n', 'g']),
+            3
+        );
         // One substitution in 4 words, one deletion in 2: 2 / 6.
-        let wer = word_error_rate(&[("one two three four", "one two tree four"), ("five six", "five")]).expect("words");
+        let wer =
+            word_error_rate(&[("one two three four", "one two tree four"), ("five six", "five")])
+                .expect("words");
         assert!((wer - 2.0 / 6.0).abs() < 1e-12);
         let cer = char_error_rate(&[("abc", "abd")]).expect("chars");
         assert!((cer - 1.0 / 3.0).abs() < 1e-12);
@@ -363,7 +411,8 @@ mod tests {
     fn alignment_times_each_label_and_refuses_too_few_frames() {
         // {blank, a, b}: frames favour a a blank b b; forcing "a b" must time a to 0..=1 and
         // b to 3..=4 (frame 2 the blank).
-        let frames = [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]];
+        let frames =
+            [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.1, 0.8]];
         let p = rows(&frames);
         let a = align(&p, 3, 0, &[1, 2]).expect("feasible");
         assert_eq!(a.frames, vec![(0, 1), (3, 4)]);

@@ -69,8 +69,20 @@ mod ffi {
         ) -> *mut Group;
         pub fn mm_c10d_free(group: *mut Group);
         pub fn mm_c10d_free_error(err: *mut c_char);
-        pub fn mm_c10d_allreduce(group: *mut Group, tensors: *const *mut torch_sys::C_tensor, n: usize, op: c_int, err: *mut *mut c_char) -> c_int;
-        pub fn mm_c10d_broadcast(group: *mut Group, tensors: *const *mut torch_sys::C_tensor, n: usize, root: c_int, err: *mut *mut c_char) -> c_int;
+        pub fn mm_c10d_allreduce(
+            group: *mut Group,
+            tensors: *const *mut torch_sys::C_tensor,
+            n: usize,
+            op: c_int,
+            err: *mut *mut c_char,
+        ) -> c_int;
+        pub fn mm_c10d_broadcast(
+            group: *mut Group,
+            tensors: *const *mut torch_sys::C_tensor,
+            n: usize,
+            root: c_int,
+            err: *mut *mut c_char,
+        ) -> c_int;
         pub fn mm_c10d_barrier(group: *mut Group, err: *mut *mut c_char) -> c_int;
     }
 }
@@ -116,39 +128,63 @@ impl Env {
 
     /// [`Env::from_env`] over any source of variables.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Env>> {
-        let var = |names: &[&'static str]| -> Option<(&'static str, String)> { names.iter().find_map(|n| get(n).map(|v| (*n, v))) };
+        let var = |names: &[&'static str]| -> Option<(&'static str, String)> {
+            names.iter().find_map(|n| get(n).map(|v| (*n, v)))
+        };
         let Some((world_name, world)) = var(&["WORLD_SIZE", "SLURM_NTASKS"]) else {
             return Ok(None);
         };
         let number = |name: &str, value: &str| -> Result<usize> {
-            value.trim().parse().map_err(|_| Error::Distributed(format!("{name}={value:?} is not a whole number")))
+            value
+                .trim()
+                .parse()
+                .map_err(|_| Error::Distributed(format!("{name}={value:?} is not a whole number")))
         };
         let world_size = number(world_name, &world)?;
         if world_size == 0 {
-            return Err(Error::Distributed(format!("{world_name}=0: a job has at least one process")));
+            return Err(Error::Distributed(format!(
+                "{world_name}=0: a job has at least one process"
+            )));
         }
         let master_addr = get("MASTER_ADDR");
         if world_size == 1 && master_addr.is_none() {
             return Ok(None);
         }
         let Some(master_addr) = master_addr.filter(|a| !a.trim().is_empty()) else {
-            return Err(Error::Distributed(format!("{world_name}={world_size} but MASTER_ADDR is not set: it names the host of rank 0")));
+            return Err(Error::Distributed(format!(
+                "{world_name}={world_size} but MASTER_ADDR is not set: it names the host of rank 0"
+            )));
         };
         let master_port = match get("MASTER_PORT") {
-            Some(p) => p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| Error::Distributed(format!("MASTER_PORT={p:?} is not a port (1 to 65535)")))?,
-            None => return Err(Error::Distributed("MASTER_PORT is not set: it names the port of rank 0's rendezvous store".into())),
+            Some(p) => p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                Error::Distributed(format!("MASTER_PORT={p:?} is not a port (1 to 65535)"))
+            })?,
+            None => {
+                return Err(Error::Distributed(
+                    "MASTER_PORT is not set: it names the port of rank 0's rendezvous store".into(),
+                ))
+            }
         };
-        let (rank_name, rank) =
-            var(&["RANK", "SLURM_PROCID"]).ok_or_else(|| Error::Distributed(format!("{world_name}={world_size} but RANK is not set")))?;
+        let (rank_name, rank) = var(&["RANK", "SLURM_PROCID"]).ok_or_else(|| {
+            Error::Distributed(format!("{world_name}={world_size} but RANK is not set"))
+        })?;
         let rank = number(rank_name, &rank)?;
         if rank >= world_size {
-            return Err(Error::Distributed(format!("{rank_name}={rank} is not below {world_name}={world_size}")));
+            return Err(Error::Distributed(format!(
+                "{rank_name}={rank} is not below {world_name}={world_size}"
+            )));
         }
         let local_rank = match var(&["LOCAL_RANK", "SLURM_LOCALID"]) {
             Some((name, v)) => number(name, &v)?,
             None => 0,
         };
-        Ok(Some(Env { master_addr: master_addr.trim().to_string(), master_port, rank, world_size, local_rank }))
+        Ok(Some(Env {
+            master_addr: master_addr.trim().to_string(),
+            master_port,
+            rank,
+            world_size,
+            local_rank,
+        }))
     }
 }
 
@@ -198,7 +234,11 @@ impl GroupOptions {
                 .ok()
                 .filter(|s| s.is_finite() && *s > 0.0)
                 .map(Duration::from_secs_f64)
-                .ok_or_else(|| Error::Distributed(format!("{TIMEOUT_VAR}={t:?} is not a positive number of seconds")))?,
+                .ok_or_else(|| {
+                    Error::Distributed(format!(
+                        "{TIMEOUT_VAR}={t:?} is not a positive number of seconds"
+                    ))
+                })?,
             Err(_) => DEFAULT_TIMEOUT,
         };
         Ok(GroupOptions { backend, device, timeout })
@@ -252,10 +292,13 @@ impl ProcessGroup {
         }
         let device_index = match (options.backend, options.device) {
             (Backend::Nccl, Device::Cuda(i)) => i as c_int,
-            (Backend::Nccl, d) => return Err(Error::Distributed(format!("NCCL needs a CUDA device, not {d:?}"))),
+            (Backend::Nccl, d) => {
+                return Err(Error::Distributed(format!("NCCL needs a CUDA device, not {d:?}")))
+            }
             _ => -1,
         };
-        let addr = CString::new(env.master_addr.clone()).map_err(|_| Error::Distributed("MASTER_ADDR holds a NUL byte".into()))?;
+        let addr = CString::new(env.master_addr.clone())
+            .map_err(|_| Error::Distributed("MASTER_ADDR holds a NUL byte".into()))?;
         let ifname = std::env::var("GLOO_SOCKET_IFNAME").ok().and_then(|s| CString::new(s).ok());
         let mut err: *mut c_char = std::ptr::null_mut();
         let timeout_ms = options.timeout.as_millis().min(i64::MAX as u128) as i64;
@@ -281,7 +324,13 @@ impl ProcessGroup {
             env.rank, env.world_size, env.master_addr, env.master_port, options.backend
         );
         let raw = NonNull::new(raw).ok_or_else(|| take_error(err, &what))?;
-        Ok(ProcessGroup { raw, rank: env.rank, world_size: env.world_size, backend: options.backend, device: options.device })
+        Ok(ProcessGroup {
+            raw,
+            rank: env.rank,
+            world_size: env.world_size,
+            backend: options.backend,
+            device: options.device,
+        })
     }
 
     /// This process's rank.
@@ -310,7 +359,10 @@ impl ProcessGroup {
                 return Err(Error::Distributed(format!("{what}: tensors must be contiguous")));
             }
             if self.backend == Backend::Nccl && !t.device().is_cuda() {
-                return Err(Error::Distributed(format!("{what}: NCCL needs CUDA tensors, got one on {:?}", t.device())));
+                return Err(Error::Distributed(format!(
+                    "{what}: NCCL needs CUDA tensors, got one on {:?}",
+                    t.device()
+                )));
             }
         }
         Ok(tensors.iter().map(|t| t.as_ptr() as *mut torch_sys::C_tensor).collect())
@@ -331,7 +383,9 @@ impl ProcessGroup {
             ReduceOp::Min => 2,
         };
         // SAFETY: the pointers are tch's live tensor handles, borrowed for the call.
-        let rc = tch::no_grad(|| unsafe { ffi::mm_c10d_allreduce(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len(), op, &mut err) });
+        let rc = tch::no_grad(|| unsafe {
+            ffi::mm_c10d_allreduce(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len(), op, &mut err)
+        });
         if rc != 0 {
             return Err(self.failed(err, "all-reduce"));
         }
@@ -343,7 +397,15 @@ impl ProcessGroup {
         let ptrs = self.check(tensors, "broadcast")?;
         let mut err = std::ptr::null_mut();
         // SAFETY: as in `all_reduce`.
-        let rc = tch::no_grad(|| unsafe { ffi::mm_c10d_broadcast(self.raw.as_ptr(), ptrs.as_ptr(), ptrs.len(), root as c_int, &mut err) });
+        let rc = tch::no_grad(|| unsafe {
+            ffi::mm_c10d_broadcast(
+                self.raw.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                root as c_int,
+                &mut err,
+            )
+        });
         if rc != 0 {
             return Err(self.failed(err, "broadcast"));
         }
@@ -402,7 +464,12 @@ impl ProcessGroup {
         let len = Tensor::from_slice(&[bytes.len() as i64]).to_device(device);
         self.broadcast(&[len.shallow_clone()], root)?;
         let n = len.int64_value(&[0]) as usize;
-        let data = if self.rank == root { Tensor::from_slice(bytes) } else { Tensor::zeros([n as i64], (Kind::Uint8, Device::Cpu)) }.to_device(device);
+        let data = if self.rank == root {
+            Tensor::from_slice(bytes)
+        } else {
+            Tensor::zeros([n as i64], (Kind::Uint8, Device::Cpu))
+        }
+        .to_device(device);
         if n > 0 {
             self.broadcast(&[data.shallow_clone()], root)?;
         }
@@ -422,7 +489,8 @@ pub(crate) fn host_vec<T>(t: &Tensor) -> Result<Vec<T>>
 where
     Vec<T>: TryFrom<Tensor, Error = tch::TchError>,
 {
-    Vec::<T>::try_from(t.to_device(Device::Cpu).contiguous().view([-1])).map_err(|e| Error::Distributed(e.to_string()))
+    Vec::<T>::try_from(t.to_device(Device::Cpu).contiguous().view([-1]))
+        .map_err(|e| Error::Distributed(e.to_string()))
 }
 
 /// Tensors packed into flat buckets (by kind and device, up to `cap` bytes each) so that a
@@ -454,7 +522,13 @@ fn flatten(tensors: &[Tensor], bucket: &[usize]) -> Tensor {
 
 /// Copies a bucket's flat tensor back into its tensors (times `scale`), skipping those `keep`
 /// refuses (their part of the flat tensor is passed over).
-fn unflatten(flat: &Tensor, tensors: &[Tensor], bucket: &[usize], scale: Option<f64>, keep: impl Fn(usize) -> bool) {
+fn unflatten(
+    flat: &Tensor,
+    tensors: &[Tensor],
+    bucket: &[usize],
+    scale: Option<f64>,
+    keep: impl Fn(usize) -> bool,
+) {
     tch::no_grad(|| {
         let flat = match scale {
             Some(s) => flat * s,
@@ -505,7 +579,11 @@ pub fn average_gradients(group: &ProcessGroup, params: &[Tensor]) -> Result<()> 
     }
     let current: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
     let defined: Vec<f32> = current.iter().map(|g| if g.defined() { 1.0 } else { 0.0 }).collect();
-    let grads: Vec<Tensor> = current.into_iter().zip(params).map(|(g, p)| if g.defined() { g } else { p.zeros_like() }).collect();
+    let grads: Vec<Tensor> = current
+        .into_iter()
+        .zip(params)
+        .map(|(g, p)| if g.defined() { g } else { p.zeros_like() })
+        .collect();
     let flags = Tensor::from_slice(&defined).to_device(params[0].device());
     let plan = buckets(&grads, BUCKET_BYTES);
     let mut flats: Vec<Tensor> = plan.iter().map(|b| flatten(&grads, b)).collect();
@@ -513,17 +591,33 @@ pub fn average_gradients(group: &ProcessGroup, params: &[Tensor]) -> Result<()> 
     group.all_reduce(&flats, ReduceOp::Sum)?;
     let flags: Vec<f32> = host_vec(&flags)?;
     // Gradients another rank has and this one lacks: made (zero) here, then filled below.
-    let missing: Vec<&Tensor> = params.iter().zip(&flags).filter(|(p, f)| **f > 0.0 && !p.grad().defined()).map(|(p, _)| p).collect();
+    let missing: Vec<&Tensor> = params
+        .iter()
+        .zip(&flags)
+        .filter(|(p, f)| **f > 0.0 && !p.grad().defined())
+        .map(|(p, _)| p)
+        .collect();
     if !missing.is_empty() {
-        let zero = missing.iter().map(|p| (*p * 0.0).sum(Kind::Float)).fold(Tensor::zeros([], (Kind::Float, missing[0].device())), |a, b| a + b);
+        let zero = missing
+            .iter()
+            .map(|p| (*p * 0.0).sum(Kind::Float))
+            .fold(Tensor::zeros([], (Kind::Float, missing[0].device())), |a, b| a + b);
         zero.backward();
     }
     // Every gradient now exists where some rank had one; those no rank had stay absent.
     // (Those stand in as the zero placeholders, which `keep` below never writes.)
-    let targets: Vec<Tensor> = params.iter().zip(&grads).map(|(p, z)| {
-        let g = p.grad();
-        if g.defined() { g } else { z.shallow_clone() }
-    }).collect();
+    let targets: Vec<Tensor> = params
+        .iter()
+        .zip(&grads)
+        .map(|(p, z)| {
+            let g = p.grad();
+            if g.defined() {
+                g
+            } else {
+                z.shallow_clone()
+            }
+        })
+        .collect();
     let scale = 1.0 / group.world_size as f64;
     for (flat, b) in flats.iter().zip(&plan) {
         unflatten(flat, &targets, b, Some(scale), |i| flags[i] > 0.0);
@@ -551,14 +645,25 @@ pub struct Launch {
 impl Launch {
     /// One machine, `nproc` processes.
     pub fn local(nproc: usize) -> Self {
-        Launch { nproc_per_node: nproc, nnodes: 1, node_rank: 0, master_addr: "127.0.0.1".into(), master_port: None, env: Vec::new() }
+        Launch {
+            nproc_per_node: nproc,
+            nnodes: 1,
+            node_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: None,
+            env: Vec::new(),
+        }
     }
 }
 
 /// A free TCP port on the loopback interface (bound, read and released).
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Distributed(format!("finding a free port: {e}")))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| Error::Distributed(format!("finding a free port: {e}")))
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Distributed(format!("finding a free port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Distributed(format!("finding a free port: {e}")))
 }
 
 /// Starts `program args` once per local rank with torchrun's variables (`MASTER_ADDR`,
@@ -578,10 +683,17 @@ pub fn launch(spec: &Launch, program: &Path, args: &[OsString]) -> Result<()> {
     let port = match spec.master_port {
         Some(p) => p,
         None if spec.nnodes == 1 => free_port()?,
-        None => return Err(Error::Distributed("launch: several nodes need --master-port (the same on every node)".into())),
+        None => {
+            return Err(Error::Distributed(
+                "launch: several nodes need --master-port (the same on every node)".into(),
+            ))
+        }
     };
     let world = spec.nproc_per_node * spec.nnodes;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(spec.nproc_per_node).max(1);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .div_ceil(spec.nproc_per_node)
+        .max(1);
     let mut children: Vec<(usize, Child)> = Vec::new();
     for local in 0..spec.nproc_per_node {
         let rank = spec.node_rank * spec.nproc_per_node + local;
@@ -616,7 +728,10 @@ pub fn launch(spec: &Launch, program: &Path, args: &[OsString]) -> Result<()> {
             Ok(c) => children.push((rank, c)),
             Err(e) => {
                 stop(&mut children);
-                return Err(Error::Distributed(format!("launch: starting rank {rank} ({}): {e}", program.display())));
+                return Err(Error::Distributed(format!(
+                    "launch: starting rank {rank} ({}): {e}",
+                    program.display()
+                )));
             }
         }
     }
@@ -646,7 +761,11 @@ pub fn launch(spec: &Launch, program: &Path, args: &[OsString]) -> Result<()> {
     if let Some(f) = failure {
         let others = children.len();
         stop(&mut children);
-        return Err(Error::Distributed(if others > 0 { format!("{f}; stopped the {others} other local rank(s)") } else { f }));
+        return Err(Error::Distributed(if others > 0 {
+            format!("{f}; stopped the {others} other local rank(s)")
+        } else {
+            f
+        }));
     }
     Ok(())
 }
@@ -678,17 +797,42 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn reads_torchrun_variables() {
-        let env = Env::from_vars(vars(&[("MASTER_ADDR", "10.0.0.1"), ("MASTER_PORT", "29500"), ("RANK", "3"), ("WORLD_SIZE", "4"), ("LOCAL_RANK", "1")]));
-        assert_eq!(env.ok().flatten(), Some(Env { master_addr: "10.0.0.1".into(), master_port: 29500, rank: 3, world_size: 4, local_rank: 1 }));
+        let env = Env::from_vars(vars(&[
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "29500"),
+            ("RANK", "3"),
+            ("WORLD_SIZE", "4"),
+            ("LOCAL_RANK", "1"),
+        ]));
+        assert_eq!(
+            env.ok().flatten(),
+            Some(Env {
+                master_addr: "10.0.0.1".into(),
+                master_port: 29500,
+                rank: 3,
+                world_size: 4,
+                local_rank: 1
+            })
+        );
         // Slurm's names when torchrun's are absent.
-        let env = Env::from_vars(vars(&[("MASTER_ADDR", "n1"), ("MASTER_PORT", "1234"), ("SLURM_PROCID", "1"), ("SLURM_NTASKS", "2"), ("SLURM_LOCALID", "1")]));
-        assert_eq!(env.ok().flatten().map(|e| (e.rank, e.world_size, e.local_rank)), Some((1, 2, 1)));
+        let env = Env::from_vars(vars(&[
+            ("MASTER_ADDR", "n1"),
+            ("MASTER_PORT", "1234"),
+            ("SLURM_PROCID", "1"),
+            ("SLURM_NTASKS", "2"),
+            ("SLURM_LOCALID", "1"),
+        ]));
+        assert_eq!(
+            env.ok().flatten().map(|e| (e.rank, e.world_size, e.local_rank)),
+            Some((1, 2, 1))
+        );
         // No job, or a job of one without a master: a single process.
         assert!(matches!(Env::from_vars(vars(&[])), Ok(None)));
         assert!(matches!(Env::from_vars(vars(&[("WORLD_SIZE", "1")])), Ok(None)));
@@ -699,9 +843,20 @@ mod tests {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("WORLD_SIZE", "2"), ("MASTER_PORT", "1"), ("RANK", "0")], "MASTER_ADDR"),
             (&[("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("RANK", "0")], "MASTER_PORT"),
-            (&[("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "70000"), ("RANK", "0")], "MASTER_PORT"),
+            (
+                &[
+                    ("WORLD_SIZE", "2"),
+                    ("MASTER_ADDR", "h"),
+                    ("MASTER_PORT", "70000"),
+                    ("RANK", "0"),
+                ],
+                "MASTER_PORT",
+            ),
             (&[("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")], "RANK"),
-            (&[("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1"), ("RANK", "2")], "RANK=2"),
+            (
+                &[("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1"), ("RANK", "2")],
+                "RANK=2",
+            ),
             (&[("WORLD_SIZE", "two")], "WORLD_SIZE"),
             (&[("WORLD_SIZE", "0")], "WORLD_SIZE=0"),
         ];
@@ -716,13 +871,17 @@ mod tests {
     #[test]
     fn buckets_respect_kind_and_size() {
         let t = |n: i64, k: Kind| Tensor::zeros([n], (k, Device::Cpu));
-        let tensors = vec![t(10, Kind::Float), t(10, Kind::Double), t(10, Kind::Float), t(10, Kind::Float)];
+        let tensors =
+            vec![t(10, Kind::Float), t(10, Kind::Double), t(10, Kind::Float), t(10, Kind::Float)];
         // 40 bytes per f32 tensor: a cap of 80 holds two of them.
         let plan = buckets(&tensors, 80);
         let mut flat: Vec<usize> = plan.iter().flatten().copied().collect();
         flat.sort();
         assert_eq!(flat, vec![0, 1, 2, 3]);
-        assert!(plan.contains(&vec![0, 2]) && plan.contains(&vec![3]) && plan.contains(&vec![1]), "{plan:?}");
+        assert!(
+            plan.contains(&vec![0, 2]) && plan.contains(&vec![3]) && plan.contains(&vec![1]),
+            "{plan:?}"
+        );
         // One tensor larger than the cap still gets a bucket of its own.
         assert_eq!(buckets(&[t(100, Kind::Float)], 8), vec![vec![0]]);
     }

@@ -27,7 +27,12 @@ use crate::{Error, Result};
 
 /// Runs `call`, turning a libtorch panic inside it into [`Error::Torch`]; `during` says what
 /// was running ("the training step", "evaluation").
-pub fn step<T>(during: &str, precision: Precision, device: Device, call: impl FnOnce() -> Result<T>) -> Result<T> {
+pub fn step<T>(
+    during: &str,
+    precision: Precision,
+    device: Device,
+    call: impl FnOnce() -> Result<T>,
+) -> Result<T> {
     catch(call).unwrap_or_else(|caught| Err(failed(during, precision, device, caught)))
 }
 
@@ -37,9 +42,16 @@ pub fn failed(during: &str, precision: Precision, device: Device, caught: Caught
     if let Some(part) = &caught.part {
         message.push_str(&format!(", in the {part}"));
     }
-    message.push_str(&format!(" (precision = \"{precision}\" on {}): {}", device_name(device), caught.message));
+    message.push_str(&format!(
+        " (precision = \"{precision}\" on {}): {}",
+        device_name(device),
+        caught.message
+    ));
     if precision == Precision::Bf16 && device == Device::Cpu && !cpu_bf16().kernels {
-        message.push_str(&format!("; {}: set [train] precision = \"f32\" if bf16 is the cause", cpu_bf16()));
+        message.push_str(&format!(
+            "; {}: set [train] precision = \"f32\" if bf16 is the cause",
+            cpu_bf16()
+        ));
     }
     Error::Torch(message)
 }

@@ -48,7 +48,13 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, options: &CrossEntropy) 
     if targets.ne(IGNORE).any().int64_value(&[]) == 0 {
         return zero_like_graph(logits);
     }
-    logits.cross_entropy_loss(&targets, options.class_weights.as_ref(), Reduction::Mean, IGNORE, options.label_smoothing)
+    logits.cross_entropy_loss(
+        &targets,
+        options.class_weights.as_ref(),
+        Reduction::Mean,
+        IGNORE,
+        options.label_smoothing,
+    )
 }
 
 /// Inverse-frequency class weights `n / (C · n_c)` from class counts (a class never seen gets
@@ -56,14 +62,26 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, options: &CrossEntropy) 
 pub fn balanced_class_weights(counts: &[usize]) -> Tensor {
     let n: usize = counts.iter().sum();
     let c = counts.len() as f64;
-    let w: Vec<f32> = counts.iter().map(|&k| if k == 0 { 0.0 } else { (n as f64 / (c * k as f64)) as f32 }).collect();
+    let w: Vec<f32> = counts
+        .iter()
+        .map(|&k| if k == 0 { 0.0 } else { (n as f64 / (c * k as f64)) as f32 })
+        .collect();
     Tensor::from_slice(&w)
 }
 
 /// Binary cross-entropy of `[B, C]` logits against multi-hot `[B, C]` targets (mean over every
 /// entry); `pos_weight` `[C]` scales the positive term, as in PyTorch.
-pub fn binary_cross_entropy(logits: &Tensor, targets: &Tensor, pos_weight: Option<&Tensor>) -> Tensor {
-    logits.binary_cross_entropy_with_logits(&targets.to_kind(logits.kind()), None::<&Tensor>, pos_weight, Reduction::Mean)
+pub fn binary_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    pos_weight: Option<&Tensor>,
+) -> Tensor {
+    logits.binary_cross_entropy_with_logits(
+        &targets.to_kind(logits.kind()),
+        None::<&Tensor>,
+        pos_weight,
+        Reduction::Mean,
+    )
 }
 
 /// Mean squared error over the entries where `mask` is true (all when `None`).
@@ -100,7 +118,9 @@ pub struct Temperature {
 impl Temperature {
     /// Creates the parameter under `path`.
     pub fn new(path: &nn::Path) -> Self {
-        Temperature { logit_scale: path.var("logit_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln())) }
+        Temperature {
+            logit_scale: path.var("logit_scale", &[], nn::Init::Const((1.0f64 / 0.07).ln())),
+        }
     }
 
     /// The current scale `1 / τ`.
@@ -131,25 +151,56 @@ pub fn info_nce_by_label(a: &Tensor, b: &Tensor, scale: &Tensor, labels: &Tensor
     let n = a.size()[0];
     let labels = labels.to_device(a.device());
     let valid = labels.ge(0);
-    let same = labels.unsqueeze(1).eq_tensor(&labels.unsqueeze(0)).logical_and(&valid.unsqueeze(1)).logical_and(&valid.unsqueeze(0));
+    let same = labels
+        .unsqueeze(1)
+        .eq_tensor(&labels.unsqueeze(0))
+        .logical_and(&valid.unsqueeze(1))
+        .logical_and(&valid.unsqueeze(0));
     let positives = same.logical_or(&Tensor::eye(n, (Kind::Bool, a.device()))).to_kind(Kind::Float);
     // Symmetric, so the same targets serve both directions.
     let targets = &positives / positives.sum_dim_intlist([1].as_slice(), true, Kind::Float);
-    let one_way = |l: &Tensor| -(&targets * l.log_softmax(1, Kind::Float)).sum_dim_intlist([1].as_slice(), false, Kind::Float).mean(Kind::Float);
+    let one_way = |l: &Tensor| {
+        -(&targets * l.log_softmax(1, Kind::Float))
+            .sum_dim_intlist([1].as_slice(), false, Kind::Float)
+            .mean(Kind::Float)
+    };
     (one_way(&logits) + one_way(&logits.tr())) / 2.0
 }
 
 /// Triplet margin loss (Euclidean): `mean(max(0, ‖a − p‖ − ‖a − n‖ + margin))`.
 pub fn triplet(anchor: &Tensor, positive: &Tensor, negative: &Tensor, margin: f64) -> Tensor {
-    Tensor::triplet_margin_loss(anchor, positive, negative, margin, 2.0, 1e-6, false, Reduction::Mean)
+    Tensor::triplet_margin_loss(
+        anchor,
+        positive,
+        negative,
+        margin,
+        2.0,
+        1e-6,
+        false,
+        Reduction::Mean,
+    )
 }
 
 /// Connectionist temporal classification (Graves et al. 2006) for speech: `log_probs`
 /// `[T, B, C]` (log-softmax over classes), `targets` `[B, S]` padded, with the lengths of
 /// both; `blank` is the blank class. Infinite losses (a target longer than its input allows)
 /// count as zero, and the mean is over target lengths, as PyTorch's default.
-pub fn ctc(log_probs: &Tensor, targets: &Tensor, input_lengths: &[i64], target_lengths: &[i64], blank: i64) -> Tensor {
-    Tensor::ctc_loss(log_probs, targets, input_lengths, target_lengths, blank, Reduction::Mean, true)
+pub fn ctc(
+    log_probs: &Tensor,
+    targets: &Tensor,
+    input_lengths: &[i64],
+    target_lengths: &[i64],
+    blank: i64,
+) -> Tensor {
+    Tensor::ctc_loss(
+        log_probs,
+        targets,
+        input_lengths,
+        target_lengths,
+        blank,
+        Reduction::Mean,
+        true,
+    )
 }
 
 /// A weighted sum of named losses, for a model with several heads.
@@ -163,7 +214,9 @@ impl MultiTask {
     pub fn new(weights: &[(&str, f64)]) -> Result<Self> {
         for (name, w) in weights {
             if !w.is_finite() || *w < 0.0 {
-                return Err(Error::Config(format!("loss weight of {name:?} = {w}: must be finite and non-negative")));
+                return Err(Error::Config(format!(
+                    "loss weight of {name:?} = {w}: must be finite and non-negative"
+                )));
             }
         }
         Ok(MultiTask { weights: weights.iter().map(|(n, w)| (n.to_string(), *w)).collect() })
@@ -174,14 +227,19 @@ impl MultiTask {
     pub fn combine(&self, losses: &[(&str, Tensor)]) -> Result<Tensor> {
         let mut total: Option<Tensor> = None;
         for (name, w) in &self.weights {
-            let (_, l) = losses.iter().find(|(n, _)| n == name).ok_or_else(|| Error::Config(format!("no loss named {name:?} this step")))?;
+            let (_, l) = losses
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| Error::Config(format!("no loss named {name:?} this step")))?;
             let term = l * *w;
             total = Some(match total {
                 Some(t) => t + term,
                 None => term,
             });
         }
-        if let Some((extra, _)) = losses.iter().find(|(n, _)| !self.weights.iter().any(|(w, _)| w == n)) {
+        if let Some((extra, _)) =
+            losses.iter().find(|(n, _)| !self.weights.iter().any(|(w, _)| w == n))
+        {
             return Err(Error::Config(format!("loss {extra:?} has no weight")));
         }
         total.ok_or_else(|| Error::Config("no losses to combine".to_string()))

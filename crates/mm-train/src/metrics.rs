@@ -30,7 +30,15 @@ pub fn accuracy(pred: &[usize], truth: &[usize]) -> f64 {
 pub fn argmax(scores: &[f32], classes: usize) -> Vec<usize> {
     scores
         .chunks(classes.max(1))
-        .map(|row| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &s)| if s > best.1 { (i, s) } else { best }).0)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |best, (i, &s)| if s > best.1 { (i, s) } else { best },
+                )
+                .0
+        })
         .collect()
 }
 
@@ -46,7 +54,8 @@ pub fn top_k(scores: &[f32], classes: usize, truth: &[usize], k: usize) -> f64 {
         .filter(|(row, &t)| {
             let s = row[t];
             // Rank of the true class: classes strictly above it, plus equal ones before it.
-            let above = row.iter().enumerate().filter(|(i, &x)| x > s || (x == s && *i < t)).count();
+            let above =
+                row.iter().enumerate().filter(|(i, &x)| x > s || (x == s && *i < t)).count();
             above < k
         })
         .count();
@@ -87,7 +96,11 @@ pub fn per_class(pred: &[usize], truth: &[usize], classes: usize) -> Vec<ClassSc
             let support: usize = m[c].iter().sum();
             let precision = if predicted == 0 { 0.0 } else { tp / predicted as f64 };
             let recall = if support == 0 { 0.0 } else { tp / support as f64 };
-            let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+            let f1 = if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            };
             ClassScores { precision, recall, f1, support }
         })
         .collect()
@@ -96,7 +109,10 @@ pub fn per_class(pred: &[usize], truth: &[usize], classes: usize) -> Vec<ClassSc
 /// Mean F1 over the classes that occur in `truth` or `pred`.
 pub fn macro_f1(pred: &[usize], truth: &[usize], classes: usize) -> f64 {
     let scores = per_class(pred, truth, classes);
-    let used: Vec<f64> = (0..classes).filter(|&c| truth.contains(&c) || pred.contains(&c)).map(|c| scores[c].f1).collect();
+    let used: Vec<f64> = (0..classes)
+        .filter(|&c| truth.contains(&c) || pred.contains(&c))
+        .map(|c| scores[c].f1)
+        .collect();
     if used.is_empty() {
         0.0
     } else {
@@ -132,7 +148,11 @@ pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
 
 /// One-vs-rest AUROC per class from `n × C` scores (`None` for a class with no positive or no
 /// negative sample), and their mean over the classes that have one.
-pub fn auroc_ovr(scores: &[f32], classes: usize, truth: &[usize]) -> (Vec<Option<f64>>, Option<f64>) {
+pub fn auroc_ovr(
+    scores: &[f32],
+    classes: usize,
+    truth: &[usize],
+) -> (Vec<Option<f64>>, Option<f64>) {
     let per: Vec<Option<f64>> = (0..classes)
         .map(|c| {
             let s: Vec<f64> = scores.chunks(classes).map(|row| f64::from(row[c])).collect();
@@ -182,7 +202,12 @@ pub struct Retrieval {
 /// Ranks (1-based) of item `i` for query `i` in an `n × n` similarity matrix (row-major;
 /// ties count against the match: an item as similar as the match ranks before it).
 pub fn match_ranks(similarity: &[f32], n: usize) -> Vec<usize> {
-    similarity.chunks(n.max(1)).take(n).enumerate().map(|(i, row)| 1 + row.iter().enumerate().filter(|(j, &s)| *j != i && s >= row[i]).count()).collect()
+    similarity
+        .chunks(n.max(1))
+        .take(n)
+        .enumerate()
+        .map(|(i, row)| 1 + row.iter().enumerate().filter(|(j, &s)| *j != i && s >= row[i]).count())
+        .collect()
 }
 
 fn summarise(ranks: &[usize]) -> Retrieval {
@@ -213,12 +238,18 @@ pub struct ClassRetrieval {
 /// Category-level retrieval one way: `similarity[i][j]` (row-major, `n × n`) compares query `i`
 /// with gallery item `j`; `query_labels[i]` and `gallery_labels[j]` say what is relevant.
 /// Ties in similarity are ranked by gallery index.
-pub fn class_retrieval(similarity: &[f32], n: usize, query_labels: &[i64], gallery_labels: &[i64]) -> ClassRetrieval {
+pub fn class_retrieval(
+    similarity: &[f32],
+    n: usize,
+    query_labels: &[i64],
+    gallery_labels: &[i64],
+) -> ClassRetrieval {
     let (mut hits, mut ap_sum, mut with_relevant) = ([0usize; 3], 0.0, 0usize);
     for (i, row) in similarity.chunks(n.max(1)).take(n).enumerate() {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        let relevant: Vec<bool> = order.iter().map(|&j| gallery_labels[j] == query_labels[i]).collect();
+        let relevant: Vec<bool> =
+            order.iter().map(|&j| gallery_labels[j] == query_labels[i]).collect();
         for (k, cut) in [1usize, 5, 10].iter().enumerate() {
             hits[k] += usize::from(relevant.iter().take(*cut).any(|r| *r));
         }

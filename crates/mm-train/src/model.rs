@@ -77,8 +77,12 @@ impl ModelConfig {
         match (&self.head, self.heads.is_empty()) {
             (Some(h), true) => Ok(vec![("main".to_string(), h.clone())]),
             (None, false) => Ok(self.heads.iter().map(|(n, h)| (n.clone(), h.clone())).collect()),
-            (Some(_), false) => Err(Error::Config("model: give `head` or `heads`, not both".to_string())),
-            (None, true) => Err(Error::Config("model: no head (`[head]` or `[heads.NAME]`)".to_string())),
+            (Some(_), false) => {
+                Err(Error::Config("model: give `head` or `heads`, not both".to_string()))
+            }
+            (None, true) => {
+                Err(Error::Config("model: no head (`[head]` or `[heads.NAME]`)".to_string()))
+            }
         }
     }
 
@@ -102,15 +106,23 @@ impl ModelConfig {
                 return bad(format!("model.loss_weights.{name}: no head of that name"));
             }
             if !weight.is_finite() || *weight < 0.0 {
-                return bad(format!("model.loss_weights.{name} = {weight}: finite and non-negative"));
+                return bad(format!(
+                    "model.loss_weights.{name} = {weight}: finite and non-negative"
+                ));
             }
         }
         let kinds: Vec<&str> = named.iter().map(|(_, h)| h.kind()).collect();
         if (1..kinds.len()).any(|i| kinds[..i].contains(&kinds[i])) {
-            return bad("model.heads: two heads of one kind would read the same targets".to_string());
+            return bad(
+                "model.heads: two heads of one kind would read the same targets".to_string()
+            );
         }
         for (name, head) in &named {
-            let field = if named.len() == 1 { "model.head".to_string() } else { format!("model.heads.{name}") };
+            let field = if named.len() == 1 {
+                "model.head".to_string()
+            } else {
+                format!("model.heads.{name}")
+            };
             let kind = head.kind();
             match head.reads() {
                 Reads::Encoders(modalities) => {
@@ -170,7 +182,9 @@ impl DataShape {
     /// The shape of what `pipeline` produces; `class_counts` from the training split.
     pub fn from_pipeline(pipeline: &Pipeline, class_counts: Vec<usize>) -> Self {
         let (vocab, vocab_size) = match pipeline.text.as_ref().map(|t| &t.encoder) {
-            Some(PipelineText::Words { vocab, .. }) => (Some(Arc::clone(vocab)), Some(vocab.len() as i64)),
+            Some(PipelineText::Words { vocab, .. }) => {
+                (Some(Arc::clone(vocab)), Some(vocab.len() as i64))
+            }
             Some(PipelineText::Subword(s)) => (None, Some(s.vocab_size() as i64)),
             None => (None, None),
         };
@@ -234,28 +248,45 @@ impl Model {
         let mut encoders = Vec::new();
         for (name, enc) in &config.encoders {
             if !data.modalities.contains(&name.as_str()) {
-                return Err(Error::Config(format!("model.encoders.{name}: the data has no {name} (it has {:?})", data.modalities)));
+                return Err(Error::Config(format!(
+                    "model.encoders.{name}: the data has no {name} (it has {:?})",
+                    data.modalities
+                )));
             }
             let input_dim = match name.as_str() {
                 "audio" => data.n_mels,
                 "features" => data.features,
                 _ => None,
             };
-            let ctx = BuildContext { input_dim, vocab: data.vocab.as_deref(), vocab_size: data.vocab_size, max_tokens: data.max_tokens, seed: 0 };
-            let e = build(&(path / "encoders" / name), enc, &ctx).map_err(|e| Error::Config(format!("model.encoders.{name}: {e}")))?;
+            let ctx = BuildContext {
+                input_dim,
+                vocab: data.vocab.as_deref(),
+                vocab_size: data.vocab_size,
+                max_tokens: data.max_tokens,
+                seed: 0,
+            };
+            let e = build(&(path / "encoders" / name), enc, &ctx)
+                .map_err(|e| Error::Config(format!("model.encoders.{name}: {e}")))?;
             encoders.push((name.clone(), e));
         }
-        let dims: Vec<(String, i64)> = encoders.iter().map(|(n, e)| (n.clone(), e.output_dim())).collect();
+        let dims: Vec<(String, i64)> =
+            encoders.iter().map(|(n, e)| (n.clone(), e.output_dim())).collect();
         let reads_fused = named.iter().any(|(_, h)| h.reads() == Reads::Fused);
         let fusion = match &config.fusion {
             Some(f) if reads_fused => {
                 let dims: Vec<(&str, i64)> = dims.iter().map(|(n, d)| (n.as_str(), *d)).collect();
-                Some(FusionModel::new(&(path / "fusion"), f, &dims).map_err(|e| Error::Config(format!("model.fusion: {e}")))?)
+                Some(
+                    FusionModel::new(&(path / "fusion"), f, &dims)
+                        .map_err(|e| Error::Config(format!("model.fusion: {e}")))?,
+                )
             }
             _ => None,
         };
         // Without a fusion, a model over one modality reads that encoder's output.
-        let fused_dim = fusion.as_ref().map(FusionModel::output_dim).or_else(|| (reads_fused && dims.len() == 1).then(|| dims[0].1));
+        let fused_dim = fusion
+            .as_ref()
+            .map(FusionModel::output_dim)
+            .or_else(|| (reads_fused && dims.len() == 1).then(|| dims[0].1));
         let late_fusion = matches!(config.fusion, Some(FusionConfig::Late { .. }));
         if late_fusion && named.len() > 1 {
             return Err(Error::Config(format!(
@@ -266,7 +297,11 @@ impl Model {
         }
         let mut heads = Vec::new();
         for (name, head) in &named {
-            let field = if named.len() == 1 { "model.head".to_string() } else { format!("model.heads.{name}") };
+            let field = if named.len() == 1 {
+                "model.head".to_string()
+            } else {
+                format!("model.heads.{name}")
+            };
             let ctx = HeadContext {
                 path: if named.len() == 1 { path / "head" } else { path / "heads" / name.as_str() },
                 name,
@@ -280,9 +315,21 @@ impl Model {
             };
             let module = head.build(&ctx)?;
             let weight = config.loss_weights.get(name).copied().unwrap_or(1.0);
-            heads.push(NamedHead { name: name.clone(), config: head.clone(), weight, head: module });
+            heads.push(NamedHead {
+                name: name.clone(),
+                config: head.clone(),
+                weight,
+                head: module,
+            });
         }
-        Ok(Model { encoders, fusion, heads, classes: data.classes.len(), alphabet: data.alphabet.clone(), config: config.clone() })
+        Ok(Model {
+            encoders,
+            fusion,
+            heads,
+            classes: data.classes.len(),
+            alphabet: data.alphabet.clone(),
+            config: config.clone(),
+        })
     }
 
     /// The heads' names and configurations, in output order.
@@ -321,7 +368,10 @@ impl Model {
         });
         match outcome {
             Ok(_) => Ok(()),
-            Err(caught) => Err(Error::Config(format!("the model does not fit the data (samples {:?}...): {caught}", batch.ids.iter().take(3).collect::<Vec<_>>()))),
+            Err(caught) => Err(Error::Config(format!(
+                "the model does not fit the data (samples {:?}...): {caught}",
+                batch.ids.iter().take(3).collect::<Vec<_>>()
+            ))),
         }
     }
 
@@ -344,11 +394,16 @@ impl Model {
             return Some(Metric::lower("loss"));
         }
         self.heads.iter().find_map(|h| {
-            let own = if several { name.strip_prefix(h.name.as_str())?.strip_prefix('_')? } else { name };
+            let own =
+                if several { name.strip_prefix(h.name.as_str())?.strip_prefix('_')? } else { name };
             if own == "loss" {
                 return Some(Metric::lower(name));
             }
-            h.head.metrics().into_iter().find(|m| m.name == own).map(|m| Metric { name: name.to_string(), ..m })
+            h.head
+                .metrics()
+                .into_iter()
+                .find(|m| m.name == own)
+                .map(|m| Metric { name: name.to_string(), ..m })
         })
     }
 
@@ -357,7 +412,11 @@ impl Model {
     pub fn selection(&self) -> Metric {
         let first = &self.heads[0];
         let m = first.head.selection();
-        if self.heads.len() > 1 { Metric { name: format!("{}_{}", first.name, m.name), ..m } } else { m }
+        if self.heads.len() > 1 {
+            Metric { name: format!("{}_{}", first.name, m.name), ..m }
+        } else {
+            m
+        }
     }
 
     /// Runs the model on a batch (on the model's device).
@@ -366,29 +425,43 @@ impl Model {
         let mut seqs = Vec::new();
         let mut present = Vec::new();
         for (name, enc) in &self.encoders {
-            let input = Input::from_batch(batch, name).unwrap_or_else(|| panic!("the batch has no {name} (checked when the model was built)"));
+            let input = Input::from_batch(batch, name).unwrap_or_else(|| {
+                panic!("the batch has no {name} (checked when the model was built)")
+            });
             let out = {
                 let _part = Part::enter(format!("{name} encoder"));
                 enc.forward_t(&input, train)
             };
             pooled.push(out.pooled);
             seqs.push(out.seq);
-            let column = batch.modalities.iter().position(|m| m == name).expect("modality in the batch");
+            let column =
+                batch.modalities.iter().position(|m| m == name).expect("modality in the batch");
             present.push(batch.present.select(1, column as i64).gt(0.5));
         }
         let reads_fused = self.heads.iter().any(|h| h.config.reads() == Reads::Fused);
         let (fused, weights) = match &self.fusion {
             Some(fusion) => {
                 let _part = Part::enter("fusion");
-                let embeddings = Embeddings { pooled: pooled.iter().map(Tensor::shallow_clone).collect(), seqs: seqs.iter().map(|s| s.as_ref().map(|(a, b)| (a.shallow_clone(), b.shallow_clone()))).collect(), present: Tensor::stack(&present, 1) };
+                let embeddings = Embeddings {
+                    pooled: pooled.iter().map(Tensor::shallow_clone).collect(),
+                    seqs: seqs
+                        .iter()
+                        .map(|s| s.as_ref().map(|(a, b)| (a.shallow_clone(), b.shallow_clone())))
+                        .collect(),
+                    present: Tensor::stack(&present, 1),
+                };
                 let f = fusion.forward_t(&embeddings, train);
                 (Some(f.fused), f.weights)
             }
             // One modality and no fusion: its encoder's output, zero where the sample lacks it.
-            None if reads_fused => (Some(pooled[0].where_self(&present[0].unsqueeze(1), &pooled[0].zeros_like())), None),
+            None if reads_fused => (
+                Some(pooled[0].where_self(&present[0].unsqueeze(1), &pooled[0].zeros_like())),
+                None,
+            ),
             None => (None, None),
         };
-        let input = HeadInput { fused: fused.as_ref(), pooled: &pooled, seqs: &seqs, present: &present };
+        let input =
+            HeadInput { fused: fused.as_ref(), pooled: &pooled, seqs: &seqs, present: &present };
         let (mut predictions, mut embeddings, mut sequence) = (Vec::new(), None, None);
         for h in &self.heads {
             let _part = Part::enter(format!("{} head", h.name));
@@ -397,7 +470,13 @@ impl Model {
             embeddings = embeddings.or(out.embeddings);
             sequence = sequence.or(out.sequence);
         }
-        Output { prediction: predictions[0].shallow_clone(), predictions, weights, embeddings, sequence }
+        Output {
+            prediction: predictions[0].shallow_clone(),
+            predictions,
+            weights,
+            embeddings,
+            sequence,
+        }
     }
 
     /// The loss of `output` against the batch's targets: the weighted sum of the heads'.
@@ -456,9 +535,9 @@ impl Model {
     pub fn load_pretrained(&self, vs: &nn::VarStore) -> Result<Vec<(String, LoadReport)>> {
         let mut reports = Vec::new();
         for (name, config) in &self.config.encoders {
-            let loaded = config
-                .load_weights(vs, &format!("encoders.{name}."))
-                .map_err(|e| Error::Config(format!("model.encoders.{name}: pretrained weights: {e}")))?;
+            let loaded = config.load_weights(vs, &format!("encoders.{name}.")).map_err(|e| {
+                Error::Config(format!("model.encoders.{name}: pretrained weights: {e}"))
+            })?;
             if let Some(report) = loaded {
                 reports.push((name.clone(), report));
             }

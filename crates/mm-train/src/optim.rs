@@ -97,7 +97,8 @@ impl OptimizerConfig {
                     return bad(format!("weight_decay = {weight_decay}: must be non-negative"));
                 }
             }
-            OptimizerConfig::Adam { betas, eps, weight_decay } | OptimizerConfig::AdamW { betas, eps, weight_decay } => {
+            OptimizerConfig::Adam { betas, eps, weight_decay }
+            | OptimizerConfig::AdamW { betas, eps, weight_decay } => {
                 if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) {
                     return bad(format!("betas = {betas:?}: each must be in [0, 1)"));
                 }
@@ -111,9 +112,9 @@ impl OptimizerConfig {
 
     fn weight_decay(&self) -> f64 {
         match self {
-            OptimizerConfig::Sgd { weight_decay, .. } | OptimizerConfig::Adam { weight_decay, .. } | OptimizerConfig::AdamW { weight_decay, .. } => {
-                *weight_decay
-            }
+            OptimizerConfig::Sgd { weight_decay, .. }
+            | OptimizerConfig::Adam { weight_decay, .. }
+            | OptimizerConfig::AdamW { weight_decay, .. } => *weight_decay,
         }
     }
 }
@@ -157,7 +158,8 @@ impl Optimizer {
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err(Error::Config(format!("parameter group names repeat: {names:?}")));
         }
-        let state = groups.iter().map(|g| g.params.iter().map(|_| (None, None)).collect()).collect();
+        let state =
+            groups.iter().map(|g| g.params.iter().map(|_| (None, None)).collect()).collect();
         Ok(Optimizer { config: config.clone(), groups, state, steps: 0 })
     }
 
@@ -181,11 +183,21 @@ impl Optimizer {
     /// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the
     /// norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.groups.iter().flat_map(|g| g.params.iter().map(Tensor::grad)).filter(Tensor::defined).collect();
+        let grads: Vec<Tensor> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.params.iter().map(Tensor::grad))
+            .filter(Tensor::defined)
+            .collect();
         if grads.is_empty() {
             return 0.0;
         }
-        let total = Tensor::stack(&grads.iter().map(|g| g.norm().to_kind(Kind::Float)).collect::<Vec<_>>(), 0).norm().double_value(&[]);
+        let total = Tensor::stack(
+            &grads.iter().map(|g| g.norm().to_kind(Kind::Float)).collect::<Vec<_>>(),
+            0,
+        )
+        .norm()
+        .double_value(&[]);
         if total > max_norm {
             let scale = max_norm / (total + 1e-6);
             tch::no_grad(|| {
@@ -216,18 +228,24 @@ impl Optimizer {
                     let (m, v) = &mut self.state[g][i];
                     match config {
                         OptimizerConfig::Sgd { momentum, nesterov, .. } => {
-                            let mut d = if wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
+                            let mut d =
+                                if wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
                             if momentum != 0.0 {
                                 let buf = match m.take() {
                                     None => d.copy(),
                                     Some(b) => b * momentum + &d,
                                 };
-                                d = if nesterov { &d + &buf * momentum } else { buf.shallow_clone() };
+                                d = if nesterov {
+                                    &d + &buf * momentum
+                                } else {
+                                    buf.shallow_clone()
+                                };
                                 *m = Some(buf);
                             }
                             let _ = p.g_sub_(&(d * lr));
                         }
-                        OptimizerConfig::Adam { betas, eps, .. } | OptimizerConfig::AdamW { betas, eps, .. } => {
+                        OptimizerConfig::Adam { betas, eps, .. }
+                        | OptimizerConfig::AdamW { betas, eps, .. } => {
                             let m1 = m.get_or_insert_with(|| p.zeros_like());
                             let m2 = v.get_or_insert_with(|| p.zeros_like());
                             let rule = AdamRule {
@@ -273,13 +291,28 @@ impl Optimizer {
         for (name, t) in tensors {
             let parts: Vec<&str> = name.rsplitn(3, '.').collect();
             let [slot, index, group] = parts.as_slice() else {
-                return Err(Error::Config(format!("optimizer state {name:?}: not `group.index.m|v`")));
+                return Err(Error::Config(format!(
+                    "optimizer state {name:?}: not `group.index.m|v`"
+                )));
             };
-            let g = self.groups.iter().position(|x| x.name == *group).ok_or_else(|| Error::Config(format!("optimizer state {name:?}: no group {group:?}")))?;
-            let i: usize = index.parse().map_err(|_| Error::Config(format!("optimizer state {name:?}: bad index")))?;
-            let p = self.groups[g].params.get(i).ok_or_else(|| Error::Config(format!("optimizer state {name:?}: group {group:?} has {} parameters", self.groups[g].params.len())))?;
+            let g = self.groups.iter().position(|x| x.name == *group).ok_or_else(|| {
+                Error::Config(format!("optimizer state {name:?}: no group {group:?}"))
+            })?;
+            let i: usize = index
+                .parse()
+                .map_err(|_| Error::Config(format!("optimizer state {name:?}: bad index")))?;
+            let p = self.groups[g].params.get(i).ok_or_else(|| {
+                Error::Config(format!(
+                    "optimizer state {name:?}: group {group:?} has {} parameters",
+                    self.groups[g].params.len()
+                ))
+            })?;
             if p.size() != t.size() {
-                return Err(Error::Config(format!("optimizer state {name:?}: shape {:?}, parameter {:?}", t.size(), p.size())));
+                return Err(Error::Config(format!(
+                    "optimizer state {name:?}: shape {:?}, parameter {:?}",
+                    t.size(),
+                    p.size()
+                )));
             }
             // A copy of its own: the optimiser updates its moments in place.
             let t = t.to_device(p.device()).to_kind(p.kind()).copy();
@@ -311,7 +344,10 @@ struct AdamRule {
 
 impl AdamRule {
     fn corrections(&self) -> (f64, f64) {
-        (1.0 - self.betas.0.powi(self.step as i32), (1.0 - self.betas.1.powi(self.step as i32)).sqrt())
+        (
+            1.0 - self.betas.0.powi(self.step as i32),
+            (1.0 - self.betas.1.powi(self.step as i32)).sqrt(),
+        )
     }
 }
 
@@ -350,10 +386,21 @@ const FUSED_CHUNK: usize = 1 << 15;
 /// of the parameter, its gradient and its moments is read and written once, as PyTorch's
 /// `fused=True` kernels do), in parallel chunks. Returns `false`, touching nothing, when the
 /// tensors do not qualify.
-fn fused_adam_cpu(rule: &AdamRule, p: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor) -> bool {
+fn fused_adam_cpu(
+    rule: &AdamRule,
+    p: &mut Tensor,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+) -> bool {
     use rayon::prelude::*;
     let n = p.numel();
-    let qualifies = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n;
+    let qualifies = |t: &Tensor| {
+        t.device() == tch::Device::Cpu
+            && t.kind() == Kind::Float
+            && t.is_contiguous()
+            && t.numel() == n
+    };
     if n == 0 || ![&*p, grad, &*m, &*v].into_iter().all(qualifies) {
         return false;
     }

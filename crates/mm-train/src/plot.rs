@@ -15,21 +15,37 @@ fn series(history: &[Value], key: &str) -> Vec<(f64, f64)> {
         .iter()
         .filter_map(|h| {
             let epoch = h["epoch"].as_f64()?;
-            let v = h.get(key).and_then(Value::as_f64).or_else(|| h["val"].get(key).and_then(Value::as_f64))?;
+            let v = h
+                .get(key)
+                .and_then(Value::as_f64)
+                .or_else(|| h["val"].get(key).and_then(Value::as_f64))?;
             v.is_finite().then_some((epoch, v))
         })
         .collect()
 }
 
-const COLOURS: [RGBColor; 6] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
 
-fn panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, title: &str, lines: &[(&str, Vec<(f64, f64)>)]) -> std::result::Result<(), String> {
+fn panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    title: &str,
+    lines: &[(&str, Vec<(f64, f64)>)],
+) -> std::result::Result<(), String> {
     let points: Vec<&(f64, f64)> = lines.iter().flat_map(|(_, s)| s.iter()).collect();
     if points.is_empty() {
         return Ok(());
     }
-    let (x0, x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
-    let (y0, y1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
+    let (x0, x1) =
+        points.iter().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
+    let (y0, y1) =
+        points.iter().fold((f64::MAX, f64::MIN), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
     let pad = ((y1 - y0) * 0.05).max(1e-6);
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
@@ -45,9 +61,16 @@ fn panel(area: &DrawingArea<SVGBackend, plotters::coord::Shift>, title: &str, li
             .draw_series(LineSeries::new(s.iter().copied(), colour.stroke_width(2)))
             .map_err(|e| e.to_string())?
             .label(*name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+            });
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| e.to_string())?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -60,16 +83,26 @@ pub fn plot_history(history: &[Value], path: &Path) -> Result<()> {
         let draw = || -> std::result::Result<(), String> {
             root.fill(&WHITE).map_err(|e| e.to_string())?;
             let (left, right) = root.split_horizontally(480);
-            panel(&left, "loss", &[("train", series(history, "train_loss")), ("validation", series(history, "loss"))])?;
-            let metrics: Vec<(&str, Vec<(f64, f64)>)> = ["accuracy", "macro_f1", "auroc", "mse", "mae", "pearson"]
-                .iter()
-                .map(|k| (*k, series(history, k)))
-                .filter(|(_, s)| !s.is_empty())
-                .collect();
+            panel(
+                &left,
+                "loss",
+                &[
+                    ("train", series(history, "train_loss")),
+                    ("validation", series(history, "loss")),
+                ],
+            )?;
+            let metrics: Vec<(&str, Vec<(f64, f64)>)> =
+                ["accuracy", "macro_f1", "auroc", "mse", "mae", "pearson"]
+                    .iter()
+                    .map(|k| (*k, series(history, k)))
+                    .filter(|(_, s)| !s.is_empty())
+                    .collect();
             panel(&right, "validation", &metrics)?;
             root.present().map_err(|e| e.to_string())
         };
-        draw().map_err(|e| Error::Checkpoint(format!("{}: drawing the curves: {e}", path.display())))?;
+        draw().map_err(|e| {
+            Error::Checkpoint(format!("{}: drawing the curves: {e}", path.display()))
+        })?;
     }
     mm_data::fs::write_atomic(path, svg.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))
 }

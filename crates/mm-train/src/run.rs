@@ -47,18 +47,18 @@ use std::sync::Arc;
 use mm_data::clean::CleanReport;
 use mm_data::config::DataConfig;
 use mm_data::loader::{Loader, LoaderConfig, Shard};
-use mm_data::shards::ShardIndex;
 use mm_data::manifest::{Manifest, Split};
 use mm_data::pipeline::Pipeline;
+use mm_data::shards::ShardIndex;
 use mm_encoders::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
+use crate::dist::ProcessGroup;
 use crate::model::{DataShape, Model, ModelConfig};
 use crate::precision::Autocast;
-use crate::dist::ProcessGroup;
 use crate::train::{checkpoint_dir, evaluate_in, fit_in, fit_with, Report, TrainConfig};
 use crate::{Error, Result};
 
@@ -101,12 +101,21 @@ struct Located {
 
 /// Deserialises `text`; an error says where and which key.
 fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Result<T, Located> {
-    let de = toml::Deserializer::parse(text).map_err(|e| Located { path: String::new(), at: locate(text, e.span()), message: e.message().trim().to_string() })?;
+    let de = toml::Deserializer::parse(text).map_err(|e| Located {
+        path: String::new(),
+        at: locate(text, e.span()),
+        message: e.message().trim().to_string(),
+    })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let key = if path.is_empty() || path == "." { String::new() } else { format!(" key `{path}`:") };
-        Located { at: locate(text, inner.span()), message: format!("{key} {}", inner.message().trim()).trim_start().to_string(), path }
+        let key =
+            if path.is_empty() || path == "." { String::new() } else { format!(" key `{path}`:") };
+        Located {
+            at: locate(text, inner.span()),
+            message: format!("{key} {}", inner.message().trim()).trim_start().to_string(),
+            path,
+        }
     })
 }
 
@@ -119,12 +128,16 @@ fn set(table: &mut toml::Table, item: &str) -> Result<()> {
         return Err(bad("a dotted key such as train.epochs".into()));
     }
     let value = value.trim();
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"));
+    let parsed =
+        toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"));
     let value = parsed.unwrap_or_else(|| toml::Value::String(value.to_string()));
     let mut at = table;
     for (i, k) in keys[..keys.len() - 1].iter().enumerate() {
-        let entry = at.entry(k.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        at = entry.as_table_mut().ok_or_else(|| bad(format!("`{}` is not a table", keys[..=i].join("."))))?;
+        let entry =
+            at.entry(k.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry
+            .as_table_mut()
+            .ok_or_else(|| bad(format!("`{}` is not a table", keys[..=i].join("."))))?;
     }
     at.insert(keys[keys.len() - 1].to_string(), value);
     Ok(())
@@ -154,7 +167,11 @@ fn kind_of(config: &EncoderConfig) -> &'static str {
 
 /// Parses TOML `text` into `T` with `overrides` (`key=value`) applied on top; errors name
 /// `source`, the line, the column and the dotted key, or the override at fault.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &Path, overrides: &[String]) -> Result<T> {
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source: &Path,
+    overrides: &[String],
+) -> Result<T> {
     let name = source.display().to_string();
     let in_file = |e: Located| Error::Config(format!("{name}{}: {}", e.at, e.message));
     if overrides.is_empty() {
@@ -171,7 +188,11 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &Path, ove
         // is at fault.
         Err(e) => Err(match deserialize::<T>(text) {
             Err(f) if f.path == e.path => in_file(f),
-            _ => Error::Config(format!("{name} with --set {}: {}", overrides.join(" --set "), e.message)),
+            _ => Error::Config(format!(
+                "{name} with --set {}: {}",
+                overrides.join(" --set "),
+                e.message
+            )),
         }),
     }
 }
@@ -179,7 +200,8 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, source: &Path, ove
 impl RunConfig {
     /// Reads and validates a run's TOML file, with `overrides` (`key=value`) applied on top.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         Self::parse(&text, path, overrides)
     }
 
@@ -192,7 +214,9 @@ impl RunConfig {
 
     /// Checks the combinations that cannot work, before any data is read.
     pub fn validate(&self) -> Result<()> {
-        self.data.validate().map_err(|e| Error::Config(e.to_string().replace("invalid configuration: ", "")))?;
+        self.data
+            .validate()
+            .map_err(|e| Error::Config(e.to_string().replace("invalid configuration: ", "")))?;
         let bad = |m: String| Err(Error::Config(m));
         let modalities = self.data.modalities();
         for (name, enc) in &self.model.encoders {
@@ -211,7 +235,9 @@ impl RunConfig {
         }
         for m in &modalities {
             if !self.model.encoders.contains_key(*m) {
-                return bad(format!("data.{m}: no encoder reads it; add [model.encoders.{m}] or remove [data.{m}]"));
+                return bad(format!(
+                    "data.{m}: no encoder reads it; add [model.encoders.{m}] or remove [data.{m}]"
+                ));
             }
         }
         // How encoders, fusion and heads fit together: the model's own rules (one place).
@@ -286,7 +312,13 @@ pub fn train(config: &RunConfig, out: &Path, device: Device, resume: bool) -> Re
 /// reads and cleans the data itself; the pipeline's statistics are rank 0's (fitted in
 /// parallel, they could differ in the last bits between processes), and only rank 0 writes
 /// the run folder.
-pub fn train_in(config: &RunConfig, out: &Path, device: Device, resume: bool, group: Option<&ProcessGroup>) -> Result<Trained> {
+pub fn train_in(
+    config: &RunConfig,
+    out: &Path,
+    device: Device,
+    resume: bool,
+    group: Option<&ProcessGroup>,
+) -> Result<Trained> {
     config.validate()?;
     let main = group.is_none_or(ProcessGroup::is_main);
     let saved = out.join(RUN_FILE);
@@ -294,11 +326,16 @@ pub fn train_in(config: &RunConfig, out: &Path, device: Device, resume: bool, gr
     // (say, a model that does not fit the data) may simply be started again.
     let started = checkpoint::exists(&checkpoint_dir(out), "last");
     if started && !resume && main {
-        return Err(Error::Config(format!("{} already holds a run; pass --resume to continue it, or choose another output folder", out.display())));
+        return Err(Error::Config(format!(
+            "{} already holds a run; pass --resume to continue it, or choose another output folder",
+            out.display()
+        )));
     }
     let mut config = config.clone();
-    config.data.manifest = std::path::absolute(&config.data.manifest).unwrap_or(config.data.manifest.clone());
-    let prepared = config.data.prepare(config.train.seed).map_err(|e| Error::Data(e.to_string()))?;
+    config.data.manifest =
+        std::path::absolute(&config.data.manifest).unwrap_or(config.data.manifest.clone());
+    let prepared =
+        config.data.prepare(config.train.seed).map_err(|e| Error::Data(e.to_string()))?;
     if started && saved.is_file() {
         let before = RunConfig::from_file(&saved, &[])?;
         if before.data != config.data || before.model != config.model {
@@ -316,26 +353,51 @@ pub fn train_in(config: &RunConfig, out: &Path, device: Device, resume: bool, gr
     let pipeline = Arc::new(pipeline);
     let vs = nn::VarStore::new(device);
     tch::manual_seed(config.train.seed as i64);
-    let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts.clone()))?;
+    let model = Model::new(
+        &vs.root(),
+        &config.model,
+        &DataShape::from_pipeline(&pipeline, counts.clone()),
+    )?;
     if main {
-        std::fs::create_dir_all(out.join("data")).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+        std::fs::create_dir_all(out.join("data"))
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
         write(&saved, config.to_toml()?.as_bytes())?;
         if let Some(report) = &prepared.report {
             report.save(out.join("clean-report.json")).map_err(|e| Error::Data(e.to_string()))?;
         }
-        write(&out.join("data/classes.json"), serde_json::to_string_pretty(&json!({"classes": config.data.classes, "train_counts": counts})).unwrap_or_default().as_bytes())?;
+        write(
+            &out.join("data/classes.json"),
+            serde_json::to_string_pretty(
+                &json!({"classes": config.data.classes, "train_counts": counts}),
+            )
+            .unwrap_or_default()
+            .as_bytes(),
+        )?;
     }
     let parameters = vs.trainable_variables().iter().map(tch::Tensor::numel).sum::<usize>() as i64;
     let manifest = Arc::new(prepared.manifest);
     let report = match &prepared.shards {
-        None => fit_in(&model, &vs, Arc::clone(&manifest), pipeline, &config.train, out, resume, group)?,
+        None => {
+            fit_in(&model, &vs, Arc::clone(&manifest), pipeline, &config.train, out, resume, group)?
+        }
         Some(index) => {
             // Streamed from the shards, each rank its own.
-            let shard = group.filter(|g| g.world_size() > 1).map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
+            let shard = group
+                .filter(|g| g.world_size() > 1)
+                .map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
             let t = &config.train;
-            let loader = |split, config: LoaderConfig| Loader::from_shards(Arc::clone(index), split, Arc::clone(&pipeline), LoaderConfig { batch_size: t.batch_size.max(1), shard, ..config });
-            let train = loader(Split::Train, LoaderConfig::training(t.seed)).map_err(|e| Error::Data(e.to_string()))?;
-            let val = loader(Split::Val, LoaderConfig::evaluation()).map_err(|e| Error::Data(e.to_string()))?;
+            let loader = |split, config: LoaderConfig| {
+                Loader::from_shards(
+                    Arc::clone(index),
+                    split,
+                    Arc::clone(&pipeline),
+                    LoaderConfig { batch_size: t.batch_size.max(1), shard, ..config },
+                )
+            };
+            let train = loader(Split::Train, LoaderConfig::training(t.seed))
+                .map_err(|e| Error::Data(e.to_string()))?;
+            let val = loader(Split::Val, LoaderConfig::evaluation())
+                .map_err(|e| Error::Data(e.to_string()))?;
             fit_with(&model, &vs, &train, &val, &pipeline, t, out, resume, group)?
         }
     };
@@ -344,13 +406,18 @@ pub fn train_in(config: &RunConfig, out: &Path, device: Device, resume: bool, gr
 
 /// Replaces the pipeline's statistics with rank 0's, through the files they are saved as.
 fn share_statistics(group: &ProcessGroup, pipeline: &mut Pipeline) -> Result<()> {
-    let dir = std::env::temp_dir().join(format!("mm-dist-stats-{}-{}", std::process::id(), group.rank()));
+    let dir =
+        std::env::temp_dir().join(format!("mm-dist-stats-{}-{}", std::process::id(), group.rank()));
     let _ = std::fs::remove_dir_all(&dir);
     let files: BTreeMap<String, String> = if group.is_main() {
         pipeline.save_statistics(&dir).map_err(|e| Error::Data(e.to_string()))?;
         let mut files = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?.flatten() {
-            let text = std::fs::read_to_string(entry.path()).map_err(|e| Error::Data(format!("{}: {e}", entry.path().display())))?;
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?
+            .flatten()
+        {
+            let text = std::fs::read_to_string(entry.path())
+                .map_err(|e| Error::Data(format!("{}: {e}", entry.path().display())))?;
             files.insert(entry.file_name().to_string_lossy().into_owned(), text);
         }
         files
@@ -359,10 +426,13 @@ fn share_statistics(group: &ProcessGroup, pipeline: &mut Pipeline) -> Result<()>
     };
     let bytes = group.broadcast_bytes(&serde_json::to_vec(&files).unwrap_or_default(), 0)?;
     if !group.is_main() {
-        let files: BTreeMap<String, String> = serde_json::from_slice(&bytes).map_err(|e| Error::Distributed(format!("rank 0's statistics: {e}")))?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
+        let files: BTreeMap<String, String> = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Distributed(format!("rank 0's statistics: {e}")))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
         for (name, text) in &files {
-            std::fs::write(dir.join(name), text).map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
         }
         pipeline.load_statistics(&dir).map_err(|e| Error::Data(e.to_string()))?;
     }
@@ -393,18 +463,25 @@ impl Run {
     pub fn open(dir: &Path, checkpoint: Option<&Path>, device: Device) -> Result<Run> {
         let file = dir.join(RUN_FILE);
         if !file.is_file() {
-            return Err(Error::Config(format!("{} is not a run folder (it has no {RUN_FILE}; `mm train` writes one)", dir.display())));
+            return Err(Error::Config(format!(
+                "{} is not a run folder (it has no {RUN_FILE}; `mm train` writes one)",
+                dir.display()
+            )));
         }
         let config = RunConfig::from_file(&file, &[])?;
         let data = dir.join("data");
-        let pipeline = config.data.restore(config.train.seed, &data).map_err(|e| Error::Data(e.to_string()))?;
+        let pipeline = config
+            .data
+            .restore(config.train.seed, &data)
+            .map_err(|e| Error::Data(e.to_string()))?;
         let counts: Vec<usize> = std::fs::read(data.join("classes.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             .and_then(|v| serde_json::from_value(v["train_counts"].clone()).ok())
             .unwrap_or_default();
         let vs = nn::VarStore::new(device);
-        let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts))?;
+        let model =
+            Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts))?;
         let (ckpt_dir, tag) = match checkpoint {
             None => (checkpoint_dir(dir), "best".to_string()),
             Some(p) => {
@@ -415,7 +492,10 @@ impl Run {
             }
         };
         if !checkpoint::exists(&ckpt_dir, &tag) {
-            return Err(Error::Checkpoint(format!("{}: no checkpoint `{tag}` (has the run finished an epoch?)", ckpt_dir.display())));
+            return Err(Error::Checkpoint(format!(
+                "{}: no checkpoint `{tag}` (has the run finished an epoch?)",
+                ckpt_dir.display()
+            )));
         }
         let state = checkpoint::load_weights(&ckpt_dir, &tag, &vs).map_err(|e| match e {
             Error::Checkpoint(m) => Error::Checkpoint(summarise_mismatch(&m, dir)),
@@ -433,10 +513,16 @@ impl Run {
 
     /// A loader over `split` of `manifest`, without augmentation; streamed from the shards
     /// when `manifest` is a shard index's scan ([`mm_data::shards::ShardIndex::scan`]).
-    pub fn loader(&self, manifest: Arc<Manifest>, split: Split, batch_size: usize) -> Result<Loader> {
+    pub fn loader(
+        &self,
+        manifest: Arc<Manifest>,
+        split: Split,
+        batch_size: usize,
+    ) -> Result<Loader> {
         let config = LoaderConfig { batch_size, ..LoaderConfig::evaluation() };
         let loader = if ShardIndex::is_index(manifest.source()) {
-            let index = ShardIndex::read(manifest.source()).map_err(|e| Error::Data(e.to_string()))?;
+            let index =
+                ShardIndex::read(manifest.source()).map_err(|e| Error::Data(e.to_string()))?;
             Loader::from_shards(Arc::new(index), split, Arc::clone(&self.pipeline), config)
         } else {
             Loader::new(manifest, split, Arc::clone(&self.pipeline), config)
@@ -468,13 +554,18 @@ impl Run {
             let _no_grad = tch::no_grad_guard();
             let precision = self.config.train.precision;
             let _autocast = Autocast::scope(precision, device);
-            let out = crate::guard::step("prediction", precision, device, || Ok(self.model.forward_t(&batch, false)))?;
+            let out = crate::guard::step("prediction", precision, device, || {
+                Ok(self.model.forward_t(&batch, false))
+            })?;
             // Each head's object per sample (a retrieval head refuses: it predicts no labels).
             let mut per_head = Vec::new();
             for (i, head) in self.model.head_modules().enumerate() {
                 per_head.push(head.predict(&out, i, &batch)?.into_iter());
             }
-            let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).unwrap_or_default());
+            let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| {
+                Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1]))
+                    .unwrap_or_default()
+            });
             let b = batch.ids.len();
             for (j, id) in batch.ids.iter().enumerate() {
                 let mut row = Map::new();
@@ -492,7 +583,17 @@ impl Run {
                     let mine = &w[j * per..(j + 1) * per];
                     row.insert(
                         "modality_weights".into(),
-                        if per == modalities.len() { Value::Object(modalities.iter().zip(mine).map(|(m, v)| ((*m).clone(), json!(v))).collect()) } else { json!(mine) },
+                        if per == modalities.len() {
+                            Value::Object(
+                                modalities
+                                    .iter()
+                                    .zip(mine)
+                                    .map(|(m, v)| ((*m).clone(), json!(v)))
+                                    .collect(),
+                            )
+                        } else {
+                            json!(mine)
+                        },
                     );
                 }
                 rows.push(Value::Object(row));
@@ -509,17 +610,24 @@ impl Run {
     pub fn export_encoder(&self, modality: &str, path: &Path) -> Result<usize> {
         if !self.config.model.encoders.contains_key(modality) {
             let known: Vec<&String> = self.config.model.encoders.keys().collect();
-            return Err(Error::Config(format!("the run has no {modality} encoder (it has {known:?})")));
+            return Err(Error::Config(format!(
+                "the run has no {modality} encoder (it has {known:?})"
+            )));
         }
         let prefix = format!("encoders.{modality}.");
         let named: Vec<(String, Tensor)> = self
             .vs
             .variables()
             .into_iter()
-            .filter_map(|(k, v)| k.strip_prefix(&prefix).filter(|k| !k.starts_with("proj.")).map(|k| (k.to_string(), v)))
+            .filter_map(|(k, v)| {
+                k.strip_prefix(&prefix)
+                    .filter(|k| !k.starts_with("proj."))
+                    .map(|k| (k.to_string(), v))
+            })
             .collect();
         let n = named.len();
-        mm_encoders::weights::save_named(path, named).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_encoders::weights::save_named(path, named)
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
         Ok(n)
     }
 
@@ -529,7 +637,11 @@ impl Run {
         let mut total = 0;
         for (name, t) in self.vs.variables() {
             let parts: Vec<&str> = name.split('.').collect();
-            let module = if parts.len() > 2 && (parts[0] == "encoders" || parts[0] == "heads") { parts[..2].join(".") } else { parts[0].to_string() };
+            let module = if parts.len() > 2 && (parts[0] == "encoders" || parts[0] == "heads") {
+                parts[..2].join(".")
+            } else {
+                parts[0].to_string()
+            };
             let n = t.numel() as i64;
             *per.entry(module).or_insert(0) += n;
             total += n;
@@ -540,7 +652,14 @@ impl Run {
 
 /// A weights mismatch lists every variable; one line says what it means.
 fn summarise_mismatch(message: &str, dir: &Path) -> String {
-    let problems = message.lines().filter(|l| l.trim_start().starts_with("missing:") || l.trim_start().starts_with("unexpected:") || l.trim_start().starts_with("wrong shape:")).count();
+    let problems = message
+        .lines()
+        .filter(|l| {
+            l.trim_start().starts_with("missing:")
+                || l.trim_start().starts_with("unexpected:")
+                || l.trim_start().starts_with("wrong shape:")
+        })
+        .count();
     if problems == 0 {
         return message.to_string();
     }

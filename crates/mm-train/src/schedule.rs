@@ -67,7 +67,9 @@ impl Schedule {
         let after = step - self.warmup_steps;
         match self.shape {
             Shape::Constant => self.base_lr,
-            Shape::Step { every, gamma } => self.base_lr * gamma.powi((after / every.max(1)) as i32),
+            Shape::Step { every, gamma } => {
+                self.base_lr * gamma.powi((after / every.max(1)) as i32)
+            }
             Shape::Cosine { total_steps, min_lr } => {
                 let span = total_steps.saturating_sub(self.warmup_steps).max(1);
                 let t = (after as f64 / span as f64).min(1.0);
@@ -108,7 +110,16 @@ pub struct ReduceOnPlateau {
 impl ReduceOnPlateau {
     /// A fresh state.
     pub fn new(factor: f64, patience: u32, maximise: bool) -> Self {
-        ReduceOnPlateau { factor, patience, threshold: 1e-4, maximise, min_scale: 0.0, best: None, bad: 0, scale: 1.0 }
+        ReduceOnPlateau {
+            factor,
+            patience,
+            threshold: 1e-4,
+            maximise,
+            min_scale: 0.0,
+            best: None,
+            bad: 0,
+            scale: 1.0,
+        }
     }
 
     /// Records an evaluation; returns the (possibly reduced) multiplier.
@@ -142,21 +153,36 @@ mod tests {
 
     #[test]
     fn shapes_follow_their_formulas() {
-        let step = Schedule { base_lr: 0.1, warmup_steps: 0, shape: Shape::Step { every: 10, gamma: 0.5 } };
+        let step = Schedule {
+            base_lr: 0.1,
+            warmup_steps: 0,
+            shape: Shape::Step { every: 10, gamma: 0.5 },
+        };
         all_close(&[step.lr(0), step.lr(9), step.lr(10), step.lr(25)], &[0.1, 0.1, 0.05, 0.025]);
-        let lin = Schedule { base_lr: 1.0, warmup_steps: 10, shape: Shape::Linear { total_steps: 20, min_lr: 0.0 } };
+        let lin = Schedule {
+            base_lr: 1.0,
+            warmup_steps: 10,
+            shape: Shape::Linear { total_steps: 20, min_lr: 0.0 },
+        };
         all_close(&[lin.lr(4), lin.lr(10), lin.lr(15), lin.lr(30)], &[0.5, 1.0, 0.5, 0.0]);
         let constant = Schedule { base_lr: 0.3, warmup_steps: 3, shape: Shape::Constant };
         all_close(&[constant.lr(0), constant.lr(2), constant.lr(1000)], &[0.1, 0.3, 0.3]);
-        let cos = Schedule { base_lr: 2.0, warmup_steps: 0, shape: Shape::Cosine { total_steps: 4, min_lr: 1.0 } };
-        assert!((cos.lr(1) - (1.0 + 0.5 * (1.0 + std::f64::consts::FRAC_PI_4.cos()))).abs() < 1e-12);
+        let cos = Schedule {
+            base_lr: 2.0,
+            warmup_steps: 0,
+            shape: Shape::Cosine { total_steps: 4, min_lr: 1.0 },
+        };
+        assert!(
+            (cos.lr(1) - (1.0 + 0.5 * (1.0 + std::f64::consts::FRAC_PI_4.cos()))).abs() < 1e-12
+        );
         all_close(&[cos.lr(2)], &[1.5]);
     }
 
     #[test]
     fn plateaus_reduce_the_rate_after_patience_runs_out() {
         let mut p = ReduceOnPlateau::new(0.5, 2, true);
-        let scales: Vec<f64> = [0.5, 0.6, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7].iter().map(|v| p.observe(*v)).collect();
+        let scales: Vec<f64> =
+            [0.5, 0.6, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7].iter().map(|v| p.observe(*v)).collect();
         assert_eq!(scales, [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25]);
         let toml_text = "base_lr = 0.01\nwarmup_steps = 5\nshape = { type = \"cosine\", total_steps = 100, min_lr = 0.0 }";
         let s: Schedule = toml::from_str(toml_text).unwrap_or_else(|e| panic!("{e}"));

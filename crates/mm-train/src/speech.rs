@@ -67,12 +67,21 @@ impl Run {
     /// search of that width otherwise. A file that cannot be read or decoded is an error
     /// naming it.
     pub fn transcribe(&self, files: &[PathBuf], beam: usize) -> Result<Vec<Transcription>> {
-        let alphabet = self.model.alphabet().ok_or_else(|| Error::Config(format!("{}: not a speech recognition run (its head is not `ctc`)", self.dir.display())))?;
+        let alphabet = self.model.alphabet().ok_or_else(|| {
+            Error::Config(format!(
+                "{}: not a speech recognition run (its head is not `ctc`)",
+                self.dir.display()
+            ))
+        })?;
         let stride = self.model.ctc_stride().unwrap_or(1);
         let mut pipeline = (*self.pipeline).clone();
-        let audio = pipeline.audio.as_mut().ok_or_else(|| Error::Config("the run reads no audio".into()))?;
+        let audio = pipeline
+            .audio
+            .as_mut()
+            .ok_or_else(|| Error::Config("the run reads no audio".into()))?;
         audio.max_frames = None;
-        let (hop, rate) = (audio.mel.config().hop_length as f64, f64::from(audio.mel.config().sample_rate));
+        let (hop, rate) =
+            (audio.mel.config().hop_length as f64, f64::from(audio.mel.config().sample_rate));
         // Only the audio is read: the file has no transcript.
         pipeline.transcript = None;
         let step_seconds = stride as f64 * hop / rate;
@@ -80,25 +89,32 @@ impl Run {
         let mut out = Vec::with_capacity(files.len());
         for file in files {
             let started = Instant::now();
-            let absolute = std::path::absolute(file).map_err(|e| Error::Data(format!("{}: {e}", file.display())))?;
+            let absolute = std::path::absolute(file)
+                .map_err(|e| Error::Data(format!("{}: {e}", file.display())))?;
             let (Some(folder), Some(name)) = (absolute.parent(), absolute.file_name()) else {
                 return Err(Error::Data(format!("{}: not a file", file.display())));
             };
             let mut manifest = Manifest::new(folder);
-            manifest.push(Sample::new(file.display().to_string()).with_audio(name)).map_err(|e| Error::Data(e.to_string()))?;
+            manifest
+                .push(Sample::new(file.display().to_string()).with_audio(name))
+                .map_err(|e| Error::Data(e.to_string()))?;
             // The error names the file: it is the sample's id.
-            let item = pipeline.load(&manifest, 0, 0, false).map_err(|e| Error::Data(e.to_string()))?;
+            let item =
+                pipeline.load(&manifest, 0, 0, false).map_err(|e| Error::Data(e.to_string()))?;
             let frames = item.audio.as_ref().map_or(0, |a| a.nrows());
             let batch = collate(&[item], &pipeline).to_device(device);
             let _no_grad = tch::no_grad_guard();
             let precision = self.config.train.precision;
             let _autocast = Autocast::scope(precision, device);
-            let output = crate::guard::step("transcription", precision, device, || Ok(self.model.forward_t(&batch, false)))?;
+            let output = crate::guard::step("transcription", precision, device, || {
+                Ok(self.model.forward_t(&batch, false))
+            })?;
             let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc model's output");
             let decoded = decode_batch(log_probs, lengths, Alphabet::BLANK, beam).remove(0);
             // Greedy results carry their frames, and decode_batch aligned beam-search ones.
             let seconds = frames.saturating_sub(1) as f64 * hop / rate;
-            let (tokens, words) = timings(alphabet, &decoded.labels, &decoded.frames, step_seconds, seconds);
+            let (tokens, words) =
+                timings(alphabet, &decoded.labels, &decoded.frames, step_seconds, seconds);
             out.push(Transcription {
                 file: file.clone(),
                 text: alphabet.decode(&decoded.labels),
@@ -116,12 +132,19 @@ impl Run {
 
 /// Characters and words with their times: output step `k` spans `[k, k + 1) × step` seconds,
 /// clamped to the audio's length.
-fn timings(alphabet: &Alphabet, labels: &[usize], frames: &[(usize, usize)], step: f64, seconds: f64) -> (Vec<Timed>, Vec<Timed>) {
+fn timings(
+    alphabet: &Alphabet,
+    labels: &[usize],
+    frames: &[(usize, usize)],
+    step: f64,
+    seconds: f64,
+) -> (Vec<Timed>, Vec<Timed>) {
     let (mut tokens, mut words) = (Vec::new(), Vec::new());
     let mut word: Option<Timed> = None;
     for (label, (first, last)) in labels.iter().zip(frames) {
         let Some(c) = alphabet.char(*label) else { continue };
-        let (start, end) = ((*first as f64 * step).min(seconds), ((*last + 1) as f64 * step).min(seconds));
+        let (start, end) =
+            ((*first as f64 * step).min(seconds), ((*last + 1) as f64 * step).min(seconds));
         if c == ' ' {
             words.extend(word.take());
             continue;
@@ -147,11 +170,16 @@ mod tests {
     fn characters_and_words_are_timed_by_their_steps() {
         let a = Alphabet::new("abc ").expect("alphabet");
         // "ab c": a at steps 0-1, b at 3, space at 5, c at 7-9; 40 ms steps, 0.36 s of audio.
-        let (tokens, words) = timings(&a, &[1, 2, 4, 3], &[(0, 1), (3, 3), (5, 5), (7, 9)], 0.04, 0.36);
+        let (tokens, words) =
+            timings(&a, &[1, 2, 4, 3], &[(0, 1), (3, 3), (5, 5), (7, 9)], 0.04, 0.36);
         assert_eq!(tokens.iter().map(|t| t.text.as_str()).collect::<String>(), "abc");
         assert_eq!(words.len(), 2);
         assert_eq!(words[0].text, "ab");
         assert!((words[0].start - 0.0).abs() < 1e-12 && (words[0].end - 0.16).abs() < 1e-12);
-        assert!((words[1].start - 0.28).abs() < 1e-12 && (words[1].end - 0.36).abs() < 1e-12, "{:?}", words[1]);
+        assert!(
+            (words[1].start - 0.28).abs() < 1e-12 && (words[1].end - 0.36).abs() < 1e-12,
+            "{:?}",
+            words[1]
+        );
     }
 }

@@ -27,10 +27,10 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
 use crate::dist::{self, ProcessGroup, ReduceOp};
+use crate::guard;
 use crate::heads::Evaluator;
 use crate::model::{HeadConfig, Model};
 use crate::optim::{Group, Optimizer, OptimizerConfig};
-use crate::guard;
 use crate::precision::{Autocast, Precision};
 use crate::schedule::{ReduceOnPlateau, Schedule, Shape};
 use crate::{Error, Result};
@@ -131,7 +131,11 @@ impl Default for TrainConfig {
         TrainConfig {
             epochs: 10,
             batch_size: 64,
-            optimizer: OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
+            optimizer: OptimizerConfig::AdamW {
+                betas: (0.9, 0.999),
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
             lr: 1e-3,
             warmup_steps: 0,
             schedule: None,
@@ -156,7 +160,13 @@ fn reported(model: &Model) -> String {
     let several = model.heads().len() > 1;
     let mut names = vec!["loss".to_string()];
     for ((name, _), head) in model.heads().iter().zip(model.head_modules()) {
-        names.extend(head.metrics().into_iter().map(|m| if several { format!("{name}_{}", m.name) } else { m.name }));
+        names.extend(head.metrics().into_iter().map(|m| {
+            if several {
+                format!("{name}_{}", m.name)
+            } else {
+                m.name
+            }
+        }));
     }
     names.join(", ")
 }
@@ -185,16 +195,28 @@ pub fn evaluate(model: &Model, loader: &Loader, device: Device) -> Result<Map<St
 }
 
 /// [`evaluate`] with the forward passes in `precision`.
-pub fn evaluate_in(model: &Model, loader: &Loader, device: Device, precision: Precision) -> Result<Map<String, Value>> {
+pub fn evaluate_in(
+    model: &Model,
+    loader: &Loader,
+    device: Device,
+    precision: Precision,
+) -> Result<Map<String, Value>> {
     evaluate_group(model, loader, device, precision, None)
 }
 
 /// [`evaluate_in`] in data-parallel training: each rank evaluates its shard of `loader`
 /// ([`mm_data::loader::Shard`]), then the predictions of every rank are gathered, so every
 /// rank computes the metrics of the whole split (the same numbers on all of them).
-pub fn evaluate_group(model: &Model, loader: &Loader, device: Device, precision: Precision, group: Option<&ProcessGroup>) -> Result<Map<String, Value>> {
+pub fn evaluate_group(
+    model: &Model,
+    loader: &Loader,
+    device: Device,
+    precision: Precision,
+    group: Option<&ProcessGroup>,
+) -> Result<Map<String, Value>> {
     let heads: Vec<(&str, &HeadConfig)> = model.heads();
-    let mut evaluators: Vec<Box<dyn Evaluator + '_>> = model.head_modules().map(|h| h.evaluator()).collect();
+    let mut evaluators: Vec<Box<dyn Evaluator + '_>> =
+        model.head_modules().map(|h| h.evaluator()).collect();
     // Each head's loss, then the total: sums over samples.
     let mut losses = vec![0.0; heads.len()];
     let (mut loss_sum, mut batches) = (0.0, 0usize);
@@ -284,9 +306,20 @@ pub fn fit_in(
     resume: bool,
     group: Option<&ProcessGroup>,
 ) -> Result<Report> {
-    let shard = group.filter(|g| g.world_size() > 1).map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
-    let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size.max(1), shard, ..LoaderConfig::training(config.seed) })
-        .map_err(|e| Error::Data(e.to_string()))?;
+    let shard = group
+        .filter(|g| g.world_size() > 1)
+        .map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
+    let train_loader = Loader::new(
+        Arc::clone(&manifest),
+        Split::Train,
+        Arc::clone(&pipeline),
+        LoaderConfig {
+            batch_size: config.batch_size.max(1),
+            shard,
+            ..LoaderConfig::training(config.seed)
+        },
+    )
+    .map_err(|e| Error::Data(e.to_string()))?;
     // Model selection on the test split would be a leak: a validation split is required.
     if manifest.split(Split::Val).next().is_none() {
         return Err(Error::Data(format!(
@@ -294,8 +327,13 @@ pub fn fit_in(
             manifest.source().display()
         )));
     }
-    let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.batch_size.max(1), shard, ..LoaderConfig::evaluation() })
-        .map_err(|e| Error::Data(e.to_string()))?;
+    let val_loader = Loader::new(
+        Arc::clone(&manifest),
+        Split::Val,
+        Arc::clone(&pipeline),
+        LoaderConfig { batch_size: config.batch_size.max(1), shard, ..LoaderConfig::evaluation() },
+    )
+    .map_err(|e| Error::Data(e.to_string()))?;
     fit_with(model, vs, &train_loader, &val_loader, &pipeline, config, out, resume, group)
 }
 
@@ -317,28 +355,55 @@ pub fn fit_with(
     let group = group.filter(|g| g.world_size() > 1);
     let (rank, world) = group.map_or((0, 1), |g| (g.rank(), g.world_size()));
     let main = rank == 0;
-    if config.epochs == 0 || config.batch_size == 0 || config.accumulate == 0 || !config.lr.is_finite() || config.lr <= 0.0 {
-        return Err(Error::Config("train: epochs, batch_size, accumulate and lr must be positive".into()));
+    if config.epochs == 0
+        || config.batch_size == 0
+        || config.accumulate == 0
+        || !config.lr.is_finite()
+        || config.lr <= 0.0
+    {
+        return Err(Error::Config(
+            "train: epochs, batch_size, accumulate and lr must be positive".into(),
+        ));
     }
     if let Some(p) = &config.reduce_on_plateau {
         if !(p.factor > 0.0 && p.factor < 1.0 && (0.0..1.0).contains(&p.min_scale)) {
-            return Err(Error::Config(format!("train.reduce_on_plateau: factor {} must be in (0, 1) and min_scale {} in [0, 1)", p.factor, p.min_scale)));
+            return Err(Error::Config(format!(
+                "train.reduce_on_plateau: factor {} must be in (0, 1) and min_scale {} in [0, 1)",
+                p.factor, p.min_scale
+            )));
         }
     }
-    let select = match config.early_stopping.as_ref().map(|e| e.metric.clone()).or_else(|| config.select.clone()) {
+    let select = match config
+        .early_stopping
+        .as_ref()
+        .map(|e| e.metric.clone())
+        .or_else(|| config.select.clone())
+    {
         Some(name) => model.metric(&name).ok_or_else(|| {
-            let key = if config.early_stopping.is_some() { "train.early_stopping.metric" } else { "train.select" };
-            Error::Config(format!("{key} = {name:?}: not a metric this model reports (it reports {})", reported(model)))
+            let key = if config.early_stopping.is_some() {
+                "train.early_stopping.metric"
+            } else {
+                "train.select"
+            };
+            Error::Config(format!(
+                "{key} = {name:?}: not a metric this model reports (it reports {})",
+                reported(model)
+            ))
         })?,
         None => model.selection(),
     };
     let device = vs.device();
-    let steps_per_epoch = train_loader.batches_per_epoch().div_ceil(config.accumulate).max(1) as u64;
+    let steps_per_epoch =
+        train_loader.batches_per_epoch().div_ceil(config.accumulate).max(1) as u64;
     let total = steps_per_epoch * config.epochs;
     let shape = match config.schedule {
         None => Shape::Constant,
-        Some(Shape::Cosine { total_steps: 0, min_lr }) => Shape::Cosine { total_steps: total, min_lr },
-        Some(Shape::Linear { total_steps: 0, min_lr }) => Shape::Linear { total_steps: total, min_lr },
+        Some(Shape::Cosine { total_steps: 0, min_lr }) => {
+            Shape::Cosine { total_steps: total, min_lr }
+        }
+        Some(Shape::Linear { total_steps: 0, min_lr }) => {
+            Shape::Linear { total_steps: total, min_lr }
+        }
         Some(s) => s,
     };
     let schedule = Schedule { base_lr: config.lr, warmup_steps: config.warmup_steps, shape };
@@ -348,8 +413,13 @@ pub fn fit_with(
     // Two groups when the backbones learn at their own rate: the backbones, and the rest.
     let groups = if config.backbone_lr_scale != 1.0 && config.backbone_lr_scale > 0.0 {
         let backbone = model.backbone_parameters();
-        let ptrs: std::collections::HashSet<usize> = backbone.iter().map(|t| t.data_ptr() as usize).collect();
-        let rest = vs.trainable_variables().into_iter().filter(|t| !ptrs.contains(&(t.data_ptr() as usize))).collect();
+        let ptrs: std::collections::HashSet<usize> =
+            backbone.iter().map(|t| t.data_ptr() as usize).collect();
+        let rest = vs
+            .trainable_variables()
+            .into_iter()
+            .filter(|t| !ptrs.contains(&(t.data_ptr() as usize)))
+            .collect();
         let mut b = Group::new("backbone", backbone);
         b.lr_scale = config.backbone_lr_scale;
         vec![b, Group::new("rest", rest)]
@@ -363,13 +433,19 @@ pub fn fit_with(
     // The resolved configuration beside the run, and a dry run of one batch: a model that does
     // not fit its data fails here, not mid-epoch.
     if main {
-        std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+        std::fs::create_dir_all(out)
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
         let resolved = json!({"model": model.config(), "train": config});
-        mm_data::fs::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&resolved).unwrap_or_default().as_bytes())
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(
+            &out.join("config.json"),
+            serde_json::to_string_pretty(&resolved).unwrap_or_default().as_bytes(),
+        )
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
         // What rebuilds the pipeline for evaluation and prediction: its statistics and vocabulary.
         pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
-        if let Some(mm_data::pipeline::TextEncoder::Words { vocab, .. }) = pipeline.text.as_ref().map(|t| &t.encoder) {
+        if let Some(mm_data::pipeline::TextEncoder::Words { vocab, .. }) =
+            pipeline.text.as_ref().map(|t| &t.encoder)
+        {
             vocab.save(out.join("data/vocab.txt")).map_err(|e| Error::Data(e.to_string()))?;
         }
     }
@@ -392,8 +468,11 @@ pub fn fit_with(
                 .iter()
                 .map(|(m, r)| (m.clone(), json!({"loaded": r.loaded, "skipped": r.skipped, "kept": r.kept, "summary": r.summary()})))
                 .collect();
-            mm_data::fs::write_atomic(&out.join("pretrained.json"), serde_json::to_string_pretty(&record).unwrap_or_default().as_bytes())
-                .map_err(|e| Error::Checkpoint(e.to_string()))?;
+            mm_data::fs::write_atomic(
+                &out.join("pretrained.json"),
+                serde_json::to_string_pretty(&record).unwrap_or_default().as_bytes(),
+            )
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
             if config.verbose {
                 for (m, r) in &pretrained {
                     eprintln!("pretrained {m}: {}", r.summary());
@@ -426,17 +505,28 @@ pub fn fit_with(
         let epoch = state.epoch;
         if config.freeze_backbone_epochs > 0 {
             // Decided by the epoch alone, so a resumed run is in the same phase.
-            model.set_pretrained_trainable(epoch >= config.freeze_backbone_epochs && config.backbone_lr_scale > 0.0);
+            model.set_pretrained_trainable(
+                epoch >= config.freeze_backbone_epochs && config.backbone_lr_scale > 0.0,
+            );
         }
         // Each rank draws its own dropout masks (rank 0 the ones a single process would).
-        tch::manual_seed((config.seed ^ epoch.wrapping_mul(0x9E37_79B9) ^ (rank as u64).wrapping_mul(0x85EB_CA6B_C2B2_AE35)) as i64);
+        tch::manual_seed(
+            (config.seed
+                ^ epoch.wrapping_mul(0x9E37_79B9)
+                ^ (rank as u64).wrapping_mul(0x85EB_CA6B_C2B2_AE35)) as i64,
+        );
         let started = Instant::now();
         let (mut loss_sum, mut counted, mut skipped, mut samples) = (0.0, 0usize, 0usize, 0usize);
         let mut pending = 0usize;
         let bar = if config.progress && main {
-            let bar = indicatif::ProgressBar::with_draw_target(Some(train_loader.batches_per_epoch() as u64), indicatif::ProgressDrawTarget::stderr());
-            let style = indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} loss {msg} {per_sec} ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(train_loader.batches_per_epoch() as u64),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            let style = indicatif::ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} loss {msg} {per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             bar.set_style(style.progress_chars("=> "));
             bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
             bar
@@ -457,17 +547,37 @@ pub fn fit_with(
                 // Every rank learns whether any rank's loss is not finite (and the mean loss),
                 // so all of them stop or skip together.
                 let finite = value.is_finite();
-                let sums = group.all_reduce_values(&[if finite { value } else { 0.0 }, f64::from(u8::from(!finite))], ReduceOp::Sum)?;
+                let sums = group.all_reduce_values(
+                    &[if finite { value } else { 0.0 }, f64::from(u8::from(!finite))],
+                    ReduceOp::Sum,
+                )?;
                 let bad = sums[1];
                 elsewhere = finite && bad > 0.0;
-                value = if bad > 0.0 { if finite { f64::NAN } else { value } } else { sums[0] / world as f64 };
+                value = if bad > 0.0 {
+                    if finite {
+                        f64::NAN
+                    } else {
+                        value
+                    }
+                } else {
+                    sums[0] / world as f64
+                };
             }
             if !value.is_finite() {
                 match config.on_non_finite {
                     OnNonFinite::Stop => {
                         let ids: Vec<&String> = batch.ids.iter().take(8).collect();
-                        let ids = if elsewhere { "on another rank".to_string() } else { format!("{ids:?}") };
-                        return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids });
+                        let ids = if elsewhere {
+                            "on another rank".to_string()
+                        } else {
+                            format!("{ids:?}")
+                        };
+                        return Err(Error::NonFinite {
+                            epoch: epoch + 1,
+                            step: state.step,
+                            loss: value,
+                            ids,
+                        });
                     }
                     OnNonFinite::Skip => {
                         skipped += 1;
@@ -499,7 +609,8 @@ pub fn fit_with(
             dist::broadcast_tensors(group, &buffers(vs), 0)?;
         }
         bar.finish_and_clear();
-        let lr = schedule.lr(state.step.saturating_sub(1)) * state.plateau.as_ref().map_or(1.0, |p| p.scale);
+        let lr = schedule.lr(state.step.saturating_sub(1))
+            * state.plateau.as_ref().map_or(1.0, |p| p.scale);
         let val = evaluate_group(model, val_loader, device, config.precision, group)?;
         let seconds = started.elapsed().as_secs_f64();
         let mut record = json!({
@@ -516,7 +627,13 @@ pub fn fit_with(
         let value = val.get(&select.name).and_then(Value::as_f64);
         let improved = match (value, state.best) {
             (Some(v), None) => v.is_finite(),
-            (Some(v), Some((b, _))) => if select.higher_is_better { v > b } else { v < b },
+            (Some(v), Some((b, _))) => {
+                if select.higher_is_better {
+                    v > b
+                } else {
+                    v < b
+                }
+            }
             (None, _) => false,
         };
         if let (Some(p), Some(v)) = (&config.reduce_on_plateau, value.filter(|v| v.is_finite())) {
@@ -561,25 +678,47 @@ pub fn fit_with(
             }
         }
     }
-    Ok(Report { history: state.history, metric: select.name, best: state.best, stopped_early, pretrained })
+    Ok(Report {
+        history: state.history,
+        metric: select.name,
+        best: state.best,
+        stopped_early,
+        pretrained,
+    })
 }
 
 /// The variables that are never trained (buffers such as batch-norm statistics), by name;
 /// frozen weights are not among them (they do not change).
 fn buffers(vs: &nn::VarStore) -> Vec<Tensor> {
-    let trained: std::collections::HashSet<usize> = vs.trainable_variables().iter().map(|t| t.data_ptr() as usize).collect();
+    let trained: std::collections::HashSet<usize> =
+        vs.trainable_variables().iter().map(|t| t.data_ptr() as usize).collect();
     let named: std::collections::BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     named.into_values().filter(|t| !trained.contains(&(t.data_ptr() as usize))).collect()
 }
 
 /// Rank 0's starting point on every rank: its training state (fresh, or the checkpoint it
 /// resumed from), its optimiser state and its variables (initialised, pretrained or resumed).
-fn share_start(group: &ProcessGroup, vs: &nn::VarStore, optimizer: &mut Optimizer, state: TrainState) -> Result<TrainState> {
+fn share_start(
+    group: &ProcessGroup,
+    vs: &nn::VarStore,
+    optimizer: &mut Optimizer,
+    state: TrainState,
+) -> Result<TrainState> {
     let (moments, steps) = optimizer.state_tensors();
-    let shapes: Map<String, Value> = moments.iter().map(|(k, t)| (k.clone(), json!({"shape": t.size(), "kind": format!("{:?}", t.kind())}))).collect();
-    let header = if group.is_main() { serde_json::to_vec(&json!({"state": state, "steps": steps, "moments": shapes})).unwrap_or_default() } else { Vec::new() };
-    let header: Value = serde_json::from_slice(&group.broadcast_bytes(&header, 0)?).map_err(|e| Error::Distributed(format!("rank 0's training state: {e}")))?;
-    let state: TrainState = serde_json::from_value(header["state"].clone()).map_err(|e| Error::Distributed(format!("rank 0's training state: {e}")))?;
+    let shapes: Map<String, Value> = moments
+        .iter()
+        .map(|(k, t)| (k.clone(), json!({"shape": t.size(), "kind": format!("{:?}", t.kind())})))
+        .collect();
+    let header = if group.is_main() {
+        serde_json::to_vec(&json!({"state": state, "steps": steps, "moments": shapes}))
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let header: Value = serde_json::from_slice(&group.broadcast_bytes(&header, 0)?)
+        .map_err(|e| Error::Distributed(format!("rank 0's training state: {e}")))?;
+    let state: TrainState = serde_json::from_value(header["state"].clone())
+        .map_err(|e| Error::Distributed(format!("rank 0's training state: {e}")))?;
     let steps = header["steps"].as_i64().unwrap_or(0);
     let device = vs.device();
     let moments: std::collections::BTreeMap<String, Tensor> = if group.is_main() {
@@ -587,7 +726,8 @@ fn share_start(group: &ProcessGroup, vs: &nn::VarStore, optimizer: &mut Optimize
     } else {
         let mut made = std::collections::BTreeMap::new();
         for (name, v) in header["moments"].as_object().into_iter().flatten() {
-            let shape: Vec<i64> = v["shape"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect();
+            let shape: Vec<i64> =
+                v["shape"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect();
             let kind = if v["kind"] == "Double" { Kind::Double } else { Kind::Float };
             made.insert(name.clone(), Tensor::zeros(shape.as_slice(), (kind, device)));
         }

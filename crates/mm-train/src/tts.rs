@@ -92,7 +92,13 @@ pub struct TtsModelConfig {
 
 impl Default for TtsModelConfig {
     fn default() -> Self {
-        TtsModelConfig { dim: 128, speaker_dim: 32, decoder_hidden: 128, decoder_layers: 2, dropout: 0.1 }
+        TtsModelConfig {
+            dim: 128,
+            speaker_dim: 32,
+            decoder_hidden: 128,
+            decoder_layers: 2,
+            dropout: 0.1,
+        }
     }
 }
 
@@ -118,7 +124,15 @@ pub struct TtsTrainConfig {
 
 impl Default for TtsTrainConfig {
     fn default() -> Self {
-        TtsTrainConfig { epochs: 20, batch_size: 32, lr: 1e-3, clip_grad_norm: 1.0, seed: 0, duration_weight: 1.0, stop_weight: 0.1 }
+        TtsTrainConfig {
+            epochs: 20,
+            batch_size: 32,
+            lr: 1e-3,
+            clip_grad_norm: 1.0,
+            seed: 0,
+            duration_weight: 1.0,
+            stop_weight: 0.1,
+        }
     }
 }
 
@@ -139,7 +153,8 @@ pub struct TtsConfig {
 impl TtsConfig {
     /// Reads and checks a configuration file; errors name the file, line and key.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let config: TtsConfig = crate::run::parse_toml(&text, path, overrides)?;
         config.validate()?;
         Ok(config)
@@ -147,12 +162,26 @@ impl TtsConfig {
 
     fn validate(&self) -> Result<()> {
         let m = &self.model;
-        if m.dim <= 1 || m.dim % 2 != 0 || m.speaker_dim <= 0 || m.decoder_hidden <= 0 || m.decoder_layers <= 0 || !(0.0..1.0).contains(&m.dropout) {
+        if m.dim <= 1
+            || m.dim % 2 != 0
+            || m.speaker_dim <= 0
+            || m.decoder_hidden <= 0
+            || m.decoder_layers <= 0
+            || !(0.0..1.0).contains(&m.dropout)
+        {
             return Err(Error::Config(format!("model: dim (even, at least 2), speaker_dim, decoder_hidden and decoder_layers positive, dropout in [0, 1): {m:?}")));
         }
         let t = &self.train;
-        if t.epochs == 0 || t.batch_size == 0 || !t.lr.is_finite() || t.lr <= 0.0 || t.clip_grad_norm.is_nan() || t.clip_grad_norm <= 0.0 {
-            return Err(Error::Config(format!("train: epochs, batch_size, lr and clip_grad_norm positive: {t:?}")));
+        if t.epochs == 0
+            || t.batch_size == 0
+            || !t.lr.is_finite()
+            || t.lr <= 0.0
+            || t.clip_grad_norm.is_nan()
+            || t.clip_grad_norm <= 0.0
+        {
+            return Err(Error::Config(format!(
+                "train: epochs, batch_size, lr and clip_grad_norm positive: {t:?}"
+            )));
         }
         LogMel::new(&self.data.mel).map_err(|e| Error::Config(format!("data.mel: {e}")))?;
         Ok(())
@@ -183,16 +212,45 @@ struct Predicted {
 }
 
 impl Net {
-    fn new(path: &nn::Path, config: &TtsModelConfig, tokens: i64, speakers: i64, n_mels: i64) -> Result<Self> {
-        let gru = |hidden, layers| RnnConfig { cell: CellKind::Gru, hidden, layers, bidirectional: true, dropout: config.dropout };
-        let encoder = Rnn::new(&(path / "encoder"), config.dim + config.speaker_dim, &gru(config.dim / 2, 1)).map_err(|e| Error::Config(e.to_string()))?;
+    fn new(
+        path: &nn::Path,
+        config: &TtsModelConfig,
+        tokens: i64,
+        speakers: i64,
+        n_mels: i64,
+    ) -> Result<Self> {
+        let gru = |hidden, layers| RnnConfig {
+            cell: CellKind::Gru,
+            hidden,
+            layers,
+            bidirectional: true,
+            dropout: config.dropout,
+        };
+        let encoder =
+            Rnn::new(&(path / "encoder"), config.dim + config.speaker_dim, &gru(config.dim / 2, 1))
+                .map_err(|e| Error::Config(e.to_string()))?;
         let decoder_in = config.dim + config.speaker_dim + 1;
-        let decoder = Rnn::new(&(path / "decoder"), decoder_in, &gru(config.decoder_hidden, config.decoder_layers)).map_err(|e| Error::Config(e.to_string()))?;
+        let decoder = Rnn::new(
+            &(path / "decoder"),
+            decoder_in,
+            &gru(config.decoder_hidden, config.decoder_layers),
+        )
+        .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Net {
             embed: nn::embedding(path / "embed", tokens, config.dim, Default::default()),
-            speaker: nn::embedding(path / "speaker", speakers, config.speaker_dim, Default::default()),
+            speaker: nn::embedding(
+                path / "speaker",
+                speakers,
+                config.speaker_dim,
+                Default::default(),
+            ),
             encoder,
-            duration: nn::linear(path / "duration", config.dim + config.speaker_dim, 1, Default::default()),
+            duration: nn::linear(
+                path / "duration",
+                config.dim + config.speaker_dim,
+                1,
+                Default::default(),
+            ),
             decoder,
             mel: nn::linear(path / "mel", 2 * config.decoder_hidden, n_mels, Default::default()),
             stop: nn::linear(path / "stop", 2 * config.decoder_hidden, 1, Default::default()),
@@ -201,16 +259,28 @@ impl Net {
     }
 
     /// Token encodings `[B, L, D + S]` (with the speaker beside them).
-    fn encode(&self, tokens: &Tensor, token_lengths: &Tensor, speakers: &Tensor, train: bool) -> Tensor {
+    fn encode(
+        &self,
+        tokens: &Tensor,
+        token_lengths: &Tensor,
+        speakers: &Tensor,
+        train: bool,
+    ) -> Tensor {
         let (_, l) = tokens.size2().expect("[B, L] tokens");
         let spk = speakers.apply(&self.speaker).unsqueeze(1);
-        let x = Tensor::cat(&[tokens.apply(&self.embed), spk.expand([-1, l, -1], false)], 2).dropout(self.dropout, train);
+        let x = Tensor::cat(&[tokens.apply(&self.embed), spk.expand([-1, l, -1], false)], 2)
+            .dropout(self.dropout, train);
         let enc = self.encoder.forward_seq(&x, token_lengths, train).outputs;
         Tensor::cat(&[enc, spk.expand([-1, l, -1], false)], 2)
     }
 
     /// Decodes the encodings repeated by `durations` (`[B, L]` frames per token, host).
-    fn decode(&self, encoded: &Tensor, durations: &[Vec<i64>], train: bool) -> (Tensor, Tensor, Tensor) {
+    fn decode(
+        &self,
+        encoded: &Tensor,
+        durations: &[Vec<i64>],
+        train: bool,
+    ) -> (Tensor, Tensor, Tensor) {
         let (b, l, d) = encoded.size3().expect("[B, L, D] encodings");
         let frames: Vec<i64> = durations.iter().map(|r| r.iter().sum::<i64>().max(1)).collect();
         let t = *frames.iter().max().unwrap_or(&1);
@@ -238,7 +308,14 @@ impl Net {
         (out.outputs.apply(&self.mel), out.outputs.apply(&self.stop).squeeze_dim(2), out.mask)
     }
 
-    fn forward(&self, tokens: &Tensor, token_lengths: &Tensor, speakers: &Tensor, durations: &[Vec<i64>], train: bool) -> (Predicted, Tensor) {
+    fn forward(
+        &self,
+        tokens: &Tensor,
+        token_lengths: &Tensor,
+        speakers: &Tensor,
+        durations: &[Vec<i64>],
+        train: bool,
+    ) -> (Predicted, Tensor) {
         let encoded = self.encode(tokens, token_lengths, speakers, train);
         let log_durations = encoded.apply(&self.duration).squeeze_dim(2);
         let (mel, stop, mask) = self.decode(&encoded, durations, train);
@@ -257,10 +334,19 @@ struct TtsBatch {
     frames: Vec<i64>,
 }
 
-fn tts_batch(batch: &Batch, durations: &BTreeMap<String, Vec<i64>>, device: Device) -> Result<TtsBatch> {
-    let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts in the batch".into()))?;
-    let (mel, mel_lengths) = batch.audio.as_ref().ok_or_else(|| Error::Data("no audio in the batch".into()))?;
-    let speakers = batch.label.as_ref().ok_or_else(|| Error::Data("no speaker (label) in the batch".into()))?;
+fn tts_batch(
+    batch: &Batch,
+    durations: &BTreeMap<String, Vec<i64>>,
+    device: Device,
+) -> Result<TtsBatch> {
+    let truths =
+        batch.transcripts().ok_or_else(|| Error::Data("no transcripts in the batch".into()))?;
+    let (mel, mel_lengths) =
+        batch.audio.as_ref().ok_or_else(|| Error::Data("no audio in the batch".into()))?;
+    let speakers = batch
+        .label
+        .as_ref()
+        .ok_or_else(|| Error::Data("no speaker (label) in the batch".into()))?;
     let b = batch.len();
     let frames: Vec<i64> = Vec::try_from(mel_lengths.to_device(Device::Cpu)).unwrap_or_default();
     let l = truths.iter().map(Vec::len).max().unwrap_or(0) as i64 + 2;
@@ -269,9 +355,17 @@ fn tts_batch(batch: &Batch, durations: &BTreeMap<String, Vec<i64>>, device: Devi
     for (j, truth) in truths.iter().enumerate() {
         let n = truth.len();
         tokens[j * l as usize + 1..j * l as usize + 1 + n].copy_from_slice(truth);
-        let mut d = durations.get(&batch.ids[j]).cloned().ok_or_else(|| Error::Data(format!("sample {}: no durations", batch.ids[j])))?;
+        let mut d = durations
+            .get(&batch.ids[j])
+            .cloned()
+            .ok_or_else(|| Error::Data(format!("sample {}: no durations", batch.ids[j])))?;
         if d.len() != n + 2 {
-            return Err(Error::Data(format!("sample {}: {} durations for {} tokens", batch.ids[j], d.len(), n + 2)));
+            return Err(Error::Data(format!(
+                "sample {}: {} durations for {} tokens",
+                batch.ids[j],
+                d.len(),
+                n + 2
+            )));
         }
         // The durations cover the spectrogram exactly (the last silence takes the difference).
         let sum: i64 = d.iter().sum();
@@ -281,7 +375,9 @@ fn tts_batch(batch: &Batch, durations: &BTreeMap<String, Vec<i64>>, device: Devi
     Ok(TtsBatch {
         ids: batch.ids.clone(),
         tokens: Tensor::from_slice(&tokens).view([b as i64, l]).to_device(device),
-        token_lengths: Tensor::from_slice(&truths.iter().map(|t| t.len() as i64 + 2).collect::<Vec<_>>()),
+        token_lengths: Tensor::from_slice(
+            &truths.iter().map(|t| t.len() as i64 + 2).collect::<Vec<_>>(),
+        ),
         speakers: speakers.to_device(device),
         durations: rows,
         mel: mel.to_device(device),
@@ -291,20 +387,32 @@ fn tts_batch(batch: &Batch, durations: &BTreeMap<String, Vec<i64>>, device: Devi
 
 /// The three losses (mel L1, log-duration MSE, stop BCE) of a batch, each a mean.
 fn losses(net: &Net, batch: &TtsBatch, train: bool) -> (Tensor, Tensor, Tensor) {
-    let (p, mask) = net.forward(&batch.tokens, &batch.token_lengths, &batch.speakers, &batch.durations, train);
+    let (p, mask) =
+        net.forward(&batch.tokens, &batch.token_lengths, &batch.speakers, &batch.durations, train);
     let device = p.mel.device();
     let t = p.mel.size()[1];
     let m = p.mel.size()[2];
     // The target, cut or padded to the predicted length (equal: the durations sum to it).
     let target = batch.mel.narrow(1, 0, t.min(batch.mel.size()[1]));
-    let target = if target.size()[1] < t { target.constant_pad_nd([0, 0, 0, t - target.size()[1]]) } else { target };
+    let target = if target.size()[1] < t {
+        target.constant_pad_nd([0, 0, 0, t - target.size()[1]])
+    } else {
+        target
+    };
     let fmask = mask.to_kind(Kind::Float).to_device(device);
-    let mel_loss = ((&p.mel - &target).abs() * fmask.unsqueeze(2)).sum(Kind::Float) / (fmask.sum(Kind::Float) * m as f64).clamp_min(1.0);
+    let mel_loss = ((&p.mel - &target).abs() * fmask.unsqueeze(2)).sum(Kind::Float)
+        / (fmask.sum(Kind::Float) * m as f64).clamp_min(1.0);
     let l = p.log_durations.size()[1];
-    let tmask = mm_seq::lengths_to_mask(&batch.token_lengths, l).to_kind(Kind::Float).to_device(device);
-    let truth: Vec<f32> = batch.durations.iter().flat_map(|d| (0..l as usize).map(|k| d.get(k).map_or(0.0, |v| (*v as f32).ln_1p()))).collect();
+    let tmask =
+        mm_seq::lengths_to_mask(&batch.token_lengths, l).to_kind(Kind::Float).to_device(device);
+    let truth: Vec<f32> = batch
+        .durations
+        .iter()
+        .flat_map(|d| (0..l as usize).map(|k| d.get(k).map_or(0.0, |v| (*v as f32).ln_1p())))
+        .collect();
     let truth = Tensor::from_slice(&truth).view([-1, l]).to_device(device);
-    let dur_loss = ((&p.log_durations - truth).square() * &tmask).sum(Kind::Float) / tmask.sum(Kind::Float).clamp_min(1.0);
+    let dur_loss = ((&p.log_durations - truth).square() * &tmask).sum(Kind::Float)
+        / tmask.sum(Kind::Float).clamp_min(1.0);
     let mut stop_target = vec![0f32; batch.frames.len() * t as usize];
     for (j, f) in batch.durations.iter().map(|d| d.iter().sum::<i64>()).enumerate() {
         if f > 0 && f <= t {
@@ -312,7 +420,14 @@ fn losses(net: &Net, batch: &TtsBatch, train: bool) -> (Tensor, Tensor, Tensor) 
         }
     }
     let stop_target = Tensor::from_slice(&stop_target).view([-1, t]).to_device(device);
-    let stop_loss = (p.stop.binary_cross_entropy_with_logits::<Tensor>(&stop_target, None, None, tch::Reduction::None) * &fmask).sum(Kind::Float) / fmask.sum(Kind::Float).clamp_min(1.0);
+    let stop_loss = (p.stop.binary_cross_entropy_with_logits::<Tensor>(
+        &stop_target,
+        None,
+        None,
+        tch::Reduction::None,
+    ) * &fmask)
+        .sum(Kind::Float)
+        / fmask.sum(Kind::Float).clamp_min(1.0);
     (mel_loss, dur_loss, stop_loss)
 }
 
@@ -355,14 +470,19 @@ type Durations = BTreeMap<String, Vec<i64>>;
 /// the aligner's forced alignment; the second value counts those that fell back to even
 /// durations.
 fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations, Vec<String>)> {
-    let stride = aligner.model.ctc_stride().ok_or_else(|| Error::Config("data.aligner: not a speech recognition (ctc) run".into()))?;
+    let stride = aligner
+        .model
+        .ctc_stride()
+        .ok_or_else(|| Error::Config("data.aligner: not a speech recognition (ctc) run".into()))?;
     let device = aligner.vs.device();
     let mut out = BTreeMap::new();
     let mut uneven = Vec::new();
     // The aligner reads audio and transcripts; the speaker labels are not its classes.
     let mut unlabelled = Manifest::new(manifest.root());
     for s in manifest.samples() {
-        unlabelled.push(mm_data::manifest::Sample { label: None, labels: Vec::new(), ..s.clone() }).map_err(|e| Error::Data(e.to_string()))?;
+        unlabelled
+            .push(mm_data::manifest::Sample { label: None, labels: Vec::new(), ..s.clone() })
+            .map_err(|e| Error::Data(e.to_string()))?;
     }
     let unlabelled = Arc::new(unlabelled);
     for split in [Split::Train, Split::Val, Split::Test] {
@@ -373,14 +493,22 @@ fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations
             let output = aligner.model.forward_t(&batch, false);
             let (log_probs, lengths) = output.sequence.as_ref().expect("ctc output");
             let (b, t, c) = log_probs.size3().expect("[B, T, C]");
-            let host: Vec<f64> = Vec::try_from(log_probs.to_device(Device::Cpu).to_kind(Kind::Double).view([-1])).unwrap_or_default();
+            let host: Vec<f64> =
+                Vec::try_from(log_probs.to_device(Device::Cpu).to_kind(Kind::Double).view([-1]))
+                    .unwrap_or_default();
             let steps: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).unwrap_or_default();
             let truths = batch.transcripts().ok_or_else(|| Error::Data("no transcripts".into()))?;
-            let frames: Vec<i64> = batch.audio.as_ref().map(|(_, l)| Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default()).unwrap_or_default();
+            let frames: Vec<i64> = batch
+                .audio
+                .as_ref()
+                .map(|(_, l)| Vec::try_from(l.to_device(Device::Cpu)).unwrap_or_default())
+                .unwrap_or_default();
             for (j, truth) in truths.iter().enumerate().take(b as usize) {
                 let labels: Vec<usize> = truth.iter().map(|v| *v as usize).collect();
-                let rows = &host[j * (t * c) as usize..(j * t as usize + steps[j] as usize) * c as usize];
-                let aligned = crate::ctc::align(rows, c as usize, Alphabet::BLANK, &labels).and_then(|a| from_alignment(&a.frames, stride, frames[j]));
+                let rows =
+                    &host[j * (t * c) as usize..(j * t as usize + steps[j] as usize) * c as usize];
+                let aligned = crate::ctc::align(rows, c as usize, Alphabet::BLANK, &labels)
+                    .and_then(|a| from_alignment(&a.frames, stride, frames[j]));
                 let d = aligned.unwrap_or_else(|| {
                     uneven.push(batch.ids[j].clone());
                     even(labels.len(), frames[j])
@@ -416,19 +544,39 @@ pub struct TtsReport {
 /// loss improved: weights, Adam's moments and the state, the record written last); with
 /// `resume` a run continues from `last` with the durations it aligned, as if never stopped.
 /// A folder that already holds a run is refused without `resume`.
-pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbose: bool) -> Result<TtsReport> {
+pub fn train(
+    config: &TtsConfig,
+    out: &Path,
+    device: Device,
+    resume: bool,
+    verbose: bool,
+) -> Result<TtsReport> {
     config.validate()?;
     let io = |p: &Path, e: std::io::Error| Error::Checkpoint(format!("{}: {e}", p.display()));
     let ckpt = out.join("checkpoints");
     let resuming = resume && checkpoint::exists(&ckpt, "last");
     if !resume && checkpoint::exists(&ckpt, "last") {
-        return Err(Error::Config(format!("{} holds a synthesis run: --resume continues it, or choose another --out", out.display())));
+        return Err(Error::Config(format!(
+            "{} holds a synthesis run: --resume continues it, or choose another --out",
+            out.display()
+        )));
     }
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let aligner = Run::open(&config.data.aligner, None, device)?;
-    let alphabet = aligner.model.alphabet().ok_or_else(|| Error::Config("data.aligner: not a speech recognition (ctc) run".into()))?.clone();
-    let rec_mel = aligner.pipeline.audio.as_ref().map(|a| *a.mel.config()).ok_or_else(|| Error::Config("data.aligner: reads no audio".into()))?;
-    if rec_mel.sample_rate != config.data.mel.sample_rate || rec_mel.hop_length != config.data.mel.hop_length {
+    let alphabet = aligner
+        .model
+        .alphabet()
+        .ok_or_else(|| Error::Config("data.aligner: not a speech recognition (ctc) run".into()))?
+        .clone();
+    let rec_mel = aligner
+        .pipeline
+        .audio
+        .as_ref()
+        .map(|a| *a.mel.config())
+        .ok_or_else(|| Error::Config("data.aligner: reads no audio".into()))?;
+    if rec_mel.sample_rate != config.data.mel.sample_rate
+        || rec_mel.hop_length != config.data.mel.hop_length
+    {
         return Err(Error::Config(format!(
             "data.mel: sample_rate {} and hop_length {} must be the aligner's ({} and {}), so that its steps are this spectrogram's frames",
             config.data.mel.sample_rate, config.data.mel.hop_length, rec_mel.sample_rate, rec_mel.hop_length
@@ -440,11 +588,21 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
         if verbose && report.dropped > 0 {
             eprintln!("cleaning dropped {} samples (see clean-report.json)", report.dropped);
         }
-        mm_data::fs::write_atomic(&out.join("clean-report.json"), &serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(
+            &out.join("clean-report.json"),
+            &serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default(),
+        )
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
     }
     let speakers = prepared.pipeline.classes.clone();
     // Every sample needs its audio and its speaker: say which do not, before anything trains.
-    let incomplete: Vec<&str> = prepared.manifest.samples().iter().filter(|s| s.audio.is_none() || s.label.is_none()).map(|s| s.id.as_str()).collect();
+    let incomplete: Vec<&str> = prepared
+        .manifest
+        .samples()
+        .iter()
+        .filter(|s| s.audio.is_none() || s.label.is_none())
+        .map(|s| s.id.as_str())
+        .collect();
     if !incomplete.is_empty() {
         return Err(Error::Data(format!(
             "{}: {} samples lack their audio or their speaker (`label`): {}{}",
@@ -460,33 +618,62 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
     let (durations, uneven): (Durations, Vec<String>) = if resuming {
         // The durations the run was trained on (the aligner may have moved on since).
         let bytes = std::fs::read(&durations_file).map_err(|e| io(&durations_file, e))?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::Checkpoint(format!("{}: {e}", durations_file.display())))?;
-        let bad = |key: &str, e: serde_json::Error| Error::Checkpoint(format!("{}: `{key}`: {e}", durations_file.display()));
-        (serde_json::from_value(v["durations"].clone()).map_err(|e| bad("durations", e))?, serde_json::from_value(v["uneven"].clone()).map_err(|e| bad("uneven", e))?)
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", durations_file.display())))?;
+        let bad = |key: &str, e: serde_json::Error| {
+            Error::Checkpoint(format!("{}: `{key}`: {e}", durations_file.display()))
+        };
+        (
+            serde_json::from_value(v["durations"].clone()).map_err(|e| bad("durations", e))?,
+            serde_json::from_value(v["uneven"].clone()).map_err(|e| bad("uneven", e))?,
+        )
     } else {
         pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
         // Durations from the aligner, over the same manifest (its own front end reads the audio).
         let started = Instant::now();
         let (durations, uneven) = align_durations(&aligner, &manifest)?;
         if verbose {
-            eprintln!("aligned {} recordings in {:.1}s ({} with even durations)", durations.len(), started.elapsed().as_secs_f64(), uneven.len());
+            eprintln!(
+                "aligned {} recordings in {:.1}s ({} with even durations)",
+                durations.len(),
+                started.elapsed().as_secs_f64(),
+                uneven.len()
+            );
         }
-        mm_data::fs::write_atomic(&durations_file, &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations})).unwrap_or_default())
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
-        mm_data::fs::write_atomic(&out.join("speakers.json"), &serde_json::to_vec_pretty(&speakers).unwrap_or_default()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(
+            &durations_file,
+            &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations}))
+                .unwrap_or_default(),
+        )
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(
+            &out.join("speakers.json"),
+            &serde_json::to_vec_pretty(&speakers).unwrap_or_default(),
+        )
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
         let mut resolved = config.clone();
-        resolved.data.manifest = std::path::absolute(&config.data.manifest).unwrap_or_else(|_| config.data.manifest.clone());
-        resolved.data.aligner = std::path::absolute(&config.data.aligner).unwrap_or_else(|_| config.data.aligner.clone());
+        resolved.data.manifest = std::path::absolute(&config.data.manifest)
+            .unwrap_or_else(|_| config.data.manifest.clone());
+        resolved.data.aligner = std::path::absolute(&config.data.aligner)
+            .unwrap_or_else(|_| config.data.aligner.clone());
         let text = toml::to_string(&resolved).map_err(|e| Error::Config(e.to_string()))?;
-        mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
-        mm_data::fs::write_atomic(&out.join("alphabet.txt"), alphabet.chars().as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes())
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(&out.join("alphabet.txt"), alphabet.chars().as_bytes())
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
         (durations, uneven)
     };
     drop(aligner);
 
     tch::manual_seed(config.train.seed as i64);
     let vs = nn::VarStore::new(device);
-    let net = Net::new(&vs.root(), &config.model, alphabet.len() as i64, speakers.len() as i64, config.data.mel.n_mels as i64)?;
+    let net = Net::new(
+        &vs.root(),
+        &config.model,
+        alphabet.len() as i64,
+        speakers.len() as i64,
+        config.data.mel.n_mels as i64,
+    )?;
     let adam = OptimizerConfig::Adam { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
     let mut opt = Optimizer::new(&adam, vec![Group::new("all", vs.trainable_variables())])?;
     let mut state = if resuming {
@@ -498,12 +685,28 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
     } else {
         TrainState { seed: config.train.seed, ..Default::default() }
     };
-    let train_loader = Loader::new(Arc::clone(&manifest), Split::Train, Arc::clone(&pipeline), LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::training(config.train.seed) })
-        .map_err(|e| Error::Data(e.to_string()))?;
-    let val_loader = Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::evaluation() })
-        .map_err(|e| Error::Data(e.to_string()))?;
+    let train_loader = Loader::new(
+        Arc::clone(&manifest),
+        Split::Train,
+        Arc::clone(&pipeline),
+        LoaderConfig {
+            batch_size: config.train.batch_size,
+            ..LoaderConfig::training(config.train.seed)
+        },
+    )
+    .map_err(|e| Error::Data(e.to_string()))?;
+    let val_loader = Loader::new(
+        Arc::clone(&manifest),
+        Split::Val,
+        Arc::clone(&pipeline),
+        LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::evaluation() },
+    )
+    .map_err(|e| Error::Data(e.to_string()))?;
     if train_loader.samples() == 0 {
-        return Err(Error::Data(format!("{}: no training samples", config.data.manifest.display())));
+        return Err(Error::Data(format!(
+            "{}: no training samples",
+            config.data.manifest.display()
+        )));
     }
     let t = &config.train;
     let metrics = out.join("metrics.jsonl");
@@ -514,20 +717,31 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
         let started = Instant::now();
         let (mut sums, mut n) = ([0.0f64; 3], 0usize);
         for batch in train_loader.epoch(epoch) {
-            let batch = tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
-            let (mel, dur, stop) = crate::guard::step("the synthesiser's training step", crate::precision::Precision::F32, device, || {
-                let (mel, dur, stop) = losses(&net, &batch, true);
-                let loss = &mel + &dur * t.duration_weight + &stop * t.stop_weight;
-                let value = loss.double_value(&[]);
-                if !value.is_finite() {
-                    return Err(Error::NonFinite { epoch: epoch + 1, step: state.step, loss: value, ids: format!("{:?}", batch.ids.iter().take(8).collect::<Vec<_>>()) });
-                }
-                opt.zero_grad();
-                loss.backward();
-                opt.clip_grad_norm(t.clip_grad_norm);
-                opt.step(t.lr);
-                Ok((mel, dur, stop))
-            })?;
+            let batch =
+                tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
+            let (mel, dur, stop) = crate::guard::step(
+                "the synthesiser's training step",
+                crate::precision::Precision::F32,
+                device,
+                || {
+                    let (mel, dur, stop) = losses(&net, &batch, true);
+                    let loss = &mel + &dur * t.duration_weight + &stop * t.stop_weight;
+                    let value = loss.double_value(&[]);
+                    if !value.is_finite() {
+                        return Err(Error::NonFinite {
+                            epoch: epoch + 1,
+                            step: state.step,
+                            loss: value,
+                            ids: format!("{:?}", batch.ids.iter().take(8).collect::<Vec<_>>()),
+                        });
+                    }
+                    opt.zero_grad();
+                    loss.backward();
+                    opt.clip_grad_norm(t.clip_grad_norm);
+                    opt.step(t.lr);
+                    Ok((mel, dur, stop))
+                },
+            )?;
             state.step += 1;
             let k = batch.frames.len();
             for (s, v) in sums.iter_mut().zip([&mel, &dur, &stop]) {
@@ -537,7 +751,8 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
         }
         let (mut val, mut vn) = ([0.0f64; 3], 0usize);
         for batch in val_loader.epoch(0) {
-            let batch = tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
+            let batch =
+                tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
             let _no_grad = tch::no_grad_guard();
             let (mel, dur, stop) = losses(&net, &batch, false);
             let k = batch.frames.len();
@@ -568,9 +783,14 @@ pub fn train(config: &TtsConfig, out: &Path, device: Device, resume: bool, verbo
         }
         checkpoint::save(&ckpt, "last", &vs, &opt, &state)?;
         let lines: String = state.history.iter().map(|r| format!("{r}\n")).collect();
-        mm_data::fs::write_atomic(&metrics, lines.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(&metrics, lines.as_bytes())
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
     }
-    Ok(TtsReport { history: state.history.clone(), best: state.best.unwrap_or((f64::NAN, 0)), uneven })
+    Ok(TtsReport {
+        history: state.history.clone(),
+        best: state.best.unwrap_or((f64::NAN, 0)),
+        uneven,
+    })
 }
 
 /// Synthesised speech.
@@ -605,23 +825,59 @@ impl Synthesizer {
     pub fn open(dir: &Path, device: Device) -> Result<Self> {
         let file = dir.join("tts.toml");
         if !file.is_file() {
-            return Err(Error::Config(format!("{} is not a synthesis run (it has no tts.toml; `mm train-tts` writes one)", dir.display())));
+            return Err(Error::Config(format!(
+                "{} is not a synthesis run (it has no tts.toml; `mm train-tts` writes one)",
+                dir.display()
+            )));
         }
         let config = TtsConfig::from_file(&file, &[])?;
-        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(name).display())));
-        let alphabet = Alphabet::new(&read("alphabet.txt")?).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join("alphabet.txt").display())))?;
-        let speakers: Vec<String> = serde_json::from_str(&read("speakers.json")?).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join("speakers.json").display())))?;
-        let pipeline: Pipeline = data_config(&config, &alphabet, speakers.clone()).restore(0, &dir.join("data")).map_err(|e| Error::Data(e.to_string()))?;
-        let normalizer = pipeline.audio.as_ref().and_then(|a| a.normalizer.clone()).ok_or_else(|| Error::Checkpoint(format!("{}: no spectrogram statistics", dir.join("data").display())))?;
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(name).display())))
+        };
+        let alphabet = Alphabet::new(&read("alphabet.txt")?).map_err(|e| {
+            Error::Checkpoint(format!("{}: {e}", dir.join("alphabet.txt").display()))
+        })?;
+        let speakers: Vec<String> = serde_json::from_str(&read("speakers.json")?).map_err(|e| {
+            Error::Checkpoint(format!("{}: {e}", dir.join("speakers.json").display()))
+        })?;
+        let pipeline: Pipeline = data_config(&config, &alphabet, speakers.clone())
+            .restore(0, &dir.join("data"))
+            .map_err(|e| Error::Data(e.to_string()))?;
+        let normalizer =
+            pipeline.audio.as_ref().and_then(|a| a.normalizer.clone()).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "{}: no spectrogram statistics",
+                    dir.join("data").display()
+                ))
+            })?;
         let vs = nn::VarStore::new(device);
-        let net = Net::new(&vs.root(), &config.model, alphabet.len() as i64, speakers.len() as i64, config.data.mel.n_mels as i64)?;
+        let net = Net::new(
+            &vs.root(),
+            &config.model,
+            alphabet.len() as i64,
+            speakers.len() as i64,
+            config.data.mel.n_mels as i64,
+        )?;
         let ckpt = dir.join("checkpoints");
         if !checkpoint::exists(&ckpt, "best") {
-            return Err(Error::Checkpoint(format!("{}: no checkpoint `best` (has the run finished an epoch?)", ckpt.display())));
+            return Err(Error::Checkpoint(format!(
+                "{}: no checkpoint `best` (has the run finished an epoch?)",
+                ckpt.display()
+            )));
         }
         checkpoint::load_weights(&ckpt, "best", &vs)?;
         let mel = LogMel::new(&config.data.mel).map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Synthesizer { net, _vs: vs, alphabet, speakers, mel, normalizer, device, invert: InvertConfig { iterations: 60, ..InvertConfig::default() } })
+        Ok(Synthesizer {
+            net,
+            _vs: vs,
+            alphabet,
+            speakers,
+            mel,
+            normalizer,
+            device,
+            invert: InvertConfig { iterations: 60, ..InvertConfig::default() },
+        })
     }
 
     /// The speakers it was trained on.
@@ -637,11 +893,12 @@ impl Synthesizer {
     /// Speech for `text` in `speaker`'s voice. An unknown speaker, or a character outside the
     /// alphabet, is an error naming it.
     pub fn synthesize(&self, text: &str, speaker: &str) -> Result<Speech> {
-        let s = self
-            .speakers
-            .iter()
-            .position(|x| x == speaker)
-            .ok_or_else(|| Error::Config(format!("speaker {speaker:?} is not one of the run's: {}", self.speakers.join(", "))))?;
+        let s = self.speakers.iter().position(|x| x == speaker).ok_or_else(|| {
+            Error::Config(format!(
+                "speaker {speaker:?} is not one of the run's: {}",
+                self.speakers.join(", ")
+            ))
+        })?;
         let ids = self.alphabet.encode(text).map_err(Error::Config)?;
         if ids.is_empty() {
             return Err(Error::Config("nothing to say: the text is empty".into()));
@@ -651,29 +908,63 @@ impl Synthesizer {
         tokens.push(0);
         let l = tokens.len() as i64;
         let _no_grad = tch::no_grad_guard();
-        let encoded = self.net.encode(&Tensor::from_slice(&tokens).view([1, l]).to_device(self.device), &Tensor::from_slice(&[l]), &Tensor::from_slice(&[s as i64]).to_device(self.device), false);
-        let log_d: Vec<f32> = Vec::try_from(encoded.apply(&self.net.duration).view([-1]).to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
+        let encoded = self.net.encode(
+            &Tensor::from_slice(&tokens).view([1, l]).to_device(self.device),
+            &Tensor::from_slice(&[l]),
+            &Tensor::from_slice(&[s as i64]).to_device(self.device),
+            false,
+        );
+        let log_d: Vec<f32> = Vec::try_from(
+            encoded
+                .apply(&self.net.duration)
+                .view([-1])
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float),
+        )
+        .unwrap_or_default();
         let durations: Vec<i64> = log_d
             .iter()
             .enumerate()
             .map(|(k, v)| {
                 let d = v.exp_m1().round().max(0.0) as i64;
                 // A character is heard for at least one frame; the silences may be empty.
-                if k == 0 || k + 1 == log_d.len() { d } else { d.max(1) }
+                if k == 0 || k + 1 == log_d.len() {
+                    d
+                } else {
+                    d.max(1)
+                }
             })
             .collect();
         let (mel, stop, _) = self.net.decode(&encoded, std::slice::from_ref(&durations), false);
         let frames = mel.size()[1] as usize;
-        let stop: Vec<f32> = Vec::try_from(stop.sigmoid().view([-1]).to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
+        let stop: Vec<f32> =
+            Vec::try_from(stop.sigmoid().view([-1]).to_device(Device::Cpu).to_kind(Kind::Float))
+                .unwrap_or_default();
         // The stop signal may end the utterance early, never inside the text's own frames.
         let spoken: usize = durations[..durations.len() - 1].iter().sum::<i64>() as usize;
-        let stopped_at = stop.iter().enumerate().skip(spoken).find(|(i, p)| **p > 0.5 && i + 1 < frames).map(|(i, _)| i);
+        let stopped_at = stop
+            .iter()
+            .enumerate()
+            .skip(spoken)
+            .find(|(i, p)| **p > 0.5 && i + 1 < frames)
+            .map(|(i, _)| i);
         let keep = stopped_at.map_or(frames, |i| i + 1);
-        let values: Vec<f32> = Vec::try_from(mel.get(0).narrow(0, 0, keep as i64).contiguous().view([-1]).to_device(Device::Cpu).to_kind(Kind::Float)).unwrap_or_default();
+        let values: Vec<f32> = Vec::try_from(
+            mel.get(0)
+                .narrow(0, 0, keep as i64)
+                .contiguous()
+                .view([-1])
+                .to_device(Device::Cpu)
+                .to_kind(Kind::Float),
+        )
+        .unwrap_or_default();
         let m = self.normalizer.dim();
-        let mut log_mel = ndarray::Array2::from_shape_vec((keep, m), values).map_err(|e| Error::Data(e.to_string()))?;
+        let mut log_mel = ndarray::Array2::from_shape_vec((keep, m), values)
+            .map_err(|e| Error::Data(e.to_string()))?;
         for mut row in log_mel.rows_mut() {
-            for ((x, mean), std) in row.iter_mut().zip(&self.normalizer.mean).zip(&self.normalizer.std) {
+            for ((x, mean), std) in
+                row.iter_mut().zip(&self.normalizer.mean).zip(&self.normalizer.std)
+            {
                 *x = *x * std + mean;
             }
         }
@@ -682,7 +973,10 @@ impl Synthesizer {
         // down only where it would clip.
         let peak = samples.iter().fold(0.0f32, |m, x| m.max(x.abs()));
         let gain = if peak > 0.99 { 0.99 / peak } else { 1.0 };
-        let audio = Audio { sample_rate: self.mel.config().sample_rate, samples: samples.iter().map(|x| x * gain).collect() };
+        let audio = Audio {
+            sample_rate: self.mel.config().sample_rate,
+            samples: samples.iter().map(|x| x * gain).collect(),
+        };
         Ok(Speech { audio, log_mel, durations, stopped_at })
     }
 }
@@ -696,7 +990,10 @@ pub fn mel_distance(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f64 {
         return f64::INFINITY;
     }
     let bins = a.ncols().min(b.ncols()).max(1);
-    let cost = |i: usize, j: usize| a.row(i).iter().zip(b.row(j)).map(|(x, y)| f64::from((x - y).abs())).sum::<f64>() / bins as f64;
+    let cost = |i: usize, j: usize| {
+        a.row(i).iter().zip(b.row(j)).map(|(x, y)| f64::from((x - y).abs())).sum::<f64>()
+            / bins as f64
+    };
     // Accumulated cost and path length.
     let mut acc = vec![(f64::INFINITY, 0usize); n * m];
     for i in 0..n {
@@ -753,7 +1050,8 @@ pub struct TtsEvaluation {
 
 /// Copies of `files` with [`LISTEN_PAD`] seconds of silence before and after, in `dir`.
 fn padded(files: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?;
     files
         .iter()
         .enumerate()
@@ -762,7 +1060,11 @@ fn padded(files: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
             let pad = vec![0.0f32; (LISTEN_PAD * f64::from(audio.sample_rate)) as usize];
             let samples = [pad.as_slice(), &audio.samples, &pad].concat();
             let path = dir.join(format!("{i:05}.wav"));
-            mm_data::fs::write_atomic(&path, &mm_data::audio::encode_wav(&Audio { sample_rate: audio.sample_rate, samples })).map_err(|e| Error::Checkpoint(e.to_string()))?;
+            mm_data::fs::write_atomic(
+                &path,
+                &mm_data::audio::encode_wav(&Audio { sample_rate: audio.sample_rate, samples }),
+            )
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
             Ok(path)
         })
         .collect()
@@ -778,9 +1080,15 @@ pub const LISTEN_PAD: f64 = 0.1;
 /// by `recognizer`, as are the real recordings (both with [`LISTEN_PAD`] of silence around
 /// them); and the log-mel spectrograms (the
 /// synthesiser's front end, of the waveforms as written) are compared by [`mel_distance`].
-pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Path) -> Result<TtsEvaluation> {
+pub fn evaluate(
+    synth: &Synthesizer,
+    recognizer: &Run,
+    manifest: &Path,
+    out: &Path,
+) -> Result<TtsEvaluation> {
     let manifest = Manifest::read(manifest).map_err(|e| Error::Data(e.to_string()))?;
-    std::fs::create_dir_all(out).map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
     // Real test recordings by (speaker, word).
     let mut real: BTreeMap<(String, String), Vec<PathBuf>> = BTreeMap::new();
     for s in manifest.split(Split::Test) {
@@ -789,12 +1097,20 @@ pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Pa
         }
     }
     if real.is_empty() {
-        return Err(Error::Data(format!("{}: no test recordings with audio, text and a speaker label", manifest.source().display())));
+        return Err(Error::Data(format!(
+            "{}: no test recordings with audio, text and a speaker label",
+            manifest.source().display()
+        )));
     }
     let spectrum = |path: &Path| -> Result<ndarray::Array2<f32>> {
         let audio = mm_data::audio::decode_audio(path).map_err(|e| Error::Data(e.to_string()))?;
         if audio.sample_rate != synth.mel.config().sample_rate {
-            return Err(Error::Data(format!("{}: {} Hz, the synthesiser's front end is {} Hz", path.display(), audio.sample_rate, synth.mel.config().sample_rate)));
+            return Err(Error::Data(format!(
+                "{}: {} Hz, the synthesiser's front end is {} Hz",
+                path.display(),
+                audio.sample_rate,
+                synth.mel.config().sample_rate
+            )));
         }
         Ok(synth.mel.compute(&audio.samples))
     };
@@ -804,26 +1120,35 @@ pub fn evaluate(synth: &Synthesizer, recognizer: &Run, manifest: &Path, out: &Pa
     }
     let all_real: Vec<PathBuf> = real.values().flatten().cloned().collect();
     let real_heard = recognizer.transcribe(&padded(&all_real, &out.join("padded/real"))?, 1)?;
-    let words_of: Vec<&String> = real.keys().flat_map(|k| real[k].iter().map(move |_| &k.1)).collect();
+    let words_of: Vec<&String> =
+        real.keys().flat_map(|k| real[k].iter().map(move |_| &k.1)).collect();
     let real_correct = real_heard.iter().zip(&words_of).filter(|(t, w)| t.text == ***w).count();
     // Per speaker: real recordings right and synthesised words right, of how many.
     let mut by_speaker: BTreeMap<String, [usize; 4]> = BTreeMap::new();
-    for ((t, w), (speaker, _)) in real_heard.iter().zip(&words_of).zip(real.iter().flat_map(|(k, files)| files.iter().map(move |_| k))) {
+    for ((t, w), (speaker, _)) in real_heard
+        .iter()
+        .zip(&words_of)
+        .zip(real.iter().flat_map(|(k, files)| files.iter().map(move |_| k)))
+    {
         let e = by_speaker.entry(speaker.clone()).or_default();
         e[0] += usize::from(t.text == **w);
         e[1] += 1;
     }
-    let (mut same, mut natural, mut other, mut predicted) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut same, mut natural, mut other, mut predicted) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut rows = Vec::new();
     let mut files = Vec::new();
     for ((speaker, word), mels) in &real_mels {
         let speech = synth.synthesize(word, speaker)?;
         let file = out.join(format!("{speaker}_{word}.wav"));
-        mm_data::fs::write_atomic(&file, &mm_data::audio::encode_wav(&speech.audio)).map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_data::fs::write_atomic(&file, &mm_data::audio::encode_wav(&speech.audio))
+            .map_err(|e| Error::Checkpoint(e.to_string()))?;
         let heard = spectrum(&file)?;
         let d: f64 = mels.iter().map(|m| mel_distance(&heard, m)).sum::<f64>() / mels.len() as f64;
         same.push(d);
-        predicted.push(mels.iter().map(|m| mel_distance(&speech.log_mel, m)).sum::<f64>() / mels.len() as f64);
+        predicted.push(
+            mels.iter().map(|m| mel_distance(&speech.log_mel, m)).sum::<f64>() / mels.len() as f64,
+        );
         for i in 0..mels.len() {
             for j in i + 1..mels.len() {
                 natural.push(mel_distance(&mels[i], &mels[j]));

@@ -49,14 +49,29 @@ mod losses {
         let targets = Tensor::from_slice(&[0i64, 1]);
         // Per sample: -log softmax = log(1 + e^-(margin)).
         let (l0, l1) = (softplus(-2.0), softplus(-1.0));
-        close(cross_entropy(&logits, &targets, &CrossEntropy::default()).double_value(&[]), (l0 + l1) / 2.0, "plain");
-        let weighted = CrossEntropy { class_weights: Some(Tensor::from_slice(&[1.0f32, 3.0])), ..Default::default() };
-        close(cross_entropy(&logits, &targets, &weighted).double_value(&[]), (l0 + 3.0 * l1) / 4.0, "class weights");
+        close(
+            cross_entropy(&logits, &targets, &CrossEntropy::default()).double_value(&[]),
+            (l0 + l1) / 2.0,
+            "plain",
+        );
+        let weighted = CrossEntropy {
+            class_weights: Some(Tensor::from_slice(&[1.0f32, 3.0])),
+            ..Default::default()
+        };
+        close(
+            cross_entropy(&logits, &targets, &weighted).double_value(&[]),
+            (l0 + 3.0 * l1) / 4.0,
+            "class weights",
+        );
         // Smoothing ε: (1 - ε)·CE + ε/C·Σ_c -log p_c; sample 0: -log p_1 = 2 + l0.
         let smooth = CrossEntropy { label_smoothing: 0.1, ..Default::default() };
         let s0 = 0.9 * l0 + 0.05 * (l0 + 2.0 + l0);
         let s1 = 0.9 * l1 + 0.05 * (l1 + 1.0 + l1);
-        close(cross_entropy(&logits, &targets, &smooth).double_value(&[]), (s0 + s1) / 2.0, "smoothing");
+        close(
+            cross_entropy(&logits, &targets, &smooth).double_value(&[]),
+            (s0 + s1) / 2.0,
+            "smoothing",
+        );
         // Nothing to learn from: zero, and backward still works.
         let x = Tensor::from_slice(&[1.0f32, 2.0]).view([1, 2]).set_requires_grad(true);
         let l = cross_entropy(&x, &Tensor::from_slice(&[IGNORE]), &CrossEntropy::default());
@@ -69,7 +84,11 @@ mod losses {
 
     #[test]
     fn regression_and_binary_losses_match_hand_computed_values() {
-        let bce = binary_cross_entropy(&Tensor::from_slice(&[0.0f32, 2.0]).view([1, 2]), &Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]), None);
+        let bce = binary_cross_entropy(
+            &Tensor::from_slice(&[0.0f32, 2.0]).view([1, 2]),
+            &Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]),
+            None,
+        );
         close(bce.double_value(&[]), (2f64.ln() + softplus(2.0)) / 2.0, "bce");
         let pred = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
         let target = Tensor::from_slice(&[1.0f32, 0.0, 0.0]);
@@ -86,21 +105,42 @@ mod losses {
         // Orthogonal pairs at scale 1: each row's logits are (1, 0), so the loss is log(1 + e^-1).
         let a = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 0.5]).view([2, 2]);
         let b = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 2.0]).view([2, 2]);
-        close(info_nce(&a, &b, &Tensor::from(1.0f32)).double_value(&[]), softplus(-1.0), "info_nce");
+        close(
+            info_nce(&a, &b, &Tensor::from(1.0f32)).double_value(&[]),
+            softplus(-1.0),
+            "info_nce",
+        );
         let vs = nn::VarStore::new(Device::Cpu);
         let t = Temperature::new(&(vs.root() / "clip"));
         close(t.scale().double_value(&[]), 1.0 / 0.07, "CLIP's initial scale");
-        close(info_nce(&a, &b, &t.scale()).double_value(&[]), softplus(-1.0 / 0.07), "info_nce at 1/0.07");
+        close(
+            info_nce(&a, &b, &t.scale()).double_value(&[]),
+            softplus(-1.0 / 0.07),
+            "info_nce at 1/0.07",
+        );
         // By label: with distinct labels, or none, it is plain InfoNCE.
         let one = Tensor::from(1.0f32);
-        close(info_nce_by_label(&a, &b, &one, &Tensor::from_slice(&[4i64, 7])).double_value(&[]), softplus(-1.0), "distinct labels");
-        close(info_nce_by_label(&a, &b, &one, &Tensor::from_slice(&[-100i64, -100])).double_value(&[]), softplus(-1.0), "no labels");
+        close(
+            info_nce_by_label(&a, &b, &one, &Tensor::from_slice(&[4i64, 7])).double_value(&[]),
+            softplus(-1.0),
+            "distinct labels",
+        );
+        close(
+            info_nce_by_label(&a, &b, &one, &Tensor::from_slice(&[-100i64, -100]))
+                .double_value(&[]),
+            softplus(-1.0),
+            "no labels",
+        );
         // Labels [0, 0, 1] on items x, x, y (x ⟂ y): logits rows (1, 1, 0), (1, 1, 0), (0, 0, 1).
         // Rows 0 and 1 target (1/2, 1/2, 0): loss ln(2e + 1) - 1 each; row 2: ln(2 + e) - 1.
         let x = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0, 0.0, 1.0]).view([3, 2]);
         let e = std::f64::consts::E;
         let want = (2.0 * ((2.0 * e + 1.0).ln() - 1.0) + (2.0 + e).ln() - 1.0) / 3.0;
-        close(info_nce_by_label(&x, &x, &one, &Tensor::from_slice(&[0i64, 0, 1])).double_value(&[]), want, "same-label positives");
+        close(
+            info_nce_by_label(&x, &x, &one, &Tensor::from_slice(&[0i64, 0, 1])).double_value(&[]),
+            want,
+            "same-label positives",
+        );
         let anchor = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.0]).view([2, 2]);
         let pos = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0]).view([2, 2]);
         let neg = Tensor::from_slice(&[3.0f32, 0.0, 1.5, 0.0]).view([2, 2]);
@@ -116,11 +156,20 @@ mod losses {
     #[test]
     fn multi_task_losses_are_weighted_and_named() {
         let m = MultiTask::new(&[("class", 1.0), ("retrieval", 0.5)]).expect("weights");
-        let total = m.combine(&[("class", Tensor::from(2.0f32)), ("retrieval", Tensor::from(4.0f32))]).expect("sum");
+        let total = m
+            .combine(&[("class", Tensor::from(2.0f32)), ("retrieval", Tensor::from(4.0f32))])
+            .expect("sum");
         close(total.double_value(&[]), 4.0, "weighted sum");
         let e = m.combine(&[("class", Tensor::from(2.0f32))]).expect_err("missing").to_string();
         assert!(e.contains("retrieval"), "{e}");
-        let e = m.combine(&[("class", Tensor::from(1.0f32)), ("retrieval", Tensor::from(1.0f32)), ("extra", Tensor::from(1.0f32))]).expect_err("extra").to_string();
+        let e = m
+            .combine(&[
+                ("class", Tensor::from(1.0f32)),
+                ("retrieval", Tensor::from(1.0f32)),
+                ("extra", Tensor::from(1.0f32)),
+            ])
+            .expect_err("extra")
+            .to_string();
         assert!(e.contains("extra"), "{e}");
         assert!(MultiTask::new(&[("x", f64::NAN)]).is_err());
     }
@@ -152,12 +201,17 @@ mod metrics {
     #[test]
     fn auroc_matches_hand_computed_values() {
         // scikit-learn's documented example: 0.75.
-        close(auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).expect("defined"), 0.75, "binary");
+        close(
+            auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).expect("defined"),
+            0.75,
+            "binary",
+        );
         close(auroc(&[0.5, 0.5, 0.5], &[true, false, false]).expect("defined"), 0.5, "ties");
         assert_eq!(auroc(&[0.1, 0.2], &[true, true]), None);
         // One-vs-rest: class 0 has 3 of 4 pairs right, classes 1 and 2 all; class 3 is absent.
         let truth = [0, 1, 2, 0];
-        let scores = [0.9f32, 0.05, 0.05, 0.0, 0.1, 0.8, 0.1, 0.0, 0.35, 0.3, 0.5, 0.0, 0.3, 0.6, 0.1, 0.0];
+        let scores =
+            [0.9f32, 0.05, 0.05, 0.0, 0.1, 0.8, 0.1, 0.0, 0.35, 0.3, 0.5, 0.0, 0.3, 0.6, 0.1, 0.0];
         let (per, mean) = auroc_ovr(&scores, 4, &truth);
         close(per[0].expect("class 0"), 0.75, "class 0");
         close(per[1].expect("class 1"), 1.0, "class 1");
@@ -170,7 +224,11 @@ mod metrics {
         close(mae(&[1.0, 2.0, 3.0], &[2.0, 2.0, 5.0]), 1.0, "mae");
         close(mse(&[1.0, 2.0, 3.0], &[2.0, 2.0, 5.0]), 5.0 / 3.0, "mse");
         // cov 5, var 2 and 114/9.
-        close(pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 7.0]).expect("defined"), 5.0 / (2.0f64 * 114.0 / 9.0).sqrt(), "pearson");
+        close(
+            pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 7.0]).expect("defined"),
+            5.0 / (2.0f64 * 114.0 / 9.0).sqrt(),
+            "pearson",
+        );
         assert_eq!(pearson(&[1.0, 1.0], &[1.0, 2.0]), None);
         let sim = [0.9f32, 0.1, 0.2, 0.8, 0.5, 0.3, 0.1, 0.2, 0.3];
         let (fwd, bwd) = retrieval(&sim, 3);
@@ -239,26 +297,46 @@ mod optimisers {
         let cases: Vec<(OptimizerConfig, Reference)> = vec![
             (
                 OptimizerConfig::Sgd { momentum: 0.9, nesterov: true, weight_decay: 0.01 },
-                Box::new(|vs| nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 0.01, nesterov: true }.build(vs, 0.05).expect("sgd")),
+                Box::new(|vs| {
+                    nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 0.01, nesterov: true }
+                        .build(vs, 0.05)
+                        .expect("sgd")
+                }),
             ),
             (
                 OptimizerConfig::Sgd { momentum: 0.5, nesterov: false, weight_decay: 0.0 },
-                Box::new(|vs| nn::Sgd { momentum: 0.5, dampening: 0.0, wd: 0.0, nesterov: false }.build(vs, 0.05).expect("sgd")),
+                Box::new(|vs| {
+                    nn::Sgd { momentum: 0.5, dampening: 0.0, wd: 0.0, nesterov: false }
+                        .build(vs, 0.05)
+                        .expect("sgd")
+                }),
             ),
             (
                 OptimizerConfig::Adam { betas: (0.9, 0.99), eps: 1e-8, weight_decay: 0.01 },
-                Box::new(|vs| nn::Adam { beta1: 0.9, beta2: 0.99, wd: 0.01, eps: 1e-8, amsgrad: false }.build(vs, 0.05).expect("adam")),
+                Box::new(|vs| {
+                    nn::Adam { beta1: 0.9, beta2: 0.99, wd: 0.01, eps: 1e-8, amsgrad: false }
+                        .build(vs, 0.05)
+                        .expect("adam")
+                }),
             ),
             (
                 OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.1 },
-                Box::new(|vs| nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.1, eps: 1e-8, amsgrad: false }.build(vs, 0.05).expect("adamw")),
+                Box::new(|vs| {
+                    nn::AdamW { beta1: 0.9, beta2: 0.999, wd: 0.1, eps: 1e-8, amsgrad: false }
+                        .build(vs, 0.05)
+                        .expect("adamw")
+                }),
             ),
         ];
-        for ((config, theirs), kind) in cases.iter().flat_map(|c| [(c, Kind::Float), (c, Kind::Double)]) {
+        for ((config, theirs), kind) in
+            cases.iter().flat_map(|c| [(c, Kind::Float), (c, Kind::Double)])
+        {
             let mut vs_a = nn::VarStore::new(Device::Cpu);
             let a = model(&vs_a);
             vs_a.set_kind(kind);
-            let mut ours = Optimizer::new(config, vec![Group::new("all", vs_a.trainable_variables())]).expect("optimizer");
+            let mut ours =
+                Optimizer::new(config, vec![Group::new("all", vs_a.trainable_variables())])
+                    .expect("optimizer");
             let mut vs_b = nn::VarStore::new(Device::Cpu);
             let b = model(&vs_b);
             vs_b.set_kind(kind);
@@ -274,7 +352,10 @@ mod optimisers {
                 let d = (t - &pb[name]).abs().max().double_value(&[]);
                 // f32: a few units in the last place per step (another order of operations).
                 let tolerance = if kind == Kind::Float { 1e-5 } else { 1e-10 };
-                assert!(d < tolerance, "{config:?} in {kind:?}: {name} differs from libtorch's by {d}");
+                assert!(
+                    d < tolerance,
+                    "{config:?} in {kind:?}: {name} differs from libtorch's by {d}"
+                );
             }
         }
     }
@@ -294,17 +375,28 @@ mod optimisers {
             let before = params(&vs);
             let mut frozen = Group::new("frozen", vs.trainable_variables());
             frozen.lr_scale = 0.0;
-            let mut opt = Optimizer::new(&OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 }, vec![frozen]).expect("opt");
+            let mut opt = Optimizer::new(
+                &OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 },
+                vec![frozen],
+            )
+            .expect("opt");
             for _ in 0..3 {
                 opt.zero_grad();
                 (loss(&l) + (&unused * 0.0).sum(kind)).backward();
                 opt.step(0.1);
             }
             for (name, t) in params(&vs) {
-                assert_eq!((&t - &before[&name]).abs().max().double_value(&[]), 0.0, "{kind:?}: {name} moved");
+                assert_eq!(
+                    (&t - &before[&name]).abs().max().double_value(&[]),
+                    0.0,
+                    "{kind:?}: {name} moved"
+                );
             }
             let (moments, _) = opt.state_tensors();
-            assert!(moments.values().all(|m| m.isfinite().all().int64_value(&[]) == 1), "{kind:?}: moments not finite");
+            assert!(
+                moments.values().all(|m| m.isfinite().all().int64_value(&[]) == 1),
+                "{kind:?}: moments not finite"
+            );
         }
     }
 
@@ -317,18 +409,30 @@ mod optimisers {
         let mut backbone = Group::new("backbone", vec![l.ws.shallow_clone()]);
         backbone.lr_scale = 0.0; // frozen by its rate
         let head = Group::new("head", vec![l.bs.as_ref().expect("bias").shallow_clone()]);
-        let mut opt = Optimizer::new(&OptimizerConfig::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 }, vec![backbone, head]).expect("opt");
+        let mut opt = Optimizer::new(
+            &OptimizerConfig::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 },
+            vec![backbone, head],
+        )
+        .expect("opt");
         opt.zero_grad();
         (loss(&l) * 1000.0).backward();
         let norm = opt.clip_grad_norm(1.0);
         assert!(norm > 1.0);
-        let clipped = Tensor::stack(&[l.ws.grad().norm(), l.bs.as_ref().expect("bias").grad().norm()], 0).norm().double_value(&[]);
+        let clipped =
+            Tensor::stack(&[l.ws.grad().norm(), l.bs.as_ref().expect("bias").grad().norm()], 0)
+                .norm()
+                .double_value(&[]);
         assert!((clipped - 1.0).abs() < 1e-4, "norm after clipping {clipped}");
         opt.step(0.1);
         let after = params(&vs);
         assert_eq!((&after["l.weight"] - &before["l.weight"]).abs().max().double_value(&[]), 0.0);
         assert!((&after["l.bias"] - &before["l.bias"]).abs().max().double_value(&[]) > 0.0);
-        let e = Optimizer::new(&OptimizerConfig::Sgd { momentum: 0.0, nesterov: true, weight_decay: 0.0 }, vec![]).expect_err("nesterov").to_string();
+        let e = Optimizer::new(
+            &OptimizerConfig::Sgd { momentum: 0.0, nesterov: true, weight_decay: 0.0 },
+            vec![],
+        )
+        .expect_err("nesterov")
+        .to_string();
         assert!(e.contains("nesterov"), "{e}");
     }
 
@@ -343,7 +447,8 @@ mod optimisers {
         let vs = nn::VarStore::new(Device::Cpu);
         let l = model(&vs);
         let config = OptimizerConfig::AdamW { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01 };
-        let mut opt = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())]).expect("optimizer");
+        let mut opt = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())])
+            .expect("optimizer");
         opt.zero_grad();
         loss(&l).backward();
         opt.step(0.01);
@@ -352,12 +457,18 @@ mod optimisers {
         let fresh = || {
             let vs = nn::VarStore::new(Device::Cpu);
             let _ = model(&vs);
-            let opt = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())]).expect("optimizer");
+            let opt = Optimizer::new(&config, vec![Group::new("all", vs.trainable_variables())])
+                .expect("optimizer");
             (vs, opt)
         };
         {
             let (vs, mut opt) = fresh();
-            assert_eq!(checkpoint::load(&dir, "last", &vs, &mut opt).expect("the whole checkpoint loads").epoch, 1);
+            assert_eq!(
+                checkpoint::load(&dir, "last", &vs, &mut opt)
+                    .expect("the whole checkpoint loads")
+                    .epoch,
+                1
+            );
         }
         let files = ["last-000001.safetensors", "last-000001.optimizer.safetensors", "last.json"];
         let mut rng: u64 = 7;
@@ -370,7 +481,9 @@ mod optimisers {
                 let at = (rng >> 33) as usize % whole.len();
                 std::fs::write(&path, &whole[..at]).expect("truncate");
                 let (vs, mut opt) = fresh();
-                let e = checkpoint::load(&dir, "last", &vs, &mut opt).expect_err("a truncated checkpoint").to_string();
+                let e = checkpoint::load(&dir, "last", &vs, &mut opt)
+                    .expect_err("a truncated checkpoint")
+                    .to_string();
                 assert!(e.contains(file), "{file} cut at {at} of {}: {e}", whole.len());
                 cuts += 1;
             }
@@ -379,11 +492,22 @@ mod optimisers {
         // A record from a stranger pointing elsewhere.
         let record = std::fs::read_to_string(dir.join("last.json")).expect("record");
         for elsewhere in ["../../etc/passwd", "/etc/passwd", "sub/last-000001.safetensors"] {
-            std::fs::write(dir.join("last.json"), record.replace("last-000001.safetensors", elsewhere)).expect("write");
+            std::fs::write(
+                dir.join("last.json"),
+                record.replace("last-000001.safetensors", elsewhere),
+            )
+            .expect("write");
             let (vs, mut opt) = fresh();
-            let e = checkpoint::load(&dir, "last", &vs, &mut opt).expect_err("outside the folder").to_string();
-            assert!(e.contains("not a file in the checkpoint folder") && e.contains("last.json"), "{e}");
-            let e = checkpoint::load_weights(&dir, "last", &vs).expect_err("outside the folder").to_string();
+            let e = checkpoint::load(&dir, "last", &vs, &mut opt)
+                .expect_err("outside the folder")
+                .to_string();
+            assert!(
+                e.contains("not a file in the checkpoint folder") && e.contains("last.json"),
+                "{e}"
+            );
+            let e = checkpoint::load_weights(&dir, "last", &vs)
+                .expect_err("outside the folder")
+                .to_string();
             assert!(e.contains("not a file in the checkpoint folder"), "{e}");
         }
         assert_eq!(cuts, 36);
@@ -408,12 +532,16 @@ mod optimisers {
         };
         let vs_a = nn::VarStore::new(Device::Cpu);
         let a = model(&vs_a);
-        let mut opt_a = Optimizer::new(&config, vec![Group::new("all", vs_a.trainable_variables())]).expect("opt");
+        let mut opt_a =
+            Optimizer::new(&config, vec![Group::new("all", vs_a.trainable_variables())])
+                .expect("opt");
         run(&vs_a, &a, &mut opt_a, 10);
 
         let vs_b = nn::VarStore::new(Device::Cpu);
         let b = model(&vs_b);
-        let mut opt_b = Optimizer::new(&config, vec![Group::new("all", vs_b.trainable_variables())]).expect("opt");
+        let mut opt_b =
+            Optimizer::new(&config, vec![Group::new("all", vs_b.trainable_variables())])
+                .expect("opt");
         run(&vs_b, &b, &mut opt_b, 4);
         let state = TrainState { epoch: 1, step: 4, seed: 7, ..Default::default() };
         checkpoint::save(&dir, "last", &vs_b, &opt_b, &state).expect("save");
@@ -424,25 +552,36 @@ mod optimisers {
 
         let vs_c = nn::VarStore::new(Device::Cpu);
         let c = nn::linear(vs_c.root() / "l", 4, 3, Default::default()); // other initial values
-        let mut opt_c = Optimizer::new(&config, vec![Group::new("all", vs_c.trainable_variables())]).expect("opt");
+        let mut opt_c =
+            Optimizer::new(&config, vec![Group::new("all", vs_c.trainable_variables())])
+                .expect("opt");
         let restored = checkpoint::load(&dir, "last", &vs_c, &mut opt_c).expect("load");
         assert_eq!(restored, state);
         assert_eq!(opt_c.steps(), 4);
         run(&vs_c, &c, &mut opt_c, 6);
         let (pa, pc) = (params(&vs_a), params(&vs_c));
         for (name, t) in &pa {
-            assert_eq!((t - &pc[name]).abs().max().double_value(&[]), 0.0, "{name} differs after resume");
+            assert_eq!(
+                (t - &pc[name]).abs().max().double_value(&[]),
+                0.0,
+                "{name} differs after resume"
+            );
         }
 
         // A record naming a damaged file is an error that names it; nothing half-loads.
-        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("last.json")).expect("record")).expect("json");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("last.json")).expect("record"))
+                .expect("json");
         let weights = dir.join(record["weights"].as_str().expect("name"));
         let bytes = std::fs::read(&weights).expect("weights");
         std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("truncate");
         let vs_d = nn::VarStore::new(Device::Cpu);
         let _d = nn::linear(vs_d.root() / "l", 4, 3, Default::default());
-        let mut opt_d = Optimizer::new(&config, vec![Group::new("all", vs_d.trainable_variables())]).expect("opt");
-        let e = checkpoint::load(&dir, "last", &vs_d, &mut opt_d).expect_err("truncated").to_string();
+        let mut opt_d =
+            Optimizer::new(&config, vec![Group::new("all", vs_d.trainable_variables())])
+                .expect("opt");
+        let e =
+            checkpoint::load(&dir, "last", &vs_d, &mut opt_d).expect_err("truncated").to_string();
         assert!(e.contains(weights.file_name().expect("name").to_str().expect("utf-8")), "{e}");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
@@ -460,12 +599,22 @@ mod training {
     use mm_train::train::{fit, TrainConfig};
     use tch::{nn, Device};
 
-
     /// Writes a synthetic data set under a fresh folder and loads it.
-    pub(super) fn data(name: &str, samples: usize) -> (std::path::PathBuf, Arc<Manifest>, Arc<Pipeline>) {
+    pub(super) fn data(
+        name: &str,
+        samples: usize,
+    ) -> (std::path::PathBuf, Arc<Manifest>, Arc<Pipeline>) {
         let dir = std::env::temp_dir().join(format!("mm-train-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let config = SynthConfig { samples, image_size: 16, frame_size: 16, frames: 2, duration: 0.4, seed: 11, ..SynthConfig::default() };
+        let config = SynthConfig {
+            samples,
+            image_size: 16,
+            frame_size: 16,
+            frames: 2,
+            duration: 0.4,
+            seed: 11,
+            ..SynthConfig::default()
+        };
         generate(&dir.join("data"), &config, false).expect("synthetic data");
         let (manifest, pipeline) = load(&dir);
         (dir, manifest, pipeline)
@@ -475,9 +624,11 @@ mod training {
     pub(super) fn load(dir: &std::path::Path) -> (Arc<Manifest>, Arc<Pipeline>) {
         let manifest = Manifest::read(dir.join("data/manifest.jsonl")).expect("manifest");
         let tokenizer = WordTokenizer::default();
-        let vocab = VocabBuilder::default().build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
+        let vocab = VocabBuilder::default()
+            .build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
         let mut p = Pipeline::new(CLASSES.iter().map(|c| c.to_string()).collect());
-        p.audio = Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
+        p.audio =
+            Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
         p.text = Some(TextSpec::words(tokenizer, vocab, 32));
         p.fit_statistics(&manifest).expect("statistics");
         (Arc::new(manifest), Arc::new(p))
@@ -503,12 +654,24 @@ mod training {
     "#;
 
     fn manifest_val_count(dir: &std::path::Path) -> u64 {
-        Manifest::read(dir.join("data/manifest.jsonl")).expect("manifest").split(Split::Val).count() as u64
+        Manifest::read(dir.join("data/manifest.jsonl")).expect("manifest").split(Split::Val).count()
+            as u64
     }
 
-    pub(super) fn build_model(vs: &nn::VarStore, pipeline: &Pipeline, manifest: &Manifest) -> Model {
+    pub(super) fn build_model(
+        vs: &nn::VarStore,
+        pipeline: &Pipeline,
+        manifest: &Manifest,
+    ) -> Model {
         let config: ModelConfig = toml::from_str(MODEL).expect("model config");
-        let counts = (0..CLASSES.len()).map(|c| manifest.split(Split::Train).filter(|s| s.label.as_deref() == Some(CLASSES[c])).count()).collect();
+        let counts = (0..CLASSES.len())
+            .map(|c| {
+                manifest
+                    .split(Split::Train)
+                    .filter(|s| s.label.as_deref() == Some(CLASSES[c]))
+                    .count()
+            })
+            .collect();
         Model::new(&vs.root(), &config, &DataShape::from_pipeline(pipeline, counts)).expect("model")
     }
 
@@ -521,34 +684,61 @@ mod training {
         let vs = nn::VarStore::new(Device::Cpu);
         tch::manual_seed(0);
         let model = build_model(&vs, &pipeline, &manifest);
-        let config = TrainConfig { epochs: 10, batch_size: 32, lr: 1e-2, seed: 1, ..TrainConfig::default() };
-        let report = fit(&model, &vs, manifest, pipeline, &config, &dir.join("run"), false).expect("training");
+        let config =
+            TrainConfig { epochs: 10, batch_size: 32, lr: 1e-2, seed: 1, ..TrainConfig::default() };
+        let report = fit(&model, &vs, manifest, pipeline, &config, &dir.join("run"), false)
+            .expect("training");
         let last = report.history.last().expect("epochs");
         let accuracy = last["val"]["accuracy"].as_f64().expect("accuracy");
         eprintln!("validation accuracy after {} epochs: {accuracy:.3}", report.history.len());
         assert!(accuracy >= 0.9, "{accuracy}");
-        let lines = std::fs::read_to_string(dir.join("run/metrics.jsonl")).expect("metrics").lines().count();
+        let lines = std::fs::read_to_string(dir.join("run/metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .count();
         assert_eq!(lines, 10);
-        assert!(dir.join("run/checkpoints/best.json").is_file() && dir.join("run/checkpoints/last.json").is_file());
+        assert!(
+            dir.join("run/checkpoints/best.json").is_file()
+                && dir.join("run/checkpoints/last.json").is_file()
+        );
         let svg = std::fs::read_to_string(dir.join("run/curves.svg")).expect("curves");
-        assert!(svg.starts_with("<svg") && svg.contains("accuracy") && svg.contains("<polyline"), "{}", &svg[..svg.len().min(200)]);
+        assert!(
+            svg.starts_with("<svg") && svg.contains("accuracy") && svg.contains("<polyline"),
+            "{}",
+            &svg[..svg.len().min(200)]
+        );
         let confusion = last["val"]["confusion"].as_array().expect("confusion matrix");
-        let total: u64 = confusion.iter().flat_map(|r| r.as_array().expect("row").iter().map(|x| x.as_u64().expect("count"))).sum();
+        let total: u64 = confusion
+            .iter()
+            .flat_map(|r| r.as_array().expect("row").iter().map(|x| x.as_u64().expect("count")))
+            .sum();
         assert_eq!(total, manifest_val_count(&dir));
 
         // Rebuilt from the run's folder alone: the best checkpoint gives the best epoch's metrics.
-        let resolved: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("run/config.json")).expect("config")).expect("json");
-        let config: ModelConfig = serde_json::from_value(resolved["model"].clone()).expect("model config");
+        let resolved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("run/config.json")).expect("config"))
+                .expect("json");
+        let config: ModelConfig =
+            serde_json::from_value(resolved["model"].clone()).expect("model config");
         let (manifest, _) = load(&dir);
         let vocab = mm_data::text::Vocab::load(dir.join("run/data/vocab.txt")).expect("vocabulary");
         let mut p = Pipeline::new(CLASSES.iter().map(|c| c.to_string()).collect());
-        p.audio = Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
+        p.audio =
+            Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
         p.text = Some(TextSpec::words(WordTokenizer::default(), vocab, 32));
         p.load_statistics(dir.join("run/data")).expect("statistics");
         let vs = nn::VarStore::new(Device::Cpu);
-        let rebuilt = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&p, vec![])).expect("model");
-        let state = mm_train::checkpoint::load_weights(&dir.join("run/checkpoints"), "best", &vs).expect("weights");
-        let loader = mm_data::loader::Loader::new(manifest, Split::Val, Arc::new(p), mm_data::loader::LoaderConfig::evaluation()).expect("loader");
+        let rebuilt =
+            Model::new(&vs.root(), &config, &DataShape::from_pipeline(&p, vec![])).expect("model");
+        let state = mm_train::checkpoint::load_weights(&dir.join("run/checkpoints"), "best", &vs)
+            .expect("weights");
+        let loader = mm_data::loader::Loader::new(
+            manifest,
+            Split::Val,
+            Arc::new(p),
+            mm_data::loader::LoaderConfig::evaluation(),
+        )
+        .expect("loader");
         let again = mm_train::train::evaluate(&rebuilt, &loader, Device::Cpu).expect("evaluation");
         let (best, epoch) = report.best.expect("a best epoch");
         assert_eq!(state.best, Some((best, epoch)));
@@ -567,21 +757,52 @@ mod training {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
             let model = build_model(&vs, &pipeline, &manifest);
-            let config = TrainConfig { epochs: 10, batch_size: 32, lr: 1e-2, seed: 1, precision, progress: false, ..TrainConfig::default() };
-            let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config, &dir.join(name), false).expect("training");
+            let config = TrainConfig {
+                epochs: 10,
+                batch_size: 32,
+                lr: 1e-2,
+                seed: 1,
+                precision,
+                progress: false,
+                ..TrainConfig::default()
+            };
+            let report = fit(
+                &model,
+                &vs,
+                Arc::clone(&manifest),
+                Arc::clone(&pipeline),
+                &config,
+                &dir.join(name),
+                false,
+            )
+            .expect("training");
             (vs, model, report)
         };
         let (_, _, f32_report) = run(mm_train::precision::Precision::F32, "f32");
         let (vs, model, report) = run(mm_train::precision::Precision::Bf16, "bf16");
-        let last = |r: &mm_train::train::Report| r.history.last().expect("epochs")["val"]["accuracy"].as_f64().expect("accuracy");
+        let last = |r: &mm_train::train::Report| {
+            r.history.last().expect("epochs")["val"]["accuracy"].as_f64().expect("accuracy")
+        };
         let (accuracy, reference) = (last(&report), last(&f32_report));
         eprintln!("validation accuracy: bf16 {accuracy:.3}, f32 {reference:.3}");
-        assert!(accuracy >= 0.85 && accuracy >= reference - 0.05, "bf16 {accuracy} vs f32 {reference}");
+        assert!(
+            accuracy >= 0.85 && accuracy >= reference - 0.05,
+            "bf16 {accuracy} vs f32 {reference}"
+        );
         assert_ne!(report.history, f32_report.history, "bf16 changed the arithmetic");
-        assert!(report.history.iter().all(|h| h["train_loss"].as_f64().is_some_and(f64::is_finite)));
+        assert!(report
+            .history
+            .iter()
+            .all(|h| h["train_loss"].as_f64().is_some_and(f64::is_finite)));
         assert!(vs.variables().values().all(|t| t.kind() == tch::Kind::Float), "weights stay f32");
         // Inside the scope the model's output is bf16; outside, f32 again.
-        let loader = mm_data::loader::Loader::new(manifest, Split::Val, pipeline, mm_data::loader::LoaderConfig::evaluation()).expect("loader");
+        let loader = mm_data::loader::Loader::new(
+            manifest,
+            Split::Val,
+            pipeline,
+            mm_data::loader::LoaderConfig::evaluation(),
+        )
+        .expect("loader");
         let batch = loader.epoch(0).next().expect("a batch").expect("batch");
         let _no_grad = tch::no_grad_guard();
         {
@@ -609,38 +830,103 @@ mod training {
     fn mismatches_and_exploding_losses_are_reported() {
         let _rng = super::rng_lock();
         let (dir, manifest, pipeline) = data("guards", 120);
-        let wrong = MODEL.replace("kind = \"text\"\n        dim = 32\n        pooling = \"mean\"", "kind = \"image\"\n        arch = \"lenet\"");
+        let wrong = MODEL.replace(
+            "kind = \"text\"\n        dim = 32\n        pooling = \"mean\"",
+            "kind = \"image\"\n        arch = \"lenet\"",
+        );
         let config: ModelConfig = toml::from_str(&wrong).expect("config");
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![])).expect("builds: sizes are not checked until data flows");
-        let train = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
-        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &dir.join("wrong"), false).expect_err("mismatch").to_string();
+        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![]))
+            .expect("builds: sizes are not checked until data flows");
+        let train =
+            TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
+        let e = fit(
+            &model,
+            &vs,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &train,
+            &dir.join("wrong"),
+            false,
+        )
+        .expect_err("mismatch")
+        .to_string();
         assert!(e.contains("does not fit the data"), "{e}");
         assert!(!dir.join("wrong/checkpoints").exists(), "nothing trained");
 
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build_model(&vs, &pipeline, &manifest);
-        let sgd = mm_train::optim::OptimizerConfig::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 };
-        let blow_up = TrainConfig { epochs: 2, batch_size: 16, lr: 1e12, optimizer: sgd, progress: false, ..TrainConfig::default() };
-        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &blow_up, &dir.join("nan"), false).expect_err("NaN").to_string();
+        let sgd = mm_train::optim::OptimizerConfig::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+        };
+        let blow_up = TrainConfig {
+            epochs: 2,
+            batch_size: 16,
+            lr: 1e12,
+            optimizer: sgd,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let e = fit(
+            &model,
+            &vs,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &blow_up,
+            &dir.join("nan"),
+            false,
+        )
+        .expect_err("NaN")
+        .to_string();
         assert!(e.contains("epoch 1") && e.contains("step") && e.contains("samples [\"s"), "{e}");
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build_model(&vs, &pipeline, &manifest);
         let skip = TrainConfig { on_non_finite: mm_train::train::OnNonFinite::Skip, ..blow_up };
-        let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &skip, &dir.join("skip"), false).expect("skips");
-        let skipped: u64 = report.history.iter().map(|h| h["skipped_batches"].as_u64().unwrap_or(0)).sum();
+        let report = fit(
+            &model,
+            &vs,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &skip,
+            &dir.join("skip"),
+            false,
+        )
+        .expect("skips");
+        let skipped: u64 =
+            report.history.iter().map(|h| h["skipped_batches"].as_u64().unwrap_or(0)).sum();
         assert!(skipped > 0, "{:?}", report.history);
 
         // A libtorch failure inside a step (here a label smoothing libtorch refuses) is an
         // error naming the step, the model part and the settings, not a panic.
-        let smoothing: ModelConfig = toml::from_str(&MODEL.replace("hidden = [32]\n", "hidden = [32]\n        label_smoothing = 2.0\n")).expect("config");
+        let smoothing: ModelConfig = toml::from_str(
+            &MODEL.replace("hidden = [32]\n", "hidden = [32]\n        label_smoothing = 2.0\n"),
+        )
+        .expect("config");
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), &smoothing, &DataShape::from_pipeline(&pipeline, vec![])).expect("model");
-        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &dir.join("smoothing"), false).expect_err("libtorch refuses");
+        let model =
+            Model::new(&vs.root(), &smoothing, &DataShape::from_pipeline(&pipeline, vec![]))
+                .expect("model");
+        let e = fit(
+            &model,
+            &vs,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &train,
+            &dir.join("smoothing"),
+            false,
+        )
+        .expect_err("libtorch refuses");
         assert!(matches!(e, mm_train::Error::Torch(_)), "{e:?}");
         let e = e.to_string();
         assert!(e.starts_with("libtorch failed in the training step, in the main head's loss (precision = \"f32\" on cpu): "), "{e}");
-        assert!(e.contains("label_smoothing") && !e.contains("Exception raised from") && !e.contains("unwrap"), "{e}");
+        assert!(
+            e.contains("label_smoothing")
+                && !e.contains("Exception raised from")
+                && !e.contains("unwrap"),
+            "{e}"
+        );
 
         // No validation split: refused, rather than selecting on the test split.
         let mut no_val = Manifest::new(manifest.root());
@@ -650,7 +936,17 @@ mod training {
         }
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build_model(&vs, &pipeline, &manifest);
-        let e = fit(&model, &vs, Arc::new(no_val), Arc::clone(&pipeline), &train, &dir.join("noval"), false).expect_err("no val").to_string();
+        let e = fit(
+            &model,
+            &vs,
+            Arc::new(no_val),
+            Arc::clone(&pipeline),
+            &train,
+            &dir.join("noval"),
+            false,
+        )
+        .expect_err("no val")
+        .to_string();
         assert!(e.contains("no sample has split \"val\""), "{e}");
         std::fs::remove_dir_all(dir).expect("clean up");
     }
@@ -664,9 +960,16 @@ mod training {
         let _rng = super::rng_lock();
         let (dir, manifest, pipeline) = data("nofusion", 120);
         let audio_only = MODEL.replace("[encoders.text]\n        kind = \"text\"\n        dim = 32\n        pooling = \"mean\"\n", "");
-        let without: ModelConfig = toml::from_str(&audio_only.replace("[fusion]\n        method = \"concat\"\n", "")).expect("config");
+        let without: ModelConfig =
+            toml::from_str(&audio_only.replace("[fusion]\n        method = \"concat\"\n", ""))
+                .expect("config");
         assert!(without.fusion.is_none() && without.encoders.len() == 1);
-        let with: ModelConfig = toml::from_str(&audio_only.replace("method = \"concat\"", "method = \"concat\"\n        presence_flags = false")).expect("config");
+        let with: ModelConfig =
+            toml::from_str(&audio_only.replace(
+                "method = \"concat\"",
+                "method = \"concat\"\n        presence_flags = false",
+            ))
+            .expect("config");
         let shape = DataShape::from_pipeline(&pipeline, vec![]);
         let build = |config: &ModelConfig| {
             let vs = nn::VarStore::new(Device::Cpu);
@@ -675,26 +978,63 @@ mod training {
             (vs, model)
         };
         let ((vs_a, a), (vs_b, b)) = (build(&without), build(&with));
-        let names = |vs: &nn::VarStore| vs.variables().keys().cloned().collect::<std::collections::BTreeSet<_>>();
+        let names = |vs: &nn::VarStore| {
+            vs.variables().keys().cloned().collect::<std::collections::BTreeSet<_>>()
+        };
         assert_eq!(names(&vs_a), names(&vs_b));
-        let loader = mm_data::loader::Loader::new(Arc::clone(&manifest), Split::Val, Arc::clone(&pipeline), mm_data::loader::LoaderConfig::evaluation()).expect("loader");
+        let loader = mm_data::loader::Loader::new(
+            Arc::clone(&manifest),
+            Split::Val,
+            Arc::clone(&pipeline),
+            mm_data::loader::LoaderConfig::evaluation(),
+        )
+        .expect("loader");
         let batch = loader.epoch(0).next().expect("a batch").expect("batch");
-        let (pa, pb) = tch::no_grad(|| (a.forward_t(&batch, false).prediction, b.forward_t(&batch, false).prediction));
+        let (pa, pb) = tch::no_grad(|| {
+            (a.forward_t(&batch, false).prediction, b.forward_t(&batch, false).prediction)
+        });
         assert_eq!((pa - pb).abs().max().double_value(&[]), 0.0);
-        let config = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
-        let report = fit(&a, &vs_a, Arc::clone(&manifest), Arc::clone(&pipeline), &config, &dir.join("one"), false).expect("trains");
+        let config =
+            TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
+        let report = fit(
+            &a,
+            &vs_a,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &config,
+            &dir.join("one"),
+            false,
+        )
+        .expect("trains");
         assert_eq!(report.metric, "accuracy");
 
-        let two: ModelConfig = toml::from_str(&MODEL.replace("[fusion]\n        method = \"concat\"\n", "")).expect("config");
-        let e = Model::new(&nn::VarStore::new(Device::Cpu).root(), &two, &shape).expect_err("two modalities, no fusion").to_string();
+        let two: ModelConfig =
+            toml::from_str(&MODEL.replace("[fusion]\n        method = \"concat\"\n", ""))
+                .expect("config");
+        let e = Model::new(&nn::VarStore::new(Device::Cpu).root(), &two, &shape)
+            .expect_err("two modalities, no fusion")
+            .to_string();
         assert!(e.contains("model.fusion: missing") && e.contains("2 modalities"), "{e}");
 
         // A selection metric the heads do not report is refused before training, listing
         // those they do; one they report keeps its direction (a loss goes down).
         let (vs, model) = build(&with);
         let bogus = TrainConfig { select: Some("bogus".into()), ..config.clone() };
-        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &bogus, &dir.join("bogus"), false).expect_err("bogus").to_string();
-        assert!(e.contains("train.select = \"bogus\"") && e.contains("accuracy, top5, macro_f1, auroc"), "{e}");
+        let e = fit(
+            &model,
+            &vs,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &bogus,
+            &dir.join("bogus"),
+            false,
+        )
+        .expect_err("bogus")
+        .to_string();
+        assert!(
+            e.contains("train.select = \"bogus\"") && e.contains("accuracy, top5, macro_f1, auroc"),
+            "{e}"
+        );
         assert!(!dir.join("bogus/checkpoints").exists());
         assert_eq!(model.metric("loss").map(|m| m.higher_is_better), Some(false));
         assert_eq!(model.metric("macro_f1").map(|m| m.higher_is_better), Some(true));
@@ -714,10 +1054,31 @@ mod training {
             let model = build_model(&vs, &pipeline, &manifest);
             // Text embeddings and the audio CNN: 1 + 4 + 2 tensors.
             assert_eq!(model.backbone_parameters().len(), 7);
-            let before: Vec<tch::Tensor> = model.backbone_parameters().iter().map(|t| t.copy()).collect();
-            let config = TrainConfig { epochs: 1, batch_size: 16, backbone_lr_scale: scale, progress: false, ..TrainConfig::default() };
-            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config, &dir.join(format!("s{scale}")), false).expect("training");
-            model.backbone_parameters().iter().zip(&before).map(|(a, b)| (a - b).abs().sum(tch::Kind::Float).double_value(&[])).sum::<f64>()
+            let before: Vec<tch::Tensor> =
+                model.backbone_parameters().iter().map(|t| t.copy()).collect();
+            let config = TrainConfig {
+                epochs: 1,
+                batch_size: 16,
+                backbone_lr_scale: scale,
+                progress: false,
+                ..TrainConfig::default()
+            };
+            fit(
+                &model,
+                &vs,
+                Arc::clone(&manifest),
+                Arc::clone(&pipeline),
+                &config,
+                &dir.join(format!("s{scale}")),
+                false,
+            )
+            .expect("training");
+            model
+                .backbone_parameters()
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| (a - b).abs().sum(tch::Kind::Float).double_value(&[]))
+                .sum::<f64>()
         };
         let (frozen, slow, full) = (moved(0.0), moved(0.1), moved(1.0));
         assert_eq!(frozen, 0.0);
@@ -736,7 +1097,8 @@ mod training {
         let (dir, manifest, _) = data("finetune", 120);
         let mut p = Pipeline::new(CLASSES.iter().map(|c| c.to_string()).collect());
         p.image = Some(ImageSpec::new((16, 16)));
-        p.audio = Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
+        p.audio =
+            Some(AudioSpec::new(&MelConfig { n_mels: 32, ..MelConfig::default() }).expect("mel"));
         p.fit_statistics(&manifest).expect("statistics");
         let pipeline = Arc::new(p);
         // The "pretrained" weights: a LeNet of its own, saved with the encoder's own names.
@@ -744,7 +1106,11 @@ mod training {
         {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(99);
-            let _ = mm_encoders::image::ImageEncoder::new(&(vs.root() / "net"), &mm_encoders::image::ImageConfig::new(mm_encoders::image::Arch::Lenet)).expect("lenet");
+            let _ = mm_encoders::image::ImageEncoder::new(
+                &(vs.root() / "net"),
+                &mm_encoders::image::ImageConfig::new(mm_encoders::image::Arch::Lenet),
+            )
+            .expect("lenet");
             mm_encoders::weights::save_safetensors(&vs, &weights, "net.").expect("save");
         }
         let model_toml = |freeze: bool| {
@@ -769,7 +1135,9 @@ mod training {
             let mut v: Vec<(String, Vec<f32>)> = tch::Tensor::read_safetensors(&weights)
                 .expect("read")
                 .into_iter()
-                .map(|(k, t)| (format!("encoders.image.{k}"), Vec::try_from(t.view([-1])).expect("values")))
+                .map(|(k, t)| {
+                    (format!("encoders.image.{k}"), Vec::try_from(t.view([-1])).expect("values"))
+                })
                 .collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
@@ -787,37 +1155,76 @@ mod training {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
             let config: ModelConfig = toml::from_str(&model_toml(freeze)).expect("model config");
-            let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![])).expect("model");
+            let model =
+                Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![]))
+                    .expect("model");
             (vs, model)
         };
         // Two frozen epochs: the image network is the file's, exactly; the rest learned.
         let (vs, model) = build(false);
-        let audio_before: Vec<f32> = Vec::try_from(vs.variables()["encoders.audio.cnn.convs.0.weight"].view([-1])).expect("values");
-        let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(2), &out, false).expect("training");
+        let audio_before: Vec<f32> =
+            Vec::try_from(vs.variables()["encoders.audio.cnn.convs.0.weight"].view([-1]))
+                .expect("values");
+        let report =
+            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(2), &out, false)
+                .expect("training");
         assert_eq!(report.pretrained.len(), 1, "{:?}", report.pretrained);
         assert_eq!(report.pretrained[0].0, "image");
         assert_eq!(report.pretrained[0].1.loaded, file.len());
-        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("pretrained.json")).expect("pretrained.json")).expect("JSON");
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join("pretrained.json")).expect("pretrained.json"),
+        )
+        .expect("JSON");
         assert_eq!(record["image"]["loaded"], file.len());
         assert_eq!(image_weights(&vs), file, "the backbone moved while frozen");
-        let audio_after: Vec<f32> = Vec::try_from(vs.variables()["encoders.audio.cnn.convs.0.weight"].view([-1])).expect("values");
+        let audio_after: Vec<f32> =
+            Vec::try_from(vs.variables()["encoders.audio.cnn.convs.0.weight"].view([-1]))
+                .expect("values");
         assert_ne!(audio_before, audio_after, "the rest must learn meanwhile");
         // Resumed to four epochs: epochs 3 and 4 fine-tune the image network too.
         let (vs, model) = build(false);
-        let report = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(4), &out, true).expect("resumed");
-        assert!(report.pretrained.is_empty(), "a resumed run takes its weights from the checkpoint");
+        let report =
+            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(4), &out, true)
+                .expect("resumed");
+        assert!(
+            report.pretrained.is_empty(),
+            "a resumed run takes its weights from the checkpoint"
+        );
         assert_eq!(report.history.len(), 4);
         let tuned = image_weights(&vs);
         assert_ne!(tuned, file, "the backbone must learn once thawed");
         // An encoder configured `freeze = true` stays frozen after the frozen epochs too.
         let (vs, model) = build(true);
-        fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(3), &dir.join("frozen"), false).expect("training");
+        fit(
+            &model,
+            &vs,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &config(3),
+            &dir.join("frozen"),
+            false,
+        )
+        .expect("training");
         assert_eq!(image_weights(&vs), file, "freeze = true must hold for the whole run");
         // A weights file that does not fit is refused before the first epoch, by name.
         std::fs::write(&weights, b"not a safetensors file").expect("write");
         let (vs, model) = build(false);
-        let e = fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(1), &dir.join("bad"), false).expect_err("bad weights").to_string();
-        assert!(e.contains("model.encoders.image: pretrained weights") && e.contains("lenet.safetensors"), "{e}");
+        let e = fit(
+            &model,
+            &vs,
+            Arc::clone(&manifest),
+            Arc::clone(&pipeline),
+            &config(1),
+            &dir.join("bad"),
+            false,
+        )
+        .expect_err("bad weights")
+        .to_string();
+        assert!(
+            e.contains("model.encoders.image: pretrained weights")
+                && e.contains("lenet.safetensors"),
+            "{e}"
+        );
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
@@ -828,11 +1235,23 @@ mod training {
         let _rng = super::rng_lock();
         let dir = std::env::temp_dir().join(format!("mm-train-retrieval-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let synth = SynthConfig { samples: 400, image_size: 32, frame_size: 16, frames: 2, duration: 0.3, val: 0.15, test: 0.0, seed: 5, ..SynthConfig::default() };
+        let synth = SynthConfig {
+            samples: 400,
+            image_size: 32,
+            frame_size: 16,
+            frames: 2,
+            duration: 0.3,
+            val: 0.15,
+            test: 0.0,
+            seed: 5,
+            ..SynthConfig::default()
+        };
         generate(&dir.join("data"), &synth, false).expect("data");
-        let manifest = Arc::new(Manifest::read(dir.join("data/retrieval.jsonl")).expect("manifest"));
+        let manifest =
+            Arc::new(Manifest::read(dir.join("data/retrieval.jsonl")).expect("manifest"));
         let tokenizer = WordTokenizer::default();
-        let vocab = VocabBuilder::default().build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
+        let vocab = VocabBuilder::default()
+            .build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
         let mut p = Pipeline::new(vec![]);
         p.image = Some(mm_data::pipeline::ImageSpec::new((32, 32)));
         p.text = Some(TextSpec::words(tokenizer, vocab, 32));
@@ -844,9 +1263,18 @@ mod training {
         .expect("config");
         let vs = nn::VarStore::new(Device::Cpu);
         tch::manual_seed(0);
-        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![])).expect("model");
-        let train = TrainConfig { epochs: 15, batch_size: 32, lr: 3e-3, progress: false, ..TrainConfig::default() };
-        let report = fit(&model, &vs, Arc::clone(&manifest), pipeline, &train, &dir.join("run"), false).expect("training");
+        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![]))
+            .expect("model");
+        let train = TrainConfig {
+            epochs: 15,
+            batch_size: 32,
+            lr: 3e-3,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let report =
+            fit(&model, &vs, Arc::clone(&manifest), pipeline, &train, &dir.join("run"), false)
+                .expect("training");
         let val = &report.history.last().expect("epochs")["val"];
         let n = val["gallery"].as_f64().expect("gallery");
         let r5 = val["text_to_image_r5"].as_f64().expect("R@5");
@@ -866,23 +1294,56 @@ mod training {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
             let model = build_model(&vs, &pipeline, &manifest);
-            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config, &dir.join(name), false).expect("training")
+            fit(
+                &model,
+                &vs,
+                Arc::clone(&manifest),
+                Arc::clone(&pipeline),
+                &config,
+                &dir.join(name),
+                false,
+            )
+            .expect("training")
         };
         // A rate too small to move anything: validation accuracy stays where it started, so
         // with patience 2 the run stops after epoch 3.
         let stop = mm_train::train::EarlyStopping { metric: "accuracy".into(), patience: 2 };
-        let frozen = TrainConfig { epochs: 20, batch_size: 16, lr: 1e-12, early_stopping: Some(stop), progress: false, ..TrainConfig::default() };
+        let frozen = TrainConfig {
+            epochs: 20,
+            batch_size: 16,
+            lr: 1e-12,
+            early_stopping: Some(stop),
+            progress: false,
+            ..TrainConfig::default()
+        };
         let report = run("stop", frozen.clone());
-        assert!(report.stopped_early && report.history.len() == 3, "{} epochs", report.history.len());
+        assert!(
+            report.stopped_early && report.history.len() == 3,
+            "{} epochs",
+            report.history.len()
+        );
 
         // The same frozen run with reduce-on-plateau (patience 0, factor 0.5) instead: epoch 1
         // sets the best, every later epoch fails to improve and halves the rate of the next.
         let plateau = mm_train::train::PlateauConfig { factor: 0.5, patience: 0, min_scale: 0.0 };
-        let report = run("plateau", TrainConfig { epochs: 4, early_stopping: None, reduce_on_plateau: Some(plateau), ..frozen });
-        let lrs: Vec<f64> = report.history.iter().map(|h| h["lr"].as_f64().expect("lr") / 1e-12).collect();
-        assert!(lrs.iter().zip([1.0, 1.0, 0.5, 0.25]).all(|(a, b)| (a - b).abs() < 1e-9), "rates (x 1e-12) {lrs:?}");
+        let report = run(
+            "plateau",
+            TrainConfig {
+                epochs: 4,
+                early_stopping: None,
+                reduce_on_plateau: Some(plateau),
+                ..frozen
+            },
+        );
+        let lrs: Vec<f64> =
+            report.history.iter().map(|h| h["lr"].as_f64().expect("lr") / 1e-12).collect();
+        assert!(
+            lrs.iter().zip([1.0, 1.0, 0.5, 0.25]).all(|(a, b)| (a - b).abs() < 1e-9),
+            "rates (x 1e-12) {lrs:?}"
+        );
 
-        let one = TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
+        let one =
+            TrainConfig { epochs: 1, batch_size: 16, progress: false, ..TrainConfig::default() };
         let batches = report.history[0]["step"].as_u64().expect("steps");
         let accumulated = run("acc", TrainConfig { accumulate: 2, ..one.clone() });
         assert_eq!(accumulated.history[0]["step"].as_u64(), Some(batches.div_ceil(2)));
@@ -898,8 +1359,12 @@ mod training {
         // The cosine spans the whole run: its last step's rate is one step short of the floor.
         let total = report.history[1]["step"].as_u64().expect("steps");
         let shape = mm_train::schedule::Shape::Cosine { total_steps: total, min_lr: 1e-4 };
-        let expected = mm_train::schedule::Schedule { base_lr: 1e-2, warmup_steps: 0, shape }.lr(total - 1);
-        assert!((last_lr - expected).abs() < 1e-12 && last_lr < 3e-4, "the last step's rate {last_lr}, expected {expected}");
+        let expected =
+            mm_train::schedule::Schedule { base_lr: 1e-2, warmup_steps: 0, shape }.lr(total - 1);
+        assert!(
+            (last_lr - expected).abs() < 1e-12 && last_lr < 3e-4,
+            "the last step's rate {last_lr}, expected {expected}"
+        );
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
@@ -910,12 +1375,24 @@ mod training {
         let _rng = super::rng_lock();
         let dir = std::env::temp_dir().join(format!("mm-train-heads-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let synth = SynthConfig { samples: 500, image_size: 32, frame_size: 16, frames: 2, duration: 0.3, seed: 9, ..SynthConfig::default() };
+        let synth = SynthConfig {
+            samples: 500,
+            image_size: 32,
+            frame_size: 16,
+            frames: 2,
+            duration: 0.3,
+            seed: 9,
+            ..SynthConfig::default()
+        };
         generate(&dir.join("data"), &synth, false).expect("data");
-        let manifest = Arc::new(Manifest::read(dir.join("data/sentiment.jsonl")).expect("manifest"));
+        let manifest =
+            Arc::new(Manifest::read(dir.join("data/sentiment.jsonl")).expect("manifest"));
         let tokenizer = WordTokenizer::default();
-        let vocab = VocabBuilder::default().build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
-        let mut p = Pipeline::new(mm_data::synth::SENTIMENT_CLASSES.iter().map(|c| c.to_string()).collect());
+        let vocab = VocabBuilder::default()
+            .build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
+        let mut p = Pipeline::new(
+            mm_data::synth::SENTIMENT_CLASSES.iter().map(|c| c.to_string()).collect(),
+        );
         p.image = Some(mm_data::pipeline::ImageSpec::new((32, 32)));
         p.text = Some(TextSpec::words(tokenizer, vocab, 40));
         p.fit_statistics(&manifest).expect("statistics");
@@ -941,27 +1418,46 @@ mod training {
         let config: ModelConfig = toml::from_str(text).expect("config");
         let vs = nn::VarStore::new(Device::Cpu);
         tch::manual_seed(0);
-        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![])).expect("model");
+        let model = Model::new(&vs.root(), &config, &DataShape::from_pipeline(&pipeline, vec![]))
+            .expect("model");
         assert_eq!(model.heads().iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["mood", "score"]);
-        let train = TrainConfig { epochs: 12, batch_size: 32, lr: 3e-3, progress: false, ..TrainConfig::default() };
-        let report = fit(&model, &vs, Arc::clone(&manifest), pipeline, &train, &dir.join("run"), false).expect("training");
+        let train = TrainConfig {
+            epochs: 12,
+            batch_size: 32,
+            lr: 3e-3,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let report =
+            fit(&model, &vs, Arc::clone(&manifest), pipeline, &train, &dir.join("run"), false)
+                .expect("training");
         // The best epoch (selected on the first head's accuracy) beats guessing on both heads:
         // the majority class is under half, and predicting the mean scores the variance, 0.21.
         let (_, best_epoch) = report.best.expect("a best epoch");
         let val = &report.history[best_epoch as usize - 1]["val"];
-        let (accuracy, mse) = (val["mood_accuracy"].as_f64().expect("accuracy"), val["score_mse"].as_f64().expect("mse"));
-        eprintln!("sentiment, best epoch {best_epoch}: class accuracy {accuracy:.3}, score MSE {mse:.4}");
+        let (accuracy, mse) = (
+            val["mood_accuracy"].as_f64().expect("accuracy"),
+            val["score_mse"].as_f64().expect("mse"),
+        );
+        eprintln!(
+            "sentiment, best epoch {best_epoch}: class accuracy {accuracy:.3}, score MSE {mse:.4}"
+        );
         assert!(accuracy > 0.6 && mse < 0.17, "accuracy {accuracy}, MSE {mse}");
         assert!(val["mood_loss"].is_number() && val["score_loss"].is_number());
         // Mistakes in the heads are named.
         let both = format!("{text}\n[head]\ntype = \"regression\"");
-        let e = Model::new(&vs.root(), &toml::from_str(&both).expect("config"), &DataShape::default()).expect_err("both").to_string();
+        let e =
+            Model::new(&vs.root(), &toml::from_str(&both).expect("config"), &DataShape::default())
+                .expect_err("both")
+                .to_string();
         assert!(e.contains("not both") || e.contains("the data has no"), "{e}");
         let bad_weight = text.replace("score = 4.0", "scor = 4.0");
         let vs2 = nn::VarStore::new(Device::Cpu);
         let shape = DataShape::from_pipeline(&Pipeline::new(vec!["a".into()]), vec![]);
         let shape = DataShape { modalities: vec!["text", "image"], vocab_size: Some(10), ..shape };
-        let e = Model::new(&vs2.root(), &toml::from_str(&bad_weight).expect("config"), &shape).expect_err("unknown weight").to_string();
+        let e = Model::new(&vs2.root(), &toml::from_str(&bad_weight).expect("config"), &shape)
+            .expect_err("unknown weight")
+            .to_string();
         assert!(e.contains("loss_weights.scor"), "{e}");
         std::fs::remove_dir_all(dir).expect("clean up");
     }
@@ -977,7 +1473,16 @@ mod training {
             tch::manual_seed(0);
             let model = build_model(&vs, &pipeline, &manifest);
             let c = TrainConfig { epochs, ..config.clone() };
-            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &c, &dir.join(name), resume).expect("training")
+            fit(
+                &model,
+                &vs,
+                Arc::clone(&manifest),
+                Arc::clone(&pipeline),
+                &c,
+                &dir.join(name),
+                resume,
+            )
+            .expect("training")
         };
         let straight = run("straight", 3, false);
         run("split", 2, false);
@@ -1008,7 +1513,9 @@ mod killed {
     #[test]
     #[ignore = "a helper: runs only as the child of the kill test"]
     fn child_trains_until_killed() {
-        let Some(dir) = std::env::var_os("MM_TRAIN_CHILD_DIR").map(std::path::PathBuf::from) else { return };
+        let Some(dir) = std::env::var_os("MM_TRAIN_CHILD_DIR").map(std::path::PathBuf::from) else {
+            return;
+        };
         let (manifest, pipeline) = super::training::load(&dir);
         let vs = nn::VarStore::new(Device::Cpu);
         tch::manual_seed(0);
@@ -1043,13 +1550,21 @@ mod killed {
                 break;
             }
             let extra = Duration::from_millis(draw(150));
-            let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-                .args(["--exact", "killed::child_trains_until_killed", "--ignored", "--nocapture", "--test-threads", "1"])
-                .env("MM_TRAIN_CHILD_DIR", &dir)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("spawn the child");
+            let mut child =
+                std::process::Command::new(std::env::current_exe().expect("test binary"))
+                    .args([
+                        "--exact",
+                        "killed::child_trains_until_killed",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads",
+                        "1",
+                    ])
+                    .env("MM_TRAIN_CHILD_DIR", &dir)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("spawn the child");
             // Until `target` epochs are on record, then a moment more: inside the next epoch, or
             // while its checkpoint is written.
             let mut finished = false;
@@ -1074,8 +1589,15 @@ mod killed {
             // Whatever the moment, the last checkpoint is whole.
             let vs = nn::VarStore::new(Device::Cpu);
             let _model = build_model(&vs, &pipeline, &manifest);
-            let mut opt = mm_train::optim::Optimizer::new(&config().optimizer, vec![mm_train::optim::Group::new("all", vs.trainable_variables())]).expect("optimizer");
-            let state = mm_train::checkpoint::load(&ckpt, "last", &vs, &mut opt).unwrap_or_else(|e| panic!("after kill {}: the checkpoint does not load: {e}", kills.len() + 1));
+            let mut opt = mm_train::optim::Optimizer::new(
+                &config().optimizer,
+                vec![mm_train::optim::Group::new("all", vs.trainable_variables())],
+            )
+            .expect("optimizer");
+            let state =
+                mm_train::checkpoint::load(&ckpt, "last", &vs, &mut opt).unwrap_or_else(|e| {
+                    panic!("after kill {}: the checkpoint does not load: {e}", kills.len() + 1)
+                });
             assert_eq!(state.history.len() as u64, state.epoch);
             kills.push((target, extra.as_millis(), state.epoch));
         }
@@ -1083,7 +1605,16 @@ mod killed {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
             let model = build_model(&vs, &pipeline, &manifest);
-            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(), &dir.join(name), resume).expect("training")
+            fit(
+                &model,
+                &vs,
+                Arc::clone(&manifest),
+                Arc::clone(&pipeline),
+                &config(),
+                &dir.join(name),
+                resume,
+            )
+            .expect("training")
         };
         let resumed = run("killed", true);
         let straight = run("straight", false);
@@ -1117,8 +1648,13 @@ mod disk_full {
     #[test]
     #[ignore = "a helper: runs only as the child of the disk-full test"]
     fn child_trains_with_too_little_space() {
-        let Some(dir) = std::env::var_os("MM_TRAIN_CHILD_DIR").map(std::path::PathBuf::from) else { return };
-        let limit: u64 = std::env::var("MM_TRAIN_FSIZE").ok().and_then(|s| s.parse().ok()).expect("MM_TRAIN_FSIZE");
+        let Some(dir) = std::env::var_os("MM_TRAIN_CHILD_DIR").map(std::path::PathBuf::from) else {
+            return;
+        };
+        let limit: u64 = std::env::var("MM_TRAIN_FSIZE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .expect("MM_TRAIN_FSIZE");
         // SAFETY: plain system calls on this process, with a valid rlimit value.
         unsafe {
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
@@ -1146,23 +1682,45 @@ mod disk_full {
             let vs = nn::VarStore::new(Device::Cpu);
             tch::manual_seed(0);
             let model = build_model(&vs, &pipeline, &manifest);
-            fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &config(epochs), &dir.join(name), resume).expect("training")
+            fit(
+                &model,
+                &vs,
+                Arc::clone(&manifest),
+                Arc::clone(&pipeline),
+                &config(epochs),
+                &dir.join(name),
+                resume,
+            )
+            .expect("training")
         };
         run("run", 1, false);
         let ckpt = checkpoint_dir(&dir.join("run"));
         let files = |ckpt: &std::path::Path| {
-            let mut v: Vec<String> = std::fs::read_dir(ckpt).expect("checkpoints").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect();
+            let mut v: Vec<String> = std::fs::read_dir(ckpt)
+                .expect("checkpoints")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
             v.sort();
             v
         };
         let before = files(&ckpt);
-        let weights = before.iter().find(|f| f.starts_with("last-") && !f.contains("optimizer")).expect("a weights file");
+        let weights = before
+            .iter()
+            .find(|f| f.starts_with("last-") && !f.contains("optimizer"))
+            .expect("a weights file");
         let size = std::fs::metadata(ckpt.join(weights)).expect("size").len();
         // Room for the small files (metrics, curves, records), not for a checkpoint's weights.
         let limit = size / 2;
         let started = Instant::now();
         let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "disk_full::child_trains_with_too_little_space", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "disk_full::child_trains_with_too_little_space",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("MM_TRAIN_CHILD_DIR", &dir)
             .env("MM_TRAIN_FSIZE", limit.to_string())
             .output()
@@ -1171,13 +1729,22 @@ mod disk_full {
         let stderr = String::from_utf8_lossy(&child.stderr);
         assert_eq!(child.status.code(), Some(3), "{stderr}");
         let error = stderr.lines().find(|l| l.starts_with("ERROR: ")).unwrap_or_default();
-        assert!(error.contains("File too large (os error 27)") && error.contains(&ckpt.display().to_string()), "{error}");
+        assert!(
+            error.contains("File too large (os error 27)")
+                && error.contains(&ckpt.display().to_string()),
+            "{error}"
+        );
         // The previous checkpoint is the one on record, whole; nothing half-written is left.
         assert_eq!(files(&ckpt), before, "{error}");
         let vs = nn::VarStore::new(Device::Cpu);
         let _model = build_model(&vs, &pipeline, &manifest);
-        let mut opt = mm_train::optim::Optimizer::new(&config(1).optimizer, vec![mm_train::optim::Group::new("all", vs.trainable_variables())]).expect("optimizer");
-        let state = mm_train::checkpoint::load(&ckpt, "last", &vs, &mut opt).expect("the previous checkpoint loads");
+        let mut opt = mm_train::optim::Optimizer::new(
+            &config(1).optimizer,
+            vec![mm_train::optim::Group::new("all", vs.trainable_variables())],
+        )
+        .expect("optimizer");
+        let state = mm_train::checkpoint::load(&ckpt, "last", &vs, &mut opt)
+            .expect("the previous checkpoint loads");
         assert_eq!(state.epoch, 1);
         let resumed = run("run", 3, true);
         let straight = run("straight", 3, false);
@@ -1218,15 +1785,27 @@ mod ctc_head {
         assert!(parse(&no_transcript).expect_err("no transcript").contains("[data.transcript]"));
         let both = RECIPE.replace("[data.transcript]", "[data.text]\n[data.transcript]");
         assert!(parse(&both).expect_err("both").contains("not both"));
-        let bad_alphabet = RECIPE.replace("[data.transcript]", "[data.transcript]\nalphabet = \"aa\"");
+        let bad_alphabet =
+            RECIPE.replace("[data.transcript]", "[data.transcript]\nalphabet = \"aa\"");
         assert!(parse(&bad_alphabet).expect_err("alphabet").contains("data.transcript.alphabet"));
 
         let vs = nn::VarStore::new(Device::Cpu);
         let mut pipeline = Pipeline::new(Vec::new());
-        pipeline.audio = Some(mm_data::pipeline::AudioSpec::new(&config.data.audio.as_ref().expect("audio").mel).expect("mel"));
-        pipeline.transcript = Some(Arc::new(Alphabet::new(mm_data::transcript::ENGLISH).expect("alphabet")));
+        pipeline.audio = Some(
+            mm_data::pipeline::AudioSpec::new(&config.data.audio.as_ref().expect("audio").mel)
+                .expect("mel"),
+        );
+        pipeline.transcript =
+            Some(Arc::new(Alphabet::new(mm_data::transcript::ENGLISH).expect("alphabet")));
         let shape = DataShape::from_pipeline(&pipeline, Vec::new());
-        assert!(Model::new(&vs.root(), &config.model, &DataShape { alphabet: None, ..shape.clone() }).expect_err("no alphabet").to_string().contains("transcript"));
+        assert!(Model::new(
+            &vs.root(),
+            &config.model,
+            &DataShape { alphabet: None, ..shape.clone() }
+        )
+        .expect_err("no alphabet")
+        .to_string()
+        .contains("transcript"));
         let model = Model::new(&vs.root(), &config.model, &shape).expect("model");
         assert_eq!(model.ctc_stride(), Some(4));
         let (b, t) = (3i64, 37i64);
@@ -1243,7 +1822,10 @@ mod ctc_head {
             label: None,
             labels: None,
             target: None,
-            transcript: Some((Tensor::from_slice(&[15i64, 14, 5, 20, 23, 15, 0, 0, 0]).view([3, 3]), Tensor::from_slice(&[3i64, 3, 0]))),
+            transcript: Some((
+                Tensor::from_slice(&[15i64, 14, 5, 20, 23, 15, 0, 0, 0]).view([3, 3]),
+                Tensor::from_slice(&[3i64, 3, 0]),
+            )),
         };
         let out = model.forward_t(&batch, false);
         let (log_probs, steps) = out.sequence.as_ref().expect("ctc output");

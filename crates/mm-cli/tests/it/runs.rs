@@ -9,7 +9,11 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 fn mm_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mm")).current_dir(dir).args(args).output().expect("run the mm binary")
+    Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run the mm binary")
 }
 
 /// Runs `mm` in `dir`, expects success, returns standard output.
@@ -41,16 +45,59 @@ fn workspace(samples: usize) -> &'static Path {
     static LARGE: OnceLock<PathBuf> = OnceLock::new();
     let cell = if samples <= 300 { &SMALL } else { &LARGE };
     cell.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mm-cli-runs-{samples}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("mm-cli-runs-{samples}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let n = samples.to_string();
-        ok(&dir, &["data", "synth", "--out", "data/synth", "--samples", &n, "--image-size", "32", "--frame-size", "16", "--frames", "4", "--duration", "0.4", "--corrupt-images", "0.02", "--seed", "3"]);
+        ok(
+            &dir,
+            &[
+                "data",
+                "synth",
+                "--out",
+                "data/synth",
+                "--samples",
+                &n,
+                "--image-size",
+                "32",
+                "--frame-size",
+                "16",
+                "--frames",
+                "4",
+                "--duration",
+                "0.4",
+                "--corrupt-images",
+                "0.02",
+                "--seed",
+                "3",
+            ],
+        );
         if let Some(mirror) = shared_mirror() {
             let (mnist, fsdd) = (mirror.join("mnist"), mirror.join("fsdd/v1.0.10.tar.gz"));
             let per_digit = (samples / 10).to_string();
-            let args = ["--out", "data/av-digits", "--train-per-digit", &per_digit, "--test-per-digit", "10", "--image-noise", "0.4", "--occlusion", "0.5", "--audio-snr", "-5"];
-            let mut all = vec!["data", "av-digits", "--mnist", mnist.to_str().expect("utf-8"), "--fsdd", fsdd.to_str().expect("utf-8")];
+            let args = [
+                "--out",
+                "data/av-digits",
+                "--train-per-digit",
+                &per_digit,
+                "--test-per-digit",
+                "10",
+                "--image-noise",
+                "0.4",
+                "--occlusion",
+                "0.5",
+                "--audio-snr",
+                "-5",
+            ];
+            let mut all = vec![
+                "data",
+                "av-digits",
+                "--mnist",
+                mnist.to_str().expect("utf-8"),
+                "--fsdd",
+                fsdd.to_str().expect("utf-8"),
+            ];
             all.extend(args);
             ok(&dir, &all);
         }
@@ -99,17 +146,44 @@ fn stand_in_weights(ws: &Path) {
     static MADE: OnceLock<()> = OnceLock::new();
     MADE.get_or_init(|| {
         let pretrain = configs().join("finetune/pretrain.toml");
-        ok(ws, &["train", "--config", pretrain.to_str().expect("utf-8"), "--set", "train.epochs=1", "--set", "data.image.size=32", "--out", "runs/pretrain", "--quiet"]);
+        ok(
+            ws,
+            &[
+                "train",
+                "--config",
+                pretrain.to_str().expect("utf-8"),
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "data.image.size=32",
+                "--out",
+                "runs/pretrain",
+                "--quiet",
+            ],
+        );
         std::fs::create_dir_all(ws.join("data/resnet18")).expect("mkdir");
-        let said = ok(ws, &["export", "--run", "runs/pretrain", "--encoder", "image", "--out", "data/resnet18/model.safetensors"]);
+        let said = ok(
+            ws,
+            &[
+                "export",
+                "--run",
+                "runs/pretrain",
+                "--encoder",
+                "image",
+                "--out",
+                "data/resnet18/model.safetensors",
+            ],
+        );
         assert!(said.contains("100 tensors of the image encoder"), "{said}");
-        let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mm-encoders/tests/data/pretrained");
+        let tiny =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../mm-encoders/tests/data/pretrained");
         let bert = ws.join("data/bert-base-uncased");
         std::fs::create_dir_all(&bert).expect("mkdir");
         for f in ["config.json", "tokenizer.json"] {
             std::fs::copy(tiny.join("bert_tiny").join(f), bert.join(f)).expect("copy");
         }
-        let golden = json(&std::fs::read_to_string(tiny.join("golden_bert_tiny.json")).expect("listing"));
+        let golden =
+            json(&std::fs::read_to_string(tiny.join("golden_bert_tiny.json")).expect("listing"));
         tch::manual_seed(1);
         let tensors: Vec<(String, tch::Tensor)> = golden["tensors"]
             .as_array()
@@ -117,11 +191,17 @@ fn stand_in_weights(ws: &Path) {
             .iter()
             .map(|t| {
                 let name = t["name"].as_str().expect("name");
-                let shape: Vec<i64> = t["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect();
+                let shape: Vec<i64> = t["shape"]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|d| d.as_i64().expect("dim"))
+                    .collect();
                 let value = if name.ends_with("LayerNorm.weight") {
                     tch::Tensor::ones(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu))
                 } else {
-                    tch::Tensor::randn(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu)) * 0.02
+                    tch::Tensor::randn(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu))
+                        * 0.02
                 };
                 (format!("bert.{name}"), value)
             })
@@ -136,7 +216,12 @@ fn stand_in_weights(ws: &Path) {
 fn every_recipe_trains_evaluates_and_predicts() {
     let ws = workspace(240);
     stand_in_weights(ws);
-    let mut recipes: Vec<PathBuf> = std::fs::read_dir(configs()).expect("configs/").flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let mut recipes: Vec<PathBuf> = std::fs::read_dir(configs())
+        .expect("configs/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     recipes.sort();
     assert!(recipes.len() >= 7, "{recipes:?}");
     for recipe in recipes {
@@ -152,41 +237,113 @@ fn every_recipe_trains_evaluates_and_predicts() {
         assert!(config.is_file(), "{} missing", config.display());
         let out = format!("runs/recipes/{name}");
         let _ = std::fs::remove_dir_all(ws.join(&out));
-        let summary = json(&ok(ws, &["train", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=2", "--out", &out, "--device", "cpu", "--json"]));
+        let summary = json(&ok(
+            ws,
+            &[
+                "train",
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--set",
+                "train.epochs=2",
+                "--out",
+                &out,
+                "--device",
+                "cpu",
+                "--json",
+            ],
+        ));
         assert_eq!(summary["epochs"], 2, "{name}: {summary}");
         assert!(summary["best"]["value"].as_f64().is_some_and(f64::is_finite), "{name}: {summary}");
-        assert_eq!(std::fs::read_to_string(ws.join(&out).join("metrics.jsonl")).expect("metrics").lines().count(), 2, "{name}");
+        assert_eq!(
+            std::fs::read_to_string(ws.join(&out).join("metrics.jsonl"))
+                .expect("metrics")
+                .lines()
+                .count(),
+            2,
+            "{name}"
+        );
         // The resolved configuration validates as it is.
         let resolved = ws.join(&out).join("run.toml");
         ok(ws, &["train", "--config", resolved.to_str().expect("utf-8"), "--check"]);
 
         let metrics = json(&ok(ws, &["eval", "--run", &out, "--device", "cpu", "--json"]));
         assert!(ws.join(&out).join("eval-test.json").is_file(), "{name}");
-        let toml: toml::Table = toml::from_str(&std::fs::read_to_string(&config).expect("config")).expect("toml");
+        let toml: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&config).expect("config")).expect("toml");
         let manifest = ws.join(toml["data"]["manifest"].as_str().expect("manifest"));
         let ids = test_ids(&manifest);
         if name == "retrieval" {
             for k in ["text_to_image_r1", "text_to_image_r10", "image_to_text_mrr"] {
-                assert!(metrics[k].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{name} {k}: {metrics}");
+                assert!(
+                    metrics[k].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),
+                    "{name} {k}: {metrics}"
+                );
             }
-            let query = ["retrieve", "--run", &out, "--query", "a red hoop near the top", "--device", "cpu", "--json"];
+            let query = [
+                "retrieve",
+                "--run",
+                &out,
+                "--query",
+                "a red hoop near the top",
+                "--device",
+                "cpu",
+                "--json",
+            ];
             let first = mm_in(ws, &query);
-            assert!(String::from_utf8_lossy(&first.stderr).contains("indexed"), "the first query builds the index");
+            assert!(
+                String::from_utf8_lossy(&first.stderr).contains("indexed"),
+                "the first query builds the index"
+            );
             let r = json(&String::from_utf8_lossy(&first.stdout));
-            let scores: Vec<f64> = r["results"].as_array().expect("results").iter().map(|x| x["score"].as_f64().expect("score")).collect();
+            let scores: Vec<f64> = r["results"]
+                .as_array()
+                .expect("results")
+                .iter()
+                .map(|x| x["score"].as_f64().expect("score"))
+                .collect();
             assert_eq!(scores.len(), 5, "{r}");
             assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked: {r}");
             let again = mm_in(ws, &query);
-            assert!(!String::from_utf8_lossy(&again.stderr).contains("indexed"), "the second query reuses the index");
-            assert_eq!(json(&String::from_utf8_lossy(&again.stdout)), r, "the same answer from the saved index");
+            assert!(
+                !String::from_utf8_lossy(&again.stderr).contains("indexed"),
+                "the second query reuses the index"
+            );
+            assert_eq!(
+                json(&String::from_utf8_lossy(&again.stdout)),
+                r,
+                "the same answer from the saved index"
+            );
             // Image to text, with an image file as the query.
             let image = manifest.parent().expect("folder").join("images/s0001.png");
-            let r = json(&ok(ws, &["retrieve", "--run", &out, "--from", "image", "--query", image.to_str().expect("utf-8"), "--top-k", "3", "--device", "cpu", "--json"]));
-            assert_eq!((r["to"].as_str(), r["results"].as_array().map(Vec::len)), (Some("text"), Some(3)), "{r}");
+            let r = json(&ok(
+                ws,
+                &[
+                    "retrieve",
+                    "--run",
+                    &out,
+                    "--from",
+                    "image",
+                    "--query",
+                    image.to_str().expect("utf-8"),
+                    "--top-k",
+                    "3",
+                    "--device",
+                    "cpu",
+                    "--json",
+                ],
+            ));
+            assert_eq!(
+                (r["to"].as_str(), r["results"].as_array().map(Vec::len)),
+                (Some("text"), Some(3)),
+                "{r}"
+            );
             continue;
         }
         let accuracy_key = if name == "sentiment" { "polarity_accuracy" } else { "accuracy" };
-        assert!(metrics[accuracy_key].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{name}: {metrics}");
+        assert!(
+            metrics[accuracy_key].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),
+            "{name}: {metrics}"
+        );
         if name == "sentiment" {
             assert!(metrics["score_mse"].as_f64().is_some_and(f64::is_finite), "{metrics}");
         }
@@ -195,7 +352,12 @@ fn every_recipe_trains_evaluates_and_predicts() {
         }
         let lines = ok(ws, &["predict", "--run", &out, "--device", "cpu"]);
         let rows: Vec<Value> = lines.lines().map(json).collect();
-        assert!(!rows.is_empty() && rows.len() <= ids.len(), "{name}: {} predictions for {} test samples", rows.len(), ids.len());
+        assert!(
+            !rows.is_empty() && rows.len() <= ids.len(),
+            "{name}: {} predictions for {} test samples",
+            rows.len(),
+            ids.len()
+        );
         for row in &rows {
             assert!(ids.contains(&row["id"].as_str().expect("id").to_string()), "{row}");
             let head = if name == "sentiment" { &row["polarity"] } else { row };
@@ -204,7 +366,8 @@ fn every_recipe_trains_evaluates_and_predicts() {
             assert!((sum - 1.0).abs() < 1e-4, "{row}");
             assert!(probs.contains_key(head["prediction"].as_str().expect("prediction")), "{row}");
             // Gated and attention fusion report per-sample modality weights.
-            if ["video", "sentiment", "diagnosis", "finetune", "av-digits"].contains(&name.as_str()) {
+            if ["video", "sentiment", "diagnosis", "finetune", "av-digits"].contains(&name.as_str())
+            {
                 let w = row["modality_weights"].as_object().expect("modality weights");
                 assert_eq!(w.len(), 2, "{row}");
             }
@@ -224,19 +387,62 @@ fn pretrained_encoders_are_loaded_fine_tuned_and_exported() {
     let finetune = finetune.to_str().expect("utf-8");
     let out = "runs/pretrained/finetune";
     let _ = std::fs::remove_dir_all(ws.join(out));
-    let said = ok(ws, &["train", "--config", finetune, "--set", "train.epochs=3", "--set", "train.freeze_backbone_epochs=2", "--set", "data.image.size=32", "--out", out, "--quiet"]);
-    assert!(said.contains("pretrained image: loaded 100 tensors") && said.contains("pretrained.json"), "{said}");
-    let record = json(&std::fs::read_to_string(ws.join(out).join("pretrained.json")).expect("pretrained.json"));
+    let said = ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            finetune,
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.freeze_backbone_epochs=2",
+            "--set",
+            "data.image.size=32",
+            "--out",
+            out,
+            "--quiet",
+        ],
+    );
+    assert!(
+        said.contains("pretrained image: loaded 100 tensors") && said.contains("pretrained.json"),
+        "{said}"
+    );
+    let record = json(
+        &std::fs::read_to_string(ws.join(out).join("pretrained.json")).expect("pretrained.json"),
+    );
     assert_eq!(record["image"]["loaded"], 100, "{record}");
     // The frozen epochs left the backbone alone; the third fine-tuned it.
-    ok(ws, &["export", "--run", out, "--encoder", "image", "--checkpoint", &format!("{out}/checkpoints/last.json"), "--out", "runs/pretrained/tuned.safetensors"]);
+    ok(
+        ws,
+        &[
+            "export",
+            "--run",
+            out,
+            "--encoder",
+            "image",
+            "--checkpoint",
+            &format!("{out}/checkpoints/last.json"),
+            "--out",
+            "runs/pretrained/tuned.safetensors",
+        ],
+    );
     let read = |p: &str| -> Vec<(String, Vec<f32>)> {
-        let mut v: Vec<(String, Vec<f32>)> = tch::Tensor::read_safetensors(ws.join(p)).expect("read").into_iter().map(|(k, t)| (k, Vec::try_from(t.view([-1])).expect("values"))).collect();
+        let mut v: Vec<(String, Vec<f32>)> = tch::Tensor::read_safetensors(ws.join(p))
+            .expect("read")
+            .into_iter()
+            .map(|(k, t)| (k, Vec::try_from(t.view([-1])).expect("values")))
+            .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     };
-    let (before, after) = (read("data/resnet18/model.safetensors"), read("runs/pretrained/tuned.safetensors"));
-    assert_eq!(before.iter().map(|t| &t.0).collect::<Vec<_>>(), after.iter().map(|t| &t.0).collect::<Vec<_>>(), "torchvision's names, no projection");
+    let (before, after) =
+        (read("data/resnet18/model.safetensors"), read("runs/pretrained/tuned.safetensors"));
+    assert_eq!(
+        before.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        after.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        "torchvision's names, no projection"
+    );
     assert_ne!(before, after, "the backbone was fine-tuned after its frozen epochs");
     let metrics = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
     assert!(metrics["auroc"].as_f64().is_some(), "{metrics}");
@@ -245,19 +451,77 @@ fn pretrained_encoders_are_loaded_fine_tuned_and_exported() {
     let bert = configs().join("retrieval/retrieval-bert.toml");
     let out = "runs/pretrained/retrieval-bert";
     let _ = std::fs::remove_dir_all(ws.join(out));
-    let summary = json(&ok(ws, &["train", "--config", bert.to_str().expect("utf-8"), "--set", "train.epochs=3", "--out", out, "--json"]));
+    let summary = json(&ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            bert.to_str().expect("utf-8"),
+            "--set",
+            "train.epochs=3",
+            "--out",
+            out,
+            "--json",
+        ],
+    ));
     assert_eq!(summary["epochs"], 3, "{summary}");
-    assert!(summary["pretrained"]["text"].as_str().is_some_and(|s| s.starts_with("loaded 39 tensors")), "{summary}");
+    assert!(
+        summary["pretrained"]["text"].as_str().is_some_and(|s| s.starts_with("loaded 39 tensors")),
+        "{summary}"
+    );
     let metrics = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
-    assert!(metrics["text_to_image_r10"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{metrics}");
-    let r = json(&ok(ws, &["retrieve", "--run", out, "--query", "a red hoop near the top", "--top-k", "3", "--device", "cpu", "--json"]));
+    assert!(
+        metrics["text_to_image_r10"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),
+        "{metrics}"
+    );
+    let r = json(&ok(
+        ws,
+        &[
+            "retrieve",
+            "--run",
+            out,
+            "--query",
+            "a red hoop near the top",
+            "--top-k",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    ));
     assert_eq!(r["results"].as_array().map(Vec::len), Some(3), "{r}");
 
     // A BERT configuration without the model's tokenizer, and weights of another network.
-    let e = fails(ws, &["train", "--config", bert.to_str().expect("utf-8"), "--set", "data.text.tokenizer=nothing.json", "--out", "runs/pretrained/x"]);
+    let e = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            bert.to_str().expect("utf-8"),
+            "--set",
+            "data.text.tokenizer=nothing.json",
+            "--out",
+            "runs/pretrained/x",
+        ],
+    );
     assert!(e.contains("nothing.json"), "{e}");
-    let e = fails(ws, &["train", "--config", finetune, "--set", "model.encoders.image.arch=resnet34", "--out", "runs/pretrained/y"]);
-    assert!(e.contains("model.encoders.image: pretrained weights") && e.contains("missing: layer1.2.conv1.weight"), "{e}");
+    let e = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            finetune,
+            "--set",
+            "model.encoders.image.arch=resnet34",
+            "--out",
+            "runs/pretrained/y",
+        ],
+    );
+    assert!(
+        e.contains("model.encoders.image: pretrained weights")
+            && e.contains("missing: layer1.2.conv1.weight"),
+        "{e}"
+    );
 }
 
 /// The configuration is checked before anything runs; each mistake gets one message naming
@@ -268,18 +532,41 @@ fn bad_configurations_and_inputs_get_one_clear_message() {
     let dir = ws.join("bad-configs");
     std::fs::create_dir_all(&dir).expect("dir");
     let good = std::fs::read_to_string(configs().join("diagnosis/diagnosis.toml")).expect("recipe");
-    let line_of = |needle: &str| good.lines().position(|l| l.starts_with(needle)).expect("line") + 1;
+    let line_of =
+        |needle: &str| good.lines().position(|l| l.starts_with(needle)).expect("line") + 1;
     let write = |name: &str, text: String| {
         let p = dir.join(name);
         std::fs::write(&p, text).expect("write");
         p.to_str().expect("utf-8").to_string()
     };
     let cases = [
-        (write("unknown.toml", good.replace("epochs = 20", "epoch = 20")), format!("unknown.toml:{}:1: key `train.epoch`: unknown field `epoch`", line_of("epochs = 20"))),
-        (write("type.toml", good.replace("epochs = 20", "epochs = \"many\"")), format!("type.toml:{}:10: key `train.epochs`: invalid type", line_of("epochs = 20"))),
-        (write("syntax.toml", good.replace("[model.head]", "[model.head")), format!("syntax.toml:{}:", line_of("[model.head]"))),
-        (write("combo.toml", good.replace("[data.features]\ndim = 6", "")), "data reads no features".to_string()),
-        (write("kind.toml", good.replace("kind = \"image\"", "kind = \"video\"\nframe = { arch = \"lenet\" }").replace("arch = \"lenet\"\n\n", "\n")), "model.encoders.image: kind = \"video\" cannot read image".to_string()),
+        (
+            write("unknown.toml", good.replace("epochs = 20", "epoch = 20")),
+            format!(
+                "unknown.toml:{}:1: key `train.epoch`: unknown field `epoch`",
+                line_of("epochs = 20")
+            ),
+        ),
+        (
+            write("type.toml", good.replace("epochs = 20", "epochs = \"many\"")),
+            format!("type.toml:{}:10: key `train.epochs`: invalid type", line_of("epochs = 20")),
+        ),
+        (
+            write("syntax.toml", good.replace("[model.head]", "[model.head")),
+            format!("syntax.toml:{}:", line_of("[model.head]")),
+        ),
+        (
+            write("combo.toml", good.replace("[data.features]\ndim = 6", "")),
+            "data reads no features".to_string(),
+        ),
+        (
+            write(
+                "kind.toml",
+                good.replace("kind = \"image\"", "kind = \"video\"\nframe = { arch = \"lenet\" }")
+                    .replace("arch = \"lenet\"\n\n", "\n"),
+            ),
+            "model.encoders.image: kind = \"video\" cannot read image".to_string(),
+        ),
     ];
     for (path, expected) in &cases {
         let err = fails(ws, &["train", "--config", path, "--check"]);
@@ -288,36 +575,132 @@ fn bad_configurations_and_inputs_get_one_clear_message() {
     let recipe = configs().join("diagnosis/diagnosis.toml");
     let recipe = recipe.to_str().expect("utf-8");
     let err = fails(ws, &["train", "--config", recipe, "--set", "train.epochs=zero", "--check"]);
-    assert!(err.contains("with --set train.epochs=zero: key `train.epochs`: invalid type"), "{err}");
+    assert!(
+        err.contains("with --set train.epochs=zero: key `train.epochs`: invalid type"),
+        "{err}"
+    );
     let err = fails(ws, &["train", "--config", recipe, "--set", "model.fusion.dims=3", "--check"]);
     assert!(err.contains("key `model.fusion`: unknown field `dims`"), "{err}");
     // A missing file: the configuration, the manifest.
     let err = fails(ws, &["train", "--config", "no-such.toml"]);
     assert!(err.contains("no-such.toml"), "{err}");
-    let err = fails(ws, &["train", "--config", recipe, "--set", "data.manifest=data/none.jsonl", "--out", "runs/bad-missing", "--device", "cpu"]);
+    let err = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            recipe,
+            "--set",
+            "data.manifest=data/none.jsonl",
+            "--out",
+            "runs/bad-missing",
+            "--device",
+            "cpu",
+        ],
+    );
     assert!(err.contains("data/none.jsonl") && err.contains("No such file"), "{err}");
     // Data that do not fit the configuration: the sample is named.
-    let err = fails(ws, &["train", "--config", recipe, "--set", "data.features.dim=5", "--out", "runs/bad-dim", "--device", "cpu", "--quiet"]);
-    assert!(err.contains("sample \"s0") && err.contains("6 features, the pipeline expects 5"), "{err}");
+    let err = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            recipe,
+            "--set",
+            "data.features.dim=5",
+            "--out",
+            "runs/bad-dim",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    );
+    assert!(
+        err.contains("sample \"s0") && err.contains("6 features, the pipeline expects 5"),
+        "{err}"
+    );
     // A model that does not fit the data fails before the first epoch, and the same folder
     // takes the corrected run.
-    let err = fails(ws, &["train", "--config", recipe, "--set", "model.head.class_weights=[1.0, 2.0, 3.0]", "--out", "runs/bad-weights", "--device", "cpu", "--quiet"]);
-    assert!(err.contains("class_weights") && err.contains("3 non-negative weights for 2 classes"), "{err}");
-    ok(ws, &["train", "--config", recipe, "--set", "train.epochs=1", "--out", "runs/bad-weights", "--device", "cpu", "--quiet"]);
+    let err = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            recipe,
+            "--set",
+            "model.head.class_weights=[1.0, 2.0, 3.0]",
+            "--out",
+            "runs/bad-weights",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    );
+    assert!(
+        err.contains("class_weights") && err.contains("3 non-negative weights for 2 classes"),
+        "{err}"
+    );
+    ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            recipe,
+            "--set",
+            "train.epochs=1",
+            "--out",
+            "runs/bad-weights",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    );
     // A checkpoint from another model.
     for (name, config) in [("a", "diagnosis/diagnosis.toml"), ("b", "synthetic/synthetic.toml")] {
         let config = configs().join(config);
-        ok(ws, &["train", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=1", "--out", &format!("runs/other-{name}"), "--device", "cpu", "--quiet"]);
+        ok(
+            ws,
+            &[
+                "train",
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--set",
+                "train.epochs=1",
+                "--out",
+                &format!("runs/other-{name}"),
+                "--device",
+                "cpu",
+                "--quiet",
+            ],
+        );
     }
-    let err = fails(ws, &["eval", "--run", "runs/other-a", "--checkpoint", "runs/other-b/checkpoints/best.json", "--device", "cpu"]);
-    assert!(err.contains("the checkpoint comes from another model") && err.contains("variables differ"), "{err}");
+    let err = fails(
+        ws,
+        &[
+            "eval",
+            "--run",
+            "runs/other-a",
+            "--checkpoint",
+            "runs/other-b/checkpoints/best.json",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(
+        err.contains("the checkpoint comes from another model") && err.contains("variables differ"),
+        "{err}"
+    );
     let err = fails(ws, &["eval", "--run", "data/synth"]);
     assert!(err.contains("is not a run folder"), "{err}");
     // A corrupt sample: `data check` names it and the reason; --strict fails.
-    let summary: Value = json(&std::fs::read_to_string(ws.join("data/synth/synth.json")).expect("summary"));
+    let summary: Value =
+        json(&std::fs::read_to_string(ws.join("data/synth/synth.json")).expect("summary"));
     let corrupt = summary["corrupted"]["image"][0].as_str().expect("a truncated image").to_string();
     let report = ok(ws, &["data", "check", "data/synth/manifest.jsonl"]);
-    assert!(report.lines().any(|l| l.contains(&corrupt) && l.contains("bad_image")), "{corrupt}: {report}");
+    assert!(
+        report.lines().any(|l| l.contains(&corrupt) && l.contains("bad_image")),
+        "{corrupt}: {report}"
+    );
     let err = fails(ws, &["data", "check", "data/synth/manifest.jsonl", "--strict"]);
     assert!(err.contains("would be dropped"), "{err}");
 }
@@ -326,22 +709,31 @@ fn bad_configurations_and_inputs_get_one_clear_message() {
 #[test]
 fn data_check_stats_and_split() {
     let ws = workspace(240);
-    let report = json(&ok(ws, &["data", "check", "data/synth/diagnosis.jsonl", "--require", "image,features", "--json"]));
+    let report = json(&ok(
+        ws,
+        &["data", "check", "data/synth/diagnosis.jsonl", "--require", "image,features", "--json"],
+    ));
     assert_eq!(report["total"], 240, "{report}");
     let err = fails(ws, &["data", "check", "data/synth/diagnosis.jsonl", "--require", "smell"]);
     assert!(err.contains("unknown modality `smell`"), "{err}");
 
     let config = configs().join("diagnosis/diagnosis.toml");
-    let stats = json(&ok(ws, &["data", "stats", "--config", config.to_str().expect("utf-8"), "--out", "stats", "--json"]));
-    let mean: Vec<f64> = serde_json::from_value(stats["image"]["mean"].clone()).expect("image mean");
+    let stats = json(&ok(
+        ws,
+        &["data", "stats", "--config", config.to_str().expect("utf-8"), "--out", "stats", "--json"],
+    ));
+    let mean: Vec<f64> =
+        serde_json::from_value(stats["image"]["mean"].clone()).expect("image mean");
     assert_eq!(mean.len(), 3);
     assert!(mean.iter().all(|m| (0.0..=1.0).contains(m)), "{stats}");
-    let std: Vec<f64> = serde_json::from_value(stats["features"]["std"].clone()).expect("feature std");
+    let std: Vec<f64> =
+        serde_json::from_value(stats["features"]["std"].clone()).expect("feature std");
     assert_eq!(std.len(), 6);
     // The features' statistics are those of the training split's records.
     let text = std::fs::read_to_string(ws.join("data/synth/diagnosis.jsonl")).expect("manifest");
     // (Samples whose image is corrupt are cleaned out first.)
-    let summary: Value = json(&std::fs::read_to_string(ws.join("data/synth/synth.json")).expect("summary"));
+    let summary: Value =
+        json(&std::fs::read_to_string(ws.join("data/synth/synth.json")).expect("summary"));
     let corrupt = summary["corrupted"]["image"].as_array().expect("ids").clone();
     let first: Vec<f64> = text
         .lines()
@@ -352,28 +744,73 @@ fn data_check_stats_and_split() {
     let mean0 = first.iter().sum::<f64>() / first.len() as f64;
     let got: f64 = stats["features"]["mean"][0].as_f64().expect("mean");
     assert!((got - mean0).abs() < 1e-3 * mean0.abs().max(1.0), "{got} vs {mean0}");
-    assert!(ws.join("stats/image_stats.json").is_file() && ws.join("stats/features_stats.json").is_file());
+    assert!(
+        ws.join("stats/image_stats.json").is_file()
+            && ws.join("stats/features_stats.json").is_file()
+    );
 
     let counts = |path: &str| -> (usize, usize, usize, usize) {
         let text = std::fs::read_to_string(ws.join(path)).expect("split manifest");
         let rows: Vec<Value> = text.lines().map(json).collect();
         let n = |s: &str| rows.iter().filter(|r| r["split"] == s).count();
-        let positives_in_test = rows.iter().filter(|r| r["split"] == "test" && r["label"] == "positive").count();
+        let positives_in_test =
+            rows.iter().filter(|r| r["split"] == "test" && r["label"] == "positive").count();
         (n("train"), n("val"), n("test"), positives_in_test)
     };
-    let line = ok(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis-resplit.jsonl", "--val", "0.2", "--test", "0.25", "--seed", "5"]);
+    let line = ok(
+        ws,
+        &[
+            "data",
+            "split",
+            "data/synth/diagnosis.jsonl",
+            "--out",
+            "data/synth/diagnosis-resplit.jsonl",
+            "--val",
+            "0.2",
+            "--test",
+            "0.25",
+            "--seed",
+            "5",
+        ],
+    );
     assert!(line.contains("stratified"), "{line}");
     let (train, val, test, pos) = counts("data/synth/diagnosis-resplit.jsonl");
     assert_eq!(train + val + test, 240);
     assert!((58..=62).contains(&test) && (46..=50).contains(&val), "{train} {val} {test}");
     let positives = text.lines().map(json).filter(|r| r["label"] == "positive").count();
-    assert!((pos as f64 - positives as f64 * 0.25).abs() <= 1.0, "{pos} of {positives} positives in test");
+    assert!(
+        (pos as f64 - positives as f64 * 0.25).abs() <= 1.0,
+        "{pos} of {positives} positives in test"
+    );
     let before = std::fs::read(ws.join("data/synth/diagnosis-resplit.jsonl")).expect("split");
-    ok(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis-resplit.jsonl", "--val", "0.2", "--test", "0.25", "--seed", "5"]);
-    assert_eq!(before, std::fs::read(ws.join("data/synth/diagnosis-resplit.jsonl")).expect("split"), "the same seed, the same splits");
-    let err = fails(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis.jsonl"]);
+    ok(
+        ws,
+        &[
+            "data",
+            "split",
+            "data/synth/diagnosis.jsonl",
+            "--out",
+            "data/synth/diagnosis-resplit.jsonl",
+            "--val",
+            "0.2",
+            "--test",
+            "0.25",
+            "--seed",
+            "5",
+        ],
+    );
+    assert_eq!(
+        before,
+        std::fs::read(ws.join("data/synth/diagnosis-resplit.jsonl")).expect("split"),
+        "the same seed, the same splits"
+    );
+    let err = fails(
+        ws,
+        &["data", "split", "data/synth/diagnosis.jsonl", "--out", "data/synth/diagnosis.jsonl"],
+    );
     assert!(err.contains("not over it"), "{err}");
-    let err = fails(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "elsewhere.jsonl"]);
+    let err =
+        fails(ws, &["data", "split", "data/synth/diagnosis.jsonl", "--out", "elsewhere.jsonl"]);
     assert!(err.contains("must sit beside"), "{err}");
 }
 
@@ -385,23 +822,85 @@ fn resume_continues_a_run_and_inspect_shows_it() {
     let config = config.to_str().expect("utf-8");
     let out = "runs/resume";
     let _ = std::fs::remove_dir_all(ws.join(out));
-    ok(ws, &["train", "--config", config, "--set", "train.epochs=1", "--out", out, "--device", "cpu", "--quiet"]);
-    let err = fails(ws, &["train", "--config", config, "--set", "train.epochs=2", "--out", out, "--device", "cpu"]);
+    ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            config,
+            "--set",
+            "train.epochs=1",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    );
+    let err = fails(
+        ws,
+        &["train", "--config", config, "--set", "train.epochs=2", "--out", out, "--device", "cpu"],
+    );
     assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
-    let err = fails(ws, &["train", "--config", config, "--set", "train.epochs=2", "--set", "model.head.hidden=[32]", "--out", out, "--resume", "--device", "cpu"]);
+    let err = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            config,
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "model.head.hidden=[32]",
+            "--out",
+            out,
+            "--resume",
+            "--device",
+            "cpu",
+        ],
+    );
     assert!(err.contains("another model"), "{err}");
-    let summary = json(&ok(ws, &["train", "--config", config, "--set", "train.epochs=2", "--out", out, "--resume", "--device", "cpu", "--json"]));
+    let summary = json(&ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            config,
+            "--set",
+            "train.epochs=2",
+            "--out",
+            out,
+            "--resume",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    ));
     assert_eq!(summary["epochs"], 2, "{summary}");
     let history = std::fs::read_to_string(ws.join(out).join("metrics.jsonl")).expect("history");
-    let epochs: Vec<u64> = history.lines().map(|l| json(l)["epoch"].as_u64().expect("epoch")).collect();
+    let epochs: Vec<u64> =
+        history.lines().map(|l| json(l)["epoch"].as_u64().expect("epoch")).collect();
     assert_eq!(epochs, [1, 2]);
 
     let text = ok(ws, &["inspect", out]);
-    for needle in ["encoders.image", "encoders.audio", "encoders.text", "fusion", "head", "history", "[model.fusion]"] {
+    for needle in [
+        "encoders.image",
+        "encoders.audio",
+        "encoders.text",
+        "fusion",
+        "head",
+        "history",
+        "[model.fusion]",
+    ] {
         assert!(text.contains(needle), "{needle}: {text}");
     }
     let info = json(&ok(ws, &["inspect", &format!("{out}/checkpoints/last.json"), "--json"]));
-    let per: i64 = info["parameters"].as_object().expect("per module").values().map(|v| v.as_i64().expect("n")).sum();
+    let per: i64 = info["parameters"]
+        .as_object()
+        .expect("per module")
+        .values()
+        .map(|v| v.as_i64().expect("n"))
+        .sum();
     assert_eq!(per, info["total_parameters"].as_i64().expect("total"));
     assert_eq!(info["history"].as_array().map(Vec::len), Some(2));
     // A reader that stops early (`mm predict | head`) ends the process quietly: here the pipe
@@ -432,16 +931,60 @@ fn two_local_ranks_train_one_run_that_resumes_on_one() {
     let config = config.to_str().expect("utf-8");
     let out = "runs/two-ranks";
     let _ = std::fs::remove_dir_all(ws.join(out));
-    let text = ok(ws, &["train", "--config", config, "--set", "train.epochs=1", "--set", "train.batch_size=16", "--out", out, "--device", "cpu", "--json", "--nproc-per-node", "2"]);
+    let text = ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            config,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=16",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--json",
+            "--nproc-per-node",
+            "2",
+        ],
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "one summary, from rank 0: {text}");
     let summary = json(lines[0]);
-    assert_eq!((summary["ranks"].as_u64(), summary["epochs"].as_u64()), (Some(2), Some(1)), "{summary}");
+    assert_eq!(
+        (summary["ranks"].as_u64(), summary["epochs"].as_u64()),
+        (Some(2), Some(1)),
+        "{summary}"
+    );
     // Resumed with one process: the data order depends on (seed, epoch) alone.
-    let summary = json(&ok(ws, &["train", "--config", config, "--set", "train.epochs=2", "--set", "train.batch_size=16", "--out", out, "--device", "cpu", "--json", "--resume"]));
-    assert_eq!((summary["ranks"].as_u64(), summary["epochs"].as_u64()), (Some(1), Some(2)), "{summary}");
+    let summary = json(&ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            config,
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.batch_size=16",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--json",
+            "--resume",
+        ],
+    ));
+    assert_eq!(
+        (summary["ranks"].as_u64(), summary["epochs"].as_u64()),
+        (Some(1), Some(2)),
+        "{summary}"
+    );
     let history = std::fs::read_to_string(ws.join(out).join("metrics.jsonl")).expect("history");
-    let steps: Vec<u64> = history.lines().map(|l| json(l)["step"].as_u64().expect("step")).collect();
+    let steps: Vec<u64> =
+        history.lines().map(|l| json(l)["step"].as_u64().expect("step")).collect();
     // Per epoch: 2 ranks x 16 make 32 a step; then one process of 16 takes twice the steps.
     assert_eq!(steps.len(), 2);
     assert_eq!(steps[1] - steps[0], 2 * steps[0], "{steps:?}");
@@ -450,7 +993,12 @@ fn two_local_ranks_train_one_run_that_resumes_on_one() {
     let out = Command::new(env!("CARGO_BIN_EXE_mm"))
         .current_dir(ws)
         .args(["train", "--config", config, "--out", "runs/nested", "--nproc-per-node", "2"])
-        .envs([("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "1")])
+        .envs([
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "1"),
+        ])
         .output()
         .expect("run mm");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -465,30 +1013,101 @@ fn two_local_ranks_train_one_run_that_resumes_on_one() {
 fn two_ranks_train_from_tar_shards() {
     let ws = workspace(240);
     let _ = std::fs::remove_dir_all(ws.join("data/synth-shards"));
-    let text = ok(ws, &["data", "shard", "data/synth/manifest.jsonl", "--out", "data/synth-shards", "--max-samples", "40"]);
+    let text = ok(
+        ws,
+        &[
+            "data",
+            "shard",
+            "data/synth/manifest.jsonl",
+            "--out",
+            "data/synth-shards",
+            "--max-samples",
+            "40",
+        ],
+    );
     assert!(text.contains("train:") && text.contains("shard(s)"), "{text}");
-    let report = json(&std::fs::read_to_string(ws.join("data/synth-shards/clean-report.json")).expect("cleaning report"));
+    let report = json(
+        &std::fs::read_to_string(ws.join("data/synth-shards/clean-report.json"))
+            .expect("cleaning report"),
+    );
     let dropped = report["dropped"].as_u64().expect("dropped");
     assert!(dropped > 0, "the synthetic data has corrupt images: {report}");
-    let index = json(&std::fs::read_to_string(ws.join("data/synth-shards/shards.json")).expect("index"));
-    let total: u64 = index["splits"].as_object().expect("splits").values().flat_map(|v| v.as_array().expect("shards").iter().map(|s| s["samples"].as_u64().expect("n"))).sum();
-    assert_eq!(total + dropped, report["total"].as_u64().expect("total"), "every sample is in a shard or in the report");
-    let err = fails(ws, &["data", "shard", "data/synth/manifest.jsonl", "--out", "data/synth-shards"]);
+    let index =
+        json(&std::fs::read_to_string(ws.join("data/synth-shards/shards.json")).expect("index"));
+    let total: u64 = index["splits"]
+        .as_object()
+        .expect("splits")
+        .values()
+        .flat_map(|v| {
+            v.as_array().expect("shards").iter().map(|s| s["samples"].as_u64().expect("n"))
+        })
+        .sum();
+    assert_eq!(
+        total + dropped,
+        report["total"].as_u64().expect("total"),
+        "every sample is in a shard or in the report"
+    );
+    let err =
+        fails(ws, &["data", "shard", "data/synth/manifest.jsonl", "--out", "data/synth-shards"]);
     assert!(err.contains("already exists"), "{err}");
 
     let config = configs().join("synthetic/synthetic.toml");
     let out = "runs/from-shards";
     let _ = std::fs::remove_dir_all(ws.join(out));
-    let summary = json(ok(ws, &["train", "--config", config.to_str().expect("utf-8"), "--set", "data.manifest=\"data/synth-shards/shards.json\"", "--set", "train.epochs=1", "--set", "train.batch_size=8", "--out", out, "--device", "cpu", "--json", "--nproc-per-node", "2"]).trim());
+    let summary = json(
+        ok(
+            ws,
+            &[
+                "train",
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--set",
+                "data.manifest=\"data/synth-shards/shards.json\"",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.batch_size=8",
+                "--out",
+                out,
+                "--device",
+                "cpu",
+                "--json",
+                "--nproc-per-node",
+                "2",
+            ],
+        )
+        .trim(),
+    );
     assert_eq!(summary["ranks"].as_u64(), Some(2), "{summary}");
-    let record = json(std::fs::read_to_string(ws.join(out).join("metrics.jsonl")).expect("history").lines().next().expect("one epoch"));
-    let train_samples = index["splits"]["train"].as_array().expect("train").iter().map(|s| s["samples"].as_u64().expect("n")).sum::<u64>();
+    let record = json(
+        std::fs::read_to_string(ws.join(out).join("metrics.jsonl"))
+            .expect("history")
+            .lines()
+            .next()
+            .expect("one epoch"),
+    );
+    let train_samples = index["splits"]["train"]
+        .as_array()
+        .expect("train")
+        .iter()
+        .map(|s| s["samples"].as_u64().expect("n"))
+        .sum::<u64>();
     // Steps of 2 x 8 samples; what they do not cover is counted.
-    assert_eq!(record["step"].as_u64().expect("step") * 16 + record["unused_samples"].as_u64().expect("unused"), train_samples, "{record}");
+    assert_eq!(
+        record["step"].as_u64().expect("step") * 16
+            + record["unused_samples"].as_u64().expect("unused"),
+        train_samples,
+        "{record}"
+    );
     let eval = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
     assert!(eval["accuracy"].as_f64().is_some(), "{eval}");
     let predictions = ok(ws, &["predict", "--run", out, "--device", "cpu"]);
-    let test_samples = index["splits"]["test"].as_array().expect("test").iter().map(|s| s["samples"].as_u64().expect("n")).sum::<u64>();
+    let test_samples = index["splits"]["test"]
+        .as_array()
+        .expect("test")
+        .iter()
+        .map(|s| s["samples"].as_u64().expect("n"))
+        .sum::<u64>();
     assert_eq!(predictions.lines().count() as u64, test_samples);
 }
 
@@ -501,13 +1120,42 @@ fn spoken_digit_sequences_from_the_fsdd_archive() {
     let fsdd = mirror.join("fsdd/v1.0.10.tar.gz");
     let fsdd = fsdd.to_str().expect("utf-8");
     let _ = std::fs::remove_dir_all(ws.join("data/spoken"));
-    let text = ok(ws, &["data", "spoken", "--fsdd", fsdd, "--out", "data/spoken", "--train", "6", "--val", "2", "--test", "3", "--snr", "-5..5"]);
+    let text = ok(
+        ws,
+        &[
+            "data",
+            "spoken",
+            "--fsdd",
+            fsdd,
+            "--out",
+            "data/spoken",
+            "--train",
+            "6",
+            "--val",
+            "2",
+            "--test",
+            "3",
+            "--snr",
+            "-5..5",
+        ],
+    );
     assert!(text.contains("wrote 11 utterances") && text.contains("3 test (nicolas)"), "{text}");
-    let manifest = std::fs::read_to_string(ws.join("data/spoken/manifest.jsonl")).expect("manifest");
-    let words: Vec<String> = manifest.lines().map(|l| json(l)["text"].as_str().expect("transcript").to_string()).collect();
+    let manifest =
+        std::fs::read_to_string(ws.join("data/spoken/manifest.jsonl")).expect("manifest");
+    let words: Vec<String> = manifest
+        .lines()
+        .map(|l| json(l)["text"].as_str().expect("transcript").to_string())
+        .collect();
     assert_eq!(words.len(), 11);
-    assert!(words.iter().all(|t| t.split(' ').all(|w| ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"].contains(&w))), "{words:?}");
-    let err = fails(ws, &["data", "spoken", "--fsdd", fsdd, "--out", "data/spoken-x", "--snr", "loud"]);
+    assert!(
+        words.iter().all(|t| t.split(' ').all(|w| [
+            "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"
+        ]
+        .contains(&w))),
+        "{words:?}"
+    );
+    let err =
+        fails(ws, &["data", "spoken", "--fsdd", fsdd, "--out", "data/spoken-x", "--snr", "loud"]);
     assert!(err.contains("--snr") && err.contains("LO..HI"), "{err}");
 }
 
@@ -517,17 +1165,41 @@ fn spoken_digit_sequences_from_the_fsdd_archive() {
 fn compare_ranks_fusion_methods_against_single_modalities() {
     let ws = workspace(800);
     let config = configs().join("synthetic/synthetic.toml");
-    let out = ok(ws, &["compare", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=15", "--methods", "concat,gated", "--out", "runs/compare", "--device", "cpu"]);
-    let record = json(&std::fs::read_to_string(ws.join("runs/compare/compare.json")).expect("compare.json"));
+    let out = ok(
+        ws,
+        &[
+            "compare",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--set",
+            "train.epochs=15",
+            "--methods",
+            "concat,gated",
+            "--out",
+            "runs/compare",
+            "--device",
+            "cpu",
+        ],
+    );
+    let record =
+        json(&std::fs::read_to_string(ws.join("runs/compare/compare.json")).expect("compare.json"));
     let rows = record["rows"].as_array().expect("rows");
-    let acc = |name: &str| rows.iter().find(|r| r["model"] == name).and_then(|r| r["test_accuracy"].as_f64()).unwrap_or_else(|| panic!("{name}: {out}"));
+    let acc = |name: &str| {
+        rows.iter()
+            .find(|r| r["model"] == name)
+            .and_then(|r| r["test_accuracy"].as_f64())
+            .unwrap_or_else(|| panic!("{name}: {out}"))
+    };
     let fused = acc("concat").max(acc("gated"));
     let single = acc("image only").max(acc("audio only")).max(acc("text only"));
     assert!(fused > single + 0.2, "fused {fused} vs best single {single}:\n{out}");
     for m in ["concat", "gated"] {
         let row = rows.iter().find(|r| r["model"] == m).expect("row");
         let no_audio = row["without"]["audio"].as_f64().expect("without audio");
-        assert!(no_audio < acc(m) - 0.1 || acc(m) < 0.6, "{m}: removing the audio (the pitch) must hurt: {row}");
+        assert!(
+            no_audio < acc(m) - 0.1 || acc(m) < 0.6,
+            "{m}: removing the audio (the pitch) must hurt: {row}"
+        );
         assert!(row["parameters"].as_i64().is_some_and(|p| p > 0));
     }
     for line in ["concat", "gated", "image only", "audio only", "text only", "no audio"] {
@@ -535,9 +1207,33 @@ fn compare_ranks_fusion_methods_against_single_modalities() {
     }
     std::fs::create_dir_all(ws.join("precious")).expect("dir");
     std::fs::write(ws.join("precious/keep.txt"), "mine").expect("file");
-    let err = fails(ws, &["compare", "--config", config.to_str().expect("utf-8"), "--methods", "concat", "--out", "precious", "--device", "cpu"]);
-    assert!(err.contains("holds no earlier comparison") && ws.join("precious/keep.txt").is_file(), "{err}");
-    let err = fails(ws, &["compare", "--config", configs().join("retrieval/retrieval.toml").to_str().expect("utf-8"), "--no-baselines"]);
+    let err = fails(
+        ws,
+        &[
+            "compare",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--methods",
+            "concat",
+            "--out",
+            "precious",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(
+        err.contains("holds no earlier comparison") && ws.join("precious/keep.txt").is_file(),
+        "{err}"
+    );
+    let err = fails(
+        ws,
+        &[
+            "compare",
+            "--config",
+            configs().join("retrieval/retrieval.toml").to_str().expect("utf-8"),
+            "--no-baselines",
+        ],
+    );
     assert!(err.contains("compares classifiers"), "{err}");
 }
 
@@ -555,29 +1251,87 @@ fn fetched_audio_visual_digits_fuse_better_than_either_modality() {
     let mut options = mm_fetch::FetchOptions::new(dir.join("data"));
     options.mirror = Some(server.url());
     options.verbose = false;
-    options.downloader = mm_fetch::download::Downloader::new(2, std::time::Duration::from_millis(10), false);
+    options.downloader =
+        mm_fetch::download::Downloader::new(2, std::time::Duration::from_millis(10), false);
     for name in ["mnist", "fsdd"] {
-        let fetched = mm_fetch::fetch(&mm_fetch::registry::find(name).expect("registered"), &options).expect("fetch");
-        assert!(fetched.record.sources.iter().all(|s| s.verified), "{name}: {:?}", fetched.record.sources);
+        let fetched =
+            mm_fetch::fetch(&mm_fetch::registry::find(name).expect("registered"), &options)
+                .expect("fetch");
+        assert!(
+            fetched.record.sources.iter().all(|s| s.verified),
+            "{name}: {:?}",
+            fetched.record.sources
+        );
     }
-    ok(&dir, &[
-        "data", "av-digits", "--mnist", "data/mnist/raw", "--fsdd", "data/fsdd/recordings", "--out", "data/av-digits",
-        "--train-per-digit", "200", "--test-per-digit", "30", "--image-noise", "0.4", "--occlusion", "0.5", "--audio-snr", "-5",
-    ]);
+    ok(
+        &dir,
+        &[
+            "data",
+            "av-digits",
+            "--mnist",
+            "data/mnist/raw",
+            "--fsdd",
+            "data/fsdd/recordings",
+            "--out",
+            "data/av-digits",
+            "--train-per-digit",
+            "200",
+            "--test-per-digit",
+            "30",
+            "--image-noise",
+            "0.4",
+            "--occlusion",
+            "0.5",
+            "--audio-snr",
+            "-5",
+        ],
+    );
     let config = configs().join("av-digits/av-digits.toml");
-    let out = ok(&dir, &["compare", "--config", config.to_str().expect("utf-8"), "--set", "train.epochs=10", "--methods", "concat,gated", "--out", "runs/chain", "--device", "cpu"]);
+    let out = ok(
+        &dir,
+        &[
+            "compare",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--set",
+            "train.epochs=10",
+            "--methods",
+            "concat,gated",
+            "--out",
+            "runs/chain",
+            "--device",
+            "cpu",
+        ],
+    );
     // The table goes to the log: the margins below are worth watching across machines.
     eprintln!("{out}");
-    let record = json(&std::fs::read_to_string(dir.join("runs/chain/compare.json")).expect("compare.json"));
+    let record =
+        json(&std::fs::read_to_string(dir.join("runs/chain/compare.json")).expect("compare.json"));
     let rows = record["rows"].as_array().expect("rows");
-    let acc = |name: &str| rows.iter().find(|r| r["model"] == name).and_then(|r| r["test_accuracy"].as_f64()).unwrap_or_else(|| panic!("{name}: {out}"));
+    let acc = |name: &str| {
+        rows.iter()
+            .find(|r| r["model"] == name)
+            .and_then(|r| r["test_accuracy"].as_f64())
+            .unwrap_or_else(|| panic!("{name}: {out}"))
+    };
     let (image, audio) = (acc("image only"), acc("audio only"));
-    assert!(image > 0.25 && audio > 0.25, "each modality alone is well above chance (0.1): image {image}, audio {audio}\n{out}");
+    assert!(
+        image > 0.25 && audio > 0.25,
+        "each modality alone is well above chance (0.1): image {image}, audio {audio}\n{out}"
+    );
     let fused = acc("concat").max(acc("gated"));
-    assert!(fused > image.max(audio) + 0.03, "fused {fused} against image {image}, audio {audio}:\n{out}");
+    assert!(
+        fused > image.max(audio) + 0.03,
+        "fused {fused} against image {image}, audio {audio}:\n{out}"
+    );
     let scores = &record["retrieval"]["metrics"];
-    let by_class = scores["audio_to_image_class_map"].as_f64().unwrap_or_else(|| panic!("no retrieval scores: {record}"));
-    assert!(by_class > 0.18, "audio-to-image mAP by class {by_class} must be well above chance (about 0.1):\n{out}");
+    let by_class = scores["audio_to_image_class_map"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no retrieval scores: {record}"));
+    assert!(
+        by_class > 0.18,
+        "audio-to-image mAP by class {by_class} must be well above chance (about 0.1):\n{out}"
+    );
     assert_eq!(scores["gallery"].as_i64(), Some(300));
     assert!(out.contains("audio -> image: by class"), "{out}");
     drop(server);
@@ -588,7 +1342,20 @@ fn fetched_audio_visual_digits_fuse_better_than_either_modality() {
 #[test]
 fn every_command_has_help() {
     let ws = std::env::temp_dir();
-    for cmd in [&["demo"][..], &["data", "synth"], &["data", "check"], &["data", "stats"], &["data", "split"], &["train"], &["eval"], &["predict"], &["retrieve"], &["compare"], &["inspect"], &["info"]] {
+    for cmd in [
+        &["demo"][..],
+        &["data", "synth"],
+        &["data", "check"],
+        &["data", "stats"],
+        &["data", "split"],
+        &["train"],
+        &["eval"],
+        &["predict"],
+        &["retrieve"],
+        &["compare"],
+        &["inspect"],
+        &["info"],
+    ] {
         let mut args = cmd.to_vec();
         args.push("--help");
         let text = ok(&ws, &args);
@@ -611,18 +1378,62 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let recognize = configs().join("speech/recognize.toml");
     let synthesize = configs().join("speech/synthesize.toml");
-    ok(&dir, &["data", "spoken", "--fsdd", fsdd, "--out", "data/spoken", "--train", "500", "--val", "50", "--test", "100", "--max-digits", "2"]);
+    ok(
+        &dir,
+        &[
+            "data",
+            "spoken",
+            "--fsdd",
+            fsdd,
+            "--out",
+            "data/spoken",
+            "--train",
+            "500",
+            "--val",
+            "50",
+            "--test",
+            "100",
+            "--max-digits",
+            "2",
+        ],
+    );
     // A small recogniser, briefly trained, without augmentation (seeded: the same on every run).
     let small = [
-        "--set", "train.epochs=12", "--set", "train.batch_size=16", "--set", "train.lr=5e-3", "--set", "data.audio.augment={}",
-        "--set", "model.encoders.audio.backbone.rnn.hidden=64", "--set", "model.encoders.audio.backbone.rnn.layers=1",
+        "--set",
+        "train.epochs=12",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.lr=5e-3",
+        "--set",
+        "data.audio.augment={}",
+        "--set",
+        "model.encoders.audio.backbone.rnn.hidden=64",
+        "--set",
+        "model.encoders.audio.backbone.rnn.layers=1",
     ];
-    let mut args = vec!["train", "--config", recognize.to_str().expect("utf-8"), "--out", "runs/recognize", "--device", "cpu", "--quiet"];
+    let mut args = vec![
+        "train",
+        "--config",
+        recognize.to_str().expect("utf-8"),
+        "--out",
+        "runs/recognize",
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
     args.extend(small);
     ok(&dir, &args);
-    let history: Vec<Value> = std::fs::read_to_string(dir.join("runs/recognize/metrics.jsonl")).expect("metrics").lines().map(json).collect();
+    let history: Vec<Value> = std::fs::read_to_string(dir.join("runs/recognize/metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(json)
+        .collect();
     let loss = |r: &Value| r["train_loss"].as_f64().unwrap_or_else(|| panic!("no train loss: {r}"));
-    assert!(loss(&history[history.len() - 1]) < 0.5 * loss(&history[0]), "the CTC loss must fall: {history:?}");
+    assert!(
+        loss(&history[history.len() - 1]) < 0.5 * loss(&history[0]),
+        "the CTC loss must fall: {history:?}"
+    );
     let test = json(&ok(&dir, &["eval", "--run", "runs/recognize", "--split", "test", "--json"]));
     // The test speaker (nicolas) is unseen. Chance: an empty guess has CER 1; guessing 1-2
     // digits right by luck is exact about 5.5% of the time. The character error rate is the
@@ -630,12 +1441,34 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     // with AVX-512, 0.09 at CER 0.48 with libtorch limited to AVX2), so it is only held at
     // chance.
     let (cer, exact) = (test["cer"].as_f64().expect("cer"), test["exact"].as_f64().expect("exact"));
-    eprintln!("recogniser on the unseen speaker: CER {cer:.3}, WER {:.3}, exact {exact:.3}", test["wer"]);
+    eprintln!(
+        "recogniser on the unseen speaker: CER {cer:.3}, WER {:.3}, exact {exact:.3}",
+        test["wer"]
+    );
     assert!(cer < 0.6 && exact >= 0.05 && test["too_short"] == 0, "{test}");
-    let rows: Vec<Value> = ok(&dir, &["predict", "--run", "runs/recognize", "--device", "cpu"]).lines().map(json).collect();
+    let rows: Vec<Value> = ok(&dir, &["predict", "--run", "runs/recognize", "--device", "cpu"])
+        .lines()
+        .map(json)
+        .collect();
     assert_eq!(rows.len(), 100);
-    assert!(rows.iter().all(|r| r["prediction"].is_string() && r["transcript"].as_str().is_some_and(|t| !t.is_empty())), "{:?}", &rows[..2]);
-    let out = ok(&dir, &["transcribe", "--run", "runs/recognize", "data/spoken/audio/te00000.wav", "--beam", "8", "--json"]);
+    assert!(
+        rows.iter().all(|r| r["prediction"].is_string()
+            && r["transcript"].as_str().is_some_and(|t| !t.is_empty())),
+        "{:?}",
+        &rows[..2]
+    );
+    let out = ok(
+        &dir,
+        &[
+            "transcribe",
+            "--run",
+            "runs/recognize",
+            "data/spoken/audio/te00000.wav",
+            "--beam",
+            "8",
+            "--json",
+        ],
+    );
     let t = json(&out);
     assert_eq!(t["decoder"], "beam 8");
     let seconds = t["seconds"].as_f64().expect("seconds");
@@ -643,21 +1476,56 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
         let (s, e) = (token["start"].as_f64().expect("start"), token["end"].as_f64().expect("end"));
         assert!(0.0 <= s && s < e && e <= seconds + 1e-9, "{token} in {seconds} s");
     }
-    assert_eq!(t["text"].as_str().map(|s| s.split_whitespace().count()), Some(t["words"].as_array().expect("words").len()));
+    assert_eq!(
+        t["text"].as_str().map(|s| s.split_whitespace().count()),
+        Some(t["words"].as_array().expect("words").len())
+    );
     let err = fails(&dir, &["transcribe", "--run", "runs/recognize", "missing.wav"]);
     assert!(err.contains("missing.wav") && err.contains("No such file"), "{err}");
     // Synthesis from FSDD's words, aligned by the recogniser just trained.
     ok(&dir, &["data", "words", "--fsdd", fsdd, "--out", "data/fsdd-words"]);
-    let tiny = ["--set", "train.epochs=2", "--set", "model.dim=32", "--set", "model.decoder_hidden=32", "--set", "model.decoder_layers=1"];
-    let mut args = vec!["train-tts", "--config", synthesize.to_str().expect("utf-8"), "--out", "runs/synthesize", "--device", "cpu", "--quiet"];
+    let tiny = [
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "model.dim=32",
+        "--set",
+        "model.decoder_hidden=32",
+        "--set",
+        "model.decoder_layers=1",
+    ];
+    let mut args = vec![
+        "train-tts",
+        "--config",
+        synthesize.to_str().expect("utf-8"),
+        "--out",
+        "runs/synthesize",
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
     args.extend(tiny);
     ok(&dir, &args);
-    let history: Vec<Value> = std::fs::read_to_string(dir.join("runs/synthesize/metrics.jsonl")).expect("metrics").lines().map(json).collect();
-    let mel = |r: &Value| r["val"]["mel_l1"].as_f64().unwrap_or_else(|| panic!("no val mel L1: {r}"));
+    let history: Vec<Value> = std::fs::read_to_string(dir.join("runs/synthesize/metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(json)
+        .collect();
+    let mel =
+        |r: &Value| r["val"]["mel_l1"].as_f64().unwrap_or_else(|| panic!("no val mel L1: {r}"));
     assert!(history.len() == 2 && mel(&history[1]) < mel(&history[0]), "{history:?}");
     // A run stopped after its first epoch and resumed ends where the uninterrupted one did; a
     // folder holding a run is not trained over without --resume.
-    let mut first = vec!["train-tts", "--config", synthesize.to_str().expect("utf-8"), "--out", "runs/resumed", "--device", "cpu", "--quiet"];
+    let mut first = vec![
+        "train-tts",
+        "--config",
+        synthesize.to_str().expect("utf-8"),
+        "--out",
+        "runs/resumed",
+        "--device",
+        "cpu",
+        "--quiet",
+    ];
     first.extend(tiny);
     first.extend(["--set", "train.epochs=1"]);
     ok(&dir, &first);
@@ -666,10 +1534,33 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     let mut resumed = first.clone();
     resumed.extend(["--set", "train.epochs=2", "--resume"]);
     ok(&dir, &resumed);
-    let again: Vec<Value> = std::fs::read_to_string(dir.join("runs/resumed/metrics.jsonl")).expect("metrics").lines().map(json).collect();
+    let again: Vec<Value> = std::fs::read_to_string(dir.join("runs/resumed/metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(json)
+        .collect();
     assert_eq!(again.len(), 2);
-    assert!((mel(&again[1]) - mel(&history[1])).abs() < 1e-6, "resumed {} vs uninterrupted {}", again[1], history[1]);
-    let out = ok(&dir, &["synthesize", "three", "--run", "runs/synthesize", "--speaker", "theo", "--out", "three.wav", "--device", "cpu"]);
+    assert!(
+        (mel(&again[1]) - mel(&history[1])).abs() < 1e-6,
+        "resumed {} vs uninterrupted {}",
+        again[1],
+        history[1]
+    );
+    let out = ok(
+        &dir,
+        &[
+            "synthesize",
+            "three",
+            "--run",
+            "runs/synthesize",
+            "--speaker",
+            "theo",
+            "--out",
+            "three.wav",
+            "--device",
+            "cpu",
+        ],
+    );
     assert!(out.contains("wrote three.wav"), "{out}");
     let audio = mm_data::audio::decode_audio(dir.join("three.wav")).expect("a WAV");
     let seconds = audio.samples.len() as f64 / f64::from(audio.sample_rate);
@@ -678,22 +1569,87 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     // clipped.
     let peak = audio.samples.iter().fold(0.0f32, |m, x| m.max(x.abs()));
     eprintln!("synthesised \"three\": {seconds:.2} s, peak {peak:.4}");
-    assert!((0.1..3.0).contains(&seconds) && (0.005..=0.99).contains(&peak), "{seconds} s, peak {peak}");
-    let err = fails(&dir, &["synthesize", "three", "--run", "runs/synthesize", "--speaker", "nobody", "--out", "x.wav"]);
+    assert!(
+        (0.1..3.0).contains(&seconds) && (0.005..=0.99).contains(&peak),
+        "{seconds} s, peak {peak}"
+    );
+    let err = fails(
+        &dir,
+        &[
+            "synthesize",
+            "three",
+            "--run",
+            "runs/synthesize",
+            "--speaker",
+            "nobody",
+            "--out",
+            "x.wav",
+        ],
+    );
     assert!(err.contains("\"nobody\"") && err.contains("theo"), "{err}");
-    let err = fails(&dir, &["synthesize", "drei!", "--run", "runs/synthesize", "--speaker", "theo", "--out", "x.wav"]);
+    let err = fails(
+        &dir,
+        &["synthesize", "drei!", "--run", "runs/synthesize", "--speaker", "theo", "--out", "x.wav"],
+    );
     assert!(err.contains("'!'") && !dir.join("x.wav").exists(), "{err}");
-    let err = fails(&dir, &["train-tts", "--config", synthesize.to_str().expect("utf-8"), "--out", "runs/other", "--set", "data.aligner=runs/nothing"]);
+    let err = fails(
+        &dir,
+        &[
+            "train-tts",
+            "--config",
+            synthesize.to_str().expect("utf-8"),
+            "--out",
+            "runs/other",
+            "--set",
+            "data.aligner=runs/nothing",
+        ],
+    );
     assert!(err.contains("runs/nothing") && err.contains("not a run folder"), "{err}");
-    let words = std::fs::read_to_string(dir.join("data/fsdd-words/manifest.jsonl")).expect("manifest");
-    std::fs::write(dir.join("data/fsdd-words/unlabelled.jsonl"), words.replacen(",\"label\":\"george\"", "", 1)).expect("write");
-    let err = fails(&dir, &["train-tts", "--config", synthesize.to_str().expect("utf-8"), "--out", "runs/other", "--set", "data.manifest=data/fsdd-words/unlabelled.jsonl"]);
-    assert!(err.contains("1 samples lack their audio or their speaker") && err.contains("0_george_0"), "{err}");
-    let out = ok(&dir, &["eval-tts", "--run", "runs/synthesize", "--recognizer", "runs/recognize", "--device", "cpu"]);
-    let e = json(&std::fs::read_to_string(dir.join("runs/synthesize/eval/eval.json")).expect("eval.json"));
+    let words =
+        std::fs::read_to_string(dir.join("data/fsdd-words/manifest.jsonl")).expect("manifest");
+    std::fs::write(
+        dir.join("data/fsdd-words/unlabelled.jsonl"),
+        words.replacen(",\"label\":\"george\"", "", 1),
+    )
+    .expect("write");
+    let err = fails(
+        &dir,
+        &[
+            "train-tts",
+            "--config",
+            synthesize.to_str().expect("utf-8"),
+            "--out",
+            "runs/other",
+            "--set",
+            "data.manifest=data/fsdd-words/unlabelled.jsonl",
+        ],
+    );
+    assert!(
+        err.contains("1 samples lack their audio or their speaker") && err.contains("0_george_0"),
+        "{err}"
+    );
+    let out = ok(
+        &dir,
+        &[
+            "eval-tts",
+            "--run",
+            "runs/synthesize",
+            "--recognizer",
+            "runs/recognize",
+            "--device",
+            "cpu",
+        ],
+    );
+    let e = json(
+        &std::fs::read_to_string(dir.join("runs/synthesize/eval/eval.json")).expect("eval.json"),
+    );
     assert_eq!(e["pairs"], 60, "6 speakers x 10 words: {out}");
     assert_eq!(e["real"], 300);
-    assert!(e["mel_distance"].as_f64().is_some_and(f64::is_finite) && e["real_mel_distance"].as_f64().is_some_and(|d| d > 0.0), "{e}");
+    assert!(
+        e["mel_distance"].as_f64().is_some_and(f64::is_finite)
+            && e["real_mel_distance"].as_f64().is_some_and(|d| d > 0.0),
+        "{e}"
+    );
     assert!(dir.join("runs/synthesize/eval/theo_three.wav").is_file());
     std::fs::remove_dir_all(&dir).expect("clean up");
 }

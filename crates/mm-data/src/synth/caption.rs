@@ -25,10 +25,18 @@ pub struct Described {
 /// The sentiment level of each adjective group.
 pub const SENTIMENT_LEVELS: [f64; 5] = [-1.0, -0.5, 0.0, 0.5, 1.0];
 
-const SHAPES: [&[&str]; 4] =
-    [&["circle", "disc", "dot"], &["ring", "hoop", "loop"], &["square", "box", "block"], &["triangle", "wedge", "delta"]];
-const COLOURS: [&[&str]; 4] =
-    [&["red", "crimson", "scarlet"], &["green", "emerald", "lime"], &["blue", "azure", "navy"], &["yellow", "golden", "amber"]];
+const SHAPES: [&[&str]; 4] = [
+    &["circle", "disc", "dot"],
+    &["ring", "hoop", "loop"],
+    &["square", "box", "block"],
+    &["triangle", "wedge", "delta"],
+];
+const COLOURS: [&[&str]; 4] = [
+    &["red", "crimson", "scarlet"],
+    &["green", "emerald", "lime"],
+    &["blue", "azure", "navy"],
+    &["yellow", "golden", "amber"],
+];
 const SIZES: [&[&str]; 2] = [&["small", "tiny", "little"], &["large", "big", "huge"]];
 const BEEPS: [&[&str]; 3] = [
     &["with a single beep", "with one beep", "beeping once"],
@@ -61,7 +69,12 @@ fn place_phrase(place: usize, rng: &mut Rng) -> String {
     }
     let row_word = [pick(rng, &["top", "upper"]), "", pick(rng, &["bottom", "lower"])][row];
     let col_word = ["left", "", "right"][col];
-    let words = [row_word, col_word].iter().filter(|w| !w.is_empty()).copied().collect::<Vec<_>>().join(" ");
+    let words = [row_word, col_word]
+        .iter()
+        .filter(|w| !w.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
     let corner = if row != 1 && col != 1 && rng.chance(0.5) { " corner" } else { "" };
     let prep = pick(rng, &["in the", "at the", "near the", "on the"]);
     format!("{prep} {words}{corner}")
@@ -106,7 +119,8 @@ mod tests {
     #[test]
     fn captions_vary_and_name_every_attribute() {
         let d = Described { shape: 3, colour: 1, large: false, place: 6, beeps: 2, sentiment: 0 };
-        let captions: std::collections::BTreeSet<String> = (0..200).map(|i| caption(&d, &mut Rng::new(i))).collect();
+        let captions: std::collections::BTreeSet<String> =
+            (0..200).map(|i| caption(&d, &mut Rng::new(i))).collect();
         assert!(captions.len() > 100, "only {} distinct captions", captions.len());
         for c in &captions {
             assert!(SHAPES[3].iter().any(|w| c.contains(w)), "{c}");
@@ -116,7 +130,10 @@ mod tests {
             assert!(BEEPS[1].iter().any(|w| c.contains(w)), "{c}");
             assert!(SENTIMENTS[0].iter().any(|w| c.contains(w)), "{c}");
             let words: Vec<&str> = c.split(|ch: char| !ch.is_alphanumeric()).collect();
-            assert!(!words.iter().any(|w| ["high", "low", "pitch"].contains(w)), "a caption may not name the pitch: {c}");
+            assert!(
+                !words.iter().any(|w| ["high", "low", "pitch"].contains(w)),
+                "a caption may not name the pitch: {c}"
+            );
         }
     }
 }

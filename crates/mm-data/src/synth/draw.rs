@@ -57,7 +57,8 @@ impl Shape {
                 let inradius = 0.625 * r;
                 let mut d = f32::MIN;
                 for k in 0..3 {
-                    let a = std::f32::consts::FRAC_PI_2 + k as f32 * 2.0 * std::f32::consts::FRAC_PI_3;
+                    let a =
+                        std::f32::consts::FRAC_PI_2 + k as f32 * 2.0 * std::f32::consts::FRAC_PI_3;
                     d = d.max(-(x * a.cos() + y * a.sin()) - inradius);
                 }
                 d
@@ -89,7 +90,11 @@ impl Canvas {
     pub fn background(size: usize, brightness: f32, clutter: usize, rng: &mut Rng) -> Self {
         let mut c = Canvas { size, data: vec![0.0; size * size * 3] };
         let (gx, gy) = (rng.uniform(-0.08, 0.08) as f32, rng.uniform(-0.08, 0.08) as f32);
-        let tint = [rng.uniform(-0.03, 0.03) as f32, rng.uniform(-0.03, 0.03) as f32, rng.uniform(-0.03, 0.03) as f32];
+        let tint = [
+            rng.uniform(-0.03, 0.03) as f32,
+            rng.uniform(-0.03, 0.03) as f32,
+            rng.uniform(-0.03, 0.03) as f32,
+        ];
         let s = size as f32;
         for y in 0..size {
             for x in 0..size {
@@ -101,7 +106,8 @@ impl Canvas {
             }
         }
         for _ in 0..clutter {
-            let (x0, y0) = (rng.uniform(0.0, f64::from(s)) as f32, rng.uniform(0.0, f64::from(s)) as f32);
+            let (x0, y0) =
+                (rng.uniform(0.0, f64::from(s)) as f32, rng.uniform(0.0, f64::from(s)) as f32);
             let angle = rng.uniform(0.0, std::f64::consts::PI) as f32;
             let len = rng.uniform(0.2, 0.6) as f32 * s;
             let grey = rng.uniform(0.0, 1.0) as f32;
@@ -113,7 +119,16 @@ impl Canvas {
 
     /// Blends `colour` with opacity `alpha` times the coverage of the segment of this width.
     #[allow(clippy::too_many_arguments)]
-    fn line(&mut self, x0: f32, y0: f32, x1: f32, y1: f32, width: f32, colour: [f32; 3], alpha: f32) {
+    fn line(
+        &mut self,
+        x0: f32,
+        y0: f32,
+        x1: f32,
+        y1: f32,
+        width: f32,
+        colour: [f32; 3],
+        alpha: f32,
+    ) {
         let (dx, dy) = (x1 - x0, y1 - y0);
         let len2 = (dx * dx + dy * dy).max(1e-6);
         let pad = width + 1.0;
@@ -139,7 +154,16 @@ impl Canvas {
     /// Blends `colour` over the pixels of a box, with a coverage of `0.5 - distance` clamped to
     /// `[0, 1]` (a one-pixel anti-aliasing ramp), measured at pixel centres.
     #[allow(clippy::too_many_arguments)]
-    fn cover(&mut self, xmin: f32, ymin: f32, xmax: f32, ymax: f32, colour: [f32; 3], alpha: f32, distance: impl Fn(f32, f32) -> f32) {
+    fn cover(
+        &mut self,
+        xmin: f32,
+        ymin: f32,
+        xmax: f32,
+        ymax: f32,
+        colour: [f32; 3],
+        alpha: f32,
+        distance: impl Fn(f32, f32) -> f32,
+    ) {
         let n = self.size as f32;
         let (x0, x1) = (xmin.max(0.0).floor() as usize, xmax.min(n - 1.0).max(0.0).ceil() as usize);
         let (y0, y1) = (ymin.max(0.0).floor() as usize, ymax.min(n - 1.0).max(0.0).ceil() as usize);
@@ -198,7 +222,12 @@ mod tests {
         for a in &areas[1..] {
             assert!(*a > 0.4 * disc && *a < 1.3 * disc, "{areas:?}");
         }
-        assert!(Shape::Circle.curved() && Shape::Ring.curved() && !Shape::Square.curved() && !Shape::Triangle.curved());
+        assert!(
+            Shape::Circle.curved()
+                && Shape::Ring.curved()
+                && !Shape::Square.curved()
+                && !Shape::Triangle.curved()
+        );
     }
 
     #[test]

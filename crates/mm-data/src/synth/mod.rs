@@ -65,7 +65,8 @@ pub const SENTIMENT_CLASSES: [&str; 3] = ["negative", "neutral", "positive"];
 /// The classes of the diagnosis task.
 pub const DIAGNOSES: [&str; 2] = ["negative", "positive"];
 /// The names of the numeric features, in order.
-pub const FEATURES: [&str; 6] = ["age", "systolic_bp", "glucose", "bmi", "heart_rate", "cholesterol"];
+pub const FEATURES: [&str; 6] =
+    ["age", "systolic_bp", "glucose", "bmi", "heart_rate", "cholesterol"];
 
 /// What to generate. [`SynthConfig::default`] is the data set of `mm demo`.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,7 +133,9 @@ impl Default for SynthConfig {
 impl SynthConfig {
     /// Checks every value; the error names the field and the allowed range.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, value: String, allowed: &str| Err(Error::Config(format!("synth.{field} = {value}: must be {allowed}")));
+        let bad = |field: &str, value: String, allowed: &str| {
+            Err(Error::Config(format!("synth.{field} = {value}: must be {allowed}")))
+        };
         let share = |x: f64| (0.0..=1.0).contains(&x);
         if !(4..=10_000_000).contains(&self.samples) {
             return bad("samples", self.samples.to_string(), "between 4 and 10000000");
@@ -147,7 +150,11 @@ impl SynthConfig {
             return bad("frames", self.frames.to_string(), "between 2 and 64");
         }
         if !(8000..=96_000).contains(&self.sample_rate) {
-            return bad("sample_rate", self.sample_rate.to_string(), "between 8000 and 96000 Hz (the high band reaches 1760 Hz)");
+            return bad(
+                "sample_rate",
+                self.sample_rate.to_string(),
+                "between 8000 and 96000 Hz (the high band reaches 1760 Hz)",
+            );
         }
         if !(0.3..=10.0).contains(&self.duration) {
             return bad("duration", self.duration.to_string(), "between 0.3 and 10 seconds");
@@ -159,17 +166,28 @@ impl SynthConfig {
             return bad("imbalance", self.imbalance.to_string(), "between 1 (balanced) and 1000");
         }
         if !(self.positive_rate > 0.0 && self.positive_rate < 1.0) {
-            return bad("positive_rate", self.positive_rate.to_string(), "strictly between 0 and 1");
+            return bad(
+                "positive_rate",
+                self.positive_rate.to_string(),
+                "strictly between 0 and 1",
+            );
         }
-        for (field, v) in
-            [("missing", self.missing), ("corrupt_images", self.corrupt_images), ("empty_audio", self.empty_audio), ("empty_text", self.empty_text)]
-        {
+        for (field, v) in [
+            ("missing", self.missing),
+            ("corrupt_images", self.corrupt_images),
+            ("empty_audio", self.empty_audio),
+            ("empty_text", self.empty_text),
+        ] {
             if !share(v) {
                 return bad(field, v.to_string(), "between 0 and 1");
             }
         }
         if !share(self.val) || !share(self.test) || self.val + self.test >= 1.0 {
-            return bad("val + test", format!("{} + {}", self.val, self.test), "shares in [0, 1] that leave a training split");
+            return bad(
+                "val + test",
+                format!("{} + {}", self.val, self.test),
+                "shares in [0, 1] that leave a training split",
+            );
         }
         Ok(())
     }
@@ -320,7 +338,8 @@ fn draw_factors(config: &SynthConfig, index: usize, width: usize) -> Truth {
     let angle = rng.uniform(0.0, 2.0 * std::f64::consts::PI);
     let brightness = rng.uniform(0.2, 0.8);
     let sentiment = rng.below(5) as usize;
-    let target = 0.5 * SENTIMENT_LEVELS[sentiment] + 0.5 * (brightness - 0.5) / 0.3 + 0.05 * rng.normal();
+    let target =
+        0.5 * SENTIMENT_LEVELS[sentiment] + 0.5 * (brightness - 0.5) / 0.3 + 0.05 * rng.normal();
     // A record: age and glucose carry the risk; blood pressure follows age; the rest is noise.
     let (za, zg) = (rng.normal(), rng.normal());
     let round2 = |x: f64| (x * 100.0).round() / 100.0;
@@ -375,7 +394,8 @@ fn choose(candidates: Vec<usize>, share: f64, seed: u64, stream: u64) -> Vec<usi
 fn plan(config: &SynthConfig) -> Vec<Truth> {
     let n = config.samples;
     let width = (n - 1).to_string().len().max(4);
-    let mut truths: Vec<Truth> = (0..n).into_par_iter().map(|i| draw_factors(config, i, width)).collect();
+    let mut truths: Vec<Truth> =
+        (0..n).into_par_iter().map(|i| draw_factors(config, i, width)).collect();
 
     let mut order: Vec<usize> = (0..n).collect();
     Rng::for_sample(config.seed, 0, GLOBAL, 1).shuffle(&mut order);
@@ -393,13 +413,16 @@ fn plan(config: &SynthConfig) -> Vec<Truth> {
 
     for (i, t) in truths.iter_mut().enumerate() {
         let mut rng = Rng::for_sample(config.seed, 0, i as u64, STREAM_MISSING);
-        let mut has = [!rng.chance(config.missing), !rng.chance(config.missing), !rng.chance(config.missing)];
+        let mut has =
+            [!rng.chance(config.missing), !rng.chance(config.missing), !rng.chance(config.missing)];
         if !has.iter().any(|h| *h) {
             has[rng.below(3) as usize] = true;
         }
         t.has = has;
     }
-    let with = |m: usize, truths: &[Truth]| -> Vec<usize> { (0..n).filter(|&i| truths[i].has[m]).collect() };
+    let with = |m: usize, truths: &[Truth]| -> Vec<usize> {
+        (0..n).filter(|&i| truths[i].has[m]).collect()
+    };
     for i in choose(with(0, &truths), config.corrupt_images, config.seed, 2) {
         truths[i].corrupt_image = true;
     }
@@ -445,8 +468,16 @@ fn render(config: &SynthConfig, index: usize, t: &Truth, root: &Path) -> Result<
     if t.has[0] {
         let mut rng = Rng::for_sample(config.seed, 0, index as u64, STREAM_IMAGE);
         let s = config.image_size as f32;
-        let mut canvas = draw::Canvas::background(config.image_size, t.brightness as f32, clutter, &mut rng);
-        canvas.shape(t.shape, t.cx as f32 * s, t.cy as f32 * s, t.radius as f32 * s, t.angle as f32, colour);
+        let mut canvas =
+            draw::Canvas::background(config.image_size, t.brightness as f32, clutter, &mut rng);
+        canvas.shape(
+            t.shape,
+            t.cx as f32 * s,
+            t.cy as f32 * s,
+            t.radius as f32 * s,
+            t.angle as f32,
+            colour,
+        );
         let mut png = draw::encode_png(&canvas.to_rgb8(0.04 * noise, &mut rng), config.image_size);
         if t.corrupt_image {
             png.truncate(png.len() / 2);
@@ -458,19 +489,30 @@ fn render(config: &SynthConfig, index: usize, t: &Truth, root: &Path) -> Result<
         let f = config.frame_size as f32;
         let r = 0.14 * f;
         let travel = 0.5 * f;
-        let background = draw::Canvas::background(config.frame_size, rng.uniform(0.3, 0.7) as f32, clutter / 2, &mut rng);
+        let background = draw::Canvas::background(
+            config.frame_size,
+            rng.uniform(0.3, 0.7) as f32,
+            clutter / 2,
+            &mut rng,
+        );
         let horizontal = t.direction < 2;
         let sign = if t.direction.is_multiple_of(2) { 1.0 } else { -1.0 };
         // The path's midpoint is uniform and independent of the direction, so the set of
         // positions has the same distribution whichever way the shape moves.
-        let along = rng.uniform(f64::from(1.3 * r + travel / 2.0), f64::from(f - 1.3 * r - travel / 2.0)) as f32;
+        let along = rng
+            .uniform(f64::from(1.3 * r + travel / 2.0), f64::from(f - 1.3 * r - travel / 2.0))
+            as f32;
         let across = rng.uniform(f64::from(1.3 * r), f64::from(f - 1.3 * r)) as f32;
         for (k, rel) in frame_paths(t, config.frames).iter().enumerate() {
             let p = along + sign * (k as f32 / (config.frames - 1) as f32 - 0.5) * travel;
             let (x, y) = if horizontal { (p, across) } else { (across, p) };
             let mut canvas = background.clone();
             canvas.shape(t.shape, x, y, r, t.angle as f32, colour);
-            write_file(root, rel, &draw::encode_png(&canvas.to_rgb8(0.04 * noise, &mut rng), config.frame_size))?;
+            write_file(
+                root,
+                rel,
+                &draw::encode_png(&canvas.to_rgb8(0.04 * noise, &mut rng), config.frame_size),
+            )?;
         }
     }
     if t.has[1] {
@@ -478,9 +520,19 @@ fn render(config: &SynthConfig, index: usize, t: &Truth, root: &Path) -> Result<
         let samples = if t.empty_audio {
             Vec::new()
         } else {
-            sound::render(&sound::Beeps { high: t.high, count: t.beeps }, config.sample_rate, config.duration, config.noise, &mut rng)
+            sound::render(
+                &sound::Beeps { high: t.high, count: t.beeps },
+                config.sample_rate,
+                config.duration,
+                config.noise,
+                &mut rng,
+            )
         };
-        write_file(root, &audio_path(t), &encode_wav(&Audio { sample_rate: config.sample_rate, samples }))?;
+        write_file(
+            root,
+            &audio_path(t),
+            &encode_wav(&Audio { sample_rate: config.sample_rate, samples }),
+        )?;
     }
     let mut rng = Rng::for_sample(config.seed, 0, index as u64, STREAM_TEXT);
     let text = caption::caption(&t.described(), &mut rng);
@@ -537,14 +589,20 @@ fn ceilings(truths: &[Truth]) -> Ceilings {
         let d = t.described();
         (d.shape, d.colour, d.large, d.place)
     };
-    let pairs: Vec<&&Truth> = test.iter().filter(|t| t.has[0] && t.has[2] && !t.corrupt_image && !t.empty_text).collect();
+    let pairs: Vec<&&Truth> =
+        test.iter().filter(|t| t.has[0] && t.has[2] && !t.corrupt_image && !t.empty_text).collect();
     let mut groups = std::collections::HashMap::new();
     for t in &pairs {
         *groups.entry(key(t)).or_insert(0usize) += 1;
     }
-    let recall = |k: f64| pairs.iter().map(|t| (k / groups[&key(t)] as f64).min(1.0)).sum::<f64>() / pairs.len().max(1) as f64;
+    let recall = |k: f64| {
+        pairs.iter().map(|t| (k / groups[&key(t)] as f64).min(1.0)).sum::<f64>()
+            / pairs.len().max(1) as f64
+    };
     let retrieval_recall = [recall(1.0), recall(5.0), recall(10.0)];
-    let mse = |predict: &dyn Fn(&Truth) -> f64| test.iter().map(|t| (t.target - predict(t)).powi(2)).sum::<f64>() / n;
+    let mse = |predict: &dyn Fn(&Truth) -> f64| {
+        test.iter().map(|t| (t.target - predict(t)).powi(2)).sum::<f64>() / n
+    };
     // From the caption alone (five sentiment levels): each level's mean target, in hindsight.
     let mut level_sum = [(0.0f64, 0usize); 5];
     for t in &test {
@@ -556,9 +614,19 @@ fn ceilings(truths: &[Truth]) -> Ceilings {
     let image_part = |t: &Truth| 0.5 * (t.brightness - 0.5) / 0.3;
     let sentiment_mse = [mse(&text_only), mse(&image_part), mse(&|t| text_part(t) + image_part(t))];
     let labels: Vec<bool> = test.iter().map(|t| t.diagnosis).collect();
-    let score = |f: &dyn Fn(&Truth) -> f64| auroc(&test.iter().map(|t| f(t)).collect::<Vec<_>>(), &labels);
-    let diagnosis_auroc = [score(&|t| t.z_image), score(&|t| t.z_record), score(&|t| t.z_image + t.z_record)];
-    Ceilings { classify_image, classify_audio, classify_majority, video_unordered, retrieval_recall, sentiment_mse, diagnosis_auroc }
+    let score =
+        |f: &dyn Fn(&Truth) -> f64| auroc(&test.iter().map(|t| f(t)).collect::<Vec<_>>(), &labels);
+    let diagnosis_auroc =
+        [score(&|t| t.z_image), score(&|t| t.z_record), score(&|t| t.z_image + t.z_record)];
+    Ceilings {
+        classify_image,
+        classify_audio,
+        classify_majority,
+        video_unordered,
+        retrieval_recall,
+        sentiment_mse,
+        diagnosis_auroc,
+    }
 }
 
 /// Writes the data set described by `config` into `out` (created; its parent must exist or be
@@ -566,7 +634,9 @@ fn ceilings(truths: &[Truth]) -> Ceilings {
 /// an earlier synthetic data set (a `synth.json`): `force` never deletes anything else.
 pub fn generate(out: &Path, config: &SynthConfig, force: bool) -> Result<SynthSummary> {
     config.validate()?;
-    let summary = crate::fs::write_dir_atomic(out, "synth.json", force, |staging| write_all(staging, config))?;
+    let summary = crate::fs::write_dir_atomic(out, "synth.json", force, |staging| {
+        write_all(staging, config)
+    })?;
     Ok(SynthSummary { dir: out.to_path_buf(), ..summary })
 }
 
@@ -576,8 +646,11 @@ fn write_all(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
     let truths = plan(config);
-    let captions: Vec<String> =
-        truths.par_iter().enumerate().map(|(i, t)| render(config, i, t, root)).collect::<Result<Vec<_>>>()?;
+    let captions: Vec<String> = truths
+        .par_iter()
+        .enumerate()
+        .map(|(i, t)| render(config, i, t, root))
+        .collect::<Result<Vec<_>>>()?;
 
     let mut all = Manifest::new(root);
     let mut video = Manifest::new(root);
@@ -597,7 +670,9 @@ fn write_all(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
                 .with_features(t.features.to_vec())
                 .with_label(CLASSES[t.class]),
         )?;
-        video.push(with_audio(base.clone().with_frames(frames)).with_label(DIRECTIONS[t.direction]))?;
+        video.push(
+            with_audio(base.clone().with_frames(frames)).with_label(DIRECTIONS[t.direction]),
+        )?;
         retrieval.push(with_text(with_audio(with_image(base.clone()))))?;
         let mood = if t.target < -0.2 {
             0
@@ -606,8 +681,16 @@ fn write_all(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         } else {
             1
         };
-        sentiment.push(with_text(with_image(base.clone())).with_target(t.target).with_label(SENTIMENT_CLASSES[mood]))?;
-        diagnosis.push(with_image(base).with_features(t.features.to_vec()).with_label(DIAGNOSES[usize::from(t.diagnosis)]))?;
+        sentiment.push(
+            with_text(with_image(base.clone()))
+                .with_target(t.target)
+                .with_label(SENTIMENT_CLASSES[mood]),
+        )?;
+        diagnosis.push(
+            with_image(base)
+                .with_features(t.features.to_vec())
+                .with_label(DIAGNOSES[usize::from(t.diagnosis)]),
+        )?;
         let line = json!({
             "id": t.id, "split": t.split.as_str(), "class": CLASSES[t.class], "shape": t.shape.name(),
             "colour": COLOURS[t.colour].0, "radius": t.radius, "large": t.large(), "cx": t.cx, "cy": t.cy,
@@ -628,7 +711,9 @@ fn write_all(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
     diagnosis.write(root.join("diagnosis.jsonl"))?;
     write_atomic(&root.join("truth.jsonl"), truth_lines.as_bytes())?;
 
-    let ids = |f: &dyn Fn(&Truth) -> bool| truths.iter().filter(|t| f(t)).map(|t| t.id.clone()).collect::<Vec<_>>();
+    let ids = |f: &dyn Fn(&Truth) -> bool| {
+        truths.iter().filter(|t| f(t)).map(|t| t.id.clone()).collect::<Vec<_>>()
+    };
     let count = |s: Split| truths.iter().filter(|t| t.split == s).count();
     let summary = SynthSummary {
         dir: root.to_path_buf(),
@@ -640,7 +725,12 @@ fn write_all(root: &Path, config: &SynthConfig) -> Result<SynthSummary> {
         empty_text: ids(&|t| t.empty_text),
         ceilings: ceilings(&truths),
     };
-    write_atomic(&root.join("synth.json"), serde_json::to_string_pretty(&summary_json(config, &summary)).unwrap_or_default().as_bytes())?;
+    write_atomic(
+        &root.join("synth.json"),
+        serde_json::to_string_pretty(&summary_json(config, &summary))
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     Ok(summary)
 }
 
@@ -696,9 +786,15 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let e = SynthConfig { val: 0.6, test: 0.5, ..SynthConfig::default() }.validate().unwrap_err().to_string();
+        let e = SynthConfig { val: 0.6, test: 0.5, ..SynthConfig::default() }
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("val + test"), "{e}");
-        let e = SynthConfig { noise: f64::NAN, ..SynthConfig::default() }.validate().unwrap_err().to_string();
+        let e = SynthConfig { noise: f64::NAN, ..SynthConfig::default() }
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("synth.noise"), "{e}");
     }
 }

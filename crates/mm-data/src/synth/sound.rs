@@ -20,7 +20,13 @@ pub struct Beeps {
 }
 
 /// Renders `duration` seconds at `sample_rate` Hz; `noise` scales the white noise.
-pub fn render(beeps: &Beeps, sample_rate: u32, duration: f64, noise: f64, rng: &mut Rng) -> Vec<f32> {
+pub fn render(
+    beeps: &Beeps,
+    sample_rate: u32,
+    duration: f64,
+    noise: f64,
+    rng: &mut Rng,
+) -> Vec<f32> {
     let n = (duration * f64::from(sample_rate)).round() as usize;
     let sr = f64::from(sample_rate);
     let mut out = vec![0.0f64; n];
@@ -84,7 +90,10 @@ mod tests {
             let hi = energy_in(&x, 8000.0, 860.0, 1800.0);
             assert_eq!(hi > low, high, "low {low} high {hi}");
             // Count the beeps: runs of 10 ms frames whose RMS is above a threshold.
-            let rms: Vec<bool> = x.chunks(80).map(|c| (c.iter().map(|v| v * v).sum::<f32>() / 80.0).sqrt() > 0.05).collect();
+            let rms: Vec<bool> = x
+                .chunks(80)
+                .map(|c| (c.iter().map(|v| v * v).sum::<f32>() / 80.0).sqrt() > 0.05)
+                .collect();
             let onsets = rms.windows(2).filter(|w| !w[0] && w[1]).count() + usize::from(rms[0]);
             assert_eq!(onsets, count);
         }

@@ -31,7 +31,8 @@ fn golden(name: &str) -> Value {
 }
 
 fn fnv1a64(name: &str) -> u64 {
-    name.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3))
+    name.bytes()
+        .fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3))
 }
 
 /// `u(name, i)` of make_golden.py: splitmix64 of the name's hash plus i, 24 bits, in [-1, 1).
@@ -39,7 +40,9 @@ fn formula_values(name: &str, n: usize) -> Vec<f32> {
     let h = fnv1a64(name);
     (0..n as u64)
         .map(|i| {
-            let mut z = h.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = h
+                .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .wrapping_add(0x9E37_79B9_7F4A_7C15);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^= z >> 31;
@@ -52,10 +55,19 @@ fn formula_values(name: &str, n: usize) -> Vec<f32> {
 /// numpy does it: `u * scale + offset`.
 fn formula_tensor(entry: &Value) -> (String, Tensor) {
     let name = entry["name"].as_str().expect("name").to_string();
-    let shape: Vec<i64> = entry["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect();
-    let (offset, scale) = (entry["offset"].as_f64().expect("offset") as f32, entry["scale"].as_f64().expect("scale") as f32);
+    let shape: Vec<i64> = entry["shape"]
+        .as_array()
+        .expect("shape")
+        .iter()
+        .map(|d| d.as_i64().expect("dim"))
+        .collect();
+    let (offset, scale) = (
+        entry["offset"].as_f64().expect("offset") as f32,
+        entry["scale"].as_f64().expect("scale") as f32,
+    );
     let n = shape.iter().product::<i64>() as usize;
-    let values: Vec<f32> = formula_values(&name, n).into_iter().map(|u| u * scale + offset).collect();
+    let values: Vec<f32> =
+        formula_values(&name, n).into_iter().map(|u| u * scale + offset).collect();
     let t = Tensor::from_slice(&values).view(shape.as_slice());
     (name, t)
 }
@@ -77,8 +89,14 @@ fn relative_gap(ours: &Tensor, reference: &[f32]) -> f64 {
 fn the_formula_is_make_golden_pys() {
     // Python printed them as doubles; each is an f32 exactly.
     let wide = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<f64>>();
-    assert_eq!(wide(formula_values("input", 4)), [-0.8043633699417114, 0.30472075939178467, -0.5927515029907227, -0.45111072063446045]);
-    assert_eq!(wide(formula_values("layer1.0.conv1.weight", 3)), [0.6828863620758057, 0.1464214324951172, 0.7011574506759644]);
+    assert_eq!(
+        wide(formula_values("input", 4)),
+        [-0.8043633699417114, 0.30472075939178467, -0.5927515029907227, -0.45111072063446045]
+    );
+    assert_eq!(
+        wide(formula_values("layer1.0.conv1.weight", 3)),
+        [0.6828863620758057, 0.1464214324951172, 0.7011574506759644]
+    );
 }
 
 /// ResNet-18, ResNet-50 (torchvision's names, with its classifier and batch-norm counters in
@@ -86,43 +104,75 @@ fn the_formula_is_make_golden_pys() {
 /// and give torchvision's features for the same input.
 #[test]
 fn image_encoders_match_torchvision_given_its_weights() {
-    for (name, arch) in [("resnet18", Arch::Resnet18), ("resnet50", Arch::Resnet50), ("vgg16", Arch::Vgg16)] {
+    for (name, arch) in
+        [("resnet18", Arch::Resnet18), ("resnet50", Arch::Resnet50), ("vgg16", Arch::Vgg16)]
+    {
         let g = golden(name);
         let dir = temp(&format!("pretrained-{name}"));
         let file = dir.join("model.safetensors");
-        let mut tensors: Vec<(String, Tensor)> = g["tensors"].as_array().expect("tensors").iter().map(formula_tensor).collect();
+        let mut tensors: Vec<(String, Tensor)> =
+            g["tensors"].as_array().expect("tensors").iter().map(formula_tensor).collect();
         if name.starts_with("resnet") {
             // What a torchvision state dict also holds: one step counter per batch norm.
             let counters: Vec<(String, Tensor)> = tensors
                 .iter()
-                .filter_map(|(n, _)| n.strip_suffix(".running_var").map(|bn| (format!("{bn}.num_batches_tracked"), Tensor::from(7i64))))
+                .filter_map(|(n, _)| {
+                    n.strip_suffix(".running_var")
+                        .map(|bn| (format!("{bn}.num_batches_tracked"), Tensor::from(7i64)))
+                })
                 .collect();
             tensors.extend(counters);
         }
         Tensor::write_safetensors(&tensors, &file).expect("write weights");
         drop(tensors);
 
-        let config = EncoderConfig::Image(ImageConfig { weights: Some(file.clone()), ..ImageConfig::new(arch) });
+        let config = EncoderConfig::Image(ImageConfig {
+            weights: Some(file.clone()),
+            ..ImageConfig::new(arch)
+        });
         let vs = nn::VarStore::new(Device::Cpu);
-        let encoder = build(&(vs.root() / "image"), &config, &BuildContext::default()).expect("encoder");
-        let report = config.load_weights(&vs, "image.").expect("weights load").expect("weights configured");
+        let encoder =
+            build(&(vs.root() / "image"), &config, &BuildContext::default()).expect("encoder");
+        let report =
+            config.load_weights(&vs, "image.").expect("weights load").expect("weights configured");
         let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
-        let head = if name == "vgg16" { vec!["head.fc.bias", "head.fc.weight"] } else { vec!["fc.bias", "fc.weight"] };
+        let head = if name == "vgg16" {
+            vec!["head.fc.bias", "head.fc.weight"]
+        } else {
+            vec!["fc.bias", "fc.weight"]
+        };
         for h in &head {
             assert!(skipped.contains(h), "{name}: {h} not skipped: {}", report.summary());
         }
         if name.starts_with("resnet") {
-            assert!(skipped.iter().any(|s| s.ends_with("num_batches_tracked")), "{}", report.summary());
+            assert!(
+                skipped.iter().any(|s| s.ends_with("num_batches_tracked")),
+                "{}",
+                report.summary()
+            );
             assert!(report.summary().contains("batch-norm step counters"), "{}", report.summary());
         }
-        assert_eq!(report.loaded, vs.variables().len(), "{name}: every variable filled ({})", report.summary());
+        assert_eq!(
+            report.loaded,
+            vs.variables().len(),
+            "{name}: every variable filled ({})",
+            report.summary()
+        );
 
         let (_, x) = formula_tensor(&g["input"]);
         let y = tch::no_grad(|| encoder.forward_t(&Input::dense(x), false).pooled);
-        let shape: Vec<i64> = g["output_shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect();
+        let shape: Vec<i64> = g["output_shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_i64().expect("dim"))
+            .collect();
         assert_eq!(y.size(), shape, "{name}");
         let gap = relative_gap(&y, &floats(&g["output"]));
-        eprintln!("{name}: largest gap to torchvision {gap:.2e} of the output's scale ({})", report.summary());
+        eprintln!(
+            "{name}: largest gap to torchvision {gap:.2e} of the output's scale ({})",
+            report.summary()
+        );
         assert!(gap < 1e-4, "{name} differs from torchvision by {gap:.2e}");
         std::fs::remove_dir_all(dir).ok();
     }
@@ -137,15 +187,27 @@ fn write_bert_folder(g: &Value, dir: &Path) {
         .iter()
         .map(|e| {
             let (n, t) = formula_tensor(e);
-            let n = n.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+            let n = n
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
             (format!("bert.{n}"), t)
         })
         .collect();
-    let vocab = tensors.iter().find(|(n, _)| n == "bert.embeddings.word_embeddings.weight").expect("word embeddings").1.size()[0];
-    tensors.push(("cls.predictions.bias".into(), Tensor::zeros([vocab], (Kind::Float, Device::Cpu))));
-    tensors.push(("bert.embeddings.position_ids".into(), Tensor::arange(40, (Kind::Int64, Device::Cpu)).unsqueeze(0)));
+    let vocab = tensors
+        .iter()
+        .find(|(n, _)| n == "bert.embeddings.word_embeddings.weight")
+        .expect("word embeddings")
+        .1
+        .size()[0];
+    tensors
+        .push(("cls.predictions.bias".into(), Tensor::zeros([vocab], (Kind::Float, Device::Cpu))));
+    tensors.push((
+        "bert.embeddings.position_ids".into(),
+        Tensor::arange(40, (Kind::Int64, Device::Cpu)).unsqueeze(0),
+    ));
     Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).expect("write weights");
-    std::fs::copy(data_dir().join("bert_tiny/config.json"), dir.join("config.json")).expect("config");
+    std::fs::copy(data_dir().join("bert_tiny/config.json"), dir.join("config.json"))
+        .expect("config");
 }
 
 /// A tiny BERT with transformers' names loads as `kind = "bert"` from a folder, tokenises as
@@ -156,61 +218,104 @@ fn bert_matches_transformers_given_its_weights_and_tokenizer() {
     let g = golden("bert_tiny");
     let dir = temp("pretrained-bert");
     write_bert_folder(&g, &dir);
-    let tok = SubwordTokenizer::from_file(data_dir().join("bert_tiny/tokenizer.json")).expect("tokenizer");
-    let sentences: Vec<&str> = g["sentences"].as_array().expect("sentences").iter().map(|s| s.as_str().expect("text")).collect();
+    let tok = SubwordTokenizer::from_file(data_dir().join("bert_tiny/tokenizer.json"))
+        .expect("tokenizer");
+    let sentences: Vec<&str> = g["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .map(|s| s.as_str().expect("text"))
+        .collect();
     let want_ids: Vec<Vec<i64>> = serde_json::from_value(g["input_ids"].clone()).expect("ids");
-    let want_mask: Vec<Vec<i64>> = serde_json::from_value(g["attention_mask"].clone()).expect("mask");
-    let want_cut: Vec<Vec<i64>> = serde_json::from_value(g["truncated_8"].clone()).expect("cut ids");
+    let want_mask: Vec<Vec<i64>> =
+        serde_json::from_value(g["attention_mask"].clone()).expect("mask");
+    let want_cut: Vec<Vec<i64>> =
+        serde_json::from_value(g["truncated_8"].clone()).expect("cut ids");
     let mut lengths = Vec::new();
     for (i, s) in sentences.iter().enumerate() {
         let (ids, special) = tok.encode_max(s, 512).expect("encode");
         let n = want_mask[i].iter().sum::<i64>() as usize;
         assert_eq!(ids, want_ids[i][..n], "{s}");
-        assert!(special[0] && special[n - 1] && !special[1..n - 1].iter().any(|x| *x), "{s}: {special:?}");
+        assert!(
+            special[0] && special[n - 1] && !special[1..n - 1].iter().any(|x| *x),
+            "{s}: {special:?}"
+        );
         assert_eq!(tok.encode_max(s, 8).expect("encode").0, want_cut[i], "{s} cut to 8");
         lengths.push(n as i64);
     }
 
-    let config: EncoderConfig = toml::from_str(&format!("kind = \"bert\"\nmodel = {:?}\npooling = \"cls\"", dir.to_string_lossy())).expect("toml");
+    let config: EncoderConfig = toml::from_str(&format!(
+        "kind = \"bert\"\nmodel = {:?}\npooling = \"cls\"",
+        dir.to_string_lossy()
+    ))
+    .expect("toml");
     let vs = nn::VarStore::new(Device::Cpu);
-    let ctx = BuildContext { vocab_size: Some(tok.vocab_size() as i64), max_tokens: Some(16), ..Default::default() };
+    let ctx = BuildContext {
+        vocab_size: Some(tok.vocab_size() as i64),
+        max_tokens: Some(16),
+        ..Default::default()
+    };
     let encoder = build(&(vs.root() / "text"), &config, &ctx).expect("encoder");
-    let report = config.load_weights(&vs, "text.").expect("weights load").expect("weights configured");
+    let report =
+        config.load_weights(&vs, "text.").expect("weights load").expect("weights configured");
     assert_eq!(report.loaded, vs.variables().len(), "{}", report.summary());
     let skipped: Vec<&str> = report.skipped.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(skipped, ["bert.embeddings.position_ids", "cls.predictions.bias"], "{}", report.summary());
+    assert_eq!(
+        skipped,
+        ["bert.embeddings.position_ids", "cls.predictions.bias"],
+        "{}",
+        report.summary()
+    );
 
     let ids = Tensor::from_slice(&want_ids.concat()).view([want_ids.len() as i64, -1]);
     let lengths = Tensor::from_slice(&lengths);
-    let out = tch::no_grad(|| encoder.forward_t(&Input::sequence(ids.shallow_clone(), lengths.shallow_clone()), false));
-    let hidden_shape: Vec<i64> = serde_json::from_value(g["last_hidden_state_shape"].clone()).expect("shape");
+    let out = tch::no_grad(|| {
+        encoder.forward_t(&Input::sequence(ids.shallow_clone(), lengths.shallow_clone()), false)
+    });
+    let hidden_shape: Vec<i64> =
+        serde_json::from_value(g["last_hidden_state_shape"].clone()).expect("shape");
     let want_hidden = floats(&g["last_hidden_state"]);
     let (steps, mask) = out.seq.expect("BERT has steps");
     assert_eq!(steps.size(), hidden_shape);
     // The sequence is zero at padding; the valid steps are transformers' numbers.
     let valid = mask.unsqueeze(-1).to_kind(Kind::Float);
     let reference = Tensor::from_slice(&want_hidden).view(hidden_shape.as_slice());
-    let gap = (&steps - &reference * &valid).abs().max().double_value(&[]) / reference.abs().max().double_value(&[]).max(1.0);
+    let gap = (&steps - &reference * &valid).abs().max().double_value(&[])
+        / reference.abs().max().double_value(&[]).max(1.0);
     assert!(gap < 1e-4, "last_hidden_state differs by {gap:.2e}");
-    let cls = relative_gap(&out.pooled, &Vec::<f32>::try_from(reference.select(1, 0).reshape([-1])).expect("cls"));
+    let cls = relative_gap(
+        &out.pooled,
+        &Vec::<f32>::try_from(reference.select(1, 0).reshape([-1])).expect("cls"),
+    );
     assert!(cls < 1e-4, "the [CLS] vector differs by {cls:.2e}");
     eprintln!("tiny BERT: largest gap to transformers {gap:.2e} ({})", report.summary());
 
     // The pooler's output, through an encoder pooled that way.
-    let config: EncoderConfig = toml::from_str(&format!("kind = \"bert\"\nmodel = {:?}\npooling = \"pooler\"", dir.to_string_lossy())).expect("toml");
+    let config: EncoderConfig = toml::from_str(&format!(
+        "kind = \"bert\"\nmodel = {:?}\npooling = \"pooler\"",
+        dir.to_string_lossy()
+    ))
+    .expect("toml");
     let vs = nn::VarStore::new(Device::Cpu);
     let pooler = build(&(vs.root() / "text"), &config, &ctx).expect("encoder");
     config.load_weights(&vs, "text.").expect("weights load");
-    let out = tch::no_grad(|| pooler.forward_t(&Input::sequence(ids.shallow_clone(), lengths.shallow_clone()), false));
+    let out = tch::no_grad(|| {
+        pooler.forward_t(&Input::sequence(ids.shallow_clone(), lengths.shallow_clone()), false)
+    });
     let gap = relative_gap(&out.pooled, &floats(&g["pooler_output"]));
     assert!(gap < 1e-4, "pooler_output differs by {gap:.2e}");
     // Training mode has dropout; a frozen BERT is a fixed feature extractor without it.
     let input = || Input::sequence(ids.shallow_clone(), lengths.shallow_clone());
-    let (a, b) = tch::no_grad(|| (pooler.forward_t(&input(), true).pooled, pooler.forward_t(&input(), true).pooled));
+    let (a, b) = tch::no_grad(|| {
+        (pooler.forward_t(&input(), true).pooled, pooler.forward_t(&input(), true).pooled)
+    });
     assert!((&a - &b).abs().max().double_value(&[]) > 0.0, "dropout while training");
     pooler.set_backbone_trainable(false);
     let frozen = tch::no_grad(|| pooler.forward_t(&input(), true).pooled);
-    assert!(relative_gap(&frozen, &floats(&g["pooler_output"])) < 1e-4, "a frozen BERT runs without dropout");
+    assert!(
+        relative_gap(&frozen, &floats(&g["pooler_output"])) < 1e-4,
+        "a frozen BERT runs without dropout"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -230,13 +335,20 @@ fn bert_files_that_do_not_fit_name_every_problem() {
             *t = Tensor::zeros([65, 32], (Kind::Float, Device::Cpu));
         }
     }
-    tensors.push(("bert.encoder.layer.2.output.dense.weight".into(), Tensor::zeros([32, 64], (Kind::Float, Device::Cpu))));
+    tensors.push((
+        "bert.encoder.layer.2.output.dense.weight".into(),
+        Tensor::zeros([32, 64], (Kind::Float, Device::Cpu)),
+    ));
     Tensor::write_safetensors(&tensors, &file).expect("write");
-    let config: EncoderConfig = toml::from_str(&format!("kind = \"bert\"\nmodel = {:?}", dir.to_string_lossy())).expect("toml");
+    let config: EncoderConfig =
+        toml::from_str(&format!("kind = \"bert\"\nmodel = {:?}", dir.to_string_lossy()))
+            .expect("toml");
     let vs = nn::VarStore::new(Device::Cpu);
     let ctx = BuildContext { vocab_size: Some(98), max_tokens: Some(40), ..Default::default() };
     build(&(vs.root() / "text"), &config, &ctx).expect("encoder");
-    let before: Vec<f32> = Vec::try_from(vs.variables()["text.embeddings.word_embeddings.weight"].view([-1])).expect("values");
+    let before: Vec<f32> =
+        Vec::try_from(vs.variables()["text.embeddings.word_embeddings.weight"].view([-1]))
+            .expect("values");
     let e = config.load_weights(&vs, "text.").expect_err("does not fit").to_string();
     for part in [
         "missing: pooler.dense.bias",
@@ -246,19 +358,30 @@ fn bert_files_that_do_not_fit_name_every_problem() {
     ] {
         assert!(e.contains(part), "{part:?} not in: {e}");
     }
-    let after: Vec<f32> = Vec::try_from(vs.variables()["text.embeddings.word_embeddings.weight"].view([-1])).expect("values");
+    let after: Vec<f32> =
+        Vec::try_from(vs.variables()["text.embeddings.word_embeddings.weight"].view([-1]))
+            .expect("values");
     assert_eq!(before, after, "a refused file changes nothing");
 
     for (ctx, expected) in [
-        (BuildContext { vocab_size: Some(30522), max_tokens: Some(16), ..Default::default() }, "the tokenizer has 30522 ids but the BERT model"),
-        (BuildContext { vocab_size: Some(98), max_tokens: Some(64), ..Default::default() }, "up to 64 tokens (data.text.max_tokens) but the BERT model"),
+        (
+            BuildContext { vocab_size: Some(30522), max_tokens: Some(16), ..Default::default() },
+            "the tokenizer has 30522 ids but the BERT model",
+        ),
+        (
+            BuildContext { vocab_size: Some(98), max_tokens: Some(64), ..Default::default() },
+            "up to 64 tokens (data.text.max_tokens) but the BERT model",
+        ),
     ] {
         let vs = nn::VarStore::new(Device::Cpu);
         let e = build(&(vs.root() / "text"), &config, &ctx).expect_err("refused").to_string();
         assert!(e.contains(expected), "{e}");
     }
-    let none: EncoderConfig = toml::from_str("kind = \"bert\"\nmodel = \"/nonexistent/bert\"").expect("toml");
-    let e = build(&(nn::VarStore::new(Device::Cpu).root() / "text"), &none, &ctx).expect_err("no folder").to_string();
+    let none: EncoderConfig =
+        toml::from_str("kind = \"bert\"\nmodel = \"/nonexistent/bert\"").expect("toml");
+    let e = build(&(nn::VarStore::new(Device::Cpu).root() / "text"), &none, &ctx)
+        .expect_err("no folder")
+        .to_string();
     assert!(e.contains("/nonexistent/bert/config.json"), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
@@ -267,17 +390,23 @@ fn bert_files_that_do_not_fit_name_every_problem() {
 /// against torchvision, BERT base against transformers.
 #[test]
 fn real_weights_match_their_reference() {
-    let data = std::env::var_os("MM_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"));
+    let data = std::env::var_os("MM_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"));
     let mut compared = 0;
     for (name, arch) in [("resnet18", Arch::Resnet18), ("resnet50", Arch::Resnet50)] {
-        let (file, reference) = (data.join(name).join("model.safetensors"), data.join(name).join("reference.json"));
+        let (file, reference) =
+            (data.join(name).join("model.safetensors"), data.join(name).join("reference.json"));
         if !(file.is_file() && reference.is_file()) {
             continue;
         }
-        let r: Value = serde_json::from_slice(&std::fs::read(&reference).expect("reference")).expect("JSON");
-        let config = EncoderConfig::Image(ImageConfig { weights: Some(file), ..ImageConfig::new(arch) });
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(&reference).expect("reference")).expect("JSON");
+        let config =
+            EncoderConfig::Image(ImageConfig { weights: Some(file), ..ImageConfig::new(arch) });
         let vs = nn::VarStore::new(Device::Cpu);
-        let encoder = build(&(vs.root() / "image"), &config, &BuildContext::default()).expect("encoder");
+        let encoder =
+            build(&(vs.root() / "image"), &config, &BuildContext::default()).expect("encoder");
         config.load_weights(&vs, "image.").expect("weights");
         let (_, x) = formula_tensor(&r["input"]);
         let y = tch::no_grad(|| encoder.forward_t(&Input::dense(x), false).pooled);
@@ -288,15 +417,26 @@ fn real_weights_match_their_reference() {
     }
     let bert = data.join("bert-base-uncased");
     if bert.join("model.safetensors").is_file() && bert.join("reference.json").is_file() {
-        let r: Value = serde_json::from_slice(&std::fs::read(bert.join("reference.json")).expect("reference")).expect("JSON");
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(bert.join("reference.json")).expect("reference"))
+                .expect("JSON");
         let tok = SubwordTokenizer::from_file(bert.join("tokenizer.json")).expect("tokenizer");
         let want: Vec<Vec<i64>> = serde_json::from_value(r["input_ids"].clone()).expect("ids");
-        let config: EncoderConfig = toml::from_str(&format!("kind = \"bert\"\nmodel = {:?}\npooling = \"pooler\"", bert.to_string_lossy())).expect("toml");
+        let config: EncoderConfig = toml::from_str(&format!(
+            "kind = \"bert\"\nmodel = {:?}\npooling = \"pooler\"",
+            bert.to_string_lossy()
+        ))
+        .expect("toml");
         let vs = nn::VarStore::new(Device::Cpu);
-        let ctx = BuildContext { vocab_size: Some(tok.vocab_size() as i64), max_tokens: Some(512), ..Default::default() };
+        let ctx = BuildContext {
+            vocab_size: Some(tok.vocab_size() as i64),
+            max_tokens: Some(512),
+            ..Default::default()
+        };
         let encoder = build(&(vs.root() / "text"), &config, &ctx).expect("encoder");
         config.load_weights(&vs, "text.").expect("weights");
-        let sentences: Vec<String> = serde_json::from_value(r["sentences"].clone()).expect("sentences");
+        let sentences: Vec<String> =
+            serde_json::from_value(r["sentences"].clone()).expect("sentences");
         let mut lengths = Vec::new();
         for (s, w) in sentences.iter().zip(&want) {
             let (ids, _) = tok.encode_max(s, 512).expect("encode");
@@ -304,7 +444,9 @@ fn real_weights_match_their_reference() {
             lengths.push(ids.len() as i64);
         }
         let ids = Tensor::from_slice(&want.concat()).view([want.len() as i64, -1]);
-        let out = tch::no_grad(|| encoder.forward_t(&Input::sequence(ids, Tensor::from_slice(&lengths)), false));
+        let out = tch::no_grad(|| {
+            encoder.forward_t(&Input::sequence(ids, Tensor::from_slice(&lengths)), false)
+        });
         let gap = relative_gap(&out.pooled, &floats(&r["pooler_output"]));
         eprintln!("bert-base-uncased (real weights): largest gap of pooler_output to transformers {gap:.2e}");
         assert!(gap < 1e-4, "bert-base-uncased: {gap:.2e}");

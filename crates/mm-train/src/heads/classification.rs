@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
-use super::{by_class, fused_mlp, gather_f32, gather_i64, host_f32, host_i64, missing, need_classes, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp};
+use super::{
+    by_class, fused_mlp, gather_f32, gather_i64, host_f32, host_i64, missing, need_classes,
+    Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp,
+};
 use crate::dist::ProcessGroup;
 use crate::loss::{cross_entropy, CrossEntropy};
 use crate::metrics;
@@ -46,7 +49,13 @@ pub struct Classification {
 
 impl Classification {
     /// Builds the head; `hidden`, `dropout`, `label_smoothing` and `class_weights` are checked.
-    pub fn new(ctx: &HeadContext<'_>, hidden: &[i64], dropout: f64, label_smoothing: f64, class_weights: &ClassWeights) -> Result<Self> {
+    pub fn new(
+        ctx: &HeadContext<'_>,
+        hidden: &[i64],
+        dropout: f64,
+        label_smoothing: f64,
+        class_weights: &ClassWeights,
+    ) -> Result<Self> {
         let classes = need_classes(ctx)?;
         let mlp = fused_mlp(ctx, hidden, dropout, classes)?;
         let n = classes as usize;
@@ -55,17 +64,29 @@ impl Classification {
             ClassWeights::None => None,
             ClassWeights::List(w) => {
                 if w.len() != n || w.iter().any(|x| !x.is_finite() || *x < 0.0) {
-                    return Err(ctx.error(format_args!("class_weights: {} non-negative weights for {n} classes", w.len())));
+                    return Err(ctx.error(format_args!(
+                        "class_weights: {} non-negative weights for {n} classes",
+                        w.len()
+                    )));
                 }
-                Some(Tensor::from_slice(&w.iter().map(|x| *x as f32).collect::<Vec<_>>()).to_device(device))
+                Some(
+                    Tensor::from_slice(&w.iter().map(|x| *x as f32).collect::<Vec<_>>())
+                        .to_device(device),
+                )
             }
             ClassWeights::Named(name) if name == "balanced" => {
                 if ctx.class_counts.len() != n {
-                    return Err(ctx.error("class_weights = \"balanced\" needs the training split's class counts"));
+                    return Err(ctx.error(
+                        "class_weights = \"balanced\" needs the training split's class counts",
+                    ));
                 }
                 Some(crate::loss::balanced_class_weights(ctx.class_counts).to_device(device))
             }
-            ClassWeights::Named(name) => return Err(ctx.error(format_args!("class_weights = {name:?}: \"balanced\" or a list"))),
+            ClassWeights::Named(name) => {
+                return Err(
+                    ctx.error(format_args!("class_weights = {name:?}: \"balanced\" or a list"))
+                )
+            }
         };
         Ok(Classification {
             name: ctx.name.to_string(),
@@ -79,12 +100,18 @@ impl Classification {
 
 impl Head for Classification {
     fn forward(&self, input: &HeadInput<'_>, train: bool) -> HeadOutput {
-        HeadOutput::plain(self.mlp.forward(input.fused.expect("a classification head reads the fused vector"), train))
+        HeadOutput::plain(
+            self.mlp
+                .forward(input.fused.expect("a classification head reads the fused vector"), train),
+        )
     }
 
     fn loss(&self, prediction: &Tensor, _: &Output, batch: &Batch) -> Result<Tensor> {
         let labels = batch.label.as_ref().ok_or_else(|| missing("labels", &self.name))?;
-        let options = CrossEntropy { class_weights: self.class_weights.as_ref().map(Tensor::shallow_clone), label_smoothing: self.label_smoothing };
+        let options = CrossEntropy {
+            class_weights: self.class_weights.as_ref().map(Tensor::shallow_clone),
+            label_smoothing: self.label_smoothing,
+        };
         Ok(cross_entropy(&prediction.to_kind(Kind::Float), labels, &options))
     }
 
@@ -93,7 +120,12 @@ impl Head for Classification {
     }
 
     fn metrics(&self) -> Vec<Metric> {
-        vec![Metric::higher("accuracy"), Metric::higher("top5"), Metric::higher("macro_f1"), Metric::higher("auroc")]
+        vec![
+            Metric::higher("accuracy"),
+            Metric::higher("top5"),
+            Metric::higher("macro_f1"),
+            Metric::higher("auroc"),
+        ]
     }
 
     fn selection(&self) -> Metric {
@@ -104,7 +136,12 @@ impl Head for Classification {
         Box::new(ClassEvaluator { head: self, probs: Vec::new(), truth: Vec::new() })
     }
 
-    fn predict(&self, output: &Output, index: usize, batch: &Batch) -> Result<Vec<Map<String, Value>>> {
+    fn predict(
+        &self,
+        output: &Output,
+        index: usize,
+        batch: &Batch,
+    ) -> Result<Vec<Map<String, Value>>> {
         let c = self.classes.len();
         let probs = host_f32(&self.probabilities(&output.predictions[index]));
         let labels = batch.label.as_ref().map(host_i64);
@@ -131,7 +168,10 @@ struct ClassEvaluator<'a> {
 
 impl Evaluator for ClassEvaluator<'_> {
     fn add(&mut self, output: &Output, index: usize, batch: &Batch) -> Result<()> {
-        let labels = batch.label.as_ref().ok_or_else(|| crate::Error::Data("no labels in the validation data".into()))?;
+        let labels = batch
+            .label
+            .as_ref()
+            .ok_or_else(|| crate::Error::Data("no labels in the validation data".into()))?;
         let c = self.head.classes.len();
         let probs = host_f32(&self.head.probabilities(&output.predictions[index]));
         for (j, l) in host_i64(labels).iter().enumerate() {

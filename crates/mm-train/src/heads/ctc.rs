@@ -10,7 +10,7 @@ use mm_data::transcript::Alphabet;
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
-use super::{mlp, missing, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp};
+use super::{missing, mlp, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp};
 use crate::ctc::{decode_batch, min_steps, ErrorCounts};
 use crate::dist::{ProcessGroup, ReduceOp};
 use crate::model::Output;
@@ -27,8 +27,15 @@ pub struct Ctc {
 
 impl Ctc {
     /// Builds the head on `modality`'s encoder; the data must have transcripts.
-    pub fn new(ctx: &HeadContext<'_>, modality: &str, hidden: &[i64], dropout: f64) -> Result<Self> {
-        let alphabet = ctx.alphabet.ok_or_else(|| ctx.error("a ctc head needs transcripts ([data.transcript])"))?;
+    pub fn new(
+        ctx: &HeadContext<'_>,
+        modality: &str,
+        hidden: &[i64],
+        dropout: f64,
+    ) -> Result<Self> {
+        let alphabet = ctx
+            .alphabet
+            .ok_or_else(|| ctx.error("a ctc head needs transcripts ([data.transcript])"))?;
         let encoder = ctx.encoder(modality, "modality")?;
         let mlp = mlp(ctx, ctx.encoders[encoder].1, hidden, dropout, alphabet.len() as i64)?;
         Ok(Ctc { name: ctx.name.to_string(), encoder, alphabet: Arc::clone(alphabet), mlp })
@@ -42,18 +49,34 @@ impl Ctc {
 
 impl Head for Ctc {
     fn forward(&self, input: &HeadInput<'_>, train: bool) -> HeadOutput {
-        let (steps, mask) = input.seqs[self.encoder].as_ref().expect("a ctc head reads an encoder with a sequence output");
-        let log_probs = self.mlp.forward(steps, train).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        let (steps, mask) = input.seqs[self.encoder]
+            .as_ref()
+            .expect("a ctc head reads an encoder with a sequence output");
+        let log_probs =
+            self.mlp.forward(steps, train).to_kind(Kind::Float).log_softmax(-1, Kind::Float);
         let lengths = mask.to_kind(Kind::Int64).sum_dim_intlist([1].as_slice(), false, Kind::Int64);
-        HeadOutput { prediction: log_probs.shallow_clone(), embeddings: None, sequence: Some((log_probs, lengths)) }
+        HeadOutput {
+            prediction: log_probs.shallow_clone(),
+            embeddings: None,
+            sequence: Some((log_probs, lengths)),
+        }
     }
 
     fn loss(&self, _: &Tensor, output: &Output, batch: &Batch) -> Result<Tensor> {
-        let (targets, target_lengths) = batch.transcript.as_ref().ok_or_else(|| missing("transcripts", &self.name))?;
+        let (targets, target_lengths) =
+            batch.transcript.as_ref().ok_or_else(|| missing("transcripts", &self.name))?;
         let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc head's output");
         // Steps × batch × classes, as libtorch's CTC takes them. A sample whose steps cannot
         // hold its transcript counts 0 (evaluation reports how many there were).
-        Ok(Tensor::ctc_loss_tensor(&log_probs.transpose(0, 1), targets, lengths, target_lengths, Alphabet::BLANK as i64, tch::Reduction::Mean, true))
+        Ok(Tensor::ctc_loss_tensor(
+            &log_probs.transpose(0, 1),
+            targets,
+            lengths,
+            target_lengths,
+            Alphabet::BLANK as i64,
+            tch::Reduction::Mean,
+            true,
+        ))
     }
 
     fn probabilities(&self, prediction: &Tensor) -> Tensor {
@@ -61,7 +84,12 @@ impl Head for Ctc {
     }
 
     fn metrics(&self) -> Vec<Metric> {
-        vec![Metric::lower("wer"), Metric::lower("cer"), Metric::higher("exact"), Metric::lower("too_short")]
+        vec![
+            Metric::lower("wer"),
+            Metric::lower("cer"),
+            Metric::higher("exact"),
+            Metric::lower("too_short"),
+        ]
     }
 
     fn selection(&self) -> Metric {
@@ -73,7 +101,11 @@ impl Head for Ctc {
     }
 
     fn evaluator(&self) -> Box<dyn Evaluator + '_> {
-        Box::new(CtcEvaluator { alphabet: &self.alphabet, errors: ErrorCounts::default(), too_short: 0 })
+        Box::new(CtcEvaluator {
+            alphabet: &self.alphabet,
+            errors: ErrorCounts::default(),
+            too_short: 0,
+        })
     }
 
     fn predict(&self, output: &Output, _: usize, batch: &Batch) -> Result<Vec<Map<String, Value>>> {
@@ -104,7 +136,9 @@ struct CtcEvaluator<'a> {
 
 impl Evaluator for CtcEvaluator<'_> {
     fn add(&mut self, output: &Output, _: usize, batch: &Batch) -> Result<()> {
-        let truths = batch.transcripts().ok_or_else(|| crate::Error::Data("no transcripts in the validation data".into()))?;
+        let truths = batch
+            .transcripts()
+            .ok_or_else(|| crate::Error::Data("no transcripts in the validation data".into()))?;
         let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc head's output");
         let decoded = decode_batch(log_probs, lengths, Alphabet::BLANK, 1);
         let steps = super::host_i64(lengths);

@@ -169,13 +169,29 @@ impl HeadConfig {
     pub fn build(&self, ctx: &HeadContext<'_>) -> Result<Box<dyn Head>> {
         Ok(match self {
             HeadConfig::Classification { hidden, dropout, label_smoothing, class_weights } => {
-                Box::new(classification::Classification::new(ctx, hidden, *dropout, *label_smoothing, class_weights)?)
+                Box::new(classification::Classification::new(
+                    ctx,
+                    hidden,
+                    *dropout,
+                    *label_smoothing,
+                    class_weights,
+                )?)
             }
-            HeadConfig::MultiLabel { hidden, dropout } => Box::new(multi_label::MultiLabel::new(ctx, hidden, *dropout)?),
-            HeadConfig::Ordinal { hidden, dropout } => Box::new(ordinal::Ordinal::new(ctx, hidden, *dropout)?),
-            HeadConfig::Regression { hidden, dropout, loss } => Box::new(regression::Regression::new(ctx, hidden, *dropout, *loss)?),
-            HeadConfig::Retrieval { pair, dim, positives } => Box::new(retrieval::Retrieval::new(ctx, pair, *dim, *positives)?),
-            HeadConfig::Ctc { modality, hidden, dropout } => Box::new(ctc::Ctc::new(ctx, modality, hidden, *dropout)?),
+            HeadConfig::MultiLabel { hidden, dropout } => {
+                Box::new(multi_label::MultiLabel::new(ctx, hidden, *dropout)?)
+            }
+            HeadConfig::Ordinal { hidden, dropout } => {
+                Box::new(ordinal::Ordinal::new(ctx, hidden, *dropout)?)
+            }
+            HeadConfig::Regression { hidden, dropout, loss } => {
+                Box::new(regression::Regression::new(ctx, hidden, *dropout, *loss)?)
+            }
+            HeadConfig::Retrieval { pair, dim, positives } => {
+                Box::new(retrieval::Retrieval::new(ctx, pair, *dim, *positives)?)
+            }
+            HeadConfig::Ctc { modality, hidden, dropout } => {
+                Box::new(ctc::Ctc::new(ctx, modality, hidden, *dropout)?)
+            }
         })
     }
 }
@@ -303,7 +319,12 @@ pub trait Head: std::fmt::Debug + Send {
 
     /// One JSON object per sample of the batch for `mm predict`: the prediction, beside the
     /// truth where the batch has it. `index` is this head's position in `output.predictions`.
-    fn predict(&self, output: &Output, index: usize, batch: &Batch) -> Result<Vec<Map<String, Value>>>;
+    fn predict(
+        &self,
+        output: &Output,
+        index: usize,
+        batch: &Batch,
+    ) -> Result<Vec<Map<String, Value>>>;
 }
 
 /// What a head gathers while a split is evaluated.
@@ -320,9 +341,17 @@ pub trait Evaluator {
 }
 
 /// The layers of a head's MLP: `hidden` sizes, then `outputs`, from `input`; checked.
-pub(crate) fn mlp(ctx: &HeadContext<'_>, input: i64, hidden: &[i64], dropout: f64, outputs: i64) -> Result<Mlp> {
+pub(crate) fn mlp(
+    ctx: &HeadContext<'_>,
+    input: i64,
+    hidden: &[i64],
+    dropout: f64,
+    outputs: i64,
+) -> Result<Mlp> {
     if !(0.0..1.0).contains(&dropout) || hidden.iter().any(|h| *h <= 0) {
-        return Err(ctx.error(format_args!("hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
+        return Err(ctx.error(format_args!(
+            "hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)"
+        )));
     }
     let mut layers = Vec::new();
     let mut from = input;
@@ -335,11 +364,20 @@ pub(crate) fn mlp(ctx: &HeadContext<'_>, input: i64, hidden: &[i64], dropout: f6
 
 /// A head's MLP on the fused vector, or none under late fusion (whose output is the logits):
 /// late fusion then needs exactly `outputs` outputs and no hidden layers.
-pub(crate) fn fused_mlp(ctx: &HeadContext<'_>, hidden: &[i64], dropout: f64, outputs: i64) -> Result<Mlp> {
-    let input = ctx.fused_dim.ok_or_else(|| ctx.error("this head reads a fused vector: add [model.fusion]"))?;
+pub(crate) fn fused_mlp(
+    ctx: &HeadContext<'_>,
+    hidden: &[i64],
+    dropout: f64,
+    outputs: i64,
+) -> Result<Mlp> {
+    let input = ctx
+        .fused_dim
+        .ok_or_else(|| ctx.error("this head reads a fused vector: add [model.fusion]"))?;
     if ctx.late_fusion {
         if !(0.0..1.0).contains(&dropout) || hidden.iter().any(|h| *h <= 0) {
-            return Err(ctx.error(format_args!("hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)")));
+            return Err(ctx.error(format_args!(
+                "hidden {hidden:?} must be positive and dropout {dropout} in [0, 1)"
+            )));
         }
         if input != outputs || !hidden.is_empty() {
             return Err(Error::Config(format!(
@@ -387,25 +425,37 @@ pub(crate) fn missing(what: &str, name: &str) -> Error {
 
 /// `t` on the CPU as `f32` values.
 pub(crate) fn host_f32(t: &Tensor) -> Vec<f32> {
-    Vec::try_from(t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1])).unwrap_or_default()
+    Vec::try_from(t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Float).view([-1]))
+        .unwrap_or_default()
 }
 
 /// `t` on the CPU as `i64` values.
 pub(crate) fn host_i64(t: &Tensor) -> Vec<i64> {
-    Vec::try_from(t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64).view([-1])).unwrap_or_default()
+    Vec::try_from(t.to_device(tch::Device::Cpu).to_kind(tch::Kind::Int64).view([-1]))
+        .unwrap_or_default()
 }
 
 /// Every rank's `values`, in rank order.
 pub(crate) fn gather_f32(group: &ProcessGroup, values: &[f32]) -> Result<Vec<f32>> {
-    Ok(group.all_gather(&values.iter().map(|v| f64::from(*v)).collect::<Vec<_>>())?.into_iter().map(|v| v as f32).collect())
+    Ok(group
+        .all_gather(&values.iter().map(|v| f64::from(*v)).collect::<Vec<_>>())?
+        .into_iter()
+        .map(|v| v as f32)
+        .collect())
 }
 
 /// Every rank's `values`, in rank order.
 pub(crate) fn gather_i64(group: &ProcessGroup, values: &[i64]) -> Result<Vec<i64>> {
-    Ok(group.all_gather(&values.iter().map(|v| *v as f64).collect::<Vec<_>>())?.into_iter().map(|v| v as i64).collect())
+    Ok(group
+        .all_gather(&values.iter().map(|v| *v as f64).collect::<Vec<_>>())?
+        .into_iter()
+        .map(|v| v as i64)
+        .collect())
 }
 
 /// Class names to probabilities, as `mm predict` prints them.
 pub(crate) fn by_class(classes: &[String], probs: &[f32]) -> Value {
-    Value::Object(classes.iter().zip(probs).map(|(k, v)| (k.clone(), serde_json::json!(v))).collect())
+    Value::Object(
+        classes.iter().zip(probs).map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
+    )
 }

@@ -6,7 +6,10 @@ use mm_data::loader::Batch;
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
-use super::{by_class, fused_mlp, gather_f32, host_f32, missing, need_classes, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp};
+use super::{
+    by_class, fused_mlp, gather_f32, host_f32, missing, need_classes, Evaluator, Head, HeadContext,
+    HeadInput, HeadOutput, Metric, Mlp,
+};
 use crate::dist::ProcessGroup;
 use crate::loss::binary_cross_entropy;
 use crate::metrics;
@@ -25,13 +28,20 @@ impl MultiLabel {
     /// Builds the head; `hidden` and `dropout` are checked.
     pub fn new(ctx: &HeadContext<'_>, hidden: &[i64], dropout: f64) -> Result<Self> {
         let classes = need_classes(ctx)?;
-        Ok(MultiLabel { name: ctx.name.to_string(), classes: ctx.classes.to_vec(), mlp: fused_mlp(ctx, hidden, dropout, classes)? })
+        Ok(MultiLabel {
+            name: ctx.name.to_string(),
+            classes: ctx.classes.to_vec(),
+            mlp: fused_mlp(ctx, hidden, dropout, classes)?,
+        })
     }
 }
 
 impl Head for MultiLabel {
     fn forward(&self, input: &HeadInput<'_>, train: bool) -> HeadOutput {
-        HeadOutput::plain(self.mlp.forward(input.fused.expect("a multi-label head reads the fused vector"), train))
+        HeadOutput::plain(
+            self.mlp
+                .forward(input.fused.expect("a multi-label head reads the fused vector"), train),
+        )
     }
 
     fn loss(&self, prediction: &Tensor, _: &Output, batch: &Batch) -> Result<Tensor> {
@@ -44,7 +54,12 @@ impl Head for MultiLabel {
     }
 
     fn metrics(&self) -> Vec<Metric> {
-        vec![Metric::higher("micro_f1"), Metric::higher("macro_f1"), Metric::higher("exact"), Metric::higher("auroc")]
+        vec![
+            Metric::higher("micro_f1"),
+            Metric::higher("macro_f1"),
+            Metric::higher("exact"),
+            Metric::higher("auroc"),
+        ]
     }
 
     fn selection(&self) -> Metric {
@@ -52,16 +67,31 @@ impl Head for MultiLabel {
     }
 
     fn evaluator(&self) -> Box<dyn Evaluator + '_> {
-        Box::new(MultiEvaluator { classes: self.classes.len(), probs: Vec::new(), truth: Vec::new() })
+        Box::new(MultiEvaluator {
+            classes: self.classes.len(),
+            probs: Vec::new(),
+            truth: Vec::new(),
+        })
     }
 
-    fn predict(&self, output: &Output, index: usize, batch: &Batch) -> Result<Vec<Map<String, Value>>> {
+    fn predict(
+        &self,
+        output: &Output,
+        index: usize,
+        batch: &Batch,
+    ) -> Result<Vec<Map<String, Value>>> {
         let c = self.classes.len();
         let probs = host_f32(&self.probabilities(&output.predictions[index]));
         Ok((0..batch.len())
             .map(|j| {
                 let p = &probs[j * c..(j + 1) * c];
-                let chosen: Vec<&String> = self.classes.iter().zip(p).filter(|(_, v)| **v >= 0.5).map(|(k, _)| k).collect();
+                let chosen: Vec<&String> = self
+                    .classes
+                    .iter()
+                    .zip(p)
+                    .filter(|(_, v)| **v >= 0.5)
+                    .map(|(k, _)| k)
+                    .collect();
                 let mut row = Map::new();
                 row.insert("prediction".into(), json!(chosen));
                 row.insert("probabilities".into(), by_class(&self.classes, p));
@@ -79,7 +109,10 @@ struct MultiEvaluator {
 
 impl Evaluator for MultiEvaluator {
     fn add(&mut self, output: &Output, index: usize, batch: &Batch) -> Result<()> {
-        let labels = batch.labels.as_ref().ok_or_else(|| crate::Error::Data("no multi-labels in the validation data".into()))?;
+        let labels = batch
+            .labels
+            .as_ref()
+            .ok_or_else(|| crate::Error::Data("no multi-labels in the validation data".into()))?;
         self.probs.extend(host_f32(&output.predictions[index].to_kind(Kind::Float).sigmoid()));
         self.truth.extend(host_f32(labels));
         Ok(())
@@ -121,7 +154,8 @@ pub struct MultiLabelScores {
 /// See [`MultiLabelScores`] (scikit-learn's `f1_score(average="micro"|"macro")`,
 /// `accuracy_score` on label sets, `roc_auc_score(average="macro")`).
 pub fn multi_label_scores(probs: &[f32], truth: &[f32], classes: usize) -> MultiLabelScores {
-    let (mut tp, mut fp, mut fn_) = (vec![0usize; classes], vec![0usize; classes], vec![0usize; classes]);
+    let (mut tp, mut fp, mut fn_) =
+        (vec![0usize; classes], vec![0usize; classes], vec![0usize; classes]);
     let mut exact = 0usize;
     let n = truth.len() / classes;
     for (p, t) in probs.chunks(classes).zip(truth.chunks(classes)) {
@@ -138,9 +172,18 @@ pub fn multi_label_scores(probs: &[f32], truth: &[f32], classes: usize) -> Multi
         }
         exact += usize::from(same);
     }
-    let f1 = |tp: usize, fp: usize, fn_: usize| if tp == 0 { 0.0 } else { 2.0 * tp as f64 / (2 * tp + fp + fn_) as f64 };
+    let f1 = |tp: usize, fp: usize, fn_: usize| {
+        if tp == 0 {
+            0.0
+        } else {
+            2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
+        }
+    };
     let (stp, sfp, sfn) = (tp.iter().sum(), fp.iter().sum(), fn_.iter().sum());
-    let used: Vec<f64> = (0..classes).filter(|&c| tp[c] + fp[c] + fn_[c] > 0).map(|c| f1(tp[c], fp[c], fn_[c])).collect();
+    let used: Vec<f64> = (0..classes)
+        .filter(|&c| tp[c] + fp[c] + fn_[c] > 0)
+        .map(|c| f1(tp[c], fp[c], fn_[c]))
+        .collect();
     let aurocs: Vec<f64> = (0..classes)
         .filter_map(|c| {
             let s: Vec<f64> = probs.chunks(classes).map(|r| f64::from(r[c])).collect();

@@ -12,7 +12,10 @@ use mm_data::loader::Batch;
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
-use super::{by_class, fused_mlp, gather_i64, host_f32, host_i64, missing, need_classes, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp};
+use super::{
+    by_class, fused_mlp, gather_i64, host_f32, host_i64, missing, need_classes, Evaluator, Head,
+    HeadContext, HeadInput, HeadOutput, Metric, Mlp,
+};
 use crate::dist::ProcessGroup;
 use crate::metrics;
 use crate::model::Output;
@@ -64,7 +67,8 @@ fn ranks(logits: &Tensor) -> Tensor {
 
 impl Head for Ordinal {
     fn forward(&self, input: &HeadInput<'_>, train: bool) -> HeadOutput {
-        let score = self.mlp.forward(input.fused.expect("an ordinal head reads the fused vector"), train);
+        let score =
+            self.mlp.forward(input.fused.expect("an ordinal head reads the fused vector"), train);
         HeadOutput::plain(score - &self.thresholds)
     }
 
@@ -77,8 +81,17 @@ impl Head for Ordinal {
         let rows = known.nonzero().squeeze_dim(1);
         let logits = prediction.to_kind(Kind::Float).index_select(0, &rows);
         let k = Tensor::arange(logits.size()[1], (Kind::Int64, logits.device()));
-        let above = labels.index_select(0, &rows).unsqueeze(1).gt_tensor(&k.unsqueeze(0)).to_kind(Kind::Float);
-        Ok(logits.binary_cross_entropy_with_logits::<Tensor>(&above, None, None, tch::Reduction::Mean))
+        let above = labels
+            .index_select(0, &rows)
+            .unsqueeze(1)
+            .gt_tensor(&k.unsqueeze(0))
+            .to_kind(Kind::Float);
+        Ok(logits.binary_cross_entropy_with_logits::<Tensor>(
+            &above,
+            None,
+            None,
+            tch::Reduction::Mean,
+        ))
     }
 
     fn probabilities(&self, prediction: &Tensor) -> Tensor {
@@ -97,7 +110,12 @@ impl Head for Ordinal {
         Box::new(OrdinalEvaluator { predicted: Vec::new(), truth: Vec::new() })
     }
 
-    fn predict(&self, output: &Output, index: usize, batch: &Batch) -> Result<Vec<Map<String, Value>>> {
+    fn predict(
+        &self,
+        output: &Output,
+        index: usize,
+        batch: &Batch,
+    ) -> Result<Vec<Map<String, Value>>> {
         let c = self.classes.len();
         let logits = &output.predictions[index];
         let (probs, predicted) = (host_f32(&class_probabilities(logits)), host_i64(&ranks(logits)));
@@ -106,7 +124,10 @@ impl Head for Ordinal {
             .map(|j| {
                 let mut row = Map::new();
                 row.insert("prediction".into(), json!(self.classes[predicted[j] as usize]));
-                row.insert("probabilities".into(), by_class(&self.classes, &probs[j * c..(j + 1) * c]));
+                row.insert(
+                    "probabilities".into(),
+                    by_class(&self.classes, &probs[j * c..(j + 1) * c]),
+                );
                 if let Some(l) = labels.as_ref().and_then(|l| l.get(j)).filter(|l| **l >= 0) {
                     row.insert("label".into(), json!(self.classes[*l as usize]));
                 }
@@ -123,8 +144,12 @@ struct OrdinalEvaluator {
 
 impl Evaluator for OrdinalEvaluator {
     fn add(&mut self, output: &Output, index: usize, batch: &Batch) -> Result<()> {
-        let labels = batch.label.as_ref().ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
-        for (p, l) in host_i64(&ranks(&output.predictions[index])).into_iter().zip(host_i64(labels)) {
+        let labels = batch
+            .label
+            .as_ref()
+            .ok_or_else(|| Error::Data("no labels in the validation data".into()))?;
+        for (p, l) in host_i64(&ranks(&output.predictions[index])).into_iter().zip(host_i64(labels))
+        {
             if l >= 0 {
                 self.predicted.push(p);
                 self.truth.push(l);
@@ -143,9 +168,15 @@ impl Evaluator for OrdinalEvaluator {
         if self.truth.is_empty() {
             return;
         }
-        let (p, t): (Vec<usize>, Vec<usize>) = (self.predicted.iter().map(|v| *v as usize).collect(), self.truth.iter().map(|v| *v as usize).collect());
+        let (p, t): (Vec<usize>, Vec<usize>) = (
+            self.predicted.iter().map(|v| *v as usize).collect(),
+            self.truth.iter().map(|v| *v as usize).collect(),
+        );
         put("accuracy", json!(metrics::accuracy(&p, &t)));
-        let (pf, tf): (Vec<f64>, Vec<f64>) = (self.predicted.iter().map(|v| *v as f64).collect(), self.truth.iter().map(|v| *v as f64).collect());
+        let (pf, tf): (Vec<f64>, Vec<f64>) = (
+            self.predicted.iter().map(|v| *v as f64).collect(),
+            self.truth.iter().map(|v| *v as f64).collect(),
+        );
         put("mae", json!(metrics::mae(&pf, &tf)));
     }
 }
@@ -192,7 +223,8 @@ mod tests {
         let head = Ordinal::new(&ctx, &[8], 0.0).expect("head");
         let n = 400i64;
         let x = Tensor::rand([n, 1], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-        let fused = Tensor::cat(&[&x, &(Tensor::randn([n, 2], (Kind::Float, Device::Cpu)) * 0.1)], 1);
+        let fused =
+            Tensor::cat(&[&x, &(Tensor::randn([n, 2], (Kind::Float, Device::Cpu)) * 0.1)], 1);
         let label = ((&x + 1.0) * 2.5).floor().clamp(0.0, 4.0).to_kind(Kind::Int64).view([-1]);
         let mut opt = nn::Adam::default().build(&vs, 0.03).expect("adam");
         let batch = |label: &Tensor| Batch {
@@ -211,8 +243,17 @@ mod tests {
         };
         let b = batch(&label);
         let run = |train: bool| {
-            let out = head.forward(&HeadInput { fused: Some(&fused), pooled: &[], seqs: &[], present: &[] }, train);
-            Output { prediction: out.prediction.shallow_clone(), predictions: vec![out.prediction], weights: None, embeddings: None, sequence: None }
+            let out = head.forward(
+                &HeadInput { fused: Some(&fused), pooled: &[], seqs: &[], present: &[] },
+                train,
+            );
+            Output {
+                prediction: out.prediction.shallow_clone(),
+                predictions: vec![out.prediction],
+                weights: None,
+                embeddings: None,
+                sequence: None,
+            }
         };
         for _ in 0..300 {
             let out = run(true);
@@ -225,7 +266,8 @@ mod tests {
         e.finish(&mut |k, v| {
             m.insert(k.to_string(), v);
         });
-        let (accuracy, mae) = (m["accuracy"].as_f64().expect("accuracy"), m["mae"].as_f64().expect("mae"));
+        let (accuracy, mae) =
+            (m["accuracy"].as_f64().expect("accuracy"), m["mae"].as_f64().expect("mae"));
         assert!(accuracy > 0.85 && mae < 0.2, "accuracy {accuracy}, mae {mae}");
         let predicted = host_i64(&ranks(&out.predictions[0]));
         assert!(predicted.iter().zip(host_i64(&label)).all(|(p, t)| (p - t).abs() <= 1));

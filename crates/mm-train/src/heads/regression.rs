@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
-use super::{fused_mlp, host_f32, missing, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp};
+use super::{
+    fused_mlp, host_f32, missing, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp,
+};
 use crate::dist::ProcessGroup;
 use crate::loss::{l1, mse};
 use crate::metrics;
@@ -34,14 +36,27 @@ pub struct Regression {
 
 impl Regression {
     /// Builds the head; `hidden` and `dropout` are checked.
-    pub fn new(ctx: &HeadContext<'_>, hidden: &[i64], dropout: f64, loss: RegressionLoss) -> Result<Self> {
-        Ok(Regression { name: ctx.name.to_string(), mlp: fused_mlp(ctx, hidden, dropout, 1)?, loss })
+    pub fn new(
+        ctx: &HeadContext<'_>,
+        hidden: &[i64],
+        dropout: f64,
+        loss: RegressionLoss,
+    ) -> Result<Self> {
+        Ok(Regression {
+            name: ctx.name.to_string(),
+            mlp: fused_mlp(ctx, hidden, dropout, 1)?,
+            loss,
+        })
     }
 }
 
 impl Head for Regression {
     fn forward(&self, input: &HeadInput<'_>, train: bool) -> HeadOutput {
-        HeadOutput::plain(self.mlp.forward(input.fused.expect("a regression head reads the fused vector"), train).squeeze_dim(1))
+        HeadOutput::plain(
+            self.mlp
+                .forward(input.fused.expect("a regression head reads the fused vector"), train)
+                .squeeze_dim(1),
+        )
     }
 
     fn loss(&self, prediction: &Tensor, _: &Output, batch: &Batch) -> Result<Tensor> {
@@ -69,7 +84,12 @@ impl Head for Regression {
         Box::new(RegressionEvaluator { preds: Vec::new(), targets: Vec::new() })
     }
 
-    fn predict(&self, output: &Output, index: usize, batch: &Batch) -> Result<Vec<Map<String, Value>>> {
+    fn predict(
+        &self,
+        output: &Output,
+        index: usize,
+        batch: &Batch,
+    ) -> Result<Vec<Map<String, Value>>> {
         let p = host_f32(&output.predictions[index]);
         let targets = batch.target.as_ref().map(|(t, m)| (host_f32(t), host_f32(m)));
         Ok((0..batch.len())
@@ -94,7 +114,10 @@ struct RegressionEvaluator {
 
 impl Evaluator for RegressionEvaluator {
     fn add(&mut self, output: &Output, index: usize, batch: &Batch) -> Result<()> {
-        let (t, mask) = batch.target.as_ref().ok_or_else(|| crate::Error::Data("no targets in the validation data".into()))?;
+        let (t, mask) = batch
+            .target
+            .as_ref()
+            .ok_or_else(|| crate::Error::Data("no targets in the validation data".into()))?;
         let (t, mask, p) = (host_f32(t), host_f32(mask), host_f32(&output.predictions[index]));
         for ((pi, ti), mi) in p.iter().zip(&t).zip(&mask) {
             if *mi > 0.5 {

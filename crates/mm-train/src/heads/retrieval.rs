@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tch::{nn, Kind, Tensor};
 
-use super::{gather_i64, host_f32, missing, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric};
+use super::{
+    gather_i64, host_f32, missing, Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric,
+};
 use crate::dist::{self, ProcessGroup, ReduceOp};
 use crate::loss::{info_nce, info_nce_by_label, Temperature};
 use crate::metrics;
@@ -49,9 +51,16 @@ pub struct Retrieval {
 impl Retrieval {
     /// Builds the head: the pair must be two different modalities with encoders, `dim`
     /// positive.
-    pub fn new(ctx: &HeadContext<'_>, pair: &[String; 2], dim: i64, positives: Positives) -> Result<Self> {
+    pub fn new(
+        ctx: &HeadContext<'_>,
+        pair: &[String; 2],
+        dim: i64,
+        positives: Positives,
+    ) -> Result<Self> {
         if dim <= 0 || pair[0] == pair[1] {
-            return Err(ctx.error(format_args!("a positive dim ({dim}) and two different modalities ({pair:?})")));
+            return Err(ctx.error(format_args!(
+                "a positive dim ({dim}) and two different modalities ({pair:?})"
+            )));
         }
         let (a, b) = (ctx.encoder(&pair[0], "pair")?, ctx.encoder(&pair[1], "pair")?);
         Ok(Retrieval {
@@ -72,13 +81,17 @@ impl Retrieval {
     }
 
     fn directions(&self) -> [String; 2] {
-        [format!("{}_to_{}", self.pair[0], self.pair[1]), format!("{}_to_{}", self.pair[1], self.pair[0])]
+        [
+            format!("{}_to_{}", self.pair[0], self.pair[1]),
+            format!("{}_to_{}", self.pair[1], self.pair[0]),
+        ]
     }
 }
 
 impl Head for Retrieval {
     fn forward(&self, input: &HeadInput<'_>, _train: bool) -> HeadOutput {
-        let normalise = |x: Tensor| &x / x.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
+        let normalise =
+            |x: Tensor| &x / x.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
         let a = normalise(input.pooled[self.a].apply(&self.proj_a));
         let b = normalise(input.pooled[self.b].apply(&self.proj_b));
         let both = input.present[self.a].logical_and(&input.present[self.b]);
@@ -92,10 +105,15 @@ impl Head for Retrieval {
         if rows.size()[0] < 2 {
             return Ok(a.sum(Kind::Float) * 0.0);
         }
-        let (a, b, scale) = (&a.index_select(0, &rows), &b.index_select(0, &rows), &self.temperature.scale());
+        let (a, b, scale) =
+            (&a.index_select(0, &rows), &b.index_select(0, &rows), &self.temperature.scale());
         match (self.positives, batch.label.as_ref()) {
-            (Positives::Label, Some(labels)) => Ok(info_nce_by_label(a, b, scale, &labels.index_select(0, &rows))),
-            (Positives::Label, None) => Err(missing("labels (model.head.positives = \"label\")", &self.name)),
+            (Positives::Label, Some(labels)) => {
+                Ok(info_nce_by_label(a, b, scale, &labels.index_select(0, &rows)))
+            }
+            (Positives::Label, None) => {
+                Err(missing("labels (model.head.positives = \"label\")", &self.name))
+            }
             (Positives::Pair, _) => Ok(info_nce(a, b, scale)),
         }
     }
@@ -120,7 +138,12 @@ impl Head for Retrieval {
     }
 
     fn evaluator(&self) -> Box<dyn Evaluator + '_> {
-        Box::new(RetrievalEvaluator { head: self, emb_a: Vec::new(), emb_b: Vec::new(), truth: Vec::new() })
+        Box::new(RetrievalEvaluator {
+            head: self,
+            emb_a: Vec::new(),
+            emb_b: Vec::new(),
+            truth: Vec::new(),
+        })
     }
 
     fn predict(&self, _: &Output, _: usize, _: &Batch) -> Result<Vec<Map<String, Value>>> {
@@ -139,8 +162,10 @@ impl Evaluator for RetrievalEvaluator<'_> {
     fn add(&mut self, output: &Output, _: usize, batch: &Batch) -> Result<()> {
         if let Some((a, b, both)) = output.embeddings.as_ref() {
             let rows = both.nonzero().squeeze_dim(1);
-            self.emb_a.push(a.index_select(0, &rows).to_device(tch::Device::Cpu).to_kind(Kind::Float));
-            self.emb_b.push(b.index_select(0, &rows).to_device(tch::Device::Cpu).to_kind(Kind::Float));
+            self.emb_a
+                .push(a.index_select(0, &rows).to_device(tch::Device::Cpu).to_kind(Kind::Float));
+            self.emb_b
+                .push(b.index_select(0, &rows).to_device(tch::Device::Cpu).to_kind(Kind::Float));
             // Labels, where the data has them, for category-level retrieval.
             if let Some(labels) = batch.label.as_ref() {
                 self.truth.extend(super::host_i64(&labels.index_select(0, &rows)));
@@ -156,9 +181,17 @@ impl Evaluator for RetrievalEvaluator<'_> {
             // has width 0).
             let width = side.first().map_or(0, |t| t.size()[1]);
             let width = group.all_reduce_values(&[width as f64], ReduceOp::Max)?[0] as i64;
-            let flat: Vec<f64> = if side.is_empty() { Vec::new() } else { dist::host_vec(&Tensor::cat(side, 0).to_kind(Kind::Double))? };
+            let flat: Vec<f64> = if side.is_empty() {
+                Vec::new()
+            } else {
+                dist::host_vec(&Tensor::cat(side, 0).to_kind(Kind::Double))?
+            };
             let all = group.all_gather(&flat)?;
-            *side = if all.is_empty() || width == 0 { Vec::new() } else { vec![Tensor::from_slice(&all).to_kind(Kind::Float).view([-1, width])] };
+            *side = if all.is_empty() || width == 0 {
+                Vec::new()
+            } else {
+                vec![Tensor::from_slice(&all).to_kind(Kind::Float).view([-1, width])]
+            };
         }
         Ok(())
     }
@@ -185,7 +218,15 @@ impl Evaluator for RetrievalEvaluator<'_> {
         if self.truth.len() == n && self.truth.iter().all(|l| *l >= 0) {
             let by_class = [
                 (&forward, metrics::class_retrieval(&sim, n, &self.truth, &self.truth)),
-                (&backward, metrics::class_retrieval(&metrics::transpose(&sim, n), n, &self.truth, &self.truth)),
+                (
+                    &backward,
+                    metrics::class_retrieval(
+                        &metrics::transpose(&sim, n),
+                        n,
+                        &self.truth,
+                        &self.truth,
+                    ),
+                ),
             ];
             for (direction, r) in by_class {
                 for (k, cut) in [1, 5, 10].iter().enumerate() {
