@@ -81,6 +81,7 @@ mod tests {
             ("mm-encoders", &["mm-data", "mm-seq"]),
             ("mm-fusion", &[]),
             ("mm-train", &["mm-data", "mm-seq", "mm-encoders", "mm-fusion"]),
+            ("mm-speech", &["mm-data", "mm-seq", "mm-train"]),
         ];
         let root = crate::workspace_root();
         for (krate, ok) in allowed {

@@ -1,13 +1,14 @@
 //! `mm transcribe`, `mm train-tts`, `mm synthesize` and `mm eval-tts`: speech recognition with
-//! a CTC run, and synthesis (see `mm_train::speech` and `mm_train::tts`).
+//! a CTC run, and synthesis (see `mm_speech::recognize` and `mm_speech::tts`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use mm_data::device::parse_device;
+use mm_speech::recognize::Transcribe;
+use mm_speech::tts::{Synthesizer, TtsConfig};
 use mm_train::run::Run;
-use mm_train::tts::{Synthesizer, TtsConfig};
 use serde_json::json;
 
 /// Options of `mm transcribe`.
@@ -77,7 +78,8 @@ pub fn train_tts(a: &TrainTtsArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()));
     let started = Instant::now();
-    let report = mm_train::tts::train(&config, &out, parse_device(&a.device)?, a.resume, !a.quiet)?;
+    let report =
+        mm_speech::tts::train(&config, &out, parse_device(&a.device)?, a.resume, !a.quiet)?;
     println!(
         "best validation loss {:.4} at epoch {} of {}; {} recordings with even durations; {:.1} s; run folder {} (synthesize with `mm synthesize --run {} TEXT --speaker NAME --out FILE.wav`)",
         report.best.0,
@@ -163,7 +165,7 @@ pub fn eval_tts(a: &EvalTtsArgs) -> Result<()> {
     let config = TtsConfig::from_file(&a.run.join("tts.toml"), &[])?;
     let manifest = a.manifest.clone().unwrap_or(config.data.manifest);
     let out = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
-    let e = mm_train::tts::evaluate(&tts, &recognizer, &manifest, &out)?;
+    let e = mm_speech::tts::evaluate(&tts, &recognizer, &manifest, &out)?;
     let record = json!(e);
     mm_data::fs::write_atomic(
         &out.join("eval.json"),

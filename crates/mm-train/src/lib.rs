@@ -70,8 +70,8 @@
 //! ```
 //!
 //! Architecture invariant: mm-train composes the layers below it (data, sequence models,
-//! encoders, fusion) and is the only library crate that knows about all of them; nothing below
-//! depends on it, and it never parses command lines.
+//! encoders, fusion); nothing below depends on it, it knows nothing of the applications built
+//! on it (`mm-speech`), and it never parses command lines.
 
 pub mod checkpoint;
 pub mod ctc;
@@ -86,9 +86,7 @@ pub mod plot;
 pub mod precision;
 pub mod run;
 pub mod schedule;
-pub mod speech;
 pub mod train;
-pub mod tts;
 
 /// Errors of mm-train.
 #[derive(Debug, thiserror::Error)]

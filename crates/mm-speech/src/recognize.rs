@@ -1,13 +1,14 @@
 //! Speech recognition with a trained CTC run (`[model.head] type = "ctc"` over
 //! `[data.transcript]`): audio files to text, each character and word timed.
 //!
-//! [`Run::transcribe`] decodes every file as training read it (the run's log-mel front end and
+//! [`Transcribe::transcribe`] (on a [`Run`]) decodes every file as training read it (the run's log-mel front end and
 //! statistics, without its `max_frames` cut, so that nothing of a long file is lost), greedily
-//! or by CTC prefix beam search ([`crate::ctc`]); the characters are then timed by aligning
-//! them to the model's output ([`crate::ctc::align`]). A step of the output covers
+//! or by CTC prefix beam search ([`mm_train::ctc`]); the characters are then timed by aligning
+//! them to the model's output ([`mm_train::ctc::align`]). A step of the output covers
 //! `time_stride × hop_length` samples of the input.
 //!
 //! ```no_run
+//! use mm_speech::recognize::Transcribe;
 //! use mm_train::run::Run;
 //!
 //! let run = Run::open("runs/recognize".as_ref(), None, tch::Device::Cpu)?;
@@ -25,10 +26,10 @@ use mm_data::manifest::{Manifest, Sample};
 use mm_data::transcript::Alphabet;
 use serde::Serialize;
 
-use crate::ctc::decode_batch;
-use crate::precision::Autocast;
-use crate::run::Run;
-use crate::{Error, Result};
+use mm_train::ctc::decode_batch;
+use mm_train::precision::Autocast;
+use mm_train::run::Run;
+use mm_train::{Error, Result};
 
 /// A timed piece of a transcript: one character or one word.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -62,11 +63,16 @@ pub struct Transcription {
     pub milliseconds: f64,
 }
 
-impl Run {
+/// Speech recognition with a trained run.
+pub trait Transcribe {
     /// Transcribes audio files with a CTC run: greedy decoding with `beam` 0 or 1, prefix beam
     /// search of that width otherwise. A file that cannot be read or decoded is an error
-    /// naming it.
-    pub fn transcribe(&self, files: &[PathBuf], beam: usize) -> Result<Vec<Transcription>> {
+    /// naming it; a run whose head is not `ctc` is refused.
+    fn transcribe(&self, files: &[PathBuf], beam: usize) -> Result<Vec<Transcription>>;
+}
+
+impl Transcribe for Run {
+    fn transcribe(&self, files: &[PathBuf], beam: usize) -> Result<Vec<Transcription>> {
         let alphabet = self.model.alphabet().ok_or_else(|| {
             Error::Config(format!(
                 "{}: not a speech recognition run (its head is not `ctc`)",
@@ -106,7 +112,7 @@ impl Run {
             let _no_grad = tch::no_grad_guard();
             let precision = self.config.train.precision;
             let _autocast = Autocast::scope(precision, device);
-            let output = crate::guard::step("transcription", precision, device, || {
+            let output = mm_train::guard::step("transcription", precision, device, || {
                 Ok(self.model.forward_t(&batch, false))
             })?;
             let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc model's output");

@@ -12,8 +12,8 @@
 //!   whose stop probability passes one half, or where the durations end.
 //!
 //! The durations a model learns come from **forced alignment** with a speech recogniser trained
-//! with CTC ([`crate::speech`]): every training recording is aligned to its transcript
-//! ([`crate::ctc::align`]) and each character lasts from its first step to the next
+//! with CTC ([`crate::recognize`]): every training recording is aligned to its transcript
+//! ([`mm_train::ctc::align`]) and each character lasts from its first step to the next
 //! character's first step; what precedes the first character and follows the last is the
 //! silence tokens'. A recording that the recogniser cannot align (too few steps for its text)
 //! gets even durations, and is counted in `durations.json`.
@@ -24,7 +24,7 @@
 //! `mm train`'s are: a kill leaves the previous one whole) and `metrics.jsonl`.
 //!
 //! ```no_run
-//! use mm_train::tts::Synthesizer;
+//! use mm_speech::tts::Synthesizer;
 //!
 //! let tts = Synthesizer::open("runs/tts".as_ref(), tch::Device::Cpu)?;
 //! let speech = tts.synthesize("three", "theo")?;
@@ -50,10 +50,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::checkpoint::{self, TrainState};
-use crate::optim::{Group, Optimizer, OptimizerConfig};
-use crate::run::Run;
-use crate::{Error, Result};
+use mm_train::checkpoint::{self, TrainState};
+use mm_train::optim::{Group, Optimizer, OptimizerConfig};
+use mm_train::run::Run;
+use mm_train::{Error, Result};
+
+use crate::recognize::Transcribe;
 
 fn mel_default() -> MelConfig {
     MelConfig { sample_rate: 8000, n_fft: 256, hop_length: 80, n_mels: 80, ..MelConfig::default() }
@@ -155,7 +157,7 @@ impl TtsConfig {
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let config: TtsConfig = crate::run::parse_toml(&text, path, overrides)?;
+        let config: TtsConfig = mm_train::run::parse_toml(&text, path, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -507,7 +509,7 @@ fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations
                 let labels: Vec<usize> = truth.iter().map(|v| *v as usize).collect();
                 let rows =
                     &host[j * (t * c) as usize..(j * t as usize + steps[j] as usize) * c as usize];
-                let aligned = crate::ctc::align(rows, c as usize, Alphabet::BLANK, &labels)
+                let aligned = mm_train::ctc::align(rows, c as usize, Alphabet::BLANK, &labels)
                     .and_then(|a| from_alignment(&a.frames, stride, frames[j]));
                 let d = aligned.unwrap_or_else(|| {
                     uneven.push(batch.ids[j].clone());
@@ -719,9 +721,9 @@ pub fn train(
         for batch in train_loader.epoch(epoch) {
             let batch =
                 tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
-            let (mel, dur, stop) = crate::guard::step(
+            let (mel, dur, stop) = mm_train::guard::step(
                 "the synthesiser's training step",
-                crate::precision::Precision::F32,
+                mm_train::precision::Precision::F32,
                 device,
                 || {
                     let (mel, dur, stop) = losses(&net, &batch, true);
