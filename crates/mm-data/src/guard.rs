@@ -165,12 +165,12 @@ mod tests {
             let _inner = Part::enter("fusion");
             panic!("boom");
         })
-        .unwrap_err();
+        .expect_err("a panic");
         assert_eq!(caught, Caught { message: "boom".into(), part: Some("fusion".into()) });
         assert_eq!(caught.to_string(), "boom (in the fusion)");
         assert!(PARTS.with(|p| p.borrow().is_empty()));
         // A panic outside any part names none, even after one that had a part.
-        let caught = catch(|| panic!("{}", 7)).unwrap_err();
+        let caught = catch(|| panic!("{}", 7)).expect_err("a panic");
         assert_eq!(caught.part, None);
         assert_eq!(caught.message, "7");
     }
