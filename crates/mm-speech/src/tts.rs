@@ -51,6 +51,7 @@ use serde_json::{json, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use mm_train::checkpoint::{self, TrainState};
+use mm_train::log::{Logger, MetricsJsonl, TensorBoard};
 use mm_train::optim::{Group, Optimizer, OptimizerConfig};
 use mm_train::run::Run;
 use mm_train::{Error, Result};
@@ -711,7 +712,11 @@ pub fn train(
         )));
     }
     let t = &config.train;
-    let metrics = out.join("metrics.jsonl");
+    // Every epoch's record: metrics.jsonl and TensorBoard's event files.
+    let mut loggers: Vec<Box<dyn Logger>> = vec![
+        Box::new(MetricsJsonl::new(out.join("metrics.jsonl"))),
+        Box::new(TensorBoard::create(out)?),
+    ];
     while state.epoch < t.epochs {
         let epoch = state.epoch;
         // Dropout's masks depend on the epoch alone, so a resumed run repeats the same ones.
@@ -784,9 +789,10 @@ pub fn train(
             checkpoint::save(&ckpt, "best", &vs, &opt, &state)?;
         }
         checkpoint::save(&ckpt, "last", &vs, &opt, &state)?;
-        let lines: String = state.history.iter().map(|r| format!("{r}\n")).collect();
-        mm_data::fs::write_atomic(&metrics, lines.as_bytes())
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        let record = state.history.last().expect("the record just pushed");
+        for logger in &mut loggers {
+            logger.log(record, &state.history)?;
+        }
     }
     Ok(TtsReport {
         history: state.history.clone(),

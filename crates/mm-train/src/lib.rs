@@ -22,7 +22,9 @@
 //! - [`model`]: a model assembled from configuration (encoders, an optional fusion, heads),
 //!   sized from the data pipeline;
 //! - [`train`]: the loop (schedule, accumulation, clipping, reduce-on-plateau, evaluation,
-//!   early stopping, checkpoints, `metrics.jsonl`, NaN guard, resume);
+//!   early stopping, checkpoints, NaN guard, resume);
+//! - [`log`]: where every epoch's record goes, loggers behind one trait: `metrics.jsonl`,
+//!   `curves.svg` and TensorBoard event files;
 //! - [`dist`]: data-parallel training on libtorch's c10d (Gloo, NCCL): torchrun's variables,
 //!   a process group, gradient averaging, a local launcher;
 //! - [`precision`]: bf16 autocast (CPU or CUDA) for the forward passes, and what the processor
@@ -78,6 +80,7 @@ pub mod ctc;
 pub mod dist;
 pub mod guard;
 pub mod heads;
+pub mod log;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -29,6 +29,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::dist::{self, ProcessGroup, ReduceOp};
 use crate::guard;
 use crate::heads::Evaluator;
+use crate::log::{Curves, Logger, MetricsJsonl, TensorBoard};
 use crate::model::{HeadConfig, Model};
 use crate::optim::{Group, Optimizer, OptimizerConfig};
 use crate::precision::{Autocast, Precision};
@@ -500,6 +501,16 @@ pub fn fit_with(
         state.step += 1;
         Ok(())
     };
+    // Rank 0 records every epoch: metrics.jsonl, curves.svg and TensorBoard's event files.
+    let mut loggers: Vec<Box<dyn Logger>> = if main {
+        vec![
+            Box::new(MetricsJsonl::new(out.join("metrics.jsonl"))),
+            Box::new(Curves::new(out.join("curves.svg"))),
+            Box::new(TensorBoard::create(out)?),
+        ]
+    } else {
+        Vec::new()
+    };
     let mut stopped_early = false;
     while state.epoch < config.epochs {
         let epoch = state.epoch;
@@ -668,8 +679,10 @@ pub fn fit_with(
             if improved {
                 checkpoint::save(&ckpt, "best", vs, &optimizer, &state)?;
             }
-            write_history(&out.join("metrics.jsonl"), &state.history)?;
-            crate::plot::plot_history(&state.history, &out.join("curves.svg"))?;
+            let record = state.history.last().expect("the record just pushed");
+            for logger in &mut loggers {
+                logger.log(record, &state.history)?;
+            }
         }
         if let Some(es) = &config.early_stopping {
             if state.epochs_since_best >= es.patience {
@@ -740,16 +753,6 @@ fn share_start(
     }
     dist::broadcast_variables(group, vs, 0)?;
     Ok(state)
-}
-
-/// Rewrites the metric history, one JSON object per line, atomically.
-fn write_history(path: &Path, history: &[Value]) -> Result<()> {
-    let mut text = String::new();
-    for h in history {
-        text.push_str(&h.to_string());
-        text.push('\n');
-    }
-    mm_data::fs::write_atomic(path, text.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))
 }
 
 /// The checkpoint folder of a run's output folder.

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
 use super::{
-    by_class, fused_mlp, gather_f32, gather_i64, host_f32, host_i64, missing, need_classes,
+    class_rows, fused_mlp, gather_f32, gather_i64, host_f32, host_i64, missing, need_classes,
     Evaluator, Head, HeadContext, HeadInput, HeadOutput, Metric, Mlp,
 };
 use crate::dist::ProcessGroup;
@@ -142,21 +142,10 @@ impl Head for Classification {
         index: usize,
         batch: &Batch,
     ) -> Result<Vec<Map<String, Value>>> {
-        let c = self.classes.len();
         let probs = host_f32(&self.probabilities(&output.predictions[index]));
+        let predicted = metrics::argmax(&probs, self.classes.len());
         let labels = batch.label.as_ref().map(host_i64);
-        Ok((0..batch.len())
-            .map(|j| {
-                let p = &probs[j * c..(j + 1) * c];
-                let mut row = Map::new();
-                row.insert("prediction".into(), json!(self.classes[metrics::argmax(p, c)[0]]));
-                row.insert("probabilities".into(), by_class(&self.classes, p));
-                if let Some(l) = labels.as_ref().and_then(|l| l.get(j)).filter(|l| **l >= 0) {
-                    row.insert("label".into(), json!(self.classes[*l as usize]));
-                }
-                row
-            })
-            .collect())
+        Ok(class_rows(&self.classes, &predicted, &probs, labels.as_deref()))
     }
 }
 

@@ -459,3 +459,27 @@ pub(crate) fn by_class(classes: &[String], probs: &[f32]) -> Value {
         classes.iter().zip(probs).map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
     )
 }
+
+/// `mm predict`'s objects for a head over classes, one per sample: the predicted class, every
+/// class's probability (`probs`, `[B, C]` flat), and the label where the sample has one.
+pub(crate) fn class_rows(
+    classes: &[String],
+    predicted: &[usize],
+    probs: &[f32],
+    labels: Option<&[i64]>,
+) -> Vec<Map<String, Value>> {
+    let c = classes.len();
+    predicted
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| {
+            let mut row = Map::new();
+            row.insert("prediction".into(), serde_json::json!(classes[k]));
+            row.insert("probabilities".into(), by_class(classes, &probs[j * c..(j + 1) * c]));
+            if let Some(l) = labels.and_then(|l| l.get(j)).filter(|l| **l >= 0) {
+                row.insert("label".into(), serde_json::json!(classes[*l as usize]));
+            }
+            row
+        })
+        .collect()
+}

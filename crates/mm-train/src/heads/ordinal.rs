@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use tch::{Kind, Tensor};
 
 use super::{
-    by_class, fused_mlp, gather_i64, host_f32, host_i64, missing, need_classes, Evaluator, Head,
+    class_rows, fused_mlp, gather_i64, host_f32, host_i64, missing, need_classes, Evaluator, Head,
     HeadContext, HeadInput, HeadOutput, Metric, Mlp,
 };
 use crate::dist::ProcessGroup;
@@ -116,24 +116,11 @@ impl Head for Ordinal {
         index: usize,
         batch: &Batch,
     ) -> Result<Vec<Map<String, Value>>> {
-        let c = self.classes.len();
         let logits = &output.predictions[index];
-        let (probs, predicted) = (host_f32(&class_probabilities(logits)), host_i64(&ranks(logits)));
+        let probs = host_f32(&class_probabilities(logits));
+        let predicted: Vec<usize> = host_i64(&ranks(logits)).iter().map(|r| *r as usize).collect();
         let labels = batch.label.as_ref().map(host_i64);
-        Ok((0..batch.len())
-            .map(|j| {
-                let mut row = Map::new();
-                row.insert("prediction".into(), json!(self.classes[predicted[j] as usize]));
-                row.insert(
-                    "probabilities".into(),
-                    by_class(&self.classes, &probs[j * c..(j + 1) * c]),
-                );
-                if let Some(l) = labels.as_ref().and_then(|l| l.get(j)).filter(|l| **l >= 0) {
-                    row.insert("label".into(), json!(self.classes[*l as usize]));
-                }
-                row
-            })
-            .collect())
+        Ok(class_rows(&self.classes, &predicted, &probs, labels.as_deref()))
     }
 }
 
