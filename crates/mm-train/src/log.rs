@@ -12,7 +12,7 @@
 //! Event files are TFRecord files of `tensorboard.Event` messages, encoded here directly (a
 //! length, its masked CRC-32C, the message, its masked CRC-32C); the bytes match TensorBoard's
 //! own writer (tested against a file it wrote, `tests/data/tensorboard/`). Each process that
-//! trains a run appends to a file of its own (`events.out.tfevents.SECONDS.HOST.PID.mm`), as
+//! trains a run appends to a file of its own (`events.out.tfevents.SECONDS.HOST.PID.N.mm`), as
 //! PyTorch's `SummaryWriter` does; a resumed run continues after its last checkpointed epoch,
 //! and records are written after the checkpoint, so no epoch appears twice.
 //!
@@ -25,6 +25,8 @@
 //! tb.log(&record, std::slice::from_ref(&record))?;
 //! let file = std::fs::read_dir(&dir)?.next().expect("an event file")?.path();
 //! assert!(file.file_name().unwrap().to_string_lossy().starts_with("events.out.tfevents."));
+//! // A second writer in the same folder, process and second gets a file of its own.
+//! assert_ne!(TensorBoard::create(&dir)?.path(), tb.path());
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -105,16 +107,21 @@ impl TensorBoard {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().replace(['/', ' '], "_"))
             .unwrap_or_else(|_| "localhost".into());
-        let path = dir.join(format!(
-            "events.out.tfevents.{}.{host}.{}.mm",
-            now.as_secs(),
-            std::process::id()
-        ));
-        let file = File::options()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+        // Unique per process and per file: a process that trains the same folder twice in one
+        // second (a test, a notebook) gets the next number.
+        let mut n = 0;
+        let (path, file) = loop {
+            let path = dir.join(format!(
+                "events.out.tfevents.{}.{host}.{}.{n}.mm",
+                now.as_secs(),
+                std::process::id()
+            ));
+            match File::options().create_new(true).append(true).open(&path) {
+                Ok(file) => break (path, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(Error::Checkpoint(format!("{}: {e}", path.display()))),
+            }
+        };
         let mut tb = TensorBoard { path, file };
         tb.write(&event(now.as_secs_f64(), 0, Payload::FileVersion("brain.Event:2")))?;
         Ok(tb)
