@@ -125,7 +125,7 @@ impl ModelConfig {
             };
             let kind = head.kind();
             match head.reads() {
-                Reads::Encoders(modalities) => {
+                Reads::Encoders { key, modalities } => {
                     if named.len() > 1 {
                         return bad(format!("model.heads: a {kind} head stands alone"));
                     }
@@ -134,7 +134,6 @@ impl ModelConfig {
                     }
                     for m in &modalities {
                         if !self.encoders.contains_key(m) {
-                            let key = if kind == "retrieval" { "pair" } else { "modality" };
                             return bad(format!("{field}.{key}: no encoder for {m:?}"));
                         }
                     }

@@ -242,11 +242,13 @@ impl RunConfig {
         }
         // How encoders, fusion and heads fit together: the model's own rules (one place).
         let heads = self.model.check()?;
-        if heads.iter().any(|(_, h)| h.kind() == "ctc") && self.data.transcript.is_none() {
-            return bad("model.head: a ctc head learns transcripts; add [data.transcript]".into());
-        }
-        if heads.iter().any(|(_, h)| h.kind() == "ordinal") && self.data.classes.is_empty() {
-            return bad("model.head: an ordinal head learns the classes in order: list them in that order in [data] classes".into());
+        for (name, head) in &heads {
+            let field = if heads.len() == 1 {
+                "model.head".to_string()
+            } else {
+                format!("model.heads.{name}")
+            };
+            head.check_data(&self.data, &field)?;
         }
         let t = &self.train;
         if t.epochs == 0 || t.batch_size == 0 || t.accumulate == 0 {

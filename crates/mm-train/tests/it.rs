@@ -1776,6 +1776,19 @@ mod ctc_head {
         RunConfig::parse(text, "recognize.toml".as_ref(), &[]).map_err(|e| e.to_string())
     }
 
+    /// An ordinal head learns its classes in an order, which only `[data] classes` gives: a
+    /// run without them is refused by its head, naming the setting.
+    #[test]
+    fn an_ordinal_head_needs_its_classes_in_order() {
+        let recipe = include_str!("../../../configs/av-digits/av-digits.toml");
+        let ordinal = recipe.replace("type = \"classification\"", "type = \"ordinal\"");
+        assert_ne!(ordinal, recipe);
+        let e = parse(&ordinal).expect_err("no classes").to_string();
+        assert!(e.contains("model.head: an ordinal head") && e.contains("[data] classes"), "{e}");
+        let listed = ordinal.replace("[data]\n", "[data]\nclasses = [\"0\", \"1\", \"2\", \"3\", \"4\", \"5\", \"6\", \"7\", \"8\", \"9\"]\n");
+        parse(&listed).expect("classes listed in order");
+    }
+
     #[test]
     fn ctc_configurations_are_checked_and_the_head_reads_the_encoder_steps() {
         let config = parse(RECIPE).expect("the recipe is valid");

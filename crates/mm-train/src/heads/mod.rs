@@ -138,8 +138,13 @@ pub enum Reads {
     /// The fusion's output (or the one encoder's, in a model over one modality).
     Fused,
     /// These encoders' outputs directly, by modality: such a head stands alone, without a
-    /// fusion.
-    Encoders(Vec<String>),
+    /// fusion. `key` is the setting that names them (`pair`, `modality`).
+    Encoders {
+        /// The setting that names the modalities.
+        key: &'static str,
+        /// The modalities read.
+        modalities: Vec<String>,
+    },
 }
 
 impl HeadConfig {
@@ -158,9 +163,29 @@ impl HeadConfig {
     /// What the head reads: the fused vector, or encoders directly.
     pub fn reads(&self) -> Reads {
         match self {
-            HeadConfig::Retrieval { pair, .. } => Reads::Encoders(pair.to_vec()),
-            HeadConfig::Ctc { modality, .. } => Reads::Encoders(vec![modality.clone()]),
+            HeadConfig::Retrieval { pair, .. } => {
+                Reads::Encoders { key: "pair", modalities: pair.to_vec() }
+            }
+            HeadConfig::Ctc { modality, .. } => {
+                Reads::Encoders { key: "modality", modalities: vec![modality.clone()] }
+            }
             _ => Reads::Fused,
+        }
+    }
+
+    /// What the head needs of a run's `[data]` that the data's shape cannot show when the model
+    /// is built: a CTC head learns transcripts (`[data.transcript]`); an ordinal head learns
+    /// the classes in an order, which only `[data] classes` gives (the default is sorted
+    /// labels). `field` names the head (`model.head`).
+    pub fn check_data(&self, data: &mm_data::config::DataConfig, field: &str) -> Result<()> {
+        match self {
+            HeadConfig::Ctc { .. } if data.transcript.is_none() => Err(Error::Config(format!(
+                "{field}: a ctc head learns transcripts; add [data.transcript]"
+            ))),
+            HeadConfig::Ordinal { .. } if data.classes.is_empty() => Err(Error::Config(format!(
+                "{field}: an ordinal head learns the classes in order: list them in that order in [data] classes"
+            ))),
+            _ => Ok(()),
         }
     }
 
