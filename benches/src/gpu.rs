@@ -239,13 +239,7 @@ pub fn device_info(device: Device, side: i64) -> DeviceInfo {
     }
 }
 
-/// `cuda:N` or `cpu`.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".into(),
-    }
-}
+pub use mm_data::device::device_name;
 
 /// The CPU's model name and logical cores.
 pub fn cpu_name() -> String {

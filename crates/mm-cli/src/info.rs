@@ -20,11 +20,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let cuda = Cuda::is_available();
     let count = Cuda::device_count();
     let cudnn = Cuda::cudnn_is_available();
-    let default_device = match Device::cuda_if_available() {
-        Device::Cpu => "cpu".to_string(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        other => format!("{other:?}"),
-    };
+    let default_device = mm_data::device::device_name(Device::cuda_if_available());
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let bf16 = mm_train::precision::cpu_bf16();
     if args.json {

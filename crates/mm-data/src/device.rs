@@ -43,6 +43,24 @@ impl fmt::Display for DeviceError {
 
 impl std::error::Error for DeviceError {}
 
+/// A device's name: `cpu` or `cuda:N`, as [`parse_device`] reads them back (and `mps`,
+/// `vulkan` for those).
+///
+/// ```
+/// use mm_data::device::{device_name, parse_device};
+///
+/// assert_eq!(device_name(tch::Device::Cuda(1)), "cuda:1");
+/// assert_eq!(parse_device(&device_name(tch::Device::Cpu)).ok(), Some(tch::Device::Cpu));
+/// ```
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+        Device::Cpu => "cpu".into(),
+    }
+}
+
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N` (case-insensitive, surrounding blanks ignored) and
 /// checks that the device exists.
 ///

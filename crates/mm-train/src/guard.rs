@@ -19,6 +19,7 @@
 //! assert!(message.starts_with("libtorch failed in the training step, in the image encoder (precision = \"f32\" on cpu)"), "{message}");
 //! ```
 
+use mm_data::device::device_name;
 use mm_data::guard::{catch, Caught};
 use tch::Device;
 
@@ -54,14 +55,4 @@ pub fn failed(during: &str, precision: Precision, device: Device, caught: Caught
         ));
     }
     Error::Torch(message)
-}
-
-/// `cpu`, `cuda:0`, ... as the configuration writes devices.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        Device::Mps => "mps".into(),
-        Device::Vulkan => "vulkan".into(),
-        _ => "cpu".into(),
-    }
 }

@@ -234,6 +234,9 @@ struct NamedHead {
 pub struct Model {
     encoders: Vec<(String, Box<dyn Encoder>)>,
     fusion: Option<FusionModel>,
+    /// Whether the heads read a fused vector that, without a fusion, is the one encoder's
+    /// output (decided when the model is built).
+    reads_fused: bool,
     heads: Vec<NamedHead>,
     classes: usize,
     alphabet: Option<Arc<Alphabet>>,
@@ -324,6 +327,7 @@ impl Model {
         Ok(Model {
             encoders,
             fusion,
+            reads_fused,
             heads,
             classes: data.classes.len(),
             alphabet: data.alphabet.clone(),
@@ -437,7 +441,7 @@ impl Model {
                 batch.modalities.iter().position(|m| m == name).expect("modality in the batch");
             present.push(batch.present.select(1, column as i64).gt(0.5));
         }
-        let reads_fused = self.heads.iter().any(|h| h.config.reads() == Reads::Fused);
+        let reads_fused = self.reads_fused;
         let (fused, weights) = match &self.fusion {
             Some(fusion) => {
                 let _part = Part::enter("fusion");

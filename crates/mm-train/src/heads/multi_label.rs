@@ -67,11 +67,7 @@ impl Head for MultiLabel {
     }
 
     fn evaluator(&self) -> Box<dyn Evaluator + '_> {
-        Box::new(MultiEvaluator {
-            classes: self.classes.len(),
-            probs: Vec::new(),
-            truth: Vec::new(),
-        })
+        Box::new(MultiEvaluator { head: self, probs: Vec::new(), truth: Vec::new() })
     }
 
     fn predict(
@@ -101,19 +97,19 @@ impl Head for MultiLabel {
     }
 }
 
-struct MultiEvaluator {
-    classes: usize,
+struct MultiEvaluator<'a> {
+    head: &'a MultiLabel,
     probs: Vec<f32>,
     truth: Vec<f32>,
 }
 
-impl Evaluator for MultiEvaluator {
+impl Evaluator for MultiEvaluator<'_> {
     fn add(&mut self, output: &Output, index: usize, batch: &Batch) -> Result<()> {
         let labels = batch
             .labels
             .as_ref()
             .ok_or_else(|| crate::Error::Data("no multi-labels in the validation data".into()))?;
-        self.probs.extend(host_f32(&output.predictions[index].to_kind(Kind::Float).sigmoid()));
+        self.probs.extend(host_f32(&self.head.probabilities(&output.predictions[index])));
         self.truth.extend(host_f32(labels));
         Ok(())
     }
@@ -125,10 +121,10 @@ impl Evaluator for MultiEvaluator {
     }
 
     fn finish(&self, put: &mut dyn FnMut(&str, Value)) {
-        if self.truth.is_empty() || self.classes == 0 {
+        if self.truth.is_empty() || self.head.classes.is_empty() {
             return;
         }
-        let scores = multi_label_scores(&self.probs, &self.truth, self.classes);
+        let scores = multi_label_scores(&self.probs, &self.truth, self.head.classes.len());
         put("micro_f1", json!(scores.micro_f1));
         put("macro_f1", json!(scores.macro_f1));
         put("exact", json!(scores.exact));
