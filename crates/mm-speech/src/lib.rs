@@ -5,8 +5,9 @@
 //!   is `ctc` (`mm train` with `configs/speech/recognize.toml`), greedily or by prefix beam
 //!   search, every character and word timed by forced alignment;
 //! - [`tts`]: a duration-based synthesiser (text and speaker to a log-mel spectrogram, then
-//!   Griffin-Lim), whose durations come from a recogniser's forced alignment; training that
-//!   resumes, [`tts::Synthesizer`], and [`tts::evaluate`], which lets a recogniser listen to the
+//!   Griffin-Lim), whose durations come from a recogniser's forced alignment, trained in
+//!   mm-train's [`mm_train::train::Trainer`] (so it resumes, logs and shows progress like any
+//!   run), [`tts::Synthesizer`], and [`tts::evaluate`], which lets a recogniser listen to the
 //!   synthesised words.
 //!
 //! The CTC head itself (its loss, decoding for validation, word and character error rates) is a

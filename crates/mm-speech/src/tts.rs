@@ -47,13 +47,16 @@ use mm_data::transcript::{Alphabet, TranscriptConfig};
 use mm_seq::rnn::{CellKind, Rnn, RnnConfig};
 use mm_seq::SequenceModel;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
-use mm_train::checkpoint::{self, TrainState};
-use mm_train::log::{Logger, MetricsJsonl, TensorBoard};
+use mm_train::checkpoint;
+use mm_train::dist::ProcessGroup;
+use mm_train::heads::Metric;
 use mm_train::optim::{Group, Optimizer, OptimizerConfig};
+use mm_train::precision::Precision;
 use mm_train::run::Run;
+use mm_train::train::{StepLoss, TrainConfig, TrainStep, Trainer};
 use mm_train::{Error, Result};
 
 use crate::recognize::Transcribe;
@@ -328,7 +331,6 @@ impl Net {
 
 /// A batch as the network takes it: tokens with a silence (0) before and after the text.
 struct TtsBatch {
-    ids: Vec<String>,
     tokens: Tensor,
     token_lengths: Tensor,
     speakers: Tensor,
@@ -376,7 +378,6 @@ fn tts_batch(
         rows.push(d);
     }
     Ok(TtsBatch {
-        ids: batch.ids.clone(),
         tokens: Tensor::from_slice(&tokens).view([b as i64, l]).to_device(device),
         token_lengths: Tensor::from_slice(
             &truths.iter().map(|t| t.len() as i64 + 2).collect::<Vec<_>>(),
@@ -542,11 +543,12 @@ pub struct TtsReport {
     pub uneven: Vec<String>,
 }
 
-/// Trains a synthesiser as `config` says into `out` (see the module documentation). Every
-/// epoch ends with a checkpoint (`checkpoints/last`, and `checkpoints/best` when the validation
-/// loss improved: weights, Adam's moments and the state, the record written last); with
-/// `resume` a run continues from `last` with the durations it aligned, as if never stopped.
-/// A folder that already holds a run is refused without `resume`.
+/// Trains a synthesiser as `config` says into `out` (see the module documentation), in
+/// mm-train's [`Trainer`]: every epoch ends with a checkpoint (`checkpoints/last`, and
+/// `checkpoints/best` when the validation loss improved: weights, Adam's moments and the state,
+/// the record written last) and a record in `metrics.jsonl`, `curves.svg` and TensorBoard's
+/// event files; with `resume` a run continues from `last` with the durations it aligned, as if
+/// never stopped. A folder that already holds a run is refused without `resume`.
 pub fn train(
     config: &TtsConfig,
     out: &Path,
@@ -555,8 +557,7 @@ pub fn train(
     verbose: bool,
 ) -> Result<TtsReport> {
     config.validate()?;
-    let io = |p: &Path, e: std::io::Error| Error::Checkpoint(format!("{}: {e}", p.display()));
-    let ckpt = out.join("checkpoints");
+    let ckpt = mm_train::train::checkpoint_dir(out);
     let resuming = resume && checkpoint::exists(&ckpt, "last");
     if !resume && checkpoint::exists(&ckpt, "last") {
         return Err(Error::Config(format!(
@@ -564,8 +565,74 @@ pub fn train(
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
     let aligner = Run::open(&config.data.aligner, None, device)?;
+    let alphabet = aligner_alphabet(config, &aligner)?;
+    let (manifest, pipeline) = prepare(config, &alphabet, out, verbose)?;
+    let speakers = pipeline.classes.clone();
+    let (durations, uneven) = if resuming {
+        // The durations the run was trained on (the aligner may have moved on since).
+        read_durations(&out.join("durations.json"))?
+    } else {
+        let aligned = align_run(&aligner, &manifest, &pipeline, out, verbose)?;
+        write_run(config, &alphabet, &speakers, out)?;
+        aligned
+    };
+    drop(aligner);
+
+    tch::manual_seed(config.train.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let net = Net::new(
+        &vs.root(),
+        &config.model,
+        alphabet.len() as i64,
+        speakers.len() as i64,
+        config.data.mel.n_mels as i64,
+    )?;
+    let t = &config.train;
+    let loop_config = TrainConfig {
+        epochs: t.epochs,
+        batch_size: t.batch_size,
+        optimizer: OptimizerConfig::Adam { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 },
+        lr: t.lr,
+        clip_grad_norm: Some(t.clip_grad_norm),
+        seed: t.seed,
+        verbose,
+        progress: verbose,
+        ..TrainConfig::default()
+    };
+    let opt =
+        Optimizer::new(&loop_config.optimizer, vec![Group::new("all", vs.trainable_variables())])?;
+    let loader = |split, config: LoaderConfig| {
+        Loader::new(Arc::clone(&manifest), split, Arc::clone(&pipeline), config)
+            .map_err(|e| Error::Data(e.to_string()))
+    };
+    let train_loader = loader(
+        Split::Train,
+        LoaderConfig { batch_size: t.batch_size, ..LoaderConfig::training(t.seed) },
+    )?;
+    let val_loader = loader(
+        Split::Val,
+        LoaderConfig { batch_size: t.batch_size, ..LoaderConfig::evaluation() },
+    )?;
+    let step = Synthesis {
+        net: &net,
+        durations: &durations,
+        device,
+        weights: (t.duration_weight, t.stop_weight),
+    };
+    let fitted = Trainer::new(&step, &vs, opt, &loop_config, out, None)?.fit(
+        &train_loader,
+        &val_loader,
+        resuming,
+    )?;
+    Ok(TtsReport { history: fitted.history, best: fitted.best.unwrap_or((f64::NAN, 0)), uneven })
+}
+
+/// The aligner's alphabet, after checking that it is a recogniser whose spectrogram steps are
+/// this run's frames.
+fn aligner_alphabet(config: &TtsConfig, aligner: &Run) -> Result<Alphabet> {
     let alphabet = aligner
         .model
         .alphabet()
@@ -585,7 +652,18 @@ pub fn train(
             config.data.mel.sample_rate, config.data.mel.hop_length, rec_mel.sample_rate, rec_mel.hop_length
         )));
     }
-    let mut data = data_config(config, &alphabet, Vec::new());
+    Ok(alphabet)
+}
+
+/// The cleaned manifest and the pipeline; every sample needs its audio and its speaker, and
+/// the ones that do not are named before anything trains.
+fn prepare(
+    config: &TtsConfig,
+    alphabet: &Alphabet,
+    out: &Path,
+    verbose: bool,
+) -> Result<(Arc<Manifest>, Arc<Pipeline>)> {
+    let mut data = data_config(config, alphabet, Vec::new());
     let prepared = data.prepare(config.train.seed).map_err(|e| Error::Data(e.to_string()))?;
     if let Some(report) = &prepared.report {
         if verbose && report.dropped > 0 {
@@ -597,8 +675,6 @@ pub fn train(
         )
         .map_err(|e| Error::Checkpoint(e.to_string()))?;
     }
-    let speakers = prepared.pipeline.classes.clone();
-    // Every sample needs its audio and its speaker: say which do not, before anything trains.
     let incomplete: Vec<&str> = prepared
         .manifest
         .samples()
@@ -615,190 +691,145 @@ pub fn train(
             if incomplete.len() > 10 { ", ..." } else { "" }
         )));
     }
-    let manifest = Arc::new(prepared.manifest);
-    let pipeline = Arc::new(prepared.pipeline);
-    let durations_file = out.join("durations.json");
-    let (durations, uneven): (Durations, Vec<String>) = if resuming {
-        // The durations the run was trained on (the aligner may have moved on since).
-        let bytes = std::fs::read(&durations_file).map_err(|e| io(&durations_file, e))?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Checkpoint(format!("{}: {e}", durations_file.display())))?;
-        let bad = |key: &str, e: serde_json::Error| {
-            Error::Checkpoint(format!("{}: `{key}`: {e}", durations_file.display()))
-        };
-        (
-            serde_json::from_value(v["durations"].clone()).map_err(|e| bad("durations", e))?,
-            serde_json::from_value(v["uneven"].clone()).map_err(|e| bad("uneven", e))?,
-        )
-    } else {
-        pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
-        // Durations from the aligner, over the same manifest (its own front end reads the audio).
-        let started = Instant::now();
-        let (durations, uneven) = align_durations(&aligner, &manifest)?;
-        if verbose {
-            eprintln!(
-                "aligned {} recordings in {:.1}s ({} with even durations)",
-                durations.len(),
-                started.elapsed().as_secs_f64(),
-                uneven.len()
-            );
-        }
-        mm_data::fs::write_atomic(
-            &durations_file,
-            &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations}))
-                .unwrap_or_default(),
-        )
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
-        mm_data::fs::write_atomic(
-            &out.join("speakers.json"),
-            &serde_json::to_vec_pretty(&speakers).unwrap_or_default(),
-        )
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
-        let mut resolved = config.clone();
-        resolved.data.manifest = std::path::absolute(&config.data.manifest)
-            .unwrap_or_else(|_| config.data.manifest.clone());
-        resolved.data.aligner = std::path::absolute(&config.data.aligner)
-            .unwrap_or_else(|_| config.data.aligner.clone());
-        let text = toml::to_string(&resolved).map_err(|e| Error::Config(e.to_string()))?;
-        mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes())
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
-        mm_data::fs::write_atomic(&out.join("alphabet.txt"), alphabet.chars().as_bytes())
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
-        (durations, uneven)
-    };
-    drop(aligner);
+    Ok((Arc::new(prepared.manifest), Arc::new(prepared.pipeline)))
+}
 
-    tch::manual_seed(config.train.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let net = Net::new(
-        &vs.root(),
-        &config.model,
-        alphabet.len() as i64,
-        speakers.len() as i64,
-        config.data.mel.n_mels as i64,
-    )?;
-    let adam = OptimizerConfig::Adam { betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0 };
-    let mut opt = Optimizer::new(&adam, vec![Group::new("all", vs.trainable_variables())])?;
-    let mut state = if resuming {
-        let state = checkpoint::load(&ckpt, "last", &vs, &mut opt)?;
-        if verbose {
-            eprintln!("resuming after epoch {} (step {})", state.epoch, state.step);
-        }
-        state
-    } else {
-        TrainState { seed: config.train.seed, ..Default::default() }
+/// The durations a run was trained on, from its `durations.json`.
+fn read_durations(file: &Path) -> Result<(Durations, Vec<String>)> {
+    let bytes =
+        std::fs::read(file).map_err(|e| Error::Checkpoint(format!("{}: {e}", file.display())))?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Checkpoint(format!("{}: {e}", file.display())))?;
+    let bad = |key: &str, e: serde_json::Error| {
+        Error::Checkpoint(format!("{}: `{key}`: {e}", file.display()))
     };
-    let train_loader = Loader::new(
-        Arc::clone(&manifest),
-        Split::Train,
-        Arc::clone(&pipeline),
-        LoaderConfig {
-            batch_size: config.train.batch_size,
-            ..LoaderConfig::training(config.train.seed)
-        },
-    )
-    .map_err(|e| Error::Data(e.to_string()))?;
-    let val_loader = Loader::new(
-        Arc::clone(&manifest),
-        Split::Val,
-        Arc::clone(&pipeline),
-        LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::evaluation() },
-    )
-    .map_err(|e| Error::Data(e.to_string()))?;
-    if train_loader.samples() == 0 {
-        return Err(Error::Data(format!(
-            "{}: no training samples",
-            config.data.manifest.display()
-        )));
+    Ok((
+        serde_json::from_value(v["durations"].clone()).map_err(|e| bad("durations", e))?,
+        serde_json::from_value(v["uneven"].clone()).map_err(|e| bad("uneven", e))?,
+    ))
+}
+
+/// A fresh run's durations, from the aligner over the same manifest (its own front end reads
+/// the audio), written to `durations.json` beside the pipeline's statistics.
+fn align_run(
+    aligner: &Run,
+    manifest: &Arc<Manifest>,
+    pipeline: &Pipeline,
+    out: &Path,
+    verbose: bool,
+) -> Result<(Durations, Vec<String>)> {
+    pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
+    let started = Instant::now();
+    let (durations, uneven) = align_durations(aligner, manifest)?;
+    if verbose {
+        eprintln!(
+            "aligned {} recordings in {:.1}s ({} with even durations)",
+            durations.len(),
+            started.elapsed().as_secs_f64(),
+            uneven.len()
+        );
     }
-    let t = &config.train;
-    // Every epoch's record: metrics.jsonl and TensorBoard's event files.
-    let mut loggers: Vec<Box<dyn Logger>> = vec![
-        Box::new(MetricsJsonl::new(out.join("metrics.jsonl"))),
-        Box::new(TensorBoard::create(out)?),
-    ];
-    while state.epoch < t.epochs {
-        let epoch = state.epoch;
-        // Dropout's masks depend on the epoch alone, so a resumed run repeats the same ones.
-        tch::manual_seed((t.seed ^ epoch.wrapping_mul(0x9E37_79B9)) as i64);
-        let started = Instant::now();
+    mm_data::fs::write_atomic(
+        &out.join("durations.json"),
+        &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations})).unwrap_or_default(),
+    )
+    .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    Ok((durations, uneven))
+}
+
+/// What rebuilds the synthesiser beside a fresh run: `speakers.json`, the resolved
+/// configuration (`tts.toml`, its paths absolute) and `alphabet.txt`.
+fn write_run(
+    config: &TtsConfig,
+    alphabet: &Alphabet,
+    speakers: &[String],
+    out: &Path,
+) -> Result<()> {
+    mm_data::fs::write_atomic(
+        &out.join("speakers.json"),
+        &serde_json::to_vec_pretty(speakers).unwrap_or_default(),
+    )
+    .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    let mut resolved = config.clone();
+    resolved.data.manifest =
+        std::path::absolute(&config.data.manifest).unwrap_or_else(|_| config.data.manifest.clone());
+    resolved.data.aligner =
+        std::path::absolute(&config.data.aligner).unwrap_or_else(|_| config.data.aligner.clone());
+    let text = toml::to_string(&resolved).map_err(|e| Error::Config(e.to_string()))?;
+    mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes())
+        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    mm_data::fs::write_atomic(&out.join("alphabet.txt"), alphabet.chars().as_bytes())
+        .map_err(|e| Error::Checkpoint(e.to_string()))
+}
+
+/// The synthesiser's training step for mm-train's [`Trainer`]: its loss is the mel L1 plus the
+/// weighted duration and stop losses, recorded apart as `mel_l1`, `duration_mse`, `stop_bce`.
+struct Synthesis<'a> {
+    net: &'a Net,
+    durations: &'a Durations,
+    device: Device,
+    /// The weights of the duration and stop losses.
+    weights: (f64, f64),
+}
+
+impl Synthesis<'_> {
+    const PARTS: [&'static str; 3] = ["mel_l1", "duration_mse", "stop_bce"];
+}
+
+impl TrainStep for Synthesis<'_> {
+    fn loss(&self, batch: &Batch) -> Result<StepLoss> {
+        let batch = tts_batch(batch, self.durations, self.device)?;
+        let (mel, dur, stop) = losses(self.net, &batch, true);
+        let total = &mel + &dur * self.weights.0 + &stop * self.weights.1;
+        let [a, b, c] = Self::PARTS;
+        Ok(StepLoss { total, parts: vec![(a, mel), (b, dur), (c, stop)] })
+    }
+
+    fn validate(
+        &self,
+        loader: &Loader,
+        device: Device,
+        precision: Precision,
+        _group: Option<&ProcessGroup>,
+    ) -> Result<Map<String, Value>> {
         let (mut sums, mut n) = ([0.0f64; 3], 0usize);
-        for batch in train_loader.epoch(epoch) {
-            let batch =
-                tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
-            let (mel, dur, stop) = mm_train::guard::step(
-                "the synthesiser's training step",
-                mm_train::precision::Precision::F32,
-                device,
-                || {
-                    let (mel, dur, stop) = losses(&net, &batch, true);
-                    let loss = &mel + &dur * t.duration_weight + &stop * t.stop_weight;
-                    let value = loss.double_value(&[]);
-                    if !value.is_finite() {
-                        return Err(Error::NonFinite {
-                            epoch: epoch + 1,
-                            step: state.step,
-                            loss: value,
-                            ids: format!("{:?}", batch.ids.iter().take(8).collect::<Vec<_>>()),
-                        });
-                    }
-                    opt.zero_grad();
-                    loss.backward();
-                    opt.clip_grad_norm(t.clip_grad_norm);
-                    opt.step(t.lr);
-                    Ok((mel, dur, stop))
-                },
-            )?;
-            state.step += 1;
-            let k = batch.frames.len();
-            for (s, v) in sums.iter_mut().zip([&mel, &dur, &stop]) {
-                *s += v.double_value(&[]) * k as f64;
-            }
-            n += k;
+        for batch in loader.epoch(0) {
+            let batch = batch.map_err(|e| Error::Data(e.to_string()))?;
+            mm_train::guard::step("the synthesiser's validation", precision, device, || {
+                let batch = tts_batch(&batch, self.durations, self.device)?;
+                let _no_grad = tch::no_grad_guard();
+                let (mel, dur, stop) = losses(self.net, &batch, false);
+                let k = batch.frames.len();
+                for (s, v) in sums.iter_mut().zip([&mel, &dur, &stop]) {
+                    *s += v.double_value(&[]) * k as f64;
+                }
+                n += k;
+                Ok(())
+            })?;
         }
-        let (mut val, mut vn) = ([0.0f64; 3], 0usize);
-        for batch in val_loader.epoch(0) {
-            let batch =
-                tts_batch(&batch.map_err(|e| Error::Data(e.to_string()))?, &durations, device)?;
-            let _no_grad = tch::no_grad_guard();
-            let (mel, dur, stop) = losses(&net, &batch, false);
-            let k = batch.frames.len();
-            for (s, v) in val.iter_mut().zip([&mel, &dur, &stop]) {
-                *s += v.double_value(&[]) * k as f64;
-            }
-            vn += k;
+        let mean = sums.map(|v| v / n.max(1) as f64);
+        let mut m = Map::new();
+        m.insert(
+            "loss".into(),
+            json!(mean[0] + mean[1] * self.weights.0 + mean[2] * self.weights.1),
+        );
+        for (name, v) in Self::PARTS.iter().zip(mean) {
+            m.insert(name.to_string(), json!(v));
         }
-        let mean = |s: [f64; 3], n: usize| s.map(|v| v / n.max(1) as f64);
-        let (tr, va) = (mean(sums, n), mean(val, vn));
-        let val_loss = va[0] + va[1] * t.duration_weight + va[2] * t.stop_weight;
-        let record = json!({
-            "epoch": epoch + 1,
-            "step": state.step,
-            "seconds": started.elapsed().as_secs_f64(),
-            "train": {"mel_l1": tr[0], "duration_mse": tr[1], "stop_bce": tr[2]},
-            "val": {"loss": val_loss, "mel_l1": va[0], "duration_mse": va[1], "stop_bce": va[2]},
-        });
-        if verbose {
-            eprintln!("epoch {}/{}: train mel L1 {:.4}, val mel L1 {:.4}, duration {:.4}, stop {:.4} ({:.1}s)", epoch + 1, t.epochs, tr[0], va[0], va[1], va[2], started.elapsed().as_secs_f64());
-        }
-        state.epoch += 1;
-        state.history.push(record);
-        let improved = vn == 0 || state.best.is_none_or(|(b, _)| val_loss < b);
-        if improved {
-            state.best = Some((val_loss, state.epoch));
-            checkpoint::save(&ckpt, "best", &vs, &opt, &state)?;
-        }
-        checkpoint::save(&ckpt, "last", &vs, &opt, &state)?;
-        let record = state.history.last().expect("the record just pushed");
-        for logger in &mut loggers {
-            logger.log(record, &state.history)?;
-        }
+        Ok(m)
     }
-    Ok(TtsReport {
-        history: state.history.clone(),
-        best: state.best.unwrap_or((f64::NAN, 0)),
-        uneven,
-    })
+
+    fn metric(&self, name: &str) -> Option<Metric> {
+        self.metric_names().contains(&name.to_string()).then(|| Metric::lower(name))
+    }
+
+    fn selection(&self) -> Metric {
+        Metric::lower("loss")
+    }
+
+    fn metric_names(&self) -> Vec<String> {
+        std::iter::once("loss").chain(Self::PARTS).map(String::from).collect()
+    }
 }
 
 /// Synthesised speech.

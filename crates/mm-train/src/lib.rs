@@ -21,8 +21,10 @@
 //!   predictions;
 //! - [`model`]: a model assembled from configuration (encoders, an optional fusion, heads),
 //!   sized from the data pipeline;
-//! - [`train`]: the loop (schedule, accumulation, clipping, reduce-on-plateau, evaluation,
-//!   early stopping, checkpoints, NaN guard, resume);
+//! - [`train`]: one loop, [`train::Trainer`], for any model that implements
+//!   [`train::TrainStep`] (the fused model, the speech synthesiser, one's own): schedule,
+//!   accumulation, clipping, evaluation, checkpoints, NaN guard, resume, and what happens
+//!   between epochs as [`train::strategy`]s (best epoch, reduce-on-plateau, early stopping);
 //! - [`log`]: where every epoch's record goes, loggers behind one trait: `metrics.jsonl`,
 //!   `curves.svg` and TensorBoard event files;
 //! - [`dist`]: data-parallel training on libtorch's c10d (Gloo, NCCL): torchrun's variables,

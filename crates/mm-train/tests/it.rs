@@ -1462,6 +1462,152 @@ mod training {
         std::fs::remove_dir_all(dir).expect("clean up");
     }
 
+    /// A model of one's own trains in the same loop as the fused model by implementing
+    /// `TrainStep`: a linear probe of the sound's mean spectrum, with a strategy and a logger
+    /// of its own added to the trainer's.
+    #[test]
+    fn a_step_of_ones_own_trains_in_the_trainer_with_its_own_strategy_and_logger() {
+        use mm_data::loader::{Batch, Loader, LoaderConfig};
+        use mm_train::checkpoint::TrainState;
+        use mm_train::heads::Metric;
+        use mm_train::log::Logger;
+        use mm_train::optim::{Group, Optimizer};
+        use mm_train::train::strategy::{Decision, Strategy};
+        use mm_train::train::{StepLoss, TrainStep, Trainer};
+        use serde_json::{json, Map, Value};
+        use tch::{Kind, Tensor};
+
+        struct Probe {
+            linear: nn::Linear,
+        }
+        impl Probe {
+            fn logits(&self, batch: &Batch) -> Tensor {
+                let (mel, _) = batch.audio.as_ref().expect("audio");
+                nn::Module::forward(&self.linear, &mel.mean_dim(1, false, Kind::Float))
+            }
+        }
+        impl TrainStep for Probe {
+            fn loss(&self, batch: &Batch) -> mm_train::Result<StepLoss> {
+                let label = batch.label.as_ref().expect("labels");
+                Ok(self.logits(batch).cross_entropy_for_logits(label).into())
+            }
+            fn validate(
+                &self,
+                loader: &Loader,
+                device: Device,
+                _: mm_train::precision::Precision,
+                _: Option<&mm_train::dist::ProcessGroup>,
+            ) -> mm_train::Result<Map<String, Value>> {
+                let (mut right, mut loss, mut n) = (0.0, 0.0, 0.0);
+                let _no_grad = tch::no_grad_guard();
+                for batch in loader.epoch(0) {
+                    let batch = batch.expect("batch").to_device(device);
+                    let (logits, label) =
+                        (self.logits(&batch), batch.label.as_ref().expect("labels"));
+                    let k = batch.len() as f64;
+                    loss += logits.cross_entropy_for_logits(label).double_value(&[]) * k;
+                    right +=
+                        logits.argmax(1, false).eq_tensor(label).sum(Kind::Float).double_value(&[]);
+                    n += k;
+                }
+                let mut m = Map::new();
+                m.insert("loss".into(), json!(loss / n));
+                m.insert("accuracy".into(), json!(right / n));
+                Ok(m)
+            }
+            fn metric(&self, name: &str) -> Option<Metric> {
+                match name {
+                    "loss" => Some(Metric::lower("loss")),
+                    "accuracy" => Some(Metric::higher("accuracy")),
+                    _ => None,
+                }
+            }
+            fn selection(&self) -> Metric {
+                Metric::higher("accuracy")
+            }
+            fn metric_names(&self) -> Vec<String> {
+                vec!["loss".into(), "accuracy".into()]
+            }
+        }
+        /// Ends the run after a fixed number of epochs.
+        struct StopAfter(u64);
+        impl Strategy for StopAfter {
+            fn after_epoch(&mut self, _: Option<f64>, state: &mut TrainState) -> Decision {
+                if state.epoch >= self.0 {
+                    Decision::Stop
+                } else {
+                    Decision::Continue
+                }
+            }
+        }
+        struct Count(std::rc::Rc<std::cell::Cell<usize>>);
+        impl Logger for Count {
+            fn log(&mut self, _: &Value, history: &[Value]) -> mm_train::Result<()> {
+                self.0.set(history.len());
+                Ok(())
+            }
+        }
+
+        let _rng = super::rng_lock();
+        let (dir, manifest, pipeline) = data("own-step", 160);
+        let loader = |split, config| {
+            Loader::new(Arc::clone(&manifest), split, Arc::clone(&pipeline), config)
+                .expect("loader")
+        };
+        let train =
+            loader(Split::Train, LoaderConfig { batch_size: 16, ..LoaderConfig::training(3) });
+        let val = loader(Split::Val, LoaderConfig::evaluation());
+        let vs = nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(0);
+        let probe =
+            Probe { linear: nn::linear(vs.root(), 32, CLASSES.len() as i64, Default::default()) };
+        let config =
+            TrainConfig { epochs: 6, batch_size: 16, lr: 1e-2, seed: 3, ..TrainConfig::default() };
+        let optimizer = || {
+            Optimizer::new(&config.optimizer, vec![Group::new("all", vs.trainable_variables())])
+                .expect("optimizer")
+        };
+        let out = dir.join("run");
+        // A metric the step does not report is refused before anything trains, with the names
+        // it does report.
+        let bad = TrainConfig { select: Some("f1".into()), ..config.clone() };
+        let err = Trainer::new(&probe, &vs, optimizer(), &bad, &out, None).err().expect("refused");
+        assert!(err.to_string().contains("loss, accuracy"), "{err}");
+        let seen = std::rc::Rc::new(std::cell::Cell::new(0));
+        let fitted = Trainer::new(&probe, &vs, optimizer(), &config, &out, None)
+            .expect("trainer")
+            .with_strategy(StopAfter(3))
+            .with_logger(Count(seen.clone()))
+            .fit(&train, &val, false)
+            .expect("training");
+        assert!(fitted.stopped_early && fitted.history.len() == 3, "{:?}", fitted.history);
+        assert_eq!(seen.get(), 3, "the added logger saw every epoch");
+        assert_eq!(
+            std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics").lines().count(),
+            3
+        );
+        // The best epoch is the one with the highest accuracy, and its checkpoint was written.
+        let accuracy = |r: &Value| r["val"]["accuracy"].as_f64().expect("accuracy");
+        let best = fitted.history.iter().map(accuracy).fold(f64::MIN, f64::max);
+        assert_eq!(fitted.metric, "accuracy");
+        assert_eq!(fitted.best.map(|b| b.0), Some(best));
+        assert!(out.join("checkpoints").read_dir().expect("checkpoints").count() >= 2);
+        // The probe learned: its training loss fell.
+        let loss = |r: &Value| r["train_loss"].as_f64().expect("train loss");
+        assert!(loss(&fitted.history[2]) < loss(&fitted.history[0]), "{:?}", fitted.history);
+        // A training split with no full batch is refused: a run that would take no step.
+        let big = TrainConfig { batch_size: 1000, ..config.clone() };
+        let whole =
+            loader(Split::Train, LoaderConfig { batch_size: 1000, ..LoaderConfig::training(3) });
+        let err = Trainer::new(&probe, &vs, optimizer(), &big, &dir.join("none"), None)
+            .expect("trainer")
+            .fit(&whole, &val, false)
+            .expect_err("no full batch");
+        assert!(err.to_string().contains("not one full batch of 1000"), "{err}");
+        assert!(!dir.join("none/metrics.jsonl").exists());
+        std::fs::remove_dir_all(dir).expect("clean up");
+    }
+
     /// Three epochs straight, or two and then a resumed run to three: the same history.
     #[test]
     fn a_resumed_run_reaches_the_same_metrics() {
