@@ -287,7 +287,7 @@ pub fn run_case(
                     let _ = trainer.step_in(p);
                 }))
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| mm_data::error::report(&e))?;
             let step = median(&runs);
             let flops = train_step_flops(workload, batch);
             CaseResult::Train(TrainResult {
@@ -333,8 +333,10 @@ fn pipeline_case(
     plan: &Plan,
     work: &Path,
 ) -> Result<PipelineResult, String> {
-    let manifest =
-        Arc::new(Manifest::read(png_manifest(work, plan.pipeline.1)?).map_err(|e| e.to_string())?);
+    let manifest = Arc::new(
+        Manifest::read(png_manifest(work, plan.pipeline.1)?)
+            .map_err(|e| mm_data::error::report(&e))?,
+    );
     let pipeline = image_pipeline();
     let loader = Loader::new(
         manifest,
@@ -342,7 +344,7 @@ fn pipeline_case(
         Arc::new(pipeline),
         LoaderConfig { batch_size: batch, ..LoaderConfig::training(0) },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| mm_data::error::report(&e))?;
     let per_epoch = loader.batches_per_epoch() * batch;
     // The loader alone (second epoch; the first warms the file cache).
     let mut loader_rate = 0.0;
@@ -368,7 +370,7 @@ fn pipeline_case(
             let asked = Instant::now();
             let Some(next) = batches.next() else { break };
             wait += asked.elapsed().as_secs_f64();
-            let next = next.map_err(|e| e.to_string())?.to_device(device);
+            let next = next.map_err(|e| mm_data::error::report(&e))?.to_device(device);
             trainer.batch.image = next.image;
             let _ = trainer.step().double_value(&[]);
         }

@@ -141,9 +141,11 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
             for name in &names {
                 manifest
                     .push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1]))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| mm_data::error::report(&e))?;
             }
-            manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
+            manifest
+                .write(staging.join("manifest.jsonl"))
+                .map_err(|e| mm_data::error::report(&e))?;
             rename(&staging, &clips)?;
             Some(clips)
         }
@@ -180,9 +182,9 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
         av_digits: av_digits.map(|a| a.join("manifest.jsonl")),
         missing,
     };
-    let text = serde_json::to_string_pretty(&inputs).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&inputs).map_err(|e| mm_data::error::report(&e))?;
     mm_data::fs::write_atomic(&work.join("inputs.json"), text.as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| mm_data::error::report(&e))?;
     Ok(inputs)
 }
 
@@ -215,7 +217,7 @@ fn loader_throughput(
     train: bool,
     repeats: usize,
 ) -> Result<Measure, String> {
-    let manifest = Manifest::read(manifest).map_err(|e| e.to_string())?;
+    let manifest = Manifest::read(manifest).map_err(|e| mm_data::error::report(&e))?;
     let n = manifest.samples().len();
     let config = if train {
         LoaderConfig { batch_size: 64, drop_last: false, ..LoaderConfig::training(0) }
@@ -223,13 +225,13 @@ fn loader_throughput(
         LoaderConfig { batch_size: 64, ..LoaderConfig::evaluation() }
     };
     let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(pipeline), config)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| mm_data::error::report(&e))?;
     let mut runs = Vec::new();
     for epoch in 0..=repeats as u64 {
         let start = Instant::now();
         let mut seen = 0;
         for batch in loader.epoch(epoch) {
-            seen += batch.map_err(|e| e.to_string())?.len();
+            seen += batch.map_err(|e| mm_data::error::report(&e))?.len();
         }
         let rate = seen as f64 / start.elapsed().as_secs_f64();
         if seen != n {
@@ -266,7 +268,7 @@ pub fn w2(inputs: &Inputs, sizes: Sizes) -> Result<Option<Measure>, String> {
         n_mels: 64,
         ..MelConfig::default()
     };
-    pipeline.audio = Some(AudioSpec::new(&mel).map_err(|e| e.to_string())?);
+    pipeline.audio = Some(AudioSpec::new(&mel).map_err(|e| mm_data::error::report(&e))?);
     let what = format!("{} FSDD WAV 8 kHz -> resample 16 kHz -> log-mel 64 (n_fft 400, hop 160), padded batches of 64", sizes.clips);
     loader_throughput("W2", &what, clips, pipeline, false, sizes.repeats).map(Some)
 }
@@ -301,7 +303,8 @@ pub fn w4(inputs: &Inputs, scratch: &Path, device: Device) -> Result<Option<Meas
     let Some(manifest) = &inputs.av_digits else { return Ok(None) };
     let mut config = av_digits_run();
     config.data.manifest = manifest.clone();
-    let prepared = config.data.prepare(config.train.seed).map_err(|e| e.to_string())?;
+    let prepared =
+        config.data.prepare(config.train.seed).map_err(|e| mm_data::error::report(&e))?;
     let n_train = prepared.manifest.split(Split::Train).count();
     let n_val = prepared.manifest.split(Split::Val).count();
     let pipeline = Arc::new(prepared.pipeline);
@@ -314,12 +317,12 @@ pub fn w4(inputs: &Inputs, scratch: &Path, device: Device) -> Result<Option<Meas
         let vs = nn::VarStore::new(device);
         let model =
             Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, vec![]))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| mm_data::error::report(&e))?;
         let train =
             TrainConfig { epochs: 1, verbose: false, progress: false, ..config.train.clone() };
         let start = Instant::now();
         fit(&model, &vs, Arc::clone(&manifest), Arc::clone(&pipeline), &train, &out, false)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| mm_data::error::report(&e))?;
         runs.push(start.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&out);
     }
@@ -350,24 +353,25 @@ pub fn profile(inputs: &Inputs, device: Device) -> Result<Option<Profile>, Strin
     let Some(manifest) = &inputs.av_digits else { return Ok(None) };
     let mut config = av_digits_run();
     config.data.manifest = manifest.clone();
-    let prepared = config.data.prepare(config.train.seed).map_err(|e| e.to_string())?;
+    let prepared =
+        config.data.prepare(config.train.seed).map_err(|e| mm_data::error::report(&e))?;
     let pipeline = Arc::new(prepared.pipeline);
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let model = Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, vec![]))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| mm_data::error::report(&e))?;
     let mut optimizer = mm_train::optim::Optimizer::new(
         &config.train.optimizer,
         vec![mm_train::optim::Group::new("all", vs.trainable_variables())],
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| mm_data::error::report(&e))?;
     let loader = Loader::new(
         Arc::new(prepared.manifest),
         Split::Train,
         pipeline,
         LoaderConfig { batch_size: config.train.batch_size, ..LoaderConfig::training(0) },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| mm_data::error::report(&e))?;
     let mut p = Profile {
         batches: 0,
         data_wait: 0.0,
@@ -381,10 +385,12 @@ pub fn profile(inputs: &Inputs, device: Device) -> Result<Option<Profile>, Strin
     loop {
         let t = Instant::now();
         let Some(batch) = batches.next() else { break };
-        let batch = batch.map_err(|e| e.to_string())?.to_device(device);
+        let batch = batch.map_err(|e| mm_data::error::report(&e))?.to_device(device);
         p.data_wait += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let loss = model.loss(&model.forward_t(&batch, true), &batch).map_err(|e| e.to_string())?;
+        let loss = model
+            .loss(&model.forward_t(&batch, true), &batch)
+            .map_err(|e| mm_data::error::report(&e))?;
         p.forward += t.elapsed().as_secs_f64();
         let t = Instant::now();
         loss.backward();

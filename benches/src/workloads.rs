@@ -326,9 +326,9 @@ pub fn png_manifest(dir: &Path, n: usize) -> Result<PathBuf, String> {
     for name in crate::write_pngs(&staging, n, 256) {
         manifest
             .push(Sample::new(name.clone()).with_image(name).with_label("x"))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| mm_data::error::report(&e))?;
     }
-    manifest.write(staging.join("manifest.jsonl")).map_err(|e| e.to_string())?;
+    manifest.write(staging.join("manifest.jsonl")).map_err(|e| mm_data::error::report(&e))?;
     let _ = std::fs::remove_dir_all(&images);
     std::fs::rename(&staging, &images)
         .map_err(|e| format!("{} -> {}: {e}", staging.display(), images.display()))?;

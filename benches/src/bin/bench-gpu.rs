@@ -45,7 +45,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode, String> {
-    let device = mm_data::device::parse_device(&args.device).map_err(|e| e.to_string())?;
+    let device =
+        mm_data::device::parse_device(&args.device).map_err(|e| mm_data::error::report(&e))?;
     if device == Device::Cpu && !args.allow_cpu {
         return Err(format!(
             "no CUDA device (libtorch sees {} GPU(s); device `{}`): this suite measures GPU training. \
@@ -60,7 +61,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     if let Some(case) = &args.case {
         let result = gpu::run_case(case, device, &plan, &work)?;
-        println!("{RESULT_PREFIX}{}", serde_json::to_string(&result).map_err(|e| e.to_string())?);
+        println!(
+            "{RESULT_PREFIX}{}",
+            serde_json::to_string(&result).map_err(|e| mm_data::error::report(&e))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if device == Device::Cpu {
@@ -72,11 +76,11 @@ fn run(args: Args) -> Result<ExitCode, String> {
     let report = gpu::run_suite(&exe, device, &plan, &work, &extra);
     let markdown = gpu::markdown(&report);
     println!("{markdown}");
-    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string_pretty(&report).map_err(|e| mm_data::error::report(&e))?;
     mm_data::fs::write_atomic(&args.out.join("bench-gpu.json"), json.as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| mm_data::error::report(&e))?;
     mm_data::fs::write_atomic(&args.out.join("bench-gpu.md"), markdown.as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| mm_data::error::report(&e))?;
     eprintln!("bench-gpu: results in {}", args.out.join("bench-gpu.json").display());
     if report.failed.is_empty() {
         Ok(ExitCode::SUCCESS)

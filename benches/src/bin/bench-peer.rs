@@ -67,7 +67,7 @@ fn run(args: &Args) -> Result<(), String> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(args.threads)
         .build_global()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| mm_data::error::report(&e))?;
     tch::set_num_threads(args.threads as i32);
     let sizes = if args.quick { Sizes::quick() } else { Sizes::full() };
     let device = Device::Cpu;
@@ -130,7 +130,7 @@ fn run(args: &Args) -> Result<(), String> {
         &args.out.join("bench-peer.md"),
         format!("{header}{table}").as_bytes(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| mm_data::error::report(&e))?;
     eprintln!("results: {} and bench-peer.md", args.out.join("bench-peer.json").display());
     Ok(())
 }
@@ -205,6 +205,6 @@ fn run_peer(args: &Args, sizes: Sizes) -> Result<(Vec<Measure>, serde_json::Valu
 }
 
 fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| mm_data::error::report(&e))?;
     mm_data::fs::write_atomic(path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }

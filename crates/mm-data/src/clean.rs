@@ -334,7 +334,7 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
         match read(manifest, rel) {
             Ok(bytes) => {
                 if let Err(e) = decode_image_bytes(&bytes, &manifest.path(rel)) {
-                    findings.push((Reason::BadImage, e.to_string()));
+                    findings.push((Reason::BadImage, crate::error::report(&e)));
                 }
                 hash_part("image", &bytes);
             }
@@ -345,7 +345,7 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
         match read(manifest, rel) {
             Ok(bytes) => {
                 if let Err(e) = decode_image_bytes(&bytes, &manifest.path(rel)) {
-                    findings.push((Reason::BadFrame, e.to_string()));
+                    findings.push((Reason::BadFrame, crate::error::report(&e)));
                 }
                 hash_part("frame", &bytes);
             }
@@ -357,7 +357,7 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
             Ok(bytes) => {
                 hash_part("audio", &bytes);
                 match decode_audio_bytes(bytes, &manifest.path(rel)) {
-                    Err(e) => findings.push((Reason::BadAudio, e.to_string())),
+                    Err(e) => findings.push((Reason::BadAudio, crate::error::report(&e))),
                     Ok(a) if a.samples.is_empty() => {
                         findings.push((Reason::EmptyAudio, "no samples".to_string()))
                     }

@@ -1,5 +1,16 @@
 //! The error type of mm-data: every variant says what went wrong and where (file, line, field,
 //! sample id), and keeps the underlying error as its source.
+//!
+//! The rule of every mm crate: an error's `Display` says what went wrong at its own level, and
+//! its cause is its [`std::error::Error::source`], never repeated in the `Display` (so a
+//! reporter that prints the chain, as `mm` does, prints every cause once). [`report`] prints a
+//! whole chain:
+//!
+//! ```
+//! let err = mm_data::image::decode_image(std::path::Path::new("no-such.png")).unwrap_err();
+//! assert_eq!(err.to_string(), "no-such.png");
+//! assert!(mm_data::error::report(&err).starts_with("no-such.png: "), "{}", mm_data::error::report(&err));
+//! ```
 
 use std::path::PathBuf;
 
@@ -7,8 +18,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be opened, read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be opened, read or written (the source says why).
+    #[error("{path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -35,7 +46,7 @@ pub enum Error {
         message: String,
     },
     /// Loading one sample failed; the source says why.
-    #[error("sample {id:?}: {source}")]
+    #[error("sample {id:?}")]
     Sample {
         /// The sample's id.
         id: String,
@@ -60,3 +71,15 @@ impl Error {
 
 /// Result type of mm-data.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `err` and every cause after it, joined by `": "`: the whole message, as `mm` prints it.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

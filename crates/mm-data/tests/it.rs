@@ -867,7 +867,10 @@ mod loading {
         .expect("loader");
         let results: Vec<_> = loader.epoch(0).collect();
         assert!(results[0].is_ok());
-        let err = results[1].as_ref().expect_err("s2 is broken").to_string();
+        // The sample's id, then its cause: the file (the cause is a source, not repeated).
+        let err = results[1].as_ref().expect_err("s2 is broken");
+        assert_eq!(err.to_string(), "sample \"s2\"");
+        let err = mm_data::error::report(err);
         assert!(err.starts_with("sample \"s2\": ") && err.contains("i2.png"), "{err}");
         assert_eq!(results.len(), 2, "the epoch stops at the error");
         // Configuration errors are reported before any work.

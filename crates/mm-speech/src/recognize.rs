@@ -95,18 +95,16 @@ impl Transcribe for Run {
         let mut out = Vec::with_capacity(files.len());
         for file in files {
             let started = Instant::now();
-            let absolute = std::path::absolute(file)
-                .map_err(|e| Error::Data(format!("{}: {e}", file.display())))?;
+            let absolute = std::path::absolute(file).map_err(|e| Error::file(file, e))?;
             let (Some(folder), Some(name)) = (absolute.parent(), absolute.file_name()) else {
                 return Err(Error::Data(format!("{}: not a file", file.display())));
             };
             let mut manifest = Manifest::new(folder);
             manifest
                 .push(Sample::new(file.display().to_string()).with_audio(name))
-                .map_err(|e| Error::Data(e.to_string()))?;
+                .map_err(Error::from)?;
             // The error names the file: it is the sample's id.
-            let item =
-                pipeline.load(&manifest, 0, 0, false).map_err(|e| Error::Data(e.to_string()))?;
+            let item = pipeline.load(&manifest, 0, 0, false).map_err(Error::from)?;
             let frames = item.audio.as_ref().map_or(0, |a| a.nrows());
             let batch = collate(&[item], &pipeline).to_device(device);
             let _no_grad = tch::no_grad_guard();

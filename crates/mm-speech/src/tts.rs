@@ -486,13 +486,13 @@ fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations
     for s in manifest.samples() {
         unlabelled
             .push(mm_data::manifest::Sample { label: None, labels: Vec::new(), ..s.clone() })
-            .map_err(|e| Error::Data(e.to_string()))?;
+            .map_err(Error::from)?;
     }
     let unlabelled = Arc::new(unlabelled);
     for split in [Split::Train, Split::Val, Split::Test] {
         let loader = aligner.loader(Arc::clone(&unlabelled), split, 32)?;
         for batch in loader.epoch(0) {
-            let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
+            let batch = batch.map_err(Error::from)?.to_device(device);
             let _no_grad = tch::no_grad_guard();
             let output = aligner.model.forward_t(&batch, false);
             let (log_probs, lengths) = output.sequence.as_ref().expect("ctc output");
@@ -565,8 +565,7 @@ pub fn train(
             out.display()
         )));
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let aligner = Run::open(&config.data.aligner, None, device)?;
     let alphabet = aligner_alphabet(config, &aligner)?;
     let (manifest, pipeline) = prepare(config, &alphabet, out, verbose)?;
@@ -606,7 +605,7 @@ pub fn train(
         Optimizer::new(&loop_config.optimizer, vec![Group::new("all", vs.trainable_variables())])?;
     let loader = |split, config: LoaderConfig| {
         Loader::new(Arc::clone(&manifest), split, Arc::clone(&pipeline), config)
-            .map_err(|e| Error::Data(e.to_string()))
+            .map_err(Error::from)
     };
     let train_loader = loader(
         Split::Train,
@@ -664,7 +663,7 @@ fn prepare(
     verbose: bool,
 ) -> Result<(Arc<Manifest>, Arc<Pipeline>)> {
     let mut data = data_config(config, alphabet, Vec::new());
-    let prepared = data.prepare(config.train.seed).map_err(|e| Error::Data(e.to_string()))?;
+    let prepared = data.prepare(config.train.seed).map_err(Error::from)?;
     if let Some(report) = &prepared.report {
         if verbose && report.dropped > 0 {
             eprintln!("cleaning dropped {} samples (see clean-report.json)", report.dropped);
@@ -673,7 +672,7 @@ fn prepare(
             &out.join("clean-report.json"),
             &serde_json::to_vec_pretty(&report.to_json()).unwrap_or_default(),
         )
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        .map_err(Error::from)?;
     }
     let incomplete: Vec<&str> = prepared
         .manifest
@@ -696,8 +695,7 @@ fn prepare(
 
 /// The durations a run was trained on, from its `durations.json`.
 fn read_durations(file: &Path) -> Result<(Durations, Vec<String>)> {
-    let bytes =
-        std::fs::read(file).map_err(|e| Error::Checkpoint(format!("{}: {e}", file.display())))?;
+    let bytes = std::fs::read(file).map_err(|e| Error::file(file, e))?;
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", file.display())))?;
     let bad = |key: &str, e: serde_json::Error| {
@@ -718,7 +716,7 @@ fn align_run(
     out: &Path,
     verbose: bool,
 ) -> Result<(Durations, Vec<String>)> {
-    pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
+    pipeline.save_statistics(out.join("data")).map_err(Error::from)?;
     let started = Instant::now();
     let (durations, uneven) = align_durations(aligner, manifest)?;
     if verbose {
@@ -733,7 +731,7 @@ fn align_run(
         &out.join("durations.json"),
         &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations})).unwrap_or_default(),
     )
-    .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    .map_err(Error::from)?;
     Ok((durations, uneven))
 }
 
@@ -749,17 +747,16 @@ fn write_run(
         &out.join("speakers.json"),
         &serde_json::to_vec_pretty(speakers).unwrap_or_default(),
     )
-    .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    .map_err(Error::from)?;
     let mut resolved = config.clone();
     resolved.data.manifest =
         std::path::absolute(&config.data.manifest).unwrap_or_else(|_| config.data.manifest.clone());
     resolved.data.aligner =
         std::path::absolute(&config.data.aligner).unwrap_or_else(|_| config.data.aligner.clone());
     let text = toml::to_string(&resolved).map_err(|e| Error::Config(e.to_string()))?;
-    mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes())
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    mm_data::fs::write_atomic(&out.join("tts.toml"), text.as_bytes()).map_err(Error::from)?;
     mm_data::fs::write_atomic(&out.join("alphabet.txt"), alphabet.chars().as_bytes())
-        .map_err(|e| Error::Checkpoint(e.to_string()))
+        .map_err(Error::from)
 }
 
 /// The synthesiser's training step for mm-train's [`Trainer`]: its loss is the mel L1 plus the
@@ -794,7 +791,7 @@ impl TrainStep for Synthesis<'_> {
     ) -> Result<Map<String, Value>> {
         let (mut sums, mut n) = ([0.0f64; 3], 0usize);
         for batch in loader.epoch(0) {
-            let batch = batch.map_err(|e| Error::Data(e.to_string()))?;
+            let batch = batch.map_err(Error::from)?;
             mm_train::guard::step("the synthesiser's validation", precision, device, || {
                 let batch = tts_batch(&batch, self.durations, self.device)?;
                 let _no_grad = tch::no_grad_guard();
@@ -871,8 +868,7 @@ impl Synthesizer {
         }
         let config = TtsConfig::from_file(&file, &[])?;
         let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name))
-                .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.join(name).display())))
+            std::fs::read_to_string(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))
         };
         let alphabet = Alphabet::new(&read("alphabet.txt")?).map_err(|e| {
             Error::Checkpoint(format!("{}: {e}", dir.join("alphabet.txt").display()))
@@ -882,7 +878,7 @@ impl Synthesizer {
         })?;
         let pipeline: Pipeline = data_config(&config, &alphabet, speakers.clone())
             .restore(0, &dir.join("data"))
-            .map_err(|e| Error::Data(e.to_string()))?;
+            .map_err(Error::from)?;
         let normalizer =
             pipeline.audio.as_ref().and_then(|a| a.normalizer.clone()).ok_or_else(|| {
                 Error::Checkpoint(format!(
@@ -1089,13 +1085,12 @@ pub struct TtsEvaluation {
 
 /// Copies of `files` with [`LISTEN_PAD`] seconds of silence before and after, in `dir`.
 fn padded(files: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     files
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let audio = mm_data::audio::decode_audio(f).map_err(|e| Error::Data(e.to_string()))?;
+            let audio = mm_data::audio::decode_audio(f).map_err(Error::from)?;
             let pad = vec![0.0f32; (LISTEN_PAD * f64::from(audio.sample_rate)) as usize];
             let samples = [pad.as_slice(), &audio.samples, &pad].concat();
             let path = dir.join(format!("{i:05}.wav"));
@@ -1103,7 +1098,7 @@ fn padded(files: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
                 &path,
                 &mm_data::audio::encode_wav(&Audio { sample_rate: audio.sample_rate, samples }),
             )
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+            .map_err(Error::from)?;
             Ok(path)
         })
         .collect()
@@ -1125,9 +1120,8 @@ pub fn evaluate(
     manifest: &Path,
     out: &Path,
 ) -> Result<TtsEvaluation> {
-    let manifest = Manifest::read(manifest).map_err(|e| Error::Data(e.to_string()))?;
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+    let manifest = Manifest::read(manifest).map_err(Error::from)?;
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     // Real test recordings by (speaker, word).
     let mut real: BTreeMap<(String, String), Vec<PathBuf>> = BTreeMap::new();
     for s in manifest.split(Split::Test) {
@@ -1142,7 +1136,7 @@ pub fn evaluate(
         )));
     }
     let spectrum = |path: &Path| -> Result<ndarray::Array2<f32>> {
-        let audio = mm_data::audio::decode_audio(path).map_err(|e| Error::Data(e.to_string()))?;
+        let audio = mm_data::audio::decode_audio(path).map_err(Error::from)?;
         if audio.sample_rate != synth.mel.config().sample_rate {
             return Err(Error::Data(format!(
                 "{}: {} Hz, the synthesiser's front end is {} Hz",
@@ -1181,7 +1175,7 @@ pub fn evaluate(
         let speech = synth.synthesize(word, speaker)?;
         let file = out.join(format!("{speaker}_{word}.wav"));
         mm_data::fs::write_atomic(&file, &mm_data::audio::encode_wav(&speech.audio))
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+            .map_err(Error::from)?;
         let heard = spectrum(&file)?;
         let d: f64 = mels.iter().map(|m| mel_distance(&heard, m)).sum::<f64>() / mels.len() as f64;
         same.push(d);

@@ -66,11 +66,10 @@ pub fn save(
     let weights = format!("{tag}-{:06}.safetensors", state.step);
     let optim = format!("{tag}-{:06}.optimizer.safetensors", state.step);
     let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    mm_encoders::weights::save_named(&dir.join(&weights), named)
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    mm_encoders::weights::save_named(&dir.join(&weights), named).map_err(Error::from)?;
     let (moments, steps) = optimizer.state_tensors();
     mm_encoders::weights::save_named(&dir.join(&optim), moments.into_iter().collect())
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        .map_err(Error::from)?;
     let record = Record {
         weights: weights.clone(),
         optimizer: optim.clone(),
@@ -79,7 +78,7 @@ pub fn save(
     };
     let json = serde_json::to_vec_pretty(&record).map_err(|e| io(dir, e))?;
     let path = dir.join(format!("{tag}.json"));
-    mm_data::fs::write_atomic(&path, &json).map_err(|e| Error::Checkpoint(e.to_string()))?;
+    mm_data::fs::write_atomic(&path, &json).map_err(Error::from)?;
     // Files of this tag that the record no longer names (earlier saves, or a save killed
     // before its record was written).
     if let Ok(entries) = std::fs::read_dir(dir) {
@@ -132,7 +131,7 @@ pub fn load(
     let record = read_record(dir, tag)?;
     let weights: PathBuf = dir.join(&record.weights);
     mm_encoders::weights::load_safetensors(vs, &weights, &Default::default())
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        .map_err(Error::from)?;
     let optim = dir.join(&record.optimizer);
     let tensors: BTreeMap<String, Tensor> =
         Tensor::read_safetensors(&optim).map_err(|e| io(&optim, e))?.into_iter().collect();
@@ -145,6 +144,6 @@ pub fn load(
 pub fn load_weights(dir: &Path, tag: &str, vs: &nn::VarStore) -> Result<TrainState> {
     let record = read_record(dir, tag)?;
     mm_encoders::weights::load_safetensors(vs, &dir.join(&record.weights), &Default::default())
-        .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        .map_err(Error::from)?;
     Ok(record.state)
 }

@@ -114,6 +114,25 @@ pub enum Error {
     /// settings ([`guard`]).
     #[error("{0}")]
     Torch(String),
+    /// mm-data failed: reading, preparing, loading or writing data (it names the file, line or
+    /// sample; its causes are its sources).
+    #[error(transparent)]
+    DataLayer(#[from] mm_data::Error),
+    /// An encoder could not be built or its weights loaded.
+    #[error(transparent)]
+    Encoder(#[from] mm_encoders::Error),
+    /// A fusion could not be built.
+    #[error(transparent)]
+    Fusion(#[from] mm_fusion::Error),
+    /// A file of a run (a checkpoint, a record) could not be read or written.
+    #[error("{path}")]
+    File {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// A loss was NaN or infinite.
     #[error("the loss is {loss} at epoch {epoch}, step {step}, in the batch of samples {ids} (set on_non_finite = \"skip\" to skip such batches)")]
     NonFinite {
@@ -130,3 +149,10 @@ pub enum Error {
 
 /// Result type of mm-train.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// [`Error::File`] for `path`.
+    pub fn file(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        Error::File { path: path.into(), source }
+    }
+}

@@ -66,8 +66,7 @@ impl Logger for MetricsJsonl {
             text.push_str(&h.to_string());
             text.push('\n');
         }
-        mm_data::fs::write_atomic(&self.path, text.as_bytes())
-            .map_err(|e| Error::Checkpoint(e.to_string()))
+        mm_data::fs::write_atomic(&self.path, text.as_bytes()).map_err(Error::from)
     }
 }
 
@@ -136,7 +135,7 @@ impl TensorBoard {
         self.file
             .write_all(&record(event))
             .and_then(|()| self.file.flush())
-            .map_err(|e| Error::Checkpoint(format!("{}: {e}", self.path.display())))
+            .map_err(|e| Error::file(&self.path, e))
     }
 }
 

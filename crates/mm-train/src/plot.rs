@@ -104,5 +104,5 @@ pub fn plot_history(history: &[Value], path: &Path) -> Result<()> {
             Error::Checkpoint(format!("{}: drawing the curves: {e}", path.display()))
         })?;
     }
-    mm_data::fs::write_atomic(path, svg.as_bytes()).map_err(|e| Error::Checkpoint(e.to_string()))
+    mm_data::fs::write_atomic(path, svg.as_bytes()).map_err(Error::from)
 }

@@ -300,7 +300,7 @@ fn class_counts(manifest: &Manifest, classes: &[String]) -> Vec<usize> {
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    mm_data::fs::write_atomic(path, bytes).map_err(|e| Error::Checkpoint(e.to_string()))
+    mm_data::fs::write_atomic(path, bytes).map_err(Error::from)
 }
 
 /// Prepares the data, builds the model and trains it into `out`. A folder that already holds
@@ -336,8 +336,7 @@ pub fn train_in(
     let mut config = config.clone();
     config.data.manifest =
         std::path::absolute(&config.data.manifest).unwrap_or(config.data.manifest.clone());
-    let prepared =
-        config.data.prepare(config.train.seed).map_err(|e| Error::Data(e.to_string()))?;
+    let prepared = config.data.prepare(config.train.seed).map_err(Error::from)?;
     if started && saved.is_file() {
         let before = RunConfig::from_file(&saved, &[])?;
         if before.data != config.data || before.model != config.model {
@@ -361,11 +360,10 @@ pub fn train_in(
         &DataShape::from_pipeline(&pipeline, counts.clone()),
     )?;
     if main {
-        std::fs::create_dir_all(out.join("data"))
-            .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+        std::fs::create_dir_all(out.join("data")).map_err(|e| Error::file(out, e))?;
         write(&saved, config.to_toml()?.as_bytes())?;
         if let Some(report) = &prepared.report {
-            report.save(out.join("clean-report.json")).map_err(|e| Error::Data(e.to_string()))?;
+            report.save(out.join("clean-report.json")).map_err(Error::from)?;
         }
         write(
             &out.join("data/classes.json"),
@@ -396,10 +394,9 @@ pub fn train_in(
                     LoaderConfig { batch_size: t.batch_size.max(1), shard, ..config },
                 )
             };
-            let train = loader(Split::Train, LoaderConfig::training(t.seed))
-                .map_err(|e| Error::Data(e.to_string()))?;
-            let val = loader(Split::Val, LoaderConfig::evaluation())
-                .map_err(|e| Error::Data(e.to_string()))?;
+            let train =
+                loader(Split::Train, LoaderConfig::training(t.seed)).map_err(Error::from)?;
+            let val = loader(Split::Val, LoaderConfig::evaluation()).map_err(Error::from)?;
             fit_with(&model, &vs, &train, &val, &pipeline, t, out, resume, group)?
         }
     };
@@ -412,14 +409,11 @@ fn share_statistics(group: &ProcessGroup, pipeline: &mut Pipeline) -> Result<()>
         std::env::temp_dir().join(format!("mm-dist-stats-{}-{}", std::process::id(), group.rank()));
     let _ = std::fs::remove_dir_all(&dir);
     let files: BTreeMap<String, String> = if group.is_main() {
-        pipeline.save_statistics(&dir).map_err(|e| Error::Data(e.to_string()))?;
+        pipeline.save_statistics(&dir).map_err(Error::from)?;
         let mut files = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir)
-            .map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?
-            .flatten()
-        {
-            let text = std::fs::read_to_string(entry.path())
-                .map_err(|e| Error::Data(format!("{}: {e}", entry.path().display())))?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::file(&dir, e))?.flatten() {
+            let text =
+                std::fs::read_to_string(entry.path()).map_err(|e| Error::file(entry.path(), e))?;
             files.insert(entry.file_name().to_string_lossy().into_owned(), text);
         }
         files
@@ -430,13 +424,11 @@ fn share_statistics(group: &ProcessGroup, pipeline: &mut Pipeline) -> Result<()>
     if !group.is_main() {
         let files: BTreeMap<String, String> = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Distributed(format!("rank 0's statistics: {e}")))?;
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
         for (name, text) in &files {
-            std::fs::write(dir.join(name), text)
-                .map_err(|e| Error::Data(format!("{}: {e}", dir.display())))?;
+            std::fs::write(dir.join(name), text).map_err(|e| Error::file(&dir, e))?;
         }
-        pipeline.load_statistics(&dir).map_err(|e| Error::Data(e.to_string()))?;
+        pipeline.load_statistics(&dir).map_err(Error::from)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -472,10 +464,7 @@ impl Run {
         }
         let config = RunConfig::from_file(&file, &[])?;
         let data = dir.join("data");
-        let pipeline = config
-            .data
-            .restore(config.train.seed, &data)
-            .map_err(|e| Error::Data(e.to_string()))?;
+        let pipeline = config.data.restore(config.train.seed, &data).map_err(Error::from)?;
         let counts: Vec<usize> = std::fs::read(data.join("classes.json"))
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
@@ -510,7 +499,7 @@ impl Run {
     /// it cleaned); or another manifest (same modalities and classes), cleaned the same way.
     pub fn manifest(&self, other: Option<&Path>) -> Result<(Manifest, Option<CleanReport>)> {
         let data = &self.config.data;
-        data.read_manifest(other.unwrap_or(&data.manifest)).map_err(|e| Error::Data(e.to_string()))
+        data.read_manifest(other.unwrap_or(&data.manifest)).map_err(Error::from)
     }
 
     /// A loader over `split` of `manifest`, without augmentation; streamed from the shards
@@ -523,13 +512,12 @@ impl Run {
     ) -> Result<Loader> {
         let config = LoaderConfig { batch_size, ..LoaderConfig::evaluation() };
         let loader = if ShardIndex::is_index(manifest.source()) {
-            let index =
-                ShardIndex::read(manifest.source()).map_err(|e| Error::Data(e.to_string()))?;
+            let index = ShardIndex::read(manifest.source()).map_err(Error::from)?;
             Loader::from_shards(Arc::new(index), split, Arc::clone(&self.pipeline), config)
         } else {
             Loader::new(manifest, split, Arc::clone(&self.pipeline), config)
         };
-        loader.map_err(|e| Error::Data(e.to_string()))
+        loader.map_err(Error::from)
     }
 
     /// The metrics of the model on `split` of `manifest`.
@@ -552,7 +540,7 @@ impl Run {
         let modalities: Vec<&String> = self.model.config().encoders.keys().collect();
         let mut rows = Vec::new();
         for batch in loader.epoch(0) {
-            let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
+            let batch = batch.map_err(Error::from)?.to_device(device);
             let _no_grad = tch::no_grad_guard();
             let precision = self.config.train.precision;
             let _autocast = Autocast::scope(precision, device);
@@ -628,8 +616,7 @@ impl Run {
             })
             .collect();
         let n = named.len();
-        mm_encoders::weights::save_named(path, named)
-            .map_err(|e| Error::Checkpoint(e.to_string()))?;
+        mm_encoders::weights::save_named(path, named).map_err(Error::from)?;
         Ok(n)
     }
 

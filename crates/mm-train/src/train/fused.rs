@@ -97,7 +97,7 @@ pub fn evaluate_group(
     let mut losses = vec![0.0; heads.len()];
     let (mut loss_sum, mut batches) = (0.0, 0usize);
     for batch in loader.epoch(0) {
-        let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(device);
+        let batch = batch.map_err(Error::from)?.to_device(device);
         // A libtorch failure in the batch is an error naming the model part, not a panic.
         guard::step("evaluation", precision, device, || {
             let _no_grad = tch::no_grad_guard();

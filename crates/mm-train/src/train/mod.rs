@@ -227,7 +227,7 @@ pub fn fit_in(
             ..LoaderConfig::training(config.seed)
         },
     )
-    .map_err(|e| Error::Data(e.to_string()))?;
+    .map_err(Error::from)?;
     // Model selection on the test split would be a leak: a validation split is required.
     if manifest.split(Split::Val).next().is_none() {
         return Err(Error::Data(format!(
@@ -241,7 +241,7 @@ pub fn fit_in(
         Arc::clone(&pipeline),
         LoaderConfig { batch_size: config.batch_size.max(1), shard, ..LoaderConfig::evaluation() },
     )
-    .map_err(|e| Error::Data(e.to_string()))?;
+    .map_err(Error::from)?;
     fit_with(model, vs, &train_loader, &val_loader, &pipeline, config, out, resume, group)
 }
 
@@ -277,7 +277,7 @@ pub fn fit_with(
     }
     // A dry run of one batch: a model that does not fit its data fails here, not mid-epoch.
     if let Some(first) = val_loader.epoch(0).next() {
-        model.check(&first.map_err(|e| Error::Data(e.to_string()))?.to_device(vs.device()))?;
+        model.check(&first.map_err(Error::from)?.to_device(vs.device()))?;
     }
     let resuming = resume && checkpoint::exists(&checkpoint_dir(out), "last");
     let pretrained =
@@ -314,19 +314,18 @@ fn optimizer_groups(model: &Model, vs: &nn::VarStore, config: &TrainConfig) -> V
 /// What rebuilds the model beside the run: the resolved configuration (`config.json`) and
 /// the pipeline's statistics and vocabulary (`data/`).
 fn write_run(model: &Model, pipeline: &Pipeline, config: &TrainConfig, out: &Path) -> Result<()> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let resolved = json!({"model": model.config(), "train": config});
     mm_data::fs::write_atomic(
         &out.join("config.json"),
         serde_json::to_string_pretty(&resolved).unwrap_or_default().as_bytes(),
     )
-    .map_err(|e| Error::Checkpoint(e.to_string()))?;
-    pipeline.save_statistics(out.join("data")).map_err(|e| Error::Data(e.to_string()))?;
+    .map_err(Error::from)?;
+    pipeline.save_statistics(out.join("data")).map_err(Error::from)?;
     if let Some(mm_data::pipeline::TextEncoder::Words { vocab, .. }) =
         pipeline.text.as_ref().map(|t| &t.encoder)
     {
-        vocab.save(out.join("data/vocab.txt")).map_err(|e| Error::Data(e.to_string()))?;
+        vocab.save(out.join("data/vocab.txt")).map_err(Error::from)?;
     }
     Ok(())
 }
@@ -354,7 +353,7 @@ fn load_pretrained(
         &out.join("pretrained.json"),
         serde_json::to_string_pretty(&record).unwrap_or_default().as_bytes(),
     )
-    .map_err(|e| Error::Checkpoint(e.to_string()))?;
+    .map_err(Error::from)?;
     if config.verbose {
         for (m, r) in &pretrained {
             eprintln!("pretrained {m}: {}", r.summary());

@@ -307,7 +307,7 @@ impl<'a> Trainer<'a> {
         let (mut tally, mut pending) = (Tally::default(), 0usize);
         self.optimizer.zero_grad();
         for batch in loader.epoch(state.epoch) {
-            let batch = batch.map_err(|e| Error::Data(e.to_string()))?.to_device(self.device());
+            let batch = batch.map_err(Error::from)?.to_device(self.device());
             let Some((loss, value)) = self.forward(&batch, state, &mut tally)? else {
                 continue;
             };
