@@ -23,17 +23,14 @@
 //! - [`pipeline`]: per-modality decode, resample, augment and normalise into an [`pipeline::Item`];
 //! - [`loader`]: parallel, prefetching, seeded batches collated into `tch` tensors (a rank's
 //!   shard of every epoch for data-parallel training);
-//! - [`synth`]: the embedded synthetic data set (images, audio, captions, videos, records)
-//!   with tasks whose single-modality ceilings are known by construction;
-//! - [`idx`]: the idx files of MNIST and its relatives;
-//! - [`avdigits`]: MNIST images paired with spoken digits (FSDD) into a manifest, with
-//!   optional degradation;
-//! - [`spoken`]: spoken digit sequences with transcripts, composed from FSDD recordings with
-//!   unseen speakers in test, for speech recognition;
 //! - [`shards`]: WebDataset-style tar shards, written from a manifest and streamed back;
 //! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
+//! - [`stats`]: AUROC, shared by data-set ceilings and training metrics;
 //! - [`fs`]: atomic file writes; [`guard`]: a library's panic turned into an error;
 //!   [`Error`]: the crate's error type.
+//!
+//! Data sets built on all this (the synthetic set, audio-visual digits, spoken digits) are in
+//! the crate above, mm-datasets; the readers of MNIST's and FSDD's files are mm-fetch's.
 //!
 //! Architecture invariant: mm-data is the lowest layer. It knows nothing about models, encoders,
 //! fusion or training and depends on no other mm crate.
@@ -49,14 +46,12 @@
 
 pub mod audio;
 pub mod augment;
-pub mod avdigits;
 pub mod clean;
 pub mod config;
 pub mod device;
 pub mod error;
 pub mod fs;
 pub mod guard;
-pub mod idx;
 pub mod image;
 pub mod loader;
 pub mod manifest;
@@ -66,9 +61,8 @@ pub mod normalize;
 pub mod pipeline;
 pub mod rng;
 pub mod shards;
-pub mod spoken;
+pub mod stats;
 pub mod subword;
-pub mod synth;
 pub mod text;
 pub mod transcript;
 
