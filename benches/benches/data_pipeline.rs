@@ -58,11 +58,12 @@ fn audio(c: &mut Criterion) {
     };
     let dir = scratch("fsdd");
     let n = 512;
-    let names = extract_fsdd(&data.join("mirror/fsdd/v1.0.10.tar.gz"), &dir, n);
+    let names =
+        extract_fsdd(&data.join("mirror/fsdd/v1.0.10.tar.gz"), &dir, n).expect("FSDD recordings");
     let mut manifest = Manifest::new(&dir);
-    for name in &names {
+    for (name, digit) in &names {
         manifest
-            .push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1]))
+            .push(Sample::new(name.clone()).with_audio(name.clone()).with_label(digit.to_string()))
             .expect("sample");
     }
     let mut pipeline = Pipeline::new((0..10).map(|d| d.to_string()).collect());

@@ -47,21 +47,21 @@ pub fn shared_data() -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
-/// Unpacks the first `n` WAV files of the FSDD archive into `dir`; returns their file names.
-pub fn extract_fsdd(archive: &Path, dir: &Path, n: usize) -> Vec<String> {
-    let file = std::fs::File::open(archive).expect("open the FSDD archive");
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let mut names = Vec::new();
-    for entry in tar.entries().expect("read the archive") {
-        let mut entry = entry.expect("archive entry");
-        let name =
-            entry.path().expect("entry path").file_name().map(|n| n.to_string_lossy().into_owned());
-        let Some(name) = name.filter(|n| n.ends_with(".wav")) else { continue };
-        entry.unpack(dir.join(&name)).expect("unpack");
-        names.push(name);
-        if names.len() == n {
-            break;
-        }
-    }
-    names
+/// Writes the first `n` WAV files of FSDD (its release archive, or a folder of its recordings)
+/// into `dir`, read through mm-fetch's one FSDD reader; returns their file names and digits.
+pub fn extract_fsdd(source: &Path, dir: &Path, n: usize) -> Result<Vec<(String, u8)>, String> {
+    let wavs =
+        mm_datasets::fsdd::read_wavs(source, Some(n)).map_err(|e| mm_data::error::report(&e))?;
+    wavs.into_iter()
+        .map(|w| {
+            let digit = mm_datasets::fsdd::Name::parse(&w.name)
+                .ok_or_else(|| {
+                    format!("{}: not an FSDD name ({})", w.name, mm_datasets::fsdd::NAME_FORM)
+                })?
+                .digit;
+            let path = dir.join(&w.name);
+            std::fs::write(&path, &w.bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((w.name, digit))
+        })
+        .collect()
 }

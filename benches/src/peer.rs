@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mm_data::avdigits::{convert, AvDigitsConfig};
 use mm_data::loader::{Loader, LoaderConfig};
 use mm_data::manifest::{Manifest, Sample, Split};
 use mm_data::mel::MelConfig;
 use mm_data::pipeline::{AudioSpec, Pipeline};
+use mm_datasets::avdigits::{convert, AvDigitsConfig};
 use mm_train::model::{DataShape, Model};
 use mm_train::train::{fit, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -132,15 +132,15 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
             let staging = work.join(".clips-staging");
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging).map_err(|e| io("create", &staging, e))?;
-            let names = if fsdd.is_dir() {
-                copy_wavs(fsdd, &staging, sizes.clips)?
-            } else {
-                crate::extract_fsdd(fsdd, &staging, sizes.clips)
-            };
+            let names = crate::extract_fsdd(fsdd, &staging, sizes.clips)?;
             let mut manifest = Manifest::new(&staging);
-            for name in &names {
+            for (name, digit) in &names {
                 manifest
-                    .push(Sample::new(name.clone()).with_audio(name.clone()).with_label(&name[..1]))
+                    .push(
+                        Sample::new(name.clone())
+                            .with_audio(name.clone())
+                            .with_label(digit.to_string()),
+                    )
                     .map_err(|e| mm_data::error::report(&e))?;
             }
             manifest
@@ -192,20 +192,6 @@ fn rename(from: &Path, to: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(to);
     std::fs::rename(from, to)
         .map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))
-}
-
-fn copy_wavs(dir: &Path, to: &Path, n: usize) -> Result<Vec<String>, String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|n| n.ends_with(".wav"))
-        .collect();
-    names.sort();
-    names.truncate(n);
-    for name in &names {
-        std::fs::copy(dir.join(name), to.join(name)).map_err(|e| format!("{name}: {e}"))?;
-    }
-    Ok(names)
 }
 
 /// Throughput of whole loader epochs over `manifest` (one warm-up epoch, then `repeats`).

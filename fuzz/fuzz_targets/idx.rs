@@ -5,9 +5,9 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = mm_data::idx::parse_idx(data, Path::new("fuzz.idx"));
+    let _ = mm_fetch::idx::parse_idx(data, Path::new("fuzz.idx"));
     let file = std::env::temp_dir().join(format!("mm-fuzz-idx-{}", std::process::id()));
     if std::fs::write(&file, data).is_ok() {
-        let _ = mm_data::idx::read_idx(&file);
+        let _ = mm_fetch::idx::read_idx(&file);
     }
 });

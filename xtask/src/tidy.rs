@@ -77,10 +77,11 @@ mod tests {
         let allowed: &[(&str, &[&str])] = &[
             ("mm-fetch", &[]),
             ("mm-data", &[]),
-            ("mm-seq", &["mm-data"]),
+            ("mm-datasets", &["mm-data", "mm-fetch"]),
+            ("mm-seq", &["mm-data", "mm-datasets"]),
             ("mm-encoders", &["mm-data", "mm-seq"]),
             ("mm-fusion", &[]),
-            ("mm-train", &["mm-data", "mm-seq", "mm-encoders", "mm-fusion"]),
+            ("mm-train", &["mm-data", "mm-datasets", "mm-seq", "mm-encoders", "mm-fusion"]),
             ("mm-speech", &["mm-data", "mm-seq", "mm-train"]),
         ];
         let root = crate::workspace_root();

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use clap::{Args as ClapArgs, Subcommand};
-use mm_data::avdigits::{convert, AvDigitsConfig};
 use mm_data::clean::{clean, CleanConfig, Modality};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::normalize::Normalizer;
 use mm_data::pipeline::TextEncoder;
-use mm_data::synth::{generate, SynthConfig};
+use mm_datasets::avdigits::{convert, AvDigitsConfig};
+use mm_datasets::synth::{generate, SynthConfig};
 use serde_json::json;
 
 use crate::run::ConfigArgs;
@@ -302,7 +302,7 @@ pub fn run(args: &Args) -> Result<()> {
         DataCommand::Spoken(a) => spoken(a),
         DataCommand::Words(a) => {
             let start = Instant::now();
-            let s = mm_data::spoken::words(&a.io.fsdd, &a.io.out, a.io.force)?;
+            let s = mm_datasets::spoken::words(&a.io.fsdd, &a.io.out, a.io.force)?;
             println!(
                 "wrote {} recordings to {} in {:.1} s: {} train, {} val, {} test; speakers {}",
                 s.splits.iter().sum::<usize>(),
@@ -333,7 +333,7 @@ fn spoken(a: &SpokenArgs) -> Result<()> {
             Some((parse(lo)?, parse(hi)?))
         }
     };
-    let config = mm_data::spoken::SpokenConfig {
+    let config = mm_datasets::spoken::SpokenConfig {
         utterances: [a.train, a.val, a.test],
         digits: (a.min_digits, a.max_digits),
         snr_db,
@@ -343,7 +343,7 @@ fn spoken(a: &SpokenArgs) -> Result<()> {
         ..Default::default()
     };
     let start = Instant::now();
-    let s = mm_data::spoken::compose(&a.io.fsdd, &a.io.out, &config, a.io.force)?;
+    let s = mm_datasets::spoken::compose(&a.io.fsdd, &a.io.out, &config, a.io.force)?;
     println!(
         "wrote {} utterances to {} in {:.1} s: {} train ({:.0} s of audio; {}), {} val ({}), {} test ({})",
         s.splits.iter().sum::<usize>(),

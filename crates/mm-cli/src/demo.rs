@@ -1,6 +1,6 @@
 //! `mm demo`: the main job on the embedded data, end to end.
 //!
-//! 1. writes the synthetic multimodal data set (`mm_data::synth`) as real files, with a few
+//! 1. writes the synthetic multimodal data set (`mm_datasets::synth`) as real files, with a few
 //!    corrupted on purpose, and runs the cleaning pass over it;
 //! 2. fits the normalisation statistics on the training split;
 //! 3. trains the same kind of model on each modality alone (image, audio, caption) and on all
@@ -24,8 +24,8 @@ use mm_data::loader::{Loader, LoaderConfig};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::mel::MelConfig;
 use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline, TextSpec};
-use mm_data::synth::{generate, SynthConfig, CLASSES};
 use mm_data::text::{VocabBuilder, WordTokenizer};
+use mm_datasets::synth::{generate, SynthConfig, CLASSES};
 use mm_train::model::{DataShape, Model, ModelConfig};
 use mm_train::train::{evaluate, fit, TrainConfig};
 use serde_json::{json, Value};

@@ -60,11 +60,13 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
 
-    pub(crate) fn decode(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    /// A file at `path` whose contents are not what its format requires.
+    pub fn decode(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::Decode { path: path.into(), message: message.into() }
     }
 }

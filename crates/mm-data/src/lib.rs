@@ -6,34 +6,34 @@
 //! bad manifest line, an unknown device name) is an error value that names the place, never a
 //! panic.
 //!
-//! What is here so far:
-//! - [`manifest`]: the data-set description (JSONL, one sample per line, or built in code);
-//! - [`image`]: PNG, JPEG, BMP and WebP files to `[H, W, 3]` RGB;
-//! - [`audio`]: WAV, FLAC, MP3 and Ogg/Vorbis to mono `f32`, and band-limited resampling that
-//!   matches torchaudio's;
-//! - [`mel`]: log-mel spectrograms that match torchaudio's `MelSpectrogram`;
-//! - [`normalize`]: per-dimension mean/std from one streaming pass, saved and reloaded;
-//! - [`subword`]: `tokenizer.json` subword tokenizers (WordPiece, BPE, Unigram);
-//! - [`text`]: a word tokenizer and a vocabulary builder for word-vector encoders;
-//! - [`transcript`]: transcripts as character targets (CTC's alphabet, blank first);
-//! - [`augment`]: image, audio, text and modality-dropout augmentation, reproducible per sample;
-//! - [`rng`]: per-sample seeded randomness;
-//! - [`clean`]: the cleaning pass and its report (per-reason policies, nothing dropped silently);
-//! - [`config`]: a data set and its pipeline described in configuration (a run's `[data]`);
-//! - [`pipeline`]: per-modality decode, resample, augment and normalise into an [`pipeline::Item`];
-//! - [`loader`]: parallel, prefetching, seeded batches collated into `tch` tensors (a rank's
-//!   shard of every epoch for data-parallel training);
-//! - [`synth`]: the embedded synthetic data set (images, audio, captions, videos, records)
-//!   with tasks whose single-modality ceilings are known by construction;
-//! - [`idx`]: the idx files of MNIST and its relatives;
-//! - [`avdigits`]: MNIST images paired with spoken digits (FSDD) into a manifest, with
-//!   optional degradation;
-//! - [`spoken`]: spoken digit sequences with transcripts, composed from FSDD recordings with
-//!   unseen speakers in test, for speech recognition;
-//! - [`shards`]: WebDataset-style tar shards, written from a manifest and streamed back;
-//! - [`device`]: device names (`auto`, `cpu`, `cuda:N`) to `tch` devices;
-//! - [`fs`]: atomic file writes; [`guard`]: a library's panic turned into an error;
-//!   [`Error`]: the crate's error type.
+//! The modules, grouped by role in folders and all reachable from the crate root
+//! (`mm_data::audio`, `mm_data::loader`, ...):
+//!
+//! - **codecs** (`src/codecs/`): [`image`] (PNG, JPEG, BMP and WebP files to `[H, W, 3]` RGB),
+//!   [`audio`] (WAV, FLAC, MP3 and Ogg/Vorbis to mono `f32`, and band-limited resampling that
+//!   matches torchaudio's), [`mel`] (log-mel spectrograms that match torchaudio's
+//!   `MelSpectrogram`, and their inverse), [`subword`] (`tokenizer.json` subword tokenizers:
+//!   WordPiece, BPE, Unigram), [`text`] (a word tokenizer and a vocabulary builder for
+//!   word-vector encoders), [`transcript`] (transcripts as character targets, CTC's blank
+//!   first);
+//! - **preparation** (`src/prepare/`): [`clean`] (the cleaning pass and its report: per-reason
+//!   policies, nothing dropped silently), [`augment`] (image, audio, text and modality-dropout
+//!   augmentation, reproducible per sample), [`normalize`] (per-dimension mean/std from one
+//!   streaming pass, saved and reloaded), [`noise`] (real background noise mixed in at a random
+//!   SNR), [`pipeline`] (per-modality decode, resample, augment and normalise into a
+//!   [`pipeline::Item`]), [`config`] (a data set and its pipeline described in configuration:
+//!   a run's `[data]`);
+//! - **loading** (`src/load/`): [`manifest`] (the data-set description: JSONL, one sample per
+//!   line, or built in code), [`shards`] (WebDataset-style tar shards, written from a manifest
+//!   and streamed back), [`loader`] (parallel, prefetching, seeded batches collated into `tch`
+//!   tensors; a rank's shard of every epoch for data-parallel training);
+//! - utilities: [`rng`] (per-sample seeded randomness), [`device`] (device names `auto`, `cpu`,
+//!   `cuda:N` to `tch` devices), [`fs`] (atomic file writes), [`guard`] (a library's panic
+//!   turned into an error), [`stats`] (AUROC, shared by data-set ceilings and training
+//!   metrics), [`Error`] (the crate's error type).
+//!
+//! Data sets built on all this (the synthetic set, audio-visual digits, spoken digits) are in
+//! the crate above, mm-datasets; the readers of MNIST's and FSDD's files are mm-fetch's.
 //!
 //! Architecture invariant: mm-data is the lowest layer. It knows nothing about models, encoders,
 //! fusion or training and depends on no other mm crate.
@@ -47,29 +47,18 @@
 //! # Ok::<(), mm_data::device::DeviceError>(())
 //! ```
 
-pub mod audio;
-pub mod augment;
-pub mod avdigits;
-pub mod clean;
-pub mod config;
+mod codecs;
+mod load;
+mod prepare;
+
 pub mod device;
 pub mod error;
 pub mod fs;
 pub mod guard;
-pub mod idx;
-pub mod image;
-pub mod loader;
-pub mod manifest;
-pub mod mel;
-pub mod noise;
-pub mod normalize;
-pub mod pipeline;
 pub mod rng;
-pub mod shards;
-pub mod spoken;
-pub mod subword;
-pub mod synth;
-pub mod text;
-pub mod transcript;
+pub mod stats;
 
+pub use codecs::{audio, image, mel, subword, text, transcript};
 pub use error::{Error, Result};
+pub use load::{loader, manifest, shards};
+pub use prepare::{augment, clean, config, noise, normalize, pipeline};

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::fsdd::{Name, NAME_FORM};
+use crate::idx::read_mnist;
 use crate::registry::Layout;
 
 /// What a converter wrote.
@@ -60,52 +62,6 @@ pub fn convert(layout: &Layout, root: &Path) -> Result<Conversion> {
     Ok(conversion)
 }
 
-/// An idx file: its dimensions and its `u8` data.
-pub struct Idx {
-    /// Dimensions, outermost first.
-    pub dims: Vec<usize>,
-    /// The values.
-    pub data: Vec<u8>,
-}
-
-/// Reads an uncompressed idx file of unsigned bytes (MNIST's format).
-pub fn read_idx(path: &Path) -> Result<Idx> {
-    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |m: String| Error::format(path, m);
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(bad("not an idx file (bad magic number)".into()));
-    }
-    if bytes[2] != 0x08 {
-        return Err(bad(format!(
-            "idx element type 0x{:02x}; only unsigned bytes (0x08) are supported",
-            bytes[2]
-        )));
-    }
-    let n = bytes[3] as usize;
-    let header = 4 + 4 * n;
-    if bytes.len() < header {
-        return Err(bad("truncated idx header".into()));
-    }
-    let dims: Vec<usize> = (0..n)
-        .map(|i| {
-            u32::from_be_bytes([
-                bytes[4 + 4 * i],
-                bytes[5 + 4 * i],
-                bytes[6 + 4 * i],
-                bytes[7 + 4 * i],
-            ]) as usize
-        })
-        .collect();
-    let count: usize = dims.iter().product();
-    if bytes.len() - header != count {
-        return Err(bad(format!(
-            "idx header says {dims:?} ({count} values), the file holds {}",
-            bytes.len() - header
-        )));
-    }
-    Ok(Idx { dims, data: bytes[header..].to_vec() })
-}
-
 fn png(
     path: &Path,
     width: u32,
@@ -126,30 +82,16 @@ type Samples = (Vec<Value>, Vec<Dropped>);
 fn idx(root: &Path, classes: &[String]) -> Result<Samples> {
     let mut samples = Vec::new();
     for (prefix, split) in [("train", "train"), ("t10k", "test")] {
-        let images_path = root.join(format!("raw/{prefix}-images-idx3-ubyte"));
-        let labels_path = root.join(format!("raw/{prefix}-labels-idx1-ubyte"));
-        let images = read_idx(&images_path)?;
-        let labels = read_idx(&labels_path)?;
-        let [n, h, w] = images.dims[..] else {
+        let mnist = read_mnist(&root.join("raw"), prefix)?;
+        if let Some(bad) = mnist.labels.iter().find(|l| usize::from(**l) >= classes.len()) {
             return Err(Error::format(
-                &images_path,
-                format!("images of shape {:?}, expected [n, h, w]", images.dims),
-            ));
-        };
-        if labels.dims != [n] {
-            return Err(Error::format(
-                &labels_path,
-                format!("labels of shape {:?} for {n} images", labels.dims),
-            ));
-        }
-        if let Some(bad) = labels.data.iter().find(|l| usize::from(**l) >= classes.len()) {
-            return Err(Error::format(
-                &labels_path,
+                root.join(format!("raw/{prefix}-labels-idx1-ubyte")),
                 format!("label {bad} but only {} classes", classes.len()),
             ));
         }
+        let (n, h, w) = (mnist.count, mnist.height, mnist.width);
         (0..n).into_par_iter().try_for_each(|i| {
-            let pixels = images.data[i * h * w..(i + 1) * h * w].to_vec();
+            let pixels = mnist.pixels[i * h * w..(i + 1) * h * w].to_vec();
             png(
                 &root.join(format!("images/{split}/{i:05}.png")),
                 w as u32,
@@ -159,7 +101,7 @@ fn idx(root: &Path, classes: &[String]) -> Result<Samples> {
             )
         })?;
         samples.extend((0..n).map(|i| {
-            json!({"id": format!("{split}-{i:05}"), "split": split, "image": format!("images/{split}/{i:05}.png"), "label": classes[usize::from(labels.data[i])]})
+            json!({"id": format!("{split}-{i:05}"), "split": split, "image": format!("images/{split}/{i:05}.png"), "label": classes[usize::from(mnist.labels[i])]})
         }));
     }
     Ok((samples, Vec::new()))
@@ -175,19 +117,11 @@ fn fsdd(root: &Path) -> Result<Samples> {
     names.sort();
     let (mut samples, mut dropped) = (Vec::new(), Vec::new());
     for name in names {
-        let stem = name.trim_end_matches(".wav");
-        let parts: Vec<&str> = stem.split('_').collect();
-        let parsed = match parts[..] {
-            [digit, _speaker, take] => {
-                digit.parse::<u8>().ok().filter(|d| *d < 10).zip(take.parse::<u32>().ok())
-            }
-            _ => None,
-        };
-        match parsed {
-            Some((digit, take)) => samples.push(json!({
-                "id": stem, "split": if take < 5 { "test" } else { "train" }, "audio": format!("recordings/{name}"), "label": digit.to_string()
+        match Name::parse(&name) {
+            Some(parsed) => samples.push(json!({
+                "id": name.trim_end_matches(".wav"), "split": if parsed.is_test() { "test" } else { "train" }, "audio": format!("recordings/{name}"), "label": parsed.digit.to_string()
             })),
-            None => dropped.push(Dropped { id: name, reason: "not an FSDD name ({digit}_{speaker}_{take}.wav)".into() }),
+            None => dropped.push(Dropped { id: name, reason: format!("not an FSDD name ({NAME_FORM})") }),
         }
     }
     Ok((samples, dropped))

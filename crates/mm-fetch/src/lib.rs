@@ -6,6 +6,8 @@
 //! - [`unpack`]: verification before anything is unpacked, and unpacking of `.gz`, `.tar.gz`
 //!   and `.zip` that refuses entries escaping the target folder (absolute paths, `..`, links);
 //! - [`convert`]: from each data set's own layout to mm's `manifest.jsonl`;
+//! - [`idx`] and [`fsdd`]: the one reader of MNIST's idx files and the one of FSDD's
+//!   recordings and names, which mm-datasets builds on (so do the benches and tests);
 //! - [`fetch`](fn@fetch): all of it, into a folder that appears only once complete;
 //! - [`serve`]: a loopback static server for a mirror folder (air-gapped teams, tests).
 //!
@@ -28,6 +30,8 @@ pub mod convert;
 pub mod download;
 mod error;
 mod fetch;
+pub mod fsdd;
+pub mod idx;
 pub mod registry;
 pub mod serve;
 pub mod unpack;

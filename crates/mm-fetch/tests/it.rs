@@ -109,8 +109,8 @@ fn fetches_verifies_and_converts_mnist_and_fsdd_from_the_mirror() -> Result<()> 
         let v: serde_json::Value = serde_json::from_str(line)?;
         let audio = dir.join("fsdd").join(v["audio"].as_str().context("audio")?);
         assert!(fs::read(&audio)?.starts_with(b"RIFF"), "{}", audio.display());
-        let take: u32 =
-            v["id"].as_str().context("id")?.rsplit('_').next().context("take")?.parse()?;
+        let name = v["id"].as_str().context("id")?;
+        let take = mm_fetch::fsdd::Name::parse(name).context("an FSDD name")?.take;
         assert_eq!(v["split"] == "test", take < 5);
     }
     assert_eq!(entries(&dir), ["fsdd", "mnist"], "downloads and staging are cleaned up");
@@ -760,4 +760,26 @@ fn concurrent_fetches_into_one_folder_take_turns() -> Result<()> {
     assert_eq!(server.served().len(), 1, "downloaded once");
     assert_eq!(entries(&dir), ["fsdd"]);
     Ok(())
+}
+
+/// The real MNIST test set, read from the gzip files of the download mirror: shapes, pixel
+/// range and the label counts published for this set (980 zeros, 1135 ones, ...).
+#[test]
+fn reads_real_mnist_idx_files() {
+    let Some(data) = shared_data() else { return };
+    let mnist = data.join("mirror/mnist");
+    let labels = mm_fetch::idx::read_idx(mnist.join("t10k-labels-idx1-ubyte.gz")).expect("labels");
+    assert_eq!(labels.shape, vec![10_000]);
+    let labels = labels.into_u8().expect("u8");
+    let mut counts = [0usize; 10];
+    for &l in &labels {
+        counts[usize::from(l)] += 1;
+    }
+    assert_eq!(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+    let images = mm_fetch::idx::read_idx(mnist.join("t10k-images-idx3-ubyte.gz")).expect("images");
+    assert_eq!(images.shape, vec![10_000, 28, 28]);
+    let images = images.into_u8().expect("u8");
+    // Digits are white strokes on black: corners are background, the middle has ink somewhere.
+    assert!(images.contains(&255));
+    assert_eq!(images[0], 0);
 }

@@ -313,7 +313,7 @@ fn a_recurrent_model_learns_order_where_a_bag_of_steps_cannot() {
 fn synthetic_video(n: usize, seed: u64) -> (std::path::PathBuf, mm_data::manifest::Manifest) {
     let dir = std::env::temp_dir().join(format!("mm-seq-video-{seed}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = mm_data::synth::SynthConfig {
+    let config = mm_datasets::synth::SynthConfig {
         samples: n,
         image_size: 16,
         frame_size: 24,
@@ -324,7 +324,7 @@ fn synthetic_video(n: usize, seed: u64) -> (std::path::PathBuf, mm_data::manifes
         seed,
         ..Default::default()
     };
-    mm_data::synth::generate(&dir, &config, false).expect("synthetic data");
+    mm_datasets::synth::generate(&dir, &config, false).expect("synthetic data");
     let manifest = mm_data::manifest::Manifest::read(dir.join("video.jsonl")).expect("manifest");
     (dir, manifest)
 }
@@ -349,7 +349,7 @@ fn load_frames(
             .collect();
         clips.push(Tensor::stack(&frames, 0));
         labels.push(
-            mm_data::synth::DIRECTIONS
+            mm_datasets::synth::DIRECTIONS
                 .iter()
                 .position(|d| Some(*d) == s.label.as_deref())
                 .expect("label") as i64,

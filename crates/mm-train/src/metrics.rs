@@ -121,30 +121,9 @@ pub fn macro_f1(pred: &[usize], truth: &[usize], classes: usize) -> f64 {
 }
 
 /// Area under the ROC curve for binary labels (Mann-Whitney U, ties count one half); `None`
-/// when one of the two classes is absent.
-pub fn auroc(scores: &[f64], positive: &[bool]) -> Option<f64> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut ranks = vec![0.0; scores.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        for &k in &idx[i..=j] {
-            ranks[k] = (i + j) as f64 / 2.0 + 1.0;
-        }
-        i = j + 1;
-    }
-    let pos = positive.iter().filter(|p| **p).count() as f64;
-    let neg = positive.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return None;
-    }
-    let rank_sum: f64 = ranks.iter().zip(positive).filter(|(_, p)| **p).map(|(r, _)| r).sum();
-    Some((rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg))
-}
+/// when one of the two classes is absent. mm-data's, which the synthetic data set's ceilings
+/// use too.
+pub use mm_data::stats::auroc;
 
 /// One-vs-rest AUROC per class from `n × C` scores (`None` for a class with no positive or no
 /// negative sample), and their mean over the classes that have one.

@@ -593,8 +593,8 @@ mod training {
     use mm_data::manifest::{Manifest, Split};
     use mm_data::mel::MelConfig;
     use mm_data::pipeline::{AudioSpec, Pipeline, TextSpec};
-    use mm_data::synth::{generate, SynthConfig, CLASSES};
     use mm_data::text::{VocabBuilder, WordTokenizer};
+    use mm_datasets::synth::{generate, SynthConfig, CLASSES};
     use mm_train::model::{DataShape, Model, ModelConfig};
     use mm_train::train::{fit, TrainConfig};
     use tch::{nn, Device};
@@ -1391,7 +1391,7 @@ mod training {
         let vocab = VocabBuilder::default()
             .build(&tokenizer, manifest.split(Split::Train).filter_map(|s| s.text.as_deref()));
         let mut p = Pipeline::new(
-            mm_data::synth::SENTIMENT_CLASSES.iter().map(|c| c.to_string()).collect(),
+            mm_datasets::synth::SENTIMENT_CLASSES.iter().map(|c| c.to_string()).collect(),
         );
         p.image = Some(mm_data::pipeline::ImageSpec::new((32, 32)));
         p.text = Some(TextSpec::words(tokenizer, vocab, 40));

@@ -37,7 +37,7 @@ const MODEL: &str = r#"
 
 fn model(vs: &nn::VarStore, pipeline: &Pipeline, manifest: &Manifest) -> Model {
     let config: ModelConfig = toml::from_str(MODEL).expect("model config");
-    let classes = mm_data::synth::CLASSES;
+    let classes = mm_datasets::synth::CLASSES;
     let counts = classes
         .iter()
         .map(|c| {

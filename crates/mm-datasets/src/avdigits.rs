@@ -16,7 +16,7 @@
 //! (`image`, `audio`, `label` = the digit) and `av-digits.json` (the configuration and counts).
 //!
 //! ```no_run
-//! use mm_data::avdigits::{convert, AvDigitsConfig};
+//! use mm_datasets::avdigits::{convert, AvDigitsConfig};
 //!
 //! let config = AvDigitsConfig { image_noise: 0.4, occlusion: 0.5, audio_snr_db: Some(0.0), ..AvDigitsConfig::default() };
 //! let summary = convert("mnist/".as_ref(), "fsdd/v1.0.10.tar.gz".as_ref(), "data/av-digits".as_ref(), &config, false)?;
@@ -25,17 +25,18 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::audio::{decode_audio_bytes, encode_wav, Audio};
-use crate::error::{Error, Result};
-use crate::idx::read_idx;
-use crate::manifest::{Manifest, Sample, Split};
-use crate::rng::Rng;
+use mm_data::audio::{encode_wav, Audio};
+use mm_data::manifest::{Manifest, Sample, Split};
+use mm_data::rng::Rng;
+use mm_data::{Error, Result};
+use mm_fetch::idx::{read_mnist, Mnist};
+
+use crate::fsdd::read_recordings;
 
 /// How to build the data set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,108 +81,6 @@ pub struct AvDigitsSummary {
     pub splits: [usize; 3],
     /// FSDD recordings used on the training and on the test side.
     pub recordings: [usize; 2],
-}
-
-/// An FSDD recording: its digit, speaker, whether it is in the conventional test split, its
-/// samples.
-pub(crate) struct Recording {
-    pub(crate) name: String,
-    pub(crate) digit: u8,
-    pub(crate) speaker: String,
-    pub(crate) test: bool,
-    pub(crate) audio: Audio,
-}
-
-/// Reads FSDD's recordings (`{digit}_{speaker}_{take}.wav`) from its release archive (`.tar.gz`,
-/// read in memory: nothing is unpacked) or from a folder of WAV files.
-pub(crate) fn read_fsdd(source: &Path) -> Result<Vec<Recording>> {
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    if source.is_dir() {
-        for entry in std::fs::read_dir(source).map_err(|e| Error::io(source, e))? {
-            let path = entry.map_err(|e| Error::io(source, e))?.path();
-            if path.extension().is_some_and(|e| e == "wav") {
-                let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                files.push((name, std::fs::read(&path).map_err(|e| Error::io(&path, e))?));
-            }
-        }
-    } else {
-        let file = std::fs::File::open(source).map_err(|e| Error::io(source, e))?;
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-        let bad = |e: std::io::Error| Error::decode(source, format!("not a readable .tar.gz: {e}"));
-        for entry in archive.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let path = entry.path().map_err(bad)?.into_owned();
-            if entry.header().entry_type().is_file() && path.extension().is_some_and(|e| e == "wav")
-            {
-                let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                let mut bytes = Vec::new();
-                entry.read_to_end(&mut bytes).map_err(bad)?;
-                files.push((name, bytes));
-            }
-        }
-    }
-    files.sort();
-    let recordings: Vec<Recording> = files
-        .into_par_iter()
-        .map(|(name, bytes)| {
-            let parts: Vec<&str> = name.trim_end_matches(".wav").split('_').collect();
-            let parsed = match parts.as_slice() {
-                [d, speaker, take] => d
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|d| *d < 10)
-                    .zip(take.parse::<u32>().ok())
-                    .map(|(d, t)| (d, speaker.to_string(), t)),
-                _ => None,
-            };
-            let (digit, speaker, take) = parsed.ok_or_else(|| {
-                Error::decode(
-                    source.join(&name),
-                    "not an FSDD name ({digit}_{speaker}_{take}.wav)".to_string(),
-                )
-            })?;
-            let audio = decode_audio_bytes(bytes, &source.join(&name))?;
-            Ok(Recording { name, digit, speaker, test: take < 5, audio })
-        })
-        .collect::<Result<_>>()?;
-    if recordings.is_empty() {
-        return Err(Error::decode(
-            source,
-            "no FSDD recordings ({digit}_{speaker}_{take}.wav) in it".to_string(),
-        ));
-    }
-    Ok(recordings)
-}
-
-/// Reads an MNIST split (`train` or `t10k`) from `dir`, `.gz` or not: `[n, 28, 28]` pixels
-/// and the labels.
-fn read_mnist(dir: &Path, prefix: &str) -> Result<(Vec<u8>, usize, usize, Vec<u8>)> {
-    let find = |stem: &str| -> Result<PathBuf> {
-        [format!("{stem}.gz"), stem.to_string()]
-            .into_iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                Error::io(
-                    dir.join(format!("{stem}.gz")),
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "MNIST file not found"),
-                )
-            })
-    };
-    let images = read_idx(find(&format!("{prefix}-images-idx3-ubyte"))?)?;
-    let labels = read_idx(find(&format!("{prefix}-labels-idx1-ubyte"))?)?;
-    let (n, h, w) = match images.shape.as_slice() {
-        [n, h, w] => (*n, *h, *w),
-        s => {
-            return Err(Error::Config(format!("MNIST images of shape {s:?}, expected [n, 28, 28]")))
-        }
-    };
-    let pixels = images.into_u8()?.into_raw_vec_and_offset().0;
-    let labels = labels.into_u8()?.into_raw_vec_and_offset().0;
-    if labels.len() != n {
-        return Err(Error::Config(format!("{n} MNIST images but {} labels", labels.len())));
-    }
-    Ok((pixels, h, w, labels))
 }
 
 /// Pixel noise and an occluding square on a `[h, w]` greyscale image.
@@ -245,7 +144,7 @@ pub fn convert(
             config.val, config.occlusion, config.image_noise
         )));
     }
-    let recordings = read_fsdd(fsdd)?;
+    let recordings = read_recordings(fsdd)?;
     // Recordings per (digit, side), shuffled by the seed.
     let mut pools: BTreeMap<(u8, bool), Vec<usize>> = BTreeMap::new();
     for (i, r) in recordings.iter().enumerate() {
@@ -263,9 +162,12 @@ pub fn convert(
         digit: u8,
         recording: usize,
     }
-    let mnist_sides = [read_mnist(mnist, "train")?, read_mnist(mnist, "t10k")?];
+    let mnist_sides = [
+        read_mnist(mnist, "train").map_err(crate::from_fetch)?,
+        read_mnist(mnist, "t10k").map_err(crate::from_fetch)?,
+    ];
     let mut plan = Vec::new();
-    for (side, (_, _, _, labels)) in mnist_sides.iter().enumerate() {
+    for (side, Mnist { labels, .. }) in mnist_sides.iter().enumerate() {
         let test = side == 1;
         let limit = if test { config.test_per_digit } else { config.train_per_digit };
         for digit in 0..10u8 {
@@ -314,14 +216,14 @@ pub fn convert(
         }
     }
     plan.sort_by(|a, b| a.id.cmp(&b.id));
-    crate::fs::write_dir_atomic(out, "av-digits.json", force, |root| {
+    mm_data::fs::write_dir_atomic(out, "av-digits.json", force, |root| {
         for sub in ["images", "audio"] {
             std::fs::create_dir_all(root.join(sub)).map_err(|e| Error::io(root.join(sub), e))?;
         }
         // Clean recordings are written once and shared; degraded ones once per sample.
         plan.par_iter().enumerate().try_for_each(|(i, p)| -> Result<()> {
             let mut rng = Rng::for_sample(config.seed, 0, i as u64, 7);
-            let (pixels, h, w, _) = &mnist_sides[p.side];
+            let Mnist { pixels, height: h, width: w, .. } = &mnist_sides[p.side];
             let image = &pixels[p.image * h * w..(p.image + 1) * h * w];
             let grey = degrade_image(image, *h, *w, config, &mut rng);
             let png = image::GrayImage::from_raw(*w as u32, *h as u32, grey)
@@ -371,7 +273,7 @@ pub fn convert(
             recordings: sides,
         };
         let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
-        crate::fs::write_atomic(&root.join("av-digits.json"), &json)?;
+        mm_data::fs::write_atomic(&root.join("av-digits.json"), &json)?;
         Ok(summary)
     })
 }

@@ -2,7 +2,7 @@
 //! split that a run folder's saved vocabulary and statistics restore exactly.
 
 use mm_data::config::DataConfig;
-use mm_data::synth::{generate, SynthConfig};
+use mm_datasets::synth::{generate, SynthConfig};
 
 fn parse(text: &str) -> DataConfig {
     toml::from_str(text).expect("a valid [data] table")

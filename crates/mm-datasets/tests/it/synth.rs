@@ -10,8 +10,10 @@ use mm_data::loader::{Batch, Loader, LoaderConfig};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::mel::MelConfig;
 use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline, TextSpec};
-use mm_data::synth::{generate, SynthConfig, SynthSummary, CLASSES, DIRECTIONS, SENTIMENT_CLASSES};
 use mm_data::text::{VocabBuilder, WordTokenizer};
+use mm_datasets::synth::{
+    generate, SynthConfig, SynthSummary, CLASSES, DIRECTIONS, SENTIMENT_CLASSES,
+};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 

@@ -4,7 +4,7 @@
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 
-use crate::rng::Rng;
+use mm_data::rng::Rng;
 
 /// The shapes, in label order: two curved ones, then two with straight edges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ mod tests {
         let c = Canvas::background(16, 0.5, 3, &mut rng);
         let rgb = c.to_rgb8(0.05, &mut rng);
         let png = encode_png(&rgb, 16);
-        let back = crate::image::decode_image_bytes(&png, "x.png".as_ref()).unwrap();
+        let back = mm_data::image::decode_image_bytes(&png, "x.png".as_ref()).unwrap();
         assert_eq!(back.as_slice().unwrap(), &rgb[..]);
     }
 }

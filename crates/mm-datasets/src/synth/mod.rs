@@ -22,7 +22,7 @@
 //! each ceiling holds.
 //!
 //! ```no_run
-//! use mm_data::synth::{generate, SynthConfig};
+//! use mm_datasets::synth::{generate, SynthConfig};
 //!
 //! let config = SynthConfig { samples: 500, ..SynthConfig::default() };
 //! let summary = generate("synthetic".as_ref(), &config, false)?;
@@ -46,11 +46,11 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::audio::{encode_wav, Audio};
-use crate::error::{Error, Result};
-use crate::fs::write_atomic;
-use crate::manifest::{Manifest, Sample, Split};
-use crate::rng::Rng;
+use mm_data::audio::{encode_wav, Audio};
+use mm_data::fs::write_atomic;
+use mm_data::manifest::{Manifest, Sample, Split};
+use mm_data::rng::Rng;
+use mm_data::{Error, Result};
 
 pub use caption::SENTIMENT_LEVELS;
 pub use draw::{Shape, COLOURS};
@@ -539,30 +539,10 @@ fn render(config: &SynthConfig, index: usize, t: &Truth, root: &Path) -> Result<
     Ok(if t.empty_text { String::new() } else { text })
 }
 
-/// Area under the ROC curve of `scores` for binary `labels` (ties count one half).
+/// Area under the ROC curve of `scores` for binary `labels` (ties count one half); NaN when
+/// one of the two classes is absent.
 fn auroc(scores: &[f64], labels: &[bool]) -> f64 {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    // Average ranks over ties, then the Mann-Whitney U statistic.
-    let mut ranks = vec![0.0; scores.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
-            j += 1;
-        }
-        for k in i..=j {
-            ranks[idx[k]] = (i + j) as f64 / 2.0 + 1.0;
-        }
-        i = j + 1;
-    }
-    let pos = labels.iter().filter(|l| **l).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    if pos == 0.0 || neg == 0.0 {
-        return f64::NAN;
-    }
-    let rank_sum: f64 = ranks.iter().zip(labels).filter(|(_, l)| **l).map(|(r, _)| r).sum();
-    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+    mm_data::stats::auroc(scores, labels).unwrap_or(f64::NAN)
 }
 
 fn ceilings(truths: &[Truth]) -> Ceilings {
@@ -634,7 +614,7 @@ fn ceilings(truths: &[Truth]) -> Ceilings {
 /// an earlier synthetic data set (a `synth.json`): `force` never deletes anything else.
 pub fn generate(out: &Path, config: &SynthConfig, force: bool) -> Result<SynthSummary> {
     config.validate()?;
-    let summary = crate::fs::write_dir_atomic(out, "synth.json", force, |staging| {
+    let summary = mm_data::fs::write_dir_atomic(out, "synth.json", force, |staging| {
         write_all(staging, config)
     })?;
     Ok(SynthSummary { dir: out.to_path_buf(), ..summary })

@@ -3,11 +3,11 @@
 //! training, and the whole is seeded.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 
 use mm_data::audio::decode_audio;
 use mm_data::manifest::{Manifest, Split};
-use mm_data::spoken::{compose, SpokenConfig, WORDS};
+use mm_datasets::fsdd::{read_wavs, Name};
+use mm_datasets::spoken::{compose, SpokenConfig, WORDS};
 
 #[test]
 fn fsdd_recordings_compose_utterances_with_transcripts_and_unseen_test_speakers() {
@@ -36,39 +36,26 @@ fn fsdd_recordings_compose_utterances_with_transcripts_and_unseen_test_speakers(
         summary.speakers
     );
     // FSDD's own recordings, decoded from the archive here.
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
-        std::fs::File::open(&fsdd).expect("archive"),
-    ));
-    let mut originals: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    for entry in archive.entries().expect("tar") {
-        let mut entry = entry.expect("entry");
-        let name = entry
-            .path()
-            .expect("path")
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.ends_with(".wav") {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).expect("read");
-            originals.insert(
-                name.clone(),
-                mm_data::audio::decode_audio_bytes(bytes, name.as_ref()).expect("decode").samples,
-            );
-        }
-    }
+    let originals: BTreeMap<String, Vec<f32>> = read_wavs(&fsdd, None)
+        .expect("archive")
+        .into_iter()
+        .map(|w| {
+            let audio = mm_data::audio::decode_audio_bytes(w.bytes, w.name.as_ref());
+            (w.name, audio.expect("decode").samples)
+        })
+        .collect();
     let m = Manifest::read(dir.join("plain/manifest.jsonl")).expect("manifest");
     assert_eq!(m.samples().len(), 22);
     for s in m.samples() {
         let sources = &summary.sources[&s.id];
         // The transcript names the digits of its recordings ({digit}_{speaker}_{take}.wav).
-        let words: Vec<&str> =
-            sources.iter().map(|n| WORDS[n[..1].parse::<usize>().expect("digit")]).collect();
+        let names: Vec<Name> =
+            sources.iter().map(|n| Name::parse(n).expect("an FSDD name")).collect();
+        let words: Vec<&str> = names.iter().map(|n| WORDS[usize::from(n.digit)]).collect();
         assert_eq!(s.text.as_deref(), Some(words.join(" ").as_str()), "{}", s.id);
         assert!((1..=4).contains(&sources.len()));
         // One speaker per utterance, of the utterance's split.
-        let who: BTreeSet<&str> =
-            sources.iter().map(|n| n.split('_').nth(1).expect("speaker")).collect();
+        let who: BTreeSet<&str> = names.iter().map(|n| n.speaker.as_str()).collect();
         assert_eq!(who.len(), 1, "{}: {who:?}", s.id);
         let speaker = who.into_iter().next().expect("one");
         let k = match s.split {
@@ -196,7 +183,7 @@ fn transcripts_become_character_targets_and_words_keep_every_speaker() {
     both.text = Some(Default::default());
     assert!(both.validate().expect_err("both").to_string().contains("not both"));
     // Words for synthesis: every recording once, the speaker its label, all speakers in every split.
-    let words = mm_data::spoken::words(&fsdd, &dir.join("words"), false).expect("words");
+    let words = mm_datasets::spoken::words(&fsdd, &dir.join("words"), false).expect("words");
     assert_eq!(words.splits, [2400, 300, 300]);
     let m = Manifest::read(dir.join("words/manifest.jsonl")).expect("manifest");
     for split in [Split::Train, Split::Val, Split::Test] {

@@ -4,8 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use mm_data::avdigits::{convert, AvDigitsConfig};
 use mm_data::manifest::{Manifest, Split};
+use mm_datasets::avdigits::{convert, AvDigitsConfig};
+use mm_datasets::fsdd::Name;
 
 #[test]
 fn mnist_and_fsdd_pair_by_digit_without_sharing_recordings_across_splits() {
@@ -32,8 +33,8 @@ fn mnist_and_fsdd_pair_by_digit_without_sharing_recordings_across_splits() {
             .expect("name")
             .to_string_lossy()
             .into_owned();
-        let parts: Vec<&str> = name.trim_end_matches(".wav").split('_').collect();
-        (parts[0].to_string(), parts[2].parse().expect("take"))
+        let parsed = Name::parse(&name).expect("an FSDD name");
+        (parsed.digit.to_string(), parsed.take)
     };
     let mut sides: [BTreeSet<String>; 2] = Default::default();
     for s in m.samples() {

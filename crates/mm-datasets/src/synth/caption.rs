@@ -2,7 +2,7 @@
 //! distractor words over the attributes a caption describes (shape, colour, size, place,
 //! number of beeps and a sentiment adjective). A caption never names the pitch.
 
-use crate::rng::Rng;
+use mm_data::rng::Rng;
 
 /// What a caption says.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,7 +3,7 @@
 
 use std::f64::consts::PI;
 
-use crate::rng::Rng;
+use mm_data::rng::Rng;
 
 /// The pitch bands (Hz): the low band and the high band are two octaves apart.
 pub const LOW_BAND: (f64, f64) = (220.0, 440.0);

@@ -2,11 +2,17 @@
 //! naming the element type and the number of dimensions, the dimensions as big-endian `u32`, then
 //! the elements, big-endian. Gzip-compressed files (`.gz`, as distributed) are read directly.
 //!
+//! The one MNIST reader of mm: the converter here, mm-datasets' audio-visual digits, the
+//! benches and the tests all read idx files through [`read_idx`] (or [`read_mnist`], a split's
+//! images with their labels).
+//!
 //! ```no_run
-//! let images = mm_data::idx::read_idx("mnist/t10k-images-idx3-ubyte.gz")?;
+//! let images = mm_fetch::idx::read_idx("mnist/t10k-images-idx3-ubyte.gz")?;
 //! assert_eq!(images.shape, vec![10_000, 28, 28]);
-//! let pixels: ndarray::ArrayD<u8> = images.into_u8()?;
-//! # Ok::<(), mm_data::Error>(())
+//! let pixels: Vec<u8> = images.into_u8()?;
+//! let split = mm_fetch::idx::read_mnist("mnist".as_ref(), "t10k")?;
+//! assert_eq!(split.labels.len(), split.count);
+//! # Ok::<(), mm_fetch::Error>(())
 //! ```
 
 use std::io::Read;
@@ -43,12 +49,12 @@ pub struct Idx {
 }
 
 impl Idx {
-    /// The elements as an `ndarray` of `u8`; an error for any other stored type.
-    pub fn into_u8(self) -> Result<ndarray::ArrayD<u8>> {
+    /// The elements of type `u8`, row-major (their dimensions are [`Idx::shape`]); an error
+    /// for any other stored type.
+    pub fn into_u8(self) -> Result<Vec<u8>> {
         match self.data {
-            IdxData::U8(v) => ndarray::ArrayD::from_shape_vec(self.shape, v)
-                .map_err(|e| Error::decode(&self.path, format!("shape: {e}"))),
-            other => Err(Error::decode(
+            IdxData::U8(v) => Ok(v),
+            other => Err(Error::format(
                 &self.path,
                 format!("holds {} elements, not u8", type_name(&other)),
             )),
@@ -74,7 +80,7 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<Idx> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| {
-            Error::decode(path, format!("gzip stream is corrupt or truncated: {e}"))
+            Error::format(path, format!("gzip stream is corrupt or truncated: {e}"))
         })?;
         out
     } else {
@@ -85,7 +91,7 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<Idx> {
 
 /// Parses idx bytes; `path` names them in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<Idx> {
-    let err = |m: String| Error::decode(path, m);
+    let err = |m: String| Error::format(path, m);
     if bytes.len() < 4 {
         return Err(err(format!("{} bytes: too short for an idx header", bytes.len())));
     }
@@ -154,6 +160,66 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<Idx> {
     Ok(Idx { path: path.to_path_buf(), shape, data })
 }
 
+/// One split of an MNIST-style data set: `count` greyscale images of `height` × `width` pixels
+/// and one label each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mnist {
+    /// The number of images.
+    pub count: usize,
+    /// Rows of an image.
+    pub height: usize,
+    /// Columns of an image.
+    pub width: usize,
+    /// The pixels, image after image, row-major.
+    pub pixels: Vec<u8>,
+    /// The labels, one per image.
+    pub labels: Vec<u8>,
+}
+
+impl Mnist {
+    /// The pixels of image `i` (`height × width`, row-major); `None` past the last image.
+    pub fn image(&self, i: usize) -> Option<&[u8]> {
+        let size = self.height * self.width;
+        self.pixels.get(i * size..(i + 1) * size)
+    }
+}
+
+/// Reads the split `prefix` (`train` or `t10k`) of an MNIST-style data set from `dir`:
+/// `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte`, each gzip-compressed
+/// (`.gz`, preferred when both are there) or not. Images must be `[n, rows, cols]` of `u8`,
+/// labels `[n]` of `u8`.
+pub fn read_mnist(dir: &Path, prefix: &str) -> Result<Mnist> {
+    let find = |stem: &str| -> Result<PathBuf> {
+        [format!("{stem}.gz"), stem.to_string()]
+            .into_iter()
+            .map(|n| dir.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::io(
+                    dir.join(format!("{stem}.gz")),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "MNIST file not found"),
+                )
+            })
+    };
+    let images_path = find(&format!("{prefix}-images-idx3-ubyte"))?;
+    let labels_path = find(&format!("{prefix}-labels-idx1-ubyte"))?;
+    let images = read_idx(&images_path)?;
+    let labels = read_idx(&labels_path)?;
+    let [count, height, width] = images.shape[..] else {
+        return Err(Error::format(
+            &images_path,
+            format!("images of shape {:?}, expected [n, h, w]", images.shape),
+        ));
+    };
+    if labels.shape != [count] {
+        return Err(Error::format(
+            &labels_path,
+            format!("labels of shape {:?} for {count} images", labels.shape),
+        ));
+    }
+    Ok(Mnist { count, height, width, pixels: images.into_u8()?, labels: labels.into_u8()? })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +239,7 @@ mod tests {
         b.extend_from_slice(&[1, 2, 3, 4, 5, 6]);
         let idx = parse_idx(&b, p).expect("u8");
         assert_eq!(idx.shape, vec![2, 3]);
-        assert_eq!(idx.clone().into_u8().expect("u8")[[1, 2]], 6);
+        assert_eq!(idx.clone().into_u8().expect("u8")[5], 6);
 
         let mut b = header(0x0B, &[2]);
         b.extend_from_slice(&(-2i16).to_be_bytes());

@@ -15,7 +15,7 @@
 //! The folder is written whole or not at all, like every data set mm writes.
 //!
 //! ```no_run
-//! use mm_data::spoken::{compose, SpokenConfig};
+//! use mm_datasets::spoken::{compose, SpokenConfig};
 //! let summary = compose("fsdd/v1.0.10.tar.gz".as_ref(), "data/spoken".as_ref(), &SpokenConfig::default(), false)?;
 //! println!("{:?} utterances (train, val, test)", summary.splits);
 //! # Ok::<(), mm_data::Error>(())
@@ -27,11 +27,13 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::audio::{encode_wav, Audio};
-use crate::avdigits::{degrade_audio, read_fsdd, Recording};
-use crate::error::{Error, Result};
-use crate::manifest::{Manifest, Sample, Split};
-use crate::rng::Rng;
+use mm_data::audio::{encode_wav, Audio};
+use mm_data::manifest::{Manifest, Sample, Split};
+use mm_data::rng::Rng;
+use mm_data::{Error, Result};
+
+use crate::avdigits::degrade_audio;
+use crate::fsdd::{read_recordings, Recording};
 
 /// The digit words, by digit.
 pub const WORDS: [&str; 10] =
@@ -113,7 +115,7 @@ pub fn compose(
             config.gap, config.snr_db
         )));
     }
-    let recordings = read_fsdd(fsdd)?;
+    let recordings = read_recordings(fsdd)?;
     let rate = recordings[0].audio.sample_rate;
     if let Some(r) = recordings.iter().find(|r| r.audio.sample_rate != rate) {
         return Err(Error::decode(
@@ -201,7 +203,7 @@ pub fn compose(
             });
         }
     }
-    crate::fs::write_dir_atomic(out, "spoken.json", force, |root| {
+    mm_data::fs::write_dir_atomic(out, "spoken.json", force, |root| {
         std::fs::create_dir_all(root.join("audio"))
             .map_err(|e| Error::io(root.join("audio"), e))?;
         let seconds: Vec<f64> = plan
@@ -246,7 +248,7 @@ pub fn compose(
             sources,
         };
         let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
-        crate::fs::write_atomic(&root.join("spoken.json"), &json)?;
+        mm_data::fs::write_atomic(&root.join("spoken.json"), &json)?;
         Ok(summary)
     })
 }
@@ -266,11 +268,8 @@ pub struct WordsSummary {
 /// speaker must have heard them): FSDD's conventional test takes (0-4) are the test split,
 /// takes 5-9 validation, the rest training. Written whole or not at all (`words.json` marks it).
 pub fn words(fsdd: &Path, out: &Path, force: bool) -> Result<WordsSummary> {
-    let recordings = read_fsdd(fsdd)?;
-    let take = |name: &str| {
-        name.trim_end_matches(".wav").rsplit('_').next().and_then(|t| t.parse::<u32>().ok())
-    };
-    crate::fs::write_dir_atomic(out, "words.json", force, |root| {
+    let recordings = read_recordings(fsdd)?;
+    mm_data::fs::write_dir_atomic(out, "words.json", force, |root| {
         std::fs::create_dir_all(root.join("audio"))
             .map_err(|e| Error::io(root.join("audio"), e))?;
         recordings.par_iter().try_for_each(|r| -> Result<()> {
@@ -282,7 +281,7 @@ pub fn words(fsdd: &Path, out: &Path, force: bool) -> Result<WordsSummary> {
         for r in &recordings {
             let split = if r.test {
                 Split::Test
-            } else if take(&r.name).is_some_and(|t| t < 10) {
+            } else if r.take < 10 {
                 Split::Val
             } else {
                 Split::Train
@@ -299,7 +298,7 @@ pub fn words(fsdd: &Path, out: &Path, force: bool) -> Result<WordsSummary> {
         manifest.write(root.join("manifest.jsonl"))?;
         let summary = WordsSummary { splits, speakers: all_speakers(&recordings) };
         let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
-        crate::fs::write_atomic(&root.join("words.json"), &json)?;
+        mm_data::fs::write_atomic(&root.join("words.json"), &json)?;
         Ok(summary)
     })
 }
