@@ -174,6 +174,7 @@ pub struct Report {
     /// run, whose checkpoint holds them).
     pub pretrained: Vec<(String, mm_encoders::weights::LoadReport)>,
 }
+
 /// Trains `model` (whose variables live in `vs`) on the training split of `manifest` and
 /// evaluates it on the validation split after every epoch; writes checkpoints and
 /// `metrics.jsonl` under `out`. With `resume`, continues from `out/checkpoints/last` when it
