@@ -8,6 +8,7 @@
 //!
 //! What is here so far:
 //! - [`manifest`]: the data-set description (JSONL, one sample per line, or built in code);
+//! - [`modality`]: [`Modality`], the kinds of input (image, audio, text, frames, features);
 //! - [`image`]: PNG, JPEG, BMP and WebP files to `[H, W, 3]` RGB;
 //! - [`audio`]: WAV, FLAC, MP3 and Ogg/Vorbis to mono `f32`, and band-limited resampling that
 //!   matches torchaudio's;
@@ -61,6 +62,7 @@ pub mod image;
 pub mod loader;
 pub mod manifest;
 pub mod mel;
+pub mod modality;
 pub mod noise;
 pub mod normalize;
 pub mod pipeline;
@@ -73,3 +75,4 @@ pub mod text;
 pub mod transcript;
 
 pub use error::{Error, Result};
+pub use modality::Modality;
