@@ -18,6 +18,7 @@ use mm_data::augment::ImageAugment;
 use mm_data::loader::Batch;
 use mm_data::manifest::{Manifest, Sample};
 use mm_data::pipeline::{ImageSpec, Pipeline};
+use mm_data::Modality;
 use mm_fusion::Embeddings;
 use mm_train::model::{DataShape, Model, ModelConfig};
 use mm_train::optim::{Group, Optimizer, OptimizerConfig};
@@ -98,7 +99,7 @@ pub fn av_digits_run() -> RunConfig {
 
 fn shape(n_mels: i64) -> DataShape {
     DataShape {
-        modalities: vec!["image", "audio"],
+        modalities: vec![Modality::Image, Modality::Audio],
         classes: (0..CLASSES).map(|c| c.to_string()).collect(),
         n_mels: Some(n_mels),
         ..Default::default()
@@ -139,7 +140,7 @@ pub fn random_batch(workload: Workload, batch: usize, device: Device) -> Batch {
     };
     Batch {
         ids: (0..batch).map(|i| i.to_string()).collect(),
-        modalities: vec!["image", "audio"],
+        modalities: vec![Modality::Image, Modality::Audio],
         present: Tensor::ones([b, 2], f),
         image: Some(image),
         audio: Some(audio),

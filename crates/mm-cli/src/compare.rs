@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use mm_data::device::parse_device;
 use mm_data::manifest::{Manifest, Split};
+use mm_data::Modality;
 use mm_fusion::FusionConfig;
 use mm_train::model::{HeadConfig, Positives};
 use mm_train::run::{Run, RunConfig};
@@ -66,17 +67,11 @@ fn fusion(method: &str, dim: i64) -> Result<FusionConfig> {
 }
 
 /// `manifest` with `modality` taken out of every sample.
-fn without(manifest: &Manifest, modality: &str) -> Result<Manifest> {
+fn without(manifest: &Manifest, modality: Modality) -> Result<Manifest> {
     let mut out = Manifest::new(manifest.root());
     for s in manifest.samples() {
         let mut s = s.clone();
-        match modality {
-            "image" => s.image = None,
-            "audio" => s.audio = None,
-            "text" => s.text = None,
-            "frames" => s.frames.clear(),
-            _ => s.features.clear(),
-        }
+        modality.remove_from(&mut s);
         out.push(s)?;
     }
     Ok(out)
@@ -109,9 +104,9 @@ pub fn run(a: &Args) -> Result<()> {
     if !a.no_baselines {
         for m in &modalities {
             let mut c = base.clone();
-            c.model.encoders.retain(|k, _| k == m);
+            c.model.encoders.retain(|k, _| *m == k.as_str());
             c.model.fusion = Some(fusion("concat", a.dim)?);
-            c.data.retain(&[m]);
+            c.data.retain(&[*m]);
             variants.push((format!("{m} only"), c));
         }
     }
@@ -153,7 +148,7 @@ pub fn run(a: &Args) -> Result<()> {
         let used = run.config.data.modalities();
         if used.len() > 1 {
             for m in &used {
-                removed.insert((*m).to_string(), json!(accuracy(Arc::new(without(manifest, m)?))?));
+                removed.insert(m.to_string(), json!(accuracy(Arc::new(without(manifest, *m)?))?));
             }
         }
         rows.push(json!({"model": name, "test_accuracy": test, "parameters": trained.parameters, "seconds": seconds, "without": removed, "run": dir}));
@@ -183,7 +178,7 @@ pub fn run(a: &Args) -> Result<()> {
 }
 
 /// Recall@K both ways, by class and by exact pair.
-fn print_retrieval(row: &Value, first: &str, second: &str) {
+fn print_retrieval(row: &Value, first: Modality, second: Modality) {
     let m = &row["metrics"];
     if m.is_null() {
         return;
@@ -236,7 +231,7 @@ fn train_quietly(
     Ok((dir, trained, seconds, run))
 }
 
-fn print_table(rows: &[Value], modalities: &[&str], out: &Path) {
+fn print_table(rows: &[Value], modalities: &[Modality], out: &Path) {
     let mut header = format!("{:<16}{:>10}{:>12}{:>9}", "model", "test acc", "parameters", "time");
     for m in modalities {
         header.push_str(&format!("{:>14}", format!("no {m}")));
@@ -251,7 +246,7 @@ fn print_table(rows: &[Value], modalities: &[&str], out: &Path) {
             r["seconds"].as_f64().unwrap_or(f64::NAN)
         );
         for m in modalities {
-            match r["without"][*m].as_f64() {
+            match r["without"][m.name()].as_f64() {
                 Some(v) => line.push_str(&format!("{:>13.1}%", 100.0 * v)),
                 None => line.push_str(&format!("{:>14}", "-")),
             }

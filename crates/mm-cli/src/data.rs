@@ -466,17 +466,10 @@ fn stats(a: &StatsArgs) -> Result<()> {
     let p = &prepared.pipeline;
     let mut out = serde_json::Map::new();
     let stat = |n: &Normalizer| json!({"mean": n.mean, "std": n.std, "count": n.count});
-    if let Some(s) = &p.image {
-        out.insert("image".into(), stat(&s.normalizer));
-    }
-    if let Some(n) = p.audio.as_ref().and_then(|s| s.normalizer.as_ref()) {
-        out.insert("audio".into(), stat(n));
-    }
-    if let Some(s) = &p.frames {
-        out.insert("frames".into(), stat(&s.image.normalizer));
-    }
-    if let Some(n) = p.features.as_ref().and_then(|s| s.normalizer.as_ref()) {
-        out.insert("features".into(), stat(n));
+    for (m, n) in p.statistics() {
+        if let Some(n) = n {
+            out.insert(m.to_string(), stat(n));
+        }
     }
     if let Some(TextEncoder::Words { vocab, .. }) = p.text.as_ref().map(|t| &t.encoder) {
         out.insert("vocabulary".into(), json!(vocab.len()));

@@ -25,6 +25,7 @@ use mm_data::manifest::{Manifest, Split};
 use mm_data::mel::MelConfig;
 use mm_data::pipeline::{AudioSpec, ImageSpec, Pipeline, TextSpec};
 use mm_data::text::{VocabBuilder, WordTokenizer};
+use mm_data::Modality;
 use mm_datasets::synth::{generate, SynthConfig, CLASSES};
 use mm_train::model::{DataShape, Model, ModelConfig};
 use mm_train::train::{evaluate, fit, TrainConfig};
@@ -58,24 +59,24 @@ pub struct Args {
 /// One model of the table: its name, encoders (modality → encoder TOML) and whether it fuses.
 struct Run {
     name: &'static str,
-    modalities: &'static [&'static str],
+    modalities: &'static [Modality],
 }
 
 const IMAGE: &str = "kind = \"image\"\narch = \"lenet\"";
 const AUDIO: &str = "kind = \"audio\"\nbackbone = { type = \"cnn\", channels = [16, 32] }";
 const TEXT: &str = "kind = \"text\"\ndim = 32";
 
-fn encoder(modality: &str) -> &'static str {
+fn encoder(modality: Modality) -> &'static str {
     match modality {
-        "image" => IMAGE,
-        "audio" => AUDIO,
+        Modality::Image => IMAGE,
+        Modality::Audio => AUDIO,
         _ => TEXT,
     }
 }
 
-fn model_config(modalities: &[&str]) -> Result<ModelConfig> {
+fn model_config(modalities: &[Modality]) -> Result<ModelConfig> {
     let mut text = String::new();
-    for m in modalities {
+    for &m in modalities {
         text.push_str(&format!("[encoders.{m}]\n{}\n", encoder(m)));
     }
     text.push_str(
@@ -85,15 +86,15 @@ fn model_config(modalities: &[&str]) -> Result<ModelConfig> {
 }
 
 /// The pipeline restricted to `modalities` (the others are not decoded at all).
-fn only(pipeline: &Pipeline, modalities: &[&str]) -> Pipeline {
+fn only(pipeline: &Pipeline, modalities: &[Modality]) -> Pipeline {
     let mut p = pipeline.clone();
-    if !modalities.contains(&"image") {
+    if !modalities.contains(&Modality::Image) {
         p.image = None;
     }
-    if !modalities.contains(&"audio") {
+    if !modalities.contains(&Modality::Audio) {
         p.audio = None;
     }
-    if !modalities.contains(&"text") {
+    if !modalities.contains(&Modality::Text) {
         p.text = None;
     }
     p
@@ -195,10 +196,10 @@ pub fn run(args: &Args) -> Result<()> {
         ..TrainConfig::default()
     };
     let runs = [
-        Run { name: "image only", modalities: &["image"] },
-        Run { name: "audio only", modalities: &["audio"] },
-        Run { name: "caption only", modalities: &["text"] },
-        Run { name: "fused", modalities: &["image", "audio", "text"] },
+        Run { name: "image only", modalities: &[Modality::Image] },
+        Run { name: "audio only", modalities: &[Modality::Audio] },
+        Run { name: "caption only", modalities: &[Modality::Text] },
+        Run { name: "fused", modalities: &[Modality::Image, Modality::Audio, Modality::Text] },
     ];
     let mut rows = Vec::new();
     for run in &runs {
@@ -214,7 +215,7 @@ pub fn run(args: &Args) -> Result<()> {
             device,
         )?;
         let ceiling = match run.modalities {
-            ["audio"] => c.classify_audio,
+            [Modality::Audio] => c.classify_audio,
             [_] => c.classify_image,
             _ => 1.0,
         };
@@ -229,7 +230,7 @@ pub fn run(args: &Args) -> Result<()> {
     let retrieval: ModelConfig = toml::from_str(&format!(
         "[encoders.text]\n{TEXT}\n[encoders.image]\n{IMAGE}\n[head]\ntype = \"retrieval\"\npair = [\"text\", \"image\"]\ndim = 64\n"
     ))?;
-    let mut rp = only(&pipeline, &["image", "text"]);
+    let mut rp = only(&pipeline, &[Modality::Image, Modality::Text]);
     rp.classes = Vec::new();
     let retrieval_train = TrainConfig { select: Some("text_to_image_mrr".into()), ..train.clone() };
     let (r, r_seconds) = train_and_test(

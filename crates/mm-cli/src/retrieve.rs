@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use mm_data::device::parse_device;
 use mm_data::manifest::{Manifest, Sample, Split};
+use mm_data::Modality;
 use mm_train::model::HeadConfig;
 use mm_train::run::Run;
 use serde_json::{json, Value};
@@ -54,7 +55,7 @@ fn embed(
     manifest: Arc<Manifest>,
     split: Split,
     side: usize,
-    modality: &str,
+    modality: Modality,
 ) -> Result<(Vec<String>, Tensor)> {
     let loader = run.loader(manifest, split, 128)?;
     let (mut ids, mut parts) = (Vec::new(), Vec::new());
@@ -103,13 +104,15 @@ pub fn run(a: &Args) -> Result<()> {
     else {
         bail!("{}: not a retrieval model (its head is not type = \"retrieval\"); `mm predict` runs classifiers", a.run.display());
     };
-    let from = a.from.clone().unwrap_or_else(|| pair[0].clone());
+    // The model was built over its pair, so both name modalities.
+    let pair: [Modality; 2] = [pair[0].parse()?, pair[1].parse()?];
+    let from = a.from.clone().unwrap_or_else(|| pair[0].to_string());
     let q_side = pair
         .iter()
-        .position(|p| *p == from)
+        .position(|p| *p == from.as_str())
         .with_context(|| format!("--from {from}: the model pairs {} and {}", pair[0], pair[1]))?;
     let g_side = 1 - q_side;
-    let gallery_modality = pair[g_side].clone();
+    let (from, gallery_modality) = (pair[q_side], pair[g_side]);
     let manifest = Arc::new(run.manifest(None)?.0);
 
     // The index, reused while the checkpoint and the manifest are unchanged.
@@ -141,8 +144,7 @@ pub fn run(a: &Args) -> Result<()> {
     let (ids, gallery) = match cached {
         Some(c) => c,
         None => {
-            let (ids, emb) =
-                embed(&run, Arc::clone(&manifest), a.split, g_side, &gallery_modality)?;
+            let (ids, emb) = embed(&run, Arc::clone(&manifest), a.split, g_side, gallery_modality)?;
             // The tensors first, then the record that vouches for them: a killed write leaves
             // a record that does not match, and the index is rebuilt next time.
             let tmp = stem.with_extension("safetensors.tmp");
@@ -164,9 +166,9 @@ pub fn run(a: &Args) -> Result<()> {
     };
 
     // The query, through the same pipeline.
-    let sample = match from.as_str() {
-        "text" => (Manifest::new("."), Sample::new("query").with_text(a.query.clone())),
-        "image" | "audio" => {
+    let sample = match from {
+        Modality::Text => (Manifest::new("."), Sample::new("query").with_text(a.query.clone())),
+        Modality::Image | Modality::Audio => {
             let path = Path::new(&a.query);
             if !path.is_file() {
                 bail!("--query {}: no such file (a {from} query is the path of a file)", a.query);
@@ -176,14 +178,14 @@ pub fn run(a: &Args) -> Result<()> {
             let s = Sample::new("query");
             (
                 Manifest::new(root),
-                if from == "image" { s.with_image(name) } else { s.with_audio(name) },
+                if from == Modality::Image { s.with_image(name) } else { s.with_audio(name) },
             )
         }
         other => bail!("--from {other}: queries are text, image or audio"),
     };
     let (mut query_manifest, sample) = sample;
     query_manifest.push(sample)?;
-    let (_, q) = embed(&run, Arc::new(query_manifest), Split::Train, q_side, &from)
+    let (_, q) = embed(&run, Arc::new(query_manifest), Split::Train, q_side, from)
         .context("embedding the query")?;
     let scores = gallery.matmul(&q.tr()).squeeze_dim(1);
     let k = a.top_k.min(ids.len()).max(1);
@@ -201,14 +203,14 @@ pub fn run(a: &Args) -> Result<()> {
         .map(|(rank, (i, score))| {
             let id = &ids[*i as usize];
             let s = manifest.get(id);
-            let item = s.and_then(|s| match gallery_modality.as_str() {
-                "image" => s.image.as_ref().map(|p| show(manifest.path(p))),
-                "audio" => s.audio.as_ref().map(|p| show(manifest.path(p))),
-                "text" => s.text.clone(),
-                _ => None,
+            let item = s.and_then(|s| match gallery_modality {
+                Modality::Image => s.image.as_ref().map(|p| show(manifest.path(p))),
+                Modality::Audio => s.audio.as_ref().map(|p| show(manifest.path(p))),
+                Modality::Text => s.text.clone(),
+                Modality::Frames | Modality::Features => None,
             });
             // The item's own caption, when the gallery is not the text: what a reader checks.
-            let caption = s.filter(|_| gallery_modality != "text").and_then(|s| s.text.clone());
+            let caption = s.filter(|_| gallery_modality != Modality::Text).and_then(|s| s.text.clone());
             json!({"rank": rank + 1, "id": id, "score": score, "item": item, "caption": caption, "label": s.and_then(|s| s.label.clone())})
         })
         .collect();

@@ -27,6 +27,7 @@
 //!   line, or built in code), [`shards`] (WebDataset-style tar shards, written from a manifest
 //!   and streamed back), [`loader`] (parallel, prefetching, seeded batches collated into `tch`
 //!   tensors; a rank's shard of every epoch for data-parallel training);
+//! - [`modality`]: [`Modality`], the kinds of input (image, audio, text, frames, features);
 //! - utilities: [`rng`] (per-sample seeded randomness), [`device`] (device names `auto`, `cpu`,
 //!   `cuda:N` to `tch` devices), [`fs`] (atomic file writes), [`guard`] (a library's panic
 //!   turned into an error), [`stats`] (AUROC, shared by data-set ceilings and training
@@ -55,10 +56,12 @@ pub mod device;
 pub mod error;
 pub mod fs;
 pub mod guard;
+pub mod modality;
 pub mod rng;
 pub mod stats;
 
 pub use codecs::{audio, image, mel, subword, text, transcript};
 pub use error::{Error, Result};
 pub use load::{loader, manifest, shards};
+pub use modality::Modality;
 pub use prepare::{augment, clean, config, noise, normalize, pipeline};

@@ -274,6 +274,7 @@ mod loading {
     use mm_data::mel::MelConfig;
     use mm_data::pipeline::{AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextSpec};
     use mm_data::text::{VocabBuilder, WordTokenizer};
+    use mm_data::Modality;
     use tch::Tensor;
 
     fn temp(name: &str) -> PathBuf {
@@ -369,7 +370,7 @@ mod loading {
         assert_eq!(batches.len(), 2);
         let b = &batches[0];
         assert_eq!(b.ids, ["s0", "s1", "s2", "s3", "s4"]);
-        assert_eq!(b.modalities, ["image", "audio", "text", "frames", "features"]);
+        assert_eq!(b.modalities, Modality::ALL);
         assert_eq!(b.image.as_ref().expect("image").size(), [5, 3, 16, 16]);
         let (audio, alen) = b.audio.as_ref().expect("audio");
         // Clip i has 1600 + 400 i samples: 1 + n / 160 frames; s3 has no audio.

@@ -2,6 +2,7 @@
 //! `kind`, unknown keys refused) and [`build`].
 
 use mm_data::text::Vocab;
+use mm_data::Modality;
 use serde::{Deserialize, Serialize};
 use tch::nn;
 
@@ -125,6 +126,40 @@ pub fn build(
 }
 
 impl EncoderConfig {
+    /// The `kind` this configuration is tagged with in TOML (`image`, `bert`, `video`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EncoderConfig::Image(_) => "image",
+            EncoderConfig::Text(_) => "text",
+            EncoderConfig::Bert(_) => "bert",
+            EncoderConfig::Audio(_) => "audio",
+            EncoderConfig::Tabular(_) => "tabular",
+            EncoderConfig::Video(_) => "video",
+        }
+    }
+
+    /// The modality an encoder of this kind reads (BERT reads text, video reads frames).
+    pub fn modality(&self) -> Modality {
+        match self {
+            EncoderConfig::Image(_) => Modality::Image,
+            EncoderConfig::Text(_) | EncoderConfig::Bert(_) => Modality::Text,
+            EncoderConfig::Audio(_) => Modality::Audio,
+            EncoderConfig::Tabular(_) => Modality::Features,
+            EncoderConfig::Video(_) => Modality::Frames,
+        }
+    }
+
+    /// The kind that reads `modality` when nothing else is asked for.
+    pub fn default_kind(modality: Modality) -> &'static str {
+        match modality {
+            Modality::Image => "image",
+            Modality::Audio => "audio",
+            Modality::Text => "text",
+            Modality::Frames => "video",
+            Modality::Features => "tabular",
+        }
+    }
+
     /// Whether the configuration keeps the backbone fixed for the whole run (`freeze = true`).
     pub fn frozen(&self) -> bool {
         match self {

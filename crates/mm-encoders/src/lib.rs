@@ -9,7 +9,9 @@
 //! parameter names are stable (`image.layer1.0.conv1.weight`); [`build`] makes any of them from
 //! an [`EncoderConfig`] (TOML-friendly, unknown keys refused), and [`Projected`] maps one to a
 //! shared size. [`weights`] loads safetensors files (torchvision's, timm's and transformers'
-//! included) and names every missing, unexpected or mis-shaped tensor.
+//! included) and names every missing, unexpected or mis-shaped tensor. Each configuration says
+//! which [`mm_data::Modality`] it reads ([`EncoderConfig::modality`]), and
+//! [`Input::from_batch`] takes that modality out of a batch.
 //!
 //! ```
 //! use mm_encoders::{build, BuildContext, Encoder, EncoderConfig, Input};
@@ -38,6 +40,7 @@ pub mod weights;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use mm_data::Modality;
 use tch::{nn, Tensor};
 
 pub use config::{build, BuildContext, EncoderConfig};
@@ -107,19 +110,18 @@ impl Input {
         Input { values, lengths: Some(lengths) }
     }
 
-    /// The named modality of an mm-data batch (`image`, `audio`, `text`, `frames`,
-    /// `features`), if the batch has it.
-    pub fn from_batch(batch: &mm_data::loader::Batch, modality: &str) -> Option<Input> {
+    /// One modality of an mm-data batch, if the batch has it: dense for image and features, a
+    /// padded sequence with its lengths for audio, text and frames.
+    pub fn from_batch(batch: &mm_data::loader::Batch, modality: Modality) -> Option<Input> {
         let seq = |p: &Option<(Tensor, Tensor)>| {
             p.as_ref().map(|(v, l)| Input::sequence(v.shallow_clone(), l.shallow_clone()))
         };
         match modality {
-            "image" => batch.image.as_ref().map(|t| Input::dense(t.shallow_clone())),
-            "features" => batch.features.as_ref().map(|t| Input::dense(t.shallow_clone())),
-            "audio" => seq(&batch.audio),
-            "text" => seq(&batch.text),
-            "frames" => seq(&batch.frames),
-            _ => None,
+            Modality::Image => batch.image.as_ref().map(|t| Input::dense(t.shallow_clone())),
+            Modality::Features => batch.features.as_ref().map(|t| Input::dense(t.shallow_clone())),
+            Modality::Audio => seq(&batch.audio),
+            Modality::Text => seq(&batch.text),
+            Modality::Frames => seq(&batch.frames),
         }
     }
 

@@ -37,6 +37,7 @@ use mm_data::loader::Batch;
 use mm_data::pipeline::{Pipeline, TextEncoder as PipelineText};
 use mm_data::text::Vocab;
 use mm_data::transcript::Alphabet;
+use mm_data::Modality;
 use mm_encoders::weights::LoadReport;
 use mm_encoders::{build, BuildContext, Encoder, EncoderConfig, Input};
 use mm_fusion::{Embeddings, FusionConfig, FusionModel};
@@ -54,7 +55,8 @@ pub use crate::heads::{ClassWeights, HeadConfig, Positives, Reads, RegressionLos
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// An encoder per modality, keyed by the modality's name (`image`, `audio`, `text`,
-    /// `frames`, `features`).
+    /// `frames`, `features`; see [`Modality`]). The keys stay strings here, as written;
+    /// [`ModelConfig::modalities`] reads them as modalities.
     pub encoders: BTreeMap<String, EncoderConfig>,
     /// The fusion (every head but retrieval needs one).
     #[serde(default)]
@@ -72,6 +74,20 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The encoders by modality, in key order (the order of the model's embeddings); a key that
+    /// names no modality is an error naming it (`model.encoders.NAME`).
+    pub fn modalities(&self) -> Result<Vec<(Modality, &EncoderConfig)>> {
+        self.encoders
+            .iter()
+            .map(|(name, enc)| {
+                let m = name
+                    .parse::<Modality>()
+                    .map_err(|e| Error::Config(format!("model.encoders.{name}: {e}")))?;
+                Ok((m, enc))
+            })
+            .collect()
+    }
+
     /// The heads, named (`main` for a single `head`).
     pub fn named_heads(&self) -> Result<Vec<(String, HeadConfig)>> {
         match (&self.head, self.heads.is_empty()) {
@@ -89,8 +105,9 @@ impl ModelConfig {
     /// Checks how the encoders, the fusion and the heads fit together (the rules that need no
     /// data), and returns the named heads. [`Model::new`] and
     /// [`crate::run::RunConfig::validate`] both call it, so each rule lives here once:
-    /// - at least one encoder; `head` or `heads`; loss weights name heads and are finite and
-    ///   non-negative; no two heads of one kind (they would read the same targets);
+    /// - at least one encoder, each keyed by a modality; `head` or `heads`; loss weights name
+    ///   heads and are finite and non-negative; no two heads of one kind (they would read the
+    ///   same targets);
     /// - a head that reads encoders directly (retrieval, CTC) stands alone, without a fusion,
     ///   over exactly the encoders it reads;
     /// - heads that read a fused vector need a fusion over several modalities; over one, the
@@ -100,6 +117,7 @@ impl ModelConfig {
         if self.encoders.is_empty() {
             return bad("model.encoders: at least one modality".to_string());
         }
+        self.modalities()?;
         let named = self.named_heads()?;
         for (name, weight) in &self.loss_weights {
             if !named.iter().any(|(n, _)| n == name) {
@@ -158,7 +176,7 @@ impl ModelConfig {
 #[derive(Debug, Clone, Default)]
 pub struct DataShape {
     /// Modalities the pipeline delivers, in batch order.
-    pub modalities: Vec<&'static str>,
+    pub modalities: Vec<Modality>,
     /// Class names.
     pub classes: Vec<String>,
     /// Mel bins of the audio.
@@ -232,7 +250,7 @@ struct NamedHead {
 /// modality) and one or more heads.
 #[derive(Debug)]
 pub struct Model {
-    encoders: Vec<(String, Box<dyn Encoder>)>,
+    encoders: Vec<(Modality, Box<dyn Encoder>)>,
     fusion: Option<FusionModel>,
     /// Whether the heads read a fused vector that, without a fusion, is the one encoder's
     /// output (decided when the model is built).
@@ -248,17 +266,17 @@ impl Model {
     pub fn new(path: &nn::Path, config: &ModelConfig, data: &DataShape) -> Result<Self> {
         let named = config.check()?;
         let mut encoders = Vec::new();
-        for (name, enc) in &config.encoders {
-            if !data.modalities.contains(&name.as_str()) {
+        for (name, enc) in config.modalities()? {
+            if !data.modalities.contains(&name) {
                 return Err(Error::Config(format!(
                     "model.encoders.{name}: the data has no {name} (it has {:?})",
                     data.modalities
                 )));
             }
-            let input_dim = match name.as_str() {
-                "audio" => data.n_mels,
-                "features" => data.features,
-                _ => None,
+            let input_dim = match name {
+                Modality::Audio => data.n_mels,
+                Modality::Features => data.features,
+                Modality::Image | Modality::Text | Modality::Frames => None,
             };
             let ctx = BuildContext {
                 input_dim,
@@ -269,10 +287,10 @@ impl Model {
             };
             let e = build(&(path / "encoders" / name), enc, &ctx)
                 .map_err(|e| Error::Config(format!("model.encoders.{name}: {e}")))?;
-            encoders.push((name.clone(), e));
+            encoders.push((name, e));
         }
         let dims: Vec<(String, i64)> =
-            encoders.iter().map(|(n, e)| (n.clone(), e.output_dim())).collect();
+            encoders.iter().map(|(n, e)| (n.to_string(), e.output_dim())).collect();
         let reads_fused = named.iter().any(|(_, h)| h.reads() == Reads::Fused);
         let fusion = match &config.fusion {
             Some(f) if reads_fused => {
@@ -428,7 +446,7 @@ impl Model {
         let mut seqs = Vec::new();
         let mut present = Vec::new();
         for (name, enc) in &self.encoders {
-            let input = Input::from_batch(batch, name).unwrap_or_else(|| {
+            let input = Input::from_batch(batch, *name).unwrap_or_else(|| {
                 panic!("the batch has no {name} (checked when the model was built)")
             });
             let out = {
@@ -515,7 +533,7 @@ impl Model {
     /// (`freeze = true`) stays frozen.
     pub fn set_backbones_trainable(&self, trainable: bool) {
         for (name, e) in &self.encoders {
-            let frozen = self.config.encoders.get(name).is_some_and(EncoderConfig::frozen);
+            let frozen = self.config.encoders.get(name.name()).is_some_and(EncoderConfig::frozen);
             e.set_backbone_trainable(trainable && !frozen);
         }
     }
@@ -525,7 +543,7 @@ impl Model {
     /// others are left alone.
     pub fn set_pretrained_trainable(&self, trainable: bool) {
         for (name, e) in &self.encoders {
-            if let Some(config) = self.config.encoders.get(name).filter(|c| c.pretrained()) {
+            if let Some(config) = self.config.encoders.get(name.name()).filter(|c| c.pretrained()) {
                 e.set_backbone_trainable(trainable && !config.frozen());
             }
         }
@@ -552,5 +570,30 @@ impl Model {
     /// predictions and retrieval similarities as they are.
     pub fn probabilities(&self, output: &Output, i: usize) -> Tensor {
         self.heads[i].head.probabilities(&output.predictions[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoder_keys_are_read_as_modalities_in_key_order_and_unknown_ones_named() {
+        let config: ModelConfig = toml::from_str(
+            "[encoders.text]\nkind = \"text\"\n[encoders.audio]\nkind = \"audio\"\n\
+             [fusion]\nmethod = \"concat\"\n[head]\ntype = \"classification\"\n",
+        )
+        .expect("config");
+        let keys: Vec<Modality> =
+            config.modalities().expect("modalities").into_iter().map(|(m, _)| m).collect();
+        assert_eq!(keys, [Modality::Audio, Modality::Text]);
+        let mut bad = config.clone();
+        let enc = bad.encoders.remove("audio").expect("audio");
+        bad.encoders.insert("sound".into(), enc);
+        let e = bad.check().expect_err("unknown modality").to_string();
+        assert!(
+            e.contains("model.encoders.sound: unknown modality `sound` (image, audio, text, frames or features)"),
+            "{e}"
+        );
     }
 }

@@ -143,28 +143,6 @@ fn set(table: &mut toml::Table, item: &str) -> Result<()> {
     Ok(())
 }
 
-/// The encoder kind that reads each modality.
-fn kind_for(modality: &str) -> &'static str {
-    match modality {
-        "image" => "image",
-        "audio" => "audio",
-        "text" => "text",
-        "frames" => "video",
-        _ => "tabular",
-    }
-}
-
-fn kind_of(config: &EncoderConfig) -> &'static str {
-    match config {
-        EncoderConfig::Image(_) => "image",
-        EncoderConfig::Audio(_) => "audio",
-        EncoderConfig::Text(_) => "text",
-        EncoderConfig::Bert(_) => "bert",
-        EncoderConfig::Video(_) => "video",
-        EncoderConfig::Tabular(_) => "tabular",
-    }
-}
-
 /// Parses TOML `text` into `T` with `overrides` (`key=value`) applied on top; errors name
 /// `source`, the line, the column and the dotted key, or the override at fault.
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
@@ -219,22 +197,24 @@ impl RunConfig {
             .map_err(|e| Error::Config(e.to_string().replace("invalid configuration: ", "")))?;
         let bad = |m: String| Err(Error::Config(m));
         let modalities = self.data.modalities();
-        for (name, enc) in &self.model.encoders {
-            if !modalities.contains(&name.as_str()) {
+        for (name, enc) in self.model.modalities()? {
+            if !modalities.contains(&name) {
                 return bad(format!("model.encoders.{name}: the data reads no {name}; add [data.{name}] or remove the encoder (the data reads {modalities:?})"));
             }
-            let kind = kind_of(enc);
-            if kind != kind_for(name) && !(kind == "bert" && name == "text") {
-                return bad(format!("model.encoders.{name}: kind = \"{kind}\" cannot read {name}; use kind = \"{}\"", kind_for(name)));
+            let kind = enc.kind();
+            if enc.modality() != name {
+                return bad(format!("model.encoders.{name}: kind = \"{kind}\" cannot read {name}; use kind = \"{}\"", EncoderConfig::default_kind(name)));
             }
-            if kind == "bert" && self.data.text.as_ref().is_none_or(|t| t.tokenizer.is_none()) {
+            if matches!(enc, EncoderConfig::Bert(_))
+                && self.data.text.as_ref().is_none_or(|t| t.tokenizer.is_none())
+            {
                 return bad(format!(
                     "model.encoders.{name}: kind = \"bert\" reads the ids of the model's own tokenizer: set [data.text] tokenizer = \"<model folder>/tokenizer.json\""
                 ));
             }
         }
         for m in &modalities {
-            if !self.model.encoders.contains_key(*m) {
+            if !self.model.encoders.contains_key(m.name()) {
                 return bad(format!(
                     "data.{m}: no encoder reads it; add [model.encoders.{m}] or remove [data.{m}]"
                 ));

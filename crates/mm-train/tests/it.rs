@@ -1454,7 +1454,11 @@ mod training {
         let bad_weight = text.replace("score = 4.0", "scor = 4.0");
         let vs2 = nn::VarStore::new(Device::Cpu);
         let shape = DataShape::from_pipeline(&Pipeline::new(vec!["a".into()]), vec![]);
-        let shape = DataShape { modalities: vec!["text", "image"], vocab_size: Some(10), ..shape };
+        let shape = DataShape {
+            modalities: vec![mm_data::Modality::Text, mm_data::Modality::Image],
+            vocab_size: Some(10),
+            ..shape
+        };
         let e = Model::new(&vs2.root(), &toml::from_str(&bad_weight).expect("config"), &shape)
             .expect_err("unknown weight")
             .to_string();
@@ -1971,7 +1975,7 @@ mod ctc_head {
         let lengths = Tensor::from_slice(&[37i64, 20, 5]);
         let batch = Batch {
             ids: vec!["a".into(), "b".into(), "c".into()],
-            modalities: vec!["audio"],
+            modalities: vec![mm_data::Modality::Audio],
             present: Tensor::ones([b, 1], (Kind::Float, Device::Cpu)),
             image: None,
             audio: Some((Tensor::randn([b, t, 40], (Kind::Float, Device::Cpu)), lengths)),

@@ -567,6 +567,11 @@ fn bad_configurations_and_inputs_get_one_clear_message() {
             ),
             "model.encoders.image: kind = \"video\" cannot read image".to_string(),
         ),
+        (
+            write("modality.toml", good.replace("[model.encoders.image]", "[model.encoders.picture]")),
+            "model.encoders.picture: unknown modality `picture` (image, audio, text, frames or features)"
+                .to_string(),
+        ),
     ];
     for (path, expected) in &cases {
         let err = fails(ws, &["train", "--config", path, "--check"]);

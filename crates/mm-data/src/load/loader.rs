@@ -41,6 +41,7 @@ use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Sample, Split};
+use crate::modality::Modality;
 use crate::pipeline::{DecodedCache, Item, Memory, Pipeline};
 use crate::rng::Rng;
 use crate::shards::{read_samples, ShardEntry, ShardIndex, INDEX_FILE};
@@ -129,8 +130,8 @@ impl LoaderConfig {
 pub struct Batch {
     /// Sample ids, in batch order.
     pub ids: Vec<String>,
-    /// Modality names, in the order of `present`'s columns.
-    pub modalities: Vec<&'static str>,
+    /// The modalities, in the order of `present`'s columns.
+    pub modalities: Vec<Modality>,
     /// `[B, M]` float: 1 where the sample has the modality.
     pub present: Tensor,
     /// `[B, 3, H, W]`, zeros where absent.
@@ -254,14 +255,7 @@ pub fn collate(items: &[Item], pipeline: &Pipeline) -> Batch {
     let mut present = Vec::with_capacity(items.len() * modalities.len());
     for it in items {
         for m in &modalities {
-            let has = match *m {
-                "image" => it.image.is_some(),
-                "audio" => it.audio.is_some(),
-                "text" => it.tokens.is_some(),
-                "frames" => it.frames.is_some(),
-                _ => it.features.is_some(),
-            };
-            present.push(if has { 1.0 } else { 0.0 });
+            present.push(if m.in_item(it) { 1.0 } else { 0.0 });
         }
     }
     let image = pipeline.image.as_ref().map(|spec| {

@@ -27,6 +27,9 @@ use std::path::Path;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
+/// The modalities a configuration can require (re-exported: it lives in [`crate::modality`]).
+pub use crate::modality::Modality;
+
 use crate::audio::decode_audio_bytes;
 use crate::error::{Error, Result};
 use crate::fs::write_atomic;
@@ -122,56 +125,6 @@ impl Policy {
             Policy::Keep => "keep",
             Policy::Fail => "fail",
         }
-    }
-}
-
-/// A modality a configuration can require.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Modality {
-    /// `image`.
-    Image,
-    /// `audio`.
-    Audio,
-    /// `text`.
-    Text,
-    /// `frames`.
-    Frames,
-    /// `features`.
-    Features,
-}
-
-impl Modality {
-    fn present(self, s: &Sample) -> bool {
-        match self {
-            Modality::Image => s.image.is_some(),
-            Modality::Audio => s.audio.is_some(),
-            Modality::Text => s.text.is_some(),
-            Modality::Frames => !s.frames.is_empty(),
-            Modality::Features => !s.features.is_empty(),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Modality::Image => "image",
-            Modality::Audio => "audio",
-            Modality::Text => "text",
-            Modality::Frames => "frames",
-            Modality::Features => "features",
-        }
-    }
-}
-
-impl std::str::FromStr for Modality {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        [Modality::Image, Modality::Audio, Modality::Text, Modality::Frames, Modality::Features]
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                format!("unknown modality `{s}` (image, audio, text, frames or features)")
-            })
     }
 }
 
@@ -408,7 +361,7 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
         }
     }
     let missing: Vec<&str> =
-        config.required.iter().filter(|m| !m.present(s)).map(|m| m.name()).collect();
+        config.required.iter().filter(|m| !m.in_sample(s)).map(|m| m.name()).collect();
     if !missing.is_empty() {
         findings.push((Reason::MissingModality, format!("no {}", missing.join(", "))));
     }

@@ -8,6 +8,7 @@
 //!
 //! ```
 //! use mm_data::config::DataConfig;
+//! use mm_data::Modality;
 //!
 //! let config: DataConfig = toml::from_str(r#"
 //!     manifest = "data/synth/manifest.jsonl"
@@ -20,7 +21,7 @@
 //!     max_tokens = 40
 //! "#)?;
 //! assert_eq!(config.image.as_ref().map(|i| i.size.hw()), Some((32, 32)));
-//! assert_eq!(config.modalities(), ["image", "audio", "text"]);
+//! assert_eq!(config.modalities(), [Modality::Image, Modality::Audio, Modality::Text]);
 //! # Ok::<(), toml::de::Error>(())
 //! ```
 
@@ -30,10 +31,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{AudioAugment, ImageAugment, TextAugment};
-use crate::clean::{clean, CleanConfig, CleanReport, Modality};
+use crate::clean::{clean, CleanConfig, CleanReport};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Split};
 use crate::mel::MelConfig;
+use crate::modality::Modality;
 use crate::noise::NoiseBank;
 use crate::pipeline::{
     AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec,
@@ -265,20 +267,15 @@ impl DataConfig {
     }
 
     /// The configured modalities, in batch order.
-    pub fn modalities(&self) -> Vec<&'static str> {
-        let mut m = Vec::new();
-        for (name, on) in [
-            ("image", self.image.is_some()),
-            ("audio", self.audio.is_some()),
-            ("text", self.text.is_some()),
-            ("frames", self.frames.is_some()),
-            ("features", self.features.is_some()),
-        ] {
-            if on {
-                m.push(name);
-            }
-        }
-        m
+    pub fn modalities(&self) -> Vec<Modality> {
+        let on = |m: &Modality| match m {
+            Modality::Image => self.image.is_some(),
+            Modality::Audio => self.audio.is_some(),
+            Modality::Text => self.text.is_some(),
+            Modality::Frames => self.frames.is_some(),
+            Modality::Features => self.features.is_some(),
+        };
+        Modality::ALL.into_iter().filter(on).collect()
     }
 
     /// Checks what can be checked without reading the data: at least one modality, sizes and
@@ -356,22 +353,15 @@ impl DataConfig {
     }
 
     /// Keeps only the modalities in `keep` (the others are neither read nor decoded).
-    pub fn retain(&mut self, keep: &[&str]) {
-        let on = |m: &str| keep.contains(&m);
-        if !on("image") {
-            self.image = None;
-        }
-        if !on("audio") {
-            self.audio = None;
-        }
-        if !on("text") {
-            self.text = None;
-        }
-        if !on("frames") {
-            self.frames = None;
-        }
-        if !on("features") {
-            self.features = None;
+    pub fn retain(&mut self, keep: &[Modality]) {
+        for m in Modality::ALL.into_iter().filter(|m| !keep.contains(m)) {
+            match m {
+                Modality::Image => self.image = None,
+                Modality::Audio => self.audio = None,
+                Modality::Text => self.text = None,
+                Modality::Frames => self.frames = None,
+                Modality::Features => self.features = None,
+            }
         }
     }
 

@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::image::decode_image;
 use crate::manifest::{Manifest, Sample, Split};
 use crate::mel::{LogMel, MelConfig};
+use crate::modality::Modality;
 use crate::noise::NoiseBank;
 use crate::normalize::{Normalizer, RunningStats};
 use crate::rng::Rng;
@@ -231,24 +232,15 @@ impl Pipeline {
     }
 
     /// The configured modalities, in batch order.
-    pub fn modalities(&self) -> Vec<&'static str> {
-        let mut m = Vec::new();
-        if self.image.is_some() {
-            m.push("image");
-        }
-        if self.audio.is_some() {
-            m.push("audio");
-        }
-        if self.text.is_some() {
-            m.push("text");
-        }
-        if self.frames.is_some() {
-            m.push("frames");
-        }
-        if self.features.is_some() {
-            m.push("features");
-        }
-        m
+    pub fn modalities(&self) -> Vec<Modality> {
+        let on = |m: &Modality| match m {
+            Modality::Image => self.image.is_some(),
+            Modality::Audio => self.audio.is_some(),
+            Modality::Text => self.text.is_some(),
+            Modality::Frames => self.frames.is_some(),
+            Modality::Features => self.features.is_some(),
+        };
+        Modality::ALL.into_iter().filter(on).collect()
     }
 
     fn class_id(&self, label: &str) -> Option<i64> {
@@ -569,37 +561,38 @@ impl Pipeline {
     /// a missing file, or statistics of the wrong dimension, is an error naming the file.
     pub fn load_statistics(&mut self, dir: impl AsRef<std::path::Path>) -> Result<()> {
         let dir = dir.as_ref();
-        let path = |name: &str| dir.join(format!("{name}_stats.json"));
+        let path = |m: Modality| dir.join(format!("{m}_stats.json"));
         if let Some(spec) = &mut self.image {
-            spec.normalizer = Normalizer::load(path("image"), Some(3))?;
+            spec.normalizer = Normalizer::load(path(Modality::Image), Some(3))?;
         }
         if let Some(spec) = &mut self.audio {
             spec.normalizer =
-                Some(Normalizer::load(path("audio"), Some(spec.mel.config().n_mels))?);
+                Some(Normalizer::load(path(Modality::Audio), Some(spec.mel.config().n_mels))?);
         }
         if let Some(spec) = &mut self.frames {
-            spec.image.normalizer = Normalizer::load(path("frames"), Some(3))?;
+            spec.image.normalizer = Normalizer::load(path(Modality::Frames), Some(3))?;
         }
         if let Some(spec) = &mut self.features {
-            spec.normalizer = Some(Normalizer::load(path("features"), Some(spec.dim))?);
+            spec.normalizer = Some(Normalizer::load(path(Modality::Features), Some(spec.dim))?);
         }
         Ok(())
     }
 
-    /// The statistics each configured modality uses, by modality name.
-    fn statistics(&self) -> Vec<(&'static str, Option<&Normalizer>)> {
+    /// The normalisation statistics each configured modality uses (none for text, and none
+    /// where audio or features are not normalised), in batch order.
+    pub fn statistics(&self) -> Vec<(Modality, Option<&Normalizer>)> {
         let mut out = Vec::new();
         if let Some(spec) = &self.image {
-            out.push(("image", Some(&spec.normalizer)));
+            out.push((Modality::Image, Some(&spec.normalizer)));
         }
         if let Some(spec) = &self.audio {
-            out.push(("audio", spec.normalizer.as_ref()));
+            out.push((Modality::Audio, spec.normalizer.as_ref()));
         }
         if let Some(spec) = &self.frames {
-            out.push(("frames", Some(&spec.image.normalizer)));
+            out.push((Modality::Frames, Some(&spec.image.normalizer)));
         }
         if let Some(spec) = &self.features {
-            out.push(("features", spec.normalizer.as_ref()));
+            out.push((Modality::Features, spec.normalizer.as_ref()));
         }
         out
     }

@@ -216,7 +216,7 @@ mod tests {
         let mut opt = nn::Adam::default().build(&vs, 0.03).expect("adam");
         let batch = |label: &Tensor| Batch {
             ids: Vec::new(),
-            modalities: vec!["features"],
+            modalities: vec![mm_data::Modality::Features],
             present: Tensor::ones([n, 1], (Kind::Float, Device::Cpu)),
             image: None,
             audio: None,
