@@ -469,7 +469,9 @@ impl Run {
             )));
         }
         let state = checkpoint::load_weights(&ckpt_dir, &tag, &vs).map_err(|e| match e {
-            Error::Checkpoint(m) => Error::Checkpoint(summarise_mismatch(&m, dir)),
+            Error::Encoder(mm_encoders::Error::Weights { path, problems }) => {
+                Error::Checkpoint(summarise_mismatch(&path, &problems, dir))
+            }
             e => e,
         })?;
         Ok(Run { dir: dir.to_path_buf(), config, pipeline: Arc::new(pipeline), model, vs, state })
@@ -620,23 +622,12 @@ impl Run {
 }
 
 /// A weights mismatch lists every variable; one line says what it means.
-fn summarise_mismatch(message: &str, dir: &Path) -> String {
-    let problems = message
-        .lines()
-        .filter(|l| {
-            l.trim_start().starts_with("missing:")
-                || l.trim_start().starts_with("unexpected:")
-                || l.trim_start().starts_with("wrong shape:")
-        })
-        .count();
-    if problems == 0 {
-        return message.to_string();
-    }
-    let first = message.lines().next().unwrap_or_default();
-    let first = first.split(": the weights do not fit").next().unwrap_or(first);
-    let example = message.lines().find(|l| l.starts_with("  ")).unwrap_or_default().trim();
+fn summarise_mismatch(file: &Path, problems: &[String], dir: &Path) -> String {
+    let example = problems.first().map_or("", |p| p.trim());
     format!(
-        "{first} does not fit the model of {} ({problems} variables differ, e.g. {example}): the checkpoint comes from another model",
-        dir.display()
+        "{} does not fit the model of {} ({} variables differ, e.g. {example}): the checkpoint comes from another model",
+        file.display(),
+        dir.display(),
+        problems.len()
     )
 }
