@@ -1,7 +1,7 @@
 //! libtorch failures at a step's boundary: a training step, an evaluation or prediction batch,
 //! a bench case. tch's tensor methods panic when libtorch throws (a shape that does not fit, no
 //! kernel for a dtype on this processor); [`step`] turns such a panic into
-//! [`Error::Torch`](crate::Error::Torch), naming what was running, the model part (the
+//! [`Error::Torch`], naming what was running, the model part (the
 //! [`mm_data::guard::Part`] the model entered: an encoder, the fusion, a head) and the settings
 //! that shape the kernels, so that nothing a configuration can reach ends in a panic.
 //!
