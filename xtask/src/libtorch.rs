@@ -136,7 +136,7 @@ pub fn setup(root: &Path, force: bool) -> Result<Report, String> {
 
 /// `LIBTORCH` when the user set it; `None` when unset or when it is the value that
 /// `.cargo/config.toml` gives (the workspace link itself).
-fn user_libtorch(root: &Path) -> Option<PathBuf> {
+pub fn user_libtorch(root: &Path) -> Option<PathBuf> {
     let value = PathBuf::from(env::var_os("LIBTORCH")?);
     if value.as_os_str().is_empty() {
         return None;

@@ -3,7 +3,10 @@
 //! - `cargo xtask setup`: provision libtorch 2.13.0 (the version tch 0.26 requires) and point the
 //!   workspace at it through the git-ignored link `.libtorch`.
 //! - `cargo xtask demo`: set-up if needed, then the main job on the embedded data.
-//! - `cargo xtask test`: set-up if needed, then every test of the workspace.
+//! - `cargo xtask setup --print-env`: set-up, then print the `LIBTORCH` line a project outside
+//!   the workspace needs (see [`downstream`]).
+//! - `cargo xtask test`: set-up if needed, then every test of the workspace, then the downstream
+//!   example (`cargo xtask test-downstream` runs that alone).
 //! - `cargo xtask fetch-data NAME...`: download, verify, unpack and convert data sets (runs the
 //!   `mm-fetch` binary, which needs no libtorch, so no set-up either); `fetch-weights` is the same
 //!   command for pretrained weights.
@@ -14,6 +17,7 @@
 //! runs on a fresh clone before anything else is possible.
 
 mod bench;
+mod downstream;
 mod libtorch;
 mod tidy;
 
@@ -26,9 +30,14 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
 tasks:
-  setup [--force]   provision libtorch 2.13.0 and point the workspace at it (idempotent)
+  setup [--force] [--print-env]
+                    provision libtorch 2.13.0 and point the workspace at it (idempotent);
+                    --print-env then prints the LIBTORCH line for a project outside the
+                    workspace, for `eval \"$(cargo xtask setup --print-env)\"`
   demo [args]       set-up if needed, then run `mm demo` with the given arguments
-  test [args]       set-up if needed, then `cargo test --workspace` with the given arguments
+  test [args]       set-up if needed, then `cargo test --workspace` with the given arguments;
+                    without arguments, then also test-downstream
+  test-downstream   build and run examples/downstream as a project outside the workspace
   fetch-data [args] download, verify, unpack and convert data sets into manifests
                     (`cargo xtask fetch-data --list`; `--help` for the options)
   fetch-weights [args]  the same for pretrained weights (resnet18, resnet50, vgg16,
@@ -59,6 +68,7 @@ fn main() -> ExitCode {
             cargo(&[&["run", "--package", "mm-cli", "--bin", "mm", "--", "demo"]], &rest)
         }),
         Some("test") => setup_quietly().and_then(|_| test(&rest)),
+        Some("test-downstream") => setup_quietly().and_then(|_| test_downstream()),
         Some("fetch-data" | "fetch-weights") => fetch_data(&rest),
         Some("bench-peer") => bench::bench_peer(&rest),
         Some("bench-gpu") => bench::bench_gpu(&rest),
@@ -79,15 +89,56 @@ fn main() -> ExitCode {
 }
 
 fn setup_task(args: &[OsString]) -> Result<(), String> {
-    let mut force = false;
+    let (mut force, mut print_env) = (false, false);
     for arg in args {
         match arg.to_str() {
             Some("--force") => force = true,
+            Some("--print-env") => print_env = true,
             _ => return Err(format!("setup: unknown argument {arg:?}\n\n{USAGE}")),
         }
     }
-    let report = libtorch::setup(&workspace_root(), force)?;
-    println!("{report}");
+    let root = workspace_root();
+    if !print_env {
+        println!("{}", libtorch::setup(&root, force)?);
+        return Ok(());
+    }
+    // Standard output is for `eval`: set-up's own messages (pip's included) go to standard error.
+    let report = with_stdout_on_stderr(|| libtorch::setup(&root, force))?;
+    if report.changed() {
+        eprintln!("{report}");
+    }
+    print!("{}", downstream::env_lines(&downstream::libtorch_value(&root), &report.libtorch));
+    Ok(())
+}
+
+/// Runs `f` with file descriptor 1 pointing at standard error, so that whatever it and the
+/// processes it starts print lands there.
+fn with_stdout_on_stderr<T>(f: impl FnOnce() -> T) -> T {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: dup and dup2 on the process's own standard descriptors; the saved copy is
+    // restored and closed below.
+    let saved = unsafe { libc::dup(1) };
+    if saved < 0 || unsafe { libc::dup2(2, 1) } < 0 {
+        return f();
+    }
+    let out = f();
+    let _ = std::io::stdout().flush();
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    out
+}
+
+/// `cargo xtask test-downstream`: the downstream example alone.
+fn test_downstream() -> Result<(), String> {
+    let findings = downstream::check(&workspace_root())?;
+    println!("\ndownstream example passed:");
+    for f in &findings {
+        println!("  {f}");
+    }
     Ok(())
 }
 
@@ -140,7 +191,8 @@ fn fetch_data(args: &[OsString]) -> Result<(), String> {
 /// summary: the failing tests by name, each with the test binary it ran in, and one closing line
 /// that adds up every test binary's `test result:` line (cargo's own last line is only the last
 /// binary's, often a crate's empty doc tests). `--no-fail-fast` runs every binary even when one
-/// fails, so that one failure cannot hide others.
+/// fails, so that one failure cannot hide others. Without arguments the downstream example
+/// follows ([`downstream::check`]), counted as one more test.
 fn test(extra: &[OsString]) -> Result<(), String> {
     use std::io::BufRead;
     use std::process::Stdio;
@@ -188,6 +240,11 @@ fn test(extra: &[OsString]) -> Result<(), String> {
         let _ = reader.join();
     }
     let status = child.wait().map_err(|e| format!("waiting for cargo test: {e}"))?;
+    // The downstream example last, once cargo test has let go of the target folder it shares;
+    // with arguments (a subset of the tests) it is left out.
+    let example = format!("{} builds and runs as the README says", downstream::EXAMPLE_DIR);
+    let result = extra.is_empty().then(|| downstream::check(&workspace_root()));
+    print!("{}", totals.add_check("cargo xtask test-downstream", &example, result));
     if !totals.failures.is_empty() {
         println!("\nfailed tests:");
         for (binary, test) in &totals.failures {
@@ -198,15 +255,12 @@ fn test(extra: &[OsString]) -> Result<(), String> {
         "\ntotal: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
-    if status.success() {
+    if status.success() && totals.failures.is_empty() {
         Ok(())
-    } else if totals.failures.is_empty() {
+    } else if !status.success() && totals.failures.is_empty() {
         Err(format!("`cargo test --workspace` failed ({status}); no test reported a failure: a build error, or a test binary that crashed (see above)"))
     } else {
-        Err(format!(
-            "`cargo test --workspace` failed ({status}): {} failing tests, listed above",
-            totals.failures.len()
-        ))
+        Err(format!("{} failing tests, listed above", totals.failures.len()))
     }
 }
 
@@ -226,6 +280,32 @@ struct TestTotals {
 }
 
 impl TestTotals {
+    /// Counts a check that runs outside libtest as one test of `binary` (its result, or `None`
+    /// when it was skipped) and returns what to print about it.
+    fn add_check(
+        &mut self,
+        binary: &str,
+        test: &str,
+        result: Option<Result<Vec<String>, String>>,
+    ) -> String {
+        match result {
+            Some(Ok(findings)) => {
+                self.passed += 1;
+                let lines: String = findings.iter().map(|f| format!("  {f}\n")).collect();
+                format!("\ntest {test} ... ok\n{lines}")
+            }
+            Some(Err(e)) => {
+                self.failed += 1;
+                self.failures.push((binary.to_string(), test.to_string()));
+                format!("\ntest {test} ... FAILED\n  {e}\n")
+            }
+            None => {
+                self.ignored += 1;
+                format!("\n{test}: skipped (arguments given; `{binary}` runs it)\n")
+            }
+        }
+    }
+
     fn add_line(&mut self, line: &str) {
         let trimmed = line.trim_start();
         if let Some(binary) = trimmed.strip_prefix("Running ") {
@@ -296,6 +376,18 @@ mod tests {
         t.add_line("test foo ... ok");
         t.add_line("running 3 tests");
         assert_eq!((t.passed, t.failed, t.ignored), (26, 2, 1));
+    }
+
+    #[test]
+    fn counts_a_check_outside_libtest_as_one_test() {
+        let mut t = TestTotals::default();
+        let ok = t.add_check("x", "example runs", Some(Ok(vec!["accuracy: 0.99".into()])));
+        assert!(ok.contains("example runs ... ok") && ok.contains("  accuracy: 0.99"), "{ok}");
+        let failed = t.add_check("x", "example runs", Some(Err("no accuracy".into())));
+        assert!(failed.contains("... FAILED\n  no accuracy"), "{failed}");
+        assert!(t.add_check("x", "example runs", None).contains("skipped"));
+        assert_eq!((t.passed, t.failed, t.ignored), (1, 1, 1));
+        assert_eq!(t.failures, vec![("x".to_string(), "example runs".to_string())]);
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod tests {
     fn every_source_file_starts_with_a_module_doc() {
         let root = crate::workspace_root();
         let mut files = Vec::new();
-        for top in ["crates", "xtask", "benches", "fuzz"] {
+        for top in ["crates", "xtask", "benches", "fuzz", "examples"] {
             rust_files(&root.join(top), &mut files);
         }
         assert!(
@@ -392,8 +392,8 @@ mod tests {
         }
     }
 
-    /// The tree is formatted as `rustfmt.toml` says (the workspace, and the fuzz targets'
-    /// workspace of their own). Skipped, with a message, where rustfmt is not installed.
+    /// The tree is formatted as `rustfmt.toml` says (the workspace, the fuzz targets' workspace
+    /// of their own, and the downstream example's). Skipped, with a message, where rustfmt is not installed.
     #[test]
     fn sources_are_formatted() {
         let root = crate::workspace_root();
@@ -411,12 +411,13 @@ mod tests {
         for args in [
             &["fmt", "--all", "--check"][..],
             &["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"],
+            &["fmt", "--check", "--manifest-path", "examples/downstream/Cargo.toml"],
         ] {
             let o = fmt(args).expect("run cargo fmt");
             let diff = String::from_utf8_lossy(&o.stdout);
             assert!(
                 o.status.success(),
-                "`cargo {}` found unformatted code; run `cargo fmt --all` (and in fuzz/):\n{}{}",
+                "`cargo {}` found unformatted code; run `cargo fmt` in each:\n{}{}",
                 args.join(" "),
                 &diff[..diff.len().min(4000)],
                 String::from_utf8_lossy(&o.stderr)

@@ -23,6 +23,13 @@
 //!   and each is its own process, so they would each pay the extra start-up time.
 //!   Set `MM_LINK_CUDA=0` to leave it out everywhere (for example to ship a CPU-only binary).
 //!
+//! A project outside the workspace that depends on mm's crates links its own targets the same
+//! way: `torch-sys` (of tch's version) among its dependencies, `mm-build` among its
+//! build-dependencies, and the same one-line `build.rs`; `LIBTORCH` for torch-sys comes from
+//! `cargo xtask setup --print-env`. The README's "Use the crates in your own project" says how,
+//! and `examples/downstream/` does it: `cargo xtask test` builds it that way and checks its
+//! binary for the rpath and the CUDA library.
+//!
 //! Architecture invariant: this crate has no dependencies and knows nothing about tch; it only
 //! prints cargo instructions.
 
