@@ -87,7 +87,7 @@ pub fn run(a: &Args) -> Result<()> {
             a.config.config.display()
         );
     }
-    if !matches!(base.model.named_heads()?.as_slice(), [(_, HeadConfig::Classification { .. })]) {
+    if !matches!(base.model.named_heads()?.as_slice(), [(_, head)] if head.is_classifier()) {
         bail!(
             "{}: `mm compare` compares classifiers: one [model.head] of type = \"classification\"",
             a.config.config.display()
