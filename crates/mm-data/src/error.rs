@@ -57,6 +57,14 @@ pub enum Error {
     /// A configuration value is not usable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A folder is being written by another process ([`crate::fs::DirLock`]).
+    #[error("{path} is in use by {holder}: wait for it to finish, or choose another folder")]
+    Busy {
+        /// The folder.
+        path: PathBuf,
+        /// Who holds it: `process PID (what it is doing)`.
+        holder: String,
+    },
 }
 
 impl Error {

@@ -19,7 +19,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -56,8 +55,7 @@ impl Audio {
 pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
     use std::io::{Read, Seek, SeekFrom};
     let path = path.as_ref();
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (mut file, len) = crate::fs::open_capped(path, crate::fs::FileKind::Audio)?;
     let mut head = Vec::with_capacity(HEAD);
     (&mut file).take(HEAD as u64).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
     file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;

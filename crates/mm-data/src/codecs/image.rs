@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 /// Reads and decodes an image file into `[H, W, 3]` RGB.
 pub fn decode_image(path: impl AsRef<Path>) -> Result<Array3<u8>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::fs::read_capped(path, crate::fs::FileKind::Image)?;
     decode_image_bytes(&bytes, path)
 }
 

@@ -186,7 +186,7 @@ impl Vocab {
     /// Reads a word list written by [`Vocab::save`]; errors name the line.
     pub fn load(path: impl AsRef<Path>) -> Result<Vocab> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fs::read_text_capped(path, crate::fs::FileKind::Text)?;
         let err =
             |line: usize, message: String| Error::Parse { file: path.to_path_buf(), line, message };
         let tokens: Vec<String> = text.lines().map(str::to_string).collect();

@@ -204,7 +204,7 @@ impl Manifest {
     /// Reads a JSONL manifest; its folder is the root of the paths in it.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::fs::read_capped(path, crate::fs::FileKind::Text)?;
         let text = String::from_utf8(bytes).map_err(|e| {
             let line = e.as_bytes()[..e.utf8_error().valid_up_to()]
                 .iter()

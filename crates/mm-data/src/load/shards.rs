@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fs::FileKind;
 use crate::manifest::{Manifest, Sample, Split};
 use crate::pipeline::Memory;
 use crate::rng::Rng;
@@ -86,7 +87,7 @@ impl ShardIndex {
     pub fn read(path: impl AsRef<Path>) -> Result<ShardIndex> {
         let path = path.as_ref();
         let path = if path.is_dir() { path.join(INDEX_FILE) } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let text = crate::fs::read_text_capped(&path, crate::fs::FileKind::Text)?;
         let mut index: ShardIndex = serde_json::from_str(&text).map_err(|e| Error::Parse {
             file: path.clone(),
             line: e.line(),
@@ -233,18 +234,19 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
                 number += 1;
                 let mut record = sample.clone();
                 let mut members: Vec<(String, Vec<u8>)> = Vec::new();
-                let mut take = |rel: &Path, name: String| -> Result<PathBuf> {
+                let mut take = |rel: &Path, name: String, kind| -> Result<PathBuf> {
                     let path = manifest.path(rel);
-                    let data = std::fs::read(&path).map_err(|e| Error::Sample {
+                    let data = crate::fs::read_capped(&path, kind).map_err(|e| Error::Sample {
                         id: sample.id.clone(),
-                        source: Box::new(Error::io(&path, e)),
+                        source: Box::new(e),
                     })?;
                     members.push((name.clone(), data));
                     Ok(PathBuf::from(name))
                 };
                 let image_ext = sample.image.as_deref().map(extension);
                 if let Some(rel) = &sample.image {
-                    record.image = Some(take(rel, format!("{key}.{}", extension(rel)))?);
+                    record.image =
+                        Some(take(rel, format!("{key}.{}", extension(rel)), FileKind::Image)?);
                 }
                 if let Some(rel) = &sample.audio {
                     let ext = extension(rel);
@@ -253,13 +255,15 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
                     } else {
                         format!("{key}.{ext}")
                     };
-                    record.audio = Some(take(rel, name)?);
+                    record.audio = Some(take(rel, name, FileKind::Audio)?);
                 }
                 record.frames = sample
                     .frames
                     .iter()
                     .enumerate()
-                    .map(|(i, rel)| take(rel, format!("{key}.frame{i:04}.{}", extension(rel))))
+                    .map(|(i, rel)| {
+                        take(rel, format!("{key}.frame{i:04}.{}", extension(rel)), FileKind::Image)
+                    })
                     .collect::<Result<_>>()?;
                 if let Some(text) = &sample.text {
                     members.push((format!("{key}.txt"), text.clone().into_bytes()));

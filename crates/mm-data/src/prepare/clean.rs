@@ -271,9 +271,12 @@ struct Checked {
     hash: u64,
 }
 
-fn read(manifest: &Manifest, rel: &Path) -> std::result::Result<Vec<u8>, String> {
-    let path = manifest.path(rel);
-    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+fn read(
+    manifest: &Manifest,
+    rel: &Path,
+    kind: crate::fs::FileKind,
+) -> std::result::Result<Vec<u8>, String> {
+    crate::fs::read_capped(&manifest.path(rel), kind).map_err(|e| crate::error::report(&e))
 }
 
 fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checked {
@@ -284,7 +287,7 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
         bytes.hash(&mut hasher);
     };
     if let Some(rel) = &s.image {
-        match read(manifest, rel) {
+        match read(manifest, rel, crate::fs::FileKind::Image) {
             Ok(bytes) => {
                 if let Err(e) = decode_image_bytes(&bytes, &manifest.path(rel)) {
                     findings.push((Reason::BadImage, crate::error::report(&e)));
@@ -295,7 +298,7 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
         }
     }
     for rel in &s.frames {
-        match read(manifest, rel) {
+        match read(manifest, rel, crate::fs::FileKind::Image) {
             Ok(bytes) => {
                 if let Err(e) = decode_image_bytes(&bytes, &manifest.path(rel)) {
                     findings.push((Reason::BadFrame, crate::error::report(&e)));
@@ -306,7 +309,7 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
         }
     }
     if let Some(rel) = &s.audio {
-        match read(manifest, rel) {
+        match read(manifest, rel, crate::fs::FileKind::Audio) {
             Ok(bytes) => {
                 hash_part("audio", &bytes);
                 match decode_audio_bytes(bytes, &manifest.path(rel)) {

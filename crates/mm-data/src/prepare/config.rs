@@ -229,6 +229,54 @@ pub struct DataConfig {
     /// Probability of hiding each present modality of a training sample (one always stays).
     #[serde(default)]
     pub modality_dropout: f64,
+    /// The largest file of each kind read, in MiB (`max_file_mb = { image = 512 }`); a larger
+    /// file, or anything that is not a regular file, is refused by name before it is read.
+    #[serde(default, skip_serializing_if = "FileLimits::is_default")]
+    pub max_file_mb: FileLimits,
+}
+
+/// `data.max_file_mb`: size limits, in MiB, of the files a run reads, by kind; an unset kind
+/// keeps its default (see [`crate::fs::FileKind`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// Images and video frames (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<u64>,
+    /// Sound files (default 2048).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<u64>,
+    /// Manifests, word lists, statistics, tokenizers (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<u64>,
+    /// Weights and checkpoints (default 65536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<u64>,
+}
+
+impl FileLimits {
+    fn is_default(&self) -> bool {
+        *self == FileLimits::default()
+    }
+
+    fn each(&self) -> [(crate::fs::FileKind, Option<u64>); 4] {
+        use crate::fs::FileKind;
+        [
+            (FileKind::Image, self.image),
+            (FileKind::Audio, self.audio),
+            (FileKind::Text, self.text),
+            (FileKind::Weights, self.weights),
+        ]
+    }
+
+    /// Sets this process's limits ([`crate::fs::set_limit`]) to the ones given.
+    pub fn apply(&self) {
+        for (kind, mb) in self.each() {
+            if let Some(mb) = mb {
+                crate::fs::set_limit(kind, mb.saturating_mul(1 << 20));
+            }
+        }
+    }
 }
 
 /// What [`DataConfig::prepare`] returns.
@@ -263,6 +311,7 @@ impl DataConfig {
             features: None,
             transcript: None,
             modality_dropout: 0.0,
+            max_file_mb: FileLimits::default(),
         }
     }
 
@@ -284,6 +333,11 @@ impl DataConfig {
         let bad = |key: &str, why: &str| Err(Error::Config(format!("data.{key}: {why}")));
         if self.modalities().is_empty() {
             return bad("", "no modality: add at least one of [data.image], [data.audio], [data.text], [data.frames], [data.features]");
+        }
+        for (kind, mb) in self.max_file_mb.each() {
+            if mb == Some(0) {
+                return bad(&format!("max_file_mb.{}", kind.name()), "must be at least 1 (MiB)");
+            }
         }
         for (key, size) in [
             ("image.size", self.image.as_ref().map(|i| i.size)),
@@ -370,6 +424,7 @@ impl DataConfig {
     /// statistics on the training split.
     pub fn prepare(&mut self, seed: u64) -> Result<Prepared> {
         self.validate()?;
+        self.max_file_mb.apply();
         if ShardIndex::is_index(&self.manifest) {
             return self.prepare_shards(seed);
         }

@@ -164,7 +164,7 @@ impl Normalizer {
     /// statistics of another data set or configuration.
     pub fn load(path: impl AsRef<Path>, expected_dim: Option<usize>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fs::read_text_capped(path, crate::fs::FileKind::Text)?;
         let bad = |m: String| Error::decode(path, m);
         let v: Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;

@@ -160,6 +160,56 @@ impl HeadConfig {
         }
     }
 
+    /// The two modalities a retrieval head pairs, query side first; `None` for any other
+    /// head. What `mm retrieve` and a server's search read.
+    pub fn retrieval_pair(&self) -> Option<&[String; 2]> {
+        match self {
+            HeadConfig::Retrieval { pair, .. } => Some(pair),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a single-label classifier (a class per sample, accuracy and the
+    /// rest): what `mm compare` compares.
+    pub fn is_classifier(&self) -> bool {
+        matches!(self, HeadConfig::Classification { .. })
+    }
+
+    /// Checks the head's numbers before anything is built or read: hidden sizes and the
+    /// retrieval dimension positive, dropout in [0, 1), label smoothing in [0, 1). `field`
+    /// names the head (`model.head`) in the message.
+    pub fn check_values(&self, field: &str) -> Result<()> {
+        let (hidden, dropout) = match self {
+            HeadConfig::Classification { hidden, dropout, .. }
+            | HeadConfig::MultiLabel { hidden, dropout }
+            | HeadConfig::Ctc { hidden, dropout, .. }
+            | HeadConfig::Ordinal { hidden, dropout }
+            | HeadConfig::Regression { hidden, dropout, .. } => (hidden.as_slice(), *dropout),
+            HeadConfig::Retrieval { dim, .. } => {
+                if *dim <= 0 {
+                    return Err(Error::Config(format!("{field}.dim = {dim}: must be positive")));
+                }
+                return Ok(());
+            }
+        };
+        if let Some(h) = hidden.iter().find(|h| **h <= 0) {
+            return Err(Error::Config(format!(
+                "{field}.hidden = {hidden:?}: every size must be positive (found {h})"
+            )));
+        }
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(Error::Config(format!("{field}.dropout = {dropout}: must be in [0, 1)")));
+        }
+        if let HeadConfig::Classification { label_smoothing: s, .. } = self {
+            if !(0.0..1.0).contains(s) {
+                return Err(Error::Config(format!(
+                    "{field}.label_smoothing = {s}: must be in [0, 1) (0.1 is usual)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// What the head reads: the fused vector, or encoders directly.
     pub fn reads(&self) -> Reads {
         match self {
