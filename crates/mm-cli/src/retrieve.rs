@@ -14,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use mm_data::device::parse_device;
 use mm_data::manifest::{Manifest, Sample, Split};
 use mm_data::Modality;
-use mm_train::model::HeadConfig;
 use mm_train::run::Run;
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
@@ -98,9 +97,11 @@ fn modified(path: &Path) -> u64 {
 
 /// Runs `mm retrieve`.
 pub fn run(a: &Args) -> Result<()> {
+    if a.query.trim().is_empty() {
+        bail!("--query is empty: give the text to search for, or the path of a file");
+    }
     let run = Run::open(&a.run, None, parse_device(&a.device)?)?;
-    let Some((_, HeadConfig::Retrieval { pair, .. })) =
-        run.model.heads().first().map(|(n, h)| (*n, (*h).clone()))
+    let Some(pair) = run.model.heads().first().and_then(|(_, h)| h.retrieval_pair().cloned())
     else {
         bail!("{}: not a retrieval model (its head is not type = \"retrieval\"); `mm predict` runs classifiers", a.run.display());
     };
@@ -133,11 +134,11 @@ pub fn run(a: &Args) -> Result<()> {
             .filter(|v| v["key"] == key)
             .and_then(|v| {
                 let ids: Vec<String> = serde_json::from_value(v["ids"].clone()).ok()?;
-                let t = Tensor::read_safetensors(&index_file)
-                    .ok()?
-                    .into_iter()
-                    .find(|(n, _)| n == "embeddings")?
-                    .1;
+                // A damaged index (its digest no longer matches) is rebuilt, and said so.
+                let tensors = mm_encoders::weights::read_named(&index_file)
+                    .inspect_err(|e| eprintln!("{e}: rebuilding the index"))
+                    .ok()?;
+                let t = tensors.into_iter().find(|(n, _)| n == "embeddings")?.1;
                 (t.size()[0] as usize == ids.len()).then_some((ids, t))
             })
     };
@@ -147,10 +148,10 @@ pub fn run(a: &Args) -> Result<()> {
             let (ids, emb) = embed(&run, Arc::clone(&manifest), a.split, g_side, gallery_modality)?;
             // The tensors first, then the record that vouches for them: a killed write leaves
             // a record that does not match, and the index is rebuilt next time.
-            let tmp = stem.with_extension("safetensors.tmp");
-            Tensor::write_safetensors(&[("embeddings", &emb)], &tmp)?;
-            std::fs::rename(&tmp, &index_file)
-                .with_context(|| format!("writing {}", index_file.display()))?;
+            mm_encoders::weights::save_named(
+                &index_file,
+                vec![("embeddings".to_string(), emb.shallow_clone())],
+            )?;
             mm_data::fs::write_atomic(
                 &ids_file,
                 serde_json::to_string(&json!({"key": key, "ids": ids}))?.as_bytes(),

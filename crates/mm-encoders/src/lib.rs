@@ -78,6 +78,15 @@ pub enum Error {
         /// One line per missing, unexpected or mis-shaped tensor.
         problems: Vec<String>,
     },
+    /// A weights file is damaged: its structure is broken, or its tensors do not match the
+    /// digest it was written with.
+    #[error("{path}: {message}")]
+    Integrity {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// A sequence layer could not be built.
     #[error(transparent)]
     Seq(#[from] mm_seq::Error),

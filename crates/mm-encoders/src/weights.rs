@@ -18,10 +18,12 @@
 //! # Ok::<(), mm_encoders::Error>(())
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tch::{nn, Tensor};
+use safetensors::{Dtype, SafeTensors, View};
+use tch::{nn, Kind, Tensor};
 
 use crate::{Error, Result};
 
@@ -110,12 +112,7 @@ pub fn load_safetensors(
     path: &Path,
     options: &LoadOptions,
 ) -> Result<LoadReport> {
-    let io = |e: tch::TchError| Error::Io { path: path.to_path_buf(), message: e.to_string() };
-    if !path.is_file() {
-        return Err(Error::Io { path: path.to_path_buf(), message: "no such file".to_string() });
-    }
-    let tensors: BTreeMap<String, Tensor> =
-        Tensor::read_safetensors(path).map_err(io)?.into_iter().collect();
+    let tensors: BTreeMap<String, Tensor> = read_named(path)?.into_iter().collect();
     let variables: BTreeMap<String, Tensor> = vs
         .variables()
         .into_iter()
@@ -193,23 +190,90 @@ pub fn save_safetensors(vs: &nn::VarStore, path: &Path, prefix: &str) -> Result<
     save_named(path, named)
 }
 
-/// The operating system's own words for the error tch reports in its debug form
-/// (`IoError(Os { code: 28, .. })` becomes "No space left on device (os error 28)"), when
-/// there is one.
-fn os_error(message: &str) -> Option<String> {
-    let rest = &message[message.find("Os { code: ")? + "Os { code: ".len()..];
-    let code: i32 = rest[..rest.find(|c: char| !c.is_ascii_digit())?].parse().ok()?;
-    Some(std::io::Error::from_raw_os_error(code).to_string())
+/// The metadata key under which mm records the digest of a safetensors file's tensors.
+pub const DIGEST_KEY: &str = "mm.sha256";
+
+/// A tensor's bytes, as the `safetensors` crate writes them.
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
 }
 
-/// Writes named tensors (moved to the CPU, sorted by name) to a safetensors file atomically:
-/// a temporary file beside it, flushed to disk, renamed over `path`, the folder synced.
+impl View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// The safetensors dtype of a libtorch kind, and back.
+const KINDS: [(Kind, Dtype); 10] = [
+    (Kind::Bool, Dtype::BOOL),
+    (Kind::Uint8, Dtype::U8),
+    (Kind::Int8, Dtype::I8),
+    (Kind::Int16, Dtype::I16),
+    (Kind::Int, Dtype::I32),
+    (Kind::Int64, Dtype::I64),
+    (Kind::Half, Dtype::F16),
+    (Kind::BFloat16, Dtype::BF16),
+    (Kind::Float, Dtype::F32),
+    (Kind::Double, Dtype::F64),
+];
+
+/// The digest of named tensors (`sha256:HEX`): of each tensor in name order, its name, dtype,
+/// shape and bytes, so that a flipped bit anywhere in the data, a changed shape or a renamed
+/// tensor all change it.
+fn digest<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for (name, dtype, shape, data) in tensors {
+        hash.update((name.len() as u64).to_le_bytes());
+        hash.update(name.as_bytes());
+        hash.update(format!("{dtype:?}").as_bytes());
+        hash.update((shape.len() as u64).to_le_bytes());
+        for d in shape {
+            hash.update((*d as u64).to_le_bytes());
+        }
+        hash.update((data.len() as u64).to_le_bytes());
+        hash.update(data);
+    }
+    format!("sha256:{}", hash.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Writes named tensors (moved to the CPU) to a safetensors file atomically: a temporary file
+/// beside it, flushed to disk, renamed over `path`, the folder synced. The file's metadata
+/// records the digest of its tensors under [`DIGEST_KEY`], which [`read_named`] (and so every
+/// load) verifies.
 pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> = tensors
-        .into_iter()
-        .map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).contiguous()))
-        .collect();
+    let mut named: Vec<(String, Raw)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+        let kind = t.kind();
+        let Some(&(_, dtype)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+            return Err(Error::Io {
+                path: path.to_path_buf(),
+                message: format!("tensor {name}: {kind:?} has no safetensors dtype here"),
+            });
+        };
+        let shape: Vec<usize> = t.size().iter().map(|d| *d as usize).collect();
+        let numel = t.numel();
+        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut data, numel)?;
+        named.push((name, Raw { dtype, shape, data }));
+    }
     named.sort_by(|a, b| a.0.cmp(&b.0));
+    let stamp = digest(
+        named.iter().map(|(n, r)| (n.as_str(), r.dtype, r.shape.as_slice(), r.data.as_slice())),
+    );
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -217,9 +281,18 @@ pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
         std::process::id()
     ));
     let io = |e: String| Error::Io { path: path.to_path_buf(), message: e };
-    if let Err(e) = Tensor::write_safetensors(&named, &tmp) {
+    let metadata = std::collections::HashMap::from([(DIGEST_KEY.to_string(), stamp)]);
+    let written = safetensors::serialize_to_file(
+        named.iter().map(|(n, r)| (n.as_str(), r)),
+        Some(metadata),
+        &tmp,
+    );
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(os_error(&e.to_string()).unwrap_or_else(|| e.to_string())));
+        return Err(io(match e {
+            safetensors::SafeTensorError::IoError(e) => e.to_string(),
+            e => e.to_string(),
+        }));
     }
     let done = std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
@@ -234,15 +307,98 @@ pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
     Ok(())
 }
 
+/// Reads every tensor of a safetensors file (on the CPU, in name order). The file must be a
+/// regular file within the weights size limit ([`mm_data::fs::FileKind::Weights`]) whose
+/// structure the `safetensors` crate accepts; a file that records a digest (every file mm
+/// writes does) must match it, or it is refused as damaged ([`Error::Integrity`]): a flipped
+/// bit never reaches a model.
+pub fn read_named(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bytes = mm_data::fs::read_capped(path, mm_data::fs::FileKind::Weights)
+        .map_err(|e| Error::Io { path: path.to_path_buf(), message: mm_data::error::report(&e) })?;
+    let damaged = |message: String| Error::Integrity { path: path.to_path_buf(), message };
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| damaged(format!("not a whole safetensors file: {e}")))?;
+    let mut views = file.tensors();
+    views.sort_by(|a, b| a.0.cmp(&b.0));
+    let (_, metadata) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| damaged(format!("not a whole safetensors file: {e}")))?;
+    if let Some(recorded) = metadata.metadata().as_ref().and_then(|m| m.get(DIGEST_KEY)) {
+        let found = digest(views.iter().map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())));
+        if &found != recorded {
+            return Err(damaged(format!(
+                "its tensors do not match the digest it was written with ({recorded}, found {found}): the file is damaged; restore it from a copy or use another checkpoint"
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(views.len());
+    for (name, view) in views {
+        let Some(&(kind, _)) = KINDS.iter().find(|(_, d)| *d == view.dtype()) else {
+            return Err(damaged(format!(
+                "tensor {name}: dtype {:?} is not supported",
+                view.dtype()
+            )));
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
+        out.push((name, Tensor::f_from_data_size(view.data(), &shape, kind)?));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::os_error;
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mm-weights-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir.join("w.safetensors")
+    }
 
     #[test]
-    fn tch_io_errors_read_as_the_system_says_them() {
-        let tch = "safetensors error /x/.a.tmp-1: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })";
-        assert_eq!(os_error(tch).as_deref(), Some("No space left on device (os error 28)"));
-        assert_eq!(os_error("safetensors error: header too large"), None);
-        assert_eq!(os_error("Os { code: }"), None);
+    fn written_tensors_read_back_exactly_with_their_digest() {
+        let path = temp("roundtrip");
+        let tensors = vec![
+            ("b".to_string(), Tensor::from_slice(&[1.5f32, -2.0, f32::MIN_POSITIVE]).view([3, 1])),
+            ("a".to_string(), Tensor::from_slice(&[7i64, -9])),
+            ("c".to_string(), Tensor::from_slice(&[0.25f64]).to_kind(Kind::BFloat16)),
+        ];
+        save_named(&path, tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())
+            .expect("save");
+        let back = read_named(&path).expect("read");
+        let names: Vec<&str> = back.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        for (name, t) in &tensors {
+            let (_, r) = back.iter().find(|(n, _)| n == name).expect("present");
+            assert_eq!((r.kind(), r.size()), (t.kind(), t.size()), "{name}");
+            assert!(r.to_kind(Kind::Double).equal(&t.to_kind(Kind::Double)), "{name}");
+        }
+        // libtorch's own reader reads the file too: it is a plain safetensors file.
+        assert_eq!(Tensor::read_safetensors(&path).expect("tch reads it").len(), 3);
+        let bytes = std::fs::read(&path).expect("read");
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("header");
+        assert!(meta.metadata().as_ref().expect("metadata")[DIGEST_KEY].starts_with("sha256:"));
+    }
+
+    #[test]
+    fn one_flipped_bit_in_the_data_is_refused_naming_the_file() {
+        let path = temp("flip");
+        let w = Tensor::arange(64, (Kind::Float, tch::Device::Cpu));
+        save_named(&path, vec![("w".to_string(), w)]).expect("save");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let last = bytes.len() - 7;
+        bytes[last] ^= 0x10;
+        std::fs::write(&path, &bytes).expect("write");
+        let err = read_named(&path).expect_err("damaged").to_string();
+        assert!(err.contains("w.safetensors") && err.contains("do not match the digest"), "{err}");
+        // A file cut short is refused too (its structure no longer adds up).
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).expect("write");
+        let err = read_named(&path).expect_err("cut").to_string();
+        assert!(err.contains("not a whole safetensors file"), "{err}");
+    }
+
+    #[test]
+    fn a_weights_path_that_is_not_a_regular_file_is_refused_by_name() {
+        let err = read_named(Path::new("/dev/zero")).expect_err("device").to_string();
+        assert!(err.contains("a character device"), "{err}");
     }
 }

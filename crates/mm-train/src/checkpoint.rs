@@ -98,7 +98,7 @@ pub fn save(
 
 fn read_record(dir: &Path, tag: &str) -> Result<Record> {
     let path = dir.join(format!("{tag}.json"));
-    let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+    let bytes = mm_data::fs::read_capped(&path, mm_data::fs::FileKind::Text)?;
     let record: Record = serde_json::from_slice(&bytes)
         .map_err(|e| io(&path, format!("not a checkpoint record: {e}")))?;
     // A record names files beside it, nothing else: one from a stranger cannot point us at
@@ -134,16 +134,45 @@ pub fn load(
         .map_err(Error::from)?;
     let optim = dir.join(&record.optimizer);
     let tensors: BTreeMap<String, Tensor> =
-        Tensor::read_safetensors(&optim).map_err(|e| io(&optim, e))?.into_iter().collect();
+        mm_encoders::weights::read_named(&optim)?.into_iter().collect();
     optimizer.load_state(&tensors, record.optimizer_steps)?;
     Ok(record.state)
 }
 
 /// Loads only the weights of checkpoint `tag` into `vs` (for evaluation or prediction: no
-/// optimiser needed); returns the training state recorded with them.
+/// optimiser needed); returns the training state recorded with them. Weights that are not all
+/// finite are refused, naming the tensors: a model with a NaN weight predicts nothing.
 pub fn load_weights(dir: &Path, tag: &str, vs: &nn::VarStore) -> Result<TrainState> {
     let record = read_record(dir, tag)?;
-    mm_encoders::weights::load_safetensors(vs, &dir.join(&record.weights), &Default::default())
+    let weights = dir.join(&record.weights);
+    mm_encoders::weights::load_safetensors(vs, &weights, &Default::default())
         .map_err(Error::from)?;
+    let bad = non_finite(vs);
+    if !bad.is_empty() {
+        let shown: Vec<&str> = bad.iter().take(5).map(String::as_str).collect();
+        return Err(io(
+            &weights,
+            format!(
+                "{} tensor(s) hold NaN or infinite values ({}{}): this checkpoint cannot make predictions; use another one (--checkpoint) or train again",
+                bad.len(),
+                shown.join(", "),
+                if bad.len() > shown.len() { ", ..." } else { "" }
+            ),
+        ));
+    }
     Ok(record.state)
+}
+
+/// The floating-point variables of `vs` holding a NaN or an infinity, by name.
+pub fn non_finite(vs: &nn::VarStore) -> Vec<String> {
+    let mut bad: Vec<String> = tch::no_grad(|| {
+        vs.variables()
+            .into_iter()
+            .filter(|(_, t)| t.is_floating_point() && t.numel() > 0)
+            .filter(|(_, t)| !bool::try_from(t.isfinite().all()).unwrap_or(false))
+            .map(|(name, _)| name)
+            .collect()
+    });
+    bad.sort();
+    bad
 }
