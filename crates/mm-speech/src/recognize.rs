@@ -99,6 +99,14 @@ impl Transcribe for Run {
             let (Some(folder), Some(name)) = (absolute.parent(), absolute.file_name()) else {
                 return Err(Error::Data(format!("{}: not a file", file.display())));
             };
+            // A file without a single sample has nothing to transcribe (the model would still
+            // "hear" its padding).
+            if mm_data::audio::decode_audio(&absolute).map_err(Error::from)?.samples.is_empty() {
+                return Err(Error::Data(format!(
+                    "{}: no audio (0 samples): nothing to transcribe",
+                    file.display()
+                )));
+            }
             let mut manifest = Manifest::new(folder);
             manifest
                 .push(Sample::new(file.display().to_string()).with_audio(name))

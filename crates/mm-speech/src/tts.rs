@@ -557,6 +557,7 @@ pub fn train(
     verbose: bool,
 ) -> Result<TtsReport> {
     config.validate()?;
+    let _lock = mm_train::train::claim(out)?;
     let ckpt = mm_train::train::checkpoint_dir(out);
     let resuming = resume && checkpoint::exists(&ckpt, "last");
     if !resume && checkpoint::exists(&ckpt, "last") {

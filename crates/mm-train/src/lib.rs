@@ -98,8 +98,16 @@ pub mod train;
 #[non_exhaustive]
 pub enum Error {
     /// A configuration value is not usable; the message names it.
-    #[error("invalid training configuration: {0}")]
+    #[error("invalid configuration: {0}")]
     Config(String),
+    /// A folder given as a trained run is not one.
+    #[error("{path}: not a run folder ({why})")]
+    NotARun {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// What is missing.
+        why: String,
+    },
     /// A checkpoint could not be written or read; the message names the file.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

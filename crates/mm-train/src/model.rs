@@ -141,6 +141,7 @@ impl ModelConfig {
             } else {
                 format!("model.heads.{name}")
             };
+            head.check_values(&field)?;
             let kind = head.kind();
             match head.reads() {
                 Reads::Encoders { key, modalities } => {

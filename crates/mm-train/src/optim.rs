@@ -83,7 +83,7 @@ fn adamw_decay() -> f64 {
 }
 
 impl OptimizerConfig {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("optimizer.{m}")));
         match self {
             OptimizerConfig::Sgd { momentum, nesterov, weight_decay } => {

@@ -119,6 +119,70 @@ fn deserialize<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Resul
     })
 }
 
+/// A value refused by [`RunConfig::validate`], whose message starts with its dotted key
+/// (`train.lr = 0: ...`), located: `FILE:LINE: message`, or `FILE with --set KEY=VALUE:
+/// message` when an override set it.
+fn locate_invalid(e: Error, text: &str, source: &Path, overrides: &[String]) -> Error {
+    let Error::Config(message) = e else { return e };
+    let key: String = message
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+        .collect();
+    let name = source.display();
+    let related = |k: &str| {
+        k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+    };
+    if key.contains('.') {
+        if let Some(o) = overrides
+            .iter()
+            .rev()
+            .find(|o| o.split_once('=').is_some_and(|(k, _)| related(k.trim())))
+        {
+            return Error::Config(format!("{name} with --set {o}: {message}"));
+        }
+    }
+    match key_line(text, &key) {
+        Some(line) => Error::Config(format!("{name}:{line}: {message}")),
+        None => Error::Config(format!("{name}: {message}")),
+    }
+}
+
+/// The line of `text` that sets the dotted `key`, or else the nearest enclosing table or inline
+/// table that holds it (TOML written by hand: `[table]` headers and `key = value` lines).
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    if key.is_empty() {
+        return None;
+    }
+    let mut table = String::new();
+    let mut best: Option<(usize, usize)> = None; // (matched length, line)
+    let mut consider = |full: &str, line: usize| {
+        let exact = full == key;
+        if exact || key.starts_with(&format!("{full}.")) {
+            let len = if exact { usize::MAX } else { full.len() };
+            if best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, line));
+            }
+        }
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            table = line.trim_matches(|c| c == '[' || c == ']').trim().replace([' ', '"'], "");
+            consider(&table, i + 1);
+            continue;
+        }
+        if let Some((k, _)) = line.split_once('=') {
+            let k = k.trim().replace([' ', '"'], "");
+            let full = if table.is_empty() { k } else { format!("{table}.{k}") };
+            consider(&full, i + 1);
+        }
+    }
+    best.map(|(_, line)| line)
+}
+
 /// Sets `key` (dotted) to `value` in `table`.
 fn set(table: &mut toml::Table, item: &str) -> Result<()> {
     let bad = |why: String| Error::Config(format!("--set {item}: {why}"));
@@ -178,15 +242,14 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
 impl RunConfig {
     /// Reads and validates a run's TOML file, with `overrides` (`key=value`) applied on top.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = mm_data::fs::read_text_capped(path, mm_data::fs::FileKind::Text)?;
         Self::parse(&text, path, overrides)
     }
 
     /// Parses and validates a run's TOML text; errors name `source`.
     pub fn parse(text: &str, source: &Path, overrides: &[String]) -> Result<Self> {
         let config: RunConfig = parse_toml(text, source, overrides)?;
-        config.validate()?;
+        config.validate().map_err(|e| locate_invalid(e, text, source, overrides))?;
         Ok(config)
     }
 
@@ -230,19 +293,7 @@ impl RunConfig {
             };
             head.check_data(&self.data, &field)?;
         }
-        let t = &self.train;
-        if t.epochs == 0 || t.batch_size == 0 || t.accumulate == 0 {
-            return bad("train: epochs, batch_size and accumulate must be at least 1".into());
-        }
-        if !(t.lr.is_finite() && t.lr > 0.0) {
-            return bad(format!("train.lr = {}: a positive learning rate", t.lr));
-        }
-        if let Some(es) = &t.early_stopping {
-            if es.patience == 0 {
-                return bad("train.early_stopping.patience: at least 1".into());
-            }
-        }
-        Ok(())
+        self.train.check()
     }
 
     /// The configuration as TOML.
@@ -279,6 +330,63 @@ fn class_counts(manifest: &Manifest, classes: &[String]) -> Vec<usize> {
     counts
 }
 
+/// What the data must give before a run may train: every class some training samples (a label
+/// seen only in validation or test would be a class the model can never learn), and every
+/// modality an encoder reads present in some training sample.
+fn check_training_data(manifest: &Manifest, data: &DataConfig, counts: &[usize]) -> Result<()> {
+    let train: Vec<&mm_data::manifest::Sample> = manifest.split(Split::Train).collect();
+    if train.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: no training sample (after cleaning); a run needs samples with \"split\": \"train\"",
+            data.manifest.display()
+        )));
+    }
+    let unlearnable: Vec<String> = data
+        .classes
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| **n == 0)
+        .map(|(class, _)| {
+            let ids: Vec<&str> = manifest
+                .samples()
+                .iter()
+                .filter(|s| s.label.as_ref() == Some(class) || s.labels.contains(class))
+                .map(|s| s.id.as_str())
+                .take(3)
+                .collect();
+            if ids.is_empty() {
+                format!("{class:?} (listed in data.classes; no sample has it)")
+            } else {
+                format!("{class:?} (samples {})", ids.join(", "))
+            }
+        })
+        .collect();
+    if !unlearnable.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: {} class(es) have no training sample, so the model could never predict them: {}; add training samples of them, or list data.classes without them (their samples are then dropped as unknown labels)",
+            data.manifest.display(),
+            unlearnable.len(),
+            unlearnable.join("; ")
+        )));
+    }
+    for m in data.modalities() {
+        if !train.iter().any(|s| m.in_sample(s)) {
+            return Err(Error::Config(format!(
+                "data.{m}: no training sample of {} has {m} (after cleaning), so its encoder would learn nothing; remove [data.{m}] and its encoder, or give the samples {m}",
+                data.manifest.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The SHA-256 of the cleaned manifest's lines (`sha256:HEX`): what a resume must find again.
+fn manifest_digest(manifest: &Manifest) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(manifest.to_jsonl().as_bytes());
+    format!("sha256:{}", hash.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     mm_data::fs::write_atomic(path, bytes).map_err(Error::from)
 }
@@ -303,6 +411,8 @@ pub fn train_in(
 ) -> Result<Trained> {
     config.validate()?;
     let main = group.is_none_or(ProcessGroup::is_main);
+    // Only rank 0 writes the folder, so only it holds the lock (until this function returns).
+    let _lock = if main { Some(crate::train::claim(out)?) } else { None };
     let saved = out.join(RUN_FILE);
     // A folder holds a run once an epoch has been checkpointed; a run that failed before that
     // (say, a model that does not fit the data) may simply be started again.
@@ -327,6 +437,20 @@ pub fn train_in(
         }
     }
     let counts = class_counts(&prepared.manifest, &config.data.classes);
+    check_training_data(&prepared.manifest, &config.data, &counts)?;
+    let digest = manifest_digest(&prepared.manifest);
+    let digest_file = out.join("data/manifest.sha256");
+    if started && main {
+        if let Ok(before) = std::fs::read_to_string(&digest_file) {
+            if before.trim() != digest {
+                return Err(Error::Config(format!(
+                    "{}: the data changed since this run started (its manifest, after cleaning, was {}; it is now {digest}); a run resumes only on the same samples: start a new run in another folder",
+                    out.display(),
+                    before.trim()
+                )));
+            }
+        }
+    }
     let mut pipeline = prepared.pipeline;
     if let Some(group) = group.filter(|g| g.world_size() > 1) {
         share_statistics(group, &mut pipeline)?;
@@ -342,6 +466,7 @@ pub fn train_in(
     if main {
         std::fs::create_dir_all(out.join("data")).map_err(|e| Error::file(out, e))?;
         write(&saved, config.to_toml()?.as_bytes())?;
+        write(&digest_file, format!("{digest}\n").as_bytes())?;
         if let Some(report) = &prepared.report {
             report.save(out.join("clean-report.json")).map_err(Error::from)?;
         }
@@ -437,10 +562,12 @@ impl Run {
     pub fn open(dir: &Path, checkpoint: Option<&Path>, device: Device) -> Result<Run> {
         let file = dir.join(RUN_FILE);
         if !file.is_file() {
-            return Err(Error::Config(format!(
-                "{} is not a run folder (it has no {RUN_FILE}; `mm train` writes one)",
-                dir.display()
-            )));
+            let why = if dir.is_dir() {
+                format!("it has no {RUN_FILE}; `mm train --out` writes one")
+            } else {
+                "no such folder; `mm train --out` makes one".to_string()
+            };
+            return Err(Error::NotARun { path: dir.to_path_buf(), why });
         }
         let config = RunConfig::from_file(&file, &[])?;
         let data = dir.join("data");

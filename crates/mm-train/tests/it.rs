@@ -2000,3 +2000,163 @@ mod ctc_head {
         assert!(loss.is_finite() && loss > 0.0, "{loss}");
     }
 }
+
+/// No configuration reaches a libtorch failure (issue 27): every number of a run's file, set in
+/// turn to values out of its range, is either refused by validation with the file, the line
+/// and the key, or gives a run that trains (or stops on the data with a clear error of mm's
+/// own, never libtorch's).
+mod config_ranges {
+    use mm_datasets::synth::{generate, SynthConfig};
+    use mm_train::run::{train, RunConfig};
+    use mm_train::Error;
+    use tch::Device;
+
+    const BASE: &str = r#"
+[data]
+manifest = "MANIFEST"
+modality_dropout = 0.1
+[data.image]
+size = 16
+augment = { hflip = 0.5, rotate_degrees = 5.0, brightness = 0.1, noise_std = 0.01 }
+[data.audio]
+mel = { n_mels = 16, n_fft = 256, hop_length = 128, f_min = 0.0 }
+augment = { gain_db = 2.0, max_shift = 0.05, time_masks = [1, 4], freq_masks = [1, 2] }
+[data.text]
+max_tokens = 16
+min_freq = 1
+[model.encoders.image]
+kind = "image"
+arch = "lenet"
+[model.encoders.audio]
+kind = "audio"
+backbone = { type = "cnn", channels = [8, 8] }
+[model.encoders.text]
+kind = "text"
+dim = 8
+[model.fusion]
+method = "concat"
+[model.head]
+type = "classification"
+hidden = [8]
+dropout = 0.1
+label_smoothing = 0.1
+[train]
+epochs = 1
+batch_size = 16
+lr = 0.001
+warmup_steps = 1
+clip_grad_norm = 1.0
+backbone_lr_scale = 1.0
+optimizer = { type = "adamw", betas = [0.9, 0.999], eps = 1e-8, weight_decay = 0.01 }
+"#;
+
+    /// Every numeric leaf of `v` (arrays included), as a path of keys and indices.
+    fn leaves(v: &toml::Value, path: Vec<String>, out: &mut Vec<(Vec<String>, bool)>) {
+        match v {
+            toml::Value::Integer(_) => out.push((path, true)),
+            toml::Value::Float(_) => out.push((path, false)),
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let mut p = path.clone();
+                    p.push(k.clone());
+                    leaves(v, p, out);
+                }
+            }
+            toml::Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    let mut p = path.clone();
+                    p.push(i.to_string());
+                    leaves(v, p, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn set(v: &mut toml::Value, path: &[String], to: toml::Value) {
+        let slot = path.iter().fold(v, |v, k| match v {
+            toml::Value::Table(t) => t.get_mut(k).expect("key"),
+            toml::Value::Array(a) => &mut a[k.parse::<usize>().expect("index")],
+            _ => unreachable!(),
+        });
+        *slot = to;
+    }
+
+    #[test]
+    fn no_configuration_value_reaches_a_libtorch_failure() {
+        let _rng = super::rng_lock();
+        let dir = std::env::temp_dir().join(format!("mm-train-ranges-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let synth = SynthConfig {
+            samples: 96,
+            image_size: 16,
+            frame_size: 16,
+            frames: 2,
+            duration: 0.3,
+            seed: 3,
+            ..SynthConfig::default()
+        };
+        generate(&dir.join("data"), &synth, false).expect("data");
+        let text = BASE.replace("MANIFEST", &dir.join("data/manifest.jsonl").to_string_lossy());
+        let base: toml::Value = toml::from_str(&text).expect("base");
+        // The base itself trains.
+        let config = RunConfig::parse(&text, "ranges.toml".as_ref(), &[]).expect("base config");
+        train(&config, &dir.join("base"), Device::Cpu, false).expect("the base trains");
+
+        let mut found = Vec::new();
+        leaves(&base, Vec::new(), &mut found);
+        // Not ranges: how long it runs, and the seed.
+        found.retain(|(p, _)| !matches!(p.last().map(String::as_str), Some("epochs" | "seed")));
+        assert!(found.len() >= 30, "{} numeric keys", found.len());
+        let ints = [-1i64, 0, 3, 300].map(toml::Value::Integer);
+        let floats = [-0.5, 1.0, 2.0, f64::NAN].map(toml::Value::Float);
+        let (mut refused, mut trained, mut stopped, mut failures) = (0, 0, 0, Vec::new());
+        for (case, (path, integer)) in found.iter().enumerate() {
+            let values: &[toml::Value] = if *integer { &ints } else { &floats };
+            for (i, value) in values.iter().enumerate() {
+                let mut v = base.clone();
+                set(&mut v, path, value.clone());
+                let key = path.join(".");
+                let what = format!("{key} = {value}");
+                let text = toml::to_string(&v).expect("toml");
+                let config = match RunConfig::parse(&text, "ranges.toml".as_ref(), &[]) {
+                    Err(e) => {
+                        // Refused: said where, as one line of mm's own.
+                        let e = e.to_string();
+                        if !e.contains("ranges.toml:") || e.contains('\n') {
+                            failures.push(format!("{what}: refused without a line: {e}"));
+                        }
+                        refused += 1;
+                        continue;
+                    }
+                    Ok(c) => c,
+                };
+                let out = dir.join(format!("case-{case}-{i}"));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    train(&config, &out, Device::Cpu, false)
+                }));
+                match outcome {
+                    Ok(Ok(_)) => trained += 1,
+                    Ok(Err(e @ Error::Torch(_))) => {
+                        failures.push(format!("{what}: libtorch failed: {e}"))
+                    }
+                    Ok(Err(e)) => {
+                        let e = mm_data::error::report(&e);
+                        if e.contains("does not fit the data") && !key.starts_with("data.") {
+                            failures.push(format!("{what}: reached the model check: {e}"));
+                        }
+                        stopped += 1;
+                    }
+                    Err(_) => failures.push(format!("{what}: panicked")),
+                }
+                let _ = std::fs::remove_dir_all(&out);
+            }
+        }
+        eprintln!(
+            "{} keys: {refused} values refused with their line, {trained} trained, {stopped} stopped with mm's own error",
+            found.len()
+        );
+        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -313,6 +313,9 @@ fn every_recipe_trains_evaluates_and_predicts() {
                 r,
                 "the same answer from the saved index"
             );
+            // An empty query is refused, not answered (#27).
+            let err = fails(ws, &["retrieve", "--run", &out, "--query", " ", "--device", "cpu"]);
+            assert!(err.contains("--query is empty"), "{err}");
             // Image to text, with an image file as the query.
             let image = manifest.parent().expect("folder").join("images/s0001.png");
             let r = json(&ok(
@@ -696,7 +699,14 @@ fn bad_configurations_and_inputs_get_one_clear_message() {
         "{err}"
     );
     let err = fails(ws, &["eval", "--run", "data/synth"]);
-    assert!(err.contains("is not a run folder"), "{err}");
+    assert!(err.contains("data/synth: not a run folder (it has no run.toml"), "{err}");
+    // A folder that does not exist is said to be missing, not a configuration problem (#27).
+    let err = fails(ws, &["eval", "--run", "runs/no-such-run"]);
+    assert!(
+        err.contains("runs/no-such-run: not a run folder (no such folder")
+            && !err.contains("configuration"),
+        "{err}"
+    );
     // A corrupt sample: `data check` names it and the reason; --strict fails.
     let summary: Value =
         json(&std::fs::read_to_string(ws.join("data/synth/synth.json")).expect("summary"));
@@ -1487,6 +1497,22 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     );
     let err = fails(&dir, &["transcribe", "--run", "runs/recognize", "missing.wav"]);
     assert!(err.contains("missing.wav") && err.contains("No such file"), "{err}");
+    // A WAV file with no samples is refused, not transcribed as a letter (#27).
+    let mut empty = b"RIFF".to_vec();
+    empty.extend(36u32.to_le_bytes());
+    empty.extend(b"WAVEfmt ");
+    empty.extend(16u32.to_le_bytes());
+    empty.extend(1u16.to_le_bytes()); // PCM
+    empty.extend(1u16.to_le_bytes()); // mono
+    empty.extend(8000u32.to_le_bytes());
+    empty.extend(16000u32.to_le_bytes());
+    empty.extend(2u16.to_le_bytes());
+    empty.extend(16u16.to_le_bytes());
+    empty.extend(b"data");
+    empty.extend(0u32.to_le_bytes());
+    std::fs::write(dir.join("empty.wav"), &empty).expect("write");
+    let err = fails(&dir, &["transcribe", "--run", "runs/recognize", "empty.wav"]);
+    assert!(err.contains("empty.wav") && err.contains("0 samples"), "{err}");
     // Synthesis from FSDD's words, aligned by the recogniser just trained.
     ok(&dir, &["data", "words", "--fsdd", fsdd, "--out", "data/fsdd-words"]);
     let tiny = [
@@ -1657,4 +1683,232 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     );
     assert!(dir.join("runs/synthesize/eval/theo_three.wav").is_file());
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// The pid of a process that has exited.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait");
+    pid
+}
+
+/// Issue 27's findings, each through the real binary: runs that would do nothing or could
+/// never learn a class are refused before training; out-of-range values are refused with
+/// their line; a run folder being written is locked against a second writer (real processes);
+/// a killed run's temporaries go at the next start; a resume on changed data is refused;
+/// damaged or non-finite checkpoints are refused by `mm eval` and `mm predict`; a device or a
+/// FIFO named by a manifest is dropped by cleaning, by name, without reading it.
+#[test]
+fn runs_that_cannot_work_fail_loudly_and_run_folders_are_guarded() {
+    let ws = workspace(240);
+    let dir = ws.join("guarded");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let recipe = configs().join("synthetic/synthetic.toml");
+    let text = std::fs::read_to_string(&recipe).expect("recipe").replace(
+        "manifest = \"data/synth/manifest.jsonl\"",
+        &format!("manifest = \"{}\"", ws.join("data/synth/manifest.jsonl").display()),
+    );
+    let config = dir.join("synthetic.toml");
+    std::fs::write(&config, &text).expect("write");
+    let config = config.to_str().expect("utf-8").to_string();
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec!["train", "--config", &config, "--out", out, "--device", "cpu"];
+        args.extend(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<String>>()
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&dir, &args)
+    };
+
+    // 1. Fewer training samples than a batch: refused, nothing saved.
+    let err = run(&train("zero", &["--set", "train.batch_size=1000", "--quiet"]));
+    assert!(err.contains("not one full batch of 1000"), "{err}");
+    assert!(!dir.join("zero/checkpoints/best.json").exists());
+    // 2. A value out of range: refused before anything runs, naming the override and key; the
+    //    same folder then trains normally.
+    let err = run(&train("smooth", &["--set", "model.head.label_smoothing=2"]));
+    assert!(
+        err.contains("with --set model.head.label_smoothing=2: model.head.label_smoothing = 2: must be in [0, 1)"),
+        "{err}"
+    );
+    let line = text.lines().position(|l| l.starts_with("lr = ")).expect("lr") + 1;
+    let bad_lr = dir.join("bad-lr.toml");
+    std::fs::write(&bad_lr, text.replace("lr = 3e-3", "lr = -1.0")).expect("write");
+    let err = fails(&dir, &["train", "--config", bad_lr.to_str().expect("utf-8"), "--check"]);
+    assert!(err.contains(&format!("bad-lr.toml:{line}: train.lr = -1")), "{err}");
+
+    // 3. A run folder is locked while a process writes it.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(&dir)
+        .args(train("locked", &["--set", "train.epochs=40", "--quiet"]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the first run");
+    let lock = dir.join("locked/.mm-lock");
+    let holder = format!("process {}", first.id());
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|t| t.starts_with(&holder)) {
+        assert!(started.elapsed().as_secs() < 60, "the first run never locked its folder");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for extra in [&["--quiet"][..], &["--resume", "--quiet"]] {
+        let err = run(&train("locked", extra));
+        assert!(err.contains("locked is in use by") && err.contains(&holder), "{err}");
+    }
+    let status = first.wait().expect("the first run");
+    assert!(status.success(), "the first run was disturbed");
+    // A killed run's temporary files are removed when the folder is next taken.
+    let stale = dir.join(format!("locked/checkpoints/.last-000001.safetensors.tmp-{}", dead_pid()));
+    std::fs::write(&stale, vec![0u8; 1000]).expect("write");
+    let resumed = train("locked", &["--resume", "--set", "train.epochs=41", "--quiet"]);
+    ok(&dir, &resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!stale.exists(), "the stale temporary file is removed");
+
+    // 4. Damaged checkpoints: one flipped bit, or a NaN weight, and eval/predict refuse.
+    let record: Value =
+        json(&std::fs::read_to_string(dir.join("locked/checkpoints/best.json")).expect("record"));
+    let weights = dir.join("locked/checkpoints").join(record["weights"].as_str().expect("name"));
+    let good = std::fs::read(&weights).expect("weights");
+    let mut flipped = good.clone();
+    let at = flipped.len() - 11;
+    flipped[at] ^= 0x04;
+    std::fs::write(&weights, &flipped).expect("write");
+    let err = fails(&dir, &["eval", "--run", "locked", "--device", "cpu"]);
+    assert!(
+        err.contains(record["weights"].as_str().expect("name"))
+            && err.contains("do not match the digest"),
+        "{err}"
+    );
+    let mut tensors = mm_encoders::weights::read_named(&{
+        std::fs::write(&weights, &good).expect("restore");
+        weights.clone()
+    })
+    .expect("read");
+    let _ = tensors[0].1.fill_(f64::NAN);
+    let nan_name = tensors[0].0.clone();
+    mm_encoders::weights::save_named(&weights, tensors).expect("save");
+    for command in ["eval", "predict"] {
+        let err = fails(&dir, &[command, "--run", "locked", "--device", "cpu"]);
+        assert!(err.contains("NaN or infinite") && err.contains(&nan_name), "{command}: {err}");
+    }
+    std::fs::write(&weights, &good).expect("restore");
+    ok(&dir, &["eval", "--run", "locked", "--device", "cpu"]);
+
+    // 5. A resume after the manifest changed is refused. (A copy beside the data: the paths
+    //    in a manifest are relative to its folder.)
+    let manifest = ws.join("data/synth/manifest.jsonl");
+    let lines: Vec<String> =
+        std::fs::read_to_string(&manifest).expect("manifest").lines().map(str::to_string).collect();
+    let moved = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf-8").to_string()
+    };
+    let to = |path: &Path| {
+        text.replace(
+            &format!("manifest = \"{}\"", manifest.display()),
+            &format!("manifest = \"{}\"", path.display()),
+        )
+    };
+    let copy = ws.join("data/synth/resumed.jsonl");
+    std::fs::write(&copy, lines.join("\n") + "\n").expect("write");
+    let resumed_config = moved("resumed.toml", to(&copy));
+    let first_epoch = ["train", "--config", &resumed_config, "--out", "resumed", "--device", "cpu"];
+    ok(&dir, &[&first_epoch[..], &["--set", "train.epochs=1", "--quiet"]].concat());
+    std::fs::write(&copy, lines[1..].join("\n") + "\n").expect("write");
+    let err = fails(&dir, &[&first_epoch[..], &["--resume", "--set", "train.epochs=2"]].concat());
+    assert!(err.contains("the data changed since this run started"), "{err}");
+
+    // 6. A label seen only in the test split, and a modality no training sample has.
+    let unicorn: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            if l.contains("\"split\":\"test\"") && !l.contains("unicorn") {
+                l.replacen("\"label\":\"", "\"label\":\"unicorn-", 1)
+            } else {
+                l.clone()
+            }
+        })
+        .collect();
+    let first_test =
+        lines.iter().position(|l| l.contains("\"split\":\"test\"")).expect("a test sample");
+    let only_one: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i == first_test { unicorn[i].clone() } else { l.clone() })
+        .collect();
+    let path = ws.join("data/synth/unicorn.jsonl");
+    std::fs::write(&path, only_one.join("\n") + "\n").expect("write");
+    let id = json(&lines[first_test])["id"].as_str().expect("id").to_string();
+    let err = fails(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &moved("unicorn.toml", to(&path)),
+            "--out",
+            "unicorn",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(err.contains("have no training sample") && err.contains(&id), "{err}");
+    let silent: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let mut v = json(l);
+            v.as_object_mut().expect("object").remove("audio");
+            v.to_string()
+        })
+        .collect();
+    let path = ws.join("data/synth/silent.jsonl");
+    std::fs::write(&path, silent.join("\n") + "\n").expect("write");
+    let err = fails(
+        &dir,
+        &[
+            "train",
+            "--config",
+            &moved("silent.toml", to(&path)),
+            "--out",
+            "silent",
+            "--device",
+            "cpu",
+        ],
+    );
+    assert!(err.contains("audio"), "{err}");
+
+    // 7. A device and a FIFO in a manifest: dropped by cleaning, by name, at once.
+    let zero = ws.join("data/synth/zero.png");
+    let _ = std::fs::remove_file(&zero);
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    let fifo = ws.join("data/synth/pipe.wav");
+    let _ = std::fs::remove_file(&fifo);
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+    // SAFETY: mkfifo on a path this test owns.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let odd: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut v = json(l);
+            if i == 0 {
+                v["image"] = Value::from("zero.png");
+            }
+            if i == 1 {
+                v["audio"] = Value::from("pipe.wav");
+            }
+            v.to_string()
+        })
+        .collect();
+    let path = ws.join("data/synth/odd.jsonl");
+    std::fs::write(&path, odd.join("\n") + "\n").expect("write");
+    let started = std::time::Instant::now();
+    let out = mm_in(&dir, &["data", "check", path.to_str().expect("utf-8"), "--json"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(started.elapsed().as_secs() < 60, "the check waited on the FIFO or read the device");
+    assert!(said.contains("a character device") && said.contains("a FIFO"), "{said}");
 }

@@ -363,7 +363,82 @@ fn load_pretrained(
     Ok(pretrained)
 }
 
-/// The checkpoint folder of a run's output folder.
+impl TrainConfig {
+    /// Checks every number of `[train]` before anything is read or built, each message naming
+    /// its key: counts at least 1, rates positive and finite, factors in range, the
+    /// optimiser's settings (`train.optimizer.momentum` in [0, 1), ...).
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.epochs == 0 || self.batch_size == 0 || self.accumulate == 0 {
+            return bad("train: epochs, batch_size and accumulate must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("train.lr = {}: a positive learning rate", self.lr));
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!("train.clip_grad_norm = {c}: must be positive"));
+            }
+        }
+        if !(self.backbone_lr_scale.is_finite() && self.backbone_lr_scale >= 0.0) {
+            return bad(format!(
+                "train.backbone_lr_scale = {}: must be 0 (frozen) or positive",
+                self.backbone_lr_scale
+            ));
+        }
+        if let Some(p) = &self.reduce_on_plateau {
+            if !(p.factor > 0.0 && p.factor < 1.0 && (0.0..1.0).contains(&p.min_scale)) {
+                return bad(format!(
+                    "train.reduce_on_plateau: factor {} must be in (0, 1) and min_scale {} in [0, 1)",
+                    p.factor, p.min_scale
+                ));
+            }
+        }
+        match self.schedule {
+            Some(Shape::Step { every, gamma }) => {
+                if every == 0 || !(gamma > 0.0 && gamma <= 1.0) {
+                    return bad(format!("train.schedule: every = {every} must be at least 1 and gamma = {gamma} in (0, 1]"));
+                }
+            }
+            Some(Shape::Cosine { min_lr, .. } | Shape::Linear { min_lr, .. }) => {
+                if !(min_lr.is_finite() && min_lr >= 0.0 && min_lr <= self.lr) {
+                    return bad(format!(
+                        "train.schedule.min_lr = {min_lr}: must be in [0, lr = {}]",
+                        self.lr
+                    ));
+                }
+            }
+            Some(Shape::Constant) | None => {}
+        }
+        if let Some(es) = &self.early_stopping {
+            if es.patience == 0 {
+                return bad("train.early_stopping.patience: at least 1".into());
+            }
+        }
+        self.optimizer.validate().map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("train.{m}")),
+            e => e,
+        })
+    }
+}
+
+/// Takes the run folder `out` for this process: locks it (a second writer, a training or a
+/// `--resume` started while this one runs, is refused with this process's id; see
+/// [`mm_data::fs::DirLock`]) and removes the temporary files a killed run left in it and in its
+/// checkpoints. Hold the lock for as long as the run writes the folder.
+pub fn claim(out: &Path) -> Result<mm_data::fs::DirLock> {
+    let mut what = std::env::args().collect::<Vec<_>>().join(" ");
+    if what.chars().count() > 300 {
+        what = what.chars().take(300).chain("...".chars()).collect();
+    }
+    let lock = mm_data::fs::DirLock::acquire(out, &what)?;
+    for dir in [out.to_path_buf(), checkpoint_dir(out)] {
+        mm_data::fs::remove_stale(&dir);
+    }
+    Ok(lock)
+}
+
+/// The checkpoint folder of the run folder `out`.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }

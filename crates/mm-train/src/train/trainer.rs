@@ -466,27 +466,9 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// Refuses a configuration that cannot train.
+/// Refuses a configuration that cannot train ([`TrainConfig::check`]).
 fn check(config: &TrainConfig) -> Result<()> {
-    if config.epochs == 0
-        || config.batch_size == 0
-        || config.accumulate == 0
-        || !config.lr.is_finite()
-        || config.lr <= 0.0
-    {
-        return Err(Error::Config(
-            "train: epochs, batch_size, accumulate and lr must be positive".into(),
-        ));
-    }
-    if let Some(p) = &config.reduce_on_plateau {
-        if !(p.factor > 0.0 && p.factor < 1.0 && (0.0..1.0).contains(&p.min_scale)) {
-            return Err(Error::Config(format!(
-                "train.reduce_on_plateau: factor {} must be in (0, 1) and min_scale {} in [0, 1)",
-                p.factor, p.min_scale
-            )));
-        }
-    }
-    Ok(())
+    config.check()
 }
 
 /// The selection metric: early stopping's, else `select`, else the step's own; a name the
