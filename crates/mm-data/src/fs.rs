@@ -337,7 +337,7 @@ fn alive(pid: u32) -> bool {
 /// `…` when `named`).
 fn owner(name: &str, prefix: &str, mark: &str, named: bool) -> Option<u32> {
     let (head, pid) = name.strip_prefix(prefix)?.rsplit_once(mark)?;
-    if head.is_empty() != !named || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+    if head.is_empty() == named || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     pid.parse().ok()
