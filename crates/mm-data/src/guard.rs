@@ -48,14 +48,29 @@ pub struct Caught {
     pub message: String,
     /// The innermost [`Part`] that was running when the panic happened.
     pub part: Option<String>,
+    /// libtorch's C++ stack, kept only when `RUST_BACKTRACE` is set (and not `0`).
+    pub stack: Option<String>,
+}
+
+impl Caught {
+    /// The stack as the lines that end a report (empty without one).
+    pub fn stack_lines(&self) -> String {
+        match &self.stack {
+            Some(stack) => {
+                format!("\nlibtorch's C++ stack (shown because RUST_BACKTRACE is set):\n{stack}")
+            }
+            None => String::new(),
+        }
+    }
 }
 
 impl std::fmt::Display for Caught {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.part {
-            Some(part) => write!(f, "{} (in the {part})", self.message),
-            None => f.write_str(&self.message),
+            Some(part) => write!(f, "{} (in the {part})", self.message)?,
+            None => f.write_str(&self.message)?,
         }
+        f.write_str(&self.stack_lines())
     }
 }
 
@@ -114,8 +129,23 @@ pub fn catch<T>(call: impl FnOnce() -> T) -> Result<T, Caught> {
         Caught {
             message: plain_message(&message),
             part: PANIC_PART.with(|p| p.borrow_mut().take()),
+            stack: cpp_stack(&message).filter(|_| backtrace_wanted()),
         }
     })
+}
+
+/// Whether the user asked for stacks (`RUST_BACKTRACE` set, and not `0`).
+fn backtrace_wanted() -> bool {
+    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0")
+}
+
+/// libtorch's C++ stack in a tch panic message (from `Exception raised from ...`), with its
+/// escaped newlines restored; `None` when the message has none.
+pub fn cpp_stack(message: &str) -> Option<String> {
+    let at = message.find("Exception raised from")?;
+    let rest = &message[at..];
+    let rest = rest.strip_suffix("\")").unwrap_or(rest);
+    Some(rest.replace("\\n", "\n").replace("\\\"", "\"").trim_end().to_string())
 }
 
 /// The part of a panic message a user can act on. tch's panics read
@@ -153,6 +183,15 @@ mod tests {
             "could not create a primitive descriptor for the LSTM forward propagation primitive."
         );
         assert_eq!(plain_message("index out of bounds"), "index out of bounds");
+        // The stack is kept apart, for RUST_BACKTRACE=1.
+        let stack = cpp_stack(raw).expect("a stack");
+        assert!(
+            stack.starts_with("Exception raised from lstm at ")
+                && stack.ends_with("frame #0: c10::Error::Error"),
+            "{stack}"
+        );
+        assert_eq!(stack.lines().count(), 2);
+        assert_eq!(cpp_stack("index out of bounds"), None);
     }
 
     #[test]
@@ -166,7 +205,10 @@ mod tests {
             panic!("boom");
         })
         .expect_err("a panic");
-        assert_eq!(caught, Caught { message: "boom".into(), part: Some("fusion".into()) });
+        assert_eq!(
+            caught,
+            Caught { message: "boom".into(), part: Some("fusion".into()), stack: None }
+        );
         assert_eq!(caught.to_string(), "boom (in the fusion)");
         assert!(PARTS.with(|p| p.borrow().is_empty()));
         // A panic outside any part names none, even after one that had a part.

@@ -54,5 +54,6 @@ pub fn failed(during: &str, precision: Precision, device: Device, caught: Caught
             cpu_bf16()
         ));
     }
+    message.push_str(&caught.stack_lines());
     Error::Torch(message)
 }

@@ -262,47 +262,120 @@ pub struct Model {
     config: ModelConfig,
 }
 
+/// An encoder built for its modality.
+type Built = (Modality, Box<dyn Encoder>);
+
+/// The encoders and the fusion of `config` (whose heads are `named`) built under `path` for
+/// data of shape `data`, and whether the heads read a fused vector.
+fn build_parts(
+    path: &nn::Path,
+    config: &ModelConfig,
+    named: &[(String, HeadConfig)],
+    data: &DataShape,
+) -> Result<(Vec<Built>, Option<FusionModel>, bool)> {
+    let mut encoders = Vec::new();
+    for (name, enc) in config.modalities()? {
+        if !data.modalities.contains(&name) {
+            return Err(Error::Config(format!(
+                "model.encoders.{name}: the data has no {name} (it has {:?})",
+                data.modalities
+            )));
+        }
+        let input_dim = match name {
+            Modality::Audio => data.n_mels,
+            Modality::Features => data.features,
+            Modality::Image | Modality::Text | Modality::Frames => None,
+        };
+        let ctx = BuildContext {
+            input_dim,
+            vocab: data.vocab.as_deref(),
+            vocab_size: data.vocab_size,
+            max_tokens: data.max_tokens,
+            seed: 0,
+        };
+        let e = build(&(path / "encoders" / name), enc, &ctx).map_err(|e| match e {
+            mm_encoders::Error::Config(m) | mm_encoders::Error::Seq(mm_seq::Error::Config(m)) => {
+                Error::Config(format!("model.encoders.{name}: {m}"))
+            }
+            e => Error::Config(format!("model.encoders.{name}: {e}")),
+        })?;
+        encoders.push((name, e));
+    }
+    let reads_fused = named.iter().any(|(_, h)| h.reads() == Reads::Fused);
+    let fusion = match &config.fusion {
+        Some(f) if reads_fused => {
+            let dims: Vec<(String, i64)> =
+                encoders.iter().map(|(n, e)| (n.to_string(), e.output_dim())).collect();
+            let dims: Vec<(&str, i64)> = dims.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+            Some(FusionModel::new(&(path / "fusion"), f, &dims).map_err(|e| match e {
+                mm_fusion::Error::Config(m) => Error::Config(format!("model.fusion: {m}")),
+                e => Error::Config(format!("model.fusion: {e}")),
+            })?)
+        }
+        _ => None,
+    };
+    Ok((encoders, fusion, reads_fused))
+}
+
+impl ModelConfig {
+    /// Builds the encoders and the fusion once on the CPU, with stand-in sizes from the data's
+    /// configuration (its mel bins, features and token length; a vocabulary of 8 words), and
+    /// drops them: every number they check (channels, heads dividing a size, dropout, ...) is
+    /// then checked before any data is read, not after the data is cleaned. A model with an
+    /// encoder whose building reads files (word vectors, BERT) is left to the real build.
+    pub fn check_build(&self, data: &mm_data::config::DataConfig) -> Result<()> {
+        let reads_files = self.encoders.values().any(|e| match e {
+            EncoderConfig::Bert(_) => true,
+            EncoderConfig::Text(t) => t.vectors.is_some(),
+            _ => false,
+        });
+        if reads_files {
+            return Ok(());
+        }
+        let named = self.check()?;
+        let shape = DataShape {
+            modalities: data.modalities(),
+            n_mels: data.audio.as_ref().map(|a| a.mel.n_mels as i64),
+            features: data.features.as_ref().map(|f| f.dim as i64),
+            vocab_size: Some(8),
+            max_tokens: data.text.as_ref().map(|t| t.max_tokens as i64),
+            ..DataShape::default()
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let (encoders, _, _) = build_parts(&vs.root(), self, &named, &shape)?;
+        // An image size the image encoder cannot take (too small for its kernels and pools).
+        let image = data.image.as_ref().map(|i| i.size.hw());
+        for (name, encoder) in encoders.iter().filter(|(m, _)| *m == Modality::Image) {
+            let Some((h, w)) = image else { continue };
+            let input = Input {
+                values: Tensor::zeros(
+                    [1, 3, h as i64, w as i64],
+                    (tch::Kind::Float, tch::Device::Cpu),
+                ),
+                lengths: None,
+            };
+            let ran = mm_data::guard::catch(|| {
+                let _no_grad = tch::no_grad_guard();
+                encoder.forward_t(&input, false).pooled.size()
+            });
+            if let Err(caught) = ran {
+                return Err(Error::Config(format!(
+                    "data.image.size = {h}x{w}: too small for model.encoders.{name} ({})",
+                    caught.message
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Model {
     /// Builds the model under `path` for data of shape `data`.
     pub fn new(path: &nn::Path, config: &ModelConfig, data: &DataShape) -> Result<Self> {
         let named = config.check()?;
-        let mut encoders = Vec::new();
-        for (name, enc) in config.modalities()? {
-            if !data.modalities.contains(&name) {
-                return Err(Error::Config(format!(
-                    "model.encoders.{name}: the data has no {name} (it has {:?})",
-                    data.modalities
-                )));
-            }
-            let input_dim = match name {
-                Modality::Audio => data.n_mels,
-                Modality::Features => data.features,
-                Modality::Image | Modality::Text | Modality::Frames => None,
-            };
-            let ctx = BuildContext {
-                input_dim,
-                vocab: data.vocab.as_deref(),
-                vocab_size: data.vocab_size,
-                max_tokens: data.max_tokens,
-                seed: 0,
-            };
-            let e = build(&(path / "encoders" / name), enc, &ctx)
-                .map_err(|e| Error::Config(format!("model.encoders.{name}: {e}")))?;
-            encoders.push((name, e));
-        }
+        let (encoders, fusion, reads_fused) = build_parts(path, config, &named, data)?;
         let dims: Vec<(String, i64)> =
             encoders.iter().map(|(n, e)| (n.to_string(), e.output_dim())).collect();
-        let reads_fused = named.iter().any(|(_, h)| h.reads() == Reads::Fused);
-        let fusion = match &config.fusion {
-            Some(f) if reads_fused => {
-                let dims: Vec<(&str, i64)> = dims.iter().map(|(n, d)| (n.as_str(), *d)).collect();
-                Some(
-                    FusionModel::new(&(path / "fusion"), f, &dims)
-                        .map_err(|e| Error::Config(format!("model.fusion: {e}")))?,
-                )
-            }
-            _ => None,
-        };
         // Without a fusion, a model over one modality reads that encoder's output.
         let fused_dim = fusion
             .as_ref()

@@ -93,7 +93,7 @@ impl OptimizerConfig {
                 if *nesterov && *momentum == 0.0 {
                     return bad("nesterov needs a momentum above 0".to_string());
                 }
-                if *weight_decay < 0.0 {
+                if !(weight_decay.is_finite() && *weight_decay >= 0.0) {
                     return bad(format!("weight_decay = {weight_decay}: must be non-negative"));
                 }
             }
@@ -102,7 +102,8 @@ impl OptimizerConfig {
                 if !(0.0..1.0).contains(&betas.0) || !(0.0..1.0).contains(&betas.1) {
                     return bad(format!("betas = {betas:?}: each must be in [0, 1)"));
                 }
-                if *eps <= 0.0 || *weight_decay < 0.0 {
+                let eps_ok = eps.is_finite() && *eps > 0.0;
+                if !(eps_ok && weight_decay.is_finite() && *weight_decay >= 0.0) {
                     return bad(format!("eps = {eps} must be positive and weight_decay = {weight_decay} non-negative"));
                 }
             }

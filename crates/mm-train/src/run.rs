@@ -283,8 +283,10 @@ impl RunConfig {
                 ));
             }
         }
-        // How encoders, fusion and heads fit together: the model's own rules (one place).
+        // How encoders, fusion and heads fit together: the model's own rules (one place), then
+        // the encoders' and the fusion's own numbers, by building them once with stand-in sizes.
         let heads = self.model.check()?;
+        self.model.check_build(&self.data)?;
         for (name, head) in &heads {
             let field = if heads.len() == 1 {
                 "model.head".to_string()
@@ -567,6 +569,10 @@ impl Run {
             } else {
                 "no such folder; `mm train --out` makes one".to_string()
             };
+            return Err(Error::NotARun { path: dir.to_path_buf(), why });
+        }
+        if checkpoint.is_none() && !checkpoint::exists(&checkpoint_dir(dir), "best") {
+            let why = "it holds no checkpoint: its training never finished an epoch".to_string();
             return Err(Error::NotARun { path: dir.to_path_buf(), why });
         }
         let config = RunConfig::from_file(&file, &[])?;

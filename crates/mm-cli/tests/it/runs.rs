@@ -1733,6 +1733,15 @@ fn runs_that_cannot_work_fail_loudly_and_run_folders_are_guarded() {
         err.contains("with --set model.head.label_smoothing=2: model.head.label_smoothing = 2: must be in [0, 1)"),
         "{err}"
     );
+    // An image too small for the network: said with the key, in one line, before any data.
+    let err = run(&train("small", &["--set", "data.image.size=8"]));
+    assert!(
+        err.contains("data.image.size = 8x8: too small for model.encoders.image")
+            && !err.contains("Exception raised from")
+            && err.len() < 600,
+        "{err}"
+    );
+    assert!(!dir.join("small").exists(), "refused before the folder was made");
     let line = text.lines().position(|l| l.starts_with("lr = ")).expect("lr") + 1;
     let bad_lr = dir.join("bad-lr.toml");
     std::fs::write(&bad_lr, text.replace("lr = 3e-3", "lr = -1.0")).expect("write");

@@ -334,6 +334,12 @@ impl DataConfig {
         if self.modalities().is_empty() {
             return bad("", "no modality: add at least one of [data.image], [data.audio], [data.text], [data.frames], [data.features]");
         }
+        if let Some(a) = &self.audio {
+            // The front end's own checks (rates, sizes, the frequency range), before any work.
+            if let Err(e) = crate::mel::LogMel::new(&a.mel) {
+                return bad("audio.mel", &e.to_string());
+            }
+        }
         for (kind, mb) in self.max_file_mb.each() {
             if mb == Some(0) {
                 return bad(&format!("max_file_mb.{}", kind.name()), "must be at least 1 (MiB)");
