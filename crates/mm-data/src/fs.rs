@@ -82,18 +82,24 @@ pub fn write_dir_atomic<T>(
         _ => std::path::PathBuf::from("."),
     };
     fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    // Staging or replaced folders of this output that a killed writer left behind.
+    // Staging folders of this output that a killed writer left behind: only ones that carry
+    // the staging mark (a user's own `NAME.partial-2023` is not ours). A `NAME.old-PID` left
+    // by a writer killed between its two renames may be the only copy of the earlier output:
+    // it stays.
     let name_str = name.to_string_lossy();
     remove_dead(&parent, |entry| {
         owner(entry, &name_str, ".partial-", false)
-            .or_else(|| owner(entry, &name_str, ".old-", false))
+            .filter(|_| parent.join(entry).join(STAGING_MARK).is_file())
     });
     let staging = parent.join(format!("{}.partial-{}", name.to_string_lossy(), std::process::id()));
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     }
     fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    fs::write(staging.join(STAGING_MARK), b"").map_err(|e| Error::io(&staging, e))?;
     let result = write(&staging).and_then(|value| {
+        let mark = staging.join(STAGING_MARK);
+        fs::remove_file(&mark).map_err(|e| Error::io(&mark, e))?;
         replace_dir(&staging, out)?;
         Ok(value)
     });
@@ -119,11 +125,12 @@ pub enum FileKind {
 }
 
 const MIB: u64 = 1 << 20;
+const DEFAULTS: [u64; 4] = [256 * MIB, 2048 * MIB, 1024 * MIB, 65536 * MIB];
 static LIMITS: [AtomicU64; 4] = [
-    AtomicU64::new(256 * MIB),
-    AtomicU64::new(2048 * MIB),
-    AtomicU64::new(1024 * MIB),
-    AtomicU64::new(65536 * MIB),
+    AtomicU64::new(DEFAULTS[0]),
+    AtomicU64::new(DEFAULTS[1]),
+    AtomicU64::new(DEFAULTS[2]),
+    AtomicU64::new(DEFAULTS[3]),
 ];
 
 impl FileKind {
@@ -135,6 +142,11 @@ impl FileKind {
             FileKind::Text => "text",
             FileKind::Weights => "weights",
         }
+    }
+
+    /// The limit of this kind unless set otherwise, in bytes.
+    pub fn default_limit(self) -> u64 {
+        DEFAULTS[self as usize]
     }
 
     fn slot(self) -> &'static AtomicU64 {
@@ -196,6 +208,11 @@ fn regular(path: &Path, meta: &fs::Metadata) -> Result<()> {
 /// returns the file and its length. A folder, a FIFO, a device or a socket is refused by name
 /// without waiting on it, and an oversized file without reading it.
 pub fn open_capped(path: &Path, kind: FileKind) -> Result<(File, u64)> {
+    open_within(path, kind, limit(kind))
+}
+
+/// [`open_capped`] with the limit `cap`.
+fn open_within(path: &Path, kind: FileKind, cap: u64) -> Result<(File, u64)> {
     let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
     regular(path, &meta)?;
     let mut options = fs::OpenOptions::new();
@@ -209,7 +226,6 @@ pub fn open_capped(path: &Path, kind: FileKind) -> Result<(File, u64)> {
     let file = options.open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     regular(path, &meta)?;
-    let cap = limit(kind);
     if meta.len() > cap {
         return Err(Error::decode(
             path,
@@ -234,8 +250,12 @@ pub fn open_capped(path: &Path, kind: FileKind) -> Result<(File, u64)> {
 /// assert!(err.to_string().contains("a folder, not a regular file"), "{err}");
 /// ```
 pub fn read_capped(path: &Path, kind: FileKind) -> Result<Vec<u8>> {
-    let (file, len) = open_capped(path, kind)?;
-    let cap = limit(kind);
+    read_within(path, kind, limit(kind))
+}
+
+/// [`read_capped`] with the limit `cap`.
+fn read_within(path: &Path, kind: FileKind, cap: u64) -> Result<Vec<u8>> {
+    let (file, len) = open_within(path, kind, cap)?;
     let mut bytes = Vec::with_capacity(len as usize);
     file.take(cap.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     if bytes.len() as u64 > cap {
@@ -267,12 +287,15 @@ pub const LOCK_FILE: &str = ".mm-lock";
 pub struct DirLock {
     _file: File,
     path: PathBuf,
+    held: bool,
 }
 
 impl DirLock {
     /// Creates `dir` if needed and locks it for this process, recording the pid and `what`
     /// (a command line, say) for whoever is refused; a folder locked by another process is
-    /// [`Error::Busy`] at once (no waiting).
+    /// [`Error::Busy`] at once (no waiting). On a file system that has no `flock` (Lustre
+    /// without `-o flock`, NFS without its lock daemon) the folder is taken unlocked and
+    /// [`DirLock::held`] says so, for the caller to warn: refusing would stop all work there.
     pub fn acquire(dir: &Path, what: &str) -> Result<DirLock> {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(LOCK_FILE);
@@ -283,22 +306,31 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
+        let mut held = cfg!(unix);
         #[cfg(unix)]
         {
             use std::os::unix::io::AsRawFd;
             // SAFETY: flock on a descriptor this function owns.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
                 let err = std::io::Error::last_os_error();
-                if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                    return Err(Error::io(&path, err));
+                let unsupported = [libc::ENOSYS, libc::ENOLCK, libc::EOPNOTSUPP, libc::EINVAL];
+                match err.raw_os_error() {
+                    Some(code) if unsupported.contains(&code) => held = false,
+                    Some(code) if code == libc::EWOULDBLOCK => {
+                        let mut holder = String::new();
+                        let _ = file.read_to_string(&mut holder);
+                        let holder = holder.trim();
+                        return Err(Error::Busy {
+                            path: dir.to_path_buf(),
+                            holder: if holder.is_empty() {
+                                "another process".into()
+                            } else {
+                                holder.to_string()
+                            },
+                        });
+                    }
+                    _ => return Err(Error::io(&path, err)),
                 }
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(Error::Busy {
-                    path: dir.to_path_buf(),
-                    holder: if holder.is_empty() { "unknown".into() } else { holder.to_string() },
-                });
             }
         }
         let note = format!("process {} ({what})\n", std::process::id());
@@ -306,12 +338,18 @@ impl DirLock {
             .and_then(|_| std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)))
             .and_then(|_| file.write_all(note.as_bytes()))
             .map_err(|e| Error::io(&path, e))?;
-        Ok(DirLock { _file: file, path: dir.to_path_buf() })
+        Ok(DirLock { _file: file, path: dir.to_path_buf(), held })
     }
 
     /// The locked folder.
     pub fn dir(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the operating system holds the lock (false where the file system has no
+    /// `flock`: the folder was taken without one).
+    pub fn held(&self) -> bool {
+        self.held
     }
 }
 
@@ -370,6 +408,10 @@ fn remove_dead(dir: &Path, owned: impl Fn(&str) -> Option<u32>) -> Vec<PathBuf> 
 pub fn remove_stale(dir: &Path) -> Vec<PathBuf> {
     remove_dead(dir, |name| owner(name, ".", ".tmp-", true))
 }
+
+/// The file that marks a folder as [`write_dir_atomic`]'s staging folder (removed before the
+/// folder takes its place).
+const STAGING_MARK: &str = ".mm-staging";
 
 /// Moves `staging` to `out`, replacing what is there.
 fn replace_dir(staging: &Path, out: &Path) -> Result<()> {
@@ -442,12 +484,9 @@ mod tests {
         // Over the limit: refused before reading (the kind's name says which setting).
         let big = dir.join("big.bin");
         fs::write(&big, vec![7u8; 4096]).expect("write");
-        let before = limit(FileKind::Weights);
-        set_limit(FileKind::Weights, 1000);
-        let err = said(&big, FileKind::Weights);
-        set_limit(FileKind::Weights, before);
+        let err = read_within(&big, FileKind::Weights, 1000).expect_err("over").to_string();
         assert!(err.contains("4096 bytes, over the 1000 bytes limit for weights files"), "{err}");
-        assert_eq!(read_capped(&big, FileKind::Weights).expect("within").len(), 4096);
+        assert_eq!(read_within(&big, FileKind::Weights, 4096).expect("within").len(), 4096);
         fs::remove_dir_all(dir).ok();
     }
 
@@ -486,13 +525,24 @@ mod tests {
         // A staging folder of a killed folder writer goes when the same output is written again.
         let staging = dir.join(format!("synth.partial-{dead}"));
         let other = dir.join(format!("other.partial-{dead}"));
-        fs::create_dir_all(&staging).expect("mkdir");
-        fs::create_dir_all(&other).expect("mkdir");
+        // A user's folder named like ours, without the staging mark, and a replaced output
+        // that may be the only copy left: both stay.
+        let users = dir.join("synth.partial-2023");
+        let old = dir.join(format!("synth.old-{dead}"));
+        for d in [&staging, &other, &users, &old] {
+            fs::create_dir_all(d).expect("mkdir");
+        }
+        for d in [&staging, &other] {
+            fs::write(d.join(STAGING_MARK), b"").expect("mark");
+        }
         write_dir_atomic(&dir.join("synth"), "summary.json", false, |d| {
             write_atomic(&d.join("summary.json"), b"{}")
         })
         .expect("write folder");
-        assert!(!staging.exists() && other.exists());
+        assert!(!staging.exists() && other.exists() && users.exists() && old.exists());
+        let written: Vec<_> =
+            fs::read_dir(dir.join("synth")).expect("ls").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(written, ["summary.json"], "the mark does not stay in the output");
         fs::remove_dir_all(dir).ok();
     }
 }

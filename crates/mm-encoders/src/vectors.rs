@@ -19,7 +19,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -76,8 +75,10 @@ fn parse_floats(fields: &[&str], path: &Path, line: usize) -> Result<Vec<f32>> {
 /// Reads the vectors of `vocab`'s words from a GloVe or word2vec file (text, or binary when the
 /// file name ends in `.bin`). `seed` drives [`OovPolicy::Random`].
 pub fn load_vectors(path: &Path, vocab: &Vocab, oov: OovPolicy, seed: u64) -> Result<WordVectors> {
+    // A regular file within the weights limit (word vectors are weights), never a FIFO.
+    let (file, _) = mm_data::fs::open_capped(path, mm_data::fs::FileKind::Weights)
+        .map_err(crate::weights::unreadable)?;
     let io = |e: std::io::Error| Error::Io { path: path.to_path_buf(), message: e.to_string() };
-    let file = File::open(path).map_err(io)?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     // Token id of every vocabulary word, by exact form and lower-cased form.
     let mut wanted: HashMap<&str, i64> = HashMap::new();

@@ -229,6 +229,27 @@ const KINDS: [(Kind, Dtype); 10] = [
     (Kind::Double, Dtype::F64),
 ];
 
+/// The format's own name of a dtype (its header's spelling), fixed here so that the digest does
+/// not depend on how a version of the crate prints it.
+fn dtype_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::BOOL => "BOOL",
+        Dtype::U8 => "U8",
+        Dtype::I8 => "I8",
+        Dtype::I16 => "I16",
+        Dtype::U16 => "U16",
+        Dtype::F16 => "F16",
+        Dtype::BF16 => "BF16",
+        Dtype::I32 => "I32",
+        Dtype::U32 => "U32",
+        Dtype::F32 => "F32",
+        Dtype::F64 => "F64",
+        Dtype::I64 => "I64",
+        Dtype::U64 => "U64",
+        _ => "OTHER",
+    }
+}
+
 /// The digest of named tensors (`sha256:HEX`): of each tensor in name order, its name, dtype,
 /// shape and bytes, so that a flipped bit anywhere in the data, a changed shape or a renamed
 /// tensor all change it.
@@ -238,7 +259,7 @@ fn digest<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u
     for (name, dtype, shape, data) in tensors {
         hash.update((name.len() as u64).to_le_bytes());
         hash.update(name.as_bytes());
-        hash.update(format!("{dtype:?}").as_bytes());
+        hash.update(dtype_name(dtype).as_bytes());
         hash.update((shape.len() as u64).to_le_bytes());
         for d in shape {
             hash.update((*d as u64).to_le_bytes());
@@ -281,7 +302,12 @@ pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
         std::process::id()
     ));
     let io = |e: String| Error::Io { path: path.to_path_buf(), message: e };
-    let metadata = std::collections::HashMap::from([(DIGEST_KEY.to_string(), stamp)]);
+    // `format = pt` as PyTorch's own safetensors files say it: transformers refuses a file
+    // whose metadata lacks it.
+    let metadata = std::collections::HashMap::from([
+        (DIGEST_KEY.to_string(), stamp),
+        ("format".to_string(), "pt".to_string()),
+    ]);
     let written = safetensors::serialize_to_file(
         named.iter().map(|(n, r)| (n.as_str(), r)),
         Some(metadata),
@@ -307,14 +333,30 @@ pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
     Ok(())
 }
 
+/// mm-data's refusal to read a file as this crate's [`Error::Io`], its path said once.
+pub(crate) fn unreadable(e: mm_data::Error) -> Error {
+    match e {
+        mm_data::Error::Io { path, source } => {
+            let message = if source.kind() == std::io::ErrorKind::NotFound {
+                "no such file".to_string()
+            } else {
+                source.to_string()
+            };
+            Error::Io { path, message }
+        }
+        mm_data::Error::Decode { path, message } => Error::Io { path, message },
+        e => Error::Io { path: Default::default(), message: mm_data::error::report(&e) },
+    }
+}
+
 /// Reads every tensor of a safetensors file (on the CPU, in name order). The file must be a
 /// regular file within the weights size limit ([`mm_data::fs::FileKind::Weights`]) whose
 /// structure the `safetensors` crate accepts; a file that records a digest (every file mm
 /// writes does) must match it, or it is refused as damaged ([`Error::Integrity`]): a flipped
 /// bit never reaches a model.
 pub fn read_named(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let bytes = mm_data::fs::read_capped(path, mm_data::fs::FileKind::Weights)
-        .map_err(|e| Error::Io { path: path.to_path_buf(), message: mm_data::error::report(&e) })?;
+    let bytes =
+        mm_data::fs::read_capped(path, mm_data::fs::FileKind::Weights).map_err(unreadable)?;
     let damaged = |message: String| Error::Integrity { path: path.to_path_buf(), message };
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| damaged(format!("not a whole safetensors file: {e}")))?;
@@ -376,7 +418,9 @@ mod tests {
         assert_eq!(Tensor::read_safetensors(&path).expect("tch reads it").len(), 3);
         let bytes = std::fs::read(&path).expect("read");
         let (_, meta) = SafeTensors::read_metadata(&bytes).expect("header");
-        assert!(meta.metadata().as_ref().expect("metadata")[DIGEST_KEY].starts_with("sha256:"));
+        let meta = meta.metadata().as_ref().expect("metadata");
+        assert!(meta[DIGEST_KEY].starts_with("sha256:"));
+        assert_eq!(meta["format"], "pt", "as transformers requires");
     }
 
     #[test]

@@ -126,13 +126,13 @@ fn locate_invalid(e: Error, text: &str, source: &Path, overrides: &[String]) -> 
     let Error::Config(message) = e else { return e };
     let key: String = message
         .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         .collect();
     let name = source.display();
     let related = |k: &str| {
         k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
     };
-    if key.contains('.') {
+    if !key.is_empty() {
         if let Some(o) = overrides
             .iter()
             .rev()
@@ -169,8 +169,14 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
         if line.starts_with('#') || line.is_empty() {
             continue;
         }
-        if line.starts_with('[') {
-            table = line.trim_matches(|c| c == '[' || c == ']').trim().replace([' ', '"'], "");
+        // A table header (`[a.b]`, `[[a.b]]`, perhaps with a comment after it); a line of a
+        // nested array (`[0.08, 1.0],`) is not one.
+        let header = line.split('#').next().unwrap_or_default().trim();
+        if header.starts_with('[')
+            && header.ends_with(']')
+            && header.trim_start_matches('[').starts_with(|c: char| c.is_alphabetic() || c == '"')
+        {
+            table = header.trim_matches(|c| c == '[' || c == ']').trim().replace([' ', '"'], "");
             consider(&table, i + 1);
             continue;
         }
@@ -332,10 +338,16 @@ fn class_counts(manifest: &Manifest, classes: &[String]) -> Vec<usize> {
     counts
 }
 
-/// What the data must give before a run may train: every class some training samples (a label
-/// seen only in validation or test would be a class the model can never learn), and every
-/// modality an encoder reads present in some training sample.
-fn check_training_data(manifest: &Manifest, data: &DataConfig, counts: &[usize]) -> Result<()> {
+/// What the data must give before a run may train: when a head predicts classes (`classified`),
+/// every class some training samples (a label seen only in validation or test would be a class
+/// the model can never learn); and every modality an encoder reads present in some training
+/// sample.
+fn check_training_data(
+    manifest: &Manifest,
+    data: &DataConfig,
+    counts: &[usize],
+    classified: bool,
+) -> Result<()> {
     let train: Vec<&mm_data::manifest::Sample> = manifest.split(Split::Train).collect();
     if train.is_empty() {
         return Err(Error::Config(format!(
@@ -346,6 +358,7 @@ fn check_training_data(manifest: &Manifest, data: &DataConfig, counts: &[usize])
     let unlearnable: Vec<String> = data
         .classes
         .iter()
+        .filter(|_| classified)
         .zip(counts)
         .filter(|(_, n)| **n == 0)
         .map(|(class, _)| {
@@ -439,7 +452,8 @@ pub fn train_in(
         }
     }
     let counts = class_counts(&prepared.manifest, &config.data.classes);
-    check_training_data(&prepared.manifest, &config.data, &counts)?;
+    let classified = config.model.named_heads()?.iter().any(|(_, h)| h.reads_classes());
+    check_training_data(&prepared.manifest, &config.data, &counts, classified)?;
     let digest = manifest_digest(&prepared.manifest);
     let digest_file = out.join("data/manifest.sha256");
     if started && main {
@@ -571,11 +585,22 @@ impl Run {
             };
             return Err(Error::NotARun { path: dir.to_path_buf(), why });
         }
-        if checkpoint.is_none() && !checkpoint::exists(&checkpoint_dir(dir), "best") {
+        let ckpts = checkpoint_dir(dir);
+        if checkpoint.is_none() && !checkpoint::exists(&ckpts, "best") {
+            if checkpoint::exists(&ckpts, "last") {
+                return Err(Error::Checkpoint(format!(
+                    "{}: no best checkpoint (no epoch gave a finite validation metric, or there is no validation split); use the last one with --checkpoint {}",
+                    dir.display(),
+                    ckpts.join("last.json").display()
+                )));
+            }
             let why = "it holds no checkpoint: its training never finished an epoch".to_string();
             return Err(Error::NotARun { path: dir.to_path_buf(), why });
         }
-        let config = RunConfig::from_file(&file, &[])?;
+        // The configuration as the run was trained: read, not judged again by checks added
+        // since (the model is built from it below, which checks what it needs).
+        let text = mm_data::fs::read_text_capped(&file, mm_data::fs::FileKind::Text)?;
+        let config: RunConfig = parse_toml(&text, &file, &[])?;
         let data = dir.join("data");
         let pipeline = config.data.restore(config.train.seed, &data).map_err(Error::from)?;
         let counts: Vec<usize> = std::fs::read(data.join("classes.json"))
@@ -763,4 +788,24 @@ fn summarise_mismatch(file: &Path, problems: &[String], dir: &Path) -> String {
         dir.display(),
         problems.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_line;
+
+    #[test]
+    fn keys_are_found_at_their_line_or_their_nearest_table() {
+        let text = "[data]  # where\nmanifest = \"m.jsonl\"\n[data.image]\naugment = { crop = [\n  [0.08, 1.0],\n  [0.75, 1.33]] }\nsize = 32\n[model.heads.age-group]\ntype = \"classification\"\ndropout = 2.0\n[train]\nlr = 0.1\n";
+        assert_eq!(key_line(text, "data.manifest"), Some(2));
+        // The continuation of a nested array is not a table header.
+        assert_eq!(key_line(text, "data.image.size"), Some(7));
+        // An inline table's inner key: the line of the table.
+        assert_eq!(key_line(text, "data.image.augment.crop"), Some(4));
+        assert_eq!(key_line(text, "model.heads.age-group.dropout"), Some(10));
+        assert_eq!(key_line(text, "train"), Some(11));
+        // A key the file leaves to its default: its table.
+        assert_eq!(key_line(text, "train.epochs"), Some(11));
+        assert_eq!(key_line(text, "nothing.here"), None);
+    }
 }

@@ -23,13 +23,9 @@ impl SubwordTokenizer {
     /// Loads a `tokenizer.json`; a missing or malformed file is an error naming it.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if !path.is_file() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such tokenizer file"),
-            ));
-        }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        // Read here, bounded (a regular file within the text limit), then parsed.
+        let bytes = crate::fs::read_capped(path, crate::fs::FileKind::Text)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::decode(path, format!("not a valid tokenizer.json: {e}")))?;
         Ok(SubwordTokenizer { inner, path: path.to_path_buf() })
     }

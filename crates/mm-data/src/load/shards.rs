@@ -342,7 +342,9 @@ fn for_each_sample(
     data: bool,
     f: &mut dyn FnMut(Sample, Members) -> Result<()>,
 ) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // A regular file (a shard is streamed, so only its kind is checked, against the weights
+    // limit for large files).
+    let (file, _) = crate::fs::open_capped(path, FileKind::Weights)?;
     let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
     let bad =
         |member: &str, message: String| Error::Parse { file: path.join(member), line: 0, message };

@@ -269,12 +269,12 @@ impl FileLimits {
         ]
     }
 
-    /// Sets this process's limits ([`crate::fs::set_limit`]) to the ones given.
+    /// Sets this process's limits ([`crate::fs::set_limit`]): the ones given, the defaults for
+    /// the others (so that one run's settings never carry over to the next).
     pub fn apply(&self) {
         for (kind, mb) in self.each() {
-            if let Some(mb) = mb {
-                crate::fs::set_limit(kind, mb.saturating_mul(1 << 20));
-            }
+            let bytes = mb.map_or(kind.default_limit(), |mb| mb.saturating_mul(1 << 20));
+            crate::fs::set_limit(kind, bytes);
         }
     }
 }
@@ -389,6 +389,7 @@ impl DataConfig {
     /// and cleans it as this configuration says: with `clean`, unusable samples and labels
     /// outside `classes` (when set) are dropped and reported.
     pub fn read_manifest(&self, manifest: &Path) -> Result<(Manifest, Option<CleanReport>)> {
+        self.max_file_mb.apply();
         if ShardIndex::is_index(manifest) {
             // Shards: every sample's manifest line, not cleaned (see `prepare_shards`).
             return Ok((ShardIndex::read(manifest)?.scan()?, None));
@@ -523,6 +524,7 @@ impl DataConfig {
     /// resolved configuration has them).
     pub fn restore(&self, seed: u64, saved: &Path) -> Result<Pipeline> {
         self.validate()?;
+        self.max_file_mb.apply();
         let mut pipeline = self.pipeline(seed, Some(saved))?;
         pipeline.load_statistics(saved)?;
         Ok(pipeline)

@@ -169,6 +169,17 @@ impl HeadConfig {
         }
     }
 
+    /// Whether the head predicts the data's classes (classification, multi-label, ordinal):
+    /// then every class needs training samples.
+    pub fn reads_classes(&self) -> bool {
+        matches!(
+            self,
+            HeadConfig::Classification { .. }
+                | HeadConfig::MultiLabel { .. }
+                | HeadConfig::Ordinal { .. }
+        )
+    }
+
     /// Whether this is a single-label classifier (a class per sample, accuracy and the
     /// rest): what `mm compare` compares.
     pub fn is_classifier(&self) -> bool {

@@ -369,8 +369,14 @@ impl TrainConfig {
     /// optimiser's settings (`train.optimizer.momentum` in [0, 1), ...).
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.epochs == 0 || self.batch_size == 0 || self.accumulate == 0 {
-            return bad("train: epochs, batch_size and accumulate must be at least 1".into());
+        for (key, n) in [
+            ("epochs", self.epochs),
+            ("batch_size", self.batch_size as u64),
+            ("accumulate", self.accumulate as u64),
+        ] {
+            if n == 0 {
+                return bad(format!("train.{key} = 0: must be at least 1"));
+            }
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("train.lr = {}: a positive learning rate", self.lr));
@@ -427,11 +433,18 @@ impl TrainConfig {
 /// [`mm_data::fs::DirLock`]) and removes the temporary files a killed run left in it and in its
 /// checkpoints. Hold the lock for as long as the run writes the folder.
 pub fn claim(out: &Path) -> Result<mm_data::fs::DirLock> {
-    let mut what = std::env::args().collect::<Vec<_>>().join(" ");
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut what = args.join(" ");
     if what.chars().count() > 300 {
         what = what.chars().take(300).chain("...".chars()).collect();
     }
     let lock = mm_data::fs::DirLock::acquire(out, &what)?;
+    if !lock.held() {
+        eprintln!(
+            "warning: {}: this file system cannot lock files (flock), so nothing keeps a second process from writing this run folder at the same time",
+            out.display()
+        );
+    }
     for dir in [out.to_path_buf(), checkpoint_dir(out)] {
         mm_data::fs::remove_stale(&dir);
     }
