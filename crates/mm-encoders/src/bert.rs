@@ -116,8 +116,8 @@ fn eps() -> f64 {
 impl BertConfig {
     /// Reads a `config.json`; the error names the file and what is wrong.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = mm_data::fs::read_text_capped(path, mm_data::fs::FileKind::Text)
+            .map_err(crate::weights::unreadable)?;
         let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Io {
             path: path.to_path_buf(),
             message: format!("not a BERT config.json: {e}"),

@@ -159,8 +159,7 @@ pub struct TtsConfig {
 impl TtsConfig {
     /// Reads and checks a configuration file; errors name the file, line and key.
     pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = mm_data::fs::read_text_capped(path, mm_data::fs::FileKind::Text)?;
         let config: TtsConfig = mm_train::run::parse_toml(&text, path, overrides)?;
         config.validate()?;
         Ok(config)
@@ -696,7 +695,7 @@ fn prepare(
 
 /// The durations a run was trained on, from its `durations.json`.
 fn read_durations(file: &Path) -> Result<(Durations, Vec<String>)> {
-    let bytes = std::fs::read(file).map_err(|e| Error::file(file, e))?;
+    let bytes = mm_data::fs::read_capped(file, mm_data::fs::FileKind::Text)?;
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Checkpoint(format!("{}: {e}", file.display())))?;
     let bad = |key: &str, e: serde_json::Error| {
@@ -869,7 +868,8 @@ impl Synthesizer {
         }
         let config = TtsConfig::from_file(&file, &[])?;
         let read = |name: &str| {
-            std::fs::read_to_string(dir.join(name)).map_err(|e| Error::file(dir.join(name), e))
+            mm_data::fs::read_text_capped(&dir.join(name), mm_data::fs::FileKind::Text)
+                .map_err(Error::from)
         };
         let alphabet = Alphabet::new(&read("alphabet.txt")?).map_err(|e| {
             Error::Checkpoint(format!("{}: {e}", dir.join("alphabet.txt").display()))

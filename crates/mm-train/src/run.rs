@@ -603,11 +603,12 @@ impl Run {
         let config: RunConfig = parse_toml(&text, &file, &[])?;
         let data = dir.join("data");
         let pipeline = config.data.restore(config.train.seed, &data).map_err(Error::from)?;
-        let counts: Vec<usize> = std::fs::read(data.join("classes.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| serde_json::from_value(v["train_counts"].clone()).ok())
-            .unwrap_or_default();
+        let counts: Vec<usize> =
+            mm_data::fs::read_capped(&data.join("classes.json"), mm_data::fs::FileKind::Text)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| serde_json::from_value(v["train_counts"].clone()).ok())
+                .unwrap_or_default();
         let vs = nn::VarStore::new(device);
         let model =
             Model::new(&vs.root(), &config.model, &DataShape::from_pipeline(&pipeline, counts))?;

@@ -31,6 +31,8 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     assert_eq!(out.status.code(), Some(1), "mm {args:?}: {err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("mm: error:")).count(), 1, "{err}");
+    // Each cause once: an OS error is never repeated by the errors that wrap it.
+    assert!(err.matches("(os error").count() <= 1, "a cause said twice: {err}");
     err
 }
 
