@@ -78,6 +78,48 @@ pub struct LaunchArgs {
     master_port: Option<u16>,
 }
 
+impl LaunchArgs {
+    /// What this process is in a data-parallel job: `None` when it launched the ranks (they
+    /// have finished: nothing is left to do), else its process group (none when it trains
+    /// alone) and its device, named by `device` (`auto` and `cuda` mean its local rank's GPU).
+    pub fn join(
+        &self,
+        device: &str,
+    ) -> Result<Option<(Option<mm_train::dist::ProcessGroup>, tch::Device)>> {
+        let env = mm_train::dist::Env::from_env()?;
+        if let Some(n) = self.nproc_per_node {
+            let ours = std::env::var_os(mm_train::dist::LAUNCHED_VAR).is_some();
+            match (&env, ours) {
+                (Some(_), false) => bail!("this process is already a rank of a job (RANK and WORLD_SIZE are set by another launcher): drop --nproc-per-node"),
+                (None, _) => {
+                    let spec = mm_train::dist::Launch {
+                        nproc_per_node: n,
+                        nnodes: self.nnodes,
+                        node_rank: self.node_rank,
+                        master_addr: self.master_addr.clone(),
+                        master_port: self.master_port,
+                        env: Vec::new(),
+                    };
+                    let program = std::env::current_exe()
+                        .context("finding the mm binary to start the ranks")?;
+                    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                    mm_train::dist::launch(&spec, &program, &args)?;
+                    return Ok(None);
+                }
+                (Some(_), true) => {} // one of the ranks started above
+            }
+        }
+        Ok(Some(match &env {
+            Some(env) => {
+                let device = rank_device(device, env)?;
+                let options = mm_train::dist::GroupOptions::from_env(device)?;
+                (Some(mm_train::dist::ProcessGroup::new(env, &options)?), device)
+            }
+            None => (None, parse_device(device)?),
+        }))
+    }
+}
+
 /// The device of this rank: `auto` and `cuda` mean the GPU of its local rank.
 fn rank_device(name: &str, env: &mm_train::dist::Env) -> Result<tch::Device> {
     let device = parse_device(name)?;
@@ -100,46 +142,8 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         eprintln!("{}: valid", a.config.config.display());
         return Ok(());
     }
-    let env = mm_train::dist::Env::from_env()?;
-    if let Some(n) = a.launch.nproc_per_node {
-        let ours = std::env::var_os(mm_train::dist::LAUNCHED_VAR).is_some();
-        match (&env, ours) {
-            (Some(_), false) => bail!("this process is already a rank of a job (RANK and WORLD_SIZE are set by another launcher): drop --nproc-per-node"),
-            (None, _) => {
-                let spec = mm_train::dist::Launch {
-                    nproc_per_node: n,
-                    nnodes: a.launch.nnodes,
-                    node_rank: a.launch.node_rank,
-                    master_addr: a.launch.master_addr.clone(),
-                    master_port: a.launch.master_port,
-                    env: Vec::new(),
-                };
-                let program = std::env::current_exe().context("finding the mm binary to start the ranks")?;
-                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-                mm_train::dist::launch(&spec, &program, &args)?;
-                return Ok(());
-            }
-            (Some(_), true) => {} // one of the ranks started above
-        }
-    }
-    let group = match &env {
-        Some(env) => {
-            let device = rank_device(&a.device, env)?;
-            Some((
-                mm_train::dist::ProcessGroup::new(
-                    env,
-                    &mm_train::dist::GroupOptions::from_env(device)?,
-                )?,
-                device,
-            ))
-        }
-        None => None,
-    };
-    let device = match &group {
-        Some((_, d)) => *d,
-        None => parse_device(&a.device)?,
-    };
-    let main = group.as_ref().is_none_or(|(g, _)| g.is_main());
+    let Some((group, device)) = a.launch.join(&a.device)? else { return Ok(()) };
+    let main = group.as_ref().is_none_or(|g| g.is_main());
     let out = a
         .out
         .clone()
@@ -148,8 +152,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
     config.train.progress =
         !a.quiet && !a.json && main && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let started = Instant::now();
-    let trained =
-        mm_train::run::train_in(&config, &out, device, a.resume, group.as_ref().map(|(g, _)| g))?;
+    let trained = mm_train::run::train_in(&config, &out, device, a.resume, group.as_ref())?;
     if !main {
         return Ok(());
     }
@@ -170,7 +173,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "pretrained": r.pretrained.iter().map(|(m, p)| (m.clone(), json!(p.summary()))).collect::<serde_json::Map<_, _>>(),
         "seconds": seconds,
         "device": format!("{device:?}"),
-        "ranks": group.as_ref().map_or(1, |(g, _)| g.world_size()),
+        "ranks": group.as_ref().map_or(1, |g| g.world_size()),
     });
     if a.json {
         println!("{summary}");
@@ -205,7 +208,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "{} parameters, {:.1} s on {device:?}{}{}; run folder {} (evaluate with `mm eval --run {}`)",
         trained.parameters,
         seconds,
-        group.as_ref().map_or(String::new(), |(g, _)| format!(" (rank 0 of {})", g.world_size())),
+        group.as_ref().map_or(String::new(), |g| format!(" (rank 0 of {})", g.world_size())),
         if r.stopped_early { ", stopped early" } else { "" },
         out.display(),
         out.display()

@@ -68,6 +68,8 @@ pub struct TrainTtsArgs {
     /// Continue the run in the output folder from its last checkpoint.
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    launch: crate::run::LaunchArgs,
 }
 
 /// `mm train-tts`.
@@ -77,16 +79,22 @@ pub fn train_tts(a: &TrainTtsArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(a.config.file_stem().unwrap_or_default()));
+    let Some((group, device)) = a.launch.join(&a.device)? else { return Ok(()) };
+    let main = group.as_ref().is_none_or(|g| g.is_main());
     let started = Instant::now();
     let report =
-        mm_speech::tts::train(&config, &out, parse_device(&a.device)?, a.resume, !a.quiet)?;
+        mm_speech::tts::train(&config, &out, device, a.resume, !a.quiet && main, group.as_ref())?;
+    if !main {
+        return Ok(());
+    }
     println!(
-        "best validation loss {:.4} at epoch {} of {}; {} recordings with even durations; {:.1} s; run folder {} (synthesize with `mm synthesize --run {} TEXT --speaker NAME --out FILE.wav`)",
+        "best validation loss {:.4} at epoch {} of {}; {} recordings with even durations; {:.1} s on {device:?}{}; run folder {} (synthesize with `mm synthesize --run {} TEXT --speaker NAME --out FILE.wav`)",
         report.best.0,
         report.best.1,
         report.history.len(),
         report.uneven.len(),
         started.elapsed().as_secs_f64(),
+        group.as_ref().map_or(String::new(), |g| format!(" (rank 0 of {})", g.world_size())),
         out.display(),
         out.display()
     );

@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use mm_data::audio::Audio;
 use mm_data::config::{AudioConfig, DataConfig};
-use mm_data::loader::{Batch, Loader, LoaderConfig};
+use mm_data::loader::{Batch, Loader, LoaderConfig, Shard};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::mel::{InvertConfig, LogMel, MelConfig};
 use mm_data::pipeline::Pipeline;
@@ -51,7 +51,7 @@ use serde_json::{json, Map, Value};
 use tch::{nn, Device, Kind, Tensor};
 
 use mm_train::checkpoint;
-use mm_train::dist::ProcessGroup;
+use mm_train::dist::{ProcessGroup, ReduceOp};
 use mm_train::heads::Metric;
 use mm_train::optim::{Group, Optimizer, OptimizerConfig};
 use mm_train::precision::Precision;
@@ -390,6 +390,14 @@ fn tts_batch(
 
 /// The three losses (mel L1, log-duration MSE, stop BCE) of a batch, each a mean.
 fn losses(net: &Net, batch: &TtsBatch, train: bool) -> (Tensor, Tensor, Tensor) {
+    let [mel, dur, stop] = loss_sums(net, batch, train).map(|(sum, n)| sum / n.clamp_min(1.0));
+    (mel, dur, stop)
+}
+
+/// The three losses of a batch as sums and what each is a mean over: mel L1 over the valid
+/// frames' bins, log-duration MSE over the tokens, stop BCE over the valid frames. Summed over
+/// a split (and over ranks), they give the split's means whatever its batches.
+fn loss_sums(net: &Net, batch: &TtsBatch, train: bool) -> [(Tensor, Tensor); 3] {
     let (p, mask) =
         net.forward(&batch.tokens, &batch.token_lengths, &batch.speakers, &batch.durations, train);
     let device = p.mel.device();
@@ -403,8 +411,9 @@ fn losses(net: &Net, batch: &TtsBatch, train: bool) -> (Tensor, Tensor, Tensor) 
         target
     };
     let fmask = mask.to_kind(Kind::Float).to_device(device);
-    let mel_loss = ((&p.mel - &target).abs() * fmask.unsqueeze(2)).sum(Kind::Float)
-        / (fmask.sum(Kind::Float) * m as f64).clamp_min(1.0);
+    let frames = fmask.sum(Kind::Float);
+    let mel =
+        (((&p.mel - &target).abs() * fmask.unsqueeze(2)).sum(Kind::Float), &frames * m as f64);
     let l = p.log_durations.size()[1];
     let tmask =
         mm_seq::lengths_to_mask(&batch.token_lengths, l).to_kind(Kind::Float).to_device(device);
@@ -414,8 +423,8 @@ fn losses(net: &Net, batch: &TtsBatch, train: bool) -> (Tensor, Tensor, Tensor) 
         .flat_map(|d| (0..l as usize).map(|k| d.get(k).map_or(0.0, |v| (*v as f32).ln_1p())))
         .collect();
     let truth = Tensor::from_slice(&truth).view([-1, l]).to_device(device);
-    let dur_loss = ((&p.log_durations - truth).square() * &tmask).sum(Kind::Float)
-        / tmask.sum(Kind::Float).clamp_min(1.0);
+    let dur = ((&p.log_durations - truth).square() * &tmask).sum(Kind::Float);
+    let dur = (dur, tmask.sum(Kind::Float));
     let mut stop_target = vec![0f32; batch.frames.len() * t as usize];
     for (j, f) in batch.durations.iter().map(|d| d.iter().sum::<i64>()).enumerate() {
         if f > 0 && f <= t {
@@ -423,15 +432,14 @@ fn losses(net: &Net, batch: &TtsBatch, train: bool) -> (Tensor, Tensor, Tensor) 
         }
     }
     let stop_target = Tensor::from_slice(&stop_target).view([-1, t]).to_device(device);
-    let stop_loss = (p.stop.binary_cross_entropy_with_logits::<Tensor>(
+    let stop = (p.stop.binary_cross_entropy_with_logits::<Tensor>(
         &stop_target,
         None,
         None,
         tch::Reduction::None,
     ) * &fmask)
-        .sum(Kind::Float)
-        / fmask.sum(Kind::Float).clamp_min(1.0);
-    (mel_loss, dur_loss, stop_loss)
+        .sum(Kind::Float);
+    [mel, dur, (stop, frames)]
 }
 
 /// Even durations of `n` characters over `frames` frames, with no silence.
@@ -469,10 +477,14 @@ fn from_alignment(steps: &[(usize, usize)], stride: i64, total: i64) -> Option<V
 /// Frames per token (silences first and last), by sample id.
 type Durations = BTreeMap<String, Vec<i64>>;
 
-/// Durations (frames per token, silences first and last) of every sample of `manifest`, from
-/// the aligner's forced alignment; the second value counts those that fell back to even
-/// durations.
-fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations, Vec<String>)> {
+/// Durations (frames per token, silences first and last) of `shard`'s samples of `manifest`
+/// (every `world`-th from its `rank`), from the aligner's forced alignment; the second value
+/// names those that fell back to even durations.
+fn align_durations(
+    aligner: &Run,
+    manifest: &Arc<Manifest>,
+    shard: Shard,
+) -> Result<(Durations, Vec<String>)> {
     let stride = aligner
         .model
         .ctc_stride()
@@ -482,13 +494,16 @@ fn align_durations(aligner: &Run, manifest: &Arc<Manifest>) -> Result<(Durations
     let mut uneven = Vec::new();
     // The aligner reads audio and transcripts; the speaker labels are not its classes.
     let mut unlabelled = Manifest::new(manifest.root());
-    for s in manifest.samples() {
+    for s in manifest.samples().iter().skip(shard.rank).step_by(shard.world.max(1)) {
         unlabelled
             .push(mm_data::manifest::Sample { label: None, labels: Vec::new(), ..s.clone() })
             .map_err(Error::from)?;
     }
     let unlabelled = Arc::new(unlabelled);
     for split in [Split::Train, Split::Val, Split::Test] {
+        if unlabelled.split(split).next().is_none() {
+            continue;
+        }
         let loader = aligner.loader(Arc::clone(&unlabelled), split, 32)?;
         for batch in loader.epoch(0) {
             let batch = batch.map_err(Error::from)?.to_device(device);
@@ -548,34 +563,66 @@ pub struct TtsReport {
 /// the record written last) and a record in `metrics.jsonl`, `curves.svg` and TensorBoard's
 /// event files; with `resume` a run continues from `last` with the durations it aligned, as if
 /// never stopped. A folder that already holds a run is refused without `resume`.
+///
+/// With a `group` of several ranks this process is one rank of a data-parallel job, as
+/// [`mm_train::run::train_in`] is: every rank reads and cleans the data, aligns its share of
+/// the recordings (all end with every recording's durations), takes rank 0's spectrogram
+/// statistics and trains on its share of each batch with the gradients averaged; validation
+/// sums over every rank's share; only rank 0 writes the run folder.
 pub fn train(
     config: &TtsConfig,
     out: &Path,
     device: Device,
     resume: bool,
     verbose: bool,
+    group: Option<&ProcessGroup>,
 ) -> Result<TtsReport> {
     config.validate()?;
-    let _lock = mm_train::train::claim(out)?;
+    let group = group.filter(|g| g.world_size() > 1);
+    let main = group.is_none_or(ProcessGroup::is_main);
+    // Only rank 0 writes the folder, so only it holds the lock (until this function returns).
+    let _lock = if main { Some(mm_train::train::claim(out)?) } else { None };
     let ckpt = mm_train::train::checkpoint_dir(out);
     let resuming = resume && checkpoint::exists(&ckpt, "last");
-    if !resume && checkpoint::exists(&ckpt, "last") {
+    if main && !resume && checkpoint::exists(&ckpt, "last") {
         return Err(Error::Config(format!(
             "{} holds a synthesis run: --resume continues it, or choose another --out",
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    if main {
+        std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    }
     let aligner = Run::open(&config.data.aligner, None, device)?;
     let alphabet = aligner_alphabet(config, &aligner)?;
-    let (manifest, pipeline) = prepare(config, &alphabet, out, verbose)?;
+    let (manifest, mut pipeline) = prepare(config, &alphabet, out, verbose && main, main)?;
+    if let Some(group) = group {
+        mm_train::dist::share_statistics(group, &mut pipeline)?;
+    }
+    let pipeline = Arc::new(pipeline);
     let speakers = pipeline.classes.clone();
     let (durations, uneven) = if resuming {
-        // The durations the run was trained on (the aligner may have moved on since).
-        read_durations(&out.join("durations.json"))?
+        // The durations the run was trained on (the aligner may have moved on since), rank 0's.
+        let read =
+            if main { read_durations(&out.join("durations.json"))? } else { Default::default() };
+        match group {
+            Some(group) => share_durations(group, read)?,
+            None => read,
+        }
     } else {
-        let aligned = align_run(&aligner, &manifest, &pipeline, out, verbose)?;
-        write_run(config, &alphabet, &speakers, out)?;
+        if main {
+            pipeline.save_statistics(out.join("data")).map_err(Error::from)?;
+        }
+        let aligned = align_run(&aligner, &manifest, group, verbose && main)?;
+        if main {
+            mm_data::fs::write_atomic(
+                &out.join("durations.json"),
+                &serde_json::to_vec(&json!({"uneven": aligned.1, "durations": aligned.0}))
+                    .unwrap_or_default(),
+            )
+            .map_err(Error::from)?;
+            write_run(config, &alphabet, &speakers, out)?;
+        }
         aligned
     };
     drop(aligner);
@@ -603,9 +650,15 @@ pub fn train(
     };
     let opt =
         Optimizer::new(&loop_config.optimizer, vec![Group::new("all", vs.trainable_variables())])?;
+    let shard = group.map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
     let loader = |split, config: LoaderConfig| {
-        Loader::new(Arc::clone(&manifest), split, Arc::clone(&pipeline), config)
-            .map_err(Error::from)
+        Loader::new(
+            Arc::clone(&manifest),
+            split,
+            Arc::clone(&pipeline),
+            LoaderConfig { shard, ..config },
+        )
+        .map_err(Error::from)
     };
     let train_loader = loader(
         Split::Train,
@@ -621,7 +674,7 @@ pub fn train(
         device,
         weights: (t.duration_weight, t.stop_weight),
     };
-    let fitted = Trainer::new(&step, &vs, opt, &loop_config, out, None)?.fit(
+    let fitted = Trainer::new(&step, &vs, opt, &loop_config, out, group)?.fit(
         &train_loader,
         &val_loader,
         resuming,
@@ -661,10 +714,11 @@ fn prepare(
     alphabet: &Alphabet,
     out: &Path,
     verbose: bool,
-) -> Result<(Arc<Manifest>, Arc<Pipeline>)> {
+    main: bool,
+) -> Result<(Arc<Manifest>, Pipeline)> {
     let mut data = data_config(config, alphabet, Vec::new());
     let prepared = data.prepare(config.train.seed).map_err(Error::from)?;
-    if let Some(report) = &prepared.report {
+    if let Some(report) = prepared.report.as_ref().filter(|_| main) {
         if verbose && report.dropped > 0 {
             eprintln!("cleaning dropped {} samples (see clean-report.json)", report.dropped);
         }
@@ -690,7 +744,45 @@ fn prepare(
             if incomplete.len() > 10 { ", ..." } else { "" }
         )));
     }
-    Ok((Arc::new(prepared.manifest), Arc::new(prepared.pipeline)))
+    Ok((Arc::new(prepared.manifest), prepared.pipeline))
+}
+
+/// Rank `root`'s durations (and the ids of its uneven ones), on every rank.
+fn broadcast_durations(
+    group: &ProcessGroup,
+    (durations, uneven): (Durations, Vec<String>),
+    root: usize,
+) -> Result<(Durations, Vec<String>)> {
+    let ours = group.rank() == root;
+    let bytes = if ours {
+        serde_json::to_vec(&json!({"uneven": uneven, "durations": durations})).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let bytes = group.broadcast_bytes(&bytes, root)?;
+    if ours {
+        return Ok((durations, uneven));
+    }
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Distributed(format!("rank {root}'s durations: {e}")))?;
+    let part = |key: &str| {
+        v.get(key)
+            .cloned()
+            .ok_or_else(|| Error::Distributed(format!("rank {root}'s durations: no `{key}`")))
+    };
+    let bad = |e: serde_json::Error| Error::Distributed(format!("rank {root}'s durations: {e}"));
+    Ok((
+        serde_json::from_value(part("durations")?).map_err(bad)?,
+        serde_json::from_value(part("uneven")?).map_err(bad)?,
+    ))
+}
+
+/// Rank 0's durations, read back on resuming, on every rank.
+fn share_durations(
+    group: &ProcessGroup,
+    durations: (Durations, Vec<String>),
+) -> Result<(Durations, Vec<String>)> {
+    broadcast_durations(group, durations, 0)
 }
 
 /// The durations a run was trained on, from its `durations.json`.
@@ -708,17 +800,32 @@ fn read_durations(file: &Path) -> Result<(Durations, Vec<String>)> {
 }
 
 /// A fresh run's durations, from the aligner over the same manifest (its own front end reads
-/// the audio), written to `durations.json` beside the pipeline's statistics.
+/// the audio). On several ranks each aligns its share of the samples (every `world`-th) and
+/// all of them end with every sample's durations.
 fn align_run(
     aligner: &Run,
     manifest: &Arc<Manifest>,
-    pipeline: &Pipeline,
-    out: &Path,
+    group: Option<&ProcessGroup>,
     verbose: bool,
 ) -> Result<(Durations, Vec<String>)> {
-    pipeline.save_statistics(out.join("data")).map_err(Error::from)?;
     let started = Instant::now();
-    let (durations, uneven) = align_durations(aligner, manifest)?;
+    let shard = group.map_or(Shard::WHOLE, |g| Shard { rank: g.rank(), world: g.world_size() });
+    let (mut durations, mut uneven) = align_durations(aligner, manifest, shard)?;
+    if let Some(group) = group {
+        let mine = (std::mem::take(&mut durations), std::mem::take(&mut uneven));
+        let mut mine = Some(mine);
+        for root in 0..group.world_size() {
+            let part = if root == group.rank() {
+                mine.take().unwrap_or_default()
+            } else {
+                Default::default()
+            };
+            let (d, u) = broadcast_durations(group, part, root)?;
+            durations.extend(d);
+            uneven.extend(u);
+        }
+    }
+    uneven.sort();
     if verbose {
         eprintln!(
             "aligned {} recordings in {:.1}s ({} with even durations)",
@@ -727,11 +834,6 @@ fn align_run(
             uneven.len()
         );
     }
-    mm_data::fs::write_atomic(
-        &out.join("durations.json"),
-        &serde_json::to_vec(&json!({"uneven": uneven, "durations": durations})).unwrap_or_default(),
-    )
-    .map_err(Error::from)?;
     Ok((durations, uneven))
 }
 
@@ -787,24 +889,27 @@ impl TrainStep for Synthesis<'_> {
         loader: &Loader,
         device: Device,
         precision: Precision,
-        _group: Option<&ProcessGroup>,
+        group: Option<&ProcessGroup>,
     ) -> Result<Map<String, Value>> {
-        let (mut sums, mut n) = ([0.0f64; 3], 0usize);
+        // Sums and counts of the three losses over this rank's share of the split.
+        let mut totals = [0.0f64; 6];
         for batch in loader.epoch(0) {
             let batch = batch.map_err(Error::from)?;
             mm_train::guard::step("the synthesiser's validation", precision, device, || {
                 let batch = tts_batch(&batch, self.durations, self.device)?;
                 let _no_grad = tch::no_grad_guard();
-                let (mel, dur, stop) = losses(self.net, &batch, false);
-                let k = batch.frames.len();
-                for (s, v) in sums.iter_mut().zip([&mel, &dur, &stop]) {
-                    *s += v.double_value(&[]) * k as f64;
+                for (k, (sum, n)) in loss_sums(self.net, &batch, false).iter().enumerate() {
+                    totals[2 * k] += sum.double_value(&[]);
+                    totals[2 * k + 1] += n.double_value(&[]);
                 }
-                n += k;
                 Ok(())
             })?;
         }
-        let mean = sums.map(|v| v / n.max(1) as f64);
+        if let Some(group) = group {
+            let all = group.all_reduce_values(&totals, ReduceOp::Sum)?;
+            totals.copy_from_slice(&all);
+        }
+        let mean: [f64; 3] = std::array::from_fn(|k| totals[2 * k] / totals[2 * k + 1].max(1.0));
         let mut m = Map::new();
         m.insert(
             "loss".into(),

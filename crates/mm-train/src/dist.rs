@@ -546,6 +546,42 @@ fn unflatten(
     });
 }
 
+/// Replaces the pipeline's statistics (normalisation, vocabulary) with rank 0's, through the
+/// files they are saved as: fitted in parallel, they could differ in the last bits between
+/// processes, and every rank must feed the model the same numbers.
+pub fn share_statistics(
+    group: &ProcessGroup,
+    pipeline: &mut mm_data::pipeline::Pipeline,
+) -> Result<()> {
+    let dir =
+        std::env::temp_dir().join(format!("mm-dist-stats-{}-{}", std::process::id(), group.rank()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let files: BTreeMap<String, String> = if group.is_main() {
+        pipeline.save_statistics(&dir).map_err(Error::from)?;
+        let mut files = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::file(&dir, e))?.flatten() {
+            let text =
+                std::fs::read_to_string(entry.path()).map_err(|e| Error::file(entry.path(), e))?;
+            files.insert(entry.file_name().to_string_lossy().into_owned(), text);
+        }
+        files
+    } else {
+        BTreeMap::new()
+    };
+    let bytes = group.broadcast_bytes(&serde_json::to_vec(&files).unwrap_or_default(), 0)?;
+    if !group.is_main() {
+        let files: BTreeMap<String, String> = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Distributed(format!("rank 0's statistics: {e}")))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+        for (name, text) in &files {
+            std::fs::write(dir.join(name), text).map_err(|e| Error::file(&dir, e))?;
+        }
+        pipeline.load_statistics(&dir).map_err(Error::from)?;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// Overwrites every variable of `vs` (parameters and buffers such as batch-norm statistics)
 /// with rank `root`'s, in buckets. Every rank must hold the same variables.
 pub fn broadcast_variables(group: &ProcessGroup, vs: &nn::VarStore, root: usize) -> Result<()> {

@@ -469,7 +469,7 @@ pub fn train_in(
     }
     let mut pipeline = prepared.pipeline;
     if let Some(group) = group.filter(|g| g.world_size() > 1) {
-        share_statistics(group, &mut pipeline)?;
+        crate::dist::share_statistics(group, &mut pipeline)?;
     }
     let pipeline = Arc::new(pipeline);
     let vs = nn::VarStore::new(device);
@@ -522,37 +522,6 @@ pub fn train_in(
         }
     };
     Ok(Trained { report, clean: prepared.report, config, parameters, manifest })
-}
-
-/// Replaces the pipeline's statistics with rank 0's, through the files they are saved as.
-fn share_statistics(group: &ProcessGroup, pipeline: &mut Pipeline) -> Result<()> {
-    let dir =
-        std::env::temp_dir().join(format!("mm-dist-stats-{}-{}", std::process::id(), group.rank()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let files: BTreeMap<String, String> = if group.is_main() {
-        pipeline.save_statistics(&dir).map_err(Error::from)?;
-        let mut files = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::file(&dir, e))?.flatten() {
-            let text =
-                std::fs::read_to_string(entry.path()).map_err(|e| Error::file(entry.path(), e))?;
-            files.insert(entry.file_name().to_string_lossy().into_owned(), text);
-        }
-        files
-    } else {
-        BTreeMap::new()
-    };
-    let bytes = group.broadcast_bytes(&serde_json::to_vec(&files).unwrap_or_default(), 0)?;
-    if !group.is_main() {
-        let files: BTreeMap<String, String> = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Distributed(format!("rank 0's statistics: {e}")))?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
-        for (name, text) in &files {
-            std::fs::write(dir.join(name), text).map_err(|e| Error::file(&dir, e))?;
-        }
-        pipeline.load_statistics(&dir).map_err(Error::from)?;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 /// A trained run, rebuilt from its folder.

@@ -1579,6 +1579,7 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
         again[1],
         history[1]
     );
+    two_ranks_train_one_synthesiser(&dir, &synthesize, &tiny);
     let out = ok(
         &dir,
         &[
@@ -1685,6 +1686,71 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     );
     assert!(dir.join("runs/synthesize/eval/theo_three.wav").is_file());
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// `mm train-tts --nproc-per-node 2` (Gloo over loopback): each rank aligns half the
+/// recordings and trains on half of every batch, rank 0 writes the one run folder. With a
+/// learning rate too small to move the weights, the validation losses that the ranks sum
+/// together are one process's over the whole split, and the ranks aligned what one process
+/// aligns.
+fn two_ranks_train_one_synthesiser(dir: &Path, synthesize: &Path, tiny: &[&str]) {
+    let run = |out: &str, ranks: Option<&str>| {
+        let mut args = vec![
+            "train-tts",
+            "--config",
+            synthesize.to_str().expect("utf-8"),
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--quiet",
+            "--set",
+            "train.lr=1e-9",
+        ];
+        args.extend(tiny);
+        args.extend(["--set", "train.epochs=1"]);
+        if let Some(n) = ranks {
+            args.extend(["--nproc-per-node", n]);
+        }
+        let text = ok(dir, &args);
+        let history: Vec<Value> = std::fs::read_to_string(dir.join(out).join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .map(json)
+            .collect();
+        assert_eq!(history.len(), 1, "{text}");
+        let durations = json(
+            &std::fs::read_to_string(dir.join(out).join("durations.json")).expect("durations"),
+        );
+        (text, history[0].clone(), durations)
+    };
+    let (_, one, aligned_once) = run("runs/tts-one", None);
+    let (text, two, aligned_twice) = run("runs/tts-two", Some("2"));
+    assert_eq!(text.lines().count(), 1, "one summary, from rank 0: {text}");
+    assert!(text.contains("(rank 0 of 2)"), "{text}");
+    let (a, b) = (&aligned_once["durations"], &aligned_twice["durations"]);
+    let (a, b) = (a.as_object().expect("by id"), b.as_object().expect("by id"));
+    assert!(a.len() >= 3000 && a.keys().eq(b.keys()), "{} vs {} ids", a.len(), b.len());
+    let differ = a.iter().filter(|(id, d)| b[*id] != **d).count();
+    assert!(differ * 1000 <= a.len(), "{differ} of {} aligned differently", a.len());
+    // Each rank takes half of every batch: half the steps of one process (the epoch cut to
+    // whole batches of both ranks).
+    let steps = |r: &Value| r["step"].as_u64().expect("step");
+    let unused = |r: &Value| r["unused_samples"].as_u64().expect("unused");
+    assert_eq!(steps(&two), steps(&one) / 2, "{one} vs {two}");
+    assert_eq!(
+        (2 * steps(&two) + unused(&two) / 32) * 32,
+        steps(&one) * 32 + unused(&one),
+        "{one} vs {two}"
+    );
+    for part in ["loss", "mel_l1", "duration_mse", "stop_bce"] {
+        let (x, y) = (
+            one["val"][part].as_f64().expect("one process"),
+            two["val"][part].as_f64().expect("two ranks"),
+        );
+        eprintln!("validation {part}: one process {x:.6}, two ranks {y:.6}");
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "{part}: {x} vs {y}");
+    }
 }
 
 /// The pid of a process that has exited.
