@@ -57,6 +57,10 @@ pub enum Error {
     /// A configuration value is not usable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An external program mm needs (FFmpeg, for video files) is missing or failed to start;
+    /// the message says how to get it.
+    #[error("{0}")]
+    Tool(String),
     /// A folder is being written by another process ([`crate::fs::DirLock`]).
     #[error("{path} is in use by {holder}: wait for it to finish, or choose another folder")]
     Busy {

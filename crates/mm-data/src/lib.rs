@@ -60,7 +60,7 @@ pub mod modality;
 pub mod rng;
 pub mod stats;
 
-pub use codecs::{audio, image, mel, subword, text, transcript};
+pub use codecs::{audio, image, mel, subword, text, transcript, video};
 pub use error::{Error, Result};
 pub use load::{loader, manifest, shards};
 pub use modality::Modality;

@@ -101,6 +101,9 @@ fn mel_spectrogram_matches_torchaudio() {
     }
 }
 
+#[path = "it/video.rs"]
+mod video;
+
 mod cleaning {
     use std::path::{Path, PathBuf};
 

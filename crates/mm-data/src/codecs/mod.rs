@@ -7,3 +7,4 @@ pub mod mel;
 pub mod subword;
 pub mod text;
 pub mod transcript;
+pub mod video;
