@@ -72,13 +72,13 @@ impl Modality {
     }
 
     /// Whether the manifest sample `s` has this modality (a path, a text, at least one frame
-    /// or feature).
+    /// or a video file, a feature).
     pub fn in_sample(self, s: &Sample) -> bool {
         match self {
             Modality::Image => s.image.is_some(),
             Modality::Audio => s.audio.is_some(),
             Modality::Text => s.text.is_some(),
-            Modality::Frames => !s.frames.is_empty(),
+            Modality::Frames => !s.frames.is_empty() || s.video.is_some(),
             Modality::Features => !s.features.is_empty(),
         }
     }
@@ -100,7 +100,10 @@ impl Modality {
             Modality::Image => s.image = None,
             Modality::Audio => s.audio = None,
             Modality::Text => s.text = None,
-            Modality::Frames => s.frames.clear(),
+            Modality::Frames => {
+                s.frames.clear();
+                s.video = None;
+            }
             Modality::Features => s.features.clear(),
         }
     }

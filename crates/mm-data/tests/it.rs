@@ -347,7 +347,11 @@ mod loading {
         p.image = Some(image.clone());
         p.audio = Some(audio);
         p.text = Some(text);
-        p.frames = Some(FramesSpec { image: ImageSpec::new((8, 8)), max_frames: Some(3) });
+        p.frames = Some(FramesSpec {
+            image: ImageSpec::new((8, 8)),
+            max_frames: Some(3),
+            clip: Default::default(),
+        });
         p.features = Some(FeatureSpec { dim: 2, normalizer: None });
         p.seed = 11;
         p

@@ -51,10 +51,21 @@ impl Audio {
     }
 }
 
-/// Decodes an audio file to mono at its own sample rate.
+/// Decodes an audio file to mono at its own sample rate. A video file (by its extension,
+/// [`crate::video::VIDEO_EXTENSIONS`]) gives its first audio track, through FFmpeg.
 pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
     use std::io::{Read, Seek, SeekFrom};
     let path = path.as_ref();
+    if crate::video::is_video_file(path) {
+        // The sound of a video file, through FFmpeg at its own rate.
+        let rate = crate::video::probe(path)?
+            .audio
+            .map(|(_, rate)| rate)
+            .filter(|r| *r > 0)
+            .ok_or_else(|| Error::decode(path, "has no audio stream"))?;
+        let samples = crate::video::decode_audio_track(path, rate, crate::video::sound_timeout())?;
+        return Ok(Audio { samples, sample_rate: rate });
+    }
     let (mut file, len) = crate::fs::open_capped(path, crate::fs::FileKind::Audio)?;
     let mut head = Vec::with_capacity(HEAD);
     (&mut file).take(HEAD as u64).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;

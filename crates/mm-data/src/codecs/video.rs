@@ -111,6 +111,32 @@ pub fn cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|h| h.join(".cache").join("mm")))
 }
 
+/// Extensions of video containers ([`crate::audio::decode_audio`] reads their sound through
+/// FFmpeg).
+pub const VIDEO_EXTENSIONS: &[&str] =
+    &["mp4", "m4v", "mov", "mkv", "webm", "avi", "mpg", "mpeg", "ts", "flv", "wmv", "3gp", "ogv"];
+
+/// Whether `path` names a video container, by its extension.
+pub fn is_video_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+static SOUND_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120_000);
+
+/// How long FFmpeg may take to decode a video's sound for [`crate::audio::decode_audio`]
+/// (120 s unless [`set_sound_timeout`] changed it; `[data.video] timeout_s` does).
+pub fn sound_timeout() -> Duration {
+    Duration::from_millis(SOUND_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Sets [`sound_timeout`] for this process.
+pub fn set_sound_timeout(timeout: Duration) {
+    let ms = timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+    SOUND_TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// What [`probe`] found in a file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VideoInfo {
@@ -333,11 +359,18 @@ pub fn decode_clip(
     let frame = 1.0 / info.fps;
     let last = (info.duration - frame / 2.0).max(0.0);
     let wanted: Vec<f64> = clip.times().iter().map(|t| t.min(last)).collect();
+    // The container's duration may pass the last frame by a little (a longer sound track,
+    // an encoder's priming): a time that close to the end takes the last frame.
+    let slack = (3.0 * frame).max(0.3);
+    let near_end = |t: f64| t >= info.duration - slack;
     // Seek to a little before the first frame wanted; FFmpeg's times then count from there.
-    let seek = (wanted[0] - 2.0 * frame).max(0.0);
+    let seek = (wanted[0] - if near_end(wanted[0]) { slack } else { 2.0 * frame }).max(0.0);
     let terms: Vec<String> = wanted
         .iter()
-        .map(|t| format!("between(t,{:.6},{:.6})", t - seek - frame, t - seek + frame))
+        .map(|&t| {
+            let from = if near_end(t) { t - slack } else { t - frame };
+            format!("between(t,{:.6},{:.6})", from - seek, t - seek + frame)
+        })
         .collect();
     let mut merged: Vec<String> = Vec::new();
     terms.iter().for_each(|t| {
@@ -426,7 +459,11 @@ pub fn decode_clip(
     let mut taken = Vec::with_capacity(clip.count);
     for &t in &wanted {
         let nearest = (0..n).min_by(|&a, &b| (times[a] - t).abs().total_cmp(&(times[b] - t).abs()));
-        let Some(i) = nearest.filter(|&i| (times[i] - t).abs() <= frame * 1.01) else {
+        let close = |i: &usize| {
+            (times[*i] - t).abs() <= frame * 1.01
+                || (near_end(t) && i + 1 == n && t - times[*i] <= slack + frame)
+        };
+        let Some(i) = nearest.filter(close) else {
             let decoded = times.last().map_or("no frame".to_string(), |l| {
                 format!("the last frame decoded is at {l:.2} s")
             });

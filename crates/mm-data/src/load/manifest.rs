@@ -16,6 +16,7 @@
 //! | `audio` | path | an audio file |
 //! | `text` | string | the text itself |
 //! | `frames` | array of paths | a video as a sequence of image files, in order |
+//! | `video` | path | a video file (mp4, avi, webm, mkv, ...) read through FFmpeg ([`crate::video`]); a sample has `frames` or `video`, not both |
 //! | `features` | array of numbers | numeric features (a tabular record) |
 //! | `label` | string or integer | the class, for single-label classification |
 //! | `labels` | array of strings or integers | the classes, for multi-label classification |
@@ -115,6 +116,8 @@ pub struct Sample {
     pub text: Option<String>,
     /// Video frames, in order (empty when the sample has none).
     pub frames: Vec<PathBuf>,
+    /// A video file (the same modality as `frames`, decoded through FFmpeg).
+    pub video: Option<PathBuf>,
     /// Numeric features (empty when the sample has none).
     pub features: Vec<f64>,
     /// Single class label.
@@ -155,6 +158,11 @@ impl Sample {
         self.frames = frames.into_iter().map(Into::into).collect();
         self
     }
+    /// Sets the video file (relative to the root).
+    pub fn with_video(mut self, path: impl Into<PathBuf>) -> Self {
+        self.video = Some(path.into());
+        self
+    }
     /// Sets the numeric features.
     pub fn with_features(mut self, features: impl Into<Vec<f64>>) -> Self {
         self.features = features.into();
@@ -187,8 +195,10 @@ pub struct Manifest {
     index: HashMap<String, usize>,
 }
 
-const FIELDS: &[&str] =
-    &["id", "split", "image", "audio", "text", "frames", "features", "label", "labels", "target"];
+const FIELDS: &[&str] = &[
+    "id", "split", "image", "audio", "text", "frames", "video", "features", "label", "labels",
+    "target",
+];
 
 impl Manifest {
     /// An empty data set rooted at `root`, built in code.
@@ -331,6 +341,14 @@ impl Manifest {
             sample.audio = Some(check("audio", p)?);
         }
         sample.frames = sample.frames.iter().map(|p| check("frames", p)).collect::<Result<_>>()?;
+        if let Some(p) = &sample.video {
+            if !sample.frames.is_empty() {
+                return Err(err(
+                    "fields `frames` and `video`: a sample has one or the other".into()
+                ));
+            }
+            sample.video = Some(check("video", p)?);
+        }
         self.index.insert(sample.id.clone(), self.samples.len());
         self.samples.push(sample);
         Ok(())
@@ -390,6 +408,9 @@ impl Manifest {
             }
             if !s.frames.is_empty() {
                 obj.insert("frames".into(), Value::Array(s.frames.iter().map(path).collect()));
+            }
+            if let Some(p) = &s.video {
+                obj.insert("video".into(), path(p));
             }
             if !s.features.is_empty() {
                 obj.insert("features".into(), Value::from(s.features.clone()));
@@ -533,6 +554,12 @@ fn parse_object(obj: &Map<String, Value>) -> std::result::Result<Sample, String>
         }
         sample.frames =
             items.iter().map(|p| path_field("frames", p)).collect::<std::result::Result<_, _>>()?;
+    }
+    if let Some(v) = obj.get("video") {
+        if !sample.frames.is_empty() {
+            return Err(field_err("video", "a sample has `frames` or `video`, not both"));
+        }
+        sample.video = Some(path_field("video", v)?);
     }
     if let Some(v) = obj.get("features") {
         let items = v.as_array().ok_or_else(|| {

@@ -201,6 +201,15 @@ pub fn write_shards(manifest: &Manifest, out: &Path, options: &ShardOptions) -> 
     if options.max_samples == 0 || options.max_bytes == 0 {
         return Err(Error::Config("shards: max_samples and max_bytes must be positive".into()));
     }
+    if let Some(s) = manifest.samples().iter().find(|s| s.video.is_some()) {
+        // FFmpeg seeks in a video file; from a tar stream it could not.
+        return Err(Error::Sample {
+            id: s.id.clone(),
+            source: Box::new(Error::Config(
+                "a `video` file is not packed into shards: FFmpeg decodes videos from files; train from the manifest (or list the video's frames as `frames`)".into(),
+            )),
+        });
+    }
     crate::fs::write_dir_atomic(out, INDEX_FILE, options.force, |staging| {
         let mut splits = BTreeMap::new();
         let mut number = 0usize;

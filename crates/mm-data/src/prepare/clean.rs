@@ -45,6 +45,9 @@ pub enum Reason {
     BadAudio,
     /// A video frame file is missing, unreadable, truncated or corrupt.
     BadFrame,
+    /// A video file is missing, not a video FFmpeg reads, has no video stream, is cut short,
+    /// or has fewer frames than a clip asks for.
+    BadVideo,
     /// Audio with no samples at all.
     EmptyAudio,
     /// Audio whose RMS level is below the silence threshold.
@@ -67,10 +70,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in report order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::BadImage,
         Reason::BadAudio,
         Reason::BadFrame,
+        Reason::BadVideo,
         Reason::EmptyAudio,
         Reason::SilentAudio,
         Reason::TooShort,
@@ -88,6 +92,7 @@ impl Reason {
             Reason::BadImage => "bad_image",
             Reason::BadAudio => "bad_audio",
             Reason::BadFrame => "bad_frame",
+            Reason::BadVideo => "bad_video",
             Reason::EmptyAudio => "empty_audio",
             Reason::SilentAudio => "silent_audio",
             Reason::TooShort => "too_short",
@@ -143,6 +148,9 @@ pub struct CleanConfig {
     pub classes: Option<Vec<String>>,
     /// Modalities every sample must have.
     pub required: Vec<Modality>,
+    /// The clips taken from video files: each video must hold that many frames and decode
+    /// from its start to its end.
+    pub clip: crate::pipeline::ClipSpec,
 }
 
 impl Default for CleanConfig {
@@ -154,6 +162,7 @@ impl Default for CleanConfig {
             silence_rms: 1e-4,
             classes: None,
             required: Vec::new(),
+            clip: crate::pipeline::ClipSpec::default(),
         }
     }
 }
@@ -308,30 +317,28 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
             Err(e) => findings.push((Reason::BadFrame, e)),
         }
     }
-    if let Some(rel) = &s.audio {
+    if let Some(rel) = &s.video {
+        match check_video(&manifest.path(rel), &config.clip) {
+            Ok(fingerprint) => hash_part("video", &fingerprint),
+            Err(e) => {
+                hash_part("video", rel.as_os_str().as_encoded_bytes());
+                findings.push((Reason::BadVideo, crate::error::report(&e)));
+            }
+        }
+    }
+    if let Some(rel) = s.audio.as_ref().filter(|r| crate::video::is_video_file(r)) {
+        // A video's sound (`audio_from_video`), decoded by FFmpeg.
+        match crate::audio::decode_audio(manifest.path(rel)) {
+            Err(e) => findings.push((Reason::BadAudio, crate::error::report(&e))),
+            Ok(a) => check_sound(&a, config, &mut findings),
+        }
+    } else if let Some(rel) = &s.audio {
         match read(manifest, rel, crate::fs::FileKind::Audio) {
             Ok(bytes) => {
                 hash_part("audio", &bytes);
                 match decode_audio_bytes(bytes, &manifest.path(rel)) {
                     Err(e) => findings.push((Reason::BadAudio, crate::error::report(&e))),
-                    Ok(a) if a.samples.is_empty() => {
-                        findings.push((Reason::EmptyAudio, "no samples".to_string()))
-                    }
-                    Ok(a) => {
-                        let d = a.duration();
-                        if config.min_duration.is_some_and(|m| d < m) {
-                            findings.push((Reason::TooShort, format!("{d:.3} s")));
-                        }
-                        if config.max_duration.is_some_and(|m| d > m) {
-                            findings.push((Reason::TooLong, format!("{d:.3} s")));
-                        }
-                        let rms = (a.samples.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
-                            / a.samples.len() as f64)
-                            .sqrt();
-                        if rms < f64::from(config.silence_rms) {
-                            findings.push((Reason::SilentAudio, format!("RMS {rms:.2e}")));
-                        }
-                    }
+                    Ok(a) => check_sound(&a, config, &mut findings),
                 }
             }
             Err(e) => findings.push((Reason::BadAudio, e)),
@@ -371,6 +378,67 @@ fn check_sample(manifest: &Manifest, s: &Sample, config: &CleanConfig) -> Checke
     Checked { findings, hash: hasher.finish() }
 }
 
+/// Empty, silent, too short or too long sound.
+fn check_sound(
+    a: &crate::audio::Audio,
+    config: &CleanConfig,
+    findings: &mut Vec<(Reason, String)>,
+) {
+    if a.samples.is_empty() {
+        findings.push((Reason::EmptyAudio, "no samples".to_string()));
+        return;
+    }
+    let d = a.duration();
+    if config.min_duration.is_some_and(|m| d < m) {
+        findings.push((Reason::TooShort, format!("{d:.3} s")));
+    }
+    if config.max_duration.is_some_and(|m| d > m) {
+        findings.push((Reason::TooLong, format!("{d:.3} s")));
+    }
+    let rms = (a.samples.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>()
+        / a.samples.len() as f64)
+        .sqrt();
+    if rms < f64::from(config.silence_rms) {
+        findings.push((Reason::SilentAudio, format!("RMS {rms:.2e}")));
+    }
+}
+
+/// Reads a video file as training will: its streams, frames evenly over it (small) and its
+/// last frame; returns what stands for its content in the duplicate check (its length, and
+/// its first and last MiB).
+fn check_video(path: &Path, clip: &crate::pipeline::ClipSpec) -> Result<Vec<u8>> {
+    use crate::video::{decode_clip, probe, Clip};
+    let info = probe(path)?;
+    if info.frames() < clip.frames {
+        return Err(Error::decode(
+            path,
+            format!(
+                "has {} frames ({:.2} s at {} fps), fewer than the {} a clip takes",
+                info.frames(),
+                info.duration,
+                info.fps,
+                clip.frames
+            ),
+        ));
+    }
+    decode_clip(path, &info, &Clip::evenly(&info, clip.frames, (16, 16)), clip.timeout)?;
+    let step = 1.0 / info.fps;
+    let end = Clip { start: (info.duration - 1.5 * step).max(0.0), step, count: 1, size: (16, 16) };
+    decode_clip(path, &info, &end, clip.timeout)?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut fingerprint = len.to_le_bytes().to_vec();
+    use std::io::{Read, Seek, SeekFrom};
+    let mut part = |from: SeekFrom| -> Result<()> {
+        file.seek(from).map_err(|e| Error::io(path, e))?;
+        (&mut file).take(1 << 20).read_to_end(&mut fingerprint).map_err(|e| Error::io(path, e))?;
+        Ok(())
+    };
+    part(SeekFrom::Start(0))?;
+    part(SeekFrom::Start(len.saturating_sub(1 << 20)))?;
+    Ok(fingerprint)
+}
+
 /// Checks every sample; returns the cleaned data set and the report, or an error when a
 /// reason whose policy is [`Policy::Fail`] has findings (the error lists them).
 pub fn clean(manifest: &Manifest, config: &CleanConfig) -> Result<(Manifest, CleanReport)> {
@@ -390,6 +458,7 @@ pub fn clean(manifest: &Manifest, config: &CleanConfig) -> Result<(Manifest, Cle
             || s.audio.is_some()
             || s.text.is_some()
             || !s.frames.is_empty()
+            || s.video.is_some()
             || !s.features.is_empty();
         if has_content {
             match first_with_hash.get(&c.hash) {

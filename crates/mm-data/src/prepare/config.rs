@@ -38,7 +38,7 @@ use crate::mel::MelConfig;
 use crate::modality::Modality;
 use crate::noise::NoiseBank;
 use crate::pipeline::{
-    AudioSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec,
+    AudioSpec, ClipSpec, FeatureSpec, FramesSpec, ImageSpec, Pipeline, TextEncoder, TextSpec,
 };
 use crate::shards::ShardIndex;
 use crate::subword::SubwordTokenizer;
@@ -184,6 +184,64 @@ pub struct FramesConfig {
     pub normalize: Normalize,
 }
 
+/// `[data.video]`: video files (the manifest's `video` field) decoded through FFmpeg
+/// ([`crate::video`]) into the frames modality, in place of `[data.frames]`. A sample that
+/// lists `frames` instead is read as image files, `frames` of them evenly chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoConfig {
+    /// Frame size (default 112), scaled by FFmpeg.
+    #[serde(default = "default_video_size")]
+    pub size: Size,
+    /// Frames per clip (default 16).
+    #[serde(default = "default_clip_frames")]
+    pub frames: usize,
+    /// Frames per second of a clip: a window of `frames / fps` seconds, at a random place in
+    /// training and centred in evaluation. Unset (the default): evenly over the whole video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<f64>,
+    /// Training-time augmentation, the same for every frame of a clip.
+    #[serde(default)]
+    pub augment: ImageAugment,
+    /// Channel statistics: `fit` (default) or `imagenet`, as for images.
+    #[serde(default)]
+    pub normalize: Normalize,
+    /// A sample with a `video` and no `audio` takes its sound from the video's first audio
+    /// track (decoded by FFmpeg) for `[data.audio]`.
+    #[serde(default)]
+    pub audio_from_video: bool,
+    /// Seconds an FFmpeg process may take for one clip or sound track before it is killed
+    /// (default 120).
+    #[serde(default = "default_video_timeout")]
+    pub timeout_s: f64,
+}
+
+fn default_video_size() -> Size {
+    Size::Square(112)
+}
+
+fn default_clip_frames() -> usize {
+    16
+}
+
+fn default_video_timeout() -> f64 {
+    120.0
+}
+
+impl Default for VideoConfig {
+    fn default() -> Self {
+        VideoConfig {
+            size: default_video_size(),
+            frames: default_clip_frames(),
+            fps: None,
+            augment: ImageAugment::default(),
+            normalize: Normalize::default(),
+            audio_from_video: false,
+            timeout_s: default_video_timeout(),
+        }
+    }
+}
+
 /// `[data.features]`: a fixed number of numeric features per sample, standardised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,9 +274,12 @@ pub struct DataConfig {
     /// Text.
     #[serde(default)]
     pub text: Option<TextConfig>,
-    /// Video frames.
+    /// Video frames, each an image file.
     #[serde(default)]
     pub frames: Option<FramesConfig>,
+    /// Video files, decoded through FFmpeg (the frames modality, in place of `frames`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoConfig>,
     /// Numeric features.
     #[serde(default)]
     pub features: Option<FeaturesConfig>,
@@ -308,6 +369,7 @@ impl DataConfig {
             audio: None,
             text: None,
             frames: None,
+            video: None,
             features: None,
             transcript: None,
             modality_dropout: 0.0,
@@ -321,7 +383,7 @@ impl DataConfig {
             Modality::Image => self.image.is_some(),
             Modality::Audio => self.audio.is_some(),
             Modality::Text => self.text.is_some(),
-            Modality::Frames => self.frames.is_some(),
+            Modality::Frames => self.frames.is_some() || self.video.is_some(),
             Modality::Features => self.features.is_some(),
         };
         Modality::ALL.into_iter().filter(on).collect()
@@ -332,7 +394,35 @@ impl DataConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: &str| Err(Error::Config(format!("data.{key}: {why}")));
         if self.modalities().is_empty() {
-            return bad("", "no modality: add at least one of [data.image], [data.audio], [data.text], [data.frames], [data.features]");
+            return bad("", "no modality: add at least one of [data.image], [data.audio], [data.text], [data.frames] (or [data.video]), [data.features]");
+        }
+        if let Some(v) = &self.video {
+            if self.frames.is_some() {
+                return bad("video", "[data.frames] and [data.video] configure the same modality: keep one ([data.video] also reads samples that list `frames`)");
+            }
+            if v.frames == 0 || v.frames > 1024 {
+                return bad(
+                    "video.frames",
+                    &format!("{} is not a usable number of frames (1 to 1024)", v.frames),
+                );
+            }
+            if let Some(fps) = v.fps {
+                if !(fps.is_finite() && fps > 0.0 && fps <= 1000.0) {
+                    return bad(
+                        "video.fps",
+                        &format!("{fps} is not a frame rate (above 0, at most 1000)"),
+                    );
+                }
+            }
+            if !(v.timeout_s.is_finite() && v.timeout_s > 0.0) {
+                return bad("video.timeout_s", "must be a positive number of seconds");
+            }
+            if v.audio_from_video && self.audio.is_none() {
+                return bad(
+                    "video.audio_from_video",
+                    "the sound feeds [data.audio]: add that table",
+                );
+            }
         }
         if let Some(a) = &self.audio {
             // The front end's own checks (rates, sizes, the frequency range), before any work.
@@ -348,6 +438,7 @@ impl DataConfig {
         for (key, size) in [
             ("image.size", self.image.as_ref().map(|i| i.size)),
             ("frames.size", self.frames.as_ref().map(|f| f.size)),
+            ("video.size", self.video.as_ref().map(|f| f.size)),
         ] {
             if let Some((h, w)) = size.map(Size::hw) {
                 if h == 0 || w == 0 || h > 4096 || w > 4096 {
@@ -389,7 +480,7 @@ impl DataConfig {
     /// and cleans it as this configuration says: with `clean`, unusable samples and labels
     /// outside `classes` (when set) are dropped and reported.
     pub fn read_manifest(&self, manifest: &Path) -> Result<(Manifest, Option<CleanReport>)> {
-        self.max_file_mb.apply();
+        self.apply_limits();
         if ShardIndex::is_index(manifest) {
             // Shards: every sample's manifest line, not cleaned (see `prepare_shards`).
             return Ok((ShardIndex::read(manifest)?.scan()?, None));
@@ -398,6 +489,7 @@ impl DataConfig {
     }
 
     fn clean_manifest(&self, raw: Manifest) -> Result<(Manifest, Option<CleanReport>)> {
+        let raw = self.sound_from_video(raw)?;
         if !self.clean {
             return Ok((raw, None));
         }
@@ -407,10 +499,53 @@ impl DataConfig {
         let config = CleanConfig {
             classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
             required,
+            clip: self.clip(),
             ..CleanConfig::default()
         };
         let (kept, report) = clean(&raw, &config)?;
         Ok((kept, Some(report)))
+    }
+
+    /// Sets the process-wide limits this configuration asks for: file sizes
+    /// (`max_file_mb`) and FFmpeg's time for a video's sound (`[data.video] timeout_s`).
+    fn apply_limits(&self) {
+        self.max_file_mb.apply();
+        crate::video::set_sound_timeout(self.clip().timeout);
+    }
+
+    /// The clips video files give: `[data.video]`'s, or under `[data.frames]` `max_frames`
+    /// (16 when unset) evenly over the video.
+    fn clip(&self) -> ClipSpec {
+        match (&self.video, &self.frames) {
+            (Some(v), _) => ClipSpec {
+                frames: v.frames,
+                fps: v.fps,
+                timeout: std::time::Duration::try_from_secs_f64(v.timeout_s)
+                    .unwrap_or(ClipSpec::default().timeout),
+            },
+            (None, Some(f)) => {
+                ClipSpec { frames: f.max_frames.unwrap_or(16), ..ClipSpec::default() }
+            }
+            (None, None) => ClipSpec::default(),
+        }
+    }
+
+    /// With `[data.video] audio_from_video`, every sample with a `video` and no `audio` gets the
+    /// video file as its audio (decoded by FFmpeg, [`crate::audio::decode_audio`]).
+    fn sound_from_video(&self, raw: Manifest) -> Result<Manifest> {
+        if !self.video.as_ref().is_some_and(|v| v.audio_from_video) {
+            return Ok(raw);
+        }
+        let mut out = Manifest::new(raw.root());
+        out.set_source(raw.source());
+        for s in raw.samples() {
+            let mut s = s.clone();
+            if s.audio.is_none() {
+                s.audio = s.video.clone();
+            }
+            out.push(s)?;
+        }
+        Ok(out)
     }
 
     /// Keeps only the modalities in `keep` (the others are neither read nor decoded).
@@ -420,7 +555,10 @@ impl DataConfig {
                 Modality::Image => self.image = None,
                 Modality::Audio => self.audio = None,
                 Modality::Text => self.text = None,
-                Modality::Frames => self.frames = None,
+                Modality::Frames => {
+                    self.frames = None;
+                    self.video = None;
+                }
                 Modality::Features => self.features = None,
             }
         }
@@ -431,7 +569,7 @@ impl DataConfig {
     /// statistics on the training split.
     pub fn prepare(&mut self, seed: u64) -> Result<Prepared> {
         self.validate()?;
-        self.max_file_mb.apply();
+        self.apply_limits();
         if ShardIndex::is_index(&self.manifest) {
             return self.prepare_shards(seed);
         }
@@ -524,7 +662,7 @@ impl DataConfig {
     /// resolved configuration has them).
     pub fn restore(&self, seed: u64, saved: &Path) -> Result<Pipeline> {
         self.validate()?;
-        self.max_file_mb.apply();
+        self.apply_limits();
         let mut pipeline = self.pipeline(seed, Some(saved))?;
         pipeline.load_statistics(saved)?;
         Ok(pipeline)
@@ -582,7 +720,15 @@ impl DataConfig {
                 fit_statistics: c.normalize == Normalize::Fit,
                 ..ImageSpec::new(c.size.hw())
             };
-            p.frames = Some(FramesSpec { image, max_frames: c.max_frames });
+            p.frames = Some(FramesSpec { image, max_frames: c.max_frames, clip: self.clip() });
+        }
+        if let Some(c) = &self.video {
+            let image = ImageSpec {
+                augment: c.augment.clone(),
+                fit_statistics: c.normalize == Normalize::Fit,
+                ..ImageSpec::new(c.size.hw())
+            };
+            p.frames = Some(FramesSpec { image, max_frames: Some(c.frames), clip: self.clip() });
         }
         if let Some(c) = &self.features {
             p.features = Some(FeatureSpec { dim: c.dim, normalizer: None });

@@ -139,13 +139,35 @@ impl TextSpec {
 }
 
 /// Video frames: each frame as an image, the same random crop and flip for every frame of a
-/// sample so that motion stays coherent.
+/// sample so that motion stays coherent. A sample lists its frames as image files, or names a
+/// video file that FFmpeg decodes ([`crate::video`]) as `clip` says.
 #[derive(Debug, Clone)]
 pub struct FramesSpec {
     /// Per-frame image handling.
     pub image: ImageSpec,
-    /// Longer sequences keep this many frames, evenly spaced.
+    /// Longer sequences of image files keep this many frames, evenly spaced.
     pub max_frames: Option<usize>,
+    /// Which frames of a video file.
+    pub clip: ClipSpec,
+}
+
+/// Which frames of a video file a sample gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipSpec {
+    /// Frames per clip.
+    pub frames: usize,
+    /// Frames per second: a window of `frames / fps` seconds, at a random place in training
+    /// and centred in evaluation; `None`: evenly over the whole video.
+    pub fps: Option<f64>,
+    /// How long FFmpeg may take for one clip before it is killed.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for ClipSpec {
+    /// 16 frames evenly over the video, 120 s to decode them.
+    fn default() -> Self {
+        ClipSpec { frames: 16, fps: None, timeout: std::time::Duration::from_secs(120) }
+    }
 }
 
 /// Numeric features: standardised per dimension.
@@ -336,7 +358,7 @@ impl Pipeline {
             self.image.is_some() && s.image.is_some(),
             self.audio.is_some() && s.audio.is_some(),
             self.text.is_some() && s.text.is_some(),
-            self.frames.is_some() && !s.frames.is_empty(),
+            self.frames.is_some() && (!s.frames.is_empty() || s.video.is_some()),
             self.features.is_some() && !s.features.is_empty(),
         ];
         if train {
@@ -389,7 +411,10 @@ impl Pipeline {
             };
             item.tokens = Some(tokens);
         }
-        if let (true, Some(spec)) = (present[3], &self.frames) {
+        if let (true, Some(spec), Some(rel)) = (present[3], &self.frames, &s.video) {
+            item.frames =
+                Some(load_clip(&manifest.path(rel), spec, train, &mut rng(STREAM_FRAMES))?);
+        } else if let (true, Some(spec)) = (present[3], &self.frames) {
             let chosen = spaced(s.frames.len(), spec.max_frames);
             let base = rng(STREAM_FRAMES);
             let frames = chosen
@@ -459,23 +484,33 @@ impl Pipeline {
                 )
                 .try_reduce(|| RunningStats::new(dim), |a, b| Ok(a.merge(&b)))
         };
-        // Channel statistics of images as the model sees them (resized, not augmented).
-        let channel_stats = |spec: &ImageSpec, paths: &(dyn Fn(&Sample) -> Vec<PathBuf> + Sync)| {
+        // Channel statistics of images as the model sees them (resized, not augmented); the
+        // frames of a video file are its evaluation clip's.
+        let channel_stats = |spec: &ImageSpec,
+                             paths: &(dyn Fn(&Sample) -> Vec<PathBuf> + Sync),
+                             clip: Option<&FramesSpec>| {
             let plain = ImageSpec {
                 normalizer: Normalizer { mean: vec![0.0; 3], std: vec![1.0; 3], count: 0 },
                 augment: ImageAugment::default(),
                 ..spec.clone()
             };
             fold(3, &|s, acc| {
+                let mut images = Vec::new();
                 for rel in paths(s) {
-                    let img = load_image(
+                    images.push(load_image(
                         &manifest.path(&rel),
                         memory,
                         &plain,
                         false,
                         &mut Rng::new(0),
                         None,
-                    )?;
+                    )?);
+                }
+                if let (Some(frames), Some(rel)) = (clip, &s.video) {
+                    let plain = FramesSpec { image: plain.clone(), ..frames.clone() };
+                    images.extend(load_clip(&manifest.path(rel), &plain, false, &mut Rng::new(0))?);
+                }
+                for img in images {
                     // Rows of (r, g, b): one per pixel.
                     let hw = img.len() / 3;
                     let flat = img.as_slice().expect("standard layout");
@@ -487,13 +522,13 @@ impl Pipeline {
             })
         };
         if let Some(spec) = self.image.as_ref().filter(|s| s.fit_statistics) {
-            let stats = channel_stats(spec, &|s| s.image.iter().cloned().collect())?;
+            let stats = channel_stats(spec, &|s| s.image.iter().cloned().collect(), None)?;
             if let Some(spec) = &mut self.image {
                 spec.normalizer = stats.finish();
             }
         }
         if let Some(spec) = self.frames.as_ref().filter(|s| s.image.fit_statistics) {
-            let stats = channel_stats(&spec.image, &|s| s.frames.clone())?;
+            let stats = channel_stats(&spec.image, &|s| s.frames.clone(), Some(spec))?;
             if let Some(spec) = &mut self.frames {
                 spec.image.normalizer = stats.finish();
             }
@@ -738,10 +773,55 @@ fn load_image(
     cache: Option<&DecodedCache>,
 ) -> Result<Array3<f32>> {
     let pixels = decoded_image(path, memory, cache)?;
+    Ok(transform_image(&pixels, spec, train, rng))
+}
+
+/// Decoded `[H, W, 3]` pixels as the model sees them: augmented when training, resized,
+/// normalised.
+fn transform_image(
+    pixels: &Array3<u8>,
+    spec: &ImageSpec,
+    train: bool,
+    rng: &mut Rng,
+) -> Array3<f32> {
     let aug = if train { spec.augment.clone() } else { ImageAugment::default() };
-    let mut img = augment_image(&pixels, spec.size, &aug, rng);
+    let mut img = augment_image(pixels, spec.size, &aug, rng);
     spec.normalizer.apply_chw(img.as_slice_mut().expect("standard layout"));
-    Ok(img)
+    img
+}
+
+/// The clip of the video file at `path` that `spec` asks for, every frame through the same
+/// augmentation. FFmpeg scales the frames to the model's size, or, when a random crop is to
+/// come, to at most twice it (the crop then has pixels to take).
+fn load_clip(
+    path: &std::path::Path,
+    spec: &FramesSpec,
+    train: bool,
+    rng: &mut Rng,
+) -> Result<Vec<Array3<f32>>> {
+    use crate::video::{decode_clip, probe, Clip};
+    let info = probe(path)?;
+    let (h, w) = spec.image.size;
+    let size = if train && spec.image.augment.crop.is_some() {
+        (info.height.clamp(h, 2 * h), info.width.clamp(w, 2 * w))
+    } else {
+        (h, w)
+    };
+    let c = spec.clip;
+    let clip = match c.fps {
+        None => Clip::evenly(&info, c.frames, size),
+        Some(fps) => {
+            let place = if train { rng.uniform(0.0, 1.0) } else { 0.5 };
+            Clip::at_rate(&info, c.frames, fps, place, size)
+        }
+    };
+    let decoded = decode_clip(path, &info, &clip, c.timeout)?;
+    let base = rng.clone();
+    Ok(decoded
+        .frames
+        .iter()
+        .map(|pixels| transform_image(pixels, &spec.image, train, &mut base.clone()))
+        .collect())
 }
 
 fn load_audio(

@@ -40,8 +40,9 @@ fn shown(frame: &Array3<u8>) -> f64 {
     sum / n - (SIDE as f64 - 1.0) / 2.0 - 2.0
 }
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("mm-video-{}", std::process::id()));
+/// A folder of this test's own (the tests run in parallel in one process).
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mm-video-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
@@ -75,7 +76,7 @@ fn real_videos_decode_to_the_frames_of_their_times() {
         ffmpeg.source,
         ffmpeg.version().expect("version")
     );
-    let dir = dir();
+    let dir = dir("codecs");
     for (name, codec, sound) in [
         ("square.mp4", "libx264", true),
         ("square.avi", "mjpeg", false),
@@ -135,7 +136,7 @@ fn real_videos_decode_to_the_frames_of_their_times() {
 /// Files that are not whole videos get an error naming them and saying what is wrong.
 #[test]
 fn broken_videos_are_named_with_what_is_wrong() {
-    let dir = dir().join("broken");
+    let dir = dir("broken");
     std::fs::create_dir_all(&dir).expect("dir");
     let message = |path: &Path| {
         let err = probe(path)
@@ -179,5 +180,137 @@ fn broken_videos_are_named_with_what_is_wrong() {
     assert!(message(&fifo).contains("not a regular file"));
     let missing = dir.join("missing.mp4");
     assert!(message(&missing).contains("No such file"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A manifest of video files through `[data.video]`: cleaning reports the broken ones by id,
+/// the loader gives `[B, T, 3, H, W]` clips (statistics fitted on the training clips), a clip
+/// at a fixed rate is centred in evaluation and moves in training, and `audio_from_video`
+/// feeds `[data.audio]` from the files' sound.
+#[test]
+fn a_manifest_of_videos_trains_through_the_pipeline() {
+    use mm_data::clean::Reason;
+    use mm_data::config::DataConfig;
+    use mm_data::loader::{Loader, LoaderConfig};
+    use mm_data::manifest::Split;
+    use std::sync::Arc;
+    let dir = dir("set");
+    std::fs::create_dir_all(dir.join("v")).expect("dir");
+    let mut lines = Vec::new();
+    for (i, (codec, ext)) in
+        [("libx264", "mp4"), ("libvpx-vp9", "webm"), ("libx264", "mkv")].iter().enumerate()
+    {
+        let name = format!("v/{i}.{ext}");
+        let frames: Vec<Array3<u8>> = (0..FRAMES).map(|k| pattern((k + 3 * i) % 40)).collect();
+        let sound = sine(16000, FRAMES as f64 / FPS);
+        encode_video(&dir.join(&name), &frames, FPS, codec, Some((&sound, 16000))).expect("encode");
+        let split = if i == 1 { "val" } else { "train" };
+        lines.push(format!(
+            r#"{{"id":"clip{i}","split":"{split}","video":"{name}","label":"{}"}}"#,
+            i % 2
+        ));
+    }
+    // One that is text, one cut short, one with too few frames, one with no sound.
+    std::fs::write(dir.join("v/text.mp4"), "nothing here").expect("write");
+    let whole = std::fs::read(dir.join("v/1.webm")).expect("read");
+    std::fs::write(dir.join("v/cut.webm"), &whole[..whole.len() / 2]).expect("write");
+    let short: Vec<Array3<u8>> = (0..5).map(pattern).collect();
+    encode_video(&dir.join("v/short.mp4"), &short, FPS, "libx264", None).expect("encode");
+    for (id, file) in [("text", "text.mp4"), ("cut", "cut.webm"), ("short", "short.mp4")] {
+        lines.push(format!(r#"{{"id":"{id}","video":"v/{file}","label":"0"}}"#));
+    }
+    std::fs::write(dir.join("manifest.jsonl"), lines.join("\n")).expect("manifest");
+    let config = |extra: &str| -> DataConfig {
+        toml::from_str(&format!(
+            "manifest = {:?}\n[video]\nsize = 24\nframes = 6\n{extra}",
+            dir.join("manifest.jsonl")
+        ))
+        .expect("config")
+    };
+    let mut data = config("fps = 10");
+    let prepared = data.prepare(0).expect("prepared");
+    let report = prepared.report.expect("cleaned");
+    let bad: Vec<(&str, &str)> =
+        report.findings.iter().map(|f| (f.id.as_str(), f.detail.as_str())).collect();
+    assert!(report.findings.iter().all(|f| f.reason == Reason::BadVideo), "{bad:?}");
+    let detail = |id: &str| {
+        bad.iter().find(|(i, _)| *i == id).map(|(_, d)| d.to_string()).unwrap_or_default()
+    };
+    assert!(detail("text").contains("not a video FFmpeg can read"), "{bad:?}");
+    assert!(detail("cut").contains("cut short"), "{bad:?}");
+    assert!(
+        detail("short").contains("has 5 frames") && detail("short").contains("fewer than the 6"),
+        "{bad:?}"
+    );
+    assert_eq!((report.kept, report.dropped), (3, 3));
+    let stats = prepared.pipeline.frames.as_ref().expect("frames").image.normalizer.clone();
+    assert!(stats.mean.iter().all(|m| (0.1..0.35).contains(m)), "fitted on the clips: {stats:?}");
+    let manifest = Arc::new(prepared.manifest);
+    let pipeline = Arc::new(prepared.pipeline);
+    let batch = |split, train: bool| {
+        let config = if train { LoaderConfig::training(1) } else { LoaderConfig::evaluation() };
+        let loader = Loader::new(
+            Arc::clone(&manifest),
+            split,
+            Arc::clone(&pipeline),
+            LoaderConfig { batch_size: 2, ..config },
+        )
+        .expect("loader");
+        loader.epoch(0).next().expect("a batch").expect("loaded")
+    };
+    let b = batch(Split::Train, false);
+    let (clips, lengths) = b.frames.as_ref().expect("clips");
+    assert_eq!(clips.size(), [2, 6, 3, 24, 24]);
+    assert_eq!(Vec::<i64>::try_from(lengths).expect("lengths"), [6, 6]);
+    // Evaluation takes the same clip every time; the window of 0.6 s is centred in the 2 s.
+    let again = batch(Split::Train, false);
+    assert!(clips.equal(again.frames.as_ref().expect("clips").0.as_ref()));
+    let item = pipeline.load(&manifest, 0, 0, false).expect("item");
+    let first = &item.frames.expect("frames")[0];
+    // Undo the normalisation of the green channel to find the square's column.
+    let (mean, std) = (stats.mean[1], stats.std[1]);
+    let column = |img: &Array3<f32>| {
+        let (_, h, w) = img.dim();
+        let (mut sum, mut n) = (0.0, 0.0);
+        for y in 0..h {
+            for x in 0..w {
+                if img[[1, y, x]] * std + mean > 0.58 {
+                    sum += x as f64;
+                    n += 1.0;
+                }
+            }
+        }
+        sum / n
+    };
+    // Centred: the first frame of 6 at 10 fps is at 0.7 + 0.05 s, frame 18.75 of clip0, whose
+    // square's centre is at 2 + k + 3.5 of 64 columns, scaled to 24.
+    let want = (2.0 + 18.75 + 3.5) * 24.0 / 64.0 - 0.5;
+    assert!(
+        (column(first) - want).abs() < 1.0,
+        "square at {} of 24, expected {want}",
+        column(first)
+    );
+    // Training moves the window: some epoch starts elsewhere.
+    let starts: Vec<f64> = (0..6)
+        .map(|epoch| {
+            column(
+                &pipeline.load(&manifest, 0, epoch, true).expect("item").frames.expect("frames")[0],
+            )
+        })
+        .collect();
+    assert!(starts.iter().any(|c| (c - want).abs() > 1.0), "{starts:?}");
+    // The sound of the videos, for [data.audio].
+    let mut data = config("audio_from_video = true\n[audio]\nmel = { sample_rate = 8000, n_fft = 256, hop_length = 80, n_mels = 20 }");
+    data.audio.as_ref().expect("audio");
+    let prepared = data.prepare(0).expect("prepared");
+    let item = prepared.pipeline.load(&prepared.manifest, 0, 0, false).expect("item");
+    let mel = item.audio.expect("sound from the video");
+    assert!((190..=210).contains(&mel.nrows()) && mel.ncols() == 20, "{:?}", mel.dim());
+    let refused =
+        toml::from_str::<DataConfig>("manifest = \"m.jsonl\"\n[video]\naudio_from_video = true\n")
+            .expect("parsed")
+            .validate()
+            .expect_err("no [data.audio]");
+    assert!(refused.to_string().contains("data.video.audio_from_video"), "{refused}");
     std::fs::remove_dir_all(&dir).ok();
 }
