@@ -290,7 +290,8 @@ impl Cache {
         }
         fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot create the cache folder {}: {e}", self.dir.display()))?;
-        let _lock = Lock::acquire(&self.dir.join(format!("libtorch-{TORCH_VERSION}.lock")))?;
+        let _lock =
+            Lock::acquire(&self.dir.join(format!("libtorch-{TORCH_VERSION}.lock")), "libtorch")?;
         // Another set-up may have finished while we waited for the lock.
         if !force {
             if let Some(lt) = self.complete() {
@@ -388,7 +389,7 @@ fn passwd_home() -> Option<PathBuf> {
     }
 }
 
-fn check_pip(py: &str) -> Result<(), String> {
+pub(crate) fn check_pip(py: &str) -> Result<(), String> {
     let out = Command::new(py).args(["-m", "pip", "--version"]).output();
     match out {
         Ok(o) if o.status.success() => Ok(()),
@@ -446,7 +447,7 @@ fn free_bytes(dir: &Path) -> Result<u64, String> {
 
 /// Runs a command with its output shown as it comes; on failure, returns the last lines of its
 /// error output (pip's own message) in the error.
-fn run_showing_output(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run_showing_output(cmd: &mut Command) -> Result<(), String> {
     let mut child = cmd
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -500,12 +501,14 @@ fn check_loads(py: &str, site: &Path) -> Result<(), String> {
 }
 
 /// An exclusive `flock` on a file, released on drop (and by the kernel if we die).
-struct Lock {
+pub(crate) struct Lock {
     file: fs::File,
 }
 
 impl Lock {
-    fn acquire(path: &Path) -> Result<Self, String> {
+    /// Takes the lock, waiting (and saying so) while another set-up installing `what` holds
+    /// it.
+    pub(crate) fn acquire(path: &Path, what: &str) -> Result<Self, String> {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -514,7 +517,7 @@ impl Lock {
             .map_err(|e| format!("cannot open the lock {}: {e}", path.display()))?;
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            println!("another set-up is installing libtorch; waiting for it ({})", path.display());
+            println!("another set-up is installing {what}; waiting for it ({})", path.display());
             let _ = std::io::stdout().flush();
             // SAFETY: as above; blocking this time.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the workspace's own tasks, in plain Rust.
 //!
 //! - `cargo xtask setup`: provision libtorch 2.13.0 (the version tch 0.26 requires) and point the
-//!   workspace at it through the git-ignored link `.libtorch`.
+//!   workspace at it through the git-ignored link `.libtorch`; and an FFmpeg for video files when
+//!   there is none (see [`ffmpeg`]).
 //! - `cargo xtask demo`: set-up if needed, then the main job on the embedded data.
 //! - `cargo xtask setup --print-env`: set-up, then print the `LIBTORCH` line a project outside
 //!   the workspace needs (see [`downstream`]).
@@ -18,6 +19,7 @@
 
 mod bench;
 mod downstream;
+mod ffmpeg;
 mod libtorch;
 mod tidy;
 
@@ -100,12 +102,20 @@ fn setup_task(args: &[OsString]) -> Result<(), String> {
     let root = workspace_root();
     if !print_env {
         println!("{}", libtorch::setup(&root, force)?);
+        let (exe, installed) = ffmpeg::setup()?;
+        println!(
+            "{}",
+            installed.unwrap_or_else(|| format!("FFmpeg for video files: {}", exe.display()))
+        );
         return Ok(());
     }
     // Standard output is for `eval`: set-up's own messages (pip's included) go to standard error.
     let report = with_stdout_on_stderr(|| libtorch::setup(&root, force))?;
     if report.changed() {
         eprintln!("{report}");
+    }
+    if let Some(installed) = with_stdout_on_stderr(ffmpeg::setup)?.1 {
+        eprintln!("{installed}");
     }
     print!("{}", downstream::env_lines(&downstream::libtorch_value(&root), &report.libtorch));
     Ok(())
@@ -147,6 +157,9 @@ fn setup_quietly() -> Result<(), String> {
     let report = libtorch::setup(&workspace_root(), false)?;
     if report.changed() {
         println!("{report}");
+    }
+    if let Some(installed) = ffmpeg::setup()?.1 {
+        println!("{installed}");
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `mm info`: which libtorch this process loaded, which devices it sees, and what the CPU can
-//! do in bf16.
+//! `mm info`: which libtorch this process loaded, which devices it sees, what the CPU can do in
+//! bf16, and which FFmpeg reads video files.
 
 use std::path::PathBuf;
 
@@ -23,17 +23,30 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let default_device = mm_data::device::device_name(Device::cuda_if_available());
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let bf16 = mm_train::precision::cpu_bf16();
+    // Which FFmpeg, how it was found and its version; or why there is none.
+    let ffmpeg = mm_data::video::Ffmpeg::locate().and_then(|f| {
+        let version = f.version()?;
+        Ok((f, version))
+    });
+    let ffmpeg_text = match &ffmpeg {
+        Ok((f, v)) => format!("{} ({}; {v})", f.path.display(), f.source),
+        Err(e) => format!("none: {e}"),
+    };
     if args.json {
         let q = |s: Option<String>| s.map_or("null".to_string(), |s| json_string(&s));
         println!(
             "{{\"mm_version\":{},\"libtorch\":{},\"libtorch_cuda\":{},\"threads\":{threads},\
              \"cuda_available\":{cuda},\"cuda_device_count\":{count},\"cudnn_available\":{cudnn},\
-             \"default_device\":{},\"cpu_bf16\":{}}}",
+             \"default_device\":{},\"cpu_bf16\":{},\"ffmpeg\":{}}}",
             json_string(env!("CARGO_PKG_VERSION")),
             q(path(&lib)),
             q(path(&cuda_lib)),
             json_string(&default_device),
             serde_json::to_string(bf16)?,
+            match &ffmpeg {
+                Ok((f, v)) => serde_json::json!({"path": f.path, "found_by": f.source, "version": v}),
+                Err(e) => serde_json::json!({"error": e.to_string()}),
+            },
         );
     } else {
         println!("mm {}", env!("CARGO_PKG_VERSION"));
@@ -49,6 +62,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!("CUDA available:  {cuda} ({count} device(s), cuDNN {cudnn})");
         println!("default device:  {default_device}");
         println!("CPU bf16:        {}", bf16.to_string().trim_start_matches("bf16 kernels: "));
+        println!("FFmpeg (video):  {ffmpeg_text}");
     }
     Ok(())
 }
