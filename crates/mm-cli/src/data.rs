@@ -49,6 +49,38 @@ enum DataCommand {
     /// Write a manifest's samples as WebDataset-style tar shards (train/000000.tar, ... and
     /// shards.json), cleaned first; a run reads them with `[data] manifest = "OUT/shards.json"`.
     Shard(ShardArgs),
+    /// Write a manifest's videos (samples listing `frames`) as video files through FFmpeg
+    /// (H.264 mp4 by default), their sound muxed in; OUT/manifest.jsonl names them as `video`.
+    Videos(VideosArgs),
+}
+
+/// Options of `mm data videos`.
+#[derive(Debug, ClapArgs)]
+struct VideosArgs {
+    /// The manifest whose samples list `frames`.
+    manifest: PathBuf,
+    /// The folder to write (atomically): videos/, files/ (other files) and manifest.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// FFmpeg's encoder: libx264 (mp4), mjpeg (avi), libvpx-vp9 (webm), or another with --ext.
+    #[arg(long, default_value = "libx264")]
+    codec: String,
+    /// The container's file extension (default: the codec's usual one).
+    #[arg(long)]
+    ext: Option<String>,
+    /// Frames per second of the videos.
+    #[arg(long, default_value_t = 8.0)]
+    fps: f64,
+    /// Constant quality (x264's and libvpx's -crf: 0 lossless, 23 x264's default); the
+    /// default keeps a data set's pixels close.
+    #[arg(long, default_value_t = 15)]
+    crf: u32,
+    /// Keep each sample's sound as its own file instead of muxing it into the video.
+    #[arg(long)]
+    no_audio: bool,
+    /// Replace an earlier folder written by this command.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Options of `mm data spoken`.
@@ -190,6 +222,12 @@ struct CheckArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Frames a clip takes from each `video` file: fewer is reported.
+    #[arg(long, default_value_t = 16)]
+    clip_frames: usize,
+    /// Seconds FFmpeg may take for one video file before it is killed.
+    #[arg(long, default_value_t = 120.0)]
+    timeout_s: f64,
 }
 
 /// Options of `mm data stats`.
@@ -299,6 +337,36 @@ pub fn run(args: &Args) -> Result<()> {
         DataCommand::Split(a) => split(a),
         DataCommand::AvDigits(a) => av_digits(a),
         DataCommand::Shard(a) => shard(a),
+        DataCommand::Videos(a) => {
+            let start = Instant::now();
+            let manifest = Manifest::read(&a.manifest)?;
+            if manifest.samples().iter().all(|s| s.frames.is_empty()) {
+                bail!(
+                    "{}: no sample lists `frames`: there is nothing to encode",
+                    a.manifest.display()
+                );
+            }
+            let options = mm_data::video::EncodeOptions {
+                codec: a.codec.clone(),
+                extension: a.ext.clone(),
+                fps: a.fps,
+                crf: Some(a.crf),
+                with_audio: !a.no_audio,
+                force: a.force,
+            };
+            let done = mm_data::video::encode_manifest(&manifest, &a.out, &options)?;
+            println!(
+                "wrote {} videos ({} with sound, {}) and {} other files to {} in {:.1} s; manifest {}",
+                done.videos,
+                done.with_audio,
+                a.codec,
+                done.copied,
+                a.out.display(),
+                start.elapsed().as_secs_f64(),
+                a.out.join(mm_data::video::ENCODED_MANIFEST).display()
+            );
+            Ok(())
+        }
         DataCommand::Spoken(a) => spoken(a),
         DataCommand::Words(a) => {
             let start = Instant::now();
@@ -430,9 +498,16 @@ fn check(a: &CheckArgs) -> Result<()> {
     for r in &a.require {
         required.push(r.parse::<Modality>().map_err(|e| anyhow!("--require: {e}"))?);
     }
+    let timeout = std::time::Duration::try_from_secs_f64(a.timeout_s)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| anyhow!("--timeout-s {}: a positive number of seconds", a.timeout_s))?;
+    mm_data::video::set_timeout(timeout);
+    let clip = mm_data::pipeline::ClipSpec { frames: a.clip_frames.max(1), fps: None, timeout };
     let config = CleanConfig {
         classes: (!a.classes.is_empty()).then(|| a.classes.clone()),
         required,
+        clip,
         ..CleanConfig::default()
     };
     let (_, report) = clean(&manifest, &config)?;

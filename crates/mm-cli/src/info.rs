@@ -44,7 +44,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             json_string(&default_device),
             serde_json::to_string(bf16)?,
             match &ffmpeg {
-                Ok((f, v)) => serde_json::json!({"path": f.path, "found_by": f.source, "version": v}),
+                Ok((f, v)) =>
+                    serde_json::json!({"path": f.path, "found_by": f.source, "version": v}),
                 Err(e) => serde_json::json!({"error": e.to_string()}),
             },
         );

@@ -1989,3 +1989,187 @@ fn runs_that_cannot_work_fail_loudly_and_run_folders_are_guarded() {
     assert!(started.elapsed().as_secs() < 60, "the check waited on the FIFO or read the device");
     assert!(said.contains("a character device") && said.contains("a FIFO"), "{said}");
 }
+
+/// Issue 28 through the binary: `mm data videos` writes the synthetic clips as H.264 mp4 with
+/// their sound muxed in, as VP9 webm with the sound kept apart, and losslessly (FFV1); the video
+/// recipe trains end to end from the mp4 files, its sound read from them, a broken video in the
+/// manifest reported by cleaning with its id; from the lossless files it trains exactly as the
+/// frames recipe does from the PNG frames (the same pixels, so the same numbers); a hung FFmpeg
+/// is killed at the timeout; a missing one is one message.
+#[test]
+fn the_video_recipe_trains_from_video_files() {
+    let ws = workspace(240);
+    for out in [
+        "data/synth-mp4",
+        "data/synth-webm",
+        "data/synth-ffv1",
+        "runs/video-files",
+        "runs/video-ffv1",
+        "runs/video-frames",
+    ] {
+        let _ = std::fs::remove_dir_all(ws.join(out));
+    }
+    let videos = |out: &str, extra: &[&str]| {
+        let mut args = vec!["data", "videos", "data/synth/video.jsonl", "--out", out];
+        args.extend(extra);
+        ok(ws, &args)
+    };
+    let text = videos("data/synth-mp4", &[]);
+    assert!(text.contains("wrote 240 videos (240 with sound, libx264)"), "{text}");
+    let text = videos("data/synth-webm", &["--codec", "libvpx-vp9", "--no-audio"]);
+    assert!(
+        text.contains("wrote 240 videos (0 with sound, libvpx-vp9) and 240 other files"),
+        "{text}"
+    );
+    let webm: Vec<Value> = std::fs::read_to_string(ws.join("data/synth-webm/manifest.jsonl"))
+        .expect("manifest")
+        .lines()
+        .map(json)
+        .collect();
+    assert!(webm.iter().all(|s| s["video"].as_str().is_some_and(|v| v.ends_with(".webm"))
+        && s["audio"].as_str().is_some_and(|a| a.starts_with("files/"))
+        && s.get("frames").is_none()));
+    // A file that is no video among them.
+    let manifest = ws.join("data/synth-mp4/manifest.jsonl");
+    let mut lines = std::fs::read_to_string(&manifest).expect("manifest");
+    lines.push_str(
+        "{\"id\":\"broken\",\"split\":\"train\",\"video\":\"videos/broken.mp4\",\"label\":\"left\"}\n",
+    );
+    std::fs::write(ws.join("data/synth-mp4/videos/broken.mp4"), "not a video").expect("write");
+    std::fs::write(ws.join("data/synth-mp4/with-broken.jsonl"), lines).expect("write");
+    let config = configs().join("video/video-files.toml");
+    let train = |manifest: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--set",
+            manifest,
+            "--set",
+            "data.video.frames=4",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--json",
+        ];
+        args.extend(extra);
+        let summary = json(&ok(ws, &args));
+        let history: Vec<Value> = std::fs::read_to_string(ws.join(out).join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .map(json)
+            .collect();
+        (summary, history)
+    };
+    let (summary, history) = train(
+        "data.manifest=\"data/synth-mp4/with-broken.jsonl\"",
+        "runs/video-files",
+        &["--set", "train.epochs=3"],
+    );
+    assert_eq!(summary["clean"]["dropped"], 1, "{summary}");
+    let loss = |r: &Value| r["train_loss"].as_f64().expect("train loss");
+    assert!(loss(&history[2]) < loss(&history[0]), "the loss must fall: {history:?}");
+    let report = json(
+        &std::fs::read_to_string(ws.join("runs/video-files/clean-report.json")).expect("report"),
+    );
+    let finding = &report["reasons"]["bad_video"]["samples"][0];
+    assert_eq!(finding["id"].as_str(), Some("broken"), "{report}");
+    assert!(
+        finding["detail"].as_str().is_some_and(|d| d.contains("not a video FFmpeg can read")),
+        "{report}"
+    );
+    let eval = json(&ok(ws, &["eval", "--run", "runs/video-files", "--device", "cpu", "--json"]));
+    assert!(eval["accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{eval}");
+    let predicted = json(
+        ok(ws, &["predict", "--run", "runs/video-files", "--device", "cpu"])
+            .lines()
+            .next()
+            .expect("a line"),
+    );
+    let weights = &predicted["modality_weights"];
+    assert!(
+        weights["frames"].as_f64().is_some() && weights["audio"].as_f64().is_some(),
+        "{predicted}"
+    );
+    // Lossless video files of the frames, the sound from the same WAV files: every number of
+    // the run is the frames recipe's.
+    videos("data/synth-ffv1", &["--codec", "ffv1", "--no-audio"]);
+    let (_, from_videos) = train(
+        "data.manifest=\"data/synth-ffv1/manifest.jsonl\"",
+        "runs/video-ffv1",
+        &["--set", "train.epochs=2", "--set", "data.video.audio_from_video=false"],
+    );
+    let frames_config = configs().join("video/video.toml");
+    ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            frames_config.to_str().expect("utf-8"),
+            "--set",
+            "train.epochs=2",
+            "--out",
+            "runs/video-frames",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    );
+    let from_frames: Vec<Value> =
+        std::fs::read_to_string(ws.join("runs/video-frames/metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .map(json)
+            .collect();
+    for (a, b) in from_videos.iter().zip(&from_frames) {
+        assert_eq!((a["train_loss"].as_f64(), &a["val"]), (b["train_loss"].as_f64(), &b["val"]));
+    }
+    assert_eq!(from_videos.len(), 2);
+
+    // A decoder that hangs is killed at the timeout: an `ffmpeg` that only sleeps.
+    let fake = ws.join("hung-ffmpeg");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 30\n").expect("write");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let two: String = std::fs::read_to_string(&manifest)
+        .expect("manifest")
+        .lines()
+        .take(2)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(ws.join("data/synth-mp4/two.jsonl"), two).expect("write");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(ws)
+        .args(["data", "check", "data/synth-mp4/two.jsonl", "--timeout-s", "1", "--json"])
+        .env("MM_FFMPEG", &fake)
+        .output()
+        .expect("run mm");
+    let seconds = started.elapsed().as_secs_f64();
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(report["dropped"], 2, "{report}");
+    assert!(
+        report["reasons"]["bad_video"]["samples"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .all(|f| f["detail"].as_str().is_some_and(|d| d.contains("within 1 s (killed)"))),
+        "{report}"
+    );
+    assert!(seconds < 10.0, "took {seconds} s: the hung decoders were not killed");
+    // No FFmpeg at all: one message that says how to get one.
+    let out = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(ws)
+        .args(["data", "check", "data/synth-mp4/two.jsonl", "--json"])
+        .env("MM_FFMPEG", ws.join("no-such-ffmpeg"))
+        .output()
+        .expect("run mm");
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        report["reasons"]["bad_video"]["samples"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("MM_FFMPEG=") && d.contains("no such file")),
+        "{report}"
+    );
+}

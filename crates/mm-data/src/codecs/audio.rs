@@ -63,7 +63,7 @@ pub fn decode_audio(path: impl AsRef<Path>) -> Result<Audio> {
             .map(|(_, rate)| rate)
             .filter(|r| *r > 0)
             .ok_or_else(|| Error::decode(path, "has no audio stream"))?;
-        let samples = crate::video::decode_audio_track(path, rate, crate::video::sound_timeout())?;
+        let samples = crate::video::decode_audio_track(path, rate, crate::video::timeout())?;
         return Ok(Audio { samples, sample_rate: rate });
     }
     let (mut file, len) = crate::fs::open_capped(path, crate::fs::FileKind::Audio)?;

@@ -123,18 +123,19 @@ pub fn is_video_file(path: &Path) -> bool {
         .is_some_and(|e| VIDEO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-static SOUND_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120_000);
+static TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(120_000);
 
-/// How long FFmpeg may take to decode a video's sound for [`crate::audio::decode_audio`]
-/// (120 s unless [`set_sound_timeout`] changed it; `[data.video] timeout_s` does).
-pub fn sound_timeout() -> Duration {
-    Duration::from_millis(SOUND_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
+/// How long an FFmpeg process may take to read a file's streams ([`probe`]) or its sound (for
+/// [`crate::audio::decode_audio`]) before it is killed: 120 s unless [`set_timeout`] changed
+/// it (`[data.video] timeout_s` does).
+pub fn timeout() -> Duration {
+    Duration::from_millis(TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// Sets [`sound_timeout`] for this process.
-pub fn set_sound_timeout(timeout: Duration) {
+/// Sets [`timeout`] for this process.
+pub fn set_timeout(timeout: Duration) {
     let ms = timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
-    SOUND_TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+    TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// What [`probe`] found in a file.
@@ -179,9 +180,13 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
     }
     let ffmpeg = Ffmpeg::locate()?;
     let args = ["-hide_banner".into(), "-nostdin".into(), "-i".into(), path.as_os_str().to_owned()];
-    let out = run(&ffmpeg, &args, Duration::from_secs(60), 1 << 16)?;
+    let limit = timeout();
+    let out = run(&ffmpeg, &args, limit, 1 << 16)?;
     if out.timed_out {
-        return Err(Error::decode(path, "FFmpeg did not finish reading its streams within 60 s"));
+        return Err(Error::decode(
+            path,
+            format!("FFmpeg did not read its streams within {} s (killed)", limit.as_secs_f64()),
+        ));
     }
     let report = String::from_utf8_lossy(&out.stderr);
     let info = parse_report(&report).map_err(|why| {
@@ -649,14 +654,16 @@ fn run(
 }
 
 /// Encodes `frames` (`[height, width, 3]` RGB, all one size) at `fps` into the video file
-/// `path` with FFmpeg's `codec` (`libx264`, `mjpeg`, `libvpx-vp9`, ...), with `audio` (mono
-/// samples and their rate) as its sound when given; the container follows the file's
-/// extension. Written to a temporary name beside it first, then renamed.
+/// `path` with FFmpeg's `codec` (`libx264`, `mjpeg`, `libvpx-vp9`, ...) at the constant
+/// quality `crf` when given (x264's and libvpx's scale: 0 lossless, 23 x264's default), with
+/// `audio` (mono samples and their rate) as its sound when given; the container follows the
+/// file's extension. Written to a temporary name beside it first, then renamed.
 pub fn encode_video(
     path: &Path,
     frames: &[Array3<u8>],
     fps: f64,
     codec: &str,
+    crf: Option<u32>,
     audio: Option<(&[f32], u32)>,
 ) -> Result<()> {
     use std::io::Write;
@@ -709,10 +716,21 @@ pub fn encode_video(
         ]);
     }
     cmd.args(["-c:v", codec]);
-    if codec != "mjpeg" {
-        cmd.args(["-pix_fmt", "yuv420p"]);
-    } else {
-        cmd.args(["-q:v", "2", "-pix_fmt", "yuvj420p"]);
+    if let (Some(crf), false) = (crf, codec == "mjpeg") {
+        cmd.args(["-crf", &crf.to_string()]);
+        if codec.starts_with("libvpx") {
+            cmd.args(["-b:v", "0"]);
+        }
+    }
+    match codec {
+        "mjpeg" => {
+            cmd.args(["-q:v", "2", "-pix_fmt", "yuvj420p"]);
+        }
+        // Lossless RGB codecs keep the pixels as they are.
+        "ffv1" | "png" | "libx264rgb" | "qtrle" | "utvideo" => {}
+        _ => {
+            cmd.args(["-pix_fmt", "yuv420p"]);
+        }
     }
     let mut child = cmd
         .arg(&tmp)
@@ -793,4 +811,157 @@ At least one output file must be specified";
         assert_eq!(Clip::at_rate(&info, 4, 2.0, 0.0, (8, 8)).start, 0.0);
         assert_eq!(Clip::at_rate(&info, 16, 2.0, 0.7, (8, 8)).start, 0.0);
     }
+}
+
+/// How [`encode_manifest`] writes video files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodeOptions {
+    /// FFmpeg's encoder: `libx264` (`.mp4`), `mjpeg` (`.avi`), `libvpx-vp9` (`.webm`), or
+    /// another with `extension` set.
+    pub codec: String,
+    /// The container, by file extension; `None`: the codec's usual one.
+    pub extension: Option<String>,
+    /// Frames per second of the videos.
+    pub fps: f64,
+    /// Constant quality (`-crf`: 0 lossless, 23 x264's default); `None`: the encoder's default.
+    pub crf: Option<u32>,
+    /// Mux each sample's `audio` into its video (the sample then has no `audio` field: read it
+    /// back with `[data.video] audio_from_video = true`).
+    pub with_audio: bool,
+    /// Replace an earlier output folder.
+    pub force: bool,
+}
+
+impl Default for EncodeOptions {
+    /// H.264 in mp4, 8 frames a second, at `crf` 15 (a data set's pixels kept close), sound
+    /// muxed.
+    fn default() -> Self {
+        EncodeOptions {
+            codec: "libx264".into(),
+            extension: None,
+            fps: 8.0,
+            crf: Some(15),
+            with_audio: true,
+            force: false,
+        }
+    }
+}
+
+/// What [`encode_manifest`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Videos written.
+    pub videos: usize,
+    /// Of them, with the sample's sound.
+    pub with_audio: usize,
+    /// Other files (images, sound not muxed) copied beside them.
+    pub copied: usize,
+}
+
+/// The file [`encode_manifest`] writes into its folder.
+pub const ENCODED_MANIFEST: &str = "manifest.jsonl";
+
+/// Writes `manifest` as a data set of video files into the folder `out` (atomically): every
+/// sample that lists `frames` gets `videos/ID.EXT` made of them (all one size) instead, with its
+/// sound muxed in when `options.with_audio`; its other files are copied under `files/`.
+/// `out/manifest.jsonl` describes the result. Samples are encoded in parallel, one FFmpeg each.
+pub fn encode_manifest(
+    manifest: &crate::manifest::Manifest,
+    out: &Path,
+    options: &EncodeOptions,
+) -> Result<Encoded> {
+    use rayon::prelude::*;
+    if !(options.fps.is_finite() && options.fps > 0.0) {
+        return Err(Error::Config(format!("fps {} is not a frame rate", options.fps)));
+    }
+    let ext = options.extension.clone().unwrap_or_else(|| {
+        match options.codec.as_str() {
+            "mjpeg" | "mpeg4" | "libxvid" | "cinepak" => "avi",
+            "libvpx" | "libvpx-vp9" | "libaom-av1" => "webm",
+            "ffv1" | "png" | "utvideo" => "mkv",
+            _ => "mp4",
+        }
+        .to_string()
+    });
+    Ffmpeg::locate()?;
+    crate::fs::write_dir_atomic(out, ENCODED_MANIFEST, options.force, |staging| {
+        std::fs::create_dir_all(staging.join("videos")).map_err(|e| Error::io(staging, e))?;
+        let copy = |rel: &Path| -> Result<PathBuf> {
+            let to = Path::new("files").join(rel);
+            let dest = staging.join(&to);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            std::fs::copy(manifest.path(rel), &dest)
+                .map_err(|e| Error::io(manifest.path(rel), e))?;
+            Ok(to)
+        };
+        let converted: Vec<(crate::manifest::Sample, [usize; 3])> = manifest
+            .samples()
+            .par_iter()
+            .map(|s| {
+                let mut s = s.clone();
+                let mut counts = [0usize; 3];
+                let in_sample = |e: Error| Error::Sample { id: s.id.clone(), source: Box::new(e) };
+                let mut sound = None;
+                if !s.frames.is_empty() {
+                    let frames = s
+                        .frames
+                        .iter()
+                        .map(|rel| crate::image::decode_image(manifest.path(rel)))
+                        .collect::<Result<Vec<_>>>()
+                        .map_err(in_sample)?;
+                    if let (true, Some(rel)) = (options.with_audio, &s.audio) {
+                        sound = Some(crate::audio::decode_audio(manifest.path(rel)).map_err(in_sample)?);
+                    }
+                    // The id, made a file name.
+                    let name: String = s
+                        .id
+                        .chars()
+                        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                        .collect();
+                    let rel = PathBuf::from(format!("videos/{name}.{ext}"));
+                    if staging.join(&rel).exists() {
+                        return Err(in_sample(Error::Config(format!("{} is another sample's video too (ids that differ only in punctuation)", rel.display()))));
+                    }
+                    let audio = sound.as_ref().map(|a| (a.samples.as_slice(), a.sample_rate));
+                    encode_video(
+                        &staging.join(&rel),
+                        &frames,
+                        options.fps,
+                        &options.codec,
+                        options.crf,
+                        audio,
+                    )
+                        .map_err(in_sample)?;
+                    s.frames.clear();
+                    s.video = Some(rel);
+                    counts[0] = 1;
+                    if sound.is_some() {
+                        s.audio = None;
+                        counts[1] = 1;
+                    }
+                }
+                if let Some(rel) = s.image.take() {
+                    s.image = Some(copy(&rel).map_err(in_sample)?);
+                    counts[2] += 1;
+                }
+                if let Some(rel) = s.audio.take() {
+                    s.audio = Some(copy(&rel).map_err(in_sample)?);
+                    counts[2] += 1;
+                }
+                Ok((s, counts))
+            })
+            .collect::<Result<_>>()?;
+        let mut written = crate::manifest::Manifest::new(staging);
+        let mut total = [0usize; 3];
+        for (s, counts) in converted {
+            written.push(s)?;
+            for (t, c) in total.iter_mut().zip(counts) {
+                *t += c;
+            }
+        }
+        written.write(staging.join(ENCODED_MANIFEST))?;
+        Ok(Encoded { videos: total[0], with_audio: total[1], copied: total[2] })
+    })
 }

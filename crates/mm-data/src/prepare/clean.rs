@@ -404,7 +404,7 @@ fn check_sound(
 }
 
 /// Reads a video file as training will: its streams, frames evenly over it (small) and its
-/// last frame; returns what stands for its content in the duplicate check (its length, and
+/// last frame, in one FFmpeg run; returns what stands for its content in the duplicate check (its length, and
 /// its first and last MiB).
 fn check_video(path: &Path, clip: &crate::pipeline::ClipSpec) -> Result<Vec<u8>> {
     use crate::video::{decode_clip, probe, Clip};
@@ -421,10 +421,10 @@ fn check_video(path: &Path, clip: &crate::pipeline::ClipSpec) -> Result<Vec<u8>>
             ),
         ));
     }
-    decode_clip(path, &info, &Clip::evenly(&info, clip.frames, (16, 16)), clip.timeout)?;
-    let step = 1.0 / info.fps;
-    let end = Clip { start: (info.duration - 1.5 * step).max(0.0), step, count: 1, size: (16, 16) };
-    decode_clip(path, &info, &end, clip.timeout)?;
+    // The evenly spaced frames and one more past the end, which takes the last frame: a file
+    // cut short has none near there.
+    let evenly = Clip::evenly(&info, clip.frames, (16, 16));
+    decode_clip(path, &info, &Clip { count: clip.frames + 1, ..evenly }, clip.timeout)?;
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut fingerprint = len.to_le_bytes().to_vec();

@@ -510,7 +510,7 @@ impl DataConfig {
     /// (`max_file_mb`) and FFmpeg's time for a video's sound (`[data.video] timeout_s`).
     fn apply_limits(&self) {
         self.max_file_mb.apply();
-        crate::video::set_sound_timeout(self.clip().timeout);
+        crate::video::set_timeout(self.clip().timeout);
     }
 
     /// The clips video files give: `[data.video]`'s, or under `[data.frames]` `max_frames`

@@ -59,7 +59,7 @@ fn encode(dir: &Path, name: &str, codec: &str, sound: bool) -> PathBuf {
     let frames: Vec<Array3<u8>> = (0..FRAMES).map(pattern).collect();
     let path = dir.join(name);
     let audio = sound.then(|| sine(16000, FRAMES as f64 / FPS));
-    encode_video(&path, &frames, FPS, codec, audio.as_deref().map(|a| (a, 16000)))
+    encode_video(&path, &frames, FPS, codec, None, audio.as_deref().map(|a| (a, 16000)))
         .expect("encoded");
     path
 }
@@ -203,7 +203,8 @@ fn a_manifest_of_videos_trains_through_the_pipeline() {
         let name = format!("v/{i}.{ext}");
         let frames: Vec<Array3<u8>> = (0..FRAMES).map(|k| pattern((k + 3 * i) % 40)).collect();
         let sound = sine(16000, FRAMES as f64 / FPS);
-        encode_video(&dir.join(&name), &frames, FPS, codec, Some((&sound, 16000))).expect("encode");
+        encode_video(&dir.join(&name), &frames, FPS, codec, None, Some((&sound, 16000)))
+            .expect("encode");
         let split = if i == 1 { "val" } else { "train" };
         lines.push(format!(
             r#"{{"id":"clip{i}","split":"{split}","video":"{name}","label":"{}"}}"#,
@@ -215,7 +216,7 @@ fn a_manifest_of_videos_trains_through_the_pipeline() {
     let whole = std::fs::read(dir.join("v/1.webm")).expect("read");
     std::fs::write(dir.join("v/cut.webm"), &whole[..whole.len() / 2]).expect("write");
     let short: Vec<Array3<u8>> = (0..5).map(pattern).collect();
-    encode_video(&dir.join("v/short.mp4"), &short, FPS, "libx264", None).expect("encode");
+    encode_video(&dir.join("v/short.mp4"), &short, FPS, "libx264", None, None).expect("encode");
     for (id, file) in [("text", "text.mp4"), ("cut", "cut.webm"), ("short", "short.mp4")] {
         lines.push(format!(r#"{{"id":"{id}","video":"v/{file}","label":"0"}}"#));
     }
