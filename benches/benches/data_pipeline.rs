@@ -11,6 +11,9 @@
 //!     version: `torchaudio.load`, `torchaudio.functional.resample`,
 //!     `torchaudio.transforms.MelSpectrogram`, `log`, `pad_sequence`, in a `DataLoader` with
 //!     the same workers.
+//! (c) video: 32 H.264 mp4 files (320×240, 25 fps, 4 s) through FFmpeg, 16 frames evenly over
+//!     each, scaled to 112×112, normalised, collated into `[B, 16, 3, 112, 112]` (clips per
+//!     second). The PyTorch user's version (`bench-peer`'s W5): PyAV in a `DataLoader`.
 //!
 //! Both run through `mm_data::loader::Loader` with rayon's global pool: set
 //! `RAYON_NUM_THREADS` to compare at a given thread count.
@@ -20,7 +23,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mm_benches::workloads::{image_pipeline, png_manifest};
+use mm_benches::workloads::{image_pipeline, png_manifest, video_manifest, video_pipeline};
 use mm_benches::{extract_fsdd, scratch, shared_data};
 use mm_data::loader::{Loader, LoaderConfig};
 use mm_data::manifest::{Manifest, Sample, Split};
@@ -90,5 +93,26 @@ fn audio(c: &mut Criterion) {
     std::fs::remove_dir_all(dir).ok();
 }
 
-criterion_group!(benches, images, audio);
+fn video(c: &mut Criterion) {
+    if let Err(e) = mm_data::video::Ffmpeg::locate() {
+        eprintln!("video benchmark skipped: {e}");
+        return;
+    }
+    let dir = scratch("videos");
+    let n = 32;
+    let manifest = Manifest::read(video_manifest(&dir, n).expect("videos")).expect("manifest");
+    let config = LoaderConfig { batch_size: BATCH, ..LoaderConfig::evaluation() };
+    let loader = Loader::new(Arc::new(manifest), Split::Train, Arc::new(video_pipeline()), config)
+        .expect("loader");
+    let mut group = c.benchmark_group("data_pipeline");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10);
+    group.bench_function("h264_320x240_16frames_112_batch", |b| {
+        b.iter(|| assert_eq!(run_epoch(&loader), n))
+    });
+    group.finish();
+    std::fs::remove_dir_all(dir).ok();
+}
+
+criterion_group!(benches, images, audio, video);
 criterion_main!(benches);

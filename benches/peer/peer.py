@@ -20,6 +20,9 @@ W3  One training step (forward, cross-entropy, backward, AdamW, zero_grad) of
     Modules keep PyTorch's default initialisation, which is also libtorch's and mm's.
 W4  One epoch of the av-digits recipe from its files: training (batch 64, shuffled, AdamW
     lr 2e-3), a validation pass, and a checkpoint written atomically.
+W5  DataLoader over H.264 mp4 files with PyAV (av, which carries its own FFmpeg; torchvision
+    0.28 no longer reads video): every frame decoded on one thread, the 16 nearest to evenly
+    spaced times converted to 112x112 RGB by FFmpeg's scaler, normalised; batches of 64.
 """
 import argparse
 import json
@@ -130,6 +133,39 @@ def w2(manifest, threads, repeats):
     data = Clips()
     what = f"{len(data)} FSDD WAV 8 kHz -> resample 16 kHz -> log-mel 64 (n_fft 400, hop 160), padded batches of 64"
     return measure("W2", what, loader_throughput(data, threads, repeats, shuffle=False, collate=pad_collate), "samples/s")
+
+
+# --- W5 -------------------------------------------------------------------------------------
+
+def w5(manifest, threads, repeats):
+    import av
+
+    frames, side = 16, 112
+
+    class Videos(Dataset):
+        def __init__(self):
+            self.root, self.rows = read_manifest(manifest)
+            self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            with av.open(os.path.join(self.root, self.rows[i]["video"])) as container:
+                stream = container.streams.video[0]
+                stream.thread_count = 1
+                duration = container.duration / av.time_base
+                decoded = [(float(f.pts * stream.time_base), f) for f in container.decode(stream)]
+            times = [(k + 0.5) * duration / frames for k in range(frames)]
+            chosen = [min(decoded, key=lambda tf: abs(tf[0] - t))[1] for t in times]
+            rgb = [f.to_ndarray(format="rgb24", width=side, height=side) for f in chosen]
+            clip = torch.from_numpy(__import__("numpy").stack(rgb)).permute(0, 3, 1, 2).float() / 255
+            return (clip - self.mean) / self.std, 0
+
+    data = Videos()
+    what = f"{len(data)} H.264 mp4 320x240 25 fps 4 s -> {frames} frames evenly, {side}x{side}, normalised, batches of 64"
+    return measure("W5", what, loader_throughput(data, threads, repeats, shuffle=False), "clips/s")
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -369,7 +405,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed-batch", type=int, default=8)
-    ap.add_argument("--only", default="", help="comma-separated workloads (W1,W2,W3,W4)")
+    ap.add_argument("--only", default="", help="comma-separated workloads (W1,W2,W3,W4,W5)")
     ap.add_argument("--json", required=True, help="where to write the results")
     args = ap.parse_args()
     only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
@@ -392,6 +428,8 @@ def main():
             report(m)
     if wanted("W4") and inputs.get("av_digits"):
         report(w4(inputs["av_digits"], args.threads))
+    if wanted("W5") and inputs.get("videos"):
+        report(w5(inputs["videos"], args.threads, args.repeats))
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"versions": versions(), "threads": args.threads, "measures": measures}, f, indent=2)

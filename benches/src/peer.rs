@@ -7,6 +7,7 @@
 //! | W2 | 512 FSDD WAV files (8 kHz) → resample to 16 kHz → 64-bin log-mel, padded batches of 64 | samples/s, target ≥ 2× |
 //! | W3 | one training step of the seed model (batch 8) and of the av-digits model (batch 64) | ms/step, target no slower |
 //! | W4 | one epoch of the av-digits recipe (4500 training, 500 validation samples), data loading, validation and checkpoint included | s/epoch, target ≤ 0.7× |
+//! | W5 | 64 H.264 mp4 files (320×240, 25 fps, 4 s) → 16 frames evenly, 112×112, normalised, batches of 64 | clips/s, target ≥ PyAV in a DataLoader |
 //!
 //! Both sides read the same files (written once into the work folder), use the same batch
 //! sizes, thread count, model definitions and initialisation scheme (libtorch's defaults, which
@@ -27,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device};
 
 use crate::workloads::{
-    av_digits_run, image_pipeline, median, png_manifest, time_runs, Trainer, Workload,
+    av_digits_run, image_pipeline, median, png_manifest, time_runs, video_manifest, video_pipeline,
+    Trainer, Workload, CLIP_FRAMES, CLIP_SIDE,
 };
 
 /// How big a run is.
@@ -41,6 +43,9 @@ pub struct Sizes {
     pub av_per_digit: usize,
     /// Batch of the seed model's step in W3.
     pub seed_batch: usize,
+    /// Video files of W5.
+    #[serde(default)]
+    pub videos: usize,
     /// Timed repetitions (epochs for W1, W2; steps for W3).
     pub repeats: usize,
 }
@@ -48,12 +53,12 @@ pub struct Sizes {
 impl Sizes {
     /// The full comparison.
     pub fn full() -> Self {
-        Sizes { images: 256, clips: 512, av_per_digit: 500, seed_batch: 8, repeats: 3 }
+        Sizes { images: 256, clips: 512, av_per_digit: 500, seed_batch: 8, videos: 64, repeats: 3 }
     }
 
     /// A quick pass over every code path (CI, smoke tests): numbers mean little.
     pub fn quick() -> Self {
-        Sizes { images: 64, clips: 64, av_per_digit: 20, seed_batch: 2, repeats: 2 }
+        Sizes { images: 64, clips: 64, av_per_digit: 20, seed_batch: 2, videos: 8, repeats: 2 }
     }
 }
 
@@ -88,6 +93,9 @@ pub struct Inputs {
     pub clips: Option<PathBuf>,
     /// Manifest of W4's av-digits data set, when MNIST and FSDD were found.
     pub av_digits: Option<PathBuf>,
+    /// Manifest of W5's video files, when an FFmpeg was found to write them.
+    #[serde(default)]
+    pub videos: Option<PathBuf>,
     /// Why any of them is missing.
     pub missing: Vec<String>,
 }
@@ -176,10 +184,19 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
             None
         }
     };
+    // W5: H.264 files, written by FFmpeg.
+    let videos = match mm_data::video::Ffmpeg::locate() {
+        Ok(_) => Some(video_manifest(work, sizes.videos.max(1))?),
+        Err(e) => {
+            missing.push(format!("W5: {e}"));
+            None
+        }
+    };
     let inputs = Inputs {
         images,
         clips: clips.map(|c| c.join("manifest.jsonl")),
         av_digits: av_digits.map(|a| a.join("manifest.jsonl")),
+        videos,
         missing,
     };
     let text = serde_json::to_string_pretty(&inputs).map_err(|e| mm_data::error::report(&e))?;
@@ -257,6 +274,15 @@ pub fn w2(inputs: &Inputs, sizes: Sizes) -> Result<Option<Measure>, String> {
     pipeline.audio = Some(AudioSpec::new(&mel).map_err(|e| mm_data::error::report(&e))?);
     let what = format!("{} FSDD WAV 8 kHz -> resample 16 kHz -> log-mel 64 (n_fft 400, hop 160), padded batches of 64", sizes.clips);
     loader_throughput("W2", &what, clips, pipeline, false, sizes.repeats).map(Some)
+}
+
+/// W5 on our side: clips of video files through FFmpeg, in the loader's pool.
+pub fn w5(inputs: &Inputs, sizes: Sizes) -> Result<Option<Measure>, String> {
+    let Some(videos) = &inputs.videos else { return Ok(None) };
+    let what = format!("{} H.264 mp4 320x240 25 fps 4 s -> {CLIP_FRAMES} frames evenly, {CLIP_SIDE}x{CLIP_SIDE}, normalised, batches of 64", sizes.videos);
+    let mut m = loader_throughput("W5", &what, videos, video_pipeline(), false, sizes.repeats)?;
+    m.unit = "clips/s".into();
+    Ok(Some(m))
 }
 
 /// W3 on our side: the median step time of each model.

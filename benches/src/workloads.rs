@@ -335,3 +335,81 @@ pub fn png_manifest(dir: &Path, n: usize) -> Result<PathBuf, String> {
         .map_err(|e| format!("{} -> {}: {e}", staging.display(), images.display()))?;
     Ok(path)
 }
+
+/// Side of W5's videos.
+pub const VIDEO_SIZE: (usize, usize) = (240, 320);
+/// Frames per second and seconds of W5's videos.
+pub const VIDEO_FPS: f64 = 25.0;
+/// Seconds of each of W5's videos.
+pub const VIDEO_SECONDS: usize = 4;
+/// Frames a W5 clip takes, and their side.
+pub const CLIP_FRAMES: usize = 16;
+/// Side of W5's clip frames.
+pub const CLIP_SIDE: usize = 112;
+
+/// `n` H.264 mp4 files of 320×240 at 25 fps, 4 s each (a moving square over a gradient with
+/// a little noise, different per file), and their manifest, in `dir/videos-N` (written once,
+/// through FFmpeg).
+pub fn video_manifest(dir: &Path, n: usize) -> Result<PathBuf, String> {
+    let videos = dir.join(format!("videos-{n}"));
+    let path = videos.join("manifest.jsonl");
+    if path.is_file() {
+        return Ok(path);
+    }
+    let staging = dir.join(format!(".videos-{n}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let (h, w) = VIDEO_SIZE;
+    let count = (VIDEO_FPS as usize) * VIDEO_SECONDS;
+    let mut manifest = Manifest::new(&staging);
+    for i in 0..n {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ i as u64;
+        let frames: Vec<ndarray::Array3<u8>> = (0..count)
+            .map(|k| {
+                let (sx, sy) = ((k * 3 + i * 7) % (w - 40), (k * 2 + i * 5) % (h - 40));
+                ndarray::Array3::from_shape_fn((h, w, 3), |(y, x, c)| {
+                    state =
+                        state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let noise = (state >> 60) as usize;
+                    let base = if (sx..sx + 40).contains(&x) && (sy..sy + 40).contains(&y) {
+                        220
+                    } else {
+                        (x * 255 / w + y * 128 / h + c * 40 + i * 13) % 200
+                    };
+                    (base + noise) as u8
+                })
+            })
+            .collect();
+        let name = format!("v{i:04}.mp4");
+        mm_data::video::encode_video(
+            &staging.join(&name),
+            &frames,
+            VIDEO_FPS,
+            "libx264",
+            None,
+            None,
+        )
+        .map_err(|e| mm_data::error::report(&e))?;
+        manifest
+            .push(Sample::new(format!("v{i:04}")).with_video(name).with_label("x"))
+            .map_err(|e| mm_data::error::report(&e))?;
+    }
+    manifest.write(staging.join("manifest.jsonl")).map_err(|e| mm_data::error::report(&e))?;
+    let _ = std::fs::remove_dir_all(&videos);
+    std::fs::rename(&staging, &videos)
+        .map_err(|e| format!("{} -> {}: {e}", staging.display(), videos.display()))?;
+    Ok(path)
+}
+
+/// W5's pipeline: 16 frames evenly over each video, scaled to 112×112 by FFmpeg, ImageNet's
+/// statistics, no augmentation (as an evaluation clip).
+pub fn video_pipeline() -> Pipeline {
+    use mm_data::pipeline::{ClipSpec, FramesSpec};
+    let mut pipeline = Pipeline::new(vec!["x".into()]);
+    pipeline.frames = Some(FramesSpec {
+        image: ImageSpec { fit_statistics: false, ..ImageSpec::new((CLIP_SIDE, CLIP_SIDE)) },
+        max_frames: Some(CLIP_FRAMES),
+        clip: ClipSpec { frames: CLIP_FRAMES, ..ClipSpec::default() },
+    });
+    pipeline
+}

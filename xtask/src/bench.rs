@@ -18,19 +18,21 @@ use crate::workspace_root;
 
 /// What the peer needs beyond torch, pinned where the version matters: torchvision 0.28 is the
 /// release built against torch 2.13; torchaudio has no 2.13 release on PyPI, and the parts the
-/// peer calls (resample, MelSpectrogram) are plain PyTorch code in 2.11.
+/// peer calls (resample, MelSpectrogram) are plain PyTorch code in 2.11; PyAV 18.1 (with its
+/// own FFmpeg) reads W5's videos.
 const PEER_PACKAGES: &[&str] = &[
     "torchvision==0.28.0",
     "torchaudio==2.11.1",
     "pillow",
     "numpy",
     "soundfile",
+    "av==18.1.0",
     "cffi",
     "pycparser",
 ];
 
 /// The modules the peer imports.
-const PEER_IMPORTS: &str = "import torch, torchvision, torchaudio, PIL, numpy, soundfile";
+const PEER_IMPORTS: &str = "import torch, torchvision, torchaudio, PIL, numpy, soundfile, av";
 
 pub fn bench_peer(args: &[OsString]) -> Result<(), String> {
     let report = libtorch::setup(&workspace_root(), false)?;

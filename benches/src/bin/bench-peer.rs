@@ -10,7 +10,7 @@ use mm_benches::peer::{self, Measure, Sizes, Sources};
 use tch::Device;
 
 /// mm against PyTorch on the same machine: W1 image pipeline, W2 audio pipeline, W3 training
-/// steps, W4 a whole epoch of the av-digits recipe.
+/// steps, W4 a whole epoch of the av-digits recipe, W5 clips of video files.
 #[derive(Debug, Parser)]
 #[command(name = "bench-peer")]
 struct Args {
@@ -21,7 +21,7 @@ struct Args {
     /// Small inputs and few repetitions: checks that everything runs, measures little.
     #[arg(long)]
     quick: bool,
-    /// Only these workloads (W1, W2, W3, W4; comma-separated).
+    /// Only these workloads (W1, W2, W3, W4, W5; comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where inputs are written (reused between runs).
@@ -162,6 +162,11 @@ fn measure_ours(
     }
     if wanted(args, "W4") {
         if let Some(m) = peer::w4(inputs, &args.work, device)? {
+            report(m, &mut ours);
+        }
+    }
+    if wanted(args, "W5") {
+        if let Some(m) = peer::w5(inputs, sizes)? {
             report(m, &mut ours);
         }
     }
