@@ -429,19 +429,7 @@ pub fn decode_clip(
     let bytes_per_frame = h * w * 3;
     let cap = bytes_per_frame * (3 * clip.count + 8);
     let out = run(&Ffmpeg::locate()?, &args, timeout, cap)?;
-    if out.timed_out {
-        return Err(Error::decode(
-            path,
-            format!("FFmpeg did not decode the clip within {} s (killed)", timeout.as_secs_f64()),
-        ));
-    }
-    let log = String::from_utf8_lossy(&out.stderr);
-    if !out.success {
-        return Err(Error::decode(
-            path,
-            format!("FFmpeg could not decode it: {}", last_error(&log)),
-        ));
-    }
+    let log = finished(path, &out, timeout, "the clip")?;
     // The time of every frame written, in order, from the showinfo filter.
     let times: Vec<f64> = log
         .lines()
@@ -521,25 +509,32 @@ pub fn decode_audio_track(path: &Path, sample_rate: u32, timeout: Duration) -> R
     // Decoded sound is at most a few times the file (and 4 bytes a sample at the rate).
     let cap = (crate::fs::limit(crate::fs::FileKind::Audio) as usize).max(meta.len() as usize * 64);
     let out = run(&Ffmpeg::locate()?, &args, timeout, cap)?;
-    if out.timed_out {
-        return Err(Error::decode(
-            path,
-            format!("FFmpeg did not decode the sound within {} s (killed)", timeout.as_secs_f64()),
-        ));
-    }
-    let log = String::from_utf8_lossy(&out.stderr);
-    if !out.success {
-        return Err(Error::decode(
-            path,
-            format!("FFmpeg could not decode its sound: {}", last_error(&log)),
-        ));
-    }
+    finished(path, &out, timeout, "its sound")?;
     let samples: Vec<f32> =
         out.stdout.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     if samples.is_empty() {
         return Err(Error::decode(path, "no audio (0 samples)"));
     }
     Ok(samples)
+}
+
+/// FFmpeg's log of a decode of `what` in `path`, or the error when it was killed at `timeout`
+/// or failed.
+fn finished(path: &Path, out: &Output, timeout: Duration, what: &str) -> Result<String> {
+    if out.timed_out {
+        return Err(Error::decode(
+            path,
+            format!("FFmpeg did not decode {what} within {} s (killed)", timeout.as_secs_f64()),
+        ));
+    }
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.success {
+        return Err(Error::decode(
+            path,
+            format!("FFmpeg could not decode {what}: {}", last_error(&log)),
+        ));
+    }
+    Ok(log)
 }
 
 /// The line of FFmpeg's log that says what went wrong.
