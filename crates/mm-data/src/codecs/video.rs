@@ -368,15 +368,24 @@ pub fn decode_clip(
     // an encoder's priming): a time that close to the end takes the last frame.
     let slack = (3.0 * frame).max(0.3);
     let near_end = |t: f64| t >= info.duration - slack;
+    // How far from a time its frame may be: a frame's length in a steady stream, more in a
+    // variable-rate one (a phone's, whose stated rate is an average).
+    let tolerance = (2.5 * frame).max(0.1);
+    let window = |t: f64| {
+        (if near_end(t) { t - slack.max(tolerance) } else { t - tolerance }, t + tolerance)
+    };
     // Seek to a little before the first frame wanted; FFmpeg's times then count from there.
-    let seek = (wanted[0] - if near_end(wanted[0]) { slack } else { 2.0 * frame }).max(0.0);
+    let seek = (window(wanted[0]).0 - frame).max(0.0);
     let terms: Vec<String> = wanted
         .iter()
         .map(|&t| {
-            let from = if near_end(t) { t - slack } else { t - frame };
-            format!("between(t,{:.6},{:.6})", from - seek, t - seek + frame)
+            let (from, to) = window(t);
+            format!("between(t,{:.6},{:.6})", from - seek, to - seek)
         })
         .collect();
+    // At most the frames of every window (the windows may overlap), and a few more.
+    let most: usize =
+        wanted.iter().map(|&t| ((window(t).1 - window(t).0) * info.fps).ceil() as usize + 2).sum();
     let mut merged: Vec<String> = Vec::new();
     terms.iter().for_each(|t| {
         if merged.last() != Some(t) {
@@ -385,7 +394,7 @@ pub fn decode_clip(
     });
     let filter =
         format!("select='{}',scale={w}:{h}:flags=area,format=rgb24,showinfo", merged.join("+"));
-    let span = wanted[wanted.len() - 1] - seek + 2.0 * frame;
+    let span = window(wanted[wanted.len() - 1]).1 - seek + frame;
     let args: Vec<std::ffi::OsString> = [
         "-hide_banner",
         "-nostdin",
@@ -427,7 +436,7 @@ pub fn decode_clip(
     )
     .collect();
     let bytes_per_frame = h * w * 3;
-    let cap = bytes_per_frame * (3 * clip.count + 8);
+    let cap = bytes_per_frame * (most + 8);
     let out = run(&Ffmpeg::locate()?, &args, timeout, cap)?;
     let log = finished(path, &out, timeout, "the clip")?;
     // The time of every frame written, in order, from the showinfo filter.
@@ -453,8 +462,8 @@ pub fn decode_clip(
     for &t in &wanted {
         let nearest = (0..n).min_by(|&a, &b| (times[a] - t).abs().total_cmp(&(times[b] - t).abs()));
         let close = |i: &usize| {
-            (times[*i] - t).abs() <= frame * 1.01
-                || (near_end(t) && i + 1 == n && t - times[*i] <= slack + frame)
+            (times[*i] - t).abs() <= tolerance
+                || (near_end(t) && i + 1 == n && t - times[*i] <= slack.max(tolerance) + frame)
         };
         let Some(i) = nearest.filter(close) else {
             let decoded = times.last().map_or("no frame".to_string(), |l| {

@@ -133,6 +133,38 @@ fn real_videos_decode_to_the_frames_of_their_times() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A variable-rate video (as phones write them: here frames 20 to 23 of the square left out, a
+/// 0.2 s gap in a 25 fps stream, the others keeping their times) still gives every clip, each
+/// frame the nearest to its time and showing that time, the gap's middle included.
+#[test]
+fn variable_rate_videos_give_the_nearest_frames() {
+    let dir = dir("vfr");
+    let steady = encode(&dir, "steady.mp4", "libx264", false);
+    let vfr = dir.join("vfr.mp4");
+    let status = std::process::Command::new(Ffmpeg::locate().expect("FFmpeg").path)
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-i"])
+        .arg(&steady)
+        .args(["-vf", "select='not(between(n,20,23))'", "-fps_mode", "vfr", "-c:v", "libx264"])
+        .arg(&vfr)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success());
+    let info = probe(&vfr).expect("probed");
+    let gap = Clip { start: 0.735, step: 0.25, count: 4, size: (H, W) }; // 0.86 s first
+    for clip in [Clip::evenly(&info, 12, (H, W)), gap] {
+        let decoded = decode_clip(&vfr, &info, &clip, TIMEOUT).expect("a variable-rate clip");
+        assert_eq!(decoded.frames.len(), clip.count);
+        for ((frame, t), want) in decoded.frames.iter().zip(&decoded.times).zip(clip.times()) {
+            // The frames around the gap are at 0.76 s and 0.96 s.
+            assert!((t - want).abs() <= 0.1 + 1e-6, "frame at {t} for {want}: {info:?}");
+            let k = shown(frame);
+            assert!((k - t * FPS).abs() < 0.6, "the frame at {t} s shows frame {k}");
+            assert!(!(20..=23).contains(&(k.round() as usize)), "frame {k} is not in the file");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Files that are not whole videos get an error naming them and saying what is wrong.
 #[test]
 fn broken_videos_are_named_with_what_is_wrong() {
