@@ -14,6 +14,7 @@ mod demo;
 mod info;
 mod retrieve;
 mod run;
+mod serve;
 mod speech;
 
 use std::process::ExitCode;
@@ -42,6 +43,9 @@ enum Command {
     Predict(run::PredictArgs),
     /// Top-k items of one modality for a query of another, with a trained retrieval model.
     Retrieve(retrieve::Args),
+    /// Serve trained runs over HTTP: predictions, metrics, a web page; concurrent requests
+    /// batched.
+    Serve(serve::Args),
     /// Train every fusion method and each modality alone on the same data; print a table.
     Compare(compare::Args),
     /// A run's configuration, parameters per module and training history.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => run::eval(&args),
         Command::Predict(args) => run::predict(&args),
         Command::Retrieve(args) => retrieve::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Inspect(args) => run::inspect(&args),
         Command::Export(args) => run::export(&args),

@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use mm_data::clean::CleanReport;
 use mm_data::config::DataConfig;
-use mm_data::loader::{Loader, LoaderConfig, Shard};
+use mm_data::loader::{Batch, Loader, LoaderConfig, Shard};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::pipeline::Pipeline;
 use mm_data::shards::ShardIndex;
@@ -645,59 +645,68 @@ impl Run {
     /// weights where the fusion has them.
     pub fn predict(&self, manifest: Arc<Manifest>, split: Split) -> Result<Vec<Value>> {
         let loader = self.loader(manifest, split, self.config.train.batch_size)?;
+        let mut rows = Vec::new();
+        for batch in loader.epoch(0) {
+            rows.extend(self.predict_batch(batch.map_err(Error::from)?)?);
+        }
+        Ok(rows)
+    }
+
+    /// [`Run::predict`] of one collated batch (on any device: it is moved to the model's), one
+    /// JSON object per sample in batch order. A model server calls this on the batches it
+    /// gathers from concurrent requests.
+    pub fn predict_batch(&self, batch: Batch) -> Result<Vec<Value>> {
         let device = self.vs.device();
         let names: Vec<&str> = self.model.heads().into_iter().map(|(n, _)| n).collect();
         let modalities: Vec<&String> = self.model.config().encoders.keys().collect();
-        let mut rows = Vec::new();
-        for batch in loader.epoch(0) {
-            let batch = batch.map_err(Error::from)?.to_device(device);
-            let _no_grad = tch::no_grad_guard();
-            let precision = self.config.train.precision;
-            let _autocast = Autocast::scope(precision, device);
-            let out = crate::guard::step("prediction", precision, device, || {
-                Ok(self.model.forward_t(&batch, false))
-            })?;
-            // Each head's object per sample (a retrieval head refuses: it predicts no labels).
-            let mut per_head = Vec::new();
-            for (i, head) in self.model.head_modules().enumerate() {
-                per_head.push(head.predict(&out, i, &batch)?.into_iter());
+        let batch = batch.to_device(device);
+        let _no_grad = tch::no_grad_guard();
+        let precision = self.config.train.precision;
+        let _autocast = Autocast::scope(precision, device);
+        let out = crate::guard::step("prediction", precision, device, || {
+            Ok(self.model.forward_t(&batch, false))
+        })?;
+        // Each head's object per sample (a retrieval head refuses: it predicts no labels).
+        let mut per_head = Vec::new();
+        for (i, head) in self.model.head_modules().enumerate() {
+            per_head.push(head.predict(&out, i, &batch)?.into_iter());
+        }
+        let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| {
+            Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1]))
+                .unwrap_or_default()
+        });
+        let b = batch.ids.len();
+        let mut rows = Vec::with_capacity(b);
+        for (j, id) in batch.ids.iter().enumerate() {
+            let mut row = Map::new();
+            row.insert("id".into(), json!(id));
+            for (name, objects) in names.iter().zip(per_head.iter_mut()) {
+                let h = objects.next().unwrap_or_default();
+                if names.len() == 1 {
+                    row.extend(h);
+                } else {
+                    row.insert(name.to_string(), Value::Object(h));
+                }
             }
-            let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| {
-                Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1]))
-                    .unwrap_or_default()
-            });
-            let b = batch.ids.len();
-            for (j, id) in batch.ids.iter().enumerate() {
-                let mut row = Map::new();
-                row.insert("id".into(), json!(id));
-                for (name, objects) in names.iter().zip(per_head.iter_mut()) {
-                    let h = objects.next().unwrap_or_default();
-                    if names.len() == 1 {
-                        row.extend(h);
+            if let Some(w) = &weights {
+                let per = w.len() / b.max(1);
+                let mine = &w[j * per..(j + 1) * per];
+                row.insert(
+                    "modality_weights".into(),
+                    if per == modalities.len() {
+                        Value::Object(
+                            modalities
+                                .iter()
+                                .zip(mine)
+                                .map(|(m, v)| ((*m).clone(), json!(v)))
+                                .collect(),
+                        )
                     } else {
-                        row.insert(name.to_string(), Value::Object(h));
-                    }
-                }
-                if let Some(w) = &weights {
-                    let per = w.len() / b.max(1);
-                    let mine = &w[j * per..(j + 1) * per];
-                    row.insert(
-                        "modality_weights".into(),
-                        if per == modalities.len() {
-                            Value::Object(
-                                modalities
-                                    .iter()
-                                    .zip(mine)
-                                    .map(|(m, v)| ((*m).clone(), json!(v)))
-                                    .collect(),
-                            )
-                        } else {
-                            json!(mine)
-                        },
-                    );
-                }
-                rows.push(Value::Object(row));
+                        json!(mine)
+                    },
+                );
             }
+            rows.push(Value::Object(row));
         }
         Ok(rows)
     }
