@@ -39,6 +39,9 @@ pub struct Args {
     /// Largest request body, in MiB (413 above).
     #[arg(long, default_value_t = 16.0)]
     max_body_mib: f64,
+    /// Hold each forward pass this much longer, as if the model were slower (load tests).
+    #[arg(long, default_value_t = 0, hide = true)]
+    simulate_latency_ms: u64,
     /// A bearer token every /v1/ and /metrics request must bring (or MM_SERVE_TOKEN).
     #[arg(long)]
     token: Option<String>,
@@ -83,6 +86,7 @@ pub fn run(a: &Args) -> Result<()> {
             max_batch: a.max_batch,
             max_wait: Duration::from_millis(a.max_wait_ms),
             queue: a.queue,
+            simulated_latency: Duration::from_millis(a.simulate_latency_ms),
         },
         timeout: seconds("timeout-s", a.timeout_s)?,
         read_timeout: seconds("read-timeout-s", a.read_timeout_s)?,

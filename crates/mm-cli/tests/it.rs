@@ -145,3 +145,5 @@ fn data_synth_writes_the_data_set_and_reports_its_ceilings() {
 }
 #[path = "it/runs.rs"]
 mod runs;
+#[path = "it/serve.rs"]
+mod serve;

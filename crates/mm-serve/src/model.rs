@@ -32,11 +32,19 @@ pub struct Batching {
     pub max_wait: Duration,
     /// Requests that may wait for the model; one more is refused (HTTP 503).
     pub queue: usize,
+    /// Extra time each forward pass takes, as if the model were slower: for load tests of the
+    /// queue, the time limits and shutdown (zero when serving).
+    pub simulated_latency: Duration,
 }
 
 impl Default for Batching {
     fn default() -> Self {
-        Batching { max_batch: 32, max_wait: Duration::from_millis(5), queue: 256 }
+        Batching {
+            max_batch: 32,
+            max_wait: Duration::from_millis(5),
+            queue: 256,
+            simulated_latency: Duration::ZERO,
+        }
     }
 }
 
@@ -255,6 +263,9 @@ fn work(name: &str, run: &Run, rx: Receiver<Job>, b: Batching, metrics: &Metrics
         let n = items.len();
         let batch = collate(&items, &run.pipeline);
         let result = run.predict_batch(batch).map_err(|e| crate::chain(&e));
+        if !b.simulated_latency.is_zero() {
+            std::thread::sleep(b.simulated_latency);
+        }
         metrics.batch(name, n, started.elapsed().as_secs_f64());
         match result {
             Ok(rows) => {

@@ -17,7 +17,7 @@ fn mm_in(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs `mm` in `dir`, expects success, returns standard output.
-fn ok(dir: &Path, args: &[&str]) -> String {
+pub(super) fn ok(dir: &Path, args: &[&str]) -> String {
     let out = mm_in(dir, args);
     assert!(out.status.success(), "mm {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -36,13 +36,13 @@ fn fails(dir: &Path, args: &[&str]) -> String {
     err
 }
 
-fn json(text: &str) -> Value {
+pub(super) fn json(text: &str) -> Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// A folder with the synthetic data set in `data/synth` (where the recipes look), made once
 /// per test binary by `mm data synth`.
-fn workspace(samples: usize) -> &'static Path {
+pub(super) fn workspace(samples: usize) -> &'static Path {
     static SMALL: OnceLock<PathBuf> = OnceLock::new();
     static LARGE: OnceLock<PathBuf> = OnceLock::new();
     let cell = if samples <= 300 { &SMALL } else { &LARGE };
@@ -124,7 +124,7 @@ fn shared_mirror() -> Option<PathBuf> {
     }
 }
 
-fn configs() -> PathBuf {
+pub(super) fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
 }
 

@@ -1,0 +1,451 @@
+//! `mm serve`: the real binary on a real port, spoken to over real sockets (a few lines of
+//! HTTP/1.1 by hand, so that malformed, slow and vanishing clients can be played too).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::runs::{json, ok, workspace};
+
+/// A response: status, headers (lower-case names), body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{} not JSON ({e}): {}", self.status, String::from_utf8_lossy(&self.body))
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+fn read_reply(stream: TcpStream) -> Reply {
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("header");
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let mut body = Vec::new();
+    r.read_to_end(&mut body).expect("body");
+    Reply { status, headers, body }
+}
+
+/// One request on a connection of its own (`Connection: close`).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("send head");
+    // A server may answer before the whole body is in (413) and close: the answer still counts.
+    let _ = s.write_all(body);
+    read_reply(s)
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    request(addr, "GET", path, &[], b"")
+}
+
+fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Reply {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(A[(n >> (18 - 6 * k)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A running `mm serve`, killed when dropped.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, args: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(dir)
+        .args(["serve", "--port", "0", "--device", "cpu"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mm serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("mm serve says where it listens");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let served = Served { child, addr, log: rx };
+    let started = Instant::now();
+    while get(served.addr, "/ready").status != 200 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    served
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// `mm serve` answers every endpoint with what `mm predict` says, batches concurrent
+/// requests, refuses what it cannot take with the right status and a JSON error, keeps
+/// serving through bad clients, and finishes the requests in flight when stopped.
+#[test]
+fn serve_answers_batches_and_survives_bad_clients() {
+    let ws = workspace(240);
+    let config = super::runs::configs().join("synthetic/synthetic.toml");
+    let run = "runs/serve";
+    let _ = std::fs::remove_dir_all(ws.join(run));
+    ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--set",
+            "train.epochs=1",
+            "--out",
+            run,
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    );
+    let predicted: Vec<Value> = ok(ws, &["predict", "--run", run]).lines().map(json).collect();
+    let manifest: Vec<Value> = std::fs::read_to_string(ws.join("data/synth/manifest.jsonl"))
+        .expect("manifest")
+        .lines()
+        .map(json)
+        .collect();
+    let sample = |id: &str| manifest.iter().find(|s| s["id"] == id).expect("sample").clone();
+    let file = |rel: &Value| {
+        std::fs::read(ws.join("data/synth").join(rel.as_str().expect("path"))).expect("file")
+    };
+
+    let server =
+        serve(ws, &["--run", &format!("digits={run}"), "--max-batch", "16", "--max-wait-ms", "20"]);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/health").json()["status"], "ok");
+    let models = get(addr, "/v1/models").json();
+    assert_eq!(models["models"][0]["name"], "digits", "{models}");
+    assert_eq!(models["models"][0]["modalities"], json!(["image", "audio", "text"]), "{models}");
+    let api = get(addr, "/openapi.json").json();
+    assert_eq!(api["openapi"], "3.1.0");
+    assert!(api["paths"]["/v1/predict"]["post"]["responses"]["503"].is_object(), "{api}");
+    let page = get(addr, "/");
+    assert!(page.text().contains("<title>mm serve</title>"), "{}", page.text());
+
+    // The same answer as `mm predict`, for every sample of the test split, sent as JSON.
+    let to_json = |s: &Value| {
+        json!({"id": s["id"], "text": s["text"],
+               "image": base64(&file(&s["image"])), "audio": base64(&file(&s["audio"]))})
+    };
+    let mut compared = 0;
+    for p in predicted.iter().take(12) {
+        let id = p["id"].as_str().expect("id");
+        let reply = post_json(addr, "/v1/predict", &to_json(&sample(id)));
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let got = reply.json();
+        assert_eq!(got["prediction"], p["prediction"], "{id}: {got} vs {p}");
+        for (class, v) in p["probabilities"].as_object().expect("probabilities") {
+            let served = got["probabilities"][class].as_f64().expect("probability");
+            assert!((served - v.as_f64().expect("p")).abs() < 1e-4, "{id} {class}: {got} vs {p}");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 12);
+
+    // Several samples in one request; a modality missing; multipart form data.
+    let ids: Vec<&str> = predicted.iter().take(3).map(|p| p["id"].as_str().expect("id")).collect();
+    let list: Vec<Value> = ids.iter().map(|id| to_json(&sample(id))).collect();
+    let reply = post_json(addr, "/v1/predict", &json!({"model": "digits", "samples": list}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let rows = reply.json()["predictions"].as_array().expect("list").clone();
+    assert_eq!(
+        rows.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(),
+        json!(ids).as_array().expect("ids").clone()
+    );
+    let s = sample(ids[0]);
+    let text_only = post_json(addr, "/v1/predict", &json!({"text": s["text"]})).json();
+    let sum: f64 =
+        text_only["probabilities"].as_object().expect("p").values().filter_map(Value::as_f64).sum();
+    assert!((sum - 1.0).abs() < 1e-4, "{text_only}");
+    let boundary = "mmBoundary7";
+    let mut form = Vec::new();
+    form.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+    form.extend(file(&s["image"]));
+    form.extend(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n{}\r\n--{boundary}--\r\n", s["text"].as_str().expect("text")).as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let reply = request(addr, "POST", "/v1/predict", &[("Content-Type", &ct)], &form);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.json()["probabilities"].is_object());
+
+    // Concurrent requests are batched: fewer forward passes than requests.
+    let before = get(addr, "/metrics").text();
+    let passes_before = metric(&before, "mm_batch_size_count{model=\"digits\"}");
+    let bodies: Vec<Value> = predicted
+        .iter()
+        .take(32)
+        .map(|p| to_json(&sample(p["id"].as_str().expect("id"))))
+        .collect();
+    let threads: Vec<_> = bodies
+        .into_iter()
+        .map(|b| std::thread::spawn(move || post_json(addr, "/v1/predict", &b).status))
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().expect("client")).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let after = get(addr, "/metrics").text();
+    let passes = metric(&after, "mm_batch_size_count{model=\"digits\"}") - passes_before;
+    let samples = metric(&after, "mm_batch_size_sum{model=\"digits\"}")
+        - metric(&before, "mm_batch_size_sum{model=\"digits\"}");
+    assert_eq!(samples, 32.0, "{after}");
+    assert!(passes < 32.0, "32 concurrent requests took {passes} forward passes: {after}");
+    assert!(
+        after.contains("mm_request_duration_seconds_bucket{endpoint=\"/v1/predict\",le=\"+Inf\"}"),
+        "{after}"
+    );
+    assert!(after.contains("mm_queue_depth{model=\"digits\"} 0"), "{after}");
+
+    // Bad requests: the right status and a JSON error each.
+    let cases: Vec<(Reply, u16, &str)> = vec![
+        (
+            request(
+                addr,
+                "POST",
+                "/v1/predict",
+                &[("Content-Type", "application/json")],
+                b"{\"text\": ",
+            ),
+            400,
+            "not JSON",
+        ),
+        (post_json(addr, "/v1/predict", &json!({"video": "x.mp4"})), 422, "unknown field `video`"),
+        (
+            post_json(addr, "/v1/predict", &json!({"features": [1.0, 2.0]})),
+            422,
+            "does not read features",
+        ),
+        (post_json(addr, "/v1/predict", &json!({})), 422, "no input"),
+        (
+            post_json(addr, "/v1/predict", &json!({"image": base64(b"not a PNG at all")})),
+            422,
+            "request/image",
+        ),
+        (post_json(addr, "/v1/predict", &json!({"audio": "@@@"})), 400, "audio: not base64"),
+        (
+            post_json(addr, "/v1/predict", &json!({"model": "other", "text": "x"})),
+            404,
+            "no model named",
+        ),
+        (
+            request(addr, "POST", "/v1/predict", &[("Content-Type", "text/plain")], b"hello"),
+            415,
+            "content type",
+        ),
+        (get(addr, "/v1/nothing"), 404, "no such endpoint"),
+        (
+            request(
+                addr,
+                "POST",
+                "/v1/predict",
+                &[("Content-Type", "application/json")],
+                &vec![b' '; 17 << 20],
+            ),
+            413,
+            "over the limit",
+        ),
+    ];
+    for (reply, status, says) in cases {
+        assert_eq!(reply.status, status, "{}", reply.text());
+        let e = reply.json();
+        assert!(e["error"].as_str().is_some_and(|m| m.contains(says)), "{says}: {e}");
+    }
+
+    // Bad clients: one that stops sending mid-body, one that vanishes, a thousand connections.
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    slow.write_all(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"te").expect("send");
+    let started = Instant::now();
+    let reply = read_reply(slow);
+    assert_eq!(reply.status, 408, "{}", reply.text());
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    let mut gone = TcpStream::connect(addr).expect("connect");
+    gone.write_all(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{\"text\"",
+    )
+    .expect("send");
+    drop(gone);
+    let rss_before = rss_kib(server.child.id());
+    let idle: Vec<TcpStream> =
+        (0..1000).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    let reply = post_json(addr, "/v1/predict", &json!({"text": "a dot"}));
+    assert_eq!(reply.status, 200, "with 1000 idle connections: {}", reply.text());
+    drop(idle);
+    let rss_after = rss_kib(server.child.id());
+    assert!(
+        rss_after < rss_before + 200 * 1024,
+        "memory grew from {rss_before} to {rss_after} KiB"
+    );
+    assert_eq!(get(addr, "/health").status, 200);
+    drop(server);
+
+    // A slow model behind a short queue and a token: 503 with Retry-After when full, 504 past
+    // the time limit, 401 without the token, and on SIGTERM the request in flight is answered.
+    let mut slow = serve(
+        ws,
+        &[
+            "--run",
+            run,
+            "--queue",
+            "2",
+            "--max-batch",
+            "1",
+            "--simulate-latency-ms",
+            "400",
+            "--timeout-s",
+            "1",
+            "--token",
+            "s3cret",
+        ],
+    );
+    let addr = slow.addr;
+    let auth = [("Authorization", "Bearer s3cret"), ("Content-Type", "application/json")];
+    let reply = post_json(addr, "/v1/predict", &json!({"text": "a dot"}));
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert_eq!(
+        request(addr, "POST", "/v1/predict", &[("Authorization", "Bearer s3creT")], b"{}").status,
+        401
+    );
+    assert_eq!(get(addr, "/metrics").status, 401);
+    assert_eq!(get(addr, "/health").status, 200, "probes need no token");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let r = request(addr, "POST", "/v1/predict", &auth, b"{\"text\": \"a dot\"}");
+                (r.status, r.header("retry-after").map(str::to_string))
+            })
+        })
+        .collect();
+    let replies: Vec<(u16, Option<String>)> =
+        threads.into_iter().map(|t| t.join().expect("client")).collect();
+    assert!(replies.iter().any(|r| r.0 == 200), "{replies:?}");
+    assert!(replies.iter().all(|r| matches!(r.0, 200 | 503 | 504)), "{replies:?}");
+    assert!(replies.iter().any(|r| r.0 == 503 && r.1.as_deref() == Some("1")), "{replies:?}");
+    let in_flight = std::thread::spawn(move || {
+        request(addr, "POST", "/v1/predict", &auth, b"{\"text\": \"a hoop\"}")
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(slow.child.id() as i32, libc::SIGTERM);
+    }
+    let reply = in_flight.join().expect("client");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let status = slow.child.wait().expect("exit");
+    assert!(status.success(), "{status:?}");
+    let log: Vec<String> = slow.log.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("stopped; every request in flight was answered")),
+        "{log:?}"
+    );
+
+    // A folder that is not a run: one message, before anything listens.
+    let out = Command::new(env!("CARGO_BIN_EXE_mm"))
+        .current_dir(ws)
+        .args(["serve", "--run", "data", "--port", "0"])
+        .output()
+        .expect("run mm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not a run folder") && !err.contains("listening"), "{err}");
+}
