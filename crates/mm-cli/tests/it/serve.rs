@@ -178,6 +178,74 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
+/// A headless browser: MM_CHROMIUM, or Chromium or Chrome on PATH.
+fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("MM_CHROMIUM") {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|d| ["chromium", "chromium-browser", "google-chrome"].map(|n| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// The web page in a real browser: it lists the models, fills in the text from its link,
+/// submits the form, and shows the prediction the API gives for that text. A screenshot is
+/// kept in the test output (`target/tmp/serve-page.png`).
+fn browser_predicts(addr: SocketAddr, expected: &str, text: &str) {
+    let Some(browser) = chromium() else {
+        // .ci/run installs Chromium from Debian's registry; elsewhere it may be missing.
+        assert!(std::env::var_os("CI").is_none(), "CI has no Chromium: .ci/run should install it");
+        eprintln!("no Chromium here (apt-get install chromium, or MM_CHROMIUM=PATH): the browser check is skipped");
+        return;
+    };
+    let query: String =
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+    let url = format!("http://{addr}/?model=digits&text={query}&submit=1");
+    let profile = std::env::temp_dir().join(format!("mm-serve-chromium-{}", std::process::id()));
+    let run = |extra: &[&str]| {
+        Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=15000",
+                "--window-size=900,1000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("run the browser")
+    };
+    let out = run(&["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<section id=\"result\" class=\"\">"), "the result is not shown: {dom}");
+    assert!(
+        dom.contains(&format!("<span id=\"prediction\">{expected}</span>")),
+        "expected {expected}: {dom}"
+    );
+    assert!(dom.contains("<div id=\"error\" role=\"alert\"></div>"), "{dom}");
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = run(&[&format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&out.stderr))
+    });
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    eprintln!("the web page, as the browser showed it: {}", shot.display());
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
 /// `mm serve` answers every endpoint with what `mm predict` says, batches concurrent
 /// requests, refuses what it cannot take with the right status and a JSON error, keeps
 /// serving through bad clients, and finishes the requests in flight when stopped.
@@ -296,6 +364,12 @@ fn serve_answers_batches_and_survives_bad_clients() {
         "{after}"
     );
     assert!(after.contains("mm_queue_depth{model=\"digits\"} 0"), "{after}");
+
+    browser_predicts(
+        addr,
+        text_only["prediction"].as_str().expect("class"),
+        s["text"].as_str().expect("text"),
+    );
 
     // Bad requests: the right status and a JSON error each.
     let cases: Vec<(Reply, u16, &str)> = vec![
