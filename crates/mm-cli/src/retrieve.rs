@@ -16,7 +16,6 @@ use mm_data::manifest::{Manifest, Sample, Split};
 use mm_data::Modality;
 use mm_train::run::Run;
 use serde_json::{json, Value};
-use tch::{Device, Kind, Tensor};
 
 /// Options of `mm retrieve`.
 #[derive(Debug, clap::Args)]
@@ -45,46 +44,6 @@ pub struct Args {
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
-}
-
-/// Each sample's embedding in `side` (0 or 1 of the pair) over `split` of `manifest`, for the
-/// samples that have that modality: `(ids, [N, D])`.
-fn embed(
-    run: &Run,
-    manifest: Arc<Manifest>,
-    split: Split,
-    side: usize,
-    modality: Modality,
-) -> Result<(Vec<String>, Tensor)> {
-    let loader = run.loader(manifest, split, 128)?;
-    let (mut ids, mut parts) = (Vec::new(), Vec::new());
-    for batch in loader.epoch(0) {
-        let batch = batch?.to_device(run.vs.device());
-        let _no_grad = tch::no_grad_guard();
-        let out = run.model.forward_t(&batch, false);
-        let (a, b, _) = out.embeddings.as_ref().context("not a retrieval model")?;
-        let column = batch
-            .modalities
-            .iter()
-            .position(|m| *m == modality)
-            .context("modality not in the batch")?;
-        let present: Vec<f32> = Vec::try_from(
-            batch.present.select(1, column as i64).to_device(Device::Cpu).to_kind(Kind::Float),
-        )?;
-        let rows: Vec<i64> =
-            present.iter().enumerate().filter(|(_, p)| **p > 0.5).map(|(i, _)| i as i64).collect();
-        let emb = if side == 0 { a } else { b };
-        parts.push(
-            emb.index_select(0, &Tensor::from_slice(&rows).to_device(emb.device()))
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float),
-        );
-        ids.extend(rows.iter().map(|r| batch.ids[*r as usize].clone()));
-    }
-    if ids.is_empty() {
-        bail!("no sample of the {split} split has {modality}: the gallery is empty");
-    }
-    Ok((ids, Tensor::cat(&parts, 0)))
 }
 
 fn modified(path: &Path) -> u64 {
@@ -145,7 +104,8 @@ pub fn run(a: &Args) -> Result<()> {
     let (ids, gallery) = match cached {
         Some(c) => c,
         None => {
-            let (ids, emb) = embed(&run, Arc::clone(&manifest), a.split, g_side, gallery_modality)?;
+            let (ids, emb) =
+                run.embed_split(Arc::clone(&manifest), a.split, g_side, gallery_modality)?;
             // The tensors first, then the record that vouches for them: a killed write leaves
             // a record that does not match, and the index is rebuilt next time.
             mm_encoders::weights::save_named(
@@ -186,7 +146,8 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let (mut query_manifest, sample) = sample;
     query_manifest.push(sample)?;
-    let (_, q) = embed(&run, Arc::new(query_manifest), Split::Train, q_side, from)
+    let (_, q) = run
+        .embed_split(Arc::new(query_manifest), Split::Train, q_side, from)
         .context("embedding the query")?;
     let scores = gallery.matmul(&q.tr()).squeeze_dim(1);
     let k = a.top_k.min(ids.len()).max(1);

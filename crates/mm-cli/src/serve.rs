@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use mm_data::device::parse_device;
+use mm_data::manifest::Split;
 use mm_serve::{Batching, ModelSpec, ServeConfig, Server};
 
 /// Options of `mm serve`.
@@ -39,6 +40,9 @@ pub struct Args {
     /// Largest request body, in MiB (413 above).
     #[arg(long, default_value_t = 16.0)]
     max_body_mib: f64,
+    /// The split of a retrieval run's manifest that /v1/retrieve searches.
+    #[arg(long, default_value = "test", value_parser = |s: &str| s.parse::<Split>())]
+    gallery_split: Split,
     /// Hold each forward pass this much longer, as if the model were slower (load tests).
     #[arg(long, default_value_t = 0, hide = true)]
     simulate_latency_ms: u64,
@@ -92,6 +96,7 @@ pub fn run(a: &Args) -> Result<()> {
         read_timeout: seconds("read-timeout-s", a.read_timeout_s)?,
         max_body: (a.max_body_mib * 1048576.0) as usize,
         token,
+        gallery_split: a.gallery_split,
     };
     let device = parse_device(&a.device)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::model::{ModelInfo, Refused, ServedModel};
+use crate::model::{Kind, ModelInfo, Refused, ServedModel, Task};
 use crate::{Error, ModelSpec, Result, ServeConfig};
 
 /// The web page, served at `/`.
@@ -191,7 +191,7 @@ impl Server {
         let failed = Arc::new(Notify::new());
         let load = {
             let (shared, failed) = (Arc::clone(&shared), Arc::clone(&failed));
-            let batching = self.config.batching;
+            let (batching, split) = (self.config.batching, self.config.gallery_split);
             let on_loaded = self.on_loaded;
             tokio::task::spawn_blocking(move || -> Result<()> {
                 for spec in models {
@@ -200,6 +200,7 @@ impl Server {
                         &spec.run,
                         device,
                         batching,
+                        split,
                         Arc::clone(&shared.metrics),
                     );
                     match served {
@@ -275,6 +276,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .route("/v1/models", get(list_models))
         .route("/v1/predict", post(predict))
+        .route("/v1/embed", post(embed))
+        .route("/v1/retrieve", post(retrieve))
+        .route("/v1/transcribe", post(transcribe))
+        .route("/v1/gallery/{model}/{id}", get(gallery_item))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
         })
@@ -294,7 +299,8 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
     let path = req.uri().path().to_string();
     let endpoint = match path.as_str() {
         "/" | "/health" | "/ready" | "/metrics" | "/openapi.json" | "/v1/models"
-        | "/v1/predict" => path.clone(),
+        | "/v1/predict" | "/v1/embed" | "/v1/retrieve" | "/v1/transcribe" => path.clone(),
+        p if p.starts_with("/v1/gallery/") => "/v1/gallery".to_string(),
         _ => "other".to_string(),
     };
     let protected = path.starts_with("/v1/") || path == "/metrics";
@@ -659,14 +665,67 @@ fn names(modalities: &[Modality]) -> String {
     modalities.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")
 }
 
+/// A query parameter's value (`?name=value`), unescaped only for what names and numbers need.
+fn query(req: &Request, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| {
+            kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')).map(str::to_string)
+        })
+    })
+}
+
+/// A whole-number query parameter, or its default; anything else is a 422 naming it.
+fn number(req: &Request, name: &str, default: usize, max: usize) -> ApiResult<usize> {
+    match query(req, name) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            ApiError::unprocessable(format!("?{name}={v}: a whole number from 1 to {max}"))
+        }),
+    }
+}
+
 async fn predict(State(shared): State<Arc<Shared>>, req: Request) -> ApiResult<Response> {
-    let (name, uploads, listed) = parse(&shared, req).await?;
+    serve_task(&shared, req, |_| Ok(Task::Predict), "predict").await
+}
+
+async fn embed(State(shared): State<Arc<Shared>>, req: Request) -> ApiResult<Response> {
+    serve_task(&shared, req, |_| Ok(Task::Embed), "embed").await
+}
+
+async fn retrieve(State(shared): State<Arc<Shared>>, req: Request) -> ApiResult<Response> {
+    let top_k = number(&req, "top_k", 5, 1000)?;
+    serve_task(&shared, req, move |_| Ok(Task::Retrieve { top_k }), "retrieve").await
+}
+
+async fn transcribe(State(shared): State<Arc<Shared>>, req: Request) -> ApiResult<Response> {
+    let beam = number(&req, "beam", 1, 64)?;
+    serve_task(&shared, req, move |_| Ok(Task::Transcribe { beam }), "transcribe").await
+}
+
+/// Parses, checks that the model does `what`, decodes, queues, and answers.
+async fn serve_task(
+    shared: &Shared,
+    req: Request,
+    task: impl FnOnce(&ServedModel) -> ApiResult<Task>,
+    what: &str,
+) -> ApiResult<Response> {
+    let (name, uploads, listed) = parse(shared, req).await?;
     let model = shared.model(name.as_deref())?;
-    if let Some((head, kind)) =
-        model.info.heads.iter().find(|(_, k)| k == "retrieval" || k == "ctc")
-    {
+    let task = task(&model)?;
+    let fits = matches!(
+        (&model.info.kind, task),
+        (Kind::Predictor, Task::Predict)
+            | (Kind::Retrieval(_), Task::Embed | Task::Retrieve { .. })
+            | (Kind::Recognizer, Task::Transcribe { .. })
+    );
+    if !fits {
+        let does = match model.info.kind {
+            Kind::Predictor => "/v1/predict",
+            Kind::Retrieval(_) => "/v1/embed and /v1/retrieve",
+            Kind::Recognizer => "/v1/transcribe",
+        };
         return Err(ApiError::unprocessable(format!(
-            "model {} has a {kind} head ({head}): it predicts no classes",
+            "model {} does not {what}: it answers {does}",
             model.info.name
         )));
     }
@@ -680,8 +739,30 @@ async fn predict(State(shared): State<Arc<Shared>>, req: Request) -> ApiResult<R
             format!("{} samples in one request; at most {max} (the largest batch)", uploads.len()),
         ));
     }
+    if let (Kind::Retrieval(pair), Task::Retrieve { .. }) = (&model.info.kind, task) {
+        for (i, up) in uploads.iter().enumerate() {
+            let given = up.modalities();
+            if given.len() != 1 || !pair.contains(&given[0]) {
+                return Err(ApiError::unprocessable(format!(
+                    "sample {}: a query is one of {} or {} (it has {})",
+                    up.id.clone().unwrap_or_else(|| i.to_string()),
+                    pair[0],
+                    pair[1],
+                    if given.is_empty() { "nothing".to_string() } else { names(&given) }
+                )));
+            }
+        }
+    }
     let items = decode(&model, uploads).await?;
-    let rx = model.submit(items).map_err(|r| {
+    if matches!(task, Task::Transcribe { .. }) {
+        if let Some(item) = items.iter().find(|i| i.audio.as_ref().is_none_or(|a| a.nrows() == 0)) {
+            return Err(ApiError::unprocessable(format!(
+                "sample {}: no audio (0 samples): nothing to transcribe",
+                item.id
+            )));
+        }
+    }
+    let rx = model.submit(task, items).map_err(|r| {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             match r {
@@ -696,13 +777,61 @@ async fn predict(State(shared): State<Arc<Shared>>, req: Request) -> ApiResult<R
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model stopped"))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let key = match task {
+        Task::Predict => "predictions",
+        Task::Embed => "embeddings",
+        Task::Retrieve { .. } => "queries",
+        Task::Transcribe { .. } => "transcripts",
+    };
     Ok(if listed {
-        Json(json!({"model": model.info.name, "predictions": rows})).into_response()
+        Json(json!({"model": model.info.name, key: rows})).into_response()
     } else {
         let mut row = rows.into_iter().next().unwrap_or(Value::Null);
         row["model"] = json!(model.info.name);
         Json(row).into_response()
     })
+}
+
+/// A retrieval model's gallery item: its image or audio file, found through the run's manifest
+/// by the id a search returned (never a path from the request).
+async fn gallery_item(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path((name, id)): axum::extract::Path<(String, String)>,
+    req: Request,
+) -> ApiResult<Response> {
+    let model = shared.model(Some(&name))?;
+    let Some(manifest) = &model.gallery else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("model {name} has no gallery")));
+    };
+    let sample = manifest.get(&id).ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("no item {id:?} in model {name}'s gallery"))
+    })?;
+    let which = query(&req, "modality").unwrap_or_else(|| "image".to_string());
+    let (rel, kind) = match which.as_str() {
+        "image" => (sample.image.clone(), mm_data::fs::FileKind::Image),
+        "audio" => (sample.audio.clone(), mm_data::fs::FileKind::Audio),
+        other => return Err(ApiError::unprocessable(format!("?modality={other}: image or audio"))),
+    };
+    let rel = rel
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("item {id} has no {which}")))?;
+    let path = manifest.path(&rel);
+    let bytes = tokio::task::spawn_blocking(move || mm_data::fs::read_capped(&path, kind))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, crate::chain(&e)))?;
+    let ext = rel.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let mime = match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "webp" => "image/webp",
+        "bmp" => "image/bmp",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        _ => "application/octet-stream",
+    };
+    Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
 }
 
 /// The API's OpenAPI 3.1 description.

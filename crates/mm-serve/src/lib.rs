@@ -30,7 +30,7 @@ pub mod metrics;
 pub mod model;
 
 pub use http::{shutdown_signal, Server};
-pub use model::Batching;
+pub use model::{Batching, Kind, Task};
 
 /// What can go wrong starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +135,8 @@ pub struct ServeConfig {
     pub max_body: usize,
     /// A bearer token every `/v1/` and `/metrics` request must bring.
     pub token: Option<String>,
+    /// The split of a retrieval run's manifest its galleries hold.
+    pub gallery_split: mm_data::manifest::Split,
 }
 
 impl Default for ServeConfig {
@@ -147,6 +149,7 @@ impl Default for ServeConfig {
             read_timeout: Duration::from_secs(10),
             max_body: 16 << 20,
             token: None,
+            gallery_split: mm_data::manifest::Split::Test,
         }
     }
 }

@@ -13,9 +13,13 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mm_data::loader::collate;
+use std::ops::Range;
+
+use mm_data::loader::{collate, Batch};
+use mm_data::manifest::{Manifest, Split};
 use mm_data::pipeline::{Item, Pipeline};
 use mm_data::Modality;
+use mm_train::model::Output;
 use mm_train::run::Run;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -51,10 +55,51 @@ impl Default for Batching {
 /// The answer to one request: a JSON object per sample, or what went wrong.
 pub type Reply = std::result::Result<Vec<Value>, String>;
 
+/// What a request asks of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// `mm predict`'s object per sample.
+    Predict,
+    /// A retrieval model's embedding of each modality of its pair the sample has.
+    Embed,
+    /// The `top_k` items of the gallery (the other modality of the pair) nearest each sample.
+    Retrieve {
+        /// How many.
+        top_k: usize,
+    },
+    /// A speech recognition run's transcript: greedy with `beam` 0 or 1, beam search otherwise.
+    Transcribe {
+        /// Beam width.
+        beam: usize,
+    },
+}
+
 /// One request's samples, waiting for the model.
 struct Job {
+    task: Task,
     items: Vec<Item>,
     reply: oneshot::Sender<Reply>,
+}
+
+/// What a model can do, from its heads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Classification, multi-label or regression heads: [`Task::Predict`].
+    Predictor,
+    /// A retrieval head over this pair: [`Task::Embed`] and [`Task::Retrieve`].
+    Retrieval([Modality; 2]),
+    /// A CTC head: [`Task::Transcribe`].
+    Recognizer,
+}
+
+/// One modality's gallery: the split's items a retrieval model searches.
+struct Gallery {
+    modality: Modality,
+    ids: Vec<String>,
+    /// `[N, D]`, L2-normalised rows.
+    embeddings: tch::Tensor,
+    /// Per item: its label and caption (and the text itself for a text gallery).
+    about: Vec<Value>,
 }
 
 /// What a model is, as `GET /v1/models` lists it, and what requests must bring.
@@ -76,6 +121,10 @@ pub struct ModelInfo {
     pub epoch: u64,
     /// Where the model runs.
     pub device: String,
+    /// What it can do.
+    pub kind: Kind,
+    /// Items in each gallery a retrieval model searches, by modality.
+    pub galleries: Vec<(Modality, usize)>,
 }
 
 impl ModelInfo {
@@ -90,6 +139,12 @@ impl ModelInfo {
             "parameters": self.parameters,
             "epoch": self.epoch,
             "device": self.device,
+            "tasks": match &self.kind {
+                Kind::Predictor => vec!["predict"],
+                Kind::Retrieval(_) => vec!["embed", "retrieve"],
+                Kind::Recognizer => vec!["transcribe"],
+            },
+            "galleries": self.galleries.iter().map(|(m, n)| (m.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
 }
@@ -98,8 +153,11 @@ impl ModelInfo {
 pub struct ServedModel {
     /// What it is.
     pub info: ModelInfo,
-    /// The run's pipeline, which turns a request's sample into an [`Item`].
+    /// The run's pipeline, which turns a request's sample into an [`Item`] (for a speech
+    /// recognition run, [`mm_speech::recognize::audio_pipeline`]).
     pub pipeline: Arc<Pipeline>,
+    /// A retrieval model's gallery samples (the run's manifest), to show the items found.
+    pub gallery: Option<Arc<Manifest>>,
     queue: SyncSender<Job>,
     metrics: Arc<Metrics>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -124,18 +182,22 @@ impl ServedModel {
     /// Opens the run in `dir` on `device` on a thread of its own and starts serving it under
     /// `name`. Blocks until the run is loaded; a run that cannot be opened is an error naming
     /// the folder.
+    /// A retrieval model's galleries are the `gallery_split` of its run's manifest, embedded
+    /// once here.
     pub fn start(
         name: &str,
         dir: &Path,
         device: tch::Device,
         batching: Batching,
+        gallery_split: Split,
         metrics: Arc<Metrics>,
     ) -> Result<ServedModel> {
         if batching.max_batch == 0 || batching.queue == 0 {
             return Err(Error::Config("max_batch and the queue must be at least 1".into()));
         }
         let (tx, rx) = mpsc::sync_channel::<Job>(batching.queue);
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(ModelInfo, Arc<Pipeline>)>>();
+        type Loaded = (ModelInfo, Arc<Pipeline>, Option<Arc<Manifest>>);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Loaded>>();
         let (name_owned, dir_owned, worker_metrics) =
             (name.to_string(), dir.to_path_buf(), Arc::clone(&metrics));
         let thread = std::thread::Builder::new()
@@ -149,30 +211,44 @@ impl ServedModel {
                         return;
                     }
                 };
-                let info = describe(&name_owned, &dir_owned, &run, device);
-                if ready_tx.send(Ok((info, Arc::clone(&run.pipeline)))).is_err() {
+                let fail = |e: mm_train::Error| Error::Run {
+                    path: dir_owned.clone(),
+                    source: Box::new(e),
+                };
+                let loaded = prepare(&run, gallery_split).map_err(fail);
+                let (pipeline, manifest, galleries) = match loaded {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let info = describe(&name_owned, &dir_owned, &run, device, &galleries);
+                if ready_tx.send(Ok((info, pipeline, manifest))).is_err() {
                     return;
                 }
-                work(&name_owned, &run, rx, batching, &worker_metrics);
+                work(&name_owned, &run, &galleries, rx, batching, &worker_metrics);
             })
             .map_err(|e| Error::Config(format!("cannot start a thread for {name}: {e}")))?;
-        let (info, pipeline) = ready_rx.recv().map_err(|_| Error::Run {
+        let info = ready_rx.recv().map_err(|_| Error::Run {
             path: dir.to_path_buf(),
             source: Box::new(mm_train::Error::Config(
                 "the model's thread stopped while loading".into(),
             )),
         })??;
-        Ok(ServedModel { info, pipeline, queue: tx, metrics, thread: Some(thread) })
+        let (info, pipeline, gallery) = (info.0, info.1, info.2);
+        Ok(ServedModel { info, pipeline, gallery, queue: tx, metrics, thread: Some(thread) })
     }
 
     /// Puts a request's items in the queue; the receiver gets its rows, in order.
     pub fn submit(
         &self,
+        task: Task,
         items: Vec<Item>,
     ) -> std::result::Result<oneshot::Receiver<Reply>, Refused> {
         let (reply, rx) = oneshot::channel();
         self.metrics.queue(&self.info.name, 1);
-        match self.queue.try_send(Job { items, reply }) {
+        match self.queue.try_send(Job { task, items, reply }) {
             Ok(()) => Ok(rx),
             Err(e) => {
                 self.metrics.queue(&self.info.name, -1);
@@ -197,7 +273,63 @@ impl ServedModel {
     }
 }
 
-fn describe(name: &str, dir: &Path, run: &Run, device: tch::Device) -> ModelInfo {
+/// The model's kind, from its heads.
+fn kind(run: &Run) -> Kind {
+    if run.model.alphabet().is_some() {
+        return Kind::Recognizer;
+    }
+    let pair = run.model.heads().first().and_then(|(_, h)| h.retrieval_pair().cloned());
+    match pair.and_then(|[a, b]| Some([a.parse::<Modality>().ok()?, b.parse::<Modality>().ok()?])) {
+        Some(pair) => Kind::Retrieval(pair),
+        None => Kind::Predictor,
+    }
+}
+
+/// What the worker needs beside the run: the pipeline requests are read with, the manifest of
+/// a retrieval model's galleries, and the galleries.
+fn prepare(
+    run: &Run,
+    split: Split,
+) -> mm_train::Result<(Arc<Pipeline>, Option<Arc<Manifest>>, Vec<Gallery>)> {
+    match kind(run) {
+        Kind::Predictor => Ok((Arc::clone(&run.pipeline), None, Vec::new())),
+        Kind::Recognizer => {
+            Ok((Arc::new(mm_speech::recognize::audio_pipeline(run)?), None, Vec::new()))
+        }
+        Kind::Retrieval(pair) => {
+            let manifest = Arc::new(run.manifest(None)?.0);
+            let mut galleries = Vec::new();
+            for (side, modality) in pair.into_iter().enumerate() {
+                let (ids, embeddings) =
+                    run.embed_split(Arc::clone(&manifest), split, side, modality)?;
+                let about = ids
+                    .iter()
+                    .map(|id| {
+                        let s = manifest.get(id);
+                        let mut v = json!({
+                            "label": s.and_then(|s| s.label.clone()),
+                            "caption": s.filter(|_| modality != Modality::Text).and_then(|s| s.text.clone()),
+                        });
+                        if modality == Modality::Text {
+                            v["text"] = json!(s.and_then(|s| s.text.clone()));
+                        }
+                        v
+                    })
+                    .collect();
+                galleries.push(Gallery { modality, ids, embeddings, about });
+            }
+            Ok((Arc::clone(&run.pipeline), Some(manifest), galleries))
+        }
+    }
+}
+
+fn describe(
+    name: &str,
+    dir: &Path,
+    run: &Run,
+    device: tch::Device,
+    galleries: &[Gallery],
+) -> ModelInfo {
     let heads = run
         .model
         .heads()
@@ -219,11 +351,20 @@ fn describe(name: &str, dir: &Path, run: &Run, device: tch::Device) -> ModelInfo
         parameters: run.parameters().1,
         epoch: run.state.epoch as u64,
         device: format!("{device:?}").to_lowercase(),
+        kind: kind(run),
+        galleries: galleries.iter().map(|g| (g.modality, g.ids.len())).collect(),
     }
 }
 
 /// The model's thread: batches from the queue until every sender is gone and the queue is empty.
-fn work(name: &str, run: &Run, rx: Receiver<Job>, b: Batching, metrics: &Metrics) {
+fn work(
+    name: &str,
+    run: &Run,
+    galleries: &[Gallery],
+    rx: Receiver<Job>,
+    b: Batching,
+    metrics: &Metrics,
+) {
     let mut carried: Option<Job> = None;
     loop {
         let first = match carried.take() {
@@ -260,26 +401,133 @@ fn work(name: &str, run: &Run, rx: Receiver<Job>, b: Batching, metrics: &Metrics
         let started = Instant::now();
         let sizes: Vec<usize> = jobs.iter().map(|j| j.items.len()).collect();
         let items: Vec<Item> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.items)).collect();
+        let frames: Vec<usize> =
+            items.iter().map(|i| i.audio.as_ref().map_or(0, |a| a.nrows())).collect();
         let n = items.len();
-        let batch = collate(&items, &run.pipeline);
-        let result = run.predict_batch(batch).map_err(|e| crate::chain(&e));
+        let batch = collate(&items, &run.pipeline).to_device(run.vs.device());
+        let output = run.forward_batch(&batch).map_err(|e| crate::chain(&e));
+        let mut start = 0;
+        let mut replies = Vec::with_capacity(jobs.len());
+        for (job, size) in jobs.iter().zip(&sizes) {
+            let rows = start..start + size;
+            start += size;
+            let reply = match &output {
+                Ok(out) => answer(run, galleries, job.task, out, &batch, rows, &frames)
+                    .map_err(|e| crate::chain(&e)),
+                Err(e) => Err(e.clone()),
+            };
+            replies.push(reply);
+        }
         if !b.simulated_latency.is_zero() {
             std::thread::sleep(b.simulated_latency);
         }
         metrics.batch(name, n, started.elapsed().as_secs_f64());
-        match result {
-            Ok(rows) => {
-                let mut rows = rows.into_iter();
-                for (job, size) in jobs.into_iter().zip(sizes) {
-                    let mine: Vec<Value> = rows.by_ref().take(size).collect();
-                    let _ = job.reply.send(Ok(mine));
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            let _ = job.reply.send(reply);
+        }
+    }
+}
+
+/// One job's answer from the batch's output: its rows are `rows` of the batch.
+fn answer(
+    run: &Run,
+    galleries: &[Gallery],
+    task: Task,
+    out: &Output,
+    batch: &Batch,
+    rows: Range<usize>,
+    frames: &[usize],
+) -> mm_train::Result<Vec<Value>> {
+    let ids = &batch.ids[rows.clone()];
+    match task {
+        Task::Predict => {
+            // Computed for the whole batch and cut: the heads work on whole outputs.
+            let all = run.prediction_rows(out, batch)?;
+            Ok(all.into_iter().skip(rows.start).take(rows.len()).collect())
+        }
+        Task::Transcribe { beam } => {
+            let all = mm_speech::recognize::decode(run, out, frames, beam)?;
+            Ok(all
+                .into_iter()
+                .zip(&batch.ids)
+                .skip(rows.start)
+                .take(rows.len())
+                .map(|(t, id)| {
+                    let mut v = serde_json::to_value(&t).unwrap_or(Value::Null);
+                    v["id"] = json!(id);
+                    v["decoder"] = json!(if beam <= 1 {
+                        "greedy".to_string()
+                    } else {
+                        format!("beam {beam}")
+                    });
+                    v
+                })
+                .collect())
+        }
+        Task::Embed | Task::Retrieve { .. } => {
+            let Kind::Retrieval(pair) = kind(run) else {
+                return Err(mm_train::Error::Config("not a retrieval model".into()));
+            };
+            // Each side's embeddings of the rows that have its modality.
+            let mut per_row: Vec<Vec<(Modality, usize, Vec<f32>)>> = vec![Vec::new(); rows.len()];
+            for (side, modality) in pair.into_iter().enumerate() {
+                let (present, emb) = Run::side_rows(out, batch, side, modality)?;
+                for (k, r) in present.iter().enumerate() {
+                    if rows.contains(r) {
+                        let v: Vec<f32> = Vec::try_from(emb.get(k as i64)).unwrap_or_default();
+                        per_row[r - rows.start].push((modality, side, v));
+                    }
                 }
             }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
+            let mut answers = Vec::with_capacity(rows.len());
+            for (id, found) in ids.iter().zip(per_row) {
+                let mut v = json!({"id": id});
+                match task {
+                    Task::Retrieve { top_k } => {
+                        // The query is the sample's one modality of the pair; the gallery the other.
+                        let Some((modality, side, q)) = found.into_iter().next() else {
+                            return Err(mm_train::Error::Data(format!(
+                                "sample {id}: nothing to search with"
+                            )));
+                        };
+                        let target = pair[1 - side];
+                        let g = galleries
+                            .iter()
+                            .find(|g| g.modality == target)
+                            .ok_or_else(|| mm_train::Error::Data(format!("no {target} gallery")))?;
+                        let scores = g.embeddings.matmul(&tch::Tensor::from_slice(&q));
+                        let k = top_k.min(g.ids.len()).max(1) as i64;
+                        let (values, indices) = scores.topk(k, 0, true, true);
+                        let values: Vec<f32> = Vec::try_from(values).unwrap_or_default();
+                        let indices: Vec<i64> = Vec::try_from(indices).unwrap_or_default();
+                        let results: Vec<Value> = indices
+                            .iter()
+                            .zip(values)
+                            .enumerate()
+                            .map(|(rank, (i, score))| {
+                                let mut r = g.about[*i as usize].clone();
+                                r["rank"] = json!(rank + 1);
+                                r["id"] = json!(g.ids[*i as usize]);
+                                r["score"] = json!(score);
+                                r
+                            })
+                            .collect();
+                        v["from"] = json!(modality);
+                        v["to"] = json!(target);
+                        v["gallery"] = json!(g.ids.len());
+                        v["results"] = json!(results);
+                    }
+                    _ => {
+                        v["embeddings"] = found
+                            .into_iter()
+                            .map(|(m, _, e)| (m.to_string(), json!(e)))
+                            .collect::<serde_json::Map<_, _>>()
+                            .into();
+                    }
                 }
+                answers.push(v);
             }
+            Ok(answers)
         }
     }
 }

@@ -26,8 +26,9 @@ use mm_data::manifest::{Manifest, Sample};
 use mm_data::transcript::Alphabet;
 use serde::Serialize;
 
+use mm_data::pipeline::Pipeline;
 use mm_train::ctc::decode_batch;
-use mm_train::precision::Autocast;
+use mm_train::model::Output;
 use mm_train::run::Run;
 use mm_train::{Error, Result};
 
@@ -71,26 +72,86 @@ pub trait Transcribe {
     fn transcribe(&self, files: &[PathBuf], beam: usize) -> Result<Vec<Transcription>>;
 }
 
+/// The pipeline transcription reads audio with: the run's, without its `max_frames` cut (so
+/// that nothing of a long file is lost) and without transcripts (a file to transcribe has none).
+/// A run whose head is not `ctc`, or that reads no audio, is refused.
+pub fn audio_pipeline(run: &Run) -> Result<Pipeline> {
+    if run.model.alphabet().is_none() {
+        return Err(Error::Config(format!(
+            "{}: not a speech recognition run (its head is not `ctc`)",
+            run.dir.display()
+        )));
+    }
+    let mut pipeline = (*run.pipeline).clone();
+    pipeline
+        .audio
+        .as_mut()
+        .ok_or_else(|| Error::Config("the run reads no audio".into()))?
+        .max_frames = None;
+    pipeline.transcript = None;
+    Ok(pipeline)
+}
+
+/// A transcript without its file: what [`decode`] gives per sample.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transcript {
+    /// The text.
+    pub text: String,
+    /// Log-probability of the text (see [`Transcription::log_prob`]).
+    pub log_prob: f64,
+    /// Every character but the spaces, timed.
+    pub tokens: Vec<Timed>,
+    /// Every word, timed.
+    pub words: Vec<Timed>,
+    /// Length of the audio, in seconds.
+    pub seconds: f64,
+}
+
+/// The transcripts of a CTC run's output on a batch (from [`audio_pipeline`]'s items):
+/// `frames[i]` is sample `i`'s number of spectrogram frames; greedy decoding with `beam` 0 or 1,
+/// prefix beam search of that width otherwise. A server decodes its gathered batches with this.
+pub fn decode(
+    run: &Run,
+    output: &Output,
+    frames: &[usize],
+    beam: usize,
+) -> Result<Vec<Transcript>> {
+    let alphabet =
+        run.model.alphabet().ok_or_else(|| Error::Config("not a speech recognition run".into()))?;
+    let audio = run
+        .pipeline
+        .audio
+        .as_ref()
+        .ok_or_else(|| Error::Config("the run reads no audio".into()))?;
+    let (hop, rate) =
+        (audio.mel.config().hop_length as f64, f64::from(audio.mel.config().sample_rate));
+    let step_seconds = run.model.ctc_stride().unwrap_or(1) as f64 * hop / rate;
+    let (log_probs, lengths) = output
+        .sequence
+        .as_ref()
+        .ok_or_else(|| Error::Config("the model's output has no sequence".into()))?;
+    let decoded = decode_batch(log_probs, lengths, Alphabet::BLANK, beam);
+    Ok(decoded
+        .into_iter()
+        .zip(frames)
+        .map(|(d, f)| {
+            // Greedy results carry their frames, and decode_batch aligned beam-search ones.
+            let seconds = f.saturating_sub(1) as f64 * hop / rate;
+            let (tokens, words) = timings(alphabet, &d.labels, &d.frames, step_seconds, seconds);
+            Transcript {
+                text: alphabet.decode(&d.labels),
+                log_prob: d.log_prob,
+                tokens,
+                words,
+                seconds,
+            }
+        })
+        .collect())
+}
+
 impl Transcribe for Run {
     fn transcribe(&self, files: &[PathBuf], beam: usize) -> Result<Vec<Transcription>> {
-        let alphabet = self.model.alphabet().ok_or_else(|| {
-            Error::Config(format!(
-                "{}: not a speech recognition run (its head is not `ctc`)",
-                self.dir.display()
-            ))
-        })?;
-        let stride = self.model.ctc_stride().unwrap_or(1);
-        let mut pipeline = (*self.pipeline).clone();
-        let audio = pipeline
-            .audio
-            .as_mut()
-            .ok_or_else(|| Error::Config("the run reads no audio".into()))?;
-        audio.max_frames = None;
-        let (hop, rate) =
-            (audio.mel.config().hop_length as f64, f64::from(audio.mel.config().sample_rate));
-        // Only the audio is read: the file has no transcript.
-        pipeline.transcript = None;
-        let step_seconds = stride as f64 * hop / rate;
+        let pipeline = audio_pipeline(self)?;
         let device = self.vs.device();
         let mut out = Vec::with_capacity(files.len());
         for file in files {
@@ -115,25 +176,15 @@ impl Transcribe for Run {
             let item = pipeline.load(&manifest, 0, 0, false).map_err(Error::from)?;
             let frames = item.audio.as_ref().map_or(0, |a| a.nrows());
             let batch = collate(&[item], &pipeline).to_device(device);
-            let _no_grad = tch::no_grad_guard();
-            let precision = self.config.train.precision;
-            let _autocast = Autocast::scope(precision, device);
-            let output = mm_train::guard::step("transcription", precision, device, || {
-                Ok(self.model.forward_t(&batch, false))
-            })?;
-            let (log_probs, lengths) = output.sequence.as_ref().expect("a ctc model's output");
-            let decoded = decode_batch(log_probs, lengths, Alphabet::BLANK, beam).remove(0);
-            // Greedy results carry their frames, and decode_batch aligned beam-search ones.
-            let seconds = frames.saturating_sub(1) as f64 * hop / rate;
-            let (tokens, words) =
-                timings(alphabet, &decoded.labels, &decoded.frames, step_seconds, seconds);
+            let output = self.forward_batch(&batch)?;
+            let t = decode(self, &output, &[frames], beam)?.remove(0);
             out.push(Transcription {
                 file: file.clone(),
-                text: alphabet.decode(&decoded.labels),
-                log_prob: decoded.log_prob,
-                tokens,
-                words,
-                seconds,
+                text: t.text,
+                log_prob: t.log_prob,
+                tokens: t.tokens,
+                words: t.words,
+                seconds: t.seconds,
                 decoder: if beam <= 1 { "greedy".to_string() } else { format!("beam {beam}") },
                 milliseconds: started.elapsed().as_secs_f64() * 1e3,
             });

@@ -50,6 +50,7 @@ use mm_data::loader::{Batch, Loader, LoaderConfig, Shard};
 use mm_data::manifest::{Manifest, Split};
 use mm_data::pipeline::Pipeline;
 use mm_data::shards::ShardIndex;
+use mm_data::Modality;
 use mm_encoders::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -57,7 +58,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::checkpoint::{self, TrainState};
 use crate::dist::ProcessGroup;
-use crate::model::{DataShape, Model, ModelConfig};
+use crate::model::{DataShape, Model, ModelConfig, Output};
 use crate::precision::Autocast;
 use crate::train::{checkpoint_dir, evaluate_in, fit_in, fit_with, Report, TrainConfig};
 use crate::{Error, Result};
@@ -656,20 +657,31 @@ impl Run {
     /// JSON object per sample in batch order. A model server calls this on the batches it
     /// gathers from concurrent requests.
     pub fn predict_batch(&self, batch: Batch) -> Result<Vec<Value>> {
+        let batch = batch.to_device(self.vs.device());
+        let out = self.forward_batch(&batch)?;
+        self.prediction_rows(&out, &batch)
+    }
+
+    /// The model's output on a batch already on its device, without gradients, at the run's
+    /// precision; a failure inside libtorch is an error naming the step.
+    pub fn forward_batch(&self, batch: &Batch) -> Result<Output> {
         let device = self.vs.device();
-        let names: Vec<&str> = self.model.heads().into_iter().map(|(n, _)| n).collect();
-        let modalities: Vec<&String> = self.model.config().encoders.keys().collect();
-        let batch = batch.to_device(device);
         let _no_grad = tch::no_grad_guard();
         let precision = self.config.train.precision;
         let _autocast = Autocast::scope(precision, device);
-        let out = crate::guard::step("prediction", precision, device, || {
-            Ok(self.model.forward_t(&batch, false))
-        })?;
+        crate::guard::step("prediction", precision, device, || {
+            Ok(self.model.forward_t(batch, false))
+        })
+    }
+
+    /// [`Run::predict_batch`]'s rows from the model's output on `batch`.
+    pub fn prediction_rows(&self, out: &Output, batch: &Batch) -> Result<Vec<Value>> {
+        let names: Vec<&str> = self.model.heads().into_iter().map(|(n, _)| n).collect();
+        let modalities: Vec<&String> = self.model.config().encoders.keys().collect();
         // Each head's object per sample (a retrieval head refuses: it predicts no labels).
         let mut per_head = Vec::new();
         for (i, head) in self.model.head_modules().enumerate() {
-            per_head.push(head.predict(&out, i, &batch)?.into_iter());
+            per_head.push(head.predict(out, i, batch)?.into_iter());
         }
         let weights: Option<Vec<f32>> = out.weights.as_ref().map(|w| {
             Vec::try_from(w.to_device(Device::Cpu).to_kind(Kind::Float).view([-1]))
@@ -709,6 +721,65 @@ impl Run {
             rows.push(Value::Object(row));
         }
         Ok(rows)
+    }
+
+    /// A retrieval model's embeddings of one side of its pair (`side` 0 or 1, whose modality
+    /// is `modality`) for every sample of `split` that has it: `(ids, [N, D])` on the CPU, rows
+    /// L2-normalised as the model trained them. The gallery `mm retrieve` and `mm serve` search.
+    pub fn embed_split(
+        &self,
+        manifest: Arc<Manifest>,
+        split: Split,
+        side: usize,
+        modality: Modality,
+    ) -> Result<(Vec<String>, Tensor)> {
+        let loader = self.loader(manifest, split, 128)?;
+        let (mut ids, mut parts) = (Vec::new(), Vec::new());
+        for batch in loader.epoch(0) {
+            let batch = batch.map_err(Error::from)?.to_device(self.vs.device());
+            let out = self.forward_batch(&batch)?;
+            let (rows, emb) = Self::side_rows(&out, &batch, side, modality)?;
+            parts.push(emb);
+            ids.extend(rows.iter().map(|r| batch.ids[*r].clone()));
+        }
+        if ids.is_empty() {
+            return Err(Error::Data(format!(
+                "no sample of the {split} split has {modality}: the gallery is empty"
+            )));
+        }
+        Ok((ids, Tensor::cat(&parts, 0)))
+    }
+
+    /// The rows of `batch` that have `modality`, and their embeddings on `side` of a retrieval
+    /// model's output (`[rows, D]`, on the CPU, as f32).
+    pub fn side_rows(
+        out: &Output,
+        batch: &Batch,
+        side: usize,
+        modality: Modality,
+    ) -> Result<(Vec<usize>, Tensor)> {
+        let (a, b, _) = out
+            .embeddings
+            .as_ref()
+            .ok_or_else(|| Error::Config("not a retrieval model: it embeds nothing".into()))?;
+        let column = batch
+            .modalities
+            .iter()
+            .position(|m| *m == modality)
+            .ok_or_else(|| Error::Config(format!("the model reads no {modality}")))?;
+        let present: Vec<f32> = Vec::try_from(
+            batch.present.select(1, column as i64).to_device(Device::Cpu).to_kind(Kind::Float),
+        )
+        .map_err(|e| Error::Data(format!("the presence mask: {e}")))?;
+        let rows: Vec<usize> =
+            present.iter().enumerate().filter(|(_, p)| **p > 0.5).map(|(i, _)| i).collect();
+        let emb = if side == 0 { a } else { b };
+        let index: Vec<i64> = rows.iter().map(|r| *r as i64).collect();
+        let picked = emb
+            .index_select(0, &Tensor::from_slice(&index).to_device(emb.device()))
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float);
+        Ok((rows, picked))
     }
 
     /// Writes one encoder's weights (its `encoders.MODALITY.` variables, without that prefix and
