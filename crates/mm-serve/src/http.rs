@@ -908,6 +908,37 @@ pub fn openapi() -> Value {
                 }},
                 "responses": predict_responses
             }},
+            "/v1/embed": {"post": {
+                "summary": "A retrieval model's embedding of each modality of its pair a sample has (L2-normalised)",
+                "security": [{"bearer": []}, {}],
+                "parameters": [{"name": "model", "in": "query", "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}, "multipart/form-data": {}}},
+                "responses": {"200": {"description": "{id, model, embeddings: {MODALITY: [numbers]}}; a list under `embeddings` for `samples`"}, "422": {"description": "not a retrieval model, or a modality it does not read"}}
+            }},
+            "/v1/retrieve": {"post": {
+                "summary": "The gallery items (the other modality of a retrieval model's pair, the run's test split) nearest a query",
+                "security": [{"bearer": []}, {}],
+                "parameters": [{"name": "model", "in": "query", "schema": {"type": "string"}},
+                               {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 5}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}, "multipart/form-data": {}}},
+                "responses": {"200": {"description": "{id, model, from, to, gallery, results: [{rank, id, score, label, caption, text}]}"}, "422": {"description": "not a retrieval model, or a query that is not exactly one modality of its pair"}}
+            }},
+            "/v1/transcribe": {"post": {
+                "summary": "A speech recognition run's transcript of an audio file, with timed words",
+                "security": [{"bearer": []}, {}],
+                "parameters": [{"name": "model", "in": "query", "schema": {"type": "string"}},
+                               {"name": "beam", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}, "multipart/form-data": {}}},
+                "responses": {"200": {"description": "{id, model, text, log_prob, tokens, words, seconds, decoder}"}, "422": {"description": "not a speech recognition run, or audio without samples"}}
+            }},
+            "/v1/gallery/{model}/{id}": {"get": {
+                "summary": "A gallery item's file, by the id a search returned",
+                "security": [{"bearer": []}, {}],
+                "parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}},
+                               {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                               {"name": "modality", "in": "query", "schema": {"enum": ["image", "audio"], "default": "image"}}],
+                "responses": {"200": {"description": "the file"}, "404": {"description": "no such model, gallery or item"}}
+            }},
             "/v1/models": {"get": {"summary": "The models served", "security": [{"bearer": []}, {}],
                 "responses": {"200": {"description": "name, modalities, classes, heads, state of each"}}}},
             "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "the process runs"}}}},

@@ -1515,6 +1515,12 @@ fn speech_recipes_recognise_unseen_speakers_and_synthesise_words() {
     std::fs::write(dir.join("empty.wav"), &empty).expect("write");
     let err = fails(&dir, &["transcribe", "--run", "runs/recognize", "empty.wav"]);
     assert!(err.contains("empty.wav") && err.contains("0 samples"), "{err}");
+    super::serve::transcribes_as_mm_transcribe(
+        &dir,
+        "runs/recognize",
+        "data/spoken/audio/te00000.wav",
+        &t,
+    );
     // Synthesis from FSDD's words, aligned by the recogniser just trained.
     ok(&dir, &["data", "words", "--fsdd", fsdd, "--out", "data/fsdd-words"]);
     let tiny = [

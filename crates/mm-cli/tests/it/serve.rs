@@ -178,6 +178,54 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
+/// `/v1/retrieve` finds what `mm retrieve` finds, `/v1/embed` gives unit vectors, the items
+/// found are served, and a retrieval model refuses to predict.
+fn searches_as_mm_retrieve(ws: &Path, addr: SocketAddr, run: &str) {
+    let query = "a big red dot";
+    let expected = json(&ok(
+        ws,
+        &["retrieve", "--run", run, "--query", query, "--top-k", "4", "--json", "--device", "cpu"],
+    ));
+    let reply = post_json(
+        addr,
+        "/v1/retrieve?top_k=4",
+        &json!({"model": "serve-retrieval", "text": query}),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let got = reply.json();
+    let ids = |v: &Value| -> Vec<Value> {
+        v["results"].as_array().expect("results").iter().map(|r| r["id"].clone()).collect()
+    };
+    assert_eq!(ids(&got), ids(&expected), "{got} vs {expected}");
+    for (a, b) in
+        got["results"].as_array().expect("r").iter().zip(expected["results"].as_array().expect("r"))
+    {
+        assert!(
+            (a["score"].as_f64().expect("s") - b["score"].as_f64().expect("s")).abs() < 1e-4,
+            "{a} vs {b}"
+        );
+    }
+    let first = got["results"][0]["id"].as_str().expect("id");
+    let item = get(addr, &format!("/v1/gallery/serve-retrieval/{first}"));
+    assert_eq!((item.status, item.header("content-type")), (200, Some("image/png")));
+    assert!(item.body.starts_with(b"\x89PNG"));
+    assert_eq!(get(addr, "/v1/gallery/serve-retrieval/..%2F..%2Frun.toml").status, 404);
+    let e =
+        post_json(addr, "/v1/embed", &json!({"model": "serve-retrieval", "text": query})).json();
+    let v: Vec<f64> = e["embeddings"]["text"]
+        .as_array()
+        .expect("vector")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!(!v.is_empty() && (norm - 1.0).abs() < 1e-3, "{e}");
+    let reply = post_json(addr, "/v1/predict", &json!({"model": "serve-retrieval", "text": query}));
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    let reply = post_json(addr, "/v1/retrieve", &json!({"model": "serve-retrieval"}));
+    assert_eq!(reply.status, 422, "{}", reply.text());
+}
+
 /// A headless browser: MM_CHROMIUM, or Chromium or Chrome on PATH.
 fn chromium() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("MM_CHROMIUM") {
@@ -281,8 +329,17 @@ fn serve_answers_batches_and_survives_bad_clients() {
         std::fs::read(ws.join("data/synth").join(rel.as_str().expect("path"))).expect("file")
     };
 
-    let server =
-        serve(ws, &["--run", &format!("digits={run}"), "--max-batch", "16", "--max-wait-ms", "20"]);
+    let retrieval = "runs/serve-retrieval";
+    let _ = std::fs::remove_dir_all(ws.join(retrieval));
+    let rconfig = super::runs::configs().join("retrieval/retrieval.toml");
+    let rconfig = rconfig.to_str().expect("utf-8");
+    let train = ["train", "--config", rconfig, "--set", "train.epochs=1", "--out", retrieval];
+    ok(ws, &[&train[..], &["--device", "cpu", "--quiet"]].concat());
+    let digits = format!("digits={run}");
+    let server = serve(
+        ws,
+        &["--run", &digits, "--run", retrieval, "--max-batch", "16", "--max-wait-ms", "20"],
+    );
     let addr = server.addr;
     assert_eq!(get(addr, "/health").json()["status"], "ok");
     let models = get(addr, "/v1/models").json();
@@ -302,7 +359,7 @@ fn serve_answers_batches_and_survives_bad_clients() {
     let mut compared = 0;
     for p in predicted.iter().take(12) {
         let id = p["id"].as_str().expect("id");
-        let reply = post_json(addr, "/v1/predict", &to_json(&sample(id)));
+        let reply = post_json(addr, "/v1/predict?model=digits", &to_json(&sample(id)));
         assert_eq!(reply.status, 200, "{}", reply.text());
         let got = reply.json();
         assert_eq!(got["prediction"], p["prediction"], "{id}: {got} vs {p}");
@@ -317,7 +374,8 @@ fn serve_answers_batches_and_survives_bad_clients() {
     // Several samples in one request; a modality missing; multipart form data.
     let ids: Vec<&str> = predicted.iter().take(3).map(|p| p["id"].as_str().expect("id")).collect();
     let list: Vec<Value> = ids.iter().map(|id| to_json(&sample(id))).collect();
-    let reply = post_json(addr, "/v1/predict", &json!({"model": "digits", "samples": list}));
+    let reply =
+        post_json(addr, "/v1/predict?model=digits", &json!({"model": "digits", "samples": list}));
     assert_eq!(reply.status, 200, "{}", reply.text());
     let rows = reply.json()["predictions"].as_array().expect("list").clone();
     assert_eq!(
@@ -325,7 +383,7 @@ fn serve_answers_batches_and_survives_bad_clients() {
         json!(ids).as_array().expect("ids").clone()
     );
     let s = sample(ids[0]);
-    let text_only = post_json(addr, "/v1/predict", &json!({"text": s["text"]})).json();
+    let text_only = post_json(addr, "/v1/predict?model=digits", &json!({"text": s["text"]})).json();
     let sum: f64 =
         text_only["probabilities"].as_object().expect("p").values().filter_map(Value::as_f64).sum();
     assert!((sum - 1.0).abs() < 1e-4, "{text_only}");
@@ -335,7 +393,7 @@ fn serve_answers_batches_and_survives_bad_clients() {
     form.extend(file(&s["image"]));
     form.extend(format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n{}\r\n--{boundary}--\r\n", s["text"].as_str().expect("text")).as_bytes());
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let reply = request(addr, "POST", "/v1/predict", &[("Content-Type", &ct)], &form);
+    let reply = request(addr, "POST", "/v1/predict?model=digits", &[("Content-Type", &ct)], &form);
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.json()["probabilities"].is_object());
 
@@ -349,7 +407,7 @@ fn serve_answers_batches_and_survives_bad_clients() {
         .collect();
     let threads: Vec<_> = bodies
         .into_iter()
-        .map(|b| std::thread::spawn(move || post_json(addr, "/v1/predict", &b).status))
+        .map(|b| std::thread::spawn(move || post_json(addr, "/v1/predict?model=digits", &b).status))
         .collect();
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().expect("client")).collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -365,6 +423,7 @@ fn serve_answers_batches_and_survives_bad_clients() {
     );
     assert!(after.contains("mm_queue_depth{model=\"digits\"} 0"), "{after}");
 
+    searches_as_mm_retrieve(ws, addr, retrieval);
     browser_predicts(
         addr,
         text_only["prediction"].as_str().expect("class"),
@@ -377,33 +436,51 @@ fn serve_answers_batches_and_survives_bad_clients() {
             request(
                 addr,
                 "POST",
-                "/v1/predict",
+                "/v1/predict?model=digits",
                 &[("Content-Type", "application/json")],
                 b"{\"text\": ",
             ),
             400,
             "not JSON",
         ),
-        (post_json(addr, "/v1/predict", &json!({"video": "x.mp4"})), 422, "unknown field `video`"),
         (
-            post_json(addr, "/v1/predict", &json!({"features": [1.0, 2.0]})),
+            post_json(addr, "/v1/predict?model=digits", &json!({"video": "x.mp4"})),
+            422,
+            "unknown field `video`",
+        ),
+        (
+            post_json(addr, "/v1/predict?model=digits", &json!({"features": [1.0, 2.0]})),
             422,
             "does not read features",
         ),
-        (post_json(addr, "/v1/predict", &json!({})), 422, "no input"),
+        (post_json(addr, "/v1/predict?model=digits", &json!({})), 422, "no input"),
         (
-            post_json(addr, "/v1/predict", &json!({"image": base64(b"not a PNG at all")})),
+            post_json(
+                addr,
+                "/v1/predict?model=digits",
+                &json!({"image": base64(b"not a PNG at all")}),
+            ),
             422,
             "request/image",
         ),
-        (post_json(addr, "/v1/predict", &json!({"audio": "@@@"})), 400, "audio: not base64"),
+        (
+            post_json(addr, "/v1/predict?model=digits", &json!({"audio": "@@@"})),
+            400,
+            "audio: not base64",
+        ),
         (
             post_json(addr, "/v1/predict", &json!({"model": "other", "text": "x"})),
             404,
             "no model named",
         ),
         (
-            request(addr, "POST", "/v1/predict", &[("Content-Type", "text/plain")], b"hello"),
+            request(
+                addr,
+                "POST",
+                "/v1/predict?model=digits",
+                &[("Content-Type", "text/plain")],
+                b"hello",
+            ),
             415,
             "content type",
         ),
@@ -412,7 +489,7 @@ fn serve_answers_batches_and_survives_bad_clients() {
             request(
                 addr,
                 "POST",
-                "/v1/predict",
+                "/v1/predict?model=digits",
                 &[("Content-Type", "application/json")],
                 &vec![b' '; 17 << 20],
             ),
@@ -442,7 +519,7 @@ fn serve_answers_batches_and_survives_bad_clients() {
     let rss_before = rss_kib(server.child.id());
     let idle: Vec<TcpStream> =
         (0..1000).map(|_| TcpStream::connect(addr).expect("connect")).collect();
-    let reply = post_json(addr, "/v1/predict", &json!({"text": "a dot"}));
+    let reply = post_json(addr, "/v1/predict?model=digits", &json!({"text": "a dot"}));
     assert_eq!(reply.status, 200, "with 1000 idle connections: {}", reply.text());
     drop(idle);
     let rss_after = rss_kib(server.child.id());
@@ -522,4 +599,27 @@ fn serve_answers_batches_and_survives_bad_clients() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not a run folder") && !err.contains("listening"), "{err}");
+}
+
+/// `/v1/transcribe` of a speech recognition run says what `mm transcribe` says (`expected`, its
+/// JSON for `wav` with beam 8), and refuses a WAV file without samples.
+pub(super) fn transcribes_as_mm_transcribe(dir: &Path, run: &str, wav: &str, expected: &Value) {
+    let server = serve(dir, &["--run", run]);
+    let audio = std::fs::read(dir.join(wav)).expect("wav");
+    let reply = post_json(server.addr, "/v1/transcribe?beam=8", &json!({"audio": base64(&audio)}));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let got = reply.json();
+    assert_eq!(got["text"], expected["text"], "{got} vs {expected}");
+    assert_eq!(got["decoder"], "beam 8");
+    assert_eq!(got["words"].as_array().map(Vec::len), expected["words"].as_array().map(Vec::len));
+    let empty = std::fs::read(dir.join("empty.wav")).expect("empty wav");
+    let reply = post_json(server.addr, "/v1/transcribe", &json!({"audio": base64(&empty)}));
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(
+        reply.json()["error"].as_str().is_some_and(|e| e.contains("0 samples")),
+        "{}",
+        reply.text()
+    );
+    let reply = post_json(server.addr, "/v1/predict", &json!({"audio": base64(&audio)}));
+    assert_eq!(reply.status, 422, "{}", reply.text());
 }
