@@ -83,6 +83,7 @@ mod tests {
             ("mm-fusion", &[]),
             ("mm-train", &["mm-data", "mm-datasets", "mm-seq", "mm-encoders", "mm-fusion"]),
             ("mm-speech", &["mm-data", "mm-seq", "mm-train"]),
+            ("mm-serve", &["mm-data", "mm-train", "mm-speech"]),
         ];
         let root = crate::workspace_root();
         for (krate, ok) in allowed {
@@ -165,6 +166,7 @@ mod tests {
     /// The crates.io categories (`src/boot/categories.toml` in rust-lang/crates.io) that suit
     /// this workspace; crates.io refuses a slug it does not know.
     const CATEGORIES: &[&str] = &[
+        "web-programming::http-server",
         "science",
         "science::robotics",
         "computer-vision",

@@ -597,7 +597,13 @@ async fn parse(shared: &Shared, req: Request) -> ApiResult<(Option<String>, Vec<
 }
 
 /// The samples as the model's items: each decoded in memory on a blocking thread, in parallel.
-async fn decode(model: &ServedModel, uploads: Vec<Upload>) -> ApiResult<Vec<Item>> {
+/// With `need_sound`, audio without a single sample is refused (a transcript of it would be the
+/// model hearing its padding).
+async fn decode(
+    model: &ServedModel,
+    uploads: Vec<Upload>,
+    need_sound: bool,
+) -> ApiResult<Vec<Item>> {
     let reads = &model.info.modalities;
     let mut tasks = Vec::with_capacity(uploads.len());
     for (i, up) in uploads.into_iter().enumerate() {
@@ -628,6 +634,16 @@ async fn decode(model: &ServedModel, uploads: Vec<Upload>) -> ApiResult<Vec<Item
                 memory.insert(root.path("image".as_ref()), b);
             }
             if let Some(b) = up.audio {
+                if need_sound {
+                    let path = root.path("audio".as_ref());
+                    let decoded = mm_data::audio::decode_audio_bytes(b.clone(), &path)
+                        .map_err(|e| format!("sample {id:?}: {}", crate::chain(&e)))?;
+                    if decoded.samples.is_empty() {
+                        return Err(format!(
+                            "sample {id:?}: no audio (0 samples): nothing to transcribe"
+                        ));
+                    }
+                }
                 sample = sample.with_audio("audio");
                 memory.insert(root.path("audio".as_ref()), b);
             }
@@ -753,15 +769,7 @@ async fn serve_task(
             }
         }
     }
-    let items = decode(&model, uploads).await?;
-    if matches!(task, Task::Transcribe { .. }) {
-        if let Some(item) = items.iter().find(|i| i.audio.as_ref().is_none_or(|a| a.nrows() == 0)) {
-            return Err(ApiError::unprocessable(format!(
-                "sample {}: no audio (0 samples): nothing to transcribe",
-                item.id
-            )));
-        }
-    }
+    let items = decode(&model, uploads, matches!(task, Task::Transcribe { .. })).await?;
     let rx = model.submit(task, items).map_err(|r| {
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

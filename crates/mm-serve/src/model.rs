@@ -285,12 +285,12 @@ fn kind(run: &Run) -> Kind {
     }
 }
 
+/// A model's pipeline, gallery manifest and galleries.
+type Prepared = (Arc<Pipeline>, Option<Arc<Manifest>>, Vec<Gallery>);
+
 /// What the worker needs beside the run: the pipeline requests are read with, the manifest of
 /// a retrieval model's galleries, and the galleries.
-fn prepare(
-    run: &Run,
-    split: Split,
-) -> mm_train::Result<(Arc<Pipeline>, Option<Arc<Manifest>>, Vec<Gallery>)> {
+fn prepare(run: &Run, split: Split) -> mm_train::Result<Prepared> {
     match kind(run) {
         Kind::Predictor => Ok((Arc::clone(&run.pipeline), None, Vec::new())),
         Kind::Recognizer => {
@@ -349,7 +349,7 @@ fn describe(
         classes: run.pipeline.classes.clone(),
         heads,
         parameters: run.parameters().1,
-        epoch: run.state.epoch as u64,
+        epoch: run.state.epoch,
         device: format!("{device:?}").to_lowercase(),
         kind: kind(run),
         galleries: galleries.iter().map(|g| (g.modality, g.ids.len())).collect(),
