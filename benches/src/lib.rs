@@ -5,6 +5,7 @@
 
 pub mod flops;
 pub mod gpu;
+pub mod load;
 pub mod peer;
 pub mod workloads;
 

@@ -163,27 +163,10 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
         }
     };
     // W4: the av-digits recipe's data set, degraded as its README says.
-    let av = work.join(format!("av-digits-{}", sizes.av_per_digit));
-    let av_digits = match (&sources.mnist, &sources.fsdd) {
-        _ if av.join("manifest.jsonl").is_file() => Some(av),
-        (Some(mnist), Some(fsdd)) => {
-            let config = AvDigitsConfig {
-                train_per_digit: Some(sizes.av_per_digit),
-                test_per_digit: Some(sizes.av_per_digit / 5),
-                image_noise: 0.4,
-                occlusion: 0.5,
-                audio_snr_db: Some(-5.0),
-                ..AvDigitsConfig::default()
-            };
-            convert(mnist, fsdd, &av, &config, false)
-                .map_err(|e| format!("building av-digits: {e}"))?;
-            Some(av)
-        }
-        _ => {
-            missing.push("W4: no MNIST (run `cargo xtask fetch-data mnist fsdd`)".into());
-            None
-        }
-    };
+    let av_digits = av_digits(work, sources, sizes.av_per_digit)?;
+    if av_digits.is_none() {
+        missing.push("W4: no MNIST (run `cargo xtask fetch-data mnist fsdd`)".into());
+    }
     // W5: H.264 files, written by FFmpeg.
     let videos = match mm_data::video::Ffmpeg::locate() {
         Ok(_) => Some(video_manifest(work, sizes.videos.max(1))?),
@@ -195,7 +178,7 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
     let inputs = Inputs {
         images,
         clips: clips.map(|c| c.join("manifest.jsonl")),
-        av_digits: av_digits.map(|a| a.join("manifest.jsonl")),
+        av_digits,
         videos,
         missing,
     };
@@ -203,6 +186,31 @@ pub fn prepare(work: &Path, sources: &Sources, sizes: Sizes) -> Result<Inputs, S
     mm_data::fs::write_atomic(&work.join("inputs.json"), text.as_bytes())
         .map_err(|e| mm_data::error::report(&e))?;
     Ok(inputs)
+}
+
+/// The av-digits recipe's data set (`per_digit` training pairs per digit, a fifth of that for
+/// test), degraded as its README says, written once under `work`: its manifest, or `None`
+/// without MNIST and FSDD.
+pub fn av_digits(
+    work: &Path,
+    sources: &Sources,
+    per_digit: usize,
+) -> Result<Option<PathBuf>, String> {
+    let av = work.join(format!("av-digits-{per_digit}"));
+    if av.join("manifest.jsonl").is_file() {
+        return Ok(Some(av.join("manifest.jsonl")));
+    }
+    let (Some(mnist), Some(fsdd)) = (&sources.mnist, &sources.fsdd) else { return Ok(None) };
+    let config = AvDigitsConfig {
+        train_per_digit: Some(per_digit),
+        test_per_digit: Some(per_digit / 5),
+        image_noise: 0.4,
+        occlusion: 0.5,
+        audio_snr_db: Some(-5.0),
+        ..AvDigitsConfig::default()
+    };
+    convert(mnist, fsdd, &av, &config, false).map_err(|e| format!("building av-digits: {e}"))?;
+    Ok(Some(av.join("manifest.jsonl")))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), String> {

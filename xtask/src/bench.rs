@@ -34,6 +34,13 @@ const PEER_PACKAGES: &[&str] = &[
 /// The modules the peer imports.
 const PEER_IMPORTS: &str = "import torch, torchvision, torchaudio, PIL, numpy, soundfile, av";
 
+/// What `bench-serve`'s peer needs beyond the bench-peer packages: a web framework and its
+/// server, pinned, installed with their own dependencies (none of them is torch).
+const SERVE_PACKAGES: &[&str] = &["fastapi==0.165.0", "uvicorn==0.55.0"];
+
+/// The modules the serving peer imports.
+const SERVE_IMPORTS: &str = "import torch, torchaudio, PIL, numpy, soundfile, fastapi, uvicorn";
+
 pub fn bench_peer(args: &[OsString]) -> Result<(), String> {
     let report = libtorch::setup(&workspace_root(), false)?;
     let mut install = false;
@@ -81,6 +88,83 @@ pub fn bench_peer(args: &[OsString]) -> Result<(), String> {
             .env("PYTHONNOUSERSITE", "1");
     }
     run(cmd, "bench-peer")
+}
+
+/// `cargo xtask bench-serve`: builds `mm` in release mode, then runs `bench-serve` with the
+/// Python that holds set-up's torch and the peer's packages.
+pub fn bench_serve(args: &[OsString]) -> Result<(), String> {
+    let report = libtorch::setup(&workspace_root(), false)?;
+    let install = args.iter().any(|a| a == "--install-peer-deps");
+    let rest: Vec<OsString> =
+        args.iter().filter(|a| *a != "--install-peer-deps").cloned().collect();
+    let no_peer = rest.iter().any(|a| a == "--no-peer" || a == "--help" || a == "-h");
+    let py = libtorch::python();
+    let cache = libtorch::cache_dir()?;
+    let (deps, serve_deps) = (
+        cache.join(format!("peer-{TORCH_VERSION}")),
+        cache.join(format!("serve-peer-{TORCH_VERSION}")),
+    );
+    if install {
+        if !deps.is_dir() {
+            install_peer_deps(&py, &deps)?;
+        }
+        install_with_deps(&py, SERVE_PACKAGES, &serve_deps)?;
+    }
+    let mut env_path = vec![deps.clone(), serve_deps.clone()];
+    env_path.extend(torch_site(&report.libtorch));
+    let path = env::join_paths(&env_path).map_err(|e| e.to_string())?;
+    if !no_peer {
+        let check = Command::new(&py)
+            .args(["-c", SERVE_IMPORTS])
+            .env("PYTHONPATH", &path)
+            .env("PYTHONNOUSERSITE", "1")
+            .output()
+            .map_err(|e| format!("could not run {py}: {e}"))?;
+        if !check.status.success() {
+            let why = String::from_utf8_lossy(&check.stderr);
+            return Err(format!(
+                "the PyTorch server cannot run: `{SERVE_IMPORTS}` failed ({}).\n\
+                 Run `cargo xtask bench-serve --install-peer-deps` once (it installs {} into {}), \
+                 or pass --no-peer to measure mm alone.",
+                why.lines().last().unwrap_or_default(),
+                SERVE_PACKAGES.join(" "),
+                serve_deps.display()
+            ));
+        }
+    }
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).args(["build", "--quiet", "--release", "-p", "mm-cli"]);
+    run(build, "building mm")?;
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let mm = target.join("release/mm");
+    let mut cmd = release_bin("bench-serve");
+    cmd.arg("--python").arg(&py).arg("--mm").arg(&mm).args(&rest);
+    cmd.env("PYTHONPATH", &path).env("PYTHONNOUSERSITE", "1");
+    run(cmd, "bench-serve")
+}
+
+/// `pip install --target` of `packages` with their dependencies into `dir`, whole or not at all.
+fn install_with_deps(py: &str, packages: &[&str], dir: &Path) -> Result<(), String> {
+    let parent = dir.parent().ok_or("the cache folder has no parent")?;
+    fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let staging = parent.join(format!(".serve-peer.partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    println!("installing {} into {}", packages.join(" "), dir.display());
+    let status = Command::new(py)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .arg(&staging)
+        .args(packages)
+        .status()
+        .map_err(|e| format!("could not run {py} -m pip: {e}"))?;
+    if !status.success() {
+        let _ = fs::remove_dir_all(&staging);
+        return Err(format!("pip install {} failed ({status})", packages.join(" ")));
+    }
+    let _ = fs::remove_dir_all(dir);
+    fs::rename(&staging, dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 pub fn bench_gpu(args: &[OsString]) -> Result<(), String> {

@@ -12,6 +12,7 @@
 //!   `mm-fetch` binary, which needs no libtorch, so no set-up either); `fetch-weights` is the same
 //!   command for pretrained weights.
 //! - `cargo xtask bench-peer`: set-up, then mm against the same workloads in PyTorch.
+//! - `cargo xtask bench-serve`: set-up, then `mm serve` against a PyTorch model server.
 //! - `cargo xtask bench-gpu`: set-up, then the GPU benchmark suite.
 //!
 //! Architecture invariant: xtask depends on no workspace crate and builds without libtorch, so it
@@ -48,6 +49,10 @@ tasks:
                     pipeline, W3 training steps, W4 an av-digits epoch); the first run needs
                     --install-peer-deps (torchvision, torchaudio, ... beside set-up's torch);
                     --quick, --threads N, --only W1,W3, --no-peer; results in target/bench-peer/
+  bench-serve [args]  `mm serve` against the same model in PyTorch behind FastAPI and uvicorn:
+                    requests/s and p50/p99 latency with 1, 8 and 64 clients over loopback; the
+                    first run needs --install-peer-deps; --quick, --threads N, --seconds S,
+                    --clients 1,8,64, --no-peer; results in target/bench-serve/
   bench-gpu [args]  GPU training throughput, TFLOP/s, memory; results in target/bench-gpu/
                     (`--allow-cpu` runs it briefly on the CPU; `--help` for the options)
   help              this text
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Some("test-downstream") => setup_quietly().and_then(|_| test_downstream()),
         Some("fetch-data" | "fetch-weights") => fetch_data(&rest),
         Some("bench-peer") => bench::bench_peer(&rest),
+        Some("bench-serve") => bench::bench_serve(&rest),
         Some("bench-gpu") => bench::bench_gpu(&rest),
         Some("help" | "--help" | "-h") => {
             print!("{USAGE}");

@@ -34,9 +34,13 @@ pub struct Args {
     /// Longest a request may take, in seconds (504 after).
     #[arg(long, default_value_t = 30.0)]
     timeout_s: f64,
-    /// Longest a client may take to send its body, in seconds (408 after).
+    /// Longest a client may take to send its request's head (the connection is closed after)
+    /// and its body (408 after), in seconds.
     #[arg(long, default_value_t = 10.0)]
     read_timeout_s: f64,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
     /// Largest request body, in MiB (413 above).
     #[arg(long, default_value_t = 16.0)]
     max_body_mib: f64,
@@ -66,6 +70,7 @@ pub fn run(a: &Args) -> Result<()> {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    raise_open_files_limit();
     let models = a.runs.iter().map(|r| ModelSpec::parse(r)).collect::<Result<Vec<_>, _>>()?;
     for m in &models {
         if !m.run.join("run.toml").is_file() {
@@ -75,8 +80,8 @@ pub fn run(a: &Args) -> Result<()> {
             );
         }
     }
-    if a.max_batch == 0 || a.queue == 0 {
-        bail!("--max-batch and --queue must be at least 1");
+    if a.max_batch == 0 || a.queue == 0 || a.max_connections == 0 {
+        bail!("--max-batch, --queue and --max-connections must be at least 1");
     }
     if !(a.max_body_mib.is_finite() && a.max_body_mib > 0.0) {
         bail!("--max-body-mib {}: give a positive size", a.max_body_mib);
@@ -94,6 +99,7 @@ pub fn run(a: &Args) -> Result<()> {
         },
         timeout: seconds("timeout-s", a.timeout_s)?,
         read_timeout: seconds("read-timeout-s", a.read_timeout_s)?,
+        max_connections: a.max_connections,
         max_body: (a.max_body_mib * 1048576.0) as usize,
         token,
         gallery_split: a.gallery_split,
@@ -127,4 +133,18 @@ pub fn run(a: &Args) -> Result<()> {
         eprintln!("mm serve: stopped; every request in flight was answered");
         Ok::<(), anyhow::Error>(())
     })
+}
+
+/// Raises this process's limit of open files to its hard limit: each connection is one, and
+/// a soft limit of 1024 (a common default) would refuse clients long before `--max-connections`.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid resource and a pointer to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

@@ -33,7 +33,7 @@ use mm_data::pipeline::{Item, Memory};
 use mm_data::Modality;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -142,8 +142,19 @@ impl Server {
     /// Binds `config.host:config.port`.
     pub async fn bind(config: ServeConfig) -> Result<Server> {
         let addr = format!("{}:{}", config.host, config.port);
-        let listener =
-            TcpListener::bind(&addr).await.map_err(|source| Error::Bind { addr, source })?;
+        let fail = |source| Error::Bind { addr: addr.clone(), source };
+        let at = tokio::net::lookup_host(&addr).await.map_err(fail)?.next().ok_or_else(|| {
+            fail(std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address"))
+        })?;
+        let socket =
+            if at.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(fail)?;
+        // A restarted server can take its port back while the old connections wind down.
+        socket.set_reuseaddr(true).map_err(fail)?;
+        socket.bind(at).map_err(fail)?;
+        // A deep queue of connections not yet accepted (the kernel caps it at somaxconn): with
+        // tokio's 128 a burst of clients overflows it and the kernel drops their SYNs, which
+        // costs each of them a second or more before it retries.
+        let listener = socket.listen(4096).map_err(fail)?;
         Ok(Server { listener, config, on_loaded: None })
     }
 
@@ -228,7 +239,7 @@ impl Server {
                 () = failed.notified() => {}
             }
         };
-        axum::serve(self.listener, app).with_graceful_shutdown(stop).await?;
+        accept(self.listener, app, &self.config, stop).await;
         let loaded = load.await.map_err(|e| Error::Config(format!("loading stopped: {e}")))?;
         // Every request has been answered: stop the models' threads once their queues are empty.
         let models = std::mem::take(&mut *shared.models.write().unwrap_or_else(|p| p.into_inner()));
@@ -242,6 +253,116 @@ impl Server {
         .await
         .map_err(|e| Error::Config(format!("stopping the models: {e}")))?;
         loaded
+    }
+}
+
+/// Serves connections until `stop` completes, then lets each finish the request it is on
+/// (idle keep-alive connections are closed at once). A client has `read_timeout` to send its
+/// request's head (hyper closes the connection after), and at most `max_connections` are
+/// open at a time: one more is closed as soon as it is accepted, before anything is read.
+async fn accept(
+    listener: TcpListener,
+    app: Router,
+    config: &ServeConfig,
+    stop: impl Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // No hyper header timeout: under a burst of connections hyper 1.13's closed some at once,
+    // long before it (measured: a third of 1000 connections, with 3 s); `head_arrives` does it.
+    http.keep_alive(true);
+    let read_timeout = config.read_timeout;
+    let open = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors, or a connection reset before it was accepted: the
+                // listener itself is fine; wait a moment rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (http, app, watcher) = (http.clone(), app.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let mut stream = stream;
+            if !head_arrives(&stream, read_timeout).await {
+                let body = json!({
+                    "error": format!("the request's head did not arrive within {} s", read_timeout.as_secs_f64()),
+                    "status": 408,
+                })
+                .to_string();
+                let reply = format!(
+                    "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+                // A lingering close: closing with the client's bytes unread would reset the
+                // connection, and the client could lose the answer.
+                let mut sink = [0u8; 4096];
+                let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+                while let Ok(Ok(n)) = tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                drop(permit);
+                return;
+            }
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // A connection's error (a client gone mid-request) ends that connection only.
+            let _ = watcher.watch(connection).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Whether a connection's first request head (up to its blank line) arrives within `within`:
+/// read without taking it (`peek`), so hyper then reads it whole. A client that sends its head
+/// byte by byte, or nothing (slowloris), is turned away after `within`; a head longer than the
+/// peek buffer counts as arrived (hyper applies its own size limit).
+async fn head_arrives(stream: &tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 16 << 10];
+    let (mut seen, mut pause) = (0, std::time::Duration::from_millis(1));
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            // Timed out, or the connection failed: nothing to serve.
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n == buf.len() || buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            return true;
+        }
+        // Part of the head is in: peek returns at once until more comes, so wait a little
+        // (longer while nothing new arrives).
+        pause = if n > seen {
+            std::time::Duration::from_millis(1)
+        } else {
+            (pause * 2).min(std::time::Duration::from_millis(100))
+        };
+        seen = n;
+        if tokio::time::Instant::now() + pause > deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
     }
 }
 

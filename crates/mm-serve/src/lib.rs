@@ -129,8 +129,11 @@ pub struct ServeConfig {
     pub batching: Batching,
     /// Longest a request may take, from its arrival to its answer (504 after).
     pub timeout: Duration,
-    /// Longest a client may take to send its body (408 after).
+    /// Longest a client may take to send its request's head (the connection is closed after)
+    /// and its body (408 after).
     pub read_timeout: Duration,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
     /// Largest body accepted, in bytes (413 above).
     pub max_body: usize,
     /// A bearer token every `/v1/` and `/metrics` request must bring.
@@ -147,6 +150,7 @@ impl Default for ServeConfig {
             batching: Batching::default(),
             timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
             max_body: 16 << 20,
             token: None,
             gallery_split: mm_data::manifest::Split::Test,
