@@ -185,3 +185,65 @@ pub fn run(
         first_error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::Arc;
+
+    /// A keep-alive server answering 200, 200, 503, ... on every connection; the load counts
+    /// both, and the latencies only of what succeeded.
+    #[test]
+    fn answers_and_refusals_are_counted_over_keep_alive_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(stream);
+                    for n in 0.. {
+                        let mut length = 0;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line.trim().is_empty() {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if r.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let (status, text) =
+                            if n % 3 == 2 { (503, "busy") } else { (200, "{\"ok\":1}") };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if r.get_mut().write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let bodies = Arc::new(vec![b"{\"a\":1}".to_vec(), b"{\"b\":2}".to_vec()]);
+        let l = super::run(addr, "/v1/predict", &bodies, 2, 0.3);
+        assert!(l.ok > 10 && l.errors > 0, "{l:?}");
+        // Two answers in three succeed on each connection.
+        let share = l.ok as f64 / (l.ok + l.errors) as f64;
+        assert!((share - 2.0 / 3.0).abs() < 0.05, "{l:?}");
+        assert_eq!(l.first_error.as_deref(), Some("status 503"));
+        assert!(l.p50_ms > 0.0 && l.p50_ms <= l.p99_ms, "{l:?}");
+        assert!((l.requests_per_s - l.ok as f64 / l.seconds).abs() < 1e-9);
+    }
+}

@@ -41,7 +41,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
     /// `mm serve --max-wait-ms`.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 0)]
     max_wait_ms: u64,
     /// Where the data set and the trained run are kept (reused between runs).
     #[arg(long, default_value = "target/bench-serve/work")]
@@ -110,24 +110,68 @@ fn wait_ready(addr: SocketAddr, path: &str, child: &mut Child, what: &str) -> Re
     }
 }
 
-/// Warm-up, then one load run per client count.
-fn measure(addr: SocketAddr, bodies: &Arc<Vec<Vec<u8>>>, args: &Args, seconds: f64) -> Vec<Load> {
+/// `mm serve`'s own counters: forward passes, samples in them, seconds in them.
+fn scrape(addr: SocketAddr) -> Option<(f64, f64, f64)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Some((
+        value("mm_batch_size_count"),
+        value("mm_batch_size_sum"),
+        value("mm_inference_duration_seconds_sum"),
+    ))
+}
+
+/// What one load run of `mm serve` spent: mean samples per forward pass and the share of the
+/// run's time the model thread spent in them (collating, forward, results).
+#[derive(Debug, Clone, serde::Serialize)]
+struct Inside {
+    mean_batch: f64,
+    model_busy: f64,
+}
+
+/// Warm-up, then one load run per client count; with `metrics`, what `mm serve` says it did.
+fn measure(
+    addr: SocketAddr,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    args: &Args,
+    seconds: f64,
+    metrics: bool,
+) -> (Vec<Load>, Vec<Inside>) {
     load::run(addr, "/v1/predict", bodies, 8, seconds.min(2.0));
-    args.clients
-        .iter()
-        .map(|&c| {
-            let l = load::run(addr, "/v1/predict", bodies, c, seconds);
-            eprintln!(
-                "  {c:>3} clients: {:.1} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}",
-                l.requests_per_s,
-                l.p50_ms,
-                l.p99_ms,
-                l.errors,
-                l.first_error.as_deref().map_or(String::new(), |e| format!(" (first: {e})"))
-            );
-            l
-        })
-        .collect()
+    let (mut loads, mut insides) = (Vec::new(), Vec::new());
+    for &c in &args.clients {
+        let before = if metrics { scrape(addr) } else { None };
+        let l = load::run(addr, "/v1/predict", bodies, c, seconds);
+        let inside = before.zip(if metrics { scrape(addr) } else { None }).map(|(b, a)| Inside {
+            mean_batch: (a.1 - b.1) / (a.0 - b.0).max(1.0),
+            model_busy: (a.2 - b.2) / l.seconds,
+        });
+        eprintln!(
+            "  {c:>3} clients: {:.1} requests/s, p50 {:.2} ms, p99 {:.2} ms, {} errors{}{}",
+            l.requests_per_s,
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            inside.as_ref().map_or(String::new(), |i| format!(
+                "; {:.1} samples per forward pass, model busy {:.0}% of the time",
+                i.mean_batch,
+                i.model_busy * 100.0
+            )),
+            l.first_error.as_deref().map_or(String::new(), |e| format!(" (first: {e})"))
+        );
+        insides.extend(inside);
+        loads.push(l);
+    }
+    (loads, insides)
 }
 
 fn run(args: &Args) -> Result<(), String> {
@@ -210,7 +254,7 @@ fn run(args: &Args) -> Result<(), String> {
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| format!("mm serve said {first:?}"))?;
     wait_ready(addr, "/ready", &mut ours.0, "mm serve")?;
-    let mm_loads = measure(addr, &bodies, args, seconds);
+    let (mm_loads, inside) = measure(addr, &bodies, args, seconds, true);
     drop(ours);
 
     let mut peer_loads = Vec::new();
@@ -229,7 +273,7 @@ fn run(args: &Args) -> Result<(), String> {
         let mut theirs = Server(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_ready(addr, "/ready", &mut theirs.0, "the PyTorch server")?;
-        peer_loads = measure(addr, &bodies, args, seconds);
+        peer_loads = measure(addr, &bodies, args, seconds, false).0;
         drop(theirs);
         let v = Command::new(&args.python)
             .args(["-c", "import torch, fastapi, uvicorn, json; print(json.dumps({'torch': torch.__version__, 'fastapi': fastapi.__version__, 'uvicorn': uvicorn.__version__}))"])
@@ -247,14 +291,14 @@ fn run(args: &Args) -> Result<(), String> {
         mean_body / 1024,
         if args.quick { ", --quick (too short to mean much)" } else { "" }
     );
-    table.push_str("| clients | mm requests/s | mm p50 ms | mm p99 ms | PyTorch requests/s | PyTorch p50 ms | PyTorch p99 ms | throughput ratio |\n");
-    table.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    table.push_str("| clients | mm requests/s | mm p50 ms | mm p99 ms | PyTorch requests/s | PyTorch p50 ms | PyTorch p99 ms | throughput ratio | mm samples per pass | mm model busy |\n");
+    table.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (i, ours) in mm_loads.iter().enumerate() {
         let theirs = peer_loads.get(i);
         let cell =
             |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
         table.push_str(&format!(
-            "| {} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            "| {} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
             ours.clients,
             ours.requests_per_s,
             ours.p50_ms,
@@ -266,6 +310,8 @@ fn run(args: &Args) -> Result<(), String> {
                 "{:.2}x",
                 ours.requests_per_s / t.requests_per_s
             )),
+            inside.get(i).map_or("-".to_string(), |x| format!("{:.1}", x.mean_batch)),
+            inside.get(i).map_or("-".to_string(), |x| format!("{:.0}%", x.model_busy * 100.0)),
         ));
     }
     println!("\n{table}");
@@ -273,7 +319,7 @@ fn run(args: &Args) -> Result<(), String> {
     let summary = json!({
         "machine": machine, "threads": args.threads, "seconds": seconds, "quick": args.quick,
         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "peer_versions": versions,
-        "mm": mm_loads, "pytorch": peer_loads,
+        "mm": mm_loads, "mm_inside": inside, "pytorch": peer_loads,
     });
     let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     mm_data::fs::write_atomic(&args.out.join("bench-serve.json"), text.as_bytes())

@@ -25,8 +25,9 @@ pub struct Args {
     /// Most samples in one forward pass: concurrent requests are gathered up to this.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
-    /// Longest a request waits for others to join its batch, in milliseconds.
-    #[arg(long, default_value_t = 5)]
+    /// Longest a request waits for others to join its batch, in milliseconds. 0 waits for
+    /// nothing: a batch is what queued while the model ran the one before.
+    #[arg(long, default_value_t = 0)]
     max_wait_ms: u64,
     /// Requests that may wait per model; more are answered 503 with Retry-After.
     #[arg(long, default_value_t = 256)]

@@ -32,7 +32,9 @@ use crate::{Error, Result};
 pub struct Batching {
     /// Most samples in one forward pass.
     pub max_batch: usize,
-    /// Longest a request waits for others to join its batch.
+    /// Longest a request waits for others to join its batch. Zero (the default) waits for
+    /// nothing: a batch is what queued while the model ran the one before, so batches grow
+    /// with the load by themselves; a wait adds latency for fuller batches.
     pub max_wait: Duration,
     /// Requests that may wait for the model; one more is refused (HTTP 503).
     pub queue: usize,
@@ -45,7 +47,7 @@ impl Default for Batching {
     fn default() -> Self {
         Batching {
             max_batch: 32,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
             queue: 256,
             simulated_latency: Duration::ZERO,
         }
