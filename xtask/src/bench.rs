@@ -63,15 +63,7 @@ pub fn bench_peer(args: &[OsString]) -> Result<(), String> {
         env_path.push(deps.clone());
         env_path.extend(torch_site(&report.libtorch));
         let path = env::join_paths(&env_path).map_err(|e| e.to_string())?;
-        let check = Command::new(&py)
-            .args(["-c", PEER_IMPORTS])
-            .env("PYTHONPATH", &path)
-            .env("PYTHONNOUSERSITE", "1")
-            .output()
-            .map_err(|e| format!("could not run {py}: {e}"))?;
-        if !check.status.success() {
-            let why = String::from_utf8_lossy(&check.stderr);
-            let last = why.lines().last().unwrap_or_default();
+        if let Some(last) = imports_fail(&py, PEER_IMPORTS, &path)? {
             return Err(format!(
                 "the PyTorch peer cannot run: `{PEER_IMPORTS}` failed ({last}).\n\
                  Run `cargo xtask bench-peer --install-peer-deps` once to pip-install {} into {} \
@@ -114,19 +106,12 @@ pub fn bench_serve(args: &[OsString]) -> Result<(), String> {
     env_path.extend(torch_site(&report.libtorch));
     let path = env::join_paths(&env_path).map_err(|e| e.to_string())?;
     if !no_peer {
-        let check = Command::new(&py)
-            .args(["-c", SERVE_IMPORTS])
-            .env("PYTHONPATH", &path)
-            .env("PYTHONNOUSERSITE", "1")
-            .output()
-            .map_err(|e| format!("could not run {py}: {e}"))?;
-        if !check.status.success() {
-            let why = String::from_utf8_lossy(&check.stderr);
+        if let Some(last) = imports_fail(&py, SERVE_IMPORTS, &path)? {
             return Err(format!(
                 "the PyTorch server cannot run: `{SERVE_IMPORTS}` failed ({}).\n\
                  Run `cargo xtask bench-serve --install-peer-deps` once (it installs {} into {}), \
                  or pass --no-peer to measure mm alone.",
-                why.lines().last().unwrap_or_default(),
+                last,
                 SERVE_PACKAGES.join(" "),
                 serve_deps.display()
             ));
@@ -172,6 +157,20 @@ pub fn bench_gpu(args: &[OsString]) -> Result<(), String> {
     let mut cmd = release_bin("bench-gpu");
     cmd.args(args);
     run(cmd, "bench-gpu")
+}
+
+/// Runs `imports` (Python statements) with `path` as `PYTHONPATH`: `None` when they work, else
+/// the last line of Python's complaint.
+fn imports_fail(py: &str, imports: &str, path: &std::ffi::OsStr) -> Result<Option<String>, String> {
+    let check = Command::new(py)
+        .args(["-c", imports])
+        .env("PYTHONPATH", path)
+        .env("PYTHONNOUSERSITE", "1")
+        .output()
+        .map_err(|e| format!("could not run {py}: {e}"))?;
+    Ok((!check.status.success()).then(|| {
+        String::from_utf8_lossy(&check.stderr).lines().last().unwrap_or_default().to_string()
+    }))
 }
 
 /// `cargo run --release -p mm-benches --bin NAME --`, from the workspace root.

@@ -42,6 +42,12 @@ pub struct Args {
     /// Most connections open at once; more are closed as soon as they are accepted.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Longest sound a sample may bring, in seconds (422 above).
+    #[arg(long, default_value_t = 600.0)]
+    max_audio_s: f64,
+    /// Most video frames a sample may bring (422 above).
+    #[arg(long, default_value_t = 512)]
+    max_frames: usize,
     /// Largest request body, in MiB (413 above).
     #[arg(long, default_value_t = 16.0)]
     max_body_mib: f64,
@@ -101,6 +107,8 @@ pub fn run(a: &Args) -> Result<()> {
         timeout: seconds("timeout-s", a.timeout_s)?,
         read_timeout: seconds("read-timeout-s", a.read_timeout_s)?,
         max_connections: a.max_connections,
+        max_audio_seconds: seconds("max-audio-s", a.max_audio_s)?.as_secs_f64(),
+        max_frames: a.max_frames,
         max_body: (a.max_body_mib * 1048576.0) as usize,
         token,
         gallery_split: a.gallery_split,

@@ -268,9 +268,11 @@ async fn accept(
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    // No hyper header timeout: under a burst of connections hyper 1.13's closed some at once,
-    // long before it (measured: a third of 1000 connections, with 3 s); `head_arrives` does it.
-    http.keep_alive(true);
+    // The first head is awaited by `head_arrives` (which answers 408); every later one on a
+    // kept-alive connection, and the idle time before it, by hyper (which closes).
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.read_timeout)
+        .keep_alive(true);
     let read_timeout = config.read_timeout;
     let open = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     tokio::pin!(stop);
@@ -404,6 +406,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
         })
+        // The body's size is checked where it is read (`read_body`, --max-body-mib); axum's own
+        // 2 MiB default would refuse larger multipart forms first, as a 400.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(Arc::clone(&shared), guard))
         .with_state(shared)
 }
@@ -431,7 +436,9 @@ async fn guard(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> R
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| {
+                    v.get(..7).filter(|p| p.eq_ignore_ascii_case("bearer ")).map(|_| &v[7..])
+                })
                 .unwrap_or("");
             if same_secret(given.as_bytes(), token.as_bytes()) {
                 None
@@ -721,10 +728,17 @@ async fn parse(shared: &Shared, req: Request) -> ApiResult<(Option<String>, Vec<
 /// With `need_sound`, audio without a single sample is refused (a transcript of it would be the
 /// model hearing its padding).
 async fn decode(
+    shared: &Shared,
     model: &ServedModel,
     uploads: Vec<Upload>,
     need_sound: bool,
 ) -> ApiResult<Vec<Item>> {
+    let (max_frames, max_seconds) = (shared.config.max_frames, shared.config.max_audio_seconds);
+    // Seconds per spectrogram frame, to bound a sample's sound.
+    let frame_seconds =
+        model.pipeline.audio.as_ref().map_or(0.0, |a| {
+            a.mel.config().hop_length as f64 / f64::from(a.mel.config().sample_rate)
+        });
     let reads = &model.info.modalities;
     let mut tasks = Vec::with_capacity(uploads.len());
     for (i, up) in uploads.into_iter().enumerate() {
@@ -742,6 +756,12 @@ async fn decode(
                 "sample {id}: no input; model {} reads {}",
                 model.info.name,
                 names(reads)
+            )));
+        }
+        if up.frames.len() > max_frames {
+            return Err(ApiError::unprocessable(format!(
+                "sample {id}: {} frames; at most {max_frames} (--max-frames)",
+                up.frames.len()
             )));
         }
         let pipeline = Arc::clone(&model.pipeline);
@@ -793,6 +813,13 @@ async fn decode(
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(ApiError::unprocessable)?;
+        let seconds = item.audio.as_ref().map_or(0.0, |a| a.nrows() as f64 * frame_seconds);
+        if seconds > max_seconds {
+            return Err(ApiError::unprocessable(format!(
+                "sample {}: {seconds:.0} s of sound; at most {max_seconds} s (--max-audio-s)",
+                item.id
+            )));
+        }
         items.push(item);
     }
     Ok(items)
@@ -890,17 +917,16 @@ async fn serve_task(
             }
         }
     }
-    let items = decode(&model, uploads, matches!(task, Task::Transcribe { .. })).await?;
-    let rx = model.submit(task, items).map_err(|r| {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            match r {
-                Refused::Full => format!("model {} is busy: its queue is full", model.info.name),
-                Refused::Stopped => format!("model {} has stopped", model.info.name),
-            },
-        );
-        e.retry_after = Some(1);
-        e
+    if model.is_full() {
+        return Err(busy(&model.info.name));
+    }
+    let items = decode(shared, &model, uploads, matches!(task, Task::Transcribe { .. })).await?;
+    let rx = model.submit(task, items).map_err(|r| match r {
+        Refused::Full => busy(&model.info.name),
+        Refused::Stopped => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("model {} has stopped", model.info.name),
+        ),
     })?;
     let rows = rx
         .await
@@ -921,6 +947,16 @@ async fn serve_task(
     })
 }
 
+/// 503 with `Retry-After`: the model's queue is full.
+fn busy(model: &str) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("model {model} is busy: its queue is full"),
+    );
+    e.retry_after = Some(1);
+    e
+}
+
 /// A retrieval model's gallery item: its image or audio file, found through the run's manifest
 /// by the id a search returned (never a path from the request).
 async fn gallery_item(
@@ -932,7 +968,8 @@ async fn gallery_item(
     let Some(manifest) = &model.gallery else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("model {name} has no gallery")));
     };
-    let sample = manifest.get(&id).ok_or_else(|| {
+    let in_gallery = model.gallery_ids.contains(&id);
+    let sample = manifest.get(&id).filter(|_| in_gallery).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, format!("no item {id:?} in model {name}'s gallery"))
     })?;
     let which = query(&req, "modality").unwrap_or_else(|| "image".to_string());

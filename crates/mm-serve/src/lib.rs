@@ -134,6 +134,10 @@ pub struct ServeConfig {
     pub read_timeout: Duration,
     /// Most connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Longest sound a sample may bring, in seconds (422 above).
+    pub max_audio_seconds: f64,
+    /// Most video frames a sample may bring (422 above).
+    pub max_frames: usize,
     /// Largest body accepted, in bytes (413 above).
     pub max_body: usize,
     /// A bearer token every `/v1/` and `/metrics` request must bring.
@@ -151,6 +155,8 @@ impl Default for ServeConfig {
             timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_audio_seconds: 600.0,
+            max_frames: 512,
             max_body: 16 << 20,
             token: None,
             gallery_split: mm_data::manifest::Split::Test,

@@ -160,6 +160,9 @@ pub struct ServedModel {
     pub pipeline: Arc<Pipeline>,
     /// A retrieval model's gallery samples (the run's manifest), to show the items found.
     pub gallery: Option<Arc<Manifest>>,
+    /// The ids of the items in its galleries: the only ones `/v1/gallery` serves.
+    pub gallery_ids: std::collections::HashSet<String>,
+    capacity: usize,
     queue: SyncSender<Job>,
     metrics: Arc<Metrics>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -198,7 +201,8 @@ impl ServedModel {
             return Err(Error::Config("max_batch and the queue must be at least 1".into()));
         }
         let (tx, rx) = mpsc::sync_channel::<Job>(batching.queue);
-        type Loaded = (ModelInfo, Arc<Pipeline>, Option<Arc<Manifest>>);
+        type Loaded =
+            (ModelInfo, Arc<Pipeline>, Option<Arc<Manifest>>, std::collections::HashSet<String>);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Loaded>>();
         let (name_owned, dir_owned, worker_metrics) =
             (name.to_string(), dir.to_path_buf(), Arc::clone(&metrics));
@@ -226,7 +230,8 @@ impl ServedModel {
                     }
                 };
                 let info = describe(&name_owned, &dir_owned, &run, device, &galleries);
-                if ready_tx.send(Ok((info, pipeline, manifest))).is_err() {
+                let ids = galleries.iter().flat_map(|g| g.ids.iter().cloned()).collect();
+                if ready_tx.send(Ok((info, pipeline, manifest, ids))).is_err() {
                     return;
                 }
                 work(&name_owned, &run, &galleries, rx, batching, &worker_metrics);
@@ -238,8 +243,17 @@ impl ServedModel {
                 "the model's thread stopped while loading".into(),
             )),
         })??;
-        let (info, pipeline, gallery) = (info.0, info.1, info.2);
-        Ok(ServedModel { info, pipeline, gallery, queue: tx, metrics, thread: Some(thread) })
+        let (info, pipeline, gallery, gallery_ids) = info;
+        Ok(ServedModel {
+            info,
+            pipeline,
+            gallery,
+            gallery_ids,
+            capacity: batching.queue,
+            queue: tx,
+            metrics,
+            thread: Some(thread),
+        })
     }
 
     /// Puts a request's items in the queue; the receiver gets its rows, in order.
@@ -263,6 +277,11 @@ impl ServedModel {
                 })
             }
         }
+    }
+
+    /// Whether the queue is full now: a request that would be refused need not be decoded.
+    pub fn is_full(&self) -> bool {
+        self.metrics.queue_depth(&self.info.name) >= self.capacity as i64
     }
 
     /// Stops taking requests, lets the thread finish those already queued, and waits for it.
@@ -406,20 +425,32 @@ fn work(
         let frames: Vec<usize> =
             items.iter().map(|i| i.audio.as_ref().map_or(0, |a| a.nrows())).collect();
         let n = items.len();
-        let batch = collate(&items, &run.pipeline).to_device(run.vs.device());
-        let output = run.forward_batch(&batch).map_err(|e| crate::chain(&e));
-        let mut start = 0;
-        let mut replies = Vec::with_capacity(jobs.len());
-        for (job, size) in jobs.iter().zip(&sizes) {
-            let rows = start..start + size;
-            start += size;
-            let reply = match &output {
-                Ok(out) => answer(run, galleries, job.task, out, &batch, rows, &frames)
-                    .map_err(|e| crate::chain(&e)),
-                Err(e) => Err(e.clone()),
-            };
-            replies.push(reply);
-        }
+        let tasks: Vec<Task> = jobs.iter().map(|j| j.task).collect();
+        // Anything that panics here (collating onto a device out of memory, a search) fails
+        // this batch's requests with its message; the thread goes on with the next batch.
+        let replies = mm_data::guard::catch(|| {
+            let batch = collate(&items, &run.pipeline).to_device(run.vs.device());
+            let output = run.forward_batch(&batch).map_err(|e| crate::chain(&e))?;
+            let mut cache = Answers::default();
+            let mut start = 0;
+            let mut replies = Vec::with_capacity(tasks.len());
+            for (task, size) in tasks.iter().zip(&sizes) {
+                let rows = start..start + size;
+                start += size;
+                replies.push(
+                    answer(run, galleries, *task, &output, &batch, rows, &frames, &mut cache)
+                        .map_err(|e| crate::chain(&e)),
+                );
+            }
+            Ok::<_, String>(replies)
+        });
+        let replies: Vec<Reply> = match replies {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => vec![Err(e); jobs.len()],
+            Err(caught) => {
+                vec![Err(format!("the model failed on this batch: {caught}")); jobs.len()]
+            }
+        };
         if !b.simulated_latency.is_zero() {
             std::thread::sleep(b.simulated_latency);
         }
@@ -430,7 +461,17 @@ fn work(
     }
 }
 
+/// What a batch's output gives every request in it, worked out once per batch.
+#[derive(Default)]
+struct Answers {
+    /// `mm predict`'s rows of the whole batch.
+    predictions: Option<Vec<Value>>,
+    /// The transcripts of the whole batch, by beam width.
+    transcripts: Vec<(usize, Vec<mm_speech::recognize::Transcript>)>,
+}
+
 /// One job's answer from the batch's output: its rows are `rows` of the batch.
+#[allow(clippy::too_many_arguments)]
 fn answer(
     run: &Run,
     galleries: &[Gallery],
@@ -439,23 +480,36 @@ fn answer(
     batch: &Batch,
     rows: Range<usize>,
     frames: &[usize],
+    cache: &mut Answers,
 ) -> mm_train::Result<Vec<Value>> {
     let ids = &batch.ids[rows.clone()];
     match task {
         Task::Predict => {
-            // Computed for the whole batch and cut: the heads work on whole outputs.
-            let all = run.prediction_rows(out, batch)?;
-            Ok(all.into_iter().skip(rows.start).take(rows.len()).collect())
+            // Computed for the whole batch once and cut: the heads work on whole outputs.
+            if cache.predictions.is_none() {
+                cache.predictions = Some(run.prediction_rows(out, batch)?);
+            }
+            let all = cache.predictions.as_deref().unwrap_or_default();
+            Ok(all.iter().skip(rows.start).take(rows.len()).cloned().collect())
         }
         Task::Transcribe { beam } => {
-            let all = mm_speech::recognize::decode(run, out, frames, beam)?;
+            if !cache.transcripts.iter().any(|(b, _)| *b == beam) {
+                let all = mm_speech::recognize::decode(run, out, frames, beam)?;
+                cache.transcripts.push((beam, all));
+            }
+            let all = cache
+                .transcripts
+                .iter()
+                .find(|(b, _)| *b == beam)
+                .map(|(_, t)| t.as_slice())
+                .unwrap_or_default();
             Ok(all
-                .into_iter()
+                .iter()
                 .zip(&batch.ids)
                 .skip(rows.start)
                 .take(rows.len())
                 .map(|(t, id)| {
-                    let mut v = serde_json::to_value(&t).unwrap_or(Value::Null);
+                    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
                     v["id"] = json!(id);
                     v["decoder"] = json!(if beam <= 1 {
                         "greedy".to_string()

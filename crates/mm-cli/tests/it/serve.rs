@@ -210,6 +210,13 @@ fn searches_as_mm_retrieve(ws: &Path, addr: SocketAddr, run: &str) {
     assert_eq!((item.status, item.header("content-type")), (200, Some("image/png")));
     assert!(item.body.starts_with(b"\x89PNG"));
     assert_eq!(get(addr, "/v1/gallery/serve-retrieval/..%2F..%2Frun.toml").status, 404);
+    // An item of the manifest outside the gallery (the test split) is not served either.
+    let manifest =
+        std::fs::read_to_string(ws.join("data/synth/retrieval.jsonl")).expect("manifest");
+    let train =
+        manifest.lines().map(json).find(|s| s["split"] == "train").expect("a training item");
+    let path = format!("/v1/gallery/serve-retrieval/{}", train["id"].as_str().expect("id"));
+    assert_eq!(get(addr, &path).status, 404);
     let e =
         post_json(addr, "/v1/embed", &json!({"model": "serve-retrieval", "text": query})).json();
     let v: Vec<f64> = e["embeddings"]["text"]
@@ -407,6 +414,15 @@ fn serve_answers_batches_and_survives_bad_clients() {
     let reply = request(addr, "POST", "/v1/predict?model=digits", &[("Content-Type", &ct)], &form);
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.json()["probabilities"].is_object());
+    // A form over axum's own 2 MiB default, under --max-body-mib: 3 MiB of text.
+    let mut big = Vec::new();
+    big.extend(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n").as_bytes(),
+    );
+    big.extend("a red dot ".repeat(300_000).as_bytes());
+    big.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let reply = request(addr, "POST", "/v1/predict?model=digits", &[("Content-Type", &ct)], &big);
+    assert_eq!(reply.status, 200, "{}", reply.text());
 
     // Concurrent requests are batched: fewer forward passes than requests.
     let before = get(addr, "/metrics").text();
@@ -604,6 +620,8 @@ fn serve_answers_batches_and_survives_bad_clients() {
             "400",
             "--timeout-s",
             "1",
+            "--max-audio-s",
+            "0.1",
             "--token",
             "s3cret",
         ],
@@ -618,6 +636,13 @@ fn serve_answers_batches_and_survives_bad_clients() {
     );
     assert_eq!(get(addr, "/metrics").status, 401);
     assert_eq!(get(addr, "/health").status, 200, "probes need no token");
+    // "bearer" in any case; a sound longer than --max-audio-s is refused before the model.
+    let wav = std::fs::read(ws.join("data/synth/audio/s0000.wav")).expect("wav");
+    let body = json!({"audio": base64(&wav)}).to_string();
+    let lower = [("Authorization", "bearer s3cret"), ("Content-Type", "application/json")];
+    let reply = request(addr, "POST", "/v1/predict", &lower, body.as_bytes());
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(reply.text().contains("--max-audio-s"), "{}", reply.text());
     let threads: Vec<_> = (0..8)
         .map(|_| {
             std::thread::spawn(move || {
