@@ -606,10 +606,7 @@ async fn read_body(shared: &Shared, body: Body) -> ApiResult<Bytes> {
 /// The request's model name and samples, from JSON or multipart form data; `true` when the
 /// JSON gave a list under `samples` (the answer is then a list too).
 async fn parse(shared: &Shared, req: Request) -> ApiResult<(Option<String>, Vec<Upload>, bool)> {
-    let query_model = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("model=")).map(str::to_string));
+    let query_model = query(&req, "model");
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)

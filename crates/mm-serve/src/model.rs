@@ -461,11 +461,17 @@ fn work(
     }
 }
 
+/// One side of a retrieval pair for one row: its modality, side and embedding.
+type Embedded = (Modality, usize, Vec<f32>);
+
 /// What a batch's output gives every request in it, worked out once per batch.
 #[derive(Default)]
 struct Answers {
     /// `mm predict`'s rows of the whole batch.
     predictions: Option<Vec<Value>>,
+    /// A retrieval model's embeddings of each row of the batch: (modality, side, vector) for
+    /// each side of the pair the row has.
+    embeddings: Option<Vec<Vec<Embedded>>>,
     /// The transcripts of the whole batch, by beam width.
     transcripts: Vec<(usize, Vec<mm_speech::recognize::Transcript>)>,
 }
@@ -524,19 +530,22 @@ fn answer(
             let Kind::Retrieval(pair) = kind(run) else {
                 return Err(mm_train::Error::Config("not a retrieval model".into()));
             };
-            // Each side's embeddings of the rows that have its modality.
-            let mut per_row: Vec<Vec<(Modality, usize, Vec<f32>)>> = vec![Vec::new(); rows.len()];
-            for (side, modality) in pair.into_iter().enumerate() {
-                let (present, emb) = Run::side_rows(out, batch, side, modality)?;
-                for (k, r) in present.iter().enumerate() {
-                    if rows.contains(r) {
-                        let v: Vec<f32> = Vec::try_from(emb.get(k as i64)).unwrap_or_default();
-                        per_row[r - rows.start].push((modality, side, v));
+            // Each row's embeddings, for the sides whose modality it has: once per batch.
+            if cache.embeddings.is_none() {
+                let mut per_row: Vec<Vec<Embedded>> = vec![Vec::new(); batch.ids.len()];
+                for (side, modality) in pair.into_iter().enumerate() {
+                    let (present, emb) = Run::side_rows(out, batch, side, modality)?;
+                    let dim = emb.size().last().copied().unwrap_or(0).max(1) as usize;
+                    let flat: Vec<f32> = Vec::try_from(emb.reshape([-1])).unwrap_or_default();
+                    for (r, v) in present.iter().zip(flat.chunks(dim)) {
+                        per_row[*r].push((modality, side, v.to_vec()));
                     }
                 }
+                cache.embeddings = Some(per_row);
             }
+            let per_row = cache.embeddings.as_deref().unwrap_or_default();
             let mut answers = Vec::with_capacity(rows.len());
-            for (id, found) in ids.iter().zip(per_row) {
+            for (id, found) in ids.iter().zip(per_row[rows.clone()].iter().cloned()) {
                 let mut v = json!({"id": id});
                 match task {
                     Task::Retrieve { top_k } => {
