@@ -8,6 +8,7 @@
 // `[train]` name the tables of a run's TOML file; rustdoc would read them as links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod clip;
 mod compare;
 mod data;
 mod demo;
@@ -41,7 +42,8 @@ enum Command {
     Eval(run::EvalArgs),
     /// Per-sample predictions of a trained run, as JSON lines.
     Predict(run::PredictArgs),
-    /// Top-k items of one modality for a query of another, with a trained retrieval model.
+    /// Top-k items of one modality for a query of another, with a trained retrieval model or
+    /// a CLIP index (`mm index`).
     Retrieve(retrieve::Args),
     /// Serve trained runs over HTTP: predictions, metrics, a web page; concurrent requests
     /// batched.
@@ -64,6 +66,11 @@ enum Command {
     /// distance to real recordings.
     #[command(name = "eval-tts")]
     EvalTts(speech::EvalTtsArgs),
+    /// Classify images with a pretrained CLIP, nothing trained: labels through a template.
+    #[command(name = "zero-shot")]
+    ZeroShot(clip::Args),
+    /// Embed images with a pretrained CLIP into an index file, for `mm retrieve --index`.
+    Index(clip::IndexArgs),
     /// Show the libtorch this binary runs on and the devices it sees.
     Info(info::Args),
 }
@@ -91,6 +98,8 @@ fn main() -> ExitCode {
         Command::TrainTts(args) => speech::train_tts(&args),
         Command::Synthesize(args) => speech::synthesize(&args),
         Command::EvalTts(args) => speech::eval_tts(&args),
+        Command::ZeroShot(args) => clip::run(&args),
+        Command::Index(args) => clip::index(&args),
         Command::Info(args) => info::run(&args),
     };
     match result {

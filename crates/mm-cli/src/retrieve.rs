@@ -6,6 +6,9 @@
 //! is rebuilt when the checkpoint or the manifest changes (or with `--rebuild`). A query is a
 //! text, or the path of an image or audio file; it goes through the same pipeline and encoder
 //! as in training.
+//!
+//! With `--index FILE` (written by `mm index`) it searches images embedded by a pretrained CLIP
+//! instead, nothing trained: the query is a text, or the path of an image.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +24,11 @@ use serde_json::{json, Value};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The run folder of a retrieval model.
+    #[arg(long, required_unless_present = "index", conflicts_with = "index")]
+    run: Option<PathBuf>,
+    /// A CLIP index written by `mm index` (instead of --run).
     #[arg(long)]
-    run: PathBuf,
+    index: Option<PathBuf>,
     /// The query: a text, or the path of an image or audio file.
     #[arg(long)]
     query: String,
@@ -59,10 +65,20 @@ pub fn run(a: &Args) -> Result<()> {
     if a.query.trim().is_empty() {
         bail!("--query is empty: give the text to search for, or the path of a file");
     }
-    let run = Run::open(&a.run, None, parse_device(&a.device)?)?;
+    let run_dir = match (&a.run, &a.index) {
+        (_, Some(index)) => {
+            if a.from.is_some() {
+                bail!("--from is for runs: with --index the query is a text, or an image's path");
+            }
+            return crate::clip::retrieve_index(index, &a.query, a.top_k, &a.device, a.json);
+        }
+        (Some(run), None) => run,
+        (None, None) => bail!("give --run (a retrieval run) or --index (a CLIP index)"),
+    };
+    let run = Run::open(run_dir, None, parse_device(&a.device)?)?;
     let Some(pair) = run.model.heads().first().and_then(|(_, h)| h.retrieval_pair().cloned())
     else {
-        bail!("{}: not a retrieval model (its head is not type = \"retrieval\"); `mm predict` runs classifiers", a.run.display());
+        bail!("{}: not a retrieval model (its head is not type = \"retrieval\"); `mm predict` runs classifiers", run_dir.display());
     };
     // The model was built over its pair, so both name modalities.
     let pair: [Modality; 2] = [pair[0].parse()?, pair[1].parse()?];
@@ -76,7 +92,7 @@ pub fn run(a: &Args) -> Result<()> {
     let manifest = Arc::new(run.manifest(None)?.0);
 
     // The index, reused while the checkpoint and the manifest are unchanged.
-    let stem = a.run.join(format!("index-{gallery_modality}-{}", a.split));
+    let stem = run_dir.join(format!("index-{gallery_modality}-{}", a.split));
     let (index_file, ids_file) = (stem.with_extension("safetensors"), stem.with_extension("json"));
     let key = json!({
         "checkpoint_step": run.state.step,

@@ -147,3 +147,5 @@ fn data_synth_writes_the_data_set_and_reports_its_ceilings() {
 mod runs;
 #[path = "it/serve.rs"]
 mod serve;
+#[path = "it/zeroshot.rs"]
+mod zeroshot;

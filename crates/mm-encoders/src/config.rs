@@ -8,6 +8,7 @@ use tch::nn;
 
 use crate::audio::{AudioConfig, AudioEncoder};
 use crate::bert::{hf_name, BertConfig, BertEncoder, BertEncoderConfig};
+use crate::clip::{ClipConfig, ClipEncoderConfig, ClipImageEncoder, ClipPart, ClipTextEncoder};
 use crate::image::{timm_name, ImageConfig, ImageEncoder};
 use crate::tabular::{TabularConfig, TabularEncoder};
 use crate::text::{TextConfig, TextEncoder};
@@ -33,6 +34,12 @@ pub enum EncoderConfig {
     Tabular(TabularConfig),
     /// Video frames: an image encoder per frame, then a sequence model.
     Video(VideoConfig),
+    /// A pretrained CLIP's vision tower (transformers' files).
+    #[serde(rename = "clip-image")]
+    ClipImage(ClipEncoderConfig),
+    /// A pretrained CLIP's text tower over its BPE ids (transformers' files).
+    #[serde(rename = "clip-text")]
+    ClipText(ClipEncoderConfig),
 }
 
 /// What an encoder needs to know about its data.
@@ -115,6 +122,35 @@ pub fn build(
             c.project,
         ),
         EncoderConfig::Video(c) => (Box::new(VideoEncoder::new(path, c)?), c.freeze, c.project),
+        EncoderConfig::ClipImage(c) => {
+            let config = ClipConfig::from_file(&c.model.join("config.json"))?;
+            (Box::new(ClipImageEncoder::new(path, &config)?), c.freeze, c.project)
+        }
+        EncoderConfig::ClipText(c) => {
+            if ctx.vocab.is_some() {
+                return Err(Error::Config(
+                    "kind = \"clip-text\" reads CLIP's BPE ids: set [data.text] tokenizer to the model's tokenizer.json (a word vocabulary does not fit it)".into(),
+                ));
+            }
+            let config = ClipConfig::from_file(&c.model.join("config.json"))?;
+            let text = &config.text_config;
+            let tokens = need(ctx.vocab_size, "the tokenizer's vocabulary size")?;
+            if tokens > text.vocab_size {
+                return Err(Error::Config(format!(
+                    "the tokenizer has {tokens} ids but the CLIP model in {} only {}: they do not belong together",
+                    c.model.display(),
+                    text.vocab_size
+                )));
+            }
+            if let Some(max) = ctx.max_tokens.filter(|m| *m > text.max_position_embeddings) {
+                return Err(Error::Config(format!(
+                    "the data keeps up to {max} tokens (data.text.max_tokens) but the CLIP model in {} has {} positions",
+                    c.model.display(),
+                    text.max_position_embeddings
+                )));
+            }
+            (Box::new(ClipTextEncoder::new(path, &config)?), c.freeze, c.project)
+        }
     };
     if freeze {
         encoder.set_backbone_trainable(false);
@@ -135,14 +171,18 @@ impl EncoderConfig {
             EncoderConfig::Audio(_) => "audio",
             EncoderConfig::Tabular(_) => "tabular",
             EncoderConfig::Video(_) => "video",
+            EncoderConfig::ClipImage(_) => "clip-image",
+            EncoderConfig::ClipText(_) => "clip-text",
         }
     }
 
     /// The modality an encoder of this kind reads (BERT reads text, video reads frames).
     pub fn modality(&self) -> Modality {
         match self {
-            EncoderConfig::Image(_) => Modality::Image,
-            EncoderConfig::Text(_) | EncoderConfig::Bert(_) => Modality::Text,
+            EncoderConfig::Image(_) | EncoderConfig::ClipImage(_) => Modality::Image,
+            EncoderConfig::Text(_) | EncoderConfig::Bert(_) | EncoderConfig::ClipText(_) => {
+                Modality::Text
+            }
             EncoderConfig::Audio(_) => Modality::Audio,
             EncoderConfig::Tabular(_) => Modality::Features,
             EncoderConfig::Video(_) => Modality::Frames,
@@ -169,6 +209,7 @@ impl EncoderConfig {
             EncoderConfig::Audio(c) => c.freeze,
             EncoderConfig::Tabular(_) => false,
             EncoderConfig::Video(c) => c.freeze,
+            EncoderConfig::ClipImage(c) | EncoderConfig::ClipText(c) => c.freeze,
         }
     }
 
@@ -179,7 +220,9 @@ impl EncoderConfig {
             EncoderConfig::Image(c) => c.weights.is_some(),
             EncoderConfig::Video(c) => c.frame.weights.is_some(),
             EncoderConfig::Text(c) => c.vectors.is_some(),
-            EncoderConfig::Bert(_) => true,
+            EncoderConfig::Bert(_) | EncoderConfig::ClipImage(_) | EncoderConfig::ClipText(_) => {
+                true
+            }
             EncoderConfig::Audio(_) | EncoderConfig::Tabular(_) => false,
         }
     }
@@ -208,6 +251,12 @@ impl EncoderConfig {
             })
         };
         let (file, options) = match self {
+            EncoderConfig::ClipImage(c) => {
+                return crate::clip::load_part(vs, &c.model, ClipPart::Vision, prefix).map(Some)
+            }
+            EncoderConfig::ClipText(c) => {
+                return crate::clip::load_part(vs, &c.model, ClipPart::Text, prefix).map(Some)
+            }
             EncoderConfig::Bert(c) => {
                 let options = LoadOptions {
                     prefix: prefix.to_string(),

@@ -30,7 +30,10 @@
 
 pub mod audio;
 pub mod bert;
+pub mod clip;
+pub mod clip_index;
 mod config;
+pub mod formula;
 pub mod image;
 pub mod tabular;
 pub mod text;

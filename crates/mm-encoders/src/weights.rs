@@ -275,6 +275,16 @@ fn digest<'a>(tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u
 /// records the digest of its tensors under [`DIGEST_KEY`], which [`read_named`] (and so every
 /// load) verifies.
 pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    save_named_with(path, tensors, std::collections::BTreeMap::new())
+}
+
+/// [`save_named`] with more metadata entries (text under a key; the digest and `format` keys
+/// are the writer's own).
+pub fn save_named_with(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    extra: std::collections::BTreeMap<String, String>,
+) -> Result<()> {
     let mut named: Vec<(String, Raw)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.detach().to_device(tch::Device::Cpu).contiguous();
@@ -304,10 +314,9 @@ pub fn save_named(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
     let io = |e: String| Error::Io { path: path.to_path_buf(), message: e };
     // `format = pt` as PyTorch's own safetensors files say it: transformers refuses a file
     // whose metadata lacks it.
-    let metadata = std::collections::HashMap::from([
-        (DIGEST_KEY.to_string(), stamp),
-        ("format".to_string(), "pt".to_string()),
-    ]);
+    let mut metadata: std::collections::HashMap<String, String> = extra.into_iter().collect();
+    metadata.insert(DIGEST_KEY.to_string(), stamp);
+    metadata.insert("format".to_string(), "pt".to_string());
     let written = safetensors::serialize_to_file(
         named.iter().map(|(n, r)| (n.as_str(), r)),
         Some(metadata),
@@ -355,6 +364,14 @@ pub(crate) fn unreadable(e: mm_data::Error) -> Error {
 /// writes does) must match it, or it is refused as damaged ([`Error::Integrity`]): a flipped
 /// bit never reaches a model.
 pub fn read_named(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    read_named_with_metadata(path).map(|(tensors, _)| tensors)
+}
+
+/// A safetensors file's text metadata (key to value).
+pub type Metadata = std::collections::HashMap<String, String>;
+
+/// [`read_named`], with the file's metadata entries.
+pub fn read_named_with_metadata(path: &Path) -> Result<(Vec<(String, Tensor)>, Metadata)> {
     let bytes =
         mm_data::fs::read_capped(path, mm_data::fs::FileKind::Weights).map_err(unreadable)?;
     let damaged = |message: String| Error::Integrity { path: path.to_path_buf(), message };
@@ -383,7 +400,7 @@ pub fn read_named(path: &Path) -> Result<Vec<(String, Tensor)>> {
         let shape: Vec<i64> = view.shape().iter().map(|d| *d as i64).collect();
         out.push((name, Tensor::f_from_data_size(view.data(), &shape, kind)?));
     }
-    Ok(out)
+    Ok((out, metadata.metadata().clone().unwrap_or_default()))
 }
 
 #[cfg(test)]

@@ -325,7 +325,9 @@ impl ModelConfig {
     /// encoder whose building reads files (word vectors, BERT) is left to the real build.
     pub fn check_build(&self, data: &mm_data::config::DataConfig) -> Result<()> {
         let reads_files = self.encoders.values().any(|e| match e {
-            EncoderConfig::Bert(_) => true,
+            EncoderConfig::Bert(_) | EncoderConfig::ClipImage(_) | EncoderConfig::ClipText(_) => {
+                true
+            }
             EncoderConfig::Text(t) => t.vectors.is_some(),
             _ => false,
         });

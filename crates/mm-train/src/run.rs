@@ -275,11 +275,11 @@ impl RunConfig {
             if enc.modality() != name {
                 return bad(format!("model.encoders.{name}: kind = \"{kind}\" cannot read {name}; use kind = \"{}\"", EncoderConfig::default_kind(name)));
             }
-            if matches!(enc, EncoderConfig::Bert(_))
+            if matches!(enc, EncoderConfig::Bert(_) | EncoderConfig::ClipText(_))
                 && self.data.text.as_ref().is_none_or(|t| t.tokenizer.is_none())
             {
                 return bad(format!(
-                    "model.encoders.{name}: kind = \"bert\" reads the ids of the model's own tokenizer: set [data.text] tokenizer = \"<model folder>/tokenizer.json\""
+                    "model.encoders.{name}: kind = \"{kind}\" reads the ids of the model's own tokenizer: set [data.text] tokenizer = \"<model folder>/tokenizer.json\""
                 ));
             }
         }

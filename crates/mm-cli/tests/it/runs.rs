@@ -25,7 +25,7 @@ pub(super) fn ok(dir: &Path, args: &[&str]) -> String {
 
 /// Runs `mm` in `dir`, expects exit code 1 and one clear message (no panic, no backtrace);
 /// returns it.
-fn fails(dir: &Path, args: &[&str]) -> String {
+pub(super) fn fails(dir: &Path, args: &[&str]) -> String {
     let out = mm_in(dir, args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "mm {args:?}: {err}");

@@ -127,6 +127,58 @@ pub fn crop_resize_chw(
     to_chw_f32(&hwc)
 }
 
+/// Resizes `[H, W, 3]` pixels so that the shorter side is `shortest` (the longer one
+/// `⌊shortest · long / short⌋`) with a bicubic filter (PIL's `BICUBIC`, resampling in 8 bits),
+/// then cuts the centre `crop = (height, width)` out (top-left at half the margins, rounded
+/// down): what transformers' CLIP image processor does before rescaling. Returns
+/// `[3, crop.0, crop.1]` `f32` in `[0, 1]`.
+///
+/// # Panics
+/// If a side is zero or `crop` is larger than the resized image (a programmer error; CLIP's
+/// crop is never larger than its shortest side).
+pub fn resize_shortest_center_crop_chw(
+    pixels: &Array3<u8>,
+    shortest: usize,
+    crop: (usize, usize),
+) -> Array3<f32> {
+    use fast_image_resize::{
+        images::Image, images::ImageRef, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    };
+    let (h, w, c) = pixels.dim();
+    assert!(c == 3 && h > 0 && w > 0 && shortest > 0, "empty image or size");
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (shortest as f64 * long as f64 / short as f64) as usize;
+    let (nh, nw) = if w <= h { (new_long, shortest) } else { (shortest, new_long) };
+    assert!(crop.0 <= nh && crop.1 <= nw && crop.0 > 0 && crop.1 > 0, "crop larger than the image");
+    // PIL resizes horizontally, rounds to 8 bits, then vertically: two passes in that order
+    // give its numbers (one pass of fast_image_resize rounds elsewhere, a level off for about
+    // a quarter of the pixels).
+    let pass = |src: &Array3<u8>, to: (usize, usize)| -> Array3<u8> {
+        let (sh, sw, _) = src.dim();
+        if (sh, sw) == to {
+            return src.clone();
+        }
+        let buf = src.as_standard_layout();
+        let from = ImageRef::new(
+            sw as u32,
+            sh as u32,
+            buf.as_slice().expect("standard layout"),
+            PixelType::U8x3,
+        )
+        .expect("buffer of h·w·3 bytes");
+        let mut dst = Image::new(to.1 as u32, to.0 as u32, PixelType::U8x3);
+        let options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+        Resizer::new().resize(&from, &mut dst, &options).expect("same pixel type");
+        Array3::from_shape_vec((to.0, to.1, 3), dst.into_vec()).expect("h·w·3 bytes")
+    };
+    let source = pixels.as_standard_layout().into_owned();
+    let resized = pass(&pass(&source, (h, nw)), (nh, nw));
+    let (top, left) = ((nh - crop.0) / 2, (nw - crop.1) / 2);
+    let cut = resized.slice(ndarray::s![top..top + crop.0, left..left + crop.1, ..]);
+    to_chw_f32(&cut.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

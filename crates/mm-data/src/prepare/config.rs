@@ -80,8 +80,9 @@ pub struct ImageConfig {
     /// Training-time augmentation (default none); [`ImageAugment`]'s fields.
     #[serde(default)]
     pub augment: ImageAugment,
-    /// Channel statistics: `fit` on the training split (default), or `imagenet`'s, as
-    /// pretrained ImageNet weights (torchvision's) expect.
+    /// Channel statistics: `fit` on the training split (default), `imagenet`'s, as
+    /// pretrained ImageNet weights (torchvision's) expect, or `clip`'s, as OpenAI's CLIP
+    /// weights expect.
     #[serde(default)]
     pub normalize: Normalize,
 }
@@ -95,6 +96,28 @@ pub enum Normalize {
     Fit,
     /// ImageNet's mean and standard deviation (what torchvision's weights were trained with).
     Imagenet,
+    /// OpenAI CLIP's mean and standard deviation (what CLIP's vision tower was trained with).
+    Clip,
+}
+
+impl Normalize {
+    /// The fixed statistics (ImageNet's stand in for `fit` until the data is fitted).
+    pub fn normalizer(self) -> crate::normalize::Normalizer {
+        use crate::normalize::Normalizer;
+        match self {
+            Normalize::Fit | Normalize::Imagenet => Normalizer::imagenet(),
+            Normalize::Clip => Normalizer::clip(),
+        }
+    }
+
+    fn spec(self, size: (usize, usize), augment: &ImageAugment) -> ImageSpec {
+        ImageSpec {
+            augment: augment.clone(),
+            fit_statistics: self == Normalize::Fit,
+            normalizer: self.normalizer(),
+            ..ImageSpec::new(size)
+        }
+    }
 }
 
 /// `[data.audio]`: a log-mel spectrogram per clip.
@@ -674,11 +697,7 @@ impl DataConfig {
         p.seed = seed;
         p.modality_dropout = self.modality_dropout;
         if let Some(c) = &self.image {
-            p.image = Some(ImageSpec {
-                augment: c.augment.clone(),
-                fit_statistics: c.normalize == Normalize::Fit,
-                ..ImageSpec::new(c.size.hw())
-            });
+            p.image = Some(c.normalize.spec(c.size.hw(), &c.augment));
         }
         if let Some(c) = &self.audio {
             let mut spec = AudioSpec::new(&c.mel)
@@ -715,19 +734,11 @@ impl DataConfig {
             p.text = Some(TextSpec { encoder, max_tokens: c.max_tokens, augment: c.augment });
         }
         if let Some(c) = &self.frames {
-            let image = ImageSpec {
-                augment: c.augment.clone(),
-                fit_statistics: c.normalize == Normalize::Fit,
-                ..ImageSpec::new(c.size.hw())
-            };
+            let image = c.normalize.spec(c.size.hw(), &c.augment);
             p.frames = Some(FramesSpec { image, max_frames: c.max_frames, clip: self.clip() });
         }
         if let Some(c) = &self.video {
-            let image = ImageSpec {
-                augment: c.augment.clone(),
-                fit_statistics: c.normalize == Normalize::Fit,
-                ..ImageSpec::new(c.size.hw())
-            };
+            let image = c.normalize.spec(c.size.hw(), &c.augment);
             p.frames = Some(FramesSpec { image, max_frames: Some(c.frames), clip: self.clip() });
         }
         if let Some(c) = &self.features {

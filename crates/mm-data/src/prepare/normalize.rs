@@ -33,6 +33,12 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// The ImageNet channel standard deviations.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// The channel means OpenAI's CLIP was trained with (RGB, pixels in `[0, 1]`), as its
+/// `preprocessor_config.json` gives them.
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's channel standard deviations.
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
 /// Streaming per-dimension mean and variance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunningStats {
@@ -127,6 +133,11 @@ impl Normalizer {
     /// The ImageNet channel statistics, for images scaled to `[0, 1]`.
     pub fn imagenet() -> Self {
         Normalizer { mean: IMAGENET_MEAN.to_vec(), std: IMAGENET_STD.to_vec(), count: 0 }
+    }
+
+    /// OpenAI CLIP's channel statistics, for images scaled to `[0, 1]`.
+    pub fn clip() -> Self {
+        Normalizer { mean: CLIP_MEAN.to_vec(), std: CLIP_STD.to_vec(), count: 0 }
     }
 
     /// The dimension.

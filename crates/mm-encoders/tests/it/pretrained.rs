@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use mm_data::subword::SubwordTokenizer;
+use mm_encoders::formula::formula_values;
 use mm_encoders::image::{Arch, ImageConfig};
 use mm_encoders::{build, BuildContext, EncoderConfig, Input};
 use serde_json::Value;
@@ -30,27 +31,6 @@ fn golden(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(&path).expect("golden file")).expect("golden JSON")
 }
 
-fn fnv1a64(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3))
-}
-
-/// `u(name, i)` of make_golden.py: splitmix64 of the name's hash plus i, 24 bits, in [-1, 1).
-fn formula_values(name: &str, n: usize) -> Vec<f32> {
-    let h = fnv1a64(name);
-    (0..n as u64)
-        .map(|i| {
-            let mut z = h
-                .wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-                .wrapping_add(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
 /// A listed tensor (`{name, shape, offset, scale}`) made from the formula, in f32 arithmetic as
 /// numpy does it: `u * scale + offset`.
 fn formula_tensor(entry: &Value) -> (String, Tensor) {
@@ -65,10 +45,7 @@ fn formula_tensor(entry: &Value) -> (String, Tensor) {
         entry["offset"].as_f64().expect("offset") as f32,
         entry["scale"].as_f64().expect("scale") as f32,
     );
-    let n = shape.iter().product::<i64>() as usize;
-    let values: Vec<f32> =
-        formula_values(&name, n).into_iter().map(|u| u * scale + offset).collect();
-    let t = Tensor::from_slice(&values).view(shape.as_slice());
+    let t = mm_encoders::formula::formula_tensor(&name, &shape, offset, scale);
     (name, t)
 }
 
@@ -459,4 +436,221 @@ fn real_weights_match_their_reference() {
             data.display()
         );
     }
+}
+
+/// A model folder for the tiny CLIP: formula weights in transformers' names (with the
+/// `position_ids` buffers older files carry), its config, preprocessor config and tokenizer.
+fn write_clip_folder(g: &Value, dir: &Path) {
+    let weights = dir.join("model.safetensors");
+    mm_encoders::formula::write_listing(&g["tensors"], &weights, str::to_string).expect("weights");
+    let mut tensors: Vec<(String, Tensor)> =
+        mm_encoders::weights::read_named(&weights).expect("read back");
+    for (tower, n) in [("text_model", 16), ("vision_model", 17)] {
+        tensors.push((
+            format!("{tower}.embeddings.position_ids"),
+            Tensor::arange(n, (Kind::Int64, Device::Cpu)).unsqueeze(0),
+        ));
+    }
+    mm_encoders::weights::save_named(&weights, tensors).expect("weights with buffers");
+    for f in ["config.json", "preprocessor_config.json", "tokenizer.json"] {
+        std::fs::copy(data_dir().join("clip_tiny").join(f), dir.join(f)).expect("copy");
+    }
+}
+
+fn golden_tensor(g: &Value, key: &str, shape: &[i64]) -> Tensor {
+    Tensor::from_slice(&floats(&g[key])).view(shape)
+}
+
+/// A tiny CLIP with transformers' names loads from a folder, tokenises as CLIP's byte-level BPE
+/// does, and gives `CLIPModel`'s text and image embeddings (positions interpolated for another
+/// image size too), the vision tower's `last_hidden_state` and `logits_per_image`; as
+/// `clip-image` and `clip-text` encoders its towers give the same embeddings.
+#[test]
+fn clip_matches_transformers_given_its_weights_and_tokenizer() {
+    use mm_encoders::clip::{Clip, ClipProcessor};
+    let g = golden("clip_tiny");
+    let dir = temp("pretrained-clip");
+    write_clip_folder(&g, &dir);
+    let (_vs, clip) = Clip::load(&dir, Device::Cpu).expect("load");
+    let processor = ClipProcessor::from_folder(&dir, clip.config()).expect("processor");
+    let sentences: Vec<String> = serde_json::from_value(g["sentences"].clone()).expect("texts");
+    let want_ids: Vec<Vec<i64>> = serde_json::from_value(g["input_ids"].clone()).expect("ids");
+    let want_mask: Vec<Vec<i64>> =
+        serde_json::from_value(g["attention_mask"].clone()).expect("mask");
+    let (ids, lengths) = processor.texts(&sentences).expect("tokenise");
+    assert_eq!(Vec::<Vec<i64>>::try_from(&ids).expect("ids"), want_ids);
+    let want_lengths: Vec<i64> = want_mask.iter().map(|m| m.iter().sum()).collect();
+    assert_eq!(Vec::<i64>::try_from(&lengths).expect("lengths"), want_lengths);
+
+    let input = |key: &str| formula_tensor(&g[key]).1;
+    let x = input("input");
+    let (text, image) =
+        tch::no_grad(|| (clip.text_features(&ids, &lengths), clip.image_features(&x)));
+    let gaps = [
+        ("text_embeds", relative_gap(&text, &floats(&g["text_embeds"]))),
+        ("image_embeds", relative_gap(&image, &floats(&g["image_embeds"]))),
+        (
+            "logits_per_image",
+            relative_gap(&clip.logits_per_image(&image, &text), &floats(&g["logits_per_image"])),
+        ),
+        (
+            "vision last_hidden_state",
+            relative_gap(
+                &tch::no_grad(|| clip.vision().forward_t(&x, false).hidden),
+                &floats(&g["vision_last_hidden_state"]),
+            ),
+        ),
+        (
+            "image_embeds at 48x40 (interpolated positions)",
+            relative_gap(
+                &tch::no_grad(|| clip.image_features(&input("input_48x40"))),
+                &floats(&g["image_embeds_48x40"]),
+            ),
+        ),
+    ];
+    for (what, gap) in gaps {
+        assert!(gap < 1e-4, "{what} differs from transformers' by {gap:.2e}");
+    }
+    eprintln!("tiny CLIP against transformers: {gaps:?}");
+
+    // The towers as encoders of a run: only their part of the file is loaded.
+    let ctx = BuildContext {
+        vocab_size: Some(processor.tokenizer().vocab_size() as i64),
+        max_tokens: Some(16),
+        ..Default::default()
+    };
+    for (kind, prefix, other) in
+        [("clip-image", "image.", "text_model."), ("clip-text", "text.", "vision_model.")]
+    {
+        let config: EncoderConfig =
+            toml::from_str(&format!("kind = {kind:?}\nmodel = {:?}", dir.to_string_lossy()))
+                .expect("toml");
+        let vs = nn::VarStore::new(Device::Cpu);
+        let encoder =
+            build(&(vs.root() / prefix.trim_end_matches('.')), &config, &ctx).expect("encoder");
+        let report = config.load_weights(&vs, prefix).expect("load").expect("weights");
+        assert_eq!(report.loaded, vs.variables().len(), "{}", report.summary());
+        assert!(
+            report.skipped.iter().any(|(n, _)| n.starts_with(other))
+                && report.skipped.iter().any(|(n, _)| n.ends_with("position_ids")),
+            "{kind}: {}",
+            report.summary()
+        );
+        let (input, want) = if kind == "clip-image" {
+            (Input::dense(x.shallow_clone()), &image)
+        } else {
+            (Input::sequence(ids.shallow_clone(), lengths.shallow_clone()), &text)
+        };
+        let out = tch::no_grad(|| encoder.forward_t(&input, false));
+        let gap = relative_gap(&out.pooled, &Vec::<f32>::try_from(want.reshape([-1])).expect("v"));
+        assert!(gap < 1e-5, "{kind} pooled differs from the model's by {gap:.2e}");
+        let (seq, mask) = out.seq.expect("a sequence");
+        assert_eq!(seq.size()[..2], mask.size()[..]);
+        // Frozen, nothing of the tower trains.
+        encoder.set_backbone_trainable(false);
+        assert!(encoder.backbone_parameters().iter().all(|p| !p.requires_grad()));
+        assert_eq!(encoder.backbone_parameters().len(), vs.variables().len());
+    }
+}
+
+/// CLIP's image processor (PIL's bicubic resize of the shorter side, centre crop, CLIP's
+/// statistics) and zero-shot classification through a template give transformers' pixels and
+/// probabilities for images of other shapes than the model's.
+#[test]
+fn clip_zero_shot_matches_transformers_from_pixels_to_probabilities() {
+    use mm_encoders::clip::ZeroShot;
+    use mm_encoders::formula::formula_pixels;
+    let g = golden("clip_tiny");
+    let dir = temp("pretrained-clip-zero-shot");
+    write_clip_folder(&g, &dir);
+    let z = &g["zero_shot"];
+    let labels: Vec<String> = serde_json::from_value(z["labels"].clone()).expect("labels");
+    let template = z["template"].as_str().expect("template");
+    let zs = ZeroShot::new(&dir, &labels, template, Device::Cpu).expect("zero-shot");
+    let images: Vec<_> = z["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| {
+            let n = |k: &str| i[k].as_u64().expect("size") as usize;
+            formula_pixels(i["name"].as_str().expect("name"), n("height"), n("width"))
+        })
+        .collect();
+    let pixels = zs.processor().images(&images);
+    let want = golden_tensor(z, "pixel_values", &pixels.size());
+    // PIL and fast_image_resize round a few bicubic sums differently (both resize horizontally,
+    // round to 8 bits, then vertically): one 8-bit level, over CLIP's standard deviation, at
+    // most, and for few pixels.
+    let pixel_gap = (&pixels - &want).abs().max().double_value(&[]);
+    let level = 1.0 / 255.0 / 0.2613;
+    let off = (&pixels - &want).abs().gt(level * 0.01).to_kind(Kind::Float).mean(Kind::Float);
+    assert!(pixel_gap <= level * 1.01, "pixels differ by {pixel_gap:.4} (> one level)");
+    let off = off.double_value(&[]);
+    assert!(off < 0.02, "{off:.3} of the pixels differ");
+    let probs = zs.classify(&images);
+    let gap = relative_gap(&probs, &floats(&z["probabilities"]));
+    assert!(gap < 2e-3, "probabilities differ by {gap:.2e}");
+    let want_best = golden_tensor(z, "probabilities", &probs.size()).argmax(-1, false);
+    assert!(probs.argmax(-1, false).equal(&want_best));
+    eprintln!(
+        "zero-shot: pixels within {pixel_gap:.2e} ({:.2}% of them off), probabilities within {gap:.2e}",
+        off * 100.0
+    );
+}
+
+/// Folders and arguments that do not fit: each a clear error naming what is wrong.
+#[test]
+fn clip_inputs_that_do_not_fit_name_the_problem() {
+    use mm_encoders::clip::{Clip, ZeroShot};
+    let g = golden("clip_tiny");
+    let dir = temp("pretrained-clip-bad");
+    write_clip_folder(&g, &dir);
+    let labels = vec!["dog".to_string(), "cat".to_string()];
+    let err = |r: mm_encoders::Result<ZeroShot>| r.expect_err("must fail").to_string();
+    assert!(err(ZeroShot::new(&dir, &labels, "a photo of a", Device::Cpu)).contains("{}"));
+    assert!(err(ZeroShot::new(&dir, &labels, "{} and {}", Device::Cpu)).contains("exactly once"));
+    assert!(err(ZeroShot::new(&dir, &[], "a {}", Device::Cpu)).contains("no labels"));
+    let twice = vec!["dog".to_string(), "dog".to_string()];
+    assert!(err(ZeroShot::new(&dir, &twice, "a {}", Device::Cpu)).contains("twice"));
+
+    // A BERT folder claimed as CLIP.
+    let bert = temp("pretrained-clip-is-bert");
+    std::fs::copy(data_dir().join("bert_tiny/config.json"), bert.join("config.json")).expect("c");
+    let e = Clip::load(&bert, Device::Cpu).expect_err("not CLIP").to_string();
+    assert!(e.contains("model_type = \"bert\"") && e.contains("config.json"), "{e}");
+
+    // A weights file with a tensor missing and one of the wrong shape: both named.
+    let weights = dir.join("model.safetensors");
+    let mut tensors = mm_encoders::weights::read_named(&weights).expect("read");
+    tensors.retain(|(n, _)| n != "text_model.final_layer_norm.bias");
+    for (n, t) in &mut tensors {
+        if n == "visual_projection.weight" {
+            *t = Tensor::zeros([16, 31], (Kind::Float, Device::Cpu));
+        }
+    }
+    mm_encoders::weights::save_named(&weights, tensors).expect("write");
+    let e = Clip::load(&dir, Device::Cpu).expect_err("does not fit").to_string();
+    assert!(
+        e.contains("missing: text_model.final_layer_norm.bias")
+            && e.contains("wrong shape: visual_projection.weight"),
+        "{e}"
+    );
+
+    // A tokenizer with more ids than the text tower: they do not belong together.
+    write_clip_folder(&g, &dir);
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("c")).expect("j");
+    config["text_config"]["vocab_size"] = 100.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
+    let e = err(ZeroShot::new(&dir, &labels, "a {}", Device::Cpu));
+    assert!(e.contains("does not belong"), "{e}");
+    let toml = format!("kind = \"clip-text\"\nmodel = {:?}", dir.to_string_lossy());
+    let config: EncoderConfig = toml::from_str(&toml).expect("toml");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let ctx = BuildContext { vocab_size: Some(400), max_tokens: Some(16), ..Default::default() };
+    let e = build(&vs.root(), &config, &ctx).expect_err("tokenizer too big").to_string();
+    assert!(e.contains("do not belong together"), "{e}");
+    let ctx = BuildContext { vocab_size: Some(50), max_tokens: Some(77), ..Default::default() };
+    let e = build(&vs.root(), &config, &ctx).expect_err("too long").to_string();
+    assert!(e.contains("16 positions"), "{e}");
 }

@@ -13,6 +13,15 @@ mode:
 - vgg16: torchvision 0.28, the 4096 features of `classifier.4` (after the second fully
   connected layer and its ReLU), on [2, 3, 64, 64]; the tensors are listed in timm's naming
   (`pre_logits.fc1`, a 7x7 convolution, etc.), the layout of the weights `fetch-data` gets;
+- clip_tiny: Hugging Face transformers' `CLIPModel` with a tiny configuration (written to
+  clip_tiny/config.json, with a preprocessor_config.json) and a byte-level BPE
+  `tokenizer.json` built here in the layout of openai/clip-vit-base-patch32's (clip_tiny/):
+  token ids of three sentences, `text_embeds`, `image_embeds` of a [2, 3, 32, 32] formula
+  input and of a [1, 3, 48, 40] one (positions interpolated), `logits_per_image`; and a
+  zero-shot case end to end: two images whose pixels come from the formula (pixel =
+  96 + floor((u + 1) * 32), 40x56 and 60x36), the pixels CLIP's image processor (its PIL backend:
+  bicubic resize of the shorter side, centre crop) makes of them, and the probabilities of
+  the labels through the template;
 - bert_tiny: Hugging Face transformers' `BertModel` with a tiny configuration (written to
   bert_tiny/config.json) and a WordPiece `tokenizer.json` built here (bert_tiny/), on three
   sentences: the token ids and attention mask `BertTokenizerFast` gives (also truncated), then
@@ -20,6 +29,7 @@ mode:
 
     pip install --target DIR --no-deps torchvision==0.28.0 transformers tokenizers safetensors ...
     PYTHONPATH=<torch site>:DIR python3 make_golden.py            # writes the files beside it
+    PYTHONPATH=... python3 make_golden.py --only clip_tiny         # one of them
 
 With real weights (fetched by `cargo xtask fetch-data resnet50 bert-base-uncased`), writes the
 reference outputs of the real models, which the tests compare when the files are there:
@@ -194,6 +204,112 @@ def bert_golden():
         "pooler_output": flat(out.pooler_output)})
 
 
+def rule_clip(name, shape):
+    if "norm" in name:
+        return (1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)
+    if name == "logit_scale":
+        return 2.6592, 0.0
+    if name.endswith("bias"):
+        return 0.0, 0.05
+    if "embedding" in name:
+        return 0.0, 0.5
+    fan_in = int(np.prod(shape[1:]))
+    return 0.0, float(np.sqrt(3.0 / fan_in))
+
+
+CLIP_CORPUS = SENTENCES + ["a photo of a dog.", "a photo of a cat.", "a photo of a car.", "the cat sat on the mat",
+                           "children play in the park", "a red car on the road"] * 3
+ZERO_SHOT_LABELS = ["dog", "cat", "car"]
+ZERO_SHOT_TEMPLATE = "a photo of a {}."
+
+
+def clip_tokenizer(folder):
+    """A byte-level BPE in the layout of openai/clip-vit-base-patch32's tokenizer.json."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import BPE
+    tok = Tokenizer(BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(CLIP_CORPUS, trainer)
+    bos, eos = tok.token_to_id("<|startoftext|>"), tok.token_to_id("<|endoftext|>")
+    tok.post_processor = processors.RobertaProcessing(("<|endoftext|>", eos), ("<|startoftext|>", bos),
+                                                      trim_offsets=False, add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    return tok, bos, eos
+
+
+def formula_pixels(name, h, w):
+    """Noise in [96, 160): bicubic overshoot stays inside [0, 255], so no resize clips."""
+    u = formula_values(name, h * w * 3)
+    return (np.float32(96.0) + (u + np.float32(1.0)) * np.float32(32.0)).astype(np.uint8).reshape(h, w, 3)
+
+
+def clip_golden():
+    import transformers
+    from PIL import Image
+    from transformers import CLIPConfig, CLIPModel
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    folder = os.path.join(HERE, "clip_tiny")
+    tok, bos, eos = clip_tokenizer(folder)
+    text = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=16, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": 16,
+                   "logit_scale_init_value": 2.6592, "text_config": text, "vision_config": vision}, f, indent=2)
+        f.write("\n")
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+        json.dump({"crop_size": {"height": 32, "width": 32}, "do_center_crop": True, "do_normalize": True,
+                   "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "image_mean": processor.image_mean,
+                   "image_std": processor.image_std, "resample": 3, "size": {"shortest_edge": 32},
+                   "image_processor_type": "CLIPImageProcessor"}, f, indent=2)
+        f.write("\n")
+    m = CLIPModel(config).eval()
+    listing = fill(m, rule_clip)
+    tok.enable_padding(pad_id=eos, pad_token="<|endoftext|>")
+    enc = tok.encode_batch(SENTENCES)
+    ids = torch.tensor([e.ids for e in enc])
+    mask = torch.tensor([e.attention_mask for e in enc])
+    x, x_entry = tensor("input", [2, 3, 32, 32], 0.0, 1.0)
+    x2, x2_entry = tensor("input_48x40", [1, 3, 48, 40], 0.0, 1.0)
+    images = [formula_pixels("image0", 40, 56), formula_pixels("image1", 60, 36)]
+    pixel_values = processor([Image.fromarray(i) for i in images], return_tensors="pt")["pixel_values"]
+    prompts = [ZERO_SHOT_TEMPLATE.format(label) for label in ZERO_SHOT_LABELS]
+    penc = tok.encode_batch(prompts)
+    with torch.no_grad():
+        out = m(input_ids=ids, attention_mask=mask, pixel_values=x)
+        pooled = lambda f: getattr(f, "pooler_output", f)  # transformers 5 returns the projected pooler output
+        text_embeds = pooled(m.get_text_features(input_ids=ids, attention_mask=mask))
+        image_embeds = pooled(m.get_image_features(pixel_values=x))
+        interpolated = pooled(m.get_image_features(pixel_values=x2, interpolate_pos_encoding=True))
+        zs = m(input_ids=torch.tensor([e.ids for e in penc]), attention_mask=torch.tensor([e.attention_mask for e in penc]),
+               pixel_values=pixel_values)
+    write("clip_tiny", {
+        "reference": f"transformers {transformers.__version__}, torch {torch.__version__}",
+        "tensors": listing, "sentences": SENTENCES,
+        "input_ids": ids.tolist(), "attention_mask": mask.tolist(),
+        "input": x_entry, "input_48x40": x2_entry,
+        "text_embeds": flat(text_embeds), "image_embeds": flat(image_embeds),
+        "vision_last_hidden_state_shape": list(out.vision_model_output.last_hidden_state.shape),
+        "vision_last_hidden_state": flat(out.vision_model_output.last_hidden_state),
+        "image_embeds_48x40": flat(interpolated),
+        "logits_per_image": flat(out.logits_per_image),
+        "zero_shot": {"labels": ZERO_SHOT_LABELS, "template": ZERO_SHOT_TEMPLATE,
+                      "images": [{"name": "image0", "height": 40, "width": 56}, {"name": "image1", "height": 60, "width": 36}],
+                      "pixel_values": flat(pixel_values),
+                      "probabilities": flat(zs.logits_per_image.softmax(-1))}})
+
+
 def real(data):
     """Reference outputs of the real weights in data/NAME/, on the formula input (images) and
     the sentences (BERT), into data/NAME/reference.json."""
@@ -236,6 +352,9 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     if len(sys.argv) == 3 and sys.argv[1] == "--real":
         real(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--only":
+        {"image": image_golden, "bert_tiny": bert_golden, "clip_tiny": clip_golden}[sys.argv[2]]()
     else:
         image_golden()
         bert_golden()
+        clip_golden()

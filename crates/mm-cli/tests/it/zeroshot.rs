@@ -1,0 +1,217 @@
+//! `mm zero-shot`, `mm index` and `mm retrieve --index` end to end: a tiny CLIP in transformers' layout (weights from the formula of
+//! mm-encoders' parity tests, its config, preprocessor config and tokenizer from there) on PNG
+//! files, a folder and a labelled manifest, with transformers' probabilities as the truth.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::runs::{fails, json, ok};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mm-encoders/tests/data/pretrained")
+}
+
+/// A model folder of the tiny CLIP, and the golden file's zero-shot case.
+fn tiny_clip(dir: &Path) -> Value {
+    let g: Value = serde_json::from_slice(
+        &std::fs::read(golden_dir().join("golden_clip_tiny.json")).expect("golden"),
+    )
+    .expect("golden JSON");
+    let model = dir.join("clip-tiny");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    mm_encoders::formula::write_listing(
+        &g["tensors"],
+        &model.join("model.safetensors"),
+        str::to_string,
+    )
+    .expect("weights");
+    for f in ["config.json", "preprocessor_config.json", "tokenizer.json"] {
+        std::fs::copy(golden_dir().join("clip_tiny").join(f), model.join(f)).expect("copy");
+    }
+    g["zero_shot"].clone()
+}
+
+#[test]
+fn zero_shot_classifies_files_folders_and_manifests_as_transformers() {
+    let dir = std::env::temp_dir().join(format!("mm-cli-zero-shot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("photos/more")).expect("mkdir");
+    let z = tiny_clip(&dir);
+    let labels: Vec<String> = serde_json::from_value(z["labels"].clone()).expect("labels");
+    let want: Vec<f64> = serde_json::from_value(z["probabilities"].clone()).expect("probs");
+    let images = z["images"].as_array().expect("images");
+    // The formula's pixels as PNG files (lossless): image0 in the folder, image1 below it.
+    let mut files = Vec::new();
+    for (i, spec) in images.iter().enumerate() {
+        let (h, w) = (
+            spec["height"].as_u64().expect("present") as usize,
+            spec["width"].as_u64().expect("present") as usize,
+        );
+        let px =
+            mm_encoders::formula::formula_pixels(spec["name"].as_str().expect("present"), h, w);
+        let img = image::RgbImage::from_raw(w as u32, h as u32, px.into_raw_vec_and_offset().0)
+            .expect("pixels");
+        let rel = if i == 0 { "photos/image0.png" } else { "photos/more/image1.png" };
+        img.save(dir.join(rel)).expect("png");
+        files.push(rel);
+    }
+    let labels_arg = labels.join(",");
+    let template = z["template"].as_str().expect("present");
+    let base =
+        ["zero-shot", "--model", "clip-tiny", "--labels", &labels_arg, "--template", template];
+
+    // A folder, as JSON lines: transformers' probabilities, the summary last.
+    let out = ok(&dir, &[&base[..], &["photos", "--json"]].concat());
+    let lines: Vec<Value> = out.lines().map(json).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (i, line) in lines[..2].iter().enumerate() {
+        assert!(line["input"].as_str().expect("present").ends_with(files[i]), "{line}");
+        for (k, label) in labels.iter().enumerate() {
+            let p = line["probabilities"][label].as_f64().expect("present");
+            let w = want[i * labels.len() + k];
+            assert!((p - w).abs() < 2e-3, "{}: {label} {p} against transformers' {w}", files[i]);
+        }
+        let best = (0..labels.len())
+            .max_by(|&a, &b| want[i * labels.len() + a].total_cmp(&want[i * labels.len() + b]))
+            .expect("present");
+        assert_eq!(line["label"], labels[best].as_str(), "{line}");
+    }
+    assert_eq!(lines[2]["summary"]["images"], 2, "{out}");
+
+    // A labelled manifest: one right, one wrong (its truth is the other's best label), and a
+    // broken file reported by id while the others are classified; the run fails saying so.
+    let best = |i: usize| lines[i]["label"].as_str().expect("present").to_string();
+    let wrong = labels.iter().find(|l| **l != best(1)).expect("present").clone();
+    std::fs::write(dir.join("photos/broken.png"), b"\x89PNG\r\n\x1a\nnot really").expect("write");
+    let manifest = format!(
+        "{}\n{}\n{}\n",
+        serde_json::json!({"id": "a", "split": "test", "image": "image0.png", "label": best(0)}),
+        serde_json::json!({"id": "b", "split": "test", "image": "more/image1.png", "label": wrong}),
+        serde_json::json!({"id": "c", "split": "train", "image": "broken.png", "label": best(0)}),
+    );
+    std::fs::write(dir.join("photos/set.jsonl"), manifest).expect("manifest");
+    let text = ok(&dir, &[&base[..], &["photos/set.jsonl", "--split", "test"]].concat());
+    assert!(text.contains("accuracy: 50.00% (1 of 2 labelled images)"), "{text}");
+    assert!(text.contains(&format!("(truth: {wrong})")), "{text}");
+    let err = fails(&dir, &[&base[..], &["photos/set.jsonl"]].concat());
+    assert!(err.contains("sample c:") && err.contains("broken.png"), "{err}");
+    assert!(err.contains("1 of 3 images could not be read"), "{err}");
+
+    // Single files, top-k, and a labels file.
+    std::fs::write(dir.join("labels.txt"), format!("{}\n\n", labels.join("\n"))).expect("labels");
+    let text = ok(
+        &dir,
+        &[
+            "zero-shot",
+            "--model",
+            "clip-tiny",
+            "--labels-file",
+            "labels.txt",
+            "--template",
+            template,
+            "--top-k",
+            "1",
+            files[1],
+        ],
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains(&best(1))
+            && text.trim_end().split('\t').nth(1).expect("present").split("  ").count() == 1,
+        "{text}"
+    );
+
+    // Bad input: each a clear error.
+    let e = fails(
+        &dir,
+        &[
+            "zero-shot",
+            "--model",
+            "clip-tiny",
+            "--labels",
+            &labels_arg,
+            "--template",
+            "a photo",
+            files[0],
+        ],
+    );
+    assert!(e.contains("{}"), "{e}");
+    let e = fails(&dir, &["zero-shot", "--model", "clip-tiny", "--labels", ",", files[0]]);
+    assert!(e.contains("no labels"), "{e}");
+    std::fs::create_dir_all(dir.join("empty")).expect("mkdir");
+    let e = fails(&dir, &[&base[..], &["empty"]].concat());
+    assert!(e.contains("no images in this folder"), "{e}");
+    let e = fails(&dir, &["zero-shot", "--model", "photos", "--labels", &labels_arg, files[0]]);
+    assert!(e.contains("config.json"), "{e}");
+
+    // An index of the folder: built once, then reused; the broken file named, the rest kept.
+    std::fs::remove_file(dir.join("photos/broken.png")).expect("rm");
+    let index = ["index", "--model", "clip-tiny", "--out", "photos.clip-index", "photos"];
+    let text = ok(&dir, &index);
+    assert!(text.contains("indexed 2 images") && text.contains("2 embedded"), "{text}");
+    let text = ok(&dir, &index);
+    assert!(text.contains("0 embedded") && text.contains("2 reused"), "{text}");
+    // Image to image: each image finds itself first, at similarity 1.
+    for f in &files {
+        let out = ok(&dir, &["retrieve", "--index", "photos.clip-index", "--query", f, "--json"]);
+        let v = json(&out);
+        assert_eq!(v["query_is_image"], true, "{v}");
+        assert!(v["results"][0]["path"].as_str().expect("present").ends_with(f), "{v}");
+        assert!((v["results"][0]["score"].as_f64().expect("present") - 1.0).abs() < 1e-4, "{v}");
+    }
+    // Text to image: the scores are the cosine similarities the library computes.
+    let query = template.replace("{}", &labels[0]);
+    let out = ok(&dir, &["retrieve", "--index", "photos.clip-index", "--query", &query, "--json"]);
+    let v = json(&out);
+    let (_vs, clip) =
+        mm_encoders::clip::Clip::load(&dir.join("clip-tiny"), tch::Device::Cpu).expect("load");
+    let processor =
+        mm_encoders::clip::ClipProcessor::from_folder(&dir.join("clip-tiny"), clip.config())
+            .expect("processor");
+    let (ids, lengths) = processor.texts(std::slice::from_ref(&query)).expect("tokens");
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{v}");
+    for r in results {
+        let path = dir.join(r["path"].as_str().expect("present"));
+        let pixels = mm_data::image::decode_image(&path).expect("decode");
+        let cos = tch::no_grad(|| {
+            let (t, i) = (
+                clip.text_features(&ids, &lengths),
+                clip.image_features(&processor.image(&pixels).unsqueeze(0)),
+            );
+            clip.logits_per_image(&i, &t).double_value(&[0, 0]) / clip.scale()
+        });
+        assert!((r["score"].as_f64().expect("present") - cos).abs() < 1e-4, "{r} against {cos}");
+    }
+    assert!(results[0]["score"].as_f64() >= results[1]["score"].as_f64(), "{v}");
+    // A new image is embedded, the others reused; --rebuild embeds all.
+    std::fs::copy(dir.join(files[0]), dir.join("photos/copy.png")).expect("copy");
+    let text = ok(&dir, &index);
+    assert!(
+        text.contains("indexed 3 images")
+            && text.contains("1 embedded")
+            && text.contains("2 reused"),
+        "{text}"
+    );
+    let text = ok(&dir, &[&index[..], &["--rebuild"]].concat());
+    assert!(text.contains("3 embedded"), "{text}");
+    // A changed model invalidates the index: retrieve says so, index embeds all again.
+    let weights = dir.join("clip-tiny/model.safetensors");
+    let bytes = std::fs::read(&weights).expect("read");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&weights, bytes).expect("touch");
+    let e = fails(&dir, &["retrieve", "--index", "photos.clip-index", "--query", "a dog"]);
+    assert!(e.contains("has changed") && e.contains("mm index"), "{e}");
+    let text = ok(&dir, &index);
+    assert!(text.contains("3 embedded"), "{text}");
+    // Something that is not an index is neither read as one nor overwritten.
+    let e = fails(&dir, &["index", "--model", "clip-tiny", "--out", "labels.txt", "photos"]);
+    assert!(e.contains("not a CLIP index"), "{e}");
+    assert!(std::fs::read_to_string(dir.join("labels.txt"))
+        .expect("present")
+        .starts_with(&labels[0]));
+    let e = fails(&dir, &["retrieve", "--index", "labels.txt", "--query", "a dog"]);
+    assert!(e.contains("labels.txt"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
