@@ -121,7 +121,7 @@ pub fn run(a: &Args) -> Result<()> {
             // Pairs share a label, so every same-label item is a positive.
             c.model.head = Some(HeadConfig::Retrieval {
                 pair: [first.to_string(), second.to_string()],
-                dim: a.dim,
+                dim: Some(a.dim),
                 positives: Positives::Label,
             });
             c.train.select = Some(format!("{second}_to_{first}_class_map"));

@@ -168,6 +168,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         "best": r.best.map(|(v, e)| json!({"value": v, "epoch": e})),
         "epochs": r.history.len(),
         "stopped_early": r.stopped_early,
+        "before": r.before,
         "parameters": trained.parameters,
         "clean": clean,
         "pretrained": r.pretrained.iter().map(|(m, p)| (m.clone(), json!(p.summary()))).collect::<serde_json::Map<_, _>>(),
@@ -196,6 +197,13 @@ pub fn train(a: &TrainArgs) -> Result<()> {
             "pretrained {m}: {} (details in {})",
             p.summary(),
             out.join("pretrained.json").display()
+        );
+    }
+    if let Some(v) = r.before.as_ref().and_then(|b| b.get(&r.metric)).and_then(Value::as_f64) {
+        println!(
+            "before training: validation {} {v:.4} (all metrics in {})",
+            r.metric,
+            out.join("before.json").display()
         );
     }
     match r.best {

@@ -143,9 +143,9 @@ fn data_synth_writes_the_data_set_and_reports_its_ceilings() {
     assert!(err.contains("synth.noise") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+#[path = "it/clip.rs"]
+mod clip;
 #[path = "it/runs.rs"]
 mod runs;
 #[path = "it/serve.rs"]
 mod serve;
-#[path = "it/zeroshot.rs"]
-mod zeroshot;

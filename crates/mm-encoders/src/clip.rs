@@ -424,9 +424,10 @@ impl Stack {
                 (split(y.apply(&layer.q)), split(y.apply(&layer.k)), split(y.apply(&layer.v)));
             let context =
                 Tensor::scaled_dot_product_attention(&q, &k, &v, mask, dropout, false, None, false);
-            x += context.transpose(1, 2).reshape([b, l, d]).apply(&layer.out);
+            // Not `+=`: libtorch would add in place into a tensor autograd saved.
+            x = &x + context.transpose(1, 2).reshape([b, l, d]).apply(&layer.out);
             let y = self.act.apply(&x.apply(&layer.norm2).apply(&layer.fc1)).apply(&layer.fc2);
-            x += y;
+            x = &x + y;
         }
         x
     }

@@ -83,8 +83,11 @@ pub enum HeadConfig {
     Retrieval {
         /// The two modalities paired (`["text", "image"]`).
         pair: [String; 2],
-        /// Size of the shared space.
-        dim: i64,
+        /// Size of the shared space (a linear projection of each side); without it the
+        /// encoders' own outputs are compared, which must then have one size (a pretrained
+        /// CLIP's two towers, whose embeddings already share a space).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dim: Option<i64>,
         /// What counts as a match in training: `pair` (each sample's own two items, CLIP) or
         /// `label` (every item with the same label; for data paired by class).
         #[serde(default, skip_serializing_if = "Positives::is_pair")]
@@ -197,7 +200,7 @@ impl HeadConfig {
             | HeadConfig::Ordinal { hidden, dropout }
             | HeadConfig::Regression { hidden, dropout, .. } => (hidden.as_slice(), *dropout),
             HeadConfig::Retrieval { dim, .. } => {
-                if *dim <= 0 {
+                if let Some(dim) = dim.filter(|d| *d <= 0) {
                     return Err(Error::Config(format!("{field}.dim = {dim}: must be positive")));
                 }
                 return Ok(());

@@ -42,34 +42,48 @@ pub struct Retrieval {
     pair: [String; 2],
     a: usize,
     b: usize,
-    proj_a: nn::Linear,
-    proj_b: nn::Linear,
+    /// The projections to the shared space; none when the encoders' outputs are compared as
+    /// they are.
+    proj: Option<(nn::Linear, nn::Linear)>,
     temperature: Temperature,
     positives: Positives,
 }
 
 impl Retrieval {
     /// Builds the head: the pair must be two different modalities with encoders, `dim`
-    /// positive.
+    /// positive; without `dim`, the two encoders' outputs must have one size.
     pub fn new(
         ctx: &HeadContext<'_>,
         pair: &[String; 2],
-        dim: i64,
+        dim: Option<i64>,
         positives: Positives,
     ) -> Result<Self> {
-        if dim <= 0 || pair[0] == pair[1] {
+        if dim.is_some_and(|d| d <= 0) || pair[0] == pair[1] {
             return Err(ctx.error(format_args!(
-                "a positive dim ({dim}) and two different modalities ({pair:?})"
+                "a positive dim ({dim:?}) and two different modalities ({pair:?})"
             )));
         }
         let (a, b) = (ctx.encoder(&pair[0], "pair")?, ctx.encoder(&pair[1], "pair")?);
+        let (da, db) = (ctx.encoders[a].1, ctx.encoders[b].1);
+        let proj = match dim {
+            Some(dim) => Some((
+                nn::linear(&ctx.path / "a", da, dim, Default::default()),
+                nn::linear(&ctx.path / "b", db, dim, Default::default()),
+            )),
+            None if da == db => None,
+            None => {
+                return Err(ctx.error(format_args!(
+                    "set dim: the {} encoder gives {da} numbers and the {} encoder {db}, which need projecting to one size (without dim the outputs are compared as they are)",
+                    pair[0], pair[1]
+                )))
+            }
+        };
         Ok(Retrieval {
             name: ctx.name.to_string(),
             pair: pair.clone(),
             a,
             b,
-            proj_a: nn::linear(&ctx.path / "a", ctx.encoders[a].1, dim, Default::default()),
-            proj_b: nn::linear(&ctx.path / "b", ctx.encoders[b].1, dim, Default::default()),
+            proj,
             temperature: Temperature::new(&ctx.path),
             positives,
         })
@@ -92,8 +106,11 @@ impl Head for Retrieval {
     fn forward(&self, input: &HeadInput<'_>, _train: bool) -> HeadOutput {
         let normalise =
             |x: Tensor| &x / x.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
-        let a = normalise(input.pooled[self.a].apply(&self.proj_a));
-        let b = normalise(input.pooled[self.b].apply(&self.proj_b));
+        let (a, b) = match &self.proj {
+            Some((pa, pb)) => (input.pooled[self.a].apply(pa), input.pooled[self.b].apply(pb)),
+            None => (input.pooled[self.a].shallow_clone(), input.pooled[self.b].shallow_clone()),
+        };
+        let (a, b) = (normalise(a), normalise(b));
         let both = input.present[self.a].logical_and(&input.present[self.b]);
         HeadOutput { prediction: a.matmul(&b.tr()), embeddings: Some((a, b, both)), sequence: None }
     }

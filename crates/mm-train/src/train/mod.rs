@@ -124,6 +124,10 @@ pub struct TrainConfig {
     pub freeze_backbone_epochs: u64,
     /// `"f32"`, or `"bf16"`: forward passes under bf16 autocast (on the model's device type).
     pub precision: Precision,
+    /// Evaluate the validation split once before the first epoch (a fresh run only), into
+    /// `before.json` in the run folder: where a pretrained model starts, to compare the trained
+    /// one with.
+    pub eval_before: bool,
     /// Print one line per epoch (for logs).
     pub verbose: bool,
     /// A progress bar with the loss, throughput and time left, on a terminal (never in logs).
@@ -153,6 +157,7 @@ impl Default for TrainConfig {
             backbone_lr_scale: 1.0,
             freeze_backbone_epochs: 0,
             precision: Precision::F32,
+            eval_before: false,
             verbose: false,
             progress: true,
         }
@@ -170,6 +175,8 @@ pub struct Report {
     pub best: Option<(f64, u64)>,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
+    /// The validation metrics before the first epoch (`train.eval_before`).
+    pub before: Option<Map<String, Value>>,
     /// The pretrained weights loaded before the first epoch, by modality (empty for a resumed
     /// run, whose checkpoint holds them).
     pub pretrained: Vec<(String, mm_encoders::weights::LoadReport)>,
@@ -289,6 +296,7 @@ pub fn fit_with(
         metric: fitted.metric,
         best: fitted.best,
         stopped_early: fitted.stopped_early,
+        before: fitted.before,
         pretrained,
     })
 }

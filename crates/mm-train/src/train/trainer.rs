@@ -84,6 +84,9 @@ pub struct Fitted {
     pub best: Option<(f64, u64)>,
     /// Whether a strategy (early stopping) ended the run.
     pub stopped_early: bool,
+    /// The validation metrics before the first epoch, when asked for (`eval_before`) and the
+    /// run started fresh.
+    pub before: Option<Map<String, Value>>,
 }
 
 /// The epoch's running sums over its training batches.
@@ -226,6 +229,25 @@ impl<'a> Trainer<'a> {
             loggers.append(&mut self.loggers);
             self.loggers = loggers;
         }
+        let before = if self.config.eval_before && state.epoch == 0 {
+            let m = self.step.validate(val, self.device(), self.config.precision, self.group)?;
+            if self.is_main() {
+                let text = serde_json::to_string_pretty(&Value::Object(m.clone()))
+                    .expect("metrics are JSON");
+                mm_data::fs::write_atomic(&self.out.join("before.json"), text.as_bytes())?;
+                if self.config.verbose {
+                    let shown = m.get(&self.select.name).and_then(Value::as_f64);
+                    eprintln!(
+                        "before training: validation {} {}",
+                        self.select.name,
+                        shown.map_or("n/a".to_string(), |v| format!("{v:.4}"))
+                    );
+                }
+            }
+            Some(m)
+        } else {
+            None
+        };
         let mut stopped_early = false;
         while state.epoch < self.config.epochs {
             let epoch = state.epoch;
@@ -257,6 +279,7 @@ impl<'a> Trainer<'a> {
             metric: self.select.name,
             best: state.best,
             stopped_early,
+            before,
         })
     }
 

@@ -1,18 +1,20 @@
-//! `mm zero-shot`, `mm index` and `mm retrieve --index` end to end: a tiny CLIP in transformers' layout (weights from the formula of
-//! mm-encoders' parity tests, its config, preprocessor config and tokenizer from there) on PNG
-//! files, a folder and a labelled manifest, with transformers' probabilities as the truth.
+//! A pretrained CLIP from the command line: a tiny CLIP in transformers' layout (weights from
+//! the formula of mm-encoders' parity tests, its config, preprocessor config and tokenizer from
+//! there). `mm zero-shot`, `mm index` and `mm retrieve --index` on PNG files, a folder and a
+//! labelled manifest, with transformers' probabilities as the truth; the retrieval recipe's
+//! CLIP variant fine-tuning both towers.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::runs::{fails, json, ok};
+use super::runs::{configs, fails, json, ok, workspace};
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../mm-encoders/tests/data/pretrained")
 }
 
-/// A model folder of the tiny CLIP, and the golden file's zero-shot case.
+/// A model folder of the tiny CLIP (`dir/clip-tiny`), and the golden file's zero-shot case.
 fn tiny_clip(dir: &Path) -> Value {
     let g: Value = serde_json::from_slice(
         &std::fs::read(golden_dir().join("golden_clip_tiny.json")).expect("golden"),
@@ -214,4 +216,138 @@ fn zero_shot_classifies_files_folders_and_manifests_as_transformers() {
     let e = fails(&dir, &["retrieve", "--index", "labels.txt", "--query", "a dog"]);
     assert!(e.contains("labels.txt"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The retrieval recipe's CLIP variant: both towers load (only their part of the file each),
+/// retrieve before any training (`before.json`), fine-tune, evaluate and answer a query.
+#[test]
+fn clip_towers_fine_tune_for_retrieval_from_where_they_start() {
+    let ws = workspace(240);
+    let data = ws.join("data");
+    let model = data.join("clip-tiny");
+    if !model.join("model.safetensors").exists() {
+        std::fs::create_dir_all(&data).expect("mkdir");
+        tiny_clip(&data);
+    }
+    let recipe = configs().join("retrieval/retrieval-clip.toml");
+    let out = "runs/clip/retrieval";
+    let _ = std::fs::remove_dir_all(ws.join(out));
+    let summary = json(&ok(
+        ws,
+        &[
+            "train",
+            "--config",
+            recipe.to_str().expect("utf-8"),
+            "--set",
+            "model.encoders.text.model=data/clip-tiny",
+            "--set",
+            "model.encoders.image.model=data/clip-tiny",
+            "--set",
+            "data.text.tokenizer=data/clip-tiny/tokenizer.json",
+            "--set",
+            "data.text.max_tokens=16",
+            "--set",
+            "data.image.size=32",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.lr=1e-3",
+            "--out",
+            out,
+            "--json",
+        ],
+    ));
+    assert_eq!(summary["epochs"], 2, "{summary}");
+    // Each tower took its part of the file: 2 layers of 16 tensors, embeddings, norms and its
+    // projection (the text tower 23 + 16 + ..., counted from the golden listing).
+    let g: Value = serde_json::from_slice(
+        &std::fs::read(golden_dir().join("golden_clip_tiny.json")).expect("golden"),
+    )
+    .expect("json");
+    let names: Vec<&str> = g["tensors"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name"))
+        .collect();
+    for (side, own) in [
+        ("text", ["text_model.", "text_projection"]),
+        ("image", ["vision_model.", "visual_projection"]),
+    ] {
+        let n = names.iter().filter(|n| own.iter().any(|o| n.starts_with(o))).count();
+        let said = summary["pretrained"][side].as_str().expect("pretrained");
+        assert!(said.starts_with(&format!("loaded {n} tensors")), "{side}: {said}");
+    }
+    // Where CLIP starts, and where fine-tuning took it; both over the same validation split.
+    let before = &summary["before"];
+    for key in ["text_to_image_r1", "text_to_image_r10", "image_to_text_mrr"] {
+        assert!(before[key].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)), "{key}: {before}");
+    }
+    let written =
+        json(&std::fs::read_to_string(ws.join(out).join("before.json")).expect("before.json"));
+    assert_eq!(&written, before);
+    assert!(summary["best"]["value"].as_f64().is_some(), "{summary}");
+    let metrics = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
+    assert!(
+        metrics["text_to_image_r10"].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),
+        "{metrics}"
+    );
+    let r = json(&ok(
+        ws,
+        &[
+            "retrieve",
+            "--run",
+            out,
+            "--query",
+            "a red hoop near the top",
+            "--top-k",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    ));
+    assert_eq!(r["results"].as_array().map(Vec::len), Some(3), "{r}");
+
+    // A word vocabulary in place of CLIP's tokenizer, and towers of different sizes.
+    let e = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            recipe.to_str().expect("utf-8"),
+            "--set",
+            "model.encoders.text.model=data/clip-tiny",
+            "--set",
+            "model.encoders.image.model=data/clip-tiny",
+            "--set",
+            "data.text.tokenizer=data/clip-tiny/nothing.json",
+            "--out",
+            "runs/clip/x",
+        ],
+    );
+    assert!(e.contains("nothing.json"), "{e}");
+    let e = fails(
+        ws,
+        &[
+            "train",
+            "--config",
+            recipe.to_str().expect("utf-8"),
+            "--set",
+            "model.encoders.text.model=data/clip-tiny",
+            "--set",
+            "model.encoders.image.model=data/clip-tiny",
+            "--set",
+            "data.text.tokenizer=data/clip-tiny/tokenizer.json",
+            "--set",
+            "data.text.max_tokens=16",
+            "--set",
+            "data.image.size=32",
+            "--set",
+            "model.encoders.image.project=8",
+            "--out",
+            "runs/clip/x",
+        ],
+    );
+    assert!(e.contains("set dim") && e.contains("16") && e.contains('8'), "{e}");
 }
