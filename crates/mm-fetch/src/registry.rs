@@ -340,28 +340,57 @@ pub fn registry() -> Vec<DataSet> {
         timm_weights("resnet18", "ResNet-18", "11.7 M parameters, 512 features"),
         timm_weights("resnet50", "ResNet-50", "25.6 M parameters, 2048 features"),
         timm_weights("vgg16", "VGG-16", "138 M parameters, 4096 features"),
-        DataSet {
-            name: "bert-base-uncased".into(),
-            title: "BERT base, uncased (Devlin et al. 2019): 110 M parameters, 768 wide, with its WordPiece tokenizer.json".into(),
-            licence: "Apache 2.0 (Google; published by Hugging Face as google-bert/bert-base-uncased)".into(),
-            homepage: "https://huggingface.co/google-bert/bert-base-uncased".into(),
-            artifacts: ["model.safetensors", "config.json", "tokenizer.json"]
-                .iter()
-                .map(|file| {
-                    artifact(
-                        file,
-                        &[&format!("https://huggingface.co/google-bert/bert-base-uncased/resolve/main/{file}")],
-                        &format!("bert-base-uncased/{file}"),
-                        None,
-                        Check::Unverified,
-                        HUB_UNVERIFIED,
-                        Unpack::Copy { to: file.to_string() },
-                    )
-                })
-                .collect(),
-            layout: Layout::Weights,
-        },
+        hub_model(
+            "bert-base-uncased",
+            "google-bert/bert-base-uncased",
+            "BERT base, uncased (Devlin et al. 2019): 110 M parameters, 768 wide, with its WordPiece tokenizer.json",
+            "Apache 2.0 (Google; published by Hugging Face as google-bert/bert-base-uncased)",
+            &["model.safetensors", "config.json", "tokenizer.json"],
+        ),
+        hub_model(
+            "clip-vit-base-patch32",
+            "openai/clip-vit-base-patch32",
+            "CLIP ViT-B/32 (Radford et al. 2021): 151 M parameters, 512-d image and text embeddings, 224x224 images in 32x32 patches, with its BPE tokenizer.json",
+            "MIT (OpenAI's CLIP, published by OpenAI on the Hugging Face Hub)",
+            CLIP_FILES,
+        ),
+        hub_model(
+            "clip-vit-base-patch16",
+            "openai/clip-vit-base-patch16",
+            "CLIP ViT-B/16 (Radford et al. 2021): 150 M parameters, 512-d embeddings, 224x224 images in 16x16 patches (slower, more accurate than B/32), with its BPE tokenizer.json",
+            "MIT (OpenAI's CLIP, published by OpenAI on the Hugging Face Hub)",
+            CLIP_FILES,
+        ),
     ]
+}
+
+/// A CLIP model folder as transformers reads it (`mm zero-shot --model`, `kind = "clip-image"`).
+const CLIP_FILES: &[&str] =
+    &["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json"];
+
+/// A model's files from the Hugging Face Hub repository `repo`, into `data/NAME/`.
+fn hub_model(name: &str, repo: &str, title: &str, licence: &str, files: &[&str]) -> DataSet {
+    DataSet {
+        name: name.into(),
+        title: title.into(),
+        licence: licence.into(),
+        homepage: format!("https://huggingface.co/{repo}"),
+        artifacts: files
+            .iter()
+            .map(|file| {
+                artifact(
+                    file,
+                    &[&format!("https://huggingface.co/{repo}/resolve/main/{file}")],
+                    &format!("{name}/{file}"),
+                    None,
+                    Check::Unverified,
+                    HUB_UNVERIFIED,
+                    Unpack::Copy { to: file.to_string() },
+                )
+            })
+            .collect(),
+        layout: Layout::Weights,
+    }
 }
 
 /// Why the Hugging Face Hub's files are not verified by digest.

@@ -645,6 +645,20 @@ fn pretrained_weights_are_fetched_whole_or_refused() -> Result<()> {
         2
     );
 
+    // A CLIP model folder: the weights and the three files transformers reads beside them.
+    let clip = mirror.join("clip-vit-base-patch32");
+    fs::create_dir_all(&clip)?;
+    let weights = safetensors_bytes(&[("logit_scale", &[1]), ("visual_projection.weight", &[4, 8])]);
+    fs::write(clip.join("model.safetensors"), &weights)?;
+    for f in ["config.json", "tokenizer.json", "preprocessor_config.json"] {
+        fs::write(clip.join(f), b"{}")?;
+    }
+    let fetched = fetch(&find("clip-vit-base-patch32")?, &o)?;
+    assert_eq!(fetched.record.sources.len(), 4);
+    for f in ["model.safetensors", "config.json", "tokenizer.json", "preprocessor_config.json"] {
+        assert!(dir.join("clip-vit-base-patch32").join(f).is_file(), "{f}");
+    }
+
     for (name, says) in [("resnet50", "cut short"), ("vgg16", "something appended")] {
         let e = fetch(&find(name)?, &o).expect_err("a broken file").to_string();
         assert!(
@@ -662,6 +676,7 @@ fn pretrained_weights_are_fetched_whole_or_refused() -> Result<()> {
     let left = entries(&dir);
     assert!(
         left.contains(&"bert-base-uncased".to_string())
+            && left.contains(&"clip-vit-base-patch32".to_string())
             && !left.iter().any(|e| e.starts_with(".staging") || e == "resnet50" || e == "vgg16"),
         "{left:?}"
     );
@@ -675,7 +690,14 @@ fn pretrained_weights_are_fetched_whole_or_refused() -> Result<()> {
     let (data_part, weights_part) =
         listing.split_once("pretrained weights (").context("a weights section")?;
     assert!(data_part.contains("mnist") && !data_part.contains("bert-base-uncased"), "{listing}");
-    for name in ["resnet18", "resnet50", "vgg16", "bert-base-uncased"] {
+    for name in [
+        "resnet18",
+        "resnet50",
+        "vgg16",
+        "bert-base-uncased",
+        "clip-vit-base-patch32",
+        "clip-vit-base-patch16",
+    ] {
         assert!(weights_part.lines().any(|l| l.starts_with(name)), "{name}: {listing}");
     }
     assert!(
