@@ -23,6 +23,9 @@ W4  One epoch of the av-digits recipe from its files: training (batch 64, shuffl
 W5  DataLoader over H.264 mp4 files with PyAV (av, which carries its own FFmpeg; torchvision
     0.28 no longer reads video): every frame decoded on one thread, the 16 nearest to evenly
     spaced times converted to 112x112 RGB by FFmpeg's scaler, normalised; batches of 64.
+W6  CLIP ViT-B/32 image embeddings with transformers' CLIPModel.get_image_features (its
+    default attention, sdpa), batch 32 of 224x224, eval mode, no gradients; needs
+    transformers (installed by --install-peer-deps into its own folder).
 """
 import argparse
 import json
@@ -389,9 +392,33 @@ def w4(manifest, threads):
     return measure("W4", what, runs, "s/epoch")
 
 
+# --- W6 -------------------------------------------------------------------------------------
+
+def w6(batch, repeats):
+    """CLIP ViT-B/32 image embeddings with transformers (its default configuration, which is
+    openai/clip-vit-base-patch32's; random weights: the time does not depend on them), eval
+    mode, no gradients; the attention implementation is transformers' default (sdpa)."""
+    try:
+        from transformers import CLIPConfig, CLIPModel
+    except ImportError as e:
+        sys.exit(f"W6 needs transformers ({e}): run `cargo xtask bench-peer --install-peer-deps` once")
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig()).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    runs = []
+    with torch.no_grad():
+        for i in range(2 + max(repeats, 3)):
+            start = time.perf_counter()
+            model.get_image_features(pixel_values=x)
+            if i >= 2:
+                runs.append(batch / (time.perf_counter() - start))
+    what = f"CLIP ViT-B/32 image embeddings (vision tower and projection), 224x224, batch {batch}, no gradients"
+    return measure("W6", what, runs, "images/s")
+
+
 def versions():
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ["torchvision", "torchaudio"]:
+    for name in ["torchvision", "torchaudio", "transformers"]:
         try:
             out[name] = __import__(name).__version__
         except ImportError:
@@ -405,7 +432,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed-batch", type=int, default=8)
-    ap.add_argument("--only", default="", help="comma-separated workloads (W1,W2,W3,W4,W5)")
+    ap.add_argument("--clip-batch", type=int, default=32)
+    ap.add_argument("--only", default="", help="comma-separated workloads (W1,W2,W3,W4,W5,W6)")
     ap.add_argument("--json", required=True, help="where to write the results")
     args = ap.parse_args()
     only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
@@ -430,6 +458,8 @@ def main():
         report(w4(inputs["av_digits"], args.threads))
     if wanted("W5") and inputs.get("videos"):
         report(w5(inputs["videos"], args.threads, args.repeats))
+    if wanted("W6"):
+        report(w6(args.clip_batch, args.repeats))
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"versions": versions(), "threads": args.threads, "measures": measures}, f, indent=2)

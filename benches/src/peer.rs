@@ -317,6 +317,42 @@ pub fn w3(sizes: Sizes, device: Device) -> Vec<Measure> {
         .collect()
 }
 
+/// Images per forward pass of W6.
+pub fn clip_batch(sizes: Sizes) -> i64 {
+    if sizes.repeats <= 2 {
+        4
+    } else {
+        32
+    }
+}
+
+/// W6 on our side: image embeddings of CLIP ViT-B/32 (transformers' default configuration,
+/// randomly initialised: the time does not depend on the values), 224x224, in evaluation mode
+/// without gradients.
+pub fn w6(sizes: Sizes, device: Device) -> Result<Measure, String> {
+    use mm_encoders::clip::{Clip, ClipConfig};
+    let config: ClipConfig = serde_json::from_str("{}").map_err(|e| e.to_string())?;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(device);
+    let clip = Clip::new(&vs.root(), &config).map_err(|e| e.to_string())?;
+    let batch = clip_batch(sizes);
+    let x = tch::Tensor::randn([batch, 3, 224, 224], (tch::Kind::Float, device));
+    let timed = sizes.repeats.max(3);
+    let runs: Vec<f64> = time_runs(device, 2, timed, || {
+        let _ = tch::no_grad(|| clip.image_features(&x));
+    })
+    .into_iter()
+    .map(|s| batch as f64 / s)
+    .collect();
+    Ok(Measure {
+        id: "W6".into(),
+        what: format!("CLIP ViT-B/32 image embeddings (vision tower and projection), 224x224, batch {batch}, no gradients"),
+        value: median(&runs),
+        unit: "images/s".into(),
+        runs,
+    })
+}
+
 /// W4 on our side: one epoch of `fit` on the av-digits recipe (training, validation,
 /// checkpoint), with the data prepared (cleaned, statistics fitted) beforehand.
 pub fn w4(inputs: &Inputs, scratch: &Path, device: Device) -> Result<Option<Measure>, String> {

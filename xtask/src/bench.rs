@@ -31,6 +31,10 @@ const PEER_PACKAGES: &[&str] = &[
     "pycparser",
 ];
 
+/// What W6's peer needs (CLIP through transformers), installed with its own dependencies into
+/// a folder of its own (none of them is torch).
+const MODEL_PACKAGES: &[&str] = &["transformers==5.25.0"];
+
 /// The modules the peer imports.
 const PEER_IMPORTS: &str = "import torch, torchvision, torchaudio, PIL, numpy, soundfile, av";
 
@@ -57,10 +61,13 @@ pub fn bench_peer(args: &[OsString]) -> Result<(), String> {
     let mut env_path = Vec::new();
     if !passthrough {
         let deps = libtorch::cache_dir()?.join(format!("peer-{TORCH_VERSION}"));
+        let model_deps = libtorch::cache_dir()?.join(format!("models-peer-{TORCH_VERSION}"));
         if install {
             install_peer_deps(&py, &deps)?;
+            install_with_deps(&py, MODEL_PACKAGES, &model_deps)?;
         }
         env_path.push(deps.clone());
+        env_path.push(model_deps);
         env_path.extend(torch_site(&report.libtorch));
         let path = env::join_paths(&env_path).map_err(|e| e.to_string())?;
         if let Some(last) = imports_fail(&py, PEER_IMPORTS, &path)? {
@@ -135,7 +142,7 @@ pub fn bench_serve(args: &[OsString]) -> Result<(), String> {
 fn install_with_deps(py: &str, packages: &[&str], dir: &Path) -> Result<(), String> {
     let parent = dir.parent().ok_or("the cache folder has no parent")?;
     fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let staging = parent.join(format!(".serve-peer.partial-{}", std::process::id()));
+    let staging = parent.join(format!(".peer-install.partial-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     println!("installing {} into {}", packages.join(" "), dir.display());
     let status = Command::new(py)

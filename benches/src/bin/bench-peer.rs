@@ -10,7 +10,8 @@ use mm_benches::peer::{self, Measure, Sizes, Sources};
 use tch::Device;
 
 /// mm against PyTorch on the same machine: W1 image pipeline, W2 audio pipeline, W3 training
-/// steps, W4 a whole epoch of the av-digits recipe, W5 clips of video files.
+/// steps, W4 a whole epoch of the av-digits recipe, W5 clips of video files, W6 CLIP image
+/// embeddings.
 #[derive(Debug, Parser)]
 #[command(name = "bench-peer")]
 struct Args {
@@ -21,7 +22,7 @@ struct Args {
     /// Small inputs and few repetitions: checks that everything runs, measures little.
     #[arg(long)]
     quick: bool,
-    /// Only these workloads (W1, W2, W3, W4, W5; comma-separated).
+    /// Only these workloads (W1, W2, W3, W4, W5, W6; comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where inputs are written (reused between runs).
@@ -170,6 +171,9 @@ fn measure_ours(
             report(m, &mut ours);
         }
     }
+    if wanted(args, "W6") {
+        report(peer::w6(sizes, device)?, &mut ours);
+    }
     Ok(ours)
 }
 
@@ -189,6 +193,8 @@ fn run_peer(args: &Args, sizes: Sizes) -> Result<(Vec<Measure>, serde_json::Valu
             &sizes.repeats.to_string(),
             "--seed-batch",
             &sizes.seed_batch.to_string(),
+            "--clip-batch",
+            &peer::clip_batch(sizes).to_string(),
         ])
         .arg("--json")
         .arg(&json);

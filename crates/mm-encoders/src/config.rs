@@ -14,6 +14,7 @@ use crate::tabular::{TabularConfig, TabularEncoder};
 use crate::text::{TextConfig, TextEncoder};
 use crate::vectors::load_vectors;
 use crate::video::{VideoConfig, VideoEncoder};
+use crate::vit::{hf_vit_name, VitEncoder, VitEncoderConfig, TORCHVISION_HEAD};
 use crate::weights::{load_safetensors, LoadOptions, LoadReport};
 use crate::{Encoder, Error, Projected, Result};
 
@@ -34,6 +35,8 @@ pub enum EncoderConfig {
     Tabular(TabularConfig),
     /// Video frames: an image encoder per frame, then a sequence model.
     Video(VideoConfig),
+    /// A Vision Transformer (torchvision's `vit_b_16` / `vit_b_32`, or transformers' files).
+    Vit(VitEncoderConfig),
     /// A pretrained CLIP's vision tower (transformers' files).
     #[serde(rename = "clip-image")]
     ClipImage(ClipEncoderConfig),
@@ -122,6 +125,14 @@ pub fn build(
             c.project,
         ),
         EncoderConfig::Video(c) => (Box::new(VideoEncoder::new(path, c)?), c.freeze, c.project),
+        EncoderConfig::Vit(c) => {
+            if c.model.is_some() && c.weights.is_some() {
+                return Err(Error::Config(
+                    "kind = \"vit\": give model (a transformers folder) or weights (a torchvision file), not both".into(),
+                ));
+            }
+            (Box::new(VitEncoder::new(path, &c.sizes()?)?), c.freeze, c.project)
+        }
         EncoderConfig::ClipImage(c) => {
             let config = ClipConfig::from_file(&c.model.join("config.json"))?;
             (Box::new(ClipImageEncoder::new(path, &config)?), c.freeze, c.project)
@@ -171,6 +182,7 @@ impl EncoderConfig {
             EncoderConfig::Audio(_) => "audio",
             EncoderConfig::Tabular(_) => "tabular",
             EncoderConfig::Video(_) => "video",
+            EncoderConfig::Vit(_) => "vit",
             EncoderConfig::ClipImage(_) => "clip-image",
             EncoderConfig::ClipText(_) => "clip-text",
         }
@@ -179,7 +191,9 @@ impl EncoderConfig {
     /// The modality an encoder of this kind reads (BERT reads text, video reads frames).
     pub fn modality(&self) -> Modality {
         match self {
-            EncoderConfig::Image(_) | EncoderConfig::ClipImage(_) => Modality::Image,
+            EncoderConfig::Image(_) | EncoderConfig::Vit(_) | EncoderConfig::ClipImage(_) => {
+                Modality::Image
+            }
             EncoderConfig::Text(_) | EncoderConfig::Bert(_) | EncoderConfig::ClipText(_) => {
                 Modality::Text
             }
@@ -210,6 +224,7 @@ impl EncoderConfig {
             EncoderConfig::Tabular(_) => false,
             EncoderConfig::Video(c) => c.freeze,
             EncoderConfig::ClipImage(c) | EncoderConfig::ClipText(c) => c.freeze,
+            EncoderConfig::Vit(c) => c.freeze,
         }
     }
 
@@ -219,6 +234,7 @@ impl EncoderConfig {
         match self {
             EncoderConfig::Image(c) => c.weights.is_some(),
             EncoderConfig::Video(c) => c.frame.weights.is_some(),
+            EncoderConfig::Vit(c) => c.model.is_some() || c.weights.is_some(),
             EncoderConfig::Text(c) => c.vectors.is_some(),
             EncoderConfig::Bert(_) | EncoderConfig::ClipImage(_) | EncoderConfig::ClipText(_) => {
                 true
@@ -251,6 +267,20 @@ impl EncoderConfig {
             })
         };
         let (file, options) = match self {
+            EncoderConfig::Vit(c) => {
+                let file = match (&c.model, &c.weights) {
+                    (Some(dir), _) => dir.join("model.safetensors"),
+                    (None, Some(file)) => file.clone(),
+                    (None, None) => return Ok(None),
+                };
+                let options = LoadOptions {
+                    prefix: prefix.to_string(),
+                    skip: vec![TORCHVISION_HEAD.to_string()],
+                    allow_missing: vec!["proj.".to_string()],
+                    map: Some(hf_vit_name),
+                };
+                (file, options)
+            }
             EncoderConfig::ClipImage(c) => {
                 return crate::clip::load_part(vs, &c.model, ClipPart::Vision, prefix).map(Some)
             }

@@ -39,6 +39,7 @@ pub mod tabular;
 pub mod text;
 pub mod vectors;
 pub mod video;
+pub mod vit;
 pub mod weights;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -36,6 +36,17 @@ pub enum Mapped {
     /// elements in the same order (timm's VGG keeps its fully connected layers as 7×7 and 1×1
     /// convolutions; torchvision's, and ours, as matrices).
     Reshaped(String),
+    /// Part `index` of `of` equal parts, along the first dimension, of the variable of this
+    /// name (transformers keeps a ViT's query, key and value apart; torchvision, and ours, as
+    /// one packed `in_proj`). Every part must be in the file.
+    Part {
+        /// The variable.
+        to: String,
+        /// Which part, from 0.
+        index: usize,
+        /// How many parts the variable holds.
+        of: usize,
+    },
     /// Not loaded, for this reason (reported in [`LoadReport::skipped`]).
     Skip(&'static str),
 }
@@ -122,6 +133,8 @@ pub fn load_safetensors(
     let mut skipped = Vec::new();
     let mut pairs = Vec::new();
     let mut filled = std::collections::BTreeSet::new();
+    // Parts of packed variables: (variable, part) -> the file's tensor.
+    let mut parts: BTreeMap<String, BTreeMap<usize, (usize, Tensor)>> = BTreeMap::new();
     for (name, t) in &tensors {
         if name.ends_with("num_batches_tracked") {
             skipped.push((name.clone(), COUNTER.to_string()));
@@ -131,15 +144,48 @@ pub fn load_safetensors(
             skipped.push((name.clone(), HEAD.to_string()));
             continue;
         }
-        let (target, reshape) =
-            match options.map.map_or_else(|| Mapped::To(name.clone()), |m| m(name)) {
-                Mapped::To(n) => (n, false),
-                Mapped::Reshaped(n) => (n, true),
-                Mapped::Skip(why) => {
-                    skipped.push((name.clone(), why.to_string()));
-                    continue;
+        let (target, reshape) = match options
+            .map
+            .map_or_else(|| Mapped::To(name.clone()), |m| m(name))
+        {
+            Mapped::To(n) => (n, false),
+            Mapped::Reshaped(n) => (n, true),
+            Mapped::Part { to, index, of } => {
+                let shown = format!("{name} (as part {} of {of} of {to})", index + 1);
+                match variables.get(&to) {
+                    None => problems.push(format!(
+                        "  unexpected: {shown} {:?} (the model has no such variable)",
+                        t.size()
+                    )),
+                    Some(v) => {
+                        let mut want = v.size();
+                        let fits = of > 0 && index < of && want[0] % of as i64 == 0;
+                        want[0] /= of.max(1) as i64;
+                        if !fits || t.size() != want {
+                            problems.push(format!(
+                                    "  wrong shape: {shown}: the file has {:?}, a part of the model's {:?} is {want:?}",
+                                    t.size(),
+                                    v.size()
+                                ));
+                        } else if parts
+                            .entry(to.clone())
+                            .or_default()
+                            .insert(index, (of, t.shallow_clone()))
+                            .is_some()
+                        {
+                            problems.push(format!(
+                                "  duplicate: {shown} (another tensor of the file fills it too)"
+                            ));
+                        }
+                    }
                 }
-            };
+                continue;
+            }
+            Mapped::Skip(why) => {
+                skipped.push((name.clone(), why.to_string()));
+                continue;
+            }
+        };
         let shown = if &target == name { name.clone() } else { format!("{name} (as {target})") };
         match variables.get(&target) {
             None => problems.push(format!(
@@ -155,6 +201,26 @@ pub fn load_safetensors(
                 t.size(),
                 v.size()
             )),
+        }
+    }
+    let mut pieces = Vec::new();
+    for (to, got) in &parts {
+        let of = got.values().next().map_or(0, |(of, _)| *of);
+        let missing: Vec<String> =
+            (0..of).filter(|i| !got.contains_key(i)).map(|i| (i + 1).to_string()).collect();
+        if !missing.is_empty() {
+            problems.push(format!(
+                "  missing: part {} of {of} of {to} (not in the file)",
+                missing.join(", ")
+            ));
+        } else if !filled.insert(to.clone()) {
+            problems.push(format!("  duplicate: {to} (the file has it whole and in parts)"));
+        } else {
+            let v = &variables[to];
+            let n = v.size()[0] / of as i64;
+            for (i, (_, t)) in got {
+                pieces.push((v.shallow_clone(), *i as i64 * n, n, t.shallow_clone()));
+            }
         }
     }
     let mut kept = Vec::new();
@@ -175,8 +241,12 @@ pub fn load_safetensors(
             let mut v = v.shallow_clone();
             v.copy_(&t.to_kind(v.kind()).to_device(v.device()));
         }
+        for (v, start, n, t) in &pieces {
+            let mut v = v.narrow(0, *start, *n);
+            v.copy_(&t.to_kind(v.kind()).to_device(v.device()));
+        }
     });
-    Ok(LoadReport { loaded: pairs.len(), skipped, kept })
+    Ok(LoadReport { loaded: pairs.len() + parts.len(), skipped, kept })
 }
 
 /// Writes the variables of `vs` under `prefix` (with the prefix removed from their names) to a
@@ -302,6 +372,13 @@ pub fn save_named_with(
         named.push((name, Raw { dtype, shape, data }));
     }
     named.sort_by(|a, b| a.0.cmp(&b.0));
+    // The safetensors crate panics on two tensors of one name: refuse them here.
+    if let Some(w) = named.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(Error::Io {
+            path: path.to_path_buf(),
+            message: format!("two tensors are named {}: nothing written", w[0].0),
+        });
+    }
     let stamp = digest(
         named.iter().map(|(n, r)| (n.as_str(), r.dtype, r.shape.as_slice(), r.data.as_slice())),
     );
@@ -438,6 +515,17 @@ mod tests {
         let meta = meta.metadata().as_ref().expect("metadata");
         assert!(meta[DIGEST_KEY].starts_with("sha256:"));
         assert_eq!(meta["format"], "pt", "as transformers requires");
+    }
+
+    #[test]
+    fn two_tensors_of_one_name_are_refused_not_a_panic() {
+        let path = temp("twice");
+        let t = || Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
+        let err = save_named(&path, vec![("w".into(), t()), ("w".into(), t())])
+            .expect_err("a duplicate")
+            .to_string();
+        assert!(err.contains("two tensors are named w"), "{err}");
+        assert!(!path.exists(), "nothing written");
     }
 
     #[test]

@@ -648,7 +648,8 @@ fn pretrained_weights_are_fetched_whole_or_refused() -> Result<()> {
     // A CLIP model folder: the weights and the three files transformers reads beside them.
     let clip = mirror.join("clip-vit-base-patch32");
     fs::create_dir_all(&clip)?;
-    let weights = safetensors_bytes(&[("logit_scale", &[1]), ("visual_projection.weight", &[4, 8])]);
+    let weights =
+        safetensors_bytes(&[("logit_scale", &[1]), ("visual_projection.weight", &[4, 8])]);
     fs::write(clip.join("model.safetensors"), &weights)?;
     for f in ["config.json", "tokenizer.json", "preprocessor_config.json"] {
         fs::write(clip.join(f), b"{}")?;

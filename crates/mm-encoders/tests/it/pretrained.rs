@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use mm_data::subword::SubwordTokenizer;
 use mm_encoders::formula::formula_values;
 use mm_encoders::image::{Arch, ImageConfig};
-use mm_encoders::{build, BuildContext, EncoderConfig, Input};
+use mm_encoders::{build, BuildContext, Encoder, EncoderConfig, Input};
 use serde_json::Value;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -429,9 +429,39 @@ fn real_weights_match_their_reference() {
         assert!(gap < 1e-4, "bert-base-uncased: {gap:.2e}");
         compared += 1;
     }
+    for name in ["clip-vit-base-patch32", "clip-vit-base-patch16"] {
+        let dir = data.join(name);
+        if !(dir.join("model.safetensors").is_file() && dir.join("reference.json").is_file()) {
+            continue;
+        }
+        let r: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("reference.json")).expect("reference"))
+                .expect("JSON");
+        let (_vs, clip) = mm_encoders::clip::Clip::load(&dir, Device::Cpu).expect("load");
+        let processor =
+            mm_encoders::clip::ClipProcessor::from_folder(&dir, clip.config()).expect("processor");
+        let sentences: Vec<String> =
+            serde_json::from_value(r["sentences"].clone()).expect("sentences");
+        let want: Vec<Vec<i64>> = serde_json::from_value(r["input_ids"].clone()).expect("ids");
+        let (ids, lengths) = processor.texts(&sentences).expect("tokens");
+        let got: Vec<Vec<i64>> = Vec::try_from(&ids).expect("ids");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g[..w.len().min(g.len())], w[..w.len().min(g.len())], "{name}: token ids");
+        }
+        let (_, x) = formula_tensor(&r["input"]);
+        let (text, image) =
+            tch::no_grad(|| (clip.text_features(&ids, &lengths), clip.image_features(&x)));
+        for (what, ours, key) in [("text", &text, "text_embeds"), ("image", &image, "image_embeds")]
+        {
+            let gap = relative_gap(ours, &floats(&r[key]));
+            eprintln!("{name} (real weights): largest gap of the {what} embeddings to transformers {gap:.2e}");
+            assert!(gap < 1e-4, "{name} {what}: {gap:.2e}");
+        }
+        compared += 1;
+    }
     if compared == 0 {
         eprintln!(
-            "no real weights with reference outputs under {}: skipped (cargo xtask fetch-weights resnet50 bert-base-uncased, \
+            "no real weights with reference outputs under {}: skipped (cargo xtask fetch-weights resnet50 bert-base-uncased clip-vit-base-patch32, \
              then python3 crates/mm-encoders/tests/data/pretrained/make_golden.py --real data)",
             data.display()
         );
@@ -653,4 +683,123 @@ fn clip_inputs_that_do_not_fit_name_the_problem() {
     let ctx = BuildContext { vocab_size: Some(50), max_tokens: Some(77), ..Default::default() };
     let e = build(&vs.root(), &config, &ctx).expect_err("too long").to_string();
     assert!(e.contains("16 positions"), "{e}");
+}
+
+/// A tiny ViT given by torchvision's names (its head in the file) and by transformers' (query,
+/// key and value filling thirds of the packed `in_proj`, the pooler in the file) loads into the
+/// same encoder and gives each library's outputs, positions interpolated for another size too;
+/// a file that lacks one part of a packed tensor is refused, naming it.
+#[test]
+fn vit_matches_torchvision_and_transformers_given_their_weights() {
+    use mm_encoders::vit::{hf_vit_name, VitConfig, VitEncoder};
+    use mm_encoders::weights::{load_safetensors, LoadOptions};
+    let dir = temp("pretrained-vit");
+    let g = golden("vit_torchvision");
+    let file = dir.join("vit-torchvision.safetensors");
+    // torchvision's state dict, its classification head included.
+    let tensors: Vec<(String, Tensor)> =
+        g["tensors"].as_array().expect("tensors").iter().map(formula_tensor).collect();
+    assert!(tensors.iter().any(|(n, _)| n == "heads.head.weight"));
+    mm_encoders::weights::save_named(&file, tensors).expect("write");
+    let tiny = VitConfig {
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        image_size: 32,
+        patch_size: 8,
+        ..VitConfig::vit_b_16()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let encoder = VitEncoder::new(&(vs.root() / "image"), &tiny).expect("encoder");
+    let options = LoadOptions {
+        prefix: "image.".into(),
+        skip: vec!["heads.".into()],
+        allow_missing: Vec::new(),
+        map: Some(hf_vit_name),
+    };
+    let report = load_safetensors(&vs, &file, &options).expect("torchvision's names load");
+    assert_eq!(report.loaded, vs.variables().len(), "{}", report.summary());
+    let (_, x) = formula_tensor(&g["input"]);
+    let out = tch::no_grad(|| encoder.forward_t(&Input::dense(x.shallow_clone()), false));
+    let gap = relative_gap(&out.pooled, &floats(&g["output"]));
+    assert!(gap < 1e-4, "torchvision's ViT features differ by {gap:.2e}");
+
+    // transformers' ViTModel, as kind = "vit" over its folder.
+    let h = golden("vit_hf");
+    let model = dir.join("vit-tiny");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    mm_encoders::formula::write_listing(
+        &h["tensors"],
+        &model.join("model.safetensors"),
+        str::to_string,
+    )
+    .expect("weights");
+    std::fs::copy(data_dir().join("vit_tiny/config.json"), model.join("config.json"))
+        .expect("config");
+    let config: EncoderConfig =
+        toml::from_str(&format!("kind = \"vit\"\nmodel = {:?}", model.to_string_lossy()))
+            .expect("toml");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let hf = build(&(vs.root() / "image"), &config, &BuildContext::default()).expect("encoder");
+    let report = config.load_weights(&vs, "image.").expect("load").expect("weights");
+    assert_eq!(report.loaded, vs.variables().len(), "{}", report.summary());
+    assert!(report.skipped.iter().all(|(n, _)| n.starts_with("pooler.")), "{}", report.summary());
+    let out = tch::no_grad(|| hf.forward_t(&Input::dense(x.shallow_clone()), false));
+    let (tokens, _) = out.seq.expect("tokens");
+    let gaps = [
+        ("last_hidden_state", relative_gap(&tokens, &floats(&h["last_hidden_state"]))),
+        (
+            "class token at 48x40 (interpolated positions)",
+            relative_gap(
+                &tch::no_grad(|| {
+                    hf.forward_t(&Input::dense(formula_tensor(&h["input_48x40"]).1), false).pooled
+                }),
+                &floats(&h["class_token_48x40"]),
+            ),
+        ),
+    ];
+    for (what, gap) in gaps {
+        assert!(gap < 1e-4, "{what} differs from transformers' by {gap:.2e}");
+    }
+    eprintln!("tiny ViT: torchvision {gap:.2e}, transformers {gaps:?}");
+
+    // The same weights under the names of the Hub's files (transformers 4's, which transformers
+    // 5 renames when it loads them) give the same outputs.
+    let weights = model.join("model.safetensors");
+    let hub = |n: &str| {
+        let n = n.strip_prefix("layers.").map_or(n.to_string(), |r| format!("encoder.layer.{r}"));
+        [
+            ("attention.q_proj", "attention.attention.query"),
+            ("attention.k_proj", "attention.attention.key"),
+            ("attention.v_proj", "attention.attention.value"),
+            ("attention.o_proj", "attention.output.dense"),
+            ("mlp.fc1", "intermediate.dense"),
+            ("mlp.fc2", "output.dense"),
+        ]
+        .iter()
+        .fold(n, |n, (new, old)| n.replace(new, old))
+    };
+    mm_encoders::formula::write_listing(&h["tensors"], &weights, |n| format!("vit.{}", hub(n)))
+        .expect("weights");
+    let tensors = mm_encoders::weights::read_named(&weights).expect("read");
+    assert!(tensors.iter().any(|(n, _)| n == "vit.encoder.layer.1.attention.attention.value.bias"));
+    let vs = nn::VarStore::new(Device::Cpu);
+    let hub_model =
+        build(&(vs.root() / "image"), &config, &BuildContext::default()).expect("encoder");
+    config.load_weights(&vs, "image.").expect("the Hub's names load").expect("weights");
+    let again = tch::no_grad(|| hub_model.forward_t(&Input::dense(x.shallow_clone()), false));
+    assert!(again.pooled.equal(&out.pooled), "the Hub's names give the same model");
+
+    // One part of a packed tensor missing: named, nothing loaded.
+    let mut tensors = tensors;
+    tensors.retain(|(n, _)| n != "vit.encoder.layer.1.attention.attention.value.bias");
+    mm_encoders::weights::save_named(&weights, tensors).expect("write");
+    let e = config.load_weights(&vs, "image.").expect_err("a part missing").to_string();
+    assert!(
+        e.contains(
+            "missing: part 3 of 3 of encoder.layers.encoder_layer_1.self_attention.in_proj_bias"
+        ),
+        "{e}"
+    );
 }

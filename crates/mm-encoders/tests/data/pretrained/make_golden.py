@@ -22,6 +22,11 @@ mode:
   96 + floor((u + 1) * 32), 40x56 and 60x36), the pixels CLIP's image processor (its PIL backend:
   bicubic resize of the shorter side, centre crop) makes of them, and the probabilities of
   the labels through the template;
+- vit_torchvision, vit_hf: a tiny Vision Transformer (32x32 images in 8x8 patches, 2 layers,
+  32 wide) as torchvision 0.28's `VisionTransformer` (the class token's features before
+  `heads`) and as transformers' `ViTModel` (config written to vit_tiny/config.json;
+  `last_hidden_state`, and the class token of a [1, 3, 48, 40] input with interpolated
+  positions), on a [2, 3, 32, 32] formula input;
 - bert_tiny: Hugging Face transformers' `BertModel` with a tiny configuration (written to
   bert_tiny/config.json) and a WordPiece `tokenizer.json` built here (bert_tiny/), on three
   sentences: the token ids and attention mask `BertTokenizerFast` gives (also truncated), then
@@ -310,6 +315,53 @@ def clip_golden():
                       "probabilities": flat(zs.logits_per_image.softmax(-1))}})
 
 
+def rule_vit(name, shape):
+    if "ln" in name or "layernorm" in name:
+        return (1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)
+    if name.endswith("bias"):
+        return 0.0, 0.05
+    if "token" in name or "pos_embedding" in name or "position_embeddings" in name:
+        return 0.0, 0.5
+    fan_in = int(np.prod(shape[1:]))
+    return 0.0, float(np.sqrt(3.0 / fan_in))
+
+
+def vit_golden():
+    import torchvision
+    import transformers
+    from transformers import ViTConfig, ViTModel
+    x, x_entry = tensor("input", [2, 3, 32, 32], 0.0, 1.0)
+    tv = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                              hidden_dim=32, mlp_dim=64).eval()
+    listing = fill(tv, rule_vit)
+    tv.heads = torch.nn.Identity()
+    with torch.no_grad():
+        y = tv(x)
+    write("vit_torchvision", {"reference": f"torchvision {torchvision.__version__}, torch {torch.__version__}",
+                              "tensors": listing, "input": x_entry, "output_shape": list(y.shape), "output": flat(y)})
+    folder = os.path.join(HERE, "vit_tiny")
+    os.makedirs(folder, exist_ok=True)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                       image_size=32, patch_size=8)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"architectures": ["ViTModel"], "model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "gelu",
+                   "layer_norm_eps": config.layer_norm_eps, "image_size": 32, "patch_size": 8, "num_channels": 3,
+                   "qkv_bias": True}, f, indent=2)
+        f.write("\n")
+    m = ViTModel(config).eval()
+    listing = fill(m, rule_vit)
+    x2, x2_entry = tensor("input_48x40", [1, 3, 48, 40], 0.0, 1.0)
+    with torch.no_grad():
+        out = m(pixel_values=x)
+        interpolated = m(pixel_values=x2, interpolate_pos_encoding=True).last_hidden_state[:, 0]
+    write("vit_hf", {"reference": f"transformers {transformers.__version__}, torch {torch.__version__}",
+                     "tensors": listing, "input": x_entry, "input_48x40": x2_entry,
+                     "last_hidden_state_shape": list(out.last_hidden_state.shape),
+                     "last_hidden_state": flat(out.last_hidden_state),
+                     "class_token_48x40": flat(interpolated)})
+
+
 def real(data):
     """Reference outputs of the real weights in data/NAME/, on the formula input (images) and
     the sentences (BERT), into data/NAME/reference.json."""
@@ -346,6 +398,30 @@ def real(data):
                        "last_hidden_state_shape": list(out.last_hidden_state.shape),
                        "last_hidden_state": flat(out.last_hidden_state), "pooler_output": flat(out.pooler_output)}, f)
         print("wrote bert-base-uncased/reference.json")
+    for name in ["clip-vit-base-patch32", "clip-vit-base-patch16"]:
+        folder = os.path.join(data, name)
+        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+            print(f"{folder} missing: skipped")
+            continue
+        import transformers
+        from tokenizers import Tokenizer
+        from transformers import CLIPModel
+        m = CLIPModel.from_pretrained(folder).eval()
+        tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        eos = tok.token_to_id("<|endoftext|>")
+        tok.enable_padding(pad_id=eos, pad_token="<|endoftext|>")
+        enc = tok.encode_batch(SENTENCES)
+        ids = torch.tensor([e.ids for e in enc])
+        mask = torch.tensor([e.attention_mask for e in enc])
+        pooled = lambda f: getattr(f, "pooler_output", f)  # noqa: E731
+        with torch.no_grad():
+            text = pooled(m.get_text_features(input_ids=ids, attention_mask=mask))
+            image = pooled(m.get_image_features(pixel_values=x))
+        with open(os.path.join(folder, "reference.json"), "w") as f:
+            json.dump({"reference": f"transformers {transformers.__version__}", "sentences": SENTENCES,
+                       "input_ids": ids.tolist(), "input": x_entry,
+                       "text_embeds": flat(text), "image_embeds": flat(image)}, f)
+        print(f"wrote {name}/reference.json")
 
 
 if __name__ == "__main__":
@@ -353,8 +429,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--real":
         real(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "--only":
-        {"image": image_golden, "bert_tiny": bert_golden, "clip_tiny": clip_golden}[sys.argv[2]]()
+        {"image": image_golden, "bert_tiny": bert_golden, "clip_tiny": clip_golden, "vit": vit_golden}[sys.argv[2]]()
     else:
         image_golden()
         bert_golden()
         clip_golden()
+        vit_golden()
