@@ -289,16 +289,18 @@ pub fn index(a: &IndexArgs) -> Result<()> {
     let (_vs, clip) = Clip::load(&a.model, device)
         .with_context(|| format!("{}: cannot use this CLIP model", a.model.display()))?;
     let processor = ClipProcessor::from_folder(&a.model, clip.config())?;
-    // An earlier index at --out is reused when it is one; anything else there is not
-    // overwritten silently.
-    let previous = match (a.out.exists(), a.rebuild) {
-        (true, false) => Some(ClipIndex::load(&a.out).with_context(|| {
+    // An earlier index at --out is reused when it is one (not with --rebuild); anything else
+    // there is never overwritten.
+    let previous = if a.out.exists() {
+        let index = ClipIndex::load(&a.out).with_context(|| {
             format!(
                 "{}: exists and is not a CLIP index (remove it or choose another --out)",
                 a.out.display()
             )
-        })?),
-        _ => None,
+        })?;
+        (!a.rebuild).then_some(index)
+    } else {
+        None
     };
     let started = std::time::Instant::now();
     let (index, failures) =

@@ -116,12 +116,7 @@ fn eps() -> f64 {
 impl BertConfig {
     /// Reads a `config.json`; the error names the file and what is wrong.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = mm_data::fs::read_text_capped(path, mm_data::fs::FileKind::Text)
-            .map_err(crate::weights::unreadable)?;
-        let config: BertConfig = serde_json::from_str(&text).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            message: format!("not a BERT config.json: {e}"),
-        })?;
+        let config: BertConfig = crate::weights::read_model_config(path, "a BERT")?;
         config.check().map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
         Ok(config)
     }

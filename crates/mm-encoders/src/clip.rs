@@ -225,12 +225,7 @@ impl ClipConfig {
     /// Reads a `config.json`; the error names the file and what is wrong (another model's
     /// configuration included).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = mm_data::fs::read_text_capped(path, mm_data::fs::FileKind::Text)
-            .map_err(crate::weights::unreadable)?;
-        let config: ClipConfig = serde_json::from_str(&text).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            message: format!("not a CLIP config.json: {e}"),
-        })?;
+        let config: ClipConfig = crate::weights::read_model_config(path, "a CLIP")?;
         config.check().map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
         Ok(config)
     }

@@ -197,7 +197,9 @@ impl ClipIndex {
         let embeddings =
             Tensor::stack(&keep.iter().map(|&i| rows[i].shallow_clone()).collect::<Vec<_>>(), 0);
         let entries = keep.into_iter().map(|i| entries[i].clone()).collect();
-        let header = Header { model: model.to_path_buf(), model_fingerprint, entries };
+        // The model by its absolute path: `mm retrieve --index` may run from another folder.
+        let model = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
+        let header = Header { model, model_fingerprint, entries };
         Ok((ClipIndex { header, embeddings, reused }, failures))
     }
 

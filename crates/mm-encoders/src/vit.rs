@@ -118,12 +118,7 @@ impl VitConfig {
 
     /// Reads transformers' `config.json`; the error names the file and what is wrong.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = mm_data::fs::read_text_capped(path, mm_data::fs::FileKind::Text)
-            .map_err(crate::weights::unreadable)?;
-        let config: VitConfig = serde_json::from_str(&text).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            message: format!("not a ViT config.json: {e}"),
-        })?;
+        let config: VitConfig = crate::weights::read_model_config(path, "a ViT")?;
         config.check().map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
         Ok(config)
     }

@@ -419,6 +419,20 @@ pub fn save_named_with(
     Ok(())
 }
 
+/// Reads a model's `config.json` as `T` (`what` names the model in the error: "a CLIP"); the
+/// error names the file and what is wrong.
+pub(crate) fn read_model_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<T> {
+    let text =
+        mm_data::fs::read_text_capped(path, mm_data::fs::FileKind::Text).map_err(unreadable)?;
+    serde_json::from_str(&text).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        message: format!("not {what} config.json: {e}"),
+    })
+}
+
 /// mm-data's refusal to read a file as this crate's [`Error::Io`], its path said once.
 pub(crate) fn unreadable(e: mm_data::Error) -> Error {
     match e {

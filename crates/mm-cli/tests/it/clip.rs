@@ -187,6 +187,12 @@ fn zero_shot_classifies_files_folders_and_manifests_as_transformers() {
         assert!((r["score"].as_f64().expect("present") - cos).abs() < 1e-4, "{r} against {cos}");
     }
     assert!(results[0]["score"].as_f64() >= results[1]["score"].as_f64(), "{v}");
+    // From another folder the index still finds its model.
+    let out = ok(
+        &dir.join("photos"),
+        &["retrieve", "--index", "../photos.clip-index", "--query", "a dog"],
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
     // A new image is embedded, the others reused; --rebuild embeds all.
     std::fs::copy(dir.join(files[0]), dir.join("photos/copy.png")).expect("copy");
     let text = ok(&dir, &index);
@@ -209,6 +215,11 @@ fn zero_shot_classifies_files_folders_and_manifests_as_transformers() {
     assert!(text.contains("3 embedded"), "{text}");
     // Something that is not an index is neither read as one nor overwritten.
     let e = fails(&dir, &["index", "--model", "clip-tiny", "--out", "labels.txt", "photos"]);
+    assert!(e.contains("not a CLIP index"), "{e}");
+    let e = fails(
+        &dir,
+        &["index", "--model", "clip-tiny", "--out", "labels.txt", "photos", "--rebuild"],
+    );
     assert!(e.contains("not a CLIP index"), "{e}");
     assert!(std::fs::read_to_string(dir.join("labels.txt"))
         .expect("present")
