@@ -1372,6 +1372,8 @@ fn every_command_has_help() {
         &["compare"],
         &["inspect"],
         &["info"],
+        &["zero-shot"],
+        &["index"],
     ] {
         let mut args = cmd.to_vec();
         args.push("--help");
