@@ -7,7 +7,8 @@
 //! - `mm index` embeds images into an index file (reusing the rows of unchanged files when it
 //!   exists), and `mm retrieve --index` searches it by text or by image.
 //!
-//! Inputs are image files, folders (their images, recursively, in name order) or manifests
+//! Inputs are image files, folders (their images, recursively, in name order; links to
+//! folders inside them are not followed) or manifests
 //! (`.jsonl` / `.csv`, their samples with an image, `--split` to keep one split). A file that
 //! cannot be read is reported with its reason and the others go on; the command then fails,
 //! saying how many were lost.
@@ -81,8 +82,12 @@ fn folder_images(dir: &Path, out: &mut Vec<Item>) -> Result<()> {
         .with_context(|| format!("{}: cannot list the folder", dir.display()))?;
     entries.sort();
     for path in entries {
+        // Folders are followed only when they are real ones: a link to a folder could loop.
+        let linked = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
         if path.is_dir() {
-            folder_images(&path, out)?;
+            if !linked {
+                folder_images(&path, out)?;
+            }
         } else if path
             .extension()
             .and_then(|e| e.to_str())
@@ -162,8 +167,15 @@ pub fn run(a: &Args) -> Result<()> {
     let mut outside = BTreeMap::<String, usize>::new();
     let mut counts = vec![0usize; labels.len()];
     for chunk in items.chunks(a.batch) {
-        let decoded: Vec<_> =
-            chunk.par_iter().map(|item| mm_data::image::decode_image(&item.path)).collect();
+        // Decoded and prepared in parallel; a file that cannot be is reported by name.
+        let processor = zs.processor();
+        let decoded: Vec<Result<tch::Tensor, String>> = chunk
+            .par_iter()
+            .map(|item| {
+                let pixels = mm_data::image::decode_image(&item.path).map_err(|e| e.to_string())?;
+                processor.image(&pixels).map_err(|e| format!("{}: {e}", item.path.display()))
+            })
+            .collect();
         let mut good = Vec::new();
         let mut pixels = Vec::new();
         for (item, d) in chunk.iter().zip(decoded) {
@@ -182,7 +194,8 @@ pub fn run(a: &Args) -> Result<()> {
         if pixels.is_empty() {
             continue;
         }
-        let probs = zs.classify(&pixels).to_device(tch::Device::Cpu);
+        let probs =
+            zs.classify_prepared(&tch::Tensor::stack(&pixels, 0)).to_device(tch::Device::Cpu);
         let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&probs)?;
         for (item, row) in good.into_iter().zip(rows) {
             let mut order: Vec<usize> = (0..row.len()).collect();

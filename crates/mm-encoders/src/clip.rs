@@ -221,7 +221,103 @@ fn check_tower(section: &str, s: &Shape, more: &[(&str, i64)]) -> std::result::R
     Ok(())
 }
 
+/// open_clip's `open_clip_config.json` (its `model_cfg`), the keys that give a CLIP's sizes.
+#[derive(Debug, Deserialize)]
+struct OpenClipFile {
+    model_cfg: OpenClipModel,
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenClipModel {
+    embed_dim: i64,
+    #[serde(default)]
+    quick_gelu: bool,
+    vision_cfg: OpenClipTower,
+    text_cfg: OpenClipTower,
+}
+
+#[derive(Debug, Deserialize)]
+struct OpenClipTower {
+    #[serde(default)]
+    image_size: Option<i64>,
+    #[serde(default)]
+    patch_size: Option<i64>,
+    #[serde(default)]
+    context_length: Option<i64>,
+    #[serde(default)]
+    vocab_size: Option<i64>,
+    #[serde(default = "d12")]
+    layers: i64,
+    width: i64,
+    #[serde(default)]
+    heads: Option<i64>,
+    #[serde(default = "d64")]
+    head_width: i64,
+    #[serde(default = "four")]
+    mlp_ratio: f64,
+    /// Another network in place of the tower (timm's or transformers'): not supported.
+    #[serde(default)]
+    timm_model_name: Option<String>,
+    #[serde(default)]
+    hf_model_name: Option<String>,
+}
+
+fn d64() -> i64 {
+    64
+}
+fn four() -> f64 {
+    4.0
+}
+
 impl ClipConfig {
+    /// Reads open_clip's `open_clip_config.json` into the same sizes (heads from
+    /// `head_width`, the feed-forward width from `mlp_ratio`, `quick_gelu` or exact GELU,
+    /// LayerNorm epsilon 1e-5). Towers built from timm or transformers models are refused.
+    pub fn from_open_clip_file(path: &Path) -> Result<Self> {
+        let file: OpenClipFile = crate::weights::read_model_config(path, "an open_clip")?;
+        let m = file.model_cfg;
+        let bad = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
+        for (tower, t) in [("vision_cfg", &m.vision_cfg), ("text_cfg", &m.text_cfg)] {
+            if let Some(other) = t.timm_model_name.as_ref().or(t.hf_model_name.as_ref()) {
+                return Err(bad(format!(
+                    "model_cfg.{tower} uses {other:?} as its tower: only CLIP's own transformer towers are supported"
+                )));
+            }
+        }
+        let act = if m.quick_gelu { "quick_gelu" } else { "gelu" };
+        let (v, t) = (&m.vision_cfg, &m.text_cfg);
+        let config = ClipConfig {
+            model_type: None,
+            projection_dim: m.embed_dim,
+            logit_scale_init_value: logit_scale(),
+            vision_config: ClipVisionConfig {
+                hidden_size: v.width,
+                intermediate_size: (v.width as f64 * v.mlp_ratio).round() as i64,
+                num_hidden_layers: v.layers,
+                num_attention_heads: v.heads.unwrap_or(v.width / v.head_width.max(1)),
+                num_channels: 3,
+                image_size: v.image_size.unwrap_or(224),
+                patch_size: v.patch_size.unwrap_or(16),
+                hidden_act: act.into(),
+                layer_norm_eps: 1e-5,
+                attention_dropout: 0.0,
+            },
+            text_config: ClipTextConfig {
+                vocab_size: t.vocab_size.unwrap_or(49408),
+                hidden_size: t.width,
+                intermediate_size: (t.width as f64 * t.mlp_ratio).round() as i64,
+                num_hidden_layers: t.layers,
+                num_attention_heads: t.heads.unwrap_or(8),
+                max_position_embeddings: t.context_length.unwrap_or(77),
+                hidden_act: act.into(),
+                layer_norm_eps: 1e-5,
+                attention_dropout: 0.0,
+            },
+        };
+        config.check().map_err(bad)?;
+        Ok(config)
+    }
+
     /// Reads a `config.json`; the error names the file and what is wrong (another model's
     /// configuration included).
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -652,19 +748,15 @@ impl Clip {
         })
     }
 
-    /// Reads a model folder (`config.json` and `model.safetensors`, as transformers saves a
-    /// `CLIPModel`) onto `device`, in evaluation mode and without gradients. A folder that
+    /// Reads a model folder (see [`ClipFolder`]: transformers' `CLIPModel` or open_clip's
+    /// files) onto `device`, in evaluation mode and without gradients. A folder that
     /// holds another model, or weights that do not fit the configuration, is an error naming
     /// the file and every tensor at fault.
     pub fn load(dir: &Path, device: Device) -> Result<(nn::VarStore, Clip)> {
-        let config = ClipConfig::from_file(&dir.join("config.json"))?;
+        let folder = ClipFolder::read(dir)?;
         let mut vs = nn::VarStore::new(device);
-        let clip = Clip::new(&vs.root(), &config)?;
-        load_safetensors(
-            &vs,
-            &dir.join("model.safetensors"),
-            &clip_load_options(ClipPart::Whole, ""),
-        )?;
+        let clip = Clip::new(&vs.root(), &folder.config)?;
+        load_safetensors(&vs, &folder.weights, &folder.load_options(ClipPart::Whole, ""))?;
         vs.freeze();
         Ok((vs, clip))
     }
@@ -757,8 +849,8 @@ pub fn hf_clip_name(name: &str) -> Mapped {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClipEncoderConfig {
-    /// A folder with the model's `config.json` and `model.safetensors` (a `CLIPModel`, or a
-    /// `CLIPVisionModelWithProjection` / `CLIPTextModelWithProjection` for its tower). For
+    /// A CLIP model folder ([`ClipFolder`]: transformers' `CLIPModel` files, or open_clip's);
+    /// only the tower's part of the weights is loaded. For
     /// `clip-text`, the data's `[data.text] tokenizer` is its `tokenizer.json`; for
     /// `clip-image`, `[data.image] normalize = "clip"`.
     pub model: PathBuf,
@@ -887,13 +979,154 @@ pub(crate) fn load_part(
     part: ClipPart,
     prefix: &str,
 ) -> Result<LoadReport> {
-    load_safetensors(vs, &dir.join("model.safetensors"), &clip_load_options(part, prefix))
+    let folder = ClipFolder::read(dir)?;
+    load_safetensors(vs, &folder.weights, &folder.load_options(part, prefix))
+}
+
+/// A CLIP model folder in either layout:
+///
+/// - transformers' (`CLIPModel`): `config.json`, `model.safetensors`, `tokenizer.json`,
+///   `preprocessor_config.json`;
+/// - open_clip's (`laion/CLIP-ViT-B-32-laion2B-s34B-b79K` and the like):
+///   `open_clip_config.json`, `open_clip_model.safetensors` (or `model.safetensors`),
+///   `tokenizer.json`; its names are mapped by [`open_clip_name`] (packed query, key and value
+///   cut apart, projections transposed) and its sizes by [`ClipConfig::from_open_clip_file`].
+#[derive(Debug, Clone)]
+pub struct ClipFolder {
+    /// The sizes.
+    pub config: ClipConfig,
+    /// The weights file.
+    pub weights: PathBuf,
+    /// Whether the files are open_clip's.
+    pub open_clip: bool,
+}
+
+impl ClipFolder {
+    /// Finds the layout of `dir`; a folder with neither configuration file is an error naming
+    /// both.
+    pub fn read(dir: &Path) -> Result<Self> {
+        let hf = dir.join("config.json");
+        let oc = dir.join("open_clip_config.json");
+        if !hf.exists() && !oc.exists() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                message: "neither config.json (transformers' CLIPModel) nor open_clip_config.json (open_clip): not a CLIP model folder".into(),
+            });
+        }
+        if hf.exists() {
+            return Ok(ClipFolder {
+                config: ClipConfig::from_file(&hf)?,
+                weights: dir.join("model.safetensors"),
+                open_clip: false,
+            });
+        }
+        let own = dir.join("open_clip_model.safetensors");
+        Ok(ClipFolder {
+            config: ClipConfig::from_open_clip_file(&oc)?,
+            weights: if own.is_file() { own } else { dir.join("model.safetensors") },
+            open_clip: true,
+        })
+    }
+
+    /// How to load this folder's file into the variables under `prefix`, for `part`.
+    pub fn load_options(&self, part: ClipPart, prefix: &str) -> LoadOptions {
+        if !self.open_clip {
+            return clip_load_options(part, prefix);
+        }
+        let other: &[&str] = match part {
+            ClipPart::Whole => &[],
+            ClipPart::Vision => &[
+                "token_embedding.",
+                "positional_embedding",
+                "transformer.",
+                "ln_final.",
+                "text_projection",
+                "logit_scale",
+                "attn_mask",
+            ],
+            ClipPart::Text => &["visual.", "logit_scale"],
+        };
+        LoadOptions {
+            prefix: prefix.to_string(),
+            skip: other.iter().map(|s| s.to_string()).collect(),
+            allow_missing: vec!["proj.".to_string()],
+            map: Some(open_clip_name),
+        }
+    }
+}
+
+/// Maps a tensor name of an open_clip CLIP (OpenAI's layout: `visual.transformer.resblocks`,
+/// `transformer.resblocks`, `ln_final`, ...) to transformers' names, which [`Clip`] uses: each
+/// layer's packed `attn.in_proj_weight` / `in_proj_bias` cut into the query, key and value
+/// projections, `visual.proj` and `text_projection` transposed into linear weights; the
+/// causal-mask buffer skipped.
+pub fn open_clip_name(name: &str) -> Mapped {
+    if name == "attn_mask" || name.ends_with(".attn_mask") {
+        return Mapped::Skip("attention-mask buffers (recomputed)");
+    }
+    let fixed = match name {
+        "logit_scale" => Some("logit_scale"),
+        "token_embedding.weight" => Some("text_model.embeddings.token_embedding.weight"),
+        "positional_embedding" => Some("text_model.embeddings.position_embedding.weight"),
+        "ln_final.weight" => Some("text_model.final_layer_norm.weight"),
+        "ln_final.bias" => Some("text_model.final_layer_norm.bias"),
+        "visual.class_embedding" => Some("vision_model.embeddings.class_embedding"),
+        "visual.positional_embedding" => Some("vision_model.embeddings.position_embedding.weight"),
+        "visual.conv1.weight" => Some("vision_model.embeddings.patch_embedding.weight"),
+        "visual.ln_pre.weight" => Some("vision_model.pre_layrnorm.weight"),
+        "visual.ln_pre.bias" => Some("vision_model.pre_layrnorm.bias"),
+        "visual.ln_post.weight" => Some("vision_model.post_layernorm.weight"),
+        "visual.ln_post.bias" => Some("vision_model.post_layernorm.bias"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Mapped::To(f.to_string());
+    }
+    match name {
+        "visual.proj" => return Mapped::Transposed("visual_projection.weight".into()),
+        "text_projection" => return Mapped::Transposed("text_projection.weight".into()),
+        _ => {}
+    }
+    let (tower, rest) = if let Some(r) = name.strip_prefix("visual.transformer.resblocks.") {
+        ("vision_model", r)
+    } else if let Some(r) = name.strip_prefix("transformer.resblocks.") {
+        ("text_model", r)
+    } else {
+        return Mapped::To(name.to_string());
+    };
+    let Some((i, tail)) = rest.split_once('.') else { return Mapped::To(name.to_string()) };
+    let layer = format!("{tower}.encoder.layers.{i}");
+    match tail {
+        "attn.in_proj_weight" | "attn.in_proj_bias" => {
+            let what = if tail.ends_with("weight") { "weight" } else { "bias" };
+            Mapped::Chunks(
+                ["q_proj", "k_proj", "v_proj"]
+                    .iter()
+                    .map(|p| format!("{layer}.self_attn.{p}.{what}"))
+                    .collect(),
+            )
+        }
+        _ => {
+            let Some((module, what)) = tail.rsplit_once('.') else {
+                return Mapped::To(name.to_string());
+            };
+            let ours = match module {
+                "attn.out_proj" => "self_attn.out_proj",
+                "ln_1" => "layer_norm1",
+                "ln_2" => "layer_norm2",
+                "mlp.c_fc" => "mlp.fc1",
+                "mlp.c_proj" => "mlp.fc2",
+                _ => return Mapped::To(name.to_string()),
+            };
+            Mapped::To(format!("{layer}.{ours}.{what}"))
+        }
+    }
 }
 
 /// CLIP's input preparation, read from a model folder: its `tokenizer.json` (byte-level BPE,
 /// start and end-of-text tokens added) and its `preprocessor_config.json` (resize of the
-/// shorter side, centre crop, CLIP's mean and standard deviation; the vision tower's image
-/// size and OpenAI's statistics when the file is absent).
+/// shorter side, centre crop, CLIP's mean and standard deviation; when the file is absent, the
+/// vision tower's image size and OpenAI's statistics, or open_clip's `preprocess_cfg` ones).
 #[derive(Debug, Clone)]
 pub struct ClipProcessor {
     tokenizer: mm_data::subword::SubwordTokenizer,
@@ -979,9 +1212,21 @@ impl ClipProcessor {
             }
             processor.mean = p.image_mean.unwrap_or(processor.mean);
             processor.std = p.image_std.unwrap_or(processor.std);
-            if processor.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
-                return Err(bad(format!("image_std = {:?}: must be positive", processor.std)));
-            }
+        } else if let Ok(text) = std::fs::read_to_string(dir.join("open_clip_config.json")) {
+            // open_clip's own statistics, when it gives them (`preprocess_cfg`).
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let three = |key: &str| -> Option<[f32; 3]> {
+                serde_json::from_value(v["preprocess_cfg"][key].clone()).ok()
+            };
+            processor.mean = three("mean").unwrap_or(processor.mean);
+            processor.std = three("std").unwrap_or(processor.std);
+        }
+        if processor.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
+            return Err(Error::Config(format!(
+                "{}: image_std = {:?}: must be positive",
+                dir.display(),
+                processor.std
+            )));
         }
         Ok(processor)
     }
@@ -992,8 +1237,16 @@ impl ClipProcessor {
     }
 
     /// `[3, crop.0, crop.1]` normalised pixels of an `[H, W, 3]` image (see
-    /// [`mm_data::image::resize_shortest_center_crop_chw`]).
-    pub fn image(&self, pixels: &ndarray::Array3<u8>) -> Tensor {
+    /// [`mm_data::image::resize_shortest_center_crop_chw`]). An image more than 32 times as
+    /// long as it is wide (or the reverse) is refused: its resize would take gigabytes (a
+    /// 1×20000 strip becomes 224×4.5M pixels) for a crop of its middle.
+    pub fn image(&self, pixels: &ndarray::Array3<u8>) -> Result<Tensor> {
+        let (h, w, _) = pixels.dim();
+        if h == 0 || w == 0 || h.max(w) > 32 * h.min(w) {
+            return Err(Error::Config(format!(
+                "an image of {w}x{h} pixels: too elongated for CLIP's resize of the shorter side (at most 32 times as long as wide)"
+            )));
+        }
         let chw = mm_data::image::resize_shortest_center_crop_chw(pixels, self.shortest, self.crop);
         let t = Tensor::from_slice(chw.as_slice().expect("standard layout")).view([
             3,
@@ -1002,12 +1255,14 @@ impl ClipProcessor {
         ]);
         let mean = Tensor::from_slice(&self.mean).view([3, 1, 1]);
         let std = Tensor::from_slice(&self.std).view([3, 1, 1]);
-        (t - mean) / std
+        Ok((t - mean) / std)
     }
 
-    /// `[B, 3, crop.0, crop.1]` normalised pixels of several images.
-    pub fn images(&self, images: &[ndarray::Array3<u8>]) -> Tensor {
-        Tensor::stack(&images.iter().map(|i| self.image(i)).collect::<Vec<_>>(), 0)
+    /// `[B, 3, crop.0, crop.1]` normalised pixels of several images; the first that
+    /// [`ClipProcessor::image`] refuses is the error.
+    pub fn images(&self, images: &[ndarray::Array3<u8>]) -> Result<Tensor> {
+        let prepared = images.iter().map(|i| self.image(i)).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&prepared, 0))
     }
 
     /// Token ids `[B, L]` (padded with the end-of-text id) and their `[B]` lengths; a text
@@ -1069,11 +1324,11 @@ impl ZeroShot {
             return Err(Error::Config(format!("label {} of {labels:?} is blank", blank + 1)));
         }
         let mut seen = std::collections::BTreeSet::new();
-        if let Some(twice) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+        if let Some(twice) = labels.iter().find(|l| !seen.insert(l.trim())) {
             return Err(Error::Config(format!("label {twice:?} is given twice")));
         }
         // The tokenizer first: one that does not belong to the model is the clearer error.
-        let config = ClipConfig::from_file(&dir.join("config.json"))?;
+        let config = ClipFolder::read(dir)?.config;
         let processor = ClipProcessor::from_folder(dir, &config)?;
         let (vs, clip) = Clip::load(dir, device)?;
         let prompts: Vec<String> =
@@ -1099,12 +1354,18 @@ impl ZeroShot {
         &self.processor
     }
 
-    /// `[B, labels]` probabilities of decoded `[H, W, 3]` images.
-    pub fn classify(&self, images: &[ndarray::Array3<u8>]) -> Tensor {
+    /// `[B, labels]` probabilities of decoded `[H, W, 3]` images (an image the processor
+    /// refuses is the error).
+    pub fn classify(&self, images: &[ndarray::Array3<u8>]) -> Result<Tensor> {
+        Ok(self.classify_prepared(&self.processor.images(images)?))
+    }
+
+    /// `[B, labels]` probabilities of pixels already prepared by [`ZeroShot::processor`]
+    /// (`[B, 3, H, W]`).
+    pub fn classify_prepared(&self, pixels: &Tensor) -> Tensor {
         let device = self.label_features.device();
         tch::no_grad(|| {
-            let features =
-                self.clip.image_features(&self.processor.images(images).to_device(device));
+            let features = self.clip.image_features(&pixels.to_device(device));
             self.clip.logits_per_image(&features, &self.label_features).softmax(-1, Kind::Float)
         })
     }

@@ -4,7 +4,7 @@
 //!
 //! The index is a safetensors file (`embeddings`, `[N, projection_dim]`, unit rows) whose
 //! metadata records the model folder, a fingerprint of its weights file and, for each image,
-//! its path, size and modification time; [`ClipIndex::build`] reuses the rows of an earlier
+//! its absolute path, size and modification time; [`ClipIndex::build`] reuses the rows of an earlier
 //! index whose file and model are unchanged, so indexing a grown folder embeds only the new
 //! images.
 //!
@@ -91,13 +91,30 @@ fn stat(path: &Path) -> std::io::Result<(u64, u128)> {
     Ok((m.len(), modified))
 }
 
-/// The model folder's weights file, by size and modification time (a re-fetched or fine-tuned
-/// model invalidates the rows).
+/// The model folder's weights file, by size, modification time and a digest of its
+/// safetensors header (names, shapes, offsets and metadata, where a file mm writes keeps the
+/// digest of its tensors): a re-fetched or fine-tuned model invalidates the rows.
 fn fingerprint(model: &Path) -> Result<String> {
-    let file = model.join("model.safetensors");
-    let (size, modified) = stat(&file)
-        .map_err(|e| Error::Io { path: file.clone(), message: format!("cannot read: {e}") })?;
-    Ok(format!("{size}:{modified}"))
+    use sha2::Digest;
+    use std::io::Read;
+    let file = crate::clip::ClipFolder::read(model)?.weights;
+    let io =
+        |e: std::io::Error| Error::Io { path: file.clone(), message: format!("cannot read: {e}") };
+    let (size, modified) = stat(&file).map_err(io)?;
+    let mut f = std::fs::File::open(&file).map_err(io)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(io)?;
+    let n = u64::from_le_bytes(len).min(size.saturating_sub(8)).min(100 << 20);
+    let mut header = Vec::with_capacity(n as usize);
+    f.take(n).read_to_end(&mut header).map_err(io)?;
+    let digest = sha2::Sha256::digest(&header);
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{size}:{modified}:{hex}"))
+}
+
+/// A path as the index keeps it: absolute, so that the index works from any folder.
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn unit(t: &Tensor) -> Tensor {
@@ -122,8 +139,11 @@ impl ClipIndex {
             return Err(Error::Config("nothing to index: no image files given".into()));
         }
         let model_fingerprint = fingerprint(model)?;
+        let model_path = absolute(model);
         let old: HashMap<&Entry, usize> = previous
-            .filter(|p| p.header.model_fingerprint == model_fingerprint)
+            .filter(|p| {
+                p.header.model_fingerprint == model_fingerprint && p.header.model == model_path
+            })
             .map(|p| p.header.entries.iter().enumerate().map(|(i, e)| (e, i)).collect())
             .unwrap_or_default();
         let mut entries = Vec::with_capacity(paths.len());
@@ -132,6 +152,7 @@ impl ClipIndex {
         let mut reused = 0;
         let mut todo: Vec<(Entry, usize)> = Vec::new();
         for path in paths {
+            let path = &absolute(path);
             match stat(path) {
                 Ok((size, modified)) => {
                     let entry = Entry { path: path.clone(), size, modified };
@@ -154,7 +175,11 @@ impl ClipIndex {
         for chunk in todo.chunks(batch.max(1)) {
             let decoded: Vec<_> = chunk
                 .par_iter()
-                .map(|(e, _)| mm_data::image::decode_image(&e.path).map(|p| processor.image(&p)))
+                .map(|(e, _)| {
+                    let pixels =
+                        mm_data::image::decode_image(&e.path).map_err(|e| e.to_string())?;
+                    processor.image(&pixels).map_err(|err| err.to_string())
+                })
                 .collect();
             let mut good = Vec::new();
             let mut pixels = Vec::new();
@@ -197,9 +222,8 @@ impl ClipIndex {
         let embeddings =
             Tensor::stack(&keep.iter().map(|&i| rows[i].shallow_clone()).collect::<Vec<_>>(), 0);
         let entries = keep.into_iter().map(|i| entries[i].clone()).collect();
-        // The model by its absolute path: `mm retrieve --index` may run from another folder.
-        let model = std::fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf());
-        let header = Header { model, model_fingerprint, entries };
+        // Absolute paths: `mm retrieve --index` may run from another folder.
+        let header = Header { model: model_path, model_fingerprint, entries };
         Ok((ClipIndex { header, embeddings, reused }, failures))
     }
 
@@ -284,12 +308,13 @@ impl ClipIndex {
     ) -> Result<Tensor> {
         let pixels =
             mm_data::image::decode_image(path).map_err(|e| Error::Config(e.to_string()))?;
+        let prepared = processor
+            .image(&pixels)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let device = clip_device(clip);
-        Ok(tch::no_grad(|| {
-            unit(&clip.image_features(&processor.image(&pixels).unsqueeze(0).to_device(device)))
-        })
-        .to_device(Device::Cpu)
-        .reshape([-1]))
+        Ok(tch::no_grad(|| unit(&clip.image_features(&prepared.unsqueeze(0).to_device(device))))
+            .to_device(Device::Cpu)
+            .reshape([-1]))
     }
 
     /// The `k` images most similar to a unit query embedding, best first.

@@ -8,7 +8,7 @@ use tch::nn;
 
 use crate::audio::{AudioConfig, AudioEncoder};
 use crate::bert::{hf_name, BertConfig, BertEncoder, BertEncoderConfig};
-use crate::clip::{ClipConfig, ClipEncoderConfig, ClipImageEncoder, ClipPart, ClipTextEncoder};
+use crate::clip::{ClipEncoderConfig, ClipFolder, ClipImageEncoder, ClipPart, ClipTextEncoder};
 use crate::image::{timm_name, ImageConfig, ImageEncoder};
 use crate::tabular::{TabularConfig, TabularEncoder};
 use crate::text::{TextConfig, TextEncoder};
@@ -134,7 +134,7 @@ pub fn build(
             (Box::new(VitEncoder::new(path, &c.sizes()?)?), c.freeze, c.project)
         }
         EncoderConfig::ClipImage(c) => {
-            let config = ClipConfig::from_file(&c.model.join("config.json"))?;
+            let config = ClipFolder::read(&c.model)?.config;
             (Box::new(ClipImageEncoder::new(path, &config)?), c.freeze, c.project)
         }
         EncoderConfig::ClipText(c) => {
@@ -143,7 +143,7 @@ pub fn build(
                     "kind = \"clip-text\" reads CLIP's BPE ids: set [data.text] tokenizer to the model's tokenizer.json (a word vocabulary does not fit it)".into(),
                 ));
             }
-            let config = ClipConfig::from_file(&c.model.join("config.json"))?;
+            let config = ClipFolder::read(&c.model)?.config;
             let text = &config.text_config;
             let tokens = need(ctx.vocab_size, "the tokenizer's vocabulary size")?;
             if tokens > text.vocab_size {

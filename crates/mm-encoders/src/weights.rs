@@ -47,6 +47,12 @@ pub enum Mapped {
         /// How many parts the variable holds.
         of: usize,
     },
+    /// Equal parts, along the first dimension, filling these variables in order (open_clip
+    /// keeps a CLIP layer's query, key and value packed; transformers, and ours, apart).
+    Chunks(Vec<String>),
+    /// The variable of this name, which holds the file's matrix transposed (open_clip keeps
+    /// CLIP's projections as `[width, embedding]`, transformers as linear weights).
+    Transposed(String),
     /// Not loaded, for this reason (reported in [`LoadReport::skipped`]).
     Skip(&'static str),
 }
@@ -144,12 +150,51 @@ pub fn load_safetensors(
             skipped.push((name.clone(), HEAD.to_string()));
             continue;
         }
-        let (target, reshape) = match options
+        let (target, reshape, t) = match options
             .map
             .map_or_else(|| Mapped::To(name.clone()), |m| m(name))
         {
-            Mapped::To(n) => (n, false),
-            Mapped::Reshaped(n) => (n, true),
+            Mapped::To(n) => (n, false, t.shallow_clone()),
+            Mapped::Reshaped(n) => (n, true, t.shallow_clone()),
+            Mapped::Transposed(n) if t.dim() == 2 => (n, false, t.tr()),
+            Mapped::Transposed(n) => {
+                problems.push(format!(
+                    "  wrong shape: {name} (as {n}, transposed): the file has {:?}, a matrix was expected",
+                    t.size()
+                ));
+                continue;
+            }
+            Mapped::Chunks(targets) => {
+                let n = targets.len().max(1) as i64;
+                let size = t.size();
+                if size.is_empty() || size[0] % n != 0 {
+                    problems.push(format!(
+                        "  wrong shape: {name} {size:?}: cannot be cut into {n} equal parts ({})",
+                        targets.join(", ")
+                    ));
+                    continue;
+                }
+                for (k, target) in targets.iter().enumerate() {
+                    let piece = t.narrow(0, k as i64 * (size[0] / n), size[0] / n);
+                    let shown = format!("{name} (part {} of {n}, as {target})", k + 1);
+                    match variables.get(target) {
+                        None => problems.push(format!(
+                            "  unexpected: {shown} {:?} (the model has no such variable)",
+                            piece.size()
+                        )),
+                        Some(_) if !filled.insert(target.clone()) => problems.push(format!(
+                            "  duplicate: {shown} (another tensor of the file fills it too)"
+                        )),
+                        Some(v) if v.size() == piece.size() => pairs.push((v, piece)),
+                        Some(v) => problems.push(format!(
+                            "  wrong shape: {shown}: the file has {:?}, the model {:?}",
+                            piece.size(),
+                            v.size()
+                        )),
+                    }
+                }
+                continue;
+            }
             Mapped::Part { to, index, of } => {
                 let shown = format!("{name} (as part {} of {of} of {to})", index + 1);
                 match variables.get(&to) {

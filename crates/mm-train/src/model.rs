@@ -328,7 +328,7 @@ impl ModelConfig {
             EncoderConfig::Bert(_) | EncoderConfig::ClipImage(_) | EncoderConfig::ClipText(_) => {
                 true
             }
-            EncoderConfig::Vit(_) => true,
+            EncoderConfig::Vit(v) => v.model.is_some(),
             EncoderConfig::Text(t) => t.vectors.is_some(),
             _ => false,
         });

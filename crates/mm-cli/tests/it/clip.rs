@@ -147,6 +147,16 @@ fn zero_shot_classifies_files_folders_and_manifests_as_transformers() {
     let e = fails(&dir, &["zero-shot", "--model", "photos", "--labels", &labels_arg, files[0]]);
     assert!(e.contains("config.json"), "{e}");
 
+    // A strip 64 times as long as wide is refused by name (its resize would be huge), and a
+    // link back to a folder above is not followed (it would loop).
+    std::fs::create_dir_all(dir.join("odd")).expect("mkdir");
+    image::RgbImage::new(2, 128).save(dir.join("odd/strip.png")).expect("png");
+    std::fs::copy(dir.join(files[0]), dir.join("odd/good.png")).expect("copy");
+    std::os::unix::fs::symlink("..", dir.join("odd/loop")).expect("symlink");
+    let e = fails(&dir, &[&base[..], &["odd"]].concat());
+    assert!(e.contains("strip.png") && e.contains("too elongated"), "{e}");
+    assert!(e.contains("1 of 2 images could not be read"), "{e}");
+
     // An index of the folder: built once, then reused; the broken file named, the rest kept.
     std::fs::remove_file(dir.join("photos/broken.png")).expect("rm");
     let index = ["index", "--model", "clip-tiny", "--out", "photos.clip-index", "photos"];
@@ -180,7 +190,7 @@ fn zero_shot_classifies_files_folders_and_manifests_as_transformers() {
         let cos = tch::no_grad(|| {
             let (t, i) = (
                 clip.text_features(&ids, &lengths),
-                clip.image_features(&processor.image(&pixels).unsqueeze(0)),
+                clip.image_features(&processor.image(&pixels).expect("prepared").unsqueeze(0)),
             );
             clip.logits_per_image(&i, &t).double_value(&[0, 0]) / clip.scale()
         });
@@ -320,7 +330,7 @@ fn clip_towers_fine_tune_for_retrieval_from_where_they_start() {
     ));
     assert_eq!(r["results"].as_array().map(Vec::len), Some(3), "{r}");
 
-    // A word vocabulary in place of CLIP's tokenizer, and towers of different sizes.
+    // A tokenizer file that is not there, and towers of different sizes.
     let e = fails(
         ws,
         &[

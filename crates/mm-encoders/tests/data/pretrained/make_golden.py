@@ -27,12 +27,18 @@ mode:
   `heads`) and as transformers' `ViTModel` (config written to vit_tiny/config.json;
   `last_hidden_state`, and the class token of a [1, 3, 48, 40] input with interpolated
   positions), on a [2, 3, 32, 32] formula input;
+- open_clip_tiny: open_clip 3.3's `CLIP` (OpenAI's layout: packed query/key/value, projections
+  as [width, embedding]) with a tiny configuration (written to open_clip_tiny/
+  open_clip_config.json): `encode_text` of the three sentences (clip_tiny's token ids, the
+  end-of-text token renumbered to 340, above every id of its 340, since open_clip pools at the
+  argmax, padded
+  with 0 as open_clip's tokenizer pads) and `encode_image` of the formula input;
 - bert_tiny: Hugging Face transformers' `BertModel` with a tiny configuration (written to
   bert_tiny/config.json) and a WordPiece `tokenizer.json` built here (bert_tiny/), on three
   sentences: the token ids and attention mask `BertTokenizerFast` gives (also truncated), then
   `last_hidden_state` and `pooler_output`.
 
-    pip install --target DIR --no-deps torchvision==0.28.0 transformers tokenizers safetensors ...
+    pip install --target DIR --no-deps torchvision==0.28.0 transformers tokenizers safetensors open_clip_torch ftfy ...
     PYTHONPATH=<torch site>:DIR python3 make_golden.py            # writes the files beside it
     PYTHONPATH=... python3 make_golden.py --only clip_tiny         # one of them
 
@@ -315,6 +321,49 @@ def clip_golden():
                       "probabilities": flat(zs.logits_per_image.softmax(-1))}})
 
 
+def rule_open_clip(name, shape):
+    if "ln_" in name:
+        return (1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)
+    if name == "logit_scale":
+        return 2.6592, 0.0
+    if name.endswith("bias"):
+        return 0.0, 0.05
+    if "embedding" in name:
+        return 0.0, 0.5
+    if name in ("visual.proj", "text_projection"):
+        return 0.0, float(np.sqrt(3.0 / shape[0]))
+    fan_in = int(np.prod(shape[1:]))
+    return 0.0, float(np.sqrt(3.0 / fan_in))
+
+
+def open_clip_golden():
+    import open_clip
+    from open_clip.model import CLIP
+    vision = dict(image_size=32, layers=2, width=32, patch_size=8, head_width=8)
+    text = dict(context_length=16, vocab_size=341, width=32, heads=4, layers=2)
+    m = CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+    folder = os.path.join(HERE, "open_clip_tiny")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "open_clip_config.json"), "w") as f:
+        json.dump({"model_cfg": {"embed_dim": 16, "quick_gelu": True, "vision_cfg": vision, "text_cfg": text},
+                   "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                                      "std": [0.26862954, 0.26130258, 0.27577711]}}, f, indent=2)
+        f.write("\n")
+    listing = fill(m, rule_open_clip)
+    clip = json.load(open(os.path.join(HERE, "golden_clip_tiny.json")))
+    ids = []
+    for row, mask in zip(clip["input_ids"], clip["attention_mask"]):
+        n = sum(mask)
+        ids.append([340 if i == n - 1 else t for i, t in enumerate(row[:n])] + [0] * (text["context_length"] - n))
+    x, x_entry = tensor("input", [2, 3, 32, 32], 0.0, 1.0)
+    with torch.no_grad():
+        t = m.encode_text(torch.tensor(ids))
+        i = m.encode_image(x)
+    write("open_clip_tiny", {"reference": f"open_clip {open_clip.__version__}, torch {torch.__version__}",
+                             "tensors": listing, "input_ids": ids, "input": x_entry,
+                             "text_embeds": flat(t), "image_embeds": flat(i)})
+
+
 def rule_vit(name, shape):
     if "ln" in name or "layernorm" in name:
         return (1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)
@@ -429,9 +478,11 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--real":
         real(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "--only":
-        {"image": image_golden, "bert_tiny": bert_golden, "clip_tiny": clip_golden, "vit": vit_golden}[sys.argv[2]]()
+        {"image": image_golden, "bert_tiny": bert_golden, "clip_tiny": clip_golden, "vit": vit_golden,
+         "open_clip_tiny": open_clip_golden}[sys.argv[2]]()
     else:
         image_golden()
         bert_golden()
         clip_golden()
         vit_golden()
+        open_clip_golden()
