@@ -44,8 +44,9 @@ tasks:
   fetch-data [args] download, verify, unpack and convert data sets into manifests
                     (`cargo xtask fetch-data --list`; `--help` for the options)
   fetch-weights [args]  the same for pretrained weights (resnet18, resnet50, vgg16,
-                    bert-base-uncased, clip-vit-base-patch32, clip-vit-base-patch16): the
-                    registry holds both, so either name works
+                    bert-base-uncased, clip-vit-base-patch32, clip-vit-base-patch16,
+                    whisper-tiny, whisper-base, whisper-small): the registry holds both, so
+                    either name works
   bench-peer [args] mm against PyTorch on the same machine (W1 image pipeline, W2 audio
                     pipeline, W3 training steps, W4 an av-digits epoch); the first run needs
                     --install-peer-deps (torchvision, torchaudio, ... beside set-up's torch);

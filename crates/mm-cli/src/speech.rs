@@ -18,8 +18,15 @@ pub struct TranscribeArgs {
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// The speech recognition run (`[model.head] type = "ctc"`).
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    run: Option<PathBuf>,
+    /// A pretrained Whisper folder instead (transformers' files: config.json,
+    /// model.safetensors, tokenizer.json, generation_config.json).
     #[arg(long)]
-    run: PathBuf,
+    model: Option<PathBuf>,
+    /// With --model: the language's code (en, fr, ...); detected per file when not given.
+    #[arg(long, requires = "model")]
+    language: Option<String>,
     /// Prefix beam search of this width; 1 decodes greedily.
     #[arg(long, default_value_t = 1)]
     beam: usize,
@@ -33,7 +40,13 @@ pub struct TranscribeArgs {
 
 /// `mm transcribe`.
 pub fn transcribe(a: &TranscribeArgs) -> Result<()> {
-    let run = Run::open(&a.run, None, parse_device(&a.device)?)?;
+    if let Some(model) = &a.model {
+        return transcribe_whisper(a, model);
+    }
+    let Some(run_dir) = &a.run else {
+        anyhow::bail!("give --run (a CTC run) or --model (a Whisper folder)")
+    };
+    let run = Run::open(run_dir, None, parse_device(&a.device)?)?;
     let many = a.files.len() > 1;
     for t in run.transcribe(&a.files, a.beam)? {
         if a.json {
@@ -43,6 +56,47 @@ pub fn transcribe(a: &TranscribeArgs) -> Result<()> {
         } else {
             println!("{}", t.text);
         }
+    }
+    Ok(())
+}
+
+/// `mm transcribe --model`: a pretrained Whisper, greedy decoding per 30-second window. A file
+/// that cannot be read is reported and the others go on; the command then fails, saying how
+/// many were lost.
+fn transcribe_whisper(a: &TranscribeArgs, model: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    if a.beam != 1 {
+        anyhow::bail!(
+            "--beam {}: Whisper decodes greedily here (beam search is for CTC runs so far)",
+            a.beam
+        );
+    }
+    let t = mm_encoders::whisper::Transcriber::load(
+        model,
+        parse_device(&a.device)?,
+        a.language.as_deref(),
+    )
+    .with_context(|| format!("{}: cannot use this Whisper model", model.display()))?;
+    let many = a.files.len() > 1;
+    let mut failed = 0;
+    for file in &a.files {
+        let started = std::time::Instant::now();
+        match t.transcribe_file(file) {
+            Ok(r) if a.json => println!(
+                "{}",
+                serde_json::json!({"file": file, "text": r.text, "language": r.language,
+                    "tokens": r.windows, "seconds": started.elapsed().as_secs_f64()})
+            ),
+            Ok(r) if many => println!("{}\t{}", file.display(), r.text),
+            Ok(r) => println!("{}", r.text),
+            Err(e) => {
+                failed += 1;
+                eprintln!("mm: {e}: skipped");
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} files could not be transcribed (named above)", a.files.len());
     }
     Ok(())
 }

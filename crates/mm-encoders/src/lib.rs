@@ -41,6 +41,7 @@ pub mod vectors;
 pub mod video;
 pub mod vit;
 pub mod weights;
+pub mod whisper;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

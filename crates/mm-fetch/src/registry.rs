@@ -361,8 +361,33 @@ pub fn registry() -> Vec<DataSet> {
             "MIT (OpenAI's CLIP, published by OpenAI on the Hugging Face Hub)",
             CLIP_FILES,
         ),
+        hub_model(
+            "whisper-tiny",
+            "openai/whisper-tiny",
+            "Whisper tiny (Radford et al. 2022): 39 M parameters, multilingual speech recognition, with its tokenizer.json",
+            "Apache 2.0 (OpenAI's Whisper, published by OpenAI on the Hugging Face Hub)",
+            WHISPER_FILES,
+        ),
+        hub_model(
+            "whisper-base",
+            "openai/whisper-base",
+            "Whisper base (Radford et al. 2022): 74 M parameters, multilingual speech recognition, with its tokenizer.json",
+            "Apache 2.0 (OpenAI's Whisper, published by OpenAI on the Hugging Face Hub)",
+            WHISPER_FILES,
+        ),
+        hub_model(
+            "whisper-small",
+            "openai/whisper-small",
+            "Whisper small (Radford et al. 2022): 244 M parameters, multilingual speech recognition, with its tokenizer.json",
+            "Apache 2.0 (OpenAI's Whisper, published by OpenAI on the Hugging Face Hub)",
+            WHISPER_FILES,
+        ),
     ]
 }
+
+/// A Whisper model folder as `mm transcribe --model` reads it.
+const WHISPER_FILES: &[&str] =
+    &["model.safetensors", "config.json", "tokenizer.json", "generation_config.json"];
 
 /// A CLIP model folder as transformers reads it (`mm zero-shot --model`, `kind = "clip-image"`).
 const CLIP_FILES: &[&str] =

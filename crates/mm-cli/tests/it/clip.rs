@@ -372,3 +372,49 @@ fn clip_towers_fine_tune_for_retrieval_from_where_they_start() {
     );
     assert!(e.contains("set dim") && e.contains("16") && e.contains('8'), "{e}");
 }
+
+/// `mm transcribe --model` with a tiny Whisper in transformers' layout (formula weights, its
+/// config and tokenizer from mm-encoders' parity tests): the text transformers' model gives for
+/// the same WAV file, as text and as JSON; a broken file is named and the others go on; options
+/// that do not fit Whisper are refused.
+#[test]
+fn whisper_transcribes_a_file_as_transformers() {
+    let dir = std::env::temp_dir().join(format!("mm-cli-whisper-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let model = dir.join("whisper-tiny");
+    std::fs::create_dir_all(&model).expect("mkdir");
+    let g: Value = serde_json::from_slice(
+        &std::fs::read(golden_dir().join("golden_whisper_tiny.json")).expect("golden"),
+    )
+    .expect("golden JSON");
+    mm_encoders::formula::write_listing(
+        &g["tensors"],
+        &model.join("model.safetensors"),
+        str::to_string,
+    )
+    .expect("weights");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(golden_dir().join("whisper_tiny").join(f), model.join(f)).expect("copy");
+    }
+    std::fs::copy(golden_dir().join("whisper_tiny/speech.wav"), dir.join("speech.wav"))
+        .expect("wav");
+    let want = g["text"].as_str().expect("text").trim();
+    let text = ok(&dir, &["transcribe", "--model", "whisper-tiny", "speech.wav"]);
+    assert_eq!(text.trim_end_matches('\n'), want);
+    let v = json(&ok(&dir, &["transcribe", "--model", "whisper-tiny", "speech.wav", "--json"]));
+    assert_eq!(v["text"], want, "{v}");
+    assert_eq!(v["language"], "en", "{v}");
+    assert_eq!(v["tokens"][0], g["greedy_ids"], "{v}");
+
+    std::fs::write(dir.join("broken.wav"), b"RIFF....WAVEfmt ").expect("write");
+    let e = fails(&dir, &["transcribe", "--model", "whisper-tiny", "speech.wav", "broken.wav"]);
+    assert!(e.contains("broken.wav") && e.contains("1 of 2 files"), "{e}");
+    let e = fails(&dir, &["transcribe", "--model", "whisper-tiny", "--beam", "4", "speech.wav"]);
+    assert!(e.contains("--beam 4"), "{e}");
+    let e =
+        fails(&dir, &["transcribe", "--model", "whisper-tiny", "--language", "fr", "speech.wav"]);
+    assert!(e.contains("--language fr"), "{e}");
+    let e = fails(&dir, &["transcribe", "--model", ".", "speech.wav"]);
+    assert!(e.contains("config.json"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -401,6 +401,122 @@ impl LogMel {
     }
 }
 
+/// Whisper's log-mel front end (its feature extractor's numbers): 16 kHz audio padded with
+/// zeros (or cut) to a 30-second window of 480 000 samples, a 400-point periodic Hann STFT
+/// every 160 samples (centred, reflect padding), the power spectrum's last frame dropped
+/// (3000 frames), a Slaney-scale, Slaney-normalised mel filter bank (librosa's, up to 8 kHz),
+/// `log10` of at least 1e-10, floored at the window's maximum minus 8, then `(x + 4) / 4`.
+///
+/// ```
+/// let front = mm_data::mel::WhisperMel::new(80);
+/// let features = front.window(&vec![0.1f32; 16_000]); // one second of a constant
+/// assert_eq!(features.dim(), (80, 3000));
+/// ```
+pub struct WhisperMel {
+    stft: LogMel,
+    /// `[n_freqs, n_mels]`, row-major.
+    filters: Vec<f32>,
+    n_mels: usize,
+}
+
+impl std::fmt::Debug for WhisperMel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperMel").field("n_mels", &self.n_mels).finish()
+    }
+}
+
+/// Samples in Whisper's 30-second window at 16 kHz.
+pub const WHISPER_SAMPLES: usize = 480_000;
+/// Frames of Whisper's window.
+pub const WHISPER_FRAMES: usize = 3000;
+
+fn slaney_hz_to_mel(f: f64) -> f64 {
+    let logstep = 27.0 / 6.4f64.ln();
+    if f >= 1000.0 {
+        15.0 + (f / 1000.0).ln() * logstep
+    } else {
+        3.0 * f / 200.0
+    }
+}
+
+fn slaney_mel_to_hz(m: f64) -> f64 {
+    if m >= 15.0 {
+        1000.0 * ((m - 15.0) * 6.4f64.ln() / 27.0).exp()
+    } else {
+        200.0 * m / 3.0
+    }
+}
+
+impl WhisperMel {
+    /// The front end with `n_mels` bins (80, or 128 for large-v3).
+    ///
+    /// # Panics
+    /// If `n_mels` is 0 (a programmer error: it comes from the model's configuration, which is
+    /// checked).
+    pub fn new(n_mels: usize) -> Self {
+        assert!(n_mels > 0, "mel bins");
+        let config = MelConfig {
+            sample_rate: 16_000,
+            n_fft: 400,
+            hop_length: 160,
+            n_mels,
+            f_min: 0.0,
+            f_max: None,
+            log_offset: 1e-10,
+        };
+        let stft = LogMel::new(&config).expect("a valid front end");
+        let n_freqs = stft.n_freqs;
+        let (lo, hi) = (slaney_hz_to_mel(0.0), slaney_hz_to_mel(8000.0));
+        let pts: Vec<f64> = (0..n_mels + 2)
+            .map(|i| slaney_mel_to_hz(lo + (hi - lo) * i as f64 / (n_mels + 1) as f64))
+            .collect();
+        let mut filters = vec![0.0f32; n_freqs * n_mels];
+        for k in 0..n_freqs {
+            let f = 8000.0 * k as f64 / (n_freqs - 1) as f64;
+            for m in 0..n_mels {
+                let down = (f - pts[m]) / (pts[m + 1] - pts[m]);
+                let up = (pts[m + 2] - f) / (pts[m + 2] - pts[m + 1]);
+                let enorm = 2.0 / (pts[m + 2] - pts[m]);
+                filters[k * n_mels + m] = (down.min(up).max(0.0) * enorm) as f32;
+            }
+        }
+        WhisperMel { stft, filters, n_mels }
+    }
+
+    /// Mel bins.
+    pub fn n_mels(&self) -> usize {
+        self.n_mels
+    }
+
+    /// `[n_mels, 3000]` features of one window of 16 kHz `samples` (zero-padded, or cut, to
+    /// 30 s).
+    pub fn window(&self, samples: &[f32]) -> Array2<f32> {
+        let mut padded = samples[..samples.len().min(WHISPER_SAMPLES)].to_vec();
+        padded.resize(WHISPER_SAMPLES, 0.0);
+        let n_freqs = self.stft.n_freqs;
+        let frames = self.stft.frames(WHISPER_SAMPLES);
+        let mut spec = vec![Complex::new(0.0f32, 0.0); frames * n_freqs];
+        let mut buf = vec![Complex::new(0.0f32, 0.0); self.stft.config.n_fft];
+        let mut scratch = vec![Complex::new(0.0f32, 0.0); self.stft.fft.get_inplace_scratch_len()];
+        self.stft.stft(&padded, frames, &mut spec, &mut buf, &mut scratch);
+        let mut out = Array2::<f32>::zeros((self.n_mels, WHISPER_FRAMES));
+        let mut power = vec![0.0f32; n_freqs];
+        for t in 0..WHISPER_FRAMES {
+            for (p, c) in power.iter_mut().zip(&spec[t * n_freqs..(t + 1) * n_freqs]) {
+                *p = c.norm_sqr();
+            }
+            for m in 0..self.n_mels {
+                let mel: f32 =
+                    (0..n_freqs).map(|k| self.filters[k * self.n_mels + m] * power[k]).sum();
+                out[[m, t]] = mel.max(1e-10).log10();
+            }
+        }
+        let top = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        out.mapv_inplace(|x| (x.max(top - 8.0) + 4.0) / 4.0);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -880,3 +880,81 @@ fn open_clip_files_match_open_clip() {
     let e = Clip::load(&dir, Device::Cpu).expect_err("timm tower").to_string();
     assert!(e.contains("convnext_base") && e.contains("open_clip_config.json"), "{e}");
 }
+
+/// A tiny Whisper in transformers' names (the output projection tied to the token embedding,
+/// Whisper's 1500 positions): Whisper's log-mel front end gives `WhisperFeatureExtractor`'s
+/// features of a WAV file, the model gives `WhisperForConditionalGeneration`'s encoder output
+/// and logits, the key/value cache gives the logits of a whole prefix one token at a time, and
+/// the transcriber gives the same token ids and text as transformers' model run greedily on
+/// the whole prefix each step.
+#[test]
+fn whisper_matches_transformers_from_features_to_text() {
+    use mm_encoders::whisper::{Cache, Transcriber, Whisper};
+    let g = golden("whisper_tiny");
+    let dir = temp("pretrained-whisper");
+    mm_encoders::formula::write_listing(
+        &g["tensors"],
+        &dir.join("model.safetensors"),
+        str::to_string,
+    )
+    .expect("weights");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(data_dir().join("whisper_tiny").join(f), dir.join(f)).expect("copy");
+    }
+    let wav = data_dir().join("whisper_tiny/speech.wav");
+    let samples = mm_data::audio::load_audio(&wav, 16_000).expect("wav").samples;
+    let front = mm_data::mel::WhisperMel::new(8);
+    let mel = front.window(&samples);
+    let features = Tensor::from_slice(mel.as_slice().expect("layout")).view([1, 8, 3000]);
+    let feature_gap = relative_gap(&features.narrow(2, 0, 300), &floats(&g["features_first_300"]));
+    assert!(feature_gap < 1e-5, "log-mel features differ by {feature_gap:.2e}");
+    let top = features.max().double_value(&[]);
+    assert!((top - g["features_max"].as_f64().expect("max")).abs() < 1e-4, "maximum {top}");
+
+    let (_vs, whisper) = Whisper::load(&dir, Device::Cpu).expect("load");
+    let audio = tch::no_grad(|| whisper.encode(&features)).expect("encode");
+    let enc_gap = relative_gap(&audio.hidden.narrow(1, 0, 64), &floats(&g["encoder_first_64"]));
+    assert!(enc_gap < 2e-6, "encoder output differs by {enc_gap:.2e}");
+    let start: Vec<i64> = serde_json::from_value(g["start"].clone()).expect("start");
+    let prefix = Tensor::from_slice(&start).unsqueeze(0);
+    let whole = tch::no_grad(|| whisper.decode(&audio, &prefix, &mut Cache::default()));
+    let logit_gap = relative_gap(&whole, &floats(&g["logits_start"]));
+    assert!(logit_gap < 2e-6, "logits differ by {logit_gap:.2e}");
+    // One token at a time through the cache, and one then three: the same logits.
+    let mut cache = Cache::default();
+    let steps: Vec<Tensor> = (0..4)
+        .map(|i| tch::no_grad(|| whisper.decode(&audio, &prefix.narrow(1, i, 1), &mut cache)))
+        .collect();
+    assert!(
+        (Tensor::cat(&steps, 1) - &whole).abs().max().double_value(&[]) < 1e-5,
+        "the cache changes the logits"
+    );
+    let mut cache = Cache::default();
+    let a = tch::no_grad(|| whisper.decode(&audio, &prefix.narrow(1, 0, 1), &mut cache));
+    let b = tch::no_grad(|| whisper.decode(&audio, &prefix.narrow(1, 1, 3), &mut cache));
+    assert!((Tensor::cat(&[a, b], 1) - &whole).abs().max().double_value(&[]) < 1e-5);
+
+    // The transcriber from the file: identical ids, the same text.
+    let want: Vec<i64> = serde_json::from_value(g["greedy_ids"].clone()).expect("ids");
+    let t = Transcriber::load(&dir, Device::Cpu, None).expect("transcriber");
+    let got = t.transcribe_file(&wav).expect("transcribe");
+    assert_eq!(got.windows, vec![want]);
+    assert_eq!(got.text, g["text"].as_str().expect("text").trim());
+    assert_eq!(got.language.as_deref(), Some("en"));
+    eprintln!(
+        "tiny Whisper: features {feature_gap:.2e}, encoder {enc_gap:.2e}, logits {logit_gap:.2e}, ids {:?}",
+        got.windows
+    );
+
+    // What does not fit: a window of another length, a language the model lacks, silence.
+    let e = whisper.encode(&features.narrow(2, 0, 2000)).expect_err("short").to_string();
+    assert!(e.contains("[batch, 8, 3000]"), "{e}");
+    let e = Transcriber::load(&dir, Device::Cpu, Some("fr")).expect_err("no French").to_string();
+    assert!(e.contains("--language fr") && e.contains("en"), "{e}");
+    let silent = t.transcribe(&vec![0.0; 16_000 * 40]).expect("silence");
+    assert_eq!(
+        (silent.text.as_str(), silent.windows.len()),
+        ("", 2),
+        "two silent windows, no words"
+    );
+}

@@ -33,6 +33,15 @@ mode:
   end-of-text token renumbered to 340, above every id of its 340, since open_clip pools at the
   argmax, padded
   with 0 as open_clip's tokenizer pads) and `encode_image` of the formula input;
+- whisper_tiny: transformers' `WhisperForConditionalGeneration` with a tiny configuration
+  (8 mel bins, 16 wide, Whisper's 1500 positions; written to whisper_tiny/config.json with a
+  byte-level BPE tokenizer.json holding Whisper's special tokens; the output projection tied
+  to the token embedding, so the listing has the parameters once), on whisper_tiny/speech.wav
+  (1.5 s of formula samples at 16 kHz): `WhisperFeatureExtractor`'s log-mel features (the first
+  300 frames and the maximum), the encoder's first 64 positions, the logits of the start tokens
+  (<|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>), the token ids of greedy
+  decoding (the whole prefix recomputed each step, no cache) up to 24 tokens or
+  <|endoftext|>, and their text;
 - bert_tiny: Hugging Face transformers' `BertModel` with a tiny configuration (written to
   bert_tiny/config.json) and a WordPiece `tokenizer.json` built here (bert_tiny/), on three
   sentences: the token ids and attention mask `BertTokenizerFast` gives (also truncated), then
@@ -364,6 +373,99 @@ def open_clip_golden():
                              "text_embeds": flat(t), "image_embeds": flat(i)})
 
 
+def rule_whisper(name, shape):
+    """Weights that make greedy decoding wander rather than repeat one token (with the output
+    tied to the token embedding, a token's own row wins unless positions outweigh it): small
+    token embeddings, positions of unit scale."""
+    if "layer_norm" in name:
+        return (1.0, 0.1) if name.endswith("weight") else (0.0, 0.01)
+    if name.endswith("bias"):
+        return 0.0, 0.01
+    if "embed_tokens" in name:
+        return 0.0, 0.1
+    if "embed" in name:
+        return 0.0, 1.0
+    return 0.0, float(np.sqrt(3.0 / int(np.prod(shape[1:]))))
+
+
+WHISPER_SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+
+
+def whisper_tokenizer(folder):
+    """A byte-level BPE in the layout of openai/whisper-tiny's tokenizer.json (GPT-2's, with
+    Whisper's special tokens after the vocabulary)."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    tok = Tokenizer(BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(CLIP_CORPUS, trainer)
+    tok.add_special_tokens(WHISPER_SPECIALS)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    return tok
+
+
+def formula_wave(name, n):
+    """16-bit samples from the formula (a WAV file holds them exactly): u * 0.3 * 32767."""
+    return (formula_values(name, n) * np.float32(0.3 * 32767)).astype(np.int16)
+
+
+def whisper_golden():
+    import wave
+    import transformers
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    folder = os.path.join(HERE, "whisper_tiny")
+    os.makedirs(folder, exist_ok=True)
+    tok = whisper_tokenizer(folder)
+    ids = {t: tok.token_to_id(t) for t in WHISPER_SPECIALS}
+    sizes = dict(vocab_size=tok.get_vocab_size(), num_mel_bins=8, d_model=16, encoder_layers=2,
+                 encoder_attention_heads=2, decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                 decoder_ffn_dim=32, max_source_positions=1500, max_target_positions=24)
+    eos, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    config = WhisperConfig(**sizes, decoder_start_token_id=sot, eos_token_id=eos, pad_token_id=eos, bos_token_id=eos)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper", **sizes,
+                   "activation_function": "gelu", "scale_embedding": False, "decoder_start_token_id": sot,
+                   "eos_token_id": eos}, f, indent=2)
+        f.write("\n")
+    m = WhisperForConditionalGeneration(config).eval()
+    listing = []
+    for name, t in m.named_parameters():  # tied weights once
+        offset, scale = rule_whisper(name, list(t.shape))
+        values, entry = tensor(name, list(t.shape), offset, scale)
+        with torch.no_grad():
+            t.copy_(values)
+        listing.append(entry)
+    # The front end and the whole transcription, from a WAV file's samples.
+    samples = formula_wave("speech", 24000)  # 1.5 s at 16 kHz
+    with wave.open(os.path.join(folder, "speech.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+    audio = samples.astype(np.float32) / np.float32(32768.0)
+    fe = WhisperFeatureExtractor(feature_size=8, sampling_rate=16000)
+    features = fe(audio, sampling_rate=16000, return_tensors="pt").input_features
+    start = [sot, ids["<|en|>"], ids["<|transcribe|>"], ids["<|notimestamps|>"]]
+    with torch.no_grad():
+        enc = m.model.encoder(features).last_hidden_state
+        logits = m(input_features=features, decoder_input_ids=torch.tensor([start])).logits
+        out = list(start)
+        while len(out) < 24:
+            nxt = int(m(input_features=features, decoder_input_ids=torch.tensor([out])).logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            out.append(nxt)
+    text = tok.decode(out, skip_special_tokens=True)
+    write("whisper_tiny", {"reference": f"transformers {transformers.__version__}, torch {torch.__version__}",
+                           "tensors": listing, "start": start, "eos": eos,
+                           "features_first_300": flat(features[:, :, :300]), "features_max": float(features.max()),
+                           "encoder_first_64": flat(enc[:, :64]), "logits_start": flat(logits),
+                           "greedy_ids": out[len(start):], "text": text})
+
+
 def rule_vit(name, shape):
     if "ln" in name or "layernorm" in name:
         return (1.0, 0.1) if name.endswith("weight") else (0.0, 0.05)
@@ -479,10 +581,11 @@ if __name__ == "__main__":
         real(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "--only":
         {"image": image_golden, "bert_tiny": bert_golden, "clip_tiny": clip_golden, "vit": vit_golden,
-         "open_clip_tiny": open_clip_golden}[sys.argv[2]]()
+         "open_clip_tiny": open_clip_golden, "whisper_tiny": whisper_golden}[sys.argv[2]]()
     else:
         image_golden()
         bert_golden()
         clip_golden()
         vit_golden()
         open_clip_golden()
+        whisper_golden()

@@ -1,0 +1,664 @@
+//! Whisper (Radford et al. 2022), the network, with Hugging Face's parameter names and
+//! configuration file (`WhisperForConditionalGeneration`: `openai/whisper-tiny`, `-base`,
+//! `-small`): the encoder over log-mel frames (two convolutions, positions, pre-LayerNorm
+//! layers) and the decoder over token ids (learned positions, causal self-attention,
+//! cross-attention to the encoder, logits through the token embedding), with a key/value cache
+//! so that greedy decoding costs one step per token.
+//!
+//! [`Transcriber`] puts it together as `mm transcribe --model` uses it: audio decoded and
+//! resampled to 16 kHz, Whisper's log-mel front end ([`mm_data::mel::WhisperMel`]) over
+//! consecutive 30-second windows, the start tokens from the model's `tokenizer.json`
+//! (`<|startoftranscript|>`, the language given or detected, `<|transcribe|>`,
+//! `<|notimestamps|>`), greedy decoding with the `generation_config.json`'s suppressed tokens,
+//! and the text. Not yet: beam search, timestamps, windows that overlap at their edges.
+//!
+//! ```
+//! use mm_encoders::whisper::{Whisper, WhisperConfig};
+//! use tch::{nn, Device, Kind, Tensor};
+//!
+//! let config: WhisperConfig = serde_json::from_str(r#"{"vocab_size": 60, "num_mel_bins": 8,
+//!     "d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2, "decoder_layers": 1,
+//!     "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
+//!     "max_source_positions": 10, "max_target_positions": 12}"#)?;
+//! let vs = nn::VarStore::new(Device::Cpu);
+//! let whisper = Whisper::new(&vs.root(), &config)?;
+//! let mel = Tensor::randn([1, 8, 20], (Kind::Float, Device::Cpu)); // [B, mels, 2 · positions]
+//! let audio = tch::no_grad(|| whisper.encode(&mel))?;
+//! let ids = tch::no_grad(|| whisper.greedy(&audio, &[1, 2], 59, 6));
+//! assert!(ids.len() <= 6);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::weights::Mapped;
+use crate::{Error, Result};
+
+/// A Whisper `config.json`, as transformers writes it (other keys ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhisperConfig {
+    /// `whisper` when present; another value is refused.
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// Token ids.
+    pub vocab_size: i64,
+    /// Mel bins of the input (80, or 128 for large-v3).
+    pub num_mel_bins: i64,
+    /// Width.
+    pub d_model: i64,
+    /// Encoder layers.
+    pub encoder_layers: i64,
+    /// Encoder heads.
+    pub encoder_attention_heads: i64,
+    /// Decoder layers.
+    pub decoder_layers: i64,
+    /// Decoder heads.
+    pub decoder_attention_heads: i64,
+    /// Encoder feed-forward width.
+    pub encoder_ffn_dim: i64,
+    /// Decoder feed-forward width.
+    pub decoder_ffn_dim: i64,
+    /// Encoder positions (1500: 30 s of 10 ms frames, halved by the second convolution).
+    #[serde(default = "d1500")]
+    pub max_source_positions: i64,
+    /// Decoder positions (448).
+    #[serde(default = "d448")]
+    pub max_target_positions: i64,
+    /// `gelu` (exact).
+    #[serde(default = "gelu")]
+    pub activation_function: String,
+    /// Token embeddings scaled by √d_model (false for Whisper).
+    #[serde(default)]
+    pub scale_embedding: bool,
+}
+
+fn d1500() -> i64 {
+    1500
+}
+fn d448() -> i64 {
+    448
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+
+impl WhisperConfig {
+    /// Reads a `config.json`; the error names the file and what is wrong.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let config: WhisperConfig = crate::weights::read_model_config(path, "a Whisper")?;
+        config.check().map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
+        Ok(config)
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if let Some(t) = self.model_type.as_deref().filter(|t| *t != "whisper") {
+            return Err(format!("model_type = {t:?}: this is not Whisper (\"whisper\" expected)"));
+        }
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("num_mel_bins", self.num_mel_bins),
+            ("d_model", self.d_model),
+            ("encoder_layers", self.encoder_layers),
+            ("encoder_attention_heads", self.encoder_attention_heads),
+            ("decoder_layers", self.decoder_layers),
+            ("decoder_attention_heads", self.decoder_attention_heads),
+            ("encoder_ffn_dim", self.encoder_ffn_dim),
+            ("decoder_ffn_dim", self.decoder_ffn_dim),
+            ("max_source_positions", self.max_source_positions),
+            ("max_target_positions", self.max_target_positions),
+        ];
+        if let Some((k, v)) = sizes.iter().find(|(_, v)| *v <= 0) {
+            return Err(format!("{k} = {v}: must be positive"));
+        }
+        for (k, h) in [
+            ("encoder_attention_heads", self.encoder_attention_heads),
+            ("decoder_attention_heads", self.decoder_attention_heads),
+        ] {
+            if self.d_model % h != 0 {
+                return Err(format!("d_model {} is not a multiple of {k} {h}", self.d_model));
+            }
+        }
+        if self.activation_function != "gelu" {
+            return Err(format!(
+                "activation_function = {:?}: only \"gelu\" is supported",
+                self.activation_function
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whisper's attention: the key projection has no bias.
+#[derive(Debug)]
+struct Attention {
+    q: nn::Linear,
+    k: nn::Linear,
+    v: nn::Linear,
+    out: nn::Linear,
+    heads: i64,
+}
+
+fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
+    let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+    nn::linear(
+        p,
+        i,
+        o,
+        nn::LinearConfig { ws_init: init, bs_init: bias.then_some(nn::Init::Const(0.0)), bias },
+    )
+}
+
+fn norm(p: nn::Path, d: i64) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![d], Default::default())
+}
+
+impl Attention {
+    fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
+        Attention {
+            q: linear(p / "q_proj", d, d, true),
+            k: linear(p / "k_proj", d, d, false),
+            v: linear(p / "v_proj", d, d, true),
+            out: linear(p / "out_proj", d, d, true),
+            heads,
+        }
+    }
+
+    /// `[B, L, D]` to `[B, heads, L, D / heads]`.
+    fn split(&self, t: &Tensor) -> Tensor {
+        let (b, l, d) = t.size3().expect("[B, L, D]");
+        t.view([b, l, self.heads, d / self.heads]).transpose(1, 2)
+    }
+
+    /// Attention of `x` over keys and values already split into heads.
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
+        let (b, l, d) = x.size3().expect("[B, L, D]");
+        let q = self.split(&x.apply(&self.q));
+        let context = Tensor::scaled_dot_product_attention::<Tensor>(
+            &q, k, v, None, 0.0, causal, None, false,
+        );
+        context.transpose(1, 2).reshape([b, l, d]).apply(&self.out)
+    }
+
+    fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
+        (self.split(&x.apply(&self.k)), self.split(&x.apply(&self.v)))
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    attn_norm: nn::LayerNorm,
+    attn: Attention,
+    ffn_norm: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    self_norm: nn::LayerNorm,
+    self_attn: Attention,
+    cross_norm: nn::LayerNorm,
+    cross_attn: Attention,
+    ffn_norm: nn::LayerNorm,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+}
+
+/// The encoder's output, with each decoder layer's cross-attention keys and values computed
+/// once.
+#[derive(Debug)]
+pub struct Encoded {
+    /// `[B, positions, d_model]`: transformers' `encoder_last_hidden_state`.
+    pub hidden: Tensor,
+    cross: Vec<(Tensor, Tensor)>,
+}
+
+/// The decoder's self-attention keys and values so far, per layer.
+#[derive(Debug, Default)]
+pub struct Cache {
+    layers: Vec<(Tensor, Tensor)>,
+    len: i64,
+}
+
+/// Whisper's encoder and decoder (`model.encoder`, `model.decoder`; the output projection is
+/// the token embedding, as transformers ties them).
+#[derive(Debug)]
+pub struct Whisper {
+    conv1: nn::Conv1D,
+    conv2: nn::Conv1D,
+    enc_positions: nn::Embedding,
+    enc_layers: Vec<EncoderLayer>,
+    enc_norm: nn::LayerNorm,
+    tokens: nn::Embedding,
+    dec_positions: nn::Embedding,
+    dec_layers: Vec<DecoderLayer>,
+    dec_norm: nn::LayerNorm,
+    config: WhisperConfig,
+}
+
+impl Whisper {
+    /// The model `config` describes under `path` (`path/model/encoder`, `path/model/decoder`),
+    /// randomly initialised until weights are loaded.
+    pub fn new(path: &nn::Path, config: &WhisperConfig) -> Result<Self> {
+        config.check().map_err(Error::Config)?;
+        let d = config.d_model;
+        let enc = path / "model" / "encoder";
+        let dec = path / "model" / "decoder";
+        let conv = |p: nn::Path, i: i64, stride: i64| {
+            nn::conv1d(p, i, d, 3, nn::ConvConfig { stride, padding: 1, ..Default::default() })
+        };
+        let emb = |p: nn::Path, n: i64| {
+            nn::embedding(
+                p,
+                n,
+                d,
+                nn::EmbeddingConfig {
+                    ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+                    ..Default::default()
+                },
+            )
+        };
+        let enc_layers = (0..config.encoder_layers)
+            .map(|i| {
+                let p = &enc / "layers" / i;
+                EncoderLayer {
+                    attn_norm: norm(&p / "self_attn_layer_norm", d),
+                    attn: Attention::new(&(&p / "self_attn"), d, config.encoder_attention_heads),
+                    ffn_norm: norm(&p / "final_layer_norm", d),
+                    fc1: linear(&p / "fc1", d, config.encoder_ffn_dim, true),
+                    fc2: linear(&p / "fc2", config.encoder_ffn_dim, d, true),
+                }
+            })
+            .collect();
+        let dec_layers = (0..config.decoder_layers)
+            .map(|i| {
+                let p = &dec / "layers" / i;
+                DecoderLayer {
+                    self_norm: norm(&p / "self_attn_layer_norm", d),
+                    self_attn: Attention::new(
+                        &(&p / "self_attn"),
+                        d,
+                        config.decoder_attention_heads,
+                    ),
+                    cross_norm: norm(&p / "encoder_attn_layer_norm", d),
+                    cross_attn: Attention::new(
+                        &(&p / "encoder_attn"),
+                        d,
+                        config.decoder_attention_heads,
+                    ),
+                    ffn_norm: norm(&p / "final_layer_norm", d),
+                    fc1: linear(&p / "fc1", d, config.decoder_ffn_dim, true),
+                    fc2: linear(&p / "fc2", config.decoder_ffn_dim, d, true),
+                }
+            })
+            .collect();
+        Ok(Whisper {
+            conv1: conv(&enc / "conv1", config.num_mel_bins, 1),
+            conv2: conv(&enc / "conv2", d, 2),
+            enc_positions: emb(&enc / "embed_positions", config.max_source_positions),
+            enc_layers,
+            enc_norm: norm(&enc / "layer_norm", d),
+            tokens: emb(&dec / "embed_tokens", config.vocab_size),
+            dec_positions: emb(&dec / "embed_positions", config.max_target_positions),
+            dec_layers,
+            dec_norm: norm(&dec / "layer_norm", d),
+            config: config.clone(),
+        })
+    }
+
+    /// Reads a model folder (`config.json`, `model.safetensors` as transformers saves
+    /// `WhisperForConditionalGeneration`) onto `device`, without gradients; weights that do not
+    /// fit are an error naming every tensor at fault.
+    pub fn load(dir: &Path, device: tch::Device) -> Result<(nn::VarStore, Whisper)> {
+        let config = WhisperConfig::from_file(&dir.join("config.json"))?;
+        let mut vs = nn::VarStore::new(device);
+        let whisper = Whisper::new(&vs.root(), &config)?;
+        let options =
+            crate::weights::LoadOptions { map: Some(hf_whisper_name), ..Default::default() };
+        crate::weights::load_safetensors(&vs, &dir.join("model.safetensors"), &options)?;
+        vs.freeze();
+        Ok((vs, whisper))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WhisperConfig {
+        &self.config
+    }
+
+    /// The device the parameters are on.
+    pub fn device(&self) -> tch::Device {
+        self.tokens.ws.device()
+    }
+
+    /// Encodes log-mel features `[B, num_mel_bins, 2 · max_source_positions]` (Whisper's
+    /// 30-second window: 3000 frames); another length is an error, as in transformers.
+    pub fn encode(&self, mel: &Tensor) -> Result<Encoded> {
+        let want = 2 * self.config.max_source_positions;
+        let size = mel.size();
+        if size.len() != 3 || size[1] != self.config.num_mel_bins || size[2] != want {
+            return Err(Error::Config(format!(
+                "Whisper reads [batch, {}, {want}] log-mel features (a 30 s window); got {size:?}",
+                self.config.num_mel_bins
+            )));
+        }
+        let x = mel.apply(&self.conv1).gelu("none").apply(&self.conv2).gelu("none");
+        let mut x = x.permute([0, 2, 1]) + &self.enc_positions.ws;
+        for l in &self.enc_layers {
+            let y = x.apply(&l.attn_norm);
+            let (k, v) = l.attn.keys_values(&y);
+            x = &x + l.attn.attend(&y, &k, &v, false);
+            x = &x + x.apply(&l.ffn_norm).apply(&l.fc1).gelu("none").apply(&l.fc2);
+        }
+        let hidden = x.apply(&self.enc_norm);
+        let cross = self.dec_layers.iter().map(|l| l.cross_attn.keys_values(&hidden)).collect();
+        Ok(Encoded { hidden, cross })
+    }
+
+    /// Logits `[B, L, vocab]` of the next token after each of `ids` `[B, L]`, continuing from
+    /// `cache` (the tokens before them), which is extended.
+    pub fn decode(&self, audio: &Encoded, ids: &Tensor, cache: &mut Cache) -> Tensor {
+        let (_, l) = ids.size2().expect("[B, L]");
+        let positions = Tensor::arange_start(cache.len, cache.len + l, (Kind::Int64, ids.device()));
+        let mut x = ids.apply(&self.tokens) + positions.apply(&self.dec_positions).unsqueeze(0);
+        let first = cache.layers.is_empty();
+        for (i, layer) in self.dec_layers.iter().enumerate() {
+            let y = x.apply(&layer.self_norm);
+            let (k, v) = layer.self_attn.keys_values(&y);
+            let (k, v) = if first {
+                (k, v)
+            } else {
+                let (pk, pv) = &cache.layers[i];
+                (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2))
+            };
+            // Causal within the new tokens; every cached token is before them all. With one new
+            // token no mask is needed; with several after a cache, an explicit mask.
+            let attended = if first || l == 1 {
+                layer.self_attn.attend(&y, &k, &v, first && l > 1)
+            } else {
+                let total = cache.len + l;
+                let rows = Tensor::arange_start(cache.len, total, (Kind::Int64, ids.device()));
+                let cols = Tensor::arange(total, (Kind::Int64, ids.device()));
+                let mask = cols.unsqueeze(0).le_tensor(&rows.unsqueeze(1));
+                let (b, _, d) = y.size3().expect("[B, L, D]");
+                let q = layer.self_attn.split(&y.apply(&layer.self_attn.q));
+                let c = Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    Some(&mask),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                );
+                c.transpose(1, 2).reshape([b, l, d]).apply(&layer.self_attn.out)
+            };
+            if first {
+                cache.layers.push((k, v));
+            } else {
+                cache.layers[i] = (k, v);
+            }
+            x = &x + attended;
+            let (ck, cv) = &audio.cross[i];
+            x = &x + layer.cross_attn.attend(&x.apply(&layer.cross_norm), ck, cv, false);
+            x = &x + x.apply(&layer.ffn_norm).apply(&layer.fc1).gelu("none").apply(&layer.fc2);
+        }
+        cache.len += l;
+        x.apply(&self.dec_norm).matmul(&self.tokens.ws.tr())
+    }
+
+    /// Greedy decoding of one audio (batch 1): from the start tokens (`<|startoftranscript|>`
+    /// and the language, task and timestamp tokens), the most likely token each step until
+    /// `eos` or `max_len` tokens in all; returns the tokens after the start ones, `eos`
+    /// excluded.
+    pub fn greedy(&self, audio: &Encoded, start: &[i64], eos: i64, max_len: usize) -> Vec<i64> {
+        self.greedy_suppressing(audio, start, eos, max_len, &[], &[])
+    }
+
+    /// [`Whisper::greedy`] with tokens never chosen (`suppress`, transformers'
+    /// `suppress_tokens`) and tokens not chosen first (`begin`, `begin_suppress_tokens`: a
+    /// blank or the end token as the first word).
+    pub fn greedy_suppressing(
+        &self,
+        audio: &Encoded,
+        start: &[i64],
+        eos: i64,
+        max_len: usize,
+        suppress: &[i64],
+        begin: &[i64],
+    ) -> Vec<i64> {
+        let device = audio.hidden.device();
+        let vocab = self.config.vocab_size;
+        let max_len = max_len.min(self.config.max_target_positions as usize);
+        let mask = |ids: &[i64]| {
+            let ids: Vec<i64> = ids.iter().copied().filter(|i| (0..vocab).contains(i)).collect();
+            (!ids.is_empty()).then(|| Tensor::from_slice(&ids).to_device(device))
+        };
+        let (suppress, begin) = (mask(suppress), mask(begin));
+        let mut cache = Cache::default();
+        let mut ids = Tensor::from_slice(start).to_device(device).unsqueeze(0);
+        let mut out = Vec::new();
+        while start.len() + out.len() < max_len {
+            let mut logits = self.decode(audio, &ids, &mut cache).select(1, -1);
+            for m in [&suppress, if out.is_empty() { &begin } else { &None }].into_iter().flatten()
+            {
+                let _ = logits.index_fill_(1, m, f64::NEG_INFINITY);
+            }
+            let next = logits.argmax(-1, false).int64_value(&[0]);
+            if next == eos {
+                break;
+            }
+            out.push(next);
+            ids = Tensor::from_slice(&[next]).to_device(device).unsqueeze(0);
+        }
+        out
+    }
+}
+
+/// Maps a tensor name of transformers' Whisper files to ours: `proj_out.weight` (tied to the
+/// token embedding) skipped; the rest as they are.
+pub fn hf_whisper_name(name: &str) -> Mapped {
+    if name == "proj_out.weight" {
+        Mapped::Skip("the output projection (tied to the token embedding)")
+    } else {
+        Mapped::To(name.to_string())
+    }
+}
+
+/// A Whisper model folder ready to transcribe (see the module's documentation).
+#[derive(Debug)]
+pub struct Transcriber {
+    whisper: Whisper,
+    _vs: nn::VarStore,
+    tokenizer: mm_data::subword::SubwordTokenizer,
+    front: mm_data::mel::WhisperMel,
+    sot: i64,
+    after_language: Vec<i64>,
+    languages: Vec<(String, i64)>,
+    language: Option<i64>,
+    eos: i64,
+    suppress: Vec<i64>,
+    begin: Vec<i64>,
+}
+
+/// What [`Transcriber::transcribe`] returns.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transcription {
+    /// The text (windows joined by a space).
+    pub text: String,
+    /// The language token used, as its code (`en`), when the model has them.
+    pub language: Option<String>,
+    /// Per 30-second window: the token ids decoded (start tokens and the end token excluded).
+    pub windows: Vec<Vec<i64>>,
+}
+
+impl Transcriber {
+    /// Loads a folder (`config.json`, `model.safetensors`, `tokenizer.json`, and when present
+    /// `generation_config.json` for the suppressed tokens). `language` is a code such as `en`
+    /// (the model must have its token); without it, a multilingual model detects it per file.
+    pub fn load(dir: &Path, device: tch::Device, language: Option<&str>) -> Result<Self> {
+        let config = WhisperConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = mm_data::subword::SubwordTokenizer::from_file(&tokenizer_path)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if tokenizer.vocab_size() as i64 > config.vocab_size {
+            return Err(Error::Config(format!(
+                "{}: {} ids, but the Whisper model has {}: the tokenizer does not belong to this model",
+                tokenizer_path.display(),
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let need = |t: &str| {
+            tokenizer.token_id(t).ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: no {t} token: not Whisper's tokenizer",
+                    tokenizer_path.display()
+                ))
+            })
+        };
+        let (sot, eos) = (need("<|startoftranscript|>")?, need("<|endoftext|>")?);
+        // Language tokens: <|xx|> or <|xxx|> (and <|haw|>, <|yue|>), lowercase letters.
+        let mut languages: Vec<(String, i64)> = (2..=3)
+            .flat_map(|n| {
+                // Every code of n lowercase letters the vocabulary has as a special token.
+                let letters: Vec<char> = ('a'..='z').collect();
+                let mut codes = vec![String::new()];
+                for _ in 0..n {
+                    codes = codes
+                        .iter()
+                        .flat_map(|c| letters.iter().map(move |l| format!("{c}{l}")))
+                        .collect();
+                }
+                codes
+            })
+            .filter_map(|code| tokenizer.token_id(&format!("<|{code}|>")).map(|id| (code, id)))
+            .collect();
+        languages.sort_by_key(|(_, id)| *id);
+        let language = match language {
+            Some(code) => Some(
+                languages.iter().find(|(c, _)| c == code).map(|(_, id)| *id).ok_or_else(|| {
+                    let known: Vec<&str> = languages.iter().map(|(c, _)| c.as_str()).collect();
+                    Error::Config(if known.is_empty() {
+                        format!("--language {code}: this model has no language tokens (an English-only model)")
+                    } else {
+                        format!("--language {code}: not one of this model's languages ({})", known.join(", "))
+                    })
+                })?,
+            ),
+            None if languages.len() == 1 => Some(languages[0].1),
+            None => None,
+        };
+        let after_language: Vec<i64> = ["<|transcribe|>", "<|notimestamps|>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t))
+            .collect();
+        let (mut suppress, mut begin) = (Vec::new(), Vec::new());
+        if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Io {
+                path: dir.join("generation_config.json"),
+                message: format!("not JSON: {e}"),
+            })?;
+            suppress = serde_json::from_value(v["suppress_tokens"].clone()).unwrap_or_default();
+            begin = serde_json::from_value(v["begin_suppress_tokens"].clone()).unwrap_or_default();
+        }
+        let (vs, whisper) = Whisper::load(dir, device)?;
+        let front = mm_data::mel::WhisperMel::new(config.num_mel_bins as usize);
+        Ok(Transcriber {
+            whisper,
+            _vs: vs,
+            tokenizer,
+            front,
+            sot,
+            after_language,
+            languages,
+            language,
+            eos,
+            suppress,
+            begin,
+        })
+    }
+
+    /// The model.
+    pub fn whisper(&self) -> &Whisper {
+        &self.whisper
+    }
+
+    /// Transcribes 16 kHz mono samples: consecutive 30-second windows, each decoded greedily. A
+    /// window whose peak is below -80 dBFS (silence) gives no text and is not decoded (Whisper
+    /// invents words for silence).
+    pub fn transcribe(&self, samples: &[f32]) -> Result<Transcription> {
+        let device = self.whisper.device();
+        let mut windows = Vec::new();
+        let mut texts = Vec::new();
+        let mut language = self.language;
+        for chunk in samples.chunks(mm_data::mel::WHISPER_SAMPLES) {
+            let peak = chunk.iter().fold(0f32, |m, x| m.max(x.abs()));
+            if peak < 1e-4 {
+                windows.push(Vec::new());
+                continue;
+            }
+            let mel = self.front.window(chunk);
+            let features = Tensor::from_slice(mel.as_slice().expect("standard layout"))
+                .view([1, self.front.n_mels() as i64, mm_data::mel::WHISPER_FRAMES as i64])
+                .to_device(device);
+            let ids = tch::no_grad(|| -> Result<Vec<i64>> {
+                let audio = self.whisper.encode(&features)?;
+                if language.is_none() && !self.languages.is_empty() {
+                    language = Some(self.detect(&audio));
+                }
+                let mut start = vec![self.sot];
+                start.extend(language);
+                start.extend(&self.after_language);
+                let max = self.whisper.config.max_target_positions as usize;
+                Ok(self.whisper.greedy_suppressing(
+                    &audio,
+                    &start,
+                    self.eos,
+                    max,
+                    &self.suppress,
+                    &self.begin,
+                ))
+            })?;
+            let text = self.tokenizer.decode(&ids).map_err(|e| Error::Config(e.to_string()))?;
+            if !text.trim().is_empty() {
+                texts.push(text.trim().to_string());
+            }
+            windows.push(ids);
+        }
+        let language = language
+            .and_then(|id| self.languages.iter().find(|(_, l)| *l == id).map(|(c, _)| c.clone()));
+        Ok(Transcription { text: texts.join(" "), language, windows })
+    }
+
+    /// The language token most likely after `<|startoftranscript|>`.
+    fn detect(&self, audio: &Encoded) -> i64 {
+        let device = audio.hidden.device();
+        let logits = self
+            .whisper
+            .decode(
+                audio,
+                &Tensor::from_slice(&[self.sot]).to_device(device).unsqueeze(0),
+                &mut Cache::default(),
+            )
+            .select(1, -1)
+            .squeeze_dim(0);
+        let ids: Vec<i64> = self.languages.iter().map(|(_, id)| *id).collect();
+        let scores = logits.index_select(0, &Tensor::from_slice(&ids).to_device(device));
+        ids[scores.argmax(0, false).int64_value(&[]) as usize]
+    }
+
+    /// Decodes an audio file (any format mm-data reads), resamples it to 16 kHz and
+    /// transcribes it.
+    pub fn transcribe_file(&self, path: &Path) -> Result<Transcription> {
+        let audio =
+            mm_data::audio::load_audio(path, 16_000).map_err(|e| Error::Config(e.to_string()))?;
+        if audio.samples.is_empty() {
+            return Err(Error::Config(format!("{}: no audio samples", path.display())));
+        }
+        self.transcribe(&audio.samples)
+    }
+}
