@@ -26,6 +26,8 @@ W5  DataLoader over H.264 mp4 files with PyAV (av, which carries its own FFmpeg;
 W6  CLIP ViT-B/32 image embeddings with transformers' CLIPModel.get_image_features (its
     default attention, sdpa), batch 32 of 224x224, eval mode, no gradients; needs
     transformers (installed by --install-peer-deps into its own folder).
+W7  Whisper-tiny (random weights) with transformers' WhisperForConditionalGeneration: the
+    encoder on a 30 s window, then 32 greedy steps with its key/value cache; real-time factor.
 """
 import argparse
 import json
@@ -419,6 +421,51 @@ def w6(batch, repeats):
     return measure("W6", what, runs, "images/s")
 
 
+# --- W7 -------------------------------------------------------------------------------------
+
+def w7(repeats, tokens=32):
+    """Whisper-tiny (openai/whisper-tiny's sizes, random weights) on one 30 s window: the
+    encoder, then `tokens` greedy steps after the 4 start tokens with transformers' key/value
+    cache; seconds over 30 (real-time factor)."""
+    try:
+        from transformers import WhisperConfig, WhisperForConditionalGeneration
+    except ImportError as e:
+        print(f"W7 skipped: it needs transformers ({e}); run `cargo xtask bench-peer --install-peer-deps` once",
+              file=sys.stderr, flush=True)
+        return None
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=384, encoder_layers=4, encoder_attention_heads=6,
+                           decoder_layers=4, decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536)
+    model = WhisperForConditionalGeneration(config).eval()
+    mel = torch.randn(1, 80, 3000)
+    start = torch.tensor([[50258, 50259, 50359, 50363]])
+
+    def run():
+        enc = model.model.encoder(mel)
+        out = model(encoder_outputs=enc, decoder_input_ids=start, use_cache=True)
+        cache, ids = out.cache if hasattr(out, "cache") else out.past_key_values, []
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(tokens):
+            ids.append(int(nxt))
+            if len(ids) == tokens:
+                break
+            out = model(encoder_outputs=enc, decoder_input_ids=nxt, cache=cache, use_cache=True)
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        assert len(ids) == tokens
+
+    runs = []
+    with torch.no_grad():
+        for i in range(1 + max(repeats, 3)):
+            t = time.perf_counter()
+            run()
+            if i >= 1:
+                runs.append((time.perf_counter() - t) / 30.0)
+    what = (f"Whisper-tiny on a 30 s window: encoder, then {tokens} tokens decoded greedily with a key/value cache "
+            "(real-time factor)")
+    return measure("W7", what, runs, "x real time")
+
+
 def versions():
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ["torchvision", "torchaudio", "transformers"]:
@@ -436,7 +483,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed-batch", type=int, default=8)
     ap.add_argument("--clip-batch", type=int, default=32)
-    ap.add_argument("--only", default="", help="comma-separated workloads (W1,W2,W3,W4,W5,W6)")
+    ap.add_argument("--only", default="", help="comma-separated workloads (W1,W2,W3,W4,W5,W6,W7)")
     ap.add_argument("--json", required=True, help="where to write the results")
     args = ap.parse_args()
     only = {w.strip().upper() for w in args.only.split(",") if w.strip()}
@@ -463,6 +510,10 @@ def main():
         report(w5(inputs["videos"], args.threads, args.repeats))
     if wanted("W6"):
         m = w6(args.clip_batch, args.repeats)
+        if m is not None:
+            report(m)
+    if wanted("W7"):
+        m = w7(args.repeats)
         if m is not None:
             report(m)
     tmp = args.json + ".tmp"

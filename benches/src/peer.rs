@@ -353,6 +353,54 @@ pub fn w6(sizes: Sizes, device: Device) -> Result<Measure, String> {
     })
 }
 
+/// Decoded tokens of W7.
+pub const WHISPER_TOKENS: usize = 32;
+
+/// W7 on our side: Whisper-tiny (transformers' `openai/whisper-tiny` sizes, randomly
+/// initialised) on one 30-second window: the encoder, then greedy decoding of 32 tokens after
+/// the 4 start tokens with the key/value cache; the time over the window's 30 s (real-time
+/// factor, lower is faster).
+pub fn w7(sizes: Sizes, device: Device) -> Result<Measure, String> {
+    use mm_encoders::whisper::{Whisper, WhisperConfig};
+    let config: WhisperConfig = serde_json::from_str(
+        r#"{"vocab_size": 51865, "num_mel_bins": 80, "d_model": 384, "encoder_layers": 4,
+            "encoder_attention_heads": 6, "decoder_layers": 4, "decoder_attention_heads": 6,
+            "encoder_ffn_dim": 1536, "decoder_ffn_dim": 1536}"#,
+    )
+    .map_err(|e| e.to_string())?;
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(device);
+    let whisper = Whisper::new(&vs.root(), &config).map_err(|e| e.to_string())?;
+    let mel = tch::Tensor::randn([1, 80, 3000], (tch::Kind::Float, device));
+    let start = [50258i64, 50259, 50359, 50363];
+    let mut err = None;
+    let runs: Vec<f64> = time_runs(device, 1, sizes.repeats.max(3), || {
+        let done = tch::no_grad(|| -> Result<usize, String> {
+            let audio = whisper.encode(&mel).map_err(|e| e.to_string())?;
+            // No end token (-1): always the same number of steps.
+            Ok(whisper.greedy(&audio, &start, -1, start.len() + WHISPER_TOKENS).len())
+        });
+        match done {
+            Ok(n) if n == WHISPER_TOKENS => {}
+            Ok(n) => err = Some(format!("W7 decoded {n} tokens, not {WHISPER_TOKENS}")),
+            Err(e) => err = Some(e),
+        }
+    })
+    .into_iter()
+    .map(|s| s / 30.0)
+    .collect();
+    if let Some(e) = err {
+        return Err(e);
+    }
+    Ok(Measure {
+        id: "W7".into(),
+        what: format!("Whisper-tiny on a 30 s window: encoder, then {WHISPER_TOKENS} tokens decoded greedily with a key/value cache (real-time factor)"),
+        value: median(&runs),
+        unit: "x real time".into(),
+        runs,
+    })
+}
+
 /// W4 on our side: one epoch of `fit` on the av-digits recipe (training, validation,
 /// checkpoint), with the data prepared (cleaned, statistics fitted) beforehand.
 pub fn w4(inputs: &Inputs, scratch: &Path, device: Device) -> Result<Option<Measure>, String> {

@@ -11,7 +11,7 @@ use tch::Device;
 
 /// mm against PyTorch on the same machine: W1 image pipeline, W2 audio pipeline, W3 training
 /// steps, W4 a whole epoch of the av-digits recipe, W5 clips of video files, W6 CLIP image
-/// embeddings.
+/// embeddings, W7 Whisper-tiny transcription.
 #[derive(Debug, Parser)]
 #[command(name = "bench-peer")]
 struct Args {
@@ -22,7 +22,7 @@ struct Args {
     /// Small inputs and few repetitions: checks that everything runs, measures little.
     #[arg(long)]
     quick: bool,
-    /// Only these workloads (W1, W2, W3, W4, W5, W6; comma-separated).
+    /// Only these workloads (W1, W2, W3, W4, W5, W6, W7; comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where inputs are written (reused between runs).
@@ -173,6 +173,9 @@ fn measure_ours(
     }
     if wanted(args, "W6") {
         report(peer::w6(sizes, device)?, &mut ours);
+    }
+    if wanted(args, "W7") {
+        report(peer::w7(sizes, device)?, &mut ours);
     }
     Ok(ours)
 }

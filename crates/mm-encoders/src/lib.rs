@@ -1,6 +1,7 @@
-//! Modality encoders: image CNNs (ResNet, VGG, small CNNs), word-vector text encoders (GloVe,
-//! word2vec), pretrained BERT, RNN audio encoders over log-mel features, MLPs for numeric
-//! records. Each turns one
+//! Modality encoders: image CNNs (ResNet, VGG, small CNNs) and Vision Transformers, word-vector
+//! text encoders (GloVe, word2vec), pretrained BERT, CLIP ([`clip`]: both towers, zero-shot
+//! classification, an image index in [`clip_index`]) and Whisper ([`whisper`]: transcription),
+//! RNN audio encoders over log-mel features, MLPs for numeric records. Each turns one
 //! modality's batch into a `[B, D]` embedding (and, where it has one, a `[B, T, D]` sequence with
 //! its mask).
 //!
