@@ -359,6 +359,9 @@ impl Whisper {
 
     /// Logits `[B, L, vocab]` of the next token after each of `ids` `[B, L]`, continuing from
     /// `cache` (the tokens before them), which is extended.
+    ///
+    /// Panics when the tokens would reach past `max_target_positions` or an id is out of the
+    /// vocabulary (a programmer's error: [`Whisper::greedy`] stays within both).
     pub fn decode(&self, audio: &Encoded, ids: &Tensor, cache: &mut Cache) -> Tensor {
         let (_, l) = ids.size2().expect("[B, L]");
         let positions = Tensor::arange_start(cache.len, cache.len + l, (Kind::Int64, ids.device()));
@@ -458,8 +461,9 @@ impl Whisper {
     }
 }
 
-/// Maps a tensor name of transformers' Whisper files to ours: `proj_out.weight` (tied to the
-/// token embedding) skipped; the rest as they are.
+/// Maps a tensor name of transformers' Whisper files to ours: `proj_out.weight` skipped (every
+/// released Whisper ties it to the token embedding, which this model uses in its place; an
+/// untied fine-tune's own output projection would be ignored); the rest as they are.
 pub fn hf_whisper_name(name: &str) -> Mapped {
     if name == "proj_out.weight" {
         Mapped::Skip("the output projection (tied to the token embedding)")
