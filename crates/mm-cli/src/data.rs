@@ -549,12 +549,18 @@ fn stats(a: &StatsArgs) -> Result<()> {
     if let Some(TextEncoder::Words { vocab, .. }) = p.text.as_ref().map(|t| &t.encoder) {
         out.insert("vocabulary".into(), json!(vocab.len()));
     }
+    if let Some(vocab) = p.transcript.as_ref().and_then(|t| t.vocab()) {
+        out.insert("transcript_vocabulary".into(), json!(vocab.len()));
+    }
     out.insert("classes".into(), json!(config.data.classes));
     out.insert("train_samples".into(), json!(prepared.manifest.split(Split::Train).count()));
     if let Some(dir) = &a.out {
         p.save_statistics(dir)?;
         if let Some(TextEncoder::Words { vocab, .. }) = p.text.as_ref().map(|t| &t.encoder) {
             vocab.save(dir.join("vocab.txt"))?;
+        }
+        if let Some(vocab) = p.transcript.as_ref().and_then(|t| t.vocab()) {
+            vocab.save(dir.join(mm_data::config::TRANSCRIPT_VOCAB))?;
         }
     }
     if a.json {

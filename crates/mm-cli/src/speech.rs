@@ -27,7 +27,8 @@ pub struct TranscribeArgs {
     /// With --model: the language's code (en, fr, ...); detected per file when not given.
     #[arg(long, requires = "model")]
     language: Option<String>,
-    /// Prefix beam search of this width; 1 decodes greedily.
+    /// Beam width: a CTC run's prefix beam search, or Whisper's beam search over tokens; 1
+    /// decodes greedily.
     #[arg(long, default_value_t = 1)]
     beam: usize,
     /// One JSON object per file: the text, every character and word timed, the time taken.
@@ -60,23 +61,21 @@ pub fn transcribe(a: &TranscribeArgs) -> Result<()> {
     Ok(())
 }
 
-/// `mm transcribe --model`: a pretrained Whisper, greedy decoding per 30-second window. A file
+/// `mm transcribe --model`: a pretrained Whisper, greedy or beam decoding per 30-second window. A file
 /// that cannot be read is reported and the others go on; the command then fails, saying how
 /// many were lost.
 fn transcribe_whisper(a: &TranscribeArgs, model: &std::path::Path) -> Result<()> {
     use anyhow::Context;
-    if a.beam != 1 {
-        anyhow::bail!(
-            "--beam {}: Whisper decodes greedily here (beam search is for CTC runs so far)",
-            a.beam
-        );
+    if a.beam == 0 {
+        anyhow::bail!("--beam 0: give 1 (greedy) or more beams");
     }
     let t = mm_encoders::whisper::Transcriber::load(
         model,
         parse_device(&a.device)?,
         a.language.as_deref(),
     )
-    .with_context(|| format!("{}: cannot use this Whisper model", model.display()))?;
+    .with_context(|| format!("{}: cannot use this Whisper model", model.display()))?
+    .with_beam(a.beam);
     let many = a.files.len() > 1;
     let mut failed = 0;
     for file in &a.files {

@@ -1,16 +1,16 @@
 //! Whisper (Radford et al. 2022), the network, with Hugging Face's parameter names and
 //! configuration file (`WhisperForConditionalGeneration`: `openai/whisper-tiny`, `-base`,
 //! `-small`): the encoder over log-mel frames (two convolutions, positions, pre-LayerNorm
-//! layers) and the decoder over token ids (learned positions, causal self-attention,
-//! cross-attention to the encoder, logits through the token embedding), with a key/value cache
-//! so that greedy decoding costs one step per token.
+//! layers) and the decoder over token ids (mm-seq's [`TransformerDecoder`]: learned positions,
+//! causal self-attention, cross-attention to the encoder, logits through the token embedding),
+//! with a key/value cache so that decoding costs one step per token.
 //!
 //! [`Transcriber`] puts it together as `mm transcribe --model` uses it: audio decoded and
 //! resampled to 16 kHz, Whisper's log-mel front end ([`mm_data::mel::WhisperMel`]) over
 //! consecutive 30-second windows, the start tokens from the model's `tokenizer.json`
 //! (`<|startoftranscript|>`, the language given or detected, `<|transcribe|>`,
-//! `<|notimestamps|>`), greedy decoding with the `generation_config.json`'s suppressed tokens,
-//! and the text. Not yet: beam search, timestamps, windows that overlap at their edges.
+//! `<|notimestamps|>`), greedy or beam decoding with the `generation_config.json`'s suppressed
+//! tokens, and the text. Not yet: timestamps, windows that overlap at their edges.
 //!
 //! ```
 //! use mm_encoders::whisper::{Whisper, WhisperConfig};
@@ -32,7 +32,10 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Tensor};
+
+pub use mm_seq::decoder::Cache;
+use mm_seq::decoder::{Attention, DecoderConfig, Generation, Memory, TransformerDecoder};
 
 use crate::weights::Mapped;
 use crate::{Error, Result};
@@ -131,60 +134,13 @@ impl WhisperConfig {
     }
 }
 
-/// Whisper's attention: the key projection has no bias.
-#[derive(Debug)]
-struct Attention {
-    q: nn::Linear,
-    k: nn::Linear,
-    v: nn::Linear,
-    out: nn::Linear,
-    heads: i64,
-}
-
-fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
+fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     let init = nn::Init::Randn { mean: 0.0, stdev: 0.02 };
-    nn::linear(
-        p,
-        i,
-        o,
-        nn::LinearConfig { ws_init: init, bs_init: bias.then_some(nn::Init::Const(0.0)), bias },
-    )
+    nn::linear(p, i, o, nn::LinearConfig { ws_init: init, ..Default::default() })
 }
 
 fn norm(p: nn::Path, d: i64) -> nn::LayerNorm {
     nn::layer_norm(p, vec![d], Default::default())
-}
-
-impl Attention {
-    fn new(p: &nn::Path, d: i64, heads: i64) -> Self {
-        Attention {
-            q: linear(p / "q_proj", d, d, true),
-            k: linear(p / "k_proj", d, d, false),
-            v: linear(p / "v_proj", d, d, true),
-            out: linear(p / "out_proj", d, d, true),
-            heads,
-        }
-    }
-
-    /// `[B, L, D]` to `[B, heads, L, D / heads]`.
-    fn split(&self, t: &Tensor) -> Tensor {
-        let (b, l, d) = t.size3().expect("[B, L, D]");
-        t.view([b, l, self.heads, d / self.heads]).transpose(1, 2)
-    }
-
-    /// Attention of `x` over keys and values already split into heads.
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, causal: bool) -> Tensor {
-        let (b, l, d) = x.size3().expect("[B, L, D]");
-        let q = self.split(&x.apply(&self.q));
-        let context = Tensor::scaled_dot_product_attention::<Tensor>(
-            &q, k, v, None, 0.0, causal, None, false,
-        );
-        context.transpose(1, 2).reshape([b, l, d]).apply(&self.out)
-    }
-
-    fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
-        (self.split(&x.apply(&self.k)), self.split(&x.apply(&self.v)))
-    }
 }
 
 #[derive(Debug)]
@@ -196,35 +152,25 @@ struct EncoderLayer {
     fc2: nn::Linear,
 }
 
-#[derive(Debug)]
-struct DecoderLayer {
-    self_norm: nn::LayerNorm,
-    self_attn: Attention,
-    cross_norm: nn::LayerNorm,
-    cross_attn: Attention,
-    ffn_norm: nn::LayerNorm,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-}
-
 /// The encoder's output, with each decoder layer's cross-attention keys and values computed
 /// once.
 #[derive(Debug)]
 pub struct Encoded {
     /// `[B, positions, d_model]`: transformers' `encoder_last_hidden_state`.
     pub hidden: Tensor,
-    cross: Vec<(Tensor, Tensor)>,
+    memory: Memory,
 }
 
-/// The decoder's self-attention keys and values so far, per layer.
-#[derive(Debug, Default)]
-pub struct Cache {
-    layers: Vec<(Tensor, Tensor)>,
-    len: i64,
+impl Encoded {
+    /// What the decoder reads (the hidden states and their keys and values).
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
 }
 
 /// Whisper's encoder and decoder (`model.encoder`, `model.decoder`; the output projection is
-/// the token embedding, as transformers ties them).
+/// the token embedding, as transformers ties them). The decoder is mm-seq's
+/// [`TransformerDecoder`], whose names are Whisper's.
 #[derive(Debug)]
 pub struct Whisper {
     conv1: nn::Conv1D,
@@ -232,10 +178,7 @@ pub struct Whisper {
     enc_positions: nn::Embedding,
     enc_layers: Vec<EncoderLayer>,
     enc_norm: nn::LayerNorm,
-    tokens: nn::Embedding,
-    dec_positions: nn::Embedding,
-    dec_layers: Vec<DecoderLayer>,
-    dec_norm: nn::LayerNorm,
+    decoder: TransformerDecoder,
     config: WhisperConfig,
 }
 
@@ -246,65 +189,50 @@ impl Whisper {
         config.check().map_err(Error::Config)?;
         let d = config.d_model;
         let enc = path / "model" / "encoder";
-        let dec = path / "model" / "decoder";
         let conv = |p: nn::Path, i: i64, stride: i64| {
             nn::conv1d(p, i, d, 3, nn::ConvConfig { stride, padding: 1, ..Default::default() })
-        };
-        let emb = |p: nn::Path, n: i64| {
-            nn::embedding(
-                p,
-                n,
-                d,
-                nn::EmbeddingConfig {
-                    ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
-                    ..Default::default()
-                },
-            )
         };
         let enc_layers = (0..config.encoder_layers)
             .map(|i| {
                 let p = &enc / "layers" / i;
                 EncoderLayer {
                     attn_norm: norm(&p / "self_attn_layer_norm", d),
-                    attn: Attention::new(&(&p / "self_attn"), d, config.encoder_attention_heads),
-                    ffn_norm: norm(&p / "final_layer_norm", d),
-                    fc1: linear(&p / "fc1", d, config.encoder_ffn_dim, true),
-                    fc2: linear(&p / "fc2", config.encoder_ffn_dim, d, true),
-                }
-            })
-            .collect();
-        let dec_layers = (0..config.decoder_layers)
-            .map(|i| {
-                let p = &dec / "layers" / i;
-                DecoderLayer {
-                    self_norm: norm(&p / "self_attn_layer_norm", d),
-                    self_attn: Attention::new(
+                    attn: Attention::new(
                         &(&p / "self_attn"),
                         d,
-                        config.decoder_attention_heads,
-                    ),
-                    cross_norm: norm(&p / "encoder_attn_layer_norm", d),
-                    cross_attn: Attention::new(
-                        &(&p / "encoder_attn"),
-                        d,
-                        config.decoder_attention_heads,
+                        config.encoder_attention_heads,
+                        false,
                     ),
                     ffn_norm: norm(&p / "final_layer_norm", d),
-                    fc1: linear(&p / "fc1", d, config.decoder_ffn_dim, true),
-                    fc2: linear(&p / "fc2", config.decoder_ffn_dim, d, true),
+                    fc1: linear(&p / "fc1", d, config.encoder_ffn_dim),
+                    fc2: linear(&p / "fc2", config.encoder_ffn_dim, d),
                 }
             })
             .collect();
+        let decoder = DecoderConfig {
+            vocab: config.vocab_size,
+            dim: d,
+            layers: config.decoder_layers,
+            heads: config.decoder_attention_heads,
+            ffn: config.decoder_ffn_dim,
+            max_positions: config.max_target_positions,
+            dropout: 0.0,
+            key_bias: false,
+        };
+        let decoder = TransformerDecoder::new(&(path / "model" / "decoder"), &decoder)
+            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Whisper {
             conv1: conv(&enc / "conv1", config.num_mel_bins, 1),
             conv2: conv(&enc / "conv2", d, 2),
-            enc_positions: emb(&enc / "embed_positions", config.max_source_positions),
+            enc_positions: nn::embedding(
+                &enc / "embed_positions",
+                config.max_source_positions,
+                d,
+                Default::default(),
+            ),
             enc_layers,
             enc_norm: norm(&enc / "layer_norm", d),
-            tokens: emb(&dec / "embed_tokens", config.vocab_size),
-            dec_positions: emb(&dec / "embed_positions", config.max_target_positions),
-            dec_layers,
-            dec_norm: norm(&dec / "layer_norm", d),
+            decoder,
             config: config.clone(),
         })
     }
@@ -328,14 +256,27 @@ impl Whisper {
         &self.config
     }
 
+    /// The decoder.
+    pub fn decoder(&self) -> &TransformerDecoder {
+        &self.decoder
+    }
+
     /// The device the parameters are on.
     pub fn device(&self) -> tch::Device {
-        self.tokens.ws.device()
+        self.decoder.token_embedding().device()
     }
 
     /// Encodes log-mel features `[B, num_mel_bins, 2 · max_source_positions]` (Whisper's
     /// 30-second window: 3000 frames); another length is an error, as in transformers.
     pub fn encode(&self, mel: &Tensor) -> Result<Encoded> {
+        let hidden = self.encoder_states(mel)?;
+        let memory = self.decoder.memory(&hidden, None);
+        Ok(Encoded { hidden, memory })
+    }
+
+    /// The encoder's output `[B, max_source_positions, d_model]` alone (no decoder keys and
+    /// values): what an audio encoder in a fusion run reads.
+    pub fn encoder_states(&self, mel: &Tensor) -> Result<Tensor> {
         let want = 2 * self.config.max_source_positions;
         let size = mel.size();
         if size.len() != 3 || size[1] != self.config.num_mel_bins || size[2] != want {
@@ -349,68 +290,19 @@ impl Whisper {
         for l in &self.enc_layers {
             let y = x.apply(&l.attn_norm);
             let (k, v) = l.attn.keys_values(&y);
-            x = &x + l.attn.attend(&y, &k, &v, false);
+            x = &x + l.attn.attend(&y, &k, &v, None, false);
             x = &x + x.apply(&l.ffn_norm).apply(&l.fc1).gelu("none").apply(&l.fc2);
         }
-        let hidden = x.apply(&self.enc_norm);
-        let cross = self.dec_layers.iter().map(|l| l.cross_attn.keys_values(&hidden)).collect();
-        Ok(Encoded { hidden, cross })
+        Ok(x.apply(&self.enc_norm))
     }
 
     /// Logits `[B, L, vocab]` of the next token after each of `ids` `[B, L]`, continuing from
     /// `cache` (the tokens before them), which is extended.
     ///
     /// Panics when the tokens would reach past `max_target_positions` or an id is out of the
-    /// vocabulary (a programmer's error: [`Whisper::greedy`] stays within both).
+    /// vocabulary (a programmer's error: [`Whisper::generate`] stays within both).
     pub fn decode(&self, audio: &Encoded, ids: &Tensor, cache: &mut Cache) -> Tensor {
-        let (_, l) = ids.size2().expect("[B, L]");
-        let positions = Tensor::arange_start(cache.len, cache.len + l, (Kind::Int64, ids.device()));
-        let mut x = ids.apply(&self.tokens) + positions.apply(&self.dec_positions).unsqueeze(0);
-        let first = cache.layers.is_empty();
-        for (i, layer) in self.dec_layers.iter().enumerate() {
-            let y = x.apply(&layer.self_norm);
-            let (k, v) = layer.self_attn.keys_values(&y);
-            let (k, v) = if first {
-                (k, v)
-            } else {
-                let (pk, pv) = &cache.layers[i];
-                (Tensor::cat(&[pk, &k], 2), Tensor::cat(&[pv, &v], 2))
-            };
-            // Causal within the new tokens; every cached token is before them all. With one new
-            // token no mask is needed; with several after a cache, an explicit mask.
-            let attended = if first || l == 1 {
-                layer.self_attn.attend(&y, &k, &v, first && l > 1)
-            } else {
-                let total = cache.len + l;
-                let rows = Tensor::arange_start(cache.len, total, (Kind::Int64, ids.device()));
-                let cols = Tensor::arange(total, (Kind::Int64, ids.device()));
-                let mask = cols.unsqueeze(0).le_tensor(&rows.unsqueeze(1));
-                let (b, _, d) = y.size3().expect("[B, L, D]");
-                let q = layer.self_attn.split(&y.apply(&layer.self_attn.q));
-                let c = Tensor::scaled_dot_product_attention(
-                    &q,
-                    &k,
-                    &v,
-                    Some(&mask),
-                    0.0,
-                    false,
-                    None,
-                    false,
-                );
-                c.transpose(1, 2).reshape([b, l, d]).apply(&layer.self_attn.out)
-            };
-            if first {
-                cache.layers.push((k, v));
-            } else {
-                cache.layers[i] = (k, v);
-            }
-            x = &x + attended;
-            let (ck, cv) = &audio.cross[i];
-            x = &x + layer.cross_attn.attend(&x.apply(&layer.cross_norm), ck, cv, false);
-            x = &x + x.apply(&layer.ffn_norm).apply(&layer.fc1).gelu("none").apply(&layer.fc2);
-        }
-        cache.len += l;
-        x.apply(&self.dec_norm).matmul(&self.tokens.ws.tr())
+        self.decoder.step(&audio.memory, ids, cache)
     }
 
     /// Greedy decoding of one audio (batch 1): from the start tokens (`<|startoftranscript|>`
@@ -418,46 +310,13 @@ impl Whisper {
     /// `eos` or `max_len` tokens in all; returns the tokens after the start ones, `eos`
     /// excluded.
     pub fn greedy(&self, audio: &Encoded, start: &[i64], eos: i64, max_len: usize) -> Vec<i64> {
-        self.greedy_suppressing(audio, start, eos, max_len, &[], &[])
+        self.generate(audio, &Generation::new(start, eos, max_len)).swap_remove(0)
     }
 
-    /// [`Whisper::greedy`] with tokens never chosen (`suppress`, transformers'
-    /// `suppress_tokens`) and tokens not chosen first (`begin`, `begin_suppress_tokens`: a
-    /// blank or the end token as the first word).
-    pub fn greedy_suppressing(
-        &self,
-        audio: &Encoded,
-        start: &[i64],
-        eos: i64,
-        max_len: usize,
-        suppress: &[i64],
-        begin: &[i64],
-    ) -> Vec<i64> {
-        let device = audio.hidden.device();
-        let vocab = self.config.vocab_size;
-        let max_len = max_len.min(self.config.max_target_positions as usize);
-        let mask = |ids: &[i64]| {
-            let ids: Vec<i64> = ids.iter().copied().filter(|i| (0..vocab).contains(i)).collect();
-            (!ids.is_empty()).then(|| Tensor::from_slice(&ids).to_device(device))
-        };
-        let (suppress, begin) = (mask(suppress), mask(begin));
-        let mut cache = Cache::default();
-        let mut ids = Tensor::from_slice(start).to_device(device).unsqueeze(0);
-        let mut out = Vec::new();
-        while start.len() + out.len() < max_len {
-            let mut logits = self.decode(audio, &ids, &mut cache).select(1, -1);
-            for m in [&suppress, if out.is_empty() { &begin } else { &None }].into_iter().flatten()
-            {
-                let _ = logits.index_fill_(1, m, f64::NEG_INFINITY);
-            }
-            let next = logits.argmax(-1, false).int64_value(&[0]);
-            if next == eos {
-                break;
-            }
-            out.push(next);
-            ids = Tensor::from_slice(&[next]).to_device(device).unsqueeze(0);
-        }
-        out
+    /// Decoding as `how` says (greedy or beam search, suppressed tokens: transformers'
+    /// `suppress_tokens` and `begin_suppress_tokens`), one token list per audio of the batch.
+    pub fn generate(&self, audio: &Encoded, how: &Generation<'_>) -> Vec<Vec<i64>> {
+        self.decoder.generate(&audio.memory, how)
     }
 }
 
@@ -486,6 +345,7 @@ pub struct Transcriber {
     eos: i64,
     suppress: Vec<i64>,
     begin: Vec<i64>,
+    beam: usize,
 }
 
 /// What [`Transcriber::transcribe`] returns.
@@ -583,7 +443,15 @@ impl Transcriber {
             eos,
             suppress,
             begin,
+            beam: 1,
         })
+    }
+
+    /// Decodes with a beam of `beam` hypotheses (1, the default, is greedy decoding; 5 is what
+    /// OpenAI's Whisper uses); length-normalised scores as transformers ranks them.
+    pub fn with_beam(mut self, beam: usize) -> Self {
+        self.beam = beam.max(1);
+        self
     }
 
     /// The model.
@@ -591,7 +459,8 @@ impl Transcriber {
         &self.whisper
     }
 
-    /// Transcribes 16 kHz mono samples: consecutive 30-second windows, each decoded greedily. A
+    /// Transcribes 16 kHz mono samples: consecutive 30-second windows, each decoded greedily
+    /// (or with the beam [`Transcriber::with_beam`] set). A
     /// window whose peak is below -80 dBFS (silence) gives no text and is not decoded (Whisper
     /// invents words for silence).
     pub fn transcribe(&self, samples: &[f32]) -> Result<Transcription> {
@@ -618,14 +487,13 @@ impl Transcriber {
                 start.extend(language);
                 start.extend(&self.after_language);
                 let max = self.whisper.config.max_target_positions as usize;
-                Ok(self.whisper.greedy_suppressing(
-                    &audio,
-                    &start,
-                    self.eos,
-                    max,
-                    &self.suppress,
-                    &self.begin,
-                ))
+                let how = Generation {
+                    beam: self.beam,
+                    suppress: &self.suppress,
+                    begin_suppress: &self.begin,
+                    ..Generation::new(&start, self.eos, max)
+                };
+                Ok(self.whisper.generate(&audio, &how).swap_remove(0))
             })?;
             let text = self.tokenizer.decode(&ids).map_err(|e| Error::Config(e.to_string()))?;
             if !text.trim().is_empty() {

@@ -1,6 +1,8 @@
 //! Sequence models for time-ordered data: LSTM and GRU (uni- and bidirectional, multi-layer,
 //! length-masked), a Transformer encoder and temporal convolutions, over `[B, T, F]` batches
-//! with per-sample lengths; used for video frames, audio features and time series.
+//! with per-sample lengths; used for video frames, audio features and time series. And a
+//! Transformer decoder that writes tokens ([`decoder`]: cross-attention, a key/value cache,
+//! greedy and beam search), for Whisper and caption heads.
 //!
 //! Every model implements [`SequenceModel`]: a padded batch `[B, T, F]` and its lengths `[B]`
 //! become a [`SeqOutput`] holding every step's output `[B, T, D]` (zero at padded steps), the
@@ -32,6 +34,7 @@
 //! sequences came from: it may use mm-data's batch types but nothing from encoders, fusion or
 //! training.
 
+pub mod decoder;
 pub mod pool;
 pub mod precision;
 pub mod rnn;

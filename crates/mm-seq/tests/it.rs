@@ -611,3 +611,181 @@ fn recurrent_layers_run_under_bf16_autocast_on_any_cpu() {
         &[("MM_CPU_BF16", "0")],
     );
 }
+
+mod decoder {
+    use mm_seq::decoder::{Cache, DecoderConfig, Generation, TransformerDecoder};
+    use tch::{nn, Device, Kind, Tensor};
+
+    fn tiny(vocab: i64, seed: i64) -> (nn::VarStore, TransformerDecoder) {
+        let _g = super::seeded(seed);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = DecoderConfig {
+            vocab,
+            dim: 16,
+            layers: 2,
+            heads: 2,
+            ffn: 32,
+            max_positions: 16,
+            ..DecoderConfig::default()
+        };
+        let d = TransformerDecoder::new(&(vs.root() / "decoder"), &config).expect("decoder");
+        // Larger weights than the initialisation's, so that the tokens' probabilities differ.
+        tch::no_grad(|| {
+            for (_, mut v) in vs.variables() {
+                let noise = Tensor::randn_like(&v) * 0.5;
+                v.copy_(&noise);
+            }
+        });
+        (vs, d)
+    }
+
+    /// Teacher forcing gives the logits of decoding one token at a time through the cache; a
+    /// token changes no logits before it; masked memory steps change nothing; dropout acts
+    /// only when training.
+    #[test]
+    fn teacher_forcing_matches_the_cache_and_masks_hide_memory() {
+        let (_vs, d) = tiny(9, 1);
+        let states = Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu));
+        let mask =
+            Tensor::from_slice(&[true, true, true, false, false, true, true, true, true, true])
+                .view([2, 5]);
+        let memory = d.memory(&states, Some(&mask));
+        let ids = Tensor::from_slice(&[1i64, 4, 2, 7, 1, 3, 3, 8]).view([2, 4]);
+        let whole = tch::no_grad(|| d.forward_t(&memory, &ids, false));
+        assert_eq!(whole.size(), [2, 4, 9]);
+        let mut cache = Cache::default();
+        let steps: Vec<Tensor> = (0..4)
+            .map(|i| tch::no_grad(|| d.step(&memory, &ids.narrow(1, i, 1), &mut cache)))
+            .collect();
+        assert_eq!(cache.len(), 4);
+        assert!(super::max_diff(&Tensor::cat(&steps, 1), &whole) < 1e-5);
+        let changed = ids.copy();
+        let _ = changed.narrow(1, 3, 1).fill_(5);
+        let later = tch::no_grad(|| d.forward_t(&memory, &changed, false));
+        assert!(super::max_diff(&later.narrow(1, 0, 3), &whole.narrow(1, 0, 3)) < 1e-6);
+        assert!(super::max_diff(&later.narrow(1, 3, 1), &whole.narrow(1, 3, 1)) > 1e-3);
+        let other = states.copy();
+        let _ = other.narrow(0, 0, 1).narrow(1, 3, 2).fill_(100.0);
+        let hidden = tch::no_grad(|| d.forward_t(&d.memory(&other, Some(&mask)), &ids, false));
+        assert!(super::max_diff(&hidden, &whole) < 1e-6, "a masked memory step was read");
+        let seen = tch::no_grad(|| d.forward_t(&d.memory(&other, None), &ids, false));
+        assert!(super::max_diff(&seen, &whole) > 1e-3, "an unmasked memory step was not read");
+        let trained = tch::no_grad(|| d.forward_t(&memory, &ids, true));
+        assert!(super::max_diff(&trained, &whole) > 1e-4, "no dropout when training");
+    }
+
+    /// Every complete sequence's score, by teacher forcing: up to `max` tokens, ended by `eos`
+    /// (counted) or by the limit.
+    fn every_sequence(
+        d: &TransformerDecoder,
+        memory: &mm_seq::decoder::Memory,
+        start: i64,
+        eos: i64,
+        max: usize,
+    ) -> Vec<(Vec<i64>, f64, usize)> {
+        let vocab = d.config().vocab;
+        let mut out = Vec::new();
+        let mut frontier: Vec<Vec<i64>> = vec![Vec::new()];
+        for depth in 0..max {
+            let mut next = Vec::new();
+            for prefix in frontier {
+                let ids: Vec<i64> = std::iter::once(start).chain(prefix.iter().copied()).collect();
+                let logp = tch::no_grad(|| {
+                    d.forward_t(memory, &Tensor::from_slice(&ids).unsqueeze(0), false)
+                        .log_softmax(-1, Kind::Float)
+                });
+                let score: f64 = prefix
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| logp.double_value(&[0, i as i64, *t]))
+                    .sum();
+                let last = prefix.len() as i64;
+                let end = score + logp.double_value(&[0, last, eos]);
+                out.push((prefix.clone(), end, prefix.len() + 1));
+                for t in (0..vocab).filter(|t| *t != eos) {
+                    let mut p = prefix.clone();
+                    p.push(t);
+                    if depth + 1 == max {
+                        let s = score + logp.double_value(&[0, last, t]);
+                        out.push((p, s, max));
+                    } else {
+                        next.push(p);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        out
+    }
+
+    /// A beam wide enough to keep every hypothesis finds the best sequence that enumerating them
+    /// all finds (by summed and by mean log-probability); one beam is greedy decoding; a batch
+    /// decodes as its samples one by one; suppressed tokens are never written.
+    #[test]
+    fn a_wide_beam_is_exact_and_batches_decode_as_single_samples() {
+        let (_vs, d) = tiny(4, 2);
+        let (start, eos, max) = (0i64, 3i64, 3usize);
+        let first = [start];
+        let states = Tensor::randn([3, 4, 16], (Kind::Float, Device::Cpu));
+        let memory = d.memory(&states, None);
+        let greedy = tch::no_grad(|| d.generate(&memory, &Generation::new(&first, eos, max + 1)));
+        let mut beats_greedy = 0;
+        for penalty in [0.0, 1.0] {
+            let how = Generation {
+                beam: 64,
+                length_penalty: penalty,
+                ..Generation::new(&first, eos, max + 1)
+            };
+            let found = tch::no_grad(|| d.generate(&memory, &how));
+            for (j, got) in found.iter().enumerate() {
+                let one = memory.select(&Tensor::from_slice(&[j as i64]));
+                let all = every_sequence(&d, &one, start, eos, max);
+                let score = |s: f64, n: usize| s / (n as f64).powf(penalty);
+                let best = all
+                    .iter()
+                    .max_by(|a, b| score(a.1, a.2).total_cmp(&score(b.1, b.2)))
+                    .expect("sequences");
+                assert_eq!(got, &best.0, "sample {j}, length penalty {penalty}");
+                beats_greedy += usize::from(got != &greedy[j]);
+            }
+        }
+        assert!(
+            beats_greedy > 0,
+            "greedy decoding is already optimal here: the test shows nothing"
+        );
+        let greedy = tch::no_grad(|| d.generate(&memory, &Generation::new(&first, eos, 6)));
+        let beam1 = Generation { beam: 1, length_penalty: 0.0, ..Generation::new(&first, eos, 6) };
+        assert_eq!(tch::no_grad(|| d.generate(&memory, &beam1)), greedy);
+        for how in [
+            Generation::new(&first, eos, 6),
+            Generation { beam: 3, ..Generation::new(&first, eos, 6) },
+        ] {
+            let batch = tch::no_grad(|| d.generate(&memory, &how));
+            for (j, got) in batch.iter().enumerate() {
+                let one = memory.select(&Tensor::from_slice(&[j as i64]));
+                assert_eq!(&tch::no_grad(|| d.generate(&one, &how)).swap_remove(0), got);
+            }
+        }
+        let how = Generation {
+            suppress: &[1],
+            begin_suppress: &[2, 3],
+            ..Generation::new(&first, eos, 6)
+        };
+        for ids in tch::no_grad(|| d.generate(&memory, &how)) {
+            assert!(!ids.contains(&1), "{ids:?}");
+            assert_ne!(ids.first(), Some(&2), "{ids:?}");
+            assert!(!ids.is_empty(), "the end token was written first");
+        }
+    }
+
+    #[test]
+    fn decoder_sizes_are_checked() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bad = DecoderConfig { vocab: 10, dim: 10, heads: 3, ..DecoderConfig::default() };
+        let e = TransformerDecoder::new(&vs.root(), &bad).expect_err("heads").to_string();
+        assert!(e.contains("heads = 3") && e.contains("dim = 10"), "{e}");
+        let bad = DecoderConfig { vocab: 0, ..DecoderConfig::default() };
+        let e = TransformerDecoder::new(&vs.root(), &bad).expect_err("vocab").to_string();
+        assert!(e.contains("vocab = 0"), "{e}");
+    }
+}

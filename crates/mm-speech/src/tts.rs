@@ -542,7 +542,8 @@ fn data_config(config: &TtsConfig, alphabet: &Alphabet, speakers: Vec<String>) -
     let mut data = DataConfig::new(&config.data.manifest);
     data.classes = speakers;
     data.audio = Some(AudioConfig { mel: config.data.mel, ..AudioConfig::default() });
-    data.transcript = Some(TranscriptConfig { alphabet: alphabet.chars() });
+    data.transcript =
+        Some(TranscriptConfig { alphabet: alphabet.chars(), ..TranscriptConfig::default() });
     data
 }
 

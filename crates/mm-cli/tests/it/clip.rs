@@ -375,8 +375,8 @@ fn clip_towers_fine_tune_for_retrieval_from_where_they_start() {
 
 /// `mm transcribe --model` with a tiny Whisper in transformers' layout (formula weights, its
 /// config and tokenizer from mm-encoders' parity tests): the text transformers' model gives for
-/// the same WAV file, as text and as JSON; a broken file is named and the others go on; options
-/// that do not fit Whisper are refused.
+/// the same WAV file, as text and as JSON, greedily and with a beam; a broken file is named and
+/// the others go on; options that do not fit Whisper are refused.
 #[test]
 fn whisper_transcribes_a_file_as_transformers() {
     let dir = std::env::temp_dir().join(format!("mm-cli-whisper-{}", std::process::id()));
@@ -409,8 +409,13 @@ fn whisper_transcribes_a_file_as_transformers() {
     std::fs::write(dir.join("broken.wav"), b"RIFF....WAVEfmt ").expect("write");
     let e = fails(&dir, &["transcribe", "--model", "whisper-tiny", "speech.wav", "broken.wav"]);
     assert!(e.contains("broken.wav") && e.contains("1 of 2 files"), "{e}");
-    let e = fails(&dir, &["transcribe", "--model", "whisper-tiny", "--beam", "4", "speech.wav"]);
-    assert!(e.contains("--beam 4"), "{e}");
+    let v = json(&ok(
+        &dir,
+        &["transcribe", "--model", "whisper-tiny", "--beam", "3", "speech.wav", "--json"],
+    ));
+    assert_eq!(v["tokens"][0], g["beam_ids"]["3"], "{v}");
+    let e = fails(&dir, &["transcribe", "--model", "whisper-tiny", "--beam", "0", "speech.wav"]);
+    assert!(e.contains("--beam 0"), "{e}");
     let e =
         fails(&dir, &["transcribe", "--model", "whisper-tiny", "--language", "fr", "speech.wav"]);
     assert!(e.contains("--language fr"), "{e}");

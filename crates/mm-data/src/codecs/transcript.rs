@@ -1,6 +1,7 @@
 //! Transcripts as targets: the characters of a sample's `text`, through an [`Alphabet`], for
 //! speech recognition with CTC. Id 0 is CTC's blank; the alphabet's characters follow in their
-//! order, so a model's output width is `alphabet.len()` (characters + 1).
+//! order, so a model's output width is `alphabet.len()` (characters + 1). Captions are word
+//! transcripts ([`Alphabet::words`], `unit = "words"`).
 //!
 //! Text is normalised before encoding: lower-cased (unless the alphabet has capitals),
 //! whitespace runs become one space, and the ends are trimmed. A character outside the
@@ -17,17 +18,35 @@
 //! # Ok::<(), String>(())
 //! ```
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use crate::text::{Punctuation, Vocab, WordTokenizer, UNK};
 
 /// The default alphabet: lower-case English letters, the apostrophe and the space.
 pub const ENGLISH: &str = "abcdefghijklmnopqrstuvwxyz' ";
 
-/// The characters a transcript may hold; id 0 is the blank.
+/// The units a transcript is made of; id 0 is the blank (CTC) or padding.
+///
+/// Characters ([`Alphabet::new`]) for speech recognition; or words ([`Alphabet::words`]), a
+/// vocabulary built from the training transcripts, for captions: id 1 is then `<unk>`, and a
+/// word outside the vocabulary is encoded as `<unk>` rather than refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alphabet {
-    chars: Vec<char>,
+    units: Units,
     lowercase: bool,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Units {
+    Chars(Vec<char>),
+    Words(Arc<Vocab>),
+}
+
+/// How word transcripts are split: lower-cased, punctuation removed (a caption's full stop is
+/// not a word to learn).
+pub const WORDS: WordTokenizer = WordTokenizer { lowercase: true, punctuation: Punctuation::Strip };
 
 impl Alphabet {
     /// The blank's id.
@@ -49,12 +68,40 @@ impl Alphabet {
             }
         }
         let lowercase = !list.iter().any(|c| c.is_uppercase());
-        Ok(Alphabet { chars: list, lowercase })
+        Ok(Alphabet { units: Units::Chars(list), lowercase })
+    }
+
+    /// Word units: `vocab`'s words (id 0 `<pad>`, the blank; id 1 `<unk>`), text split by
+    /// [`WORDS`].
+    ///
+    /// ```
+    /// use mm_data::text::VocabBuilder;
+    /// use mm_data::transcript::{Alphabet, WORDS};
+    ///
+    /// let vocab = VocabBuilder::default().build(&WORDS, ["A red square.", "a blue circle"]);
+    /// let words = Alphabet::words(vocab);
+    /// let ids = words.encode("A red circle, on grass")?;
+    /// assert_eq!(words.decode(&ids), "a red circle <unk> <unk>");
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn words(vocab: Vocab) -> Self {
+        Alphabet { units: Units::Words(Arc::new(vocab)), lowercase: true }
+    }
+
+    /// The vocabulary of word units; `None` for characters.
+    pub fn vocab(&self) -> Option<&Vocab> {
+        match &self.units {
+            Units::Words(v) => Some(v),
+            Units::Chars(_) => None,
+        }
     }
 
     /// Ids, the blank included: the width of a CTC model's output.
     pub fn len(&self) -> usize {
-        self.chars.len() + 1
+        match &self.units {
+            Units::Chars(c) => c.len() + 1,
+            Units::Words(v) => v.len(),
+        }
     }
 
     /// Never true: an alphabet has at least one character (and the blank).
@@ -62,43 +109,78 @@ impl Alphabet {
         false
     }
 
-    /// The characters, in id order from id 1.
+    /// The characters, in id order from id 1 (empty for word units).
     pub fn chars(&self) -> String {
-        self.chars.iter().collect()
+        match &self.units {
+            Units::Chars(c) => c.iter().collect(),
+            Units::Words(_) => String::new(),
+        }
     }
 
     /// `text` as the alphabet sees it: lower-cased (see [`Alphabet::new`]), whitespace runs
-    /// made one space, ends trimmed.
+    /// made one space, ends trimmed; for words, the words [`WORDS`] splits, joined by spaces.
     pub fn normalise(&self, text: &str) -> String {
+        if let Units::Words(_) = &self.units {
+            return WORDS.tokenize(text).join(" ");
+        }
         let text = if self.lowercase { text.to_lowercase() } else { text.to_string() };
         text.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
     /// The ids of `text`'s characters after [`Alphabet::normalise`]; the error names the first
-    /// character outside the alphabet and its position in the normalised text.
+    /// character outside the alphabet and its position in the normalised text. Words outside
+    /// a word vocabulary are `<unk>` (id 1), never an error.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, String> {
+        let chars = match &self.units {
+            Units::Words(vocab) => return Ok(vocab.encode(&WORDS.tokenize(text))),
+            Units::Chars(chars) => chars,
+        };
         let text = self.normalise(text);
         text.chars()
             .enumerate()
             .map(|(i, c)| {
-                self.chars.iter().position(|a| *a == c).map(|p| p as i64 + 1).ok_or_else(|| {
+                chars.iter().position(|a| *a == c).map(|p| p as i64 + 1).ok_or_else(|| {
                     format!("character {c:?} (U+{:04X}) at position {i} of {text:?} is not in the alphabet {:?}", c as u32, self.chars())
                 })
             })
             .collect()
     }
 
-    /// The text of `ids` (blanks and unknown ids are skipped).
+    /// The text of `ids` (blanks and unknown ids are skipped); words are joined by spaces,
+    /// `<unk>` written as it is.
     pub fn decode<T: Copy + TryInto<usize>>(&self, ids: &[T]) -> String {
-        ids.iter()
-            .filter_map(|&i| i.try_into().ok())
-            .filter_map(|i: usize| i.checked_sub(1).and_then(|j| self.chars.get(j)))
-            .collect()
+        let ids = ids.iter().filter_map(|&i| i.try_into().ok()).filter(|i: &usize| *i != 0);
+        match &self.units {
+            Units::Chars(chars) => ids.filter_map(|i| chars.get(i - 1)).collect(),
+            Units::Words(vocab) => ids
+                .filter_map(|i| vocab.tokens().get(i).map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
     }
 
-    /// The character of id `id`, `None` for the blank and ids outside the alphabet.
+    /// The words of `ids`, `<unk>` included (blanks and ids outside skipped); for characters,
+    /// each character as a word of its own.
+    pub fn tokens<T: Copy + TryInto<usize>>(&self, ids: &[T]) -> Vec<String> {
+        match &self.units {
+            Units::Words(_) => {
+                self.decode(ids).split(' ').filter(|w| !w.is_empty()).map(str::to_string).collect()
+            }
+            Units::Chars(_) => self.decode(ids).chars().map(String::from).collect(),
+        }
+    }
+
+    /// The character of id `id`, `None` for the blank, ids outside the alphabet and word units.
     pub fn char(&self, id: usize) -> Option<char> {
-        id.checked_sub(1).and_then(|j| self.chars.get(j)).copied()
+        match &self.units {
+            Units::Chars(chars) => id.checked_sub(1).and_then(|j| chars.get(j)).copied(),
+            Units::Words(_) => None,
+        }
+    }
+
+    /// Whether id `id` is `<unk>` of a word vocabulary.
+    pub fn is_unknown(&self, id: usize) -> bool {
+        matches!(&self.units, Units::Words(v) if v.tokens().get(id).map(String::as_str) == Some(UNK))
     }
 }
 
@@ -106,19 +188,55 @@ fn english() -> String {
     ENGLISH.to_string()
 }
 
-/// `[data.transcript]`: the sample's `text` is the target, a character sequence, rather than an
-/// input modality.
+/// What a transcript is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unit {
+    /// Characters of `alphabet` (speech recognition with CTC).
+    #[default]
+    Chars,
+    /// Words, from a vocabulary built from the training split's transcripts (captions); the
+    /// vocabulary is saved with a run as `transcript_vocab.txt`.
+    Words,
+}
+
+impl Unit {
+    fn is_chars(&self) -> bool {
+        *self == Unit::Chars
+    }
+}
+
+/// `[data.transcript]`: the sample's `text` is the target, a sequence of characters or words,
+/// rather than an input modality.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TranscriptConfig {
-    /// The characters, in id order (default: `a`-`z`, `'` and the space).
+    /// The characters, in id order (default: `a`-`z`, `'` and the space); unused for words.
     #[serde(default = "english")]
     pub alphabet: String,
+    /// Characters (default) or words.
+    #[serde(default, skip_serializing_if = "Unit::is_chars")]
+    pub unit: Unit,
+    /// Words: a word seen fewer times than this in the training transcripts is `<unk>`
+    /// (default 2: a word seen once is too rare to learn to say).
+    #[serde(default = "two", skip_serializing_if = "is_two")]
+    pub min_count: usize,
+    /// Words: at most this many vocabulary entries, `<pad>` and `<unk>` included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vocab: Option<usize>,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn is_two(n: &usize) -> bool {
+    *n == 2
 }
 
 impl Default for TranscriptConfig {
     fn default() -> Self {
-        TranscriptConfig { alphabet: english() }
+        TranscriptConfig { alphabet: english(), unit: Unit::Chars, min_count: 2, max_vocab: None }
     }
 }
 

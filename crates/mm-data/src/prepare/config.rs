@@ -43,7 +43,11 @@ use crate::pipeline::{
 use crate::shards::ShardIndex;
 use crate::subword::SubwordTokenizer;
 use crate::text::{Punctuation, Vocab, VocabBuilder, WordTokenizer};
-use crate::transcript::{Alphabet, TranscriptConfig};
+use crate::transcript::{Alphabet, TranscriptConfig, Unit, WORDS};
+
+/// The file, in a run's `data` folder, of a word transcript's vocabulary (beside `vocab.txt`,
+/// the text input's).
+pub const TRANSCRIPT_VOCAB: &str = "transcript_vocab.txt";
 
 /// An image size: `32` for 32×32, or `[height, width]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,8 +310,8 @@ pub struct DataConfig {
     /// Numeric features.
     #[serde(default)]
     pub features: Option<FeaturesConfig>,
-    /// The sample's `text` as the target, a character sequence (speech recognition), rather
-    /// than an input; refused together with `[data.text]`.
+    /// The sample's `text` as the target, a sequence of characters (speech recognition) or
+    /// words (captions), rather than an input; refused together with `[data.text]`.
     #[serde(default)]
     pub transcript: Option<TranscriptConfig>,
     /// Probability of hiding each present modality of a training sample (one always stays).
@@ -486,8 +490,23 @@ impl DataConfig {
             if self.text.is_some() {
                 return bad("transcript", "the text is either an input ([data.text]) or the target ([data.transcript]), not both");
             }
-            Alphabet::new(&t.alphabet)
-                .map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?;
+            match t.unit {
+                Unit::Chars => {
+                    Alphabet::new(&t.alphabet)
+                        .map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?;
+                }
+                Unit::Words => {
+                    if t.min_count == 0 {
+                        return bad("transcript.min_count", "must be at least 1");
+                    }
+                    if t.max_vocab.is_some_and(|m| m < 3) {
+                        return bad(
+                            "transcript.max_vocab",
+                            "must be at least 3 (<pad>, <unk> and a word)",
+                        );
+                    }
+                }
+            }
         }
         if !(0.0..1.0).contains(&self.modality_dropout) {
             return bad("modality_dropout", "a probability in [0, 1)");
@@ -608,18 +627,7 @@ impl DataConfig {
         }
         let (manifest, report) = self.clean_manifest(raw)?;
         let mut pipeline = self.pipeline(seed, None)?;
-        check_transcripts(&pipeline, &manifest)?;
-        if let Some(TextEncoder::Words { tokenizer, vocab }) =
-            pipeline.text.as_mut().map(|t| &mut t.encoder)
-        {
-            let t = self.text.as_ref().expect("text configured");
-            let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
-            *vocab =
-                std::sync::Arc::new(builder.build(
-                    tokenizer,
-                    manifest.split(Split::Train).filter_map(|s| s.text.as_deref()),
-                ));
-        }
+        self.fit_vocabularies(&mut pipeline, &manifest)?;
         pipeline.fit_statistics(&manifest)?;
         Ok(Prepared { manifest, report, pipeline, shards: None })
     }
@@ -642,18 +650,7 @@ impl DataConfig {
             self.classes = labels.into_iter().map(str::to_string).collect();
         }
         let mut pipeline = self.pipeline(seed, None)?;
-        check_transcripts(&pipeline, &manifest)?;
-        if let Some(TextEncoder::Words { tokenizer, vocab }) =
-            pipeline.text.as_mut().map(|t| &mut t.encoder)
-        {
-            let t = self.text.as_ref().expect("text configured");
-            let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
-            *vocab =
-                std::sync::Arc::new(builder.build(
-                    tokenizer,
-                    manifest.split(Split::Train).filter_map(|s| s.text.as_deref()),
-                ));
-        }
+        self.fit_vocabularies(&mut pipeline, &manifest)?;
         let mut subset = Manifest::new(index.root());
         let mut memory = crate::pipeline::Memory::new();
         'shards: for entry in index.shards(Split::Train) {
@@ -678,6 +675,32 @@ impl DataConfig {
         }
         pipeline.fit_statistics_in(&subset, Some(&memory))?;
         Ok(Prepared { manifest, report: None, pipeline, shards: Some(std::sync::Arc::new(index)) })
+    }
+
+    /// The word vocabularies from the training split's texts: the text input's, or the word
+    /// transcripts' (`[data.transcript] unit = "words"`); character transcripts are checked.
+    fn fit_vocabularies(&self, pipeline: &mut Pipeline, manifest: &Manifest) -> Result<()> {
+        check_transcripts(pipeline, manifest)?;
+        let texts = || manifest.split(Split::Train).filter_map(|s| s.text.as_deref());
+        if let Some(TextEncoder::Words { tokenizer, vocab }) =
+            pipeline.text.as_mut().map(|t| &mut t.encoder)
+        {
+            let t = self.text.as_ref().expect("text configured");
+            let builder = VocabBuilder { min_freq: t.min_freq, max_size: t.max_vocab };
+            *vocab = std::sync::Arc::new(builder.build(tokenizer, texts()));
+        }
+        if let Some(t) = self.transcript.as_ref().filter(|t| t.unit == Unit::Words) {
+            let builder = VocabBuilder { min_freq: t.min_count, max_size: t.max_vocab };
+            let vocab = builder.build(&WORDS, texts());
+            if vocab.len() <= 2 {
+                return Err(Error::Config(format!(
+                    "data.transcript: no word is seen {} times or more in the training split's texts, so there is nothing to learn to say (lower min_count, or check the manifest's text)",
+                    t.min_count
+                )));
+            }
+            pipeline.transcript = Some(std::sync::Arc::new(Alphabet::words(vocab)));
+        }
+        Ok(())
     }
 
     /// The pipeline a run trained with, from the folder where it saved its vocabulary
@@ -745,10 +768,16 @@ impl DataConfig {
             p.features = Some(FeatureSpec { dim: c.dim, normalizer: None });
         }
         if let Some(c) = &self.transcript {
-            p.transcript = Some(std::sync::Arc::new(
-                Alphabet::new(&c.alphabet)
+            let alphabet = match (c.unit, saved) {
+                (Unit::Chars, _) => Alphabet::new(&c.alphabet)
                     .map_err(|e| Error::Config(format!("data.transcript.alphabet: {e}")))?,
-            ));
+                (Unit::Words, Some(dir)) => {
+                    Alphabet::words(Vocab::load(dir.join(TRANSCRIPT_VOCAB))?)
+                }
+                // Built from the training split by `prepare`.
+                (Unit::Words, None) => Alphabet::words(VocabBuilder::default().build(&WORDS, [])),
+            };
+            p.transcript = Some(std::sync::Arc::new(alphabet));
         }
         Ok(p)
     }

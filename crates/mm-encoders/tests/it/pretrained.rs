@@ -886,7 +886,7 @@ fn open_clip_files_match_open_clip() {
 /// features of a WAV file, the model gives `WhisperForConditionalGeneration`'s encoder output
 /// and logits, the key/value cache gives the logits of a whole prefix one token at a time, and
 /// the transcriber gives the same token ids and text as transformers' model run greedily on
-/// the whole prefix each step.
+/// the whole prefix each step, and beam search (3 and 5 beams) transformers' hypotheses.
 #[test]
 fn whisper_matches_transformers_from_features_to_text() {
     use mm_encoders::whisper::{Cache, Transcriber, Whisper};
@@ -941,6 +941,20 @@ fn whisper_matches_transformers_from_features_to_text() {
     assert_eq!(got.windows, vec![want]);
     assert_eq!(got.text, g["text"].as_str().expect("text").trim());
     assert_eq!(got.language.as_deref(), Some("en"));
+    // Beam search: transformers' hypotheses, which differ from greedy decoding's.
+    for beam in [3usize, 5] {
+        let want: Vec<i64> =
+            serde_json::from_value(g["beam_ids"][beam.to_string()].clone()).expect("beam ids");
+        let how = mm_seq::decoder::Generation {
+            beam,
+            ..mm_seq::decoder::Generation::new(&start, g["eos"].as_i64().expect("eos"), 24)
+        };
+        let found = tch::no_grad(|| whisper.generate(&audio, &how));
+        assert_eq!(found, vec![want.clone()], "beam {beam}");
+        let t = Transcriber::load(&dir, Device::Cpu, Some("en")).expect("load").with_beam(beam);
+        assert_eq!(t.transcribe_file(&wav).expect("beam").windows, vec![want]);
+    }
+    assert_ne!(g["beam_ids"]["3"], g["greedy_ids"], "the beam golden tells nothing");
     eprintln!(
         "tiny Whisper: features {feature_gap:.2e}, encoder {enc_gap:.2e}, logits {logit_gap:.2e}, ids {:?}",
         got.windows

@@ -336,6 +336,11 @@ fn write_run(model: &Model, pipeline: &Pipeline, config: &TrainConfig, out: &Pat
     {
         vocab.save(out.join("data/vocab.txt")).map_err(Error::from)?;
     }
+    if let Some(vocab) = pipeline.transcript.as_ref().and_then(|t| t.vocab()) {
+        vocab
+            .save(out.join("data").join(mm_data::config::TRANSCRIPT_VOCAB))
+            .map_err(Error::from)?;
+    }
     Ok(())
 }
 

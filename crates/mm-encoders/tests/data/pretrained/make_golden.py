@@ -458,12 +458,22 @@ def whisper_golden():
             if nxt == eos:
                 break
             out.append(nxt)
+        # Beam search as transformers' GenerationMixin does it (Whisper's own generate wraps it
+        # in long-form logic); no suppressed tokens, length penalty 1, no early stopping.
+        beams = {}
+        for n in (3, 5):
+            found = transformers.GenerationMixin.generate(
+                m, input_features=features, decoder_input_ids=torch.tensor([start]), num_beams=n,
+                max_length=24, do_sample=False, length_penalty=1.0, early_stopping=False)
+            beams[str(n)] = found[0].tolist()[len(start):]
+            if beams[str(n)] and beams[str(n)][-1] == eos:
+                beams[str(n)].pop()
     text = tok.decode(out, skip_special_tokens=True)
     write("whisper_tiny", {"reference": f"transformers {transformers.__version__}, torch {torch.__version__}",
                            "tensors": listing, "start": start, "eos": eos,
                            "features_first_300": flat(features[:, :, :300]), "features_max": float(features.max()),
                            "encoder_first_64": flat(enc[:, :64]), "logits_start": flat(logits),
-                           "greedy_ids": out[len(start):], "text": text})
+                           "greedy_ids": out[len(start):], "beam_ids": beams, "text": text})
 
 
 def rule_vit(name, shape):
