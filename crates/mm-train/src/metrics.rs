@@ -1,7 +1,8 @@
 //! Metrics, computed on the host from predictions gathered over an evaluation pass:
 //! classification (accuracy, top-k, confusion matrix, per-class precision, recall and F1,
 //! macro-F1, AUROC binary and one-vs-rest), regression (MAE, MSE, Pearson correlation) and
-//! cross-modal retrieval (Recall@K, median rank and mean reciprocal rank, in both directions).
+//! cross-modal retrieval (Recall@K, median rank and mean reciprocal rank, in both directions)
+//! and generated text (corpus BLEU, CIDEr-D).
 //!
 //! Conventions (scikit-learn's where it has one): a class with no true and no predicted sample
 //! is left out of macro averages; precision or recall with a zero denominator is 0; AUROC counts
@@ -265,4 +266,151 @@ pub fn retrieval(similarity: &[f32], n: usize) -> (Retrieval, Retrieval) {
     let forward = summarise(&match_ranks(similarity, n));
     let backward = summarise(&match_ranks(&transpose(similarity, n), n));
     (forward, backward)
+}
+
+/// Every n-gram of `words` of length `n`, with its count.
+fn ngrams(words: &[String], n: usize) -> std::collections::HashMap<&[String], usize> {
+    let mut counts = std::collections::HashMap::new();
+    if n > 0 {
+        for gram in words.windows(n) {
+            *counts.entry(gram).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Corpus BLEU (Papineni et al. 2002) over words: n-gram precisions for n = 1 to `max_n`,
+/// each hypothesis's counts clipped by the most any one of its references holds, summed over
+/// the corpus, their geometric mean times the brevity penalty, the reference length taken as
+/// the closest to each hypothesis's (the shorter on a tie), as coco-caption's scorer does. No
+/// smoothing: a corpus with no matching n-gram of some order scores 0. In [0, 1].
+///
+/// ```
+/// use mm_train::metrics::bleu;
+///
+/// let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+/// let hyp = vec![words("a red square on the left")];
+/// let refs = vec![vec![words("a red square on the left")]];
+/// assert!((bleu(&hyp, &refs, 4) - 1.0).abs() < 1e-12);
+/// let short = vec![words("a red square")];
+/// // Every n-gram matches, but the hypothesis is half as long: exp(1 - 6 / 3).
+/// assert!((bleu(&short, &refs, 3) - (-1f64).exp()).abs() < 1e-12);
+/// ```
+pub fn bleu(hyps: &[Vec<String>], refs: &[Vec<Vec<String>>], max_n: usize) -> f64 {
+    let (mut hyp_len, mut ref_len) = (0usize, 0usize);
+    let mut matched = vec![0usize; max_n];
+    let mut total = vec![0usize; max_n];
+    for (hyp, references) in hyps.iter().zip(refs) {
+        hyp_len += hyp.len();
+        ref_len += references
+            .iter()
+            .map(Vec::len)
+            .min_by_key(|l| (l.abs_diff(hyp.len()), *l))
+            .unwrap_or(0);
+        for n in 1..=max_n {
+            let mut most: std::collections::HashMap<&[String], usize> =
+                std::collections::HashMap::new();
+            for r in references {
+                for (gram, c) in ngrams(r, n) {
+                    let m = most.entry(gram).or_default();
+                    *m = (*m).max(c);
+                }
+            }
+            for (gram, c) in ngrams(hyp, n) {
+                matched[n - 1] += c.min(most.get(gram).copied().unwrap_or(0));
+            }
+            total[n - 1] += hyp.len().saturating_sub(n - 1);
+        }
+    }
+    if hyp_len == 0 || max_n == 0 || matched.iter().zip(&total).any(|(m, t)| *m == 0 || *t == 0) {
+        return 0.0;
+    }
+    let log_precision =
+        matched.iter().zip(&total).map(|(m, t)| (*m as f64 / *t as f64).ln()).sum::<f64>()
+            / max_n as f64;
+    let brevity = if hyp_len >= ref_len { 0.0 } else { 1.0 - ref_len as f64 / hyp_len as f64 };
+    (log_precision + brevity).exp()
+}
+
+/// A sentence's TF-IDF vectors for n = 1 to 4, their norms and its length (as coco-caption
+/// counts it: its bigrams).
+fn cider_vectors<'a>(
+    words: &'a [String],
+    df: &std::collections::HashMap<&[String], f64>,
+    log_docs: f64,
+) -> (Vec<std::collections::HashMap<&'a [String], f64>>, [f64; 4], usize) {
+    let mut vectors = Vec::with_capacity(4);
+    let mut norms = [0.0; 4];
+    for n in 1..=4 {
+        let v: std::collections::HashMap<&[String], f64> = ngrams(words, n)
+            .into_iter()
+            .map(|(g, c)| {
+                (g, c as f64 * (log_docs - df.get(g).copied().unwrap_or(1.0).max(1.0).ln()))
+            })
+            .collect();
+        norms[n - 1] = v.values().map(|x| x * x).sum::<f64>().sqrt();
+        vectors.push(v);
+    }
+    (vectors, norms, words.len().saturating_sub(1))
+}
+
+/// CIDEr-D (Vedantam et al. 2015) as coco-caption computes it: n-grams for n = 1 to 4 weighted
+/// by TF-IDF, the document frequencies counted over the references of the evaluated set (one
+/// document per sample); a hypothesis's n-gram weights clipped by the reference's, a Gaussian
+/// penalty on the length difference (σ = 6), the cosine averaged over n and over the references,
+/// times 10, averaged over the samples. 0 for no overlap; a set of hypotheses equal to their one
+/// reference scores 10 when every sample's n-grams are rare, less when they are common to
+/// most samples (a common n-gram weighs little).
+///
+/// ```
+/// use mm_train::metrics::cider_d;
+///
+/// let words = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+/// let refs = vec![vec![words("a red square")], vec![words("two blue circles")]];
+/// let same = vec![words("a red square"), words("two blue circles")];
+/// let swapped = vec![words("two blue circles"), words("a red square")];
+/// assert!(cider_d(&same, &refs) > 5.0);
+/// assert_eq!(cider_d(&swapped, &refs), 0.0);
+/// ```
+pub fn cider_d(hyps: &[Vec<String>], refs: &[Vec<Vec<String>>]) -> f64 {
+    let samples = hyps.len().min(refs.len());
+    if samples == 0 {
+        return 0.0;
+    }
+    let mut df: std::collections::HashMap<&[String], f64> = std::collections::HashMap::new();
+    for references in &refs[..samples] {
+        let mut seen = std::collections::HashSet::new();
+        for r in references {
+            for n in 1..=4 {
+                seen.extend(ngrams(r, n).into_keys());
+            }
+        }
+        for g in seen {
+            *df.entry(g).or_default() += 1.0;
+        }
+    }
+    let log_docs = (samples as f64).ln();
+    let sigma: f64 = 6.0;
+    let mut sum = 0.0;
+    for (hyp, references) in hyps.iter().zip(refs).take(samples) {
+        let (hv, hn, hl) = cider_vectors(hyp, &df, log_docs);
+        let mut score = 0.0;
+        for r in references {
+            let (rv, rn, rl) = cider_vectors(r, &df, log_docs);
+            let delta = hl as f64 - rl as f64;
+            let penalty = (-(delta * delta) / (2.0 * sigma * sigma)).exp();
+            let mut per_n = 0.0;
+            for n in 0..4 {
+                if hn[n] == 0.0 || rn[n] == 0.0 {
+                    continue;
+                }
+                let dot: f64 =
+                    hv[n].iter().filter_map(|(g, w)| rv[n].get(g).map(|rw| w.min(*rw) * rw)).sum();
+                per_n += dot / (hn[n] * rn[n]) * penalty;
+            }
+            score += per_n / 4.0 * 10.0;
+        }
+        sum += score / references.len().max(1) as f64;
+    }
+    sum / samples as f64
 }

@@ -2209,3 +2209,31 @@ optimizer = { type = "adamw", betas = [0.9, 0.999], eps = 1e-8, weight_decay = 0
         std::fs::remove_dir_all(dir).ok();
     }
 }
+
+/// BLEU-1 to 4 and CIDEr-D as coco-caption's scorers (pycocoevalcap) give them, on captions with
+/// one to three references each (`tests/data/caption_metrics.py` made the goldens).
+#[test]
+fn caption_metrics_match_coco_caption() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/caption_metrics.json");
+    let g: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("golden")).expect("JSON");
+    let words = |s: &serde_json::Value| -> Vec<String> {
+        s.as_str().expect("text").split_whitespace().map(str::to_string).collect()
+    };
+    let hyps: Vec<Vec<String>> = g["hyps"].as_array().expect("hyps").iter().map(words).collect();
+    let refs: Vec<Vec<Vec<String>>> = g["refs"]
+        .as_array()
+        .expect("refs")
+        .iter()
+        .map(|r| r.as_array().expect("references").iter().map(words).collect())
+        .collect();
+    for n in 1..=4 {
+        let want = g["bleu"][n - 1].as_f64().expect("bleu");
+        let got = mm_train::metrics::bleu(&hyps, &refs, n);
+        assert!((got - want).abs() < 1e-6, "BLEU-{n}: {got} against {want}");
+    }
+    let want = g["cider_d"].as_f64().expect("cider");
+    let got = mm_train::metrics::cider_d(&hyps, &refs);
+    assert!((got - want).abs() < 1e-9 * want.abs().max(1.0), "CIDEr-D: {got} against {want}");
+}
