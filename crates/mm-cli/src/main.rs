@@ -8,6 +8,7 @@
 // `[train]` name the tables of a run's TOML file; rustdoc would read them as links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod caption;
 mod clip;
 mod compare;
 mod data;
@@ -55,7 +56,9 @@ enum Command {
     /// One encoder's trained weights as a safetensors file (torchvision's or transformers'
     /// names), to start another run from (`weights = FILE`).
     Export(run::ExportArgs),
-    /// Transcribe audio files with a speech recognition (CTC) run.
+    /// Describe image, audio or video files in words with a caption run.
+    Caption(caption::Args),
+    /// Transcribe audio files with a speech recognition (CTC) run or a pretrained Whisper.
     Transcribe(speech::TranscribeArgs),
     /// Train a speech synthesiser (text to mel spectrogram) from a TOML file.
     #[command(name = "train-tts")]
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(&args),
         Command::Inspect(args) => run::inspect(&args),
         Command::Export(args) => run::export(&args),
+        Command::Caption(args) => caption::run(&args),
         Command::Transcribe(args) => speech::transcribe(&args),
         Command::TrainTts(args) => speech::train_tts(&args),
         Command::Synthesize(args) => speech::synthesize(&args),

@@ -143,6 +143,8 @@ fn data_synth_writes_the_data_set_and_reports_its_ceilings() {
     assert!(err.contains("synth.noise") && !err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+#[path = "it/caption.rs"]
+mod caption;
 #[path = "it/clip.rs"]
 mod clip;
 #[path = "it/runs.rs"]

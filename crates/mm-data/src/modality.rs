@@ -60,6 +60,29 @@ impl Modality {
     pub const ALL: [Modality; 5] =
         [Modality::Image, Modality::Audio, Modality::Text, Modality::Frames, Modality::Features];
 
+    /// The modality a file holds, by its extension (any case): images (`png`, `jpg`, `jpeg`,
+    /// `bmp`, `webp`, `gif`, `tif`, `tiff`), audio (`wav`, `flac`, `mp3`, `ogg`, `m4a`) and video
+    /// files ([`crate::video::VIDEO_EXTENSIONS`], read as frames); `None` for anything else.
+    ///
+    /// ```
+    /// use mm_data::Modality;
+    ///
+    /// assert_eq!(Modality::of_file("photos/Cat.JPG".as_ref()), Some(Modality::Image));
+    /// assert_eq!(Modality::of_file("a.wav".as_ref()), Some(Modality::Audio));
+    /// assert_eq!(Modality::of_file("notes.txt".as_ref()), None);
+    /// ```
+    pub fn of_file(path: &std::path::Path) -> Option<Modality> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "png" | "jpg" | "jpeg" | "bmp" | "webp" | "gif" | "tif" | "tiff" => {
+                Some(Modality::Image)
+            }
+            "wav" | "flac" | "mp3" | "ogg" | "m4a" => Some(Modality::Audio),
+            e if crate::video::VIDEO_EXTENSIONS.contains(&e) => Some(Modality::Frames),
+            _ => None,
+        }
+    }
+
     /// The lowercase name used in configuration, manifests, files and checkpoints.
     pub fn name(self) -> &'static str {
         match self {

@@ -616,8 +616,13 @@ mod decoder {
     use mm_seq::decoder::{Cache, DecoderConfig, Generation, TransformerDecoder};
     use tch::{nn, Device, Kind, Tensor};
 
-    fn tiny(vocab: i64, seed: i64) -> (nn::VarStore, TransformerDecoder) {
-        let _g = super::seeded(seed);
+    /// A decoder with seeded weights, and the guard that keeps libtorch's generator to this
+    /// test while it draws its inputs.
+    fn tiny(
+        vocab: i64,
+        seed: i64,
+    ) -> (std::sync::MutexGuard<'static, ()>, nn::VarStore, TransformerDecoder) {
+        let g = super::seeded(seed);
         let vs = nn::VarStore::new(Device::Cpu);
         let config = DecoderConfig {
             vocab,
@@ -629,14 +634,17 @@ mod decoder {
             ..DecoderConfig::default()
         };
         let d = TransformerDecoder::new(&(vs.root() / "decoder"), &config).expect("decoder");
-        // Larger weights than the initialisation's, so that the tokens' probabilities differ.
+        // Weights larger than the initialisation's, so that the tokens' probabilities differ, but
+        // not so large that greedy decoding is always best.
         tch::no_grad(|| {
-            for (_, mut v) in vs.variables() {
-                let noise = Tensor::randn_like(&v) * 0.5;
+            let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+            variables.sort_by(|a, b| a.0.cmp(&b.0));
+            for (_, mut v) in variables {
+                let noise = Tensor::randn_like(&v) * 0.25;
                 v.copy_(&noise);
             }
         });
-        (vs, d)
+        (g, vs, d)
     }
 
     /// Teacher forcing gives the logits of decoding one token at a time through the cache; a
@@ -644,7 +652,7 @@ mod decoder {
     /// only when training.
     #[test]
     fn teacher_forcing_matches_the_cache_and_masks_hide_memory() {
-        let (_vs, d) = tiny(9, 1);
+        let (_g, _vs, d) = tiny(9, 1);
         let states = Tensor::randn([2, 5, 16], (Kind::Float, Device::Cpu));
         let mask =
             Tensor::from_slice(&[true, true, true, false, false, true, true, true, true, true])
@@ -723,10 +731,10 @@ mod decoder {
     /// decodes as its samples one by one; suppressed tokens are never written.
     #[test]
     fn a_wide_beam_is_exact_and_batches_decode_as_single_samples() {
-        let (_vs, d) = tiny(4, 2);
+        let (_g, _vs, d) = tiny(4, 2);
         let (start, eos, max) = (0i64, 3i64, 3usize);
         let first = [start];
-        let states = Tensor::randn([3, 4, 16], (Kind::Float, Device::Cpu));
+        let states = Tensor::randn([12, 4, 16], (Kind::Float, Device::Cpu));
         let memory = d.memory(&states, None);
         let greedy = tch::no_grad(|| d.generate(&memory, &Generation::new(&first, eos, max + 1)));
         let mut beats_greedy = 0;
@@ -749,6 +757,7 @@ mod decoder {
                 beats_greedy += usize::from(got != &greedy[j]);
             }
         }
+        eprintln!("the exact best differs from greedy decoding's in {beats_greedy} of 24 cases");
         assert!(
             beats_greedy > 0,
             "greedy decoding is already optimal here: the test shows nothing"

@@ -296,7 +296,7 @@ impl ServedModel {
 
 /// The model's kind, from its heads.
 fn kind(run: &Run) -> Kind {
-    if run.model.alphabet().is_some() {
+    if run.model.ctc_stride().is_some() {
         return Kind::Recognizer;
     }
     let pair = run.model.heads().first().and_then(|(_, h)| h.retrieval_pair().cloned());

@@ -76,7 +76,7 @@ pub trait Transcribe {
 /// that nothing of a long file is lost) and without transcripts (a file to transcribe has none).
 /// A run whose head is not `ctc`, or that reads no audio, is refused.
 pub fn audio_pipeline(run: &Run) -> Result<Pipeline> {
-    if run.model.alphabet().is_none() {
+    if run.model.ctc_stride().is_none() {
         return Err(Error::Config(format!(
             "{}: not a speech recognition run (its head is not `ctc`)",
             run.dir.display()

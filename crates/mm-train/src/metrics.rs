@@ -332,13 +332,16 @@ pub fn bleu(hyps: &[Vec<String>], refs: &[Vec<Vec<String>>], max_n: usize) -> f6
     (log_precision + brevity).exp()
 }
 
+/// Weights of n-grams.
+type Weights<'a> = std::collections::HashMap<&'a [String], f64>;
+
 /// A sentence's TF-IDF vectors for n = 1 to 4, their norms and its length (as coco-caption
 /// counts it: its bigrams).
 fn cider_vectors<'a>(
     words: &'a [String],
-    df: &std::collections::HashMap<&[String], f64>,
+    df: &Weights<'_>,
     log_docs: f64,
-) -> (Vec<std::collections::HashMap<&'a [String], f64>>, [f64; 4], usize) {
+) -> (Vec<Weights<'a>>, [f64; 4], usize) {
     let mut vectors = Vec::with_capacity(4);
     let mut norms = [0.0; 4];
     for n in 1..=4 {

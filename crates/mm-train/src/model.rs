@@ -234,7 +234,8 @@ pub struct Output {
     /// true where a sample has both.
     pub embeddings: Option<(Tensor, Tensor, Tensor)>,
     /// CTC: per-step log-probabilities `[B, T, C]` (class 0 the blank) and each sample's valid
-    /// steps `[B]` (int64); `prediction` holds the same log-probabilities.
+    /// steps `[B]` (int64); `prediction` holds the same log-probabilities. Caption: the
+    /// decoder's memory `[B, S, D]` and its mask `[B, S]`.
     pub sequence: Option<(Tensor, Tensor)>,
 }
 
@@ -558,8 +559,13 @@ impl Model {
             ),
             None => (None, None),
         };
-        let input =
-            HeadInput { fused: fused.as_ref(), pooled: &pooled, seqs: &seqs, present: &present };
+        let input = HeadInput {
+            fused: fused.as_ref(),
+            pooled: &pooled,
+            seqs: &seqs,
+            present: &present,
+            targets: batch.transcript.as_ref(),
+        };
         let (mut predictions, mut embeddings, mut sequence) = (Vec::new(), None, None);
         for h in &self.heads {
             let _part = Part::enter(format!("{} head", h.name));

@@ -674,6 +674,107 @@ impl Run {
         })
     }
 
+    /// The text a caption run writes for each of `samples` (each one or more files, one per
+    /// modality, told apart by extension: [`Modality::of_file`]), with `beam` beams or the
+    /// run's setting. A modality the run reads but a sample lacks is absent from it, as in
+    /// training with missing modalities. Each sample's result is its text, or the error naming
+    /// its file; a run whose head writes no text is refused.
+    pub fn caption(
+        &self,
+        samples: &[Vec<PathBuf>],
+        beam: Option<usize>,
+    ) -> Result<Vec<Result<String>>> {
+        let heads = self.model.heads();
+        let (Some(head), [(_, config)]) = (self.model.head_modules().next(), heads.as_slice())
+        else {
+            return Err(Error::Config(format!("{}: not a caption run", self.dir.display())));
+        };
+        if config.caption_options().is_none() {
+            return Err(Error::Config(format!(
+                "{}: not a caption run (its head is `{}`)",
+                self.dir.display(),
+                config.kind()
+            )));
+        }
+        let mut pipeline = (*self.pipeline).clone();
+        pipeline.transcript = None;
+        let reads = self.pipeline.modalities();
+        let mut results: Vec<Result<String>> = Vec::with_capacity(samples.len());
+        let mut items = Vec::new();
+        for files in samples {
+            match self.caption_item(&pipeline, files, &reads) {
+                Ok(item) => {
+                    items.push((results.len(), item));
+                    results.push(Ok(String::new()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        for chunk in items.chunks(self.config.train.batch_size.max(1)) {
+            let batch: Vec<_> = chunk.iter().map(|(_, item)| item.clone()).collect();
+            let batch = mm_data::loader::collate(&batch, &pipeline).to_device(self.vs.device());
+            let output = self.forward_batch(&batch)?;
+            let texts = head.write_text(&output, beam).ok_or_else(|| {
+                Error::Config(format!(
+                    "{}: not a caption run (its head writes no text)",
+                    self.dir.display()
+                ))
+            })?;
+            for ((i, _), text) in chunk.iter().zip(texts) {
+                results[*i] = Ok(text);
+            }
+        }
+        Ok(results)
+    }
+
+    /// One sample of `files` through `pipeline` (see [`Run::caption`]).
+    fn caption_item(
+        &self,
+        pipeline: &Pipeline,
+        files: &[PathBuf],
+        reads: &[Modality],
+    ) -> Result<mm_data::pipeline::Item> {
+        let id = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join("+");
+        let mut sample = mm_data::manifest::Sample::new(id.clone());
+        for file in files {
+            let absolute = std::path::absolute(file).map_err(|e| Error::file(file, e))?;
+            let modality = Modality::of_file(file).ok_or_else(|| {
+                Error::Data(format!(
+                    "{}: not an image, audio or video file by its extension",
+                    file.display()
+                ))
+            })?;
+            let modality = match modality {
+                // A video gives its sound to a run that reads audio and no frames.
+                Modality::Frames
+                    if !reads.contains(&Modality::Frames) && reads.contains(&Modality::Audio) =>
+                {
+                    Modality::Audio
+                }
+                m => m,
+            };
+            if !reads.contains(&modality) {
+                return Err(Error::Data(format!(
+                    "{}: a {modality} file, but the run reads {reads:?}",
+                    file.display()
+                )));
+            }
+            if modality.in_sample(&sample) {
+                return Err(Error::Data(format!("{id}: two {modality} files in one sample")));
+            }
+            // The files may be in different folders: the manifest's folder is the root.
+            let rel = absolute.strip_prefix("/").map(Path::to_path_buf).unwrap_or(absolute);
+            sample = match modality {
+                Modality::Image => sample.with_image(rel),
+                Modality::Audio => sample.with_audio(rel),
+                _ => sample.with_video(rel),
+            };
+        }
+        let mut manifest = Manifest::new("/");
+        manifest.push(sample).map_err(Error::from)?;
+        pipeline.load(&manifest, 0, 0, false).map_err(Error::from)
+    }
+
     /// [`Run::predict_batch`]'s rows from the model's output on `batch`.
     pub fn prediction_rows(&self, out: &Output, batch: &Batch) -> Result<Vec<Value>> {
         let names: Vec<&str> = self.model.heads().into_iter().map(|(n, _)| n).collect();

@@ -31,16 +31,22 @@ pub enum Shape {
     },
     /// Cosine annealing from the base rate to `min_lr` at `total_steps` (then `min_lr`).
     Cosine {
-        /// Step at which the rate reaches `min_lr`, warm-up included.
+        /// Step at which the rate reaches `min_lr`, warm-up included; 0 (the default) for the
+        /// run's last step.
+        #[serde(default)]
         total_steps: u64,
-        /// Final rate.
+        /// Final rate (default 0).
+        #[serde(default)]
         min_lr: f64,
     },
     /// Linear decay from the base rate to `min_lr` at `total_steps`.
     Linear {
-        /// Step at which the rate reaches `min_lr`, warm-up included.
+        /// Step at which the rate reaches `min_lr`, warm-up included; 0 (the default) for the
+        /// run's last step.
+        #[serde(default)]
         total_steps: u64,
-        /// Final rate.
+        /// Final rate (default 0).
+        #[serde(default)]
         min_lr: f64,
     },
 }

@@ -344,6 +344,50 @@ fn every_recipe_trains_evaluates_and_predicts() {
             );
             continue;
         }
+        if name == "captioning" {
+            for k in ["cider", "bleu4", "bleu1", "exact"] {
+                assert!(metrics[k].as_f64().is_some_and(|v| v >= 0.0), "{name} {k}: {metrics}");
+            }
+            let lines = ok(ws, &["predict", "--run", &out, "--device", "cpu"]);
+            let rows: Vec<Value> = lines.lines().map(json).collect();
+            assert!(!rows.is_empty(), "{lines}");
+            for row in &rows {
+                assert!(ids.contains(&row["id"].as_str().expect("id").to_string()), "{row}");
+                assert!(row["prediction"].is_string() && row["reference"].is_string(), "{row}");
+            }
+            // `mm caption` on a test sample's two files (one that cleaning kept), and on the
+            // picture alone.
+            let ids = [rows[0]["id"].as_str().expect("id").to_string()];
+            let folder = manifest.parent().expect("folder");
+            let pair = format!(
+                "{}+{}",
+                folder.join(format!("images/{}.png", ids[0])).display(),
+                folder.join(format!("audio/{}.wav", ids[0])).display()
+            );
+            let said = ok(ws, &["caption", "--run", &out, "--device", "cpu", &pair, "--json"]);
+            let v = json(&said);
+            assert!(v["caption"].as_str().is_some_and(|c| !c.contains("<unk>")), "{v}");
+            let image = folder.join(format!("images/{}.png", ids[0]));
+            ok(
+                ws,
+                &[
+                    "caption",
+                    "--run",
+                    &out,
+                    "--device",
+                    "cpu",
+                    "--beam",
+                    "1",
+                    image.to_str().expect("utf-8"),
+                ],
+            );
+            continue;
+        }
+        if name == "synthetic" {
+            let image = manifest.parent().expect("folder").join("images/s0001.png");
+            let e = fails(ws, &["caption", "--run", &out, image.to_str().expect("utf-8")]);
+            assert!(e.contains("not a caption run") && e.contains("classification"), "{e}");
+        }
         let accuracy_key = if name == "sentiment" { "polarity_accuracy" } else { "accuracy" };
         assert!(
             metrics[accuracy_key].as_f64().is_some_and(|v| (0.0..=1.0).contains(&v)),

@@ -259,4 +259,29 @@ mod tests {
         let err = a.encode("abd").expect_err("d");
         assert!(err.contains("'d'") && err.contains("position 2"), "{err}");
     }
+
+    #[test]
+    fn word_units_come_from_a_vocabulary_and_unknown_words_are_unk() {
+        let vocab = crate::text::VocabBuilder { min_freq: 2, max_size: None }
+            .build(&WORDS, ["A red square.", "a RED circle!", "a blue square"]);
+        let w = Alphabet::words(vocab);
+        // <pad>, <unk>, then by count: a (3), red (2), square (2).
+        assert_eq!(w.len(), 5);
+        assert_eq!(
+            w.vocab().map(|v| v.tokens().to_vec()).unwrap_or_default()[2..],
+            ["a", "red", "square"]
+        );
+        let ids = w.encode("A red, blue square").expect("words never fail");
+        assert_eq!(ids, [2, 3, 1, 4]);
+        assert_eq!(w.decode(&ids), "a red <unk> square");
+        assert_eq!(w.decode(&[0i64, 2, 0, 99]), "a");
+        assert!(w.is_unknown(1) && !w.is_unknown(2));
+        assert_eq!(w.tokens(&ids), ["a", "red", "<unk>", "square"]);
+        assert_eq!((w.char(2), w.chars()), (None, String::new()));
+        assert_eq!(w.normalise("  Two,  blue CIRCLES. "), "two blue circles");
+        let config: TranscriptConfig =
+            toml::from_str("unit = \"words\"\nmin_count = 3").expect("toml");
+        assert_eq!((config.unit, config.min_count), (Unit::Words, 3));
+        assert!(toml::from_str::<TranscriptConfig>("unit = \"letters\"").is_err());
+    }
 }

@@ -16,6 +16,7 @@
 //! | `regression` | [`regression`] | the fused vector | `target` | `mse` |
 //! | `retrieval` | [`retrieval`] | two encoders | the pairing | `A_to_B_mrr` |
 //! | `ctc` | [`ctc`] | one encoder's steps | `[data.transcript]` | `wer` |
+//! | `caption` | [`caption`] | encoders' steps (or vectors) | `[data.transcript]` | `cider` |
 //!
 //! A new head is a new file here with a struct implementing [`Head`] and a variant of
 //! [`HeadConfig`] whose `build` arm constructs it (docs/ARCHITECTURE.md, "How to add a head").
@@ -27,6 +28,7 @@
 //! assert_eq!(config.kind(), "regression");
 //! ```
 
+pub mod caption;
 pub mod classification;
 pub mod ctc;
 pub mod multi_label;
@@ -107,6 +109,42 @@ pub enum HeadConfig {
         #[serde(default)]
         dropout: f64,
     },
+    /// Captioning: a Transformer decoder writes the sample's `text` (`[data.transcript]`,
+    /// usually `unit = "words"`) reading the encoders of `inputs` (their steps, or their vectors);
+    /// evaluated by writing captions and scoring them with CIDEr-D and BLEU; no fusion (the
+    /// decoder's cross-attention over every input is the fusion), and no other head.
+    Caption {
+        /// The modalities whose encoders the decoder reads (`["image"]`, `["image", "audio"]`).
+        inputs: Vec<String>,
+        /// Decoder width.
+        #[serde(default = "caption_dim")]
+        dim: i64,
+        /// Decoder layers.
+        #[serde(default = "two")]
+        layers: i64,
+        /// Attention heads (dividing `dim`).
+        #[serde(default = "four")]
+        heads: i64,
+        /// Feed-forward width (default 4 × `dim`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ffn: Option<i64>,
+        /// Dropout in the decoder when training.
+        #[serde(default = "tenth")]
+        dropout: f64,
+        /// Label smoothing of the cross-entropy.
+        #[serde(default = "tenth")]
+        label_smoothing: f64,
+        /// The longest caption written, in tokens (the end token included); longer training
+        /// captions are cut.
+        #[serde(default = "caption_len")]
+        max_len: i64,
+        /// Beams when writing captions (evaluation, `mm caption`); 1 is greedy.
+        #[serde(default = "three")]
+        beam: usize,
+        /// Beam search's length penalty (1: mean log-probability per token; 0: the sum).
+        #[serde(default = "one")]
+        length_penalty: f64,
+    },
     /// Ordinal classification: the classes in the order `[data] classes` lists them (CORAL:
     /// `K - 1` "above k" questions sharing one score).
     Ordinal {
@@ -135,6 +173,34 @@ fn audio() -> String {
     "audio".to_string()
 }
 
+fn caption_dim() -> i64 {
+    256
+}
+
+fn caption_len() -> i64 {
+    32
+}
+
+fn two() -> i64 {
+    2
+}
+
+fn four() -> i64 {
+    4
+}
+
+fn three() -> usize {
+    3
+}
+
+fn tenth() -> f64 {
+    0.1
+}
+
+fn one() -> f64 {
+    1.0
+}
+
 /// What a head reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reads {
@@ -158,6 +224,7 @@ impl HeadConfig {
             HeadConfig::MultiLabel { .. } => "multi_label",
             HeadConfig::Retrieval { .. } => "retrieval",
             HeadConfig::Ctc { .. } => "ctc",
+            HeadConfig::Caption { .. } => "caption",
             HeadConfig::Ordinal { .. } => "ordinal",
             HeadConfig::Regression { .. } => "regression",
         }
@@ -205,6 +272,10 @@ impl HeadConfig {
                 }
                 return Ok(());
             }
+            HeadConfig::Caption { .. } => {
+                let options = self.caption_options().expect("a caption head");
+                return check_caption(&options, field);
+            }
         };
         if let Some(h) = hidden.iter().find(|h| **h <= 0) {
             return Err(Error::Config(format!(
@@ -233,6 +304,9 @@ impl HeadConfig {
             HeadConfig::Ctc { modality, .. } => {
                 Reads::Encoders { key: "modality", modalities: vec![modality.clone()] }
             }
+            HeadConfig::Caption { inputs, .. } => {
+                Reads::Encoders { key: "inputs", modalities: inputs.clone() }
+            }
             _ => Reads::Fused,
         }
     }
@@ -245,6 +319,9 @@ impl HeadConfig {
         match self {
             HeadConfig::Ctc { .. } if data.transcript.is_none() => Err(Error::Config(format!(
                 "{field}: a ctc head learns transcripts; add [data.transcript]"
+            ))),
+            HeadConfig::Caption { .. } if data.transcript.is_none() => Err(Error::Config(format!(
+                "{field}: a caption head learns to write the samples' text; add [data.transcript] with unit = \"words\""
             ))),
             HeadConfig::Ordinal { .. } if data.classes.is_empty() => Err(Error::Config(format!(
                 "{field}: an ordinal head learns the classes in order: list them in that order in [data] classes"
@@ -281,8 +358,80 @@ impl HeadConfig {
             HeadConfig::Ctc { modality, hidden, dropout } => {
                 Box::new(ctc::Ctc::new(ctx, modality, hidden, *dropout)?)
             }
+            HeadConfig::Caption { inputs, .. } => {
+                let options = self.caption_options().expect("a caption head");
+                Box::new(caption::Caption::new(ctx, inputs, &options)?)
+            }
         })
     }
+
+    /// A caption head's settings, `None` for other heads.
+    pub fn caption_options(&self) -> Option<caption::CaptionOptions> {
+        let HeadConfig::Caption {
+            dim,
+            layers,
+            heads,
+            ffn,
+            dropout,
+            label_smoothing,
+            max_len,
+            beam,
+            length_penalty,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        Some(caption::CaptionOptions {
+            decoder: mm_seq::decoder::DecoderConfig {
+                vocab: 1,
+                dim: *dim,
+                layers: *layers,
+                heads: *heads,
+                ffn: ffn.unwrap_or(4 * *dim),
+                max_positions: *max_len,
+                dropout: *dropout,
+                key_bias: true,
+            },
+            label_smoothing: *label_smoothing,
+            beam: *beam,
+            length_penalty: *length_penalty,
+        })
+    }
+}
+
+/// A caption head's numbers, checked before anything is built; errors name `field`'s keys.
+fn check_caption(options: &caption::CaptionOptions, field: &str) -> Result<()> {
+    let d = &options.decoder;
+    d.check().map_err(|e| {
+        let message = e.to_string();
+        let message = message.trim_start_matches("invalid configuration: ");
+        let message =
+            message.replace("max_positions", "max_len").replace("ffn = ", "ffn (or 4 × dim) = ");
+        Error::Config(format!("{field}.{message}"))
+    })?;
+    if d.max_positions < 2 {
+        return Err(Error::Config(format!(
+            "{field}.max_len = {}: at least 2 (the start token and one more)",
+            d.max_positions
+        )));
+    }
+    if !(0.0..1.0).contains(&options.label_smoothing) {
+        return Err(Error::Config(format!(
+            "{field}.label_smoothing = {}: must be in [0, 1) (0.1 is usual)",
+            options.label_smoothing
+        )));
+    }
+    if options.beam == 0 {
+        return Err(Error::Config(format!("{field}.beam = 0: 1 (greedy) or more")));
+    }
+    if !options.length_penalty.is_finite() {
+        return Err(Error::Config(format!(
+            "{field}.length_penalty = {}: must be finite",
+            options.length_penalty
+        )));
+    }
+    Ok(())
 }
 
 /// What a head is built from: where its variables go, what it is called, and the shapes of
@@ -336,6 +485,9 @@ pub struct HeadInput<'a> {
     pub seqs: &'a [Option<(Tensor, Tensor)>],
     /// Each encoder's presence `[B]` (booleans).
     pub present: &'a [Tensor],
+    /// The batch's transcripts `[B, L]` and their lengths `[B]`, where it has them: what a head
+    /// that writes text is taught to write (teacher forcing).
+    pub targets: Option<&'a (Tensor, Tensor)>,
 }
 
 /// What a head's forward pass gives.
@@ -346,7 +498,8 @@ pub struct HeadOutput {
     pub prediction: Tensor,
     /// Retrieval: the two L2-normalised embeddings `[B, D]` and where a sample has both `[B]`.
     pub embeddings: Option<(Tensor, Tensor, Tensor)>,
-    /// CTC: the per-step log-probabilities and each sample's valid steps `[B]`.
+    /// CTC: the per-step log-probabilities and each sample's valid steps `[B]`; caption: the
+    /// decoder's memory `[B, S, D]` and its mask `[B, S]`.
     pub sequence: Option<(Tensor, Tensor)>,
 }
 
@@ -403,6 +556,13 @@ pub trait Head: std::fmt::Debug + Send {
     /// The encoder whose steps the output follows, one output per step (CTC); `None` for a
     /// head with one output per sample.
     fn steps_of(&self) -> Option<usize> {
+        None
+    }
+
+    /// For a head that writes text (caption): the text of each sample of `output`, written with
+    /// `beam` beams (or the head's own setting); `None` for a head that writes none.
+    fn write_text(&self, output: &Output, beam: Option<usize>) -> Option<Vec<String>> {
+        let _ = (output, beam);
         None
     }
 

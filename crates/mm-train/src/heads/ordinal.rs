@@ -231,7 +231,13 @@ mod tests {
         let b = batch(&label);
         let run = |train: bool| {
             let out = head.forward(
-                &HeadInput { fused: Some(&fused), pooled: &[], seqs: &[], present: &[] },
+                &HeadInput {
+                    fused: Some(&fused),
+                    pooled: &[],
+                    seqs: &[],
+                    present: &[],
+                    targets: None,
+                },
                 train,
             );
             Output {
