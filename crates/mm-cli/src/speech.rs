@@ -27,6 +27,10 @@ pub struct TranscribeArgs {
     /// With --model: the language's code (en, fr, ...); detected per file when not given.
     #[arg(long, requires = "model")]
     language: Option<String>,
+    /// With --model: timed segments (Whisper's timestamp tokens), one line each as
+    /// `[start --> end] text`; recordings over 30 s are always transcribed this way.
+    #[arg(long, requires = "model")]
+    timestamps: bool,
     /// Beam width: a CTC run's prefix beam search, or Whisper's beam search over tokens; 1
     /// decodes greedily.
     #[arg(long, default_value_t = 1)]
@@ -75,7 +79,11 @@ fn transcribe_whisper(a: &TranscribeArgs, model: &std::path::Path) -> Result<()>
         a.language.as_deref(),
     )
     .with_context(|| format!("{}: cannot use this Whisper model", model.display()))?
-    .with_beam(a.beam);
+    .with_beam(a.beam)
+    .with_timestamps(a.timestamps);
+    if a.timestamps && !t.has_timestamps() {
+        anyhow::bail!("--timestamps: this model has no timestamp tokens");
+    }
     let many = a.files.len() > 1;
     let mut failed = 0;
     for file in &a.files {
@@ -84,8 +92,17 @@ fn transcribe_whisper(a: &TranscribeArgs, model: &std::path::Path) -> Result<()>
             Ok(r) if a.json => println!(
                 "{}",
                 serde_json::json!({"file": file, "text": r.text, "language": r.language,
-                    "tokens": r.windows, "seconds": started.elapsed().as_secs_f64()})
+                    "tokens": r.windows, "segments": r.segments,
+                    "seconds": started.elapsed().as_secs_f64()})
             ),
+            Ok(r) if a.timestamps => {
+                if many {
+                    println!("{}", file.display());
+                }
+                for s in &r.segments {
+                    println!("[{:.2} --> {:.2}] {}", s.start, s.end, s.text);
+                }
+            }
             Ok(r) if many => println!("{}\t{}", file.display(), r.text),
             Ok(r) => println!("{}", r.text),
             Err(e) => {

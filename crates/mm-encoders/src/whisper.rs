@@ -10,7 +10,11 @@
 //! consecutive 30-second windows, the start tokens from the model's `tokenizer.json`
 //! (`<|startoftranscript|>`, the language given or detected, `<|transcribe|>`,
 //! `<|notimestamps|>`), greedy or beam decoding with the `generation_config.json`'s suppressed
-//! tokens, and the text. Not yet: timestamps, windows that overlap at their edges.
+//! tokens, and the text. Timed ([`Transcriber::with_timestamps`], and every recording over 30 s),
+//! it is Whisper's long-form transcription as transformers does it: features of the whole
+//! recording, a 30-second window from a moving start, Whisper's timestamp rules, segments between
+//! pairs of timestamps, and the next window starting where the last complete segment ended (so
+//! windows overlap, and a word cut by a window's edge is decoded whole in the next).
 //!
 //! ```
 //! use mm_encoders::whisper::{Whisper, WhisperConfig};
@@ -339,14 +343,36 @@ pub struct Transcriber {
     tokenizer: mm_data::subword::SubwordTokenizer,
     front: mm_data::mel::WhisperMel,
     sot: i64,
-    after_language: Vec<i64>,
+    task: Option<i64>,
+    no_timestamps: Option<i64>,
+    max_initial_timestamp: Option<i64>,
     languages: Vec<(String, i64)>,
     language: Option<i64>,
     eos: i64,
     suppress: Vec<i64>,
     begin: Vec<i64>,
     beam: usize,
+    timestamps: bool,
+    decode_silence: bool,
 }
+
+/// A stretch of a recording and what was said in it, timed by Whisper's timestamp tokens.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    /// Start, in seconds from the start of the recording.
+    pub start: f64,
+    /// End, in seconds.
+    pub end: f64,
+    /// The text.
+    pub text: String,
+    /// The token ids, timestamp tokens included.
+    pub tokens: Vec<i64>,
+}
+
+/// Seconds per timestamp token.
+const TIME_PRECISION: f64 = 0.02;
+/// Feature frames per encoder position (and per timestamp step).
+const INPUT_STRIDE: usize = 2;
 
 /// What [`Transcriber::transcribe`] returns.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -355,8 +381,12 @@ pub struct Transcription {
     pub text: String,
     /// The language token used, as its code (`en`), when the model has them.
     pub language: Option<String>,
-    /// Per 30-second window: the token ids decoded (start tokens and the end token excluded).
+    /// Per window decoded: the token ids (start tokens and the end token excluded; timestamp
+    /// tokens included when timed).
     pub windows: Vec<Vec<i64>>,
+    /// The timed segments, when the transcription was timed ([`Transcriber::with_timestamps`],
+    /// and every recording over 30 s); empty otherwise.
+    pub segments: Vec<Segment>,
 }
 
 impl Transcriber {
@@ -416,11 +446,13 @@ impl Transcriber {
             None if languages.len() == 1 => Some(languages[0].1),
             None => None,
         };
-        let after_language: Vec<i64> = ["<|transcribe|>", "<|notimestamps|>"]
-            .iter()
-            .filter_map(|t| tokenizer.token_id(t))
-            .collect();
+        let task = tokenizer.token_id("<|transcribe|>");
+        // Timestamp tokens follow <|notimestamps|> (1501 of them, to 30.00 s), where the model
+        // has their ids.
+        let no_timestamps =
+            tokenizer.token_id("<|notimestamps|>").filter(|id| id + 1 + 1500 < config.vocab_size);
         let (mut suppress, mut begin) = (Vec::new(), Vec::new());
+        let mut max_initial_timestamp = None;
         if let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) {
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Io {
                 path: dir.join("generation_config.json"),
@@ -428,6 +460,7 @@ impl Transcriber {
             })?;
             suppress = serde_json::from_value(v["suppress_tokens"].clone()).unwrap_or_default();
             begin = serde_json::from_value(v["begin_suppress_tokens"].clone()).unwrap_or_default();
+            max_initial_timestamp = v["max_initial_timestamp_index"].as_i64();
         }
         let (vs, whisper) = Whisper::load(dir, device)?;
         let front = mm_data::mel::WhisperMel::new(config.num_mel_bins as usize);
@@ -437,14 +470,38 @@ impl Transcriber {
             tokenizer,
             front,
             sot,
-            after_language,
+            task,
+            no_timestamps,
+            max_initial_timestamp,
             languages,
             language,
             eos,
             suppress,
             begin,
             beam: 1,
+            timestamps: false,
+            decode_silence: false,
         })
+    }
+
+    /// Times the transcription: Whisper's timestamp tokens mark where each segment starts and
+    /// ends ([`Transcription::segments`]). Recordings over 30 s are always timed, as Whisper
+    /// transcribes them. A model without timestamp tokens ignores this.
+    pub fn with_timestamps(mut self, on: bool) -> Self {
+        self.timestamps = on;
+        self
+    }
+
+    /// Decodes windows that are silent (peak below -80 dBFS) too, rather than giving them no
+    /// text; Whisper then invents words for silence, as transformers' models do.
+    pub fn decoding_silence(mut self, on: bool) -> Self {
+        self.decode_silence = on;
+        self
+    }
+
+    /// Whether the model has timestamp tokens (after `<|notimestamps|>`).
+    pub fn has_timestamps(&self) -> bool {
+        self.no_timestamps.is_some()
     }
 
     /// Decodes with a beam of `beam` hypotheses (1, the default, is greedy decoding; 5 is what
@@ -464,20 +521,21 @@ impl Transcriber {
     /// window whose peak is below -80 dBFS (silence) gives no text and is not decoded (Whisper
     /// invents words for silence).
     pub fn transcribe(&self, samples: &[f32]) -> Result<Transcription> {
+        if let Some(no_timestamps) = self.no_timestamps {
+            if self.timestamps || samples.len() > mm_data::mel::WHISPER_SAMPLES {
+                return self.transcribe_timed(samples, no_timestamps);
+            }
+        }
         let device = self.whisper.device();
         let mut windows = Vec::new();
         let mut texts = Vec::new();
         let mut language = self.language;
         for chunk in samples.chunks(mm_data::mel::WHISPER_SAMPLES) {
-            let peak = chunk.iter().fold(0f32, |m, x| m.max(x.abs()));
-            if peak < 1e-4 {
+            if !self.decode_silence && silent(chunk) {
                 windows.push(Vec::new());
                 continue;
             }
-            let mel = self.front.window(chunk);
-            let features = Tensor::from_slice(mel.as_slice().expect("standard layout"))
-                .view([1, self.front.n_mels() as i64, mm_data::mel::WHISPER_FRAMES as i64])
-                .to_device(device);
+            let features = self.tensor(&self.front.window(chunk), device);
             let ids = tch::no_grad(|| -> Result<Vec<i64>> {
                 let audio = self.whisper.encode(&features)?;
                 if language.is_none() && !self.languages.is_empty() {
@@ -485,7 +543,8 @@ impl Transcriber {
                 }
                 let mut start = vec![self.sot];
                 start.extend(language);
-                start.extend(&self.after_language);
+                start.extend(self.task);
+                start.extend(self.no_timestamps);
                 let max = self.whisper.config.max_target_positions as usize;
                 let how = Generation {
                     beam: self.beam,
@@ -495,15 +554,113 @@ impl Transcriber {
                 };
                 Ok(self.whisper.generate(&audio, &how).swap_remove(0))
             })?;
-            let text = self.tokenizer.decode(&ids).map_err(|e| Error::Config(e.to_string()))?;
-            if !text.trim().is_empty() {
-                texts.push(text.trim().to_string());
+            let text = self.text(&ids)?;
+            if !text.is_empty() {
+                texts.push(text);
             }
             windows.push(ids);
         }
-        let language = language
-            .and_then(|id| self.languages.iter().find(|(_, l)| *l == id).map(|(c, _)| c.clone()));
-        Ok(Transcription { text: texts.join(" "), language, windows })
+        Ok(Transcription {
+            text: texts.join(" "),
+            language: self.code(language),
+            windows,
+            segments: Vec::new(),
+        })
+    }
+
+    /// Whisper's long-form transcription, as transformers' `generate` does it with
+    /// `return_timestamps`: features of the whole recording (padded to 30 s when shorter), a
+    /// 30-second window from `seek`, decoded with the timestamp rules; its segments are the
+    /// stretches between pairs of timestamps, and the next window starts at the last complete
+    /// segment's end (so a word cut by the window's edge is decoded again, whole, in the next
+    /// one), or after the window when the output ends with a single timestamp.
+    fn transcribe_timed(&self, samples: &[f32], no_timestamps: i64) -> Result<Transcription> {
+        use mm_data::mel::{WHISPER_FRAMES, WHISPER_SAMPLES};
+        let device = self.whisper.device();
+        let features = if samples.len() <= WHISPER_SAMPLES {
+            self.front.window(samples)
+        } else {
+            self.front.features(samples)
+        };
+        let (n_mels, total) = features.dim();
+        let hop = WHISPER_SAMPLES / WHISPER_FRAMES;
+        let timestamp_begin = no_timestamps + 1;
+        let rule =
+            timestamp_rule(timestamp_begin, self.eos, no_timestamps, self.max_initial_timestamp);
+        let mut language = self.language;
+        let (mut windows, mut segments) = (Vec::new(), Vec::new());
+        let mut seek = 0usize;
+        while seek < total {
+            let frames = (total - seek).min(WHISPER_FRAMES);
+            let heard = &samples
+                [(seek * hop).min(samples.len())..((seek + frames) * hop).min(samples.len())];
+            if !self.decode_silence && silent(heard) {
+                seek += frames;
+                continue;
+            }
+            // The window, zero-padded (in the features' scale, as transformers pads) to 30 s.
+            let mut window = ndarray::Array2::<f32>::zeros((n_mels, WHISPER_FRAMES));
+            window
+                .slice_mut(ndarray::s![.., ..frames])
+                .assign(&features.slice(ndarray::s![.., seek..seek + frames]));
+            let input = self.tensor(&window, device);
+            let ids = tch::no_grad(|| -> Result<Vec<i64>> {
+                let audio = self.whisper.encode(&input)?;
+                if language.is_none() && !self.languages.is_empty() {
+                    language = Some(self.detect(&audio));
+                }
+                let mut start = vec![self.sot];
+                start.extend(language);
+                start.extend(self.task);
+                let how = Generation {
+                    beam: self.beam,
+                    suppress: &self.suppress,
+                    begin_suppress: &self.begin,
+                    rule: Some(&rule),
+                    ..Generation::new(
+                        &start,
+                        self.eos,
+                        self.whisper.config.max_target_positions as usize,
+                    )
+                };
+                Ok(self.whisper.generate(&audio, &how).swap_remove(0))
+            })?;
+            let offset = seek as f64 * TIME_PRECISION / INPUT_STRIDE as f64;
+            let (found, advance) = split_segments(&ids, timestamp_begin, offset, frames);
+            for (start, end, tokens) in found {
+                let text = self.text(&tokens)?;
+                segments.push(Segment { start, end, text, tokens });
+            }
+            windows.push(ids);
+            seek += advance.max(1);
+        }
+        let text = segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Transcription { text, language: self.code(language), windows, segments })
+    }
+
+    /// `[1, n_mels, frames]` on `device`.
+    fn tensor(&self, features: &ndarray::Array2<f32>, device: tch::Device) -> Tensor {
+        let (m, t) = features.dim();
+        let values: Vec<f32> = features.iter().copied().collect();
+        Tensor::from_slice(&values).view([1, m as i64, t as i64]).to_device(device)
+    }
+
+    /// The text of `ids`, trimmed: text tokens only (those before the end token's id).
+    fn text(&self, ids: &[i64]) -> Result<String> {
+        let words: Vec<i64> = ids.iter().copied().filter(|id| *id < self.eos).collect();
+        let text = self.tokenizer.decode(&words).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(text.trim().to_string())
+    }
+
+    /// A language token's code.
+    fn code(&self, language: Option<i64>) -> Option<String> {
+        language
+            .and_then(|id| self.languages.iter().find(|(_, l)| *l == id).map(|(c, _)| c.clone()))
     }
 
     /// The language token most likely after `<|startoftranscript|>`.
@@ -533,4 +690,105 @@ impl Transcriber {
         }
         self.transcribe(&audio.samples)
     }
+}
+
+/// Whether `samples` peak below -80 dBFS (or there are none).
+fn silent(samples: &[f32]) -> bool {
+    samples.iter().fold(0f32, |m, x| m.max(x.abs())) < 1e-4
+}
+
+/// Whisper's timestamp rules (transformers' `WhisperTimeStampLogitsProcessor`, after OpenAI's):
+/// `<|notimestamps|>` never; timestamps in pairs (after a lone timestamp, a timestamp or the end;
+/// after a pair, text); timestamps never decreasing; the first token a timestamp, at most
+/// `max_initial` steps in; and a timestamp whenever the timestamps together are likelier than
+/// the likeliest text token.
+fn timestamp_rule(
+    timestamp_begin: i64,
+    eos: i64,
+    no_timestamps: i64,
+    max_initial: Option<i64>,
+) -> impl Fn(&[&[i64]], &mut Tensor) {
+    let neg = f64::NEG_INFINITY;
+    move |rows, scores| {
+        let v = scores.size()[1];
+        let tb = timestamp_begin.min(v);
+        let _ = scores.narrow(1, no_timestamps, 1).fill_(neg);
+        for (k, seq) in rows.iter().enumerate() {
+            let row = scores.get(k as i64);
+            let n = seq.len();
+            let last = n >= 1 && seq[n - 1] >= tb;
+            let penultimate = n < 2 || seq[n - 2] >= tb;
+            if last {
+                if penultimate {
+                    let _ = row.narrow(0, tb, v - tb).fill_(neg);
+                } else {
+                    let _ = row.narrow(0, 0, eos).fill_(neg);
+                }
+            }
+            if let Some(&t) = seq.iter().rev().find(|t| **t >= tb) {
+                let below = if last && !penultimate { t } else { t + 1 };
+                let _ = row.narrow(0, tb, (below - tb).min(v - tb)).fill_(neg);
+            }
+            if n == 0 {
+                let _ = row.narrow(0, 0, tb).fill_(neg);
+                if let Some(m) = max_initial {
+                    let first_banned = (tb + m + 1).min(v);
+                    let _ = row.narrow(0, first_banned, v - first_banned).fill_(neg);
+                }
+            }
+        }
+        let logp = scores.to_kind(tch::Kind::Float).log_softmax(-1, tch::Kind::Float);
+        let stamps = logp.narrow(1, tb, v - tb).logsumexp([-1].as_slice(), false);
+        let text = logp.narrow(1, 0, tb).amax([-1].as_slice(), false);
+        let force = stamps.gt_tensor(&text).unsqueeze(1);
+        let _ = scores.narrow(1, 0, tb).masked_fill_(&force, neg);
+    }
+}
+
+/// A window's tokens as segments `(start, end, tokens)` in seconds from the recording's start
+/// (`offset` is the window's), and how many feature frames the next window starts after this
+/// one's start (transformers' `_retrieve_segment`). `frames` is the window's length.
+fn split_segments(
+    ids: &[i64],
+    timestamp_begin: i64,
+    offset: f64,
+    frames: usize,
+) -> (Vec<(f64, f64, Vec<i64>)>, usize) {
+    let stamp = |i: usize| ids[i] >= timestamp_begin;
+    let n = ids.len();
+    let at = |t: i64| offset + (t - timestamp_begin) as f64 * TIME_PRECISION;
+    let single_ending = n >= 2 && !stamp(n - 2) && stamp(n - 1);
+    let mut cuts: Vec<usize> =
+        (0..n.saturating_sub(1)).filter(|&i| stamp(i) && stamp(i + 1)).map(|i| i + 1).collect();
+    if cuts.is_empty() {
+        // No pair of timestamps: the whole window is one segment, to its last timestamp or its end.
+        let end = match (0..n).rev().find(|&i| stamp(i)) {
+            Some(i) if ids[i] != timestamp_begin => at(ids[i]),
+            _ => offset + ((frames as f64 * 0.01 / TIME_PRECISION) as i64) as f64 * TIME_PRECISION,
+        };
+        return (vec![(offset, end, ids.to_vec())], frames);
+    }
+    if single_ending {
+        cuts.push(n);
+    } else if let Some(last) = cuts.last_mut() {
+        // The last timestamp stays with the last segment, to say it was not a single ending.
+        *last += 1;
+    }
+    let mut segments = Vec::with_capacity(cuts.len());
+    let mut from = 0;
+    for (i, &to) in cuts.iter().enumerate() {
+        let tokens = &ids[from..to];
+        let end_index =
+            if i + 1 < cuts.len() || single_ending { tokens.len() - 1 } else { tokens.len() - 2 };
+        segments.push((at(tokens[0]), at(tokens[end_index]), tokens.to_vec()));
+        from = to;
+    }
+    let advance = if single_ending {
+        frames
+    } else {
+        // The unfinished segment after the last pair is thrown away; the next window starts at
+        // the last timestamp.
+        (ids[from - 2] - timestamp_begin) as usize * INPUT_STRIDE
+    };
+    (segments, advance)
 }

@@ -241,7 +241,7 @@ impl Cache {
 
 /// How [`TransformerDecoder::generate`] writes: from `start` until `eos` or `max_len` tokens
 /// in all (start tokens included), greedily (`beam = 1`) or with a beam.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Generation<'a> {
     /// The tokens every output starts from (a start-of-sequence token, Whisper's task tokens).
     pub start: &'a [i64],
@@ -259,7 +259,29 @@ pub struct Generation<'a> {
     pub suppress: &'a [i64],
     /// Tokens not written first (`begin_suppress_tokens`), such as the end token.
     pub begin_suppress: &'a [i64],
+    /// A rule applied to the scores `[rows, vocab]` (logits when greedy, log-probabilities in
+    /// beam search) after the suppressed tokens, given each row's tokens written so far: what
+    /// Whisper's timestamp rules need (transformers' logits processors).
+    pub rule: Option<&'a Rule>,
 }
+
+impl std::fmt::Debug for Generation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("start", &self.start)
+            .field("eos", &self.eos)
+            .field("max_len", &self.max_len)
+            .field("beam", &self.beam)
+            .field("length_penalty", &self.length_penalty)
+            .field("suppress", &self.suppress)
+            .field("begin_suppress", &self.begin_suppress)
+            .field("rule", &self.rule.is_some())
+            .finish()
+    }
+}
+
+/// A rule over the scores of each step (see [`Generation::rule`]).
+pub type Rule = dyn Fn(&[&[i64]], &mut Tensor);
 
 impl<'a> Generation<'a> {
     /// Greedy decoding from `start` until `eos` or `max_len` tokens in all.
@@ -272,6 +294,7 @@ impl<'a> Generation<'a> {
             length_penalty: 1.0,
             suppress: &[],
             begin_suppress: &[],
+            rule: None,
         }
     }
 }
@@ -451,6 +474,10 @@ impl TransformerDecoder {
         for step in 0..steps {
             let mut logits = self.step(memory, &ids, &mut cache).select(1, -1);
             masks.apply(&mut logits, step == 0);
+            if let Some(rule) = how.rule {
+                let rows: Vec<&[i64]> = out.iter().map(Vec::as_slice).collect();
+                rule(&rows, &mut logits);
+            }
             let next = logits.argmax(-1, false);
             let chosen =
                 Vec::<i64>::try_from(&next.to_device(tch::Device::Cpu)).unwrap_or_default();
@@ -501,6 +528,10 @@ impl TransformerDecoder {
             let logits = self.step(&memory, &ids, &mut cache).select(1, -1);
             let mut logp = logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
             masks.apply(&mut logp, step == 0);
+            if let Some(rule) = how.rule {
+                let rows: Vec<&[i64]> = beams.iter().map(|(t, _)| t.as_slice()).collect();
+                rule(&rows, &mut logp);
+            }
             let scores: Vec<f32> = beams.iter().map(|(_, s)| *s as f32).collect();
             let total = logp + Tensor::from_slice(&scores).to_device(device).unsqueeze(1);
             let width = (2 * k).min(k * vocab);

@@ -393,7 +393,7 @@ fn whisper_transcribes_a_file_as_transformers() {
         str::to_string,
     )
     .expect("weights");
-    for f in ["config.json", "tokenizer.json"] {
+    for f in ["config.json", "tokenizer.json", "generation_config.json"] {
         std::fs::copy(golden_dir().join("whisper_tiny").join(f), model.join(f)).expect("copy");
     }
     std::fs::copy(golden_dir().join("whisper_tiny/speech.wav"), dir.join("speech.wav"))
@@ -414,6 +414,21 @@ fn whisper_transcribes_a_file_as_transformers() {
         &["transcribe", "--model", "whisper-tiny", "--beam", "3", "speech.wav", "--json"],
     ));
     assert_eq!(v["tokens"][0], g["beam_ids"]["3"], "{v}");
+    // Timed: the segments, as JSON and as lines, all from the one window the 1.5 s recording
+    // fills (the windows after it, silence, are not decoded).
+    let v = json(&ok(
+        &dir,
+        &["transcribe", "--model", "whisper-tiny", "--timestamps", "speech.wav", "--json"],
+    ));
+    let segments = v["segments"].as_array().expect("segments");
+    assert!(!segments.is_empty(), "{v}");
+    let lines = ok(&dir, &["transcribe", "--model", "whisper-tiny", "--timestamps", "speech.wav"]);
+    assert_eq!(lines.lines().count(), segments.len(), "{lines}");
+    for (line, s) in lines.lines().zip(segments) {
+        let start = s["start"].as_f64().expect("start");
+        assert!(line.starts_with(&format!("[{start:.2} --> ")), "{line} against {s}");
+        assert!(start < 30.0, "{s}");
+    }
     let e = fails(&dir, &["transcribe", "--model", "whisper-tiny", "--beam", "0", "speech.wav"]);
     assert!(e.contains("--beam 0"), "{e}");
     let e =

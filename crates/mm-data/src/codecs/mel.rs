@@ -493,15 +493,27 @@ impl WhisperMel {
     pub fn window(&self, samples: &[f32]) -> Array2<f32> {
         let mut padded = samples[..samples.len().min(WHISPER_SAMPLES)].to_vec();
         padded.resize(WHISPER_SAMPLES, 0.0);
+        self.features(&padded)
+    }
+
+    /// `[n_mels, samples / 160]` features of a whole recording, unpadded, scaled by its own
+    /// loudest bin (as `WhisperFeatureExtractor` does with `padding = "longest"` and no
+    /// truncation, for Whisper's long-form transcription, which cuts 30-second windows from
+    /// them).
+    pub fn features(&self, samples: &[f32]) -> Array2<f32> {
         let n_freqs = self.stft.n_freqs;
-        let frames = self.stft.frames(WHISPER_SAMPLES);
+        let keep = samples.len() / self.stft.config.hop_length;
+        let frames = self.stft.frames(samples.len());
+        let mut out = Array2::<f32>::zeros((self.n_mels, keep));
+        if keep == 0 {
+            return out;
+        }
         let mut spec = vec![Complex::new(0.0f32, 0.0); frames * n_freqs];
         let mut buf = vec![Complex::new(0.0f32, 0.0); self.stft.config.n_fft];
         let mut scratch = vec![Complex::new(0.0f32, 0.0); self.stft.fft.get_inplace_scratch_len()];
-        self.stft.stft(&padded, frames, &mut spec, &mut buf, &mut scratch);
-        let mut out = Array2::<f32>::zeros((self.n_mels, WHISPER_FRAMES));
+        self.stft.stft(samples, frames, &mut spec, &mut buf, &mut scratch);
         let mut power = vec![0.0f32; n_freqs];
-        for t in 0..WHISPER_FRAMES {
+        for t in 0..keep.min(frames) {
             for (p, c) in power.iter_mut().zip(&spec[t * n_freqs..(t + 1) * n_freqs]) {
                 *p = c.norm_sqr();
             }

@@ -898,7 +898,7 @@ fn whisper_matches_transformers_from_features_to_text() {
         str::to_string,
     )
     .expect("weights");
-    for f in ["config.json", "tokenizer.json"] {
+    for f in ["config.json", "tokenizer.json", "generation_config.json"] {
         std::fs::copy(data_dir().join("whisper_tiny").join(f), dir.join(f)).expect("copy");
     }
     let wav = data_dir().join("whisper_tiny/speech.wav");
@@ -955,6 +955,44 @@ fn whisper_matches_transformers_from_features_to_text() {
         assert_eq!(t.transcribe_file(&wav).expect("beam").windows, vec![want]);
     }
     assert_ne!(g["beam_ids"]["3"], g["greedy_ids"], "the beam golden tells nothing");
+
+    // Timestamps: transformers' timestamp rules and segments, within one window (the file, padded
+    // to 30 s, silence decoded as transformers does) and over a 45 s recording (features of the
+    // whole, windows moved by the timestamps).
+    let timed = Transcriber::load(&dir, Device::Cpu, Some("en"))
+        .expect("load")
+        .with_timestamps(true)
+        .decoding_silence(true);
+    assert!(timed.has_timestamps());
+    let got = timed.transcribe_file(&wav).expect("timed");
+    let tokens: Vec<i64> = got.segments.iter().flat_map(|s| s.tokens.clone()).collect();
+    let want: Vec<i64> = serde_json::from_value(g["timestamp_ids"].clone()).expect("timestamp ids");
+    assert_eq!(tokens, want, "{:?}", got.segments);
+    let scale = (0.3f64 * 32767.0) as f32;
+    let long: Vec<f32> = mm_encoders::formula::formula_values("long", 45 * 16_000)
+        .iter()
+        .map(|u| f32::from((u * scale) as i16) / 32768.0)
+        .collect();
+    let whole = front.features(&long);
+    assert_eq!(whole.ncols() as u64, g["long_frames"].as_u64().expect("frames"));
+    let first = Tensor::from_slice(
+        whole.slice(ndarray::s![.., ..300]).to_owned().as_slice().expect("layout"),
+    )
+    .view([1, 8, 300]);
+    let gap = relative_gap(&first, &floats(&g["long_features_first_300"]));
+    assert!(gap < 1e-5, "long-form features differ by {gap:.2e}");
+    let got = timed.transcribe(&long).expect("long");
+    let want = g["long_segments"].as_array().expect("segments");
+    assert_eq!(got.segments.len(), want.len(), "{:?}", got.segments);
+    for (s, w) in got.segments.iter().zip(want) {
+        let tokens: Vec<i64> = serde_json::from_value(w["tokens"].clone()).expect("tokens");
+        assert_eq!(s.tokens, tokens, "{s:?} against {w}");
+        let (start, end) = (w["start"].as_f64().expect("start"), w["end"].as_f64().expect("end"));
+        assert!((s.start - start).abs() < 1e-9 && (s.end - end).abs() < 1e-9, "{s:?} against {w}");
+    }
+    // Untimed, the same recording is cut into 30 s windows, and timed anyway past 30 s.
+    let plain = Transcriber::load(&dir, Device::Cpu, Some("en")).expect("load");
+    assert_eq!(plain.transcribe(&long).expect("long").segments.len(), want.len());
     eprintln!(
         "tiny Whisper: features {feature_gap:.2e}, encoder {enc_gap:.2e}, logits {logit_gap:.2e}, ids {:?}",
         got.windows
@@ -965,10 +1003,9 @@ fn whisper_matches_transformers_from_features_to_text() {
     assert!(e.contains("[batch, 8, 3000]"), "{e}");
     let e = Transcriber::load(&dir, Device::Cpu, Some("fr")).expect_err("no French").to_string();
     assert!(e.contains("--language fr") && e.contains("en"), "{e}");
+    // Silence: 40 s (timed, as every recording over 30 s) and 20 s: nothing decoded, no words.
     let silent = t.transcribe(&vec![0.0; 16_000 * 40]).expect("silence");
-    assert_eq!(
-        (silent.text.as_str(), silent.windows.len()),
-        ("", 2),
-        "two silent windows, no words"
-    );
+    assert_eq!((silent.text.as_str(), silent.windows.len(), silent.segments.len()), ("", 0, 0));
+    let silent = t.transcribe(&vec![0.0; 16_000 * 20]).expect("silence");
+    assert_eq!((silent.text.as_str(), silent.windows), ("", vec![Vec::new()]));
 }

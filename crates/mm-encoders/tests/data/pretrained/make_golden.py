@@ -420,7 +420,9 @@ def whisper_golden():
     os.makedirs(folder, exist_ok=True)
     tok = whisper_tokenizer(folder)
     ids = {t: tok.token_to_id(t) for t in WHISPER_SPECIALS}
-    sizes = dict(vocab_size=tok.get_vocab_size(), num_mel_bins=8, d_model=16, encoder_layers=2,
+    # Whisper's 1501 timestamp tokens (<|0.00|> to <|30.00|>) follow <|notimestamps|>; the model
+    # has their ids, as the real ones do.
+    sizes = dict(vocab_size=tok.get_vocab_size() + 1501, num_mel_bins=8, d_model=16, encoder_layers=2,
                  encoder_attention_heads=2, decoder_layers=2, decoder_attention_heads=2, encoder_ffn_dim=32,
                  decoder_ffn_dim=32, max_source_positions=1500, max_target_positions=24)
     eos, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
@@ -430,7 +432,16 @@ def whisper_golden():
                    "activation_function": "gelu", "scale_embedding": False, "decoder_start_token_id": sot,
                    "eos_token_id": eos}, f, indent=2)
         f.write("\n")
+    generation = {"decoder_start_token_id": sot, "eos_token_id": eos, "pad_token_id": eos, "bos_token_id": eos,
+                  "no_timestamps_token_id": ids["<|notimestamps|>"], "max_initial_timestamp_index": 50,
+                  "is_multilingual": True, "lang_to_id": {"<|en|>": ids["<|en|>"]},
+                  "task_to_id": {"transcribe": ids["<|transcribe|>"]}, "max_length": 24,
+                  "suppress_tokens": [], "begin_suppress_tokens": []}
+    with open(os.path.join(folder, "generation_config.json"), "w") as f:
+        json.dump(generation, f, indent=2)
+        f.write("\n")
     m = WhisperForConditionalGeneration(config).eval()
+    m.generation_config = transformers.GenerationConfig(**generation)
     listing = []
     for name, t in m.named_parameters():  # tied weights once
         offset, scale = rule_whisper(name, list(t.shape))
@@ -468,12 +479,26 @@ def whisper_golden():
             beams[str(n)] = found[0].tolist()[len(start):]
             if beams[str(n)] and beams[str(n)][-1] == eos:
                 beams[str(n)].pop()
+        # Timestamps, one window: transformers' Whisper generate (its timestamp rules).
+        stamped = m.generate(input_features=features, language="en", task="transcribe", return_timestamps=True)
+        stamped = stamped[0].tolist()
+        # Long-form: 45 s, features of the whole recording, 30 s windows moved by the timestamps.
+        long_audio = formula_wave("long", 45 * 16000).astype(np.float32) / np.float32(32768.0)
+        long_in = fe(long_audio, sampling_rate=16000, return_tensors="pt", truncation=False, padding="longest",
+                     return_attention_mask=True)
+        found = m.generate(input_features=long_in.input_features, attention_mask=long_in.attention_mask,
+                           language="en", task="transcribe", return_timestamps=True, return_segments=True)
+        segments = [{"start": float(x["start"]), "end": float(x["end"]), "tokens": x["tokens"].tolist()}
+                    for x in found["segments"][0]]
     text = tok.decode(out, skip_special_tokens=True)
     write("whisper_tiny", {"reference": f"transformers {transformers.__version__}, torch {torch.__version__}",
                            "tensors": listing, "start": start, "eos": eos,
                            "features_first_300": flat(features[:, :, :300]), "features_max": float(features.max()),
                            "encoder_first_64": flat(enc[:, :64]), "logits_start": flat(logits),
-                           "greedy_ids": out[len(start):], "beam_ids": beams, "text": text})
+                           "greedy_ids": out[len(start):], "beam_ids": beams, "text": text,
+                           "timestamp_ids": stamped, "long_frames": int(long_in.input_features.shape[-1]),
+                           "long_features_first_300": flat(long_in.input_features[:, :, :300]),
+                           "long_segments": segments})
 
 
 def rule_vit(name, shape):
