@@ -16,6 +16,9 @@ use crate::vectors::load_vectors;
 use crate::video::{VideoConfig, VideoEncoder};
 use crate::vit::{hf_vit_name, VitEncoder, VitEncoderConfig, TORCHVISION_HEAD};
 use crate::weights::{load_safetensors, LoadOptions, LoadReport};
+use crate::whisper::{
+    whisper_encoder_name, WhisperAudioEncoder, WhisperConfig, WhisperEncoderConfig,
+};
 use crate::{Encoder, Error, Projected, Result};
 
 /// One encoder's configuration: a TOML table whose `kind` says which encoder, the other keys
@@ -43,6 +46,8 @@ pub enum EncoderConfig {
     /// A pretrained CLIP's text tower over its BPE ids (transformers' files).
     #[serde(rename = "clip-text")]
     ClipText(ClipEncoderConfig),
+    /// A pretrained Whisper's encoder over Whisper's log-mel window (transformers' files).
+    Whisper(WhisperEncoderConfig),
 }
 
 /// What an encoder needs to know about its data.
@@ -162,6 +167,19 @@ pub fn build(
             }
             (Box::new(ClipTextEncoder::new(path, &config)?), c.freeze, c.project)
         }
+        EncoderConfig::Whisper(c) => {
+            let config = WhisperConfig::from_file(&c.model.join("config.json"))?;
+            let mels = need(ctx.input_dim, "the number of mel bins")?;
+            if mels != config.num_mel_bins {
+                return Err(Error::Config(format!(
+                    "the data gives {mels} mel bins but the Whisper model in {} reads {}: set [data.audio] front = \"whisper\" and mel = {{ n_mels = {} }}",
+                    c.model.display(),
+                    config.num_mel_bins,
+                    config.num_mel_bins
+                )));
+            }
+            (Box::new(WhisperAudioEncoder::new(path, &config)?), c.freeze, c.project)
+        }
     };
     if freeze {
         encoder.set_backbone_trainable(false);
@@ -185,6 +203,7 @@ impl EncoderConfig {
             EncoderConfig::Vit(_) => "vit",
             EncoderConfig::ClipImage(_) => "clip-image",
             EncoderConfig::ClipText(_) => "clip-text",
+            EncoderConfig::Whisper(_) => "whisper",
         }
     }
 
@@ -197,7 +216,7 @@ impl EncoderConfig {
             EncoderConfig::Text(_) | EncoderConfig::Bert(_) | EncoderConfig::ClipText(_) => {
                 Modality::Text
             }
-            EncoderConfig::Audio(_) => Modality::Audio,
+            EncoderConfig::Audio(_) | EncoderConfig::Whisper(_) => Modality::Audio,
             EncoderConfig::Tabular(_) => Modality::Features,
             EncoderConfig::Video(_) => Modality::Frames,
         }
@@ -225,6 +244,7 @@ impl EncoderConfig {
             EncoderConfig::Video(c) => c.freeze,
             EncoderConfig::ClipImage(c) | EncoderConfig::ClipText(c) => c.freeze,
             EncoderConfig::Vit(c) => c.freeze,
+            EncoderConfig::Whisper(c) => c.freeze,
         }
     }
 
@@ -236,9 +256,10 @@ impl EncoderConfig {
             EncoderConfig::Video(c) => c.frame.weights.is_some(),
             EncoderConfig::Vit(c) => c.model.is_some() || c.weights.is_some(),
             EncoderConfig::Text(c) => c.vectors.is_some(),
-            EncoderConfig::Bert(_) | EncoderConfig::ClipImage(_) | EncoderConfig::ClipText(_) => {
-                true
-            }
+            EncoderConfig::Bert(_)
+            | EncoderConfig::ClipImage(_)
+            | EncoderConfig::ClipText(_)
+            | EncoderConfig::Whisper(_) => true,
             EncoderConfig::Audio(_) | EncoderConfig::Tabular(_) => false,
         }
     }
@@ -293,6 +314,15 @@ impl EncoderConfig {
                     skip: Vec::new(),
                     allow_missing: vec!["proj.".to_string()],
                     map: Some(hf_name),
+                };
+                (c.model.join("model.safetensors"), options)
+            }
+            EncoderConfig::Whisper(c) => {
+                let options = LoadOptions {
+                    prefix: prefix.to_string(),
+                    skip: vec!["proj_out.".to_string()],
+                    allow_missing: vec!["proj.".to_string()],
+                    map: Some(whisper_encoder_name),
                 };
                 (c.model.join("model.safetensors"), options)
             }

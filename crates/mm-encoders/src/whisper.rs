@@ -156,6 +156,107 @@ struct EncoderLayer {
     fc2: nn::Linear,
 }
 
+/// Whisper's encoder (`model.encoder` in transformers' files): two convolutions, positions,
+/// pre-LayerNorm layers.
+#[derive(Debug)]
+struct AudioTower {
+    conv1: nn::Conv1D,
+    conv2: nn::Conv1D,
+    positions: nn::Embedding,
+    layers: Vec<EncoderLayer>,
+    norm: nn::LayerNorm,
+    mels: i64,
+    frames: i64,
+}
+
+impl AudioTower {
+    fn new(enc: &nn::Path, config: &WhisperConfig) -> Self {
+        let d = config.d_model;
+        let conv = |p: nn::Path, i: i64, stride: i64| {
+            nn::conv1d(p, i, d, 3, nn::ConvConfig { stride, padding: 1, ..Default::default() })
+        };
+        let layers = (0..config.encoder_layers)
+            .map(|i| {
+                let p = enc / "layers" / i;
+                EncoderLayer {
+                    attn_norm: norm(&p / "self_attn_layer_norm", d),
+                    attn: Attention::new(
+                        &(&p / "self_attn"),
+                        d,
+                        config.encoder_attention_heads,
+                        false,
+                    ),
+                    ffn_norm: norm(&p / "final_layer_norm", d),
+                    fc1: linear(&p / "fc1", d, config.encoder_ffn_dim),
+                    fc2: linear(&p / "fc2", config.encoder_ffn_dim, d),
+                }
+            })
+            .collect();
+        AudioTower {
+            conv1: conv(enc / "conv1", config.num_mel_bins, 1),
+            conv2: conv(enc / "conv2", d, 2),
+            positions: nn::embedding(
+                enc / "embed_positions",
+                config.max_source_positions,
+                d,
+                Default::default(),
+            ),
+            layers,
+            norm: norm(enc / "layer_norm", d),
+            mels: config.num_mel_bins,
+            frames: 2 * config.max_source_positions,
+        }
+    }
+
+    /// `[B, mels, frames]` to `[B, frames / 2, d_model]`; another shape is an error.
+    fn forward(&self, mel: &Tensor) -> Result<Tensor> {
+        let size = mel.size();
+        if size.len() != 3 || size[1] != self.mels || size[2] != self.frames {
+            return Err(Error::Config(format!(
+                "Whisper reads [batch, {}, {}] log-mel features (a 30 s window); got {size:?}",
+                self.mels, self.frames
+            )));
+        }
+        let x = mel.apply(&self.conv1).gelu("none").apply(&self.conv2).gelu("none");
+        let mut x = x.permute([0, 2, 1]) + &self.positions.ws;
+        for l in &self.layers {
+            let y = x.apply(&l.attn_norm);
+            let (k, v) = l.attn.keys_values(&y);
+            x = &x + l.attn.attend(&y, &k, &v, None, false);
+            x = &x + x.apply(&l.ffn_norm).apply(&l.fc1).gelu("none").apply(&l.fc2);
+        }
+        Ok(x.apply(&self.norm))
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        let linear = |l: &nn::Linear| {
+            std::iter::once(l.ws.shallow_clone())
+                .chain(l.bs.as_ref().map(Tensor::shallow_clone))
+                .collect::<Vec<_>>()
+        };
+        let norm = |n: &nn::LayerNorm| {
+            n.ws.iter().chain(n.bs.iter()).map(Tensor::shallow_clone).collect::<Vec<_>>()
+        };
+        let conv = |c: &nn::Conv1D| {
+            std::iter::once(c.ws.shallow_clone())
+                .chain(c.bs.as_ref().map(Tensor::shallow_clone))
+                .collect::<Vec<_>>()
+        };
+        let mut out = conv(&self.conv1);
+        out.extend(conv(&self.conv2));
+        out.push(self.positions.ws.shallow_clone());
+        for l in &self.layers {
+            out.extend(norm(&l.attn_norm));
+            out.extend(l.attn.parameters());
+            out.extend(norm(&l.ffn_norm));
+            out.extend(linear(&l.fc1));
+            out.extend(linear(&l.fc2));
+        }
+        out.extend(norm(&self.norm));
+        out
+    }
+}
+
 /// The encoder's output, with each decoder layer's cross-attention keys and values computed
 /// once.
 #[derive(Debug)]
@@ -177,11 +278,7 @@ impl Encoded {
 /// [`TransformerDecoder`], whose names are Whisper's.
 #[derive(Debug)]
 pub struct Whisper {
-    conv1: nn::Conv1D,
-    conv2: nn::Conv1D,
-    enc_positions: nn::Embedding,
-    enc_layers: Vec<EncoderLayer>,
-    enc_norm: nn::LayerNorm,
+    encoder: AudioTower,
     decoder: TransformerDecoder,
     config: WhisperConfig,
 }
@@ -192,27 +289,7 @@ impl Whisper {
     pub fn new(path: &nn::Path, config: &WhisperConfig) -> Result<Self> {
         config.check().map_err(Error::Config)?;
         let d = config.d_model;
-        let enc = path / "model" / "encoder";
-        let conv = |p: nn::Path, i: i64, stride: i64| {
-            nn::conv1d(p, i, d, 3, nn::ConvConfig { stride, padding: 1, ..Default::default() })
-        };
-        let enc_layers = (0..config.encoder_layers)
-            .map(|i| {
-                let p = &enc / "layers" / i;
-                EncoderLayer {
-                    attn_norm: norm(&p / "self_attn_layer_norm", d),
-                    attn: Attention::new(
-                        &(&p / "self_attn"),
-                        d,
-                        config.encoder_attention_heads,
-                        false,
-                    ),
-                    ffn_norm: norm(&p / "final_layer_norm", d),
-                    fc1: linear(&p / "fc1", d, config.encoder_ffn_dim),
-                    fc2: linear(&p / "fc2", config.encoder_ffn_dim, d),
-                }
-            })
-            .collect();
+        let encoder = AudioTower::new(&(path / "model" / "encoder"), config);
         let decoder = DecoderConfig {
             vocab: config.vocab_size,
             dim: d,
@@ -225,20 +302,7 @@ impl Whisper {
         };
         let decoder = TransformerDecoder::new(&(path / "model" / "decoder"), &decoder)
             .map_err(|e| Error::Config(e.to_string()))?;
-        Ok(Whisper {
-            conv1: conv(&enc / "conv1", config.num_mel_bins, 1),
-            conv2: conv(&enc / "conv2", d, 2),
-            enc_positions: nn::embedding(
-                &enc / "embed_positions",
-                config.max_source_positions,
-                d,
-                Default::default(),
-            ),
-            enc_layers,
-            enc_norm: norm(&enc / "layer_norm", d),
-            decoder,
-            config: config.clone(),
-        })
+        Ok(Whisper { encoder, decoder, config: config.clone() })
     }
 
     /// Reads a model folder (`config.json`, `model.safetensors` as transformers saves
@@ -279,25 +343,9 @@ impl Whisper {
     }
 
     /// The encoder's output `[B, max_source_positions, d_model]` alone (no decoder keys and
-    /// values): what an audio encoder in a fusion run reads.
+    /// values), as [`WhisperAudioEncoder`] gives it to a fusion run.
     pub fn encoder_states(&self, mel: &Tensor) -> Result<Tensor> {
-        let want = 2 * self.config.max_source_positions;
-        let size = mel.size();
-        if size.len() != 3 || size[1] != self.config.num_mel_bins || size[2] != want {
-            return Err(Error::Config(format!(
-                "Whisper reads [batch, {}, {want}] log-mel features (a 30 s window); got {size:?}",
-                self.config.num_mel_bins
-            )));
-        }
-        let x = mel.apply(&self.conv1).gelu("none").apply(&self.conv2).gelu("none");
-        let mut x = x.permute([0, 2, 1]) + &self.enc_positions.ws;
-        for l in &self.enc_layers {
-            let y = x.apply(&l.attn_norm);
-            let (k, v) = l.attn.keys_values(&y);
-            x = &x + l.attn.attend(&y, &k, &v, None, false);
-            x = &x + x.apply(&l.ffn_norm).apply(&l.fc1).gelu("none").apply(&l.fc2);
-        }
-        Ok(x.apply(&self.enc_norm))
+        self.encoder.forward(mel)
     }
 
     /// Logits `[B, L, vocab]` of the next token after each of `ids` `[B, L]`, continuing from
@@ -791,4 +839,77 @@ fn split_segments(
         (ids[from - 2] - timestamp_begin) as usize * INPUT_STRIDE
     };
     (segments, advance)
+}
+
+/// `[model.encoders.audio] kind = "whisper"`: a pretrained Whisper's encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhisperEncoderConfig {
+    /// A Whisper model folder as transformers saves it (`config.json`, `model.safetensors`);
+    /// only the encoder's part of the weights is loaded. The data's audio must come through
+    /// Whisper's front end: `[data.audio] front = "whisper"`, `mel = { n_mels = 80 }` (the
+    /// model's `num_mel_bins`).
+    pub model: std::path::PathBuf,
+    /// Keep the encoder fixed.
+    #[serde(default)]
+    pub freeze: bool,
+    /// Project the output to this size.
+    #[serde(default)]
+    pub project: Option<i64>,
+}
+
+/// Whisper's encoder as an [`crate::Encoder`] of audio (`[B, 3000, n_mels]` from Whisper's
+/// front end): the sequence is the encoder's 1500 positions, the pooled vector their mean (as
+/// transformers' `WhisperForAudioClassification` pools them).
+#[derive(Debug)]
+pub struct WhisperAudioEncoder {
+    tower: AudioTower,
+    dim: i64,
+    backbone: crate::Backbone,
+}
+
+impl WhisperAudioEncoder {
+    /// The encoder of `config` under `path` (its variables named as transformers'
+    /// `model.encoder.*`, without that prefix).
+    pub fn new(path: &nn::Path, config: &WhisperConfig) -> Result<Self> {
+        config.check().map_err(Error::Config)?;
+        let tower = AudioTower::new(path, config);
+        let backbone = crate::Backbone::new(tower.parameters());
+        Ok(WhisperAudioEncoder { tower, dim: config.d_model, backbone })
+    }
+}
+
+impl crate::Encoder for WhisperAudioEncoder {
+    fn output_dim(&self) -> i64 {
+        self.dim
+    }
+
+    fn forward_t(&self, input: &crate::Input, _train: bool) -> crate::Encoded {
+        // [B, frames, mels] as mm-data batches audio; Whisper reads [B, mels, frames].
+        let mel = input.values.transpose(1, 2).contiguous();
+        let hidden = self.tower.forward(&mel).unwrap_or_else(|e| panic!("{e}"));
+        let (b, t, _) = hidden.size3().expect("[B, T, D]");
+        let mask = Tensor::ones([b, t], (tch::Kind::Bool, hidden.device()));
+        crate::Encoded {
+            pooled: hidden.mean_dim(1, false, hidden.kind()),
+            seq: Some((hidden, mask)),
+        }
+    }
+
+    fn set_backbone_trainable(&self, trainable: bool) {
+        self.backbone.set_trainable(trainable);
+    }
+
+    fn backbone_parameters(&self) -> Vec<Tensor> {
+        self.backbone.parameters()
+    }
+}
+
+/// Maps a tensor name of transformers' Whisper files to an audio encoder's variable:
+/// `model.encoder.X` to `X`; the decoder and the output projection skipped.
+pub fn whisper_encoder_name(name: &str) -> Mapped {
+    match name.strip_prefix("model.encoder.") {
+        Some(rest) => Mapped::To(rest.to_string()),
+        None => Mapped::Skip("the decoder (an audio encoder uses Whisper's encoder alone)"),
+    }
 }

@@ -164,6 +164,15 @@ impl Attention {
         context.transpose(1, 2).reshape([b, l, d]).apply(&self.out)
     }
 
+    /// The projections' weights and biases.
+    pub fn parameters(&self) -> Vec<Tensor> {
+        [&self.q, &self.k, &self.v, &self.out]
+            .iter()
+            .flat_map(|l| std::iter::once(&l.ws).chain(l.bs.as_ref()))
+            .map(Tensor::shallow_clone)
+            .collect()
+    }
+
     /// The keys and values of `x` `[B, S, D]`, split into heads: `[B, heads, S, D / heads]`.
     pub fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
         (self.split(&x.apply(&self.k)), self.split(&x.apply(&self.v)))

@@ -325,10 +325,20 @@ impl ModelConfig {
     /// then checked before any data is read, not after the data is cleaned. A model with an
     /// encoder whose building reads files (word vectors, BERT) is left to the real build.
     pub fn check_build(&self, data: &mm_data::config::DataConfig) -> Result<()> {
-        let reads_files = self.encoders.values().any(|e| match e {
-            EncoderConfig::Bert(_) | EncoderConfig::ClipImage(_) | EncoderConfig::ClipText(_) => {
-                true
+        let whisper_front =
+            data.audio.as_ref().is_some_and(|a| a.front == mm_data::config::AudioFront::Whisper);
+        for (name, e) in &self.encoders {
+            if matches!(e, EncoderConfig::Whisper(_)) && !whisper_front {
+                return Err(Error::Config(format!(
+                    "model.encoders.{name}: kind = \"whisper\" reads Whisper's own log-mel window: set [data.audio] front = \"whisper\" (and mel = {{ n_mels = 80 }}, the model's bins)"
+                )));
             }
+        }
+        let reads_files = self.encoders.values().any(|e| match e {
+            EncoderConfig::Bert(_)
+            | EncoderConfig::ClipImage(_)
+            | EncoderConfig::ClipText(_)
+            | EncoderConfig::Whisper(_) => true,
             EncoderConfig::Vit(v) => v.model.is_some(),
             EncoderConfig::Text(t) => t.vectors.is_some(),
             _ => false,

@@ -438,3 +438,77 @@ fn whisper_transcribes_a_file_as_transformers() {
     assert!(e.contains("config.json"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whisper's encoder as the audio encoder of a fusion run (`kind = "whisper"`, frozen) beside a
+/// LeNet on the images: the audio through Whisper's front end, only the encoder's weights
+/// loaded (and said so), trained, evaluated and predicted; a run that gives it the ordinary
+/// log-mel frames is refused before anything is read.
+#[test]
+fn whisper_encodes_audio_in_a_fusion_run() {
+    let ws = workspace(240);
+    let model = ws.join("whisper-tiny");
+    if !model.join("model.safetensors").is_file() {
+        let g: Value = serde_json::from_slice(
+            &std::fs::read(golden_dir().join("golden_whisper_tiny.json")).expect("golden"),
+        )
+        .expect("golden JSON");
+        std::fs::create_dir_all(&model).expect("mkdir");
+        for f in ["config.json", "tokenizer.json", "generation_config.json"] {
+            std::fs::copy(golden_dir().join("whisper_tiny").join(f), model.join(f)).expect("copy");
+        }
+        mm_encoders::formula::write_listing(
+            &g["tensors"],
+            &model.join("model.safetensors"),
+            str::to_string,
+        )
+        .expect("weights");
+    }
+    let config = r#"
+[data]
+manifest = "data/synth/manifest.jsonl"
+
+[data.image]
+size = 32
+
+[data.audio]
+front = "whisper"
+mel = { n_mels = 8 }
+
+[model.encoders.image]
+kind = "image"
+arch = "lenet"
+
+[model.encoders.audio]
+kind = "whisper"
+model = "whisper-tiny"
+freeze = true
+
+[model.fusion]
+method = "concat"
+
+[model.head]
+type = "classification"
+hidden = [32]
+
+[train]
+epochs = 2
+batch_size = 32
+"#;
+    std::fs::write(ws.join("whisper-fusion.toml"), config).expect("config");
+    let out = "runs/whisper-fusion";
+    let _ = std::fs::remove_dir_all(ws.join(out));
+    ok(ws, &["train", "--config", "whisper-fusion.toml", "--out", out, "--device", "cpu"]);
+    let record = json(
+        &std::fs::read_to_string(ws.join(out).join("pretrained.json")).expect("pretrained.json"),
+    );
+    assert!(record["audio"]["loaded"].as_u64().is_some_and(|n| n > 10), "{record}");
+    let m = json(&ok(ws, &["eval", "--run", out, "--device", "cpu", "--json"]));
+    assert!(m["accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{m}");
+    let rows = ok(ws, &["predict", "--run", out, "--device", "cpu"]);
+    assert!(rows.lines().count() > 0, "{rows}");
+    // The ordinary front end does not fit Whisper.
+    std::fs::write(ws.join("whisper-mel.toml"), config.replace("front = \"whisper\"\n", ""))
+        .expect("config");
+    let e = fails(ws, &["train", "--config", "whisper-mel.toml", "--check"]);
+    assert!(e.contains("model.encoders.audio") && e.contains("front = \"whisper\""), "{e}");
+}

@@ -131,12 +131,35 @@ pub struct AudioConfig {
     /// The front end (default: 16 kHz, 25 ms windows every 10 ms, 64 mel bins).
     #[serde(default)]
     pub mel: MelConfig,
+    /// `"mel"` (the default: `mel`'s log-mel frames, normalised with the training split's
+    /// statistics) or `"whisper"` (Whisper's own front end: `mel.n_mels` Slaney bins at 16 kHz
+    /// over one 30-second window, 3000 frames, scaled as Whisper's are; for `kind = "whisper"`
+    /// encoders).
+    #[serde(default, skip_serializing_if = "AudioFront::is_mel")]
+    pub front: AudioFront,
     /// Longer spectrograms are cut to this many frames.
     #[serde(default)]
     pub max_frames: Option<usize>,
     /// Training-time augmentation (default none).
     #[serde(default)]
     pub augment: AudioAugment,
+}
+
+/// The audio front end (`[data.audio] front`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioFront {
+    /// Log-mel frames as `mel` says.
+    #[default]
+    Mel,
+    /// Whisper's log-mel front end over a 30-second window.
+    Whisper,
+}
+
+impl AudioFront {
+    fn is_mel(&self) -> bool {
+        *self == AudioFront::Mel
+    }
 }
 
 fn default_max_tokens() -> usize {
@@ -486,6 +509,17 @@ impl DataConfig {
         if let Some(b) = self.audio.as_ref().and_then(|a| a.augment.background.as_ref()) {
             b.validate()?;
         }
+        if let Some(a) = self.audio.as_ref().filter(|a| a.front == AudioFront::Whisper) {
+            if a.mel.sample_rate != 16_000 {
+                return bad(
+                    "audio.mel.sample_rate",
+                    "Whisper's front end reads 16 kHz audio: set 16000",
+                );
+            }
+            if a.max_frames.is_some() {
+                return bad("audio.max_frames", "Whisper's front end always gives one 30-second window (3000 frames): remove max_frames");
+            }
+        }
         if let Some(t) = &self.transcript {
             if self.text.is_some() {
                 return bad("transcript", "the text is either an input ([data.text]) or the target ([data.transcript]), not both");
@@ -727,6 +761,9 @@ impl DataConfig {
                 .map_err(|e| Error::Config(format!("data.audio.mel: {e}")))?;
             spec.max_frames = c.max_frames;
             spec.augment = c.augment.clone();
+            if c.front == AudioFront::Whisper {
+                spec.whisper = Some(std::sync::Arc::new(crate::mel::WhisperMel::new(c.mel.n_mels)));
+            }
             // Noise is for training: a pipeline restored for evaluation does without.
             if let (Some(b), None) = (&c.augment.background, saved) {
                 spec.background =

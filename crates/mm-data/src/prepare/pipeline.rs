@@ -86,6 +86,9 @@ pub struct AudioSpec {
     pub max_frames: Option<usize>,
     /// Background noise clips for `augment.background`, loaded for training only.
     pub background: Option<Arc<NoiseBank>>,
+    /// Whisper's front end in place of `mel` (`[data.audio] front = "whisper"`): one 30-second
+    /// window, `[3000, n_mels]`, scaled as Whisper's features are, never normalised.
+    pub whisper: Option<Arc<crate::mel::WhisperMel>>,
 }
 
 impl AudioSpec {
@@ -98,6 +101,7 @@ impl AudioSpec {
             augment: AudioAugment::default(),
             max_frames: None,
             background: None,
+            whisper: None,
         })
     }
 }
@@ -533,7 +537,7 @@ impl Pipeline {
                 spec.image.normalizer = stats.finish();
             }
         }
-        if let Some(spec) = &self.audio {
+        if let Some(spec) = self.audio.as_ref().filter(|s| s.whisper.is_none()) {
             let plain =
                 AudioSpec { normalizer: None, augment: AudioAugment::default(), ..spec.clone() };
             let stats = fold(spec.mel.config().n_mels, &|s, acc| {
@@ -600,7 +604,7 @@ impl Pipeline {
         if let Some(spec) = &mut self.image {
             spec.normalizer = Normalizer::load(path(Modality::Image), Some(3))?;
         }
-        if let Some(spec) = &mut self.audio {
+        if let Some(spec) = self.audio.as_mut().filter(|s| s.whisper.is_none()) {
             spec.normalizer =
                 Some(Normalizer::load(path(Modality::Audio), Some(spec.mel.config().n_mels))?);
         }
@@ -824,6 +828,14 @@ fn load_clip(
         .collect())
 }
 
+/// Log-mel frames `[T, n_mels]` of `samples`: the configured front end, or Whisper's window.
+fn front(spec: &AudioSpec, samples: &[f32]) -> Array2<f32> {
+    match &spec.whisper {
+        Some(w) => w.window(samples).reversed_axes().as_standard_layout().into_owned(),
+        None => spec.mel.compute(samples),
+    }
+}
+
 fn load_audio(
     path: &std::path::Path,
     memory: Option<&Memory>,
@@ -842,9 +854,9 @@ fn load_audio(
                 bank.mix(&mut samples, snr, rng);
             }
         }
-        spec.mel.compute(&samples)
+        front(spec, &samples)
     } else {
-        spec.mel.compute(&decoded)
+        front(spec, &decoded)
     };
     let mut mel = match spec.max_frames {
         Some(max) if mel.nrows() > max => mel.slice(ndarray::s![..max, ..]).to_owned(),

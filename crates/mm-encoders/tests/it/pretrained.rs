@@ -941,6 +941,40 @@ fn whisper_matches_transformers_from_features_to_text() {
     assert_eq!(got.windows, vec![want]);
     assert_eq!(got.text, g["text"].as_str().expect("text").trim());
     assert_eq!(got.language.as_deref(), Some("en"));
+    // The encoder alone as an audio encoder of fusion runs (`kind = "whisper"`): only its part
+    // of the file loaded, the same states over mm-data's [B, frames, mels] batch layout.
+    let config: mm_encoders::EncoderConfig =
+        toml::from_str(&format!("kind = \"whisper\"\nmodel = {:?}", dir.display().to_string()))
+            .expect("config");
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let ctx = mm_encoders::BuildContext { input_dim: Some(8), ..Default::default() };
+    let encoder = mm_encoders::build(&(vs.root() / "audio"), &config, &ctx).expect("build");
+    let report = config.load_weights(&vs, "audio.").expect("load").expect("a report");
+    assert_eq!(report.loaded, vs.variables().len(), "{report:?}");
+    assert!(
+        report
+            .skipped
+            .iter()
+            .all(|(n, _)| n.starts_with("model.decoder.") || n == "proj_out.weight"),
+        "{report:?}"
+    );
+    let input = mm_encoders::Input { values: features.transpose(1, 2), lengths: None };
+    let out = tch::no_grad(|| encoder.forward_t(&input, false));
+    let (seq, _) = out.seq.as_ref().expect("steps");
+    assert!((seq - &audio.hidden).abs().max().double_value(&[]) < 1e-6);
+    assert!(
+        (&out.pooled - audio.hidden.mean_dim(1, false, Kind::Float)).abs().max().double_value(&[])
+            < 1e-6
+    );
+    let e = mm_encoders::build(
+        &(vs.root() / "other"),
+        &config,
+        &mm_encoders::BuildContext { input_dim: Some(64), ..Default::default() },
+    )
+    .expect_err("64 bins")
+    .to_string();
+    assert!(e.contains("64 mel bins") && e.contains("front = \"whisper\""), "{e}");
+
     // Beam search: transformers' hypotheses, which differ from greedy decoding's.
     for beam in [3usize, 5] {
         let want: Vec<i64> =
