@@ -44,8 +44,8 @@ fn files(sample: &str) -> Vec<PathBuf> {
 /// `mm caption`: a sample that cannot be read is reported and the others go on; the command
 /// then fails, saying how many were lost.
 pub fn run(a: &Args) -> Result<()> {
-    if a.beam == Some(0) {
-        anyhow::bail!("--beam 0: give 1 (greedy) or more beams");
+    if let Some(beam) = a.beam.filter(|b| *b == 0 || *b > mm_train::heads::MAX_BEAM) {
+        anyhow::bail!("--beam {beam}: give 1 (greedy) to {} beams", mm_train::heads::MAX_BEAM);
     }
     let run = Run::open(&a.run, a.checkpoint.as_deref(), parse_device(&a.device)?)?;
     let samples: Vec<Vec<PathBuf>> = a.samples.iter().map(|s| files(s)).collect();

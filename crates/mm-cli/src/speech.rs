@@ -70,8 +70,8 @@ pub fn transcribe(a: &TranscribeArgs) -> Result<()> {
 /// many were lost.
 fn transcribe_whisper(a: &TranscribeArgs, model: &std::path::Path) -> Result<()> {
     use anyhow::Context;
-    if a.beam == 0 {
-        anyhow::bail!("--beam 0: give 1 (greedy) or more beams");
+    if a.beam == 0 || a.beam > mm_train::heads::MAX_BEAM {
+        anyhow::bail!("--beam {}: give 1 (greedy) to {} beams", a.beam, mm_train::heads::MAX_BEAM);
     }
     let t = mm_encoders::whisper::Transcriber::load(
         model,

@@ -260,4 +260,8 @@ impl Encoder for Projected {
     fn backbone_parameters(&self) -> Vec<Tensor> {
         self.inner.backbone_parameters()
     }
+
+    fn time_stride(&self) -> i64 {
+        self.inner.time_stride()
+    }
 }

@@ -885,8 +885,18 @@ impl crate::Encoder for WhisperAudioEncoder {
     }
 
     fn forward_t(&self, input: &crate::Input, _train: bool) -> crate::Encoded {
-        // [B, frames, mels] as mm-data batches audio; Whisper reads [B, mels, frames].
-        let mel = input.values.transpose(1, 2).contiguous();
+        // [B, frames, mels] as mm-data batches audio; Whisper reads [B, mels, frames], exactly
+        // one window: a batch whose samples all lack audio has one frame, padded with zeros as
+        // transformers pads a short window's features.
+        let frames = input.values.size()[1];
+        let values = match frames.cmp(&self.tower.frames) {
+            std::cmp::Ordering::Less => {
+                input.values.constant_pad_nd([0, 0, 0, self.tower.frames - frames])
+            }
+            std::cmp::Ordering::Greater => input.values.narrow(1, 0, self.tower.frames),
+            std::cmp::Ordering::Equal => input.values.shallow_clone(),
+        };
+        let mel = values.transpose(1, 2).contiguous();
         let hidden = self.tower.forward(&mel).unwrap_or_else(|e| panic!("{e}"));
         let (b, t, _) = hidden.size3().expect("[B, T, D]");
         let mask = Tensor::ones([b, t], (tch::Kind::Bool, hidden.device()));
@@ -902,6 +912,10 @@ impl crate::Encoder for WhisperAudioEncoder {
 
     fn backbone_parameters(&self) -> Vec<Tensor> {
         self.backbone.parameters()
+    }
+
+    fn time_stride(&self) -> i64 {
+        INPUT_STRIDE as i64
     }
 }
 

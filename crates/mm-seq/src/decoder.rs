@@ -574,6 +574,8 @@ impl TransformerDecoder {
                     }
                     let best_live = chosen.first().map_or(f64::NEG_INFINITY, |c| c.2);
                     finished[j].check_done(best_live, beams[j * k].0.len() + 1);
+                    // No live candidate left (every token suppressed or ending): nothing to grow.
+                    finished[j].done |= chosen.is_empty();
                 }
                 // A finished sample (or one with too few live candidates) keeps dead rows.
                 while chosen.len() < k {

@@ -689,6 +689,7 @@ fn aligner_alphabet(config: &TtsConfig, aligner: &Run) -> Result<Alphabet> {
     let alphabet = aligner
         .model
         .alphabet()
+        .filter(|a| aligner.model.ctc_stride().is_some() && a.vocab().is_none())
         .ok_or_else(|| Error::Config("data.aligner: not a speech recognition (ctc) run".into()))?
         .clone();
     let rec_mel = aligner

@@ -966,6 +966,12 @@ fn whisper_matches_transformers_from_features_to_text() {
         (&out.pooled - audio.hidden.mean_dim(1, false, Kind::Float)).abs().max().double_value(&[])
             < 1e-6
     );
+    // A batch whose samples all lack audio (one frame) is padded to the window, not refused.
+    let empty =
+        Input { values: Tensor::zeros([2, 1, 8], (Kind::Float, Device::Cpu)), lengths: None };
+    let out = tch::no_grad(|| encoder.forward_t(&empty, false));
+    assert_eq!(out.pooled.size(), [2, 16]);
+    assert_eq!(encoder.time_stride(), 2, "two feature frames per position");
     let e = mm_encoders::build(
         &(vs.root() / "other"),
         &config,

@@ -143,7 +143,9 @@ impl Caption {
     /// [`Caption::write`] with `beam` beams (1: greedy).
     pub fn write_with(&self, output: &Output, beam: usize) -> Vec<String> {
         let (states, mask) = output.sequence.as_ref().expect("a caption head's memory");
-        let memory = self.decoder.memory(states, Some(mask));
+        // In f32: the forward pass may have run under bf16 autocast, and `mm caption` and
+        // `mm predict` generate outside it (evaluation during training generates under it).
+        let memory = tch::no_grad(|| self.decoder.memory(&states.to_kind(Kind::Float), Some(mask)));
         let mut never = vec![0, self.bos];
         never.extend(
             (0..self.alphabet.len()).filter(|i| self.alphabet.is_unknown(*i)).map(|i| i as i64),

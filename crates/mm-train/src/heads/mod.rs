@@ -134,8 +134,8 @@ pub enum HeadConfig {
         /// Label smoothing of the cross-entropy.
         #[serde(default = "tenth")]
         label_smoothing: f64,
-        /// The longest caption written, in tokens (the end token included); longer training
-        /// captions are cut.
+        /// Decoder positions: the start token, the caption's tokens and the end token, so at
+        /// most `max_len - 2` words are written; longer training captions are cut.
         #[serde(default = "caption_len")]
         max_len: i64,
         /// Beams when writing captions (evaluation, `mm caption`); 1 is greedy.
@@ -320,6 +320,16 @@ impl HeadConfig {
             HeadConfig::Ctc { .. } if data.transcript.is_none() => Err(Error::Config(format!(
                 "{field}: a ctc head learns transcripts; add [data.transcript]"
             ))),
+            HeadConfig::Ctc { .. }
+                if data
+                    .transcript
+                    .as_ref()
+                    .is_some_and(|t| t.unit == mm_data::transcript::Unit::Words) =>
+            {
+                Err(Error::Config(format!(
+                    "{field}: a ctc head spells transcripts out character by character; data.transcript.unit = \"words\" is for caption heads (remove it)"
+                )))
+            }
             HeadConfig::Caption { .. } if data.transcript.is_none() => Err(Error::Config(format!(
                 "{field}: a caption head learns to write the samples' text; add [data.transcript] with unit = \"words\""
             ))),
@@ -400,6 +410,9 @@ impl HeadConfig {
     }
 }
 
+/// The most beams a caption head (or `mm caption --beam`) searches with.
+pub const MAX_BEAM: usize = 64;
+
 /// A caption head's numbers, checked before anything is built; errors name `field`'s keys.
 fn check_caption(options: &caption::CaptionOptions, field: &str) -> Result<()> {
     let d = &options.decoder;
@@ -422,8 +435,17 @@ fn check_caption(options: &caption::CaptionOptions, field: &str) -> Result<()> {
             options.label_smoothing
         )));
     }
-    if options.beam == 0 {
-        return Err(Error::Config(format!("{field}.beam = 0: 1 (greedy) or more")));
+    if options.beam == 0 || options.beam > MAX_BEAM {
+        return Err(Error::Config(format!(
+            "{field}.beam = {}: 1 (greedy) to {MAX_BEAM}",
+            options.beam
+        )));
+    }
+    if d.max_positions > 4096 {
+        return Err(Error::Config(format!(
+            "{field}.max_len = {}: at most 4096 tokens",
+            d.max_positions
+        )));
     }
     if !options.length_penalty.is_finite() {
         return Err(Error::Config(format!(
@@ -731,4 +753,30 @@ pub(crate) fn class_rows(
             row
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_refuse_transcripts_they_cannot_learn() {
+        let words: mm_data::config::DataConfig =
+            toml::from_str("manifest = \"m.jsonl\"\n[transcript]\nunit = \"words\"\n")
+                .expect("data");
+        let ctc: HeadConfig = toml::from_str("type = \"ctc\"").expect("ctc");
+        let e = ctc.check_data(&words, "model.head").expect_err("words").to_string();
+        assert!(e.contains("data.transcript.unit"), "{e}");
+        let caption: HeadConfig =
+            toml::from_str("type = \"caption\"\ninputs = [\"image\"]").expect("caption");
+        caption.check_data(&words, "model.head").expect("words are a caption's");
+        let none: mm_data::config::DataConfig =
+            toml::from_str("manifest = \"m.jsonl\"").expect("data");
+        let e = caption.check_data(&none, "model.head").expect_err("no text").to_string();
+        assert!(e.contains("[data.transcript]"), "{e}");
+        let big: HeadConfig =
+            toml::from_str("type = \"caption\"\ninputs = [\"image\"]\nbeam = 65").expect("caption");
+        let e = big.check_values("model.head").expect_err("beam").to_string();
+        assert!(e.contains("model.head.beam = 65"), "{e}");
+    }
 }
