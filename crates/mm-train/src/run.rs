@@ -700,18 +700,22 @@ impl Run {
         pipeline.transcript = None;
         let reads = self.pipeline.modalities();
         let mut results: Vec<Result<String>> = Vec::with_capacity(samples.len());
-        let mut items = Vec::new();
-        for files in samples {
-            match self.caption_item(&pipeline, files, &reads) {
-                Ok(item) => {
-                    items.push((results.len(), item));
-                    results.push(Ok(String::new()));
+        // A batch's samples are decoded, described and dropped before the next batch's.
+        for chunk in samples.chunks(self.config.train.batch_size.max(1)) {
+            let mut items = Vec::with_capacity(chunk.len());
+            for files in chunk {
+                match self.caption_item(&pipeline, files, &reads) {
+                    Ok(item) => {
+                        items.push((results.len(), item));
+                        results.push(Ok(String::new()));
+                    }
+                    Err(e) => results.push(Err(e)),
                 }
-                Err(e) => results.push(Err(e)),
             }
-        }
-        for chunk in items.chunks(self.config.train.batch_size.max(1)) {
-            let batch: Vec<_> = chunk.iter().map(|(_, item)| item.clone()).collect();
+            if items.is_empty() {
+                continue;
+            }
+            let batch: Vec<_> = items.iter().map(|(_, item)| item.clone()).collect();
             let batch = mm_data::loader::collate(&batch, &pipeline).to_device(self.vs.device());
             let output = self.forward_batch(&batch)?;
             let texts = head.write_text(&output, beam).ok_or_else(|| {
@@ -720,7 +724,7 @@ impl Run {
                     self.dir.display()
                 ))
             })?;
-            for ((i, _), text) in chunk.iter().zip(texts) {
+            for ((i, _), text) in items.iter().zip(texts) {
                 results[*i] = Ok(text);
             }
         }

@@ -381,6 +381,31 @@ fn every_recipe_trains_evaluates_and_predicts() {
                     image.to_str().expect("utf-8"),
                 ],
             );
+            // More samples than a batch, one missing among them: every other one described, in
+            // order, the missing one named, and the command fails saying so.
+            let mut samples: Vec<String> = rows
+                .iter()
+                .cycle()
+                .take(40)
+                .map(|r| {
+                    let id = r["id"].as_str().expect("id");
+                    folder.join(format!("images/{id}.png")).display().to_string()
+                })
+                .collect();
+            samples.insert(5, "missing.png".to_string());
+            let mut args = vec!["caption", "--run", &out, "--device", "cpu", "--beam", "1"];
+            args.extend(samples.iter().map(String::as_str));
+            let said = mm_in(ws, &args);
+            assert_eq!(said.status.code(), Some(1));
+            let err = String::from_utf8_lossy(&said.stderr);
+            assert!(err.contains("missing.png") && err.contains("1 of 41 samples"), "{err}");
+            let lines: Vec<String> =
+                String::from_utf8_lossy(&said.stdout).lines().map(str::to_string).collect();
+            let expected: Vec<&String> = samples.iter().filter(|s| *s != "missing.png").collect();
+            assert_eq!(lines.len(), expected.len());
+            for (line, sample) in lines.iter().zip(expected) {
+                assert!(line.starts_with(&format!("{sample}\t")), "{line} for {sample}");
+            }
             continue;
         }
         if name == "synthetic" {

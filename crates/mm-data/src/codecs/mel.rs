@@ -301,18 +301,28 @@ impl LogMel {
         buf: &mut [Complex<f32>],
         scratch: &mut [Complex<f32>],
     ) {
-        let (n_fft, hop) = (self.config.n_fft, self.config.hop_length);
-        let pad = (n_fft / 2) as isize;
         for t in 0..frames {
-            let start = (t * hop) as isize - pad;
-            for (k, c) in buf.iter_mut().enumerate() {
-                let i = start + k as isize;
-                let x = if samples.is_empty() { 0.0 } else { samples[reflect(i, samples.len())] };
-                *c = Complex::new(x * self.window[k], 0.0);
-            }
-            self.fft.process_with_scratch(buf, scratch);
+            self.stft_frame(samples, t, buf, scratch);
             out[t * self.n_freqs..(t + 1) * self.n_freqs].copy_from_slice(&buf[..self.n_freqs]);
         }
+    }
+
+    /// Frame `t` of the STFT into `buf` (its first `n_freqs` values are the spectrum).
+    fn stft_frame(
+        &self,
+        samples: &[f32],
+        t: usize,
+        buf: &mut [Complex<f32>],
+        scratch: &mut [Complex<f32>],
+    ) {
+        let (n_fft, hop) = (self.config.n_fft, self.config.hop_length);
+        let start = (t * hop) as isize - (n_fft / 2) as isize;
+        for (k, c) in buf.iter_mut().enumerate() {
+            let i = start + k as isize;
+            let x = if samples.is_empty() { 0.0 } else { samples[reflect(i, samples.len())] };
+            *c = Complex::new(x * self.window[k], 0.0);
+        }
+        self.fft.process_with_scratch(buf, scratch);
     }
 
     /// The inverse STFT (windowed overlap-add over the squared window's sum), `length` samples.
@@ -508,13 +518,13 @@ impl WhisperMel {
         if keep == 0 {
             return out;
         }
-        let mut spec = vec![Complex::new(0.0f32, 0.0); frames * n_freqs];
+        // One frame at a time: an hour's spectrum would be 0.6 GB.
         let mut buf = vec![Complex::new(0.0f32, 0.0); self.stft.config.n_fft];
         let mut scratch = vec![Complex::new(0.0f32, 0.0); self.stft.fft.get_inplace_scratch_len()];
-        self.stft.stft(samples, frames, &mut spec, &mut buf, &mut scratch);
         let mut power = vec![0.0f32; n_freqs];
         for t in 0..keep.min(frames) {
-            for (p, c) in power.iter_mut().zip(&spec[t * n_freqs..(t + 1) * n_freqs]) {
+            self.stft.stft_frame(samples, t, &mut buf, &mut scratch);
+            for (p, c) in power.iter_mut().zip(&buf[..n_freqs]) {
                 *p = c.norm_sqr();
             }
             for m in 0..self.n_mels {
